@@ -1,0 +1,50 @@
+"""Click options generated from `TrainConfig`, shared by `train`, `submit` and any command that
+takes the job's configuration. Light on purpose: no torch, so the Kubernetes commands can use it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import click
+
+from dreambooth_job import config as cfg
+
+
+def train_options(command: Callable) -> Callable:
+    """Decorate a click command with one option per TrainConfig field plus `--config FILE`.
+
+    Every option defaults to None so that `resolve_train_config` can tell a flag that was given
+    from one that was not (flag > env > file > default).
+    """
+    for f in reversed(cfg.fields()):
+        command = _option_for(f)(command)
+    return click.option(
+        "--config", "config_file", type=click.Path(dir_okay=False),
+        help="YAML or JSON file of options (keys as in `config --print-defaults`).")(command)
+
+
+def _option_for(f) -> Callable:
+    help_text = f.metadata["help"]
+    default = cfg.default_of(f)
+    kind = cfg.base_type(f)
+    if kind is bool:
+        decls = f.metadata["flag"] or f"{cfg.flag_name(f.name)}/--no-{f.name.replace('_', '-')}"
+        shown = "auto" if default is None else decls.split("/")[0 if default else 1]
+        return click.option(decls, f.name, default=None,
+                             help=f"{help_text} [default: {shown}; env {cfg.env_name(f.name)}]")
+    click_type: Any = click.Choice(f.metadata["choices"]) if f.metadata["choices"] else kind
+    shown = "required" if f.metadata["required"] else f"default: {default}"
+    if cfg.is_list(f):
+        shown = "default: " + "; ".join(default)
+    return click.option(f.metadata["flag"] or cfg.flag_name(f.name), f.name, type=click_type,
+                        default=None, multiple=cfg.is_list(f),
+                        help=f"{help_text} [{shown}; env {cfg.env_name(f.name)}]")
+
+
+def resolve_train_config(params: dict[str, Any], env=None) -> cfg.TrainConfig:
+    """Build the TrainConfig from a command's parsed parameters, env vars and `--config`."""
+    flags = {k: v for k, v in params.items() if k in {f.name for f in cfg.fields()}}
+    flags = {k: (list(v) if isinstance(v, tuple) else v) for k, v in flags.items()}
+    return cfg.TrainConfig.resolve(flags, env=env, config_file=params.get("config_file"))

@@ -1,0 +1,343 @@
+"""The job's configuration: one typed dataclass, the single source of truth for option names,
+types, defaults and help.
+
+The CLI flags, the `DREAMBOOTH_<OPTION>` environment variables, YAML/JSON config files, the Helm
+chart's values and the Kubernetes manifest builder are all derived from `TrainConfig`'s fields.
+Precedence when resolving: flag > environment > config file > default.
+
+This module is a leaf: it imports nothing heavy, so `dreambooth_job.k8s` can use it without torch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from dreambooth_job.exit_codes import InvalidInputError
+
+ENV_PREFIX = "DREAMBOOTH_"
+DEFAULT_BASE_MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
+MIXED_PRECISION_CHOICES = ("auto", "no", "fp16", "bf16")
+LR_SCHEDULER_CHOICES = (
+    "constant",
+    "constant_with_warmup",
+    "linear",
+    "cosine",
+    "cosine_with_restarts",
+    "polynomial",
+)
+LOG_FORMAT_CHOICES = ("auto", "json", "text")
+DEFAULT_VALIDATION_PROMPTS = (
+    "a {identifier} {class_noun} in the jungle",
+    "a {identifier} {class_noun} on the beach",
+    "a {identifier} {class_noun} in the snow",
+    "a red {identifier} {class_noun}",
+)
+
+
+def _default_cache_dir() -> str:
+    return str(Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "dreambooth-job")
+
+
+def option(default: Any = None, *, help: str, flag: str | None = None,
+           choices: tuple[str, ...] | None = None, required: bool = False,
+           default_factory: Any = None) -> Any:
+    """A config field with its help text; `flag` overrides the generated `--name/--no-name` form."""
+    metadata = {"help": help, "flag": flag, "choices": choices, "required": required}
+    if default_factory is not None:
+        return field(default_factory=default_factory, metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
+@dataclass(kw_only=True)
+class TrainConfig:
+    """Everything one DreamBooth job needs to know. Field docs double as `--help` text."""
+
+    # --- inputs and outputs -------------------------------------------------------------------
+    instance_data: str | None = option(
+        required=True,
+        help="s3://bucket/prefix/ or local directory with the subject photos (jpg, jpeg, png, webp).")
+    class_noun: str | None = option(
+        required=True, help="The subject's class, e.g. 'dog' or 'backpack'.")
+    output: str | None = option(
+        required=True,
+        help="s3://bucket/prefix/ or local directory that receives model/, samples/, result.json.")
+    base_model: str = option(
+        DEFAULT_BASE_MODEL,
+        help="Diffusers pipeline to fine-tune: a hub id, a local directory or an s3:// prefix.")
+    cache_dir: str = option(
+        default_factory=_default_cache_dir,
+        help="Local directory for downloaded base models and other caches.")
+    job_id: str | None = option(
+        help="Id of this run in logs, metrics and result.json (default: derived from subject id).")
+    subject_id: str | None = option(
+        help="Id of the subject (default: last path component of --instance-data).")
+
+    # --- prompts --------------------------------------------------------------------------------
+    identifier: str = option(
+        "auto",
+        help="Rare token naming the subject, or 'auto' to pick a rare single token of the "
+             "model's tokenizer deterministically.")
+    instance_prompt: str = option(
+        "a {identifier} {class_noun}", help="Prompt of the subject photos.")
+    class_prompt: str = option("a {class_noun}", help="Prompt of the prior-preservation images.")
+
+    # --- prior preservation ---------------------------------------------------------------------
+    prior_preservation: bool = option(
+        True, help="Add the class-specific prior-preservation loss (the paper's default).")
+    prior_loss_weight: float = option(1.0, help="Weight (lambda) of the prior-preservation loss.")
+    num_class_images: int = option(200, help="Number of class images for prior preservation.")
+    class_data: str | None = option(
+        help="s3:// prefix or directory caching class images across jobs "
+             "(default: <cache-dir>/class-images).")
+
+    # --- data -----------------------------------------------------------------------------------
+    resolution: int = option(512, help="Training resolution in pixels (square).")
+    center_crop: bool = option(
+        True, flag="--center-crop/--random-crop", help="Crop photos at the centre or at random.")
+    random_flip: bool = option(False, help="Flip photos horizontally at random.")
+    min_images: int = option(1, help="Fail when fewer valid subject photos remain.")
+    min_image_side: int = option(256, help="Reject photos whose shorter side is below this.")
+    max_image_pixels: int = option(
+        80_000_000, help="Reject photos with more pixels than this (decompression-bomb guard).")
+
+    # --- training -------------------------------------------------------------------------------
+    max_train_steps: int = option(800, help="Optimizer steps to train.")
+    learning_rate: float = option(5e-6, help="Peak learning rate (full fine-tuning).")
+    lr_scheduler: str = option(
+        "constant", choices=LR_SCHEDULER_CHOICES, help="Learning-rate schedule.")
+    lr_warmup_steps: int = option(0, help="Learning-rate warm-up steps.")
+    train_batch_size: int = option(1, help="Subject photos per step (class images: the same).")
+    gradient_accumulation_steps: int = option(1, help="Micro-batches per optimizer step.")
+    train_text_encoder: bool = option(False, help="Fine-tune the text encoder as well as the UNet.")
+    mixed_precision: str = option(
+        "auto", choices=MIXED_PRECISION_CHOICES,
+        help="auto: bf16 on CUDA that supports it, fp16 on other CUDA, no on CPU.")
+    gradient_checkpointing: bool | None = option(
+        help="Recompute activations to save memory (default: on for CUDA, off on CPU).")
+    use_8bit_adam: bool = option(False, help="Use bitsandbytes' 8-bit AdamW (CUDA, extra 'bnb').")
+    cache_latents: bool = option(
+        True, help="VAE-encode each image and text-encode each prompt once, not every step.")
+    adam_weight_decay: float = option(1e-2, help="AdamW weight decay.")
+    max_grad_norm: float = option(1.0, help="Gradient clipping norm (0 disables).")
+    seed: int = option(0, help="Seed of everything random; CPU runs are deterministic given it.")
+    log_every: int = option(10, help="Log a progress line every N steps.")
+
+    # --- sampling -------------------------------------------------------------------------------
+    validation_prompts: list[str] = option(
+        default_factory=lambda: list(DEFAULT_VALIDATION_PROMPTS), flag="--validation-prompt",
+        help="Prompt of the sample grids (repeatable; {identifier} and {class_noun} filled in).")
+    num_validation_images: int = option(4, help="Images per validation prompt (grid columns).")
+    sample_every: int = option(0, help="Sample grids every N steps; 0 = only at the end.")
+    sample_steps: int = option(25, help="Sampler steps for class and validation images.")
+    guidance_scale: float = option(7.5, help="Classifier-free guidance scale when sampling.")
+    sample_batch_size: int = option(4, help="Images generated per sampler call.")
+
+    # --- operations -----------------------------------------------------------------------------
+    log_format: str = option(
+        "auto", choices=LOG_FORMAT_CHOICES,
+        help="json: one object per line; text: human lines; auto: json unless on a terminal.")
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    # ------------------------------------------------------------------------------------------
+    def validate(self, *, require_inputs: bool = False) -> None:
+        """Raise InvalidInputError naming the first bad field."""
+        if require_inputs:
+            missing = [f.name for f in fields() if f.metadata["required"] and not getattr(self, f.name)]
+            if missing:
+                raise InvalidInputError(
+                    "missing required option(s): " + ", ".join(flag_name(n) for n in missing))
+        for name in ("resolution", "max_train_steps", "train_batch_size",
+                     "gradient_accumulation_steps", "num_validation_images", "sample_steps",
+                     "sample_batch_size", "min_images", "min_image_side", "max_image_pixels",
+                     "log_every"):
+            if getattr(self, name) < 1:
+                raise InvalidInputError(f"{flag_name(name)} must be at least 1, got {getattr(self, name)}")
+        for name in ("num_class_images", "lr_warmup_steps", "sample_every", "seed",
+                     "prior_loss_weight", "adam_weight_decay", "max_grad_norm"):
+            if getattr(self, name) < 0:
+                raise InvalidInputError(f"{flag_name(name)} must not be negative, got {getattr(self, name)}")
+        if not self.learning_rate > 0:
+            raise InvalidInputError(f"--learning-rate must be positive, got {self.learning_rate}")
+        if self.resolution % 8:
+            raise InvalidInputError(f"--resolution must be a multiple of 8, got {self.resolution}")
+        for f in fields():
+            choices = f.metadata["choices"]
+            if choices and getattr(self, f.name) not in choices:
+                raise InvalidInputError(
+                    f"{flag_name(f.name)} must be one of {', '.join(choices)}, "
+                    f"got {getattr(self, f.name)!r}")
+        if self.identifier != "auto" and (not self.identifier.strip() or " " in self.identifier.strip()):
+            raise InvalidInputError(f"--identifier must be one word, got {self.identifier!r}")
+        if "{identifier}" not in self.instance_prompt:
+            raise InvalidInputError("--instance-prompt must contain {identifier}")
+        if self.prior_preservation and self.num_class_images < 1:
+            raise InvalidInputError("--num-class-images must be at least 1 with prior preservation")
+
+    # ------------------------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def resolve(cls, flags: Mapping[str, Any] | None = None, env: Mapping[str, str] | None = None,
+                config_file: str | os.PathLike | None = None) -> TrainConfig:
+        """Merge the sources, flag > env > file > default; `None` flag values count as unset."""
+        values: dict[str, Any] = {}
+        if config_file:
+            values.update(load_config_file(config_file))
+        values.update(values_from_env(os.environ if env is None else env))
+        values.update({k: v for k, v in (flags or {}).items() if v is not None and v != ()})
+        return cls(**values)
+
+
+# ----------------------------------------------------------------------------------------------
+# Field introspection shared by the CLI, env and file loaders and the manifest builder.
+
+def fields() -> tuple[dataclasses.Field, ...]:
+    return dataclasses.fields(TrainConfig)
+
+
+_FIELDS_BY_NAME = {f.name: f for f in dataclasses.fields(TrainConfig)}
+
+
+def flag_name(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def env_name(name: str) -> str:
+    return ENV_PREFIX + name.upper()
+
+
+def base_type(f: dataclasses.Field) -> type:
+    """The field's scalar type: `int` for `int`, `str` for `str | None`, `str` for `list[str]`."""
+    hint = typing.get_type_hints(TrainConfig)[f.name]
+    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
+        hint = next(a for a in typing.get_args(hint) if a is not type(None))
+    if typing.get_origin(hint) is list:
+        return typing.get_args(hint)[0]
+    return hint
+
+
+def is_list(f: dataclasses.Field) -> bool:
+    return typing.get_origin(typing.get_type_hints(TrainConfig)[f.name]) is list
+
+
+def default_of(f: dataclasses.Field) -> Any:
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return f.default
+
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off"}
+
+
+def parse_value(name: str, raw: Any, source: str) -> Any:
+    """Convert a value from an env var or config file to the field's type, naming the source on error."""
+    f = _FIELDS_BY_NAME[name]
+    kind = base_type(f)
+    if raw is None:
+        return None
+    if is_list(f):
+        if isinstance(raw, str):
+            # Env vars hold a JSON list or one newline-separated item per line.
+            raw = json.loads(raw) if raw.strip().startswith("[") else [s for s in raw.splitlines() if s]
+        if not isinstance(raw, (list, tuple)):
+            raise InvalidInputError(f"{source}: {name} must be a list, got {raw!r}")
+        return [str(item) for item in raw]
+    try:
+        if kind is bool:
+            if isinstance(raw, bool):
+                return raw
+            text = str(raw).strip().lower()
+            if text == "auto" and f.default is None:
+                return None
+            if text in _TRUE | _FALSE:
+                return text in _TRUE
+            raise ValueError(raw)
+        if kind is int and isinstance(raw, float) and not raw.is_integer():
+            raise ValueError(raw)
+        if kind in (int, float) and isinstance(raw, bool):
+            raise ValueError(raw)
+        return kind(raw)
+    except (TypeError, ValueError):
+        raise InvalidInputError(
+            f"{source}: {name} must be {kind.__name__}, got {raw!r}") from None
+
+
+def values_from_env(env: Mapping[str, str]) -> dict[str, Any]:
+    values = {}
+    for f in fields():
+        key = env_name(f.name)
+        if key in env and env[key] != "":
+            values[f.name] = parse_value(f.name, env[key], f"environment variable {key}")
+    return values
+
+
+def load_config_file(path: str | os.PathLike) -> dict[str, Any]:
+    """Read a YAML or JSON config file; keys may be snake_case or kebab-case."""
+    try:
+        text = Path(path).read_text()
+    except OSError as exc:
+        raise InvalidInputError(f"cannot read config file {path}: {exc.strerror}") from None
+    try:
+        data = yaml.safe_load(text) or {}
+    except yaml.YAMLError as exc:
+        raise InvalidInputError(f"config file {path} is not valid YAML/JSON: "
+                                f"{str(exc).splitlines()[0]}") from None
+    if not isinstance(data, dict):
+        raise InvalidInputError(f"config file {path} must hold a mapping of option names to values")
+    return normalize_keys(data, source=f"config file {path}")
+
+
+def normalize_keys(data: Mapping[str, Any], source: str) -> dict[str, Any]:
+    """Map kebab/snake keys to field names and parse values, rejecting unknown keys by name."""
+    values = {}
+    for key, raw in data.items():
+        name = str(key).replace("-", "_")
+        if name not in _FIELDS_BY_NAME:
+            raise InvalidInputError(f"{source}: unknown option {key!r}")
+        values[name] = parse_value(name, raw, source)
+    return values
+
+
+def to_cli_args(config: TrainConfig) -> list[str]:
+    """The `train` arguments that reproduce `config`: only values that differ from the defaults."""
+    args: list[str] = []
+    for f in fields():
+        value = getattr(config, f.name)
+        if value == default_of(f) or f.name == "cache_dir":
+            continue
+        if base_type(f) is bool:
+            on, _, off = (f.metadata["flag"] or f"{flag_name(f.name)}/--no-{f.name.replace('_', '-')}").partition("/")
+            if value is not None:
+                args.append(on if value else off)
+        elif is_list(f):
+            for item in value:
+                args += [f.metadata["flag"] or flag_name(f.name), item]
+        elif value is not None:
+            args += [flag_name(f.name), str(value)]
+    return args
+
+
+def defaults_yaml() -> str:
+    """A commented YAML file of every option with its default (`config --print-defaults`)."""
+    lines = ["# dreambooth-job train configuration: every option with its default.",
+             f"# Each key can also be set as a flag (--kebab-case) or env var ({ENV_PREFIX}UPPER_CASE)."]
+    for f in fields():
+        lines.append(f"# {f.metadata['help']}" + (" (required)" if f.metadata["required"] else ""))
+        dumped = yaml.safe_dump({f.name: default_of(f)}, default_flow_style=False, sort_keys=False)
+        lines.append(dumped.rstrip())
+    return "\n".join(lines) + "\n"
