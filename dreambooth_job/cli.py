@@ -1,0 +1,90 @@
+"""`dreambooth-job`: the command line. It parses, calls one entry point, and maps errors to exit codes.
+
+    dreambooth-job train --instance-data s3://photos/dog/ --class-noun dog --output s3://runs/dog/
+    dreambooth-job demo                      # the whole job offline: local S3, tiny model, sample photos
+    dreambooth-job config --print-defaults   # every option with its default, as YAML
+
+Heavy modules (torch, diffusers) are imported inside the commands that need them, so that the
+Kubernetes commands stay light.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from functools import wraps
+
+import click
+
+from dreambooth_job import __version__
+from dreambooth_job import config as cfg
+from dreambooth_job.cli_options import resolve_train_config, train_options
+from dreambooth_job.exit_codes import ExitCode, JobError
+
+
+def exits_with_codes(command: Callable) -> Callable:
+    """Turn JobError into its exit code and a one-line message on stderr."""
+
+    @wraps(command)
+    def wrapper(*args, **kwargs):
+        try:
+            return command(*args, **kwargs)
+        except JobError as exc:
+            click.echo(f"error: {exc.message}", err=True)
+            sys.exit(int(exc.exit_code))
+
+    return wrapper
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="dreambooth-job")
+def main() -> None:
+    """Personalize Stable Diffusion with DreamBooth: one subject per run."""
+
+
+main.help = (main.help or "") + "\n\nExit codes: " + "; ".join(
+    f"{int(c)} {c.description}" for c in ExitCode) + "."
+
+
+@main.command()
+@train_options
+@exits_with_codes
+def train(**params) -> None:
+    """Fine-tune a base model on one subject's photos and write the model, sample grids and
+    result.json to --output."""
+    config = resolve_train_config(params)
+    config.validate(require_inputs=True)
+    from dreambooth_job import job
+
+    sys.exit(int(job.run(config)))
+
+
+@main.command()
+@click.option("--output", type=click.Path(file_okay=False), default="demo-output",
+              show_default=True, help="Local directory for the demo's object store and results.")
+@click.option("--max-train-steps", type=int, default=20, show_default=True)
+@exits_with_codes
+def demo(output: str, max_train_steps: int) -> None:
+    """Run the real job end to end offline: a local S3 server (or a local directory), a tiny
+    random model and bundled sample photos. A smoke run of the real code path, not a quality run."""
+    from dreambooth_job import demo as demo_module
+
+    sys.exit(int(demo_module.run_demo(output, max_train_steps=max_train_steps)))
+
+
+@main.command("config")
+@click.option("--print-defaults", is_flag=True, help="Print every option with its default as YAML.")
+@train_options
+@exits_with_codes
+def config_command(print_defaults: bool, **params) -> None:
+    """Print the defaults, or the resolved configuration (flags > env > --config file > defaults)."""
+    if print_defaults:
+        click.echo(cfg.defaults_yaml(), nl=False)
+        return
+    import yaml
+
+    click.echo(yaml.safe_dump(resolve_train_config(params).to_dict(), sort_keys=False), nl=False)
+
+
+if __name__ == "__main__":
+    main()
