@@ -143,7 +143,26 @@ class TrainConfig:
     guidance_scale: float = option(7.5, help="Classifier-free guidance scale when sampling.")
     sample_batch_size: int = option(4, help="Images generated per sampler call.")
 
+    # --- evaluation -----------------------------------------------------------------------------
+    evaluate: bool = option(
+        False, help="Evaluate the model like the paper (DINO, CLIP-I, CLIP-T, PRES, DIV) at the end.")
+
+    # --- checkpoints and lifecycle -------------------------------------------------------------
+    checkpoint_every: int = option(200, help="Write a resumable checkpoint every N steps (0: never).")
+    checkpoint_interval_minutes: float = option(
+        15.0, help="Also checkpoint when this many minutes passed since the last one (0: never).")
+    checkpoints_keep: int = option(2, help="Complete checkpoints kept; older ones are pruned.")
+    termination_grace_seconds: float = option(
+        25.0, help="On SIGTERM/SIGINT, time allowed to finish the step and save a checkpoint.")
+    restart: bool = option(
+        False, help="Ignore existing checkpoints whose config conflicts and start from step 0.")
+    force: bool = option(False, help="Retrain even if --output holds a completed run.")
+
     # --- operations -----------------------------------------------------------------------------
+    batch_id: str | None = option(help="Id of the overnight batch this job belongs to, if any.")
+    metrics_port: int = option(9090, help="Port of the /metrics and /healthz server (0 disables).")
+    pushgateway: str | None = option(
+        help="Prometheus Pushgateway URL to push the job's metrics to at phase changes and exit.")
     log_format: str = option(
         "auto", choices=LOG_FORMAT_CHOICES,
         help="json: one object per line; text: human lines; auto: json unless on a terminal.")
@@ -166,11 +185,15 @@ class TrainConfig:
             if getattr(self, name) < 1:
                 raise InvalidInputError(f"{flag_name(name)} must be at least 1, got {getattr(self, name)}")
         for name in ("num_class_images", "lr_warmup_steps", "sample_every", "seed",
-                     "prior_loss_weight", "adam_weight_decay", "max_grad_norm"):
+                     "prior_loss_weight", "adam_weight_decay", "max_grad_norm", "checkpoint_every",
+                     "checkpoint_interval_minutes", "checkpoints_keep", "termination_grace_seconds",
+                     "metrics_port"):
             if getattr(self, name) < 0:
                 raise InvalidInputError(f"{flag_name(name)} must not be negative, got {getattr(self, name)}")
         if not self.learning_rate > 0:
             raise InvalidInputError(f"--learning-rate must be positive, got {self.learning_rate}")
+        if self.metrics_port > 65535:
+            raise InvalidInputError(f"--metrics-port must be at most 65535, got {self.metrics_port}")
         if self.resolution % 8:
             raise InvalidInputError(f"--resolution must be a multiple of 8, got {self.resolution}")
         for f in fields():
