@@ -45,6 +45,8 @@ def _option_for(f) -> Callable:
 
 def resolve_train_config(params: dict[str, Any], env=None) -> cfg.TrainConfig:
     """Build the TrainConfig from a command's parsed parameters, env vars and `--config`."""
-    flags = {k: v for k, v in params.items() if k in {f.name for f in cfg.fields()}}
-    flags = {k: (list(v) if isinstance(v, tuple) else v) for k, v in flags.items()}
+    names = {f.name for f in cfg.fields()}
+    # Click gives an empty tuple for a repeatable option that was not used: that is "unset".
+    flags = {k: (list(v) if isinstance(v, tuple) else v) for k, v in params.items()
+             if k in names and v not in (None, ())}
     return cfg.TrainConfig.resolve(flags, env=env, config_file=params.get("config_file"))

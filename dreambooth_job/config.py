@@ -221,7 +221,7 @@ class TrainConfig:
         if config_file:
             values.update(load_config_file(config_file))
         values.update(values_from_env(os.environ if env is None else env))
-        values.update({k: v for k, v in (flags or {}).items() if v is not None and v != ()})
+        values.update({k: v for k, v in (flags or {}).items() if v is not None})
         return cls(**values)
 
 

@@ -1,0 +1,70 @@
+"""The subject's identifier [V]: a rare token with little prior meaning (DreamBooth, section 3.2).
+
+CLIP's BPE vocabulary lists merges in the order they were learned, most frequent first, so a
+whole-word token near the end of the vocabulary is one the text encoder rarely saw: a weak prior.
+Among those we keep short lowercase letter strings that tokenize to exactly one token and are not
+known to mean something (the community default "sks" is also a rifle).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from dreambooth_job.exit_codes import InvalidInputError
+
+# Tokens with a known meaning that rarity alone does not rule out.
+KNOWN_MEANINGS = frozenset({
+    "sks",  # a rifle, and the most used DreamBooth token: strong prior from fine-tunes in the wild
+    "ohwx", "zwx",  # popular community tokens: models trained on web data may have seen them
+    "xxx", "ufc", "nsfw", "wtf", "omg", "lol", "nra", "ak", "gun", "kkk", "isis",
+})
+RARE_FRACTION = 0.25
+"""Candidates come from the last quarter of the vocabulary's merges."""
+_CANDIDATE = re.compile(r"^[a-z]{3,4}</w>$")
+
+
+@dataclass(frozen=True)
+class Identifier:
+    token: str
+    token_ids: list[int]
+    chosen: str
+    """"auto" when picked by `choose_identifier`, "user" when given."""
+
+
+def choose_identifier(tokenizer) -> Identifier:
+    """Deterministically pick the rarest eligible whole-word token of `tokenizer`'s vocabulary."""
+    vocab = tokenizer.get_vocab()
+    cutoff = int(len(vocab) * (1 - RARE_FRACTION))
+    candidates = sorted(((i, t[:-len("</w>")]) for t, i in vocab.items()
+                         if i >= cutoff and _CANDIDATE.match(t)), reverse=True)
+    for _, word in candidates:
+        if word in KNOWN_MEANINGS or not _has_vowel(word):
+            continue
+        ids = word_token_ids(tokenizer, word)
+        if len(ids) == 1:
+            return Identifier(word, ids, "auto")
+    raise InvalidInputError("the base model's tokenizer has no rare single-token word; pass --identifier")
+
+
+def user_identifier(tokenizer, token: str) -> Identifier:
+    """The identifier the user chose, with its token ids (more than one id works, but is weaker)."""
+    return Identifier(token, word_token_ids(tokenizer, token), "user")
+
+
+def word_token_ids(tokenizer, word: str) -> list[int]:
+    return tokenizer(word, add_special_tokens=False).input_ids
+
+
+def _has_vowel(word: str) -> bool:
+    # Pronounceable tokens read as names, the role [V] plays in "a [V] dog".
+    return any(c in "aeiouy" for c in word)
+
+
+def format_prompt(template: str, identifier: str, class_noun: str) -> str:
+    """Fill `{identifier}` and `{class_noun}` into a prompt template, naming any other placeholder."""
+    try:
+        return template.format(identifier=identifier, class_noun=class_noun)
+    except (KeyError, IndexError, ValueError) as exc:
+        raise InvalidInputError(f"prompt {template!r} has an unknown placeholder {exc}; "
+                                "use {identifier} and {class_noun}") from None

@@ -1,0 +1,202 @@
+"""Subjects files: one row per subject, common defaults on top, every row checked before anything runs.
+
+    defaults:                                  # YAML; CSV takes defaults from --set key=value
+      output: s3://runs/night-42/{id}/
+      max_train_steps: 800
+    subjects:
+      - {id: dog, instance_data: "s3://photos/dog/", class_noun: dog}
+      - {id: teapot, instance_data: "s3://photos/teapot/", class_noun: teapot, learning_rate: 2.0e-6}
+
+Keys are TrainConfig's own option names (snake_case; kebab-case works too) plus `id`, the
+subject id. String values may use `{id}` and `{class_noun}`. Precedence: row > --set > defaults.
+CSV has a header row `id,instance_data,class_noun[,more options]`; JSONL has one object per line,
+the first of which may be `{"defaults": {...}}`. The batch id (the Jobs' batch label) is
+`batch_id` from the defaults or --set, else the file's name without its extension.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from dreambooth_job.config import TrainConfig, normalize_keys
+from dreambooth_job.exit_codes import InvalidInputError
+
+ID_KEYS = ("id", "subject_id")
+# Ids become label values and S3 path parts: keep them to what a label value accepts.
+ID_PATTERN = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9_.-]{0,61}[A-Za-z0-9])?$")
+
+
+class BatchFileError(InvalidInputError):
+    """The subjects file, or some of its rows, are invalid; `.problems` lists every one."""
+
+    def __init__(self, path: str, problems: list[str]):
+        super().__init__(f"{path}: {len(problems)} problem(s), nothing was submitted:\n  "
+                         + "\n  ".join(problems))
+        self.problems = problems
+
+
+@dataclass(frozen=True)
+class Batch:
+    batch_id: str
+    source: str
+    subjects: list[TrainConfig]
+    """One config per row, subject_id and batch_id filled in, each valid on its own."""
+
+    @property
+    def ids(self) -> list[str]:
+        return [c.subject_id for c in self.subjects]
+
+
+def load_batch(path: str | Path, overrides: Mapping[str, Any] | None = None) -> Batch:
+    """Read and validate a subjects file (.yaml/.yml, .csv, .jsonl/.ndjson) in full.
+
+    Raises BatchFileError naming every bad row (and bad default) at once.
+    """
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise InvalidInputError(f"cannot read subjects file {path}: {exc.strerror}") from None
+    suffix = path.suffix.lower()
+    reader = {".yaml": _read_yaml, ".yml": _read_yaml, ".json": _read_yaml, ".csv": _read_csv,
+              ".jsonl": _read_jsonl, ".ndjson": _read_jsonl}.get(suffix)
+    if reader is None:
+        raise InvalidInputError(f"{path}: unknown subjects file type {suffix!r} "
+                                "(use .yaml, .csv or .jsonl)")
+    try:
+        raw_defaults, rows = reader(text)
+    except (yaml.YAMLError, csv.Error, ValueError) as exc:
+        raise InvalidInputError(f"{path}: cannot parse: {str(exc).splitlines()[0]}") from None
+    return parse_rows(str(path), raw_defaults, rows, overrides or {}, default_batch_id=path.stem)
+
+
+def parse_rows(source: str, raw_defaults: Mapping[str, Any], rows: list[tuple[str, Any]],
+               overrides: Mapping[str, Any], default_batch_id: str) -> Batch:
+    """Validate `rows` ((where, mapping) pairs) against the defaults; collect every problem."""
+    problems: list[str] = []
+    defaults: dict[str, Any] = {}
+    for label, values in (("defaults", raw_defaults), ("--set", overrides)):
+        try:
+            defaults.update(normalize_keys(values, source=label))
+        except InvalidInputError as exc:
+            problems.append(exc.message)
+    batch_id = str(defaults.pop("batch_id", None) or default_batch_id)
+    if not ID_PATTERN.match(batch_id):
+        problems.append(f"batch id {batch_id!r} must be 1-63 letters, digits, '-', '_' or '.'")
+    if not rows:
+        problems.append("no subjects")
+
+    configs: list[TrainConfig] = []
+    seen: dict[str, str] = {}
+    for where, row in rows:
+        try:
+            config = _subject(row, defaults, batch_id, where)
+        except InvalidInputError as exc:
+            problems.append(exc.message)
+            continue
+        if config.subject_id in seen:
+            problems.append(f"{where}: id {config.subject_id!r} repeats {seen[config.subject_id]}")
+            continue
+        seen[config.subject_id] = where
+        configs.append(config)
+    if problems:
+        raise BatchFileError(source, problems)
+    return Batch(batch_id=batch_id, source=source, subjects=configs)
+
+
+def _subject(row: Any, defaults: dict[str, Any], batch_id: str, where: str) -> TrainConfig:
+    if isinstance(row, str):
+        raise InvalidInputError(f"{where}: {row}")
+    if not isinstance(row, Mapping):
+        raise InvalidInputError(f"{where}: must be a mapping of option names to values")
+    row = {str(k): v for k, v in row.items() if v is not None and v != ""}
+    ids = [row.pop(k) for k in ID_KEYS if k in row]
+    subject_id = str(ids[0]) if ids else ""
+    where = f"{where} (id {subject_id})" if subject_id else where
+    if not subject_id:
+        raise InvalidInputError(f"{where}: missing id")
+    if not ID_PATTERN.match(subject_id):
+        raise InvalidInputError(
+            f"{where}: id must be 1-63 letters, digits, '-', '_' or '.', starting and ending "
+            "with a letter or digit")
+    values = {**defaults, **normalize_keys(row, source=where)}
+    if values.pop("batch_id", batch_id) != batch_id:
+        raise InvalidInputError(f"{where}: batch_id cannot differ between rows")
+    fill = {"{id}": subject_id, "{class_noun}": str(values.get("class_noun") or "")}
+    values = {k: _substitute(v, fill) for k, v in values.items()}
+    try:
+        config = TrainConfig(**values, subject_id=subject_id, batch_id=batch_id)
+        config.validate(require_inputs=True)
+    except InvalidInputError as exc:
+        raise InvalidInputError(f"{where}: {exc.message}") from None
+    return config
+
+
+def _substitute(value: Any, fill: dict[str, str]) -> Any:
+    # Plain replacement, not str.format: prompts keep their own {identifier} placeholders.
+    if isinstance(value, str):
+        for key, replacement in fill.items():
+            value = value.replace(key, replacement)
+        return value
+    if isinstance(value, list):
+        return [_substitute(v, fill) for v in value]
+    return value
+
+
+# ----------------------------------------------------------------------------------------------
+# Readers: (defaults, [(where, row), ...]) from each file format.
+
+def _read_yaml(text: str) -> tuple[dict[str, Any], list[tuple[str, Any]]]:
+    data = yaml.safe_load(text) or {}
+    if isinstance(data, list):
+        data = {"subjects": data}
+    if not isinstance(data, dict) or not isinstance(data.get("subjects", []), list):
+        raise ValueError("expected a mapping with 'defaults' and a 'subjects' list")
+    unknown = set(data) - {"defaults", "subjects"}
+    if unknown:
+        raise ValueError(f"unknown top-level key(s) {sorted(unknown)}: use 'defaults' and 'subjects'")
+    defaults = data.get("defaults") or {}
+    if not isinstance(defaults, dict):
+        raise ValueError("'defaults' must be a mapping")
+    return defaults, [(f"subjects[{i}]", row) for i, row in enumerate(data.get("subjects") or [])]
+
+
+def _read_csv(text: str) -> tuple[dict[str, Any], list[tuple[str, Any]]]:
+    reader = csv.DictReader(io.StringIO(text), skipinitialspace=True)
+    if not reader.fieldnames or not any(k in reader.fieldnames for k in ID_KEYS):
+        raise ValueError("the header row must name the columns, starting with id")
+    rows = []
+    for row in reader:
+        where = f"line {reader.line_num}"
+        if None in row:
+            rows.append((where, "more cells than the header has columns"))
+        elif any(v and v.strip() for v in row.values()):
+            rows.append((where, {k.strip(): v.strip() for k, v in row.items() if v is not None}))
+    return {}, rows
+
+
+def _read_jsonl(text: str) -> tuple[dict[str, Any], list[tuple[str, Any]]]:
+    defaults: dict[str, Any] = {}
+    rows = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            item = json.loads(line)
+        except ValueError as exc:
+            rows.append((f"line {number}", f"not valid JSON ({exc.msg})"))
+            continue
+        if not rows and not defaults and isinstance(item, dict) and set(item) == {"defaults"}:
+            defaults = item["defaults"]
+        else:
+            rows.append((f"line {number}", item))
+    return defaults, rows

@@ -1,0 +1,309 @@
+"""Talk to the Kubernetes API: connect, submit one Job, cancel it, list a batch's Jobs.
+
+    from dreambooth_job.k8s import ClusterSettings, JobSpec, submit, cancel
+    from dreambooth_job.config import TrainConfig
+
+    train = TrainConfig(instance_data="s3://photos/dog/", class_noun="dog", output="s3://runs/dog/")
+    job = submit(JobSpec(train=train, cluster=ClusterSettings(image="registry/dreambooth-job:0.1.0")))
+    print(job.name, job.uid, job.created)       # created=False: the subject's Job already existed
+    cancel(job.name)                            # deletes the Job and its pods, never the S3 outputs
+
+Every call goes through `Connection.call`, which retries 429 and 5xx answers and unreachable
+servers with exponential backoff, then raises one of the typed errors below. Only the official
+`kubernetes` client is used, configured from kubeconfig or from the pod's service account, so
+the same code runs against any conformant API server.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from kubernetes import client, config
+from kubernetes.client.exceptions import ApiException
+
+from dreambooth_job.exit_codes import InvalidInputError, JobError, RetryableError
+from dreambooth_job.k8s.manifest import JobSpec, build_job
+
+SERVICE_ACCOUNT_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
+
+
+# ----------------------------------------------------------------------------------------------
+# Typed errors. They are JobErrors, so the CLI turns them into exit codes and one-line messages.
+
+class KubernetesError(JobError):
+    """The API refused or failed a request; `.status` is the HTTP status (0: no answer)."""
+
+    def __init__(self, message: str, status: int = 0):
+        super().__init__(message)
+        self.status = status
+
+
+class JobNotFoundError(KubernetesError):
+    """No Job of that name in that namespace."""
+
+
+class JobExistsError(KubernetesError):
+    """A Job of that name exists and cannot be reused (running, or a different subject)."""
+
+
+class ForbiddenError(KubernetesError, InvalidInputError):
+    """The credentials may not do this (RBAC); retrying cannot help."""
+
+
+class InvalidSpecError(KubernetesError, InvalidInputError):
+    """The Job spec is invalid: rejected by us before sending, or by the API server (400/422)."""
+
+
+class ApiUnreachableError(KubernetesError, RetryableError):
+    """No usable answer from the API server after retries (network, 429, 5xx)."""
+
+
+class ClusterConfigError(KubernetesError, InvalidInputError):
+    """Neither a kubeconfig nor an in-cluster service account could be loaded."""
+
+
+def _status_message(exc: ApiException) -> str:
+    try:
+        return json.loads(exc.body or "{}").get("message") or exc.reason or str(exc.status)
+    except (ValueError, AttributeError):
+        return exc.reason or str(exc.status)
+
+
+def translate(exc: ApiException, what: str) -> KubernetesError:
+    """The typed error for an API answer about `what` (e.g. "job ns/name")."""
+    message = _status_message(exc)
+    if exc.status == 404:
+        return JobNotFoundError(f"{what} not found", 404)
+    if exc.status == 409:
+        return JobExistsError(f"{what} already exists: {message}", 409)
+    if exc.status in (401, 403):
+        return ForbiddenError(f"not allowed on {what}: {message}", exc.status)
+    if exc.status in (400, 422):
+        return InvalidSpecError(f"API server rejected {what}: {message}", exc.status)
+    if exc.status == 429 or exc.status >= 500:
+        return ApiUnreachableError(f"API server failed on {what} ({exc.status}): {message}", exc.status)
+    return KubernetesError(f"API error on {what} ({exc.status}): {message}", exc.status)
+
+
+# ----------------------------------------------------------------------------------------------
+
+@dataclass
+class Connection:
+    """An API client, the namespace of its context, and the retry policy of every call."""
+
+    api_client: client.ApiClient
+    namespace: str = "default"
+    attempts: int = 6
+    backoff_seconds: float = 0.5
+    max_backoff_seconds: float = 30.0
+    sleep: Callable[[float], None] = field(default=time.sleep, repr=False)
+
+    @classmethod
+    def from_environment(cls, kubeconfig: str | None = None, context: str | None = None,
+                         **retry: Any) -> Connection:
+        """kubeconfig when one is given or present (like kubectl), else the pod's service account.
+
+        The namespace is the kubeconfig context's namespace, the pod's own namespace in-cluster,
+        or "default".
+        """
+        configuration = client.Configuration()
+        path = kubeconfig or os.environ.get("KUBECONFIG") or os.path.expanduser("~/.kube/config")
+        use_kubeconfig = kubeconfig or context or os.environ.get("KUBECONFIG") or os.path.exists(path)
+        try:
+            if use_kubeconfig:
+                config.load_kube_config(config_file=path, context=context,
+                                        client_configuration=configuration, persist_config=False)
+                contexts, current = config.list_kube_config_contexts(path)
+                active = next((c for c in contexts if c["name"] == context), current) if context else current
+                namespace = (active or {}).get("context", {}).get("namespace") or "default"
+            else:
+                config.load_incluster_config(client_configuration=configuration)
+                namespace = SERVICE_ACCOUNT_NAMESPACE.read_text().strip() or "default"
+        except (config.ConfigException, OSError, TypeError, ValueError) as exc:
+            where = f"kubeconfig {path}" if use_kubeconfig else "in-cluster service account"
+            raise ClusterConfigError(f"cannot load Kubernetes configuration from {where}: {exc}") from None
+        return cls(client.ApiClient(configuration), namespace=namespace, **retry)
+
+    @property
+    def batch(self) -> client.BatchV1Api:
+        return client.BatchV1Api(self.api_client)
+
+    @property
+    def core(self) -> client.CoreV1Api:
+        return client.CoreV1Api(self.api_client)
+
+    def call(self, what: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """`fn(*args, **kwargs)`, retried on 429/5xx and connection failures with backoff."""
+        import urllib3
+
+        delay = self.backoff_seconds
+        for attempt in range(1, self.attempts + 1):
+            last = attempt == self.attempts
+            try:
+                return fn(*args, **kwargs)
+            except ApiException as exc:
+                error = translate(exc, what)
+                if not isinstance(error, ApiUnreachableError) or last:
+                    raise error from None
+                wait = _retry_after(exc) or delay
+            except (urllib3.exceptions.HTTPError, OSError) as exc:
+                if last:
+                    host = self.api_client.configuration.host
+                    raise ApiUnreachableError(
+                        f"API server {host} unreachable after {attempt} attempts ({what}): "
+                        f"{type(exc).__name__}") from None
+                wait = delay
+            # Full jitter keeps a batch of clients from retrying in lockstep.
+            self.sleep(random.uniform(wait / 2, wait))
+            delay = min(delay * 2, self.max_backoff_seconds)
+        raise AssertionError("unreachable")
+
+
+def _retry_after(exc: ApiException) -> float | None:
+    value = (exc.headers or {}).get("Retry-After")
+    try:
+        return min(float(value), 60.0) if value else None
+    except ValueError:
+        return None
+
+
+_default: Connection | None = None
+
+
+def connect(connection: Connection | None = None) -> Connection:
+    """`connection`, or one loaded from the environment once per process."""
+    global _default
+    if connection is not None:
+        return connection
+    if _default is None:
+        _default = Connection.from_environment()
+    return _default
+
+
+# ----------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class SubmittedJob:
+    name: str
+    namespace: str
+    uid: str | None
+    created: bool
+    """False when the subject's Job already existed and was reported instead of created."""
+    replaced: bool = False
+
+
+def render(spec: JobSpec, namespace: str) -> dict[str, Any]:
+    """The Job manifest for `spec` in `namespace`; InvalidSpecError when the spec is incomplete."""
+    try:
+        spec.train.validate(require_inputs=True)
+    except InvalidInputError as exc:
+        raise InvalidSpecError(exc.message) from None
+    manifest = build_job(spec)
+    manifest.setdefault("metadata", {})["namespace"] = namespace
+    return manifest
+
+
+def submit(spec: JobSpec, *, replace: bool = False, connection: Connection | None = None,
+           delete_timeout_seconds: float = 300.0) -> SubmittedJob:
+    """Create the subject's Job, or report the one that exists.
+
+    The name is a function of the subject (and batch) id, so a second submission finds the first
+    Job. With `replace=True` a finished (succeeded or failed) Job is deleted and created anew; a
+    Job still queued or running is never replaced: cancel it first.
+    """
+    conn = connect(connection)
+    namespace = spec.cluster.namespace or conn.namespace
+    manifest = render(spec, namespace)
+    name = manifest["metadata"]["name"]
+    what = f"job {namespace}/{name}"
+    try:
+        created = conn.call(what, conn.batch.create_namespaced_job, namespace, manifest)
+        return SubmittedJob(name, namespace, created.metadata.uid, created=True)
+    except JobExistsError:
+        pass
+    except Exception as exc:
+        _raise_if_validation(exc, what)
+        raise
+    existing = conn.call(what, conn.batch.read_namespaced_job, name, namespace)
+    _check_same_subject(existing, manifest, what)
+    if not replace:
+        return SubmittedJob(name, namespace, existing.metadata.uid, created=False)
+    if not is_finished(existing):
+        raise JobExistsError(f"{what} is still queued or running; cancel it before replacing it", 409)
+    cancel(name, namespace, connection=conn)
+    _wait_until_gone(conn, name, namespace, delete_timeout_seconds)
+    created = conn.call(what, conn.batch.create_namespaced_job, namespace, manifest)
+    return SubmittedJob(name, namespace, created.metadata.uid, created=True, replaced=True)
+
+
+def cancel(name: str, namespace: str | None = None, *, connection: Connection | None = None) -> None:
+    """Delete the Job and, before it disappears, its pods (foreground). S3 outputs stay."""
+    conn = connect(connection)
+    namespace = namespace or conn.namespace
+    conn.call(f"job {namespace}/{name}", conn.batch.delete_namespaced_job, name, namespace,
+              propagation_policy="Foreground")
+
+
+def read_job(name: str, namespace: str | None = None, *,
+             connection: Connection | None = None) -> client.V1Job:
+    conn = connect(connection)
+    namespace = namespace or conn.namespace
+    return conn.call(f"job {namespace}/{name}", conn.batch.read_namespaced_job, name, namespace)
+
+
+def list_jobs(selector: dict[str, str], namespace: str | None = None, *,
+              connection: Connection | None = None) -> list[client.V1Job]:
+    """Jobs carrying every label in `selector`.
+
+    The labels are checked again here, not only by the server: a list must never return a
+    Job of another batch, and the check costs nothing.
+    """
+    conn = connect(connection)
+    namespace = namespace or conn.namespace
+    text = ",".join(f"{k}={v}" for k, v in selector.items())
+    jobs = conn.call(f"jobs in {namespace} ({text})", conn.batch.list_namespaced_job, namespace,
+                     label_selector=text).items
+    return [j for j in jobs
+            if all((j.metadata.labels or {}).get(k) == v for k, v in selector.items())]
+
+
+def is_finished(job: client.V1Job) -> bool:
+    conditions = (job.status and job.status.conditions) or []
+    return any(c.type in ("Complete", "Failed") and c.status == "True" for c in conditions)
+
+
+# ----------------------------------------------------------------------------------------------
+
+def _raise_if_validation(exc: Exception, what: str) -> None:
+    # The client validates request bodies with pydantic before sending them.
+    if type(exc).__name__ == "ValidationError":
+        raise InvalidSpecError(f"invalid manifest for {what}: {str(exc).splitlines()[0]}") from None
+
+
+def _check_same_subject(existing: client.V1Job, manifest: dict[str, Any], what: str) -> None:
+    # Names are hashed ids, so a mismatch means a foreign Job holds the name: never adopt it.
+    wanted = manifest["metadata"].get("labels", {})
+    have = existing.metadata.labels or {}
+    for key in (SUBJECT_LABEL, BATCH_LABEL):
+        if wanted.get(key) != have.get(key):
+            raise JobExistsError(
+                f"{what} exists but belongs to {key}={have.get(key)!r}, not {wanted.get(key)!r}", 409)
+
+
+def _wait_until_gone(conn: Connection, name: str, namespace: str, timeout: float) -> None:
+    # Foreground deletion keeps the Job until its pods are gone; a create before that is a 409.
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            conn.call(f"job {namespace}/{name}", conn.batch.read_namespaced_job, name, namespace)
+        except JobNotFoundError:
+            return
+        conn.sleep(1.0)
+    raise JobExistsError(f"job {namespace}/{name} still deleting after {timeout:.0f} s", 409)

@@ -1,0 +1,201 @@
+"""Where a subject's Job stands: one small typed answer built from the Job, its pods and result.json.
+
+    from dreambooth_job.k8s import get_status
+    status = get_status("db-dog-3f2a1c9e")
+    print(status.phase, status.retries, status.failure_reason, status.output)
+    if status.result:                     # result.json, read once the Job succeeded
+        print(status.result["training"]["final_loss"])
+
+`describe(job, pods)` is the pure part (plain dicts in, JobStatus out), so the rules below can be
+read and tested without a cluster.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from dreambooth_job.exit_codes import ExitCode, JobError
+from dreambooth_job.k8s import client as k8s_client
+from dreambooth_job.k8s.client import Connection, connect
+from dreambooth_job.k8s.manifest import BATCH_LABEL, SUBJECT_LABEL
+
+JOB_NAME_LABEL = "job-name"  # set on every pod by the Job controller (all supported versions)
+
+
+class Phase(str, enum.Enum):
+    QUEUED = "queued"
+    """Suspended: waiting for Kueue (or a person) to admit it."""
+    PENDING = "pending"
+    """Admitted; no pod running yet (scheduling, pulling the image)."""
+    RUNNING = "running"
+    RETRYING = "retrying"
+    """The last pod failed or was preempted and a replacement is on its way."""
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    NOT_SUBMITTED = "not-submitted"
+    """No Job exists (only in batch views; `get_status` raises JobNotFoundError instead)."""
+
+    def __str__(self) -> str:
+        return self.value
+
+
+@dataclass
+class JobStatus:
+    name: str
+    namespace: str
+    phase: Phase
+    subject_id: str | None = None
+    batch_id: str | None = None
+    retries: int = 0
+    """Failed or preempted attempts that were followed by another attempt."""
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    failure_reason: str | None = None
+    """Why it failed, or why the last attempt ended when it is retrying."""
+    output: str | None = None
+    result: dict[str, Any] | None = field(default=None, repr=False)
+    """result.json, when the Job succeeded and the output holds a completed run."""
+    result_error: str | None = None
+    """Why result.json could not be read (missing S3 credentials, ...), if it could not."""
+
+    @property
+    def duration_seconds(self) -> float | None:
+        if self.started_at is None:
+            return None
+        end = self.finished_at or datetime.now(UTC)
+        return max(0.0, (end - self.started_at).total_seconds())
+
+    @property
+    def final_loss(self) -> float | None:
+        return ((self.result or {}).get("training") or {}).get("final_loss")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name, "namespace": self.namespace, "subject_id": self.subject_id,
+            "batch_id": self.batch_id, "phase": self.phase.value, "retries": self.retries,
+            "started_at": self.started_at.isoformat() if self.started_at else None,
+            "finished_at": self.finished_at.isoformat() if self.finished_at else None,
+            "duration_seconds": self.duration_seconds, "final_loss": self.final_loss,
+            "failure_reason": self.failure_reason, "output": self.output,
+            "metrics": (self.result or {}).get("metrics"), "result_error": self.result_error,
+        }
+
+
+def get_status(name: str, namespace: str | None = None, *, read_result: bool = True,
+               connection: Connection | None = None) -> JobStatus:
+    """The status of Job `name`; JobNotFoundError when there is none."""
+    conn = connect(connection)
+    namespace = namespace or conn.namespace
+    job = k8s_client.read_job(name, namespace, connection=conn)
+    pods = conn.call(f"pods of job {namespace}/{name}", conn.core.list_namespaced_pod, namespace,
+                     label_selector=f"{JOB_NAME_LABEL}={name}").items
+    to_dict = conn.api_client.sanitize_for_serialization
+    status = describe(to_dict(job), [to_dict(p) for p in pods])
+    if read_result:
+        attach_result(status)
+    return status
+
+
+def attach_result(status: JobStatus) -> None:
+    """Read result.json into `status` when the Job succeeded; errors are kept, not raised."""
+    if status.phase is not Phase.SUCCEEDED or not status.output:
+        return
+    from dreambooth_job.result import read_completed_result
+
+    try:
+        status.result = read_completed_result(status.output)
+    except (JobError, OSError) as exc:
+        status.result_error = getattr(exc, "message", None) or str(exc)
+
+
+# ----------------------------------------------------------------------------------------------
+
+def describe(job: dict[str, Any], pods: list[dict[str, Any]]) -> JobStatus:
+    """JobStatus from the Job and its pods as API dicts (camelCase keys)."""
+    meta, spec, st = job.get("metadata", {}), job.get("spec", {}), job.get("status") or {}
+    labels = meta.get("labels") or {}
+    name = meta.get("name", "")
+    pods = sorted((p for p in pods if (p["metadata"].get("labels") or {}).get(JOB_NAME_LABEL) == name),
+                  key=lambda p: p["metadata"].get("creationTimestamp") or "")
+    conditions = {c["type"]: c for c in st.get("conditions") or [] if c.get("status") == "True"}
+    failed_pods = [p for p in pods if (p.get("status") or {}).get("phase") == "Failed"]
+    running = (st.get("ready") or 0) > 0 or any(
+        (p.get("status") or {}).get("phase") == "Running" for p in pods)
+
+    if "Complete" in conditions or "SuccessCriteriaMet" in conditions:
+        phase = Phase.SUCCEEDED
+    elif "Failed" in conditions or "FailureTarget" in conditions:
+        phase = Phase.FAILED
+    elif spec.get("suspend"):
+        phase = Phase.QUEUED
+    elif running:
+        phase = Phase.RUNNING
+    elif failed_pods or (st.get("failed") or 0) > 0:
+        phase = Phase.RETRYING
+    else:
+        phase = Phase.PENDING
+
+    failures = max(st.get("failed") or 0, len(failed_pods))
+    reason = None
+    if phase is Phase.FAILED:
+        condition = conditions.get("Failed") or conditions.get("FailureTarget") or {}
+        reason = ": ".join(x for x in (condition.get("reason"), condition.get("message")) if x)
+        if failed_pods:
+            reason = f"{reason} ({pod_failure(failed_pods[-1])})" if reason else pod_failure(failed_pods[-1])
+        failures -= 1 if failures else 0
+    elif failed_pods:
+        reason = pod_failure(failed_pods[-1])
+
+    finished = (st.get("completionTime") or
+                (conditions.get("Failed") or {}).get("lastTransitionTime"))
+    return JobStatus(
+        name=name, namespace=meta.get("namespace", ""), phase=phase,
+        subject_id=labels.get(SUBJECT_LABEL), batch_id=labels.get(BATCH_LABEL),
+        retries=failures, started_at=_time(st.get("startTime")), finished_at=_time(finished),
+        failure_reason=reason or None, output=output_of(job))
+
+
+def pod_failure(pod: dict[str, Any]) -> str:
+    """One line: preemption, or exit code with its meaning and the container's termination message."""
+    status = pod.get("status") or {}
+    for condition in status.get("conditions") or []:
+        if condition.get("type") == "DisruptionTarget" and condition.get("status") == "True":
+            return f"preempted ({condition.get('reason') or 'disruption'})"
+    for container in status.get("containerStatuses") or []:
+        state = (container.get("state") or {}).get("terminated") or \
+            (container.get("lastState") or {}).get("terminated")
+        if not state:
+            continue
+        code = state.get("exitCode")
+        meaning = ExitCode(code).description if code in ExitCode._value2member_map_ else None
+        text = f"exit {code}" + (f" ({meaning})" if meaning else "")
+        if state.get("reason") and state["reason"] not in ("Error", "Completed"):
+            text += f" [{state['reason']}]"
+        message = (state.get("message") or "").strip().splitlines()
+        return text + (f": {message[-1][:300]}" if message else "")
+    return ": ".join(x for x in (status.get("reason"), status.get("message")) if x) or "pod failed"
+
+
+def output_of(job: dict[str, Any]) -> str | None:
+    """The --output of the training container: its flag, or the DREAMBOOTH_OUTPUT variable."""
+    containers = (((job.get("spec") or {}).get("template") or {}).get("spec") or {}).get("containers") or []
+    for container in containers:
+        args = [*(container.get("command") or []), *(container.get("args") or [])]
+        for i, arg in enumerate(args):
+            if arg == "--output" and i + 1 < len(args):
+                return args[i + 1]
+            if arg.startswith("--output="):
+                return arg.split("=", 1)[1]
+        for env in container.get("env") or []:
+            if env.get("name") == "DREAMBOOTH_OUTPUT" and env.get("value"):
+                return env["value"]
+    return None
+
+
+def _time(value: str | None) -> datetime | None:
+    if not value:
+        return None
+    return datetime.fromisoformat(value.replace("Z", "+00:00"))

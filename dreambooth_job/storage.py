@@ -1,0 +1,266 @@
+"""One interface to the places the job reads and writes: `s3://bucket/prefix` URIs and local paths.
+
+Every phase talks to storage only through these functions. S3 goes through boto3's standard
+credential chain; boto3 itself honours AWS_ENDPOINT_URL / AWS_ENDPOINT_URL_S3 and AWS_REGION, so
+the same code runs against AWS, MinIO or SeaweedFS. Retries are botocore's (standard mode with
+backoff and jitter), not ours. Large files go up as multipart uploads through boto3's transfer
+manager.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import threading
+from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+from dreambooth_job.events import JobObserver
+from dreambooth_job.exit_codes import InvalidInputError, RetryableError
+
+MULTIPART_THRESHOLD = 16 * 1024 * 1024
+MAX_ATTEMPTS = 8
+TRANSFER_THREADS = 8
+
+_observer: JobObserver = JobObserver()
+_client_lock = threading.Lock()
+_client = None
+
+
+@dataclass(frozen=True)
+class StoredFile:
+    """A file under a prefix: its path relative to the prefix, size and ETag (S3) if known."""
+
+    relative_path: str
+    size: int
+    etag: str | None = None
+
+
+def is_s3(uri: str) -> bool:
+    return uri.startswith("s3://")
+
+
+def split_s3(uri: str) -> tuple[str, str]:
+    bucket, _, key = uri[len("s3://"):].partition("/")
+    if not bucket:
+        raise InvalidInputError(f"not a valid S3 URI (no bucket): {uri}")
+    return bucket, key
+
+
+def join(uri: str, *parts: str) -> str:
+    """Join path parts onto a URI or local path with '/' (S3 keys never use os.sep)."""
+    if not is_s3(uri):
+        return str(Path(uri, *parts))
+    return "/".join([uri.rstrip("/"), *(p.strip("/") for p in parts)])
+
+
+def set_observer(observer: JobObserver) -> None:
+    """Report transfers and retries of this process to `observer` (metrics)."""
+    global _observer
+    _observer = observer
+
+
+def s3_client():
+    """The process-wide boto3 S3 client (thread-safe once created)."""
+    global _client
+    with _client_lock:
+        if _client is None:
+            import boto3
+            from botocore.config import Config
+
+            _client = boto3.client("s3", config=Config(
+                retries={"mode": "standard", "max_attempts": MAX_ATTEMPTS},
+                max_pool_connections=TRANSFER_THREADS * 2,
+                s3={"addressing_style": "path"} if _endpoint_is_custom() else {}))
+            _client.meta.events.register("needs-retry.s3", _count_retry)
+        return _client
+
+
+def reset_client() -> None:
+    """Forget the cached client, e.g. after the environment's endpoint or credentials changed."""
+    global _client
+    with _client_lock:
+        _client = None
+
+
+def _endpoint_is_custom() -> bool:
+    return bool(os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL"))
+
+
+def _count_retry(attempts=None, response=None, caught_exception=None, **_) -> None:
+    failed = caught_exception is not None or (
+        response is not None and response[1].get("ResponseMetadata", {}).get("HTTPStatusCode", 200) >= 500)
+    if failed:
+        _observer.storage_retry()
+
+
+class _translate_errors:
+    """Map botocore failures to the job's error types, naming the URI."""
+
+    def __init__(self, uri: str):
+        self.uri = uri
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        if exc is None:
+            return False
+        from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
+
+        if isinstance(exc, NoCredentialsError):
+            raise InvalidInputError(f"no S3 credentials found for {self.uri}") from None
+        if isinstance(exc, ClientError):
+            code = exc.response.get("Error", {}).get("Code", "")
+            status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+            if code in ("NoSuchKey", "404", "NotFound"):
+                raise FileNotFoundError(self.uri) from None
+            if code == "NoSuchBucket":
+                raise InvalidInputError(f"S3 bucket does not exist: {self.uri}") from None
+            if code in ("AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "403"):
+                raise InvalidInputError(f"S3 access denied ({code}) for {self.uri}") from None
+            if status >= 500 or code in ("SlowDown", "RequestTimeout", "Throttling"):
+                raise RetryableError(f"S3 unavailable ({code}) for {self.uri}") from None
+            raise InvalidInputError(f"S3 error {code} for {self.uri}") from None
+        if isinstance(exc, BotoCoreError):
+            raise RetryableError(f"S3 unreachable for {self.uri}: {exc}") from None
+        return False
+
+
+# ----------------------------------------------------------------------------------------------
+
+def list_files(uri: str, suffixes: Iterable[str] | None = None) -> list[StoredFile]:
+    """Files under a prefix or directory, recursively, sorted by relative path."""
+    wanted = tuple(s.lower() for s in suffixes) if suffixes else None
+    files: list[StoredFile] = []
+    if is_s3(uri):
+        bucket, key = split_s3(uri)
+        prefix = key.rstrip("/") + "/" if key.strip("/") else ""
+        with _translate_errors(uri):
+            for page in s3_client().get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+                for obj in page.get("Contents", []):
+                    rel = obj["Key"][len(prefix):]
+                    if rel and not rel.endswith("/"):
+                        files.append(StoredFile(rel, obj["Size"], obj.get("ETag", "").strip('"')))
+    else:
+        root = Path(uri)
+        if root.is_dir():
+            files = [StoredFile(p.relative_to(root).as_posix(), p.stat().st_size)
+                     for p in root.rglob("*") if p.is_file()]
+    if wanted:
+        files = [f for f in files if f.relative_path.lower().endswith(wanted)]
+    return sorted(files, key=lambda f: f.relative_path)
+
+
+def exists(uri: str) -> bool:
+    if not is_s3(uri):
+        return Path(uri).exists()
+    bucket, key = split_s3(uri)
+    try:
+        with _translate_errors(uri):
+            s3_client().head_object(Bucket=bucket, Key=key)
+        return True
+    except FileNotFoundError:
+        return False
+
+
+def read_bytes(uri: str) -> bytes:
+    """The whole object; FileNotFoundError when it does not exist."""
+    if not is_s3(uri):
+        return Path(uri).read_bytes()
+    bucket, key = split_s3(uri)
+    with _translate_errors(uri):
+        body = s3_client().get_object(Bucket=bucket, Key=key)["Body"].read()
+    _observer.transfer(direction="download", num_bytes=len(body), objects=1)
+    return body
+
+
+def write_bytes(uri: str, data: bytes) -> None:
+    """Write one object or file whole: a reader sees the old content or the new, never a part."""
+    if not is_s3(uri):
+        path = Path(uri)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+        return
+    bucket, key = split_s3(uri)
+    with _translate_errors(uri):
+        s3_client().put_object(Bucket=bucket, Key=key, Body=data)
+    _observer.transfer(direction="upload", num_bytes=len(data), objects=1)
+
+
+def delete(uri: str) -> None:
+    """Delete one object or file, or a whole prefix/directory when `uri` ends with '/'."""
+    if not is_s3(uri):
+        path = Path(uri)
+        if path.is_dir():
+            shutil.rmtree(path)
+        elif path.exists():
+            path.unlink()
+        return
+    bucket, key = split_s3(uri)
+    keys = [join(key, f.relative_path) for f in list_files(uri)] if uri.endswith("/") else [key]
+    with _translate_errors(uri):
+        for start in range(0, len(keys), 1000):
+            batch = [{"Key": k} for k in keys[start:start + 1000]]
+            if batch:
+                s3_client().delete_objects(Bucket=bucket, Delete={"Objects": batch, "Quiet": True})
+
+
+def download_file(uri: str, local_path: Path, expected: StoredFile | None = None) -> Path:
+    """Copy one file to `local_path`, verifying its size when known."""
+    local_path.parent.mkdir(parents=True, exist_ok=True)
+    if not is_s3(uri):
+        shutil.copyfile(uri, local_path)
+    else:
+        bucket, key = split_s3(uri)
+        with _translate_errors(uri):
+            s3_client().download_file(bucket, key, str(local_path), Config=_transfer_config())
+    size = local_path.stat().st_size
+    if expected is not None and size != expected.size:
+        local_path.unlink()
+        raise RetryableError(f"download of {uri} is truncated: {size} of {expected.size} bytes")
+    if is_s3(uri):
+        _observer.transfer(direction="download", num_bytes=size, objects=1)
+    return local_path
+
+
+def download_dir(uri: str, local_dir: Path, suffixes: Iterable[str] | None = None) -> list[Path]:
+    """Copy every file under a prefix into `local_dir`, concurrently; returns the local paths."""
+    files = list_files(uri, suffixes)
+    with ThreadPoolExecutor(TRANSFER_THREADS) as pool:
+        return list(pool.map(
+            lambda f: download_file(join(uri, f.relative_path), local_dir / f.relative_path, f), files))
+
+
+def upload_file(local_path: Path, uri: str) -> None:
+    if not is_s3(uri):
+        target = Path(uri)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
+        shutil.copyfile(local_path, tmp)
+        os.replace(tmp, target)
+        return
+    bucket, key = split_s3(uri)
+    with _translate_errors(uri):
+        s3_client().upload_file(str(local_path), bucket, key, Config=_transfer_config())
+    _observer.transfer(direction="upload", num_bytes=local_path.stat().st_size, objects=1)
+
+
+def upload_dir(local_dir: Path, uri: str) -> list[str]:
+    """Copy every file under `local_dir` to the prefix, concurrently; returns the URIs written."""
+    paths = sorted(p for p in Path(local_dir).rglob("*") if p.is_file())
+    targets = [join(uri, p.relative_to(local_dir).as_posix()) for p in paths]
+    with ThreadPoolExecutor(TRANSFER_THREADS) as pool:
+        list(pool.map(upload_file, paths, targets))
+    return targets
+
+
+def _transfer_config():
+    from boto3.s3.transfer import TransferConfig
+
+    return TransferConfig(multipart_threshold=MULTIPART_THRESHOLD,
+                          multipart_chunksize=MULTIPART_THRESHOLD, max_concurrency=4)

@@ -1,0 +1,290 @@
+"""The DreamBooth training loop: full UNet fine-tuning (text encoder optional) with the
+class-specific prior-preservation loss (Ruiz et al., CVPR 2023, eq. 2).
+
+Reads top to bottom: `Trainer.setup` (device, precision, caches, optimizer), `Trainer.train` (the
+loop), `Trainer.save_model`. Every random draw of step k comes from a generator seeded by
+(seed, k), so a run resumed at step k continues exactly like one that never stopped, and the cached
+and uncached paths draw the same numbers.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from dreambooth_job.config import TrainConfig
+from dreambooth_job.data import square_crop, to_tensor
+from dreambooth_job.events import JobObserver, TrainProgress
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainResult:
+    steps_done: int
+    final_loss: float | None
+    final_instance_loss: float | None
+    final_prior_loss: float | None
+    device: str
+    mixed_precision: str
+    gradient_checkpointing: bool
+
+
+def resolve_precision(requested: str, device: torch.device) -> str:
+    if requested != "auto":
+        return requested
+    if device.type != "cuda":
+        return "no"
+    return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+
+
+def step_generator(seed: int, step: int) -> torch.Generator:
+    """The source of every random number drawn at `step` (data order aside)."""
+    return torch.Generator("cpu").manual_seed(seed * 1_000_003 + step)
+
+
+class Trainer:
+    def __init__(self, config: TrainConfig, pipeline, noise_scheduler, *,
+                 instance_images: list[Image.Image], instance_prompt: str,
+                 class_images: list[Image.Image] | None, class_prompt: str,
+                 observer: JobObserver | None = None):
+        self.config = config
+        self.pipeline = pipeline
+        self.noise_scheduler = noise_scheduler
+        self.instance_images = instance_images
+        self.class_images = class_images if config.prior_preservation else None
+        self.instance_prompt = instance_prompt
+        self.class_prompt = class_prompt
+        self.observer = observer or JobObserver()
+        self.step = 0
+
+    # ------------------------------------------------------------------------------------------
+    def setup(self) -> None:
+        from accelerate import Accelerator
+
+        config = self.config
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        self.precision = resolve_precision(config.mixed_precision, device)
+        self.accelerator = Accelerator(
+            mixed_precision=self.precision, cpu=device.type == "cpu",
+            gradient_accumulation_steps=config.gradient_accumulation_steps)
+        self.device = self.accelerator.device
+        if self.device.type == "cuda":
+            torch.backends.cuda.matmul.allow_tf32 = True
+            torch.backends.cudnn.allow_tf32 = True
+        weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(self.precision, torch.float32)
+
+        pipe = self.pipeline
+        self.unet, self.vae, self.text_encoder, self.tokenizer = pipe.unet, pipe.vae, pipe.text_encoder, pipe.tokenizer
+        self.vae.requires_grad_(False).to(self.device, weight_dtype)
+        self.text_encoder.requires_grad_(config.train_text_encoder)
+        self.text_encoder.to(self.device, torch.float32 if config.train_text_encoder else weight_dtype)
+        self.unet.requires_grad_(True).to(self.device, torch.float32).train()
+        self.gradient_checkpointing = (config.gradient_checkpointing if config.gradient_checkpointing
+                                       is not None else self.device.type == "cuda")
+        if self.gradient_checkpointing:
+            self.unet.enable_gradient_checkpointing()
+            if config.train_text_encoder:
+                self.text_encoder.gradient_checkpointing_enable()
+
+        self.pixels = self._prepare_pixels()
+        self.prompt_ids = {name: self._tokenize(prompt) for name, prompt in
+                           (("instance", self.instance_prompt), ("class", self.class_prompt))}
+        # Random crops change the pixels every step, so only centre-cropped data can be cached.
+        self.cached_latents = self._encode_all() if config.cache_latents and config.center_crop else None
+        self.cached_embeddings = (
+            {name: self._encode_prompt(ids) for name, ids in self.prompt_ids.items()}
+            if config.cache_latents and not config.train_text_encoder else None)
+        if self.cached_latents is not None and self.cached_embeddings is not None:
+            # Neither model is needed again until sampling: give their device memory to training.
+            self.vae.to("cpu")
+            self.text_encoder.to("cpu")
+
+        trainable = list(self.unet.parameters())
+        if config.train_text_encoder:
+            trainable += list(self.text_encoder.parameters())
+        self.optimizer = self._optimizer(trainable)
+        from diffusers.optimization import get_scheduler
+
+        self.lr_scheduler = get_scheduler(
+            config.lr_scheduler, optimizer=self.optimizer,
+            num_warmup_steps=config.lr_warmup_steps, num_training_steps=config.max_train_steps)
+        prepared = self.accelerator.prepare(self.unet, self.optimizer, self.lr_scheduler)
+        self.unet, self.optimizer, self.lr_scheduler = prepared
+        if config.train_text_encoder:
+            self.text_encoder = self.accelerator.prepare(self.text_encoder)
+        self.trainable = trainable
+
+    def _optimizer(self, params):
+        config = self.config
+        if config.use_8bit_adam:
+            import bitsandbytes as bnb
+
+            return bnb.optim.AdamW8bit(params, lr=config.learning_rate, weight_decay=config.adam_weight_decay)
+        fused = self.device.type == "cuda"
+        return torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.adam_weight_decay,
+                                 fused=fused, foreach=not fused)
+
+    def _prepare_pixels(self) -> dict[str, torch.Tensor | list[Image.Image]]:
+        """Centre-cropped images become tensors once; random crops stay PIL images until each step."""
+        res, center = self.config.resolution, self.config.center_crop
+        sets = {"instance": self.instance_images}
+        if self.class_images:
+            sets["class"] = self.class_images
+        if not center:
+            return sets
+        return {name: torch.stack([to_tensor(square_crop(im, res, True)) for im in images])
+                for name, images in sets.items()}
+
+    def _tokenize(self, prompt: str) -> torch.Tensor:
+        return self.tokenizer(prompt, padding="max_length", truncation=True,
+                              max_length=self.tokenizer.model_max_length, return_tensors="pt").input_ids
+
+    def _encode_prompt(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.text_encoder(ids.to(self.device))[0]
+
+    @torch.no_grad()
+    def _latent_params(self, pixels: torch.Tensor) -> torch.Tensor:
+        """The VAE posterior's mean and log-variance, concatenated on channels."""
+        return self.vae.encode(pixels.to(self.device, self.vae.dtype)).latent_dist.parameters.float()
+
+    def _encode_all(self) -> dict[str, torch.Tensor]:
+        """Posterior parameters of every image (and its mirror image when flipping)."""
+        cache = {}
+        for name, pixels in self.pixels.items():
+            chunks = [self._latent_params(pixels[i:i + 8]) for i in range(0, len(pixels), 8)]
+            cache[name] = torch.cat(chunks)
+            if self.config.random_flip:
+                chunks = [self._latent_params(pixels[i:i + 8].flip(-1)) for i in range(0, len(pixels), 8)]
+                cache[name + "_flipped"] = torch.cat(chunks)
+        return cache
+
+    # ------------------------------------------------------------------------------------------
+    def _pick(self, name: str, step: int, generator: torch.Generator) -> tuple[list[int], list[bool]]:
+        """Which images of set `name` step `step` trains on: each epoch is a seeded permutation."""
+        count = len(self.pixels[name])
+        batch = self.config.train_batch_size
+        indices = []
+        for slot in range(step * batch, (step + 1) * batch):
+            epoch, position = divmod(slot, count)
+            order = torch.randperm(count, generator=torch.Generator().manual_seed(
+                self.config.seed * 7919 + epoch + (0 if name == "instance" else 104729)))
+            indices.append(int(order[position]))
+        flips = [bool(f) for f in torch.rand(batch, generator=generator) < 0.5] \
+            if self.config.random_flip else [False] * batch
+        return indices, flips
+
+    def _latents(self, name: str, step: int, generator: torch.Generator) -> torch.Tensor:
+        indices, flips = self._pick(name, step, generator)
+        if self.cached_latents is not None:
+            params = torch.stack([self.cached_latents[name + ("_flipped" if f else "")][i]
+                                  for i, f in zip(indices, flips)])
+        else:
+            pixels = self._batch_pixels(name, indices, flips, generator)
+            params = self._latent_params(pixels)
+        mean, logvar = params.to(self.device).chunk(2, dim=1)
+        std = torch.exp(0.5 * logvar.clamp(-30.0, 20.0))
+        noise = torch.randn(mean.shape, generator=generator).to(self.device)
+        return (mean + std * noise) * self.vae.config.scaling_factor
+
+    def _batch_pixels(self, name, indices, flips, generator) -> torch.Tensor:
+        if self.config.center_crop:
+            pixels = self.pixels[name][indices]
+        else:
+            import numpy as np
+
+            rng = np.random.default_rng(int(torch.randint(0, 2**31, (1,), generator=generator)))
+            pixels = torch.stack([to_tensor(square_crop(self.pixels[name][i], self.config.resolution,
+                                                        False, rng)) for i in indices])
+        return torch.stack([p.flip(-1) if f else p for p, f in zip(pixels, flips)])
+
+    def _embeddings(self, name: str) -> torch.Tensor:
+        batch = self.config.train_batch_size
+        if self.cached_embeddings is not None:
+            return self.cached_embeddings[name].expand(batch, -1, -1)
+        return self._encode_prompt(self.prompt_ids[name]).expand(batch, -1, -1)
+
+    def loss(self, step: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """DreamBooth's objective at `step`: instance loss + lambda x prior loss, and both parts."""
+        generator = step_generator(self.config.seed, step)
+        names = ["instance"] + (["class"] if self.class_images else [])
+        latents = torch.cat([self._latents(n, step, generator) for n in names])
+        embeddings = torch.cat([self._embeddings(n) for n in names])
+        noise = torch.randn(latents.shape, generator=generator).to(self.device)
+        timesteps = torch.randint(0, self.noise_scheduler.config.num_train_timesteps,
+                                  (latents.shape[0],), generator=generator).to(self.device)
+        noisy = self.noise_scheduler.add_noise(latents, noise, timesteps)
+        if self.noise_scheduler.config.prediction_type == "v_prediction":
+            target = self.noise_scheduler.get_velocity(latents, noise, timesteps)
+        else:
+            target = noise
+        with self.accelerator.autocast():
+            prediction = self.unet(noisy, timesteps, embeddings.to(noisy.dtype)).sample
+        errors = F.mse_loss(prediction.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))
+        instance_loss = errors[: self.config.train_batch_size].mean()
+        prior_loss = errors[self.config.train_batch_size:].mean() if self.class_images else torch.zeros((), device=self.device)
+        return instance_loss + self.config.prior_loss_weight * prior_loss, instance_loss, prior_loss
+
+    # ------------------------------------------------------------------------------------------
+    def train(self, on_step_end: Callable[[int], None] | None = None) -> TrainResult:
+        """Optimize from `self.step` to max_train_steps; `on_step_end(step)` runs after each step."""
+        config = self.config
+        micro_steps = config.gradient_accumulation_steps
+        images_per_step = config.train_batch_size * micro_steps * (2 if self.class_images else 1)
+        started, started_step = time.perf_counter(), self.step
+        last = None
+        while self.step < config.max_train_steps:
+            for micro in range(micro_steps):
+                with self.accelerator.accumulate(self.unet):
+                    loss, instance_loss, prior_loss = self.loss(self.step * micro_steps + micro)
+                    self.accelerator.backward(loss)
+                    if self.accelerator.sync_gradients and config.max_grad_norm > 0:
+                        self.accelerator.clip_grad_norm_(self.trainable, config.max_grad_norm)
+                    self.optimizer.step()
+                    self.lr_scheduler.step()
+                    self.optimizer.zero_grad(set_to_none=True)
+            self.step += 1
+            last = (loss.detach(), instance_loss.detach(), prior_loss.detach())
+            if self.step % config.log_every == 0 or self.step == config.max_train_steps:
+                # The only host-device sync of the loop: once per log interval, not per step.
+                elapsed = time.perf_counter() - started
+                rate = (self.step - started_step) / elapsed if elapsed > 0 else 0.0
+                progress = TrainProgress(
+                    step=self.step, max_steps=config.max_train_steps, loss=last[0].item(),
+                    instance_loss=last[1].item(), prior_loss=last[2].item(),
+                    learning_rate=self.lr_scheduler.get_last_lr()[0], steps_per_second=rate,
+                    images_per_second=rate * images_per_step,
+                    eta_seconds=(config.max_train_steps - self.step) / rate if rate else math.inf)
+                self.observer.train_progress(progress)
+                log.info("step %d/%d loss %.4f (instance %.4f, prior %.4f) lr %.2e %.2f steps/s eta %.0fs",
+                         progress.step, progress.max_steps, progress.loss, progress.instance_loss,
+                         progress.prior_loss, progress.learning_rate, rate, progress.eta_seconds)
+            if on_step_end is not None:
+                on_step_end(self.step)
+        values = [v.item() for v in last] if last else [None, None, None]
+        return TrainResult(self.step, *values, device=str(self.device), mixed_precision=self.precision,
+                           gradient_checkpointing=self.gradient_checkpointing)
+
+    # ------------------------------------------------------------------------------------------
+    def inference_pipeline(self):
+        """The pipeline with the trained weights, on the training device, ready to sample."""
+        pipe = self.pipeline
+        pipe.unet = self.accelerator.unwrap_model(self.unet)
+        pipe.text_encoder = self.accelerator.unwrap_model(self.text_encoder)
+        pipe.vae.to(self.device)
+        pipe.text_encoder.to(self.device)
+        return pipe
+
+    def save_model(self, directory) -> None:
+        """A diffusers pipeline directory (safetensors) that `from_pretrained` loads as is."""
+        pipe = self.inference_pipeline()
+        pipe.unet.eval()
+        pipe.save_pretrained(directory, safe_serialization=True)
+        pipe.unet.train()
