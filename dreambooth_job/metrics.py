@@ -24,7 +24,7 @@ can be found and deleted together. Groups live until deleted: once a batch's rep
     >>> from dreambooth_job.config import TrainConfig
     >>> obs = PrometheusObserver(TrainConfig(metrics_port=0, job_id="j1", subject_id="dog"))
     >>> obs.phase_started("train")
-    >>> b'dreambooth_phase{job_id="j1",subject_id="dog",batch_id="",phase="train"} 1.0' in obs.exposition()
+    >>> b'dreambooth_phase{batch_id="",job_id="j1",phase="train",subject_id="dog"} 1.0' in obs.exposition()
     True
 """
 
@@ -42,6 +42,7 @@ import time
 import urllib.request
 from collections.abc import Iterable, Mapping
 from socketserver import ThreadingMixIn
+from typing import ClassVar, Self
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 import prometheus_client
@@ -99,9 +100,9 @@ class JobMetrics:
         self.phase_started = gauge(
             "dreambooth_phase_started_timestamp_seconds",
             "Unix time the current phase started.").labels(**ids)
-        duration = gauge("dreambooth_phase_duration_seconds",
-                         "Wall-clock seconds each finished phase took.", "phase")
-        self.phase_duration = {p: duration.labels(**ids, phase=p) for p in PHASES}
+        # Children appear as phases finish: a 0 for a phase not run would read as "took no time".
+        self._phase_duration = gauge("dreambooth_phase_duration_seconds",
+                                     "Wall-clock seconds each finished phase took.", "phase")
 
         self.train_step = gauge("dreambooth_train_step", "Optimizer steps done.").labels(**ids)
         self.train_target = gauge(
@@ -168,8 +169,11 @@ class JobMetrics:
 
         self.registry.register(MemoryCollector(self.ids))
 
-    def evaluation_score(self, name: str):
+    def evaluation_score(self, name: str) -> Gauge:
         return self._evaluation.labels(**self.ids, score=name)
+
+    def phase_duration(self, phase: str) -> Gauge:
+        return self._phase_duration.labels(**self.ids, phase=phase)
 
 
 class MemoryCollector(Collector):
@@ -180,7 +184,7 @@ class MemoryCollector(Collector):
     CUDA, the single device "cpu" reports the process's resident memory as allocated and reserved.
     """
 
-    FAMILIES = {
+    FAMILIES: ClassVar[dict[str, str]] = {
         "dreambooth_device_memory_allocated_bytes": "Memory held by tensors now, per device.",
         "dreambooth_device_memory_reserved_bytes": "Memory reserved by the allocator now, per device.",
         "dreambooth_device_memory_peak_allocated_bytes": "Peak of the allocated memory, per device.",
@@ -327,7 +331,7 @@ class Pusher:
                 prometheus_client.push_to_gateway(self.url, PUSH_JOB, self.registry,
                                                   grouping_key=self.group, timeout=self.timeout)
                 return True
-            except Exception as exc:  # never fatal: the job matters more than its metrics
+            except Exception as exc:  # noqa: BLE001 - a push never fails the job
                 self.failures.inc()
                 log.warning("push to Pushgateway %s failed: %s", self.url, exc)
                 return False
@@ -338,7 +342,7 @@ def _never_raises(method):
     def wrapper(self, *args, **kwargs):
         try:
             return method(self, *args, **kwargs)
-        except Exception:
+        except Exception:  # observers must not raise into the job
             log.warning("metrics: %s failed", method.__name__, exc_info=True)
 
     return wrapper
@@ -398,7 +402,7 @@ class PrometheusObserver(JobObserver):
         if self.server is not None:
             self.server.close()
 
-    def __enter__(self) -> PrometheusObserver:
+    def __enter__(self) -> Self:
         self.start()
         return self
 
@@ -420,8 +424,8 @@ class PrometheusObserver(JobObserver):
 
     @_never_raises
     def phase_finished(self, phase: str, seconds: float) -> None:
-        if phase in self.metrics.phase_duration:
-            self.metrics.phase_duration[phase].set(seconds)
+        if phase in PHASES:
+            self.metrics.phase_duration(phase).set(seconds)
 
     @_never_raises
     def train_progress(self, progress: TrainProgress) -> None:
@@ -523,7 +527,7 @@ def delete_batch_groups(url: str, batch_id: str, subject_ids: Iterable[str] | No
         try:
             prometheus_client.delete_from_gateway(url, PUSH_JOB, grouping_key(batch_id, subject_id),
                                                   timeout=timeout)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - try every group, report the failed ones
             log.warning("deleting Pushgateway group of %s/%s failed: %s", batch_id, subject_id, exc)
             failed.append(subject_id)
     return failed

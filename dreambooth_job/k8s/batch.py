@@ -85,10 +85,11 @@ def parse_rows(source: str, raw_defaults: Mapping[str, Any], rows: list[tuple[st
     problems: list[str] = []
     defaults: dict[str, Any] = {}
     for label, values in (("defaults", raw_defaults), ("--set", overrides)):
-        try:
-            defaults.update(normalize_keys(values, source=label))
-        except InvalidInputError as exc:
-            problems.append(exc.message)
+        for key, value in values.items():  # one by one, so one bad key does not hide the rest
+            try:
+                defaults.update(normalize_keys({key: value}, source=label))
+            except InvalidInputError as exc:
+                problems.append(exc.message)
     batch_id = str(defaults.pop("batch_id", None) or default_batch_id)
     if not ID_PATTERN.match(batch_id):
         problems.append(f"batch id {batch_id!r} must be 1-63 letters, digits, '-', '_' or '.'")
@@ -104,7 +105,8 @@ def parse_rows(source: str, raw_defaults: Mapping[str, Any], rows: list[tuple[st
             problems.append(exc.message)
             continue
         if config.subject_id in seen:
-            problems.append(f"{where}: id {config.subject_id!r} repeats {seen[config.subject_id]}")
+            problems.append(f"{where} (id {config.subject_id}): id {config.subject_id!r} "
+                            f"repeats {seen[config.subject_id]}")
             continue
         seen[config.subject_id] = where
         configs.append(config)

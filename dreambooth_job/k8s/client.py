@@ -53,6 +53,10 @@ class JobExistsError(KubernetesError):
     """A Job of that name exists and cannot be reused (running, or a different subject)."""
 
 
+class JobStillRunningError(JobExistsError):
+    """`replace=True` found the Job still queued or running; cancel it first."""
+
+
 class ForbiddenError(KubernetesError, InvalidInputError):
     """The credentials may not do this (RBAC); retrying cannot help."""
 
@@ -236,7 +240,8 @@ def submit(spec: JobSpec, *, replace: bool = False, connection: Connection | Non
     if not replace:
         return SubmittedJob(name, namespace, existing.metadata.uid, created=False)
     if not is_finished(existing):
-        raise JobExistsError(f"{what} is still queued or running; cancel it before replacing it", 409)
+        raise JobStillRunningError(f"{what} is still queued or running; cancel it before replacing it",
+                                   409)
     cancel(name, namespace, connection=conn)
     _wait_until_gone(conn, name, namespace, delete_timeout_seconds)
     created = conn.call(what, conn.batch.create_namespaced_job, namespace, manifest)

@@ -19,7 +19,8 @@ from dataclasses import dataclass, field
 
 from dreambooth_job.config import TrainConfig
 from dreambooth_job.k8s.batch import Batch
-from dreambooth_job.k8s.client import Connection, connect, is_finished, list_jobs, render, submit
+from dreambooth_job.k8s.client import (Connection, JobStillRunningError, connect, is_finished,
+                                       list_jobs, render, submit)
 from dreambooth_job.k8s.manifest import BATCH_LABEL, ClusterSettings, JobSpec, job_name
 from dreambooth_job.result import read_completed_result
 
@@ -82,9 +83,15 @@ def submit_batch(batch: Batch, cluster: ClusterSettings, *, max_parallel: int | 
                       if not is_finished(j)]
             free = max(0, throttle - len(active))
         for spec in todo[:free]:
-            job = submit(spec, replace=True, connection=conn)
-            outcome.created.append(spec.train.subject_id)
-            log(f"{spec.train.subject_id}: {'replaced' if job.replaced else 'created'} job {job.name}")
+            subject = spec.train.subject_id
+            try:
+                job = submit(spec, replace=True, connection=conn)
+            except JobStillRunningError:  # another feeder of the same batch got there first
+                outcome.skipped_active.append(subject)
+                log(f"{subject}: skipped, its job was created meanwhile")
+                continue
+            outcome.created.append(subject)
+            log(f"{subject}: {'replaced' if job.replaced else 'created'} job {job.name}")
         todo = todo[free:]
         if todo:
             log(f"{len(todo)} subject(s) waiting for a free slot (max {throttle} running)")

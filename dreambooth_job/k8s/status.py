@@ -20,7 +20,8 @@ from typing import Any
 from dreambooth_job.exit_codes import ExitCode, JobError
 from dreambooth_job.k8s import client as k8s_client
 from dreambooth_job.k8s.client import Connection, connect
-from dreambooth_job.k8s.manifest import BATCH_LABEL, SUBJECT_LABEL
+from dreambooth_job.k8s.batch import Batch
+from dreambooth_job.k8s.manifest import BATCH_LABEL, SUBJECT_LABEL, job_name
 
 JOB_NAME_LABEL = "job-name"  # set on every pod by the Job controller (all supported versions)
 
@@ -99,12 +100,52 @@ def get_status(name: str, namespace: str | None = None, *, read_result: bool = T
     return status
 
 
+def batch_status(batch: Batch, namespace: str | None = None, *, read_result: bool = True,
+                 connection: Connection | None = None) -> list[JobStatus]:
+    """One status per subject of `batch`, in file order, from two list calls (Jobs, pods).
+
+    A subject without a Job (never submitted, or deleted after it finished) is "succeeded" when
+    its output holds a completed run, else "not-submitted".
+    """
+    conn = connect(connection)
+    namespace = namespace or conn.namespace
+    selector = {BATCH_LABEL: batch.batch_id}
+    jobs = {j.metadata.name: j for j in k8s_client.list_jobs(selector, namespace, connection=conn)}
+    pods = conn.call(f"pods of batch {batch.batch_id}", conn.core.list_namespaced_pod, namespace,
+                     label_selector=f"{BATCH_LABEL}={batch.batch_id}").items
+    to_dict = conn.api_client.sanitize_for_serialization
+    pods = [to_dict(p) for p in pods]
+    statuses = []
+    for config in batch.subjects:
+        name = job_name(config.subject_id, config.batch_id)
+        if name in jobs:
+            status = describe(to_dict(jobs[name]), pods)
+            status.output = status.output or config.output
+            if read_result:
+                attach_result(status)
+        else:
+            status = JobStatus(name=name, namespace=namespace, phase=Phase.NOT_SUBMITTED,
+                               subject_id=config.subject_id, batch_id=config.batch_id,
+                               output=config.output)
+            if read_result:
+                _load_result(status)
+                if status.result is not None:
+                    status.phase = Phase.SUCCEEDED
+        statuses.append(status)
+    return statuses
+
+
 def attach_result(status: JobStatus) -> None:
     """Read result.json into `status` when the Job succeeded; errors are kept, not raised."""
-    if status.phase is not Phase.SUCCEEDED or not status.output:
-        return
+    if status.phase is Phase.SUCCEEDED:
+        _load_result(status)
+
+
+def _load_result(status: JobStatus) -> None:
     from dreambooth_job.result import read_completed_result
 
+    if not status.output:
+        return
     try:
         status.result = read_completed_result(status.output)
     except (JobError, OSError) as exc:
