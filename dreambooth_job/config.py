@@ -146,6 +146,24 @@ class TrainConfig:
     # --- evaluation -----------------------------------------------------------------------------
     evaluate: bool = option(
         False, help="Evaluate the model like the paper (DINO, CLIP-I, CLIP-T, PRES, DIV) at the end.")
+    prompt_set: str = option(
+        "auto",
+        help="Evaluation prompts: object, live (the paper's 25 each), auto (live for dogs and cats, "
+             "else object) or a file / s3:// URI with one {identifier} {class_noun} template a line.")
+    images_per_prompt: int = option(4, help="Evaluation images per prompt (the paper: 4).")
+    eval_max_prompts: int = option(
+        0, help="Evaluate on at most this many prompts, spread over the set (0: all 25).")
+    eval_class_images: int = option(
+        16, help="Images of the class prompt generated for PRES (0: skip PRES).")
+    dino_model: str | None = option(
+        "facebook/dino-vits16",
+        help="DINO ViT-S/16 for DINO, PRES and the DIV fallback: hub id, directory or s3:// prefix.")
+    clip_model: str | None = option(
+        "openai/clip-vit-base-patch32",
+        help="CLIP model for CLIP-I and CLIP-T: hub id, directory or s3:// prefix.")
+    lpips_model: str | None = option(
+        help="Directory or s3:// prefix with LPIPS weights (alexnet.pth, lpips_alex.pth) for DIV; "
+             "without it DIV is reported unavailable and div_dino is given instead.")
 
     # --- checkpoints and lifecycle -------------------------------------------------------------
     checkpoint_every: int = option(200, help="Write a resumable checkpoint every N steps (0: never).")

@@ -44,7 +44,7 @@ def run_demo(output: str, max_train_steps: int = 20, metrics_port: int = 9090) -
         config = TrainConfig(instance_data=str(sample_photos_dir()), output=str(root / "run"),
                              class_data=str(root / "class-cache"), **settings)
         code = job.run(config)
-        _report(code, str(root / "run"), root / "run")
+        _report(str(root / "run"), root / "run")
         return code
 
     with s3server.LocalS3Server(root / "s3-data") as server:
@@ -61,12 +61,12 @@ def run_demo(output: str, max_train_steps: int = 20, metrics_port: int = 9090) -
         # The server stops with the demo: keep a copy of what the job wrote.
         copy = root / "run"
         storage.download_dir(run_uri, copy)
-    _report(code, run_uri, copy)
+    _report(run_uri, copy)
     return code
 
 
-def _report(code: ExitCode, run_uri: str, local_copy: Path) -> None:
-    click.echo(f"demo finished with exit code {int(code)} ({code.description})")
+def _report(run_uri: str, local_copy: Path) -> None:
+    click.echo("demo finished")
     click.echo(f"  outputs written to  {run_uri}")
     click.echo(f"  local copy          {local_copy}")
     click.echo(f"  model               {local_copy / 'model'}")

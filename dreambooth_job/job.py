@@ -69,6 +69,7 @@ class Job:
 
     # ------------------------------------------------------------------------------------------
     def run(self) -> ExitCode:
+        """Run every phase; on failure record it (result.json, metrics) and raise a JobError."""
         config = self.config
         log.configure(config.log_format, job_id=config.job_id, subject_id=config.subject_id)
         storage.set_observer(self.observer)
@@ -76,18 +77,23 @@ class Job:
         try:
             with tempfile.TemporaryDirectory(prefix="dreambooth-job-") as work:
                 self._run_phases(Path(work))
-            code = ExitCode.OK
         except JobError as exc:
-            code = exc.exit_code
             logger.error("%s", exc.message)
-            self._record_failure(code, exc.message)
-        except Exception as exc:  # noqa: BLE001 - the job must report any failure before exiting
-            code = ExitCode.INTERNAL_ERROR
+            self._fail(exc)
+            raise
+        except Exception as exc:
             logger.exception("unexpected error")
-            self._record_failure(code, f"{type(exc).__name__}: {exc}")
-        self.observer.phase_started("done" if code == ExitCode.OK else "failed")
-        self.observer.finished(exit_code=int(code))
-        return code
+            error = JobError(f"unexpected {type(exc).__name__}: {exc}")
+            self._fail(error)
+            raise error from exc
+        self.observer.phase_started("done")
+        self.observer.finished(exit_code=int(ExitCode.OK))
+        return ExitCode.OK
+
+    def _fail(self, error: JobError) -> None:
+        self._record_failure(error.exit_code, error.message)
+        self.observer.phase_started("failed")
+        self.observer.finished(exit_code=int(error.exit_code))
 
     def _run_phases(self, work: Path) -> None:
         from dreambooth_job import data, identifiers, models, priors, sampling
@@ -215,5 +221,5 @@ def _inference_device():
 
 
 def run(config: TrainConfig, observer: JobObserver | None = None) -> ExitCode:
-    """Run the whole job; returns its exit code."""
+    """Run the whole job: ExitCode.OK, or a JobError carrying the exit code and a one-line reason."""
     return Job(config, observer).run()

@@ -174,7 +174,7 @@ def value(samples: dict[str, list], name: str, **labels: str) -> float:
     return matching[0]
 
 
-_DOC_ROW = re.compile(r"^\| `(dreambooth_[a-z0-9_]+)` \| (\w+) \| ([^|]*) \| ([^|]+) \|$")
+_DOC_ROW = re.compile(r"^\|\s*`(dreambooth_[a-z0-9_]+)`\s*\|\s*(\w+)\s*\|([^|]*)\|([^|]+)\|$")
 
 
 def documented_metrics() -> dict[str, dict[str, Any]]:

@@ -1,0 +1,102 @@
+import pytest
+import yaml
+from click.testing import CliRunner
+
+from dreambooth_job import config as cfg
+from dreambooth_job.cli import main
+from dreambooth_job.cli_options import resolve_train_config
+from dreambooth_job.exit_codes import ExitCode, InvalidInputError
+
+REQUIRED = {"instance_data": "s3://b/photos/", "class_noun": "dog", "output": "s3://b/out/"}
+
+
+def test_precedence_is_flag_then_env_then_file_then_default(tmp_path):
+    config_file = tmp_path / "job.yaml"
+    config_file.write_text(yaml.safe_dump(
+        {**REQUIRED, "max_train_steps": 100, "learning_rate": 1e-5, "resolution": 256, "seed": 7}))
+    env = {"DREAMBOOTH_MAX_TRAIN_STEPS": "200", "DREAMBOOTH_LEARNING_RATE": "2e-5"}
+    resolved = cfg.TrainConfig.resolve({"max_train_steps": 300}, env=env, config_file=config_file)
+    assert resolved.max_train_steps == 300      # flag beats env and file
+    assert resolved.learning_rate == 2e-5       # env beats file
+    assert resolved.resolution == 256           # file beats default
+    assert resolved.num_class_images == 200     # default
+    assert resolved.seed == 7
+
+
+def test_cli_flags_reach_the_config_and_unset_flags_do_not_override(tmp_path):
+    config_file = tmp_path / "job.json"
+    config_file.write_text('{"class-noun": "cat", "validation-prompts": ["x {identifier}"]}')
+    params = {"config_file": str(config_file), "instance_data": "d", "output": "o",
+              "class_noun": None, "validation_prompts": (), "random_flip": True}
+    resolved = resolve_train_config(params, env={})
+    assert resolved.class_noun == "cat"
+    assert resolved.validation_prompts == ["x {identifier}"]
+    assert resolved.random_flip is True
+
+
+@pytest.mark.parametrize("raw, expected", [("true", True), ("0", False), ("auto", None)])
+def test_env_booleans(raw, expected):
+    resolved = cfg.TrainConfig.resolve(env={"DREAMBOOTH_GRADIENT_CHECKPOINTING": raw})
+    assert resolved.gradient_checkpointing is expected
+
+
+def test_env_lists_accept_json_or_lines():
+    as_json = cfg.TrainConfig.resolve(env={"DREAMBOOTH_VALIDATION_PROMPTS": '["a", "b"]'})
+    as_lines = cfg.TrainConfig.resolve(env={"DREAMBOOTH_VALIDATION_PROMPTS": "a\nb"})
+    assert as_json.validation_prompts == as_lines.validation_prompts == ["a", "b"]
+
+
+@pytest.mark.parametrize("values, named", [
+    ({"resolution": 0}, "--resolution"),
+    ({"resolution": 100}, "--resolution"),
+    ({"max_train_steps": -5}, "--max-train-steps"),
+    ({"mixed_precision": "fp8"}, "--mixed-precision"),
+    ({"instance_prompt": "a photo"}, "--instance-prompt"),
+    ({"learning_rate": 0.0}, "--learning-rate"),
+])
+def test_invalid_values_name_the_option(values, named):
+    with pytest.raises(InvalidInputError, match=named):
+        cfg.TrainConfig(**values)
+
+
+def test_bad_env_value_names_the_variable():
+    with pytest.raises(InvalidInputError, match="DREAMBOOTH_MAX_TRAIN_STEPS"):
+        cfg.TrainConfig.resolve(env={"DREAMBOOTH_MAX_TRAIN_STEPS": "many"})
+
+
+def test_unknown_config_file_key_is_named(tmp_path):
+    bad = tmp_path / "job.yaml"
+    bad.write_text("max_steps: 5\n")
+    with pytest.raises(InvalidInputError, match="'max_steps'"):
+        cfg.load_config_file(bad)
+
+
+def test_to_cli_args_round_trips_through_the_cli_parser():
+    original = cfg.TrainConfig(**REQUIRED, max_train_steps=42, random_flip=True, center_crop=False,
+                               gradient_checkpointing=False, validation_prompts=["p {identifier}"])
+    args = cfg.to_cli_args(original)
+    ctx = main.commands["train"].make_context("train", list(args))
+    parsed = resolve_train_config(ctx.params, env={})
+    assert parsed.to_dict() == {**original.to_dict(), "cache_dir": parsed.cache_dir}
+
+
+def test_print_defaults_lists_every_option_with_its_default():
+    result = CliRunner().invoke(main, ["config", "--print-defaults"])
+    assert result.exit_code == 0
+    printed = yaml.safe_load(result.output)
+    assert set(printed) == {f.name for f in cfg.fields()}
+    assert printed["max_train_steps"] == 800 and printed["prior_loss_weight"] == 1.0
+
+
+def test_train_help_is_generated_from_the_config():
+    result = CliRunner().invoke(main, ["train", "--help"])
+    assert result.exit_code == 0
+    for f in cfg.fields():
+        assert cfg.flag_name(f.name).split("/")[0] in result.output or f.metadata["flag"]
+
+
+def test_missing_required_options_exit_2_naming_them():
+    result = CliRunner().invoke(main, ["train", "--class-noun", "dog"], env={})
+    assert result.exit_code == ExitCode.INVALID_INPUT
+    assert "--instance-data" in result.output and "--output" in result.output
+    assert len(result.output.strip().splitlines()) == 1

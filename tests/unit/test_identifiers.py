@@ -1,0 +1,43 @@
+import pytest
+
+from dreambooth_job import identifiers, models
+from dreambooth_job.exit_codes import InvalidInputError
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return models.clip_tokenizer()
+
+
+def test_tokenizer_matches_stable_diffusion(tokenizer):
+    assert len(tokenizer) == 49408
+    assert tokenizer("a photo of sks dog").input_ids == [49406, 320, 1125, 539, 48136, 1929, 49407]
+
+
+def test_auto_identifier_is_a_rare_single_token_without_known_meaning(tokenizer):
+    chosen = identifiers.choose_identifier(tokenizer)
+    assert chosen.chosen == "auto"
+    assert len(chosen.token_ids) == 1
+    assert chosen.token not in identifiers.KNOWN_MEANINGS
+    # Rare: in the last quarter of the merge-ordered vocabulary, far from common words.
+    assert chosen.token_ids[0] >= 0.75 * len(tokenizer)
+    assert chosen.token_ids[0] > tokenizer.get_vocab()["dog</w>"]
+    # Used in a prompt it stays one token between "a" and the class noun.
+    ids = tokenizer(f"a {chosen.token} dog").input_ids
+    assert ids[2] == chosen.token_ids[0] and len(ids) == 5
+
+
+def test_auto_identifier_is_deterministic(tokenizer):
+    assert identifiers.choose_identifier(tokenizer) == identifiers.choose_identifier(models.clip_tokenizer())
+
+
+def test_user_identifier_records_its_tokens(tokenizer):
+    chosen = identifiers.user_identifier(tokenizer, "sks")
+    assert chosen.chosen == "user" and chosen.token_ids == [48136]
+
+
+def test_format_prompt_fills_and_rejects_unknown_placeholders():
+    assert identifiers.format_prompt("a {identifier} {class_noun} on the beach", "olis", "dog") \
+        == "a olis dog on the beach"
+    with pytest.raises(InvalidInputError, match="{colour}|colour"):
+        identifiers.format_prompt("a {colour} {identifier}", "olis", "dog")

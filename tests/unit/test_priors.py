@@ -1,0 +1,22 @@
+import pytest
+
+from dreambooth_job import priors
+
+BASE = dict(model_fingerprint="m1", class_prompt="a dog", resolution=512,
+            sampler="DPMSolverMultistepScheduler", steps=25, guidance_scale=7.5, seed=0)
+
+
+def test_equal_inputs_give_equal_keys():
+    assert priors.cache_key(**BASE) == priors.cache_key(**dict(BASE))
+
+
+@pytest.mark.parametrize("field, other", [
+    ("model_fingerprint", "m2"), ("class_prompt", "a cat"), ("resolution", 768),
+    ("sampler", "DDIMScheduler"), ("steps", 50), ("guidance_scale", 5.0), ("seed", 1)])
+def test_every_input_that_changes_the_images_changes_the_key(field, other):
+    assert priors.cache_key(**{**BASE, field: other}) != priors.cache_key(**BASE)
+
+
+def test_image_names_sort_by_index():
+    names = [priors.image_name(i) for i in (0, 9, 10, 199)]
+    assert names == sorted(names) == ["00000.png", "00009.png", "00010.png", "00199.png"]
