@@ -86,5 +86,10 @@ def config_command(print_defaults: bool, **params) -> None:
     click.echo(yaml.safe_dump(resolve_train_config(params).to_dict(), sort_keys=False), nl=False)
 
 
+from dreambooth_job.evaluation.command import evaluate as evaluate_command  # noqa: E402
+main.add_command(evaluate_command)
+from dreambooth_job.k8s.commands import register as register_k8s_commands  # noqa: E402
+register_k8s_commands(main)
+
 if __name__ == "__main__":
     main()

@@ -1,6 +1,12 @@
 """One DreamBooth job, phase by phase: download, validate, load_model, class_images, train, sample,
-upload. `run(config)` is the whole job; it returns the exit code and never leaves a half-published
-output: result.json and the completion marker are written after everything they describe.
+(evaluate), upload. `run(config)` is the whole job.
+
+Guarantees, in the order the code keeps them:
+- a lease on the output prefix, so two pods of one job never train into it at once (lease.py);
+- a completed run of the same config is left alone (exit 0 without downloading anything);
+- training resumes from the newest checkpoint that verifies (checkpoint.py), and SIGTERM during
+  training ends with a fresh checkpoint and ExitCode.TERMINATED (termination.py);
+- result.json and then the completion marker are written after everything they describe.
 """
 
 from __future__ import annotations
@@ -17,10 +23,14 @@ import time
 from pathlib import Path
 
 from dreambooth_job import __version__, log, storage
+from dreambooth_job.checkpoint import CheckpointStore, conflicts
 from dreambooth_job.config import TrainConfig
 from dreambooth_job.events import JobObserver
-from dreambooth_job.exit_codes import ExitCode, InvalidInputError, JobError
-from dreambooth_job.result import COMPLETION_MARKER, RESULT_FILE, mark_complete, write_result
+from dreambooth_job.exit_codes import ExitCode, InvalidInputError, JobError, TerminatedError
+from dreambooth_job.lease import Lease
+from dreambooth_job.result import (COMPLETION_MARKER, RESULT_FILE, mark_complete,
+                                   read_completed_result, write_result)
+from dreambooth_job.termination import StopRequest
 
 logger = logging.getLogger("dreambooth_job")
 
@@ -32,9 +42,12 @@ OPERATIONAL_FIELDS = frozenset({
 })
 
 
+def model_config(config: TrainConfig) -> dict:
+    return {k: v for k, v in config.to_dict().items() if k not in OPERATIONAL_FIELDS}
+
+
 def config_fingerprint(config: TrainConfig) -> str:
-    relevant = {k: v for k, v in config.to_dict().items() if k not in OPERATIONAL_FIELDS}
-    return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()
+    return hashlib.sha256(json.dumps(model_config(config), sort_keys=True).encode()).hexdigest()
 
 
 def default_subject_id(instance_data: str) -> str:
@@ -56,6 +69,9 @@ class Job:
         self.observer = observer or JobObserver()
         self.durations: dict[str, float] = {}
         self.result: dict = {}
+        self.checkpoints = CheckpointStore(config.output, keep=max(1, config.checkpoints_keep))
+        self.lease = Lease(config.output)
+        self.stop = StopRequest(config.termination_grace_seconds)
 
     @contextlib.contextmanager
     def phase(self, name: str):
@@ -66,6 +82,7 @@ class Job:
         self.durations[name] = round(time.perf_counter() - started, 3)
         self.observer.phase_finished(name, self.durations[name])
         logger.info("phase %s done in %.1fs", name, self.durations[name])
+        self.lease.renew()
 
     # ------------------------------------------------------------------------------------------
     def run(self) -> ExitCode:
@@ -74,7 +91,14 @@ class Job:
         log.configure(config.log_format, job_id=config.job_id, subject_id=config.subject_id)
         storage.set_observer(self.observer)
         self.result = self._result_skeleton()
+        self.stop.install()
         try:
+            self.lease.acquire()
+            if self._already_complete():
+                self.observer.phase_started("done")
+                self.observer.finished(exit_code=int(ExitCode.OK))
+                return ExitCode.OK
+            self._check_checkpoints()
             with tempfile.TemporaryDirectory(prefix="dreambooth-job-") as work:
                 self._run_phases(Path(work))
         except JobError as exc:
@@ -86,6 +110,9 @@ class Job:
             error = JobError(f"unexpected {type(exc).__name__}: {exc}")
             self._fail(error)
             raise error from exc
+        finally:
+            self.lease.release()
+            self.stop.uninstall()
         self.observer.phase_started("done")
         self.observer.finished(exit_code=int(ExitCode.OK))
         return ExitCode.OK
@@ -95,16 +122,51 @@ class Job:
         self.observer.phase_started("failed")
         self.observer.finished(exit_code=int(error.exit_code))
 
+    def _already_complete(self) -> bool:
+        """True when --output holds a completed run of this config (and --force is off)."""
+        config = self.config
+        completed = read_completed_result(config.output)
+        if completed is None:
+            return False
+        if config.force:
+            logger.warning("--force: replacing the completed run in %s", config.output)
+            storage.delete(storage.join(config.output, COMPLETION_MARKER))
+            self.checkpoints.delete_all()
+            return False
+        if completed.get("config_fingerprint") == self.fingerprint:
+            logger.info("%s already holds a completed run of this config: nothing to do", config.output)
+            return True
+        previous = {k: v for k, v in completed.get("config", {}).items() if k not in OPERATIONAL_FIELDS}
+        differing = sorted(k for k, v in model_config(config).items() if previous.get(k) != v)
+        raise InvalidInputError(
+            f"--output {config.output} holds a completed run of another config (differs in: "
+            f"{', '.join(differing) or 'unknown'}); pass --force to replace it or use another --output")
+
+    def _check_checkpoints(self) -> None:
+        """Fail early, before any download, if checkpoints here belong to another config."""
+        existing = self.checkpoints.list()
+        if not existing:
+            return
+        differing = conflicts(existing[0].config, self.config.to_dict())
+        if not differing:
+            return
+        if self.config.restart:
+            logger.warning("--restart: deleting checkpoints of another config in %s", self.checkpoints.root)
+            self.checkpoints.delete_all()
+            return
+        raise InvalidInputError(
+            f"checkpoints in {self.checkpoints.root} were written with another config (differs in: "
+            f"{', '.join(differing)}); pass --restart to discard them or use another --output")
+
+    # ------------------------------------------------------------------------------------------
     def _run_phases(self, work: Path) -> None:
         from dreambooth_job import data, identifiers, models, priors, sampling
         from dreambooth_job.train import Trainer
 
         config = self.config
-        outputs = work / "output"
         with self.phase("download"):
             photo_dir = work / "photos"
-            files = storage.download_dir(config.instance_data, photo_dir)
-            if not files:
+            if not storage.download_dir(config.instance_data, photo_dir):
                 raise InvalidInputError(f"--instance-data {config.instance_data} holds no files")
         with self.phase("validate"):
             photos = data.load_subject_photos(photo_dir, config)
@@ -121,9 +183,7 @@ class Job:
                           else identifiers.user_identifier(pipeline.tokenizer, config.identifier))
             logger.info("identifier %r (%s, token ids %s)", identifier.token, identifier.chosen,
                         identifier.token_ids)
-            fill = lambda template: identifiers.format_prompt(template, identifier.token, config.class_noun)  # noqa: E731
-            prompts = {"instance": fill(config.instance_prompt), "class": fill(config.class_prompt),
-                       "validation": [fill(p) for p in config.validation_prompts]}
+            prompts = self._prompts(identifier.token)
             self.result.update(
                 identifier=dataclasses.asdict(identifier), prompts=prompts,
                 base_model={"source": base.source, "fingerprint": base.fingerprint,
@@ -143,42 +203,103 @@ class Job:
         trainer = Trainer(config, pipeline, noise_scheduler, instance_images=photos.images,
                           instance_prompt=prompts["instance"], class_images=class_images,
                           class_prompt=prompts["class"], observer=self.observer)
-        samples: list[Path] = []
-
-        def sample(step: int) -> None:
-            grid = sampling.validation_grid(
-                trainer.inference_pipeline(), prompts["validation"], config.num_validation_images,
-                seed=config.seed, resolution=config.resolution, num_inference_steps=config.sample_steps,
-                guidance_scale=config.guidance_scale, batch_size=config.sample_batch_size)
-            path = outputs / "samples" / f"step-{step:06d}.png"
-            path.parent.mkdir(parents=True, exist_ok=True)
-            grid.save(path)
-            samples.append(path)
-
-        def on_step_end(step: int) -> None:
-            if config.sample_every and step % config.sample_every == 0 and step < config.max_train_steps:
-                sample(step)
-
         with self.phase("train"):
             trainer.setup()
-            trained = trainer.train(on_step_end)
+            resumed_from = self._resume(trainer, work / "resume", identifier.token)
+            with self.stop.deferred():
+                trained = trainer.train(self._step_hook(trainer, work, identifier.token, prompts))
             self.result["training"] = {"max_train_steps": config.max_train_steps,
-                                       "resumed_from_step": None, **dataclasses.asdict(trained)}
+                                       "resumed_from_step": resumed_from, **dataclasses.asdict(trained)}
         with self.phase("sample"):
-            sample(trained.steps_done)
-            trainer.save_model(outputs / "model")
+            self._sample(trainer, work, prompts, trained.steps_done)
+            trainer.save_model(work / "output" / "model")
         with self.phase("upload"):
-            storage.upload_dir(outputs, config.output)
+            storage.upload_dir(work / "output" / "model", storage.join(config.output, "model"))
+        self._publish()
+
+    def _prompts(self, token: str) -> dict:
+        from dreambooth_job.identifiers import format_prompt
+
+        config = self.config
+        fill = lambda template: format_prompt(template, token, config.class_noun)  # noqa: E731
+        return {"instance": fill(config.instance_prompt), "class": fill(config.class_prompt),
+                "validation": [fill(p) for p in config.validation_prompts]}
+
+    def _resume(self, trainer, local_dir: Path, identifier: str) -> int | None:
+        checkpoint = self.checkpoints.fetch_newest_valid(local_dir)
+        if checkpoint is None:
+            return None
+        if checkpoint.manifest.get("identifier") != identifier:
+            raise InvalidInputError(
+                f"checkpoint {checkpoint.uri} was trained with identifier "
+                f"{checkpoint.manifest.get('identifier')!r}, this run uses {identifier!r}; "
+                "pass --restart to discard it")
+        trainer.load_state(local_dir, checkpoint.step)
+        self.observer.resumed(step=checkpoint.step)
+        logger.info("resuming from checkpoint %s at step %d", checkpoint.uri, checkpoint.step)
+        return checkpoint.step
+
+    def _step_hook(self, trainer, work: Path, identifier: str, prompts: dict):
+        """After each step: sample grids, checkpoint when due or asked to stop, keep the lease."""
+        config = self.config
+        last_checkpoint = time.monotonic()
+
+        def on_step_end(step: int) -> None:
+            nonlocal last_checkpoint
+            final = step >= config.max_train_steps
+            if config.sample_every and step % config.sample_every == 0 and not final:
+                self._sample(trainer, work, prompts, step)
+            due = (config.checkpoint_every and step % config.checkpoint_every == 0) or (
+                config.checkpoint_interval_minutes
+                and time.monotonic() - last_checkpoint >= config.checkpoint_interval_minutes * 60)
+            if self.stop.requested or (due and not final):
+                started = time.monotonic()
+                state_dir = work / "checkpoint"
+                trainer.save_state(state_dir)
+                saved = self.checkpoints.save(state_dir, step, _redacted_config(config), identifier)
+                last_checkpoint = time.monotonic()
+                self.observer.checkpoint_written(step=step)
+                self.lease.renew(force=True)
+                logger.info("checkpoint %s written in %.1fs", saved.uri, last_checkpoint - started)
+                if self.stop.requested:
+                    raise TerminatedError(
+                        f"terminated by {self.stop.signal_name} at step {step}; checkpoint "
+                        f"{saved.uri} written {self.stop.grace_seconds - self.stop.seconds_left():.1f}s "
+                        "after the signal")
+            self.lease.renew()
+
+        return on_step_end
+
+    def _sample(self, trainer, work: Path, prompts: dict, step: int) -> None:
+        """A validation grid, uploaded at once so grids from before a preemption survive it."""
+        from dreambooth_job import sampling
+
+        config = self.config
+        grid = sampling.validation_grid(
+            trainer.inference_pipeline(), prompts["validation"], config.num_validation_images,
+            seed=config.seed, resolution=config.resolution, num_inference_steps=config.sample_steps,
+            guidance_scale=config.guidance_scale, batch_size=config.sample_batch_size)
+        path = work / "samples" / f"step-{step:06d}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        grid.save(path)
+        storage.upload_file(path, storage.join(config.output, "samples", path.name))
+
+    def _publish(self) -> None:
+        """result.json, then the completion marker; then checkpoints are no longer needed."""
+        config = self.config
+        self.lease.renew(force=True)
+        samples = storage.join(config.output, "samples")
         self.result["outputs"] = {
             "model": storage.join(config.output, "model"),
-            "samples": [storage.join(config.output, p.relative_to(outputs).as_posix()) for p in samples],
+            "samples": [storage.join(samples, f.relative_path) for f in storage.list_files(samples, [".png"])],
             "result": storage.join(config.output, RESULT_FILE)}
         self.result.update(status="succeeded", exit_code=0, finished_at=now_iso(),
                            durations_seconds=self.durations)
         write_result(config.output, self.result)
         mark_complete(config.output)
+        self.checkpoints.delete_all()
         logger.info("done: model %s, samples %s, result %s", self.result["outputs"]["model"],
-                    storage.join(config.output, "samples"), self.result["outputs"]["result"])
+                    samples, self.result["outputs"]["result"])
 
     # ------------------------------------------------------------------------------------------
     def _result_skeleton(self) -> dict:
@@ -187,7 +308,7 @@ class Job:
             "schema_version": 1, "status": "failed", "exit_code": int(ExitCode.INTERNAL_ERROR),
             "error": None, "job_id": config.job_id, "subject_id": config.subject_id,
             "batch_id": config.batch_id, "package_version": __version__, "started_at": now_iso(),
-            "config": config.to_dict(), "config_fingerprint": self.fingerprint,
+            "config": _redacted_config(config), "config_fingerprint": self.fingerprint,
             "identifier": {"token": config.identifier, "chosen": "user"},
             "prompts": {"instance": config.instance_prompt, "class": config.class_prompt,
                         "validation": list(config.validation_prompts)},
@@ -206,12 +327,23 @@ class Job:
         """Leave a failed result.json (never the completion marker) so tooling can say why."""
         self.result.update(status="failed", exit_code=int(code), error=log.redact(message),
                            finished_at=now_iso(), durations_seconds=self.durations)
+        if not self.lease.held:
+            return  # the output belongs to whoever holds its lease: write nothing there
         try:
             if storage.exists(storage.join(self.config.output, COMPLETION_MARKER)):
                 return  # never overwrite a completed run's result with a failed rerun's
             write_result(self.config.output, self.result)
         except Exception as exc:  # noqa: BLE001 - reporting must not mask the original failure
             logger.warning("could not write the failed result.json: %s", exc)
+
+
+def _redacted_config(config: TrainConfig) -> dict:
+    """The config for result.json: URLs lose any user:password part."""
+    values = config.to_dict()
+    for key, value in values.items():
+        if isinstance(value, str):
+            values[key] = re.sub(r"(://)[^/@\s]+@", r"\1[REDACTED]@", value)
+    return values
 
 
 def _inference_device():

@@ -9,6 +9,8 @@ manager.
 
 from __future__ import annotations
 
+import hashlib
+import logging
 import os
 import shutil
 import threading
@@ -70,8 +72,10 @@ def s3_client():
             import boto3
             from botocore.config import Config
 
+            attempts = int(os.environ.get("AWS_MAX_ATTEMPTS", MAX_ATTEMPTS))
             _client = boto3.client("s3", config=Config(
-                retries={"mode": "standard", "max_attempts": MAX_ATTEMPTS},
+                retries={"mode": os.environ.get("AWS_RETRY_MODE", "standard"), "max_attempts": attempts},
+                connect_timeout=10, read_timeout=60,
                 max_pool_connections=TRANSFER_THREADS * 2,
                 s3={"addressing_style": "path"} if _endpoint_is_custom() else {}))
             _client.meta.events.register("needs-retry.s3", _count_retry)
@@ -93,6 +97,9 @@ def _count_retry(attempts=None, response=None, caught_exception=None, **_) -> No
     failed = caught_exception is not None or (
         response is not None and response[1].get("ResponseMetadata", {}).get("HTTPStatusCode", 200) >= 500)
     if failed:
+        logging.getLogger(__name__).warning(
+            "S3 request failed (attempt %s): %s; retrying", attempts,
+            caught_exception or response[1].get("Error", {}).get("Code"))
         _observer.storage_retry()
 
 
@@ -117,6 +124,8 @@ class _translate_errors:
             status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
             if code in ("NoSuchKey", "404", "NotFound"):
                 raise FileNotFoundError(self.uri) from None
+            if code in ("PreconditionFailed", "ConditionalRequestConflict"):
+                raise PreconditionFailed(self.uri) from None
             if code == "NoSuchBucket":
                 raise InvalidInputError(f"S3 bucket does not exist: {self.uri}") from None
             if code in ("AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "403"):
@@ -190,6 +199,49 @@ def write_bytes(uri: str, data: bytes) -> None:
     with _translate_errors(uri):
         s3_client().put_object(Bucket=bucket, Key=key, Body=data)
     _observer.transfer(direction="upload", num_bytes=len(data), objects=1)
+
+
+class PreconditionFailed(Exception):
+    """A conditional write found the object in another state than the caller expected."""
+
+
+def read_with_etag(uri: str) -> tuple[bytes, str]:
+    """The object and its ETag (for local files: the MD5 of the content, as S3 computes it)."""
+    if not is_s3(uri):
+        data = Path(uri).read_bytes()
+        return data, hashlib.md5(data).hexdigest()
+    bucket, key = split_s3(uri)
+    with _translate_errors(uri):
+        response = s3_client().get_object(Bucket=bucket, Key=key)
+        return response["Body"].read(), response["ETag"].strip('"')
+
+
+def write_conditional(uri: str, data: bytes, *, if_match: str | None = None) -> str:
+    """Create `uri` only if absent (if_match None) or replace it only if its ETag is `if_match`.
+
+    S3 conditional writes (If-None-Match / If-Match) make this atomic across pods; local files use
+    an exclusive lock. Raises PreconditionFailed when the condition does not hold; returns the ETag.
+    """
+    if not is_s3(uri):
+        return _write_conditional_local(Path(uri), data, if_match)
+    bucket, key = split_s3(uri)
+    condition = {"IfMatch": f'"{if_match}"'} if if_match else {"IfNoneMatch": "*"}
+    with _translate_errors(uri):
+        response = s3_client().put_object(Bucket=bucket, Key=key, Body=data, **condition)
+    return response["ETag"].strip('"')
+
+
+def _write_conditional_local(path: Path, data: bytes, if_match: str | None) -> str:
+    import fcntl
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_name(f".{path.name}.lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        current = hashlib.md5(path.read_bytes()).hexdigest() if path.exists() else None
+        if current != if_match:
+            raise PreconditionFailed(str(path))
+        write_bytes(str(path), data)
+    return hashlib.md5(data).hexdigest()
 
 
 def delete(uri: str) -> None:

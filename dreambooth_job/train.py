@@ -273,6 +273,16 @@ class Trainer:
                            gradient_checkpointing=self.gradient_checkpointing)
 
     # ------------------------------------------------------------------------------------------
+    def save_state(self, directory) -> None:
+        """Everything needed to continue exactly: weights, optimizer, LR scheduler, RNG states.
+        The step is the caller's to record; per-step randomness derives from (seed, step)."""
+        self.accelerator.save_state(str(directory), safe_serialization=True)
+
+    def load_state(self, directory, step: int) -> None:
+        self.accelerator.load_state(str(directory))
+        self.step = step
+
+    # ------------------------------------------------------------------------------------------
     def inference_pipeline(self):
         """The pipeline with the trained weights, on the training device, ready to sample."""
         pipe = self.pipeline

@@ -16,6 +16,8 @@ the same code runs against any conformant API server.
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import json
 import os
 import random
@@ -29,7 +31,7 @@ from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
 from dreambooth_job.exit_codes import InvalidInputError, JobError, RetryableError
-from dreambooth_job.k8s.manifest import JobSpec, build_job
+from dreambooth_job.k8s.manifest import BATCH_LABEL, SUBJECT_LABEL, JobSpec, build_job
 
 SERVICE_ACCOUNT_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
 
@@ -133,6 +135,8 @@ class Connection:
         except (config.ConfigException, OSError, TypeError, ValueError) as exc:
             where = f"kubeconfig {path}" if use_kubeconfig else "in-cluster service account"
             raise ClusterConfigError(f"cannot load Kubernetes configuration from {where}: {exc}") from None
+        # Retries are Connection.call's (backoff, jitter, Retry-After), not urllib3's own.
+        configuration.retries = 0
         return cls(client.ApiClient(configuration), namespace=namespace, **retry)
 
     @property
@@ -207,9 +211,9 @@ def render(spec: JobSpec, namespace: str) -> dict[str, Any]:
     """The Job manifest for `spec` in `namespace`; InvalidSpecError when the spec is incomplete."""
     try:
         spec.train.validate(require_inputs=True)
+        manifest = build_job(spec)
     except InvalidInputError as exc:
         raise InvalidSpecError(exc.message) from None
-    manifest = build_job(spec)
     manifest.setdefault("metadata", {})["namespace"] = namespace
     return manifest
 
@@ -228,13 +232,9 @@ def submit(spec: JobSpec, *, replace: bool = False, connection: Connection | Non
     name = manifest["metadata"]["name"]
     what = f"job {namespace}/{name}"
     try:
-        created = conn.call(what, conn.batch.create_namespaced_job, namespace, manifest)
-        return SubmittedJob(name, namespace, created.metadata.uid, created=True)
+        return _create(conn, namespace, manifest, what)
     except JobExistsError:
         pass
-    except Exception as exc:
-        _raise_if_validation(exc, what)
-        raise
     existing = conn.call(what, conn.batch.read_namespaced_job, name, namespace)
     _check_same_subject(existing, manifest, what)
     if not replace:
@@ -244,8 +244,7 @@ def submit(spec: JobSpec, *, replace: bool = False, connection: Connection | Non
                                    409)
     cancel(name, namespace, connection=conn)
     _wait_until_gone(conn, name, namespace, delete_timeout_seconds)
-    created = conn.call(what, conn.batch.create_namespaced_job, namespace, manifest)
-    return SubmittedJob(name, namespace, created.metadata.uid, created=True, replaced=True)
+    return dataclasses.replace(_create(conn, namespace, manifest, what), replaced=True)
 
 
 def cancel(name: str, namespace: str | None = None, *, connection: Connection | None = None) -> None:
@@ -286,10 +285,33 @@ def is_finished(job: client.V1Job) -> bool:
 
 # ----------------------------------------------------------------------------------------------
 
-def _raise_if_validation(exc: Exception, what: str) -> None:
-    # The client validates request bodies with pydantic before sending them.
-    if type(exc).__name__ == "ValidationError":
-        raise InvalidSpecError(f"invalid manifest for {what}: {str(exc).splitlines()[0]}") from None
+def _create(conn: Connection, namespace: str, manifest: dict[str, Any], what: str) -> SubmittedJob:
+    body = _quantities_as_text(manifest)
+    try:
+        created = conn.call(what, conn.batch.create_namespaced_job, namespace, body)
+    except JobExistsError:
+        raise
+    except Exception as exc:
+        # The client (v35+) validates bodies with pydantic before sending them.
+        if type(exc).__name__ != "ValidationError":
+            raise
+        first = exc.errors()[0]
+        where = ".".join(str(part) for part in first["loc"][2:])
+        raise InvalidSpecError(f"invalid manifest for {what}: {where}: {first['msg']}") from None
+    return SubmittedJob(manifest["metadata"]["name"], namespace, created.metadata.uid, created=True)
+
+
+def _quantities_as_text(manifest: dict[str, Any]) -> dict[str, Any]:
+    # The API takes `nvidia.com/gpu: 1` and `"1"` alike, but the client's models type every
+    # resource quantity as a string and reject numbers before sending.
+    body = copy.deepcopy(manifest)
+    for container in body["spec"]["template"]["spec"].get("containers", []):
+        for kind in ("requests", "limits"):
+            values = (container.get("resources") or {}).get(kind) or {}
+            for key, value in values.items():
+                if isinstance(value, (int, float)) and not isinstance(value, bool):
+                    values[key] = str(value)
+    return body
 
 
 def _check_same_subject(existing: client.V1Job, manifest: dict[str, Any], what: str) -> None:

@@ -21,7 +21,7 @@ from dreambooth_job.config import TrainConfig
 from dreambooth_job.k8s.batch import Batch
 from dreambooth_job.k8s.client import (Connection, JobStillRunningError, connect, is_finished,
                                        list_jobs, render, submit)
-from dreambooth_job.k8s.manifest import BATCH_LABEL, ClusterSettings, JobSpec, job_name
+from dreambooth_job.k8s.manifest import BATCH_LABEL, ClusterSettings, JobSpec, job_name, label_value
 from dreambooth_job.result import read_completed_result
 
 
@@ -60,8 +60,8 @@ def submit_batch(batch: Batch, cluster: ClusterSettings, *, max_parallel: int | 
         render(spec, namespace)
 
     outcome = BatchOutcome()
-    jobs = {j.metadata.name: j for j in list_jobs({BATCH_LABEL: batch.batch_id}, namespace,
-                                                  connection=conn)}
+    selector = {BATCH_LABEL: label_value(batch.batch_id)}
+    jobs = {j.metadata.name: j for j in list_jobs(selector, namespace, connection=conn)}
     todo: list[JobSpec] = []
     for spec in specs:
         subject = spec.train.subject_id
@@ -79,7 +79,7 @@ def submit_batch(batch: Batch, cluster: ClusterSettings, *, max_parallel: int | 
     while todo:
         free = len(todo)
         if throttle:
-            active = [j for j in list_jobs({BATCH_LABEL: batch.batch_id}, namespace, connection=conn)
+            active = [j for j in list_jobs(selector, namespace, connection=conn)
                       if not is_finished(j)]
             free = max(0, throttle - len(active))
         for spec in todo[:free]:

@@ -20,7 +20,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from dreambooth_job import storage
-from dreambooth_job.k8s.status import JobStatus, Phase
+from dreambooth_job.k8s.status import JobStatus, Phase, format_duration
 
 # Higher is better for each; the first one present orders the subjects.
 SORT_METRICS = ("dino", "clip_i", "clip_t")
@@ -150,7 +150,7 @@ def render_html(report: dict[str, Any]) -> str:
     ]
     for row in report["subjects"]:
         facts = {"job": row["name"], "retries": row["retries"],
-                 "duration": _duration(row["duration_seconds"]),
+                 "duration": format_duration(row["duration_seconds"]),
                  "final loss": _number(row["final_loss"]), "output": row["output"]}
         facts.update({name: _number(value) for name, value in row["metrics"].items()})
         details = "".join(f"<dt>{esc(str(k))}</dt><dd>{esc(str(v))}</dd>"
@@ -169,11 +169,3 @@ def render_html(report: dict[str, Any]) -> str:
 
 def _number(value: float | None) -> str | None:
     return None if value is None else f"{value:.4g}"
-
-
-def _duration(seconds: float | None) -> str | None:
-    if seconds is None:
-        return None
-    minutes, secs = divmod(int(seconds), 60)
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"

@@ -21,7 +21,7 @@ from dreambooth_job.exit_codes import ExitCode, JobError
 from dreambooth_job.k8s import client as k8s_client
 from dreambooth_job.k8s.client import Connection, connect
 from dreambooth_job.k8s.batch import Batch
-from dreambooth_job.k8s.manifest import BATCH_LABEL, SUBJECT_LABEL, job_name
+from dreambooth_job.k8s.manifest import BATCH_LABEL, SUBJECT_LABEL, job_name, label_value
 
 JOB_NAME_LABEL = "job-name"  # set on every pod by the Job controller (all supported versions)
 
@@ -109,10 +109,10 @@ def batch_status(batch: Batch, namespace: str | None = None, *, read_result: boo
     """
     conn = connect(connection)
     namespace = namespace or conn.namespace
-    selector = {BATCH_LABEL: batch.batch_id}
+    selector = {BATCH_LABEL: label_value(batch.batch_id)}
     jobs = {j.metadata.name: j for j in k8s_client.list_jobs(selector, namespace, connection=conn)}
     pods = conn.call(f"pods of batch {batch.batch_id}", conn.core.list_namespaced_pod, namespace,
-                     label_selector=f"{BATCH_LABEL}={batch.batch_id}").items
+                     label_selector=f"{BATCH_LABEL}={selector[BATCH_LABEL]}").items
     to_dict = conn.api_client.sanitize_for_serialization
     pods = [to_dict(p) for p in pods]
     statuses = []
@@ -234,6 +234,14 @@ def output_of(job: dict[str, Any]) -> str | None:
             if env.get("name") == "DREAMBOOTH_OUTPUT" and env.get("value"):
                 return env["value"]
     return None
+
+
+def format_duration(seconds: float | None) -> str | None:
+    if seconds is None:
+        return None
+    minutes, secs = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"
 
 
 def _time(value: str | None) -> datetime | None:

@@ -1,0 +1,132 @@
+"""Resumable checkpoints under `<output>/checkpoints/step-NNNNNN/`.
+
+A checkpoint is accelerate's `save_state` directory (trainable weights as safetensors, optimizer,
+LR scheduler, RNG states) plus `trainer_state.json` (step, identifier, the config). Its files are
+uploaded first and `manifest.json` (each file's size and sha256) last: a checkpoint without a
+manifest is invisible, and one whose files do not match it is skipped for the previous one.
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import json
+import logging
+import re
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from dreambooth_job import storage
+
+log = logging.getLogger(__name__)
+
+MANIFEST = "manifest.json"
+TRAINER_STATE = "trainer_state.json"
+# Fields a resumed run must share with its checkpoint: anything else would train another model.
+CONFLICT_FIELDS = ("base_model", "class_noun", "identifier", "resolution", "train_text_encoder",
+                   "prior_preservation", "instance_prompt", "class_prompt", "seed")
+_STEP_DIR = re.compile(r"^step-(\d{6,})/")
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    step: int
+    uri: str
+    manifest: dict
+
+    @property
+    def config(self) -> dict:
+        return self.manifest.get("config", {})
+
+
+def step_dir(step: int) -> str:
+    return f"step-{step:06d}"
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+class CheckpointStore:
+    def __init__(self, output_uri: str, keep: int):
+        self.root = storage.join(output_uri, "checkpoints")
+        self.keep = keep
+
+    def list(self) -> list[Checkpoint]:
+        """Checkpoints with a readable manifest, newest first."""
+        steps = sorted({int(m.group(1)) for f in storage.list_files(self.root)
+                        if (m := _STEP_DIR.match(f.relative_path))}, reverse=True)
+        found = []
+        for step in steps:
+            uri = storage.join(self.root, step_dir(step))
+            try:
+                manifest = json.loads(storage.read_bytes(storage.join(uri, MANIFEST)))
+            except FileNotFoundError:
+                log.warning("checkpoint %s has no manifest (partial write): skipped", uri)
+                continue
+            except ValueError:
+                log.warning("checkpoint %s has an unreadable manifest: skipped", uri)
+                continue
+            found.append(Checkpoint(step, uri, manifest))
+        return found
+
+    def save(self, local_dir: Path, step: int, config: dict, identifier: str) -> Checkpoint:
+        """Upload `local_dir` (an accelerate state) as the checkpoint of `step`, then prune."""
+        (local_dir / TRAINER_STATE).write_text(json.dumps(
+            {"step": step, "identifier": identifier, "config": config}, indent=2))
+        files = sorted(p for p in local_dir.rglob("*") if p.is_file())
+        manifest = {
+            "step": step, "identifier": identifier, "config": config,
+            "created_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "files": [{"path": p.relative_to(local_dir).as_posix(), "size": p.stat().st_size,
+                       "sha256": _sha256(p)} for p in files]}
+        uri = storage.join(self.root, step_dir(step))
+        storage.delete(uri + "/")  # leftovers of an attempt that died before its manifest
+        storage.upload_dir(local_dir, uri)
+        storage.write_bytes(storage.join(uri, MANIFEST), json.dumps(manifest, indent=2).encode())
+        checkpoint = Checkpoint(step, uri, manifest)
+        self.prune()
+        return checkpoint
+
+    def prune(self) -> None:
+        """Delete all but the newest `keep` complete checkpoints; manifest first, so a reader
+        never sees a checkpoint whose files are half gone."""
+        for old in self.list()[self.keep:]:
+            storage.delete(storage.join(old.uri, MANIFEST))
+            storage.delete(old.uri + "/")
+
+    def delete_all(self) -> None:
+        storage.delete(self.root + "/")
+
+    def fetch(self, checkpoint: Checkpoint, local_dir: Path) -> bool:
+        """Download and verify every file against the manifest; False if anything is off."""
+        shutil.rmtree(local_dir, ignore_errors=True)
+        for entry in checkpoint.manifest.get("files", []):
+            target = local_dir / entry["path"]
+            try:
+                storage.download_file(storage.join(checkpoint.uri, entry["path"]), target)
+            except FileNotFoundError:
+                log.warning("checkpoint %s lacks %s: skipped", checkpoint.uri, entry["path"])
+                return False
+            if target.stat().st_size != entry["size"] or _sha256(target) != entry["sha256"]:
+                log.warning("checkpoint %s: %s does not match its manifest: skipped",
+                            checkpoint.uri, entry["path"])
+                return False
+        return True
+
+    def fetch_newest_valid(self, local_dir: Path) -> Checkpoint | None:
+        """The newest checkpoint that verifies, downloaded into `local_dir`."""
+        for checkpoint in self.list():
+            if self.fetch(checkpoint, local_dir):
+                return checkpoint
+        return None
+
+
+def conflicts(checkpoint_config: dict, config: dict) -> list[str]:
+    """Fields in which a config differs from the one a checkpoint was trained with."""
+    return [f for f in CONFLICT_FIELDS if checkpoint_config.get(f) != config.get(f)]

@@ -1,0 +1,109 @@
+"""`dreambooth-job evaluate`: score a saved model on the paper's protocol and write the JSON.
+
+    dreambooth-job evaluate --model s3://runs/dog/model --instance-data s3://photos/dog/ \\
+        --class-noun dog --identifier sks --output s3://runs/dog/          # -> evaluation.json
+    dreambooth-job evaluate ... --baseline --base-model <the base>      # adds the "base" row
+
+Exit 0 even when an evaluator model is unavailable (its metrics are null, with the reason);
+2 for bad input (options, photos, a --model without a diffusers pipeline).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+import click
+
+from dreambooth_job import config as cfg
+from dreambooth_job import storage
+from dreambooth_job.cli_options import resolve_train_config
+from dreambooth_job.exit_codes import InvalidInputError, JobError
+
+OUTPUT_FILE = "evaluation.json"
+CONFIG_FIELDS = (
+    "instance_data", "class_noun", "identifier", "class_prompt", "base_model", "cache_dir",
+    "prompt_set", "images_per_prompt", "eval_max_prompts", "eval_class_images", "dino_model",
+    "clip_model", "lpips_model", "resolution", "sample_steps", "guidance_scale",
+    "sample_batch_size", "min_images", "min_image_side", "max_image_pixels", "log_format")
+
+
+def config_options(names: tuple[str, ...]) -> Callable[[Callable], Callable]:
+    """Flags for some TrainConfig fields, with their help, resolved like `train`'s (flag > env > file)."""
+    by_name = {f.name: f for f in cfg.fields()}
+
+    def decorate(command: Callable) -> Callable:
+        for name in reversed(names):
+            f = by_name[name]
+            kind = click.Choice(f.metadata["choices"]) if f.metadata["choices"] else cfg.base_type(f)
+            command = click.option(cfg.flag_name(name), name, type=kind, default=None, help=(
+                f"{f.metadata['help']} [default: {cfg.default_of(f)}; env {cfg.env_name(name)}]"))(command)
+        return click.option("--config", "config_file", type=click.Path(dir_okay=False),
+                            help="YAML or JSON file of options.")(command)
+
+    return decorate
+
+
+@click.command("evaluate")
+@click.option("--model", "model_source", required=True,
+              help="The model to score: a diffusers pipeline directory or s3:// prefix (a run's model/).")
+@click.option("--output", help=f"JSON file, or a directory / s3:// prefix that receives {OUTPUT_FILE} "
+                               "(default: print to stdout).")
+@click.option("--baseline", is_flag=True, help="Also score --base-model, the model before fine-tuning.")
+@config_options(CONFIG_FIELDS)
+def evaluate(model_source: str, output: str | None, baseline: bool, **params) -> None:
+    """Score a model like the DreamBooth paper: DINO, CLIP-I, CLIP-T, PRES and DIV."""
+    try:
+        report = run_evaluation(model_source, resolve_train_config(params), baseline=baseline)
+        text = json.dumps(report, indent=2)
+        if output:
+            target = output if output.endswith(".json") else storage.join(output, OUTPUT_FILE)
+            storage.write_bytes(target, text.encode())
+            click.echo(f"wrote {target}", err=True)
+        else:
+            click.echo(text)
+    except JobError as exc:
+        click.echo(f"error: {exc.message}", err=True)
+        sys.exit(int(exc.exit_code))
+
+
+def run_evaluation(model_source: str, config: cfg.TrainConfig, *, baseline: bool = False) -> dict:
+    """The report of `evaluate`: the rows ("finetuned", optionally "base", "real") and the protocol."""
+    from dreambooth_job import data, identifiers, log, models
+    from dreambooth_job.evaluation import Evaluator, metrics_block
+
+    log.configure(config.log_format)
+    for name in ("instance_data", "class_noun"):
+        if not getattr(config, name):
+            raise InvalidInputError(f"missing required option {cfg.flag_name(name)}")
+    evaluator = Evaluator.load(config)
+    with tempfile.TemporaryDirectory(prefix="dreambooth-eval-") as work:
+        if not storage.download_dir(config.instance_data, Path(work)):
+            raise InvalidInputError(f"--instance-data {config.instance_data} holds no files")
+        photos = data.load_subject_photos(Path(work), config).images
+
+    def score(source: str, label: str) -> tuple[dict, str]:
+        pipeline = models.load_pipeline(models.resolve_base_model(source, config.cache_dir), config.cache_dir)
+        pipeline.to(_device())
+        token = (identifiers.choose_identifier(pipeline.tokenizer).token if config.identifier == "auto"
+                 else config.identifier)
+        return evaluator.evaluate(pipeline, photos, token, config.class_noun, label), token
+
+    rows = []
+    if baseline:
+        rows.append(score(config.base_model, "base")[0])
+    tuned, token = score(model_source, "finetuned")
+    rows.append(tuned)
+    return {"model": model_source, "base_model": config.base_model if baseline else None,
+            "instance_data": config.instance_data, "class_noun": config.class_noun,
+            "identifier": token,
+            "metrics": metrics_block(*rows, real=evaluator.real_reference(photos))}
+
+
+def _device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"

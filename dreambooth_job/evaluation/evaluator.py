@@ -1,0 +1,211 @@
+"""The evaluation protocol: generate the prompt set's images with fixed seeds, embed them and the
+real photos, and score DINO, CLIP-I, CLIP-T, PRES and DIV (see the package docstring)."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from PIL import Image
+
+from dreambooth_job import sampling
+from dreambooth_job.config import TrainConfig
+from dreambooth_job.evaluation import prompts as prompt_sets
+from dreambooth_job.evaluation import scores
+from dreambooth_job.evaluation.encoders import ClipEncoder, DinoEncoder, Unavailable
+from dreambooth_job.exit_codes import InvalidInputError, JobError
+from dreambooth_job.identifiers import format_prompt
+
+log = logging.getLogger(__name__)
+
+METRICS = ("dino", "clip_i", "clip_t", "pres", "div", "div_dino")
+MODEL_OF = {"dino": "dino", "clip_i": "clip", "clip_t": "clip", "pres": "dino", "div": "lpips",
+            "div_dino": "dino"}
+SEED_BASE = 0
+"""Image j of every prompt uses seed SEED_BASE + j: base and fine-tuned models see the same noise."""
+CLASS_SEED_BASE = 10_000
+"""PRES images use fresh seeds, so they are never the class images the model was trained on."""
+DIV_FALLBACK = ("div_dino: 1 - mean DINO cosine similarity between the images of the same prompt "
+                "(reported because LPIPS weights were unavailable; not comparable to the paper's DIV)")
+
+
+def validate_config(config: TrainConfig, class_noun: str | None = None) -> None:
+    """Raise InvalidInputError for bad evaluation options; cheap enough for the validate phase."""
+    if config.images_per_prompt < 1:
+        raise InvalidInputError(f"--images-per-prompt must be at least 1, got {config.images_per_prompt}")
+    for name in ("eval_max_prompts", "eval_class_images"):
+        if getattr(config, name) < 0:
+            raise InvalidInputError(f"--{name.replace('_', '-')} must not be negative, got {getattr(config, name)}")
+    prompt_sets.load_prompt_set(config.prompt_set, class_noun or config.class_noun or "")
+
+
+@dataclass
+class Evaluator:
+    """The evaluator models of one job, loaded once; `evaluate` may run any number of times."""
+
+    config: TrainConfig
+    dino: DinoEncoder | None = None
+    clip: ClipEncoder | None = None
+    lpips: Any = None
+    unavailable_models: dict[str, str] = field(default_factory=dict)
+    """"dino" / "clip" / "lpips" -> why that model is not loaded."""
+
+    @classmethod
+    def load(cls, config: TrainConfig) -> Evaluator:
+        validate_config(config)
+        evaluator = cls(config)
+        for name, loader in (("dino", DinoEncoder.load), ("clip", ClipEncoder.load), ("lpips", _load_lpips)):
+            source = getattr(config, f"{name}_model")
+            try:
+                setattr(evaluator, name, loader(source, config.cache_dir))
+                log.info("evaluator model %s loaded from %s", name, source)
+            except (Unavailable, JobError) as exc:
+                reason = exc.message if isinstance(exc, JobError) else str(exc)
+                evaluator.unavailable_models[name] = reason
+                log.warning("evaluator model %s unavailable: %s", name, reason)
+        return evaluator
+
+    # ------------------------------------------------------------------------------------------
+    def protocol(self, class_noun: str) -> dict[str, Any]:
+        """Everything that fixes the numbers: prompts, seeds, sampler and evaluator models."""
+        config = self.config
+        prompt_set = prompt_sets.load_prompt_set(config.prompt_set, class_noun)
+        models = {name: ({"source": getattr(config, f"{name}_model"), "loaded": True}
+                         if name not in self.unavailable_models else
+                         {"source": getattr(config, f"{name}_model"), "loaded": False,
+                          "reason": self.unavailable_models[name]})
+                  for name in ("dino", "clip", "lpips")}
+        return {
+            "prompt_set": prompt_set.name,
+            "prompts": list(prompt_sets.select(prompt_set.templates, config.eval_max_prompts)),
+            "images_per_prompt": config.images_per_prompt,
+            "seeds": [SEED_BASE + j for j in range(config.images_per_prompt)],
+            "class_prompt": config.class_prompt,
+            "class_images": config.eval_class_images,
+            "class_seeds": [CLASS_SEED_BASE + j for j in range(config.eval_class_images)],
+            "resolution": config.resolution,
+            "sampler": sampling.SAMPLER,
+            "num_inference_steps": config.sample_steps,
+            "guidance_scale": config.guidance_scale,
+            "models": models,
+            "div_fallback": DIV_FALLBACK if "lpips" in self.unavailable_models else None,
+        }
+
+    def evaluate(self, pipeline, photos: list[Image.Image], identifier: str, class_noun: str,
+                 label: str) -> dict[str, Any]:
+        """Sample `pipeline` on the protocol and score it against `photos`; see the package docs."""
+        if not photos:
+            raise InvalidInputError("evaluation needs at least one real photo of the subject")
+        started = time.perf_counter()
+        protocol = self.protocol(class_noun)
+        unavailable = {m: self.unavailable_models[MODEL_OF[m]] for m in METRICS
+                       if MODEL_OF[m] in self.unavailable_models}
+        if "div" in unavailable and self.dino is not None:
+            unavailable["div"] += "; see div_dino"
+        row: dict[str, Any] = {"label": label, **{m: None for m in METRICS}}
+        templates, seeds = protocol["prompts"], protocol["seeds"]
+        if self.dino is None and self.clip is None and self.lpips is None:
+            return self._finish(row, unavailable, protocol, [], started, images=0)
+
+        pipeline = sampling.fast_pipeline(pipeline)
+        generate = lambda texts, image_seeds: sampling.generate_images(  # noqa: E731
+            pipeline, texts, image_seeds, resolution=self.config.resolution,
+            num_inference_steps=self.config.sample_steps, guidance_scale=self.config.guidance_scale,
+            batch_size=self.config.sample_batch_size)
+        prompts = [prompt_sets.subject_prompt(t, identifier, class_noun) for t in templates]
+        images = generate([p for p in prompts for _ in seeds], seeds * len(prompts))
+        groups = [images[i * len(seeds):(i + 1) * len(seeds)] for i in range(len(prompts))]
+        per_prompt = [{"prompt": p} for p in prompts]
+        count = len(images)
+
+        device = pipeline.device
+        try:
+            if self.dino is not None:
+                self.dino.to(device)
+                real = self.dino.embed_images(photos)
+                fake = self.dino.embed_images(images)
+                row["dino"] = scores.mean_cross_similarity(fake, real)
+                self._per_prompt(per_prompt, "dino", fake, real, len(seeds))
+                row["div_dino"] = self._within(unavailable, "div_dino", [
+                    fake[i * len(seeds):(i + 1) * len(seeds)] for i in range(len(prompts))],
+                    scores.cosine_distance)
+                if self.config.eval_class_images:
+                    class_prompt = format_prompt(self.config.class_prompt, identifier, class_noun)
+                    class_images = generate([class_prompt] * len(protocol["class_seeds"]), protocol["class_seeds"])
+                    count += len(class_images)
+                    row["pres"] = scores.mean_cross_similarity(self.dino.embed_images(class_images), real)
+                else:
+                    unavailable["pres"] = "--eval-class-images is 0"
+            if self.clip is not None:
+                self.clip.to(device)
+                real = self.clip.embed_images(photos)
+                fake = self.clip.embed_images(images)
+                texts = self.clip.embed_texts([prompt_sets.text_prompt(t, class_noun) for t in templates])
+                row["clip_i"] = scores.mean_cross_similarity(fake, real)
+                row["clip_t"] = scores.mean_paired_similarity(fake, texts.repeat_interleave(len(seeds), 0))
+                self._per_prompt(per_prompt, "clip_i", fake, real, len(seeds))
+                for i, entry in enumerate(per_prompt):
+                    entry["clip_t"] = _round(scores.mean_paired_similarity(
+                        fake[i * len(seeds):(i + 1) * len(seeds)], texts[i:i + 1].expand(len(seeds), -1)))
+            if self.lpips is not None:
+                self.lpips.to(device)
+                row["div"] = self._within(unavailable, "div", [_image_batch(g).to(device) for g in groups],
+                                          self.lpips)
+        finally:
+            for model in (self.dino, self.clip, self.lpips):
+                if model is not None:
+                    model.to("cpu")  # give the accelerator back to training
+        return self._finish(row, unavailable, protocol, per_prompt, started, images=count)
+
+    def real_reference(self, photos: list[Image.Image]) -> dict[str, Any]:
+        """The paper's "real images" row: DINO and CLIP-I between distinct photos of the subject."""
+        row: dict[str, Any] = {"label": "real", "dino": None, "clip_i": None, "unavailable": {}}
+        for metric, encoder in (("dino", self.dino), ("clip_i", self.clip)):
+            if encoder is None:
+                row["unavailable"][metric] = self.unavailable_models[MODEL_OF[metric]]
+            elif len(photos) < 2:
+                row["unavailable"][metric] = "needs at least two photos"
+            else:
+                row[metric] = _round(scores.mean_within_similarity(encoder.embed_images(photos)))
+        return row
+
+    # ------------------------------------------------------------------------------------------
+    @staticmethod
+    def _within(unavailable: dict[str, str], metric: str, groups, distance) -> float | None:
+        if len(groups[0]) < 2:
+            unavailable[metric] = "needs --images-per-prompt of at least 2"
+            return None
+        return scores.mean_group_distance(groups, distance)
+
+    @staticmethod
+    def _per_prompt(entries: list[dict], metric: str, fake, real, per: int) -> None:
+        for i, entry in enumerate(entries):
+            entry[metric] = _round(scores.mean_cross_similarity(fake[i * per:(i + 1) * per], real))
+
+    @staticmethod
+    def _finish(row, unavailable, protocol, per_prompt, started, *, images: int) -> dict[str, Any]:
+        for metric in METRICS:
+            row[metric] = _round(row[metric])
+        row.update(unavailable=unavailable, images=images, per_prompt=per_prompt,
+                   seconds=round(time.perf_counter() - started, 3), protocol=protocol)
+        return row
+
+
+def _load_lpips(source: str | None, cache_dir: str):
+    from dreambooth_job.evaluation.lpips import LPIPS
+
+    return LPIPS.load(source, cache_dir)
+
+
+def _image_batch(images: list[Image.Image]):
+    import torch
+
+    from dreambooth_job.data import to_tensor
+
+    return torch.stack([to_tensor(i.convert("RGB")) for i in images])
+
+
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(float(value), 6)

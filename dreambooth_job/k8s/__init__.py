@@ -1,0 +1,25 @@
+"""Run the job on Kubernetes: build its Job manifest (and, beside it, submit and watch Jobs).
+
+Nothing here imports torch or diffusers: a laptop or a CI runner submits without the training stack.
+"""
+
+from dreambooth_job.k8s.manifest import (BATCH_LABEL, SUBJECT_LABEL, ClusterSettings, JobSpec,
+                                         build_job, job_name)
+
+__all__ = ["BATCH_LABEL", "SUBJECT_LABEL", "ClusterSettings", "JobSpec", "build_job", "job_name"]
+
+# Submitting and following Jobs (client, status, feed); the same names the docs use.
+from dreambooth_job.k8s.batch import Batch, BatchFileError, load_batch  # noqa: E402
+from dreambooth_job.k8s.client import (ApiUnreachableError, ClusterConfigError, Connection,  # noqa: E402
+                                       ForbiddenError, InvalidSpecError, JobExistsError,
+                                       JobNotFoundError, JobStillRunningError, KubernetesError,
+                                       SubmittedJob, cancel, submit)
+from dreambooth_job.k8s.feed import BatchOutcome, submit_batch  # noqa: E402
+from dreambooth_job.k8s.status import JobStatus, Phase, batch_status, get_status  # noqa: E402
+
+__all__ += [
+    "ApiUnreachableError", "Batch", "BatchFileError", "BatchOutcome", "ClusterConfigError",
+    "Connection", "ForbiddenError", "InvalidSpecError", "JobExistsError", "JobNotFoundError",
+    "JobStatus", "JobStillRunningError", "KubernetesError", "Phase", "SubmittedJob", "batch_status",
+    "cancel", "get_status", "load_batch", "submit", "submit_batch",
+]

@@ -1,0 +1,142 @@
+{{/*
+Helpers of the dreambooth-job chart. The Job they build is the one that
+dreambooth_job.k8s.manifest.build_job builds in Python; tests/deploy compares the two field by field,
+so a change here needs the same change there.
+*/}}
+
+{{/* What the chart knows about the package: files/package.yaml, written by helm/sync_chart.py. */}}
+{{- define "dreambooth-job.package" -}}
+{{- .Files.Get "files/package.yaml" -}}
+{{- end }}
+
+{{/* chart-version for the helm.sh/chart label. */}}
+{{- define "dreambooth-job.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/*
+The subject id: job.subjectId, else the last path component of job.instanceData made safe.
+Same rule as the job's own default (dreambooth_job.job.default_subject_id), so that the label, the
+args and the job's logs and metrics name the subject alike.
+*/}}
+{{- define "dreambooth-job.subjectId" -}}
+{{- if .Values.job.subjectId }}
+{{- .Values.job.subjectId }}
+{{- else }}
+{{- $path := regexReplaceAll "/+$" (toString (.Values.job.instanceData | default "")) "" }}
+{{- $last := regexReplaceAll "^.*/" $path "" }}
+{{- regexReplaceAll "[^A-Za-z0-9_.-]+" $last "-" | trimAll "-" | default "subject" }}
+{{- end }}
+{{- end }}
+
+{{/* Any text as a valid label value: allowed characters, at most 63, alphanumeric ends. */}}
+{{- define "dreambooth-job.labelValue" -}}
+{{- regexReplaceAll "[^A-Za-z0-9_.-]+" . "-" | trunc 63 | trimAll "-_." }}
+{{- end }}
+
+{{/* Labels of the Job and its pod. */}}
+{{- define "dreambooth-job.labels" -}}
+app.kubernetes.io/name: {{ .Chart.Name }}
+app.kubernetes.io/instance: {{ .Release.Name | quote }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+helm.sh/chart: {{ include "dreambooth-job.chart" . }}
+dreambooth-job/subject: {{ include "dreambooth-job.labelValue" (include "dreambooth-job.subjectId" .) | quote }}
+{{- with .Values.job.batchId }}
+dreambooth-job/batch: {{ include "dreambooth-job.labelValue" . | quote }}
+{{- end }}
+{{- with .Values.labels }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}
+
+{{/* Labels a PodMonitor selects the pod by. */}}
+{{- define "dreambooth-job.selectorLabels" -}}
+app.kubernetes.io/name: {{ .Chart.Name }}
+app.kubernetes.io/instance: {{ .Release.Name | quote }}
+{{- end }}
+
+{{/*
+A job option's value, or the CLI default when the values leave it out, as JSON:
+include "dreambooth-job.option" (list $ "metricsPort").
+*/}}
+{{- define "dreambooth-job.option" -}}
+{{- $root := index . 0 }}
+{{- $key := index . 1 }}
+{{- $value := index $root.Values.job $key }}
+{{- if kindIs "invalid" $value }}
+{{- range (include "dreambooth-job.package" $root | fromYaml).options }}
+{{- if eq .key $key }}{{ $value = .default }}{{ end }}
+{{- end }}
+{{- end }}
+{{- toJson $value }}
+{{- end }}
+
+{{/* One container arg as a quoted YAML scalar; numbers via JSON, so 8e+07 never appears. */}}
+{{- define "dreambooth-job.arg" -}}
+{{- if kindIs "string" . }}{{ toJson . }}{{ else }}{{ toJson . | quote }}{{ end }}
+{{- end }}
+
+{{/*
+The container args: `train`, then every option that differs from the CLI default, in the order
+and spelling of dreambooth_job.config.to_cli_args, then extraArgs. The subject id is always
+passed, so that the job names the subject as the labels do.
+*/}}
+{{- define "dreambooth-job.args" -}}
+- train
+{{- range $option := (include "dreambooth-job.package" $ | fromYaml).options }}
+{{- $value := index $.Values.job $option.key }}
+{{- if eq $option.key "subjectId" }}{{ $value = include "dreambooth-job.subjectId" $ }}{{ end }}
+{{- if and (not (kindIs "invalid" $value)) (ne (toJson $value) (toJson $option.default)) }}
+{{- if kindIs "bool" $value }}
+- {{ ternary $option.flag $option.negation $value }}
+{{- else if kindIs "slice" $value }}
+{{- range $value }}
+- {{ $option.flag }}
+- {{ include "dreambooth-job.arg" . }}
+{{- end }}
+{{- else }}
+- {{ $option.flag }}
+- {{ include "dreambooth-job.arg" $value }}
+{{- end }}
+{{- end }}
+{{- end }}
+{{- range .Values.extraArgs }}
+- {{ include "dreambooth-job.arg" (toString .) }}
+{{- end }}
+{{- end }}
+
+{{/* The ServiceAccount of the pod; empty: the namespace's default. */}}
+{{- define "dreambooth-job.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default .Release.Name .Values.serviceAccount.name }}
+{{- else }}
+{{- .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{/* The image reference: repository:tag, or repository@digest when a digest pins it. */}}
+{{- define "dreambooth-job.image" -}}
+{{- if .Values.image.digest }}
+{{- printf "%s@%s" .Values.image.repository .Values.image.digest }}
+{{- else }}
+{{- printf "%s:%s" .Values.image.repository (.Values.image.tag | default .Chart.AppVersion) }}
+{{- end }}
+{{- end }}
+
+{{/*
+SIGTERM-to-SIGKILL time: the job's checkpoint budget (job.terminationGraceSeconds) rounded up
+plus the package's margin, unless set; a value below that would kill the checkpoint midway.
+*/}}
+{{- define "dreambooth-job.terminationGracePeriodSeconds" -}}
+{{- $package := include "dreambooth-job.package" . | fromYaml }}
+{{- $budget := include "dreambooth-job.option" (list . "terminationGraceSeconds") | float64 }}
+{{- $needed := add (ceil $budget | int) ($package.terminationMarginSeconds | int) }}
+{{- if kindIs "invalid" .Values.terminationGracePeriodSeconds }}
+{{- $needed }}
+{{- else if lt (int .Values.terminationGracePeriodSeconds) $needed }}
+{{- fail (printf "terminationGracePeriodSeconds=%d leaves the job no time to checkpoint: job.terminationGraceSeconds is %v, so at least %d is needed" (int .Values.terminationGracePeriodSeconds) $budget $needed) }}
+{{- else }}
+{{- int .Values.terminationGracePeriodSeconds }}
+{{- end }}
+{{- end }}
