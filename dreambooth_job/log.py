@@ -17,7 +17,7 @@ _SECRET_ENV = ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_ACCESS_KEY_ID"
                "AWS_SECURITY_TOKEN", "HF_TOKEN", "HUGGING_FACE_HUB_TOKEN")
 _SECRET_PATTERNS = re.compile(
     r"(X-Amz-Signature=[^&\s]+|X-Amz-Credential=[^&\s]+|X-Amz-Security-Token=[^&\s]+|"
-    r"\b(?:AKIA|ASIA)[A-Z0-9]{16}\b)")
+    r"\b(?:AKIA|ASIA)[A-Z0-9]{16}\b|(?<=://)[^/@\s:]+:[^/@\s]+(?=@))")
 
 
 def redact(text: str) -> str:

@@ -74,11 +74,13 @@ class LocalS3Server:
         return {"AWS_ENDPOINT_URL": self.endpoint, "AWS_ACCESS_KEY_ID": key,
                 "AWS_SECRET_ACCESS_KEY": secret, "AWS_REGION": "us-east-1"}
 
-    def start(self) -> None:
-        # A fresh directory per start: weed saves its flags in it and would reuse stale ports.
-        shutil.rmtree(self.directory, ignore_errors=True)
-        self.directory.mkdir(parents=True)
-        log = open(self.directory.parent / f"{self.directory.name}.log", "wb")
+    def start(self, fresh: bool = True) -> None:
+        """Start serving; `fresh=False` keeps the stored objects (a restart, for fault tests)."""
+        if fresh:
+            # A fresh directory per start: weed saves its flags in it and would reuse stale ports.
+            shutil.rmtree(self.directory, ignore_errors=True)
+        self.directory.mkdir(parents=True, exist_ok=True)
+        log = open(self.directory.parent / f"{self.directory.name}.log", "ab")
         weed = _weed_binary()
         if weed:
             self.kind = "seaweedfs"

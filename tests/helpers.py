@@ -29,3 +29,54 @@ def upload_photos(local_dir: Path, uri: str) -> str:
 
     storage.upload_dir(local_dir, uri)
     return uri
+
+
+class JobProcess:
+    """`dreambooth-job` as a child process whose log lines the test can wait for."""
+
+    def __init__(self, args: list[str], env: dict[str, str] | None = None):
+        import os
+        import queue
+        import subprocess
+        import sys
+        import threading
+
+        self.lines: list[str] = []
+        self._queue: queue.Queue[str | None] = queue.Queue()
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "dreambooth_job.cli", *args], env={**os.environ, **(env or {})},
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        for line in self.process.stdout:
+            self.lines.append(line)
+            self._queue.put(line)
+        self._queue.put(None)
+
+    def wait_for(self, pattern: str, timeout: float = 300) -> str:
+        """Block until a line matching the regex `pattern` is printed; fail if the process ends."""
+        import queue
+        import re
+        import time
+
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                line = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                raise AssertionError(f"no line matching {pattern!r} within {timeout}s") from None
+            if line is None:
+                raise AssertionError(f"process ended before printing {pattern!r}:\n{self.output[-3000:]}")
+            if re.search(pattern, line):
+                return line
+
+    def wait(self, timeout: float = 300) -> int:
+        code = self.process.wait(timeout=timeout)
+        self._reader.join(timeout=30)
+        return code
+
+    @property
+    def output(self) -> str:
+        return "".join(self.lines)

@@ -52,7 +52,7 @@ def metrics_block(*rows: dict[str, Any], **extra_rows: dict[str, Any]) -> dict[s
 
 
 def gauges(row: dict[str, Any], prefix: str = "") -> dict[str, float | None]:
-    """The row's scores by name (for `JobObserver.evaluation`), e.g. prefix="base_" for a baseline."""
+    """The row's scores by name, for `JobObserver.evaluation`; prefix="base_" for a baseline."""
     return {prefix + name: row.get(name) for name in SCORE_NAMES}
 
 

@@ -32,15 +32,17 @@ CONFIG_FIELDS = (
 
 
 def config_options(names: tuple[str, ...]) -> Callable[[Callable], Callable]:
-    """Flags for some TrainConfig fields, with their help, resolved like `train`'s (flag > env > file)."""
+    """Flags for some TrainConfig fields, resolved like `train`'s (flag > env > file > default)."""
     by_name = {f.name: f for f in cfg.fields()}
 
     def decorate(command: Callable) -> Callable:
         for name in reversed(names):
             f = by_name[name]
-            kind = click.Choice(f.metadata["choices"]) if f.metadata["choices"] else cfg.base_type(f)
-            command = click.option(cfg.flag_name(name), name, type=kind, default=None, help=(
-                f"{f.metadata['help']} [default: {cfg.default_of(f)}; env {cfg.env_name(name)}]"))(command)
+            choices = f.metadata["choices"]
+            kind = click.Choice(choices) if choices else cfg.base_type(f)
+            shown = f"[default: {cfg.default_of(f)}; env {cfg.env_name(name)}]"
+            command = click.option(cfg.flag_name(name), name, type=kind, default=None,
+                                   help=f"{f.metadata['help']} {shown}")(command)
         return click.option("--config", "config_file", type=click.Path(dir_okay=False),
                             help="YAML or JSON file of options.")(command)
 
@@ -49,10 +51,12 @@ def config_options(names: tuple[str, ...]) -> Callable[[Callable], Callable]:
 
 @click.command("evaluate")
 @click.option("--model", "model_source", required=True,
-              help="The model to score: a diffusers pipeline directory or s3:// prefix (a run's model/).")
-@click.option("--output", help=f"JSON file, or a directory / s3:// prefix that receives {OUTPUT_FILE} "
-                               "(default: print to stdout).")
-@click.option("--baseline", is_flag=True, help="Also score --base-model, the model before fine-tuning.")
+              help="The model to score: a diffusers pipeline directory or s3:// prefix "
+                   "(a run's model/).")
+@click.option("--output", help=f"JSON file, or a directory / s3:// prefix that receives "
+                               f"{OUTPUT_FILE} (default: print to stdout).")
+@click.option("--baseline", is_flag=True,
+              help="Also score --base-model, the model before fine-tuning.")
 @config_options(CONFIG_FIELDS)
 def evaluate(model_source: str, output: str | None, baseline: bool, **params) -> None:
     """Score a model like the DreamBooth paper: DINO, CLIP-I, CLIP-T, PRES and DIV."""
@@ -71,32 +75,33 @@ def evaluate(model_source: str, output: str | None, baseline: bool, **params) ->
 
 
 def run_evaluation(model_source: str, config: cfg.TrainConfig, *, baseline: bool = False) -> dict:
-    """The report of `evaluate`: the rows ("finetuned", optionally "base", "real") and the protocol."""
+    """The report of `evaluate`: rows "finetuned" (and "base"), "real", and the protocol."""
     from dreambooth_job import data, identifiers, log, models
-    from dreambooth_job.evaluation import Evaluator, metrics_block
+    from dreambooth_job.evaluation import Evaluator, metrics_block, validate_config
 
     log.configure(config.log_format)
     for name in ("instance_data", "class_noun"):
         if not getattr(config, name):
             raise InvalidInputError(f"missing required option {cfg.flag_name(name)}")
-    evaluator = Evaluator.load(config)
+    validate_config(config)  # bad options fail before any download
     with tempfile.TemporaryDirectory(prefix="dreambooth-eval-") as work:
         if not storage.download_dir(config.instance_data, Path(work)):
             raise InvalidInputError(f"--instance-data {config.instance_data} holds no files")
         photos = data.load_subject_photos(Path(work), config).images
-
-    def score(source: str, label: str) -> tuple[dict, str]:
-        pipeline = models.load_pipeline(models.resolve_base_model(source, config.cache_dir), config.cache_dir)
-        pipeline.to(_device())
-        token = (identifiers.choose_identifier(pipeline.tokenizer).token if config.identifier == "auto"
-                 else config.identifier)
-        return evaluator.evaluate(pipeline, photos, token, config.class_noun, label), token
+    to_score = {"finetuned": models.resolve_base_model(model_source, config.cache_dir)}
+    if baseline:
+        to_score = {"base": models.resolve_base_model(config.base_model, config.cache_dir),
+                    **to_score}
+    evaluator = Evaluator.load(config)
 
     rows = []
-    if baseline:
-        rows.append(score(config.base_model, "base")[0])
-    tuned, token = score(model_source, "finetuned")
-    rows.append(tuned)
+    for label, model in to_score.items():
+        pipeline = models.load_pipeline(model, config.cache_dir).to(_device())
+        token = config.identifier
+        if token == "auto":
+            token = identifiers.choose_identifier(pipeline.tokenizer).token
+        rows.append(evaluator.evaluate(pipeline, photos, token, config.class_noun, label))
+        del pipeline  # one pipeline in memory at a time
     return {"model": model_source, "base_model": config.base_model if baseline else None,
             "instance_data": config.instance_data, "class_noun": config.class_noun,
             "identifier": token,

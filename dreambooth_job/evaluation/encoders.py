@@ -54,7 +54,8 @@ def resolve_source(source: str | None, cache_dir: str, option: str) -> str:
     if path.exists():
         return str(path)
     if source.startswith((".", "/", "~")) or source.count("/") != 1:
-        raise Unavailable(f"{option} {source} does not exist (not a directory, s3:// prefix or hub id)")
+        raise Unavailable(
+            f"{option} {source} does not exist (not a directory, s3:// prefix or hub id)")
     return source
 
 
@@ -62,7 +63,8 @@ def _load(option: str, loader):
     """Run a from_pretrained call, turning any failure into Unavailable with a one-line reason."""
     try:
         return loader()
-    except Exception as exc:  # noqa: BLE001 - a missing evaluator must not fail the job
+    # Broad on purpose: a missing or broken evaluator model must not fail the job.
+    except Exception as exc:  # noqa: BLE001
         first_line = (str(exc).strip().splitlines() or [""])[0]
         raise Unavailable(f"cannot load {option}: {type(exc).__name__}: {first_line}") from None
 
@@ -108,7 +110,8 @@ class _Encoder:
         chunks = []
         with torch.inference_mode():
             for start in range(0, len(images), EMBED_BATCH):
-                chunks.append(self._image_features(self._pixels(images[start:start + EMBED_BATCH])).float().cpu())
+                pixels = self._pixels(images[start:start + EMBED_BATCH])
+                chunks.append(self._image_features(pixels).float().cpu())
         return torch.cat(chunks)
 
     def _image_features(self, pixels):
@@ -127,8 +130,9 @@ class DinoEncoder(_Encoder):
 
             model = ViTModel.from_pretrained(path, add_pooling_layer=False, cache_dir=cache_dir)
             size = model.config.image_size
-            processor = _image_processor("ViT", path, cache_dir, dict(
-                size={"height": size, "width": size}, image_mean=IMAGENET_MEAN, image_std=IMAGENET_STD))
+            processor = _image_processor("ViT", path, cache_dir, {
+                "size": {"height": size, "width": size},
+                "image_mean": IMAGENET_MEAN, "image_std": IMAGENET_STD})
             return cls(model, processor)
 
         encoder = _load("--dino-model", loader)
@@ -155,8 +159,8 @@ class ClipEncoder(_Encoder):
 
             model = CLIPModel.from_pretrained(path, cache_dir=cache_dir)
             size = model.config.vision_config.image_size
-            processor = _image_processor("CLIP", path, cache_dir, dict(
-                size={"shortest_edge": size}, crop_size={"height": size, "width": size}))
+            processor = _image_processor("CLIP", path, cache_dir, {
+                "size": {"shortest_edge": size}, "crop_size": {"height": size, "width": size}})
             tokenizer = AutoTokenizer.from_pretrained(path, cache_dir=cache_dir)
             return cls(model, processor, tokenizer)
 
@@ -167,7 +171,8 @@ class ClipEncoder(_Encoder):
     def _image_features(self, pixels):
         # Vision tower then projection, spelled out: get_image_features' return type differs
         # between transformers 4 and 5.
-        return self.model.visual_projection(self.model.vision_model(pixel_values=pixels).pooler_output)
+        pooled = self.model.vision_model(pixel_values=pixels).pooler_output
+        return self.model.visual_projection(pooled)
 
     def embed_texts(self, texts: list[str]):
         """One embedding per text, float32 on the CPU."""

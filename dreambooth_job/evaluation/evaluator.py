@@ -24,20 +24,23 @@ METRICS = ("dino", "clip_i", "clip_t", "pres", "div", "div_dino")
 MODEL_OF = {"dino": "dino", "clip_i": "clip", "clip_t": "clip", "pres": "dino", "div": "lpips",
             "div_dino": "dino"}
 SEED_BASE = 0
-"""Image j of every prompt uses seed SEED_BASE + j: base and fine-tuned models see the same noise."""
+"""Image j of every prompt has seed SEED_BASE + j: base and fine-tuned models see the same noise."""
 CLASS_SEED_BASE = 10_000
 """PRES images use fresh seeds, so they are never the class images the model was trained on."""
-DIV_FALLBACK = ("div_dino: 1 - mean DINO cosine similarity between the images of the same prompt "
-                "(reported because LPIPS weights were unavailable; not comparable to the paper's DIV)")
+DIV_FALLBACK = ("div_dino: 1 - mean DINO cosine similarity between the images of the same "
+                "prompt (reported because LPIPS weights were unavailable; not comparable to the "
+                "paper's DIV)")
 
 
 def validate_config(config: TrainConfig, class_noun: str | None = None) -> None:
     """Raise InvalidInputError for bad evaluation options; cheap enough for the validate phase."""
     if config.images_per_prompt < 1:
-        raise InvalidInputError(f"--images-per-prompt must be at least 1, got {config.images_per_prompt}")
+        raise InvalidInputError(
+            f"--images-per-prompt must be at least 1, got {config.images_per_prompt}")
     for name in ("eval_max_prompts", "eval_class_images"):
         if getattr(config, name) < 0:
-            raise InvalidInputError(f"--{name.replace('_', '-')} must not be negative, got {getattr(config, name)}")
+            raise InvalidInputError(
+                f"--{name.replace('_', '-')} must not be negative, got {getattr(config, name)}")
     prompt_sets.load_prompt_set(config.prompt_set, class_noun or config.class_noun or "")
 
 
@@ -56,7 +59,8 @@ class Evaluator:
     def load(cls, config: TrainConfig) -> Evaluator:
         validate_config(config)
         evaluator = cls(config)
-        for name, loader in (("dino", DinoEncoder.load), ("clip", ClipEncoder.load), ("lpips", _load_lpips)):
+        loaders = {"dino": DinoEncoder.load, "clip": ClipEncoder.load, "lpips": _load_lpips}
+        for name, loader in loaders.items():
             source = getattr(config, f"{name}_model")
             try:
                 setattr(evaluator, name, loader(source, config.cache_dir))
@@ -72,11 +76,12 @@ class Evaluator:
         """Everything that fixes the numbers: prompts, seeds, sampler and evaluator models."""
         config = self.config
         prompt_set = prompt_sets.load_prompt_set(config.prompt_set, class_noun)
-        models = {name: ({"source": getattr(config, f"{name}_model"), "loaded": True}
-                         if name not in self.unavailable_models else
-                         {"source": getattr(config, f"{name}_model"), "loaded": False,
-                          "reason": self.unavailable_models[name]})
-                  for name in ("dino", "clip", "lpips")}
+        models = {}
+        for name in ("dino", "clip", "lpips"):
+            models[name] = {"source": getattr(config, f"{name}_model"),
+                            "loaded": name not in self.unavailable_models}
+            if name in self.unavailable_models:
+                models[name]["reason"] = self.unavailable_models[name]
         return {
             "prompt_set": prompt_set.name,
             "prompts": list(prompt_sets.select(prompt_set.templates, config.eval_max_prompts)),
@@ -100,64 +105,46 @@ class Evaluator:
             raise InvalidInputError("evaluation needs at least one real photo of the subject")
         started = time.perf_counter()
         protocol = self.protocol(class_noun)
-        unavailable = {m: self.unavailable_models[MODEL_OF[m]] for m in METRICS
-                       if MODEL_OF[m] in self.unavailable_models}
-        if "div" in unavailable and self.dino is not None:
-            unavailable["div"] += "; see div_dino"
-        row: dict[str, Any] = {"label": label, **{m: None for m in METRICS}}
-        templates, seeds = protocol["prompts"], protocol["seeds"]
+        row: dict[str, Any] = {"label": label, **{m: None for m in METRICS}, "unavailable": {
+            m: self.unavailable_models[MODEL_OF[m]] for m in METRICS
+            if MODEL_OF[m] in self.unavailable_models}, "images": 0, "per_prompt": []}
+        if "div" in row["unavailable"] and self.dino is not None:
+            row["unavailable"]["div"] += "; see div_dino"
         if self.dino is None and self.clip is None and self.lpips is None:
-            return self._finish(row, unavailable, protocol, [], started, images=0)
+            return self._finish(row, protocol, started)
 
         pipeline = sampling.fast_pipeline(pipeline)
-        generate = lambda texts, image_seeds: sampling.generate_images(  # noqa: E731
-            pipeline, texts, image_seeds, resolution=self.config.resolution,
-            num_inference_steps=self.config.sample_steps, guidance_scale=self.config.guidance_scale,
-            batch_size=self.config.sample_batch_size)
+
+        def generate(texts: list[str], seeds: list[int]) -> list[Image.Image]:
+            row["images"] += len(texts)
+            return sampling.generate_images(
+                pipeline, texts, seeds, resolution=self.config.resolution,
+                num_inference_steps=self.config.sample_steps,
+                guidance_scale=self.config.guidance_scale, batch_size=self.config.sample_batch_size)
+
+        templates, seeds = protocol["prompts"], protocol["seeds"]
         prompts = [prompt_sets.subject_prompt(t, identifier, class_noun) for t in templates]
         images = generate([p for p in prompts for _ in seeds], seeds * len(prompts))
-        groups = [images[i * len(seeds):(i + 1) * len(seeds)] for i in range(len(prompts))]
-        per_prompt = [{"prompt": p} for p in prompts]
-        count = len(images)
-
-        device = pipeline.device
+        row["per_prompt"] = [{"prompt": p} for p in prompts]
         try:
             if self.dino is not None:
-                self.dino.to(device)
-                real = self.dino.embed_images(photos)
-                fake = self.dino.embed_images(images)
-                row["dino"] = scores.mean_cross_similarity(fake, real)
-                self._per_prompt(per_prompt, "dino", fake, real, len(seeds))
-                row["div_dino"] = self._within(unavailable, "div_dino", [
-                    fake[i * len(seeds):(i + 1) * len(seeds)] for i in range(len(prompts))],
-                    scores.cosine_distance)
-                if self.config.eval_class_images:
-                    class_prompt = format_prompt(self.config.class_prompt, identifier, class_noun)
-                    class_images = generate([class_prompt] * len(protocol["class_seeds"]), protocol["class_seeds"])
-                    count += len(class_images)
-                    row["pres"] = scores.mean_cross_similarity(self.dino.embed_images(class_images), real)
-                else:
-                    unavailable["pres"] = "--eval-class-images is 0"
+                self.dino.to(pipeline.device)
+                self._score_dino(row, photos, images, len(seeds), lambda: generate(
+                    [format_prompt(self.config.class_prompt, identifier, class_noun)]
+                    * len(protocol["class_seeds"]), protocol["class_seeds"]))
             if self.clip is not None:
-                self.clip.to(device)
-                real = self.clip.embed_images(photos)
-                fake = self.clip.embed_images(images)
-                texts = self.clip.embed_texts([prompt_sets.text_prompt(t, class_noun) for t in templates])
-                row["clip_i"] = scores.mean_cross_similarity(fake, real)
-                row["clip_t"] = scores.mean_paired_similarity(fake, texts.repeat_interleave(len(seeds), 0))
-                self._per_prompt(per_prompt, "clip_i", fake, real, len(seeds))
-                for i, entry in enumerate(per_prompt):
-                    entry["clip_t"] = _round(scores.mean_paired_similarity(
-                        fake[i * len(seeds):(i + 1) * len(seeds)], texts[i:i + 1].expand(len(seeds), -1)))
+                self.clip.to(pipeline.device)
+                self._score_clip(row, photos, images, len(seeds),
+                                 [prompt_sets.text_prompt(t, class_noun) for t in templates])
             if self.lpips is not None:
-                self.lpips.to(device)
-                row["div"] = self._within(unavailable, "div", [_image_batch(g).to(device) for g in groups],
-                                          self.lpips)
+                self.lpips.to(pipeline.device)
+                groups = [_image_batch(g).to(pipeline.device) for g in _chunks(images, len(seeds))]
+                row["div"] = self._within(row, "div", groups, self.lpips)
         finally:
             for model in (self.dino, self.clip, self.lpips):
                 if model is not None:
                     model.to("cpu")  # give the accelerator back to training
-        return self._finish(row, unavailable, protocol, per_prompt, started, images=count)
+        return self._finish(row, protocol, started)
 
     def real_reference(self, photos: list[Image.Image]) -> dict[str, Any]:
         """The paper's "real images" row: DINO and CLIP-I between distinct photos of the subject."""
@@ -172,24 +159,42 @@ class Evaluator:
         return row
 
     # ------------------------------------------------------------------------------------------
+    def _score_dino(self, row, photos, images, per_prompt: int, class_images) -> None:
+        real = self.dino.embed_images(photos)
+        fake = self.dino.embed_images(images)
+        row["dino"] = scores.mean_cross_similarity(fake, real)
+        for entry, group in zip(row["per_prompt"], _chunks(fake, per_prompt)):
+            entry["dino"] = _round(scores.mean_cross_similarity(group, real))
+        row["div_dino"] = self._within(row, "div_dino", _chunks(fake, per_prompt),
+                                       scores.cosine_distance)
+        if self.config.eval_class_images:
+            row["pres"] = scores.mean_cross_similarity(self.dino.embed_images(class_images()), real)
+        else:
+            row["unavailable"]["pres"] = "--eval-class-images is 0"
+
+    def _score_clip(self, row, photos, images, per_prompt: int, texts: list[str]) -> None:
+        real = self.clip.embed_images(photos)
+        fake = self.clip.embed_images(images)
+        text = self.clip.embed_texts(texts)
+        row["clip_i"] = scores.mean_cross_similarity(fake, real)
+        row["clip_t"] = scores.mean_paired_similarity(fake, text.repeat_interleave(per_prompt, 0))
+        for i, (entry, group) in enumerate(zip(row["per_prompt"], _chunks(fake, per_prompt))):
+            entry["clip_i"] = _round(scores.mean_cross_similarity(group, real))
+            entry["clip_t"] = _round(scores.mean_paired_similarity(
+                group, text[i:i + 1].expand(per_prompt, -1)))
+
     @staticmethod
-    def _within(unavailable: dict[str, str], metric: str, groups, distance) -> float | None:
+    def _within(row, metric: str, groups, distance) -> float | None:
         if len(groups[0]) < 2:
-            unavailable[metric] = "needs --images-per-prompt of at least 2"
+            row["unavailable"][metric] = "needs --images-per-prompt of at least 2"
             return None
         return scores.mean_group_distance(groups, distance)
 
     @staticmethod
-    def _per_prompt(entries: list[dict], metric: str, fake, real, per: int) -> None:
-        for i, entry in enumerate(entries):
-            entry[metric] = _round(scores.mean_cross_similarity(fake[i * per:(i + 1) * per], real))
-
-    @staticmethod
-    def _finish(row, unavailable, protocol, per_prompt, started, *, images: int) -> dict[str, Any]:
+    def _finish(row, protocol, started) -> dict[str, Any]:
         for metric in METRICS:
             row[metric] = _round(row[metric])
-        row.update(unavailable=unavailable, images=images, per_prompt=per_prompt,
-                   seconds=round(time.perf_counter() - started, 3), protocol=protocol)
+        row.update(seconds=round(time.perf_counter() - started, 3), protocol=protocol)
         return row
 
 
@@ -197,6 +202,11 @@ def _load_lpips(source: str | None, cache_dir: str):
     from dreambooth_job.evaluation.lpips import LPIPS
 
     return LPIPS.load(source, cache_dir)
+
+
+def _chunks(items, size: int) -> list:
+    """Consecutive runs of `size`: the images (or embeddings) of one prompt each."""
+    return [items[i:i + size] for i in range(0, len(items), size)]
 
 
 def _image_batch(images: list[Image.Image]):

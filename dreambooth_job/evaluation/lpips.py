@@ -55,13 +55,15 @@ class LPIPS(nn.Module):
             backbone = torch.load(path / BACKBONE_FILE, map_location="cpu", weights_only=True)
             linear = torch.load(path / LINEAR_FILE, map_location="cpu", weights_only=True)
             model = cls()
-            model.features.load_state_dict(
-                {k.removeprefix("features."): v for k, v in backbone.items() if k.startswith("features.")})
+            features = {k.removeprefix("features."): v for k, v in backbone.items()
+                        if k.startswith("features.")}
+            model.features.load_state_dict(features)
             model.linear.load_state_dict(
                 {f"{i}.weight": linear[f"lin{i}.model.1.weight"] for i in range(len(CHANNELS))})
         except (OSError, KeyError, RuntimeError) as exc:
             first_line = (str(exc).strip().splitlines() or [""])[0]
-            raise Unavailable(f"cannot load --lpips-model {source}: {type(exc).__name__}: {first_line}") from None
+            raise Unavailable(f"cannot load --lpips-model {source}: "
+                              f"{type(exc).__name__}: {first_line}") from None
         model.source = source
         return model.eval().requires_grad_(False)
 

@@ -16,7 +16,8 @@ from dreambooth_job.exit_codes import InvalidInputError
 from dreambooth_job.identifiers import format_prompt
 
 BUILTIN_SETS = ("object", "live")
-LIVE_CLASS_NOUNS = frozenset({"dog", "dogs", "puppy", "puppies", "cat", "cats", "kitten", "kittens"})
+LIVE_CLASS_NOUNS = frozenset({"dog", "dogs", "puppy", "puppies", "cat", "cats", "kitten",
+                              "kittens"})
 
 
 @dataclass(frozen=True)
@@ -38,7 +39,8 @@ def load_prompt_set(setting: str, class_noun: str) -> PromptSet:
     if setting == "auto":
         setting = "live" if is_live(class_noun) else "object"
     if setting in BUILTIN_SETS:
-        text = resources.files("dreambooth_job").joinpath(f"assets/eval_prompts/{setting}.txt").read_text()
+        asset = resources.files("dreambooth_job").joinpath(f"assets/eval_prompts/{setting}.txt")
+        text = asset.read_text()
         return PromptSet(setting, parse_templates(text, setting))
     try:
         raw = storage.read_bytes(setting) if storage.is_s3(setting) else Path(setting).read_bytes()
@@ -56,7 +58,8 @@ def parse_templates(text: str, source: str) -> tuple[str, ...]:
         raise InvalidInputError(f"--prompt-set {source} holds no prompts")
     for template in templates:
         if "{identifier}" not in template:
-            raise InvalidInputError(f"--prompt-set {source}: prompt {template!r} lacks {{identifier}}")
+            raise InvalidInputError(
+                f"--prompt-set {source}: prompt {template!r} lacks {{identifier}}")
         format_prompt(template, "x", "y")  # names an unknown placeholder now, not after training
     return templates
 

@@ -29,7 +29,7 @@ def cosine_matrix(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 
 def mean_cross_similarity(a: torch.Tensor, b: torch.Tensor) -> float:
-    """Mean cosine similarity over all pairs (a_i, b_j): DINO, CLIP-I and PRES (generated x real)."""
+    """Mean cosine similarity over all pairs (a_i, b_j): DINO, CLIP-I, PRES (generated x real)."""
     return float(cosine_matrix(a, b).mean())
 
 

@@ -6,18 +6,24 @@ Nothing here imports torch or diffusers: a laptop or a CI runner submits without
 from dreambooth_job.k8s.manifest import (BATCH_LABEL, SUBJECT_LABEL, ClusterSettings, JobSpec,
                                          build_job, job_name)
 
-__all__ = ["BATCH_LABEL", "SUBJECT_LABEL", "ClusterSettings", "JobSpec", "build_job", "job_name"]
+# Submitting and following Jobs (client, status, feed): the names docs/submitting.md uses.
+from dreambooth_job.k8s.batch import Batch, BatchFileError, load_batch
+from dreambooth_job.k8s.client import Connection, SubmittedJob, cancel, submit
+from dreambooth_job.k8s.errors import (
+    ApiUnreachableError,
+    ClusterConfigError,
+    ForbiddenError,
+    InvalidSpecError,
+    JobExistsError,
+    JobNotFoundError,
+    JobStillRunningError,
+    KubernetesError,
+)
+from dreambooth_job.k8s.feed import BatchOutcome, submit_batch
+from dreambooth_job.k8s.status import JobStatus, Phase, batch_status, get_status
 
-# Submitting and following Jobs (client, status, feed); the same names the docs use.
-from dreambooth_job.k8s.batch import Batch, BatchFileError, load_batch  # noqa: E402
-from dreambooth_job.k8s.client import (ApiUnreachableError, ClusterConfigError, Connection,  # noqa: E402
-                                       ForbiddenError, InvalidSpecError, JobExistsError,
-                                       JobNotFoundError, JobStillRunningError, KubernetesError,
-                                       SubmittedJob, cancel, submit)
-from dreambooth_job.k8s.feed import BatchOutcome, submit_batch  # noqa: E402
-from dreambooth_job.k8s.status import JobStatus, Phase, batch_status, get_status  # noqa: E402
-
-__all__ += [
+__all__ = [
+    "BATCH_LABEL", "SUBJECT_LABEL", "ClusterSettings", "JobSpec", "build_job", "job_name",
     "ApiUnreachableError", "Batch", "BatchFileError", "BatchOutcome", "ClusterConfigError",
     "Connection", "ForbiddenError", "InvalidSpecError", "JobExistsError", "JobNotFoundError",
     "JobStatus", "JobStillRunningError", "KubernetesError", "Phase", "SubmittedJob", "batch_status",

@@ -74,7 +74,7 @@ def load_batch(path: str | Path, overrides: Mapping[str, Any] | None = None) -> 
                                 "(use .yaml, .csv or .jsonl)")
     try:
         raw_defaults, rows = reader(text)
-    except (yaml.YAMLError, csv.Error, ValueError) as exc:
+    except (yaml.YAMLError, csv.Error, ValueError, TypeError) as exc:
         raise InvalidInputError(f"{path}: cannot parse: {str(exc).splitlines()[0]}") from None
     return parse_rows(str(path), raw_defaults, rows, overrides or {}, default_batch_id=path.stem)
 
@@ -162,13 +162,13 @@ def _read_yaml(text: str) -> tuple[dict[str, Any], list[tuple[str, Any]]]:
     if isinstance(data, list):
         data = {"subjects": data}
     if not isinstance(data, dict) or not isinstance(data.get("subjects", []), list):
-        raise ValueError("expected a mapping with 'defaults' and a 'subjects' list")
+        raise TypeError("expected a mapping with 'defaults' and a 'subjects' list")
     unknown = set(data) - {"defaults", "subjects"}
     if unknown:
         raise ValueError(f"unknown top-level key(s) {sorted(unknown)}: use 'defaults' and 'subjects'")
     defaults = data.get("defaults") or {}
     if not isinstance(defaults, dict):
-        raise ValueError("'defaults' must be a mapping")
+        raise TypeError("'defaults' must be a mapping")
     return defaults, [(f"subjects[{i}]", row) for i, row in enumerate(data.get("subjects") or [])]
 
 

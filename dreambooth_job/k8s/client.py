@@ -9,7 +9,7 @@
     cancel(job.name)                            # deletes the Job and its pods, never the S3 outputs
 
 Every call goes through `Connection.call`, which retries 429 and 5xx answers and unreachable
-servers with exponential backoff, then raises one of the typed errors below. Only the official
+servers with exponential backoff, then raises one of the typed errors of `errors.py`. Only the official
 `kubernetes` client is used, configured from kubeconfig or from the pod's service account, so
 the same code runs against any conformant API server.
 """
@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import json
 import os
 import random
 import time
@@ -27,75 +26,23 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import urllib3
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
-from dreambooth_job.exit_codes import InvalidInputError, JobError, RetryableError
+from dreambooth_job.exit_codes import InvalidInputError
+from dreambooth_job.k8s.errors import (
+    ApiUnreachableError,
+    ClusterConfigError,
+    InvalidSpecError,
+    JobExistsError,
+    JobNotFoundError,
+    JobStillRunningError,
+    translate,
+)
 from dreambooth_job.k8s.manifest import BATCH_LABEL, SUBJECT_LABEL, JobSpec, build_job
 
 SERVICE_ACCOUNT_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
-
-
-# ----------------------------------------------------------------------------------------------
-# Typed errors. They are JobErrors, so the CLI turns them into exit codes and one-line messages.
-
-class KubernetesError(JobError):
-    """The API refused or failed a request; `.status` is the HTTP status (0: no answer)."""
-
-    def __init__(self, message: str, status: int = 0):
-        super().__init__(message)
-        self.status = status
-
-
-class JobNotFoundError(KubernetesError):
-    """No Job of that name in that namespace."""
-
-
-class JobExistsError(KubernetesError):
-    """A Job of that name exists and cannot be reused (running, or a different subject)."""
-
-
-class JobStillRunningError(JobExistsError):
-    """`replace=True` found the Job still queued or running; cancel it first."""
-
-
-class ForbiddenError(KubernetesError, InvalidInputError):
-    """The credentials may not do this (RBAC); retrying cannot help."""
-
-
-class InvalidSpecError(KubernetesError, InvalidInputError):
-    """The Job spec is invalid: rejected by us before sending, or by the API server (400/422)."""
-
-
-class ApiUnreachableError(KubernetesError, RetryableError):
-    """No usable answer from the API server after retries (network, 429, 5xx)."""
-
-
-class ClusterConfigError(KubernetesError, InvalidInputError):
-    """Neither a kubeconfig nor an in-cluster service account could be loaded."""
-
-
-def _status_message(exc: ApiException) -> str:
-    try:
-        return json.loads(exc.body or "{}").get("message") or exc.reason or str(exc.status)
-    except (ValueError, AttributeError):
-        return exc.reason or str(exc.status)
-
-
-def translate(exc: ApiException, what: str) -> KubernetesError:
-    """The typed error for an API answer about `what` (e.g. "job ns/name")."""
-    message = _status_message(exc)
-    if exc.status == 404:
-        return JobNotFoundError(f"{what} not found", 404)
-    if exc.status == 409:
-        return JobExistsError(f"{what} already exists: {message}", 409)
-    if exc.status in (401, 403):
-        return ForbiddenError(f"not allowed on {what}: {message}", exc.status)
-    if exc.status in (400, 422):
-        return InvalidSpecError(f"API server rejected {what}: {message}", exc.status)
-    if exc.status == 429 or exc.status >= 500:
-        return ApiUnreachableError(f"API server failed on {what} ({exc.status}): {message}", exc.status)
-    return KubernetesError(f"API error on {what} ({exc.status}): {message}", exc.status)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -148,9 +95,11 @@ class Connection:
         return client.CoreV1Api(self.api_client)
 
     def call(self, what: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-        """`fn(*args, **kwargs)`, retried on 429/5xx and connection failures with backoff."""
-        import urllib3
+        """`fn(*args, **kwargs)`, retried on 429/5xx and connection failures with backoff.
 
+        A create whose answer was lost is retried too: the retry then meets the Job it created
+        (409), which `submit` reads back, so creation stays idempotent.
+        """
         delay = self.backoff_seconds
         for attempt in range(1, self.attempts + 1):
             last = attempt == self.attempts
@@ -164,11 +113,12 @@ class Connection:
             except (urllib3.exceptions.HTTPError, OSError) as exc:
                 if last:
                     host = self.api_client.configuration.host
+                    reason = str(getattr(exc, "reason", None) or exc)[:200]
                     raise ApiUnreachableError(
                         f"API server {host} unreachable after {attempt} attempts ({what}): "
-                        f"{type(exc).__name__}") from None
+                        f"{reason}") from None
                 wait = delay
-            # Full jitter keeps a batch of clients from retrying in lockstep.
+            # Jitter keeps the many clients of a batch from retrying in lockstep.
             self.sleep(random.uniform(wait / 2, wait))
             delay = min(delay * 2, self.max_backoff_seconds)
         raise AssertionError("unreachable")
@@ -207,14 +157,16 @@ class SubmittedJob:
     replaced: bool = False
 
 
-def render(spec: JobSpec, namespace: str) -> dict[str, Any]:
-    """The Job manifest for `spec` in `namespace`; InvalidSpecError when the spec is incomplete."""
+def render(spec: JobSpec, namespace: str | None) -> dict[str, Any]:
+    """The Job manifest for `spec` in `namespace` (None: left to `kubectl apply`'s context);
+    InvalidSpecError when the spec is incomplete or invalid."""
     try:
         spec.train.validate(require_inputs=True)
         manifest = build_job(spec)
     except InvalidInputError as exc:
         raise InvalidSpecError(exc.message) from None
-    manifest.setdefault("metadata", {})["namespace"] = namespace
+    if namespace:
+        manifest["metadata"]["namespace"] = namespace
     return manifest
 
 

@@ -29,8 +29,16 @@ from dreambooth_job.k8s.feed import render_batch, submit_batch
 from dreambooth_job.k8s.manifest import BATCH_LABEL, JobSpec, label_value
 from dreambooth_job.k8s.options import cluster_options, connection_options, resolve_cluster_settings
 from dreambooth_job.k8s.report import summary, write_report
-from dreambooth_job.k8s.status import (JOB_NAME_LABEL, JobStatus, Phase, attach_result, batch_status,
-                                       describe, format_duration, get_status)
+from dreambooth_job.k8s.status import (
+    JOB_NAME_LABEL,
+    JobStatus,
+    Phase,
+    attach_result,
+    batch_status,
+    describe,
+    format_duration,
+    get_status,
+)
 
 
 def _exits_with_codes(command: Callable) -> Callable:

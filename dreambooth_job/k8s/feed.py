@@ -19,8 +19,15 @@ from dataclasses import dataclass, field
 
 from dreambooth_job.config import TrainConfig
 from dreambooth_job.k8s.batch import Batch
-from dreambooth_job.k8s.client import (Connection, JobStillRunningError, connect, is_finished,
-                                       list_jobs, render, submit)
+from dreambooth_job.k8s.client import (
+    Connection,
+    JobStillRunningError,
+    connect,
+    is_finished,
+    list_jobs,
+    render,
+    submit,
+)
 from dreambooth_job.k8s.manifest import BATCH_LABEL, ClusterSettings, JobSpec, job_name, label_value
 from dreambooth_job.result import read_completed_result
 
@@ -92,9 +99,10 @@ def submit_batch(batch: Batch, cluster: ClusterSettings, *, max_parallel: int | 
                 continue
             outcome.created.append(subject)
             log(f"{subject}: {'replaced' if job.replaced else 'created'} job {job.name}")
+        if todo[free:] and free:
+            log(f"{len(todo) - free} subject(s) wait for a free slot (at most {throttle} at once)")
         todo = todo[free:]
         if todo:
-            log(f"{len(todo)} subject(s) waiting for a free slot (max {throttle} running)")
             sleep(poll_seconds)
     return outcome
 

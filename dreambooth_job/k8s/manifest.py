@@ -68,75 +68,82 @@ def setting(default: Any = None, *, help: str, default_factory: Any = None) -> A
 class ClusterSettings:
     """Where and how the Job runs; the training options themselves are the TrainConfig.
 
-    Each field has a value of the same meaning in the chart's values.yaml (named in brackets).
+    Every field has a value of the same meaning in the chart's values.yaml, named in its help.
     """
 
     namespace: str | None = setting(
-        help="Namespace of the Job; None leaves it to the caller (kubeconfig's namespace). "
-             "[the release namespace]")
-    image: str = setting(DEFAULT_IMAGE, help="Container image reference. [image.repository:tag]")
-    image_pull_policy: str = setting("IfNotPresent", help="[image.pullPolicy]")
+        help="Namespace of the Job (default: the kubeconfig context's). Chart: the release's.")
+    image: str = setting(
+        DEFAULT_IMAGE, help="Container image, registry/name:tag or name@sha256:... "
+                            "Chart: image.repository, image.tag, image.digest.")
+    image_pull_policy: str = setting(
+        "IfNotPresent", help="Always, IfNotPresent or Never. Chart: image.pullPolicy.")
     image_pull_secrets: tuple[str, ...] = setting(
-        (), help="Names of Secrets for pulling the image from a private registry. [imagePullSecrets]")
-    gpus: int = setting(1, help="GPUs per pod, requested as `gpu_resource` limits; 0 for a CPU run. "
-                                "[gpu.count]")
-    gpu_resource: str = setting("nvidia.com/gpu", help="Extended resource name of a GPU. [gpu.resource]")
+        (), help="Secrets for pulling the image from a private registry. Chart: imagePullSecrets.")
+    gpus: int = setting(
+        1, help="GPUs of the pod, as limits of the GPU resource; 0 runs on CPU. Chart: gpu.count.")
+    gpu_resource: str = setting(
+        "nvidia.com/gpu", help="Extended resource name of a GPU. Chart: gpu.resource.")
     resources: Mapping[str, Mapping[str, Any]] = setting(
         default_factory=lambda: {"requests": {"cpu": "8", "memory": "32Gi"},
                                  "limits": {"memory": "64Gi"}},
-        help="CPU and memory `requests`/`limits` of the container (the GPU is added to limits). "
-             "No CPU limit by default: throttling starves the data loader. [resources]")
+        help="CPU and memory requests and limits of the container; the GPU is added to limits. "
+             "No CPU limit by default: throttling starves the data loader. Chart: resources.")
     node_selector: Mapping[str, str] = setting(
-        default_factory=dict, help="e.g. {'nvidia.com/gpu.product': 'NVIDIA-A100-SXM4-80GB'}. "
-                                   "[nodeSelector]")
-    tolerations: tuple[Mapping[str, Any], ...] = setting((), help="Pod tolerations. [tolerations]")
-    affinity: Mapping[str, Any] = setting(default_factory=dict, help="Pod affinity. [affinity]")
-    priority_class_name: str | None = setting(help="PriorityClass of the pod. [priorityClassName]")
+        default_factory=dict, help="Node labels to match, e.g. nvidia.com/gpu.product="
+                                   "NVIDIA-A100-SXM4-80GB. Chart: nodeSelector.")
+    tolerations: tuple[Mapping[str, Any], ...] = setting(
+        (), help="Pod tolerations, e.g. for tainted GPU nodes. Chart: tolerations.")
+    affinity: Mapping[str, Any] = setting(default_factory=dict, help="Pod affinity. Chart: affinity.")
+    priority_class_name: str | None = setting(
+        help="PriorityClass of the pod; Kueue orders and preempts by it. Chart: priorityClassName.")
     service_account_name: str | None = setting(
-        help="ServiceAccount of the pod, e.g. one annotated for IRSA or workload identity; None: "
-             "the namespace's default. [serviceAccount.name, or the release name with .create]")
+        help="ServiceAccount of the pod, e.g. one annotated for IRSA or workload identity "
+             "(default: the namespace's default). Chart: serviceAccount.")
     s3_credentials_secret: str | None = setting(
-        help="Existing Secret with keys AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, referenced, "
-             "never copied; None: boto3's chain (workload identity, instance role). "
-             "[s3.credentialsSecret]")
+        help="Existing Secret with AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, referenced, never "
+             "copied (default: boto3's chain: workload identity, instance role). "
+             "Chart: s3.credentialsSecret.")
     s3_endpoint_url: str | None = setting(
-        help="AWS_ENDPOINT_URL for S3-compatible stores (MinIO, Ceph, GCS interop). [s3.endpointUrl]")
-    s3_region: str | None = setting(help="AWS_REGION / AWS_DEFAULT_REGION. [s3.region]")
+        help="AWS_ENDPOINT_URL of an S3-compatible store (MinIO, Ceph). Chart: s3.endpointUrl.")
+    s3_region: str | None = setting(help="AWS_REGION and AWS_DEFAULT_REGION. Chart: s3.region.")
     queue: str | None = setting(
-        help="Kueue LocalQueue: the Job gets its label and is created suspended, so that Kueue "
-             "admits it when quota frees up. [kueue.queueName]")
+        help="Kueue LocalQueue: the Job gets its label and is created suspended, for Kueue to "
+             "start when quota allows. Chart: kueue.queueName.")
     backoff_limit: int = setting(
-        3, help="Pod failures (not preemptions, not bad input) before the Job fails. [backoffLimit]")
+        3, help="Pod failures before the Job fails; bad input and preemption never count. "
+                "Chart: backoffLimit.")
     active_deadline_seconds: int | None = setting(
-        6 * 3600, help="Wall-clock limit of the whole Job, retries included. [activeDeadlineSeconds]")
+        6 * 3600, help="Wall-clock limit of the whole Job, retries included. "
+                       "Chart: activeDeadlineSeconds.")
     ttl_seconds_after_finished: int | None = setting(
-        7 * 24 * 3600, help="Delete the finished Job (not its S3 outputs) after this long. "
-                            "[ttlSecondsAfterFinished]")
+        7 * 24 * 3600, help="Delete the finished Job (never its S3 outputs) after this long. "
+                            "Chart: ttlSecondsAfterFinished.")
     termination_grace_period_seconds: int | None = setting(
-        help="SIGTERM-to-SIGKILL time of the pod; None: the job's --termination-grace-seconds "
-             f"rounded up plus {TERMINATION_MARGIN_SECONDS} s. A smaller value is rejected. "
-             "[terminationGracePeriodSeconds]")
+        help="SIGTERM-to-SIGKILL time of the pod (default: --termination-grace-seconds rounded up "
+             f"plus {TERMINATION_MARGIN_SECONDS} s; less is rejected). "
+             "Chart: terminationGracePeriodSeconds.")
     model_cache_claim: str | None = setting(
-        help="Existing PersistentVolumeClaim for the model cache, shared by many jobs so that "
-             "each node downloads a base model once; None: an emptyDir per pod. "
-             "[modelCache.existingClaim]")
+        help="Existing PersistentVolumeClaim for base models, shared so that each is downloaded "
+             "once (default: an emptyDir per pod). Chart: modelCache.existingClaim.")
     model_cache_size_limit: str | None = setting(
-        help="sizeLimit of the emptyDir model cache. [modelCache.sizeLimit]")
-    tmp_size_limit: str | None = setting(help="sizeLimit of the /tmp emptyDir. [tmp.sizeLimit]")
+        help="Size limit of the emptyDir model cache. Chart: modelCache.sizeLimit.")
+    tmp_size_limit: str | None = setting(
+        help="Size limit of the /tmp emptyDir. Chart: tmp.sizeLimit.")
     shm_size: str = setting(
-        "8Gi", help="Size of the memory-backed /dev/shm (counts against the memory limit); the "
-                    "runtime's 64 MiB default starves data-loader workers. [shm.sizeLimit]")
+        "8Gi", help="Size of the memory-backed /dev/shm, counted against the memory limit; the "
+                    "runtime's 64 MiB starves data-loader workers. Chart: shm.sizeLimit.")
     metrics_annotations: bool = setting(
-        True, help="prometheus.io/scrape, /port and /path pod annotations when the job serves "
-                   "metrics (--metrics-port > 0). [metrics.annotations]")
+        True, help="prometheus.io/scrape, port and path pod annotations when the job serves "
+                   "metrics (--metrics-port > 0). Chart: metrics.annotations.")
     labels: Mapping[str, str] = setting(
-        default_factory=dict, help="Extra labels on the Job and its pods. [labels]")
+        default_factory=dict, help="Extra labels of the Job and its pods. Chart: labels.")
     pod_annotations: Mapping[str, str] = setting(
-        default_factory=dict, help="Extra annotations on the pods. [podAnnotations]")
+        default_factory=dict, help="Extra annotations of the pods. Chart: podAnnotations.")
     env: tuple[Mapping[str, Any], ...] = setting(
-        (), help="Extra container env entries (name/value or valueFrom). [extraEnv]")
+        (), help="Extra container env entries (name with value or valueFrom). Chart: extraEnv.")
     managed_by: str = setting(
-        APP_NAME, help="app.kubernetes.io/managed-by: the tool that owns the Job ('Helm' there).")
+        APP_NAME, help="The app.kubernetes.io/managed-by label. Chart: Helm.")
 
     def __post_init__(self) -> None:
         if self.gpus < 0:
@@ -390,10 +397,10 @@ def chart_table() -> dict[str, Any]:
         option["default"] = cfg.default_of(f)
         options.append(option)
     return {
-        "appVersion": __version__,
         "runAsUser": RUN_AS_USER,
         "terminationMarginSeconds": TERMINATION_MARGIN_SECONDS,
-        "exitCodes": {code.name: int(code) for code in ExitCode},
+        "exitCodes": [{"code": int(code), "name": code.name, "meaning": code.description}
+                      for code in ExitCode],
         "notRetryableExitCodes": [int(code) for code in NOT_RETRYABLE],
         "options": options,
     }

@@ -144,8 +144,8 @@ def render_html(report: dict[str, Any]) -> str:
         "<!doctype html><html><head><meta charset='utf-8'>",
         f"<title>dreambooth-job batch {esc(report['batch_id'])}</title><style>{_CSS}</style></head><body>",
         f"<h1>Batch {esc(report['batch_id'])}</h1>",
-        f"<p>{len(report['subjects'])} subjects: {esc(counts)}{order}. "
-        f"Generated {esc(report['generated_at'])}.</p>",
+        (f"<p>{len(report['subjects'])} subjects: {esc(counts)}{order}. "
+         f"Generated {esc(report['generated_at'])}.</p>"),
         "<table><tr><th>subject</th><th>final sample grid</th></tr>",
     ]
     for row in report["subjects"]:

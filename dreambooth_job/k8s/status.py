@@ -19,9 +19,10 @@ from typing import Any
 
 from dreambooth_job.exit_codes import ExitCode, JobError
 from dreambooth_job.k8s import client as k8s_client
-from dreambooth_job.k8s.client import Connection, connect
 from dreambooth_job.k8s.batch import Batch
+from dreambooth_job.k8s.client import Connection, connect
 from dreambooth_job.k8s.manifest import BATCH_LABEL, SUBJECT_LABEL, job_name, label_value
+from dreambooth_job.result import read_completed_result
 
 JOB_NAME_LABEL = "job-name"  # set on every pod by the Job controller (all supported versions)
 
@@ -128,7 +129,7 @@ def batch_status(batch: Batch, namespace: str | None = None, *, read_result: boo
                                subject_id=config.subject_id, batch_id=config.batch_id,
                                output=config.output)
             if read_result:
-                _load_result(status)
+                load_result(status)
                 if status.result is not None:
                     status.phase = Phase.SUCCEEDED
         statuses.append(status)
@@ -138,12 +139,11 @@ def batch_status(batch: Batch, namespace: str | None = None, *, read_result: boo
 def attach_result(status: JobStatus) -> None:
     """Read result.json into `status` when the Job succeeded; errors are kept, not raised."""
     if status.phase is Phase.SUCCEEDED:
-        _load_result(status)
+        load_result(status)
 
 
-def _load_result(status: JobStatus) -> None:
-    from dreambooth_job.result import read_completed_result
-
+def load_result(status: JobStatus) -> None:
+    """Read the completed run's result.json under `status.output` into `status`, if there is one."""
     if not status.output:
         return
     try:
@@ -247,4 +247,4 @@ def format_duration(seconds: float | None) -> str | None:
 def _time(value: str | None) -> datetime | None:
     if not value:
         return None
-    return datetime.fromisoformat(value.replace("Z", "+00:00"))
+    return datetime.fromisoformat(value)

@@ -16,7 +16,11 @@ SIZE = 32
 
 @pytest.fixture(autouse=True)
 def offline_hub(monkeypatch):
+    """Hub ids fail at once instead of after connection retries (the flag is read at import)."""
+    import huggingface_hub.constants
+
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
 
 
 @pytest.fixture(scope="session")
@@ -62,11 +66,12 @@ def tiny_clip_dir(tmp_path_factory):
     path = tmp_path_factory.mktemp("tiny-clip")
     torch.manual_seed(0)
     config = CLIPConfig(
-        text_config=dict(vocab_size=49408, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=2, max_position_embeddings=77, bos_token_id=49406,
-                         eos_token_id=49407, pad_token_id=49407),
-        vision_config=dict(image_size=SIZE, patch_size=16, hidden_size=32, intermediate_size=64,
-                           num_hidden_layers=2, num_attention_heads=2),
+        text_config={"vocab_size": 49408, "hidden_size": 32, "intermediate_size": 64,
+                     "num_hidden_layers": 2, "num_attention_heads": 2,
+                     "max_position_embeddings": 77, "bos_token_id": 49406, "eos_token_id": 49407,
+                     "pad_token_id": 49407},
+        vision_config={"image_size": SIZE, "patch_size": 16, "hidden_size": 32,
+                       "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2},
         projection_dim=16)
     CLIPModel(config).save_pretrained(path)
     CLIPImageProcessorPil(size={"shortest_edge": SIZE},
@@ -77,7 +82,7 @@ def tiny_clip_dir(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def tiny_lpips_dir(tmp_path_factory):
-    """Random LPIPS weights in the two upstream layouts (torchvision AlexNet, lpips linear layers)."""
+    """Random LPIPS weights in the upstream layouts (torchvision AlexNet, lpips linear layers)."""
     import torch
 
     from dreambooth_job.evaluation.lpips import BACKBONE_FILE, LINEAR_FILE, LPIPS
@@ -107,10 +112,11 @@ def eval_config(tmp_path, tiny_dino_dir, tiny_clip_dir):
     """The smallest protocol that still has every metric: 2 prompts x 2 images, 2 PRES images."""
 
     def make(**overrides) -> TrainConfig:
-        values = dict(
-            class_noun="dog", dino_model=str(tiny_dino_dir), clip_model=str(tiny_clip_dir),
-            cache_dir=str(tmp_path / "cache"), resolution=SIZE, sample_steps=2, images_per_prompt=2,
-            eval_max_prompts=2, eval_class_images=2, sample_batch_size=4)
+        values = {
+            "class_noun": "dog", "dino_model": str(tiny_dino_dir), "clip_model": str(tiny_clip_dir),
+            "cache_dir": str(tmp_path / "cache"), "resolution": SIZE, "sample_steps": 2,
+            "images_per_prompt": 2, "eval_max_prompts": 2, "eval_class_images": 2,
+            "sample_batch_size": 4}
         return TrainConfig(**{**values, **overrides})
 
     return make

@@ -31,18 +31,19 @@ def quick_args(tmp_path, photo_dir):
             "--min-image-side", 32, "--log-format", "text"]
 
 
-def test_evaluate_writes_every_metric_and_the_protocol(tmp_path, photo_dir, tiny_pipeline_dir,
-                                                       tiny_dino_dir, tiny_clip_dir, tiny_lpips_dir):
+def test_evaluate_writes_every_metric_and_the_protocol(
+        tmp_path, photo_dir, tiny_pipeline_dir, tiny_dino_dir, tiny_clip_dir, tiny_lpips_dir):
     out = tmp_path / "run" / "result.json"
     result = run("--model", tiny_pipeline_dir, "--output", out, *quick_args(tmp_path, photo_dir),
                  "--dino-model", tiny_dino_dir, "--clip-model", tiny_clip_dir,
-                 "--lpips-model", tiny_lpips_dir)
+                 "--lpips-model", tiny_lpips_dir, "--baseline", "--base-model", tiny_pipeline_dir)
     assert result.exit_code == 0, result.output
     report = json.loads(out.read_text())
     assert report["identifier"] == "sks" and report["model"] == str(tiny_pipeline_dir)
-    row = report["metrics"]["finetuned"]
-    for metric in ("dino", "clip_i", "clip_t", "pres", "div", "div_dino"):
-        assert isinstance(row[metric], float), metric
+    assert list(report["metrics"]) == ["base", "finetuned", "real", "protocol"]
+    for label in ("base", "finetuned"):
+        for metric in ("dino", "clip_i", "clip_t", "pres", "div", "div_dino"):
+            assert isinstance(report["metrics"][label][metric], float), (label, metric)
     protocol = report["metrics"]["protocol"]
     assert protocol["prompt_set"] == "live" and protocol["images_per_prompt"] == 2
     assert protocol["seeds"] == [0, 1]

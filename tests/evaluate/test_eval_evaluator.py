@@ -66,13 +66,15 @@ def test_real_reference_row(evaluated):
     evaluator, photos, _ = evaluated
     real = evaluator.real_reference(photos)
     assert isinstance(real["dino"], float) and isinstance(real["clip_i"], float)
-    assert evaluator.real_reference(photos[:1])["unavailable"]["dino"] == "needs at least two photos"
+    single = evaluator.real_reference(photos[:1])
+    assert single["unavailable"]["dino"] == "needs at least two photos"
 
 
 def test_missing_models_leave_metrics_unavailable_without_sampling(eval_config, tmp_path, photos):
-    config = eval_config(dino_model=str(tmp_path / "nowhere"), clip_model="openai/clip-vit-base-patch32")
+    config = eval_config(dino_model=str(tmp_path / "nowhere"),
+                         clip_model="openai/clip-vit-base-patch32")
     evaluator = Evaluator.load(config)
-    row = evaluator.evaluate(pipeline=None, photos=photos, identifier="sks", class_noun="dog", label="base")
+    row = evaluator.evaluate(None, photos, "sks", "dog", label="base")  # no pipeline: no sampling
     assert all(row[m] is None for m in METRICS) and row["images"] == 0
     assert "does not exist" in row["unavailable"]["dino"]
     assert "cannot load --clip-model" in row["unavailable"]["clip_t"]

@@ -37,7 +37,8 @@ class EmulatedApiServer:
         emulator = kmock.KubernetesEmulator()
         emulator.resources["batch/v1/jobs"] = kmock.ResourceInfo(
             kind="Job", singular="job", namespaced=True, subresources={"status"})
-        emulator.resources["v1/pods"] = kmock.ResourceInfo(kind="Pod", singular="pod", namespaced=True)
+        emulator.resources["v1/pods"] = kmock.ResourceInfo(kind="Pod", singular="pod", namespaced=True,
+                                                             subresources={"status"})
         await emulator.__aenter__()
         server = kmock.Server(emulator)
         await server.__aenter__()

@@ -6,13 +6,27 @@ import socket
 
 import pytest
 import yaml
+from k8s_support import complete, set_job_status
 
 from dreambooth_job.config import TrainConfig
-from dreambooth_job.k8s import (ApiUnreachableError, ClusterSettings, Connection, ForbiddenError,
-                                InvalidSpecError, JobExistsError, JobNotFoundError, JobSpec,
-                                JobStillRunningError, build_job, cancel, get_status, job_name, submit)
+from dreambooth_job.k8s import (
+    ApiUnreachableError,
+    ClusterConfigError,
+    ClusterSettings,
+    Connection,
+    ForbiddenError,
+    InvalidSpecError,
+    JobExistsError,
+    JobNotFoundError,
+    JobSpec,
+    JobStillRunningError,
+    build_job,
+    cancel,
+    get_status,
+    job_name,
+    submit,
+)
 from dreambooth_job.k8s import client as k8s_client
-from k8s_support import complete, set_job_status
 
 
 def spec_for(subject="dog", output="s3://runs/dog/", **cluster) -> JobSpec:
@@ -101,7 +115,8 @@ def test_429_and_5xx_are_retried_with_backoff(connection, namespace, api_server)
     connection.sleep = slept.append
     assert k8s_client.read_job(name, connection=connection).metadata.name == name
     assert 3.5 <= slept[0] <= 7  # the server's Retry-After, jittered
-    api_server.emulator[f"get {path}"][:3] << 503
+    # Slices count the requests a view has seen: two GETs so far.
+    api_server.emulator[f"get {path}"][2:5] << 503
     slept.clear()
     assert k8s_client.read_job(name, connection=connection).metadata.name == name
     assert len(slept) == 3 and slept[2] > slept[0]  # exponential backoff
@@ -153,7 +168,7 @@ def test_in_cluster_config(tmp_path, monkeypatch):
 
 def test_missing_configuration_is_a_clear_error(tmp_path, monkeypatch):
     monkeypatch.setenv("KUBECONFIG", str(tmp_path / "nope"))
-    with pytest.raises(k8s_client.ClusterConfigError, match="cannot load Kubernetes configuration"):
+    with pytest.raises(ClusterConfigError, match="cannot load Kubernetes configuration"):
         Connection.from_environment()
 
 

