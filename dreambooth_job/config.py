@@ -199,13 +199,13 @@ class TrainConfig:
         for name in ("resolution", "max_train_steps", "train_batch_size",
                      "gradient_accumulation_steps", "num_validation_images", "sample_steps",
                      "sample_batch_size", "min_images", "min_image_side", "max_image_pixels",
-                     "log_every"):
+                     "log_every", "images_per_prompt"):
             if getattr(self, name) < 1:
                 raise InvalidInputError(f"{flag_name(name)} must be at least 1, got {getattr(self, name)}")
         for name in ("num_class_images", "lr_warmup_steps", "sample_every", "seed",
                      "prior_loss_weight", "adam_weight_decay", "max_grad_norm", "checkpoint_every",
                      "checkpoint_interval_minutes", "checkpoints_keep", "termination_grace_seconds",
-                     "metrics_port"):
+                     "metrics_port", "eval_max_prompts", "eval_class_images"):
             if getattr(self, name) < 0:
                 raise InvalidInputError(f"{flag_name(name)} must not be negative, got {getattr(self, name)}")
         if not self.learning_rate > 0:

@@ -39,6 +39,8 @@ OPERATIONAL_FIELDS = frozenset({
     "cache_dir", "job_id", "log_format", "metrics_port", "pushgateway", "batch_id", "force",
     "restart", "checkpoint_every", "checkpoint_interval_minutes", "checkpoints_keep",
     "termination_grace_seconds", "log_every", "class_data", "evaluate", "sample_every",
+    "prompt_set", "images_per_prompt", "eval_max_prompts", "eval_class_images", "dino_model",
+    "clip_model", "lpips_model",
 })
 
 
@@ -169,6 +171,10 @@ class Job:
             if not storage.download_dir(config.instance_data, photo_dir):
                 raise InvalidInputError(f"--instance-data {config.instance_data} holds no files")
         with self.phase("validate"):
+            if config.evaluate:
+                from dreambooth_job.evaluation import validate_config
+
+                validate_config(config)
             photos = data.load_subject_photos(photo_dir, config)
             self.result["photos"] = {"used": photos.used,
                                      "rejected": [dataclasses.asdict(r) for r in photos.rejected]}
@@ -213,9 +219,28 @@ class Job:
         with self.phase("sample"):
             self._sample(trainer, work, prompts, trained.steps_done)
             trainer.save_model(work / "output" / "model")
+        if config.evaluate:
+            with self.phase("evaluate"):
+                self.result["metrics"] = self._evaluate(trainer, base, photos.images, identifier.token)
         with self.phase("upload"):
             storage.upload_dir(work / "output" / "model", storage.join(config.output, "model"))
         self._publish()
+
+    def _evaluate(self, trainer, base, photos, token: str) -> dict:
+        """The paper's metrics for the fine-tuned model and, as the baseline row, the base model
+        (reloaded from the local cache: training changed the loaded weights in place)."""
+        from dreambooth_job import models, sampling
+        from dreambooth_job.evaluation import Evaluator, gauges, metrics_block
+
+        config = self.config
+        evaluator = Evaluator.load(config)
+        tuned = evaluator.evaluate(trainer.inference_pipeline(), photos, token, config.class_noun,
+                                   label="finetuned")
+        base_pipeline = sampling.fast_pipeline(models.load_pipeline(base, config.cache_dir))
+        baseline = evaluator.evaluate(base_pipeline.to(_inference_device()), photos, token,
+                                      config.class_noun, label="base")
+        self.observer.evaluation({**gauges(tuned), **gauges(baseline, prefix="base_")})
+        return metrics_block(baseline, tuned)
 
     def _prompts(self, token: str) -> dict:
         from dreambooth_job.identifiers import format_prompt

@@ -33,14 +33,8 @@ DIV_FALLBACK = ("div_dino: 1 - mean DINO cosine similarity between the images of
 
 
 def validate_config(config: TrainConfig, class_noun: str | None = None) -> None:
-    """Raise InvalidInputError for bad evaluation options; cheap enough for the validate phase."""
-    if config.images_per_prompt < 1:
-        raise InvalidInputError(
-            f"--images-per-prompt must be at least 1, got {config.images_per_prompt}")
-    for name in ("eval_max_prompts", "eval_class_images"):
-        if getattr(config, name) < 0:
-            raise InvalidInputError(
-                f"--{name.replace('_', '-')} must not be negative, got {getattr(config, name)}")
+    """Raise InvalidInputError for a prompt set that cannot be read; cheap enough for the validate
+    phase (TrainConfig itself checks the counts)."""
     prompt_sets.load_prompt_set(config.prompt_set, class_noun or config.class_noun or "")
 
 
