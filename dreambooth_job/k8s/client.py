@@ -16,7 +16,6 @@ the same code runs against any conformant API server.
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import os
 import random
@@ -238,9 +237,8 @@ def is_finished(job: client.V1Job) -> bool:
 # ----------------------------------------------------------------------------------------------
 
 def _create(conn: Connection, namespace: str, manifest: dict[str, Any], what: str) -> SubmittedJob:
-    body = _quantities_as_text(manifest)
     try:
-        created = conn.call(what, conn.batch.create_namespaced_job, namespace, body)
+        created = conn.call(what, conn.batch.create_namespaced_job, namespace, manifest)
     except JobExistsError:
         raise
     except Exception as exc:
@@ -251,19 +249,6 @@ def _create(conn: Connection, namespace: str, manifest: dict[str, Any], what: st
         where = ".".join(str(part) for part in first["loc"][2:])
         raise InvalidSpecError(f"invalid manifest for {what}: {where}: {first['msg']}") from None
     return SubmittedJob(manifest["metadata"]["name"], namespace, created.metadata.uid, created=True)
-
-
-def _quantities_as_text(manifest: dict[str, Any]) -> dict[str, Any]:
-    # The API takes `nvidia.com/gpu: 1` and `"1"` alike, but the client's models type every
-    # resource quantity as a string and reject numbers before sending.
-    body = copy.deepcopy(manifest)
-    for container in body["spec"]["template"]["spec"].get("containers", []):
-        for kind in ("requests", "limits"):
-            values = (container.get("resources") or {}).get(kind) or {}
-            for key, value in values.items():
-                if isinstance(value, (int, float)) and not isinstance(value, bool):
-                    values[key] = str(value)
-    return body
 
 
 def _check_same_subject(existing: client.V1Job, manifest: dict[str, Any], what: str) -> None:

@@ -306,7 +306,7 @@ def _pod_spec(train: cfg.TrainConfig, cluster: ClusterSettings,
               extra_args: tuple[str, ...]) -> dict[str, Any]:
     limits = dict(cluster.resources.get("limits") or {})
     if cluster.gpus:
-        limits[cluster.gpu_resource] = cluster.gpus
+        limits[cluster.gpu_resource] = str(cluster.gpus)  # quantities are strings in the API
     container = _compact(
         name=CONTAINER_NAME,
         image=cluster.image,

@@ -102,7 +102,7 @@ def test_termination_grace_covers_the_jobs_checkpoint_budget(ci):
 
 def test_one_gpu_by_default(render):
     resources = container(render(MINIMAL).one("Job"))["resources"]
-    assert resources["limits"]["nvidia.com/gpu"] == 1
+    assert resources["limits"]["nvidia.com/gpu"] == "1"  # a quantity: the API types it as a string
     assert "nvidia.com/gpu" not in resources["requests"]
 
 

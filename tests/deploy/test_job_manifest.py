@@ -112,8 +112,8 @@ def test_gpu_count_and_resource_land_in_limits():
         return pod_spec(build_job(JobSpec(train=dog(), cluster=cluster)))["containers"][0][
             "resources"]["limits"]
 
-    assert limits(ClusterSettings())["nvidia.com/gpu"] == 1
-    assert limits(ClusterSettings(gpus=2, gpu_resource="amd.com/gpu"))["amd.com/gpu"] == 2
+    assert limits(ClusterSettings())["nvidia.com/gpu"] == "1"
+    assert limits(ClusterSettings(gpus=2, gpu_resource="amd.com/gpu"))["amd.com/gpu"] == "2"
     assert "nvidia.com/gpu" not in limits(ClusterSettings(gpus=0))
 
 
