@@ -42,8 +42,7 @@ def test_submit_creates_the_builders_job_in_the_contexts_namespace(connection, n
         connection.batch.read_namespaced_job(job.name, namespace))
     expected = build_job(spec_for())
     expected["metadata"]["namespace"] = namespace
-    # The client sends resource quantities as text ("1" GPU); the API treats both forms alike.
-    assert stored == k8s_client._quantities_as_text(expected)
+    assert stored == expected
 
 
 def test_submitting_twice_reports_the_existing_job(connection, namespace):
@@ -66,7 +65,7 @@ def test_replace_recreates_only_a_finished_job(connection, namespace):
 def test_a_foreign_job_holding_the_name_is_never_adopted(connection, namespace):
     manifest = build_job(spec_for())
     manifest["metadata"]["labels"]["dreambooth-job/subject"] = "someone-else"
-    connection.batch.create_namespaced_job(namespace, k8s_client._quantities_as_text(manifest))
+    connection.batch.create_namespaced_job(namespace, manifest)
     with pytest.raises(JobExistsError, match="someone-else"):
         submit(spec_for(), connection=connection)
 

@@ -54,7 +54,7 @@ def test_cluster_options_and_cluster_config_file(no_cluster, tmp_path):
     assert pod["nodeSelector"] == {"gpu": "a100", "zone": "b"}
     assert pod["priorityClassName"] == "night" and pod["tolerations"][0]["key"] == "gpu"
     assert pod["containers"][0]["image"] == "reg/db:2"
-    assert pod["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == 2
+    assert pod["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == "2"
     assert pod["containers"][0]["resources"]["requests"] == {"cpu": "4", "memory": "16Gi"}
 
 
