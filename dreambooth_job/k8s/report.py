@@ -20,6 +20,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from dreambooth_job import storage
+from dreambooth_job.evaluation import SCORE_NAMES
 from dreambooth_job.k8s.status import JobStatus, Phase, format_duration
 
 # Higher is better for each; the first one present orders the subjects.
@@ -29,18 +30,20 @@ _PHASE_RANK = {Phase.FAILED: 0, Phase.SUCCEEDED: 1, Phase.RETRYING: 2, Phase.RUN
 
 
 def numeric_metrics(status: JobStatus) -> dict[str, float]:
-    """result.json's metrics flattened to name -> number ("a": {"b": 1} becomes "a.b")."""
-    flat: dict[str, float] = {}
+    """The scores to show: the fine-tuned model's by name, the base model's as "base_<name>".
 
-    def walk(prefix: str, value: Any) -> None:
-        if isinstance(value, dict):
-            for key, item in value.items():
-                walk(f"{prefix}.{key}" if prefix else str(key), item)
-        elif isinstance(value, (int, float)) and not isinstance(value, bool):
-            flat[prefix] = float(value)
-
-    walk("", (status.result or {}).get("metrics") or {})
-    return flat
+    `train --evaluate` writes {"base": row, "finetuned": row, "protocol": ...}; a flat mapping of
+    numbers (another tool's result.json) is shown as it is.
+    """
+    metrics = (status.result or {}).get("metrics") or {}
+    if "finetuned" in metrics:
+        rows = {"": metrics["finetuned"], "base_": metrics.get("base") or {}}
+        names = set(SCORE_NAMES)
+    else:
+        rows, names = {"": metrics}, None
+    return {prefix + name: float(value) for prefix, row in rows.items() for name, value in row.items()
+            if (names is None or name in names)
+            and isinstance(value, (int, float)) and not isinstance(value, bool)}
 
 
 def sort_metric(statuses: list[JobStatus]) -> str | None:

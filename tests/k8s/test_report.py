@@ -69,3 +69,17 @@ def test_embedded_report_stands_alone(tmp_path):
     assert "src='data:image/png;base64," in (target / "index.html").read_text()
     assert not (target / "images").exists()
     assert json.loads((target / "report.json").read_text())["subjects"][0]["grid"] is None
+
+
+def test_evaluated_results_sort_on_the_finetuned_dino_and_hide_the_protocol():
+    from dreambooth_job.k8s.report import numeric_metrics
+
+    def evaluated(subject: str, dino: float) -> JobStatus:
+        row = {"dino": dino, "clip_i": 0.5, "div": None, "unavailable": {"div": "no LPIPS"}}
+        metrics = {"base": {**row, "dino": 0.1}, "finetuned": row, "protocol": {"seeds": [0, 1]}}
+        return JobStatus(name=f"night-{subject}", namespace="ml", phase=Phase.SUCCEEDED,
+                         subject_id=subject, output=f"/runs/{subject}", result={"metrics": metrics})
+
+    good, bad = evaluated("good", 0.8), evaluated("bad", 0.3)
+    assert [s.subject_id for s in worst_first([good, bad])] == ["bad", "good"]
+    assert numeric_metrics(good) == {"dino": 0.8, "clip_i": 0.5, "base_dino": 0.1, "base_clip_i": 0.5}
