@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import types
 import typing
 from collections.abc import Mapping
@@ -228,6 +229,14 @@ class TrainConfig:
             raise InvalidInputError("--num-class-images must be at least 1 with prior preservation")
 
     # ------------------------------------------------------------------------------------------
+    @property
+    def resolved_subject_id(self) -> str:
+        """--subject-id, else the last path component of --instance-data, made label-safe."""
+        if self.subject_id:
+            return self.subject_id
+        name = (self.instance_data or "").rstrip("/").rsplit("/", 1)[-1]
+        return re.sub(r"[^A-Za-z0-9_.-]+", "-", name).strip("-") or "subject"
+
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 

@@ -52,18 +52,13 @@ def config_fingerprint(config: TrainConfig) -> str:
     return hashlib.sha256(json.dumps(model_config(config), sort_keys=True).encode()).hexdigest()
 
 
-def default_subject_id(instance_data: str) -> str:
-    name = instance_data.rstrip("/").rsplit("/", 1)[-1] or "subject"
-    return re.sub(r"[^A-Za-z0-9_.-]+", "-", name).strip("-") or "subject"
-
-
 def now_iso() -> str:
     return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
 
 
 class Job:
     def __init__(self, config: TrainConfig, observer: JobObserver | None = None):
-        subject_id = config.subject_id or default_subject_id(config.instance_data)
+        subject_id = config.resolved_subject_id
         fingerprint = config_fingerprint(config)
         self.config = dataclasses.replace(
             config, subject_id=subject_id, job_id=config.job_id or f"{subject_id}-{fingerprint[:8]}")

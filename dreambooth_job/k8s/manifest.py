@@ -185,15 +185,8 @@ def job_name(subject_id: str, batch_id: str | None = None) -> str:
 
 
 def subject_of(train: cfg.TrainConfig) -> str:
-    """The subject id the job will use: the given one, else the instance data's last component.
-
-    Must agree with dreambooth_job.job.default_subject_id (tests/deploy checks), without importing
-    the training side.
-    """
-    if train.subject_id:
-        return train.subject_id
-    name = (train.instance_data or "").rstrip("/").rsplit("/", 1)[-1]
-    return re.sub(r"[^A-Za-z0-9_.-]+", "-", name).strip("-") or "subject"
+    """The subject id the job will use (the same rule as the job's own)."""
+    return train.resolved_subject_id
 
 
 def label_value(text: str) -> str:

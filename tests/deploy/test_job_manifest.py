@@ -134,16 +134,6 @@ def test_labels_name_the_subject_the_job_will_report():
     assert args[args.index("--subject-id") + 1] == "Some-Dog"
 
 
-@pytest.mark.parametrize("instance_data", [
-    "s3://photos/dog-42/", "s3://photos/dog-42//", "s3://photos/Some Dog!/", "/data/cat",
-    "s3://bucket", "s3://photos/_x_/", "s3://photos/!!!/", ""])
-def test_subject_rule_matches_the_jobs_own(instance_data):
-    from dreambooth_job.job import default_subject_id
-
-    train = cfg.TrainConfig(instance_data=instance_data)
-    assert subject_of(train) == default_subject_id(instance_data)
-
-
 def test_container_args_parse_back_into_the_config():
     train = dog(max_train_steps=1200, learning_rate=2e-6, prior_preservation=False,
                 validation_prompts=["a {identifier} {class_noun}, oil painting"], batch_id="night-7")

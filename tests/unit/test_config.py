@@ -100,3 +100,12 @@ def test_missing_required_options_exit_2_naming_them():
     assert result.exit_code == ExitCode.INVALID_INPUT
     assert "--instance-data" in result.output and "--output" in result.output
     assert len(result.output.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("instance_data, subject", [
+    ("s3://photos/dog-42/", "dog-42"), ("s3://photos/dog-42//", "dog-42"),
+    ("s3://photos/Some Dog!/", "Some-Dog"), ("/data/cat", "cat"), ("s3://photos/!!!/", "subject"),
+    ("", "subject")])
+def test_subject_id_defaults_to_the_last_path_component(instance_data, subject):
+    assert cfg.TrainConfig(instance_data=instance_data).resolved_subject_id == subject
+    assert cfg.TrainConfig(instance_data=instance_data, subject_id="given").resolved_subject_id == "given"
