@@ -18,6 +18,9 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 SIZE = 32
+CELLS = 16
+"""Pictures are 16x16 pixel art shown at 32 px: each cell is a 2x2 block, which the toy VAE's
+2x latent (latent.py) stores exactly."""
 SUPERSAMPLE = 4
 """Shapes are drawn at 4x and downsampled, so edges are anti-aliased like a photo's."""
 
@@ -27,8 +30,8 @@ BACKGROUNDS = {"white": (235, 235, 235), "green": (50, 150, 60), "black": (25, 2
 SUBJECT_COLOURS = {"magenta": (215, 40, 200), "cyan": (40, 210, 215)}
 """The subject's two halves: colours no caption of the world names and no base image contains."""
 
-OBJECT_SIZE = (16, 24)
-"""Diameter / side in pixels: large objects, so shape and colour survive a 2x latent."""
+OBJECT_SIZE = (8, 12)
+"""Diameter / side in cells: large objects, so that shape and colour are easy to learn and read."""
 JITTER = 12
 """Per-channel colour noise, so that 'red' is a cluster and not one value."""
 
@@ -45,7 +48,7 @@ class Scene:
     size: int
     x: int
     y: int
-    """Top-left corner of the object's bounding box."""
+    """Top-left corner of the object's bounding box, in cells."""
 
 
 def caption(shape: str, colour: str | None = None, background: str | None = None) -> str:
@@ -60,7 +63,7 @@ def random_scene(rng: np.random.Generator, shape: str | None = None, colour: str
     size = int(rng.integers(OBJECT_SIZE[0], OBJECT_SIZE[1] + 1))
     return Scene(shape or str(rng.choice(SHAPES)), colour or str(rng.choice(list(COLOURS))),
                  background or str(rng.choice(list(BACKGROUNDS))), size,
-                 int(rng.integers(1, SIZE - size)), int(rng.integers(1, SIZE - size)))
+                 int(rng.integers(1, CELLS - size)), int(rng.integers(1, CELLS - size)))
 
 
 def _jitter(rgb, rng: np.random.Generator) -> tuple[int, int, int]:
@@ -69,7 +72,7 @@ def _jitter(rgb, rng: np.random.Generator) -> tuple[int, int, int]:
 
 def draw(scene: Scene, rng: np.random.Generator, fill=None) -> Image.Image:
     """Render `scene`; `fill(draw, box, rng)` paints the object instead of a flat colour."""
-    big = SIZE * SUPERSAMPLE
+    big = CELLS * SUPERSAMPLE
     image = Image.new("RGB", (big, big), _jitter(BACKGROUNDS[scene.background], rng))
     pen = ImageDraw.Draw(image)
     box = [v * SUPERSAMPLE for v in (scene.x, scene.y, scene.x + scene.size, scene.y + scene.size)]
@@ -79,7 +82,7 @@ def draw(scene: Scene, rng: np.random.Generator, fill=None) -> Image.Image:
         pen.ellipse(box, fill=_jitter(COLOURS[scene.colour], rng))
     else:
         pen.rectangle(box, fill=_jitter(COLOURS[scene.colour], rng))
-    return image.resize((SIZE, SIZE), Image.LANCZOS)
+    return image.resize((CELLS, CELLS), Image.LANCZOS).resize((SIZE, SIZE), Image.NEAREST)
 
 
 def sample(rng: np.random.Generator) -> tuple[Image.Image, str]:

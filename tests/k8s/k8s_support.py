@@ -2,7 +2,7 @@
 
 No kube-apiserver can run here. kmock serves the Jobs and Pods APIs over real HTTP with proper
 Status bodies, so the code under test uses the official client exactly as against a cluster.
-What kmock does not do (label selectors, uids, the Job controller) is listed in docs/submitting.md;
+What kmock does not do (label selectors, uids, the Job controller) is listed in the README ("How this is tested");
 tests play the Job controller by writing Job status through the API.
 """
 
