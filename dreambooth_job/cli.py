@@ -88,8 +88,12 @@ def config_command(print_defaults: bool, **params) -> None:
 
 from dreambooth_job.evaluation.command import evaluate as evaluate_command  # noqa: E402
 main.add_command(evaluate_command)
+from dreambooth_job.bench import bench as bench_command  # noqa: E402
+main.add_command(bench_command)
 from dreambooth_job.k8s.commands import register as register_k8s_commands  # noqa: E402
 register_k8s_commands(main)
+from dreambooth_job.toyworld.command import toy_world as toy_world_command  # noqa: E402
+main.add_command(toy_world_command)
 
 if __name__ == "__main__":
     main()

@@ -38,6 +38,8 @@ LR_SCHEDULER_CHOICES = (
     "polynomial",
 )
 LOG_FORMAT_CHOICES = ("auto", "json", "text")
+ADAM_IMPL_CHOICES = ("auto", "fused", "foreach", "loop")
+ATTENTION_BACKEND_CHOICES = ("auto", "math", "efficient", "flash", "cudnn", "eager")
 DEFAULT_VALIDATION_PROMPTS = (
     "a {identifier} {class_noun} in the jungle",
     "a {identifier} {class_noun} on the beach",
@@ -129,6 +131,19 @@ class TrainConfig:
     use_8bit_adam: bool = option(False, help="Use bitsandbytes' 8-bit AdamW (CUDA, extra 'bnb').")
     cache_latents: bool = option(
         True, help="VAE-encode each image and text-encode each prompt once, not every step.")
+    adam_impl: str = option(
+        "auto", choices=ADAM_IMPL_CHOICES,
+        help="AdamW kernel: fused (one kernel for all parameters), foreach, or loop (one parameter "
+             "at a time); auto: fused.")
+    attention_backend: str = option(
+        "auto", choices=ATTENTION_BACKEND_CHOICES,
+        help="UNet attention: auto (PyTorch's SDPA picks a kernel); math, efficient, flash or cudnn "
+             "(pin that SDPA kernel); eager (matmul and softmax, no SDPA).")
+    channels_last: bool | None = option(
+        help="Lay out UNet weights and activations channels-last (default: on for CUDA, off on CPU).")
+    compile_unet: bool = option(
+        False, help="torch.compile the UNet: a slow first step, then faster steps.")
+    tf32: bool = option(True, help="Allow TF32 matmuls and convolutions on CUDA (Ampere and newer).")
     adam_weight_decay: float = option(1e-2, help="AdamW weight decay.")
     max_grad_norm: float = option(1.0, help="Gradient clipping norm (0 disables).")
     seed: int = option(0, help="Seed of everything random; CPU runs are deterministic given it.")

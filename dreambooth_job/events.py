@@ -52,13 +52,47 @@ class JobObserver:
 
 
 class ObserverGroup(JobObserver):
-    """Fan one event out to several observers."""
+    """Fan each event out to several observers, in order."""
 
     def __init__(self, *observers: JobObserver):
         self.observers = observers
 
-    def __getattribute__(self, name: str):
-        if name.startswith("_") or name == "observers":
-            return object.__getattribute__(self, name)
-        observers = object.__getattribute__(self, "observers")
-        return lambda *args, **kwargs: [getattr(o, name)(*args, **kwargs) for o in observers] and None
+    def phase_started(self, phase: str) -> None:
+        for o in self.observers:
+            o.phase_started(phase)
+
+    def phase_finished(self, phase: str, seconds: float) -> None:
+        for o in self.observers:
+            o.phase_finished(phase, seconds)
+
+    def train_progress(self, progress: TrainProgress) -> None:
+        for o in self.observers:
+            o.train_progress(progress)
+
+    def class_images(self, *, generated: int, reused: int) -> None:
+        for o in self.observers:
+            o.class_images(generated=generated, reused=reused)
+
+    def transfer(self, *, direction: str, num_bytes: int, objects: int) -> None:
+        for o in self.observers:
+            o.transfer(direction=direction, num_bytes=num_bytes, objects=objects)
+
+    def storage_retry(self) -> None:
+        for o in self.observers:
+            o.storage_retry()
+
+    def checkpoint_written(self, *, step: int) -> None:
+        for o in self.observers:
+            o.checkpoint_written(step=step)
+
+    def resumed(self, *, step: int) -> None:
+        for o in self.observers:
+            o.resumed(step=step)
+
+    def evaluation(self, metrics: Mapping[str, float | None]) -> None:
+        for o in self.observers:
+            o.evaluation(metrics)
+
+    def finished(self, *, exit_code: int) -> None:
+        for o in self.observers:
+            o.finished(exit_code=exit_code)

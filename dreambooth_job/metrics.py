@@ -3,18 +3,23 @@ that its outcome outlives the pod. Every metric is listed, one line each, in doc
 
 How the job uses it (the whole contract)::
 
-    observer = PrometheusObserver(config, job_id=job_id, subject_id=subject_id)
-    observer.start()                  # before the download: /metrics and /healthz on --metrics-port
-    try:
-        ...                           # phase_started/phase_finished/train_progress/... events
-    finally:
-        observer.finished(exit_code=int(code))  # phase done/failed, exit code; pushes, waits
-        observer.close()              # stops the server; idempotent, also run at interpreter exit
+    job = Job(config, observer)                # resolves job_id and subject_id first
+    metrics = PrometheusObserver(job.config)   # those ids label every metric and the push group
+    job.observer = ObserverGroup(metrics, job.observer)
+    with metrics:                              # start() before the download, close() at the end
+        return job.run()                       # events, ending with finished(exit_code=...)
 
-or ``with PrometheusObserver(config) as observer: ...`` for start/close. Ids passed explicitly win
-over `config.job_id`/`config.subject_id`; without either, the subject id is the last path component
-of `--instance-data` and the job id is the subject id. `config.metrics_port == 0` serves nothing;
-`config.pushgateway` unset pushes nothing. No method raises: metrics must never fail the job.
+- `start()` serves /metrics and /healthz on `config.metrics_port` (0: no server) on 0.0.0.0, and
+  with `config.pushgateway` pushes once now and again at every `phase_started`, in the background.
+- `finished(exit_code=...)` must be called once on every outcome (success, failure, SIGTERM): it
+  sets the exit code, the failed gauge, the success timestamp and the done/failed phase, then pushes
+  synchronously (at most `push_timeout`, 5 s, or twice that behind an in-flight push).
+- `close()` stops the server after a final push if `finished` never came; idempotent, and also
+  run at interpreter exit.
+
+`PrometheusObserver(config, job_id=..., subject_id=...)` takes the ids explicitly too; without
+them or the config's, the subject id is `config.resolved_subject_id` and the job id the subject
+id. No method raises: metrics must never fail the job.
 
 Pushgateway groups: every push replaces the group ``job="dreambooth-job", batch_id=<batch id or
 empty>, subject_id=<subject id>``, so a retried pod overwrites its predecessor and a batch's groups
@@ -69,6 +74,7 @@ LOSS_PARTS = ("total", "instance", "prior")
 DIRECTIONS = ("download", "upload")
 CLASS_IMAGE_SOURCES = ("generated", "reused")
 DEFAULT_PUSH_TIMEOUT = 5.0
+BASELINE_PREFIX = "base_"
 
 
 def grouping_key(batch_id: str | None, subject_id: str) -> dict[str, str]:
@@ -152,8 +158,9 @@ class JobMetrics:
         self.resumed_from = gauge(
             "dreambooth_resumed_from_step", "Step resumed from; 0 for a fresh start.").labels(**ids)
 
-        self._evaluation = gauge("dreambooth_evaluation_score",
-                                 "Final evaluation scores (dino, clip_i, clip_t, pres, div).", "score")
+        self._evaluation = gauge(
+            "dreambooth_evaluation_score",
+            "Final evaluation scores of the fine-tuned model and of the base model.", "score", "model")
 
         self.exit_code = gauge(
             "dreambooth_exit_code", "The job's exit code; -1 while it runs.").labels(**ids)
@@ -169,8 +176,8 @@ class JobMetrics:
 
         self.registry.register(MemoryCollector(self.ids))
 
-    def evaluation_score(self, name: str) -> Gauge:
-        return self._evaluation.labels(**self.ids, score=name)
+    def evaluation_score(self, name: str, model: str = "tuned") -> Gauge:
+        return self._evaluation.labels(**self.ids, score=name, model=model)
 
     def phase_duration(self, phase: str) -> Gauge:
         return self._phase_duration.labels(**self.ids, phase=phase)
@@ -356,7 +363,7 @@ class PrometheusObserver(JobObserver):
     def __init__(self, config: TrainConfig, *, job_id: str | None = None,
                  subject_id: str | None = None, host: str = "0.0.0.0",
                  push_timeout: float = DEFAULT_PUSH_TIMEOUT):
-        subject_id = subject_id or config.subject_id or _subject_from(config.instance_data)
+        subject_id = subject_id or config.resolved_subject_id
         job_id = job_id or config.job_id or subject_id
         self.metrics = JobMetrics(job_id, subject_id, config.batch_id)
         self.port, self.host, self.pushgateway = config.metrics_port, host, config.pushgateway
@@ -475,7 +482,10 @@ class PrometheusObserver(JobObserver):
     def evaluation(self, metrics: Mapping[str, float | None]) -> None:
         for name, value in metrics.items():
             if value is not None:
-                self.metrics.evaluation_score(name).set(value)
+                # The job reports the base model's row with a "base_" prefix on the same names.
+                base = name.startswith(BASELINE_PREFIX)
+                self.metrics.evaluation_score(name.removeprefix(BASELINE_PREFIX),
+                                              "base" if base else "tuned").set(value)
 
     @_never_raises
     def finished(self, *, exit_code: int) -> None:
@@ -494,10 +504,6 @@ class PrometheusObserver(JobObserver):
         self._finished = True
         if self.pusher is not None:
             self.pusher.push_final()
-
-
-def _subject_from(instance_data: str | None) -> str:
-    return (instance_data or "").rstrip("/").rsplit("/", 1)[-1] or "unknown"
 
 
 # ----------------------------------------------------------------------------------------------

@@ -9,6 +9,7 @@ and uncached paths draw the same numbers.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import time
@@ -51,6 +52,9 @@ def step_generator(seed: int, step: int) -> torch.Generator:
 
 
 class Trainer:
+    # The reference trainer zeroes gradients in place; `bench --baseline` sets this to time it so.
+    set_grads_to_none = True
+
     def __init__(self, config: TrainConfig, pipeline, noise_scheduler, *,
                  instance_images: list[Image.Image], instance_prompt: str,
                  class_images: list[Image.Image] | None, class_prompt: str,
@@ -77,8 +81,8 @@ class Trainer:
             gradient_accumulation_steps=config.gradient_accumulation_steps)
         self.device = self.accelerator.device
         if self.device.type == "cuda":
-            torch.backends.cuda.matmul.allow_tf32 = True
-            torch.backends.cudnn.allow_tf32 = True
+            torch.backends.cuda.matmul.allow_tf32 = config.tf32
+            torch.backends.cudnn.allow_tf32 = config.tf32
         weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(self.precision, torch.float32)
 
         pipe = self.pipeline
@@ -93,6 +97,14 @@ class Trainer:
             self.unet.enable_gradient_checkpointing()
             if config.train_text_encoder:
                 self.text_encoder.gradient_checkpointing_enable()
+        self.channels_last = (config.channels_last if config.channels_last is not None
+                              else self.device.type == "cuda")
+        if self.channels_last:
+            self.unet.to(memory_format=torch.channels_last)
+        if config.attention_backend == "eager":
+            from diffusers.models.attention_processor import AttnProcessor
+
+            self.unet.set_attn_processor(AttnProcessor())
 
         self.pixels = self._prepare_pixels()
         self.prompt_ids = {name: self._tokenize(prompt) for name, prompt in
@@ -120,6 +132,9 @@ class Trainer:
         self.unet, self.optimizer, self.lr_scheduler = prepared
         if config.train_text_encoder:
             self.text_encoder = self.accelerator.prepare(self.text_encoder)
+        if config.compile_unet:
+            # After `prepare`: the accelerator keeps the plain module, so saved states keep its names.
+            self.unet = torch.compile(self.unet)
         self.trainable = trainable
 
     def _optimizer(self, params):
@@ -128,9 +143,11 @@ class Trainer:
             import bitsandbytes as bnb
 
             return bnb.optim.AdamW8bit(params, lr=config.learning_rate, weight_decay=config.adam_weight_decay)
-        fused = self.device.type == "cuda"
+        # Fused is one kernel for all parameters on CUDA and CPU alike; on CPU, foreach falls back
+        # to a loop over parameters (docs/benchmarks.md has the measurements).
+        impl = "fused" if config.adam_impl == "auto" else config.adam_impl
         return torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.adam_weight_decay,
-                                 fused=fused, foreach=not fused)
+                                 fused=impl == "fused", foreach=impl == "foreach")
 
     def _prepare_pixels(self) -> dict[str, torch.Tensor | list[Image.Image]]:
         """Centre-cropped images become tensors once; random crops stay PIL images until each step."""
@@ -225,12 +242,21 @@ class Trainer:
             target = self.noise_scheduler.get_velocity(latents, noise, timesteps)
         else:
             target = noise
-        with self.accelerator.autocast():
+        with self.accelerator.autocast(), self._attention_kernel():
             prediction = self.unet(noisy, timesteps, embeddings.to(noisy.dtype)).sample
         errors = F.mse_loss(prediction.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))
         instance_loss = errors[: self.config.train_batch_size].mean()
         prior_loss = errors[self.config.train_batch_size:].mean() if self.class_images else torch.zeros((), device=self.device)
         return instance_loss + self.config.prior_loss_weight * prior_loss, instance_loss, prior_loss
+
+    def _attention_kernel(self):
+        """Pin SDPA to one kernel when asked (the backward pass follows the forward's choice)."""
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+
+        kernel = {"math": SDPBackend.MATH, "efficient": SDPBackend.EFFICIENT_ATTENTION,
+                  "flash": SDPBackend.FLASH_ATTENTION,
+                  "cudnn": SDPBackend.CUDNN_ATTENTION}.get(self.config.attention_backend)
+        return sdpa_kernel(kernel) if kernel is not None else contextlib.nullcontext()
 
     # ------------------------------------------------------------------------------------------
     def train(self, on_step_end: Callable[[int], None] | None = None) -> TrainResult:
@@ -249,7 +275,7 @@ class Trainer:
                         self.accelerator.clip_grad_norm_(self.trainable, config.max_grad_norm)
                     self.optimizer.step()
                     self.lr_scheduler.step()
-                    self.optimizer.zero_grad(set_to_none=True)
+                    self.optimizer.zero_grad(set_to_none=self.set_grads_to_none)
             self.step += 1
             last = (loss.detach(), instance_loss.detach(), prior_loss.detach())
             if self.step % config.log_every == 0 or self.step == config.max_train_steps:
@@ -286,7 +312,7 @@ class Trainer:
     def inference_pipeline(self):
         """The pipeline with the trained weights, on the training device, ready to sample."""
         pipe = self.pipeline
-        pipe.unet = self.accelerator.unwrap_model(self.unet)
+        pipe.unet = self.accelerator.unwrap_model(self.unet, keep_torch_compile=False)
         pipe.text_encoder = self.accelerator.unwrap_model(self.text_encoder)
         pipe.vae.to(self.device)
         pipe.text_encoder.to(self.device)

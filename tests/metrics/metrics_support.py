@@ -70,6 +70,12 @@ def ensure_binary(name: str) -> str | None:
 # ----------------------------------------------------------------------------------------------
 # Real servers.
 
+def _dies_with_us(args: list[str]) -> list[str]:
+    """`args` run so that the server gets SIGTERM if the test process dies without its teardown."""
+    setpriv = shutil.which("setpriv")  # util-linux; a fork hook would be unsafe with threads
+    return [setpriv, "--pdeathsig", "TERM", *args] if setpriv else args
+
+
 class ServerProcess:
     """A server binary on a free loopback port, ready once `ready_path` answers 200."""
 
@@ -78,8 +84,8 @@ class ServerProcess:
         self.url = f"http://127.0.0.1:{port}"
         self.workdir = tempfile.mkdtemp(prefix="metrics-test-")
         self._log = open(os.path.join(self.workdir, "server.log"), "wb")  # noqa: SIM115
-        self.process = subprocess.Popen(args, stdout=self._log, stderr=subprocess.STDOUT,
-                                        cwd=self.workdir)
+        self.process = subprocess.Popen(_dies_with_us(args), stdout=self._log,
+                                        stderr=subprocess.STDOUT, cwd=self.workdir)
         try:
             wait_until(lambda: self._ready(ready_path), startup_timeout, f"{args[0]} to be ready")
         except BaseException:

@@ -3,6 +3,7 @@ real Pushgateway holding its outcome after it exited, for a success and for bad 
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
 import time
@@ -27,7 +28,7 @@ if not (REPO / "dreambooth_job" / "job.py").exists():
 
 pytestmark = pytest.mark.slow
 
-STEPS = 30
+STEPS = 12
 # Only what --evaluate adds may be missing from a run without it.
 NEEDS_EVALUATE = {"dreambooth_evaluation_score"}
 
@@ -37,19 +38,22 @@ def command() -> list[str]:
     return [str(script)] if script.exists() else [sys.executable, "-m", "dreambooth_job.cli"]
 
 
-def train_args(tiny_model, photos, tmp_path, port, pushgateway, batch, subject) -> list[str]:
+def train_args(tiny_model, photos, tmp_path, port, pushgateway, batch, subject,
+               steps: int = STEPS) -> list[str]:
     return [*command(), "train", "--instance-data", str(photos), "--class-noun", "dog",
             "--output", str(tmp_path / "run"), "--base-model", str(tiny_model),
             "--cache-dir", str(tmp_path / "cache"), "--class-data", str(tmp_path / "class-cache"),
-            "--resolution", "64", "--max-train-steps", str(STEPS), "--log-every", "1",
+            "--resolution", "64", "--max-train-steps", str(steps), "--log-every", "1",
             "--num-class-images", "2", "--sample-steps", "2", "--num-validation-images", "1",
-            "--validation-prompt", "a {identifier} {class_noun}", "--checkpoint-every", "10",
+            "--validation-prompt", "a {identifier} {class_noun}", "--checkpoint-every", "5",
             "--metrics-port", str(port), "--pushgateway", pushgateway.url,
             "--batch-id", batch, "--subject-id", subject, "--log-format", "json"]
 
 
-def run_and_scrape(args: list[str], port: int, timeout: float = 300) -> tuple[int, list, str]:
-    """Run the job, scraping /metrics as often as it answers; (exit code, scrapes, log)."""
+def run_and_scrape(args: list[str], port: int, timeout: float = 300,
+                   on_scrape=None) -> tuple[int, list, str]:
+    """Run the job, scraping /metrics as often as it answers; (exit code, scrapes, log).
+    `on_scrape(samples, process)` sees each scrape."""
     process = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     scrapes = []
     deadline = time.monotonic() + timeout
@@ -59,6 +63,8 @@ def run_and_scrape(args: list[str], port: int, timeout: float = 300) -> tuple[in
                 status, body = http_get(f"http://127.0.0.1:{port}/metrics", timeout=2)
                 if status == 200:
                     scrapes.append(samples_by_name(body))
+                    if on_scrape is not None:
+                        on_scrape(scrapes[-1], process)
             except OSError:
                 pass  # not serving yet, or already closed
             time.sleep(0.1)
@@ -91,7 +97,7 @@ def test_a_training_run_exposes_every_metric_while_it_runs_and_pushes_its_outcom
     assert set(documented) - NEEDS_EVALUATE <= seen
     for scrape in scrapes:
         for name, samples in scrape.items():
-            assert len(samples) <= len(PHASES), name
+            assert len(samples) <= 12, name
             for sample in samples:
                 extra = set(sample.labels) - set(metrics.ID_LABELS)
                 assert extra == documented[name]["labels"], name
@@ -103,6 +109,7 @@ def test_a_training_run_exposes_every_metric_while_it_runs_and_pushes_its_outcom
     assert value(pushed, "dreambooth_phase", phase="done", **group) == 1
     assert value(pushed, "dreambooth_train_step", **group) == STEPS
     assert value(pushed, "dreambooth_last_success_timestamp_seconds", **group) > 0
+    assert value(pushed, "dreambooth_checkpoints_written_total", **group) >= 2  # steps 5 and 10
 
 
 def test_a_run_failing_on_bad_input_leaves_its_failure_on_the_pushgateway(
@@ -122,3 +129,26 @@ def test_a_run_failing_on_bad_input_leaves_its_failure_on_the_pushgateway(
     assert value(pushed, "dreambooth_failed", **group) == 1
     assert value(pushed, "dreambooth_phase", phase="failed", **group) == 1
     assert value(pushed, "dreambooth_last_success_timestamp_seconds", **group) == 0
+
+
+def test_a_terminated_run_pushes_exit_code_143(tiny_model, photo_dir, tmp_path, pushgateway):
+    batch, port = "e2e-" + uuid.uuid4().hex[:8], free_port()
+
+    sent = []
+
+    def stop_once_training(samples, process) -> None:
+        if not sent and value(samples, "dreambooth_train_step") >= 1:
+            process.send_signal(signal.SIGTERM)  # once: a second signal may mean "stop now"
+            sent.append(True)
+
+    code, _, output = run_and_scrape(
+        train_args(tiny_model, photo_dir, tmp_path, port, pushgateway, batch, "dog", steps=5000),
+        port, on_scrape=stop_once_training)
+    assert code == 143, output[-3000:]
+
+    pushed = pushgateway.exposition()
+    group = {"job": metrics.PUSH_JOB, "batch_id": batch, "subject_id": "dog"}
+    assert value(pushed, "dreambooth_exit_code", **group) == 143
+    assert value(pushed, "dreambooth_phase", phase="failed", **group) == 1
+    assert 1 <= value(pushed, "dreambooth_train_step", **group) < 5000
+    assert value(pushed, "dreambooth_checkpoints_written_total", **group) >= 1

@@ -38,7 +38,7 @@ def test_names_follow_prometheus_conventions(make_config):
         assert re.fullmatch(r"[a-z][a-z0-9_]*", name), name
         for unit in ("seconds", "bytes"):
             if unit in name:
-                assert name.endswith(f"_{unit}") or name.endswith(f"_{unit}_total"), name
+                assert name.endswith((f"_{unit}", f"_{unit}_total")), name
         assert not re.search(r"_(ms|milliseconds|minutes|hours|kb|mb|gb|kib|mib|gib)(_|$)", name)
     registry_labels = {label for doc in documented_metrics().values() for label in doc["labels"]}
     assert not registry_labels & {"job", "instance", "le", "quantile"}

@@ -28,7 +28,8 @@ JOB_PHASES = ("download", "validate", "load_model", "class_images", "train", "sa
 # The values each non-id label may take: anything else would be an unbounded label set.
 ALLOWED_LABEL_VALUES = {
     "phase": set(PHASES), "part": set(metrics.LOSS_PARTS), "direction": set(metrics.DIRECTIONS),
-    "source": set(metrics.CLASS_IMAGE_SOURCES), "score": {"dino", "clip_i", "clip_t", "pres", "div"},
+    "source": set(metrics.CLASS_IMAGE_SOURCES),
+    "score": {"dino", "clip_i", "clip_t", "pres", "div", "div_dino"}, "model": {"tuned", "base"},
     "version": {re.compile(r"^\d+\.\d+")}, "device": {re.compile(r"^(cpu|cuda:\d+)$")},
 }
 
@@ -62,7 +63,9 @@ def run_lifecycle(observer: PrometheusObserver, fail_in: str | None = None, exit
                     observer.checkpoint_written(step=step)
                 yield samples_by_name(observer.exposition().decode())
         elif phase == "evaluate":
-            observer.evaluation({"dino": 0.6, "clip_i": 0.8, "clip_t": 0.3, "pres": 0.5, "div": None})
+            scores = {"dino": 0.6, "clip_i": 0.8, "clip_t": 0.3, "pres": 0.5, "div": None,
+                      "div_dino": 0.4}
+            observer.evaluation({**scores, **{"base_" + k: v and v / 2 for k, v in scores.items()}})
         elif phase == "upload":
             observer.transfer(direction="upload", num_bytes=9_000, objects=7)
         observer.phase_finished(phase, 1.5)
@@ -104,7 +107,9 @@ def test_successful_job_moves_forward_and_ends_with_its_outcome(make_config):
     assert value(final, "dreambooth_checkpoint_last_step") == 20
     assert 0 <= value(final, "dreambooth_checkpoint_age_seconds") < 60
     assert value(final, "dreambooth_resumed_from_step") == 5
-    assert value(final, "dreambooth_evaluation_score", score="dino") == 0.6
+    assert value(final, "dreambooth_evaluation_score", score="dino", model="tuned") == 0.6
+    assert value(final, "dreambooth_evaluation_score", score="dino", model="base") == 0.3
+    assert len(final["dreambooth_evaluation_score"]) == 10  # "div" is None: no series
     assert {s.labels["phase"] for s in final["dreambooth_phase_duration_seconds"]} == set(JOB_PHASES)
     assert all(s.labels[k] == v for samples in final.values() for s in samples
                for k, v in IDS.items())
@@ -129,7 +134,7 @@ def test_label_sets_are_bounded(make_config):
     observer = PrometheusObserver(make_config())
     *_, final = run_lifecycle(observer)
     for name, samples in final.items():
-        assert len(samples) <= len(PHASES), f"{name} has {len(samples)} series"
+        assert len(samples) <= 12, f"{name} has {len(samples)} series"
         for sample in samples:
             for label, val in sample.labels.items():
                 if label in metrics.ID_LABELS:
@@ -279,10 +284,10 @@ def test_port_zero_serves_nothing(make_config):
 
 def test_a_taken_port_is_logged_and_the_job_goes_on(make_config, caplog):
     port = free_port()
-    with PrometheusObserver(make_config(metrics_port=port), host="127.0.0.1"):
-        with PrometheusObserver(make_config(metrics_port=port), host="127.0.0.1") as second:
-            assert second.server is None
-            second.phase_started("train")
+    with (PrometheusObserver(make_config(metrics_port=port), host="127.0.0.1"),
+          PrometheusObserver(make_config(metrics_port=port), host="127.0.0.1") as second):
+        assert second.server is None
+        second.phase_started("train")
     assert "cannot serve metrics" in caplog.text
 
 

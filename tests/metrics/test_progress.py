@@ -10,8 +10,8 @@ from dreambooth_job.events import TrainProgress
 from dreambooth_job.progress import (
     ProgressBar,
     ProgressLog,
-    format_duration,
     for_log_format,
+    format_duration,
 )
 
 

@@ -1,0 +1,374 @@
+"""`dreambooth-job bench`: time the training step that `train` runs, under several option sets.
+
+    dreambooth-job bench                                 # tiny model, 64 px, default options
+    dreambooth-job bench --baseline --sweep --json bench.json
+    dreambooth-job bench --model sd15 --resolution 512 --steps 20 --warmup 5 --baseline \\
+        --variant mixed_precision=bf16 --variant compile_unet=true,channels_last=true
+
+Every row is TrainConfig's defaults plus the row's overrides (`--variant key=value,...`, keys as in
+`config --print-defaults`), driven through `Trainer.setup()` and `Trainer.train()`: the code `train`
+runs, timed from its `on_step_end` hook. Each row starts from freshly built weights with the same
+seed, so all rows train the same model on the same synthetic images.
+
+`--baseline` adds a row trained the plain way the reference script (diffusers'
+examples/dreambooth/train_dreambooth.py) does with its defaults: VAE and text encoder run every
+step, fp32, for-loop AdamW, gradients zeroed in place, the loss read back every step, no TF32. It is
+the same Trainer with those switches (`BASELINE`); the reference's per-step photo decoding is not
+part of it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gc
+import json
+import statistics
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import click
+
+from dreambooth_job import bench_device, bench_models, bench_report
+from dreambooth_job import config as cfg
+from dreambooth_job.exit_codes import InvalidInputError, JobError
+
+NUM_IMAGES = 4
+BASELINE = {"cache_latents": False, "adam_impl": "loop", "mixed_precision": "no",
+            "gradient_checkpointing": False, "channels_last": False, "compile_unet": False,
+            "tf32": False, "attention_backend": "auto"}
+SWEEP = ("mixed_precision=bf16", "mixed_precision=fp16", "gradient_checkpointing=true",
+         "train_text_encoder=true", "use_8bit_adam=true", "cache_latents=false",
+         "attention_backend=math", "attention_backend=eager", "channels_last=true",
+         "adam_impl=foreach", "adam_impl=loop", "compile_unet=true")
+
+
+@dataclass(frozen=True)
+class Settings:
+    model: str
+    base_model: str | None
+    resolution: int
+    batch_size: int
+    steps: int
+    warmup: int
+    prior_preservation: bool
+    seed: int
+
+    @property
+    def images_per_step(self) -> int:
+        return self.batch_size * (2 if self.prior_preservation else 1)
+
+
+@dataclass(frozen=True)
+class Variant:
+    name: str
+    overrides: dict = field(default_factory=dict)
+    baseline: bool = False
+
+
+def parse_variant(spec: str) -> Variant:
+    """`key=value[,key=value]` over TrainConfig fields, e.g. `mixed_precision=bf16,compile_unet=on`."""
+    pairs = [item.split("=", 1) for item in spec.split(",") if item.strip()]
+    if not pairs or any(len(p) != 2 for p in pairs):
+        raise InvalidInputError(f"--variant {spec!r}: expected key=value[,key=value...]")
+    overrides = cfg.normalize_keys({k.strip(): v.strip() for k, v in pairs}, source=f"--variant {spec!r}")
+    return Variant(spec, overrides)
+
+
+def bench_config(settings: Settings, variant: Variant) -> cfg.TrainConfig:
+    total = settings.warmup + settings.steps
+    values = dict(instance_data="bench", class_noun="dog", output="bench", resolution=settings.resolution,
+                  train_batch_size=settings.batch_size, max_train_steps=total,
+                  prior_preservation=settings.prior_preservation, num_class_images=NUM_IMAGES,
+                  seed=settings.seed, metrics_port=0,
+                  # One loss read-back at the end, like `train` between log lines; the baseline reads
+                  # it every step, as the reference does for its progress bar.
+                  log_every=1 if variant.baseline else total)
+    values.update(variant.overrides)
+    return cfg.TrainConfig(**values)
+
+
+def unavailable(config: cfg.TrainConfig, device_type: str) -> str | None:
+    if config.use_8bit_adam:
+        if device_type != "cuda":
+            return "8-bit Adam needs CUDA (bitsandbytes)"
+        try:
+            import bitsandbytes  # noqa: F401
+        except ImportError:
+            return "8-bit Adam needs bitsandbytes: pip install '.[bnb]'"
+    return None
+
+
+# ----------------------------------------------------------------------------------------------
+class StepClock:
+    """`on_step_end` hook marking each step's end: host time on the CPU; on CUDA one event per step,
+    read after the run, so timing adds no host-device sync per step."""
+
+    def __init__(self, device_type: str, started: float):
+        self.cuda = device_type == "cuda"
+        self.started = started
+        self.marks: list = []
+        self.first_step_seconds: float | None = None
+        self.first_step_since_process_start: float | None = None
+
+    def __call__(self, step: int) -> None:
+        import torch
+
+        if not self.marks and self.cuda:
+            torch.cuda.synchronize()
+        if self.cuda:
+            event = torch.cuda.Event(enable_timing=True)
+            event.record()
+            self.marks.append(event)
+        else:
+            self.marks.append(time.perf_counter())
+        if len(self.marks) == 1:
+            self.first_step_seconds = time.perf_counter() - self.started
+            self.first_step_since_process_start = bench_device.process_age_seconds()
+
+    def step_seconds(self) -> list[float]:
+        """Duration of every step, the first one (from the end of setup) included."""
+        import torch
+
+        if self.cuda:
+            torch.cuda.synchronize()
+            later = [a.elapsed_time(b) / 1000 for a, b in zip(self.marks, self.marks[1:])]
+        else:
+            later = [b - a for a, b in zip(self.marks, self.marks[1:])]
+        return [self.first_step_seconds, *later]
+
+
+def count_flops(trainer) -> int:
+    """FLOPs of one more optimizer step, as torch.utils.flop_counter counts them (matmuls,
+    convolutions, attention; not elementwise ops). A compiled UNet is counted on its eager module."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
+
+    aten = torch.ops.aten
+    # PyTorch's table lacks the CPU flash-attention kernels; they do the GPU kernels' matmuls.
+    cpu_attention = {
+        aten._scaled_dot_product_flash_attention_for_cpu:
+            lambda q, k, v, *args, out_shape=None, **kwargs: sdpa_flop_count(q, k, v),
+        aten._scaled_dot_product_flash_attention_for_cpu_backward:
+            lambda grad, q, k, v, *args, out_shape=None, **kwargs: sdpa_backward_flop_count(grad, q, k, v)}
+    compiled = trainer.unet
+    trainer.unet = getattr(compiled, "_orig_mod", compiled)
+    trainer.config = dataclasses.replace(trainer.config, max_train_steps=trainer.step + 1)
+    try:
+        with FlopCounterMode(display=False, custom_mapping=cpu_attention) as counter:
+            trainer.train()
+    finally:
+        trainer.unet = compiled
+    return counter.get_total_flops()
+
+
+def run_variant(variant: Variant, settings: Settings, build, device: dict) -> dict:
+    """One row: build fresh weights, set up the Trainer, train warmup + steps, count FLOPs."""
+    import torch
+
+    from dreambooth_job.train import Trainer
+
+    row: dict = {"name": variant.name, "baseline": variant.baseline, "overrides": variant.overrides,
+                 "status": "ok", "error": None}
+    try:
+        config = bench_config(settings, variant)
+    except InvalidInputError as exc:
+        return {**row, "status": "invalid", "error": exc.message}
+    reason = unavailable(config, device["type"])
+    if reason:
+        return {**row, "status": "unavailable", "error": reason}
+    memory = bench_device.PeakMemory(device["type"])
+    trainer = pipeline = None
+    try:
+        gc.collect()
+        memory.reset()
+        started = time.perf_counter()
+        pipeline = build()
+        built = time.perf_counter()
+        needed = _training_state_bytes(pipeline, config)
+        free = bench_device.available_memory_bytes(device["type"])
+        if free is not None and needed > free:
+            return {**row, "status": "skipped", "error": (
+                f"needs about {needed / 2**30:.1f} GiB more for gradients and optimizer state, "
+                f"{free / 2**30:.1f} GiB available")}
+        trainer = Trainer(config, pipeline, _noise_scheduler(pipeline),
+                          instance_images=_images(settings, 0), instance_prompt="a sks dog",
+                          class_images=_images(settings, 1000), class_prompt="a dog")
+        if variant.baseline:
+            trainer.set_grads_to_none = False
+        trainer.setup()
+        set_up = time.perf_counter()
+        clock = StepClock(device["type"], set_up)
+        trainer.train(clock)
+        seconds = clock.step_seconds()
+        flops = count_flops(trainer)
+        peak = memory.peak_bytes()
+    except Exception as exc:  # noqa: BLE001 - one failing option set must not end the comparison
+        message = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        return {**row, "status": "error", "error": f"{type(exc).__name__}: {message}"[:500]}
+    finally:
+        del trainer, pipeline
+        if "compile_unet" in variant.overrides:
+            torch._dynamo.reset()
+        gc.collect()
+    measured = seconds[settings.warmup:] or seconds
+    median = statistics.median(measured)
+    steps_per_second = 1.0 / median if median > 0 else 0.0
+    tflops = flops * steps_per_second / 1e12
+    peak_tflops = bench_device.peak_tflops(device["name"], config.mixed_precision if config.mixed_precision
+                                           != "auto" else _auto_precision(device), config.tf32)
+    return {**row, "precision": _auto_precision(device) if config.mixed_precision == "auto"
+            else config.mixed_precision,
+            "steps_per_second": steps_per_second,
+            "images_per_second": steps_per_second * settings.images_per_step,
+            "median_step_seconds": median, "step_seconds": seconds, "measured_steps": len(measured),
+            "build_seconds": built - started, "setup_seconds": set_up - built,
+            "first_step_seconds": clock.first_step_seconds,
+            "first_step_since_process_start_seconds": clock.first_step_since_process_start,
+            "peak_memory_bytes": peak, "peak_memory_kind": memory.kind,
+            "flops_per_step": flops, "achieved_tflops": tflops,
+            "mfu": tflops / peak_tflops if peak_tflops else None, "peak_tflops": peak_tflops}
+
+
+def _auto_precision(device: dict) -> str:
+    import torch
+
+    from dreambooth_job.train import resolve_precision
+
+    return resolve_precision("auto", torch.device(device["type"]))
+
+
+def _training_state_bytes(pipeline, config: cfg.TrainConfig) -> int:
+    """Gradients plus AdamW's two moments of the trained weights: a lower bound on what training
+    adds to the loaded model (activations come on top)."""
+    params = sum(p.numel() for p in pipeline.unet.parameters())
+    if config.train_text_encoder:
+        params += sum(p.numel() for p in pipeline.text_encoder.parameters())
+    return params * (4 + (2 if config.use_8bit_adam else 8))
+
+
+def _noise_scheduler(pipeline):
+    from diffusers import DDPMScheduler
+
+    return DDPMScheduler.from_config(pipeline.scheduler.config)
+
+
+def _images(settings: Settings, seed: int):
+    """Synthetic photos: smooth colour fields with noise, at the training resolution."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(settings.seed + seed)
+    size = settings.resolution
+    ramp = np.linspace(0, 255, size)[None, :, None]
+    images = []
+    for _ in range(NUM_IMAGES):
+        base = ramp * rng.random(3) + rng.normal(0, 20, (size, size, 3))
+        images.append(Image.fromarray(np.clip(base, 0, 255).astype("uint8"), "RGB"))
+    return images
+
+
+def model_builder(settings: Settings):
+    """A function returning fresh, identical weights of the benchmarked model at each call."""
+    if settings.base_model:
+        from dreambooth_job import models
+
+        cache_dir = cfg.TrainConfig(instance_data="bench", class_noun="dog", output="bench").cache_dir
+        base = models.resolve_base_model(settings.base_model, cache_dir)
+        index = Path(base.local_path, "model_index.json")
+        if index.is_file() and "XL" in json.loads(index.read_text()).get("_class_name", ""):
+            raise InvalidInputError(bench_models.UNSUPPORTED["sdxl"])
+        return lambda: models.load_pipeline(base, cache_dir)
+    if settings.model in bench_models.UNSUPPORTED:
+        raise InvalidInputError(bench_models.UNSUPPORTED[settings.model])
+    return lambda: bench_models.build_pipeline(settings.model, seed=settings.seed)
+
+
+def run_bench(settings: Settings, variants: list[Variant], *, echo=lambda line: None) -> dict:
+    """Run every variant in this process and return the report (what --json writes)."""
+    import diffusers
+    import huggingface_hub
+    import transformers
+
+    diffusers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.set_verbosity_error()
+    huggingface_hub.utils.disable_progress_bars()
+    build_model = model_builder(settings)
+    device = bench_device.device_info()
+    parameters: dict[str, int] = {}
+
+    def build():
+        pipeline = build_model()
+        parameters.update(parameters or bench_models.parameter_counts(pipeline))
+        return pipeline
+
+    rows = []
+    for variant in variants:
+        echo(f"running {variant.name} ...")
+        row = run_variant(variant, settings, build, device)
+        echo(f"  {row['status']}" + (f": {row['error']}" if row["error"] else
+                                     f": {row['steps_per_second']:.3f} steps/s"))
+        rows.append(row)
+    baseline = next((r for r in rows if r["baseline"] and r["status"] == "ok"), None)
+    for row in rows:
+        row["speedup_vs_baseline"] = (row["steps_per_second"] / baseline["steps_per_second"]
+                                      if baseline and row["status"] == "ok" else None)
+    first = next((r for r in rows if r["status"] == "ok"), None)
+    return {
+        "schema_version": 1, "command": " ".join(["dreambooth-job", *sys.argv[1:]]),
+        "device": device, "versions": bench_device.versions(),
+        "model": {"architecture": None if settings.base_model else settings.model,
+                  "base_model": settings.base_model, "parameters": parameters or None},
+        "settings": {**dataclasses.asdict(settings), "images_per_step": settings.images_per_step},
+        "time_to_first_step_seconds": first["first_step_since_process_start_seconds"] if first else None,
+        "variants": rows,
+    }
+
+
+# ----------------------------------------------------------------------------------------------
+@click.command("bench")
+@click.option("--model", type=click.Choice(bench_models.ARCHITECTURES), default="tiny", show_default=True,
+              help="Architecture built from its published config with random weights.")
+@click.option("--base-model", help="A diffusers SD 1.x/2.x pipeline (directory, s3:// or hub id) "
+                                   "instead of --model.")
+@click.option("--resolution", type=int, help="Training resolution (default: the model's native one).")
+@click.option("--batch-size", type=int, default=1, show_default=True,
+              help="Subject photos per step (prior preservation doubles the images).")
+@click.option("--steps", type=int, default=10, show_default=True, help="Measured steps per variant.")
+@click.option("--warmup", type=int, default=2, show_default=True, help="Unmeasured steps before them.")
+@click.option("--prior-preservation/--no-prior-preservation", default=True, show_default=True)
+@click.option("--variant", "variant_specs", multiple=True, metavar="KEY=VALUE[,...]",
+              help="An option set to compare (repeatable): TrainConfig fields over the defaults.")
+@click.option("--sweep", is_flag=True, help="Also compare each switch of SWEEP against the defaults.")
+@click.option("--baseline", is_flag=True,
+              help="Add the reference trainer's plain step and each row's speed-up over it.")
+@click.option("--no-default", is_flag=True, help="Leave out the row with the default options.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Also write the report here.")
+def bench(model: str, base_model: str | None, resolution: int | None, batch_size: int, steps: int,
+          warmup: int, prior_preservation: bool, variant_specs: tuple[str, ...], sweep: bool,
+          baseline: bool, no_default: bool, seed: int, json_path: str | None) -> None:
+    """Measure the real training step: steps/s, images/s, time to first step, peak memory,
+    FLOPs per step, TFLOP/s and MFU, for several option sets side by side."""
+    try:
+        if steps < 1 or warmup < 0 or batch_size < 1:
+            raise InvalidInputError("--steps and --batch-size must be at least 1, --warmup at least 0")
+        if not base_model and model in bench_models.UNSUPPORTED:
+            raise InvalidInputError(bench_models.UNSUPPORTED[model])
+        settings = Settings(model, base_model, resolution or bench_models.NATIVE_RESOLUTION.get(model, 512),
+                            batch_size, steps, warmup, prior_preservation, seed)
+        variants = [] if no_default else [Variant("default")]
+        if baseline:
+            variants.append(Variant("baseline", dict(BASELINE), baseline=True))
+        variants += [parse_variant(spec) for spec in (*(SWEEP if sweep else ()), *variant_specs)]
+        if not variants:
+            raise InvalidInputError("nothing to run: --no-default without --variant, --sweep or --baseline")
+        report = run_bench(settings, variants, echo=lambda line: click.echo(line, err=True))
+        click.echo(bench_report.table(report))
+        if json_path:
+            Path(json_path).write_text(json.dumps(report, indent=2) + "\n")
+            click.echo(f"wrote {json_path}", err=True)
+    except JobError as exc:
+        click.echo(f"error: {exc.message}", err=True)
+        sys.exit(int(exc.exit_code))

@@ -1,0 +1,87 @@
+"""The architectures `dreambooth-job bench` times, built from their published configurations with
+random weights, so a benchmark needs no download:
+
+- tiny: the test pipeline of `models.build_tiny_pipeline` (about 1M UNet parameters);
+- sd15: Stable Diffusion 1.5 (UNet channels 320/640/1280/1280, cross-attention 768, CLIP ViT-L/14
+  text encoder with 12 layers of width 768, epsilon prediction);
+- sd21: Stable Diffusion 2.1 (attention head dims 5/10/20/20, linear projections, cross-attention
+  1024, OpenCLIP ViT-H/14 text encoder with 23 layers of width 1024, v-prediction);
+- sdxl: listed so that asking for it says why it cannot run (see `UNSUPPORTED`).
+
+Speed does not depend on the weights' values, only on shapes and dtypes; random weights of the
+right shapes time the same work as the released checkpoints.
+"""
+
+from __future__ import annotations
+
+import tempfile
+
+ARCHITECTURES = ("tiny", "sd15", "sd21", "sdxl")
+NATIVE_RESOLUTION = {"tiny": 64, "sd15": 512, "sd21": 768}
+UNSUPPORTED = {
+    "sdxl": "sdxl is not supported yet: the train loop conditions the UNet on one text encoder's "
+            "hidden states only, while the SDXL UNet also needs pooled embeddings from a second "
+            "text encoder and size/crop time ids. Nothing was measured.",
+}
+
+
+def build_pipeline(model: str, seed: int = 0):
+    """A StableDiffusionPipeline of architecture `model` with seeded random weights, on the CPU."""
+    if model in UNSUPPORTED:
+        raise ValueError(UNSUPPORTED[model])
+    if model == "tiny":
+        from dreambooth_job.models import build_tiny_pipeline
+
+        with tempfile.TemporaryDirectory(prefix="bench-tiny-") as directory:
+            return build_tiny_pipeline(directory, seed=seed)
+    if model == "sd15":
+        return _stable_diffusion(seed, cross_attention_dim=768, attention_head_dim=8,
+                                 linear_projection=False, text_layers=12, text_heads=12,
+                                 text_act="quick_gelu", projection_dim=768,
+                                 prediction_type="epsilon", sample_size=64)
+    if model == "sd21":
+        return _stable_diffusion(seed, cross_attention_dim=1024, attention_head_dim=(5, 10, 20, 20),
+                                 linear_projection=True, text_layers=23, text_heads=16,
+                                 text_act="gelu", projection_dim=512,
+                                 prediction_type="v_prediction", sample_size=96)
+    raise ValueError(f"unknown architecture {model!r}; choose from {', '.join(ARCHITECTURES)}")
+
+
+def _stable_diffusion(seed: int, *, cross_attention_dim: int, attention_head_dim,
+                      linear_projection: bool, text_layers: int, text_heads: int, text_act: str,
+                      projection_dim: int, prediction_type: str, sample_size: int):
+    import torch
+    from diffusers import AutoencoderKL, DDPMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    from dreambooth_job.models import CLIP_MAX_LENGTH, clip_tokenizer
+
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel(
+        sample_size=sample_size, in_channels=4, out_channels=4, layers_per_block=2,
+        block_out_channels=(320, 640, 1280, 1280),
+        down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+        up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
+        cross_attention_dim=cross_attention_dim, attention_head_dim=attention_head_dim,
+        use_linear_projection=linear_projection, norm_num_groups=32)
+    vae = AutoencoderKL(
+        in_channels=3, out_channels=3, latent_channels=4, layers_per_block=2,
+        block_out_channels=(128, 256, 512, 512), down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4, norm_num_groups=32, sample_size=sample_size * 8)
+    width = cross_attention_dim
+    text_encoder = CLIPTextModel(CLIPTextConfig(
+        vocab_size=49408, hidden_size=width, intermediate_size=width * 4,
+        num_hidden_layers=text_layers, num_attention_heads=text_heads, hidden_act=text_act,
+        projection_dim=projection_dim, max_position_embeddings=CLIP_MAX_LENGTH,
+        bos_token_id=49406, eos_token_id=49407, pad_token_id=49407))
+    scheduler = DDPMScheduler(
+        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000,
+        prediction_type=prediction_type, clip_sample=False, steps_offset=1)
+    return StableDiffusionPipeline(
+        unet=unet, vae=vae, text_encoder=text_encoder, tokenizer=clip_tokenizer(), scheduler=scheduler,
+        safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+
+
+def parameter_counts(pipeline) -> dict[str, int]:
+    return {name: sum(p.numel() for p in getattr(pipeline, name).parameters())
+            for name in ("unet", "text_encoder", "vae")}

@@ -1,0 +1,55 @@
+"""The table `dreambooth-job bench` prints: one row per option set, the report's header above it."""
+
+from __future__ import annotations
+
+COLUMNS = ("variant", "status", "steps/s", "images/s", "step ms", "first step s", "peak mem",
+           "GFLOP/step", "TFLOP/s", "MFU", "vs baseline")
+
+
+def table(report: dict) -> str:
+    device, settings, model = report["device"], report["settings"], report["model"]
+    params = model["parameters"]
+    what = model["base_model"] or model["architecture"]
+    sizes = (f" (UNet {params['unet'] / 1e6:.1f}M, text encoder {params['text_encoder'] / 1e6:.1f}M, "
+             f"VAE {params['vae'] / 1e6:.1f}M parameters)" if params else "")
+    header = [
+        f"device: {device['type']} {device['name']}"
+        + (f" ({device['cores']} cores, {device['torch_threads']} torch threads)" if device["type"] == "cpu" else ""),
+        f"model: {what}{sizes}",
+        f"{settings['resolution']} px, batch {settings['batch_size']} "
+        f"({settings['images_per_step']} images/step with prior preservation: "
+        f"{'on' if settings['prior_preservation'] else 'off'}), {settings['warmup']} warm-up + "
+        f"{settings['steps']} measured steps, median step time",
+        "time to first step from process start: "
+        + (f"{report['time_to_first_step_seconds']:.1f} s" if report["time_to_first_step_seconds"] else "n/a"),
+    ]
+    rows = [_cells(row) for row in report["variants"]]
+    widths = [max(len(c), *(len(r[i]) for r in rows)) for i, c in enumerate(COLUMNS)]
+    lines = [*header, "", "  ".join(c.ljust(w) for c, w in zip(COLUMNS, widths)),
+             "  ".join("-" * w for w in widths)]
+    lines += ["  ".join(cell.ljust(w) for cell, w in zip(r, widths)) for r in rows]
+    notes = [f"{row['name']}: {row['error']}" for row in report["variants"] if row["error"]]
+    if any(row.get("status") == "ok" and row.get("mfu") is None for row in report["variants"]):
+        notes.append("MFU: not reported, the device's peak is unknown (only A100/H100/H200 are listed)")
+    if any(row.get("peak_memory_kind") == "cpu_peak_rss" for row in report["variants"]):
+        notes.append("peak mem: the process's peak resident set during the row (CPU)")
+    return "\n".join(lines + ([""] + notes if notes else []))
+
+
+def _cells(row: dict) -> list[str]:
+    if row["status"] != "ok":
+        return [row["name"], row["status"], *["-"] * (len(COLUMNS) - 2)]
+    ratio = row.get("speedup_vs_baseline")
+    return [
+        row["name"], "ok", f"{row['steps_per_second']:.3f}", f"{row['images_per_second']:.3f}",
+        f"{row['median_step_seconds'] * 1000:.1f}", f"{row['first_step_seconds']:.2f}",
+        _bytes(row["peak_memory_bytes"]), f"{row['flops_per_step'] / 1e9:.2f}",
+        f"{row['achieved_tflops']:.4f}", f"{row['mfu']:.1%}" if row["mfu"] is not None else "n/a",
+        f"{ratio:.2f}x" if ratio is not None else "-",
+    ]
+
+
+def _bytes(value: int | None) -> str:
+    if value is None:
+        return "n/a"
+    return f"{value / 2**30:.2f} GiB" if value >= 2**30 else f"{value / 2**20:.0f} MiB"

@@ -1,0 +1,157 @@
+"""The toy-world ablation: base model -> DreamBooth with prior preservation -> DreamBooth without,
+through the real job (`dreambooth_job.job.run`), measured per seed and summarised in one table.
+
+    dreambooth-job toy-world --output toy-world-output            # 3 seeds, a few minutes each
+    dreambooth-job toy-world --seeds 0 --steps 150 --quick        # the CI-sized version
+
+Output: `subject/` (the subject's photos), `seed-N/{ppl,no-ppl}/` (each a job's output directory),
+`grids/` (sample grids), `metrics.json` (every measurement) and `table.md` (means and ranges).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from dreambooth_job.toyworld import measure, world
+
+log = logging.getLogger(__name__)
+
+ASSET_BASE_MODEL = Path(__file__).resolve().parent.parent / "assets" / "toyworld" / "base"
+VARIANTS = {"ppl": True, "no-ppl": False}
+METRICS = ("subject_fidelity", "prompt_fidelity", "context_subject_fidelity", "class_leakage",
+           "class_diversity")
+
+
+@dataclass
+class Ablation:
+    output: Path
+    base_model: Path = ASSET_BASE_MODEL
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    max_train_steps: int = 300
+    learning_rate: float = 2e-4
+    num_class_images: int = 50
+    photos: int = 5
+    eval_size: measure.EvalSize = field(default_factory=measure.EvalSize)
+    grids: bool = True
+
+
+def write_subject(directory: Path, count: int) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    for i, photo in enumerate(world.subject_photos(count)):
+        photo.save(directory / f"subject-{i}.png")
+    return directory
+
+
+def train_config(ablation: Ablation, seed: int, prior_preservation: bool, subject: Path, output: Path):
+    from dreambooth_job.config import TrainConfig
+
+    return TrainConfig(
+        instance_data=str(subject), class_noun=measure.CLASS_NOUN, output=str(output),
+        base_model=str(ablation.base_model), cache_dir=str(ablation.output / "cache"),
+        class_data=str(ablation.output / "class-images"), resolution=world.SIZE,
+        min_image_side=world.SIZE, max_train_steps=ablation.max_train_steps,
+        learning_rate=ablation.learning_rate, num_class_images=ablation.num_class_images,
+        prior_preservation=prior_preservation, sample_steps=measure.SAMPLE_STEPS,
+        guidance_scale=measure.GUIDANCE_SCALE, num_validation_images=4, sample_batch_size=16,
+        validation_prompts=["a {identifier} {class_noun}",
+                            "a {identifier} {class_noun} on a green background", "a {class_noun}"],
+        metrics_port=0, log_format="text", log_every=50, seed=seed, checkpoint_every=0,
+        checkpoint_interval_minutes=0)
+
+
+def load(path: Path):
+    from dreambooth_job import sampling
+    from dreambooth_job.models import load_pipeline, resolve_base_model
+
+    return sampling.fast_pipeline(load_pipeline(resolve_base_model(str(path), "/nonexistent"), "/nonexistent"))
+
+
+def run(ablation: Ablation) -> dict:
+    """Train and measure every (seed, variant); return and write metrics.json and table.md."""
+    from dreambooth_job import job
+    from dreambooth_job.identifiers import choose_identifier
+
+    out = ablation.output
+    out.mkdir(parents=True, exist_ok=True)
+    subject = write_subject(out / "subject", ablation.photos)
+    base = load(ablation.base_model)
+    token = choose_identifier(base.tokenizer).token
+    results: dict[str, dict[str, dict[str, float]]] = {}
+    pictures: dict[str, dict[str, list]] = {}
+    for seed in ablation.seeds:
+        size = _eval_size(ablation.eval_size, seed)
+        row = results.setdefault(f"seed-{seed}", {})
+        row["base"], shown = measure.dreambooth_metrics(base, token, size)
+        pictures.setdefault("base", shown)
+        for variant, prior_preservation in VARIANTS.items():
+            run_dir = out / f"seed-{seed}" / variant
+            job.run(train_config(ablation, seed, prior_preservation, subject, run_dir))
+            model = load(run_dir / "model")
+            row[variant], shown = measure.dreambooth_metrics(model, token, size)
+            pictures.setdefault(variant, shown)
+            log.info("seed %d %s: %s", seed, variant, row[variant])
+    summary = {"identifier": token, "settings": _settings(ablation), "runs": results,
+               "summary": summarise(results)}
+    (out / "metrics.json").write_text(json.dumps(summary, indent=2) + "\n")
+    (out / "table.md").write_text(table(summary["summary"], len(ablation.seeds)) + "\n")
+    if ablation.grids:
+        write_grids(out / "grids", pictures, token, subject)
+    return summary
+
+
+def _eval_size(size: measure.EvalSize, seed: int) -> measure.EvalSize:
+    return measure.EvalSize(size.subject_images, size.context_images, size.class_images,
+                            size.seed + 1000 * seed)
+
+
+def _settings(ablation: Ablation) -> dict:
+    settings = asdict(ablation)
+    settings.update(output=str(ablation.output), base_model=str(ablation.base_model))
+    return settings
+
+
+def summarise(results: dict) -> dict:
+    """Per model and metric: mean, min and max over seeds."""
+    models = next(iter(results.values())).keys()
+    summary = {}
+    for model in models:
+        summary[model] = {}
+        for metric in METRICS:
+            values = [results[seed][model][metric] for seed in results]
+            summary[model][metric] = {"mean": float(np.mean(values)), "min": float(min(values)),
+                                      "max": float(max(values))}
+    return summary
+
+
+def table(summary: dict, seeds: int) -> str:
+    header = "| model | " + " | ".join(m.replace("_", " ") for m in METRICS) + " |"
+    lines = [header, "|" + "---|" * (len(METRICS) + 1)]
+    for model, metrics in summary.items():
+        cells = [f"{v['mean']:.2f} ({v['min']:.2f}-{v['max']:.2f})" for v in metrics.values()]
+        lines.append(f"| {model} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + f"\n\nMean (min-max) over {seeds} seed(s)."
+
+
+def write_grids(directory: Path, pictures: dict, token: str, subject: Path) -> None:
+    """One grid per model (first seed): rows are prompts, pictures shown at 2x."""
+    directory.mkdir(parents=True, exist_ok=True)
+    prompts = measure.subject_prompts(token)
+    photos = [Image.open(p).convert("RGB") for p in sorted(subject.glob("*.png"))]
+    _grid([photos], ["subject photos"]).save(directory / "subject.png")
+    for model, by_key in pictures.items():
+        keys = ["subject", "on green", "on black", "class"]
+        rows = [by_key[k][:8] for k in keys]
+        _grid(rows, [prompts[k] for k in keys]).save(directory / f"{model}.png")
+
+
+def _grid(rows: list[list[Image.Image]], labels: list[str]) -> Image.Image:
+    from dreambooth_job.sampling import image_grid
+
+    scaled = [[im.resize((64, 64), Image.NEAREST) for im in row] for row in rows]
+    return image_grid(scaled, labels)
