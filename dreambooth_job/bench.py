@@ -171,10 +171,7 @@ def run_variant(variant: Variant, settings: Settings, build, device: dict) -> di
 
     row: dict = {"name": variant.name, "baseline": variant.baseline, "overrides": variant.overrides,
                  "status": "ok", "error": None}
-    try:
-        config = bench_config(settings, variant)
-    except InvalidInputError as exc:
-        return {**row, "status": "invalid", "error": exc.message}
+    config = bench_config(settings, variant)
     reason = unavailable(config, device["type"])
     if reason:
         return {**row, "status": "unavailable", "error": reason}
@@ -364,6 +361,11 @@ def bench(model: str, base_model: str | None, resolution: int | None, batch_size
         variants += [parse_variant(spec) for spec in (*(SWEEP if sweep else ()), *variant_specs)]
         if not variants:
             raise InvalidInputError("nothing to run: --no-default without --variant, --sweep or --baseline")
+        for variant in variants:
+            try:
+                bench_config(settings, variant)
+            except InvalidInputError as exc:
+                raise InvalidInputError(f"--variant {variant.name!r}: {exc.message}") from None
         report = run_bench(settings, variants, echo=lambda line: click.echo(line, err=True))
         click.echo(bench_report.table(report))
         if json_path:

@@ -147,7 +147,11 @@ class TrainConfig:
     adam_weight_decay: float = option(1e-2, help="AdamW weight decay.")
     max_grad_norm: float = option(1.0, help="Gradient clipping norm (0 disables).")
     seed: int = option(0, help="Seed of everything random; CPU runs are deterministic given it.")
-    log_every: int = option(10, help="Log a progress line every N steps.")
+    log_every: int = option(
+        10, help="Report progress (metrics, progress bar or line) every N steps: the loss is read "
+                 "from the device only then.")
+    progress_interval_seconds: float = option(
+        30.0, help="Off a terminal, write a progress log line at most this often (0: at every report).")
 
     # --- sampling -------------------------------------------------------------------------------
     validation_prompts: list[str] = option(
@@ -221,7 +225,8 @@ class TrainConfig:
         for name in ("num_class_images", "lr_warmup_steps", "sample_every", "seed",
                      "prior_loss_weight", "adam_weight_decay", "max_grad_norm", "checkpoint_every",
                      "checkpoint_interval_minutes", "checkpoints_keep", "termination_grace_seconds",
-                     "metrics_port", "eval_max_prompts", "eval_class_images"):
+                     "metrics_port", "eval_max_prompts", "eval_class_images",
+                     "progress_interval_seconds"):
             if getattr(self, name) < 0:
                 raise InvalidInputError(f"{flag_name(name)} must not be negative, got {getattr(self, name)}")
         if not self.learning_rate > 0:

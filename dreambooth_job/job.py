@@ -25,7 +25,7 @@ from pathlib import Path
 from dreambooth_job import __version__, log, storage
 from dreambooth_job.checkpoint import CheckpointStore, conflicts
 from dreambooth_job.config import TrainConfig
-from dreambooth_job.events import JobObserver
+from dreambooth_job.events import JobObserver, ObserverGroup
 from dreambooth_job.exit_codes import ExitCode, InvalidInputError, JobError, TerminatedError
 from dreambooth_job.lease import Lease
 from dreambooth_job.result import (COMPLETION_MARKER, RESULT_FILE, mark_complete,
@@ -38,7 +38,8 @@ logger = logging.getLogger("dreambooth_job")
 OPERATIONAL_FIELDS = frozenset({
     "cache_dir", "job_id", "log_format", "metrics_port", "pushgateway", "batch_id", "force",
     "restart", "checkpoint_every", "checkpoint_interval_minutes", "checkpoints_keep",
-    "termination_grace_seconds", "log_every", "class_data", "evaluate", "sample_every",
+    "termination_grace_seconds", "log_every", "progress_interval_seconds", "class_data", "evaluate",
+    "sample_every",
     "prompt_set", "images_per_prompt", "eval_max_prompts", "eval_class_images", "dino_model",
     "clip_model", "lpips_model",
     # Speed switches: the same model up to floating-point rounding.
@@ -375,5 +376,18 @@ def _inference_device():
 
 
 def run(config: TrainConfig, observer: JobObserver | None = None) -> ExitCode:
-    """Run the whole job: ExitCode.OK, or a JobError carrying the exit code and a one-line reason."""
-    return Job(config, observer).run()
+    """Run the whole job: ExitCode.OK, or a JobError carrying the exit code and a one-line reason.
+
+    Metrics are served (and pushed) from before the first phase to after the last, and progress
+    goes to a bar on a terminal or to a log line at a fixed interval otherwise.
+    """
+    from dreambooth_job import progress
+    from dreambooth_job.metrics import PrometheusObserver
+
+    job = Job(config, observer)
+    metrics = PrometheusObserver(job.config)  # the resolved ids label every metric
+    job.observer = ObserverGroup(
+        metrics, progress.for_log_format(config.log_format, interval=config.progress_interval_seconds),
+        job.observer)
+    with metrics:
+        return job.run()

@@ -38,6 +38,8 @@ class _JsonFormatter(logging.Formatter):
                  + f".{int(record.msecs):03d}Z",
                  "level": record.levelname.lower(), "logger": record.name, **self.fields,
                  "message": redact(record.getMessage())}
+        if isinstance(getattr(record, "progress", None), dict):
+            entry["progress"] = record.progress
         if record.exc_info:
             entry["exception"] = redact(self.formatException(record.exc_info))
         return json.dumps(entry)

@@ -10,7 +10,6 @@ and uncached paths draw the same numbers.
 from __future__ import annotations
 
 import contextlib
-import logging
 import math
 import time
 from collections.abc import Callable
@@ -23,8 +22,6 @@ from PIL import Image
 from dreambooth_job.config import TrainConfig
 from dreambooth_job.data import square_crop, to_tensor
 from dreambooth_job.events import JobObserver, TrainProgress
-
-log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -289,9 +286,6 @@ class Trainer:
                     images_per_second=rate * images_per_step,
                     eta_seconds=(config.max_train_steps - self.step) / rate if rate else math.inf)
                 self.observer.train_progress(progress)
-                log.info("step %d/%d loss %.4f (instance %.4f, prior %.4f) lr %.2e %.2f steps/s eta %.0fs",
-                         progress.step, progress.max_steps, progress.loss, progress.instance_loss,
-                         progress.prior_loss, progress.learning_rate, rate, progress.eta_seconds)
             if on_step_end is not None:
                 on_step_end(self.step)
         values = [v.item() for v in last] if last else [None, None, None]

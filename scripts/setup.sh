@@ -12,6 +12,4 @@ python3 -m venv .venv
 .venv/bin/pip install --quiet --disable-pip-version-check -e '.[train,dev]'
 # Only for the CLIP BPE vocabulary file it ships (open_clip itself needs torchvision).
 .venv/bin/pip install --quiet --disable-pip-version-check --no-deps open_clip_torch
-if [ -x scripts/install-system-deps.sh ]; then
-  scripts/install-system-deps.sh
-fi
+scripts/install-system-deps.sh

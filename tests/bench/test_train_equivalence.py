@@ -3,6 +3,9 @@ the losses and weights of the default path, within floating-point rounding (CPU,
 
 from __future__ import annotations
 
+import copy
+import functools
+
 import pytest
 import torch
 
@@ -30,7 +33,7 @@ class Losses(JobObserver):
 def train(**overrides) -> tuple[list[float], dict[str, torch.Tensor]]:
     """Losses of every step and the final UNet weights of a short run with `overrides`."""
     config = bench_config(SETTINGS, Variant("test", {"log_every": 1, "learning_rate": 1e-3, **overrides}))
-    pipeline = build_pipeline("tiny", seed=0)
+    pipeline = copy.deepcopy(tiny_pipeline())
     losses = Losses()
     trainer = Trainer(config, pipeline, pipeline.scheduler, instance_images=_images(SETTINGS, 0),
                       instance_prompt="a sks dog", class_images=_images(SETTINGS, 1000),
@@ -41,9 +44,14 @@ def train(**overrides) -> tuple[list[float], dict[str, torch.Tensor]]:
     return losses.values, {k: v.detach().clone().contiguous() for k, v in unet.state_dict().items()}
 
 
+@functools.cache
+def tiny_pipeline():
+    return build_pipeline("tiny", seed=0)
+
+
 @pytest.fixture(scope="module")
 def initial():
-    return {k: v.clone() for k, v in build_pipeline("tiny", seed=0).unet.state_dict().items()}
+    return {k: v.clone() for k, v in tiny_pipeline().unet.state_dict().items()}
 
 
 @pytest.fixture(scope="module")

@@ -19,6 +19,7 @@ STEPS = 12
 COMMON = ["train", "--class-noun", "dog", "--resolution", "64", "--max-train-steps", str(STEPS),
           "--num-class-images", "2", "--sample-steps", "2", "--num-validation-images", "1",
           "--validation-prompt", "a {identifier} {class_noun}", "--log-every", "1",
+          "--progress-interval-seconds", "0",
           "--learning-rate", "1e-3", "--checkpoint-every", "4", "--metrics-port", "0",
           "--log-format", "json"]
 

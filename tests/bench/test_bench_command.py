@@ -1,0 +1,88 @@
+"""`dreambooth-job bench` on the tiny model: exit codes, the table, and the JSON report's fields."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from dreambooth_job.bench_device import peak_tflops
+from dreambooth_job.cli import main
+from dreambooth_job.exit_codes import ExitCode
+
+QUICK = ["bench", "--model", "tiny", "--resolution", "32", "--steps", "2", "--warmup", "1"]
+
+
+def bench(*args):
+    return CliRunner().invoke(main, [*QUICK, *args], catch_exceptions=False)
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory):
+    path = tmp_path_factory.mktemp("bench") / "bench.json"
+    outcome = bench("--baseline", "--variant", "use_8bit_adam=true", "--variant",
+                    "attention_backend=cudnn", "--json", str(path))
+    assert outcome.exit_code == ExitCode.OK, outcome.output
+    return json.loads(path.read_text()), outcome.output
+
+
+def test_rows_report_speed_memory_and_flops(report):
+    data, _ = report
+    rows = {row["name"]: row for row in data["variants"]}
+    assert list(rows) == ["default", "baseline", "use_8bit_adam=true", "attention_backend=cudnn"]
+    for name in ("default", "baseline"):
+        row = rows[name]
+        assert row["status"] == "ok", row
+        assert row["steps_per_second"] > 0
+        assert row["images_per_second"] == pytest.approx(2 * row["steps_per_second"])
+        assert len(row["step_seconds"]) == 3 and row["measured_steps"] == 2
+        assert row["median_step_seconds"] == pytest.approx(1 / row["steps_per_second"])
+        assert row["flops_per_step"] > 0 and row["achieved_tflops"] > 0
+        assert row["peak_memory_bytes"] > 0 and row["peak_memory_kind"] == "cpu_peak_rss"
+        assert row["mfu"] is None and row["peak_tflops"] is None
+        assert 0 < row["first_step_seconds"] < row["first_step_since_process_start_seconds"]
+    # Encoding every step adds the VAE's and text encoder's FLOPs to the UNet's.
+    assert rows["baseline"]["flops_per_step"] > rows["default"]["flops_per_step"]
+    assert rows["baseline"]["speedup_vs_baseline"] == 1.0
+    assert rows["default"]["speedup_vs_baseline"] > 0
+    assert rows["use_8bit_adam=true"]["status"] == "unavailable"
+    assert "CUDA" in rows["use_8bit_adam=true"]["error"]
+    assert rows["attention_backend=cudnn"]["status"] == "error"
+
+
+def test_report_names_device_versions_and_settings(report):
+    data, _ = report
+    assert data["device"]["type"] == "cpu" and data["device"]["cores"] >= 1
+    assert set(data["versions"]) >= {"torch", "diffusers", "transformers", "accelerate"}
+    assert data["settings"]["resolution"] == 32 and data["settings"]["images_per_step"] == 2
+    assert data["model"]["architecture"] == "tiny" and data["model"]["parameters"]["unet"] > 0
+    assert data["time_to_first_step_seconds"] > 0
+
+
+def test_table_has_a_row_per_variant_and_says_why_mfu_is_missing(report):
+    _, output = report
+    lines = output.splitlines()
+    assert any(line.startswith("default ") and " ok " in line for line in lines)
+    assert any(line.startswith("use_8bit_adam=true ") and "unavailable" in line for line in lines)
+    assert "MFU: not reported" in output
+
+
+def test_sdxl_says_it_is_not_supported_and_measures_nothing():
+    outcome = CliRunner().invoke(main, ["bench", "--model", "sdxl"])
+    assert outcome.exit_code == ExitCode.INVALID_INPUT
+    assert "sdxl is not supported yet" in outcome.output
+
+
+@pytest.mark.parametrize("spec", ["no_such_option=1", "resolution", "mixed_precision=fp8"])
+def test_bad_variants_exit_2_naming_the_variant(spec):
+    outcome = CliRunner().invoke(main, ["bench", "--variant", spec])
+    assert outcome.exit_code == ExitCode.INVALID_INPUT
+    assert "--variant" in outcome.output
+
+
+def test_peaks_are_known_for_datacenter_gpus_only():
+    assert peak_tflops("NVIDIA H100 80GB HBM3", "bf16", True) == pytest.approx(989.4)
+    assert peak_tflops("NVIDIA A100-SXM4-80GB", "no", True) == pytest.approx(156.0)
+    assert peak_tflops("NVIDIA H200", "no", False) == pytest.approx(67.0)
+    assert peak_tflops("AMD EPYC", "no", False) is None
