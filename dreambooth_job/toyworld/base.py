@@ -17,7 +17,6 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -158,7 +157,7 @@ def train_base(output: str | Path, recipe: BaseRecipe) -> Path:
         writer.writerows((s, i, f"{v:.5f}") for s, i, v in rows)
     meta = {"recipe": asdict(recipe), "steps_done": steps, "scaling_factor": scaling,
             "total_seconds": round(time.perf_counter() - started), "torch": torch.__version__,
-            "command": f"python -m dreambooth_job.toyworld.base --output {output} "
+            "command": "python -m dreambooth_job.toyworld.base --output <dir> "
                        f"--seed {recipe.seed} --unet-steps {steps}"}
     (output / "train.json").write_text(json.dumps(meta, indent=2) + "\n")
     return output

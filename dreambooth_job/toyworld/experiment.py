@@ -2,7 +2,7 @@
 through the real job (`dreambooth_job.job.run`), measured per seed and summarised in one table.
 
     dreambooth-job toy-world --output toy-world-output            # 3 seeds, a few minutes each
-    dreambooth-job toy-world --seeds 0 --steps 150 --quick        # the CI-sized version
+    dreambooth-job toy-world --seeds 0 --steps 300 --class-images 24   # about the CI size
 
 Output: `subject/` (the subject's photos), `seed-N/{ppl,no-ppl}/` (each a job's output directory),
 `grids/` (sample grids), `metrics.json` (every measurement) and `table.md` (means and ranges).
@@ -33,8 +33,8 @@ class Ablation:
     output: Path
     base_model: Path = ASSET_BASE_MODEL
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
-    max_train_steps: int = 300
-    learning_rate: float = 2e-4
+    max_train_steps: int = 500
+    learning_rate: float = 4e-4
     num_class_images: int = 50
     photos: int = 5
     eval_size: measure.EvalSize = field(default_factory=measure.EvalSize)

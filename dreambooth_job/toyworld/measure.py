@@ -21,7 +21,7 @@ from dreambooth_job.toyworld import world
 
 CLASS_NOUN = "ball"
 SAMPLE_STEPS = 20
-GUIDANCE_SCALE = 4.0
+GUIDANCE_SCALE = 7.5
 
 
 @dataclass

@@ -43,7 +43,7 @@ def loss_curve(path: Path, width: int = 480, height: int = 200, window: int = 25
               for i in range(len(losses))]
     image = Image.new("RGB", (width, height), "white")
     pen = ImageDraw.Draw(image)
-    top, margin = max(smooth[min(len(smooth) - 1, window):] or smooth), 30
+    top, margin = max(smooth), 30
     points = [(margin + i * (width - 2 * margin) / max(1, len(smooth) - 1),
                height - margin - v / top * (height - 2 * margin)) for i, v in enumerate(smooth)]
     pen.line(points, fill=(40, 70, 215), width=2)

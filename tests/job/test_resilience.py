@@ -133,16 +133,14 @@ def test_completed_run_of_another_config_is_not_overwritten_without_force(job, b
     assert result["config"]["learning_rate"] == 5e-4
 
 
-def test_object_store_restart_during_upload_is_retried(photo_dir, tiny_model, tmp_path):
+def test_object_store_restart_during_upload_is_retried(photo_dir, tiny_model, tmp_path, monkeypatch):
     with s3server.LocalS3Server(tmp_path / "flaky") as server:
         env = server.client_env()
-        os.environ.update(env)
+        for key, value in env.items():
+            monkeypatch.setenv(key, value)
         storage.reset_client()
-        try:
-            storage.s3_client().create_bucket(Bucket="flaky")
-            photos = upload_photos(photo_dir, "s3://flaky/photos/")
-        finally:
-            storage.reset_client()
+        storage.s3_client().create_bucket(Bucket="flaky")
+        photos = upload_photos(photo_dir, "s3://flaky/photos/")
         process = JobProcess(
             [*COMMON, "--instance-data", photos, "--base-model", str(tiny_model),
              "--no-prior-preservation", "--cache-dir", str(tmp_path / "cache"),
@@ -153,8 +151,8 @@ def test_object_store_restart_during_upload_is_retried(photo_dir, tiny_model, tm
         server.start(fresh=False)
         assert process.wait() == ExitCode.OK, process.output[-3000:]
         storage.reset_client()
-        os.environ.update(env)
         assert storage.exists("s3://flaky/run/_SUCCESS")
+    # The session's server again, once monkeypatch restores the environment.
     storage.reset_client()
 
 

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
 
-from dreambooth_job.toyworld import features, world
+from dreambooth_job.toyworld import experiment, features, world
 from dreambooth_job.toyworld.latent import build_vae
 
 
@@ -53,3 +55,13 @@ def test_diversity_is_high_for_the_world_and_zero_for_copies(seed):
     assert features.pairwise_diversity(varied) > 0.5
     same = features.features(world.subject_photos(1)[0])
     assert features.pairwise_diversity([same] * 5) == 0.0
+
+
+def test_shipped_base_model_is_complete():
+    base = experiment.ASSET_BASE_MODEL
+    assert (base / "model_index.json").is_file()
+    assert (base / "loss.csv").is_file()
+    recipe = json.loads((base / "train.json").read_text())
+    assert recipe["recipe"]["seed"] == 0 and recipe["steps_done"] > 0
+    weights = sum(p.stat().st_size for p in base.rglob("*.safetensors"))
+    assert weights < 16 * 2**20
