@@ -51,7 +51,12 @@ def _stable_diffusion(seed: int, *, cross_attention_dim: int, attention_head_dim
                       linear_projection: bool, text_layers: int, text_heads: int, text_act: str,
                       projection_dim: int, prediction_type: str, sample_size: int):
     import torch
-    from diffusers import AutoencoderKL, DDPMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from diffusers import (
+        AutoencoderKL,
+        DDPMScheduler,
+        StableDiffusionPipeline,
+        UNet2DConditionModel,
+    )
     from transformers import CLIPTextConfig, CLIPTextModel
 
     from dreambooth_job.models import CLIP_MAX_LENGTH, clip_tokenizer

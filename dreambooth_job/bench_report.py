@@ -12,16 +12,18 @@ def table(report: dict) -> str:
     what = model["base_model"] or model["architecture"]
     sizes = (f" (UNet {params['unet'] / 1e6:.1f}M, text encoder {params['text_encoder'] / 1e6:.1f}M, "
              f"VAE {params['vae'] / 1e6:.1f}M parameters)" if params else "")
+    first = (f"{report['time_to_first_step_seconds']:.1f} s" if report["time_to_first_step_seconds"]
+             else "n/a")
     header = [
-        f"device: {device['type']} {device['name']}"
-        + (f" ({device['cores']} cores, {device['torch_threads']} torch threads)" if device["type"] == "cpu" else ""),
+        f"device: {device['type']} {device['name']}" + (
+            f" ({device['cores']} cores, {device['torch_threads']} torch threads)"
+            if device["type"] == "cpu" else ""),
         f"model: {what}{sizes}",
-        f"{settings['resolution']} px, batch {settings['batch_size']} "
+        (f"{settings['resolution']} px, batch {settings['batch_size']} "
         f"({settings['images_per_step']} images/step with prior preservation: "
         f"{'on' if settings['prior_preservation'] else 'off'}), {settings['warmup']} warm-up + "
-        f"{settings['steps']} measured steps, median step time",
-        "time to first step from process start: "
-        + (f"{report['time_to_first_step_seconds']:.1f} s" if report["time_to_first_step_seconds"] else "n/a"),
+        f"{settings['steps']} measured steps, median step time"),
+        f"time to first step from process start: {first}",
     ]
     rows = [_cells(row) for row in report["variants"]]
     widths = [max(len(c), *(len(r[i]) for r in rows)) for i, c in enumerate(COLUMNS)]

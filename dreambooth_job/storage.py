@@ -275,6 +275,11 @@ def download_file(uri: str, local_path: Path, expected: StoredFile | None = None
     if expected is not None and size != expected.size:
         local_path.unlink()
         raise RetryableError(f"download of {uri} is truncated: {size} of {expected.size} bytes")
+    if expected is not None and expected.etag and "-" not in expected.etag:
+        # A single-part upload's ETag is the MD5 of the content (multipart ETags are not).
+        if _md5(local_path) != expected.etag:
+            local_path.unlink()
+            raise RetryableError(f"download of {uri} does not match its ETag")
     if is_s3(uri):
         _observer.transfer(direction="download", num_bytes=size, objects=1)
     return local_path
@@ -286,6 +291,14 @@ def download_dir(uri: str, local_dir: Path, suffixes: Iterable[str] | None = Non
     with ThreadPoolExecutor(TRANSFER_THREADS) as pool:
         return list(pool.map(
             lambda f: download_file(join(uri, f.relative_path), local_dir / f.relative_path, f), files))
+
+
+def _md5(path: Path) -> str:
+    digest = hashlib.md5()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def upload_file(local_path: Path, uri: str) -> None:
