@@ -25,7 +25,7 @@ log = logging.getLogger(__name__)
 ASSET_BASE_MODEL = Path(__file__).resolve().parent.parent / "assets" / "toyworld" / "base"
 VARIANTS = {"ppl": True, "no-ppl": False}
 METRICS = ("subject_fidelity", "prompt_fidelity", "context_subject_fidelity", "class_leakage",
-           "class_diversity")
+           "class_diversity", "class_background_diversity")
 
 
 @dataclass

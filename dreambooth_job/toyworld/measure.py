@@ -4,7 +4,8 @@
 - prompt fidelity: share of "a [V] ball on a <colour> background" pictures with that background
   (chance: 1/3), and their subject match;
 - leakage: mean subject match of plain "a ball" pictures (the class prior; lower is better);
-- diversity: mean pairwise feature distance of those "a ball" pictures (higher is better);
+- diversity: mean pairwise distance between the object colours of those "a ball" pictures
+  (higher is better), and separately the share of pairs with different backgrounds;
 - world fidelity (base model): background, colour and shape accuracy of "a <colour> <shape> on a
   <background> background" over every combination of the world.
 """
@@ -30,7 +31,7 @@ class EvalSize:
     """Pictures of "a [V] ball"."""
     context_images: int = 4
     """Pictures per recontextualised background prompt."""
-    class_images: int = 16
+    class_images: int = 32
     """Pictures of "a ball" for leakage and diversity."""
     seed: int = 10_000
     """First sampling seed; disjoint from the class images' seeds (the job's seed + i)."""
@@ -68,7 +69,8 @@ def dreambooth_metrics(pipe, token: str, size: EvalSize) -> tuple[dict[str, floa
         "prompt_fidelity": float(np.mean([f.background == bg for bg, f in context])),
         "context_subject_fidelity": float(np.mean([f.subject_match for _, f in context])),
         "class_leakage": float(np.mean([f.subject_match for f in measured["class"]])),
-        "class_diversity": float(feat.pairwise_diversity(measured["class"])),
+        "class_diversity": feat.pairwise_diversity(measured["class"]),
+        "class_background_diversity": feat.background_diversity(measured["class"]),
     }
     return metrics, by_key
 

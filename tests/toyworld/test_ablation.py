@@ -15,14 +15,14 @@ from dreambooth_job.cli import main
 from dreambooth_job.toyworld import experiment, measure
 
 pytestmark = pytest.mark.slow
-STEPS, CLASS_IMAGES = 300, 24
+STEPS, CLASS_IMAGES = 500, 50
 
 
 def test_dreambooth_learns_the_subject_and_prior_preservation_protects_the_class(tmp_path):
     torch.set_num_threads(1)
     ablation = experiment.Ablation(
         output=tmp_path, seeds=[0], max_train_steps=STEPS, num_class_images=CLASS_IMAGES,
-        eval_size=measure.EvalSize(subject_images=8, context_images=2, class_images=12), grids=False)
+        eval_size=measure.EvalSize(subject_images=8, context_images=1, class_images=24), grids=False)
     runs = experiment.run(ablation)["runs"]["seed-0"]
     base, ppl, no_ppl = runs["base"], runs["ppl"], runs["no-ppl"]
     assert ppl["subject_fidelity"] > base["subject_fidelity"] + 0.3

@@ -53,6 +53,7 @@ def test_diversity_is_high_for_the_world_and_zero_for_copies(seed):
     rng = np.random.default_rng(seed)
     varied = [features.features(world.draw(world.random_scene(rng, shape="ball"), rng)) for _ in range(24)]
     assert features.pairwise_diversity(varied) > 0.5
+    assert features.background_diversity(varied) > 0.5
     same = features.features(world.subject_photos(1)[0])
     assert features.pairwise_diversity([same] * 5) == 0.0
 
