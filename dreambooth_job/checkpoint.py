@@ -82,7 +82,7 @@ class CheckpointStore:
         files = sorted(p for p in local_dir.rglob("*") if p.is_file())
         manifest = {
             "step": step, "identifier": identifier, "config": config,
-            "created_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "created_at": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
             "files": [{"path": p.relative_to(local_dir).as_posix(), "size": p.stat().st_size,
                        "sha256": _sha256(p)} for p in files]}
         uri = storage.join(self.root, step_dir(step))

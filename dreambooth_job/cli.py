@@ -18,8 +18,12 @@ import click
 
 from dreambooth_job import __version__
 from dreambooth_job import config as cfg
+from dreambooth_job.bench import bench as bench_command
 from dreambooth_job.cli_options import resolve_train_config, train_options
+from dreambooth_job.evaluation.command import evaluate as evaluate_command
 from dreambooth_job.exit_codes import ExitCode, JobError
+from dreambooth_job.k8s.commands import register as register_k8s_commands
+from dreambooth_job.toyworld.command import toy_world as toy_world_command
 
 
 def exits_with_codes(command: Callable) -> Callable:
@@ -86,14 +90,10 @@ def config_command(print_defaults: bool, **params) -> None:
     click.echo(yaml.safe_dump(resolve_train_config(params).to_dict(), sort_keys=False), nl=False)
 
 
-from dreambooth_job.evaluation.command import evaluate as evaluate_command  # noqa: E402
 main.add_command(evaluate_command)
-from dreambooth_job.bench import bench as bench_command  # noqa: E402
 main.add_command(bench_command)
-from dreambooth_job.k8s.commands import register as register_k8s_commands  # noqa: E402
-register_k8s_commands(main)
-from dreambooth_job.toyworld.command import toy_world as toy_world_command  # noqa: E402
 main.add_command(toy_world_command)
+register_k8s_commands(main)
 
 if __name__ == "__main__":
     main()

@@ -391,7 +391,8 @@ def to_cli_args(config: TrainConfig) -> list[str]:
         if value == default_of(f) or f.name == "cache_dir":
             continue
         if base_type(f) is bool:
-            on, _, off = (f.metadata["flag"] or f"{flag_name(f.name)}/--no-{f.name.replace('_', '-')}").partition("/")
+            pair = f.metadata["flag"] or f"{flag_name(f.name)}/--no-{f.name.replace('_', '-')}"
+            on, _, off = pair.partition("/")
             if value is not None:
                 args.append(on if value else off)
         elif is_list(f):

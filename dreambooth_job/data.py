@@ -81,7 +81,8 @@ def load_subject_photos(directory: Path, config: TrainConfig) -> SubjectPhotos:
     for r in rejected:
         log.warning("skipping photo %s: %s", r.file, r.reason)
     if len(images) < config.min_images:
-        detail = f" ({len(rejected)} rejected: " + "; ".join(f"{r.file}: {r.reason}" for r in rejected[:3]) + ")" if rejected else ""
+        named = "; ".join(f"{r.file}: {r.reason}" for r in rejected[:3])
+        detail = f" ({len(rejected)} rejected: {named})" if rejected else ""
         raise InvalidInputError(
             f"--instance-data {config.instance_data} has {len(images)} valid photo(s), "
             f"need at least {config.min_images}{detail}")

@@ -28,8 +28,13 @@ from dreambooth_job.config import TrainConfig
 from dreambooth_job.events import JobObserver, ObserverGroup
 from dreambooth_job.exit_codes import ExitCode, InvalidInputError, JobError, TerminatedError
 from dreambooth_job.lease import Lease
-from dreambooth_job.result import (COMPLETION_MARKER, RESULT_FILE, mark_complete,
-                                   read_completed_result, write_result)
+from dreambooth_job.result import (
+    COMPLETION_MARKER,
+    RESULT_FILE,
+    mark_complete,
+    read_completed_result,
+    write_result,
+)
 from dreambooth_job.termination import StopRequest
 
 logger = logging.getLogger("dreambooth_job")
@@ -56,7 +61,7 @@ def config_fingerprint(config: TrainConfig) -> str:
 
 
 def now_iso() -> str:
-    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    return datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
 
 
 class Job:
@@ -244,7 +249,9 @@ class Job:
         from dreambooth_job.identifiers import format_prompt
 
         config = self.config
-        fill = lambda template: format_prompt(template, token, config.class_noun)  # noqa: E731
+        def fill(template: str) -> str:
+            return format_prompt(template, token, config.class_noun)
+
         return {"instance": fill(config.instance_prompt), "class": fill(config.class_prompt),
                 "validation": [fill(p) for p in config.validation_prompts]}
 
@@ -314,7 +321,8 @@ class Job:
         samples = storage.join(config.output, "samples")
         self.result["outputs"] = {
             "model": storage.join(config.output, "model"),
-            "samples": [storage.join(samples, f.relative_path) for f in storage.list_files(samples, [".png"])],
+            "samples": [storage.join(samples, f.relative_path)
+                        for f in storage.list_files(samples, [".png"])],
             "result": storage.join(config.output, RESULT_FILE)}
         self.result.update(status="succeeded", exit_code=0, finished_at=now_iso(),
                            durations_seconds=self.durations)

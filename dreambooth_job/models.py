@@ -46,7 +46,8 @@ def resolve_base_model(source: str, cache_dir: str) -> BaseModel:
     if storage.is_s3(source):
         files = storage.list_files(source)
         if not any(f.relative_path == "model_index.json" for f in files):
-            raise InvalidInputError(f"--base-model {source} holds no diffusers pipeline (no model_index.json)")
+            raise InvalidInputError(
+                f"--base-model {source} holds no diffusers pipeline (no model_index.json)")
         fingerprint = _digest([(f.relative_path, f.size, f.etag) for f in files])
         local = Path(cache_dir, "models", fingerprint[:16])
         if not (local / DOWNLOAD_MARKER).exists():
@@ -57,7 +58,8 @@ def resolve_base_model(source: str, cache_dir: str) -> BaseModel:
     path = Path(source).expanduser()
     if path.exists():
         if not (path / "model_index.json").is_file():
-            raise InvalidInputError(f"--base-model {source} holds no diffusers pipeline (no model_index.json)")
+            raise InvalidInputError(
+                f"--base-model {source} holds no diffusers pipeline (no model_index.json)")
         return BaseModel(source, str(path), _local_fingerprint(path))
     if source.startswith((".", "/", "~")) or source.count("/") != 1:
         raise InvalidInputError(f"--base-model {source} is neither a directory, an s3:// prefix nor a hub id")
@@ -106,9 +108,11 @@ def clip_tokenizer():
 
     spec = importlib.util.find_spec("open_clip")
     if spec is None or not spec.submodule_search_locations:
-        raise InvalidInputError("the CLIP vocabulary needs open_clip_torch (pip install --no-deps open_clip_torch)")
+        raise InvalidInputError(
+            "the CLIP vocabulary needs open_clip_torch (pip install --no-deps open_clip_torch)")
     bpe = Path(spec.submodule_search_locations[0], "bpe_simple_vocab_16e6.txt.gz")
-    merges = gzip.open(bpe, "rt", encoding="utf-8").read().split("\n")[1:CLIP_NUM_MERGES + 1]
+    with gzip.open(bpe, "rt", encoding="utf-8") as f:
+        merges = f.read().split("\n")[1:CLIP_NUM_MERGES + 1]
     symbols = list(_bytes_to_unicode().values())
     vocab = symbols + [s + "</w>" for s in symbols] + ["".join(m.split()) for m in merges]
     vocab += ["<|startoftext|>", "<|endoftext|>"]
@@ -145,7 +149,12 @@ def build_tiny_pipeline(output_dir: str | os.PathLike, seed: int = 0, prediction
     Its VAE downsamples 2x (two blocks), so 64 px images train on 32x32 latents.
     """
     import torch
-    from diffusers import AutoencoderKL, DDPMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from diffusers import (
+        AutoencoderKL,
+        DDPMScheduler,
+        StableDiffusionPipeline,
+        UNet2DConditionModel,
+    )
     from transformers import CLIPTextConfig, CLIPTextModel
 
     unet_channels, vae_channels, text_width, text_layers = TINY_SIZES["tiny"]

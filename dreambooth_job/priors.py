@@ -60,7 +60,8 @@ def prepare_class_images(pipeline, config: TrainConfig, *, model_fingerprint: st
     images: dict[int, Image.Image] = {}
     for i, name in enumerate(wanted):
         if name in cached:
-            images[i] = Image.open(io.BytesIO(storage.read_bytes(storage.join(cache_uri, name)))).convert("RGB")
+            data = storage.read_bytes(storage.join(cache_uri, name))
+            images[i] = Image.open(io.BytesIO(data)).convert("RGB")
     reused = len(images)
     missing = [i for i in range(config.num_class_images) if i not in images]
     if missing:

