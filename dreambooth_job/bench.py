@@ -187,6 +187,10 @@ def run_variant(variant: Variant, settings: Settings, build, device: dict) -> di
     memory = bench_device.PeakMemory(device["type"])
     trainer = pipeline = None
     try:
+        from accelerate.state import AcceleratorState
+
+        # One `train` process sets up one Accelerator; here each row sets up its own precision.
+        AcceleratorState._reset_state(reset_partial_state=True)
         gc.collect()
         memory.reset()
         started = time.perf_counter()

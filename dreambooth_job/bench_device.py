@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import platform
@@ -94,15 +95,12 @@ class PeakMemory:
             torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats()
             return
-        try:
+        with contextlib.suppress(OSError):
             # Freed memory that malloc keeps would otherwise count towards the next variant's peak.
             ctypes.CDLL("libc.so.6").malloc_trim(0)
-        except OSError:
-            pass
-        try:
+        with contextlib.suppress(OSError):
+            # Where this fails, the peak is the process's since it started.
             Path("/proc/self/clear_refs").write_text("5")
-        except OSError:
-            pass  # not resettable here: the peak is then the process's, since it started
 
     def peak_bytes(self) -> int | None:
         import torch
