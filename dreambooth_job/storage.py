@@ -29,6 +29,10 @@ TRANSFER_THREADS = 8
 _observer: JobObserver = JobObserver()
 _client_lock = threading.Lock()
 _client = None
+_client_env: tuple = ()
+# The environment a client is bound to: a change (another endpoint or identity) needs a new client.
+_CLIENT_ENV_VARS = ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_PROFILE",
+                    "AWS_REGION", "AWS_MAX_ATTEMPTS", "AWS_RETRY_MODE")
 
 
 @dataclass(frozen=True)
@@ -65,10 +69,13 @@ def set_observer(observer: JobObserver) -> None:
 
 
 def s3_client():
-    """The process-wide boto3 S3 client (thread-safe once created)."""
-    global _client
+    """The process-wide boto3 S3 client (thread-safe once created), rebuilt if the environment
+    that configures it changed."""
+    global _client, _client_env
     with _client_lock:
-        if _client is None:
+        env = tuple(os.environ.get(name) for name in _CLIENT_ENV_VARS)
+        if _client is None or env != _client_env:
+            _client_env = env
             import boto3
             from botocore.config import Config
 
