@@ -301,11 +301,8 @@ def download_dir(uri: str, local_dir: Path, suffixes: Iterable[str] | None = Non
 
 
 def _md5(path: Path) -> str:
-    digest = hashlib.md5()
     with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+        return hashlib.file_digest(f, "md5").hexdigest()
 
 
 def upload_file(local_path: Path, uri: str) -> None:
