@@ -52,7 +52,8 @@ def test_ci_values_cover_the_cases_the_chart_promises():
 
 @pytest.mark.parametrize("version", KUBE_VERSIONS)
 def test_every_rendered_object_is_valid_kubernetes(ci, version):
-    for obj in ci.objects:
+    assert ci.objects, "the chart rendered nothing"
+    for obj in ci.objects:  # validate_object raises on the first invalid field
         validate_object(obj, version)
 
 

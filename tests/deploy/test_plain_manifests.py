@@ -43,13 +43,16 @@ def by_kind(objects: list[dict], kind: str) -> list[dict]:
 @pytest.mark.parametrize("version", KUBE_VERSIONS)
 @pytest.mark.parametrize("path", MANIFEST_FILES, ids=lambda p: str(p.relative_to(MANIFESTS)))
 def test_every_manifest_is_valid_kubernetes(path, version):
-    for obj in documents(path):
+    objects = list(documents(path))
+    assert objects, f"{path} holds no object"
+    for obj in objects:  # validate_object raises on the first invalid field
         validate_object(obj, version)
 
 
 @pytest.mark.parametrize("version", KUBE_VERSIONS)
 def test_kustomizations_build_valid_objects(built, version):
-    for obj in built:
+    assert built, "kustomize built nothing"
+    for obj in built:  # validate_object raises on the first invalid field
         validate_object(obj, version)
 
 

@@ -7,6 +7,7 @@ import math
 import re
 import sys
 import types
+import urllib.request
 
 import pytest
 from metrics_support import (
@@ -292,10 +293,13 @@ def test_a_taken_port_is_logged_and_the_job_goes_on(make_config, caplog):
 
 
 def test_close_is_idempotent(make_config):
-    observer = PrometheusObserver(make_config(metrics_port=free_port()), host="127.0.0.1")
+    port = free_port()
+    observer = PrometheusObserver(make_config(metrics_port=port), host="127.0.0.1")
     observer.start()
     observer.close()
     observer.close()
+    with pytest.raises(OSError):
+        urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5)
 
 
 def test_module_docstring_example_runs():
