@@ -10,6 +10,7 @@ Kubernetes commands stay light.
 
 from __future__ import annotations
 
+import importlib
 import sys
 from collections.abc import Callable
 from functools import wraps
@@ -18,12 +19,32 @@ import click
 
 from dreambooth_job import __version__
 from dreambooth_job import config as cfg
-from dreambooth_job.bench import bench as bench_command
 from dreambooth_job.cli_options import resolve_train_config, train_options
-from dreambooth_job.evaluation.command import evaluate as evaluate_command
 from dreambooth_job.exit_codes import ExitCode, JobError
-from dreambooth_job.k8s.commands import register as register_k8s_commands
-from dreambooth_job.toyworld.command import toy_world as toy_world_command
+
+# Commands defined in other modules, imported only when invoked or listed: `train` should not pay
+# for the Kubernetes client's import (about 1 s, most of this module's import time).
+LAZY_COMMANDS = {
+    "bench": "dreambooth_job.bench:bench",
+    "evaluate": "dreambooth_job.evaluation.command:evaluate",
+    "toy-world": "dreambooth_job.toyworld.command:toy_world",
+    "submit": "dreambooth_job.k8s.commands:submit",
+    "batch": "dreambooth_job.k8s.commands:batch",
+    "status": "dreambooth_job.k8s.commands:status",
+    "report": "dreambooth_job.k8s.commands:report",
+    "cancel": "dreambooth_job.k8s.commands:cancel",
+}
+
+
+class LazyGroup(click.Group):
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), *LAZY_COMMANDS})
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name in LAZY_COMMANDS and name not in self.commands:
+            module, attribute = LAZY_COMMANDS[name].split(":")
+            self.add_command(getattr(importlib.import_module(module), attribute), name)
+        return super().get_command(ctx, name)
 
 
 def exits_with_codes(command: Callable) -> Callable:
@@ -40,7 +61,7 @@ def exits_with_codes(command: Callable) -> Callable:
     return wrapper
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, prog_name="dreambooth-job")
 def main() -> None:
     """Personalize Stable Diffusion with DreamBooth: one subject per run."""
@@ -89,11 +110,6 @@ def config_command(print_defaults: bool, **params) -> None:
 
     click.echo(yaml.safe_dump(resolve_train_config(params).to_dict(), sort_keys=False), nl=False)
 
-
-main.add_command(evaluate_command)
-main.add_command(bench_command)
-main.add_command(toy_world_command)
-register_k8s_commands(main)
 
 if __name__ == "__main__":
     main()

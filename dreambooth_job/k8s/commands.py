@@ -220,11 +220,6 @@ def cancel(names: tuple[str, ...], batch_file: str | None, sets: tuple[str, ...]
         click.echo(f"deleted job {name}")
 
 
-def register(group: click.Group) -> None:
-    for command in (submit, batch, status, report, cancel):
-        group.add_command(command)
-
-
 # ----------------------------------------------------------------------------------------------
 
 def _collect(conn: k8s.Connection, names: tuple[str, ...], the_batch: Batch | None,
