@@ -250,12 +250,13 @@ def _auto_precision(device: dict) -> str:
 
 
 def _training_state_bytes(pipeline, config: cfg.TrainConfig) -> int:
-    """Gradients plus AdamW's two moments of the trained weights: a lower bound on what training
-    adds to the loaded model (activations come on top)."""
+    """A lower bound on what training adds to the loaded model (activations come on top)."""
+    from dreambooth_job.memory import training_state_bytes
+
     params = sum(p.numel() for p in pipeline.unet.parameters())
     if config.train_text_encoder:
         params += sum(p.numel() for p in pipeline.text_encoder.parameters())
-    return params * (4 + (2 if config.use_8bit_adam else 8))
+    return training_state_bytes(params, config.use_8bit_adam)
 
 
 def _noise_scheduler(pipeline):

@@ -127,7 +127,8 @@ class TrainConfig:
         "auto", choices=MIXED_PRECISION_CHOICES,
         help="auto: bf16 on CUDA that supports it, fp16 on other CUDA, no on CPU.")
     gradient_checkpointing: bool | None = option(
-        help="Recompute activations to save memory (default: on for CUDA, off on CPU).")
+        help="Recompute activations to save memory (default auto: on CUDA only when training "
+             "would not fit in free device memory without it; off on CPU).")
     use_8bit_adam: bool = option(False, help="Use bitsandbytes' 8-bit AdamW (CUDA, extra 'bnb').")
     cache_latents: bool = option(
         True, help="VAE-encode each image and text-encode each prompt once, not every step.")

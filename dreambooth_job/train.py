@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from dreambooth_job import memory
 from dreambooth_job.config import TrainConfig
 from dreambooth_job.data import square_crop, to_tensor
 from dreambooth_job.events import JobObserver, TrainProgress
@@ -90,7 +91,7 @@ class Trainer:
         self.text_encoder.to(self.device, torch.float32 if config.train_text_encoder else weight_dtype)
         self.unet.requires_grad_(True).to(self.device, torch.float32).train()
         self.gradient_checkpointing = (config.gradient_checkpointing if config.gradient_checkpointing
-                                       is not None else self.device.type == "cuda")
+                                       is not None else self._checkpointing_needed())
         if self.gradient_checkpointing:
             self.unet.enable_gradient_checkpointing()
             if config.train_text_encoder:
@@ -134,6 +135,21 @@ class Trainer:
             # After `prepare`: the accelerator keeps the plain module, so saved states keep its names.
             self.unet = torch.compile(self.unet)
         self.trainable = trainable
+
+    def _checkpointing_needed(self) -> bool:
+        """`auto`: only on CUDA, and only when training without it would not fit (memory.py)."""
+        if self.device.type != "cuda":
+            return False
+        config = self.config
+        trained = sum(p.numel() for p in self.unet.parameters())
+        if config.train_text_encoder:
+            trained += sum(p.numel() for p in self.text_encoder.parameters())
+        latent_side = config.resolution // self.pipeline.vae_scale_factor
+        images = config.train_batch_size * (2 if self.class_images else 1)
+        required = (memory.training_state_bytes(trained, config.use_8bit_adam)
+                    + memory.activation_bytes(self.unet.config.block_out_channels, images,
+                                              latent_side, self.precision in ("fp16", "bf16")))
+        return memory.needs_checkpointing(required, torch.cuda.mem_get_info(self.device)[0])
 
     def _optimizer(self, params):
         config = self.config
