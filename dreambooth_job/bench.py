@@ -23,6 +23,7 @@ from __future__ import annotations
 import dataclasses
 import gc
 import json
+import re
 import statistics
 import sys
 import time
@@ -54,6 +55,7 @@ class Settings:
     warmup: int
     prior_preservation: bool
     seed: int
+    profile_dir: str | None = None
 
     @property
     def images_per_step(self) -> int:
@@ -172,6 +174,36 @@ def count_flops(trainer) -> int:
     return counter.get_total_flops()
 
 
+PROFILED_STEPS = 3
+
+
+def profile_steps(trainer, steps: int, directory: Path, name: str) -> dict:
+    """Run `steps` more steps under torch.profiler; write the operator table (by device time on
+    CUDA, CPU time otherwise) to DIRECTORY/NAME.txt and return how busy the device was: a device
+    busy for much less than the step's wall time is waiting on the host (launch overhead, syncs)."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    cuda = torch.cuda.is_available()
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    trainer.config = dataclasses.replace(trainer.config, max_train_steps=trainer.step + steps)
+    with profile(activities=activities) as profiler:
+        trainer.train()
+        if cuda:
+            torch.cuda.synchronize()
+    averages = profiler.key_averages()
+    sort_by = "self_device_time_total" if cuda else "self_cpu_time_total"
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / (re.sub(r"[^A-Za-z0-9_.-]+", "_", name) + ".txt")
+    path.write_text(averages.table(sort_by=sort_by, row_limit=50, max_name_column_width=70) + "\n")
+    if not cuda:
+        return {"profile": str(path)}
+    # Kernels only: operator rows repeat the time of the kernels they launch.
+    busy = sum(event.self_device_time_total for event in averages
+               if event.device_type == torch.autograd.DeviceType.CUDA) / 1e6 / steps
+    return {"profile": str(path), "device_busy_seconds_per_step": busy}
+
+
 def run_variant(variant: Variant, settings: Settings, build, device: dict) -> dict:
     """One row: build fresh weights, set up the Trainer, train warmup + steps, count FLOPs."""
     import torch
@@ -214,6 +246,8 @@ def run_variant(variant: Variant, settings: Settings, build, device: dict) -> di
         seconds = clock.step_seconds()
         flops = count_flops(trainer)
         peak = memory.peak_bytes()
+        profiled = (profile_steps(trainer, PROFILED_STEPS, Path(settings.profile_dir), variant.name)
+                    if settings.profile_dir else {})
     except Exception as exc:  # noqa: BLE001 - one failing option set must not end the comparison
         message = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
         return {**row, "status": "error", "error": f"{type(exc).__name__}: {message}"[:500]}
@@ -238,7 +272,8 @@ def run_variant(variant: Variant, settings: Settings, build, device: dict) -> di
             "first_step_since_process_start_seconds": clock.first_step_since_process_start,
             "peak_memory_bytes": peak, "peak_memory_kind": memory.kind,
             "flops_per_step": flops, "achieved_tflops": tflops,
-            "mfu": tflops / peak_tflops if peak_tflops else None, "peak_tflops": peak_tflops}
+            "mfu": tflops / peak_tflops if peak_tflops else None, "peak_tflops": peak_tflops,
+            **profiled}
 
 
 def _auto_precision(device: dict) -> str:
@@ -357,9 +392,13 @@ def run_bench(settings: Settings, variants: list[Variant], *, echo=lambda line: 
 @click.option("--no-default", is_flag=True, help="Leave out the row with the default options.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Also write the report here.")
+@click.option("--profile", "profile_dir", type=click.Path(file_okay=False),
+              help="Also profile 3 more steps of each row with torch.profiler: operator tables in "
+                   "this directory, device busy time per step in the report.")
 def bench(model: str, base_model: str | None, resolution: int | None, batch_size: int, steps: int,
           warmup: int, prior_preservation: bool, variant_specs: tuple[str, ...], sweep: bool,
-          baseline: bool, no_default: bool, seed: int, json_path: str | None) -> None:
+          baseline: bool, no_default: bool, seed: int, json_path: str | None,
+          profile_dir: str | None) -> None:
     """Measure the real training step: steps/s, images/s, time to first step, peak memory,
     FLOPs per step, TFLOP/s and MFU, for several option sets side by side."""
     try:
@@ -368,7 +407,7 @@ def bench(model: str, base_model: str | None, resolution: int | None, batch_size
         if not base_model and model in bench_models.UNSUPPORTED:
             raise InvalidInputError(bench_models.UNSUPPORTED[model])
         settings = Settings(model, base_model, resolution or bench_models.NATIVE_RESOLUTION.get(model, 512),
-                            batch_size, steps, warmup, prior_preservation, seed)
+                            batch_size, steps, warmup, prior_preservation, seed, profile_dir)
         variants = [] if no_default else [Variant("default")]
         if baseline:
             variants.append(baseline_variant())

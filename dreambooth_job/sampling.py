@@ -37,12 +37,24 @@ def generate_images(pipeline, prompts: Sequence[str], seeds: Sequence[int], *, r
         latents = torch.stack([
             torch.randn(pipeline.unet.config.in_channels, resolution // pipeline.vae_scale_factor,
                         resolution // pipeline.vae_scale_factor, generator=g) for g in generators])
-        with torch.inference_mode():
+        with torch.inference_mode(), _half_precision(device):
             out = pipeline(batch_prompts, height=resolution, width=resolution,
                            num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
                            latents=latents.to(device, pipeline.unet.dtype), output_type="pil")
         images.extend(out.images)
     return images
+
+
+def _half_precision(device):
+    """On CUDA, sample in bf16 (fp16 before Ampere) whatever the weights' dtypes: class images
+    twice as fast as fp32, and a UNet trained in fp32 samples beside a VAE kept in bf16."""
+    import contextlib
+
+    import torch
+
+    if device.type != "cuda":
+        return contextlib.nullcontext()
+    return torch.autocast("cuda", dtype=torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16)
 
 
 def image_grid(rows: Sequence[Sequence[Image.Image]], labels: Sequence[str]) -> Image.Image:
