@@ -265,7 +265,9 @@ def run_variant(variant: Variant, settings: Settings, build, device: dict) -> di
     return {**row, "precision": _auto_precision(device) if config.mixed_precision == "auto"
             else config.mixed_precision,
             "steps_per_second": steps_per_second,
-            "images_per_second": steps_per_second * settings.images_per_step,
+            # From the row's config: a variant may override the batch size.
+            "images_per_second": steps_per_second * config.train_batch_size * (
+                2 if config.prior_preservation else 1),
             "median_step_seconds": median, "step_seconds": seconds, "measured_steps": len(measured),
             "build_seconds": built - started, "setup_seconds": set_up - built,
             "first_step_seconds": clock.first_step_seconds,

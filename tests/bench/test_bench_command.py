@@ -24,7 +24,8 @@ def bench(*args):
 def report(tmp_path_factory):
     path = tmp_path_factory.mktemp("bench") / "bench.json"
     outcome = bench("--baseline", "--variant", "use_8bit_adam=true", "--variant",
-                    "attention_backend=cudnn", "--json", str(path))
+                    "attention_backend=cudnn", "--variant", "train_batch_size=2",
+                    "--profile", str(path.parent / "profiles"), "--json", str(path))
     assert outcome.exit_code == ExitCode.OK, outcome.output
     return json.loads(path.read_text()), outcome.output
 
@@ -32,7 +33,8 @@ def report(tmp_path_factory):
 def test_rows_report_speed_memory_and_flops(report):
     data, _ = report
     rows = {row["name"]: row for row in data["variants"]}
-    assert list(rows) == ["default", "baseline", "use_8bit_adam=true", "attention_backend=cudnn"]
+    assert list(rows) == ["default", "baseline", "use_8bit_adam=true", "attention_backend=cudnn",
+                          "train_batch_size=2"]
     for name in ("default", "baseline"):
         row = rows[name]
         assert row["status"] == "ok", row
@@ -49,11 +51,24 @@ def test_rows_report_speed_memory_and_flops(report):
     # Encoding every step adds the VAE's and text encoder's FLOPs to the UNet's.
     assert rows["baseline"]["flops_per_step"] > rows["default"]["flops_per_step"]
     assert rows["baseline"]["speedup_vs_baseline"] == 1.0
+    # A variant's batch size is its own: 2 photos + 2 class images per step, twice the UNet work.
+    doubled = rows["train_batch_size=2"]
+    assert doubled["images_per_second"] == pytest.approx(4 * doubled["steps_per_second"])
+    assert doubled["flops_per_step"] == pytest.approx(2 * rows["default"]["flops_per_step"], rel=0.05)
     assert rows["default"]["speedup_vs_baseline"] > 0
     if CPU:
         assert rows["use_8bit_adam=true"]["status"] == "unavailable"
         assert "CUDA" in rows["use_8bit_adam=true"]["error"]
         assert rows["attention_backend=cudnn"]["status"] == "error"
+
+
+def test_profile_writes_an_operator_table_per_row(report):
+    data, _ = report
+    for row in data["variants"]:
+        if row["status"] == "ok":
+            with open(row["profile"]) as table:
+                header = table.read().splitlines()[1]
+            assert "Name" in header and ("Self CUDA" in header if not CPU else "Self CPU" in header)
 
 
 def test_report_names_device_versions_and_settings(report):
