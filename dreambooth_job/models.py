@@ -82,13 +82,16 @@ def _digest(entries) -> str:
     return hashlib.sha256(json.dumps(entries, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def load_pipeline(model: BaseModel, cache_dir: str, torch_dtype=None):
-    """Load the base pipeline (UNet, VAE, CLIP text encoder, tokenizer, scheduler) on the CPU."""
+def load_pipeline(model: BaseModel, cache_dir: str):
+    """Load the base pipeline (UNet, VAE, CLIP text encoder, tokenizer, scheduler) on the CPU, in
+    fp32 whatever dtype it was saved in: training keeps fp32 master weights, and sampling on CUDA
+    runs under autocast (sampling.py)."""
+    import torch
     from diffusers import StableDiffusionPipeline
 
     try:
         return StableDiffusionPipeline.from_pretrained(
-            model.local_path, cache_dir=str(Path(cache_dir, "hub")), torch_dtype=torch_dtype,
+            model.local_path, cache_dir=str(Path(cache_dir, "hub")), torch_dtype=torch.float32,
             safety_checker=None, requires_safety_checker=False)
     except OSError as exc:
         if model.local_path == model.source and not storage.is_s3(model.source):

@@ -29,13 +29,15 @@ class BaseRecipe:
     seed: int = 0
     images: int = 8192
     """Size of the pre-rendered training set (the world has 18 attribute combinations)."""
-    unet_steps: int = 3000
+    unet_steps: int = 6000
     unet_lr: float = 1e-3
     warmup: int = 100
     ema_decay: float = 0.995
     """The saved weights are an exponential moving average: good samples at a constant rate."""
     batch: int = 32
     unet_channels: tuple[int, ...] = (32, 64)
+    attention_levels: int = 1
+    """UNet levels with cross-attention, from the lowest resolution up (2: also at 16x16)."""
     text_width: int = 32
     text_layers: int = 2
     threads: int = 1
@@ -52,11 +54,15 @@ def build_models(recipe: BaseRecipe):
     from dreambooth_job.models import CLIP_MAX_LENGTH
 
     vae = build_vae(world.SIZE)
+    levels = len(recipe.unet_channels)
     unet = UNet2DConditionModel(
         sample_size=world.SIZE // 2, in_channels=4, out_channels=4, layers_per_block=1,
         block_out_channels=recipe.unet_channels, cross_attention_dim=recipe.text_width,
-        attention_head_dim=8, down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), norm_num_groups=8)
+        attention_head_dim=8, norm_num_groups=8,
+        down_block_types=tuple("CrossAttnDownBlock2D" if level >= levels - recipe.attention_levels
+                               else "DownBlock2D" for level in range(levels)),
+        up_block_types=tuple("CrossAttnUpBlock2D" if level < recipe.attention_levels else "UpBlock2D"
+                             for level in range(levels)))
     text_encoder = CLIPTextModel(CLIPTextConfig(
         vocab_size=49408, hidden_size=recipe.text_width, intermediate_size=recipe.text_width * 4,
         num_hidden_layers=recipe.text_layers, num_attention_heads=4,
@@ -150,7 +156,7 @@ def train_base(output: str | Path, recipe: BaseRecipe) -> Path:
     pipeline = StableDiffusionPipeline(
         unet=unet, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, scheduler=scheduler,
         safety_checker=None, feature_extractor=None, requires_safety_checker=False)
-    pipeline.save_pretrained(output, safe_serialization=True)
+    save_compact(pipeline, output)
     with open(output / "loss.csv", "w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["stage", "step", "loss"])
@@ -158,16 +164,36 @@ def train_base(output: str | Path, recipe: BaseRecipe) -> Path:
     meta = {"recipe": asdict(recipe), "steps_done": steps, "scaling_factor": scaling,
             "total_seconds": round(time.perf_counter() - started), "torch": torch.__version__,
             "command": "python -m dreambooth_job.toyworld.base --output <dir> "
-                       f"--seed {recipe.seed} --unet-steps {steps}"}
+                       f"--seed {recipe.seed} --unet-steps {steps} --threads {recipe.threads}"}
     (output / "train.json").write_text(json.dumps(meta, indent=2) + "\n")
     return output
+
+
+def save_compact(pipeline, output: Path) -> None:
+    """save_pretrained, at a test fixture's size: the UNet and text encoder stored in fp16 (the
+    loader upcasts to fp32), the tokenizer as CLIP's vocab.json + merges.txt (1.4 MB) instead of
+    tokenizer.json (3.6 MB). The hand-set VAE stays fp32: its exactness depends on it."""
+    from safetensors.torch import load_file, save_file
+
+    pipeline.save_pretrained(output, safe_serialization=True)
+    for weights in (output / "unet" / "diffusion_pytorch_model.safetensors",
+                    output / "text_encoder" / "model.safetensors"):
+        tensors = load_file(weights)
+        save_file({name: t.half() if t.is_floating_point() else t for name, t in tensors.items()},
+                  weights, metadata={"format": "pt"})
+    tokenizer_dir = output / "tokenizer"
+    bpe = json.loads((tokenizer_dir / "tokenizer.json").read_text())["model"]
+    (tokenizer_dir / "vocab.json").write_text(json.dumps(bpe["vocab"], separators=(",", ":")))
+    merges = [m if isinstance(m, str) else " ".join(m) for m in bpe["merges"]]
+    (tokenizer_dir / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n")
+    (tokenizer_dir / "tokenizer.json").unlink()
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--output", required=True)
     defaults = BaseRecipe()
-    for name in ("seed", "images", "unet_steps", "batch", "threads"):
+    for name in ("seed", "images", "unet_steps", "batch", "threads", "attention_levels", "text_width"):
         parser.add_argument("--" + name.replace("_", "-"), type=int, default=getattr(defaults, name))
     for name in ("unet_lr", "time_budget_s"):
         parser.add_argument("--" + name.replace("_", "-"), type=float, default=getattr(defaults, name))

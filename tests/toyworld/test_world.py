@@ -64,5 +64,16 @@ def test_shipped_base_model_is_complete():
     assert (base / "loss.csv").is_file()
     recipe = json.loads((base / "train.json").read_text())
     assert recipe["recipe"]["seed"] == 0 and recipe["steps_done"] > 0
-    weights = sum(p.stat().st_size for p in base.rglob("*.safetensors"))
-    assert weights < 16 * 2**20
+    # A fixture of a few MB: fp16 weights and CLIP's vocab.json + merges.txt (save_compact).
+    assert sum(p.stat().st_size for p in base.rglob("*") if p.is_file()) < 8 * 2**20
+    assert not (base / "tokenizer" / "tokenizer.json").exists()
+
+
+def test_compact_fixture_loads_in_fp32_with_the_real_clip_tokenizer():
+    from dreambooth_job.models import clip_tokenizer, load_pipeline, resolve_base_model
+
+    pipeline = load_pipeline(resolve_base_model(str(experiment.ASSET_BASE_MODEL), "/nonexistent"),
+                             "/nonexistent")
+    assert {pipeline.unet.dtype, pipeline.text_encoder.dtype, pipeline.vae.dtype} == {torch.float32}
+    captions = [world.caption("ball", "red", "green"), "a olis ball", "a box on a black background"]
+    assert pipeline.tokenizer(captions).input_ids == clip_tokenizer()(captions).input_ids
