@@ -25,10 +25,11 @@ def test_dreambooth_learns_the_subject_and_prior_preservation_protects_the_class
         eval_size=measure.EvalSize(subject_images=8, context_images=1, class_images=24), grids=False)
     runs = experiment.run(ablation)["runs"]["seed-0"]
     base, ppl, no_ppl = runs["base"], runs["ppl"], runs["no-ppl"]
-    assert ppl["subject_fidelity"] > base["subject_fidelity"] + 0.3
-    assert no_ppl["subject_fidelity"] > base["subject_fidelity"] + 0.3
-    assert ppl["class_leakage"] < no_ppl["class_leakage"] - 0.1
-    assert ppl["class_diversity"] > no_ppl["class_diversity"] + 0.05
+    # About half the smallest gaps over seeds 0-2 (0.86, 0.70, 0.54; docs/toy-world.md).
+    assert ppl["subject_fidelity"] > base["subject_fidelity"] + 0.5
+    assert no_ppl["subject_fidelity"] > base["subject_fidelity"] + 0.5
+    assert ppl["class_leakage"] < no_ppl["class_leakage"] - 0.4
+    assert ppl["class_diversity"] > no_ppl["class_diversity"] + 0.3
 
 
 def test_toy_world_command_is_registered():
