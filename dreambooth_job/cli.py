@@ -61,7 +61,8 @@ def exits_with_codes(command: Callable) -> Callable:
     return wrapper
 
 
-@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.group(cls=LazyGroup,
+             context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, prog_name="dreambooth-job")
 def main() -> None:
     """Personalize Stable Diffusion with DreamBooth: one subject per run."""

@@ -40,6 +40,7 @@ LR_SCHEDULER_CHOICES = (
 LOG_FORMAT_CHOICES = ("auto", "json", "text")
 ADAM_IMPL_CHOICES = ("auto", "fused", "foreach", "loop")
 ATTENTION_BACKEND_CHOICES = ("auto", "math", "efficient", "flash", "cudnn", "eager")
+COMPILE_MODE_CHOICES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 DEFAULT_VALIDATION_PROMPTS = (
     "a {identifier} {class_noun} in the jungle",
     "a {identifier} {class_noun} on the beach",
@@ -144,6 +145,10 @@ class TrainConfig:
         help="Lay out UNet weights and activations channels-last (default: on for CUDA, off on CPU).")
     compile_unet: bool = option(
         False, help="torch.compile the UNet: a slow first step, then faster steps.")
+    compile_mode: str = option(
+        "default", choices=COMPILE_MODE_CHOICES,
+        help="torch.compile mode of --compile-unet; reduce-overhead replays the UNet's kernels as "
+             "CUDA graphs, for steps bound by the host's kernel launches (docs/benchmarks.md).")
     tf32: bool = option(True, help="Allow TF32 matmuls and convolutions on CUDA (Ampere and newer).")
     adam_weight_decay: float = option(1e-2, help="AdamW weight decay.")
     max_grad_norm: float = option(1.0, help="Gradient clipping norm (0 disables).")

@@ -48,7 +48,7 @@ OPERATIONAL_FIELDS = frozenset({
     "prompt_set", "images_per_prompt", "eval_max_prompts", "eval_class_images", "dino_model",
     "clip_model", "lpips_model",
     # Speed switches: the same model up to floating-point rounding.
-    "adam_impl", "attention_backend", "channels_last", "compile_unet",
+    "adam_impl", "attention_backend", "channels_last", "compile_unet", "compile_mode",
 })
 
 

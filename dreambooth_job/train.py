@@ -133,7 +133,7 @@ class Trainer:
             self.text_encoder = self.accelerator.prepare(self.text_encoder)
         if config.compile_unet:
             # After `prepare`: the accelerator keeps the plain module, so saved states keep its names.
-            self.unet = torch.compile(self.unet)
+            self.unet = torch.compile(self.unet, mode=config.compile_mode)
         self.trainable = trainable
 
     def _checkpointing_needed(self) -> bool:

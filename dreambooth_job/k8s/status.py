@@ -27,7 +27,7 @@ from dreambooth_job.result import read_completed_result
 JOB_NAME_LABEL = "job-name"  # set on every pod by the Job controller (all supported versions)
 
 
-class Phase(str, enum.Enum):
+class Phase(enum.StrEnum):
     QUEUED = "queued"
     """Suspended: waiting for Kueue (or a person) to admit it."""
     PENDING = "pending"

@@ -3,9 +3,10 @@
     nice -n 10 python -m dreambooth_job.toyworld.base --output dreambooth_job/assets/toyworld/base
 
 The VAE is fixed and lossless on the world (latent.py); the UNet and a tiny CLIP text encoder
-(real CLIP tokenizer) learn the captioned world jointly on cached latents, one seed for everything. The output directory receives the
-pipeline, `loss.csv` (stage, step, loss) and `train.json` (seed, sizes, steps, timings), so anyone
-can regenerate the fixture and compare curves.
+(real CLIP tokenizer) learn the captioned world jointly on cached latents, one seed for
+everything. The output directory receives the pipeline (`save_compact`), `loss.csv` (stage, step,
+loss) and `train.json` (recipe, steps, timings, command), so anyone can regenerate the fixture and
+compare curves.
 """
 
 from __future__ import annotations

@@ -69,7 +69,8 @@ def load(path: Path):
     from dreambooth_job import sampling
     from dreambooth_job.models import load_pipeline, resolve_base_model
 
-    return sampling.fast_pipeline(load_pipeline(resolve_base_model(str(path), "/nonexistent"), "/nonexistent"))
+    no_cache = "/nonexistent"  # a local directory needs no model cache
+    return sampling.fast_pipeline(load_pipeline(resolve_base_model(str(path), no_cache), no_cache))
 
 
 def run(ablation: Ablation) -> dict:

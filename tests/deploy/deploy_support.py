@@ -70,10 +70,8 @@ def spec_from_values(values: dict[str, Any]) -> JobSpec:
         reference = f"{image['repository']}@{image['digest']}"
     else:
         reference = f"{image['repository']}:{image.get('tag') or chart_app_version()}"
-    if account.get("create"):
-        account_name = account.get("name") or RELEASE
-    else:
-        account_name = account.get("name") or None
+    # A created account defaults to the release's name; an existing one has no default.
+    account_name = account.get("name") or (RELEASE if account.get("create") else None)
     cluster = ClusterSettings(
         namespace=NAMESPACE,
         image=reference,

@@ -159,7 +159,7 @@ def test_dockerignore_admits_exactly_what_the_build_copies():
     admitted = [p[1:] for p in patterns if p.startswith("!")]
     sources = [arg for instruction, args in instructions() if instruction == "COPY"
                and not args.startswith("--from") for arg in args.split()[:-1]]
-    for source in sources:
-        source = source.replace("${REQUIREMENTS}", arg_default("REQUIREMENTS"))
+    for raw in sources:
+        source = raw.replace("${REQUIREMENTS}", arg_default("REQUIREMENTS"))
         assert any(re.fullmatch(p.rstrip("/").replace(".", r"\.").replace("*", ".*"), source.rstrip("/"))
                    for p in admitted), f"COPY {source} is excluded by .dockerignore"

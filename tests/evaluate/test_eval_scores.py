@@ -34,7 +34,9 @@ def test_within_similarity_skips_self_pairs():
 
 
 def test_group_distance_averages_pairs_then_groups():
-    l1 = lambda a, b: (a - b).abs().sum(dim=-1)
+    def l1(a, b):
+        return (a - b).abs().sum(dim=-1)
+
     groups = [torch.tensor([[0.0], [1.0], [3.0]]),  # pairs 1, 3, 2 -> 2
               torch.tensor([[0.0], [4.0]])]         # pair 4 -> 4
     assert scores.mean_group_distance(groups, l1) == pytest.approx(3.0)

@@ -138,7 +138,8 @@ def test_batch_status_report_cancel(kubeconfig, namespace, tmp_path, bucket):
     root = f"s3://{bucket}/night-42"
     path = subjects_file(tmp_path, root)
     out = run("batch", path)
-    assert out.splitlines()[-1] == "batch night-42: 3 created, 0 already succeeded, 0 already queued or running"
+    assert out.splitlines()[-1] == ("batch night-42: 3 created, 0 already succeeded, "
+                                    "0 already queued or running")
     assert "0 created, 0 already succeeded, 3 already queued or running" in run("batch", path)
 
     names = {s: job_name(s, "night-42") for s in ("dog", "teapot", "vase")}

@@ -92,10 +92,10 @@ def test_the_name_extractor_sees_through_promql_syntax():
 def test_dashboard_queries_parse_in_a_real_prometheus(start_prometheus):
     prometheus = start_prometheus([])
     queried = 0
-    for expr in dashboard_exprs():
-        if expr.startswith("label_values("):
+    for dashboard_expr in dashboard_exprs():
+        if dashboard_expr.startswith("label_values("):
             continue  # Grafana's own function, not PromQL
-        expr = (expr.replace("$__rate_interval", "1m").replace("$batch_id", ".*")
+        expr = (dashboard_expr.replace("$__rate_interval", "1m").replace("$batch_id", ".*")
                 .replace("$subject_id", ".*"))
         prometheus.query(expr)  # asserts status "success": a syntax error is "bad_data"
         queried += 1

@@ -51,6 +51,7 @@ def test_env_lists_accept_json_or_lines():
     ({"resolution": 100}, "--resolution"),
     ({"max_train_steps": -5}, "--max-train-steps"),
     ({"mixed_precision": "fp8"}, "--mixed-precision"),
+    ({"compile_mode": "fastest"}, "--compile-mode"),
     ({"instance_prompt": "a photo"}, "--instance-prompt"),
     ({"learning_rate": 0.0}, "--learning-rate"),
 ])
