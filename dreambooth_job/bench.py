@@ -288,12 +288,10 @@ def _auto_precision(device: dict) -> str:
 
 def _training_state_bytes(pipeline, config: cfg.TrainConfig) -> int:
     """A lower bound on what training adds to the loaded model (activations come on top)."""
-    from dreambooth_job.memory import training_state_bytes
+    from dreambooth_job import memory
 
-    params = sum(p.numel() for p in pipeline.unet.parameters())
-    if config.train_text_encoder:
-        params += sum(p.numel() for p in pipeline.text_encoder.parameters())
-    return training_state_bytes(params, config.use_8bit_adam)
+    params = memory.trained_parameters(pipeline.unet, pipeline.text_encoder, config.train_text_encoder)
+    return memory.training_state_bytes(params, config.use_8bit_adam)
 
 
 def _noise_scheduler(pipeline):

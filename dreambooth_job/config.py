@@ -247,6 +247,9 @@ class TrainConfig:
                 raise InvalidInputError(
                     f"{flag_name(f.name)} must be one of {', '.join(choices)}, "
                     f"got {getattr(self, f.name)!r}")
+        if self.compile_mode != "default" and not self.compile_unet:
+            raise InvalidInputError(f"--compile-mode {self.compile_mode} has no effect without "
+                                    "--compile-unet: add --compile-unet or drop --compile-mode")
         if self.identifier != "auto" and (not self.identifier.strip() or " " in self.identifier.strip()):
             raise InvalidInputError(f"--identifier must be one word, got {self.identifier!r}")
         if "{identifier}" not in self.instance_prompt:

@@ -18,6 +18,14 @@ HEADROOM_FRACTION = 0.15
 HEADROOM_BYTES = 2 * 2**30
 
 
+def trained_parameters(unet, text_encoder, train_text_encoder: bool) -> int:
+    """Parameters the optimizer updates: the UNet's, and the text encoder's when it trains too."""
+    count = sum(p.numel() for p in unet.parameters())
+    if train_text_encoder:
+        count += sum(p.numel() for p in text_encoder.parameters())
+    return count
+
+
 def training_state_bytes(trainable_params: int, use_8bit_adam: bool) -> int:
     """fp32 gradients plus AdamW's two moments (one byte each in 8-bit Adam)."""
     return trainable_params * (4 + (2 if use_8bit_adam else 8))

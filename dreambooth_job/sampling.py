@@ -46,15 +46,19 @@ def generate_images(pipeline, prompts: Sequence[str], seeds: Sequence[int], *, r
 
 
 def _half_precision(device):
-    """On CUDA, sample in bf16 (fp16 before Ampere) whatever the weights' dtypes: class images
-    twice as fast as fp32, and a UNet trained in fp32 samples beside a VAE kept in bf16."""
+    """On CUDA, sample under the half precision `auto` trains in (bf16, fp16 before Ampere),
+    whatever the weights' dtypes: class images twice as fast as fp32, and a UNet trained in fp32
+    samples beside a VAE kept in bf16."""
     import contextlib
 
     import torch
 
+    from dreambooth_job.train import resolve_precision
+
     if device.type != "cuda":
         return contextlib.nullcontext()
-    return torch.autocast("cuda", dtype=torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16)
+    half = {"bf16": torch.bfloat16, "fp16": torch.float16}[resolve_precision("auto", device)]
+    return torch.autocast("cuda", dtype=half)
 
 
 def image_grid(rows: Sequence[Sequence[Image.Image]], labels: Sequence[str]) -> Image.Image:

@@ -141,9 +141,7 @@ class Trainer:
         if self.device.type != "cuda":
             return False
         config = self.config
-        trained = sum(p.numel() for p in self.unet.parameters())
-        if config.train_text_encoder:
-            trained += sum(p.numel() for p in self.text_encoder.parameters())
+        trained = memory.trained_parameters(self.unet, self.text_encoder, config.train_text_encoder)
         latent_side = config.resolution // self.pipeline.vae_scale_factor
         images = config.train_batch_size * (2 if self.class_images else 1)
         required = (memory.training_state_bytes(trained, config.use_8bit_adam)

@@ -34,11 +34,11 @@ def build_base_model(name: str, directory: Path) -> None:
         bench_models.build_pipeline(name).save_pretrained(directory, safe_serialization=True)
 
 
-def timed_train(args: list[str], env: dict[str, str], log: Path) -> dict:
+def timed_train(args: list[str], log: Path) -> dict:
     started = time.time()
     with log.open("w") as sink:
         code = subprocess.call([sys.executable, "-m", "dreambooth_job.cli", "train", *args],
-                               env=env, stdout=sink, stderr=subprocess.STDOUT)
+                               stdout=sink, stderr=subprocess.STDOUT)
     return {"exit_code": code, "wall_seconds": round(time.time() - started, 2)}
 
 
@@ -57,9 +57,7 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="job-bench-"))
 
     with s3server.LocalS3Server(work / "s3") as server:
-        env = {**os.environ, **server.client_env()}
-        os.environ.update(server.client_env())
-        storage.reset_client()
+        os.environ.update(server.client_env())  # this process and the jobs it starts
         storage.s3_client().create_bucket(Bucket="bench")
         started = time.perf_counter()
         build_base_model(options.model, work / "base")
@@ -75,8 +73,9 @@ def main() -> int:
         fill_steps = options.fill_steps or options.steps
         for name, steps in (("generate_class_images", fill_steps), ("class_images_cached", options.steps)):
             args = [*common, "--max-train-steps", str(steps), "--output", f"s3://bench/runs/{name}/"]
-            runs[name] = timed_train(args, env, options.out / f"{name}.log")
-            result = json.loads(storage.read_bytes(f"s3://bench/runs/{name}/result.json"))
+            runs[name] = timed_train(args, options.out / f"{name}.log")
+            result_uri = f"s3://bench/runs/{name}/result.json"
+            result = json.loads(storage.read_bytes(result_uri)) if storage.exists(result_uri) else {}
             runs[name]["phase_seconds"] = result.get("durations_seconds")
             runs[name]["train"] = result.get("train")
             runs[name]["outputs"] = len(storage.list_files(f"s3://bench/runs/{name}/"))

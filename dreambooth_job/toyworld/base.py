@@ -1,6 +1,9 @@
 """Train the toy world's base model and save it as a diffusers Stable Diffusion pipeline.
 
-    nice -n 10 python -m dreambooth_job.toyworld.base --output dreambooth_job/assets/toyworld/base
+    python -m dreambooth_job.toyworld.base --output dreambooth_job/assets/toyworld/base --threads 2
+
+(the shipped fixture's command, also in its train.json; thread counts change the floating-point
+rounding, so regenerate with the recorded one)
 
 The VAE is fixed and lossless on the world (latent.py); the UNet and a tiny CLIP text encoder
 (real CLIP tokenizer) learn the captioned world jointly on cached latents, one seed for

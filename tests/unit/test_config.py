@@ -52,6 +52,7 @@ def test_env_lists_accept_json_or_lines():
     ({"max_train_steps": -5}, "--max-train-steps"),
     ({"mixed_precision": "fp8"}, "--mixed-precision"),
     ({"compile_mode": "fastest"}, "--compile-mode"),
+    ({"compile_mode": "reduce-overhead"}, "--compile-unet"),
     ({"instance_prompt": "a photo"}, "--instance-prompt"),
     ({"learning_rate": 0.0}, "--learning-rate"),
 ])
