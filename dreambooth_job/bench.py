@@ -179,29 +179,39 @@ PROFILED_STEPS = 3
 
 def profile_steps(trainer, steps: int, directory: Path, name: str) -> dict:
     """Run `steps` more steps under torch.profiler; write the operator table (by device time on
-    CUDA, CPU time otherwise) to DIRECTORY/NAME.txt and return how busy the device was: a device
-    busy for much less than the step's wall time is waiting on the host (launch overhead, syncs)."""
+    CUDA, CPU time otherwise) to DIRECTORY/NAME.txt and return the host's time per step in each of
+    the step's phases (train.STEP_PHASES) and, on CUDA, how busy the device was: a device busy for
+    much less than the step's wall time is waiting on the host (launch overhead, syncs)."""
     import torch
     from torch.profiler import ProfilerActivity, profile
+
+    from dreambooth_job.train import STEP_PHASES
 
     cuda = torch.cuda.is_available()
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
     trainer.config = dataclasses.replace(trainer.config, max_train_steps=trainer.step + steps)
     with profile(activities=activities) as profiler:
+        started = time.perf_counter()
         trainer.train()
         if cuda:
             torch.cuda.synchronize()
+        wall = (time.perf_counter() - started) / steps
     averages = profiler.key_averages()
     sort_by = "self_device_time_total" if cuda else "self_cpu_time_total"
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / (re.sub(r"[^A-Za-z0-9_.-]+", "_", name) + ".txt")
     path.write_text(averages.table(sort_by=sort_by, row_limit=50, max_name_column_width=70) + "\n")
-    if not cuda:
-        return {"profile": str(path)}
-    # Kernels only: operator rows repeat the time of the kernels they launch.
-    busy = sum(event.self_device_time_total for event in averages
-               if event.device_type == torch.autograd.DeviceType.CUDA) / 1e6 / steps
-    return {"profile": str(path), "device_busy_seconds_per_step": busy}
+    # Host time: on CUDA a phase ends when its kernels are launched, not when they finish.
+    host = {event.key: event.cpu_time_total for event in averages
+            if event.device_type == torch.autograd.DeviceType.CPU}
+    report = {"profile": str(path), "profiled_step_seconds": wall, "phase_host_seconds_per_step": {
+        phase: host.get(phase, 0.0) / 1e6 / steps for phase in STEP_PHASES}}
+    if cuda:
+        # Kernels only: operator rows repeat the time of the kernels they launch.
+        report["device_busy_seconds_per_step"] = sum(
+            event.self_device_time_total for event in averages
+            if event.device_type == torch.autograd.DeviceType.CUDA) / 1e6 / steps
+    return report
 
 
 def run_variant(variant: Variant, settings: Settings, build, device: dict) -> dict:

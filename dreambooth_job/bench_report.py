@@ -30,6 +30,7 @@ def table(report: dict) -> str:
     lines = [*header, "", "  ".join(c.ljust(w) for c, w in zip(COLUMNS, widths)),
              "  ".join("-" * w for w in widths)]
     lines += ["  ".join(cell.ljust(w) for cell, w in zip(r, widths)) for r in rows]
+    lines += _phase_lines(report["variants"])
     notes = [f"{row['name']}: {row['error']}" for row in report["variants"] if row["error"]]
     if any(row.get("status") == "ok" and row.get("mfu") is None for row in report["variants"]):
         notes.append("MFU: not reported, the device's peak is unknown (only A100/H100/H200 are listed)")
@@ -55,3 +56,23 @@ def _bytes(value: int | None) -> str:
     if value is None:
         return "n/a"
     return f"{value / 2**30:.2f} GiB" if value >= 2**30 else f"{value / 2**20:.0f} MiB"
+
+
+def _phase_lines(rows: list[dict]) -> list[str]:
+    """With --profile: each row's profiled step split into train.STEP_PHASES (host time, ms)."""
+    profiled = [row for row in rows if row.get("phase_host_seconds_per_step")]
+    if not profiled:
+        return []
+    phases = list(profiled[0]["phase_host_seconds_per_step"])
+    columns = ["variant", *phases, "other", "step"]
+    cells = []
+    for row in profiled:
+        times = row["phase_host_seconds_per_step"]
+        other = row["profiled_step_seconds"] - sum(times.values())
+        cells.append([row["name"], *(f"{times[p] * 1000:.1f}" for p in phases), f"{other * 1000:.1f}",
+                      f"{row['profiled_step_seconds'] * 1000:.1f}"])
+    widths = [max(len(c), *(len(r[i]) for r in cells)) for i, c in enumerate(columns)]
+    return ["", "profiled steps by phase (host ms per step, under torch.profiler):",
+            "  ".join(c.ljust(w) for c, w in zip(columns, widths)),
+            "  ".join("-" * w for w in widths),
+            *("  ".join(cell.ljust(w) for cell, w in zip(r, widths)) for r in cells)]

@@ -18,11 +18,16 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from PIL import Image
+from torch.profiler import record_function
 
 from dreambooth_job import memory
 from dreambooth_job.config import TrainConfig
 from dreambooth_job.data import square_crop, to_tensor
 from dreambooth_job.events import JobObserver, TrainProgress
+
+# Named ranges of one optimizer step, for torch.profiler (`bench --profile` sums them per step):
+# where a step's host time goes, e.g. how much of it is the UNet and how much is around it.
+STEP_PHASES = ("inputs", "unet_forward", "backward", "clip_grad_norm", "optimizer_step")
 
 
 @dataclass
@@ -244,17 +249,18 @@ class Trainer:
         """DreamBooth's objective at `step`: instance loss + lambda x prior loss, and both parts."""
         generator = step_generator(self.config.seed, step)
         names = ["instance"] + (["class"] if self.class_images else [])
-        latents = torch.cat([self._latents(n, step, generator) for n in names])
-        embeddings = torch.cat([self._embeddings(n) for n in names])
-        noise = torch.randn(latents.shape, generator=generator).to(self.device)
-        timesteps = torch.randint(0, self.noise_scheduler.config.num_train_timesteps,
-                                  (latents.shape[0],), generator=generator).to(self.device)
-        noisy = self.noise_scheduler.add_noise(latents, noise, timesteps)
-        if self.noise_scheduler.config.prediction_type == "v_prediction":
-            target = self.noise_scheduler.get_velocity(latents, noise, timesteps)
-        else:
-            target = noise
-        with self.accelerator.autocast(), self._attention_kernel():
+        with record_function("inputs"):
+            latents = torch.cat([self._latents(n, step, generator) for n in names])
+            embeddings = torch.cat([self._embeddings(n) for n in names])
+            noise = torch.randn(latents.shape, generator=generator).to(self.device)
+            timesteps = torch.randint(0, self.noise_scheduler.config.num_train_timesteps,
+                                      (latents.shape[0],), generator=generator).to(self.device)
+            noisy = self.noise_scheduler.add_noise(latents, noise, timesteps)
+            if self.noise_scheduler.config.prediction_type == "v_prediction":
+                target = self.noise_scheduler.get_velocity(latents, noise, timesteps)
+            else:
+                target = noise
+        with record_function("unet_forward"), self.accelerator.autocast(), self._attention_kernel():
             prediction = self.unet(noisy, timesteps, embeddings.to(noisy.dtype)).sample
         errors = F.mse_loss(prediction.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))
         instance_loss = errors[: self.config.train_batch_size].mean()
@@ -283,12 +289,15 @@ class Trainer:
             for micro in range(micro_steps):
                 with self.accelerator.accumulate(self.unet):
                     loss, instance_loss, prior_loss = self.loss(self.step * micro_steps + micro)
-                    self.accelerator.backward(loss)
+                    with record_function("backward"):
+                        self.accelerator.backward(loss)
                     if self.accelerator.sync_gradients and config.max_grad_norm > 0:
-                        self.accelerator.clip_grad_norm_(self.trainable, config.max_grad_norm)
-                    self.optimizer.step()
-                    self.lr_scheduler.step()
-                    self.optimizer.zero_grad(set_to_none=self.set_grads_to_none)
+                        with record_function("clip_grad_norm"):
+                            self.accelerator.clip_grad_norm_(self.trainable, config.max_grad_norm)
+                    with record_function("optimizer_step"):
+                        self.optimizer.step()
+                        self.lr_scheduler.step()
+                        self.optimizer.zero_grad(set_to_none=self.set_grads_to_none)
             self.step += 1
             last = (loss.detach(), instance_loss.detach(), prior_loss.detach())
             if self.step % config.log_every == 0 or self.step == config.max_train_steps:
