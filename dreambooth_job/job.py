@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 from dreambooth_job import __version__, log, storage
-from dreambooth_job.checkpoint import CheckpointStore, conflicts
+from dreambooth_job.checkpoint import BackgroundUploads, CheckpointStore, conflicts
 from dreambooth_job.config import TrainConfig
 from dreambooth_job.events import JobObserver, ObserverGroup
 from dreambooth_job.exit_codes import ExitCode, InvalidInputError, JobError, TerminatedError
@@ -75,6 +75,7 @@ class Job:
         self.durations: dict[str, float] = {}
         self.result: dict = {}
         self.checkpoints = CheckpointStore(config.output, keep=max(1, config.checkpoints_keep))
+        self.checkpoint_uploads = BackgroundUploads()
         self.lease = Lease(config.output)
         self.stop = StopRequest(config.termination_grace_seconds)
 
@@ -116,6 +117,8 @@ class Job:
             self._fail(error)
             raise error from exc
         finally:
+            # Before the lease goes: an upload still running writes under this run's prefix.
+            self.checkpoint_uploads.close()
             self.lease.release()
             self.stop.uninstall()
         self.observer.phase_started("done")
@@ -217,6 +220,8 @@ class Job:
             resumed_from = self._resume(trainer, work / "resume", identifier.token)
             with self.stop.deferred():
                 trained = trainer.train(self._step_hook(trainer, work, identifier.token, prompts))
+            # Publishing deletes the checkpoints: no upload may still be writing one.
+            self.checkpoint_uploads.wait()
             self.result["training"] = {"max_train_steps": config.max_train_steps,
                                        "resumed_from_step": resumed_from, **dataclasses.asdict(trained)}
         with self.phase("sample"):
@@ -283,20 +288,28 @@ class Job:
                 config.checkpoint_interval_minutes
                 and time.monotonic() - last_checkpoint >= config.checkpoint_interval_minutes * 60)
             if self.stop.requested or (due and not final):
-                started = time.monotonic()
                 state_dir = work / "checkpoint"
+                self.checkpoint_uploads.wait()  # it may still be reading the state directory
+                started = time.monotonic()
                 trainer.save_state(state_dir)
-                saved = self.checkpoints.save(state_dir, step, _redacted_config(config), identifier)
                 last_checkpoint = time.monotonic()
-                self.observer.checkpoint_written(step=step)
-                self.lease.renew(force=True)
-                logger.info("checkpoint %s written in %.1fs", saved.uri, last_checkpoint - started)
                 if self.stop.requested:
+                    saved = upload(state_dir, step, started)
                     raise TerminatedError(
                         f"terminated by {self.stop.signal_name} at step {step}; checkpoint "
                         f"{saved.uri} written {self.stop.grace_seconds - self.stop.seconds_left():.1f}s "
                         "after the signal")
+                logger.info("checkpoint of step %d saved in %.1fs; uploading while training goes on",
+                            step, last_checkpoint - started)
+                self.checkpoint_uploads.submit(lambda: upload(state_dir, step, started))
+                self.lease.renew(force=True)
             self.lease.renew()
+
+        def upload(state_dir: Path, step: int, started: float):
+            saved = self.checkpoints.save(state_dir, step, _redacted_config(config), identifier)
+            self.observer.checkpoint_written(step=step)
+            logger.info("checkpoint %s written in %.1fs", saved.uri, time.monotonic() - started)
+            return saved
 
         return on_step_end
 

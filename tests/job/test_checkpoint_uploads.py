@@ -1,0 +1,139 @@
+"""Checkpoints upload in the background: training goes on meanwhile, one upload is in flight at a
+time, and a failed upload still fails the job with its own error."""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+
+import pytest
+from click.testing import CliRunner
+from helpers import upload_photos
+
+from dreambooth_job import storage
+from dreambooth_job.checkpoint import BackgroundUploads, CheckpointStore
+from dreambooth_job.cli import main
+from dreambooth_job.exit_codes import ExitCode, RetryableError
+from dreambooth_job.train import Trainer
+
+# Only a safety net against a hang: every wait below is released by an event the test sets.
+TIMEOUT = 120
+
+
+def test_submit_returns_while_the_upload_is_still_running():
+    release, finished = threading.Event(), threading.Event()
+
+    def upload():
+        release.wait(TIMEOUT)
+        finished.set()
+
+    uploads = BackgroundUploads()
+    uploads.submit(upload)
+    assert not finished.is_set(), "submit must not wait for its own upload"
+    release.set()
+    uploads.wait()
+    assert finished.is_set()
+    uploads.close()
+
+
+def test_the_next_submit_waits_until_the_upload_in_flight_is_done():
+    release, order = threading.Event(), []
+    uploads = BackgroundUploads()
+
+    def first():
+        release.wait(TIMEOUT)
+        order.append("first")
+
+    uploads.submit(first)
+    seen_when_second_was_accepted = []
+
+    def submit_second():
+        uploads.submit(lambda: order.append("second"))
+        seen_when_second_was_accepted.extend(order)
+
+    submitter = threading.Thread(target=submit_second)
+    submitter.start()
+    release.set()
+    submitter.join(TIMEOUT)
+    uploads.wait()
+    assert seen_when_second_was_accepted == ["first"]
+    assert order == ["first", "second"]
+    uploads.close()
+
+
+def test_wait_raises_the_upload_error_and_close_only_logs_it(caplog):
+    def failing():
+        raise OSError("bucket gone")
+
+    uploads = BackgroundUploads()
+    uploads.submit(failing)
+    with pytest.raises(OSError, match="bucket gone"):
+        uploads.wait()
+    uploads.submit(failing)
+    with caplog.at_level(logging.WARNING, logger="dreambooth_job.checkpoint"):
+        uploads.close()
+    assert "checkpoint upload failed: bucket gone" in caplog.text
+
+
+# ----------------------------------------------------------------------------------------------
+ARGS = ["train", "--class-noun", "dog", "--resolution", "64", "--max-train-steps", "6",
+        "--checkpoint-every", "2", "--no-prior-preservation", "--sample-steps", "2",
+        "--num-validation-images", "1", "--validation-prompt", "a {identifier} {class_noun}",
+        "--metrics-port", "0"]
+
+
+@pytest.fixture
+def run(bucket, photo_dir, tiny_model, tmp_path):
+    photos = upload_photos(photo_dir, f"s3://{bucket}/photos/dog/")
+    output = f"s3://{bucket}/runs/background/"
+
+    def invoke():
+        return CliRunner().invoke(main, [*ARGS, "--instance-data", photos, "--base-model", str(tiny_model),
+                                         "--output", output, "--cache-dir", str(tmp_path / "cache")],
+                                  catch_exceptions=False)
+
+    return invoke, output
+
+
+def test_training_goes_on_while_a_checkpoint_uploads(run, monkeypatch):
+    invoke, output = run
+    third_step_started = threading.Event()
+    uploaded, released_by_training = [], []
+    train_loss, store_save = Trainer.loss, CheckpointStore.save
+
+    def loss(self, step):
+        if step >= 2:  # 0-based: the step after the first checkpoint (written after step 2)
+            third_step_started.set()
+        return train_loss(self, step)
+
+    def save(self, local_dir, step, *args, **kwargs):
+        if step == 2:
+            # Uploading inline would block training here, and the third step would never start.
+            released_by_training.append(third_step_started.wait(TIMEOUT))
+        saved = store_save(self, local_dir, step, *args, **kwargs)
+        uploaded.append(step)
+        return saved
+
+    monkeypatch.setattr(Trainer, "loss", loss)
+    monkeypatch.setattr(CheckpointStore, "save", save)
+    outcome = invoke()
+    assert outcome.exit_code == ExitCode.OK, outcome.output
+    assert released_by_training == [True]
+    assert uploaded == [2, 4]
+    assert not CheckpointStore(output, keep=2).list(), "published runs keep no checkpoints"
+
+
+def test_a_failed_background_upload_fails_the_job(run, monkeypatch):
+    invoke, output = run
+
+    def save(self, local_dir, step, *args, **kwargs):
+        raise RetryableError(f"S3 upload of checkpoint {step} failed after retries")
+
+    monkeypatch.setattr(CheckpointStore, "save", save)
+    outcome = invoke()
+    assert outcome.exit_code == ExitCode.RETRYABLE
+    assert "S3 upload of checkpoint 2 failed after retries" in outcome.output
+    result = json.loads(storage.read_bytes(storage.join(output, "result.json")))
+    assert result["status"] == "failed" and result["exit_code"] == ExitCode.RETRYABLE
+    assert not storage.exists(storage.join(output, "_SUCCESS"))
