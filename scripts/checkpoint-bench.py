@@ -1,0 +1,85 @@
+"""What a checkpoint holds training up for: the upload inline against in the background.
+
+    OMP_NUM_THREADS=1 python scripts/checkpoint-bench.py WORK_DIR [--model sd15] [--rounds 2]
+
+Builds the architecture with random weights (bench_models), trains one step at 64 px so that
+AdamW's state exists, starts a local S3 server (s3server.py), then, alternating, per round: save
+the trainer state, upload it as a checkpoint (CheckpointStore.save) either inline or through
+checkpoint.BackgroundUploads, train two more steps, and wait for the upload. Prints each part's
+wall time. Results: docs/benchmarks.md ("What a checkpoint costs").
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import functools
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from diffusers import DDPMScheduler
+from PIL import Image
+
+from dreambooth_job import bench_models, storage
+from dreambooth_job.checkpoint import BackgroundUploads, CheckpointStore
+from dreambooth_job.config import TrainConfig
+from dreambooth_job.s3server import LocalS3Server
+from dreambooth_job.train import Trainer
+
+STEPS_AFTER_CHECKPOINT = 2
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("work", type=Path)
+    parser.add_argument("--model", default="sd15", choices=[a for a in bench_models.ARCHITECTURES
+                                                            if a not in bench_models.UNSUPPORTED])
+    parser.add_argument("--rounds", type=int, default=2)
+    args = parser.parse_args()
+    args.work.mkdir(parents=True, exist_ok=True)
+
+    pipeline = bench_models.build_pipeline(args.model, seed=0)
+    images = [Image.fromarray((np.random.default_rng(i).random((64, 64, 3)) * 255).astype("uint8"))
+              for i in range(2)]
+    config = TrainConfig(instance_data="bench", class_noun="dog", output="bench", resolution=64,
+                         max_train_steps=1, num_class_images=2, metrics_port=0)
+    trainer = Trainer(config, pipeline, DDPMScheduler.from_config(pipeline.scheduler.config),
+                      instance_images=images, instance_prompt="a sks dog", class_images=images,
+                      class_prompt="a dog")
+    trainer.setup()
+    trainer.train()
+
+    with LocalS3Server(args.work / "s3") as server:
+        os.environ.update(server.client_env())
+        storage.reset_client()
+        storage.s3_client().create_bucket(Bucket="checkpoints")
+        store = CheckpointStore("s3://checkpoints/bench", keep=1)
+        for mode in ("inline", "background") * args.rounds:
+            state, step = args.work / "state", trainer.step
+            started = time.perf_counter()
+            trainer.save_state(state)
+            saved = time.perf_counter()
+            uploads = BackgroundUploads()
+            if mode == "inline":
+                store.save(state, step, {}, "sks")
+            else:
+                uploads.submit(functools.partial(store.save, state, step, {}, "sks"))
+            resumed = time.perf_counter()
+            trainer.config = dataclasses.replace(
+                trainer.config, max_train_steps=step + STEPS_AFTER_CHECKPOINT)
+            trainer.train()
+            trained = time.perf_counter()
+            uploads.close()
+            done = time.perf_counter()
+            print(f"{mode}: save_state {saved - started:.1f} s, training blocked by the upload "
+                  f"{resumed - saved:.1f} s, {STEPS_AFTER_CHECKPOINT} steps {trained - resumed:.1f} s, "
+                  f"waiting for the upload after them {done - trained:.1f} s, total {done - started:.1f} s",
+                  flush=True)
+
+
+if __name__ == "__main__":
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+    main()
