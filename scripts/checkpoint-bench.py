@@ -6,7 +6,8 @@ Builds the architecture with random weights (bench_models), trains one step at 6
 AdamW's state exists, starts a local S3 server (s3server.py), then, alternating, per round: save
 the trainer state, upload it as a checkpoint (CheckpointStore.save) either inline or through
 checkpoint.BackgroundUploads, train two more steps, and wait for the upload. Prints each part's
-wall time. Results: docs/benchmarks.md ("What a checkpoint costs").
+wall time, then deletes what it wrote under WORK_DIR (for SD 1.5, 10 GB per copy of the state).
+Results: docs/benchmarks.md ("What a checkpoint costs").
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import argparse
 import dataclasses
 import functools
 import os
+import shutil
 import time
 from pathlib import Path
 
@@ -52,13 +54,22 @@ def main() -> None:
     trainer.setup()
     trainer.train()
 
-    with LocalS3Server(args.work / "s3") as server:
+    try:
+        compare(trainer, args.work, args.rounds)
+    finally:
+        shutil.rmtree(args.work / "state", ignore_errors=True)
+        shutil.rmtree(args.work / "s3", ignore_errors=True)
+        (args.work / "s3.log").unlink(missing_ok=True)  # the server's log, beside its data
+
+
+def compare(trainer: Trainer, work: Path, rounds: int) -> None:
+    with LocalS3Server(work / "s3") as server:
         os.environ.update(server.client_env())
         storage.reset_client()
         storage.s3_client().create_bucket(Bucket="checkpoints")
         store = CheckpointStore("s3://checkpoints/bench", keep=1)
-        for mode in ("inline", "background") * args.rounds:
-            state, step = args.work / "state", trainer.step
+        for mode in ("inline", "background") * rounds:
+            state, step = work / "state", trainer.step
             started = time.perf_counter()
             trainer.save_state(state)
             saved = time.perf_counter()
@@ -72,8 +83,9 @@ def main() -> None:
                 trainer.config, max_train_steps=step + STEPS_AFTER_CHECKPOINT)
             trainer.train()
             trained = time.perf_counter()
-            uploads.close()
+            uploads.wait()
             done = time.perf_counter()
+            uploads.close()
             print(f"{mode}: save_state {saved - started:.1f} s, training blocked by the upload "
                   f"{resumed - saved:.1f} s, {STEPS_AFTER_CHECKPOINT} steps {trained - resumed:.1f} s, "
                   f"waiting for the upload after them {done - trained:.1f} s, total {done - started:.1f} s",
