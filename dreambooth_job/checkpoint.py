@@ -6,8 +6,8 @@ uploaded first and `manifest.json` (each file's size and sha256) last: a checkpo
 manifest is invisible, and one whose files do not match it is skipped for the previous one.
 
 Saving the state to local disk is all that training waits for: `BackgroundUploads` hashes and
-uploads it while the next steps run (for SD 1.5, 10.3 GB of weights and AdamW state: the upload
-takes far longer than the local save, docs/benchmarks.md).
+uploads it while the next steps run (for SD 1.5, 10.3 GB of weights and AdamW state, whose upload
+took 3 to 6 times as long as the local save where it was measured: docs/benchmarks.md).
 """
 
 from __future__ import annotations
