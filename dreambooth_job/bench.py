@@ -404,7 +404,8 @@ def run_bench(settings: Settings, variants: list[Variant], *, echo=lambda line: 
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Also write the report here.")
 @click.option("--profile", "profile_dir", type=click.Path(file_okay=False),
               help="Also profile 3 more steps of each row with torch.profiler: operator tables in "
-                   "this directory, device busy time per step in the report.")
+                   "this directory; host time per step phase (and device busy time on CUDA) in "
+                   "the report.")
 def bench(model: str, base_model: str | None, resolution: int | None, batch_size: int, steps: int,
           warmup: int, prior_preservation: bool, variant_specs: tuple[str, ...], sweep: bool,
           baseline: bool, no_default: bool, seed: int, json_path: str | None,

@@ -25,11 +25,7 @@ def table(report: dict) -> str:
         f"{settings['steps']} measured steps, median step time"),
         f"time to first step from process start: {first}",
     ]
-    rows = [_cells(row) for row in report["variants"]]
-    widths = [max(len(c), *(len(r[i]) for r in rows)) for i, c in enumerate(COLUMNS)]
-    lines = [*header, "", "  ".join(c.ljust(w) for c, w in zip(COLUMNS, widths)),
-             "  ".join("-" * w for w in widths)]
-    lines += ["  ".join(cell.ljust(w) for cell, w in zip(r, widths)) for r in rows]
+    lines = [*header, "", *_aligned(COLUMNS, [_cells(row) for row in report["variants"]])]
     lines += _phase_lines(report["variants"])
     notes = [f"{row['name']}: {row['error']}" for row in report["variants"] if row["error"]]
     if any(row.get("status") == "ok" and row.get("mfu") is None for row in report["variants"]):
@@ -71,8 +67,12 @@ def _phase_lines(rows: list[dict]) -> list[str]:
         other = row["profiled_step_seconds"] - sum(times.values())
         cells.append([row["name"], *(f"{times[p] * 1000:.1f}" for p in phases), f"{other * 1000:.1f}",
                       f"{row['profiled_step_seconds'] * 1000:.1f}"])
-    widths = [max(len(c), *(len(r[i]) for r in cells)) for i, c in enumerate(columns)]
     return ["", "profiled steps by phase (host ms per step, under torch.profiler):",
-            "  ".join(c.ljust(w) for c, w in zip(columns, widths)),
-            "  ".join("-" * w for w in widths),
-            *("  ".join(cell.ljust(w) for cell, w in zip(r, widths)) for r in cells)]
+            *_aligned(columns, cells)]
+
+
+def _aligned(columns, rows: list[list[str]]) -> list[str]:
+    """A header, a rule and the rows, each column as wide as its widest cell."""
+    widths = [max(len(c), *(len(r[i]) for r in rows)) for i, c in enumerate(columns)]
+    return ["  ".join(c.ljust(w) for c, w in zip(columns, widths)), "  ".join("-" * w for w in widths),
+            *("  ".join(cell.ljust(w) for cell, w in zip(r, widths)) for r in rows)]

@@ -279,6 +279,13 @@ class Job:
         config = self.config
         last_checkpoint = time.monotonic()
 
+        def upload(state_dir: Path, step: int, started: float):
+            """Hash, upload and publish a saved state; inline on SIGTERM, else in the background."""
+            saved = self.checkpoints.save(state_dir, step, _redacted_config(config), identifier)
+            self.observer.checkpoint_written(step=step)
+            logger.info("checkpoint %s written in %.1fs", saved.uri, time.monotonic() - started)
+            return saved
+
         def on_step_end(step: int) -> None:
             nonlocal last_checkpoint
             final = step >= config.max_train_steps
@@ -304,12 +311,6 @@ class Job:
                 self.checkpoint_uploads.submit(lambda: upload(state_dir, step, started))
                 self.lease.renew(force=True)
             self.lease.renew()
-
-        def upload(state_dir: Path, step: int, started: float):
-            saved = self.checkpoints.save(state_dir, step, _redacted_config(config), identifier)
-            self.observer.checkpoint_written(step=step)
-            logger.info("checkpoint %s written in %.1fs", saved.uri, time.monotonic() - started)
-            return saved
 
         return on_step_end
 

@@ -21,7 +21,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
 from diffusers import DDPMScheduler
 from PIL import Image
 
@@ -93,5 +92,4 @@ def compare(trainer: Trainer, work: Path, rounds: int) -> None:
 
 
 if __name__ == "__main__":
-    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     main()
