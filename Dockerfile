@@ -36,7 +36,7 @@ RUN uv python install "${PYTHON_VERSION}" \
 # the lock, every file checked against its hash.
 COPY ${REQUIREMENTS} /tmp/requirements.lock
 RUN uv pip sync --python /opt/venv/bin/python --require-hashes /tmp/requirements.lock
-COPY pyproject.toml README.md /src/
+COPY pyproject.toml README.md LICENSE /src/
 COPY docker/build-constraints.txt /src/docker/
 COPY dreambooth_job /src/dreambooth_job
 # The package itself: built into a wheel with a pinned, hash-checked setuptools, then installed
@@ -56,9 +56,18 @@ LABEL org.opencontainers.image.title="dreambooth-job" \
       org.opencontainers.image.licenses="Apache-2.0" \
       org.opencontainers.image.base.name="nvidia/cuda:${CUDA_VERSION}-base-ubuntu${UBUNTU_VERSION}"
 
-# A fixed, numeric, non-root identity: the chart's runAsUser/fsGroup (10001) and the kubelet's
-# runAsNonRoot check (which cannot resolve user names) rely on it.
-RUN groupadd --gid 10001 dreambooth \
+# A C and a C++ compiler, because --compile-unet compiles when the job runs: Triton builds its
+# kernel launchers with gcc on CUDA, Inductor builds CPU kernels with g++ (the job checks for them
+# at start-up, dreambooth_job/preflight.py). Then a fixed, numeric, non-root identity: the chart's
+# default runAsUser/fsGroup (10001) and the kubelet's runAsNonRoot check (which cannot resolve
+# user names) rely on it; any other UID works too (OpenShift), as every path it writes is /tmp
+# or /cache.
+# Ubuntu's packages follow the base image's release and its security updates: not pinned.
+# hadolint ignore=DL3008
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends gcc g++ libc6-dev \
+ && rm -rf /var/lib/apt/lists/* \
+ && groupadd --gid 10001 dreambooth \
  && useradd --uid 10001 --gid 10001 --no-create-home --home-dir /tmp --shell /usr/sbin/nologin dreambooth
 
 COPY --from=build /opt/python /opt/python

@@ -101,14 +101,10 @@ def bench_config(settings: Settings, variant: Variant) -> cfg.TrainConfig:
 
 
 def unavailable(config: cfg.TrainConfig, device_type: str) -> str | None:
-    if config.use_8bit_adam:
-        if device_type != "cuda":
-            return "8-bit Adam needs CUDA (bitsandbytes)"
-        try:
-            import bitsandbytes  # noqa: F401
-        except ImportError:
-            return "8-bit Adam needs bitsandbytes: pip install '.[bnb]'"
-    return None
+    """Why `train` would refuse this variant here (the job's own start-up check), or None."""
+    from dreambooth_job.preflight import missing_capabilities
+
+    return next(iter(missing_capabilities(config, device_type)), None)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -2,6 +2,8 @@
 (evaluate), upload. `run(config)` is the whole job.
 
 Guarantees, in the order the code keeps them:
+- an option this machine cannot run (8-bit Adam without bitsandbytes or CUDA, --compile-unet
+  without a compiler) is refused first, exit 2, before anything is downloaded (preflight.py);
 - a lease on the output prefix, so two pods of one job never train into it at once (lease.py);
 - a completed run of the same config is left alone (exit 0 without downloading anything);
 - training resumes from the newest checkpoint that verifies (checkpoint.py), and SIGTERM during
@@ -28,6 +30,7 @@ from dreambooth_job.config import TrainConfig
 from dreambooth_job.events import JobObserver, ObserverGroup
 from dreambooth_job.exit_codes import ExitCode, InvalidInputError, JobError, TerminatedError
 from dreambooth_job.lease import Lease
+from dreambooth_job.preflight import check_capabilities
 from dreambooth_job.result import (
     COMPLETION_MARKER,
     RESULT_FILE,
@@ -99,6 +102,8 @@ class Job:
         self.result = self._result_skeleton()
         self.stop.install()
         try:
+            # Before the lease and any download: an option this machine cannot run is bad input.
+            check_capabilities(config)
             self.lease.acquire()
             if self._already_complete():
                 self.observer.phase_started("done")

@@ -15,6 +15,7 @@ from packaging.utils import canonicalize_name
 
 import dreambooth_job
 from dreambooth_job import config as cfg
+from dreambooth_job import preflight
 from dreambooth_job.k8s import manifest
 
 DOCKERFILE = REPO / "Dockerfile"
@@ -70,8 +71,19 @@ def locked() -> dict[str, tuple[str, list[str]]]:
 
 
 def runtime_requirements() -> list[Requirement]:
-    return [Requirement(r) for r in
-            PYPROJECT["project"]["dependencies"] + PYPROJECT["project"]["optional-dependencies"]["train"]]
+    """What the image installs: the core, the `train` extra and `bnb` (for --use-8bit-adam)."""
+    extras = PYPROJECT["project"]["optional-dependencies"]
+    return [Requirement(r) for r in PYPROJECT["project"]["dependencies"] + extras["train"] + extras["bnb"]]
+
+
+def apt_packages(stage: str) -> set[str]:
+    """Packages that `apt-get install` lines of `stage` name (options dropped)."""
+    packages: set[str] = set()
+    for instruction, args in stages()[stage]:
+        if instruction == "RUN":
+            for command in re.findall(r"apt-get install ([^&;]+)", args):
+                packages |= {word for word in command.split() if not word.startswith("-")}
+    return packages
 
 
 def test_hadolint_finds_nothing():
@@ -121,12 +133,25 @@ def test_torch_and_the_base_image_are_cuda_12():
     assert "nvidia/cuda:${CUDA_VERSION}-base-ubuntu${UBUNTU_VERSION} AS runtime" in froms
 
 
-def test_runtime_stage_ships_no_build_tools():
+def test_runtime_stage_copies_only_python_and_the_venv_and_keeps_no_package_tools():
     runtime = stages()["runtime"]
     copied = [args for instruction, args in runtime if instruction == "COPY"]
     assert copied == ["--from=build /opt/python /opt/python", "--from=build /opt/venv /opt/venv"]
     commands = " ".join(args for instruction, args in runtime if instruction == "RUN")
-    assert not re.search(r"\b(uv|pip|apt-get|gcc|make)\b", commands)
+    assert not re.search(r"\b(uv|pip|make)\b", commands)
+    assert "rm -rf /var/lib/apt/lists/*" in commands  # no package index left in the image
+
+
+def test_every_option_has_what_it_needs_in_the_image():
+    # --use-8bit-adam: bitsandbytes, hash-checked, with its CUDA libraries (one manylinux wheel).
+    version, hashes = locked()["bitsandbytes"]
+    bnb = next(r for r in runtime_requirements() if r.name == "bitsandbytes")
+    assert bnb.specifier.contains(version) and hashes
+    assert "--extra bnb" in (REPO / "docker" / "lock.sh").read_text()
+    # --compile-unet: the compilers the job's start-up check looks for (Triton's C compiler on
+    # CUDA, Inductor's C++ compiler on CPU) are installed in the stage that runs, with libc headers.
+    assert {preflight.TRITON_C_COMPILERS[0], preflight.INDUCTOR_CXX_COMPILER, "libc6-dev"} <= (
+        apt_packages("runtime"))
 
 
 def test_runtime_matches_what_the_manifests_assume():
