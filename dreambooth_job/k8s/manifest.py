@@ -56,6 +56,7 @@ DEFAULT_IMAGE = f"{APP_NAME}:{__version__}"
 OPTIONS_SET_BY_THE_POD = frozenset({"cache_dir"})
 
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+_LABEL_VALUE = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$")
 
 
 def setting(default: Any = None, *, help: str, default_factory: Any = None) -> Any:
@@ -144,6 +145,16 @@ class ClusterSettings:
         (), help="Extra container env entries (name with value or valueFrom). Chart: extraEnv.")
     managed_by: str = setting(
         APP_NAME, help="The app.kubernetes.io/managed-by label. Chart: Helm.")
+    # Identity of the pod. The defaults are the image's user; null (in --cluster-config) leaves
+    # the choice to the platform, as OpenShift's restricted SCC, which assigns a UID per namespace.
+    app_name: str = setting(
+        APP_NAME, help="The app.kubernetes.io/name label. Chart: nameOverride.")
+    run_as_user: int | None = setting(
+        RUN_AS_USER, help="UID of the pod; never 0 (runAsNonRoot). Chart: podSecurityContext.runAsUser.")
+    run_as_group: int | None = setting(
+        RUN_AS_USER, help="Primary GID of the pod. Chart: podSecurityContext.runAsGroup.")
+    fs_group: int | None = setting(
+        RUN_AS_USER, help="GID that owns the volumes. Chart: podSecurityContext.fsGroup.")
 
     def __post_init__(self) -> None:
         if self.gpus < 0:
@@ -155,6 +166,18 @@ class ClusterSettings:
             value = getattr(self, name)
             if value is not None and value < 0:
                 raise InvalidInputError(f"{name} must not be negative, got {value}")
+        self._check_identity()
+
+    def _check_identity(self) -> None:
+        if self.run_as_user is not None and self.run_as_user < 1:
+            raise InvalidInputError(f"run_as_user must be a non-root UID (1 or more), got {self.run_as_user}")
+        for name in ("run_as_group", "fs_group"):
+            value = getattr(self, name)
+            if value is not None and value < 0:
+                raise InvalidInputError(f"{name} must not be negative, got {value}")
+        if not _LABEL_VALUE.match(self.app_name):
+            raise InvalidInputError(f"app_name {self.app_name!r} is not a label value (at most 63 "
+                                    "letters, digits, '-', '_' or '.', alphanumeric at both ends)")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -214,7 +237,7 @@ def build_job(spec: JobSpec) -> dict[str, Any]:
     if not _DNS_LABEL.match(name):
         raise InvalidInputError(f"job name {name!r} is not a DNS-1123 label of at most 63 characters")
     labels = {
-        "app.kubernetes.io/name": APP_NAME,
+        "app.kubernetes.io/name": cluster.app_name,
         "app.kubernetes.io/instance": name,
         "app.kubernetes.io/version": __version__,
         "app.kubernetes.io/managed-by": cluster.managed_by,
@@ -274,17 +297,18 @@ def container_args(train: cfg.TrainConfig, extra_args: tuple[str, ...] = ()) -> 
     return ["train", *cfg.to_cli_args(train), *extra_args]
 
 
-def pod_security_context() -> dict[str, Any]:
-    return {
-        "runAsNonRoot": True,
-        "runAsUser": RUN_AS_USER,
-        "runAsGroup": RUN_AS_USER,
-        "fsGroup": RUN_AS_USER,
+def pod_security_context(cluster: ClusterSettings) -> dict[str, Any]:
+    """Non-root with the default seccomp profile always; the ids only where the settings give them."""
+    return _compact(
+        runAsNonRoot=True,
+        runAsUser=cluster.run_as_user,
+        runAsGroup=cluster.run_as_group,
+        fsGroup=cluster.fs_group,
         # A shared model-cache volume holds many GiB: chown it only when its owner is wrong,
         # not recursively at every pod start.
-        "fsGroupChangePolicy": "OnRootMismatch",
-        "seccompProfile": {"type": "RuntimeDefault"},
-    }
+        fsGroupChangePolicy="OnRootMismatch" if cluster.fs_group is not None else None,
+        seccompProfile={"type": "RuntimeDefault"},
+    )
 
 
 def container_security_context() -> dict[str, Any]:
@@ -329,7 +353,7 @@ def _pod_spec(train: cfg.TrainConfig, cluster: ClusterSettings,
         tolerations=[dict(t) for t in cluster.tolerations],
         affinity=dict(cluster.affinity),
         terminationGracePeriodSeconds=termination_grace_period(train, cluster),
-        securityContext=pod_security_context(),
+        securityContext=pod_security_context(cluster),
         containers=[container],
         volumes=[
             {"name": "cache", **cache},
@@ -342,6 +366,10 @@ def _pod_spec(train: cfg.TrainConfig, cluster: ClusterSettings,
 def _env(cluster: ClusterSettings) -> list[dict[str, Any]]:
     env = [{"name": "XDG_CACHE_HOME", "value": CACHE_MOUNT},
            {"name": "HF_HOME", "value": f"{CACHE_MOUNT}/huggingface"}]
+    if not cluster.gpus:
+        # Where nvidia is the default container runtime, a pod that requests no GPU still sees
+        # every GPU of the node unless told otherwise.
+        env.append({"name": "NVIDIA_VISIBLE_DEVICES", "value": "void"})
     if cluster.s3_endpoint_url:
         env.append({"name": "AWS_ENDPOINT_URL", "value": cluster.s3_endpoint_url})
     if cluster.s3_region:
@@ -390,7 +418,6 @@ def chart_table() -> dict[str, Any]:
         option["default"] = cfg.default_of(f)
         options.append(option)
     return {
-        "runAsUser": RUN_AS_USER,
         "terminationMarginSeconds": TERMINATION_MARGIN_SECONDS,
         "exitCodes": [{"code": int(code), "name": code.name, "meaning": code.description}
                       for code in ExitCode],

@@ -70,8 +70,12 @@ def spec_from_values(values: dict[str, Any]) -> JobSpec:
         reference = f"{image['repository']}@{image['digest']}"
     else:
         reference = f"{image['repository']}:{image.get('tag') or chart_app_version()}"
-    # A created account defaults to the release's name; an existing one has no default.
-    account_name = account.get("name") or (RELEASE if account.get("create") else None)
+    # The Job is named after the release unless fullnameOverride is set; a created account
+    # defaults to the Job's name; an existing one has no default.
+    name = values["fullnameOverride"] or RELEASE
+    account_name = account.get("name") or (name if account.get("create") else None)
+    # A null id is absent from Helm's merged values: the platform chooses it.
+    identity = values["podSecurityContext"]
     cluster = ClusterSettings(
         namespace=NAMESPACE,
         image=reference,
@@ -102,8 +106,12 @@ def spec_from_values(values: dict[str, Any]) -> JobSpec:
         pod_annotations=values["podAnnotations"],
         env=tuple(values["extraEnv"]),
         managed_by="Helm",
+        app_name=values["nameOverride"] or "dreambooth-job",
+        run_as_user=identity.get("runAsUser"),
+        run_as_group=identity.get("runAsGroup"),
+        fs_group=identity.get("fsGroup"),
     )
-    return JobSpec(train=train, cluster=cluster, name=RELEASE, extra_args=tuple(values["extraArgs"]))
+    return JobSpec(train=train, cluster=cluster, name=name, extra_args=tuple(values["extraArgs"]))
 
 
 @functools.cache

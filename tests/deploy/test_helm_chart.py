@@ -47,7 +47,7 @@ def with_job(**job) -> dict:
 
 
 def test_ci_values_cover_the_cases_the_chart_promises():
-    assert set(CI_IDS) >= {"minimal", "full", "kueue", "pvc-cache", "irsa"}
+    assert set(CI_IDS) >= {"minimal", "full", "kueue", "pvc-cache", "irsa", "openshift"}
 
 
 @pytest.mark.parametrize("version", KUBE_VERSIONS)
@@ -107,9 +107,41 @@ def test_one_gpu_by_default(render):
     assert "nvidia.com/gpu" not in resources["requests"]
 
 
-def test_cpu_run_requests_no_gpu(render):
+def test_cpu_run_requests_no_gpu_and_sees_none(render):
     job = render(load_values(CHART / "ci" / "pvc-cache-values.yaml")).one("Job")
     assert "nvidia.com/gpu" not in container(job)["resources"]["limits"]
+    # Where nvidia is the default runtime, only this keeps the node's GPUs out of the container.
+    assert {"name": "NVIDIA_VISIBLE_DEVICES", "value": "void"} in container(job)["env"]
+    gpu_env = container(render(MINIMAL).one("Job"))["env"]
+    assert "NVIDIA_VISIBLE_DEVICES" not in {e["name"] for e in gpu_env}
+
+
+def test_pod_ids_default_to_the_images_user_and_can_be_left_to_openshift(render):
+    pod = render(MINIMAL).one("Job")["spec"]["template"]["spec"]
+    assert pod["securityContext"] == {
+        "runAsNonRoot": True, "runAsUser": 10001, "runAsGroup": 10001, "fsGroup": 10001,
+        "fsGroupChangePolicy": "OnRootMismatch", "seccompProfile": {"type": "RuntimeDefault"}}
+    openshift = render(load_values(CHART / "ci" / "openshift-values.yaml")).one("Job")
+    # restricted-v2 assigns the UID and fsGroup; the hardening stays.
+    assert openshift["spec"]["template"]["spec"]["securityContext"] == {
+        "runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}}
+    assert container(openshift)["securityContext"] == container(render(MINIMAL).one("Job"))[
+        "securityContext"]
+    one_id = render({**MINIMAL, "podSecurityContext": {"runAsUser": 1000700000}}).one("Job")
+    assert one_id["spec"]["template"]["spec"]["securityContext"]["runAsUser"] == 1000700000
+
+
+def test_name_overrides_rename_the_job_and_what_selects_it(render):
+    values = {**load_values(CHART / "ci" / "full-values.yaml"), "nameOverride": "dreambooth",
+              "fullnameOverride": "backpack-7-run"}
+    rendered = render(values)
+    job, monitor = rendered.one("Job"), rendered.one("PodMonitor")
+    assert job["metadata"]["name"] == monitor["metadata"]["name"] == "backpack-7-run"
+    labels = job["spec"]["template"]["metadata"]["labels"]
+    assert labels["app.kubernetes.io/name"] == "dreambooth"
+    assert monitor["spec"]["selector"]["matchLabels"].items() <= labels.items()
+    assert "logs -f job/backpack-7-run" in rendered.notes
+    assert render(MINIMAL).one("Job")["metadata"]["name"] == RELEASE
 
 
 def test_kueue_queue_labels_the_job_and_creates_it_suspended(render):
@@ -159,6 +191,11 @@ def test_pod_monitor_selects_the_pod(render):
     ({**MINIMAL, "gpu": {"count": -1}}, "/gpu/count"),
     ({**MINIMAL, "backoffLimit": "3"}, "/backoffLimit"),
     ({**MINIMAL, "nodeselector": {}}, "additional properties 'nodeselector' not allowed"),
+    ({**MINIMAL, "podSecurityContext": {"runAsUser": 0}}, "/podSecurityContext/runAsUser"),
+    ({**MINIMAL, "podSecurityContext": {"runAsUser": "10001"}}, "/podSecurityContext/runAsUser"),
+    ({**MINIMAL, "podSecurityContext": {"runAsNonRoot": False}}, "'runAsNonRoot' not allowed"),
+    ({**MINIMAL, "fullnameOverride": "Dog_42"}, "/fullnameOverride"),
+    ({**MINIMAL, "nameOverride": "-x-"}, "/nameOverride"),
 ])
 def test_schema_rejects_bad_values_with_helms_own_error(chart, values, where):
     with pytest.raises(helm.HelmValuesError) as error:

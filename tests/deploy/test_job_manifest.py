@@ -98,6 +98,35 @@ def test_security_defaults():
     assert shm["emptyDir"]["medium"] == "Memory"
 
 
+def test_pod_ids_are_settings_and_none_leaves_them_to_the_platform():
+    openshift = ClusterSettings(run_as_user=None, run_as_group=None, fs_group=None)
+    spec = pod_spec(build_job(JobSpec(train=dog(), cluster=openshift)))
+    assert spec["securityContext"] == {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}}
+    for version in KUBE_VERSIONS:
+        validate_object(build_job(JobSpec(train=dog(), cluster=openshift)), version)
+    chosen = ClusterSettings(run_as_user=1000700000, run_as_group=0, fs_group=1000700000)
+    context = pod_spec(build_job(JobSpec(train=dog(), cluster=chosen)))["securityContext"]
+    assert (context["runAsUser"], context["runAsGroup"], context["fsGroup"]) == (1000700000, 0, 1000700000)
+
+
+@pytest.mark.parametrize("bad, match", [
+    ({"run_as_user": 0}, "non-root"), ({"fs_group": -1}, "fs_group"),
+    ({"app_name": "-dream-"}, "label value"), ({"app_name": "x" * 64}, "label value"),
+])
+def test_identity_settings_refuse_root_and_bad_labels(bad, match):
+    with pytest.raises(InvalidInputError, match=match):
+        ClusterSettings(**bad)
+
+
+def test_a_cpu_pod_sees_no_gpu_of_its_node():
+    def env(cluster: ClusterSettings) -> dict:
+        return {e["name"]: e.get("value") for e in pod_spec(build_job(JobSpec(
+            train=dog(), cluster=cluster)))["containers"][0]["env"]}
+
+    assert env(ClusterSettings(gpus=0))["NVIDIA_VISIBLE_DEVICES"] == "void"
+    assert "NVIDIA_VISIBLE_DEVICES" not in env(ClusterSettings(gpus=1))
+
+
 def test_termination_grace_covers_the_checkpoint_budget():
     spec = pod_spec(build_job(JobSpec(train=dog(termination_grace_seconds=40.2))))
     assert spec["terminationGracePeriodSeconds"] == 41 + manifest.TERMINATION_MARGIN_SECONDS

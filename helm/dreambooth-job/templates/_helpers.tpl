@@ -9,6 +9,19 @@ so a change here needs the same change there.
 {{- .Files.Get "files/package.yaml" -}}
 {{- end }}
 
+{{/* The app.kubernetes.io/name label: nameOverride, else the chart's name. */}}
+{{- define "dreambooth-job.name" -}}
+{{- .Values.nameOverride | default .Chart.Name }}
+{{- end }}
+
+{{/*
+The Job's name (and the PodMonitor's, and a created ServiceAccount's): fullnameOverride, else the
+release's, so that `helm install dog-42` runs job/dog-42. The schema keeps both DNS-1123 labels.
+*/}}
+{{- define "dreambooth-job.fullname" -}}
+{{- .Values.fullnameOverride | default .Release.Name }}
+{{- end }}
+
 {{/* chart-version for the helm.sh/chart label. */}}
 {{- define "dreambooth-job.chart" -}}
 {{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
@@ -36,8 +49,8 @@ args and the job's logs and metrics name the subject alike.
 
 {{/* Labels of the Job and its pod. */}}
 {{- define "dreambooth-job.labels" -}}
-app.kubernetes.io/name: {{ .Chart.Name }}
-app.kubernetes.io/instance: {{ .Release.Name | quote }}
+app.kubernetes.io/name: {{ include "dreambooth-job.name" . | quote }}
+app.kubernetes.io/instance: {{ include "dreambooth-job.fullname" . | quote }}
 app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
 app.kubernetes.io/managed-by: {{ .Release.Service }}
 helm.sh/chart: {{ include "dreambooth-job.chart" . }}
@@ -52,8 +65,8 @@ dreambooth-job/batch: {{ include "dreambooth-job.labelValue" . | quote }}
 
 {{/* Labels a PodMonitor selects the pod by. */}}
 {{- define "dreambooth-job.selectorLabels" -}}
-app.kubernetes.io/name: {{ .Chart.Name }}
-app.kubernetes.io/instance: {{ .Release.Name | quote }}
+app.kubernetes.io/name: {{ include "dreambooth-job.name" . | quote }}
+app.kubernetes.io/instance: {{ include "dreambooth-job.fullname" . | quote }}
 {{- end }}
 
 {{/*
@@ -109,7 +122,7 @@ passed, so that the job names the subject as the labels do.
 {{/* The ServiceAccount of the pod; empty: the namespace's default. */}}
 {{- define "dreambooth-job.serviceAccountName" -}}
 {{- if .Values.serviceAccount.create }}
-{{- default .Release.Name .Values.serviceAccount.name }}
+{{- default (include "dreambooth-job.fullname" .) .Values.serviceAccount.name }}
 {{- else }}
 {{- .Values.serviceAccount.name }}
 {{- end }}
