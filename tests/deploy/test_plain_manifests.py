@@ -2,13 +2,23 @@
 
 from __future__ import annotations
 
+import functools
 import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
 import yaml
-from deploy_support import KUBE_VERSIONS, MANIFESTS, REPO, assert_same, validate_object
+from deploy_support import (
+    CHART,
+    CI_VALUES,
+    KUBE_VERSIONS,
+    MANIFESTS,
+    REPO,
+    assert_same,
+    load_values,
+    validate_object,
+)
 
 from dreambooth_job import config as cfg
 from dreambooth_job.k8s.manifest import ClusterSettings, JobSpec, build_job, pod_failure_policy
@@ -29,11 +39,32 @@ def kubectl() -> str:
     return found
 
 
-@pytest.fixture(scope="module", params=KUSTOMIZATIONS, ids=lambda p: p.name)
-def built(request) -> list[dict]:
-    out = subprocess.run([kubectl(), "kustomize", str(request.param)], capture_output=True,
+# Examples keep a finished Job at least this long: `dreambooth-job status` and `kubectl` read it,
+# and a deleted Job reads as NotFound.
+MIN_EXAMPLE_TTL_SECONDS = 3600
+KUEUE = MANIFESTS / "kueue"
+# Each Kueue overlay and the node labels it gives the flavor, as its comments document them.
+KUEUE_NODE_LABELS = {
+    "gpu-feature-discovery": {"nvidia.com/gpu.product": "NVIDIA-A100-SXM4-80GB"},
+    "gke": {"cloud.google.com/gke-accelerator": "nvidia-a100-80gb"},
+}
+
+
+@functools.cache
+def kustomize(directory: Path) -> tuple[dict, ...]:
+    out = subprocess.run([kubectl(), "kustomize", str(directory)], capture_output=True,
                          text=True, check=True, timeout=60).stdout
-    return [d for d in yaml.safe_load_all(out) if d]
+    return tuple(d for d in yaml.safe_load_all(out) if d)
+
+
+@pytest.fixture(params=KUSTOMIZATIONS, ids=lambda p: str(p.relative_to(MANIFESTS)))
+def built(request) -> list[dict]:
+    return list(kustomize(request.param))
+
+
+@pytest.fixture
+def batch() -> list[dict]:
+    return list(kustomize(MANIFESTS / "batch"))
 
 
 def by_kind(objects: list[dict], kind: str) -> list[dict]:
@@ -64,8 +95,8 @@ def test_plain_job_is_exactly_what_the_builder_builds():
     assert_same(expected, documents(MANIFESTS / "job.yaml")[0])
 
 
-def test_indexed_job_trains_one_subject_per_index(built):
-    (job,), (subjects,) = by_kind(built, "Job"), by_kind(built, "ConfigMap")
+def test_indexed_job_trains_one_subject_per_index(batch):
+    (job,), (subjects,) = by_kind(batch, "Job"), by_kind(batch, "ConfigMap")
     spec = job["spec"]
     assert spec["completionMode"] == "Indexed"
     assert sorted(subjects["data"]) == [f"subject-{i}.yaml" for i in range(spec["completions"])]
@@ -84,8 +115,8 @@ def test_indexed_job_trains_one_subject_per_index(built):
     assert len(ids) == len(subjects["data"])
 
 
-def test_indexed_job_pod_is_the_builders_pod_plus_the_subject_file(built):
-    (job,) = by_kind(built, "Job")
+def test_indexed_job_pod_is_the_builders_pod_plus_the_subject_file(batch):
+    (job,) = by_kind(batch, "Job")
     pod = job["spec"]["template"]["spec"]
     reference = build_job(JobSpec(
         train=cfg.TrainConfig(instance_data="s3://x/", class_noun="x", output="s3://y/"),
@@ -118,8 +149,9 @@ def test_submitter_rbac_is_exactly_what_submitting_needs():
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": account["metadata"]["name"]}]
 
 
-def test_kueue_objects_reference_each_other_and_quota_gpus():
-    objects = documents(MANIFESTS / "kueue.yaml")
+@pytest.mark.parametrize("setup", ["base", *KUEUE_NODE_LABELS])
+def test_kueue_objects_reference_each_other_and_quota_gpus(setup):
+    objects = list(kustomize(KUEUE / setup))
     flavors = {o["metadata"]["name"] for o in by_kind(objects, "ResourceFlavor")}
     (queue,), (local,) = by_kind(objects, "ClusterQueue"), by_kind(objects, "LocalQueue")
     assert local["spec"]["clusterQueue"] == queue["metadata"]["name"]
@@ -129,6 +161,42 @@ def test_kueue_objects_reference_each_other_and_quota_gpus():
             assert flavor["name"] in flavors
             # Kueue requires each flavor to list the covered resources in the same order.
             assert [r["name"] for r in flavor["resources"]] == group["coveredResources"]
+
+
+@pytest.mark.parametrize("overlay", KUEUE_NODE_LABELS)
+def test_kueue_overlays_differ_from_the_base_only_in_the_flavors_node_labels(overlay):
+    base, pinned = kustomize(KUEUE / "base"), kustomize(KUEUE / overlay)
+    (flavor,) = by_kind(list(pinned), "ResourceFlavor")
+    assert flavor["spec"]["nodeLabels"] == KUEUE_NODE_LABELS[overlay]
+    (unpinned,) = by_kind(list(base), "ResourceFlavor")
+    assert "nodeLabels" not in unpinned["spec"]
+    flavor = {**flavor, "spec": {k: v for k, v in flavor["spec"].items() if k != "nodeLabels"}}
+    assert_same(sorted([unpinned, *[o for o in base if o["kind"] != "ResourceFlavor"]], key=str),
+                sorted([flavor, *[o for o in pinned if o["kind"] != "ResourceFlavor"]], key=str))
+    # The documented examples are the ones the overlays apply.
+    documented = (KUEUE / "base" / "kueue.yaml").read_text()
+    for key, value in KUEUE_NODE_LABELS[overlay].items():
+        assert f"{key}: {value}" in documented
+
+
+def example_jobs() -> list[tuple[str, int | None]]:
+    """(where, ttlSecondsAfterFinished) of every example Job: manifests, kustomizations, chart."""
+    found = [(str(path.relative_to(REPO)), d["spec"].get("ttlSecondsAfterFinished"))
+             for path in MANIFEST_FILES for d in documents(path) if d["kind"] == "Job"]
+    found += [(str(path.relative_to(REPO)), d["spec"].get("ttlSecondsAfterFinished"))
+              for path in KUSTOMIZATIONS for d in kustomize(path) if d["kind"] == "Job"]
+    defaults = load_values(CHART / "values.yaml")
+    found += [(str(path.relative_to(REPO)), {**defaults, **load_values(path)}["ttlSecondsAfterFinished"])
+              for path in [CHART / "values.yaml", *CI_VALUES]]
+    found.append(("ClusterSettings", ClusterSettings().ttl_seconds_after_finished))
+    return found
+
+
+def test_examples_keep_finished_jobs_long_enough_to_be_read():
+    jobs = example_jobs()
+    assert len(jobs) >= 4 + len(CI_VALUES)
+    short = [(where, ttl) for where, ttl in jobs if ttl is not None and ttl < MIN_EXAMPLE_TTL_SECONDS]
+    assert not short, f"finished Jobs deleted before anyone reads them: {short}"
 
 
 def test_pod_monitor_selects_the_builders_pods():
