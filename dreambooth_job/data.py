@@ -28,6 +28,9 @@ log = logging.getLogger(__name__)
 
 # EXIF orientations that turn the image by 90 degrees: the upright size is the stored one swapped.
 _QUARTER_TURNS = {5, 6, 7, 8}
+# The decoders a photo may reach, whatever its name says: those of IMAGE_SUFFIXES (JPEG's also
+# opens phones' multi-picture JPEGs), not every format Pillow knows (EPS, for one, runs Ghostscript).
+PHOTO_FORMATS = ("JPEG", "PNG", "WEBP")
 # Modes Pillow resizes with a proper filter; others ("1", "P", 16-bit) are converted first.
 _RESIZABLE_MODES = {"L", "LA", "RGB", "RGBA", "CMYK"}
 
@@ -82,9 +85,13 @@ class PhotoListing:
 
 def select_photos(files: Sequence[StoredFile], config: TrainConfig) -> PhotoListing:
     """Photos to download from a listing; exit 2 naming the cap when they are too many or too big."""
-    photos = [f for f in files if f.relative_path.lower().endswith(IMAGE_SUFFIXES)]
-    skipped = [Rejected(f.relative_path, f"not an image file type ({', '.join(IMAGE_SUFFIXES)}); "
-                                         "not downloaded") for f in files if f not in photos]
+    photos, skipped = [], []
+    for f in files:
+        if f.relative_path.lower().endswith(IMAGE_SUFFIXES):
+            photos.append(f)
+        else:
+            skipped.append(Rejected(f.relative_path, f"not an image file type "
+                                                     f"({', '.join(IMAGE_SUFFIXES)}); not downloaded"))
     if len(photos) > config.max_photos:
         raise InvalidInputError(f"--instance-data {config.instance_data} holds {len(photos)} photos, "
                                 f"more than --max-photos {config.max_photos}")
@@ -135,7 +142,7 @@ def open_image(source, max_pixels: int, formats: Sequence[str] | None = None) ->
 def load_photo(path: Path, min_side: int, max_pixels: int, resolution: int) -> Photo:
     """Decode one photo to upright RGB with its shorter side at most `resolution`, or raise
     UnusableImage saying why it is unusable."""
-    with open_image(path, max_pixels) as probe:
+    with open_image(path, max_pixels, PHOTO_FORMATS) as probe:
         width, height = probe.size
         if probe.getexif().get(0x0112) in _QUARTER_TURNS:
             width, height = height, width

@@ -15,7 +15,7 @@ def load(path, resolution=512):
 
 @pytest.mark.parametrize("mode", ["RGB", "RGBA", "LA", "P", "L", "CMYK", "I;16"])
 def test_every_mode_becomes_rgb(tmp_path, mode):
-    fmt = "TIFF" if mode in ("CMYK", "I;16") else "PNG"
+    fmt = "JPEG" if mode == "CMYK" else "PNG"
     path = make_photo(tmp_path / f"photo.{fmt.lower()}", seed=1, mode=mode, fmt=fmt)
     image = load(path)
     assert image.mode == "RGB" and image.size == (320, 288)
@@ -34,6 +34,12 @@ def test_exif_orientation_is_applied(tmp_path):
     exif[0x0112] = 6  # "rotate 90 CW to display"
     image.save(path, exif=exif)
     assert load(path).size == (300, 400)
+
+
+def test_only_the_formats_of_the_photo_suffixes_are_decoded(tmp_path):
+    disguised = make_photo(tmp_path / "photo.png", seed=5, fmt="TIFF")  # Pillow would decode it
+    with pytest.raises(data.UnusableImage, match="not a decodable image"):
+        load(disguised)
 
 
 def test_truncated_file_is_rejected(tmp_path):
