@@ -114,6 +114,11 @@ class TrainConfig:
     min_image_side: int = option(256, help="Reject photos whose shorter side is below this.")
     max_image_pixels: int = option(
         80_000_000, help="Reject photos with more pixels than this (decompression-bomb guard).")
+    max_photos: int = option(
+        100, help="Fail (exit 2) before downloading when --instance-data holds more photos than this.")
+    max_photos_bytes: int = option(
+        1 << 30, help="Fail (exit 2) before downloading when the photos under --instance-data add up "
+                      "to more bytes than this.")
 
     # --- training -------------------------------------------------------------------------------
     max_train_steps: int = option(800, help="Optimizer steps to train.")
@@ -225,7 +230,7 @@ class TrainConfig:
         for name in ("resolution", "max_train_steps", "train_batch_size",
                      "gradient_accumulation_steps", "num_validation_images", "sample_steps",
                      "sample_batch_size", "min_images", "min_image_side", "max_image_pixels",
-                     "log_every", "images_per_prompt"):
+                     "max_photos", "max_photos_bytes", "log_every", "images_per_prompt"):
             if getattr(self, name) < 1:
                 raise InvalidInputError(f"{flag_name(name)} must be at least 1, got {getattr(self, name)}")
         for name in ("num_class_images", "lr_warmup_steps", "sample_every", "seed",

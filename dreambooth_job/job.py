@@ -50,6 +50,8 @@ OPERATIONAL_FIELDS = frozenset({
     "sample_every",
     "prompt_set", "images_per_prompt", "eval_max_prompts", "eval_class_images", "dino_model",
     "clip_model", "lpips_model",
+    # Caps on the upload: a run within them trains the same model whatever their values.
+    "max_photos", "max_photos_bytes",
     # Speed switches: the same model up to floating-point rounding.
     "adam_impl", "attention_backend", "channels_last", "compile_unet", "compile_mode",
 })
@@ -179,14 +181,13 @@ class Job:
         config = self.config
         with self.phase("download"):
             photo_dir = work / "photos"
-            if not storage.download_dir(config.instance_data, photo_dir):
-                raise InvalidInputError(f"--instance-data {config.instance_data} holds no files")
+            selected = data.download_photos(config, photo_dir)
         with self.phase("validate"):
             if config.evaluate:
                 from dreambooth_job.evaluation import validate_config
 
                 validate_config(config)
-            photos = data.load_subject_photos(photo_dir, config)
+            photos = data.load_subject_photos(photo_dir, config, skipped=selected.skipped)
             self.result["photos"] = {"used": photos.used,
                                      "rejected": [dataclasses.asdict(r) for r in photos.rejected]}
         with self.phase("load_model"):

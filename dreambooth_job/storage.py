@@ -292,9 +292,11 @@ def download_file(uri: str, local_path: Path, expected: StoredFile | None = None
     return local_path
 
 
-def download_dir(uri: str, local_dir: Path, suffixes: Iterable[str] | None = None) -> list[Path]:
-    """Copy every file under a prefix into `local_dir`, concurrently; returns the local paths."""
-    files = list_files(uri, suffixes)
+def download_dir(uri: str, local_dir: Path, suffixes: Iterable[str] | None = None,
+                 files: Iterable[StoredFile] | None = None) -> list[Path]:
+    """Copy every file under a prefix into `local_dir`, concurrently; returns the local paths.
+    `files`: exactly these, from an earlier `list_files` (what was checked is what is fetched)."""
+    files = list_files(uri, suffixes) if files is None else files
     with ThreadPoolExecutor(TRANSFER_THREADS) as pool:
         return list(pool.map(
             lambda f: download_file(join(uri, f.relative_path), local_dir / f.relative_path, f), files))

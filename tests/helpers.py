@@ -24,6 +24,22 @@ def make_photo(path: Path, seed: int, size=(320, 288), mode="RGB", fmt=None) -> 
     return path
 
 
+def png_bomb(side: int) -> bytes:
+    """A black 1-bit PNG of side x side pixels in a few KB (a decompression bomb), built row by row:
+    saving one with Pillow would first hold every pixel in memory."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    row = b"\0" * (1 + (side + 7) // 8)  # the filter-type byte, then 8 pixels a byte
+    packer = zlib.compressobj(9)
+    pixels = b"".join(packer.compress(row) for _ in range(side)) + packer.flush()
+    header = struct.pack(">IIBBBBB", side, side, 1, 0, 0, 0, 0)  # bit depth 1, greyscale
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", pixels) + chunk(b"IEND", b"")
+
+
 def upload_photos(local_dir: Path, uri: str) -> str:
     from dreambooth_job import storage
 

@@ -28,7 +28,8 @@ CONFIG_FIELDS = (
     "instance_data", "class_noun", "identifier", "class_prompt", "base_model", "cache_dir",
     "prompt_set", "images_per_prompt", "eval_max_prompts", "eval_class_images", "dino_model",
     "clip_model", "lpips_model", "resolution", "sample_steps", "guidance_scale",
-    "sample_batch_size", "min_images", "min_image_side", "max_image_pixels", "log_format")
+    "sample_batch_size", "min_images", "min_image_side", "max_image_pixels", "max_photos",
+    "max_photos_bytes", "log_format")
 
 
 def config_options(names: tuple[str, ...]) -> Callable[[Callable], Callable]:
@@ -85,9 +86,8 @@ def run_evaluation(model_source: str, config: cfg.TrainConfig, *, baseline: bool
             raise InvalidInputError(f"missing required option {cfg.flag_name(name)}")
     validate_config(config)  # bad options fail before any download
     with tempfile.TemporaryDirectory(prefix="dreambooth-eval-") as work:
-        if not storage.download_dir(config.instance_data, Path(work)):
-            raise InvalidInputError(f"--instance-data {config.instance_data} holds no files")
-        photos = data.load_subject_photos(Path(work), config).images
+        skipped = data.download_photos(config, Path(work)).skipped
+        photos = data.load_subject_photos(Path(work), config, skipped).images
     to_score = {"finetuned": models.resolve_base_model(model_source, config.cache_dir)}
     if baseline:
         to_score = {"base": models.resolve_base_model(config.base_model, config.cache_dir),
