@@ -6,6 +6,10 @@
 
 Heavy modules (torch, diffusers) are imported inside the commands that need them, so that the
 Kubernetes commands stay light.
+
+From the moment `main` starts, SIGTERM exits with 143 (termination.py); every error ends as one
+line on stderr and, in a pod, in the termination log that `kubectl describe` and
+`dreambooth-job status` show (DREAMBOOTH_TERMINATION_LOG overrides /dev/termination-log).
 """
 
 from __future__ import annotations
@@ -17,10 +21,11 @@ from functools import wraps
 
 import click
 
-from dreambooth_job import __version__
+from dreambooth_job import __version__, termination
 from dreambooth_job import config as cfg
 from dreambooth_job.cli_options import resolve_train_config, train_options
 from dreambooth_job.exit_codes import ExitCode, JobError
+from dreambooth_job.log import redact
 
 # Commands defined in other modules, imported only when invoked or listed: `train` should not pay
 # for the Kubernetes client's import (about 1 s, most of this module's import time).
@@ -37,6 +42,15 @@ LAZY_COMMANDS = {
 
 
 class LazyGroup(click.Group):
+    def main(self, *args, **kwargs):
+        # First thing, before parsing and the commands' imports: the job is PID 1 in its
+        # container, where a SIGTERM without a handler is ignored until the kubelet's SIGKILL.
+        restore = termination.exit_on_sigterm()
+        try:
+            return super().main(*args, **kwargs)
+        finally:
+            restore()
+
     def list_commands(self, ctx: click.Context) -> list[str]:
         return sorted({*super().list_commands(ctx), *LAZY_COMMANDS})
 
@@ -48,14 +62,17 @@ class LazyGroup(click.Group):
 
 
 def exits_with_codes(command: Callable) -> Callable:
-    """Turn JobError into its exit code and a one-line message on stderr."""
+    """Turn JobError into its exit code and a one-line message on stderr and in the termination
+    log (readable by whoever may read pods, hence redacted like the logs)."""
 
     @wraps(command)
     def wrapper(*args, **kwargs):
         try:
             return command(*args, **kwargs)
         except JobError as exc:
-            click.echo(f"error: {exc.message}", err=True)
+            message = redact(exc.message)
+            click.echo(f"error: {message}", err=True)
+            termination.write_termination_message(message)
             sys.exit(int(exc.exit_code))
 
     return wrapper

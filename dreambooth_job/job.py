@@ -24,7 +24,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from dreambooth_job import __version__, log, storage
+from dreambooth_job import __version__, disk, log, storage
 from dreambooth_job.checkpoint import BackgroundUploads, CheckpointStore, conflicts
 from dreambooth_job.config import TrainConfig
 from dreambooth_job.events import JobObserver, ObserverGroup
@@ -112,7 +112,9 @@ class Job:
                 self.observer.finished(exit_code=int(ExitCode.OK))
                 return ExitCode.OK
             self._check_checkpoints()
-            with tempfile.TemporaryDirectory(prefix="dreambooth-job-") as work:
+            # A full disk is worth a retry (on another node, from the last checkpoint).
+            with tempfile.TemporaryDirectory(prefix="dreambooth-job-") as work, \
+                    disk.writing(work, config.cache_dir):
                 self._run_phases(Path(work))
         except JobError as exc:
             logger.error("%s", exc.message)
@@ -304,7 +306,8 @@ class Job:
                 state_dir = work / "checkpoint"
                 self.checkpoint_uploads.wait()  # it may still be reading the state directory
                 started = time.monotonic()
-                trainer.save_state(state_dir)
+                with disk.writing(state_dir):  # torch.save's error does not say "no space"
+                    trainer.save_state(state_dir)
                 last_checkpoint = time.monotonic()
                 if self.stop.requested:
                     saved = upload(state_dir, step, started)

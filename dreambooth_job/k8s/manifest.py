@@ -45,6 +45,19 @@ SHM_MOUNT = "/dev/shm"
 # After the job's own SIGTERM budget (--termination-grace-seconds): time to exit and push metrics
 # before the kubelet's SIGKILL.
 TERMINATION_MARGIN_SECONDS = 5
+# Local disk (ephemeral-storage) at the job's peak, the end of training, when all of these are on
+# disk at once: GB for a full fine-tune of SD 1.5 in fp32 (sizes from docs/benchmarks.md; an
+# estimate). The base model and class images are in the cache volume, the rest in /tmp.
+PEAK_LOCAL_DISK_GB = {
+    CACHE_MOUNT: {"base model": 4.3, "class images (200 PNGs)": 0.1},
+    TMP_MOUNT: {"resume copy": 10.3, "checkpoint being written": 10.3, "saved model": 4.3},
+}  # 29.3 GB = 27.3 GiB in all, 24.9 GB = 23.2 GiB of it in /tmp
+# The request adds room for logs, photos and samples. The kubelet evicts a pod over its limit, or
+# with a volume over its sizeLimit, with 1 s of grace (not terminationGracePeriodSeconds): too
+# short for a checkpoint, so both limits stay well above the estimate.
+EPHEMERAL_STORAGE_REQUEST = "32Gi"
+EPHEMERAL_STORAGE_LIMIT = "48Gi"
+TMP_SIZE_LIMIT = "40Gi"
 # Exit codes that no retry can fix. Preemption is recognised by the pod's DisruptionTarget
 # condition rather than by exit code 143, so a pod that keeps dying on its own still runs out
 # of backoffLimit.
@@ -86,10 +99,12 @@ class ClusterSettings:
     gpu_resource: str = setting(
         "nvidia.com/gpu", help="Extended resource name of a GPU. Chart: gpu.resource.")
     resources: Mapping[str, Mapping[str, Any]] = setting(
-        default_factory=lambda: {"requests": {"cpu": "8", "memory": "32Gi"},
-                                 "limits": {"memory": "64Gi"}},
-        help="CPU and memory requests and limits of the container; the GPU is added to limits. "
-             "No CPU limit by default: throttling starves the data loader. Chart: resources.")
+        default_factory=lambda: {
+            "requests": {"cpu": "8", "memory": "32Gi", "ephemeral-storage": EPHEMERAL_STORAGE_REQUEST},
+            "limits": {"memory": "64Gi", "ephemeral-storage": EPHEMERAL_STORAGE_LIMIT}},
+        help="CPU, memory and local-disk (ephemeral-storage) requests and limits of the "
+             "container; the GPU is added to limits. No CPU limit by default: throttling "
+             "starves the data loader. Chart: resources.")
     node_selector: Mapping[str, str] = setting(
         default_factory=dict, help="Node labels to match, e.g. nvidia.com/gpu.product="
                                    "NVIDIA-A100-SXM4-80GB. Chart: nodeSelector.")
@@ -130,7 +145,7 @@ class ClusterSettings:
     model_cache_size_limit: str | None = setting(
         help="Size limit of the emptyDir model cache. Chart: modelCache.sizeLimit.")
     tmp_size_limit: str | None = setting(
-        help="Size limit of the /tmp emptyDir. Chart: tmp.sizeLimit.")
+        TMP_SIZE_LIMIT, help="Size limit of the /tmp emptyDir (None: no limit). Chart: tmp.sizeLimit.")
     shm_size: str = setting(
         "8Gi", help="Size of the memory-backed /dev/shm, counted against the memory limit; the "
                     "runtime's 64 MiB starves data-loader workers. Chart: shm.sizeLimit.")
@@ -334,6 +349,9 @@ def _pod_spec(train: cfg.TrainConfig, cluster: ClusterSettings,
                if train.metrics_port else None),
         resources=_compact(requests=dict(cluster.resources.get("requests") or {}), limits=limits),
         securityContext=container_security_context(),
+        # Why the pod failed, in its status: the job's one-line error (termination.py), or the
+        # log's tail when it died before writing one (OOM kill, crash).
+        terminationMessagePolicy="FallbackToLogsOnError",
         volumeMounts=[{"name": "cache", "mountPath": CACHE_MOUNT},
                       {"name": "tmp", "mountPath": TMP_MOUNT},
                       {"name": "shm", "mountPath": SHM_MOUNT}],

@@ -13,6 +13,8 @@ read and tested without a cluster.
 from __future__ import annotations
 
 import enum
+import json
+import signal
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -200,24 +202,59 @@ def describe(job: dict[str, Any], pods: list[dict[str, Any]]) -> JobStatus:
 
 
 def pod_failure(pod: dict[str, Any]) -> str:
-    """One line: preemption, or exit code with its meaning and the container's termination message."""
+    """One line: eviction or preemption, or the exit code with its meaning and the container's
+    termination message, as a kubelet reports them."""
     status = pod.get("status") or {}
-    for condition in status.get("conditions") or []:
-        if condition.get("type") == "DisruptionTarget" and condition.get("status") == "True":
-            return f"preempted ({condition.get('reason') or 'disruption'})"
+    disruption = next((c for c in status.get("conditions") or []
+                       if c.get("type") == "DisruptionTarget" and c.get("status") == "True"), None)
+    if status.get("reason") == "Evicted":  # e.g. over its ephemeral-storage limit
+        return f"evicted: {(status.get('message') or 'by the kubelet').strip()}"
+    if disruption:
+        return f"preempted ({disruption.get('reason') or 'disruption'})"
     for container in status.get("containerStatuses") or []:
         state = (container.get("state") or {}).get("terminated") or \
             (container.get("lastState") or {}).get("terminated")
         if not state:
             continue
         code = state.get("exitCode")
-        meaning = ExitCode(code).description if code in ExitCode._value2member_map_ else None
-        text = f"exit {code}" + (f" ({meaning})" if meaning else "")
+        text = f"exit {code}"
+        if code in ExitCode._value2member_map_:
+            text += f" ({ExitCode(code).description})"
+        elif isinstance(code, int) and 128 < code < 128 + 65:
+            text += f" (killed by {_signal_name(code - 128)})"
         if state.get("reason") and state["reason"] not in ("Error", "Completed"):
             text += f" [{state['reason']}]"
-        message = (state.get("message") or "").strip().splitlines()
-        return text + (f": {message[-1][:300]}" if message else "")
+        message = termination_message_line(state.get("message") or "")
+        return text + (f": {message}" if message else "")
     return ": ".join(x for x in (status.get("reason"), status.get("message")) if x) or "pod failed"
+
+
+def termination_message_line(message: str) -> str | None:
+    """The line that says why, from a container's termination message.
+
+    With terminationMessagePolicy FallbackToLogsOnError the kubelet reports the job's termination
+    log (one line, termination.py) or, when the job died before writing it (OOM kill, SIGKILL, a
+    crash), the last 80 lines of its log, cut to 2048 bytes: then the last line, and of a JSON log
+    line its "message".
+    """
+    lines = [line.strip() for line in message.splitlines() if line.strip()]
+    if not lines:
+        return None
+    last = lines[-1]
+    try:
+        entry = json.loads(last)
+    except ValueError:
+        return last[:300]
+    if isinstance(entry, dict) and entry.get("message"):
+        return f"last log line: {str(entry['message'])[:300]}"
+    return last[:300]
+
+
+def _signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"signal {number}"
 
 
 def output_of(job: dict[str, Any]) -> str | None:

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 from k8s_support import complete, set_job_status, write_completed_result
 
+from dreambooth_job import log
 from dreambooth_job.config import TrainConfig
 from dreambooth_job.k8s import ClusterSettings, JobSpec, Phase, build_job, get_status, submit
 from dreambooth_job.k8s.status import describe
@@ -21,19 +24,41 @@ def job(status=None, suspend=False, output="s3://runs/dog/"):
     return manifest
 
 
-def pod(name, phase, *, exit_code=None, message=None, reason=None, disrupted=None, created=T0):
+def pod(name, phase, *, exit_code=None, message=None, reason=None, disrupted=None, created=T0,
+        evicted=None):
+    """A pod as a kubelet reports it. `message` is the container's termination message: with
+    terminationMessagePolicy FallbackToLogsOnError, the job's termination log (one line and a
+    newline, termination.py) or, when it wrote none and exited non-zero, the log's tail."""
     status = {"phase": phase}
     if exit_code is not None:
-        terminated = {"exitCode": exit_code, "reason": reason or "Error"}
+        container_id = f"containerd://{name}-0123456789abcdef"
+        terminated = {"exitCode": exit_code, "reason": reason or ("Completed" if exit_code == 0 else "Error"),
+                      "startedAt": T0, "finishedAt": T1, "containerID": container_id}
         if message:
             terminated["message"] = message
-        status["containerStatuses"] = [{"name": "train", "image": "x", "imageID": "", "ready": False,
-                                        "restartCount": 0, "state": {"terminated": terminated}}]
+        status["containerStatuses"] = [{
+            "name": "train", "image": "registry.example.com/dreambooth-job:0.1.0",
+            "imageID": "registry.example.com/dreambooth-job@sha256:" + "0" * 64,
+            "containerID": container_id, "ready": False, "restartCount": 0, "started": False,
+            "lastState": {}, "state": {"terminated": terminated}}]
     if disrupted:
         status["conditions"] = [{"type": "DisruptionTarget", "status": "True", "reason": disrupted}]
+    if evicted:  # what the kubelet's eviction manager sets
+        status.update(reason="Evicted", message=evicted)
+        status["conditions"] = [{"type": "DisruptionTarget", "status": "True",
+                                 "reason": "TerminationByKubelet", "message": evicted}]
     job_name = job()["metadata"]["name"]
     return {"metadata": {"name": name, "labels": {"job-name": job_name}, "creationTimestamp": created},
             "status": status}
+
+
+def log_tail(*messages: str) -> str:
+    """The kubelet's fallback message: the last 80 lines of the log, at most 2048 bytes (so the
+    first line may be cut), here of the job's JSON log lines."""
+    formatter = log._JsonFormatter({"job_id": "dog-1234abcd", "subject_id": "dog"})
+    lines = [formatter.format(logging.LogRecord("dreambooth_job", logging.INFO, __file__, 0, m, None, None))
+             for m in messages]
+    return ("\n".join(lines[-80:]) + "\n")[-2048:]
 
 
 def test_queued_pending_running():
@@ -67,14 +92,42 @@ def test_failed_by_the_pod_failure_policy_explains_why():
            "no usable photos in s3://photos/dog/" in status.failure_reason
 
 
-def test_failed_after_retries_with_oom():
-    pods = [pod(f"p{i}", "Failed", exit_code=137, reason="OOMKilled", created=f"2026-11-25T0{i}:00:00Z")
-            for i in range(1, 5)]
+def test_failed_after_retries_with_oom_shows_the_last_log_line():
+    tail = log_tail(*[f"step {i}/800 loss 0.1{i}" for i in range(1, 60)])
+    pods = [pod(f"p{i}", "Failed", exit_code=137, reason="OOMKilled", message=tail,
+                created=f"2026-11-25T0{i}:00:00Z") for i in range(1, 5)]
     status = describe(job({"failed": 4, "conditions": [
         {"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded",
          "message": "Job has reached the specified backoff limit"}]}), pods)
     assert (status.phase, status.retries) == (Phase.FAILED, 3)
-    assert status.failure_reason.endswith("(exit 137 [OOMKilled])")
+    assert status.failure_reason.endswith(
+        "(exit 137 (killed by SIGKILL) [OOMKilled]: last log line: step 59/800 loss 0.159)")
+
+
+def test_the_jobs_own_termination_message_is_the_reason():
+    failed = pod("p1", "Failed", exit_code=75,
+                 message="no space left on device writing /tmp/dreambooth-job-x1/checkpoint\n")
+    status = describe(job({"active": 1, "failed": 1, "startTime": T0}), [failed])
+    assert status.phase is Phase.RETRYING
+    assert status.failure_reason == (
+        "exit 75 (transient failure (object store, network) after retries; worth a retry): "
+        "no space left on device writing /tmp/dreambooth-job-x1/checkpoint")
+
+
+def test_a_crash_before_the_job_wrote_its_message_shows_the_tracebacks_last_line():
+    traceback = "Traceback (most recent call last):\n  File \"x.py\", line 1\nMemoryError: out of memory\n"
+    status = describe(job({"failed": 1, "active": 1}),
+                      [pod("p1", "Failed", exit_code=1, message=traceback)])
+    assert status.failure_reason.endswith(": MemoryError: out of memory")
+
+
+def test_evicted_for_local_disk_says_so():
+    evicted = pod("p1", "Failed", exit_code=137, message=log_tail("step 7/800 loss 0.2"),
+                  evicted="Pod ephemeral local storage usage exceeds the total limit of containers 48Gi. ")
+    status = describe(job({"active": 1, "failed": 1}), [evicted, pod("p2", "Pending", created=T1)])
+    assert status.phase is Phase.RETRYING
+    assert status.failure_reason == (
+        "evicted: Pod ephemeral local storage usage exceeds the total limit of containers 48Gi.")
 
 
 def test_get_status_over_http_reads_result_json_from_s3(connection, namespace, bucket):
