@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import re
 import types
 import typing
+import unicodedata
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,7 +25,9 @@ from typing import Any
 
 import yaml
 
+from dreambooth_job.config_files import load_yaml, read_text_file, yaml_reason
 from dreambooth_job.exit_codes import InvalidInputError
+from dreambooth_job.identifiers import format_prompt
 
 ENV_PREFIX = "DREAMBOOTH_"
 DEFAULT_BASE_MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"
@@ -227,6 +231,7 @@ class TrainConfig:
             if missing:
                 raise InvalidInputError(
                     "missing required option(s): " + ", ".join(flag_name(n) for n in missing))
+        self._validate_finite()  # first: inf and nan slip through comparisons with bounds
         for name in ("resolution", "max_train_steps", "train_batch_size",
                      "gradient_accumulation_steps", "num_validation_images", "sample_steps",
                      "sample_batch_size", "min_images", "min_image_side", "max_image_pixels",
@@ -255,12 +260,43 @@ class TrainConfig:
         if self.compile_mode != "default" and not self.compile_unet:
             raise InvalidInputError(f"--compile-mode {self.compile_mode} has no effect without "
                                     "--compile-unet: add --compile-unet or drop --compile-mode")
-        if self.identifier != "auto" and (not self.identifier.strip() or " " in self.identifier.strip()):
-            raise InvalidInputError(f"--identifier must be one word, got {self.identifier!r}")
         if "{identifier}" not in self.instance_prompt:
             raise InvalidInputError("--instance-prompt must contain {identifier}")
         if self.prior_preservation and self.num_class_images < 1:
             raise InvalidInputError("--num-class-images must be at least 1 with prior preservation")
+        self._validate_words()
+
+    def _validate_finite(self) -> None:
+        # inf and nan pass the bounds (nan compares false to everything) and train a NaN model.
+        for f in fields():
+            value = getattr(self, f.name)
+            if isinstance(value, float) and not math.isfinite(value):
+                raise InvalidInputError(f"{flag_name(f.name)} must be a finite number, got {value}")
+
+    def _validate_words(self) -> None:
+        """The identifier is one token; ids and the class noun go into labels, log lines, paths and
+        prompts, so one line each. Then every template is filled as the job fills it, so that a
+        noun or template that would fail in the pod fails here (e.g. at `batch` validation)."""
+        if self.identifier != "auto" and not (self.identifier and all(map(_in_word, self.identifier))):
+            raise InvalidInputError("--identifier must be one word without whitespace or control "
+                                    f"characters, got {self.identifier!r}")
+        for name in ("subject_id", "job_id", "batch_id", "class_noun"):
+            value = getattr(self, name)
+            if value and not all(c == " " or _in_word(c) for c in value):
+                raise InvalidInputError(f"{flag_name(name)} must be one line without control "
+                                        f"characters, got {value!r}")
+        noun = self.class_noun
+        if noun is not None and (not noun.strip() or "{" in noun or "}" in noun):
+            raise InvalidInputError(f"--class-noun must be words without braces, got {noun!r}")
+        identifier = "x" if self.identifier == "auto" else self.identifier
+        for f in (_FIELDS_BY_NAME[n] for n in ("instance_prompt", "class_prompt", "validation_prompts")):
+            value = getattr(self, f.name)
+            for template in value if isinstance(value, list) else [value]:
+                try:
+                    format_prompt(template, identifier, noun or "x")
+                except InvalidInputError as exc:
+                    flag = f.metadata["flag"] or flag_name(f.name)
+                    raise InvalidInputError(f"{flag}: {exc.message}") from None
 
     # ------------------------------------------------------------------------------------------
     @property
@@ -328,6 +364,16 @@ _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
 
 
+def _in_word(char: str) -> bool:
+    """Not whitespace, a line break, or a control, format (zero-width, bidi) or unassigned code."""
+    return not char.isspace() and unicodedata.category(char)[0] not in "CZ"
+
+
+def _short(raw: Any) -> str:
+    text = repr(raw)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
 def parse_value(name: str, raw: Any, source: str) -> Any:
     """Convert a value from an env var or config file to the field's type, naming the source on error."""
     f = _FIELDS_BY_NAME[name]
@@ -336,11 +382,18 @@ def parse_value(name: str, raw: Any, source: str) -> Any:
         return None
     if is_list(f):
         if isinstance(raw, str):
-            # Env vars hold a JSON list or one newline-separated item per line.
-            raw = json.loads(raw) if raw.strip().startswith("[") else [s for s in raw.splitlines() if s]
+            raw = _env_list(name, raw, source)
         if not isinstance(raw, (list, tuple)):
-            raise InvalidInputError(f"{source}: {name} must be a list, got {raw!r}")
+            raise InvalidInputError(f"{source}: {name} must be a list, got {_short(raw)}")
+        for item in raw:
+            if not isinstance(item, (str, int, float)):
+                raise InvalidInputError(f"{source}: every item of {name} must be a single "
+                                        f"{kind.__name__}, got {_short(item)}")
         return [str(item) for item in raw]
+    if not isinstance(raw, (str, int, float)):
+        # A list or mapping (or a YAML date) would otherwise be stringified into the option.
+        raise InvalidInputError(f"{source}: {name} must be a single {kind.__name__}, got "
+                                f"{type(raw).__name__} {_short(raw)}")
     try:
         if kind is bool:
             if isinstance(raw, bool):
@@ -356,9 +409,20 @@ def parse_value(name: str, raw: Any, source: str) -> Any:
         if kind in (int, float) and isinstance(raw, bool):
             raise ValueError(raw)
         return kind(raw)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         raise InvalidInputError(
-            f"{source}: {name} must be {kind.__name__}, got {raw!r}") from None
+            f"{source}: {name} must be {kind.__name__}, got {_short(raw)}") from None
+
+
+def _env_list(name: str, raw: str, source: str) -> Any:
+    """An env var's list: a JSON list, or one item per line."""
+    if not raw.strip().startswith("["):
+        return [s for s in raw.splitlines() if s]
+    try:
+        return json.loads(raw)
+    except (ValueError, RecursionError) as exc:
+        reason = exc.msg if isinstance(exc, json.JSONDecodeError) else "nested too deeply"
+        raise InvalidInputError(f"{source}: {name} is not a valid JSON list ({reason})") from None
 
 
 def values_from_env(env: Mapping[str, str]) -> dict[str, Any]:
@@ -372,15 +436,11 @@ def values_from_env(env: Mapping[str, str]) -> dict[str, Any]:
 
 def load_config_file(path: str | os.PathLike) -> dict[str, Any]:
     """Read a YAML or JSON config file; keys may be snake_case or kebab-case."""
+    text = read_text_file(path, "config file")
     try:
-        text = Path(path).read_text()
-    except OSError as exc:
-        raise InvalidInputError(f"cannot read config file {path}: {exc.strerror}") from None
-    try:
-        data = yaml.safe_load(text) or {}
+        data = load_yaml(text) or {}
     except yaml.YAMLError as exc:
-        raise InvalidInputError(f"config file {path} is not valid YAML/JSON: "
-                                f"{str(exc).splitlines()[0]}") from None
+        raise InvalidInputError(f"config file {path} is not valid YAML/JSON: {yaml_reason(exc)}") from None
     if not isinstance(data, dict):
         raise InvalidInputError(f"config file {path} must hold a mapping of option names to values")
     return normalize_keys(data, source=f"config file {path}")

@@ -24,6 +24,7 @@ from dreambooth_job import memory
 from dreambooth_job.config import TrainConfig
 from dreambooth_job.data import square_crop, to_tensor
 from dreambooth_job.events import JobObserver, TrainProgress
+from dreambooth_job.exit_codes import InvalidInputError
 
 # Named ranges of one optimizer step, for torch.profiler (`bench --profile` sums them per step):
 # where a step's host time goes, e.g. how much of it is the UNet and how much is around it.
@@ -302,10 +303,12 @@ class Trainer:
             last = (loss.detach(), instance_loss.detach(), prior_loss.detach())
             if self.step % config.log_every == 0 or self.step == config.max_train_steps:
                 # The only host-device sync of the loop: once per log interval, not per step.
+                loss_value = last[0].item()
+                self._check_finite(loss_value)
                 elapsed = time.perf_counter() - started
                 rate = (self.step - started_step) / elapsed if elapsed > 0 else 0.0
                 progress = TrainProgress(
-                    step=self.step, max_steps=config.max_train_steps, loss=last[0].item(),
+                    step=self.step, max_steps=config.max_train_steps, loss=loss_value,
                     instance_loss=last[1].item(), prior_loss=last[2].item(),
                     learning_rate=self.lr_scheduler.get_last_lr()[0], steps_per_second=rate,
                     images_per_second=rate * images_per_step,
@@ -314,8 +317,22 @@ class Trainer:
             if on_step_end is not None:
                 on_step_end(self.step)
         values = [v.item() for v in last] if last else [None, None, None]
+        self._check_finite(values[0], weights=True)
         return TrainResult(self.step, *values, device=str(self.device), mixed_precision=self.precision,
                            gradient_checkpointing=self.gradient_checkpointing)
+
+    def _check_finite(self, loss: float | None, *, weights: bool = False) -> None:
+        """A NaN or infinite loss (or, at the end, weight) means training diverged: the model is
+        garbage and a retry diverges the same way, so fail as invalid input before publishing."""
+        if loss is not None and not math.isfinite(loss):
+            self._diverged(f"the loss is {loss}")
+        # The last optimizer step came after the last loss: check the weights it left.
+        if weights and not torch.stack([p.detach().isfinite().all() for p in self.trainable]).all():
+            self._diverged("the weights are not finite")
+
+    def _diverged(self, what: str) -> None:
+        raise InvalidInputError(f"training diverged by step {self.step}: {what}; lower "
+                                f"--learning-rate (now {self.config.learning_rate:g})")
 
     # ------------------------------------------------------------------------------------------
     def save_state(self, directory) -> None:

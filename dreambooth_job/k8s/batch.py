@@ -8,10 +8,15 @@
       - {id: teapot, instance_data: "s3://photos/teapot/", class_noun: teapot, learning_rate: 2.0e-6}
 
 Keys are TrainConfig's own option names (snake_case; kebab-case works too) plus `id`, the
-subject id. String values may use `{id}` and `{class_noun}`. Precedence: row > --set > defaults.
+subject id. String values may use `{id}` and `{class_noun}`; in a path or URL option they must
+be one path segment. Precedence: row > --set > defaults.
 CSV has a header row `id,instance_data,class_noun[,more options]`; JSONL has one object per line,
 the first of which may be `{"defaults": {...}}`. The batch id (the Jobs' batch label) is
 `batch_id` from the defaults or --set, else the file's name without its extension.
+
+The file is tenant-written: the operator's settings (operator_policy.py) limit which options the
+file, --set and rows may set, which prefixes their paths and URIs may name, and which hosts their
+URLs may reach. Every problem of every row is reported at once.
 """
 
 from __future__ import annotations
@@ -27,12 +32,23 @@ from typing import Any
 
 import yaml
 
-from dreambooth_job.config import TrainConfig, normalize_keys
+from dreambooth_job.config import TrainConfig, default_of, fields, flag_name, normalize_keys
+from dreambooth_job.config_files import load_yaml, read_text_file, yaml_reason
 from dreambooth_job.exit_codes import InvalidInputError
+from dreambooth_job.operator_policy import OperatorPolicy
 
 ID_KEYS = ("id", "subject_id")
 # Ids become label values and S3 path parts: keep them to what a label value accepts.
 ID_PATTERN = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9_.-]{0,61}[A-Za-z0-9])?$")
+# Options that name a place to read or write (an s3:// prefix or a local path) and options that
+# name a URL the job connects to: the operator's prefix and host lists apply to them.
+LOCATION_OPTIONS = ("instance_data", "output", "class_data", "base_model", "cache_dir", "prompt_set",
+                    "dino_model", "clip_model", "lpips_model")
+URL_OPTIONS = ("pushgateway",)
+# What a row always sets, whatever the operator allows (the batch id only names the batch).
+ALWAYS_ALLOWED = frozenset({"instance_data", "class_noun", "batch_id", "subject_id"})
+BUILTIN_PROMPT_SETS = ("auto", "object", "live")
+HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
 class BatchFileError(InvalidInputError):
@@ -62,10 +78,7 @@ def load_batch(path: str | Path, overrides: Mapping[str, Any] | None = None) -> 
     Raises BatchFileError naming every bad row (and bad default) at once.
     """
     path = Path(path)
-    try:
-        text = path.read_text()
-    except OSError as exc:
-        raise InvalidInputError(f"cannot read subjects file {path}: {exc.strerror}") from None
+    text = read_text_file(path, "subjects file")
     suffix = path.suffix.lower()
     reader = {".yaml": _read_yaml, ".yml": _read_yaml, ".json": _read_yaml, ".csv": _read_csv,
               ".jsonl": _read_jsonl, ".ndjson": _read_jsonl}.get(suffix)
@@ -74,22 +87,29 @@ def load_batch(path: str | Path, overrides: Mapping[str, Any] | None = None) -> 
                                 "(use .yaml, .csv or .jsonl)")
     try:
         raw_defaults, rows = reader(text)
-    except (yaml.YAMLError, csv.Error, ValueError, TypeError) as exc:
+    except yaml.YAMLError as exc:
+        raise InvalidInputError(f"{path}: cannot parse: {yaml_reason(exc)}") from None
+    except (csv.Error, ValueError, TypeError) as exc:
         raise InvalidInputError(f"{path}: cannot parse: {str(exc).splitlines()[0]}") from None
     return parse_rows(str(path), raw_defaults, rows, overrides or {}, default_batch_id=path.stem)
 
 
 def parse_rows(source: str, raw_defaults: Mapping[str, Any], rows: list[tuple[str, Any]],
-               overrides: Mapping[str, Any], default_batch_id: str) -> Batch:
+               overrides: Mapping[str, Any], default_batch_id: str,
+               policy: OperatorPolicy | None = None) -> Batch:
     """Validate `rows` ((where, mapping) pairs) against the defaults; collect every problem."""
+    policy = policy or OperatorPolicy.from_env()
     problems: list[str] = []
     defaults: dict[str, Any] = {}
     for label, values in (("defaults", raw_defaults), ("--set", overrides)):
         for key, value in values.items():  # one by one, so one bad key does not hide the rest
             try:
-                defaults.update(normalize_keys({key: value}, source=label))
+                parsed = normalize_keys({key: value}, source=label)
             except InvalidInputError as exc:
                 problems.append(exc.message)
+                continue
+            problems += _forbidden_options(label, parsed, policy)
+            defaults.update(parsed)
     batch_id = str(defaults.pop("batch_id", None) or default_batch_id)
     if not ID_PATTERN.match(batch_id):
         problems.append(f"batch id {batch_id!r} must be 1-63 letters, digits, '-', '_' or '.'")
@@ -100,13 +120,17 @@ def parse_rows(source: str, raw_defaults: Mapping[str, Any], rows: list[tuple[st
     seen: dict[str, str] = {}
     for where, row in rows:
         try:
-            config = _subject(row, defaults, batch_id, where)
+            config = _subject(row, defaults, batch_id, where, policy)
         except InvalidInputError as exc:
             problems.append(exc.message)
             continue
+        named = f"{where} (id {config.subject_id})"
+        located = [f"{named}: {p}" for p in location_problems(config, policy)]
+        if located:
+            problems += located
+            continue
         if config.subject_id in seen:
-            problems.append(f"{where} (id {config.subject_id}): id {config.subject_id!r} "
-                            f"repeats {seen[config.subject_id]}")
+            problems.append(f"{named}: id {config.subject_id!r} repeats {seen[config.subject_id]}")
             continue
         seen[config.subject_id] = where
         configs.append(config)
@@ -115,7 +139,8 @@ def parse_rows(source: str, raw_defaults: Mapping[str, Any], rows: list[tuple[st
     return Batch(batch_id=batch_id, source=source, subjects=configs)
 
 
-def _subject(row: Any, defaults: dict[str, Any], batch_id: str, where: str) -> TrainConfig:
+def _subject(row: Any, defaults: dict[str, Any], batch_id: str, where: str,
+             policy: OperatorPolicy) -> TrainConfig:
     if isinstance(row, str):
         raise InvalidInputError(f"{where}: {row}")
     if not isinstance(row, Mapping):
@@ -130,12 +155,16 @@ def _subject(row: Any, defaults: dict[str, Any], batch_id: str, where: str) -> T
         raise InvalidInputError(
             f"{where}: id must be 1-63 letters, digits, '-', '_' or '.', starting and ending "
             "with a letter or digit")
-    values = {**defaults, **normalize_keys(row, source=where)}
+    own = normalize_keys(row, source=where)
+    forbidden = _forbidden_options(where, own, policy)
+    if forbidden:
+        raise InvalidInputError("; ".join(forbidden))
+    values = {**defaults, **own}
     if values.pop("batch_id", batch_id) != batch_id:
         raise InvalidInputError(f"{where}: batch_id cannot differ between rows")
     fill = {"{id}": subject_id, "{class_noun}": str(values.get("class_noun") or "")}
-    values = {k: _substitute(v, fill) for k, v in values.items()}
     try:
+        values = {k: _substitute(k, v, fill) for k, v in values.items()}
         config = TrainConfig(**values, subject_id=subject_id, batch_id=batch_id)
         config.validate(require_inputs=True)
     except InvalidInputError as exc:
@@ -143,22 +172,73 @@ def _subject(row: Any, defaults: dict[str, Any], batch_id: str, where: str) -> T
     return config
 
 
-def _substitute(value: Any, fill: dict[str, str]) -> Any:
+def _forbidden_options(where: str, values: Mapping[str, Any], policy: OperatorPolicy) -> list[str]:
+    return [f"{where}: option {name!r} may not be set here (the operator allows "
+            f"{', '.join(policy.batch_row_options or ()) or 'none'}; "
+            "DREAMBOOTH_OPERATOR_BATCH_ROW_OPTIONS)"
+            for name in values if name not in ALWAYS_ALLOWED and not policy.allows_row_option(name)]
+
+
+def _substitute(name: str, value: Any, fill: dict[str, str]) -> Any:
     # Plain replacement, not str.format: prompts keep their own {identifier} placeholders.
-    if isinstance(value, str):
-        for key, replacement in fill.items():
-            value = value.replace(key, replacement)
-        return value
     if isinstance(value, list):
-        return [_substitute(v, fill) for v in value]
+        return [_substitute(name, v, fill) for v in value]
+    if not isinstance(value, str):
+        return value
+    for key, replacement in fill.items():
+        # A class noun "../x" would point the row at another tenant's prefix. (A missing one is
+        # reported as missing by the validation that follows.)
+        unsafe = replacement and not _is_segment(replacement)
+        if key in value and name in LOCATION_OPTIONS + URL_OPTIONS and unsafe:
+            raise InvalidInputError(
+                f"{flag_name(name)} uses {key}, but {replacement!r} is not one path segment "
+                "(no '/', '\\', '..' or control characters)")
+        value = value.replace(key, replacement)
     return value
+
+
+def _is_segment(value: str) -> bool:
+    return (bool(value.strip()) and not any(c in value for c in "/\\") and ".." not in value
+            and value.isprintable())
+
+
+def location_problems(config: TrainConfig, policy: OperatorPolicy | None = None) -> list[str]:
+    """Where `config`'s paths, URIs and URLs lead that the operator does not allow.
+
+    Only values that differ from the option's default are checked: defaults are the operator's
+    (the image's cache directory, the hub's evaluation models), not the tenant's.
+    """
+    policy = policy or OperatorPolicy.from_env()
+    problems = []
+    for f in fields():
+        value = getattr(config, f.name)
+        if not isinstance(value, str) or not value or value == default_of(f):
+            continue
+        if f.name in URL_OPTIONS or f.name.endswith("_url"):
+            url = value if "://" in value else "http://" + value  # how Prometheus' client reads it
+            if not policy.allows_host(url):
+                problems.append(f"{flag_name(f.name)} {value} names a host the operator does not "
+                                "allow (DREAMBOOTH_OPERATOR_ALLOWED_HOSTS)")
+        elif f.name in LOCATION_OPTIONS and _is_location(f.name, value) and not policy.allows_uri(value):
+            problems.append(f"{flag_name(f.name)} {value} is outside the prefixes the operator "
+                            "allows (DREAMBOOTH_OPERATOR_ALLOWED_PREFIXES)")
+    return problems
+
+
+def _is_location(name: str, value: str) -> bool:
+    """False for the values of location options that name no place: built-in prompt sets and
+    hub ids ("org/model", which the job only looks up as a directory if one exists)."""
+    if name == "prompt_set":
+        return value not in BUILTIN_PROMPT_SETS
+    is_hub_id = bool(HUB_ID.match(value)) and ".." not in value
+    return not (name in ("base_model", "dino_model", "clip_model") and is_hub_id)
 
 
 # ----------------------------------------------------------------------------------------------
 # Readers: (defaults, [(where, row), ...]) from each file format.
 
 def _read_yaml(text: str) -> tuple[dict[str, Any], list[tuple[str, Any]]]:
-    data = yaml.safe_load(text) or {}
+    data = load_yaml(text) or {}
     if isinstance(data, list):
         data = {"subjects": data}
     if not isinstance(data, dict) or not isinstance(data.get("subjects", []), list):
@@ -194,8 +274,9 @@ def _read_jsonl(text: str) -> tuple[dict[str, Any], list[tuple[str, Any]]]:
             continue
         try:
             item = json.loads(line)
-        except ValueError as exc:
-            rows.append((f"line {number}", f"not valid JSON ({exc.msg})"))
+        except (ValueError, RecursionError) as exc:
+            reason = exc.msg if isinstance(exc, json.JSONDecodeError) else "nested too deeply"
+            rows.append((f"line {number}", f"not valid JSON ({reason})"))
             continue
         if not rows and not defaults and isinstance(item, dict) and set(item) == {"defaults"}:
             defaults = item["defaults"]

@@ -23,8 +23,9 @@ import click
 import yaml
 
 from dreambooth_job.cli_options import resolve_train_config, train_options
+from dreambooth_job.exit_codes import InvalidInputError
 from dreambooth_job.k8s import client as k8s
-from dreambooth_job.k8s.batch import Batch, load_batch
+from dreambooth_job.k8s.batch import Batch, load_batch, location_problems
 from dreambooth_job.k8s.feed import render_batch, submit_batch
 from dreambooth_job.k8s.manifest import BATCH_LABEL, JobSpec, label_value
 from dreambooth_job.k8s.options import cluster_options, connection_options, resolve_cluster_settings
@@ -96,6 +97,9 @@ _set_option = click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
 def submit(replace: bool, dry_run: bool, fmt: str, **params) -> None:
     """Submit one subject as a Kubernetes Job (the same Job the Helm chart renders)."""
     spec = JobSpec(train=resolve_train_config(params), cluster=resolve_cluster_settings(params))
+    problems = location_problems(spec.train)  # the operator's prefixes and hosts, as for batch
+    if problems:
+        raise InvalidInputError("; ".join(problems))
     if dry_run:
         _print_manifests([k8s.render(spec, spec.cluster.namespace)], fmt)
         return

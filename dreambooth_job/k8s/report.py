@@ -6,6 +6,11 @@ writes report.json (summary + one row per subject), index.html (static, no scrip
 images/<subject>.png, a copy of each subject's final grid, linked relatively so the folder works
 wherever it is served or synced to (`aws s3 sync s3://runs/night-42/report/ report/`).
 With `embed_images=True` the grids are inlined instead and index.html stands alone.
+
+result.json is written by the tenant's job, so its list of samples is only a list of names: a
+grid is copied only from directly under the subject's own `<output>/samples/`, as a PNG of at most
+MAX_GRID_BYTES (never a link out of the output on local disk), so that a forged result.json cannot
+copy another prefix's objects or a local file (credentials, tokens) into the report.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ import math
 import re
 from collections import Counter
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from dreambooth_job import storage
@@ -25,6 +31,10 @@ from dreambooth_job.k8s.status import JobStatus, Phase, format_duration
 
 # Higher is better for each; the first one present orders the subjects.
 SORT_METRICS = ("dino", "clip_i", "clip_t")
+MAX_GRID_BYTES = 32 * 2**20
+"""Grids are a few MB (a 4x4 grid of 1024 px PNGs is about 20 MB); larger files are not copied."""
+GRID_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*\.png$")
+PNG_MAGIC = b"\x89PNG"  # the start of the 8-byte signature: no text file starts so
 _PHASE_RANK = {Phase.FAILED: 0, Phase.SUCCEEDED: 1, Phase.RETRYING: 2, Phase.RUNNING: 3,
                Phase.PENDING: 4, Phase.QUEUED: 5, Phase.NOT_SUBMITTED: 6}
 
@@ -63,16 +73,47 @@ def worst_first(statuses: list[JobStatus]) -> list[JobStatus]:
     return [s for _, s in sorted(enumerate(statuses), key=key)]
 
 
-def final_grid(result: dict[str, Any] | None) -> str | None:
-    """The last sample grid of a run: one named 'final', else the highest step, else the last."""
-    samples = list(((result or {}).get("outputs") or {}).get("samples") or [])
-    if not samples:
+def final_grid(result: dict[str, Any] | None, output: str | None) -> str | None:
+    """The last sample grid of a run under `output`: one named 'final', else the highest step,
+    else the last. Only recorded samples directly under `<output>/samples/` count, and the URI is
+    rebuilt from `output` and the file name, never taken as recorded."""
+    if not output:
         return None
-    named = [s for s in samples if "final" in s.rsplit("/", 1)[-1].lower()]
-    if named:
-        return named[-1]
-    steps = [(int(m.group(1)), s) for s in samples if (m := re.search(r"(\d+)\D*$", s))]
-    return max(steps)[1] if steps else samples[-1]
+    samples_dir = storage.join(output, "samples")
+    recorded = ((result or {}).get("outputs") or {}).get("samples")
+    names = [name for uri in (recorded if isinstance(recorded, list) else [])
+             if (name := _sample_name(uri, samples_dir))]
+    if not names:
+        return None
+    named = [n for n in names if "final" in n.lower()]
+    steps = [(int(m.group(1)), n) for n in names if (m := re.search(r"(\d+)\D*$", n))]
+    chosen = named[-1] if named else max(steps)[1] if steps else names[-1]
+    return storage.join(samples_dir, chosen)
+
+
+def _sample_name(uri: Any, samples_dir: str) -> str | None:
+    prefix = samples_dir.rstrip("/") + "/"
+    if not isinstance(uri, str) or not uri.startswith(prefix):
+        return None
+    name = uri[len(prefix):]
+    return name if GRID_NAME.match(name) else None
+
+
+def read_grid(uri: str, output: str) -> bytes | None:
+    """The grid's bytes when it is a PNG of at most MAX_GRID_BYTES inside `output`, else None."""
+    samples_dir, name = uri.rsplit("/", 1)
+    listed = {f.relative_path: f.size for f in storage.list_files(samples_dir, [".png"])}
+    if listed.get(name, MAX_GRID_BYTES + 1) > MAX_GRID_BYTES:
+        return None
+    if not storage.is_s3(uri):
+        path = Path(uri)
+        if path.is_symlink() or not path.resolve().is_relative_to(Path(output).resolve()):
+            return None  # a link (or a linked samples/) pointing out of the output
+    try:
+        data = storage.read_bytes(uri)
+    except (FileNotFoundError, OSError):
+        return None
+    return data if len(data) <= MAX_GRID_BYTES and data.startswith(PNG_MAGIC) else None
 
 
 def summary(statuses: list[JobStatus]) -> dict[str, int]:
@@ -88,8 +129,8 @@ def write_report(statuses: list[JobStatus], output_uri: str, *, batch_id: str,
     for status in ordered:
         row = status.to_dict()
         row["metrics"] = numeric_metrics(status)
-        row["grid"] = _copy_grid(status, output_uri, embed_images)
-        row["grid_source"] = final_grid(status.result)
+        row["grid_source"] = final_grid(status.result, status.output)
+        row["grid"] = _copy_grid(status, row["grid_source"], output_uri, embed_images)
         rows.append(row)
     report = {
         "batch_id": batch_id,
@@ -105,13 +146,9 @@ def write_report(statuses: list[JobStatus], output_uri: str, *, batch_id: str,
     return report
 
 
-def _copy_grid(status: JobStatus, output_uri: str, embed: bool) -> str | None:
-    source = final_grid(status.result)
-    if source is None:
-        return None
-    try:
-        data = storage.read_bytes(source)
-    except (FileNotFoundError, OSError):
+def _copy_grid(status: JobStatus, source: str | None, output_uri: str, embed: bool) -> str | None:
+    data = read_grid(source, status.output) if source and status.output else None
+    if data is None:
         return None
     if embed:
         return "data:image/png;base64," + base64.b64encode(data).decode()

@@ -6,6 +6,7 @@ import json
 
 import pytest
 
+from dreambooth_job.exit_codes import InvalidInputError
 from dreambooth_job.k8s.batch import BatchFileError, load_batch
 
 YAML = """\
@@ -108,3 +109,153 @@ def test_malformed_files(tmp_path, text, fragment):
     with pytest.raises(Exception) as caught:
         load_batch(path)
     assert fragment in caught.value.message
+
+
+# --- hostile subjects files ----------------------------------------------------------------------
+
+def write(tmp_path, name, text):
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def problems_of(path, overrides=None) -> list[str]:
+    with pytest.raises(BatchFileError) as caught:
+        load_batch(path, overrides)
+    assert caught.value.exit_code == 2
+    return caught.value.problems
+
+
+@pytest.mark.parametrize("noun", ["../tenant-b", "x/../../tenant-b", "..", "a\\b", "dog\n"])
+def test_a_class_noun_cannot_lead_a_row_out_of_its_prefix(tmp_path, noun):
+    path = write(tmp_path, "b.jsonl", "\n".join(json.dumps(x) for x in [
+        {"defaults": {"output": "s3://runs/tenant-a/{id}/",
+                      "class_data": "s3://cache/tenant-a/{class_noun}/"}},
+        {"id": "dog", "instance_data": "s3://photos/tenant-a/dog/", "class_noun": "dog"},
+        {"id": "evil", "instance_data": "s3://photos/tenant-a/x/", "class_noun": noun},
+    ]))
+    [problem] = problems_of(path)
+    assert problem.startswith("line 3 (id evil):") and "--class-data" in problem
+    assert "one path segment" in problem or "--class-noun" in problem
+
+
+def test_ids_and_class_nouns_fill_prompts_freely_but_paths_only_as_one_segment(tmp_path):
+    path = write(tmp_path, "b.yaml", """\
+defaults: {output: "s3://runs/{id}/", class_prompt: "a photo of a {class_noun}, 1 of 2"}
+subjects:
+  - {id: plush, instance_data: "s3://photos/plush/", class_noun: "stuffed animal"}
+""")
+    [plush] = load_batch(path).subjects
+    assert plush.class_prompt == "a photo of a stuffed animal, 1 of 2"
+
+
+RESTRICTED = {
+    "DREAMBOOTH_OPERATOR_BATCH_ROW_OPTIONS": "output,learning_rate,class_data,pushgateway",
+    "DREAMBOOTH_OPERATOR_ALLOWED_PREFIXES": "s3://photos/tenant-a/,s3://runs/tenant-a/",
+    "DREAMBOOTH_OPERATOR_ALLOWED_HOSTS": "pushgateway.monitoring.svc",
+}
+
+
+def test_the_operator_limits_options_prefixes_and_hosts_of_every_row(tmp_path, monkeypatch):
+    for key, value in RESTRICTED.items():
+        monkeypatch.setenv(key, value)
+    path = write(tmp_path, "night.yaml", """\
+defaults:
+  output: "s3://runs/tenant-a/{id}/"
+  max_train_steps: 5
+  pushgateway: pushgateway.monitoring.svc:9091
+subjects:
+  - {id: dog, instance_data: "s3://photos/tenant-a/dog/", class_noun: dog, learning_rate: 1.0e-6}
+  - {id: cat, instance_data: "s3://photos/tenant-a/cat/", class_noun: cat,
+     class_data: "s3://runs/tenant-b/class-cache/"}
+  - {id: vase, instance_data: "s3://photos/tenant-a/vase/", class_noun: vase,
+     pushgateway: "http://169.254.169.254/latest/"}
+  - {id: can, instance_data: "s3://photos/tenant-a/can/", class_noun: can,
+     base_model: "s3://models/tenant-b/sd/"}
+  - {id: clock, instance_data: "/root/.cache/dreambooth-job/models/", class_noun: clock}
+  - {id: teapot, instance_data: "s3://photos/tenant-a/teapot/", class_noun: teapot,
+     output: "/root/.cache/dreambooth-job/models/x/"}
+""")
+    problems = problems_of(path, {"seed": "3"})
+    assert len(problems) == 7, problems
+    assert "defaults: option 'max_train_steps' may not be set" in problems[0]
+    assert "--set: option 'seed' may not be set" in problems[1]
+    assert "DREAMBOOTH_OPERATOR_BATCH_ROW_OPTIONS" in problems[0]
+    cat, vase, can, clock, teapot = problems[2:]
+    assert cat.startswith("subjects[1] (id cat):") and "--class-data s3://runs/tenant-b/" in cat
+    assert "DREAMBOOTH_OPERATOR_ALLOWED_PREFIXES" in cat
+    assert vase.startswith("subjects[2] (id vase):") and "--pushgateway" in vase
+    assert "DREAMBOOTH_OPERATOR_ALLOWED_HOSTS" in vase
+    assert can.startswith("subjects[3] (id can):") and "'base_model' may not be set" in can
+    assert clock.startswith("subjects[4] (id clock):") and "--instance-data /root/" in clock
+    assert teapot.startswith("subjects[5] (id teapot):") and "--output /root/" in teapot
+
+
+def test_rows_within_the_operators_limits_pass(tmp_path, monkeypatch):
+    for key, value in RESTRICTED.items():
+        monkeypatch.setenv(key, value)
+    path = write(tmp_path, "night.yaml", """\
+defaults: {output: "s3://runs/tenant-a/{id}/", pushgateway: "http://pushgateway.monitoring.svc:9091"}
+subjects:
+  - {id: dog, instance_data: "s3://photos/tenant-a/dog/", class_noun: dog, learning_rate: 1.0e-6}
+""")
+    [dog] = load_batch(path).subjects
+    assert dog.learning_rate == 1e-6 and dog.output == "s3://runs/tenant-a/dog/"
+
+
+def test_without_operator_settings_a_row_may_set_anything(tmp_path, monkeypatch):
+    for key in RESTRICTED:
+        monkeypatch.delenv(key, raising=False)
+    path = write(tmp_path, "b.yaml", """\
+subjects:
+  - {id: dog, instance_data: "/data/dog", class_noun: dog, output: "/tmp/runs/dog",
+     base_model: "s3://models/sd/", pushgateway: "http://169.254.169.254:9091", seed: 3}
+""")
+    [dog] = load_batch(path).subjects
+    assert dog.pushgateway == "http://169.254.169.254:9091" and dog.seed == 3
+
+
+@pytest.mark.parametrize("name, text, fragment", [
+    ("bomb.yaml", "defaults: &d {output: 's3://r/{id}/'}\nsubjects:\n  - *d\n", "aliases"),
+    ("deep.yaml", "subjects: " + "[" * 50_000, "nested too deeply"),
+    ("list.yaml", "subjects:\n  - {id: dog, instance_data: s3://p/d/, class_noun: [dog], output: /o}\n",
+     "class_noun must be a single str"),
+    ("noun.yaml", "subjects:\n  - {id: dog, instance_data: s3://p/d/, class_noun: '{x}', output: /o}\n",
+     "subjects[0] (id dog): --class-noun must be words without braces"),
+    ("ident.yaml", "subjects:\n  - {id: dog, instance_data: s3://p/d/, class_noun: dog, output: /o,"
+     ' identifier: "sks\\tdog"}\n', "--identifier must be one word"),
+    ("deep.jsonl", "[" * 50_000 + "\n", "line 1: not valid JSON (nested too deeply)"),
+])
+def test_hostile_subjects_files_exit_2_with_the_reason(tmp_path, name, text, fragment):
+    with pytest.raises(InvalidInputError) as caught:
+        load_batch(write(tmp_path, name, text))
+    assert fragment in caught.value.message
+    assert caught.value.exit_code == 2
+
+
+def test_a_subjects_file_that_is_not_utf8_exits_2_naming_it(tmp_path):
+    path = tmp_path / "b.csv"
+    data = "id,instance_data,class_noun\ncafe,s3://p/c/,caf\u00e9\n".encode("latin-1")
+    path.write_bytes(data)
+    with pytest.raises(InvalidInputError) as caught:
+        load_batch(path)
+    assert caught.value.message == f"subjects file {path} is not UTF-8 text (byte {data.index(0xe9)})"
+
+
+def test_submit_checks_the_same_prefixes_and_hosts(tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    from dreambooth_job.cli import main
+
+    monkeypatch.setenv("KUBECONFIG", str(tmp_path / "absent"))  # --dry-run needs no cluster
+    for key, value in RESTRICTED.items():
+        monkeypatch.setenv(key, value)
+    dog = ["submit", "--instance-data", "s3://photos/tenant-a/dog/", "--class-noun", "dog",
+           "--dry-run"]
+    allowed = CliRunner().invoke(main, [*dog, "--output", "s3://runs/tenant-a/dog/"])
+    assert allowed.exit_code == 0, allowed.output
+    refused = CliRunner().invoke(main, [*dog, "--output", "s3://runs/tenant-b/dog/",
+                                        "--pushgateway", "169.254.169.254:80"])
+    assert refused.exit_code == 2
+    [line] = refused.output.strip().splitlines()
+    assert "--output s3://runs/tenant-b/dog/" in line and "--pushgateway 169.254.169.254:80" in line

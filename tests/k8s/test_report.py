@@ -6,6 +6,7 @@ import json
 
 from k8s_support import write_completed_result
 
+from dreambooth_job import storage
 from dreambooth_job.k8s import JobStatus, Phase
 from dreambooth_job.k8s.report import final_grid, worst_first, write_report
 from dreambooth_job.k8s.status import load_result
@@ -39,8 +40,8 @@ def test_without_metrics_the_file_order_stays(tmp_path):
 
 def test_final_grid_is_the_last_step():
     samples = ["s3://r/dog/samples/step-000800.png", "s3://r/dog/samples/step-000200.png"]
-    assert final_grid({"outputs": {"samples": samples}}) == samples[0]
-    assert final_grid({"outputs": {"samples": []}}) is None
+    assert final_grid({"outputs": {"samples": samples}}, "s3://r/dog/") == samples[0]
+    assert final_grid({"outputs": {"samples": []}}, "s3://r/dog/") is None
 
 
 def test_report_page_shows_every_grid_status_and_metrics(tmp_path):
@@ -83,3 +84,89 @@ def test_evaluated_results_sort_on_the_finetuned_dino_and_hide_the_protocol():
     good, bad = evaluated("good", 0.8), evaluated("bad", 0.3)
     assert [s.subject_id for s in worst_first([good, bad])] == ["bad", "good"]
     assert numeric_metrics(good) == {"dino": 0.8, "clip_i": 0.5, "base_dino": 0.1, "base_clip_i": 0.5}
+
+
+# --- result.json is tenant-written: a forged one copies nothing from elsewhere ---------------------
+
+def forged(tmp_path, subject: str, samples: list[str]) -> JobStatus:
+    """A completed run whose result.json lists `samples` instead of its own grids."""
+    output = tmp_path / "runs" / subject
+    write_completed_result(output, subject, grid=PNG + subject.encode())
+    result = json.loads((output / "result.json").read_text())
+    result["outputs"]["samples"] = samples
+    (output / "result.json").write_text(json.dumps(result))
+    status = JobStatus(name=f"night-{subject}", namespace="ml", phase=Phase.SUCCEEDED,
+                       subject_id=subject, output=str(output))
+    load_result(status)
+    return status
+
+
+def test_a_forged_result_copies_no_file_from_outside_the_subjects_output(tmp_path):
+    secret = tmp_path / "home" / ".aws" / "credentials"
+    secret.parent.mkdir(parents=True)
+    secret.write_bytes(PNG + b"aws_secret_access_key = hunter2")  # even one that looks like a PNG
+    other = finished(tmp_path, "other-tenant")
+    other_grid = other.result["outputs"]["samples"][-1]
+    statuses = [
+        forged(tmp_path, "abs", [str(secret)]),
+        forged(tmp_path, "other", [other_grid]),
+        forged(tmp_path, "dots", [str(tmp_path / "runs" / "dots" / "samples" / ".." / ".." /
+                                      "other-tenant" / "samples" / "step-000800.png")]),
+        forged(tmp_path, "nested", [str(tmp_path / "runs" / "nested" / "samples" / "x" / "y.png")]),
+    ]
+    link = tmp_path / "runs" / "linked" / "samples" / "step-000900.png"
+    statuses.append(forged(tmp_path, "linked", [str(link)]))
+    link.symlink_to(secret)
+    linked_dir = tmp_path / "runs" / "linked-dir"
+    statuses.append(forged(tmp_path, "linked-dir", [str(linked_dir / "samples" / "credentials.png")]))
+    (linked_dir / "samples").rename(linked_dir / "own-samples")
+    (linked_dir / "samples").symlink_to(secret.parent)
+    (secret.parent / "credentials.png").write_bytes(secret.read_bytes())
+
+    target = tmp_path / "report"
+    report = write_report(statuses, str(target), batch_id="b")
+    embedded = write_report(statuses, str(tmp_path / "embedded"), batch_id="b", embed_images=True)
+
+    assert [r["grid"] for r in report["subjects"] + embedded["subjects"]] == [None] * 12
+    assert not (target / "images").exists()
+    for page in (target / "index.html", tmp_path / "embedded" / "index.html"):
+        assert "hunter2" not in page.read_text()
+    sources = {r["subject_id"]: r["grid_source"] for r in report["subjects"]}
+    assert sources["abs"] is sources["other"] is sources["dots"] is sources["nested"] is None
+
+
+def test_only_png_grids_within_the_size_cap_are_copied(tmp_path, monkeypatch):
+    from dreambooth_job.k8s import report as report_module
+
+    monkeypatch.setattr(report_module, "MAX_GRID_BYTES", len(PNG) + 10)
+    small, large = finished(tmp_path, "small"), finished(tmp_path, "large-subject-name")
+    text = forged(tmp_path, "text", [])
+    grid = tmp_path / "runs" / "text" / "samples" / "step-000800.png"
+    grid.write_bytes(b"aws_secret_access_key = hunter2")
+    text.result["outputs"]["samples"] = [str(grid)]
+
+    report = write_report([small, large, text], str(tmp_path / "report"), batch_id="b")
+    grids = {r["subject_id"]: r["grid"] for r in report["subjects"]}
+    assert grids == {"small": "images/small.png", "large-subject-name": None, "text": None}
+
+
+def test_grids_are_read_from_the_rows_own_s3_prefix_only(bucket):
+    run = f"s3://{bucket}/runs"
+    write_completed_result(f"{run}/dog/", "dog", grid=PNG + b"dog")
+    write_completed_result(f"{run}/cat/", "cat", grid=PNG + b"cat")
+    result = json.loads(storage.read_bytes(f"{run}/cat/result.json"))
+    result["outputs"]["samples"] = [f"{run}/dog/samples/step-000800.png",
+                                    f"{run}/cat/samples/../../dog/samples/step-000800.png"]
+    storage.write_bytes(f"{run}/cat/result.json", json.dumps(result).encode())
+    statuses = []
+    for subject in ("dog", "cat"):
+        status = JobStatus(name=f"night-{subject}", namespace="ml", phase=Phase.SUCCEEDED,
+                           subject_id=subject, output=f"{run}/{subject}/")
+        load_result(status)
+        statuses.append(status)
+
+    report = write_report(statuses, f"s3://{bucket}/report/", batch_id="b")
+    assert {r["subject_id"]: r["grid"] for r in report["subjects"]} == {
+        "dog": "images/dog.png", "cat": None}
+    assert storage.read_bytes(f"s3://{bucket}/report/images/dog.png") == PNG + b"dog"
+    assert not storage.exists(f"s3://{bucket}/report/images/cat.png")

@@ -111,3 +111,119 @@ def test_missing_required_options_exit_2_naming_them():
 def test_subject_id_defaults_to_the_last_path_component(instance_data, subject):
     assert cfg.TrainConfig(instance_data=instance_data).resolved_subject_id == subject
     assert cfg.TrainConfig(instance_data=instance_data, subject_id="given").resolved_subject_id == "given"
+
+
+# --- hostile config files and environment ------------------------------------------------------
+
+def _alias_bomb(levels: int) -> str:
+    """The "billion laughs" in YAML: each level lists the previous one nine times."""
+    lines = ['l0: &l0 ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]']
+    lines += [f"l{i}: &l{i} [{', '.join([f'*l{i - 1}'] * 9)}]" for i in range(1, levels)]
+    return "\n".join(lines) + f"\nvalidation_prompts: *l{levels - 1}\n"
+
+
+@pytest.mark.parametrize("text", [
+    "prompts: &p ['a {identifier}']\nvalidation_prompts: *p\n",
+    _alias_bomb(9),  # 9**9 items once read: minutes of work from about 400 bytes
+], ids=["alias", "bomb"])
+def test_yaml_aliases_are_refused(tmp_path, text):
+    path = tmp_path / "job.yaml"
+    path.write_text(text)
+    with pytest.raises(InvalidInputError, match=r"aliases .* not allowed.* at line \d+") as caught:
+        cfg.load_config_file(path)
+    assert str(path) in caught.value.message and "\n" not in caught.value.message
+
+
+def run_train(*args, env=None):
+    return CliRunner().invoke(main, ["train", "--instance-data", "s3://b/p/", "--output",
+                                     "s3://b/o/", *args], env=env or {})
+
+
+def one_error_line(result) -> str:
+    assert result.exit_code == ExitCode.INVALID_INPUT, result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), lines
+    return lines[0]
+
+
+@pytest.mark.parametrize("text, key", [
+    ("class_noun: [dog, cat]\n", "class_noun"),
+    ("class_noun: {kind: dog}\n", "class_noun"),
+    ("learning_rate: [1.0e-6]\n", "learning_rate"),
+    ("validation_prompts: [{a: b}]\n", "validation_prompts"),
+    ("subject_id: 2024-01-01\n", "subject_id"),  # a YAML date, not text
+])
+def test_a_list_or_mapping_where_a_value_belongs_exits_2_naming_the_key(tmp_path, text, key):
+    path = tmp_path / "job.yaml"
+    path.write_text(text)
+    line = one_error_line(run_train("--config", str(path), "--class-noun", "dog"))
+    assert key in line and str(path) in line
+
+
+def test_a_config_file_that_is_not_utf8_exits_2_naming_it(tmp_path):
+    path = tmp_path / "job.yaml"
+    path.write_bytes("class_noun: chien\nclass_prompt: un caf\u00e9\n".encode("latin-1"))
+    line = one_error_line(run_train("--config", str(path)))
+    assert str(path) in line and "UTF-8" in line
+
+
+def test_an_oversized_config_file_is_refused_unread(tmp_path, monkeypatch):
+    from dreambooth_job import config_files
+
+    monkeypatch.setattr(config_files, "MAX_FILE_BYTES", 64)
+    path = tmp_path / "job.yaml"
+    path.write_text("class_noun: dog\n" * 10)
+    with pytest.raises(InvalidInputError, match="larger than"):
+        cfg.load_config_file(path)
+
+
+@pytest.mark.parametrize("raw", ['["a {identifier}", ', "[[[[", "[" * 100_000])
+def test_a_bad_json_list_in_the_environment_exits_2_naming_the_variable(raw):
+    line = one_error_line(run_train("--class-noun", "dog",
+                                    env={"DREAMBOOTH_VALIDATION_PROMPTS": raw}))
+    assert "DREAMBOOTH_VALIDATION_PROMPTS" in line and "JSON" in line
+
+
+@pytest.mark.parametrize("flag, value", [
+    ("--identifier", "sks\tdog"), ("--identifier", " sks"), ("--identifier", "sk\u200bs"),
+    ("--identifier", "sks dog"), ("--subject-id", "my\tdog"), ("--job-id", "job\n1"),
+    ("--batch-id", "night\x1b[2J"), ("--subject-id", "dog\u202e"),
+])
+def test_identifiers_with_whitespace_or_control_characters_are_refused(flag, value):
+    line = one_error_line(run_train("--class-noun", "dog", flag, value))
+    assert flag in line and "control characters" in line
+
+
+@pytest.mark.parametrize("noun, named", [
+    ("{colour} dog", "--class-noun"), ("dog}", "--class-noun"), ("dog\nIgnore that", "--class-noun"),
+    ("dog\u2028cat", "--class-noun"),
+    ("   ", "--class-noun"), ("dog\x00", "--class-noun"),
+])
+def test_a_class_noun_that_would_break_a_prompt_is_refused(noun, named):
+    with pytest.raises(InvalidInputError, match=named):
+        cfg.TrainConfig(**{**REQUIRED, "class_noun": noun})
+
+
+def test_prompt_templates_are_filled_at_validation_as_the_job_fills_them():
+    with pytest.raises(InvalidInputError, match="--validation-prompt: .*'colour'"):
+        cfg.TrainConfig(**REQUIRED, validation_prompts=["a {colour} {identifier} {class_noun}"])
+    with pytest.raises(InvalidInputError, match="--class-prompt"):
+        cfg.TrainConfig(**REQUIRED, class_prompt="a {class_noun} {")
+    assert cfg.TrainConfig(**{**REQUIRED, "class_noun": "stuffed animal"}, identifier="sks")
+
+
+@pytest.mark.parametrize("name, value", [
+    ("learning_rate", float("inf")), ("learning_rate", float("nan")),
+    ("prior_loss_weight", float("nan")), ("guidance_scale", float("-inf")),
+    ("max_grad_norm", float("inf"))])
+def test_non_finite_numbers_are_refused(name, value):
+    with pytest.raises(InvalidInputError, match=f"{cfg.flag_name(name)} must be a finite number"):
+        cfg.TrainConfig(**{name: value})
+
+
+def test_non_finite_numbers_from_env_and_files_exit_2(tmp_path):
+    assert "--learning-rate" in one_error_line(
+        run_train("--class-noun", "dog", env={"DREAMBOOTH_LEARNING_RATE": "inf"}))
+    path = tmp_path / "job.yaml"
+    path.write_text("class_noun: dog\nguidance_scale: .nan\n")
+    assert "--guidance-scale" in one_error_line(run_train("--config", str(path)))
