@@ -2,7 +2,8 @@
 (evaluate), upload. `run(config)` is the whole job.
 
 Guarantees, in the order the code keeps them:
-- a lease on the output prefix, so two pods of one job never train into it at once (lease.py);
+- an object store that enforces conditional writes, and a lease on the output prefix, so two pods
+  never train into it at once; this Job's retry takes over its killed predecessor's (lease.py);
 - a completed run of the same config is left alone (exit 0 without downloading anything);
 - training resumes from the newest checkpoint that verifies (checkpoint.py), and SIGTERM during
   training ends with a fresh checkpoint and ExitCode.TERMINATED (termination.py);
@@ -27,7 +28,8 @@ from dreambooth_job.checkpoint import BackgroundUploads, CheckpointStore, confli
 from dreambooth_job.config import TrainConfig
 from dreambooth_job.events import JobObserver, ObserverGroup
 from dreambooth_job.exit_codes import ExitCode, InvalidInputError, JobError, TerminatedError
-from dreambooth_job.lease import Lease
+from dreambooth_job.lease import Lease, check_conditional_writes, pod_identity
+from dreambooth_job.operator_policy import OperatorPolicy
 from dreambooth_job.result import (
     COMPLETION_MARKER,
     RESULT_FILE,
@@ -45,6 +47,7 @@ OPERATIONAL_FIELDS = frozenset({
     "restart", "checkpoint_every", "checkpoint_interval_minutes", "checkpoints_keep",
     "termination_grace_seconds", "log_every", "progress_interval_seconds", "class_data", "evaluate",
     "sample_every",
+    "lease_wait_seconds",
     "prompt_set", "images_per_prompt", "eval_max_prompts", "eval_class_images", "dino_model",
     "clip_model", "lpips_model",
     # Speed switches: the same model up to floating-point rounding.
@@ -76,7 +79,7 @@ class Job:
         self.result: dict = {}
         self.checkpoints = CheckpointStore(config.output, keep=max(1, config.checkpoints_keep))
         self.checkpoint_uploads = BackgroundUploads()
-        self.lease = Lease(config.output)
+        self.lease = Lease(config.output, wait_seconds=config.lease_wait_seconds, **pod_identity())
         self.stop = StopRequest(config.termination_grace_seconds)
 
     @contextlib.contextmanager
@@ -99,7 +102,9 @@ class Job:
         self.result = self._result_skeleton()
         self.stop.install()
         try:
+            check_conditional_writes(config.output, OperatorPolicy.from_env())
             self.lease.acquire()
+            self.lease.start_heartbeat()
             if self._already_complete():
                 self.observer.phase_started("done")
                 self.observer.finished(exit_code=int(ExitCode.OK))
