@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import socket
 import threading
@@ -101,8 +102,8 @@ class Lease:
                 body, etag = storage.read_with_etag(self.uri)
             except FileNotFoundError:
                 continue  # released just now: create it again
-            current = json.loads(body or b"{}")
-            left = current.get("expires_at", 0) - self.clock()
+            current = _holder_record(body)
+            left = current["expires_at"] - self.clock()
             if self._same_job(current) or left <= 0:
                 why = "this Job's previous pod" if self._same_job(current) else "an expired holder"
                 log.warning("taking over the lease %s from %s (%s)", self.uri, current.get("holder"), why)
@@ -175,6 +176,20 @@ class Lease:
         except Exception as exc:  # noqa: BLE001 - best effort: the expiry frees it anyway
             log.warning("could not release the lease %s: %s", self.uri, exc)
         self.etag = None
+
+
+def _holder_record(body: bytes) -> dict:
+    """The lease object's record; one that is not a record (anyone able to write the prefix can
+    write it) counts as expired, so that it can be taken over rather than block every run."""
+    try:
+        record = json.loads(body)
+    except ValueError:
+        record = None
+    if not isinstance(record, dict):
+        record = {}
+    expires_at = record.get("expires_at")
+    valid = isinstance(expires_at, int | float) and not isinstance(expires_at, bool)
+    return {**record, "expires_at": expires_at if valid and math.isfinite(expires_at) else 0.0}
 
 
 def check_conditional_writes(output_uri: str, policy: OperatorPolicy) -> None:

@@ -6,7 +6,7 @@ from header_proxy import HeaderStrippingProxy
 from dreambooth_job import storage
 from dreambooth_job.config import TrainConfig
 from dreambooth_job.exit_codes import InvalidInputError, RetryableError
-from dreambooth_job.lease import Lease, check_conditional_writes
+from dreambooth_job.lease import LEASE_FILE, Lease, check_conditional_writes
 from dreambooth_job.operator_policy import ALLOW_UNCONDITIONAL_STORE_ENV, OperatorPolicy
 
 
@@ -206,3 +206,12 @@ def test_a_store_that_ignores_conditional_writes_is_refused(store_ignoring_if_no
 def test_the_lease_wait_is_a_bounded_number_of_seconds(bad):
     with pytest.raises(InvalidInputError, match="--lease-wait-seconds must be between 0 and 86400"):
         TrainConfig(lease_wait_seconds=bad)
+
+
+@pytest.mark.parametrize("garbage", [b"", b"not json", b"[1, 2]", b'{"expires_at": "never"}',
+                                     b'{"expires_at": 1e999}', b'{"expires_at": true}'])
+def test_a_lease_object_that_is_no_record_is_taken_over(output, garbage):
+    storage.write_bytes(storage.join(output, LEASE_FILE), garbage)
+    lease = Lease(output, 600, Clock(), sleep=never_sleeps)
+    lease.acquire()
+    assert lease.held
