@@ -42,6 +42,7 @@ LR_SCHEDULER_CHOICES = (
     "polynomial",
 )
 LOG_FORMAT_CHOICES = ("auto", "json", "text")
+MAX_LEASE_WAIT_SECONDS = 86400
 ADAM_IMPL_CHOICES = ("auto", "fused", "foreach", "loop")
 ATTENTION_BACKEND_CHOICES = ("auto", "math", "efficient", "flash", "cudnn", "eager")
 COMPILE_MODE_CHOICES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
@@ -210,6 +211,9 @@ class TrainConfig:
     restart: bool = option(
         False, help="Ignore existing checkpoints whose config conflicts and start from step 0.")
     force: bool = option(False, help="Retrain even if --output holds a completed run.")
+    lease_wait_seconds: float = option(
+        600.0, help="While another Job holds the output's lease, wait this long for it before "
+                    "exiting 75 (the lease's TTL: a dead holder's lease expires within it).")
 
     # --- operations -----------------------------------------------------------------------------
     batch_id: str | None = option(help="Id of the overnight batch this job belongs to, if any.")
@@ -245,6 +249,9 @@ class TrainConfig:
                      "progress_interval_seconds"):
             if getattr(self, name) < 0:
                 raise InvalidInputError(f"{flag_name(name)} must not be negative, got {getattr(self, name)}")
+        if not 0 <= self.lease_wait_seconds <= MAX_LEASE_WAIT_SECONDS:
+            raise InvalidInputError(f"--lease-wait-seconds must be between 0 and {MAX_LEASE_WAIT_SECONDS}, "
+                                    f"got {self.lease_wait_seconds}")
         if not self.learning_rate > 0:
             raise InvalidInputError(f"--learning-rate must be positive, got {self.learning_rate}")
         if self.metrics_port > 65535:

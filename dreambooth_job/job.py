@@ -4,7 +4,8 @@
 Guarantees, in the order the code keeps them:
 - an option this machine cannot run (8-bit Adam without bitsandbytes or CUDA, --compile-unet
   without a compiler) is refused first, exit 2, before anything is downloaded (preflight.py);
-- a lease on the output prefix, so two pods of one job never train into it at once (lease.py);
+- an object store that enforces conditional writes, and a lease on the output prefix, so two pods
+  never train into it at once; this Job's retry takes over its killed predecessor's (lease.py);
 - a completed run of the same config is left alone (exit 0 without downloading anything);
 - training resumes from the newest checkpoint that verifies (checkpoint.py), and SIGTERM during
   training ends with a fresh checkpoint and ExitCode.TERMINATED (termination.py);
@@ -29,7 +30,8 @@ from dreambooth_job.checkpoint import BackgroundUploads, CheckpointStore, confli
 from dreambooth_job.config import TrainConfig
 from dreambooth_job.events import JobObserver, ObserverGroup
 from dreambooth_job.exit_codes import ExitCode, InvalidInputError, JobError, TerminatedError
-from dreambooth_job.lease import Lease
+from dreambooth_job.lease import Lease, check_conditional_writes, pod_identity
+from dreambooth_job.operator_policy import OperatorPolicy
 from dreambooth_job.preflight import check_capabilities
 from dreambooth_job.result import (
     COMPLETION_MARKER,
@@ -48,6 +50,7 @@ OPERATIONAL_FIELDS = frozenset({
     "restart", "checkpoint_every", "checkpoint_interval_minutes", "checkpoints_keep",
     "termination_grace_seconds", "log_every", "progress_interval_seconds", "class_data", "evaluate",
     "sample_every",
+    "lease_wait_seconds",
     "prompt_set", "images_per_prompt", "eval_max_prompts", "eval_class_images", "dino_model",
     "clip_model", "lpips_model",
     # Caps on the upload: a run within them trains the same model whatever their values.
@@ -81,7 +84,7 @@ class Job:
         self.result: dict = {}
         self.checkpoints = CheckpointStore(config.output, keep=max(1, config.checkpoints_keep))
         self.checkpoint_uploads = BackgroundUploads()
-        self.lease = Lease(config.output)
+        self.lease = Lease(config.output, wait_seconds=config.lease_wait_seconds, **pod_identity())
         self.stop = StopRequest(config.termination_grace_seconds)
 
     @contextlib.contextmanager
@@ -106,7 +109,9 @@ class Job:
         try:
             # Before the lease and any download: an option this machine cannot run is bad input.
             check_capabilities(config)
+            check_conditional_writes(config.output, OperatorPolicy.from_env())
             self.lease.acquire()
+            self.lease.start_heartbeat()
             if self._already_complete():
                 self.observer.phase_started("done")
                 self.observer.finished(exit_code=int(ExitCode.OK))

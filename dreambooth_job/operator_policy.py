@@ -9,9 +9,11 @@ be set by a flag or a batch row, and then a tenant could lift its own restrictio
     DREAMBOOTH_OPERATOR_BATCH_ROW_OPTIONS=learning_rate,max_train_steps
     DREAMBOOTH_OPERATOR_ALLOWED_PREFIXES=s3://tenant-a/,s3://shared-cache/class-images/
     DREAMBOOTH_OPERATOR_ALLOWED_HOSTS=pushgateway.monitoring.svc
+    DREAMBOOTH_OPERATOR_ALLOW_STORE_WITHOUT_CONDITIONAL_WRITES=true  # the lease is then unsafe
 
 Lists are comma- or newline-separated. Every default keeps the single-tenant behaviour: no local
-prompt files, every option in a batch row, every prefix and every host.
+prompt files, every option in a batch row, every prefix and every host; an object store that
+ignores conditional writes is refused.
 """
 
 from __future__ import annotations
@@ -22,7 +24,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from dreambooth_job.exit_codes import InvalidInputError
+
 ENV_PREFIX = "DREAMBOOTH_OPERATOR_"
+ALLOW_UNCONDITIONAL_STORE_ENV = ENV_PREFIX + "ALLOW_STORE_WITHOUT_CONDITIONAL_WRITES"
+_BOOLEANS = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False, "": False}
 
 
 def _split(raw: str | None) -> tuple[str, ...] | None:
@@ -43,6 +49,9 @@ class OperatorPolicy:
     None: any."""
     allowed_hosts: tuple[str, ...] | None = None
     """Host names that outbound URLs (Pushgateway, notifications) may name; None: any."""
+    allow_store_without_conditional_writes: bool = False
+    """Run on an object store that ignores If-None-Match (the job refuses to by default, exit 2):
+    the output lease can then no longer keep two runs from publishing into one prefix."""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> OperatorPolicy:
@@ -51,7 +60,8 @@ class OperatorPolicy:
             prompt_file_dirs=_split(env.get(ENV_PREFIX + "PROMPT_FILE_DIRS")) or (),
             batch_row_options=_split(env.get(ENV_PREFIX + "BATCH_ROW_OPTIONS")),
             allowed_prefixes=_split(env.get(ENV_PREFIX + "ALLOWED_PREFIXES")),
-            allowed_hosts=_split(env.get(ENV_PREFIX + "ALLOWED_HOSTS")))
+            allowed_hosts=_split(env.get(ENV_PREFIX + "ALLOWED_HOSTS")),
+            allow_store_without_conditional_writes=_boolean(env, ALLOW_UNCONDITIONAL_STORE_ENV))
 
     def allows_prompt_file(self, path: str | os.PathLike) -> bool:
         """True when `path`, symlinks resolved, lies inside one of the allowed directories."""
@@ -73,6 +83,13 @@ class OperatorPolicy:
             return True
         host = (urlsplit(url).hostname or "").lower()
         return host in {h.lower() for h in self.allowed_hosts}
+
+
+def _boolean(env: Mapping[str, str], name: str) -> bool:
+    raw = env.get(name, "").strip().lower()
+    if raw not in _BOOLEANS:
+        raise InvalidInputError(f"{name} must be true or false, got {env[name]!r}")
+    return _BOOLEANS[raw]
 
 
 def _under(uri: str, prefix: str) -> bool:

@@ -34,6 +34,9 @@ CONTAINER_NAME = "train"
 SUBJECT_LABEL = "dreambooth-job/subject"
 BATCH_LABEL = "dreambooth-job/batch"
 QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
+# Set by the Job controller on every pod of a Job (Kubernetes >= 1.27); the lease reads it.
+JOB_UID_LABEL = "batch.kubernetes.io/controller-uid"
+JOB_UID_ENV = "DREAMBOOTH_JOB_UID"
 
 # The image's numeric USER (Dockerfile); numeric so that the kubelet can verify runAsNonRoot.
 RUN_AS_USER = 10001
@@ -272,7 +275,8 @@ def build_job(spec: JobSpec) -> dict[str, Any]:
             activeDeadlineSeconds=cluster.active_deadline_seconds,
             ttlSecondsAfterFinished=cluster.ttl_seconds_after_finished,
             # A replacement pod starts only once the old one has exited, so that it resumes from
-            # the checkpoint the old one wrote on SIGTERM rather than racing it.
+            # the checkpoint the old one wrote on SIGTERM rather than racing it, and may take
+            # over the output lease of a killed predecessor at once.
             podReplacementPolicy="Failed",
             podFailurePolicy=pod_failure_policy(),
             template={
@@ -381,9 +385,17 @@ def _pod_spec(train: cfg.TrainConfig, cluster: ClusterSettings,
     )
 
 
+def job_uid_env() -> dict[str, Any]:
+    """The pod's Job UID for the output lease: a retry of the same Job takes over the lease of its
+    killed predecessor at once (podReplacementPolicy: Failed means that pod has ended)."""
+    return {"name": JOB_UID_ENV, "valueFrom": {"fieldRef": {
+        "fieldPath": f"metadata.labels['{JOB_UID_LABEL}']"}}}
+
+
 def _env(cluster: ClusterSettings) -> list[dict[str, Any]]:
     env = [{"name": "XDG_CACHE_HOME", "value": CACHE_MOUNT},
-           {"name": "HF_HOME", "value": f"{CACHE_MOUNT}/huggingface"}]
+           {"name": "HF_HOME", "value": f"{CACHE_MOUNT}/huggingface"},
+           job_uid_env()]
     if not cluster.gpus:
         # Where nvidia is the default container runtime, a pod that requests no GPU still sees
         # every GPU of the node unless told otherwise.

@@ -11,6 +11,7 @@ import pytest
 from deploy_support import KUBE_VERSIONS, options_of, parse_train_args, validate_object
 
 from dreambooth_job import config as cfg
+from dreambooth_job import lease
 from dreambooth_job.exit_codes import ExitCode, InvalidInputError
 from dreambooth_job.k8s import manifest
 from dreambooth_job.k8s.manifest import (
@@ -178,6 +179,16 @@ def test_s3_credentials_are_referenced_never_copied():
         assert env[key] == {"name": key, "valueFrom": {"secretKeyRef": {"name": "keys", "key": key}}}
     assert env["AWS_REGION"]["value"] == env["AWS_DEFAULT_REGION"]["value"] == "eu-west-1"
     assert env["AWS_ENDPOINT_URL"]["value"] == "https://minio:9000"
+
+
+def test_the_pod_knows_its_jobs_uid_for_the_lease_and_replaces_only_ended_pods():
+    job = build_job(JobSpec(train=dog()))
+    env = {e["name"]: e for e in pod_spec(job)["containers"][0]["env"]}
+    # The label the Job controller puts on its pods, read by the lease (lease.pod_identity).
+    assert env[lease.JOB_UID_ENV]["valueFrom"] == {
+        "fieldRef": {"fieldPath": "metadata.labels['batch.kubernetes.io/controller-uid']"}}
+    # Taking over a predecessor's lease at once is safe only if that pod has ended.
+    assert job["spec"]["podReplacementPolicy"] == "Failed"
 
 
 def test_every_cluster_setting_is_documented():

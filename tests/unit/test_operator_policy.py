@@ -1,6 +1,9 @@
 """Operator settings come from the environment only and default to single-tenant behaviour."""
 
-from dreambooth_job.operator_policy import OperatorPolicy
+import pytest
+
+from dreambooth_job.exit_codes import InvalidInputError
+from dreambooth_job.operator_policy import ALLOW_UNCONDITIONAL_STORE_ENV, OperatorPolicy
 
 
 def test_defaults_allow_everything_but_local_prompt_files(tmp_path):
@@ -31,3 +34,11 @@ def test_lists_from_the_environment_restrict(tmp_path):
     assert not policy.allows_uri("s3://bucket/tenant-a/../tenant-b/")
     assert policy.allows_host("https://push.example/metrics")
     assert not policy.allows_host("http://169.254.169.254/")
+
+
+def test_only_the_operator_can_allow_a_store_without_conditional_writes():
+    assert not OperatorPolicy.from_env({}).allow_store_without_conditional_writes
+    allowed = {ALLOW_UNCONDITIONAL_STORE_ENV: "True"}
+    assert OperatorPolicy.from_env(allowed).allow_store_without_conditional_writes
+    with pytest.raises(InvalidInputError, match=f"{ALLOW_UNCONDITIONAL_STORE_ENV} must be true or false"):
+        OperatorPolicy.from_env({ALLOW_UNCONDITIONAL_STORE_ENV: "sure"})
