@@ -102,6 +102,7 @@ def spec_from_values(values: dict[str, Any]) -> JobSpec:
         pod_annotations=values["podAnnotations"],
         env=tuple(values["extraEnv"]),
         managed_by="Helm",
+        prompt_file_dirs=tuple(values["operator"]["promptFileDirs"]),
     )
     return JobSpec(train=train, cluster=cluster, name=RELEASE, extra_args=tuple(values["extraArgs"]))
 
