@@ -21,6 +21,7 @@ from dreambooth_job import __version__
 from dreambooth_job import config as cfg
 from dreambooth_job.cli_options import resolve_train_config, train_options
 from dreambooth_job.exit_codes import ExitCode, JobError
+from dreambooth_job.redaction import redact
 
 # Commands defined in other modules, imported only when invoked or listed: `train` should not pay
 # for the Kubernetes client's import (about 1 s, most of this module's import time).
@@ -55,7 +56,7 @@ def exits_with_codes(command: Callable) -> Callable:
         try:
             return command(*args, **kwargs)
         except JobError as exc:
-            click.echo(f"error: {exc.message}", err=True)
+            click.echo(f"error: {redact(exc.message)}", err=True)
             sys.exit(int(exc.exit_code))
 
     return wrapper

@@ -24,6 +24,7 @@ from typing import Any
 import yaml
 
 from dreambooth_job.exit_codes import InvalidInputError
+from dreambooth_job.redaction import has_url_credentials
 
 ENV_PREFIX = "DREAMBOOTH_"
 DEFAULT_BASE_MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"
@@ -41,6 +42,10 @@ LOG_FORMAT_CHOICES = ("auto", "json", "text")
 ADAM_IMPL_CHOICES = ("auto", "fused", "foreach", "loop")
 ATTENTION_BACKEND_CHOICES = ("auto", "math", "efficient", "flash", "cudnn", "eager")
 COMPILE_MODE_CHOICES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+# Options naming a place (s3://, a hub id, a directory, an http URL). A URL among them never
+# carries credentials: they would travel in Job args, batch files and result.json.
+URI_OPTIONS = ("instance_data", "output", "base_model", "cache_dir", "class_data", "prompt_set",
+               "dino_model", "clip_model", "lpips_model", "pushgateway")
 DEFAULT_VALIDATION_PROMPTS = (
     "a {identifier} {class_noun} in the jungle",
     "a {identifier} {class_noun} on the beach",
@@ -256,6 +261,11 @@ class TrainConfig:
             raise InvalidInputError("--instance-prompt must contain {identifier}")
         if self.prior_preservation and self.num_class_images < 1:
             raise InvalidInputError("--num-class-images must be at least 1 with prior preservation")
+        for name in URI_OPTIONS:
+            if has_url_credentials(getattr(self, name) or ""):  # the value itself is never echoed
+                raise InvalidInputError(
+                    f"{flag_name(name)} must not carry credentials (user:password@ in its URL): "
+                    "credentials come from a Secret through the environment")
 
     # ------------------------------------------------------------------------------------------
     @property

@@ -17,7 +17,6 @@ import datetime
 import hashlib
 import json
 import logging
-import re
 import tempfile
 import time
 from pathlib import Path
@@ -28,6 +27,7 @@ from dreambooth_job.config import TrainConfig
 from dreambooth_job.events import JobObserver, ObserverGroup
 from dreambooth_job.exit_codes import ExitCode, InvalidInputError, JobError, TerminatedError
 from dreambooth_job.lease import Lease
+from dreambooth_job.redaction import redact_value
 from dreambooth_job.result import (
     COMPLETION_MARKER,
     RESULT_FILE,
@@ -145,7 +145,8 @@ class Job:
             logger.info("%s already holds a completed run of this config: nothing to do", config.output)
             return True
         previous = {k: v for k, v in completed.get("config", {}).items() if k not in OPERATIONAL_FIELDS}
-        differing = sorted(k for k, v in model_config(config).items() if previous.get(k) != v)
+        differing = sorted(k for k, v in redact_value(model_config(config)).items()
+                           if previous.get(k) != v)
         raise InvalidInputError(
             f"--output {config.output} holds a completed run of another config (differs in: "
             f"{', '.join(differing) or 'unknown'}); pass --force to replace it or use another --output")
@@ -172,15 +173,16 @@ class Job:
         from dreambooth_job.train import Trainer
 
         config = self.config
+        if config.evaluate:
+            # Before any download or model load: a bad or disallowed --prompt-set fails at once.
+            from dreambooth_job.evaluation import validate_config
+
+            validate_config(config)
         with self.phase("download"):
             photo_dir = work / "photos"
             if not storage.download_dir(config.instance_data, photo_dir):
                 raise InvalidInputError(f"--instance-data {config.instance_data} holds no files")
         with self.phase("validate"):
-            if config.evaluate:
-                from dreambooth_job.evaluation import validate_config
-
-                validate_config(config)
             photos = data.load_subject_photos(photo_dir, config)
             self.result["photos"] = {"used": photos.used,
                                      "rejected": [dataclasses.asdict(r) for r in photos.rejected]}
@@ -383,12 +385,8 @@ class Job:
 
 
 def _redacted_config(config: TrainConfig) -> dict:
-    """The config for result.json: URLs lose any user:password part."""
-    values = config.to_dict()
-    for key, value in values.items():
-        if isinstance(value, str):
-            values[key] = re.sub(r"(://)[^/@\s]+@", r"\1[REDACTED]@", value)
-    return values
+    """The config as result.json and checkpoints record it: the logs' redaction (redaction.py)."""
+    return redact_value(config.to_dict())
 
 
 def _inference_device():
