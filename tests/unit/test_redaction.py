@@ -104,9 +104,10 @@ def test_a_url_with_credentials_is_refused_as_any_place_option(option):
     assert "hunter2-secret" not in message and "\n" not in message
 
 
-def test_train_refuses_a_pushgateway_with_credentials_in_one_line_without_the_secret():
+def test_train_refuses_a_pushgateway_with_credentials_in_one_line_without_the_secret(tmp_path):
     result = CliRunner().invoke(main, [
-        "train", "--instance-data", "photos/", "--class-noun", "dog", "--output", "out/",
+        "train", "--instance-data", str(tmp_path / "photos"), "--class-noun", "dog",
+        "--output", str(tmp_path / "out"),
         "--pushgateway", "https://admin:hunter2-secret@pushgateway:9091"], env={})
     assert result.exit_code == ExitCode.INVALID_INPUT
     assert "hunter2-secret" not in result.output
