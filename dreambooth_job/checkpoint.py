@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from dreambooth_job import storage
+from dreambooth_job.redaction import redact_value
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +80,9 @@ class CheckpointStore:
         return found
 
     def save(self, local_dir: Path, step: int, config: dict, identifier: str) -> Checkpoint:
-        """Upload `local_dir` (an accelerate state) as the checkpoint of `step`, then prune."""
+        """Upload `local_dir` (an accelerate state) as the checkpoint of `step`, then prune.
+        The config is recorded redacted, as in result.json (compare with `conflicts`)."""
+        config = redact_value(config)
         (local_dir / TRAINER_STATE).write_text(json.dumps(
             {"step": step, "identifier": identifier, "config": config}, indent=2))
         files = sorted(p for p in local_dir.rglob("*") if p.is_file())
@@ -164,5 +167,7 @@ class BackgroundUploads:
 
 
 def conflicts(checkpoint_config: dict, config: dict) -> list[str]:
-    """Fields in which a config differs from the one a checkpoint was trained with."""
+    """Fields in which a config differs from the one a checkpoint was trained with; both as
+    recorded, i.e. redacted (a presigned --base-model keeps its key, loses its signature)."""
+    config = redact_value(config)
     return [f for f in CONFLICT_FIELDS if checkpoint_config.get(f) != config.get(f)]

@@ -25,7 +25,7 @@ from dreambooth_job import __version__, termination
 from dreambooth_job import config as cfg
 from dreambooth_job.cli_options import resolve_train_config, train_options
 from dreambooth_job.exit_codes import ExitCode, JobError
-from dreambooth_job.log import redact
+from dreambooth_job.redaction import redact
 
 # Commands defined in other modules, imported only when invoked or listed: `train` should not pay
 # for the Kubernetes client's import (about 1 s, most of this module's import time).

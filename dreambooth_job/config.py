@@ -28,6 +28,7 @@ import yaml
 from dreambooth_job.config_files import load_yaml, read_text_file, yaml_reason
 from dreambooth_job.exit_codes import InvalidInputError
 from dreambooth_job.identifiers import format_prompt
+from dreambooth_job.redaction import has_url_credentials
 
 ENV_PREFIX = "DREAMBOOTH_"
 DEFAULT_BASE_MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"
@@ -46,6 +47,10 @@ MAX_LEASE_WAIT_SECONDS = 86400
 ADAM_IMPL_CHOICES = ("auto", "fused", "foreach", "loop")
 ATTENTION_BACKEND_CHOICES = ("auto", "math", "efficient", "flash", "cudnn", "eager")
 COMPILE_MODE_CHOICES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+# Options naming a place (s3://, a hub id, a directory, an http URL). A URL among them never
+# carries credentials: they would travel in Job args, batch files and result.json.
+URI_OPTIONS = ("instance_data", "output", "base_model", "cache_dir", "class_data", "prompt_set",
+               "dino_model", "clip_model", "lpips_model", "pushgateway")
 DEFAULT_VALIDATION_PROMPTS = (
     "a {identifier} {class_noun} in the jungle",
     "a {identifier} {class_noun} on the beach",
@@ -271,6 +276,11 @@ class TrainConfig:
             raise InvalidInputError("--instance-prompt must contain {identifier}")
         if self.prior_preservation and self.num_class_images < 1:
             raise InvalidInputError("--num-class-images must be at least 1 with prior preservation")
+        for name in URI_OPTIONS:
+            if has_url_credentials(getattr(self, name) or ""):  # the value itself is never echoed
+                raise InvalidInputError(
+                    f"{flag_name(name)} must not carry credentials (user:password@ in its URL): "
+                    "credentials come from a Secret through the environment")
         self._validate_words()
 
     def _validate_finite(self) -> None:

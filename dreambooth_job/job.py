@@ -20,7 +20,6 @@ import datetime
 import hashlib
 import json
 import logging
-import re
 import tempfile
 import time
 from pathlib import Path
@@ -33,6 +32,7 @@ from dreambooth_job.exit_codes import ExitCode, InvalidInputError, JobError, Ter
 from dreambooth_job.lease import Lease, check_conditional_writes, pod_identity
 from dreambooth_job.operator_policy import OperatorPolicy
 from dreambooth_job.preflight import check_capabilities
+from dreambooth_job.redaction import redact_value
 from dreambooth_job.result import (
     COMPLETION_MARKER,
     RESULT_FILE,
@@ -159,7 +159,8 @@ class Job:
             logger.info("%s already holds a completed run of this config: nothing to do", config.output)
             return True
         previous = {k: v for k, v in completed.get("config", {}).items() if k not in OPERATIONAL_FIELDS}
-        differing = sorted(k for k, v in model_config(config).items() if previous.get(k) != v)
+        differing = sorted(k for k, v in redact_value(model_config(config)).items()
+                           if previous.get(k) != v)
         raise InvalidInputError(
             f"--output {config.output} holds a completed run of another config (differs in: "
             f"{', '.join(differing) or 'unknown'}); pass --force to replace it or use another --output")
@@ -186,14 +187,15 @@ class Job:
         from dreambooth_job.train import Trainer
 
         config = self.config
+        if config.evaluate:
+            # Before any download or model load: a bad or disallowed --prompt-set fails at once.
+            from dreambooth_job.evaluation import validate_config
+
+            validate_config(config)
         with self.phase("download"):
             photo_dir = work / "photos"
             selected = data.download_photos(config, photo_dir)
         with self.phase("validate"):
-            if config.evaluate:
-                from dreambooth_job.evaluation import validate_config
-
-                validate_config(config)
             photos = data.load_subject_photos(photo_dir, config, skipped=selected.skipped)
             self.result["photos"] = {"used": photos.used,
                                      "rejected": [dataclasses.asdict(r) for r in photos.rejected]}
@@ -397,12 +399,8 @@ class Job:
 
 
 def _redacted_config(config: TrainConfig) -> dict:
-    """The config for result.json: URLs lose any user:password part."""
-    values = config.to_dict()
-    for key, value in values.items():
-        if isinstance(value, str):
-            values[key] = re.sub(r"(://)[^/@\s]+@", r"\1[REDACTED]@", value)
-    return values
+    """The config as result.json and checkpoints record it: the logs' redaction (redaction.py)."""
+    return redact_value(config.to_dict())
 
 
 def _inference_device():

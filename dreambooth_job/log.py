@@ -6,26 +6,14 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import re
 import sys
 import time
 
-# Values that must never reach a log line, whatever code logs them: credentials from the
-# environment, and anything shaped like a presigned URL's signature or an access key.
-_SECRET_ENV = ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_ACCESS_KEY_ID",
-               "AWS_SECURITY_TOKEN", "HF_TOKEN", "HUGGING_FACE_HUB_TOKEN")
-_SECRET_PATTERNS = re.compile(
-    r"(X-Amz-Signature=[^&\s]+|X-Amz-Credential=[^&\s]+|X-Amz-Security-Token=[^&\s]+|"
-    r"\b(?:AKIA|ASIA)[A-Z0-9]{16}\b|(?<=://)[^/@\s:]+:[^/@\s]+(?=@))")
+from dreambooth_job.redaction import redact
 
-
-def redact(text: str) -> str:
-    for name in _SECRET_ENV:
-        value = os.environ.get(name)
-        if value and len(value) >= 4:
-            text = text.replace(value, "[REDACTED]")
-    return _SECRET_PATTERNS.sub("[REDACTED]", text)
+# Nothing that looks like a secret reaches a log line, whatever code logs it: the one redaction
+# of everything the job writes (redaction.py).
+__all__ = ["configure", "redact"]
 
 
 class _JsonFormatter(logging.Formatter):

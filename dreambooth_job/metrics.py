@@ -36,10 +36,12 @@ can be found and deleted together. Groups live until deleted: once a batch's rep
 from __future__ import annotations
 
 import atexit
+import base64
 import functools
 import json
 import logging
 import math
+import os
 import resource
 import sys
 import threading
@@ -53,11 +55,13 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 import prometheus_client
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.exposition import basic_auth_handler, default_handler
 from prometheus_client.registry import Collector
 
 from dreambooth_job import __version__
 from dreambooth_job.config import TrainConfig
 from dreambooth_job.events import PHASES, JobObserver, TrainProgress
+from dreambooth_job.redaction import redact
 
 log = logging.getLogger(__name__)
 
@@ -74,12 +78,29 @@ LOSS_PARTS = ("total", "instance", "prior")
 DIRECTIONS = ("download", "upload")
 CLASS_IMAGE_SOURCES = ("generated", "reused")
 DEFAULT_PUSH_TIMEOUT = 5.0
+PUSH_USERNAME_ENV, PUSH_PASSWORD_ENV = "DREAMBOOTH_PUSHGATEWAY_USERNAME", "DREAMBOOTH_PUSHGATEWAY_PASSWORD"
+"""Basic-auth credentials of the Pushgateway, from a Secret through the environment: a URL with
+`user:password@` is refused (it would travel in Job args and result.json)."""
 BASELINE_PREFIX = "base_"
 
 
+def push_handler(env: Mapping[str, str] | None = None):
+    """prometheus_client's push handler: basic auth when the environment holds credentials."""
+    env = os.environ if env is None else env
+    username, password = env.get(PUSH_USERNAME_ENV), env.get(PUSH_PASSWORD_ENV)
+    if not username and not password:
+        return default_handler
+
+    def handler(url, method, timeout, headers, data):
+        return basic_auth_handler(url, method, timeout, headers, data, username, password)
+
+    return handler
+
+
 def grouping_key(batch_id: str | None, subject_id: str) -> dict[str, str]:
-    """The Pushgateway grouping key (besides job="dreambooth-job") of one subject's job."""
-    return {"batch_id": batch_id or "", "subject_id": subject_id}
+    """The Pushgateway grouping key (besides job="dreambooth-job") of one subject's job; redacted
+    like every label (labels are written to every scrape and push)."""
+    return {"batch_id": redact(batch_id or ""), "subject_id": redact(subject_id)}
 
 
 class JobMetrics:
@@ -87,7 +108,8 @@ class JobMetrics:
 
     def __init__(self, job_id: str, subject_id: str, batch_id: str | None = None):
         self.registry = CollectorRegistry()
-        self.ids = {"job_id": job_id, "subject_id": subject_id, "batch_id": batch_id or ""}
+        self.ids = {"job_id": redact(job_id), "subject_id": redact(subject_id),
+                    "batch_id": redact(batch_id or "")}
 
         def gauge(name, doc, *labels):
             return Gauge(name, doc, [*ID_LABELS, *labels], registry=self.registry)
@@ -306,6 +328,7 @@ class Pusher:
                  failures: Counter, timeout: float = DEFAULT_PUSH_TIMEOUT):
         self.url, self.group, self.registry = url, dict(group), registry
         self.failures, self.timeout = failures, timeout
+        self.handler = push_handler()
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._final = False
@@ -336,7 +359,8 @@ class Pusher:
                 return False
             try:
                 prometheus_client.push_to_gateway(self.url, PUSH_JOB, self.registry,
-                                                  grouping_key=self.group, timeout=self.timeout)
+                                                  grouping_key=self.group, timeout=self.timeout,
+                                                  handler=self.handler)
                 return True
             except Exception as exc:  # noqa: BLE001 - a push never fails the job
                 self.failures.inc()
@@ -513,7 +537,12 @@ def pushed_groups(url: str, batch_id: str | None = None, *,
                   timeout: float = 10.0) -> list[dict[str, str]]:
     """Grouping labels of the job groups on the Pushgateway, optionally of one batch only."""
     base = url if url.startswith(("http://", "https://")) else f"http://{url}"
-    with urllib.request.urlopen(base.rstrip("/") + "/api/v1/metrics", timeout=timeout) as response:
+    request = urllib.request.Request(base.rstrip("/") + "/api/v1/metrics")
+    username, password = os.environ.get(PUSH_USERNAME_ENV), os.environ.get(PUSH_PASSWORD_ENV)
+    if username or password:
+        token = base64.b64encode(f"{username or ''}:{password or ''}".encode()).decode()
+        request.add_header("Authorization", f"Basic {token}")
+    with urllib.request.urlopen(request, timeout=timeout) as response:
         groups = [g["labels"] for g in json.load(response)["data"]]
     return [g for g in groups if g.get("job") == PUSH_JOB
             and (batch_id is None or g.get("batch_id", "") == batch_id)]
@@ -532,7 +561,7 @@ def delete_batch_groups(url: str, batch_id: str, subject_ids: Iterable[str] | No
     for subject_id in subject_ids:
         try:
             prometheus_client.delete_from_gateway(url, PUSH_JOB, grouping_key(batch_id, subject_id),
-                                                  timeout=timeout)
+                                                  timeout=timeout, handler=push_handler())
         except Exception as exc:  # noqa: BLE001 - try every group, report the failed ones
             log.warning("deleting Pushgateway group of %s/%s failed: %s", batch_id, subject_id, exc)
             failed.append(subject_id)

@@ -12,6 +12,7 @@ from importlib import resources
 from typing import Any
 
 from dreambooth_job import storage
+from dreambooth_job.redaction import redact_value
 
 RESULT_FILE = "result.json"
 COMPLETION_MARKER = "_SUCCESS"
@@ -24,8 +25,9 @@ def schema() -> dict[str, Any]:
 
 
 def write_result(output_uri: str, result: dict[str, Any]) -> None:
+    """Write result.json, every string redacted (no presigned signature, no URL credentials)."""
     storage.write_bytes(storage.join(output_uri, RESULT_FILE),
-                        json.dumps(result, indent=2, sort_keys=False).encode())
+                        json.dumps(redact_value(result), indent=2, sort_keys=False).encode())
 
 
 def mark_complete(output_uri: str) -> None:

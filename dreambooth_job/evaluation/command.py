@@ -22,6 +22,7 @@ from dreambooth_job import config as cfg
 from dreambooth_job import storage
 from dreambooth_job.cli_options import resolve_train_config
 from dreambooth_job.exit_codes import InvalidInputError, JobError
+from dreambooth_job.redaction import redact, redact_value
 
 OUTPUT_FILE = "evaluation.json"
 CONFIG_FIELDS = (
@@ -63,7 +64,7 @@ def evaluate(model_source: str, output: str | None, baseline: bool, **params) ->
     """Score a model like the DreamBooth paper: DINO, CLIP-I, CLIP-T, PRES and DIV."""
     try:
         report = run_evaluation(model_source, resolve_train_config(params), baseline=baseline)
-        text = json.dumps(report, indent=2)
+        text = json.dumps(redact_value(report), indent=2)  # redacted like result.json
         if output:
             target = output if output.endswith(".json") else storage.join(output, OUTPUT_FILE)
             storage.write_bytes(target, text.encode())
@@ -71,7 +72,7 @@ def evaluate(model_source: str, output: str | None, baseline: bool, **params) ->
         else:
             click.echo(text)
     except JobError as exc:
-        click.echo(f"error: {exc.message}", err=True)
+        click.echo(f"error: {redact(exc.message)}", err=True)
         sys.exit(int(exc.exit_code))
 
 

@@ -3,6 +3,11 @@
 The paper evaluates dogs and cats (its live subjects) on prompts that dress them up ("wearing a
 santa hat") and objects on prompts that change their surroundings or material; `auto` picks the set
 from the class noun the same way.
+
+A prompt file is the tenant's: from s3:// it is always read, from the pod's own file system only
+inside the directories the operator allows (DREAMBOOTH_OPERATOR_PROMPT_FILE_DIRS, none by
+default), since a local path could name a mounted service-account or web-identity token. No
+error message quotes the file: a bad line is named by its number.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ from pathlib import Path
 from dreambooth_job import storage
 from dreambooth_job.exit_codes import InvalidInputError
 from dreambooth_job.identifiers import format_prompt
+from dreambooth_job.operator_policy import ENV_PREFIX, OperatorPolicy
 
 BUILTIN_SETS = ("object", "live")
 LIVE_CLASS_NOUNS = frozenset({"dog", "dogs", "puppy", "puppies", "cat", "cats", "kitten",
@@ -42,26 +48,39 @@ def load_prompt_set(setting: str, class_noun: str) -> PromptSet:
         asset = resources.files("dreambooth_job").joinpath(f"assets/eval_prompts/{setting}.txt")
         text = asset.read_text()
         return PromptSet(setting, parse_templates(text, setting))
+    if not storage.is_s3(setting) and not OperatorPolicy.from_env().allows_prompt_file(setting):
+        # The same answer whether the file exists or not: no probing of the pod's file system.
+        raise InvalidInputError(
+            f"--prompt-set {setting} is neither auto, object, live, an s3:// URI nor a file in a "
+            f"directory the operator allows ({ENV_PREFIX}PROMPT_FILE_DIRS)")
     try:
         raw = storage.read_bytes(setting) if storage.is_s3(setting) else Path(setting).read_bytes()
+        text = raw.decode("utf-8")
     except (FileNotFoundError, IsADirectoryError):
         raise InvalidInputError(
             f"--prompt-set {setting} is neither auto, object, live nor a readable file") from None
-    return PromptSet(setting, parse_templates(raw.decode("utf-8"), setting))
+    except UnicodeDecodeError:
+        raise InvalidInputError(f"--prompt-set {setting} is not UTF-8 text") from None
+    return PromptSet(setting, parse_templates(text, setting))
 
 
 def parse_templates(text: str, source: str) -> tuple[str, ...]:
-    """One template a line; blank lines and # comments are skipped; every template is checked."""
-    templates = tuple(line.strip() for line in text.splitlines()
-                      if line.strip() and not line.lstrip().startswith("#"))
-    if not templates:
+    """One template a line; blank lines and # comments are skipped; every template is checked.
+    Errors name the line by number, never by content (see the module docs)."""
+    numbered = [(number, line.strip()) for number, line in enumerate(text.splitlines(), 1)
+                if line.strip() and not line.lstrip().startswith("#")]
+    if not numbered:
         raise InvalidInputError(f"--prompt-set {source} holds no prompts")
-    for template in templates:
+    for number, template in numbered:
         if "{identifier}" not in template:
+            raise InvalidInputError(f"--prompt-set {source}: line {number} lacks {{identifier}}")
+        try:
+            format_prompt(template, "x", "y")  # an unknown placeholder fails now, not after training
+        except InvalidInputError:
             raise InvalidInputError(
-                f"--prompt-set {source}: prompt {template!r} lacks {{identifier}}")
-        format_prompt(template, "x", "y")  # names an unknown placeholder now, not after training
-    return templates
+                f"--prompt-set {source}: line {number} has a placeholder other than "
+                "{identifier} and {class_noun}") from None
+    return tuple(template for _, template in numbered)
 
 
 def select(templates: tuple[str, ...], max_prompts: int) -> tuple[str, ...]:

@@ -28,6 +28,7 @@ from typing import Any
 from dreambooth_job import __version__
 from dreambooth_job import config as cfg
 from dreambooth_job.exit_codes import ExitCode, InvalidInputError
+from dreambooth_job.operator_policy import ENV_PREFIX as OPERATOR_ENV_PREFIX
 
 APP_NAME = "dreambooth-job"
 CONTAINER_NAME = "train"
@@ -67,6 +68,7 @@ TMP_SIZE_LIMIT = "40Gi"
 NOT_RETRYABLE = (ExitCode.INVALID_INPUT,)
 
 DEFAULT_IMAGE = f"{APP_NAME}:{__version__}"
+PROMPT_FILE_DIRS_ENV = OPERATOR_ENV_PREFIX + "PROMPT_FILE_DIRS"
 # The container sets these itself (cache_dir follows the cache volume), so they are not options
 # of the chart's `job:` values nor of the rendered args.
 OPTIONS_SET_BY_THE_POD = frozenset({"cache_dir"})
@@ -173,6 +175,10 @@ class ClusterSettings:
         RUN_AS_USER, help="Primary GID of the pod. Chart: podSecurityContext.runAsGroup.")
     fs_group: int | None = setting(
         RUN_AS_USER, help="GID that owns the volumes. Chart: podSecurityContext.fsGroup.")
+    prompt_file_dirs: tuple[str, ...] = setting(
+        (), help="Operator setting: absolute directories in the container whose files --prompt-set "
+                 "may read, as DREAMBOOTH_OPERATOR_PROMPT_FILE_DIRS (default: none; built-in sets "
+                 "and s3:// files always work). Chart: operator.promptFileDirs.")
 
     def __post_init__(self) -> None:
         if self.gpus < 0:
@@ -184,6 +190,10 @@ class ClusterSettings:
             value = getattr(self, name)
             if value is not None and value < 0:
                 raise InvalidInputError(f"{name} must not be negative, got {value}")
+        for directory in self.prompt_file_dirs:
+            if not directory.startswith("/") or "," in directory or "\n" in directory:
+                raise InvalidInputError(f"prompt_file_dirs: {directory!r} is not an absolute "
+                                        "directory without commas")
         self._check_identity()
 
     def _check_identity(self) -> None:
@@ -410,6 +420,8 @@ def _env(cluster: ClusterSettings) -> list[dict[str, Any]]:
         env += [{"name": key, "valueFrom": {"secretKeyRef": {
                     "name": cluster.s3_credentials_secret, "key": key}}}
                 for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")]
+    if cluster.prompt_file_dirs:  # operator settings: env of the pod, never train options
+        env.append({"name": PROMPT_FILE_DIRS_ENV, "value": ",".join(cluster.prompt_file_dirs)})
     return env
 
 

@@ -110,6 +110,7 @@ def spec_from_values(values: dict[str, Any]) -> JobSpec:
         run_as_user=identity.get("runAsUser"),
         run_as_group=identity.get("runAsGroup"),
         fs_group=identity.get("fsGroup"),
+        prompt_file_dirs=tuple(values["operator"]["promptFileDirs"]),
     )
     return JobSpec(train=train, cluster=cluster, name=name, extra_args=tuple(values["extraArgs"]))
 

@@ -196,11 +196,27 @@ def test_pod_monitor_selects_the_pod(render):
     ({**MINIMAL, "podSecurityContext": {"runAsNonRoot": False}}, "'runAsNonRoot' not allowed"),
     ({**MINIMAL, "fullnameOverride": "Dog_42"}, "/fullnameOverride"),
     ({**MINIMAL, "nameOverride": "-x-"}, "/nameOverride"),
+    (with_job(pushgateway="https://user:pass@pushgateway:9091"), "/job/pushgateway"),
+    (with_job(output="s3://key:secret@runs/x/"), "/job/output"),
+    ({**MINIMAL, "operator": {"promptFileDirs": ["prompts"]}}, "/operator/promptFileDirs/0"),
+    ({**MINIMAL, "operator": {"promptFileDirs": ["/a,/b"]}}, "/operator/promptFileDirs/0"),
+    ({**MINIMAL, "operator": {"promptFilesDirs": []}}, "additional properties"),
 ])
 def test_schema_rejects_bad_values_with_helms_own_error(chart, values, where):
     with pytest.raises(helm.HelmValuesError) as error:
         chart.render(values, name=RELEASE, namespace=NAMESPACE, is_install=True)
     assert where in str(error.value)
+
+
+def test_operator_prompt_file_dirs_are_env_only_when_set(render):
+    def operator_env(values: dict) -> dict:
+        return {e["name"]: e.get("value") for e in container(render(values).one("Job"))["env"]
+                if e["name"].startswith("DREAMBOOTH_")}
+
+    assert operator_env(MINIMAL) == {}
+    assert operator_env({**MINIMAL, "operator": {"promptFileDirs": []}}) == {}
+    assert operator_env({**MINIMAL, "operator": {"promptFileDirs": ["/etc/p", "/srv/q"]}}) == {
+        "DREAMBOOTH_OPERATOR_PROMPT_FILE_DIRS": "/etc/p,/srv/q"}
 
 
 def test_command_line_values_as_documented(render):

@@ -205,3 +205,28 @@ def test_cluster_settings_reject_negative_numbers(bad):
 def test_an_explicit_name_must_be_a_dns_label():
     with pytest.raises(InvalidInputError, match="DNS-1123"):
         build_job(JobSpec(train=dog(), name="Dog_42"))
+
+
+def test_operator_prompt_file_dirs_reach_the_pod_env_only_when_set():
+    def env_of(cluster: ClusterSettings) -> dict:
+        return {e["name"]: e.get("value") for e in pod_spec(build_job(JobSpec(
+            train=dog(), cluster=cluster)))["containers"][0]["env"]}
+
+    assert not any(name.startswith("DREAMBOOTH_") for name in env_of(ClusterSettings()))
+    env = env_of(ClusterSettings(prompt_file_dirs=("/etc/prompts", "/srv/shared")))
+    assert env["DREAMBOOTH_OPERATOR_PROMPT_FILE_DIRS"] == "/etc/prompts,/srv/shared"
+
+
+@pytest.mark.parametrize("bad", ["relative/dir", "/a,/b"])
+def test_operator_prompt_file_dirs_must_be_absolute_and_comma_free(bad):
+    with pytest.raises(InvalidInputError, match="prompt_file_dirs"):
+        ClusterSettings(prompt_file_dirs=(bad,))
+
+
+@pytest.mark.parametrize("option", ["pushgateway", "output", "base_model", "instance_data"])
+def test_credentials_in_a_url_never_reach_job_args(option):
+    values = {"instance_data": "s3://photos/dog-42/", "class_noun": "dog",
+              "output": "s3://runs/dog-42/", option: "https://trainer:s3cr3t-pw@host.example:9091/"}
+    with pytest.raises(InvalidInputError, match="credentials") as error:
+        build_job(JobSpec(train=cfg.TrainConfig(**values)))
+    assert "s3cr3t-pw" not in str(error.value)

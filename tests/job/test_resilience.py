@@ -171,8 +171,11 @@ def test_unreachable_object_store_exits_with_the_retryable_code(photo_dir, tiny_
 def test_no_secret_in_logs_or_result(job, bucket, s3_server):
     secret = s3_server.client_env()["AWS_SECRET_ACCESS_KEY"]
     key_id = s3_server.client_env()["AWS_ACCESS_KEY_ID"]
-    process = JobProcess(job("secrets", "--pushgateway", "http://ops:hunter22@127.0.0.1:1/"),
-                         env={"AWS_SESSION_TOKEN": "session-token-value-123"})
+    # Pushgateway credentials come from the environment (a URL with them is refused).
+    process = JobProcess(job("secrets", "--pushgateway", "http://127.0.0.1:1/"),
+                         env={"AWS_SESSION_TOKEN": "session-token-value-123",
+                              "DREAMBOOTH_PUSHGATEWAY_USERNAME": "ops",
+                              "DREAMBOOTH_PUSHGATEWAY_PASSWORD": "hunter22"})
     assert process.wait() == ExitCode.OK, process.output[-3000:]
     result = storage.read_bytes(f"s3://{bucket}/secrets/result.json").decode()
     for leaked in (secret, key_id, "session-token-value-123", "hunter22"):
