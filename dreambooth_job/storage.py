@@ -14,7 +14,7 @@ import logging
 import os
 import shutil
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,6 +42,13 @@ class StoredFile:
     relative_path: str
     size: int
     etag: str | None = None
+    key: str | None = None
+    """The exact S3 key (or local path) listed: what a download fetches, never re-joined."""
+
+
+class UnsafeKeyError(InvalidInputError):
+    """A listed key that cannot become a local path: it would land outside the target directory,
+    or somewhere else than the key says."""
 
 
 def is_s3(uri: str) -> bool:
@@ -158,16 +165,60 @@ def list_files(uri: str, suffixes: Iterable[str] | None = None) -> list[StoredFi
             for page in s3_client().get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
                 for obj in page.get("Contents", []):
                     rel = obj["Key"][len(prefix):]
-                    if rel and not rel.endswith("/"):
-                        files.append(StoredFile(rel, obj["Size"], obj.get("ETag", "").strip('"')))
+                    if rel and not rel.endswith("/"):  # a key ending in '/' is a folder marker
+                        files.append(StoredFile(rel, obj["Size"], obj.get("ETag", "").strip('"'),
+                                                obj["Key"]))
     else:
-        root = Path(uri)
-        if root.is_dir():
-            files = [StoredFile(p.relative_to(root).as_posix(), p.stat().st_size)
-                     for p in root.rglob("*") if p.is_file()]
+        files = _list_local(Path(uri))
     if wanted:
         files = [f for f in files if f.relative_path.lower().endswith(wanted)]
     return sorted(files, key=lambda f: f.relative_path)
+
+
+def _list_local(root: Path) -> list[StoredFile]:
+    """Files under a directory; symlinked directories are not descended (as rglob), symlinked
+    files are listed and `download_dir` refuses those that leave the directory."""
+    files = []
+    for directory, _, names in os.walk(root):
+        for name in names:
+            path = Path(directory, name)
+            try:
+                if path.is_file():
+                    files.append(StoredFile(path.relative_to(root).as_posix(), path.stat().st_size,
+                                            key=str(path)))
+            except OSError:
+                continue  # vanished or unreadable: nothing to copy
+    return files
+
+
+def unsafe_reason(relative_path: str) -> str | None:
+    """Why a listed key's relative part cannot be a path under a local directory, or None.
+
+    S3 keys are opaque strings: `a//b`, `../x` and `/etc/x` are valid keys, and pathlib would turn
+    them into paths outside the target directory (or onto another key's file).
+    """
+    if any(c == "\\" or c == "\0" or not c.isprintable() for c in relative_path):
+        return "has a backslash, NUL or control character"
+    if relative_path.startswith("/"):
+        return "is absolute (starts with '/')"
+    segments = relative_path.split("/")
+    if "" in segments:
+        return "has an empty segment ('//')"
+    if "." in segments or ".." in segments:
+        return "has a '.' or '..' segment"
+    return None
+
+
+def display_key(key: str) -> str:
+    """A key for a log line or message: control characters escaped, so it stays one line."""
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in key)
+
+
+def file_uri(uri: str, file: StoredFile) -> str:
+    """The URI of exactly the object `list_files(uri)` listed as `file`."""
+    if file.key is None:
+        return join(uri, file.relative_path)
+    return f"s3://{split_s3(uri)[0]}/{file.key}" if is_s3(uri) else file.key
 
 
 def exists(uri: str) -> bool:
@@ -261,7 +312,7 @@ def delete(uri: str) -> None:
             path.unlink()
         return
     bucket, key = split_s3(uri)
-    keys = [join(key, f.relative_path) for f in list_files(uri)] if uri.endswith("/") else [key]
+    keys = [f.key for f in list_files(uri)] if uri.endswith("/") else [key]
     with _translate_errors(uri):
         for start in range(0, len(keys), 1000):
             batch = [{"Key": k} for k in keys[start:start + 1000]]
@@ -292,12 +343,57 @@ def download_file(uri: str, local_path: Path, expected: StoredFile | None = None
     return local_path
 
 
-def download_dir(uri: str, local_dir: Path, suffixes: Iterable[str] | None = None) -> list[Path]:
-    """Copy every file under a prefix into `local_dir`, concurrently; returns the local paths."""
+def download_dir(uri: str, local_dir: Path, suffixes: Iterable[str] | None = None,
+                 on_unsafe_key: Callable[[StoredFile, str], None] | None = None) -> list[Path]:
+    """Copy every file under a prefix into `local_dir`, concurrently; returns the local paths.
+
+    Each key is checked before anything is written (see `check_listing`): a key that cannot be a
+    path inside `local_dir` raises UnsafeKeyError naming it, or, given `on_unsafe_key`, is passed
+    to it with the reason and skipped. Each download GETs exactly the key that was listed.
+    """
     files = list_files(uri, suffixes)
+    unsafe = check_listing(uri, files, local_dir)
+    for file, reason in unsafe.items():
+        if on_unsafe_key is None:
+            raise UnsafeKeyError(_refusal(uri, file, reason))
+        on_unsafe_key(file, reason)
+    files = [f for f in files if f not in unsafe]
     with ThreadPoolExecutor(TRANSFER_THREADS) as pool:
         return list(pool.map(
-            lambda f: download_file(join(uri, f.relative_path), local_dir / f.relative_path, f), files))
+            lambda f: download_file(file_uri(uri, f), local_dir / f.relative_path, f), files))
+
+
+def require_safe(uri: str, files: list[StoredFile], local_dir: Path) -> None:
+    """Raise UnsafeKeyError naming the first file of a listing of `uri` that `check_listing`
+    refuses to copy under `local_dir`."""
+    for file, reason in check_listing(uri, files, local_dir).items():
+        raise UnsafeKeyError(_refusal(uri, file, reason))
+
+
+def _refusal(uri: str, file: StoredFile, reason: str) -> str:
+    return f"refusing {display_key(file_uri(uri, file))}: it {reason}"
+
+
+def check_listing(uri: str, files: list[StoredFile], local_dir: Path) -> dict[StoredFile, str]:
+    """The files of a listing of `uri` that cannot be copied under `local_dir`, with the reason:
+    an unsafe key shape, a key that is also the folder of other keys (`x.jpg` and `x.jpg/y.jpg`),
+    a local file that is a symlink leading out of `uri`, a target that resolves out of `local_dir`
+    (through a symlink already there)."""
+    unsafe = {f: reason for f in files if (reason := unsafe_reason(f.relative_path))}
+    folders = {parent.as_posix() for f in files if f not in unsafe
+               for parent in Path(f.relative_path).parents}
+    source_root = None if is_s3(uri) else Path(uri).resolve()
+    target_root = local_dir.resolve()
+    for f in files:
+        if f in unsafe:
+            continue
+        if f.relative_path in folders:
+            unsafe[f] = "is also the folder of other keys under the prefix"
+        elif source_root and f.key and not Path(f.key).resolve().is_relative_to(source_root):
+            unsafe[f] = "is a symlink that leaves the directory"
+        elif not (target_root / f.relative_path).resolve().is_relative_to(target_root):
+            unsafe[f] = f"resolves outside {local_dir}"
+    return unsafe
 
 
 def _md5(path: Path) -> str:

@@ -35,6 +35,59 @@ def s3_server(tmp_path_factory):
     storage.reset_client()
 
 
+@pytest.fixture(scope="session")
+def moto_s3():
+    """moto's S3 server on a free loopback port, for keys a real store keeps verbatim (`a//b`,
+    `../x`) and SeaweedFS normalizes; the env points boto3 at it while the session runs."""
+    import subprocess
+    import time
+    import urllib.request
+
+    from dreambooth_job import s3server, storage
+
+    binary = s3server._moto_binary()
+    if binary is None:
+        pytest.fail("no moto_server installed: pip install 'moto[server]'")
+    port = s3server.free_port()
+    endpoint = f"http://127.0.0.1:{port}"
+    process = subprocess.Popen([binary, "-H", "127.0.0.1", "-p", str(port)],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            urllib.request.urlopen(f"{endpoint}/moto-api/", timeout=1)
+            break
+        except OSError:
+            if process.poll() is not None or time.monotonic() > deadline:
+                process.kill()
+                pytest.fail(f"moto_server did not answer on {endpoint}")
+            time.sleep(0.05)  # polling interval while moto binds its port
+    env = {"AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": "moto", "AWS_SECRET_ACCESS_KEY": "moto",
+           "AWS_REGION": "us-east-1"}
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    storage.reset_client()
+    yield endpoint
+    process.terminate()
+    process.wait(timeout=30)
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+    storage.reset_client()
+
+
+@pytest.fixture
+def moto_bucket(moto_s3) -> str:
+    """A fresh, empty bucket per test on the moto server."""
+    from dreambooth_job import storage
+
+    name = f"test-{uuid.uuid4().hex[:12]}"
+    storage.s3_client().create_bucket(Bucket=name)
+    return name
+
+
 @pytest.fixture
 def bucket(s3_server) -> str:
     """A fresh, empty bucket per test."""
