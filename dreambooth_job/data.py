@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import warnings
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -64,10 +65,12 @@ def to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
-def load_subject_photos(directory: Path, config: TrainConfig) -> SubjectPhotos:
-    """Every usable photo under `directory`; fails when fewer than --min-images remain."""
+def load_subject_photos(directory: Path, config: TrainConfig,
+                        rejected: Iterable[Rejected] = ()) -> SubjectPhotos:
+    """Every usable photo under `directory`; fails when fewer than --min-images remain.
+    `rejected`: photos already refused (e.g. keys that were not downloaded), reported alike."""
     files = sorted(p for p in directory.rglob("*") if p.is_file())
-    images, used, rejected = [], [], []
+    images, used, rejected = [], [], list(rejected)
     for path in files:
         name = path.relative_to(directory).as_posix()
         if path.suffix.lower() not in IMAGE_SUFFIXES:

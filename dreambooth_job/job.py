@@ -174,14 +174,20 @@ class Job:
         config = self.config
         with self.phase("download"):
             photo_dir = work / "photos"
-            if not storage.download_dir(config.instance_data, photo_dir):
+            unsafe_keys: list[data.Rejected] = []  # keys that cannot be paths: skipped and named
+            downloaded = storage.download_dir(
+                config.instance_data, photo_dir, on_unsafe_key=lambda file, reason: unsafe_keys.append(
+                    data.Rejected(storage.display_key(file.relative_path),
+                                  f"unsafe name, not downloaded: it {reason}")))
+            if not downloaded and not unsafe_keys:
                 raise InvalidInputError(f"--instance-data {config.instance_data} holds no files")
+            self.result["photos"]["rejected"] = [dataclasses.asdict(r) for r in unsafe_keys]
         with self.phase("validate"):
             if config.evaluate:
                 from dreambooth_job.evaluation import validate_config
 
                 validate_config(config)
-            photos = data.load_subject_photos(photo_dir, config)
+            photos = data.load_subject_photos(photo_dir, config, rejected=unsafe_keys)
             self.result["photos"] = {"used": photos.used,
                                      "rejected": [dataclasses.asdict(r) for r in photos.rejected]}
         with self.phase("load_model"):
