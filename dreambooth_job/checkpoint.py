@@ -23,7 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from dreambooth_job import storage
+from dreambooth_job import object_keys, storage
 from dreambooth_job.exit_codes import InvalidInputError
 
 log = logging.getLogger(__name__)
@@ -182,11 +182,11 @@ def _manifest_entries(checkpoint: Checkpoint, local_dir: Path) -> list[dict]:
         raise InvalidInputError(f"checkpoint manifest {manifest_uri} is malformed: "
                                 "'files' must list {path, size, sha256} objects")
     listed = [storage.StoredFile(e["path"], e["size"]) for e in entries]
-    unsafe = storage.check_listing(checkpoint.uri, listed, local_dir)
+    unsafe = object_keys.check_listing(listed, local_dir)
     if unsafe:
         file, reason = next(iter(unsafe.items()))
-        raise storage.UnsafeKeyError(f"checkpoint manifest {manifest_uri} names the path "
-                                     f"{storage.display_key(file.relative_path)!r}, which {reason}")
+        raise object_keys.UnsafeKeyError(f"checkpoint manifest {manifest_uri} names the path "
+                                         f"{object_keys.display_key(file.relative_path)!r}, which {reason}")
     return entries
 
 

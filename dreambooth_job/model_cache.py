@@ -18,7 +18,7 @@ import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from dreambooth_job import storage
+from dreambooth_job import object_keys, storage
 from dreambooth_job.exit_codes import RetryableError
 
 log = logging.getLogger(__name__)
@@ -42,11 +42,12 @@ def cached_copy(source: str, files: list[storage.StoredFile], local: Path) -> Pa
     else:
         log.info("downloading %s to %s", source, local)
     local.parent.mkdir(parents=True, exist_ok=True)
-    # Download beside the copy and swap it in, so a job reading the old one never sees a half.
+    # Download beside the copy and swap it in: whatever sits at `local` is always complete, and
+    # a job that dies mid-download leaves only a hidden staging directory.
     staging = Path(tempfile.mkdtemp(prefix=f".{local.name}.", dir=local.parent))
     try:
         staging.chmod(0o755)  # mkdtemp's 0700 would hide the copy from jobs running as another uid
-        storage.download_dir(source, staging)
+        storage.download_listed(source, files, staging)  # the listing the fingerprint hashed
         record = {"source": source, "files": _measure(staging, expected)}
         storage.write_bytes(str(staging / MARKER), json.dumps(record, indent=1).encode())
         try:
@@ -66,6 +67,8 @@ def _listed(file: storage.StoredFile) -> dict:
 
 def _verify(local: Path, expected: list[dict]) -> str | None:
     """Why the copy in `local` cannot be reused for a listing `expected`, or None."""
+    if local.is_symlink():
+        return "it is a symlink"
     try:
         record = json.loads((local / MARKER).read_text())
         recorded = record["files"]
@@ -81,7 +84,7 @@ def _verify(local: Path, expected: list[dict]) -> str | None:
         return "it holds other files than it recorded"
     measured = _measure(local, expected)
     changed = [m["path"] for m, r in zip(measured, recorded) if m != r]
-    return f"{storage.display_key(changed[0])} changed since it was downloaded" if changed else None
+    return f"{object_keys.display_key(changed[0])} changed since it was downloaded" if changed else None
 
 
 def _files(directory: Path) -> list[Path]:

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from dreambooth_job.events import JobObserver
 from dreambooth_job.exit_codes import InvalidInputError, RetryableError
+from dreambooth_job.object_keys import UnsafeKeyError, check_listing, display_key
 
 MULTIPART_THRESHOLD = 16 * 1024 * 1024
 MAX_ATTEMPTS = 8
@@ -45,10 +46,6 @@ class StoredFile:
     key: str | None = None
     """The exact S3 key (or local path) listed: what a download fetches, never re-joined."""
 
-
-class UnsafeKeyError(InvalidInputError):
-    """A listed key that cannot become a local path: it would land outside the target directory,
-    or somewhere else than the key says."""
 
 
 def is_s3(uri: str) -> bool:
@@ -191,29 +188,6 @@ def _list_local(root: Path) -> list[StoredFile]:
     return files
 
 
-def unsafe_reason(relative_path: str) -> str | None:
-    """Why a listed key's relative part cannot be a path under a local directory, or None.
-
-    S3 keys are opaque strings: `a//b`, `../x` and `/etc/x` are valid keys, and pathlib would turn
-    them into paths outside the target directory (or onto another key's file).
-    """
-    if any(c == "\\" or c == "\0" or not c.isprintable() for c in relative_path):
-        return "has a backslash, NUL or control character"
-    if relative_path.startswith("/"):
-        return "is absolute (starts with '/')"
-    segments = relative_path.split("/")
-    if "" in segments:
-        return "has an empty segment ('//')"
-    if "." in segments or ".." in segments:
-        return "has a '.' or '..' segment"
-    return None
-
-
-def display_key(key: str) -> str:
-    """A key for a log line or message: control characters escaped, so it stays one line."""
-    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in key)
-
-
 def file_uri(uri: str, file: StoredFile) -> str:
     """The URI of exactly the object `list_files(uri)` listed as `file`."""
     if file.key is None:
@@ -347,12 +321,18 @@ def download_dir(uri: str, local_dir: Path, suffixes: Iterable[str] | None = Non
                  on_unsafe_key: Callable[[StoredFile, str], None] | None = None) -> list[Path]:
     """Copy every file under a prefix into `local_dir`, concurrently; returns the local paths.
 
-    Each key is checked before anything is written (see `check_listing`): a key that cannot be a
+    Each key is checked before anything is written (object_keys.py): a key that cannot be a
     path inside `local_dir` raises UnsafeKeyError naming it, or, given `on_unsafe_key`, is passed
     to it with the reason and skipped. Each download GETs exactly the key that was listed.
     """
-    files = list_files(uri, suffixes)
-    unsafe = check_listing(uri, files, local_dir)
+    return download_listed(uri, list_files(uri, suffixes), local_dir, on_unsafe_key)
+
+
+def download_listed(uri: str, files: list[StoredFile], local_dir: Path,
+                    on_unsafe_key: Callable[[StoredFile, str], None] | None = None) -> list[Path]:
+    """`download_dir` for files already listed by `list_files(uri)`: each is verified against
+    that listing (size, ETag), so what lands is what the listing described."""
+    unsafe = _check_listing(uri, files, local_dir)
     for file, reason in unsafe.items():
         if on_unsafe_key is None:
             raise UnsafeKeyError(_refusal(uri, file, reason))
@@ -364,36 +344,18 @@ def download_dir(uri: str, local_dir: Path, suffixes: Iterable[str] | None = Non
 
 
 def require_safe(uri: str, files: list[StoredFile], local_dir: Path) -> None:
-    """Raise UnsafeKeyError naming the first file of a listing of `uri` that `check_listing`
-    refuses to copy under `local_dir`."""
-    for file, reason in check_listing(uri, files, local_dir).items():
+    """Raise UnsafeKeyError naming the first file of a listing of `uri` that cannot be copied
+    under `local_dir` (object_keys.check_listing)."""
+    for file, reason in _check_listing(uri, files, local_dir).items():
         raise UnsafeKeyError(_refusal(uri, file, reason))
+
+
+def _check_listing(uri: str, files: list[StoredFile], local_dir: Path) -> dict[StoredFile, str]:
+    return check_listing(files, local_dir, source_root=None if is_s3(uri) else Path(uri))
 
 
 def _refusal(uri: str, file: StoredFile, reason: str) -> str:
     return f"refusing {display_key(file_uri(uri, file))}: it {reason}"
-
-
-def check_listing(uri: str, files: list[StoredFile], local_dir: Path) -> dict[StoredFile, str]:
-    """The files of a listing of `uri` that cannot be copied under `local_dir`, with the reason:
-    an unsafe key shape, a key that is also the folder of other keys (`x.jpg` and `x.jpg/y.jpg`),
-    a local file that is a symlink leading out of `uri`, a target that resolves out of `local_dir`
-    (through a symlink already there)."""
-    unsafe = {f: reason for f in files if (reason := unsafe_reason(f.relative_path))}
-    folders = {parent.as_posix() for f in files if f not in unsafe
-               for parent in Path(f.relative_path).parents}
-    source_root = None if is_s3(uri) else Path(uri).resolve()
-    target_root = local_dir.resolve()
-    for f in files:
-        if f in unsafe:
-            continue
-        if f.relative_path in folders:
-            unsafe[f] = "is also the folder of other keys under the prefix"
-        elif source_root and f.key and not Path(f.key).resolve().is_relative_to(source_root):
-            unsafe[f] = "is a symlink that leaves the directory"
-        elif not (target_root / f.relative_path).resolve().is_relative_to(target_root):
-            unsafe[f] = f"resolves outside {local_dir}"
-    return unsafe
 
 
 def _md5(path: Path) -> str:

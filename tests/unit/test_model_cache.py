@@ -81,3 +81,14 @@ def test_an_unsafe_key_under_a_base_model_prefix_is_refused_before_any_write(sou
         models.resolve_base_model(source, str(tmp_path / "cache"))
     assert not (tmp_path / "cache").exists()
     assert not list(tmp_path.rglob("x.bin"))
+
+
+def test_a_cache_directory_replaced_by_a_symlink_is_not_followed(source, tmp_path):
+    local = Path(models.resolve_base_model(source, str(tmp_path / "cache")).local_path)
+    elsewhere = tmp_path / "elsewhere"
+    shutil.copytree(local, elsewhere)
+    shutil.rmtree(local)
+    local.symlink_to(elsewhere)  # a faithful copy, but not ours: whoever owns it can change it
+    again = Path(models.resolve_base_model(source, str(tmp_path / "cache")).local_path)
+    assert not again.is_symlink() and weights(again) == WEIGHTS
+    assert elsewhere.is_dir(), "what the link pointed to is left alone"

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from dreambooth_job import storage
+from dreambooth_job import object_keys, storage
 from dreambooth_job.checkpoint import CheckpointStore
 from dreambooth_job.exit_codes import InvalidInputError
 
@@ -31,7 +31,7 @@ def test_download_dir_refuses_a_key_that_is_not_a_plain_relative_path(moto_bucke
     put(moto_bucket, "subjects/dog/ok.jpg")
     put(moto_bucket, f"subjects/dog/{rel}", b"hostile")
     target = tmp_path / "work" / "photos"
-    with pytest.raises(storage.UnsafeKeyError, match="refusing s3://.*/subjects/dog/") as caught:
+    with pytest.raises(object_keys.UnsafeKeyError, match="refusing s3://.*/subjects/dog/") as caught:
         storage.download_dir(f"s3://{moto_bucket}/subjects/dog/", target)
     assert rel.replace("\\", "\\\\") in str(caught.value) or rel in str(caught.value)
     assert "\n" not in str(caught.value)
@@ -41,7 +41,7 @@ def test_download_dir_refuses_a_key_that_is_not_a_plain_relative_path(moto_bucke
 def test_a_double_slash_key_is_not_turned_into_an_absolute_path(moto_bucket, tmp_path):
     planted = tmp_path / "elsewhere" / "weights.bin"
     put(moto_bucket, f"subjects/dog/{planted}", b"hostile")  # subjects/dog//tmp/.../weights.bin
-    with pytest.raises(storage.UnsafeKeyError, match="absolute"):
+    with pytest.raises(object_keys.UnsafeKeyError, match="absolute"):
         storage.download_dir(f"s3://{moto_bucket}/subjects/dog/", tmp_path / "photos")
     assert not planted.exists()
 
@@ -62,7 +62,7 @@ def test_skipped_keys_are_reported_and_the_rest_downloaded(moto_bucket, tmp_path
 def test_a_key_that_is_also_a_folder_is_named_not_an_os_error(moto_bucket, tmp_path):
     put(moto_bucket, "subjects/dog/x.jpg")
     put(moto_bucket, "subjects/dog/x.jpg/y.jpg")
-    with pytest.raises(storage.UnsafeKeyError, match=r"x\.jpg: it is also the folder of other keys"):
+    with pytest.raises(object_keys.UnsafeKeyError, match=r"x\.jpg: it is also the folder of other keys"):
         storage.download_dir(f"s3://{moto_bucket}/subjects/dog/", tmp_path / "photos")
     assert files_under(tmp_path) == []
 
@@ -84,7 +84,7 @@ def test_a_local_directory_does_not_follow_symlinks_that_leave_it(tmp_path):
     (photos / "real.jpg").write_bytes(b"photo")
     (photos / "alias.jpg").symlink_to(photos / "real.jpg")  # inside: fine
     (photos / "evil.jpg").symlink_to(secret)
-    with pytest.raises(storage.UnsafeKeyError, match="evil.jpg: it is a symlink that leaves"):
+    with pytest.raises(object_keys.UnsafeKeyError, match="evil.jpg: it is a symlink that leaves"):
         storage.download_dir(str(photos), tmp_path / "copy")
     skipped = []
     storage.download_dir(str(photos), tmp_path / "copy",
@@ -95,13 +95,13 @@ def test_a_local_directory_does_not_follow_symlinks_that_leave_it(tmp_path):
 
 @pytest.mark.parametrize("rel", ["a\x00b", "a\nb.jpg", "a\\b", "/a", "a//b", "a/./b", "a/..", ""])
 def test_unsafe_key_shapes(rel):
-    assert storage.unsafe_reason(rel) is not None
-    assert "\n" not in storage.display_key(rel)
+    assert object_keys.unsafe_reason(rel) is not None
+    assert "\n" not in object_keys.display_key(rel)
 
 
 @pytest.mark.parametrize("rel", ["a.jpg", "sub/a b.jpg", "ünïcode/狗.png", "..a/b..", ".hidden"])
 def test_plain_relative_keys_are_safe(rel):
-    assert storage.unsafe_reason(rel) is None
+    assert object_keys.unsafe_reason(rel) is None
 
 
 # ----------------------------------------------------------------------------------------------
