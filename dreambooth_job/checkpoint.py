@@ -23,7 +23,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from dreambooth_job import storage
+from dreambooth_job import object_keys, storage
+from dreambooth_job.exit_codes import InvalidInputError
 from dreambooth_job.redaction import redact_value
 
 log = logging.getLogger(__name__)
@@ -74,6 +75,8 @@ class CheckpointStore:
                 log.warning("checkpoint %s has no manifest (partial write): skipped", uri)
                 continue
             except ValueError:
+                manifest = None
+            if not isinstance(manifest, dict):
                 log.warning("checkpoint %s has an unreadable manifest: skipped", uri)
                 continue
             found.append(Checkpoint(step, uri, manifest))
@@ -110,9 +113,14 @@ class CheckpointStore:
         storage.delete(self.root + "/")
 
     def fetch(self, checkpoint: Checkpoint, local_dir: Path) -> bool:
-        """Download and verify every file against the manifest; False if anything is off."""
+        """Download and verify every file against the manifest; False if anything is off.
+
+        The manifest is as hostile as any object under --output: its paths are checked, all of
+        them, before anything is written (exit 2 naming the first bad one).
+        """
+        entries = _manifest_entries(checkpoint, local_dir)
         shutil.rmtree(local_dir, ignore_errors=True)
-        for entry in checkpoint.manifest.get("files", []):
+        for entry in entries:
             target = local_dir / entry["path"]
             try:
                 storage.download_file(storage.join(checkpoint.uri, entry["path"]), target)
@@ -164,6 +172,25 @@ class BackgroundUploads:
             log.warning("checkpoint upload failed: %s", exc)
         finally:
             self._executor.shutdown()
+
+
+def _manifest_entries(checkpoint: Checkpoint, local_dir: Path) -> list[dict]:
+    """The manifest's file entries, each a path that stays inside the checkpoint's directory
+    and inside `local_dir`."""
+    manifest_uri = storage.join(checkpoint.uri, MANIFEST)
+    entries = checkpoint.manifest.get("files", []) if isinstance(checkpoint.manifest, dict) else None
+    if not isinstance(entries, list) or not all(
+            isinstance(e, dict) and isinstance(e.get("path"), str) and isinstance(e.get("size"), int)
+            and isinstance(e.get("sha256"), str) for e in entries):
+        raise InvalidInputError(f"checkpoint manifest {manifest_uri} is malformed: "
+                                "'files' must list {path, size, sha256} objects")
+    listed = [storage.StoredFile(e["path"], e["size"]) for e in entries]
+    unsafe = object_keys.check_listing(listed, local_dir)
+    if unsafe:
+        file, reason = next(iter(unsafe.items()))
+        raise object_keys.UnsafeKeyError(f"checkpoint manifest {manifest_uri} names the path "
+                                         f"{object_keys.display_key(file.relative_path)!r}, which {reason}")
+    return entries
 
 
 def conflicts(checkpoint_config: dict, config: dict) -> list[str]:

@@ -90,7 +90,7 @@ def select_photos(files: Sequence[StoredFile], config: TrainConfig) -> PhotoList
         if f.relative_path.lower().endswith(IMAGE_SUFFIXES):
             photos.append(f)
         else:
-            skipped.append(Rejected(f.relative_path, f"not an image file type "
+            skipped.append(Rejected(storage.display_key(f.relative_path), f"not an image file type "
                                                      f"({', '.join(IMAGE_SUFFIXES)}); not downloaded"))
     if len(photos) > config.max_photos:
         raise InvalidInputError(f"--instance-data {config.instance_data} holds {len(photos)} photos, "
@@ -110,7 +110,9 @@ def download_photos(config: TrainConfig, local_dir: Path) -> PhotoListing:
         raise InvalidInputError(f"--instance-data {config.instance_data} holds no files")
     selected = select_photos(listed, config)
     local_dir.mkdir(parents=True, exist_ok=True)
-    storage.download_dir(config.instance_data, local_dir, files=selected.photos)
+    storage.download_listed(config.instance_data, selected.photos, local_dir, on_unsafe_key=lambda f, why:
+                            selected.skipped.append(Rejected(storage.display_key(f.relative_path),
+                                                             f"unsafe name, not downloaded: it {why}")))
     return selected
 
 

@@ -195,6 +195,8 @@ class Job:
         with self.phase("download"):
             photo_dir = work / "photos"
             selected = data.download_photos(config, photo_dir)
+            # Named even when validation then fails for too few photos.
+            self.result["photos"]["rejected"] = [dataclasses.asdict(r) for r in selected.skipped]
         with self.phase("validate"):
             photos = data.load_subject_photos(photo_dir, config, skipped=selected.skipped)
             self.result["photos"] = {"used": photos.used,

@@ -17,12 +17,12 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from dreambooth_job import storage
+from dreambooth_job import model_cache, storage
 from dreambooth_job.exit_codes import InvalidInputError, RetryableError
 
 log = logging.getLogger(__name__)
 
-DOWNLOAD_MARKER = ".download-complete"
+DOWNLOAD_MARKER = model_cache.MARKER
 CLIP_MAX_LENGTH = 77
 # CLIP's BPE keeps the first 48,894 merges: 256 bytes x 2 (with/without </w>) + merges + 2 specials
 # add up to Stable Diffusion's 49,408-token vocabulary.
@@ -42,18 +42,15 @@ class BaseModel:
 
 
 def resolve_base_model(source: str, cache_dir: str) -> BaseModel:
-    """Make `source` loadable locally: S3 prefixes are downloaded once into the cache."""
+    """Make `source` loadable locally: S3 prefixes are downloaded once into the cache, and a
+    cached copy is reused only when it verifies against a fresh listing (model_cache.py)."""
     if storage.is_s3(source):
         files = storage.list_files(source)
         if not any(f.relative_path == "model_index.json" for f in files):
             raise InvalidInputError(
                 f"--base-model {source} holds no diffusers pipeline (no model_index.json)")
         fingerprint = _digest([(f.relative_path, f.size, f.etag) for f in files])
-        local = Path(cache_dir, "models", fingerprint[:16])
-        if not (local / DOWNLOAD_MARKER).exists():
-            log.info("downloading base model %s to %s", source, local)
-            storage.download_dir(source, local)
-            (local / DOWNLOAD_MARKER).write_text(source)
+        local = model_cache.cached_copy(source, files, Path(cache_dir, "models", fingerprint[:16]))
         return BaseModel(source, str(local), fingerprint)
     path = Path(source).expanduser()
     if path.exists():

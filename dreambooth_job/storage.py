@@ -14,13 +14,14 @@ import logging
 import os
 import shutil
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 from dreambooth_job.events import JobObserver
 from dreambooth_job.exit_codes import InvalidInputError, RetryableError
+from dreambooth_job.object_keys import UnsafeKeyError, check_listing, display_key
 
 MULTIPART_THRESHOLD = 16 * 1024 * 1024
 MAX_ATTEMPTS = 8
@@ -42,6 +43,9 @@ class StoredFile:
     relative_path: str
     size: int
     etag: str | None = None
+    key: str | None = None
+    """The exact S3 key (or local path) listed: what a download fetches, never re-joined."""
+
 
 
 def is_s3(uri: str) -> bool:
@@ -158,16 +162,37 @@ def list_files(uri: str, suffixes: Iterable[str] | None = None) -> list[StoredFi
             for page in s3_client().get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
                 for obj in page.get("Contents", []):
                     rel = obj["Key"][len(prefix):]
-                    if rel and not rel.endswith("/"):
-                        files.append(StoredFile(rel, obj["Size"], obj.get("ETag", "").strip('"')))
+                    if rel and not rel.endswith("/"):  # a key ending in '/' is a folder marker
+                        files.append(StoredFile(rel, obj["Size"], obj.get("ETag", "").strip('"'),
+                                                obj["Key"]))
     else:
-        root = Path(uri)
-        if root.is_dir():
-            files = [StoredFile(p.relative_to(root).as_posix(), p.stat().st_size)
-                     for p in root.rglob("*") if p.is_file()]
+        files = _list_local(Path(uri))
     if wanted:
         files = [f for f in files if f.relative_path.lower().endswith(wanted)]
     return sorted(files, key=lambda f: f.relative_path)
+
+
+def _list_local(root: Path) -> list[StoredFile]:
+    """Files under a directory; symlinked directories are not descended (as rglob), symlinked
+    files are listed and `download_dir` refuses those that leave the directory."""
+    files = []
+    for directory, _, names in os.walk(root):
+        for name in names:
+            path = Path(directory, name)
+            try:
+                if path.is_file():
+                    files.append(StoredFile(path.relative_to(root).as_posix(), path.stat().st_size,
+                                            key=str(path)))
+            except OSError:
+                continue  # vanished or unreadable: nothing to copy
+    return files
+
+
+def file_uri(uri: str, file: StoredFile) -> str:
+    """The URI of exactly the object `list_files(uri)` listed as `file`."""
+    if file.key is None:
+        return join(uri, file.relative_path)
+    return f"s3://{split_s3(uri)[0]}/{file.key}" if is_s3(uri) else file.key
 
 
 def exists(uri: str) -> bool:
@@ -261,7 +286,7 @@ def delete(uri: str) -> None:
             path.unlink()
         return
     bucket, key = split_s3(uri)
-    keys = [join(key, f.relative_path) for f in list_files(uri)] if uri.endswith("/") else [key]
+    keys = [f.key for f in list_files(uri)] if uri.endswith("/") else [key]
     with _translate_errors(uri):
         for start in range(0, len(keys), 1000):
             batch = [{"Key": k} for k in keys[start:start + 1000]]
@@ -293,13 +318,44 @@ def download_file(uri: str, local_path: Path, expected: StoredFile | None = None
 
 
 def download_dir(uri: str, local_dir: Path, suffixes: Iterable[str] | None = None,
-                 files: Iterable[StoredFile] | None = None) -> list[Path]:
+                 on_unsafe_key: Callable[[StoredFile, str], None] | None = None) -> list[Path]:
     """Copy every file under a prefix into `local_dir`, concurrently; returns the local paths.
-    `files`: exactly these, from an earlier `list_files` (what was checked is what is fetched)."""
-    files = list_files(uri, suffixes) if files is None else files
+
+    Each key is checked before anything is written (object_keys.py): a key that cannot be a
+    path inside `local_dir` raises UnsafeKeyError naming it, or, given `on_unsafe_key`, is passed
+    to it with the reason and skipped. Each download GETs exactly the key that was listed.
+    """
+    return download_listed(uri, list_files(uri, suffixes), local_dir, on_unsafe_key)
+
+
+def download_listed(uri: str, files: list[StoredFile], local_dir: Path,
+                    on_unsafe_key: Callable[[StoredFile, str], None] | None = None) -> list[Path]:
+    """`download_dir` for files already listed by `list_files(uri)`: each is verified against
+    that listing (size, ETag), so what lands is what the listing described."""
+    unsafe = _check_listing(uri, files, local_dir)
+    for file, reason in unsafe.items():
+        if on_unsafe_key is None:
+            raise UnsafeKeyError(_refusal(uri, file, reason))
+        on_unsafe_key(file, reason)
+    files = [f for f in files if f not in unsafe]
     with ThreadPoolExecutor(TRANSFER_THREADS) as pool:
         return list(pool.map(
-            lambda f: download_file(join(uri, f.relative_path), local_dir / f.relative_path, f), files))
+            lambda f: download_file(file_uri(uri, f), local_dir / f.relative_path, f), files))
+
+
+def require_safe(uri: str, files: list[StoredFile], local_dir: Path) -> None:
+    """Raise UnsafeKeyError naming the first file of a listing of `uri` that cannot be copied
+    under `local_dir` (object_keys.check_listing)."""
+    for file, reason in _check_listing(uri, files, local_dir).items():
+        raise UnsafeKeyError(_refusal(uri, file, reason))
+
+
+def _check_listing(uri: str, files: list[StoredFile], local_dir: Path) -> dict[StoredFile, str]:
+    return check_listing(files, local_dir, source_root=None if is_s3(uri) else Path(uri))
+
+
+def _refusal(uri: str, file: StoredFile, reason: str) -> str:
+    return f"refusing {display_key(file_uri(uri, file))}: it {reason}"
 
 
 def _md5(path: Path) -> str:

@@ -35,6 +35,55 @@ def s3_server(tmp_path_factory):
     storage.reset_client()
 
 
+@pytest.fixture(scope="session")
+def moto_s3() -> dict[str, str]:
+    """moto's S3 server on a free loopback port, for keys that a real store keeps verbatim
+    (`a//b`, `../x`) and SeaweedFS normalizes; yields the env that points boto3 at it."""
+    import subprocess
+    import time
+    import urllib.request
+
+    from dreambooth_job import s3server
+
+    binary = s3server._moto_binary()
+    if binary is None:
+        pytest.fail("no moto_server installed: pip install 'moto[server]'")
+    port = s3server.free_port()
+    endpoint = f"http://127.0.0.1:{port}"
+    process = subprocess.Popen([binary, "-H", "127.0.0.1", "-p", str(port)],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            urllib.request.urlopen(f"{endpoint}/moto-api/", timeout=1)
+            break
+        except OSError:
+            if process.poll() is not None or time.monotonic() > deadline:
+                process.kill()
+                pytest.fail(f"moto_server did not answer on {endpoint}")
+            time.sleep(0.05)  # polling interval while moto binds its port
+    # LocalS3Server's dummy credentials: a SeaweedFS started while this env is set inherits it
+    # and accepts only the identity named there.
+    yield {"AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": s3server.ACCESS_KEY,
+           "AWS_SECRET_ACCESS_KEY": s3server.SECRET_KEY, "AWS_REGION": "us-east-1"}
+    process.terminate()
+    process.wait(timeout=30)
+
+
+@pytest.fixture
+def moto_bucket(moto_s3, monkeypatch) -> str:
+    """A fresh, empty bucket on the moto server; boto3 (and the job) point at moto for this test
+    only, so tests using `bucket` keep running against SeaweedFS."""
+    from dreambooth_job import storage
+
+    for key, value in moto_s3.items():
+        monkeypatch.setenv(key, value)
+    storage.reset_client()
+    name = f"test-{uuid.uuid4().hex[:12]}"
+    storage.s3_client().create_bucket(Bucket=name)
+    return name
+
+
 @pytest.fixture
 def bucket(s3_server) -> str:
     """A fresh, empty bucket per test."""

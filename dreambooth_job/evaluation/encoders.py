@@ -20,11 +20,11 @@ from pathlib import Path
 
 from PIL import Image
 
-from dreambooth_job import storage
+from dreambooth_job import model_cache, storage
 
 log = logging.getLogger(__name__)
 
-DOWNLOAD_MARKER = ".download-complete"
+DOWNLOAD_MARKER = model_cache.MARKER
 EMBED_BATCH = 32
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -44,12 +44,7 @@ def resolve_source(source: str | None, cache_dir: str, option: str) -> str:
             raise Unavailable(f"{option} {source} holds no files")
         digest = hashlib.sha256(json.dumps(
             [(f.relative_path, f.size, f.etag) for f in files]).encode()).hexdigest()
-        local = Path(cache_dir, "evaluators", digest[:16])
-        if not (local / DOWNLOAD_MARKER).exists():
-            log.info("downloading %s %s to %s", option, source, local)
-            storage.download_dir(source, local)
-            (local / DOWNLOAD_MARKER).write_text(source)
-        return str(local)
+        return str(model_cache.cached_copy(source, files, Path(cache_dir, "evaluators", digest[:16])))
     path = Path(source).expanduser()
     if path.exists():
         return str(path)
