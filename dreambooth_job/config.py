@@ -23,6 +23,7 @@ from typing import Any
 
 import yaml
 
+from dreambooth_job import locations
 from dreambooth_job.exit_codes import InvalidInputError
 
 ENV_PREFIX = "DREAMBOOTH_"
@@ -210,6 +211,10 @@ class TrainConfig:
     log_format: str = option(
         "auto", choices=LOG_FORMAT_CHOICES,
         help="json: one object per line; text: human lines; auto: json unless on a terminal.")
+    storage_credentials_wait_seconds: float = option(
+        60.0, help="At start-up, wait up to this long for usable S3 credentials (IRSA or pod "
+                   "identity not ready: none found, expired or invalid token), retrying with "
+                   "backoff, before exiting with code 75 (0: do not wait).")
 
     def __post_init__(self) -> None:
         self.validate()
@@ -232,7 +237,7 @@ class TrainConfig:
                      "prior_loss_weight", "adam_weight_decay", "max_grad_norm", "checkpoint_every",
                      "checkpoint_interval_minutes", "checkpoints_keep", "termination_grace_seconds",
                      "metrics_port", "eval_max_prompts", "eval_class_images",
-                     "progress_interval_seconds"):
+                     "progress_interval_seconds", "storage_credentials_wait_seconds"):
             if getattr(self, name) < 0:
                 raise InvalidInputError(f"{flag_name(name)} must not be negative, got {getattr(self, name)}")
         if not self.learning_rate > 0:
@@ -256,6 +261,21 @@ class TrainConfig:
             raise InvalidInputError("--instance-prompt must contain {identifier}")
         if self.prior_preservation and self.num_class_images < 1:
             raise InvalidInputError("--num-class-images must be at least 1 with prior preservation")
+        self._validate_locations()
+
+    def _validate_locations(self) -> None:
+        """Every storage location is an s3://bucket/prefix URI or a local path; models may also be
+        hub ids (org/name). Any other scheme fails here, not later in the pod."""
+        for name in ("instance_data", "output", "class_data", "lpips_model", "base_model",
+                     "dino_model", "clip_model"):
+            locations.check(flag_name(name), getattr(self, name),
+                            hub_id_ok=name in ("base_model", "dino_model", "clip_model"))
+        if self.prompt_set not in ("auto", "object", "live"):
+            locations.check("--prompt-set", self.prompt_set)
+        if locations.is_s3(self.cache_dir):  # base models are unpacked there for from_pretrained
+            raise InvalidInputError(
+                f"--cache-dir {self.cache_dir!r} is not a local directory: expected a local path")
+        locations.check("--cache-dir", self.cache_dir)
 
     # ------------------------------------------------------------------------------------------
     @property
