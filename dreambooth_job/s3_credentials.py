@@ -85,9 +85,11 @@ def retrying(on_retry: Callable[[], None]) -> Callable:
                 except CredentialsNotReady as exc:
                     delay = wait.delay(attempt)
                     if delay is None:
-                        raise CredentialsNotReady(
-                            f"{exc.message}; gave up after waiting {wait.seconds:g}s "
-                            "(--storage-credentials-wait-seconds)") from None
+                        # A plain RetryableError: a storage function calling another one must
+                        # not wait again, the window is the process's.
+                        raise RetryableError(
+                            f"{exc.message}; credentials are waited for during the first "
+                            f"{wait.seconds:g}s (--storage-credentials-wait-seconds)") from None
                     log.warning("%s; retrying in %.1fs", exc.message, delay)
                     wait.sleep(delay)
                     on_retry()

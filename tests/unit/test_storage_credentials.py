@@ -74,7 +74,7 @@ def test_credentials_that_arrive_within_the_window_are_used(no_credentials, stor
 
 
 def test_credentials_that_never_arrive_end_the_job_as_retryable(no_credentials, stored, fake_time):
-    expected = "no usable S3 credentials.*gave up after waiting 60s"
+    expected = "no usable S3 credentials.*waited for during the first 60s"
     with pytest.raises(RetryableError, match=expected) as failure:
         storage.read_bytes(stored)
     assert failure.value.exit_code == ExitCode.RETRYABLE
@@ -104,11 +104,11 @@ def test_after_the_window_credential_errors_fail_at_once(stored, encrypted_s3, f
     assert fake_time.sleeps == []
 
 
-def test_train_without_credentials_waits_then_exits_retryable(no_credentials, bucket, tmp_path):
+def test_train_without_credentials_exits_retryable_naming_the_wait(no_credentials, bucket, tmp_path):
     outcome = CliRunner().invoke(main, [
         "train", "--instance-data", f"s3://{bucket}/photos/", "--class-noun", "dog",
         "--output", f"s3://{bucket}/runs/dog/", "--base-model", "org/model", "--metrics-port", "0",
         "--cache-dir", str(tmp_path / "cache"), "--storage-credentials-wait-seconds", "0.2"])
     assert outcome.exit_code == ExitCode.RETRYABLE, outcome.output
     [error] = [line for line in outcome.output.splitlines() if line.startswith("error:")]
-    assert "no usable S3 credentials" in error and "gave up after waiting 0.2s" in error
+    assert "no usable S3 credentials" in error and "waited for during the first 0.2s" in error
