@@ -112,3 +112,12 @@ def test_train_without_credentials_exits_retryable_naming_the_wait(no_credential
     assert outcome.exit_code == ExitCode.RETRYABLE, outcome.output
     [error] = [line for line in outcome.output.splitlines() if line.startswith("error:")]
     assert "no usable S3 credentials" in error and "waited for during the first 0.2s" in error
+
+
+def test_the_wait_is_operational_and_leaves_config_fingerprints_alone():
+    from dreambooth_job.config import TrainConfig
+    from dreambooth_job.job import config_fingerprint
+
+    required = {"instance_data": "s3://b/photos/", "class_noun": "dog", "output": "s3://b/out/"}
+    assert config_fingerprint(TrainConfig(**required)) == config_fingerprint(
+        TrainConfig(**required, storage_credentials_wait_seconds=5))
