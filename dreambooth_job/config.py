@@ -25,6 +25,7 @@ from typing import Any
 
 import yaml
 
+from dreambooth_job import locations
 from dreambooth_job.config_files import load_yaml, read_text_file, yaml_reason
 from dreambooth_job.exit_codes import InvalidInputError
 from dreambooth_job.identifiers import format_prompt
@@ -228,6 +229,10 @@ class TrainConfig:
     log_format: str = option(
         "auto", choices=LOG_FORMAT_CHOICES,
         help="json: one object per line; text: human lines; auto: json unless on a terminal.")
+    storage_credentials_wait_seconds: float = option(
+        60.0, help="At start-up, wait up to this long for usable S3 credentials (IRSA or pod "
+                   "identity not ready: none found, expired or invalid token), retrying with "
+                   "backoff, before exiting with code 75 (0: do not wait).")
 
     def __post_init__(self) -> None:
         self.validate()
@@ -251,7 +256,7 @@ class TrainConfig:
                      "prior_loss_weight", "adam_weight_decay", "max_grad_norm", "checkpoint_every",
                      "checkpoint_interval_minutes", "checkpoints_keep", "termination_grace_seconds",
                      "metrics_port", "eval_max_prompts", "eval_class_images",
-                     "progress_interval_seconds"):
+                     "progress_interval_seconds", "storage_credentials_wait_seconds"):
             if getattr(self, name) < 0:
                 raise InvalidInputError(f"{flag_name(name)} must not be negative, got {getattr(self, name)}")
         if not 0 <= self.lease_wait_seconds <= MAX_LEASE_WAIT_SECONDS:
@@ -281,6 +286,7 @@ class TrainConfig:
                 raise InvalidInputError(
                     f"{flag_name(name)} must not carry credentials (user:password@ in its URL): "
                     "credentials come from a Secret through the environment")
+        self._validate_locations()
         self._validate_words()
 
     def _validate_finite(self) -> None:
@@ -314,6 +320,20 @@ class TrainConfig:
                 except InvalidInputError as exc:
                     flag = f.metadata["flag"] or flag_name(f.name)
                     raise InvalidInputError(f"{flag}: {exc.message}") from None
+
+    def _validate_locations(self) -> None:
+        """Every storage location is an s3://bucket/prefix URI or a local path; models may also be
+        hub ids (org/name). Any other scheme fails here, not later in the pod."""
+        for name in ("instance_data", "output", "class_data", "lpips_model", "base_model",
+                     "dino_model", "clip_model"):
+            locations.check(flag_name(name), getattr(self, name),
+                            hub_id_ok=name in ("base_model", "dino_model", "clip_model"))
+        if self.prompt_set not in ("auto", "object", "live"):
+            locations.check("--prompt-set", self.prompt_set)
+        if locations.is_s3(self.cache_dir):  # base models are unpacked there for from_pretrained
+            raise InvalidInputError(
+                f"--cache-dir {self.cache_dir!r} is not a local directory: expected a local path")
+        locations.check("--cache-dir", self.cache_dir)
 
     # ------------------------------------------------------------------------------------------
     @property

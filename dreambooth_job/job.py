@@ -49,6 +49,7 @@ OPERATIONAL_FIELDS = frozenset({
     "cache_dir", "job_id", "log_format", "metrics_port", "pushgateway", "batch_id", "force",
     "restart", "checkpoint_every", "checkpoint_interval_minutes", "checkpoints_keep",
     "termination_grace_seconds", "log_every", "progress_interval_seconds", "class_data", "evaluate",
+    "storage_credentials_wait_seconds",
     "sample_every",
     "lease_wait_seconds",
     "prompt_set", "images_per_prompt", "eval_max_prompts", "eval_class_images", "dino_model",
@@ -104,6 +105,7 @@ class Job:
         config = self.config
         log.configure(config.log_format, job_id=config.job_id, subject_id=config.subject_id)
         storage.set_observer(self.observer)
+        storage.set_credentials_wait(config.storage_credentials_wait_seconds)
         self.result = self._result_skeleton()
         self.stop.install()
         try:

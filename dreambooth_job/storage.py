@@ -5,6 +5,11 @@ credential chain; boto3 itself honours AWS_ENDPOINT_URL / AWS_ENDPOINT_URL_S3 an
 the same code runs against AWS, MinIO or SeaweedFS. Retries are botocore's (standard mode with
 backoff and jitter), not ours. Large files go up as multipart uploads through boto3's transfer
 manager.
+
+Integrity: uploads carry a CRC32 checksum and downloads are verified against the checksum stored
+with the object (checksums.py) and its size, not against its ETag (not an MD5 in SSE-KMS or SSE-C
+buckets). Credentials: at start-up (IRSA / pod identity not ready yet) missing or expired
+credentials are waited for, for a bounded time (s3_credentials.py), then end the job as retryable.
 """
 
 from __future__ import annotations
@@ -19,13 +24,17 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+from dreambooth_job import checksums, s3_credentials
 from dreambooth_job.events import JobObserver
 from dreambooth_job.exit_codes import InvalidInputError, RetryableError
 from dreambooth_job.object_keys import UnsafeKeyError, check_listing, display_key
+from dreambooth_job.s3_credentials import CREDENTIAL_ERROR_CODES, CredentialsNotReady
 
 MULTIPART_THRESHOLD = 16 * 1024 * 1024
 MAX_ATTEMPTS = 8
 TRANSFER_THREADS = 8
+
+log = logging.getLogger(__name__)
 
 _observer: JobObserver = JobObserver()
 _client_lock = threading.Lock()
@@ -33,7 +42,8 @@ _client = None
 _client_env: tuple = ()
 # The environment a client is bound to: a change (another endpoint or identity) needs a new client.
 _CLIENT_ENV_VARS = ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_PROFILE",
-                    "AWS_REGION", "AWS_MAX_ATTEMPTS", "AWS_RETRY_MODE")
+                    "AWS_REGION", "AWS_MAX_ATTEMPTS", "AWS_RETRY_MODE",
+                    "AWS_REQUEST_CHECKSUM_CALCULATION", "AWS_RESPONSE_CHECKSUM_VALIDATION")
 
 
 @dataclass(frozen=True)
@@ -84,7 +94,9 @@ def s3_client():
             from botocore.config import Config
 
             attempts = int(os.environ.get("AWS_MAX_ATTEMPTS", MAX_ATTEMPTS))
-            _client = boto3.client("s3", config=Config(
+            # A new session, not boto3's default one: that one keeps the credentials it found
+            # first, and a rebuilt client must look for them again (rotated keys, IRSA's token).
+            _client = boto3.session.Session().client("s3", config=Config(
                 retries={"mode": os.environ.get("AWS_RETRY_MODE", "standard"), "max_attempts": attempts},
                 connect_timeout=10, read_timeout=60,
                 max_pool_connections=TRANSFER_THREADS * 2,
@@ -100,6 +112,11 @@ def reset_client() -> None:
         _client = None
 
 
+# Every public function that may call S3 waits, at start-up, for credentials that are not ready yet.
+_waits_for_credentials = s3_credentials.retrying(on_retry=reset_client)
+set_credentials_wait = s3_credentials.set_wait
+
+
 def _endpoint_is_custom() -> bool:
     return bool(os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL"))
 
@@ -108,9 +125,8 @@ def _count_retry(attempts=None, response=None, caught_exception=None, **_) -> No
     failed = caught_exception is not None or (
         response is not None and response[1].get("ResponseMetadata", {}).get("HTTPStatusCode", 200) >= 500)
     if failed:
-        logging.getLogger(__name__).warning(
-            "S3 request failed (attempt %s): %s; retrying", attempts,
-            caught_exception or response[1].get("Error", {}).get("Code"))
+        log.warning("S3 request failed (attempt %s): %s; retrying", attempts,
+                    caught_exception or response[1].get("Error", {}).get("Code"))
         _observer.storage_retry()
 
 
@@ -126,10 +142,23 @@ class _translate_errors:
     def __exit__(self, exc_type, exc, tb):
         if exc is None:
             return False
-        from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
+        from botocore.exceptions import (
+            BotoCoreError,
+            ClientError,
+            CredentialRetrievalError,
+            FlexibleChecksumError,
+            NoCredentialsError,
+        )
 
-        if isinstance(exc, NoCredentialsError):
-            raise InvalidInputError(f"no S3 credentials found for {self.uri}") from None
+        if isinstance(exc, (NoCredentialsError, CredentialRetrievalError)):
+            raise CredentialsNotReady(f"no usable S3 credentials for {self.uri} ({exc})") from None
+        if isinstance(exc, OSError) and exc.filename and \
+                exc.filename == os.environ.get("AWS_WEB_IDENTITY_TOKEN_FILE"):
+            # botocore reads IRSA's projected token lazily and lets a missing file through as is.
+            raise CredentialsNotReady(f"no usable S3 credentials for {self.uri} "
+                                      f"(no web identity token at {exc.filename})") from None
+        if isinstance(exc, FlexibleChecksumError):
+            raise RetryableError(f"download of {self.uri} does not match its checksum: {exc}") from None
         if isinstance(exc, ClientError):
             code = exc.response.get("Error", {}).get("Code", "")
             status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
@@ -139,6 +168,8 @@ class _translate_errors:
                 raise PreconditionFailed(self.uri) from None
             if code == "NoSuchBucket":
                 raise InvalidInputError(f"S3 bucket does not exist: {self.uri}") from None
+            if code in CREDENTIAL_ERROR_CODES:
+                raise CredentialsNotReady(f"S3 credentials not accepted ({code}) for {self.uri}") from None
             if code in ("AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "403"):
                 raise InvalidInputError(f"S3 access denied ({code}) for {self.uri}") from None
             if status >= 500 or code in ("SlowDown", "RequestTimeout", "Throttling"):
@@ -151,6 +182,7 @@ class _translate_errors:
 
 # ----------------------------------------------------------------------------------------------
 
+@_waits_for_credentials
 def list_files(uri: str, suffixes: Iterable[str] | None = None) -> list[StoredFile]:
     """Files under a prefix or directory, recursively, sorted by relative path."""
     wanted = tuple(s.lower() for s in suffixes) if suffixes else None
@@ -195,6 +227,7 @@ def file_uri(uri: str, file: StoredFile) -> str:
     return f"s3://{split_s3(uri)[0]}/{file.key}" if is_s3(uri) else file.key
 
 
+@_waits_for_credentials
 def exists(uri: str) -> bool:
     if not is_s3(uri):
         return Path(uri).exists()
@@ -207,6 +240,7 @@ def exists(uri: str) -> bool:
         return False
 
 
+@_waits_for_credentials
 def read_bytes(uri: str) -> bytes:
     """The whole object; FileNotFoundError when it does not exist."""
     if not is_s3(uri):
@@ -218,6 +252,7 @@ def read_bytes(uri: str) -> bytes:
     return body
 
 
+@_waits_for_credentials
 def write_bytes(uri: str, data: bytes) -> None:
     """Write one object or file whole: a reader sees the old content or the new, never a part."""
     if not is_s3(uri):
@@ -229,7 +264,7 @@ def write_bytes(uri: str, data: bytes) -> None:
         return
     bucket, key = split_s3(uri)
     with _translate_errors(uri):
-        s3_client().put_object(Bucket=bucket, Key=key, Body=data)
+        s3_client().put_object(Bucket=bucket, Key=key, Body=data, **_upload_checksum())
     _observer.transfer(direction="upload", num_bytes=len(data), objects=1)
 
 
@@ -237,6 +272,7 @@ class PreconditionFailed(Exception):
     """A conditional write found the object in another state than the caller expected."""
 
 
+@_waits_for_credentials
 def read_with_etag(uri: str) -> tuple[bytes, str]:
     """The object and its ETag (for local files: the MD5 of the content, as S3 computes it)."""
     if not is_s3(uri):
@@ -248,6 +284,7 @@ def read_with_etag(uri: str) -> tuple[bytes, str]:
         return response["Body"].read(), response["ETag"].strip('"')
 
 
+@_waits_for_credentials
 def write_conditional(uri: str, data: bytes, *, if_match: str | None = None) -> str:
     """Create `uri` only if absent (if_match None) or replace it only if its ETag is `if_match`.
 
@@ -259,7 +296,8 @@ def write_conditional(uri: str, data: bytes, *, if_match: str | None = None) -> 
     bucket, key = split_s3(uri)
     condition = {"IfMatch": f'"{if_match}"'} if if_match else {"IfNoneMatch": "*"}
     with _translate_errors(uri):
-        response = s3_client().put_object(Bucket=bucket, Key=key, Body=data, **condition)
+        response = s3_client().put_object(Bucket=bucket, Key=key, Body=data, **condition,
+                                          **_upload_checksum())
     return response["ETag"].strip('"')
 
 
@@ -276,6 +314,7 @@ def _write_conditional_local(path: Path, data: bytes, if_match: str | None) -> s
     return hashlib.md5(data).hexdigest()
 
 
+@_waits_for_credentials
 def delete(uri: str) -> None:
     """Delete one object or file, or a whole prefix/directory when `uri` ends with '/'."""
     if not is_s3(uri):
@@ -294,27 +333,39 @@ def delete(uri: str) -> None:
                 s3_client().delete_objects(Bucket=bucket, Delete={"Objects": batch, "Quiet": True})
 
 
+@_waits_for_credentials
 def download_file(uri: str, local_path: Path, expected: StoredFile | None = None) -> Path:
-    """Copy one file to `local_path`, verifying its size when known."""
+    """Copy one file to `local_path`, verified by size and, for S3, by its stored checksum.
+
+    `expected` (a listing's entry) adds its size to the check. A download that does not verify is
+    removed and raises RetryableError."""
     local_path.parent.mkdir(parents=True, exist_ok=True)
     if not is_s3(uri):
         shutil.copyfile(uri, local_path)
-    else:
-        bucket, key = split_s3(uri)
-        with _translate_errors(uri):
-            s3_client().download_file(bucket, key, str(local_path), Config=_transfer_config())
-    size = local_path.stat().st_size
-    if expected is not None and size != expected.size:
+        _check_size(uri, local_path, expected.size if expected else None)
+        return local_path
+    bucket, key = split_s3(uri)
+    with _translate_errors(uri):
+        head = s3_client().head_object(Bucket=bucket, Key=key, ChecksumMode="ENABLED")
+        s3_client().download_file(bucket, key, str(local_path), Config=_transfer_config())
+    _check_size(uri, local_path, head["ContentLength"])
+    if expected is not None:
+        _check_size(uri, local_path, expected.size)
+    try:
+        checksums.verify(uri, local_path, head, lambda: _part_sizes(bucket, key))
+    except RetryableError:
         local_path.unlink()
-        raise RetryableError(f"download of {uri} is truncated: {size} of {expected.size} bytes")
-    # A single-part upload's ETag is the MD5 of the content (multipart ETags are not).
-    single_part_etag = expected is not None and expected.etag and "-" not in expected.etag
-    if single_part_etag and _md5(local_path) != expected.etag:
-        local_path.unlink()
-        raise RetryableError(f"download of {uri} does not match its ETag")
-    if is_s3(uri):
-        _observer.transfer(direction="download", num_bytes=size, objects=1)
+        raise
+    _observer.transfer(direction="download", num_bytes=local_path.stat().st_size, objects=1)
     return local_path
+
+
+def _check_size(uri: str, local_path: Path, wanted: int | None) -> None:
+    size = local_path.stat().st_size
+    if wanted is not None and size != wanted:
+        local_path.unlink()
+        raise RetryableError(f"download of {uri} has {size} bytes, not the {wanted} expected "
+                             "(truncated, or the object changed)")
 
 
 def download_dir(uri: str, local_dir: Path, suffixes: Iterable[str] | None = None,
@@ -331,7 +382,7 @@ def download_dir(uri: str, local_dir: Path, suffixes: Iterable[str] | None = Non
 def download_listed(uri: str, files: list[StoredFile], local_dir: Path,
                     on_unsafe_key: Callable[[StoredFile, str], None] | None = None) -> list[Path]:
     """`download_dir` for files already listed by `list_files(uri)`: each is verified against
-    that listing (size, ETag), so what lands is what the listing described."""
+    that listing (size) and its stored checksum, so what lands is what the listing described."""
     unsafe = _check_listing(uri, files, local_dir)
     for file, reason in unsafe.items():
         if on_unsafe_key is None:
@@ -358,11 +409,29 @@ def _refusal(uri: str, file: StoredFile, reason: str) -> str:
     return f"refusing {display_key(file_uri(uri, file))}: it {reason}"
 
 
-def _md5(path: Path) -> str:
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "md5").hexdigest()
+def _part_sizes(bucket: str, key: str) -> list[int]:
+    """The sizes of a multipart object's parts, as GetObjectAttributes lists them (or does not)."""
+    sizes: list[int] = []
+    marker = 0
+    while True:
+        parts = s3_client().get_object_attributes(
+            Bucket=bucket, Key=key, ObjectAttributes=["ObjectParts"], MaxParts=1000,
+            PartNumberMarker=marker).get("ObjectParts", {})
+        sizes += [part["Size"] for part in parts.get("Parts", [])]
+        if not parts.get("IsTruncated"):
+            return sizes
+        marker = parts["NextPartNumberMarker"]
 
 
+def _upload_checksum() -> dict:
+    """Have botocore send a CRC32 with every upload (S3 stores it with the object, whatever the
+    encryption) unless the environment opted out for a store without flexible checksums."""
+    if os.environ.get("AWS_REQUEST_CHECKSUM_CALCULATION", "").lower() == "when_required":
+        return {}
+    return {"ChecksumAlgorithm": "CRC32"}
+
+
+@_waits_for_credentials
 def upload_file(local_path: Path, uri: str) -> None:
     if not is_s3(uri):
         target = Path(uri)
@@ -373,7 +442,8 @@ def upload_file(local_path: Path, uri: str) -> None:
         return
     bucket, key = split_s3(uri)
     with _translate_errors(uri):
-        s3_client().upload_file(str(local_path), bucket, key, Config=_transfer_config())
+        s3_client().upload_file(str(local_path), bucket, key, Config=_transfer_config(),
+                                ExtraArgs=_upload_checksum())
     _observer.transfer(direction="upload", num_bytes=local_path.stat().st_size, objects=1)
 
 

@@ -111,3 +111,18 @@ def photo_dir(tmp_path) -> Path:
     for i in range(4):
         make_photo(directory / f"{i:02d}.jpg", seed=i)
     return directory
+
+
+@pytest.fixture
+def encrypted_s3(s3_server, monkeypatch):
+    """The S3 server as an SSE-KMS/SSE-C bucket answers: through a proxy whose ETags are not MD5s
+    (tests/storage_proxy.py). The environment, and so child processes, go through the proxy."""
+    from storage_proxy import EncryptedBucketProxy
+
+    from dreambooth_job import storage
+
+    with EncryptedBucketProxy(s3_server.endpoint) as proxy:
+        monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.endpoint)
+        storage.reset_client()
+        yield proxy
+    storage.reset_client()

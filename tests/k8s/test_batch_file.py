@@ -259,3 +259,26 @@ def test_submit_checks_the_same_prefixes_and_hosts(tmp_path, monkeypatch):
     assert refused.exit_code == 2
     [line] = refused.output.strip().splitlines()
     assert "--output s3://runs/tenant-b/dog/" in line and "--pushgateway 169.254.169.254:80" in line
+
+
+def test_rows_naming_another_scheme_are_rejected_before_submitting(tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    from dreambooth_job.cli import main
+
+    monkeypatch.setenv("KUBECONFIG", str(tmp_path / "absent"))
+    path = tmp_path / "night.yaml"
+    path.write_text("""\
+defaults: {output: "s3://runs/{id}/"}
+subjects:
+  - {id: dog, instance_data: "s3://photos/dog/", class_noun: dog}
+  - {id: cat, instance_data: "ftp://host/cat/", class_noun: cat}
+  - {id: can, instance_data: "s3://photos/can/", class_noun: can, base_model: "gs://models/sd"}
+""")
+    with pytest.raises(BatchFileError) as caught:
+        load_batch(path)
+    assert len(caught.value.problems) == 2
+    assert "subjects[1] (id cat): --instance-data 'ftp://host/cat/'" in caught.value.problems[0]
+    assert "subjects[2] (id can): --base-model 'gs://models/sd'" in caught.value.problems[1]
+    result = CliRunner().invoke(main, ["batch", str(path), "--dry-run"])
+    assert result.exit_code == 2 and "nothing was submitted" in result.output

@@ -227,3 +227,43 @@ def test_non_finite_numbers_from_env_and_files_exit_2(tmp_path):
     path = tmp_path / "job.yaml"
     path.write_text("class_noun: dog\nguidance_scale: .nan\n")
     assert "--guidance-scale" in one_error_line(run_train("--config", str(path)))
+
+
+@pytest.mark.parametrize("values, named", [
+    ({"instance_data": "ftp://host/photos/"}, "--instance-data"),
+    ({"output": "gs://bucket/runs/"}, "--output"),
+    ({"class_data": "http://cache.example/classes/"}, "--class-data"),
+    ({"instance_data": "s3:/bucket/photos/"}, "--instance-data"),
+    ({"output": "s3:bucket/runs/"}, "--output"),
+    ({"output": "S3://bucket/runs/"}, "--output"),
+    ({"instance_data": "s3:///photos/"}, "--instance-data"),
+    ({"cache_dir": "s3://bucket/cache/"}, "--cache-dir"),
+    ({"cache_dir": "file:///var/cache"}, "--cache-dir"),
+    ({"base_model": "hf://org/model"}, "--base-model"),
+    ({"clip_model": "https://example.com/clip"}, "--clip-model"),
+    ({"dino_model": "s3:/bucket/dino"}, "--dino-model"),
+    ({"lpips_model": "gs://bucket/lpips"}, "--lpips-model"),
+    ({"prompt_set": "https://example.com/prompts.txt"}, "--prompt-set"),
+])
+def test_storage_locations_other_than_s3_or_a_path_name_the_option(values, named):
+    with pytest.raises(InvalidInputError, match=f"^{named} '.*'.*: expected "):
+        cfg.TrainConfig(**{**REQUIRED, **values})
+
+
+@pytest.mark.parametrize("values", [
+    {"instance_data": "s3://bucket/photos/dog/", "output": "s3://bucket", "class_data": "s3://b/c/"},
+    {"instance_data": "photos/dog", "output": "/runs/dog", "cache_dir": "~/cache"},
+    {"base_model": "org/model", "clip_model": "./models/clip", "dino_model": "s3://models/dino/"},
+    {"prompt_set": "live"}, {"prompt_set": "prompts/objects.txt"}, {"prompt_set": "s3://b/p.txt"},
+])
+def test_s3_uris_local_paths_and_hub_ids_are_locations(values):
+    assert cfg.TrainConfig(**{**REQUIRED, **values})
+
+
+def test_train_with_another_scheme_exits_2_in_one_line():
+    result = CliRunner().invoke(main, ["train", "--instance-data", "ftp://host/dog/", "--class-noun",
+                                       "dog", "--output", "s3://b/out/"], env={})
+    assert result.exit_code == ExitCode.INVALID_INPUT
+    assert result.output.strip() == (
+        "error: --instance-data 'ftp://host/dog/' is not a supported location: expected "
+        "s3://bucket/prefix, a local path")

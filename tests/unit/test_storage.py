@@ -67,7 +67,8 @@ def test_large_files_go_up_in_parts(bucket, tmp_path, monkeypatch):
 def test_download_that_does_not_match_its_listing_is_rejected(bucket, tmp_path):
     storage.write_bytes(f"s3://{bucket}/photo.jpg", b"real bytes")
     [listed] = storage.list_files(f"s3://{bucket}/")
-    tampered = storage.StoredFile(listed.relative_path, listed.size, "0" * 32)
-    with pytest.raises(RetryableError, match="ETag"):
-        storage.download_file(f"s3://{bucket}/photo.jpg", tmp_path / "p.jpg", tampered)
+    # The object changed (grew) between the listing and the download.
+    stale = storage.StoredFile(listed.relative_path, listed.size - 1, listed.etag)
+    with pytest.raises(RetryableError, match="not the 9 expected"):
+        storage.download_file(f"s3://{bucket}/photo.jpg", tmp_path / "p.jpg", stale)
     assert not (tmp_path / "p.jpg").exists()
