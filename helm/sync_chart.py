@@ -4,7 +4,8 @@
     .venv/bin/python helm/sync_chart.py --check   # exit 1 if a generated file is out of date
 
 It writes these, and only these:
-- files/package.yaml: option flags, order and defaults and the exit codes (manifest.chart_table);
+- files/package.yaml: option flags, order and defaults, the exit codes and the fixed parts of the
+  pod (manifest.chart_table);
 - the `job:` block of values.yaml between its markers: every option with its help and default;
 - `properties.job` of values.schema.json: types, choices, nullability, help and, for the options
   naming places (config.URI_OPTIONS), the refusal of credentials in a URL; keeping the bounds
@@ -44,8 +45,8 @@ def chart_fields() -> list:
 
 def package_yaml() -> str:
     return ("# Written by helm/sync_chart.py from the dreambooth_job package: do not edit.\n"
-            "# The templates take the train options' flags, order and defaults from here, and the\n"
-            "# exit codes of the podFailurePolicy.\n"
+            "# The templates take the train options' flags, order and defaults from here, the\n"
+            "# exit codes of the podFailurePolicy, and the parts of the pod no value changes (pod).\n"
             + yaml.safe_dump(chart_table(), sort_keys=False, width=100))
 
 

@@ -49,6 +49,7 @@ from dreambooth_job.k8s.pod import (
     JOB_UID_LABEL,
     OPTIONS_SET_BY_THE_POD,
     PROMPT_FILE_DIRS_ENV,
+    chart_pod_table,
     compact,
     container_args,
     container_security_context,
@@ -274,6 +275,7 @@ def chart_table() -> dict[str, Any]:
                       for code in ExitCode],
         "notRetryableExitCodes": [int(code) for code in NOT_RETRYABLE],
         "options": options,
+        "pod": chart_pod_table(),
     }
 
 

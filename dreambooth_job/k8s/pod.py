@@ -53,10 +53,7 @@ def pod_spec(train: cfg.TrainConfig, cluster: ClusterSettings, args: list[str], 
         # Why the pod failed, in its status: the job's one-line error (termination.py), or the
         # log's tail when it died before writing one (OOM kill, crash).
         terminationMessagePolicy="FallbackToLogsOnError",
-        volumeMounts=[{"name": "cache", "mountPath": CACHE_MOUNT},
-                      {"name": "tmp", "mountPath": TMP_MOUNT},
-                      {"name": "shm", "mountPath": SHM_MOUNT},
-                      *mounts],
+        volumeMounts=[*volume_mounts(), *mounts],
     )
     cache = ({"persistentVolumeClaim": {"claimName": cluster.model_cache_claim}}
              if cluster.model_cache_claim
@@ -130,10 +127,29 @@ def job_uid_env() -> dict[str, Any]:
         "fieldPath": f"metadata.labels['{JOB_UID_LABEL}']"}}}
 
 
+def volume_mounts() -> list[dict[str, Any]]:
+    return [{"name": "cache", "mountPath": CACHE_MOUNT},
+            {"name": "tmp", "mountPath": TMP_MOUNT},
+            {"name": "shm", "mountPath": SHM_MOUNT}]
+
+
+def fixed_env() -> list[dict[str, Any]]:
+    """The env of every pod, whatever the settings: caches on the cache volume, the Job's UID."""
+    return [{"name": "XDG_CACHE_HOME", "value": CACHE_MOUNT},
+            {"name": "HF_HOME", "value": f"{CACHE_MOUNT}/huggingface"},
+            job_uid_env()]
+
+
+def chart_pod_table() -> dict[str, Any]:
+    """The parts of the pod that no setting changes, for the chart's templates to render as they
+    are (files/package.yaml's `pod:`), so that the chart holds no copy of them."""
+    return {"containerName": CONTAINER_NAME, "env": fixed_env(),
+            "containerSecurityContext": container_security_context(),
+            "volumeMounts": volume_mounts()}
+
+
 def _env(cluster: ClusterSettings) -> list[dict[str, Any]]:
-    env = [{"name": "XDG_CACHE_HOME", "value": CACHE_MOUNT},
-           {"name": "HF_HOME", "value": f"{CACHE_MOUNT}/huggingface"},
-           job_uid_env()]
+    env = fixed_env()
     if not cluster.gpus:
         # Where nvidia is the default container runtime, a pod that requests no GPU still sees
         # every GPU of the node unless told otherwise.
