@@ -3,6 +3,7 @@ sync script's --check finds any difference, and the Indexed Job builder on its o
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import os
 import shutil
@@ -12,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from deploy_support import MANIFESTS, REPO, assert_same
+from deploy_support import CHART, MANIFESTS, REPO, assert_same, load_values, spec_from_values
 
 from dreambooth_job import config as cfg
 from dreambooth_job.exit_codes import InvalidInputError
@@ -156,3 +157,16 @@ def test_indexed_job_refuses_empty_batches(completions, parallelism):
     with pytest.raises(InvalidInputError, match="completions and parallelism"):
         build_indexed_job(IndexedJobSpec(batch_id="b", completions=completions,
                                          parallelism=parallelism))
+
+
+# ----------------------------------------------------------------------------------------------
+# What stays hand-written in the chart: values.yaml's cluster defaults (with their comments)
+
+def test_chart_defaults_are_the_cluster_settings_defaults():
+    values = load_values(CHART / "values.yaml")
+    values["job"].update(instanceData="s3://x/", classNoun="x", output="s3://y/")
+    from_chart = spec_from_values(values).cluster
+    # Only what a Helm release sets itself differs: its namespace and the managed-by label.
+    expected = dataclasses.replace(ClusterSettings(), namespace=from_chart.namespace, managed_by="Helm")
+    for f in dataclasses.fields(ClusterSettings):
+        assert getattr(from_chart, f.name) == getattr(expected, f.name), f"values.yaml: {f.metadata['help']}"
