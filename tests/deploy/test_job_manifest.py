@@ -212,7 +212,7 @@ def test_operator_prompt_file_dirs_reach_the_pod_env_only_when_set():
         return {e["name"]: e.get("value") for e in pod_spec(build_job(JobSpec(
             train=dog(), cluster=cluster)))["containers"][0]["env"]}
 
-    assert not any(name.startswith("DREAMBOOTH_") for name in env_of(ClusterSettings()))
+    assert not any(name.startswith("DREAMBOOTH_OPERATOR_") for name in env_of(ClusterSettings()))
     env = env_of(ClusterSettings(prompt_file_dirs=("/etc/prompts", "/srv/shared")))
     assert env["DREAMBOOTH_OPERATOR_PROMPT_FILE_DIRS"] == "/etc/prompts,/srv/shared"
 

@@ -79,7 +79,7 @@ def test_plain_manifests_request_the_same_disk(path):
 
 def test_kueue_covers_every_resource_the_pod_requests():
     """Kueue admits no workload requesting a resource its ClusterQueue does not cover."""
-    (queue,) = [d for d in yaml.safe_load_all((MANIFESTS / "kueue.yaml").read_text())
+    (queue,) = [d for d in yaml.safe_load_all((MANIFESTS / "kueue" / "base" / "kueue.yaml").read_text())
                 if d and d["kind"] == "ClusterQueue"]
     covered = {name for group in queue["spec"]["resourceGroups"] for name in group["coveredResources"]}
     resources = builders_pod()["containers"][0]["resources"]

@@ -1,7 +1,8 @@
 {{/*
 Helpers of the dreambooth-job chart. The Job they build is the one that
 dreambooth_job.k8s.manifest.build_job builds in Python; tests/deploy compares the two field by field,
-so a change here needs the same change there.
+so a change here needs the same change there. The parts of the pod that no value changes are not
+written here: the templates render them from files/package.yaml (`pod:`), written from the package.
 */}}
 
 {{/* What the chart knows about the package: files/package.yaml, written by helm/sync_chart.py. */}}

@@ -1,0 +1,180 @@
+"""Where and how the Job runs (`ClusterSettings`), apart from what it trains (the TrainConfig).
+
+    from dreambooth_job.k8s.cluster_settings import ClusterSettings
+    cluster = ClusterSettings(image="registry/dreambooth-job:0.1.0", queue="gpu-batch")
+
+Also the sizes the pod is built around (mounts, local disk, the identity of the image's user),
+which the Dockerfile and the README state too; tests/deploy checks that they agree.
+Light on purpose: config and exit codes only, never torch.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from dreambooth_job import __version__
+from dreambooth_job.exit_codes import InvalidInputError
+
+APP_NAME = "dreambooth-job"
+DEFAULT_IMAGE = f"{APP_NAME}:{__version__}"
+# The image's numeric USER (Dockerfile); numeric so that the kubelet can verify runAsNonRoot.
+RUN_AS_USER = 10001
+# Writable paths of the read-only image. The job's --cache-dir defaults to $XDG_CACHE_HOME/...,
+# so pointing XDG_CACHE_HOME and HF_HOME at the cache volume puts every download there.
+CACHE_MOUNT = "/cache"
+TMP_MOUNT = "/tmp"
+SHM_MOUNT = "/dev/shm"
+# After the job's own SIGTERM budget (--termination-grace-seconds): time to exit and push metrics
+# before the kubelet's SIGKILL.
+TERMINATION_MARGIN_SECONDS = 5
+# Local disk (ephemeral-storage) at the job's peak, the end of training, when all of these are on
+# disk at once: GB for a full fine-tune of SD 1.5 in fp32 (sizes from docs/benchmarks.md; an
+# estimate). The base model and class images are in the cache volume, the rest in /tmp.
+PEAK_LOCAL_DISK_GB = {
+    CACHE_MOUNT: {"base model": 4.3, "class images (200 PNGs)": 0.1},
+    TMP_MOUNT: {"resume copy": 10.3, "checkpoint being written": 10.3, "saved model": 4.3},
+}  # 29.3 GB = 27.3 GiB in all, 24.9 GB = 23.2 GiB of it in /tmp
+# The request adds room for logs, photos and samples. The kubelet evicts a pod over its limit, or
+# with a volume over its sizeLimit, with 1 s of grace (not terminationGracePeriodSeconds): too
+# short for a checkpoint, so both limits stay well above the estimate.
+EPHEMERAL_STORAGE_REQUEST = "32Gi"
+EPHEMERAL_STORAGE_LIMIT = "48Gi"
+TMP_SIZE_LIMIT = "40Gi"
+
+_LABEL_VALUE = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$")
+
+
+def setting(default: Any = None, *, help: str, default_factory: Any = None) -> Any:
+    if default_factory is not None:
+        return field(default_factory=default_factory, metadata={"help": help})
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass(frozen=True, kw_only=True)
+class ClusterSettings:
+    """Where and how the Job runs; the training options themselves are the TrainConfig.
+
+    Every field has a value of the same meaning in the chart's values.yaml, named in its help.
+    """
+
+    namespace: str | None = setting(
+        help="Namespace of the Job (default: the kubeconfig context's). Chart: the release's.")
+    image: str = setting(
+        DEFAULT_IMAGE, help="Container image, registry/name:tag or name@sha256:... "
+                            "Chart: image.repository, image.tag, image.digest.")
+    image_pull_policy: str = setting(
+        "IfNotPresent", help="Always, IfNotPresent or Never. Chart: image.pullPolicy.")
+    image_pull_secrets: tuple[str, ...] = setting(
+        (), help="Secrets for pulling the image from a private registry. Chart: imagePullSecrets.")
+    gpus: int = setting(
+        1, help="GPUs of the pod, as limits of the GPU resource; 0 runs on CPU. Chart: gpu.count.")
+    gpu_resource: str = setting(
+        "nvidia.com/gpu", help="Extended resource name of a GPU. Chart: gpu.resource.")
+    resources: Mapping[str, Mapping[str, Any]] = setting(
+        default_factory=lambda: {
+            "requests": {"cpu": "8", "memory": "32Gi", "ephemeral-storage": EPHEMERAL_STORAGE_REQUEST},
+            "limits": {"memory": "64Gi", "ephemeral-storage": EPHEMERAL_STORAGE_LIMIT}},
+        help="CPU, memory and local-disk (ephemeral-storage) requests and limits of the "
+             "container; the GPU is added to limits. No CPU limit by default: throttling "
+             "starves the data loader. Chart: resources.")
+    node_selector: Mapping[str, str] = setting(
+        default_factory=dict, help="Node labels to match, e.g. nvidia.com/gpu.product="
+                                   "NVIDIA-A100-SXM4-80GB. Chart: nodeSelector.")
+    tolerations: tuple[Mapping[str, Any], ...] = setting(
+        (), help="Pod tolerations, e.g. for tainted GPU nodes. Chart: tolerations.")
+    affinity: Mapping[str, Any] = setting(default_factory=dict, help="Pod affinity. Chart: affinity.")
+    priority_class_name: str | None = setting(
+        help="PriorityClass of the pod; Kueue orders and preempts by it. Chart: priorityClassName.")
+    service_account_name: str | None = setting(
+        help="ServiceAccount of the pod, e.g. one annotated for IRSA or workload identity "
+             "(default: the namespace's default). Chart: serviceAccount.")
+    s3_credentials_secret: str | None = setting(
+        help="Existing Secret with AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, referenced, never "
+             "copied (default: boto3's chain: workload identity, instance role). "
+             "Chart: s3.credentialsSecret.")
+    s3_endpoint_url: str | None = setting(
+        help="AWS_ENDPOINT_URL of an S3-compatible store (MinIO, Ceph). Chart: s3.endpointUrl.")
+    s3_region: str | None = setting(help="AWS_REGION and AWS_DEFAULT_REGION. Chart: s3.region.")
+    queue: str | None = setting(
+        help="Kueue LocalQueue: the Job gets its label and is created suspended, for Kueue to "
+             "start when quota allows. Chart: kueue.queueName.")
+    backoff_limit: int = setting(
+        3, help="Pod failures before the Job fails; bad input and preemption never count. "
+                "Chart: backoffLimit.")
+    active_deadline_seconds: int | None = setting(
+        6 * 3600, help="Wall-clock limit of the whole Job, retries included. "
+                       "Chart: activeDeadlineSeconds.")
+    ttl_seconds_after_finished: int | None = setting(
+        7 * 24 * 3600, help="Delete the finished Job (never its S3 outputs) after this long. "
+                            "Chart: ttlSecondsAfterFinished.")
+    termination_grace_period_seconds: int | None = setting(
+        help="SIGTERM-to-SIGKILL time of the pod (default: --termination-grace-seconds rounded up "
+             f"plus {TERMINATION_MARGIN_SECONDS} s; less is rejected). "
+             "Chart: terminationGracePeriodSeconds.")
+    model_cache_claim: str | None = setting(
+        help="Existing PersistentVolumeClaim for base models, shared so that each is downloaded "
+             "once (default: an emptyDir per pod). Chart: modelCache.existingClaim.")
+    model_cache_size_limit: str | None = setting(
+        help="Size limit of the emptyDir model cache. Chart: modelCache.sizeLimit.")
+    tmp_size_limit: str | None = setting(
+        TMP_SIZE_LIMIT, help="Size limit of the /tmp emptyDir (None: no limit). Chart: tmp.sizeLimit.")
+    shm_size: str = setting(
+        "8Gi", help="Size of the memory-backed /dev/shm, counted against the memory limit; the "
+                    "runtime's 64 MiB starves data-loader workers. Chart: shm.sizeLimit.")
+    metrics_annotations: bool = setting(
+        True, help="prometheus.io/scrape, port and path pod annotations when the job serves "
+                   "metrics (--metrics-port > 0). Chart: metrics.annotations.")
+    labels: Mapping[str, str] = setting(
+        default_factory=dict, help="Extra labels of the Job and its pods. Chart: labels.")
+    pod_annotations: Mapping[str, str] = setting(
+        default_factory=dict, help="Extra annotations of the pods. Chart: podAnnotations.")
+    env: tuple[Mapping[str, Any], ...] = setting(
+        (), help="Extra container env entries (name with value or valueFrom). Chart: extraEnv.")
+    managed_by: str = setting(
+        APP_NAME, help="The app.kubernetes.io/managed-by label. Chart: Helm.")
+    # Identity of the pod. The defaults are the image's user; null (in --cluster-config) leaves
+    # the choice to the platform, as OpenShift's restricted SCC, which assigns a UID per namespace.
+    app_name: str = setting(
+        APP_NAME, help="The app.kubernetes.io/name label. Chart: nameOverride.")
+    run_as_user: int | None = setting(
+        RUN_AS_USER, help="UID of the pod; never 0 (runAsNonRoot). Chart: podSecurityContext.runAsUser.")
+    run_as_group: int | None = setting(
+        RUN_AS_USER, help="Primary GID of the pod. Chart: podSecurityContext.runAsGroup.")
+    fs_group: int | None = setting(
+        RUN_AS_USER, help="GID that owns the volumes. Chart: podSecurityContext.fsGroup.")
+    prompt_file_dirs: tuple[str, ...] = setting(
+        (), help="Operator setting: absolute directories in the container whose files --prompt-set "
+                 "may read, as DREAMBOOTH_OPERATOR_PROMPT_FILE_DIRS (default: none; built-in sets "
+                 "and s3:// files always work). Chart: operator.promptFileDirs.")
+
+    def __post_init__(self) -> None:
+        if self.gpus < 0:
+            raise InvalidInputError(f"gpus must not be negative, got {self.gpus}")
+        if self.backoff_limit < 0:
+            raise InvalidInputError(f"backoff_limit must not be negative, got {self.backoff_limit}")
+        for name in ("active_deadline_seconds", "ttl_seconds_after_finished",
+                     "termination_grace_period_seconds"):
+            value = getattr(self, name)
+            if value is not None and value < 0:
+                raise InvalidInputError(f"{name} must not be negative, got {value}")
+        for directory in self.prompt_file_dirs:
+            if not directory.startswith("/") or "," in directory or "\n" in directory:
+                raise InvalidInputError(f"prompt_file_dirs: {directory!r} is not an absolute "
+                                        "directory without commas")
+        self._check_identity()
+
+    def _check_identity(self) -> None:
+        if self.run_as_user is not None and self.run_as_user < 1:
+            raise InvalidInputError(f"run_as_user must be a non-root UID (1 or more), got {self.run_as_user}")
+        for name in ("run_as_group", "fs_group"):
+            value = getattr(self, name)
+            if value is not None and value < 0:
+                raise InvalidInputError(f"{name} must not be negative, got {value}")
+        if not _LABEL_VALUE.match(self.app_name):
+            raise InvalidInputError(f"app_name {self.app_name!r} is not a label value (at most 63 "
+                                    "letters, digits, '-', '_' or '.', alphanumeric at both ends)")
+
+

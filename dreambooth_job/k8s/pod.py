@@ -1,0 +1,183 @@
+"""The pod that trains: container, env, security, volumes. One builder for every Job
+(manifest.build_job for one subject, manifest.build_indexed_job for a batch); the Helm chart's
+templates render the same pod, and tests/deploy compares them field by field.
+
+Light on purpose: config and exit codes only, never torch.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from typing import Any
+
+from dreambooth_job import config as cfg
+from dreambooth_job.exit_codes import InvalidInputError
+from dreambooth_job.k8s.cluster_settings import (
+    CACHE_MOUNT,
+    SHM_MOUNT,
+    TERMINATION_MARGIN_SECONDS,
+    TMP_MOUNT,
+    ClusterSettings,
+)
+from dreambooth_job.operator_policy import ENV_PREFIX as OPERATOR_ENV_PREFIX
+
+CONTAINER_NAME = "train"
+# Set by the Job controller on every pod of a Job (Kubernetes >= 1.27); the lease reads it.
+JOB_UID_LABEL = "batch.kubernetes.io/controller-uid"
+JOB_UID_ENV = "DREAMBOOTH_JOB_UID"
+PROMPT_FILE_DIRS_ENV = OPERATOR_ENV_PREFIX + "PROMPT_FILE_DIRS"
+# The container sets these itself (cache_dir follows the cache volume), so they are not options
+# of the chart's `job:` values nor of the rendered args.
+OPTIONS_SET_BY_THE_POD = frozenset({"cache_dir"})
+
+
+def pod_spec(train: cfg.TrainConfig, cluster: ClusterSettings, args: list[str], *,
+             env_first: Iterable[dict[str, Any]] = (), mounts: Iterable[dict[str, Any]] = (),
+             volumes: Iterable[dict[str, Any]] = ()) -> dict[str, Any]:
+    """The pod running `args`; `train` sizes it (grace period, metrics port). `env_first` goes
+    before the standard env, `mounts` and `volumes` after the standard ones."""
+    limits = dict(cluster.resources.get("limits") or {})
+    if cluster.gpus:
+        limits[cluster.gpu_resource] = str(cluster.gpus)  # quantities are strings in the API
+    container = compact(
+        name=CONTAINER_NAME,
+        image=cluster.image,
+        imagePullPolicy=cluster.image_pull_policy,
+        args=args,
+        env=[*env_first, *_env(cluster), *cluster.env],
+        ports=([{"name": "metrics", "containerPort": train.metrics_port, "protocol": "TCP"}]
+               if train.metrics_port else None),
+        resources=compact(requests=dict(cluster.resources.get("requests") or {}), limits=limits),
+        securityContext=container_security_context(),
+        # Why the pod failed, in its status: the job's one-line error (termination.py), or the
+        # log's tail when it died before writing one (OOM kill, crash).
+        terminationMessagePolicy="FallbackToLogsOnError",
+        volumeMounts=[*volume_mounts(), *mounts],
+    )
+    cache = ({"persistentVolumeClaim": {"claimName": cluster.model_cache_claim}}
+             if cluster.model_cache_claim
+             else {"emptyDir": compact(sizeLimit=cluster.model_cache_size_limit)})
+    return compact(
+        restartPolicy="Never",  # required by podFailurePolicy; retries are the Job's, not the kubelet's
+        serviceAccountName=cluster.service_account_name,
+        # The job never calls the Kubernetes API; IRSA and workload identity do not need the token.
+        automountServiceAccountToken=False,
+        enableServiceLinks=False,
+        priorityClassName=cluster.priority_class_name,
+        imagePullSecrets=[{"name": s} for s in cluster.image_pull_secrets],
+        nodeSelector=dict(cluster.node_selector),
+        tolerations=[dict(t) for t in cluster.tolerations],
+        affinity=dict(cluster.affinity),
+        terminationGracePeriodSeconds=termination_grace_period(train, cluster),
+        securityContext=pod_security_context(cluster),
+        containers=[container],
+        volumes=[
+            {"name": "cache", **cache},
+            {"name": "tmp", "emptyDir": compact(sizeLimit=cluster.tmp_size_limit)},
+            {"name": "shm", "emptyDir": {"medium": "Memory", "sizeLimit": cluster.shm_size}},
+            *volumes,
+        ],
+    )
+
+
+def container_args(train: cfg.TrainConfig, extra_args: tuple[str, ...] = ()) -> list[str]:
+    return ["train", *cfg.to_cli_args(train), *extra_args]
+
+
+def termination_grace_period(train: cfg.TrainConfig, cluster: ClusterSettings) -> int:
+    needed = math.ceil(train.termination_grace_seconds) + TERMINATION_MARGIN_SECONDS
+    chosen = cluster.termination_grace_period_seconds
+    if chosen is None:
+        return needed
+    if chosen < needed:
+        raise InvalidInputError(
+            f"termination_grace_period_seconds={chosen} leaves the job no time to checkpoint: "
+            f"--termination-grace-seconds is {train.termination_grace_seconds:g}, so at least "
+            f"{needed} is needed")
+    return chosen
+
+
+def pod_security_context(cluster: ClusterSettings) -> dict[str, Any]:
+    """Non-root with the default seccomp profile always; the ids only where the settings give them."""
+    return compact(
+        runAsNonRoot=True,
+        runAsUser=cluster.run_as_user,
+        runAsGroup=cluster.run_as_group,
+        fsGroup=cluster.fs_group,
+        # A shared model-cache volume holds many GiB: chown it only when its owner is wrong,
+        # not recursively at every pod start.
+        fsGroupChangePolicy="OnRootMismatch" if cluster.fs_group is not None else None,
+        seccompProfile={"type": "RuntimeDefault"},
+    )
+
+
+def container_security_context() -> dict[str, Any]:
+    return {
+        "allowPrivilegeEscalation": False,
+        "readOnlyRootFilesystem": True,
+        "capabilities": {"drop": ["ALL"]},
+    }
+
+
+def job_uid_env() -> dict[str, Any]:
+    """The pod's Job UID for the output lease: a retry of the same Job takes over the lease of its
+    killed predecessor at once (podReplacementPolicy: Failed means that pod has ended)."""
+    return {"name": JOB_UID_ENV, "valueFrom": {"fieldRef": {
+        "fieldPath": f"metadata.labels['{JOB_UID_LABEL}']"}}}
+
+
+def volume_mounts() -> list[dict[str, Any]]:
+    return [{"name": "cache", "mountPath": CACHE_MOUNT},
+            {"name": "tmp", "mountPath": TMP_MOUNT},
+            {"name": "shm", "mountPath": SHM_MOUNT}]
+
+
+def fixed_env() -> list[dict[str, Any]]:
+    """The env of every pod, whatever the settings: caches on the cache volume, the Job's UID."""
+    return [{"name": "XDG_CACHE_HOME", "value": CACHE_MOUNT},
+            {"name": "HF_HOME", "value": f"{CACHE_MOUNT}/huggingface"},
+            job_uid_env()]
+
+
+def chart_pod_table() -> dict[str, Any]:
+    """The parts of the pod that no setting changes, for the chart's templates to render as they
+    are (files/package.yaml's `pod:`), so that the chart holds no copy of them."""
+    return {"containerName": CONTAINER_NAME, "env": fixed_env(),
+            "containerSecurityContext": container_security_context(),
+            "volumeMounts": volume_mounts()}
+
+
+def _env(cluster: ClusterSettings) -> list[dict[str, Any]]:
+    env = fixed_env()
+    if not cluster.gpus:
+        # Where nvidia is the default container runtime, a pod that requests no GPU still sees
+        # every GPU of the node unless told otherwise.
+        env.append({"name": "NVIDIA_VISIBLE_DEVICES", "value": "void"})
+    if cluster.s3_endpoint_url:
+        env.append({"name": "AWS_ENDPOINT_URL", "value": cluster.s3_endpoint_url})
+    if cluster.s3_region:
+        # boto3 reads AWS_DEFAULT_REGION; other AWS SDKs and tools read AWS_REGION.
+        env += [{"name": "AWS_REGION", "value": cluster.s3_region},
+                {"name": "AWS_DEFAULT_REGION", "value": cluster.s3_region}]
+    if cluster.s3_credentials_secret:
+        env += [{"name": key, "valueFrom": {"secretKeyRef": {
+                    "name": cluster.s3_credentials_secret, "key": key}}}
+                for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")]
+    if cluster.prompt_file_dirs:  # operator settings: env of the pod, never train options
+        env.append({"name": PROMPT_FILE_DIRS_ENV, "value": ",".join(cluster.prompt_file_dirs)})
+    return env
+
+
+def pod_annotations(train: cfg.TrainConfig, cluster: ClusterSettings) -> dict[str, str]:
+    annotations = {}
+    if cluster.metrics_annotations and train.metrics_port:
+        annotations = {"prometheus.io/scrape": "true",
+                       "prometheus.io/port": str(train.metrics_port),
+                       "prometheus.io/path": "/metrics"}
+    return {**annotations, **cluster.pod_annotations}
+
+
+def compact(**fields: Any) -> dict[str, Any]:
+    """The fields that are set: None and empty collections dropped, 0 and False kept."""
+    return {k: v for k, v in fields.items() if v is not None and v != {} and v != []}
