@@ -89,6 +89,9 @@ class LocalS3Server:
             command = [weed, "mini", f"-dir={self.directory}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
                        "-master.telemetry=false", "-webdav=false", "-admin.ui=false",
                        "-s3.port.iceberg=0", "-s3.port.lance=0", "-idleTimeout=2",
+                       # Every bucket is a collection with volumes of its own: a test run
+                       # creates hundreds of buckets, so allow many small volumes.
+                       "-volume.max=10000", "-master.volumeSizeLimitMB=64",
                        f"-s3.port={self.port}"]
             for flag in ("master.port", "master.port.grpc", "volume.port", "volume.port.grpc",
                          "filer.port", "filer.port.grpc", "s3.port.grpc", "admin.port",
