@@ -34,7 +34,7 @@ import click
 
 from dreambooth_job import bench_device, bench_models, bench_report
 from dreambooth_job import config as cfg
-from dreambooth_job.exit_codes import InvalidInputError, JobError
+from dreambooth_job.exit_codes import InvalidInputError
 
 NUM_IMAGES = 4
 BASELINE = {"cache_latents": False, "mixed_precision": "no", "gradient_checkpointing": False,
@@ -408,29 +408,25 @@ def bench(model: str, base_model: str | None, resolution: int | None, batch_size
           profile_dir: str | None) -> None:
     """Measure the real training step: steps/s, images/s, time to first step, peak memory,
     FLOPs per step, TFLOP/s and MFU, for several option sets side by side."""
-    try:
-        if steps < 1 or warmup < 0 or batch_size < 1:
-            raise InvalidInputError("--steps and --batch-size must be at least 1, --warmup at least 0")
-        if not base_model and model in bench_models.UNSUPPORTED:
-            raise InvalidInputError(bench_models.UNSUPPORTED[model])
-        settings = Settings(model, base_model, resolution or bench_models.NATIVE_RESOLUTION.get(model, 512),
-                            batch_size, steps, warmup, prior_preservation, seed, profile_dir)
-        variants = [] if no_default else [Variant("default")]
-        if baseline:
-            variants.append(baseline_variant())
-        variants += [parse_variant(spec) for spec in (*(SWEEP if sweep else ()), *variant_specs)]
-        if not variants:
-            raise InvalidInputError("nothing to run: --no-default without --variant, --sweep or --baseline")
-        for variant in variants:
-            try:
-                bench_config(settings, variant)
-            except InvalidInputError as exc:
-                raise InvalidInputError(f"--variant {variant.name!r}: {exc.message}") from None
-        report = run_bench(settings, variants, echo=lambda line: click.echo(line, err=True))
-        click.echo(bench_report.table(report))
-        if json_path:
-            Path(json_path).write_text(json.dumps(report, indent=2) + "\n")
-            click.echo(f"wrote {json_path}", err=True)
-    except JobError as exc:
-        click.echo(f"error: {exc.message}", err=True)
-        sys.exit(int(exc.exit_code))
+    if steps < 1 or warmup < 0 or batch_size < 1:
+        raise InvalidInputError("--steps and --batch-size must be at least 1, --warmup at least 0")
+    if not base_model and model in bench_models.UNSUPPORTED:
+        raise InvalidInputError(bench_models.UNSUPPORTED[model])
+    settings = Settings(model, base_model, resolution or bench_models.NATIVE_RESOLUTION.get(model, 512),
+                        batch_size, steps, warmup, prior_preservation, seed, profile_dir)
+    variants = [] if no_default else [Variant("default")]
+    if baseline:
+        variants.append(baseline_variant())
+    variants += [parse_variant(spec) for spec in (*(SWEEP if sweep else ()), *variant_specs)]
+    if not variants:
+        raise InvalidInputError("nothing to run: --no-default without --variant, --sweep or --baseline")
+    for variant in variants:
+        try:
+            bench_config(settings, variant)
+        except InvalidInputError as exc:
+            raise InvalidInputError(f"--variant {variant.name!r}: {exc.message}") from None
+    report = run_bench(settings, variants, echo=lambda line: click.echo(line, err=True))
+    click.echo(bench_report.table(report))
+    if json_path:
+        Path(json_path).write_text(json.dumps(report, indent=2) + "\n")
+        click.echo(f"wrote {json_path}", err=True)

@@ -7,25 +7,24 @@
 Heavy modules (torch, diffusers) are imported inside the commands that need them, so that the
 Kubernetes commands stay light.
 
-From the moment `main` starts, SIGTERM exits with 143 (termination.py); every error ends as one
-line on stderr and, in a pod, in the termination log that `kubectl describe` and
-`dreambooth-job status` show (DREAMBOOTH_TERMINATION_LOG overrides /dev/termination-log).
+From the moment `main` starts, SIGTERM exits with 143 (termination.py); every error of every
+command, parsing included, ends in cli_boundary.py: one line on stderr and, in a pod, in the
+termination log that `kubectl describe` and `dreambooth-job status` show
+(DREAMBOOTH_TERMINATION_LOG overrides /dev/termination-log), and its ExitCode.
 """
 
 from __future__ import annotations
 
 import importlib
 import sys
-from collections.abc import Callable
-from functools import wraps
 
 import click
 
 from dreambooth_job import __version__, termination
 from dreambooth_job import config as cfg
+from dreambooth_job.cli_boundary import error_boundary
 from dreambooth_job.cli_options import resolve_train_config, train_options
-from dreambooth_job.exit_codes import ExitCode, JobError
-from dreambooth_job.redaction import redact
+from dreambooth_job.exit_codes import ExitCode
 
 # Commands defined in other modules, imported only when invoked or listed: `train` should not pay
 # for the Kubernetes client's import (about 1 s, most of this module's import time).
@@ -42,14 +41,21 @@ LAZY_COMMANDS = {
 
 
 class LazyGroup(click.Group):
-    def main(self, *args, **kwargs):
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
         # First thing, before parsing and the commands' imports: the job is PID 1 in its
         # container, where a SIGTERM without a handler is ignored until the kubelet's SIGKILL.
         restore = termination.exit_on_sigterm()
         try:
-            return super().main(*args, **kwargs)
+            # Click's own error printing is off (standalone_mode=False): parse errors and every
+            # command's errors end in the one boundary instead.
+            with error_boundary():
+                outcome = super().main(args, prog_name, complete_var, standalone_mode=False,
+                                       **extra)
         finally:
             restore()
+        if standalone_mode:
+            sys.exit(outcome if isinstance(outcome, int) else 0)
+        return outcome
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         return sorted({*super().list_commands(ctx), *LAZY_COMMANDS})
@@ -59,23 +65,6 @@ class LazyGroup(click.Group):
             module, attribute = LAZY_COMMANDS[name].split(":")
             self.add_command(getattr(importlib.import_module(module), attribute), name)
         return super().get_command(ctx, name)
-
-
-def exits_with_codes(command: Callable) -> Callable:
-    """Turn JobError into its exit code and a one-line message on stderr and in the termination
-    log (readable by whoever may read pods, hence redacted like the logs)."""
-
-    @wraps(command)
-    def wrapper(*args, **kwargs):
-        try:
-            return command(*args, **kwargs)
-        except JobError as exc:
-            message = redact(exc.message)
-            click.echo(f"error: {message}", err=True)
-            termination.write_termination_message(message)
-            sys.exit(int(exc.exit_code))
-
-    return wrapper
 
 
 @click.group(cls=LazyGroup,
@@ -91,7 +80,6 @@ main.help = (main.help or "") + "\n\nExit codes: " + "; ".join(
 
 @main.command()
 @train_options
-@exits_with_codes
 def train(**params) -> None:
     """Fine-tune a base model on one subject's photos and write the model, sample grids and
     result.json to --output."""
@@ -106,7 +94,6 @@ def train(**params) -> None:
 @click.option("--output", type=click.Path(file_okay=False), default="demo-output",
               show_default=True, help="Local directory for the demo's object store and results.")
 @click.option("--max-train-steps", type=int, default=20, show_default=True)
-@exits_with_codes
 def demo(output: str, max_train_steps: int) -> None:
     """Run the real job end to end offline: a local S3 server (or a local directory), a tiny
     random model and bundled sample photos. A smoke run of the real code path, not a quality run."""
@@ -118,7 +105,6 @@ def demo(output: str, max_train_steps: int) -> None:
 @main.command("config")
 @click.option("--print-defaults", is_flag=True, help="Print every option with its default as YAML.")
 @train_options
-@exits_with_codes
 def config_command(print_defaults: bool, **params) -> None:
     """Print the defaults, or the resolved configuration (flags > env > --config file > defaults)."""
     if print_defaults:

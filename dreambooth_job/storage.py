@@ -10,40 +10,36 @@ Integrity: uploads carry a CRC32 checksum and downloads are verified against the
 with the object (checksums.py) and its size, not against its ETag (not an MD5 in SSE-KMS or SSE-C
 buckets). Credentials: at start-up (IRSA / pod identity not ready yet) missing or expired
 credentials are waited for, for a bounded time (s3_credentials.py), then end the job as retryable.
+
+This module holds the operations (list, read, write, delete, download, upload); the S3 client,
+its retries and the translation of botocore's errors into the job's are in storage_client.py.
 """
 
 from __future__ import annotations
 
 import hashlib
-import logging
 import os
 import shutil
-import threading
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 from dreambooth_job import checksums, s3_credentials
-from dreambooth_job.events import JobObserver
 from dreambooth_job.exit_codes import InvalidInputError, RetryableError
 from dreambooth_job.object_keys import UnsafeKeyError, check_listing, display_key
-from dreambooth_job.s3_credentials import CREDENTIAL_ERROR_CODES, CredentialsNotReady
+from dreambooth_job.storage_client import (  # noqa: F401 - part of this module's interface
+    MAX_ATTEMPTS,
+    TRANSFER_THREADS,
+    PreconditionFailed,
+    observer,
+    reset_client,
+    s3_client,
+    set_observer,
+    translate_errors,
+)
 
 MULTIPART_THRESHOLD = 16 * 1024 * 1024
-MAX_ATTEMPTS = 8
-TRANSFER_THREADS = 8
-
-log = logging.getLogger(__name__)
-
-_observer: JobObserver = JobObserver()
-_client_lock = threading.Lock()
-_client = None
-_client_env: tuple = ()
-# The environment a client is bound to: a change (another endpoint or identity) needs a new client.
-_CLIENT_ENV_VARS = ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_PROFILE",
-                    "AWS_REGION", "AWS_MAX_ATTEMPTS", "AWS_RETRY_MODE",
-                    "AWS_REQUEST_CHECKSUM_CALCULATION", "AWS_RESPONSE_CHECKSUM_VALIDATION")
 
 
 @dataclass(frozen=True)
@@ -55,7 +51,6 @@ class StoredFile:
     etag: str | None = None
     key: str | None = None
     """The exact S3 key (or local path) listed: what a download fetches, never re-joined."""
-
 
 
 def is_s3(uri: str) -> bool:
@@ -76,108 +71,9 @@ def join(uri: str, *parts: str) -> str:
     return "/".join([uri.rstrip("/"), *(p.strip("/") for p in parts)])
 
 
-def set_observer(observer: JobObserver) -> None:
-    """Report transfers and retries of this process to `observer` (metrics)."""
-    global _observer
-    _observer = observer
-
-
-def s3_client():
-    """The process-wide boto3 S3 client (thread-safe once created), rebuilt if the environment
-    that configures it changed."""
-    global _client, _client_env
-    with _client_lock:
-        env = tuple(os.environ.get(name) for name in _CLIENT_ENV_VARS)
-        if _client is None or env != _client_env:
-            _client_env = env
-            import boto3
-            from botocore.config import Config
-
-            attempts = int(os.environ.get("AWS_MAX_ATTEMPTS", MAX_ATTEMPTS))
-            # A new session, not boto3's default one: that one keeps the credentials it found
-            # first, and a rebuilt client must look for them again (rotated keys, IRSA's token).
-            _client = boto3.session.Session().client("s3", config=Config(
-                retries={"mode": os.environ.get("AWS_RETRY_MODE", "standard"), "max_attempts": attempts},
-                connect_timeout=10, read_timeout=60,
-                max_pool_connections=TRANSFER_THREADS * 2,
-                s3={"addressing_style": "path"} if _endpoint_is_custom() else {}))
-            _client.meta.events.register("needs-retry.s3", _count_retry)
-        return _client
-
-
-def reset_client() -> None:
-    """Forget the cached client, e.g. after the environment's endpoint or credentials changed."""
-    global _client
-    with _client_lock:
-        _client = None
-
-
 # Every public function that may call S3 waits, at start-up, for credentials that are not ready yet.
 _waits_for_credentials = s3_credentials.retrying(on_retry=reset_client)
 set_credentials_wait = s3_credentials.set_wait
-
-
-def _endpoint_is_custom() -> bool:
-    return bool(os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL"))
-
-
-def _count_retry(attempts=None, response=None, caught_exception=None, **_) -> None:
-    failed = caught_exception is not None or (
-        response is not None and response[1].get("ResponseMetadata", {}).get("HTTPStatusCode", 200) >= 500)
-    if failed:
-        log.warning("S3 request failed (attempt %s): %s; retrying", attempts,
-                    caught_exception or response[1].get("Error", {}).get("Code"))
-        _observer.storage_retry()
-
-
-class _translate_errors:
-    """Map botocore failures to the job's error types, naming the URI."""
-
-    def __init__(self, uri: str):
-        self.uri = uri
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, exc_type, exc, tb):
-        if exc is None:
-            return False
-        from botocore.exceptions import (
-            BotoCoreError,
-            ClientError,
-            CredentialRetrievalError,
-            FlexibleChecksumError,
-            NoCredentialsError,
-        )
-
-        if isinstance(exc, (NoCredentialsError, CredentialRetrievalError)):
-            raise CredentialsNotReady(f"no usable S3 credentials for {self.uri} ({exc})") from None
-        if isinstance(exc, OSError) and exc.filename and \
-                exc.filename == os.environ.get("AWS_WEB_IDENTITY_TOKEN_FILE"):
-            # botocore reads IRSA's projected token lazily and lets a missing file through as is.
-            raise CredentialsNotReady(f"no usable S3 credentials for {self.uri} "
-                                      f"(no web identity token at {exc.filename})") from None
-        if isinstance(exc, FlexibleChecksumError):
-            raise RetryableError(f"download of {self.uri} does not match its checksum: {exc}") from None
-        if isinstance(exc, ClientError):
-            code = exc.response.get("Error", {}).get("Code", "")
-            status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
-            if code in ("NoSuchKey", "404", "NotFound"):
-                raise FileNotFoundError(self.uri) from None
-            if code in ("PreconditionFailed", "ConditionalRequestConflict"):
-                raise PreconditionFailed(self.uri) from None
-            if code == "NoSuchBucket":
-                raise InvalidInputError(f"S3 bucket does not exist: {self.uri}") from None
-            if code in CREDENTIAL_ERROR_CODES:
-                raise CredentialsNotReady(f"S3 credentials not accepted ({code}) for {self.uri}") from None
-            if code in ("AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "403"):
-                raise InvalidInputError(f"S3 access denied ({code}) for {self.uri}") from None
-            if status >= 500 or code in ("SlowDown", "RequestTimeout", "Throttling"):
-                raise RetryableError(f"S3 unavailable ({code}) for {self.uri}") from None
-            raise InvalidInputError(f"S3 error {code} for {self.uri}") from None
-        if isinstance(exc, BotoCoreError):
-            raise RetryableError(f"S3 unreachable for {self.uri}: {exc}") from None
-        return False
 
 
 # ----------------------------------------------------------------------------------------------
@@ -190,7 +86,7 @@ def list_files(uri: str, suffixes: Iterable[str] | None = None) -> list[StoredFi
     if is_s3(uri):
         bucket, key = split_s3(uri)
         prefix = key.rstrip("/") + "/" if key.strip("/") else ""
-        with _translate_errors(uri):
+        with translate_errors(uri):
             for page in s3_client().get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
                 for obj in page.get("Contents", []):
                     rel = obj["Key"][len(prefix):]
@@ -233,7 +129,7 @@ def exists(uri: str) -> bool:
         return Path(uri).exists()
     bucket, key = split_s3(uri)
     try:
-        with _translate_errors(uri):
+        with translate_errors(uri):
             s3_client().head_object(Bucket=bucket, Key=key)
         return True
     except FileNotFoundError:
@@ -246,9 +142,9 @@ def read_bytes(uri: str) -> bytes:
     if not is_s3(uri):
         return Path(uri).read_bytes()
     bucket, key = split_s3(uri)
-    with _translate_errors(uri):
+    with translate_errors(uri):
         body = s3_client().get_object(Bucket=bucket, Key=key)["Body"].read()
-    _observer.transfer(direction="download", num_bytes=len(body), objects=1)
+    observer().transfer(direction="download", num_bytes=len(body), objects=1)
     return body
 
 
@@ -263,13 +159,9 @@ def write_bytes(uri: str, data: bytes) -> None:
         os.replace(tmp, path)
         return
     bucket, key = split_s3(uri)
-    with _translate_errors(uri):
+    with translate_errors(uri):
         s3_client().put_object(Bucket=bucket, Key=key, Body=data, **_upload_checksum())
-    _observer.transfer(direction="upload", num_bytes=len(data), objects=1)
-
-
-class PreconditionFailed(Exception):
-    """A conditional write found the object in another state than the caller expected."""
+    observer().transfer(direction="upload", num_bytes=len(data), objects=1)
 
 
 @_waits_for_credentials
@@ -279,7 +171,7 @@ def read_with_etag(uri: str) -> tuple[bytes, str]:
         data = Path(uri).read_bytes()
         return data, hashlib.md5(data).hexdigest()
     bucket, key = split_s3(uri)
-    with _translate_errors(uri):
+    with translate_errors(uri):
         response = s3_client().get_object(Bucket=bucket, Key=key)
         return response["Body"].read(), response["ETag"].strip('"')
 
@@ -295,7 +187,7 @@ def write_conditional(uri: str, data: bytes, *, if_match: str | None = None) -> 
         return _write_conditional_local(Path(uri), data, if_match)
     bucket, key = split_s3(uri)
     condition = {"IfMatch": f'"{if_match}"'} if if_match else {"IfNoneMatch": "*"}
-    with _translate_errors(uri):
+    with translate_errors(uri):
         response = s3_client().put_object(Bucket=bucket, Key=key, Body=data, **condition,
                                           **_upload_checksum())
     return response["ETag"].strip('"')
@@ -326,7 +218,7 @@ def delete(uri: str) -> None:
         return
     bucket, key = split_s3(uri)
     keys = [f.key for f in list_files(uri)] if uri.endswith("/") else [key]
-    with _translate_errors(uri):
+    with translate_errors(uri):
         for start in range(0, len(keys), 1000):
             batch = [{"Key": k} for k in keys[start:start + 1000]]
             if batch:
@@ -345,7 +237,7 @@ def download_file(uri: str, local_path: Path, expected: StoredFile | None = None
         _check_size(uri, local_path, expected.size if expected else None)
         return local_path
     bucket, key = split_s3(uri)
-    with _translate_errors(uri):
+    with translate_errors(uri):
         head = s3_client().head_object(Bucket=bucket, Key=key, ChecksumMode="ENABLED")
         s3_client().download_file(bucket, key, str(local_path), Config=_transfer_config())
     _check_size(uri, local_path, head["ContentLength"])
@@ -356,7 +248,7 @@ def download_file(uri: str, local_path: Path, expected: StoredFile | None = None
     except RetryableError:
         local_path.unlink()
         raise
-    _observer.transfer(direction="download", num_bytes=local_path.stat().st_size, objects=1)
+    observer().transfer(direction="download", num_bytes=local_path.stat().st_size, objects=1)
     return local_path
 
 
@@ -441,10 +333,10 @@ def upload_file(local_path: Path, uri: str) -> None:
         os.replace(tmp, target)
         return
     bucket, key = split_s3(uri)
-    with _translate_errors(uri):
+    with translate_errors(uri):
         s3_client().upload_file(str(local_path), bucket, key, Config=_transfer_config(),
                                 ExtraArgs=_upload_checksum())
-    _observer.transfer(direction="upload", num_bytes=local_path.stat().st_size, objects=1)
+    observer().transfer(direction="upload", num_bytes=local_path.stat().st_size, objects=1)
 
 
 def upload_dir(local_dir: Path, uri: str) -> list[str]:

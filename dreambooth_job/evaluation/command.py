@@ -11,7 +11,6 @@ Exit 0 even when an evaluator model is unavailable (its metrics are null, with t
 from __future__ import annotations
 
 import json
-import sys
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -21,8 +20,8 @@ import click
 from dreambooth_job import config as cfg
 from dreambooth_job import storage
 from dreambooth_job.cli_options import resolve_train_config
-from dreambooth_job.exit_codes import InvalidInputError, JobError
-from dreambooth_job.redaction import redact, redact_value
+from dreambooth_job.exit_codes import InvalidInputError
+from dreambooth_job.redaction import redact_value
 
 OUTPUT_FILE = "evaluation.json"
 CONFIG_FIELDS = (
@@ -62,18 +61,14 @@ def config_options(names: tuple[str, ...]) -> Callable[[Callable], Callable]:
 @config_options(CONFIG_FIELDS)
 def evaluate(model_source: str, output: str | None, baseline: bool, **params) -> None:
     """Score a model like the DreamBooth paper: DINO, CLIP-I, CLIP-T, PRES and DIV."""
-    try:
-        report = run_evaluation(model_source, resolve_train_config(params), baseline=baseline)
-        text = json.dumps(redact_value(report), indent=2)  # redacted like result.json
-        if output:
-            target = output if output.endswith(".json") else storage.join(output, OUTPUT_FILE)
-            storage.write_bytes(target, text.encode())
-            click.echo(f"wrote {target}", err=True)
-        else:
-            click.echo(text)
-    except JobError as exc:
-        click.echo(f"error: {redact(exc.message)}", err=True)
-        sys.exit(int(exc.exit_code))
+    report = run_evaluation(model_source, resolve_train_config(params), baseline=baseline)
+    text = json.dumps(redact_value(report), indent=2)  # redacted like result.json
+    if output:
+        target = output if output.endswith(".json") else storage.join(output, OUTPUT_FILE)
+        storage.write_bytes(target, text.encode())
+        click.echo(f"wrote {target}", err=True)
+    else:
+        click.echo(text)
 
 
 def run_evaluation(model_source: str, config: cfg.TrainConfig, *, baseline: bool = False) -> dict:

@@ -8,15 +8,14 @@
     dreambooth-job report --batch night-42.yaml --output s3://runs/night-42/report/
     dreambooth-job cancel --batch night-42.yaml
 
-They only parse and print; the work is in client, feed, status and report.
+They only parse and print; the work is in client, feed, status and report. Their errors end in
+cli_boundary.py, like every command's.
 """
 
 from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
-from functools import wraps
 from typing import Any
 
 import click
@@ -40,18 +39,6 @@ from dreambooth_job.k8s.status import (
     format_duration,
     get_status,
 )
-
-
-def _exits_with_codes(command: Callable) -> Callable:
-    """cli.exits_with_codes, looked up at call time: cli.py imports this module at its end."""
-
-    @wraps(command)
-    def wrapper(*args, **kwargs):
-        from dreambooth_job.cli import exits_with_codes
-
-        return exits_with_codes(command)(*args, **kwargs)
-
-    return wrapper
 
 
 def _connect(params: dict[str, Any]) -> k8s.Connection:
@@ -93,7 +80,6 @@ _set_option = click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
 @click.option("--replace", is_flag=True, help="Replace the subject's Job if it has finished.")
 @click.option("--dry-run", is_flag=True, help="Print the Job instead of creating it.")
 @_output_format
-@_exits_with_codes
 def submit(replace: bool, dry_run: bool, fmt: str, **params) -> None:
     """Submit one subject as a Kubernetes Job (the same Job the Helm chart renders)."""
     spec = JobSpec(train=resolve_train_config(params), cluster=resolve_cluster_settings(params))
@@ -123,7 +109,6 @@ def submit(replace: bool, dry_run: bool, fmt: str, **params) -> None:
               help="How often --max-parallel looks for finished Jobs.")
 @click.option("--dry-run", is_flag=True, help="Print every Job instead of creating them.")
 @_output_format
-@_exits_with_codes
 def batch(subjects_file: str, sets: tuple[str, ...], max_parallel: int | None,
           poll_seconds: float, dry_run: bool, fmt: str, **params) -> None:
     """Submit one Job per row of SUBJECTS_FILE (.yaml, .csv or .jsonl).
@@ -156,7 +141,6 @@ def batch(subjects_file: str, sets: tuple[str, ...], max_parallel: int | None,
               help="Seconds between refreshes with --watch.")
 @click.option("-n", "--namespace", help="Namespace (default: the context's).")
 @connection_options
-@_exits_with_codes
 def status(names: tuple[str, ...], batch_file: str | None, sets: tuple[str, ...],
            selector: str | None, fmt: str, watch: bool, interval: float, namespace: str | None,
            **params) -> None:
@@ -187,7 +171,6 @@ def status(names: tuple[str, ...], batch_file: str | None, sets: tuple[str, ...]
 @click.option("--embed-images", is_flag=True, help="Inline the grids: one self-contained page.")
 @click.option("-n", "--namespace", help="Namespace (default: the context's).")
 @connection_options
-@_exits_with_codes
 def report(batch_file: str, sets: tuple[str, ...], output_uri: str, embed_images: bool,
            namespace: str | None, **params) -> None:
     """Write a batch report: JSON summary and an HTML page of every subject's final sample grid,
@@ -208,7 +191,6 @@ def report(batch_file: str, sets: tuple[str, ...], output_uri: str, embed_images
 @_set_option
 @click.option("-n", "--namespace", help="Namespace (default: the context's).")
 @connection_options
-@_exits_with_codes
 def cancel(names: tuple[str, ...], batch_file: str | None, sets: tuple[str, ...],
            namespace: str | None, **params) -> None:
     """Delete Jobs and their pods. Outputs in S3 are left alone."""

@@ -1,7 +1,9 @@
 """Typed errors of the Kubernetes API calls, with the exit code each one means.
 
-They are JobErrors, so the CLI turns them into exit codes and one-line messages: a refusal that
-no retry can fix (forbidden, invalid) exits 2, an API server that could not be reached exits 75.
+They are JobErrors, so the CLI's one error boundary (cli_boundary.py) turns them into exit codes
+and one-line messages: a refusal that no retry can fix (forbidden, invalid) exits 2, an API server
+that could not be reached exits 75. `translate` maps the API's answers to them; the exit is not
+decided here.
 
     try:
         submit(spec)

@@ -31,7 +31,7 @@ pytestmark = pytest.mark.slow
 STEPS = 6
 FIRST_SCRAPE_WITHIN = 90  # seconds: imports, then the server starts before the download
 NEVER_SERVED = ("the job never answered on /metrics: job.run must wrap the run in "
-                "PrometheusObserver (see dreambooth_job/metrics.py)")
+                "PrometheusObserver (see dreambooth_job/metrics/)")
 # Only what --evaluate adds may be missing from a run without it.
 NEEDS_EVALUATE = {"dreambooth_evaluation_score"}
 

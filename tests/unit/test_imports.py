@@ -22,6 +22,12 @@ def test_kubernetes_side_imports_without_training_dependencies():
     assert loaded == {"torch": False, "diffusers": False, "transformers": False, "accelerate": False}
 
 
+def test_kubernetes_commands_do_not_import_the_cli_module():
+    """They share the error boundary (cli_boundary.py) with cli.py, not cli.py itself."""
+    loaded = loaded_after("import dreambooth_job.k8s.commands", ["dreambooth_job.cli"])
+    assert loaded == {"dreambooth_job.cli": False}
+
+
 def test_train_command_path_does_not_import_the_kubernetes_client():
     loaded = loaded_after("import dreambooth_job.cli, dreambooth_job.job", ["kubernetes"])
     assert loaded == {"kubernetes": False}
