@@ -17,6 +17,7 @@ Who may take a held lease:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -176,6 +177,18 @@ class Lease:
         except Exception as exc:  # noqa: BLE001 - best effort: the expiry frees it anyway
             log.warning("could not release the lease %s: %s", self.uri, exc)
         self.etag = None
+
+
+@contextlib.contextmanager
+def holding(lease: Lease):
+    """Hold `lease` within this block: acquired (RetryableError when another run holds it), renewed
+    by the heartbeat however long a phase takes, released at the end whatever happened."""
+    try:
+        lease.acquire()
+        lease.start_heartbeat()
+        yield lease
+    finally:
+        lease.release()
 
 
 def _holder_record(body: bytes) -> dict:

@@ -38,6 +38,7 @@ QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
 # Set by the Job controller on every pod of a Job (Kubernetes >= 1.27); the lease reads it.
 JOB_UID_LABEL = "batch.kubernetes.io/controller-uid"
 JOB_UID_ENV = "DREAMBOOTH_JOB_UID"
+IMAGE_ENV = "DREAMBOOTH_IMAGE"  # the image that runs, recorded in result.json (result.py)
 
 # The image's numeric USER (Dockerfile); numeric so that the kubelet can verify runAsNonRoot.
 RUN_AS_USER = 10001
@@ -405,7 +406,7 @@ def job_uid_env() -> dict[str, Any]:
 def _env(cluster: ClusterSettings) -> list[dict[str, Any]]:
     env = [{"name": "XDG_CACHE_HOME", "value": CACHE_MOUNT},
            {"name": "HF_HOME", "value": f"{CACHE_MOUNT}/huggingface"},
-           job_uid_env()]
+           job_uid_env(), {"name": IMAGE_ENV, "value": cluster.image}]
     if not cluster.gpus:
         # Where nvidia is the default container runtime, a pod that requests no GPU still sees
         # every GPU of the node unless told otherwise.

@@ -211,7 +211,7 @@ def test_schema_rejects_bad_values_with_helms_own_error(chart, values, where):
 def test_operator_prompt_file_dirs_are_env_only_when_set(render):
     def operator_env(values: dict) -> dict:
         return {e["name"]: e.get("value") for e in container(render(values).one("Job"))["env"]
-                if e["name"].startswith("DREAMBOOTH_")}
+                if e["name"].startswith("DREAMBOOTH_OPERATOR_")}
 
     assert operator_env(MINIMAL) == {}
     assert operator_env({**MINIMAL, "operator": {"promptFileDirs": []}}) == {}

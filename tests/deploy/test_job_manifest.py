@@ -212,7 +212,7 @@ def test_operator_prompt_file_dirs_reach_the_pod_env_only_when_set():
         return {e["name"]: e.get("value") for e in pod_spec(build_job(JobSpec(
             train=dog(), cluster=cluster)))["containers"][0]["env"]}
 
-    assert not any(name.startswith("DREAMBOOTH_") for name in env_of(ClusterSettings()))
+    assert not any(name.startswith("DREAMBOOTH_OPERATOR_") for name in env_of(ClusterSettings()))
     env = env_of(ClusterSettings(prompt_file_dirs=("/etc/prompts", "/srv/shared")))
     assert env["DREAMBOOTH_OPERATOR_PROMPT_FILE_DIRS"] == "/etc/prompts,/srv/shared"
 
@@ -230,3 +230,12 @@ def test_credentials_in_a_url_never_reach_job_args(option):
     with pytest.raises(InvalidInputError, match="credentials") as error:
         build_job(JobSpec(train=cfg.TrainConfig(**values)))
     assert "s3cr3t-pw" not in str(error.value)
+
+
+def test_the_pod_knows_its_image_for_result_json():
+    from dreambooth_job import result
+
+    cluster = ClusterSettings(image="registry.example/dreambooth-job@sha256:" + "a" * 64)
+    pod = pod_spec(build_job(JobSpec(train=dog(), cluster=cluster)))
+    env = {e["name"]: e for e in pod["containers"][0]["env"]}
+    assert env[result.IMAGE_ENV]["value"] == pod["containers"][0]["image"] == cluster.image
