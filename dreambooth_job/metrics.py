@@ -3,11 +3,11 @@ that its outcome outlives the pod. Every metric is listed, one line each, in doc
 
 How the job uses it (the whole contract)::
 
-    job = Job(config, observer)                # resolves job_id and subject_id first
-    metrics = PrometheusObserver(job.config)   # those ids label every metric and the push group
-    job.observer = ObserverGroup(metrics, job.observer)
+    config = resolve_ids(config)               # job_id and subject_id first
+    metrics = PrometheusObserver(config)       # those ids label every metric and the push group
     with metrics:                              # start() before the download, close() at the end
-        return job.run()                       # events, ending with finished(exit_code=...)
+        return run_context(RunContext.create(config, fingerprint, ObserverGroup(metrics, observer)))
+                                               # events, ending with finished(exit_code=...)
 
 - `start()` serves /metrics and /healthz on `config.metrics_port` (0: no server) on 0.0.0.0, and
   with `config.pushgateway` pushes once now and again at every `phase_started`, in the background.
