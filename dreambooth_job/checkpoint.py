@@ -19,6 +19,7 @@ import json
 import logging
 import re
 import shutil
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -164,6 +165,12 @@ class BackgroundUploads:
         if in_flight is not None:
             in_flight.result()
 
+    def __enter__(self) -> BackgroundUploads:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
     def close(self) -> None:
         """Wait for the upload in flight (a job that already failed reports the first error only)."""
         try:
@@ -198,3 +205,33 @@ def conflicts(checkpoint_config: dict, config: dict) -> list[str]:
     recorded, i.e. redacted (a presigned --base-model keeps its key, loses its signature)."""
     config = redact_value(config)
     return [f for f in CONFLICT_FIELDS if checkpoint_config.get(f) != config.get(f)]
+
+
+class CheckpointPolicy:
+    """When training saves a checkpoint: every `every_steps` steps, every `every_minutes` minutes
+    of training, and at once when a stop is requested (SIGTERM). Never at the last step, where
+    the finished model is saved instead. `clock` is seconds, monotonic (a fake one in tests)."""
+
+    def __init__(self, *, every_steps: int = 0, every_minutes: float = 0.0, last_step: int,
+                 clock: Callable[[], float] = time.monotonic):
+        self.every_steps, self.every_minutes, self.last_step = every_steps, every_minutes, last_step
+        self.clock = clock
+        self.last_saved = clock()  # the start of training counts as the previous checkpoint
+
+    @classmethod
+    def from_config(cls, config, clock: Callable[[], float] = time.monotonic) -> CheckpointPolicy:
+        return cls(every_steps=config.checkpoint_every, every_minutes=config.checkpoint_interval_minutes,
+                   last_step=config.max_train_steps, clock=clock)
+
+    def due(self, step: int, *, stop_requested: bool = False) -> bool:
+        if stop_requested:
+            return True
+        if step >= self.last_step:
+            return False
+        by_steps = bool(self.every_steps) and step % self.every_steps == 0
+        by_time = bool(self.every_minutes) and self.clock() - self.last_saved >= self.every_minutes * 60
+        return by_steps or by_time
+
+    def saved(self) -> None:
+        """A checkpoint was just saved: the next timed one is `every_minutes` from now."""
+        self.last_saved = self.clock()

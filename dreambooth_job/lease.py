@@ -17,6 +17,7 @@ Who may take a held lease:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -30,6 +31,7 @@ from collections.abc import Callable, Mapping
 from dreambooth_job import storage
 from dreambooth_job.exit_codes import InvalidInputError, RetryableError
 from dreambooth_job.operator_policy import ALLOW_UNCONDITIONAL_STORE_ENV, OperatorPolicy
+from dreambooth_job.pod_env import JOB_UID_ENV
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +41,6 @@ DEFAULT_TTL_SECONDS = 600.0
 POLL_SECONDS = 15.0
 # The pod's Job UID (the chart and build_job set it from the batch.kubernetes.io/controller-uid
 # label) and, in an Indexed Job whose pods share one UID, the index Kubernetes sets.
-JOB_UID_ENV = "DREAMBOOTH_JOB_UID"
 COMPLETION_INDEX_ENV = "JOB_COMPLETION_INDEX"
 
 
@@ -176,6 +177,18 @@ class Lease:
         except Exception as exc:  # noqa: BLE001 - best effort: the expiry frees it anyway
             log.warning("could not release the lease %s: %s", self.uri, exc)
         self.etag = None
+
+
+@contextlib.contextmanager
+def holding(lease: Lease):
+    """Hold `lease` within this block: acquired (RetryableError when another run holds it), renewed
+    by the heartbeat however long a phase takes, released at the end whatever happened."""
+    try:
+        lease.acquire()
+        lease.start_heartbeat()
+        yield lease
+    finally:
+        lease.release()
 
 
 def _holder_record(body: bytes) -> dict:

@@ -110,6 +110,15 @@ class StopRequest:
             signal.signal(sig, handler)
         self._previous.clear()
 
+    @contextlib.contextmanager
+    def installed(self):
+        """The handlers of SIGTERM and SIGINT within this block, the previous ones after it."""
+        self.install()
+        try:
+            yield self
+        finally:
+            self.uninstall()
+
     def _handle(self, signum, frame) -> None:
         name = signal.Signals(signum).name
         if self._deferring and self.requested_at is None:

@@ -21,11 +21,11 @@ from dreambooth_job.k8s.cluster_settings import (
     ClusterSettings,
 )
 from dreambooth_job.operator_policy import ENV_PREFIX as OPERATOR_ENV_PREFIX
+from dreambooth_job.pod_env import IMAGE_ENV, JOB_UID_ENV
 
 CONTAINER_NAME = "train"
 # Set by the Job controller on every pod of a Job (Kubernetes >= 1.27); the lease reads it.
 JOB_UID_LABEL = "batch.kubernetes.io/controller-uid"
-JOB_UID_ENV = "DREAMBOOTH_JOB_UID"
 PROMPT_FILE_DIRS_ENV = OPERATOR_ENV_PREFIX + "PROMPT_FILE_DIRS"
 # The container sets these itself (cache_dir follows the cache volume), so they are not options
 # of the chart's `job:` values nor of the rendered args.
@@ -149,7 +149,7 @@ def chart_pod_table() -> dict[str, Any]:
 
 
 def _env(cluster: ClusterSettings) -> list[dict[str, Any]]:
-    env = fixed_env()
+    env = [*fixed_env(), {"name": IMAGE_ENV, "value": cluster.image}]
     if not cluster.gpus:
         # Where nvidia is the default container runtime, a pod that requests no GPU still sees
         # every GPU of the node unless told otherwise.

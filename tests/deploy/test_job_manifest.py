@@ -230,3 +230,12 @@ def test_credentials_in_a_url_never_reach_job_args(option):
     with pytest.raises(InvalidInputError, match="credentials") as error:
         build_job(JobSpec(train=cfg.TrainConfig(**values)))
     assert "s3cr3t-pw" not in str(error.value)
+
+
+def test_the_pod_knows_its_image_for_result_json():
+    from dreambooth_job import result
+
+    cluster = ClusterSettings(image="registry.example/dreambooth-job@sha256:" + "a" * 64)
+    pod = pod_spec(build_job(JobSpec(train=dog(), cluster=cluster)))
+    env = {e["name"]: e for e in pod["containers"][0]["env"]}
+    assert env[result.IMAGE_ENV]["value"] == pod["containers"][0]["image"] == cluster.image

@@ -14,6 +14,7 @@ from diffusers import StableDiffusionPipeline, UNet2DConditionModel
 from helpers import make_photo, upload_photos
 from PIL import Image
 
+import dreambooth_job
 from dreambooth_job import result as result_module
 from dreambooth_job import sampling, storage
 from dreambooth_job.cli import main
@@ -137,11 +138,17 @@ def test_train_runs_as_a_process_with_env_configuration(job_args, bucket, s3_ser
     env = {**__import__("os").environ, **s3_server.client_env(),
            "DREAMBOOTH_INSTANCE_DATA": args["--instance-data"], "DREAMBOOTH_CLASS_NOUN": "dog",
            "DREAMBOOTH_OUTPUT": args["--output"], "DREAMBOOTH_BASE_MODEL": args["--base-model"],
-           "DREAMBOOTH_CACHE_DIR": args["--cache-dir"], "DREAMBOOTH_NO_SUCH": "ignored"}
+           "DREAMBOOTH_CACHE_DIR": args["--cache-dir"], "DREAMBOOTH_NO_SUCH": "ignored",
+           # What the chart and build_job set: the image that ran, recorded in result.json.
+           result_module.IMAGE_ENV: "registry.example/dreambooth-job:1.2.3"}
     process = subprocess.run([sys.executable, "-m", "dreambooth_job.cli", "train", *SMALL,
                               "--no-prior-preservation", "--log-format", "json"],
                              env=env, capture_output=True, text=True, timeout=300, check=False)
     assert process.returncode == 0, process.stderr[-2000:]
     lines = [json.loads(line) for line in process.stderr.splitlines() if line.startswith("{")]
     assert lines and all(line["subject_id"] == "dog" for line in lines)
-    assert read_result(args["--output"])["status"] == "succeeded"
+    result = read_result(args["--output"])
+    jsonschema.validate(result, result_module.schema())
+    assert result["status"] == "succeeded"
+    assert result["image"] == "registry.example/dreambooth-job:1.2.3"
+    assert result["package_version"] == dreambooth_job.__version__

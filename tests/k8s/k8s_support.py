@@ -89,8 +89,8 @@ def dataset_subjects() -> list[tuple[str, str]]:
 def write_completed_result(output: Path | str, subject: str, *, dino: float | None = None,
                            loss: float = 0.1, grid: bytes | None = None) -> None:
     """What a finished job leaves in its output: samples, result.json, then the marker."""
+    from dreambooth_job import result as result_module
     from dreambooth_job import storage
-    from dreambooth_job.result import mark_complete, write_result
 
     output = str(output)
     samples = []
@@ -99,13 +99,16 @@ def write_completed_result(output: Path | str, subject: str, *, dino: float | No
                    storage.join(output, "samples/step-000800.png")]
         storage.write_bytes(samples[0], b"not the final grid")
         storage.write_bytes(samples[1], grid)
-    write_result(output, {
-        "status": "succeeded", "job_id": subject, "subject_id": subject, "config": {},
-        "identifier": {"token": "sks", "chosen": "auto"},
-        "training": {"steps_done": 800, "max_train_steps": 800, "final_loss": loss},
-        "durations_seconds": {"train": 600.0},
-        "outputs": {"model": storage.join(output, "model"), "samples": samples,
-                    "result": storage.join(output, "result.json")},
-        "metrics": None if dino is None else {"dino": dino, "clip_i": 0.8, "clip_t": 0.3},
-    })
-    mark_complete(output)
+    result = result_module.RunResult(
+        job_id=subject, subject_id=subject, config={}, config_fingerprint="",
+        identifier=result_module.Identifier(token="sks", chosen="auto"),
+        prompts=result_module.Prompts(instance="a photo of sks dog", class_prompt="a photo of dog"),
+        base_model=result_module.BaseModelInfo(source="tiny"),
+        training=result_module.Training(steps_done=800, max_train_steps=800, final_loss=loss),
+        durations_seconds={"train": 600.0},
+        outputs=result_module.Outputs(model=storage.join(output, "model"), samples=samples,
+                                      result=storage.join(output, "result.json")),
+        metrics=None if dino is None else {"dino": dino, "clip_i": 0.8, "clip_t": 0.3})
+    result.succeeded()
+    result.write(output)
+    result_module.mark_complete(output)

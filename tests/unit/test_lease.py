@@ -6,7 +6,7 @@ from header_proxy import HeaderStrippingProxy
 from dreambooth_job import storage
 from dreambooth_job.config import TrainConfig
 from dreambooth_job.exit_codes import InvalidInputError, RetryableError
-from dreambooth_job.lease import LEASE_FILE, Lease, check_conditional_writes
+from dreambooth_job.lease import LEASE_FILE, Lease, check_conditional_writes, holding
 from dreambooth_job.operator_policy import ALLOW_UNCONDITIONAL_STORE_ENV, OperatorPolicy
 
 
@@ -217,3 +217,15 @@ def test_a_lease_object_that_is_no_record_is_taken_over(output, garbage):
     lease = Lease(output, 600, Clock(), sleep=never_sleeps)
     lease.acquire()
     assert lease.held
+
+
+def test_holding_keeps_the_lease_for_a_block_and_releases_it_after_an_error(output):
+    clock = Clock()
+    lease = Lease(output, 60, clock)
+    with pytest.raises(RuntimeError), holding(lease):
+        assert lease.held and storage.exists(storage.join(output, LEASE_FILE))
+        with pytest.raises(RetryableError, match="holds the lease"):
+            Lease(output, 60, clock).acquire()
+        raise RuntimeError("a phase failed")
+    assert not lease.held and not storage.exists(storage.join(output, LEASE_FILE))
+    Lease(output, 60, clock).acquire()  # free for the next run

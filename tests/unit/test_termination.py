@@ -118,3 +118,12 @@ def test_the_jobs_handler_takes_over_and_hands_back():
     finally:
         restore()
     assert signal.getsignal(signal.SIGTERM) is not early
+
+
+def test_the_stop_request_is_installed_for_a_block_and_handed_back_after_an_error():
+    before = signal.getsignal(signal.SIGTERM)
+    stop = StopRequest(grace_seconds=5)
+    with pytest.raises(RuntimeError), stop.installed():
+        assert signal.getsignal(signal.SIGTERM) == stop._handle
+        raise RuntimeError("a phase failed")
+    assert signal.getsignal(signal.SIGTERM) is before

@@ -1,0 +1,25 @@
+"""Phase class_images (with --prior-preservation): the class images for the prior-preservation
+loss, reused from the shared cache where another run made them, generated (and cached) otherwise."""
+
+from __future__ import annotations
+
+from dreambooth_job import priors
+from dreambooth_job.phases.context import RunContext
+from dreambooth_job.phases.model import inference_device
+from dreambooth_job.result import ClassImagesInfo
+
+
+def wanted(ctx: RunContext) -> bool:
+    return ctx.config.prior_preservation
+
+
+def prepare(ctx: RunContext) -> None:
+    config = ctx.config
+    ctx.pipeline.to(inference_device())
+    cached = priors.prepare_class_images(ctx.pipeline, config, model_fingerprint=ctx.base.fingerprint,
+                                         class_prompt=ctx.prompts.class_prompt)
+    ctx.class_images = cached.images
+    ctx.observer.class_images(generated=cached.generated, reused=cached.reused)
+    ctx.result.class_images = ClassImagesInfo(
+        requested=config.num_class_images, generated=cached.generated, reused=cached.reused,
+        cache_uri=cached.cache_uri, cache_key=cached.cache_key)

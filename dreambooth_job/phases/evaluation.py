@@ -1,0 +1,36 @@
+"""Phase evaluate (with --evaluate): the paper's metrics for the fine-tuned model and, as the
+baseline row, for the base model, into result.json's "metrics" and the metrics' gauges."""
+
+from __future__ import annotations
+
+from dreambooth_job import models, sampling
+from dreambooth_job.phases.context import RunContext
+from dreambooth_job.phases.model import inference_device
+from dreambooth_job.phases.training import inference_pipeline
+
+
+def wanted(ctx: RunContext) -> bool:
+    return ctx.config.evaluate
+
+
+def check(ctx: RunContext) -> None:
+    """Before any download or model load: a bad or disallowed --prompt-set fails at once."""
+    if wanted(ctx):
+        from dreambooth_job.evaluation import validate_config
+
+        validate_config(ctx.config)
+
+
+def evaluate(ctx: RunContext) -> None:
+    from dreambooth_job.evaluation import Evaluator, gauges, metrics_block
+
+    config, token, photos = ctx.config, ctx.identifier.token, ctx.photos.images
+    evaluator = Evaluator.load(config)
+    tuned = evaluator.evaluate(inference_pipeline(ctx), photos, token, config.class_noun,
+                               label="finetuned")
+    # Reloaded from the local cache: training changed the loaded weights in place.
+    base_pipeline = sampling.fast_pipeline(models.load_pipeline(ctx.base, config.cache_dir))
+    baseline = evaluator.evaluate(base_pipeline.to(inference_device()), photos, token,
+                                  config.class_noun, label="base")
+    ctx.observer.evaluation({**gauges(tuned), **gauges(baseline, prefix="base_")})
+    ctx.result.metrics = metrics_block(baseline, tuned)

@@ -1,0 +1,57 @@
+"""What --output already holds, checked before any download: a completed run of this config
+(nothing to do), of another one (exit 2 unless --force), or checkpoints of another config (exit 2
+unless --restart)."""
+
+from __future__ import annotations
+
+import logging
+
+from dreambooth_job import storage
+from dreambooth_job.checkpoint import conflicts
+from dreambooth_job.exit_codes import InvalidInputError
+from dreambooth_job.phases.context import RunContext
+from dreambooth_job.redaction import redact_value
+from dreambooth_job.result import COMPLETION_MARKER, read_completed_result
+
+logger = logging.getLogger("dreambooth_job")
+
+
+def already_complete(ctx: RunContext) -> bool:
+    """True when --output holds a completed run of this config (and --force is off)."""
+    from dreambooth_job.job import OPERATIONAL_FIELDS, model_config
+
+    config = ctx.config
+    completed = read_completed_result(config.output)
+    if completed is None:
+        return False
+    if config.force:
+        logger.warning("--force: replacing the completed run in %s", config.output)
+        storage.delete(storage.join(config.output, COMPLETION_MARKER))
+        ctx.checkpoints.delete_all()
+        return False
+    if completed.get("config_fingerprint") == ctx.fingerprint:
+        logger.info("%s already holds a completed run of this config: nothing to do", config.output)
+        return True
+    previous = {k: v for k, v in completed.get("config", {}).items() if k not in OPERATIONAL_FIELDS}
+    differing = sorted(k for k, v in redact_value(model_config(config)).items()
+                       if previous.get(k) != v)
+    raise InvalidInputError(
+        f"--output {config.output} holds a completed run of another config (differs in: "
+        f"{', '.join(differing) or 'unknown'}); pass --force to replace it or use another --output")
+
+
+def check_checkpoints(ctx: RunContext) -> None:
+    """Fail early, before any download, if checkpoints here belong to another config."""
+    existing = ctx.checkpoints.list()
+    if not existing:
+        return
+    differing = conflicts(existing[0].config, ctx.config.to_dict())
+    if not differing:
+        return
+    if ctx.config.restart:
+        logger.warning("--restart: deleting checkpoints of another config in %s", ctx.checkpoints.root)
+        ctx.checkpoints.delete_all()
+        return
+    raise InvalidInputError(
+        f"checkpoints in {ctx.checkpoints.root} were written with another config (differs in: "
+        f"{', '.join(differing)}); pass --restart to discard them or use another --output")

@@ -1,0 +1,23 @@
+"""Phases download and validate: the subject's photos, from --instance-data to the work directory,
+then decoded and checked; every photo not trained on is named in result.json with the reason."""
+
+from __future__ import annotations
+
+from dreambooth_job import data
+from dreambooth_job.phases.context import RunContext
+from dreambooth_job.result import Photos, Rejection
+
+
+def download(ctx: RunContext) -> None:
+    ctx.skipped = data.download_photos(ctx.config, ctx.work / "photos").skipped
+    # Named even when validation then fails for too few photos.
+    ctx.result.photos = Photos(rejected=_rejections(ctx.skipped))
+
+
+def validate(ctx: RunContext) -> None:
+    ctx.photos = data.load_subject_photos(ctx.work / "photos", ctx.config, skipped=ctx.skipped)
+    ctx.result.photos = Photos(used=list(ctx.photos.used), rejected=_rejections(ctx.photos.rejected))
+
+
+def _rejections(records: list[data.Rejected]) -> list[Rejection]:
+    return [Rejection(file=r.file, reason=r.reason) for r in records]

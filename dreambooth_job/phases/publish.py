@@ -1,0 +1,30 @@
+"""Phase upload, then publishing: the model under --output, result.json, then the completion
+marker, written after everything it vouches for; then the checkpoints are no longer needed."""
+
+from __future__ import annotations
+
+import logging
+
+from dreambooth_job import storage
+from dreambooth_job.phases.context import RunContext
+from dreambooth_job.result import mark_complete
+
+logger = logging.getLogger("dreambooth_job")
+
+
+def upload(ctx: RunContext) -> None:
+    storage.upload_dir(ctx.work / "output" / "model", storage.join(ctx.config.output, "model"))
+
+
+def publish(ctx: RunContext) -> None:
+    config, result = ctx.config, ctx.result
+    ctx.lease.renew(force=True)
+    samples = storage.join(config.output, "samples")
+    result.outputs.samples = [storage.join(samples, f.relative_path)
+                              for f in storage.list_files(samples, [".png"])]
+    result.succeeded()
+    result.write(config.output)
+    mark_complete(config.output)
+    ctx.checkpoints.delete_all()
+    logger.info("done: model %s, samples %s, result %s", result.outputs.model, samples,
+                result.outputs.result)

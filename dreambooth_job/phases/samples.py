@@ -1,0 +1,29 @@
+"""Validation grids (during training with --sample-every, and phase sample at the end), each
+uploaded at once so grids from before a preemption survive it; phase sample also saves the model
+into the work directory for the upload."""
+
+from __future__ import annotations
+
+from dreambooth_job import sampling, storage
+from dreambooth_job.phases.context import RunContext
+
+
+def grid(ctx: RunContext, step: int) -> None:
+    from dreambooth_job.phases.training import inference_pipeline
+
+    config = ctx.config
+    image = sampling.validation_grid(
+        inference_pipeline(ctx), ctx.prompts.validation, config.num_validation_images,
+        seed=config.seed, resolution=config.resolution, num_inference_steps=config.sample_steps,
+        guidance_scale=config.guidance_scale, batch_size=config.sample_batch_size)
+    path = ctx.work / "samples" / f"step-{step:06d}.png"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image.save(path)
+    storage.upload_file(path, storage.join(config.output, "samples", path.name))
+
+
+def final(ctx: RunContext) -> None:
+    from dreambooth_job.phases.training import save_model
+
+    grid(ctx, ctx.steps_done)
+    save_model(ctx, ctx.work / "output" / "model")

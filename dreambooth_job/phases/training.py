@@ -1,0 +1,115 @@
+"""Phase train: resume from the newest checkpoint that verifies, train to --max-train-steps, and
+after each step sample a grid, checkpoint or stop as the `CheckpointPolicy` and the stop request
+(SIGTERM) say, and keep the lease.
+
+Every call into the `Trainer` is in this module: the other phases reach the trained model through
+`inference_pipeline` and `save_model` below.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from pathlib import Path
+
+from dreambooth_job import disk
+from dreambooth_job.checkpoint import Checkpoint, CheckpointPolicy
+from dreambooth_job.exit_codes import InvalidInputError, TerminatedError
+from dreambooth_job.phases import samples
+from dreambooth_job.phases.context import RunContext, redacted_config
+from dreambooth_job.result import Training
+
+logger = logging.getLogger("dreambooth_job")
+
+
+def train(ctx: RunContext) -> None:
+    from dreambooth_job.train import Trainer
+
+    config, prompts = ctx.config, ctx.prompts
+    ctx.trainer = trainer = Trainer(
+        config, ctx.pipeline, ctx.noise_scheduler, instance_images=ctx.photos.images,
+        instance_prompt=prompts.instance, class_images=ctx.class_images,
+        class_prompt=prompts.class_prompt, observer=ctx.observer)
+    trainer.setup()
+    resumed_from = resume(ctx)
+    with ctx.stop.deferred():
+        trained = trainer.train(StepEnd(ctx, CheckpointPolicy.from_config(config)))
+    # Publishing deletes the checkpoints: no upload may still be writing one.
+    ctx.uploads.wait()
+    ctx.steps_done = trained.steps_done
+    ctx.result.training = Training(max_train_steps=config.max_train_steps,
+                                   resumed_from_step=resumed_from, **dataclasses.asdict(trained))
+
+
+def resume(ctx: RunContext) -> int | None:
+    """Load the newest checkpoint that verifies; its step, or None when there is none."""
+    local_dir = ctx.work / "resume"
+    checkpoint = ctx.checkpoints.fetch_newest_valid(local_dir)
+    if checkpoint is None:
+        return None
+    token = ctx.identifier.token
+    if checkpoint.manifest.get("identifier") != token:
+        raise InvalidInputError(
+            f"checkpoint {checkpoint.uri} was trained with identifier "
+            f"{checkpoint.manifest.get('identifier')!r}, this run uses {token!r}; "
+            "pass --restart to discard it")
+    ctx.trainer.load_state(local_dir, checkpoint.step)
+    ctx.observer.resumed(step=checkpoint.step)
+    logger.info("resuming from checkpoint %s at step %d", checkpoint.uri, checkpoint.step)
+    return checkpoint.step
+
+
+class StepEnd:
+    """Called after each training step: a validation grid every --sample-every steps, a
+    checkpoint when the policy says so (uploaded in the background), or on a stop request a
+    checkpoint uploaded at once and TerminatedError; and the lease kept."""
+
+    def __init__(self, ctx: RunContext, policy: CheckpointPolicy):
+        self.ctx, self.policy = ctx, policy
+        self.state_dir = ctx.work / "checkpoint"
+
+    def __call__(self, step: int) -> None:
+        ctx, config = self.ctx, self.ctx.config
+        final = step >= config.max_train_steps
+        if config.sample_every and step % config.sample_every == 0 and not final:
+            samples.grid(ctx, step)
+        if self.policy.due(step, stop_requested=ctx.stop.requested):
+            self.checkpoint(step)
+        ctx.lease.renew()
+
+    def checkpoint(self, step: int) -> None:
+        ctx = self.ctx
+        ctx.uploads.wait()  # it may still be reading the state directory
+        started = time.monotonic()
+        with disk.writing(self.state_dir):  # torch.save's error does not say "no space"
+            ctx.trainer.save_state(self.state_dir)
+        self.policy.saved()
+        if ctx.stop.requested:
+            saved = self.upload(step, started)
+            stop = ctx.stop
+            raise TerminatedError(
+                f"terminated by {stop.signal_name} at step {step}; checkpoint {saved.uri} written "
+                f"{stop.grace_seconds - stop.seconds_left():.1f}s after the signal")
+        logger.info("checkpoint of step %d saved in %.1fs; uploading while training goes on",
+                    step, time.monotonic() - started)
+        ctx.uploads.submit(lambda: self.upload(step, started))
+        ctx.lease.renew(force=True)
+
+    def upload(self, step: int, started: float) -> Checkpoint:
+        """Hash, upload and publish the saved state."""
+        ctx = self.ctx
+        saved = ctx.checkpoints.save(self.state_dir, step, redacted_config(ctx.config),
+                                     ctx.identifier.token)
+        ctx.observer.checkpoint_written(step=step)
+        logger.info("checkpoint %s written in %.1fs", saved.uri, time.monotonic() - started)
+        return saved
+
+
+def inference_pipeline(ctx: RunContext):
+    """A pipeline that samples with the weights trained so far."""
+    return ctx.trainer.inference_pipeline()
+
+
+def save_model(ctx: RunContext, directory: Path) -> None:
+    ctx.trainer.save_model(directory)
