@@ -17,8 +17,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime
-import hashlib
-import json
 import logging
 import tempfile
 import time
@@ -40,34 +38,10 @@ from dreambooth_job.result import (
     read_completed_result,
     write_result,
 )
+from dreambooth_job.run_identity import config_fingerprint, differing_model_fields
 from dreambooth_job.termination import StopRequest
 
 logger = logging.getLogger("dreambooth_job")
-
-# Fields that do not change the trained model: a rerun differing only in these is the same run.
-OPERATIONAL_FIELDS = frozenset({
-    "cache_dir", "job_id", "log_format", "metrics_port", "pushgateway", "batch_id", "force",
-    "restart", "checkpoint_every", "checkpoint_interval_minutes", "checkpoints_keep",
-    "termination_grace_seconds", "log_every", "progress_interval_seconds", "class_data", "evaluate",
-    "storage_credentials_wait_seconds",
-    "sample_every",
-    "lease_wait_seconds",
-    "prompt_set", "images_per_prompt", "eval_max_prompts", "eval_class_images", "dino_model",
-    "clip_model", "lpips_model",
-    # Caps on the upload: a run within them trains the same model whatever their values.
-    "max_photos", "max_photos_bytes",
-    # Speed switches: the same model up to floating-point rounding.
-    "adam_impl", "attention_backend", "channels_last", "compile_unet", "compile_mode",
-})
-
-
-def model_config(config: TrainConfig) -> dict:
-    return {k: v for k, v in config.to_dict().items() if k not in OPERATIONAL_FIELDS}
-
-
-def config_fingerprint(config: TrainConfig) -> str:
-    return hashlib.sha256(json.dumps(model_config(config), sort_keys=True).encode()).hexdigest()
-
 
 def now_iso() -> str:
     return datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
@@ -157,15 +131,13 @@ class Job:
             storage.delete(storage.join(config.output, COMPLETION_MARKER))
             self.checkpoints.delete_all()
             return False
-        if completed.get("config_fingerprint") == self.fingerprint:
+        differing = differing_model_fields(completed.get("config"), config)
+        if completed.get("config_fingerprint") == self.fingerprint or not differing:
             logger.info("%s already holds a completed run of this config: nothing to do", config.output)
             return True
-        previous = {k: v for k, v in completed.get("config", {}).items() if k not in OPERATIONAL_FIELDS}
-        differing = sorted(k for k, v in redact_value(model_config(config)).items()
-                           if previous.get(k) != v)
         raise InvalidInputError(
             f"--output {config.output} holds a completed run of another config (differs in: "
-            f"{', '.join(differing) or 'unknown'}); pass --force to replace it or use another --output")
+            f"{', '.join(differing)}); pass --force to replace it or use another --output")
 
     def _check_checkpoints(self) -> None:
         """Fail early, before any download, if checkpoints here belong to another config."""
