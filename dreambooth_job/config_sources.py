@@ -163,7 +163,8 @@ def defaults_yaml() -> str:
     lines = ["# dreambooth-job train configuration: every option with its default.",
              f"# Each key can also be set as a flag (--kebab-case) or env var ({ENV_PREFIX}UPPER_CASE)."]
     for f in fields():
-        lines.append(f"# {f.metadata['help']}" + (" (required)" if f.metadata["required"] else ""))
+        lines.append(f"# {f.metadata['help']}" + (" (required)" if f.metadata["required"] else "")
+                     + f" [role: {role_of(f)}]")
         dumped = yaml.safe_dump({f.name: default_of(f)}, default_flow_style=False, sort_keys=False)
         lines.append(dumped.rstrip())
     return "\n".join(lines) + "\n"

@@ -4,7 +4,8 @@
     .venv/bin/python helm/sync_chart.py --check   # exit 1 if the chart is out of date
 
 It writes three things, and only these:
-- files/package.yaml: option flags, order and defaults and the exit codes (manifest.chart_table);
+- files/package.yaml: option flags, order, defaults and roles, and the exit codes
+  (manifest.chart_table);
 - the `job:` block of values.yaml between its markers: every option with its help and default;
 - `properties.job` of values.schema.json: types, choices, nullability, help, the bounds each option
   declares in TrainConfig (config_fields.schema_bounds: minimum, multipleOf, pattern, ...) and,
