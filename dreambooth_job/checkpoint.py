@@ -27,14 +27,12 @@ from pathlib import Path
 from dreambooth_job import object_keys, storage
 from dreambooth_job.exit_codes import InvalidInputError
 from dreambooth_job.redaction import redact_value
+from dreambooth_job.run_identity import differing_model_fields
 
 log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
 TRAINER_STATE = "trainer_state.json"
-# Fields a resumed run must share with its checkpoint: anything else would train another model.
-CONFLICT_FIELDS = ("base_model", "class_noun", "identifier", "resolution", "train_text_encoder",
-                   "prior_preservation", "instance_prompt", "class_prompt", "seed")
 _STEP_DIR = re.compile(r"^step-(\d{6,})/")
 
 
@@ -201,10 +199,10 @@ def _manifest_entries(checkpoint: Checkpoint, local_dir: Path) -> list[dict]:
 
 
 def conflicts(checkpoint_config: dict, config: dict) -> list[str]:
-    """Fields in which a config differs from the one a checkpoint was trained with; both as
-    recorded, i.e. redacted (a presigned --base-model keeps its key, loses its signature)."""
-    config = redact_value(config)
-    return [f for f in CONFLICT_FIELDS if checkpoint_config.get(f) != config.get(f)]
+    """The MODEL options in which a config differs from the one a checkpoint was trained with
+    (run_identity.py: the same rule as for a completed run); both compared as recorded, i.e.
+    redacted (a presigned --base-model keeps its key, loses its signature)."""
+    return differing_model_fields(checkpoint_config, config)
 
 
 class CheckpointPolicy:

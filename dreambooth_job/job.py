@@ -22,8 +22,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import hashlib
-import json
 import logging
 import tempfile
 from collections.abc import Callable
@@ -49,32 +47,9 @@ from dreambooth_job.phases import (
 from dreambooth_job.phases.context import RunContext
 from dreambooth_job.preflight import check_capabilities
 from dreambooth_job.result import COMPLETION_MARKER
+from dreambooth_job.run_identity import config_fingerprint
 
 logger = logging.getLogger("dreambooth_job")
-
-# Fields that do not change the trained model: a rerun differing only in these is the same run.
-OPERATIONAL_FIELDS = frozenset({
-    "cache_dir", "job_id", "log_format", "metrics_port", "pushgateway", "batch_id", "force",
-    "restart", "checkpoint_every", "checkpoint_interval_minutes", "checkpoints_keep",
-    "termination_grace_seconds", "log_every", "progress_interval_seconds", "class_data", "evaluate",
-    "storage_credentials_wait_seconds",
-    "sample_every",
-    "lease_wait_seconds",
-    "prompt_set", "images_per_prompt", "eval_max_prompts", "eval_class_images", "dino_model",
-    "clip_model", "lpips_model",
-    # Caps on the upload: a run within them trains the same model whatever their values.
-    "max_photos", "max_photos_bytes",
-    # Speed switches: the same model up to floating-point rounding.
-    "adam_impl", "attention_backend", "channels_last", "compile_unet", "compile_mode",
-})
-
-
-def model_config(config: TrainConfig) -> dict:
-    return {k: v for k, v in config.to_dict().items() if k not in OPERATIONAL_FIELDS}
-
-
-def config_fingerprint(config: TrainConfig) -> str:
-    return hashlib.sha256(json.dumps(model_config(config), sort_keys=True).encode()).hexdigest()
 
 
 class Phase(NamedTuple):

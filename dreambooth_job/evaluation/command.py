@@ -24,12 +24,8 @@ from dreambooth_job.exit_codes import InvalidInputError
 from dreambooth_job.redaction import redact_value
 
 OUTPUT_FILE = "evaluation.json"
-CONFIG_FIELDS = (
-    "instance_data", "class_noun", "identifier", "class_prompt", "base_model", "cache_dir",
-    "prompt_set", "images_per_prompt", "eval_max_prompts", "eval_class_images", "dino_model",
-    "clip_model", "lpips_model", "resolution", "sample_steps", "guidance_scale",
-    "sample_batch_size", "min_images", "min_image_side", "max_image_pixels", "max_photos",
-    "max_photos_bytes", "log_format")
+# The TrainConfig options this command takes: those declared with `evaluation=True`.
+CONFIG_FIELDS = tuple(f.name for f in cfg.fields() if f.metadata["evaluation"])
 
 
 def config_options(names: tuple[str, ...]) -> Callable[[Callable], Callable]:

@@ -255,13 +255,14 @@ def pod_failure_policy(*, on_not_retryable: str = "FailJob") -> dict[str, Any]:
 def chart_table() -> dict[str, Any]:
     """The chart's copy of the package's CLI facts (helm/dreambooth-job/files/package.yaml).
 
-    `options` is in TrainConfig order, so the chart renders args in the order of to_cli_args.
+    `options` is in TrainConfig order, so the chart renders args in the order of to_cli_args; each
+    row's `role` tells the chart to pass a `model` option even at its default, as to_cli_args does.
     """
     options = []
     for f in cfg.fields():
         if f.name in OPTIONS_SET_BY_THE_POD:
             continue
-        option: dict[str, Any] = {"key": values_key(f.name)}
+        option: dict[str, Any] = {"key": values_key(f.name), "role": str(f.metadata["role"])}
         if cfg.base_type(f) is bool:
             declared = f.metadata["flag"] or f"{cfg.flag_name(f.name)}/--no-{f.name.replace('_', '-')}"
             option["flag"], option["negation"] = declared.split("/")

@@ -10,16 +10,14 @@ from dreambooth_job import storage
 from dreambooth_job.checkpoint import conflicts
 from dreambooth_job.exit_codes import InvalidInputError
 from dreambooth_job.phases.context import RunContext
-from dreambooth_job.redaction import redact_value
 from dreambooth_job.result import COMPLETION_MARKER, read_completed_result
+from dreambooth_job.run_identity import differing_model_fields
 
 logger = logging.getLogger("dreambooth_job")
 
 
 def already_complete(ctx: RunContext) -> bool:
     """True when --output holds a completed run of this config (and --force is off)."""
-    from dreambooth_job.job import OPERATIONAL_FIELDS, model_config
-
     config = ctx.config
     completed = read_completed_result(config.output)
     if completed is None:
@@ -29,15 +27,14 @@ def already_complete(ctx: RunContext) -> bool:
         storage.delete(storage.join(config.output, COMPLETION_MARKER))
         ctx.checkpoints.delete_all()
         return False
-    if completed.get("config_fingerprint") == ctx.fingerprint:
+    # One rule for "the same run" (run_identity.py); the fingerprint is only the quick path.
+    differing = differing_model_fields(completed.get("config"), config)
+    if completed.get("config_fingerprint") == ctx.fingerprint or not differing:
         logger.info("%s already holds a completed run of this config: nothing to do", config.output)
         return True
-    previous = {k: v for k, v in completed.get("config", {}).items() if k not in OPERATIONAL_FIELDS}
-    differing = sorted(k for k, v in redact_value(model_config(config)).items()
-                       if previous.get(k) != v)
     raise InvalidInputError(
         f"--output {config.output} holds a completed run of another config (differs in: "
-        f"{', '.join(differing) or 'unknown'}); pass --force to replace it or use another --output")
+        f"{', '.join(differing)}); pass --force to replace it or use another --output")
 
 
 def check_checkpoints(ctx: RunContext) -> None:

@@ -23,6 +23,7 @@ from dreambooth_job.exit_codes import InvalidInputError
 from dreambooth_job.k8s.manifest import (
     OPTIONS_SET_BY_THE_POD,
     SUBJECT_LABEL,
+    JobSpec,
     build_job,
     label_value,
     subject_of,
@@ -140,12 +141,52 @@ def test_every_option_renders_into_args_the_cli_parses_back(render):
     assert_same(comparable(build_job(spec_from_values(rendered.values))), comparable(job))
 
 
-def test_options_left_at_their_default_render_no_args(render, chart):
+def stated_options(args: list[str]) -> set[str]:
+    """The fields a `train` command line states, by their flags."""
+    by_flag = {}
+    for f in cfg.fields():
+        declared = f.metadata["flag"] or cfg.flag_name(f.name)
+        if cfg.base_type(f) is bool and not f.metadata["flag"]:
+            declared += f"/--no-{f.name.replace('_', '-')}"
+        by_flag.update(dict.fromkeys(declared.split("/"), f.name))
+    return {by_flag[a] for a in args if a in by_flag}
+
+
+def test_a_job_at_the_defaults_states_every_model_option_and_no_other(render, chart):
+    """A pod whose image has other defaults still trains what the chart's values say."""
     values = {"job": {**chart.values["job"], "instanceData": "s3://p/x/", "classNoun": "dog",
                       "output": "s3://r/x/"}}
     args = render(values).one("Job")["spec"]["template"]["spec"]["containers"][0]["args"]
-    assert args == ["train", "--instance-data", "s3://p/x/", "--class-noun", "dog",
-                    "--output", "s3://r/x/", "--subject-id", "x"]
+    model = {f.name for f in cfg.model_fields()}
+    assert stated_options(args) == model | {"output", "subject_id"}  # both always passed
+    assert args[args.index("--learning-rate") + 1] == "0.000005"  # Go's spelling of 5e-06
+    assert args[args.index("--mixed-precision") + 1] == "auto"
+    assert parse_train_args(args).to_dict() == {**cfg.TrainConfig(
+        instance_data="s3://p/x/", class_noun="dog", output="s3://r/x/", subject_id="x").to_dict(),
+        "cache_dir": parse_train_args(args).cache_dir}
+
+
+def test_the_python_builder_states_every_model_option_at_its_default():
+    job = build_job(JobSpec(train=cfg.TrainConfig(instance_data="s3://p/x/", class_noun="dog",
+                                                  output="s3://r/x/")))
+    args = job["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert stated_options(args) == {f.name for f in cfg.model_fields()} | {"output", "subject_id"}
+    assert parse_train_args(args).learning_rate == cfg.TrainConfig().learning_rate
+
+
+def test_schema_bounds_are_the_fields_declared_bounds(chart):
+    """values.schema.json states each option's bounds exactly as TrainConfig declares them."""
+    bound_keywords = {"minimum", "maximum", "exclusiveMinimum", "multipleOf", "pattern", "minLength"}
+    properties = chart.schema["properties"]["job"]["properties"]
+    for f in chart_fields():
+        declared = dict(f.metadata["bounds"])
+        if f.metadata["must_contain"]:
+            declared["pattern"] = re.escape(f.metadata["must_contain"])
+        if f.metadata["required"]:
+            declared["minLength"] = 1
+        in_schema = {k: v for k, v in properties[values_key(f.name)].items() if k in bound_keywords}
+        assert in_schema == declared, f.name
+    assert properties["resolution"]["multipleOf"] == 8 and properties["learningRate"]["exclusiveMinimum"] == 0
 
 
 @pytest.mark.parametrize("instance_data", [

@@ -22,6 +22,7 @@ from deploy_support import (
 )
 
 from dreambooth_job import config as cfg
+from dreambooth_job.config_sources import to_config_values
 from dreambooth_job.k8s.manifest import ClusterSettings, JobSpec, build_job, pod_failure_policy
 
 MANIFEST_FILES = sorted(p for p in MANIFESTS.rglob("*.yaml") if p.name != "kustomization.yaml"
@@ -186,3 +187,15 @@ def test_pod_monitor_selects_the_builders_pods():
 def test_minimum_versions_are_stated():
     readme = (MANIFESTS / "README.md").read_text()
     assert "Kubernetes 1.31" in readme and "Kueue 0.15" in readme
+
+
+def test_indexed_job_subject_files_state_every_model_option(batch):
+    """Each subject's file says everything that makes its model, as `to_config_values` writes it:
+    an image with other defaults trains the same subjects."""
+    (subjects,) = by_kind(batch, "ConfigMap")
+    model = {f.name for f in cfg.model_fields()}
+    for name, text in subjects["data"].items():
+        stated = {key.replace("-", "_") for key in yaml.safe_load(text)}
+        assert model <= stated, f"{name} leaves out {sorted(model - stated)}"
+        config = cfg.TrainConfig(**cfg.normalize_keys(yaml.safe_load(text), source=name))
+        assert yaml.safe_load(text) == to_config_values(config), name

@@ -79,7 +79,8 @@ def test_sigterm_checkpoints_and_the_rerun_resumes_to_the_same_weights(job, buck
     assert "differs in: resolution" in conflicting.output
     assert "phase download" not in conflicting.output, "conflicts are found before any download"
 
-    resumed = JobProcess(job("preempted"))
+    # Operational options are not the run's identity: changing them resumes, to the same weights.
+    resumed = JobProcess(job("preempted", "--log-every", "5", "--checkpoints-keep", "3"))
     assert resumed.wait() == ExitCode.OK, resumed.output[-3000:]
     assert f"resuming from checkpoint {newest.uri} at step {newest.step}" in resumed.output
     assert_same_weights(final_unet(run, tmp_path), reference)

@@ -116,7 +116,7 @@ def test_train_without_credentials_exits_retryable_naming_the_wait(no_credential
 
 def test_the_wait_is_operational_and_leaves_config_fingerprints_alone():
     from dreambooth_job.config import TrainConfig
-    from dreambooth_job.job import config_fingerprint
+    from dreambooth_job.run_identity import config_fingerprint
 
     required = {"instance_data": "s3://b/photos/", "class_noun": "dog", "output": "s3://b/out/"}
     assert config_fingerprint(TrainConfig(**required)) == config_fingerprint(

@@ -92,16 +92,18 @@ include "dreambooth-job.option" (list $ "metricsPort").
 {{- end }}
 
 {{/*
-The container args: `train`, then every option that differs from the CLI default, in the order
-and spelling of dreambooth_job.config.to_cli_args, then extraArgs. The subject id is always
-passed, so that the job names the subject as the labels do.
+The container args: `train`, then every `model` option (files/package.yaml's role) whatever its
+value, so that an image with other defaults trains what the values say, and every other option
+that differs from the CLI default, in the order and spelling of
+dreambooth_job.config_sources.to_cli_args; then extraArgs. The subject id is always passed, so
+that the job names the subject as the labels do.
 */}}
 {{- define "dreambooth-job.args" -}}
 - train
 {{- range $option := (include "dreambooth-job.package" $ | fromYaml).options }}
 {{- $value := index $.Values.job $option.key }}
 {{- if eq $option.key "subjectId" }}{{ $value = include "dreambooth-job.subjectId" $ }}{{ end }}
-{{- if and (not (kindIs "invalid" $value)) (ne (toJson $value) (toJson $option.default)) }}
+{{- if and (not (kindIs "invalid" $value)) (or (eq $option.role "model") (ne (toJson $value) (toJson $option.default))) }}
 {{- if kindIs "bool" $value }}
 - {{ ternary $option.flag $option.negation $value }}
 {{- else if kindIs "slice" $value }}

@@ -1,0 +1,69 @@
+"""The checks of `TrainConfig.validate` that are more than a field's declared bounds: the words
+that go into labels, paths and prompts, and the storage locations."""
+
+from __future__ import annotations
+
+import dataclasses
+import unicodedata
+from typing import TYPE_CHECKING
+
+from dreambooth_job import locations
+from dreambooth_job.exit_codes import InvalidInputError
+from dreambooth_job.identifiers import format_prompt
+
+if TYPE_CHECKING:
+    from dreambooth_job.config import TrainConfig
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _field(config: TrainConfig, name: str) -> dataclasses.Field:
+    return next(f for f in dataclasses.fields(config) if f.name == name)
+
+
+def check_words(config: TrainConfig) -> None:
+    """The identifier is one token; ids and the class noun go into labels, log lines, paths and
+    prompts, so one line each. Then every template is filled as the job fills it, so that a
+    noun or template that would fail in the pod fails here (e.g. at `batch` validation)."""
+    if config.identifier != "auto" and not (config.identifier and all(map(_in_word, config.identifier))):
+        raise InvalidInputError("--identifier must be one word without whitespace or control "
+                                f"characters, got {config.identifier!r}")
+    for name in ("subject_id", "job_id", "batch_id", "class_noun"):
+        value = getattr(config, name)
+        if value and not all(c == " " or _in_word(c) for c in value):
+            raise InvalidInputError(f"{_flag(name)} must be one line without control "
+                                    f"characters, got {value!r}")
+    noun = config.class_noun
+    if noun is not None and (not noun.strip() or "{" in noun or "}" in noun):
+        raise InvalidInputError(f"--class-noun must be words without braces, got {noun!r}")
+    identifier = "x" if config.identifier == "auto" else config.identifier
+    for f in (_field(config, n) for n in ("instance_prompt", "class_prompt", "validation_prompts")):
+        value = getattr(config, f.name)
+        for template in value if isinstance(value, list) else [value]:
+            try:
+                format_prompt(template, identifier, noun or "x")
+            except InvalidInputError as exc:
+                flag = f.metadata["flag"] or _flag(f.name)
+                raise InvalidInputError(f"{flag}: {exc.message}") from None
+
+
+def check_locations(config: TrainConfig) -> None:
+    """Every storage location is an s3://bucket/prefix URI or a local path; models may also be
+    hub ids (org/name). Any other scheme fails here, not later in the pod."""
+    for name in ("instance_data", "output", "class_data", "lpips_model", "base_model",
+                 "dino_model", "clip_model"):
+        locations.check(_flag(name), getattr(config, name),
+                        hub_id_ok=name in ("base_model", "dino_model", "clip_model"))
+    if config.prompt_set not in ("auto", "object", "live"):
+        locations.check("--prompt-set", config.prompt_set)
+    if locations.is_s3(config.cache_dir):  # base models are unpacked there for from_pretrained
+        raise InvalidInputError(
+            f"--cache-dir {config.cache_dir!r} is not a local directory: expected a local path")
+    locations.check("--cache-dir", config.cache_dir)
+
+
+def _in_word(char: str) -> bool:
+    """Not whitespace, a line break, or a control, format (zero-width, bidi) or unassigned code."""
+    return not char.isspace() and unicodedata.category(char)[0] not in "CZ"
