@@ -129,6 +129,8 @@ def _is_flattened_clip(module) -> bool:
 
 def _header(metadata: Mapping[str, str] | None, unet) -> dict[str, str]:
     """The caller's metadata (strings only: the safetensors header holds strings), plus rank and alpha."""
+    if not has_lora(unet):
+        raise ValueError("the UNet carries no LoRA adapter to save (lora.add_lora adds one)")
     header = {"format": "pt"}
     for key, value in (metadata or {}).items():
         if not isinstance(key, str) or not isinstance(value, str):

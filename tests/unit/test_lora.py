@@ -243,4 +243,21 @@ def test_metadata_must_be_strings(adapted, tmp_path):
         lora_files.save_lora_kohya(tmp_path / "x.safetensors", pipe.unet, metadata={"steps": 400})
     with pytest.raises(ValueError, match="'format'"):
         lora_files.save_lora_diffusers(tmp_path, pipe.unet, metadata={"format": "x"})
+    with pytest.raises(ValueError, match="no LoRA adapter"):
+        lora_files.save_lora_kohya(tmp_path / "x.safetensors", copy.deepcopy(adapted[1]))
     assert not list(tmp_path.iterdir())
+
+
+def test_merged_pipeline_saves_and_reloads_as_the_adapted_one(adapted, tmp_path):
+    """--lora-merge: the merged modules are plain ones again; the saved pipeline is the adapted model."""
+    pipe, _, _, _ = adapted
+    merged = copy.deepcopy(pipe)
+    lora.merge_lora(merged.unet)
+    lora.merge_lora(merged.text_encoder)
+    assert not any("lora_" in name for name, _ in merged.unet.named_parameters())
+    assert not any("lora_" in name for name, _ in merged.text_encoder.named_parameters())
+    merged.save_pretrained(tmp_path / "model", safe_serialization=True)
+    reloaded_unet, reloaded_text = _outputs(_load(tmp_path / "model"))
+    expected_unet, expected_text = _outputs(pipe)
+    torch.testing.assert_close(reloaded_unet, expected_unet, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(reloaded_text, expected_text, rtol=1e-4, atol=1e-5)
