@@ -24,7 +24,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from dreambooth_job import __version__, disk, log, storage
+from dreambooth_job import __version__, devices, disk, log, storage
 from dreambooth_job.checkpoint import BackgroundUploads, CheckpointStore, conflicts
 from dreambooth_job.config import TrainConfig
 from dreambooth_job.events import JobObserver, ObserverGroup
@@ -222,7 +222,7 @@ class Job:
         class_images = None
         if config.prior_preservation:
             with self.phase("class_images"):
-                pipeline.to(_inference_device())
+                pipeline.to(devices.pick_device())
                 cached = priors.prepare_class_images(pipeline, config, model_fingerprint=base.fingerprint,
                                                      class_prompt=prompts["class"])
                 class_images = cached.images
@@ -238,7 +238,7 @@ class Job:
             trainer.setup()
             resumed_from = self._resume(trainer, work / "resume", identifier.token)
             with self.stop.deferred():
-                trained = trainer.train(self._step_hook(trainer, work, identifier.token, prompts))
+                trained = trainer.train(on_step_end=self._step_hook(trainer, work, identifier.token, prompts))
             # Publishing deletes the checkpoints: no upload may still be writing one.
             self.checkpoint_uploads.wait()
             self.result["training"] = {"max_train_steps": config.max_train_steps,
@@ -264,7 +264,7 @@ class Job:
         tuned = evaluator.evaluate(trainer.inference_pipeline(), photos, token, config.class_noun,
                                    label="finetuned")
         base_pipeline = sampling.fast_pipeline(models.load_pipeline(base, config.cache_dir))
-        baseline = evaluator.evaluate(base_pipeline.to(_inference_device()), photos, token,
+        baseline = evaluator.evaluate(base_pipeline.to(devices.pick_device()), photos, token,
                                       config.class_noun, label="base")
         self.observer.evaluation({**gauges(tuned), **gauges(baseline, prefix="base_")})
         return metrics_block(baseline, tuned)
@@ -405,12 +405,6 @@ class Job:
 def _redacted_config(config: TrainConfig) -> dict:
     """The config as result.json and checkpoints record it: the logs' redaction (redaction.py)."""
     return redact_value(config.to_dict())
-
-
-def _inference_device():
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def run(config: TrainConfig, observer: JobObserver | None = None) -> ExitCode:
