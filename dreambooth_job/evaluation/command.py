@@ -107,4 +107,3 @@ def run_evaluation(model_source: str, config: cfg.TrainConfig, *, baseline: bool
             "instance_data": config.instance_data, "class_noun": config.class_noun,
             "identifier": token,
             "metrics": metrics_block(*rows, real=evaluator.real_reference(photos))}
-
