@@ -6,16 +6,17 @@
         --variant mixed_precision=bf16 --variant compile_unet=true,channels_last=true
 
 Every row is TrainConfig's defaults plus the row's overrides (`--variant key=value,...`, keys as in
-`config --print-defaults`), driven through `Trainer.setup()` and `Trainer.train()`: the code `train`
-runs, timed from its `on_step_end` hook. Each row starts from freshly built weights with the same
-seed, so all rows train the same model on the same synthetic images.
+`config --print-defaults`), driven through `Trainer.setup()` and `Trainer.train(num_steps,
+on_step_end=...)`: the code `train` runs, timed from its `on_step_end` hook (bench_profile.py).
+Each row starts from freshly built weights with the same seed, so all rows train the same model on
+the same synthetic images.
 
 `--baseline` adds a row trained the plain way the reference script (diffusers'
 examples/dreambooth/train_dreambooth.py) does with its defaults: VAE and text encoder run every
 step, fp32, PyTorch's default AdamW kernel (a loop over parameters on the CPU, foreach on CUDA),
 gradients zeroed in place, the loss read back every step, no TF32, no gradient checkpointing. It
-is the same Trainer with those switches (`baseline_variant`); the reference's per-step photo
-decoding is not part of it.
+is the same Trainer with those switches (`baseline_variant`, and `set_grads_to_none=False`); the
+reference's per-step photo decoding is not part of it.
 """
 
 from __future__ import annotations
@@ -23,7 +24,6 @@ from __future__ import annotations
 import dataclasses
 import gc
 import json
-import re
 import statistics
 import sys
 import time
@@ -32,7 +32,7 @@ from pathlib import Path
 
 import click
 
-from dreambooth_job import bench_device, bench_models, bench_report
+from dreambooth_job import bench_device, bench_models, bench_profile, bench_report, devices
 from dreambooth_job import config as cfg
 from dreambooth_job.exit_codes import InvalidInputError
 
@@ -72,9 +72,7 @@ class Variant:
 def baseline_variant() -> Variant:
     """The reference's step; its `torch.optim.AdamW()` takes PyTorch's default kernel: foreach for
     CUDA parameters, a loop over parameters on the CPU."""
-    import torch
-
-    adam = "foreach" if torch.cuda.is_available() else "loop"
+    adam = "foreach" if devices.device_type() == "cuda" else "loop"
     return Variant("baseline", {**BASELINE, "adam_impl": adam}, baseline=True)
 
 
@@ -107,109 +105,6 @@ def unavailable(config: cfg.TrainConfig, device_type: str) -> str | None:
     return next(iter(missing_capabilities(config, device_type)), None)
 
 
-# ----------------------------------------------------------------------------------------------
-class StepClock:
-    """`on_step_end` hook marking each step's end: host time on the CPU; on CUDA one event per step,
-    read after the run, so timing adds no host-device sync per step."""
-
-    def __init__(self, device_type: str, started: float):
-        self.cuda = device_type == "cuda"
-        self.started = started
-        self.marks: list = []
-        self.first_step_seconds: float | None = None
-        self.first_step_since_process_start: float | None = None
-
-    def __call__(self, step: int) -> None:
-        import torch
-
-        if not self.marks and self.cuda:
-            torch.cuda.synchronize()
-        if self.cuda:
-            event = torch.cuda.Event(enable_timing=True)
-            event.record()
-            self.marks.append(event)
-        else:
-            self.marks.append(time.perf_counter())
-        if len(self.marks) == 1:
-            self.first_step_seconds = time.perf_counter() - self.started
-            self.first_step_since_process_start = bench_device.process_age_seconds()
-
-    def step_seconds(self) -> list[float]:
-        """Duration of every step, the first one (from the end of setup) included."""
-        import torch
-
-        if self.cuda:
-            torch.cuda.synchronize()
-            later = [a.elapsed_time(b) / 1000 for a, b in zip(self.marks, self.marks[1:])]
-        else:
-            later = [b - a for a, b in zip(self.marks, self.marks[1:])]
-        return [self.first_step_seconds, *later]
-
-
-def count_flops(trainer) -> int:
-    """FLOPs of one more optimizer step, as torch.utils.flop_counter counts them (matmuls,
-    convolutions, attention; not elementwise ops). A compiled UNet is counted on its eager module."""
-    import torch
-    from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
-
-    aten = torch.ops.aten
-    # PyTorch's table lacks the CPU flash-attention kernels; they do the GPU kernels' matmuls.
-    cpu_attention = {
-        aten._scaled_dot_product_flash_attention_for_cpu:
-            lambda q, k, v, *args, out_shape=None, **kwargs: sdpa_flop_count(q, k, v),
-        aten._scaled_dot_product_flash_attention_for_cpu_backward:
-            lambda grad, q, k, v, *args, out_shape=None, **kwargs: sdpa_backward_flop_count(grad, q, k, v)}
-    compiled = trainer.unet
-    trainer.unet = getattr(compiled, "_orig_mod", compiled)
-    trainer.config = dataclasses.replace(trainer.config, max_train_steps=trainer.step + 1)
-    try:
-        with FlopCounterMode(display=False, custom_mapping=cpu_attention) as counter:
-            trainer.train()
-    finally:
-        trainer.unet = compiled
-    return counter.get_total_flops()
-
-
-PROFILED_STEPS = 3
-
-
-def profile_steps(trainer, steps: int, directory: Path, name: str) -> dict:
-    """Run `steps` more steps under torch.profiler; write the operator table (by device time on
-    CUDA, CPU time otherwise) to DIRECTORY/NAME.txt and return the host's time per step in each of
-    the step's phases (train.STEP_PHASES) and, on CUDA, how busy the device was: a device busy for
-    much less than the step's wall time is waiting on the host (launch overhead, syncs)."""
-    import torch
-    from torch.profiler import ProfilerActivity, profile
-
-    from dreambooth_job.train import STEP_PHASES
-
-    cuda = torch.cuda.is_available()
-    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
-    trainer.config = dataclasses.replace(trainer.config, max_train_steps=trainer.step + steps)
-    with profile(activities=activities) as profiler:
-        started = time.perf_counter()
-        trainer.train()
-        if cuda:
-            torch.cuda.synchronize()
-        wall = (time.perf_counter() - started) / steps
-    averages = profiler.key_averages()
-    sort_by = "self_device_time_total" if cuda else "self_cpu_time_total"
-    directory.mkdir(parents=True, exist_ok=True)
-    path = directory / (re.sub(r"[^A-Za-z0-9_.-]+", "_", name) + ".txt")
-    path.write_text(averages.table(sort_by=sort_by, row_limit=50, max_name_column_width=70) + "\n")
-    # Host time: on CUDA a phase ends when its kernels are launched, not when they finish.
-    host = {event.key: event.cpu_time_total for event in averages
-            if event.device_type == torch.autograd.DeviceType.CPU}
-    report = {"profile": str(path), "profiled_step_seconds": wall, "phase_host_seconds_per_step": {
-        phase: host.get(phase, 0.0) / 1e6 / steps for phase in STEP_PHASES}}
-    if cuda:
-        # Kernels only: operator rows repeat the time of the kernels they launch.
-        report["device_busy_seconds_per_step"] = sum(
-            event.self_device_time_total for event in averages
-            if event.device_type == torch.autograd.DeviceType.CUDA) / 1e6 / steps
-    return report
-
-
 def run_variant(variant: Variant, settings: Settings, build, device: dict) -> dict:
     """One row: build fresh weights, set up the Trainer, train warmup + steps, count FLOPs."""
     import torch
@@ -225,10 +120,6 @@ def run_variant(variant: Variant, settings: Settings, build, device: dict) -> di
     memory = bench_device.PeakMemory(device["type"])
     trainer = pipeline = None
     try:
-        from accelerate.state import AcceleratorState
-
-        # One `train` process sets up one Accelerator; here each row sets up its own precision.
-        AcceleratorState._reset_state(reset_partial_state=True)
         gc.collect()
         memory.reset()
         started = time.perf_counter()
@@ -242,17 +133,17 @@ def run_variant(variant: Variant, settings: Settings, build, device: dict) -> di
                 f"{free / 2**30:.1f} GiB available")}
         trainer = Trainer(config, pipeline, _noise_scheduler(pipeline),
                           instance_images=_images(settings, 0), instance_prompt="a sks dog",
-                          class_images=_images(settings, 1000), class_prompt="a dog")
-        if variant.baseline:
-            trainer.set_grads_to_none = False
+                          class_images=_images(settings, 1000), class_prompt="a dog",
+                          set_grads_to_none=not variant.baseline)
         trainer.setup()
         set_up = time.perf_counter()
-        clock = StepClock(device["type"], set_up)
-        trainer.train(clock)
+        clock = bench_profile.StepClock(device["type"], set_up)
+        trainer.train(settings.warmup + settings.steps, on_step_end=clock)
         seconds = clock.step_seconds()
-        flops = count_flops(trainer)
+        flops = bench_profile.count_flops(trainer)
         peak = memory.peak_bytes()
-        profiled = (profile_steps(trainer, PROFILED_STEPS, Path(settings.profile_dir), variant.name)
+        profiled = (bench_profile.profile_steps(trainer, bench_profile.PROFILED_STEPS,
+                                                Path(settings.profile_dir), variant.name)
                     if settings.profile_dir else {})
     except Exception as exc:  # noqa: BLE001 - one failing option set must not end the comparison
         message = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
@@ -287,16 +178,15 @@ def run_variant(variant: Variant, settings: Settings, build, device: dict) -> di
 def _auto_precision(device: dict) -> str:
     import torch
 
-    from dreambooth_job.train import resolve_precision
-
-    return resolve_precision("auto", torch.device(device["type"]))
+    return devices.resolve_precision("auto", torch.device(device["type"]))
 
 
 def _training_state_bytes(pipeline, config: cfg.TrainConfig) -> int:
     """A lower bound on what training adds to the loaded model (activations come on top)."""
-    from dreambooth_job import memory
+    from dreambooth_job import families, memory
 
-    params = memory.trained_parameters(pipeline.unet, pipeline.text_encoder, config.train_text_encoder)
+    modules = families.for_pipeline(pipeline).trainable_modules(pipeline, config.train_text_encoder)
+    params = memory.trained_parameters(modules.values())
     return memory.training_state_bytes(params, config.use_8bit_adam)
 
 
@@ -324,13 +214,12 @@ def _images(settings: Settings, seed: int):
 def model_builder(settings: Settings):
     """A function returning fresh, identical weights of the benchmarked model at each call."""
     if settings.base_model:
-        from dreambooth_job import models
+        from dreambooth_job import families, models
 
         cache_dir = cfg.TrainConfig(instance_data="bench", class_noun="dog", output="bench").cache_dir
         base = models.resolve_base_model(settings.base_model, cache_dir)
-        index = Path(base.local_path, "model_index.json")
-        if index.is_file() and "XL" in json.loads(index.read_text()).get("_class_name", ""):
-            raise InvalidInputError(bench_models.UNSUPPORTED["sdxl"])
+        # An unsupported family (SDXL for now) exits 2 before any row, naming its pipeline class.
+        families.detect(base.local_path, cache_dir, source=base.source)
         return lambda: models.load_pipeline(base, cache_dir)
     if settings.model in bench_models.UNSUPPORTED:
         raise InvalidInputError(bench_models.UNSUPPORTED[settings.model])

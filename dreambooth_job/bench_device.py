@@ -34,7 +34,9 @@ def peak_tflops(device_name: str, precision: str, tf32: bool) -> float | None:
 def device_info() -> dict:
     import torch
 
-    if torch.cuda.is_available():
+    from dreambooth_job.devices import device_type
+
+    if device_type() == "cuda":
         props = torch.cuda.get_device_properties(0)
         return {"type": "cuda", "name": torch.cuda.get_device_name(0),
                 "memory_bytes": props.total_memory, "count": torch.cuda.device_count()}

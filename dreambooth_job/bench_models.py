@@ -19,9 +19,9 @@ import tempfile
 ARCHITECTURES = ("tiny", "sd15", "sd21", "sdxl")
 NATIVE_RESOLUTION = {"tiny": 64, "sd15": 512, "sd21": 768}
 UNSUPPORTED = {
-    "sdxl": "sdxl is not supported yet: the train loop conditions the UNet on one text encoder's "
-            "hidden states only, while the SDXL UNet also needs pooled embeddings from a second "
-            "text encoder and size/crop time ids. Nothing was measured.",
+    "sdxl": "sdxl is not supported yet: there is no SDXL model family (dreambooth_job/families) "
+            "to condition its UNet on pooled embeddings from a second text encoder and size/crop "
+            "time ids. Nothing was measured.",
 }
 
 

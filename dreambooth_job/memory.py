@@ -18,12 +18,10 @@ HEADROOM_FRACTION = 0.15
 HEADROOM_BYTES = 2 * 2**30
 
 
-def trained_parameters(unet, text_encoder, train_text_encoder: bool) -> int:
-    """Parameters the optimizer updates: the UNet's, and the text encoder's when it trains too."""
-    count = sum(p.numel() for p in unet.parameters())
-    if train_text_encoder:
-        count += sum(p.numel() for p in text_encoder.parameters())
-    return count
+def trained_parameters(modules) -> int:
+    """Parameters the optimizer updates in full fine-tuning of `modules`
+    (`ModelFamily.trainable_modules`: the UNet, and the text encoders when they train too)."""
+    return sum(p.numel() for module in modules for p in module.parameters())
 
 
 def training_state_bytes(trainable_params: int, use_8bit_adam: bool) -> int:

@@ -80,16 +80,14 @@ def _digest(entries) -> str:
 
 
 def load_pipeline(model: BaseModel, cache_dir: str):
-    """Load the base pipeline (UNet, VAE, CLIP text encoder, tokenizer, scheduler) on the CPU, in
-    fp32 whatever dtype it was saved in: training keeps fp32 master weights, and sampling on CUDA
-    runs under autocast (sampling.py)."""
-    import torch
-    from diffusers import StableDiffusionPipeline
+    """Load the base pipeline of its family (families.detect: model_index.json's `_class_name`;
+    an unsupported one is invalid input) on the CPU, in fp32 whatever dtype it was saved in:
+    training keeps fp32 master weights, and sampling on CUDA runs under autocast (sampling.py)."""
+    from dreambooth_job import families
 
     try:
-        return StableDiffusionPipeline.from_pretrained(
-            model.local_path, cache_dir=str(Path(cache_dir, "hub")), torch_dtype=torch.float32,
-            safety_checker=None, requires_safety_checker=False)
+        family = families.detect(model.local_path, cache_dir, source=model.source)
+        return family.load_pipeline(model.local_path, cache_dir)
     except OSError as exc:
         if model.local_path == model.source and not storage.is_s3(model.source):
             # A hub id we could not fetch: the hub may be down or unreachable from this network.

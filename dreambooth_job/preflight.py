@@ -22,6 +22,7 @@ import shutil
 import sysconfig
 from pathlib import Path
 
+from dreambooth_job import devices
 from dreambooth_job.config import TrainConfig
 from dreambooth_job.exit_codes import InvalidInputError
 
@@ -35,7 +36,7 @@ def check_capabilities(config: TrainConfig, device_type: str | None = None) -> N
 
     `device_type` is "cuda" or "cpu"; None: the device the job will train on.
     """
-    problems = missing_capabilities(config, device_type or training_device_type())
+    problems = missing_capabilities(config, device_type or devices.device_type())
     if problems:
         raise InvalidInputError(problems[0])
 
@@ -83,9 +84,3 @@ def c_compiler() -> str | None:
 def cxx_compiler() -> str | None:
     """The C++ compiler Inductor will use on CPU: $CXX, else g++; None when there is none."""
     return shutil.which(os.environ.get("CXX") or INDUCTOR_CXX_COMPILER)
-
-
-def training_device_type() -> str:
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"

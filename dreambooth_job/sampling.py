@@ -24,9 +24,12 @@ def fast_pipeline(pipeline):
 def generate_images(pipeline, prompts: Sequence[str], seeds: Sequence[int], *, resolution: int,
                     num_inference_steps: int, guidance_scale: float,
                     batch_size: int) -> list[Image.Image]:
-    """One image per (prompt, seed) pair, generated `batch_size` at a time."""
+    """One image per (prompt, seed) pair, generated `batch_size` at a time by the pipeline's family."""
     import torch
 
+    from dreambooth_job.families import for_pipeline
+
+    family = for_pipeline(pipeline)
     assert len(prompts) == len(seeds)
     device = pipeline.device
     images: list[Image.Image] = []
@@ -38,10 +41,10 @@ def generate_images(pipeline, prompts: Sequence[str], seeds: Sequence[int], *, r
             torch.randn(pipeline.unet.config.in_channels, resolution // pipeline.vae_scale_factor,
                         resolution // pipeline.vae_scale_factor, generator=g) for g in generators])
         with torch.inference_mode(), _half_precision(device):
-            out = pipeline(batch_prompts, height=resolution, width=resolution,
-                           num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
-                           latents=latents.to(device, pipeline.unet.dtype), output_type="pil")
-        images.extend(out.images)
+            images.extend(family.generate(
+                pipeline, batch_prompts, latents=latents.to(device, pipeline.unet.dtype),
+                resolution=resolution, num_inference_steps=num_inference_steps,
+                guidance_scale=guidance_scale))
     return images
 
 
@@ -53,7 +56,7 @@ def _half_precision(device):
 
     import torch
 
-    from dreambooth_job.train import resolve_precision
+    from dreambooth_job.devices import resolve_precision
 
     if device.type != "cuda":
         return contextlib.nullcontext()

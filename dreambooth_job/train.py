@@ -1,10 +1,12 @@
 """The DreamBooth training loop: full UNet fine-tuning (text encoder optional) with the
 class-specific prior-preservation loss (Ruiz et al., CVPR 2023, eq. 2).
 
-Reads top to bottom: `Trainer.setup` (device, precision, caches, optimizer), `Trainer.train` (the
-loop), `Trainer.save_model`. Every random draw of step k comes from a generator seeded by
-(seed, k), so a run resumed at step k continues exactly like one that never stopped, and the cached
-and uncached paths draw the same numbers.
+Reads top to bottom: `Trainer.setup` (its named steps: precision, models, caches, optimizer,
+accelerate's prepare), `Trainer.train` (the loop), `Trainer.save_model`. What depends on the model
+family (prompt encoding, UNet conditioning, saving) goes through `families.ModelFamily`.
+Every random draw of step k comes from a generator seeded by (seed, k), so a run resumed at step k
+continues exactly like one that never stopped, and the cached and uncached paths draw the same
+numbers.
 """
 
 from __future__ import annotations
@@ -20,11 +22,12 @@ import torch.nn.functional as F
 from PIL import Image
 from torch.profiler import record_function
 
-from dreambooth_job import memory
+from dreambooth_job import devices, families, memory
 from dreambooth_job.config import TrainConfig
 from dreambooth_job.data import square_crop, to_tensor
 from dreambooth_job.events import JobObserver, TrainProgress
 from dreambooth_job.exit_codes import InvalidInputError
+from dreambooth_job.families import FULL_FINE_TUNE, ModelFamily, PromptEmbeddings, TrainMode
 
 # Named ranges of one optimizer step, for torch.profiler (`bench --profile` sums them per step):
 # where a step's host time goes, e.g. how much of it is the UNet and how much is around it.
@@ -42,29 +45,27 @@ class TrainResult:
     gradient_checkpointing: bool
 
 
-def resolve_precision(requested: str, device: torch.device) -> str:
-    if requested != "auto":
-        return requested
-    if device.type != "cuda":
-        return "no"
-    return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-
-
 def step_generator(seed: int, step: int) -> torch.Generator:
     """The source of every random number drawn at `step` (data order aside)."""
     return torch.Generator("cpu").manual_seed(seed * 1_000_003 + step)
 
 
 class Trainer:
-    # The reference trainer zeroes gradients in place; `bench --baseline` sets this to time it so.
-    set_grads_to_none = True
+    """One fine-tuning run: `setup()` once, then `train()` (any number of times), `save_model`.
+    `family` (default: the pipeline's) encodes prompts and saves; `mode` picks what trains and is
+    saved (families/); `set_grads_to_none=False` zeroes gradients in place as the reference
+    trainer does (`bench --baseline` times it so)."""
 
     def __init__(self, config: TrainConfig, pipeline, noise_scheduler, *,
                  instance_images: list[Image.Image], instance_prompt: str,
                  class_images: list[Image.Image] | None, class_prompt: str,
-                 observer: JobObserver | None = None):
+                 observer: JobObserver | None = None, family: ModelFamily | None = None,
+                 mode: TrainMode = FULL_FINE_TUNE, set_grads_to_none: bool = True):
         self.config = config
         self.pipeline = pipeline
+        self.family = family or families.for_pipeline(pipeline)
+        self.mode = mode
+        self.set_grads_to_none = set_grads_to_none
         self.noise_scheduler = noise_scheduler
         self.instance_images = instance_images
         self.class_images = class_images if config.prior_preservation else None
@@ -75,33 +76,52 @@ class Trainer:
 
     # ------------------------------------------------------------------------------------------
     def setup(self) -> None:
-        from accelerate import Accelerator
+        """Everything before the first step, in order; each step reads what the previous set."""
+        self._setup_precision()
+        self._setup_models()
+        self._setup_caches()
+        self._setup_optimizer()
+        self._setup_prepare()
 
-        config = self.config
-        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        self.precision = resolve_precision(config.mixed_precision, device)
+    def _setup_precision(self) -> None:
+        """The device (accelerate's), the mixed precision `auto` resolves to there, and TF32."""
+        from accelerate import Accelerator
+        from accelerate.state import AcceleratorState
+
+        device = devices.pick_device()
+        self.precision = devices.resolve_precision(self.config.mixed_precision, device)
+        # Accelerate keeps one process-wide state and refuses a second precision in it; each
+        # Trainer owns its run, so trainers set up one after another (bench rows) start afresh.
+        AcceleratorState._reset_state(reset_partial_state=True)
         self.accelerator = Accelerator(
             mixed_precision=self.precision, cpu=device.type == "cpu",
-            gradient_accumulation_steps=config.gradient_accumulation_steps)
+            gradient_accumulation_steps=self.config.gradient_accumulation_steps)
         self.device = self.accelerator.device
         if self.device.type == "cuda":
-            torch.backends.cuda.matmul.allow_tf32 = config.tf32
-            torch.backends.cudnn.allow_tf32 = config.tf32
-        weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(self.precision, torch.float32)
+            torch.backends.cuda.matmul.allow_tf32 = self.config.tf32
+            torch.backends.cudnn.allow_tf32 = self.config.tf32
+        self.weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(self.precision, torch.float32)
 
-        pipe = self.pipeline
+    def _setup_models(self) -> None:
+        """Frozen models in the compute dtype, trained ones in fp32 master weights (what the
+        train mode makes trainable), and the memory and kernel switches."""
+        config, pipe = self.config, self.pipeline
         self.unet, self.vae = pipe.unet, pipe.vae
-        self.text_encoder, self.tokenizer = pipe.text_encoder, pipe.tokenizer
-        self.vae.requires_grad_(False).to(self.device, weight_dtype)
-        self.text_encoder.requires_grad_(config.train_text_encoder)
-        self.text_encoder.to(self.device, torch.float32 if config.train_text_encoder else weight_dtype)
-        self.unet.requires_grad_(True).to(self.device, torch.float32).train()
+        self.text_encoders = self.family.text_encoders(pipe)
+        self.vae.requires_grad_(False).to(self.device, self.weight_dtype)
+        for encoder in self.text_encoders.values():
+            encoder.requires_grad_(False)
+            encoder.to(self.device, torch.float32 if config.train_text_encoder else self.weight_dtype)
+        self.unet.to(self.device, torch.float32).train()
+        self.trainable = self.mode.trainable_parameters(
+            self.family.trainable_modules(pipe, config.train_text_encoder))
         self.gradient_checkpointing = (config.gradient_checkpointing if config.gradient_checkpointing
                                        is not None else self._checkpointing_needed())
         if self.gradient_checkpointing:
             self.unet.enable_gradient_checkpointing()
             if config.train_text_encoder:
-                self.text_encoder.gradient_checkpointing_enable()
+                for encoder in self.text_encoders.values():
+                    encoder.gradient_checkpointing_enable()
         self.channels_last = (config.channels_last if config.channels_last is not None
                               else self.device.type == "cuda")
         if self.channels_last:
@@ -111,8 +131,11 @@ class Trainer:
 
             self.unet.set_attn_processor(AttnProcessor())
 
+    def _setup_caches(self) -> None:
+        """Pixels, token ids, and (with --cache-latents) VAE latents and prompt embeddings."""
+        config = self.config
         self.pixels = self._prepare_pixels()
-        self.prompt_ids = {name: self._tokenize(prompt) for name, prompt in
+        self.prompt_ids = {name: self.family.tokenize(self.pipeline, prompt) for name, prompt in
                            (("instance", self.instance_prompt), ("class", self.class_prompt))}
         # Random crops change the pixels every step, so only centre-cropped data can be cached.
         self.cached_latents = self._encode_all() if config.cache_latents and config.center_crop else None
@@ -122,32 +145,37 @@ class Trainer:
         if self.cached_latents is not None and self.cached_embeddings is not None:
             # Neither model is needed again until sampling: give their device memory to training.
             self.vae.to("cpu")
-            self.text_encoder.to("cpu")
+            for encoder in self.text_encoders.values():
+                encoder.to("cpu")
 
-        trainable = list(self.unet.parameters())
-        if config.train_text_encoder:
-            trainable += list(self.text_encoder.parameters())
-        self.optimizer = self._optimizer(trainable)
+    def _setup_optimizer(self) -> None:
         from diffusers.optimization import get_scheduler
 
+        config = self.config
+        self.optimizer = self._optimizer(self.trainable)
         self.lr_scheduler = get_scheduler(
             config.lr_scheduler, optimizer=self.optimizer,
             num_warmup_steps=config.lr_warmup_steps, num_training_steps=config.max_train_steps)
+
+    def _setup_prepare(self) -> None:
+        """Hand the trained modules to accelerate, in the order its checkpoints record them."""
+        config = self.config
         prepared = self.accelerator.prepare(self.unet, self.optimizer, self.lr_scheduler)
         self.unet, self.optimizer, self.lr_scheduler = prepared
         if config.train_text_encoder:
-            self.text_encoder = self.accelerator.prepare(self.text_encoder)
+            self.text_encoders = {name: self.accelerator.prepare(encoder)
+                                  for name, encoder in self.text_encoders.items()}
         if config.compile_unet:
             # After `prepare`: the accelerator keeps the plain module, so saved states keep its names.
             self.unet = torch.compile(self.unet, mode=config.compile_mode)
-        self.trainable = trainable
 
     def _checkpointing_needed(self) -> bool:
         """`auto`: only on CUDA, and only when training without it would not fit (memory.py)."""
         if self.device.type != "cuda":
             return False
         config = self.config
-        trained = memory.trained_parameters(self.unet, self.text_encoder, config.train_text_encoder)
+        trained = memory.trained_parameters(
+            self.family.trainable_modules(self.pipeline, config.train_text_encoder).values())
         latent_side = config.resolution // self.pipeline.vae_scale_factor
         images = config.train_batch_size * (2 if self.class_images else 1)
         required = (memory.training_state_bytes(trained, config.use_8bit_adam)
@@ -178,12 +206,8 @@ class Trainer:
         return {name: torch.stack([to_tensor(square_crop(im, res, True)) for im in images])
                 for name, images in sets.items()}
 
-    def _tokenize(self, prompt: str) -> torch.Tensor:
-        return self.tokenizer(prompt, padding="max_length", truncation=True,
-                              max_length=self.tokenizer.model_max_length, return_tensors="pt").input_ids
-
-    def _encode_prompt(self, ids: torch.Tensor) -> torch.Tensor:
-        return self.text_encoder(ids.to(self.device))[0]
+    def _encode_prompt(self, ids: tuple) -> PromptEmbeddings:
+        return self.family.encode_prompt(self.text_encoders, ids, self.device)
 
     @torch.no_grad()
     def _latent_params(self, pixels: torch.Tensor) -> torch.Tensor:
@@ -240,11 +264,11 @@ class Trainer:
                                                         False, rng)) for i in indices])
         return torch.stack([p.flip(-1) if f else p for p, f in zip(pixels, flips)])
 
-    def _embeddings(self, name: str) -> torch.Tensor:
+    def _embeddings(self, name: str) -> PromptEmbeddings:
         batch = self.config.train_batch_size
         if self.cached_embeddings is not None:
-            return self.cached_embeddings[name].expand(batch, -1, -1)
-        return self._encode_prompt(self.prompt_ids[name]).expand(batch, -1, -1)
+            return self.cached_embeddings[name].expand(batch)
+        return self._encode_prompt(self.prompt_ids[name]).expand(batch)
 
     def loss(self, step: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """DreamBooth's objective at `step`: instance loss + lambda x prior loss, and both parts."""
@@ -252,7 +276,7 @@ class Trainer:
         names = ["instance"] + (["class"] if self.class_images else [])
         with record_function("inputs"):
             latents = torch.cat([self._latents(n, step, generator) for n in names])
-            embeddings = torch.cat([self._embeddings(n) for n in names])
+            embeddings = PromptEmbeddings.cat([self._embeddings(n) for n in names])
             noise = torch.randn(latents.shape, generator=generator).to(self.device)
             timesteps = torch.randint(0, self.noise_scheduler.config.num_train_timesteps,
                                       (latents.shape[0],), generator=generator).to(self.device)
@@ -262,7 +286,8 @@ class Trainer:
             else:
                 target = noise
         with record_function("unet_forward"), self.accelerator.autocast(), self._attention_kernel():
-            prediction = self.unet(noisy, timesteps, embeddings.to(noisy.dtype)).sample
+            conditioning = self.family.unet_conditioning(embeddings, noisy.dtype)
+            prediction = self.unet(noisy, timesteps, **conditioning).sample
         errors = F.mse_loss(prediction.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))
         instance_loss = errors[: self.config.train_batch_size].mean()
         prior_loss = (errors[self.config.train_batch_size:].mean() if self.class_images
@@ -279,14 +304,18 @@ class Trainer:
         return sdpa_kernel(kernel) if kernel is not None else contextlib.nullcontext()
 
     # ------------------------------------------------------------------------------------------
-    def train(self, on_step_end: Callable[[int], None] | None = None) -> TrainResult:
-        """Optimize from `self.step` to max_train_steps; `on_step_end(step)` runs after each step."""
+    def train(self, num_steps: int | None = None,
+              on_step_end: Callable[[int], None] | None = None) -> TrainResult:
+        """Run `num_steps` more optimizer steps (default: up to max_train_steps; more may run past
+        it on the schedule's last rate, as bench's FLOP count and profile do);
+        `on_step_end(step)` runs after each step."""
         config = self.config
+        last_step = config.max_train_steps if num_steps is None else self.step + num_steps
         micro_steps = config.gradient_accumulation_steps
         images_per_step = config.train_batch_size * micro_steps * (2 if self.class_images else 1)
         started, started_step = time.perf_counter(), self.step
         last = None
-        while self.step < config.max_train_steps:
+        while self.step < last_step:
             for micro in range(micro_steps):
                 with self.accelerator.accumulate(self.unet):
                     loss, instance_loss, prior_loss = self.loss(self.step * micro_steps + micro)
@@ -301,7 +330,7 @@ class Trainer:
                         self.optimizer.zero_grad(set_to_none=self.set_grads_to_none)
             self.step += 1
             last = (loss.detach(), instance_loss.detach(), prior_loss.detach())
-            if self.step % config.log_every == 0 or self.step == config.max_train_steps:
+            if self.step % config.log_every == 0 or self.step == last_step:
                 # The only host-device sync of the loop: once per log interval, not per step.
                 loss_value = last[0].item()
                 self._check_finite(loss_value)
@@ -312,7 +341,7 @@ class Trainer:
                     instance_loss=last[1].item(), prior_loss=last[2].item(),
                     learning_rate=self.lr_scheduler.get_last_lr()[0], steps_per_second=rate,
                     images_per_second=rate * images_per_step,
-                    eta_seconds=(config.max_train_steps - self.step) / rate if rate else math.inf)
+                    eta_seconds=max(config.max_train_steps - self.step, 0) / rate if rate else math.inf)
                 self.observer.train_progress(progress)
             if on_step_end is not None:
                 on_step_end(self.step)
@@ -349,14 +378,16 @@ class Trainer:
         """The pipeline with the trained weights, on the training device, ready to sample."""
         pipe = self.pipeline
         pipe.unet = self.accelerator.unwrap_model(self.unet, keep_torch_compile=False)
-        pipe.text_encoder = self.accelerator.unwrap_model(self.text_encoder)
+        for name, encoder in self.text_encoders.items():
+            setattr(pipe, name, self.accelerator.unwrap_model(encoder))
+            getattr(pipe, name).to(self.device)
         pipe.vae.to(self.device)
-        pipe.text_encoder.to(self.device)
         return pipe
 
     def save_model(self, directory) -> None:
-        """A diffusers pipeline directory (safetensors) that `from_pretrained` loads as is."""
+        """What the train mode saves: a diffusers pipeline directory (safetensors) that
+        `from_pretrained` loads as is, for full fine-tuning."""
         pipe = self.inference_pipeline()
         pipe.unet.eval()
-        pipe.save_pretrained(directory, safe_serialization=True)
+        self.mode.save(self.family, pipe, directory)
         pipe.unet.train()

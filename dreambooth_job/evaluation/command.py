@@ -69,7 +69,7 @@ def evaluate(model_source: str, output: str | None, baseline: bool, **params) ->
 
 def run_evaluation(model_source: str, config: cfg.TrainConfig, *, baseline: bool = False) -> dict:
     """The report of `evaluate`: rows "finetuned" (and "base"), "real", and the protocol."""
-    from dreambooth_job import data, identifiers, log, models
+    from dreambooth_job import data, devices, identifiers, log, models
     from dreambooth_job.evaluation import Evaluator, metrics_block, validate_config
 
     log.configure(config.log_format)
@@ -88,7 +88,7 @@ def run_evaluation(model_source: str, config: cfg.TrainConfig, *, baseline: bool
 
     rows = []
     for label, model in to_score.items():
-        pipeline = models.load_pipeline(model, config.cache_dir).to(_device())
+        pipeline = models.load_pipeline(model, config.cache_dir).to(devices.pick_device())
         token = config.identifier
         if token == "auto":
             token = identifiers.choose_identifier(pipeline.tokenizer).token
@@ -98,9 +98,3 @@ def run_evaluation(model_source: str, config: cfg.TrainConfig, *, baseline: bool
             "instance_data": config.instance_data, "class_noun": config.class_noun,
             "identifier": token,
             "metrics": metrics_block(*rows, real=evaluator.real_reference(photos))}
-
-
-def _device() -> str:
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"

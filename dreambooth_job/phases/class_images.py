@@ -4,8 +4,8 @@ loss, reused from the shared cache where another run made them, generated (and c
 from __future__ import annotations
 
 from dreambooth_job import priors
+from dreambooth_job.devices import pick_device
 from dreambooth_job.phases.context import RunContext
-from dreambooth_job.phases.model import inference_device
 from dreambooth_job.result import ClassImagesInfo
 
 
@@ -15,7 +15,7 @@ def wanted(ctx: RunContext) -> bool:
 
 def prepare(ctx: RunContext) -> None:
     config = ctx.config
-    ctx.pipeline.to(inference_device())
+    ctx.pipeline.to(pick_device())
     cached = priors.prepare_class_images(ctx.pipeline, config, model_fingerprint=ctx.base.fingerprint,
                                          class_prompt=ctx.prompts.class_prompt)
     ctx.class_images = cached.images

@@ -4,8 +4,8 @@ baseline row, for the base model, into result.json's "metrics" and the metrics' 
 from __future__ import annotations
 
 from dreambooth_job import models, sampling
+from dreambooth_job.devices import pick_device
 from dreambooth_job.phases.context import RunContext
-from dreambooth_job.phases.model import inference_device
 from dreambooth_job.phases.training import inference_pipeline
 
 
@@ -30,7 +30,7 @@ def evaluate(ctx: RunContext) -> None:
                                label="finetuned")
     # Reloaded from the local cache: training changed the loaded weights in place.
     base_pipeline = sampling.fast_pipeline(models.load_pipeline(ctx.base, config.cache_dir))
-    baseline = evaluator.evaluate(base_pipeline.to(inference_device()), photos, token,
+    baseline = evaluator.evaluate(base_pipeline.to(pick_device()), photos, token,
                                   config.class_noun, label="base")
     ctx.observer.evaluation({**gauges(tuned), **gauges(baseline, prefix="base_")})
     ctx.result.metrics = metrics_block(baseline, tuned)

@@ -43,7 +43,4 @@ def prompts_for(config, token: str) -> Prompts:
                    validation=[fill(p) for p in config.validation_prompts])
 
 
-def inference_device() -> str:
-    import torch
 
-    return "cuda" if torch.cuda.is_available() else "cpu"

@@ -34,7 +34,7 @@ def train(ctx: RunContext) -> None:
     trainer.setup()
     resumed_from = resume(ctx)
     with ctx.stop.deferred():
-        trained = trainer.train(StepEnd(ctx, CheckpointPolicy.from_config(config)))
+        trained = trainer.train(on_step_end=StepEnd(ctx, CheckpointPolicy.from_config(config)))
     # Publishing deletes the checkpoints: no upload may still be writing one.
     ctx.uploads.wait()
     ctx.steps_done = trained.steps_done

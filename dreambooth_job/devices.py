@@ -1,0 +1,34 @@
+"""The one place that decides where models run: the first CUDA device when there is one, else the
+CPU; and the mixed precision `auto` means there.
+
+Everything asks `pick_device`: training (which hands the choice to accelerate, `cpu=True` without
+a GPU, and then trains on accelerate's device), class images, sampling, evaluation, the start-up
+capability check and the benchmark, so a job never trains on one device, samples on another and
+checks capabilities for a third.
+"""
+
+from __future__ import annotations
+
+
+def pick_device():
+    """The `torch.device` this process samples and evaluates on: "cuda" when available, else "cpu"."""
+    import torch
+
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def device_type() -> str:
+    """`pick_device().type`: "cuda" or "cpu"."""
+    return pick_device().type
+
+
+def resolve_precision(requested: str, device) -> str:
+    """The mixed precision `requested` means on `device`: `auto` is bf16 on CUDA (fp16 before
+    Ampere) and none on the CPU."""
+    import torch
+
+    if requested != "auto":
+        return requested
+    if device.type != "cuda":
+        return "no"
+    return "bf16" if torch.cuda.is_bf16_supported() else "fp16"

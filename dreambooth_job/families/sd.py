@@ -1,0 +1,40 @@
+"""Stable Diffusion 1.x and 2.x: one CLIP text encoder whose last hidden states condition the UNet,
+nothing else; `StableDiffusionPipeline` loads, samples and saves."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from dreambooth_job.families.base import ModelFamily, PromptEmbeddings
+
+
+class StableDiffusion(ModelFamily):
+    name = "sd"
+    pipeline_classes = ("StableDiffusionPipeline",)
+    text_encoder_names = ("text_encoder",)
+
+    def load_pipeline(self, path: str, cache_dir: str):
+        import torch
+        from diffusers import StableDiffusionPipeline
+
+        return StableDiffusionPipeline.from_pretrained(
+            path, cache_dir=str(Path(cache_dir, "hub")), torch_dtype=torch.float32,
+            safety_checker=None, requires_safety_checker=False)
+
+    def generate(self, pipeline, prompts: list[str], *, latents, resolution: int,
+                 num_inference_steps: int, guidance_scale: float) -> list:
+        return pipeline(prompts, height=resolution, width=resolution,
+                        num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
+                        latents=latents, output_type="pil").images
+
+    def tokenize(self, pipeline, prompt: str) -> tuple:
+        tokenizer = pipeline.tokenizer
+        return (tokenizer(prompt, padding="max_length", truncation=True,
+                          max_length=tokenizer.model_max_length, return_tensors="pt").input_ids,)
+
+    def encode_prompt(self, text_encoders: dict[str, Any], ids: tuple, device) -> PromptEmbeddings:
+        return PromptEmbeddings(text_encoders["text_encoder"](ids[0].to(device))[0])
+
+    def unet_conditioning(self, embeddings: PromptEmbeddings, dtype) -> dict[str, Any]:
+        return {"encoder_hidden_states": embeddings.hidden_states.to(dtype)}
