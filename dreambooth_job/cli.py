@@ -29,7 +29,7 @@ from dreambooth_job.exit_codes import ExitCode
 # Commands defined in other modules, imported only when invoked or listed: `train` should not pay
 # for the Kubernetes client's import (about 1 s, most of this module's import time).
 LAZY_COMMANDS = {
-    "bench": "dreambooth_job.bench:bench",
+    "bench": "dreambooth_job.bench.command:bench",
     "evaluate": "dreambooth_job.evaluation.command:evaluate",
     "toy-world": "dreambooth_job.toyworld.command:toy_world",
     "submit": "dreambooth_job.k8s.commands:submit",
@@ -97,7 +97,7 @@ def train(**params) -> None:
 def demo(output: str, max_train_steps: int) -> None:
     """Run the real job end to end offline: a local S3 server (or a local directory), a tiny
     random model and bundled sample photos. A smoke run of the real code path, not a quality run."""
-    from dreambooth_job import demo as demo_module
+    from dreambooth_job.devtools import demo as demo_module
 
     sys.exit(int(demo_module.run_demo(output, max_train_steps=max_train_steps)))
 

@@ -24,10 +24,11 @@ import numpy as np
 from diffusers import DDPMScheduler
 from PIL import Image
 
-from dreambooth_job import bench_models, storage
+from dreambooth_job import storage
+from dreambooth_job.bench import models as bench_models
 from dreambooth_job.checkpoint import BackgroundUploads, CheckpointStore
 from dreambooth_job.config import TrainConfig
-from dreambooth_job.s3server import LocalS3Server
+from dreambooth_job.devtools.s3server import LocalS3Server
 from dreambooth_job.train import Trainer
 
 STEPS_AFTER_CHECKPOINT = 2

@@ -24,7 +24,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from dreambooth_job import bench_models, demo, models, s3server, storage
+from dreambooth_job import models, storage
+from dreambooth_job.bench import models as bench_models
+from dreambooth_job.devtools import demo, s3server
 
 
 def build_base_model(name: str, directory: Path) -> None:

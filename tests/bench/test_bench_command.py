@@ -8,7 +8,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from dreambooth_job.bench_device import peak_tflops
+from dreambooth_job.bench.device import peak_tflops
 from dreambooth_job.cli import main
 from dreambooth_job.exit_codes import ExitCode
 from dreambooth_job.train import STEP_PHASES

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from dreambooth_job import s3server, storage
+from dreambooth_job import storage
+from dreambooth_job.devtools import s3server
 from dreambooth_job.evaluation import Evaluator
 from dreambooth_job.evaluation.encoders import DOWNLOAD_MARKER
 

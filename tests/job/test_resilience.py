@@ -10,8 +10,9 @@ import torch
 from helpers import JobProcess, upload_photos
 from safetensors.torch import load_file
 
-from dreambooth_job import s3server, storage
+from dreambooth_job import storage
 from dreambooth_job.checkpoint import CheckpointStore
+from dreambooth_job.devtools import s3server
 from dreambooth_job.exit_codes import ExitCode
 
 STEPS = 12

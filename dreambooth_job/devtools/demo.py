@@ -14,8 +14,9 @@ from pathlib import Path
 
 import click
 
-from dreambooth_job import s3server, storage
+from dreambooth_job import storage
 from dreambooth_job.config import TrainConfig
+from dreambooth_job.devtools import s3server
 from dreambooth_job.exit_codes import ExitCode
 
 SUBJECT = "bear_plushie"

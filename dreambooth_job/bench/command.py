@@ -32,8 +32,12 @@ from pathlib import Path
 
 import click
 
-from dreambooth_job import bench_device, bench_models, bench_profile, bench_report, devices
 from dreambooth_job import config as cfg
+from dreambooth_job import devices
+from dreambooth_job.bench import device as bench_device
+from dreambooth_job.bench import models as bench_models
+from dreambooth_job.bench import profile as bench_profile
+from dreambooth_job.bench import report as bench_report
 from dreambooth_job.exit_codes import InvalidInputError
 
 NUM_IMAGES = 4

@@ -7,7 +7,7 @@ import re
 import time
 from pathlib import Path
 
-from dreambooth_job import bench_device
+from dreambooth_job.bench import device as bench_device
 
 
 class StepClock:
