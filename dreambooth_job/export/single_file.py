@@ -4,7 +4,7 @@ AUTOMATIC1111, ComfyUI and `StableDiffusionPipeline.from_single_file` load.
 diffusers reads this layout (diffusers/loaders/single_file_utils.py) but does not write it: the key
 mapping here is the inverse of its `convert_ldm_unet_checkpoint`, `convert_ldm_vae_checkpoint` and
 `convert_ldm_clip_checkpoint`, and the round-trip test in tests/unit/test_single_file_export.py holds
-it to that. Stable Diffusion 1.x only: 2.x's OpenCLIP text encoder is refused (see `_check_supported`).
+it to that. Stable Diffusion 1.x (OpenAI CLIP text encoder) and 2.x (OpenCLIP); SDXL is refused.
 
 Loading the file back: diffusers guesses the architecture from a real-size checkpoint; for anything
 else (or offline) pass the base model's diffusers directory as the config:
@@ -23,6 +23,7 @@ from dreambooth_job.export.precision import cast_state_dict, write_atomically
 UNET_PREFIX = "model.diffusion_model."
 VAE_PREFIX = "first_stage_model."
 CLIP_PREFIX = "cond_stage_model.transformer."
+OPEN_CLIP_PREFIX = "cond_stage_model.model."
 
 # diffusers name -> LDM name, for the pieces inside a UNet ResBlock and a VAE mid-block attention.
 _UNET_RESNET = (("norm1", "in_layers.0"), ("conv1", "in_layers.2"), ("norm2", "out_layers.0"),
@@ -49,26 +50,24 @@ def save_single_file(pipeline, path: str | os.PathLike, *, dtype=None,
     state = {}
     state.update(_prefixed(UNET_PREFIX, unet_to_ldm(pipeline.unet.state_dict(), pipeline.unet.config)))
     state.update(_prefixed(VAE_PREFIX, vae_to_ldm(pipeline.vae.state_dict(), pipeline.vae.config)))
-    state.update(_prefixed(CLIP_PREFIX, clip_to_ldm(pipeline.text_encoder)))
+    if is_open_clip(pipeline.text_encoder):
+        state.update(_prefixed(OPEN_CLIP_PREFIX, open_clip_to_ldm(pipeline.text_encoder)))
+    else:
+        state.update(_prefixed(CLIP_PREFIX, clip_to_ldm(pipeline.text_encoder)))
     state = cast_state_dict(state, dtype or torch.float16)
     write_atomically(path, lambda partial: save_file(state, partial,
                                                      metadata={"format": "pt", **(metadata or {})}))
 
 
 def _check_supported(pipeline) -> None:
-    """Refuse what the mapping does not cover, rather than write a file the tools misread."""
-    text_config = pipeline.text_encoder.config
-    if getattr(text_config, "hidden_act", "quick_gelu") != "quick_gelu":
-        # OpenAI's CLIP (SD 1.x) uses quick_gelu; SD 2.x's OpenCLIP uses gelu and needs the
-        # `cond_stage_model.model.*` layout (fused in_proj, a 24th layer), which is not written yet.
-        raise InvalidInputError(
-            "--export-single-file supports Stable Diffusion 1.x only: this base model's text encoder "
-            "is OpenCLIP (Stable Diffusion 2.x); use the diffusers directory in <output>/model/")
+    """Refuse what the mapping does not cover (SDXL's second text encoder, class or added
+    embeddings), rather than write a file the tools misread."""
     unet_config = pipeline.unet.config
     if (getattr(pipeline, "text_encoder_2", None) is not None or unet_config.get("class_embed_type")
             or unet_config.get("addition_embed_type")):
         raise InvalidInputError(
-            "--export-single-file supports Stable Diffusion 1.x only: this base model's UNet has "
+            "--export-single-file supports Stable Diffusion 1.x and 2.x only: this base model has a "
+            "second text encoder or a UNet with "
             "extra embeddings (SDXL or an upscaler)")
 
 
@@ -85,6 +84,44 @@ def clip_to_ldm(text_encoder) -> dict:
     positions = text_encoder.config.max_position_embeddings
     state.setdefault("text_model.embeddings.position_ids", torch.arange(positions).unsqueeze(0))
     return state
+
+
+def is_open_clip(text_encoder) -> bool:
+    """SD 2.x's text encoder is OpenCLIP ViT-H converted to transformers' CLIPTextModel; it differs
+    from SD 1.x's OpenAI CLIP ViT-L in its activation (gelu, not quick_gelu)."""
+    return getattr(text_encoder.config, "hidden_act", "quick_gelu") == "gelu"
+
+
+def open_clip_to_ldm(text_encoder) -> dict:
+    """SD 2.x's `cond_stage_model.model.*` (open_clip's TextTransformer) keys: q/k/v fused into one
+    `in_proj`, layers renamed; the inverse of diffusers' `convert_open_clip_checkpoint`.
+
+    diffusers' SD 2.x text encoder keeps 23 of OpenCLIP's 24 layers (SD 2.x conditions on the
+    penultimate one), so the file has resblocks 0-22 and no `text_projection`: the loaders read
+    the penultimate layer and do not use what is absent."""
+    import torch
+
+    state = text_encoder.state_dict()
+    state = {key.removeprefix("text_model."): tensor for key, tensor in state.items()}
+    out = {"token_embedding.weight": state.pop("embeddings.token_embedding.weight"),
+           "positional_embedding": state.pop("embeddings.position_embedding.weight"),
+           "ln_final.weight": state.pop("final_layer_norm.weight"),
+           "ln_final.bias": state.pop("final_layer_norm.bias")}
+    state.pop("embeddings.position_ids", None)
+    layers = {("layer_norm1.", "ln_1."), ("layer_norm2.", "ln_2."), ("self_attn.out_proj.", "attn.out_proj."),
+              ("mlp.fc1.", "mlp.c_fc."), ("mlp.fc2.", "mlp.c_proj.")}
+    for index in range(text_encoder.config.num_hidden_layers):
+        source, target = f"encoder.layers.{index}.", f"transformer.resblocks.{index}."
+        for kind in ("weight", "bias"):
+            projections = [state.pop(f"{source}self_attn.{name}_proj.{kind}") for name in "qkv"]
+            out[f"{target}attn.in_proj_{kind}"] = torch.cat(projections)
+        for old, new in layers:
+            for kind in ("weight", "bias"):
+                out[f"{target}{new}{kind}"] = state.pop(f"{source}{old}{kind}")
+    if state:
+        raise InvalidInputError(f"--export-single-file cannot map the text encoder weight {min(state)}: "
+                                "not a Stable Diffusion 2.x layout")
+    return out
 
 
 def _prefixed(prefix: str, state: dict) -> dict:
@@ -185,7 +222,7 @@ def _apply(state: dict, renames: list[tuple[str, str]], inner) -> dict:
         rule = next((r for r in renames if key.startswith(r[0])), None)
         if rule is None:
             raise InvalidInputError(f"--export-single-file cannot map the weight {key}: "
-                                    "not a Stable Diffusion 1.x layout")
+                                    "not a Stable Diffusion 1.x/2.x layout")
         old, new = rule
         converted[inner(new + key[len(old):])] = tensor
     return converted

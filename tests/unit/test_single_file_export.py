@@ -7,6 +7,8 @@ attention; two layers per block; a four-block VAE), so every kind of key the map
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 torch = pytest.importorskip("torch")
@@ -16,7 +18,9 @@ from dreambooth_job.export.precision import cast_state_dict, save_pretrained_pre
 from dreambooth_job.export.single_file import save_single_file  # noqa: E402
 
 
-def _build_sd_layout_pipeline(seed: int = 0):
+def _build_sd_layout_pipeline(seed: int = 0, version: int = 1):
+    """Version 1: OpenAI CLIP (quick_gelu) and conv attention projections; version 2: the OpenCLIP
+    text encoder (gelu) and linear projections, as SD 2.x."""
     from diffusers import AutoencoderKL, DDPMScheduler, StableDiffusionPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
@@ -27,7 +31,8 @@ def _build_sd_layout_pipeline(seed: int = 0):
         sample_size=16, in_channels=4, out_channels=4, layers_per_block=2,
         block_out_channels=(32, 32, 64, 64), cross_attention_dim=32, attention_head_dim=8,
         down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
-        up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3, norm_num_groups=8)
+        up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3, norm_num_groups=8,
+        use_linear_projection=version == 2)
     vae = AutoencoderKL(
         in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(16, 16, 32, 32),
         layers_per_block=2, down_block_types=("DownEncoderBlock2D",) * 4,
@@ -35,6 +40,7 @@ def _build_sd_layout_pipeline(seed: int = 0):
     text_encoder = CLIPTextModel(CLIPTextConfig(
         vocab_size=49408, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
         num_attention_heads=4, max_position_embeddings=CLIP_MAX_LENGTH,
+        hidden_act="gelu" if version == 2 else "quick_gelu",
         bos_token_id=49406, eos_token_id=49407, pad_token_id=49407))
     scheduler = DDPMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
                               num_train_timesteps=1000, clip_sample=False, steps_offset=1)
@@ -47,13 +53,22 @@ def _build_sd_layout_pipeline(seed: int = 0):
         safety_checker=None, feature_extractor=None, requires_safety_checker=False)
 
 
-@pytest.fixture(scope="module")
-def sd_layout(tmp_path_factory):
+def _saved(tmp_path_factory, version):
     """(pipeline, its diffusers directory): the directory is what `config=` points at on reload."""
-    directory = tmp_path_factory.mktemp("sd-layout")
-    pipeline = _build_sd_layout_pipeline()
+    directory = tmp_path_factory.mktemp(f"sd{version}-layout")
+    pipeline = _build_sd_layout_pipeline(version=version)
     pipeline.save_pretrained(directory, safe_serialization=True)
     return pipeline, directory
+
+
+@pytest.fixture(scope="module")
+def sd_layout(tmp_path_factory):
+    return _saved(tmp_path_factory, 1)
+
+
+@pytest.fixture(scope="module")
+def sd2_layout(tmp_path_factory):
+    return _saved(tmp_path_factory, 2)
 
 
 def _reload(path, config_dir):
@@ -127,10 +142,23 @@ def test_non_string_metadata_is_refused_and_nothing_is_written(sd_layout, tmp_pa
     assert list(tmp_path.iterdir()) == []
 
 
-def test_an_openclip_text_encoder_is_refused_with_a_clear_error(tmp_path):
+def test_sd2_round_trip_writes_openclip_keys_and_gives_the_same_weights(sd2_layout, tmp_path):
+    from safetensors import safe_open
+
+    pipeline, config_dir = sd2_layout
+    path = tmp_path / "subject.safetensors"
+    save_single_file(pipeline, path, dtype=torch.float32)
+    with safe_open(str(path), framework="pt") as f:
+        keys = set(f.keys())
+    assert {key.split(".")[1] for key in keys if key.startswith("cond_stage_model.")} == {"model"}
+    assert "cond_stage_model.model.transformer.resblocks.1.attn.in_proj_weight" in keys
+    _assert_same_weights(pipeline, _reload(path, config_dir), torch.float32)
+
+
+def test_an_sdxl_shaped_unet_is_refused_with_a_clear_error(tmp_path):
     pipeline = _build_sd_layout_pipeline()
-    pipeline.text_encoder.config.hidden_act = "gelu"  # what SD 2.x's OpenCLIP encoder uses
-    with pytest.raises(InvalidInputError, match="Stable Diffusion 1.x only.*OpenCLIP"):
+    pipeline.unet.register_to_config(addition_embed_type="text_time")
+    with pytest.raises(InvalidInputError, match="Stable Diffusion 1.x and 2.x only"):
         save_single_file(pipeline, tmp_path / "subject.safetensors")
     assert list(tmp_path.iterdir()) == []
 
@@ -153,6 +181,8 @@ def test_save_pretrained_precision_loads_and_equals_the_cast_weights(sd_layout, 
     save_pretrained_precision(pipeline, tmp_path / "model", precision)
     assert all(torch.equal(pipeline.unet.state_dict()[k], v) for k, v in before.items())  # still fp32
     assert not list((tmp_path / "model").rglob("*.partial"))
+    text_config = json.loads((tmp_path / "model" / "text_encoder" / "config.json").read_text())
+    assert text_config["dtype"] == str(dtype).removeprefix("torch.")  # transformers' record of it
     reloaded = StableDiffusionPipeline.from_pretrained(
         tmp_path / "model", torch_dtype=torch.float32, safety_checker=None, requires_safety_checker=False)
     _assert_same_weights(pipeline, reloaded, dtype)
