@@ -25,7 +25,7 @@ def offline_hub(monkeypatch):
 
 @pytest.fixture(scope="session")
 def tiny_pipeline_dir(tmp_path_factory):
-    from dreambooth_job.models import build_tiny_pipeline
+    from dreambooth_job.devtools.tiny_models import build_tiny_pipeline
 
     path = tmp_path_factory.mktemp("tiny-sd")
     build_tiny_pipeline(path)
@@ -61,7 +61,7 @@ def tiny_clip_dir(tmp_path_factory):
     import torch
     from transformers import CLIPConfig, CLIPImageProcessorPil, CLIPModel
 
-    from dreambooth_job.models import clip_tokenizer
+    from dreambooth_job.devtools.tiny_models import clip_tokenizer
 
     path = tmp_path_factory.mktemp("tiny-clip")
     torch.manual_seed(0)
