@@ -5,9 +5,8 @@ and small photo sets. Nothing here reaches the network: the hub is forced offlin
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
-from PIL import Image
+from helpers import random_image
 
 from dreambooth_job.config import TrainConfig
 
@@ -97,14 +96,11 @@ def tiny_lpips_dir(tmp_path_factory):
     return path
 
 
-def photo(seed: int, size: int = 48) -> Image.Image:
-    rng = np.random.default_rng(seed)
-    return Image.fromarray(rng.integers(0, 256, (size, size + 8, 3), dtype=np.uint8))
 
 
 @pytest.fixture
 def photos():
-    return [photo(i) for i in range(3)]
+    return [random_image(i) for i in range(3)]
 
 
 @pytest.fixture
