@@ -168,3 +168,20 @@ def test_recorded_lora_outputs_validate_against_the_schema_without_a_model(adapt
     assert json.loads(json.dumps(record)) == record
     assert result_module.output_locations(record) == {
         "model": None, "single_file": None, "lora": record["outputs"]["lora"]}
+
+
+def test_export_single_file_in_a_lora_run_writes_the_merged_model_as_one_file(adapted, tiny_model, tmp_path):
+    from diffusers import StableDiffusionPipeline
+
+    expected_unet, expected_text = _unet_out(adapted.unet), _text_out(adapted.text_encoder)
+    written = outputs.write_outputs(adapted, tmp_path, _settings(precision="fp32", single_file=True))
+    assert written.single_file == "rex.safetensors" and not written.model
+    assert not (tmp_path / "model").exists()
+    assert {f.path for f in written.files} == {"rex.safetensors", *written.lora}
+    single = StableDiffusionPipeline.from_single_file(
+        str(tmp_path / "rex.safetensors"), config=str(tiny_model), local_files_only=True,
+        torch_dtype=torch.float32, safety_checker=None, requires_safety_checker=False)
+    torch.testing.assert_close(_unet_out(single.unet), expected_unet, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(_text_out(single.text_encoder), expected_text, rtol=1e-4, atol=1e-5)
+    with safetensors_torch.safe_open(tmp_path / "rex.safetensors", framework="pt") as f:
+        assert {k: f.metadata()[k] for k in METADATA} == METADATA
