@@ -1,4 +1,4 @@
-"""Phase upload, then publishing: the model under --output, result.json, then the completion
+"""Phase upload, then publishing: the weight files under --output, result.json, then the completion
 marker, written after everything it vouches for; then the checkpoints are no longer needed."""
 
 from __future__ import annotations
