@@ -24,14 +24,14 @@ import tempfile
 import time
 from pathlib import Path
 
-from dreambooth_job import models, storage
+from dreambooth_job import storage
 from dreambooth_job.bench import models as bench_models
-from dreambooth_job.devtools import demo, s3server
+from dreambooth_job.devtools import demo, s3server, tiny_models
 
 
 def build_base_model(name: str, directory: Path) -> None:
     if name == "tiny":
-        models.build_tiny_pipeline(directory)
+        tiny_models.build_tiny_pipeline(directory)
     else:
         bench_models.build_pipeline(name).save_pretrained(directory, safe_serialization=True)
 

@@ -98,10 +98,10 @@ def bucket(s3_server) -> str:
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory) -> Path:
     """The tiny random SD pipeline, saved in diffusers format once per run."""
-    from dreambooth_job import models
+    from dreambooth_job.devtools import tiny_models
 
     path = tmp_path_factory.mktemp("tiny-model")
-    models.build_tiny_pipeline(path)
+    tiny_models.build_tiny_pipeline(path)
     return path
 
 

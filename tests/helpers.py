@@ -96,3 +96,12 @@ class JobProcess:
     @property
     def output(self) -> str:
         return "".join(self.lines)
+
+
+def random_image(seed: int, size: int = 48):
+    """A small random RGB PIL image (size x size+8), for the evaluation tests."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    return Image.fromarray(rng.integers(0, 256, (size, size + 8, 3), dtype=np.uint8))

@@ -1,7 +1,7 @@
 """The architectures `dreambooth-job bench` times, built from their published configurations with
 random weights, so a benchmark needs no download:
 
-- tiny: the test pipeline of `models.build_tiny_pipeline` (about 1M UNet parameters);
+- tiny: the test pipeline of `devtools.tiny_models.build_tiny_pipeline` (about 1M UNet parameters);
 - sd15: Stable Diffusion 1.5 (UNet channels 320/640/1280/1280, cross-attention 768, CLIP ViT-L/14
   text encoder with 12 layers of width 768, epsilon prediction);
 - sd21: Stable Diffusion 2.1 (attention head dims 5/10/20/20, linear projections, cross-attention
@@ -30,7 +30,7 @@ def build_pipeline(model: str, seed: int = 0):
     if model in UNSUPPORTED:
         raise ValueError(UNSUPPORTED[model])
     if model == "tiny":
-        from dreambooth_job.models import build_tiny_pipeline
+        from dreambooth_job.devtools.tiny_models import build_tiny_pipeline
 
         with tempfile.TemporaryDirectory(prefix="bench-tiny-") as directory:
             return build_tiny_pipeline(directory, seed=seed)
@@ -59,7 +59,7 @@ def _stable_diffusion(seed: int, *, cross_attention_dim: int, attention_head_dim
     )
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    from dreambooth_job.models import CLIP_MAX_LENGTH, clip_tokenizer
+    from dreambooth_job.devtools.tiny_models import CLIP_MAX_LENGTH, clip_tokenizer
 
     torch.manual_seed(seed)
     unet = UNet2DConditionModel(

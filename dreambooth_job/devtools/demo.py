@@ -29,13 +29,14 @@ def sample_photos_dir() -> Path:
 
 
 def run_demo(output: str, max_train_steps: int = 20, metrics_port: int = 9090) -> ExitCode:
-    from dreambooth_job import job, models
+    from dreambooth_job import job
+    from dreambooth_job.devtools import tiny_models
 
     root = Path(output).resolve()
     model_dir = root / "tiny-model"
     if not (model_dir / "model_index.json").exists():
         click.echo(f"building a tiny random model in {model_dir}")
-        models.build_tiny_pipeline(model_dir)
+        tiny_models.build_tiny_pipeline(model_dir)
     settings = dict(class_noun=CLASS_NOUN, base_model=str(model_dir), resolution=64,
                     num_class_images=8, max_train_steps=max_train_steps, num_validation_images=2,
                     sample_steps=10, log_every=5, cache_dir=str(root / "cache"),

@@ -127,7 +127,7 @@ def train_unet(unet, text_encoder, scheduler, latents: torch.Tensor, ids: torch.
 def train_base(output: str | Path, recipe: BaseRecipe) -> Path:
     from diffusers import StableDiffusionPipeline
 
-    from dreambooth_job.models import clip_tokenizer
+    from dreambooth_job.devtools.tiny_models import clip_tokenizer
 
     torch.set_num_threads(recipe.threads)
     torch.manual_seed(recipe.seed)

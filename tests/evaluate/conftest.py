@@ -5,9 +5,8 @@ and small photo sets. Nothing here reaches the network: the hub is forced offlin
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
-from PIL import Image
+from helpers import random_image
 
 from dreambooth_job.config import TrainConfig
 
@@ -25,7 +24,7 @@ def offline_hub(monkeypatch):
 
 @pytest.fixture(scope="session")
 def tiny_pipeline_dir(tmp_path_factory):
-    from dreambooth_job.models import build_tiny_pipeline
+    from dreambooth_job.devtools.tiny_models import build_tiny_pipeline
 
     path = tmp_path_factory.mktemp("tiny-sd")
     build_tiny_pipeline(path)
@@ -61,7 +60,7 @@ def tiny_clip_dir(tmp_path_factory):
     import torch
     from transformers import CLIPConfig, CLIPImageProcessorPil, CLIPModel
 
-    from dreambooth_job.models import clip_tokenizer
+    from dreambooth_job.devtools.tiny_models import clip_tokenizer
 
     path = tmp_path_factory.mktemp("tiny-clip")
     torch.manual_seed(0)
@@ -97,14 +96,11 @@ def tiny_lpips_dir(tmp_path_factory):
     return path
 
 
-def photo(seed: int, size: int = 48) -> Image.Image:
-    rng = np.random.default_rng(seed)
-    return Image.fromarray(rng.integers(0, 256, (size, size + 8, 3), dtype=np.uint8))
 
 
 @pytest.fixture
 def photos():
-    return [photo(i) for i in range(3)]
+    return [random_image(i) for i in range(3)]
 
 
 @pytest.fixture

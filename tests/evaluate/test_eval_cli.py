@@ -6,7 +6,7 @@ import json
 
 import pytest
 from click.testing import CliRunner
-from conftest import photo
+from helpers import random_image as photo
 
 from dreambooth_job.cli import main
 

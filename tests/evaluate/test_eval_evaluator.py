@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from conftest import photo
+from helpers import random_image as photo
 
 from dreambooth_job.evaluation import Evaluator, gauges, metrics_block, scores
 from dreambooth_job.evaluation.evaluator import METRICS

@@ -1,12 +1,13 @@
 import pytest
 
-from dreambooth_job import identifiers, models
+from dreambooth_job import identifiers
+from dreambooth_job.devtools import tiny_models
 from dreambooth_job.exit_codes import InvalidInputError
 
 
 @pytest.fixture(scope="module")
 def tokenizer():
-    return models.clip_tokenizer()
+    return tiny_models.clip_tokenizer()
 
 
 def test_tokenizer_matches_stable_diffusion(tokenizer):
@@ -28,7 +29,8 @@ def test_auto_identifier_is_a_rare_single_token_without_known_meaning(tokenizer)
 
 
 def test_auto_identifier_is_deterministic(tokenizer):
-    assert identifiers.choose_identifier(tokenizer) == identifiers.choose_identifier(models.clip_tokenizer())
+    fresh = tiny_models.clip_tokenizer()
+    assert identifiers.choose_identifier(tokenizer) == identifiers.choose_identifier(fresh)
 
 
 def test_user_identifier_records_its_tokens(tokenizer):

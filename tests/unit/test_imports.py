@@ -41,3 +41,11 @@ def test_every_lazy_command_resolves_and_is_listed():
         result = CliRunner().invoke(main, [name, "--help"])
         assert result.exit_code == 0, (name, result.output)
         assert f" {name} [" in result.output.splitlines()[0]
+
+
+def test_the_job_imports_no_developer_tooling():
+    """devtools/ (demo, local S3 server, tiny-model builders) is for tests, the demo and bench only."""
+    statement = ("import dreambooth_job.job, dreambooth_job.train, dreambooth_job.phases.training, "
+                 "dreambooth_job.phases.publish")
+    loaded = loaded_after(statement, ["dreambooth_job.devtools", "dreambooth_job.bench"])
+    assert loaded == {"dreambooth_job.devtools": False, "dreambooth_job.bench": False}

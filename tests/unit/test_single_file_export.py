@@ -24,7 +24,7 @@ def _build_sd_layout_pipeline(seed: int = 0, version: int = 1):
     from diffusers import AutoencoderKL, DDPMScheduler, StableDiffusionPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    from dreambooth_job.models import CLIP_MAX_LENGTH, clip_tokenizer
+    from dreambooth_job.devtools.tiny_models import CLIP_MAX_LENGTH, clip_tokenizer
 
     torch.manual_seed(seed)
     unet = UNet2DConditionModel(
