@@ -36,6 +36,7 @@ LOG_FORMAT_CHOICES = ("auto", "json", "text")
 MAX_LEASE_WAIT_SECONDS = 86400
 ADAM_IMPL_CHOICES = ("auto", "fused", "foreach", "loop")
 ATTENTION_BACKEND_CHOICES = ("auto", "math", "efficient", "flash", "cudnn", "eager")
+SAVE_PRECISION_CHOICES = ("fp16", "bf16", "fp32")
 COMPILE_MODE_CHOICES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 # Options naming a place (s3://, a hub id, a directory, an http URL). A URL among them never
 # carries credentials: they would travel in Job args, batch files and result.json.
@@ -178,6 +179,21 @@ class TrainConfig:
     progress_interval_seconds: float = option(
         OPERATIONAL, 30.0, minimum=0,
         help="Off a terminal, write a progress log line at most this often (0: at every report).")
+
+    # --- saved outputs ---------------------------------------------------------------------------
+    # Model options: they decide the weight files a completed run publishes (docs/options.md).
+    save_precision: str = option(
+        MODEL, "fp16", choices=SAVE_PRECISION_CHOICES,
+        help="Precision of every saved weight file (model/, the single file, the LoRA files); "
+             "training keeps fp32 master weights whatever this says.")
+    export_single_file: bool = option(
+        MODEL, False,
+        help="Full fine-tuning: also write <output>/<subject-id>.safetensors, one checkpoint in "
+             "the original Stable Diffusion layout (AUTOMATIC1111, ComfyUI, from_single_file).")
+    lora_merge: bool = option(
+        MODEL, False,
+        help="LoRA training: also write the base model with the adapters merged in to "
+             "<output>/model/ (a full pipeline, for tools that take no LoRA files).")
 
     # --- sampling -------------------------------------------------------------------------------
     validation_prompts: list[str] = option(

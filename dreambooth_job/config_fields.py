@@ -25,7 +25,8 @@ class Role(enum.StrEnum):
     """
 
     MODEL = "model"
-    """Changes the trained weights, or the optimizer state a checkpoint holds."""
+    """Changes the trained weights, or the optimizer state a checkpoint holds, or the weight
+    files a completed run publishes (their precision and formats)."""
     OPERATIONAL = "operational"
     """Logging, metrics, cadence, cache paths, ids, limits, and speed switches that give the
     same weights up to floating-point rounding."""

@@ -27,7 +27,9 @@ from dreambooth_job.redaction import redact_value
 
 RESULT_FILE = "result.json"
 COMPLETION_MARKER = "_SUCCESS"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+"""2: `outputs.model` optional, `outputs.lora`, `outputs.single_file`, `outputs.files` (LoRA runs).
+Schema 1 files (schemas/result.v1.schema.json) are still read: `output_locations` reads both."""
 # The image reference the pod runs (the chart and build_job set it); None outside Kubernetes.
 
 # Field metadata: the JSON name when it differs from the Python one, and fields left out of the
@@ -99,10 +101,23 @@ class Training:
 
 
 @dataclass
+class OutputFile:
+    path: str  # relative to the output prefix
+    size: int
+    sha256: str
+
+
+@dataclass
 class Outputs:
-    model: str
+    """Where the run's files are. Schema 1 (before LoRA) always had `model`; schema 2 has it only
+    when a full pipeline was published (full fine-tuning, or LoRA with --lora-merge)."""
+
     result: str
+    model: str | None = _optional()  # the diffusers pipeline directory
+    lora: list[str] | None = _optional()  # the adapter files (LoRA runs only)
+    single_file: str | None = _optional()  # <subject-id>.safetensors (--export-single-file)
     samples: list[str] = field(default_factory=list)
+    files: list[OutputFile] = field(default_factory=list)  # every weight file: size, sha256
 
 
 @dataclass(kw_only=True)
@@ -164,6 +179,27 @@ def _json_value(value: Any) -> Any:
 def schema() -> dict[str, Any]:
     """The JSON Schema of result.json (dreambooth_job/schemas/result.schema.json)."""
     return json.loads(resources.files("dreambooth_job").joinpath("schemas/result.schema.json").read_text())
+
+
+def schema_v1() -> dict[str, Any]:
+    """The JSON Schema of result.json files written before schema version 2."""
+    return json.loads(resources.files("dreambooth_job").joinpath("schemas/result.v1.schema.json").read_text())
+
+
+def output_locations(result: dict[str, Any] | None) -> dict[str, Any]:
+    """What a result.json (schema 1 or 2, complete or not; anything a tenant may have written
+    there) says the run published: `model` (a URI or None), `lora` (a list of URIs) and
+    `single_file` (a URI or None). Values of the wrong type read as absent."""
+    outputs = (result or {}).get("outputs") if isinstance(result, dict) else None
+    outputs = outputs if isinstance(outputs, dict) else {}
+
+    def text(key: str) -> str | None:
+        value = outputs.get(key)
+        return value if isinstance(value, str) else None
+
+    lora = outputs.get("lora")
+    return {"model": text("model"), "single_file": text("single_file"),
+            "lora": [u for u in lora if isinstance(u, str)] if isinstance(lora, list) else []}
 
 
 def mark_complete(output_uri: str) -> None:

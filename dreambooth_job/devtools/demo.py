@@ -71,7 +71,10 @@ def _report(run_uri: str, local_copy: Path) -> None:
     click.echo("demo finished")
     click.echo(f"  outputs written to  {run_uri}")
     click.echo(f"  local copy          {local_copy}")
-    click.echo(f"  model               {local_copy / 'model'}")
+    # A full run publishes model/, a LoRA run lora/ (and model/ with --lora-merge).
+    for name, what in (("model", "model"), ("lora", "LoRA adapters")):
+        if (local_copy / name).is_dir():
+            click.echo(f"  {what:<19} {local_copy / name}")
     click.echo(f"  sample grids        {local_copy / 'samples'}")
     click.echo(f"  result.json         {local_copy / 'result.json'}")
     click.echo("This was a smoke run of the real code path on a tiny random model: "

@@ -43,7 +43,7 @@ def save_single_file(pipeline, path: str | os.PathLike, *, dtype=None,
     import torch
     from safetensors.torch import save_file
 
-    _check_supported(pipeline)
+    check_supported(pipeline)
     if metadata is not None and not all(isinstance(k, str) and isinstance(v, str)
                                         for k, v in metadata.items()):
         raise InvalidInputError("single-file metadata must map strings to strings")
@@ -59,7 +59,7 @@ def save_single_file(pipeline, path: str | os.PathLike, *, dtype=None,
                                                      metadata={"format": "pt", **(metadata or {})}))
 
 
-def _check_supported(pipeline) -> None:
+def check_supported(pipeline) -> None:
     """Refuse what the mapping does not cover (SDXL's second text encoder, class or added
     embeddings), rather than write a file the tools misread."""
     unet_config = pipeline.unet.config

@@ -247,10 +247,10 @@ def _render_statuses(statuses: list[JobStatus], fmt: str) -> str:
     if fmt == "json":
         return json.dumps({"summary": summary(statuses), "subjects": [s.to_dict() for s in statuses]},
                           indent=2)
-    header = ("SUBJECT", "PHASE", "RETRIES", "DURATION", "LOSS", "OUTPUT", "REASON")
+    header = ("SUBJECT", "PHASE", "RETRIES", "DURATION", "LOSS", "WEIGHTS", "OUTPUT", "REASON")
     rows = [header] + [(
         s.subject_id or s.name, s.phase.value, str(s.retries), format_duration(s.duration_seconds) or "-",
-        f"{s.final_loss:.4f}" if s.final_loss is not None else "-", s.output or "-",
+        f"{s.final_loss:.4f}" if s.final_loss is not None else "-", s.weights or "-", s.output or "-",
         (s.failure_reason or s.result_error or "")[:120],
     ) for s in statuses]
     widths = [max(len(r[i]) for r in rows) for i in range(len(header) - 1)]

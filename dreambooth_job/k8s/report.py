@@ -191,7 +191,8 @@ def render_html(report: dict[str, Any]) -> str:
     for row in report["subjects"]:
         facts = {"job": row["name"], "retries": row["retries"],
                  "duration": format_duration(row["duration_seconds"]),
-                 "final loss": _number(row["final_loss"]), "output": row["output"]}
+                 "final loss": _number(row["final_loss"]), "weights": row.get("weights"),
+                 "output": row["output"]}
         facts.update({name: _number(value) for name, value in row["metrics"].items()})
         details = "".join(f"<dt>{esc(str(k))}</dt><dd>{esc(str(v))}</dd>"
                           for k, v in facts.items() if v not in (None, ""))

@@ -24,7 +24,7 @@ from dreambooth_job.k8s import client as k8s_client
 from dreambooth_job.k8s.batch import Batch
 from dreambooth_job.k8s.client import Connection, connect
 from dreambooth_job.k8s.manifest import BATCH_LABEL, SUBJECT_LABEL, job_name, label_value
-from dreambooth_job.result import read_completed_result
+from dreambooth_job.result import output_locations, read_completed_result
 
 JOB_NAME_LABEL = "job-name"  # set on every pod by the Job controller (all supported versions)
 
@@ -76,6 +76,21 @@ class JobStatus:
     def final_loss(self) -> float | None:
         return ((self.result or {}).get("training") or {}).get("final_loss")
 
+    @property
+    def outputs(self) -> dict[str, Any] | None:
+        """What the run published (result.json schema 1 or 2): `model`, `lora`, `single_file`."""
+        return None if self.result is None else output_locations(self.result)
+
+    @property
+    def weights(self) -> str | None:
+        """"full" (a pipeline), "lora" (adapters), "lora+model" (adapters and the merged pipeline)."""
+        outputs = self.outputs
+        if not outputs:
+            return None
+        if outputs["lora"]:
+            return "lora+model" if outputs["model"] else "lora"
+        return "full" if outputs["model"] else None
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "name": self.name, "namespace": self.namespace, "subject_id": self.subject_id,
@@ -85,6 +100,7 @@ class JobStatus:
             "duration_seconds": self.duration_seconds, "final_loss": self.final_loss,
             "failure_reason": self.failure_reason, "output": self.output,
             "metrics": (self.result or {}).get("metrics"), "result_error": self.result_error,
+            "weights": self.weights, "outputs": self.outputs,
         }
 
 

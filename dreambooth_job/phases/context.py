@@ -93,5 +93,4 @@ def new_result(config: TrainConfig, fingerprint: str) -> RunResult:
         class_images=ClassImagesInfo(
             requested=config.num_class_images if config.prior_preservation else 0),
         training=Training(max_train_steps=config.max_train_steps),
-        outputs=Outputs(model=storage.join(config.output, "model"),
-                        result=storage.join(config.output, RESULT_FILE)))
+        outputs=Outputs(result=storage.join(config.output, RESULT_FILE)))

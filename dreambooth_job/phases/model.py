@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 
-from dreambooth_job import identifiers, models, sampling
+from dreambooth_job import identifiers, models, outputs, sampling
 from dreambooth_job.phases.context import RunContext
 from dreambooth_job.result import BaseModelInfo, Identifier, Prompts
 
@@ -18,6 +18,7 @@ def load(ctx: RunContext) -> None:
     config = ctx.config
     ctx.base = models.resolve_base_model(config.base_model, config.cache_dir)
     pipeline = models.load_pipeline(ctx.base, config.cache_dir)
+    outputs.check_exportable(pipeline, single_file=config.export_single_file)
     ctx.noise_scheduler = DDPMScheduler.from_config(pipeline.scheduler.config)
     ctx.pipeline = sampling.fast_pipeline(pipeline)
     ctx.identifier = identifier = (

@@ -1,4 +1,4 @@
-"""Phase upload, then publishing: the model under --output, result.json, then the completion
+"""Phase upload, then publishing: the weight files under --output, result.json, then the completion
 marker, written after everything it vouches for; then the checkpoints are no longer needed."""
 
 from __future__ import annotations
@@ -13,7 +13,8 @@ logger = logging.getLogger("dreambooth_job")
 
 
 def upload(ctx: RunContext) -> None:
-    storage.upload_dir(ctx.work / "output" / "model", storage.join(ctx.config.output, "model"))
+    """The weight files phase sample wrote (model/, lora/, the single file) to --output."""
+    storage.upload_dir(ctx.work / "output", ctx.config.output)
 
 
 def publish(ctx: RunContext) -> None:
@@ -26,5 +27,6 @@ def publish(ctx: RunContext) -> None:
     result.write(config.output)
     mark_complete(config.output)
     ctx.checkpoints.delete_all()
-    logger.info("done: model %s, samples %s, result %s", result.outputs.model, samples,
+    logger.info("done: %s, samples %s, result %s",
+                result.outputs.model or f"LoRA {', '.join(result.outputs.lora or [])}", samples,
                 result.outputs.result)

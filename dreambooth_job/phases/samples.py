@@ -1,6 +1,6 @@
 """Validation grids (during training with --sample-every, and phase sample at the end), each
-uploaded at once so grids from before a preemption survive it; phase sample also saves the model
-into the work directory for the upload."""
+uploaded at once so grids from before a preemption survive it; phase sample also writes the
+published weight files (outputs.py) into the work directory for the upload."""
 
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ def grid(ctx: RunContext, step: int) -> None:
 
 
 def final(ctx: RunContext) -> None:
-    from dreambooth_job.phases.training import save_model
+    from dreambooth_job.phases.training import save_outputs
 
     grid(ctx, ctx.steps_done)
-    save_model(ctx, ctx.work / "output" / "model")
+    save_outputs(ctx, ctx.work / "output")

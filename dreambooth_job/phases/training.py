@@ -3,7 +3,7 @@ after each step sample a grid, checkpoint or stop as the `CheckpointPolicy` and 
 (SIGTERM) say, and keep the lease.
 
 Every call into the `Trainer` is in this module: the other phases reach the trained model through
-`inference_pipeline` and `save_model` below.
+`inference_pipeline` and `save_outputs` below.
 """
 
 from __future__ import annotations
@@ -111,5 +111,28 @@ def inference_pipeline(ctx: RunContext):
     return ctx.trainer.inference_pipeline()
 
 
-def save_model(ctx: RunContext, directory: Path) -> None:
-    ctx.trainer.save_model(directory)
+def save_outputs(ctx: RunContext, directory: Path) -> None:
+    """The published weight files of the trained pipeline (outputs.py: what the trained model
+    carries decides full or LoRA files) under `directory`, recorded in result.json."""
+    from dreambooth_job import outputs
+
+    pipe = ctx.trainer.inference_pipeline()
+    pipe.unet.eval()
+    try:
+        written = outputs.write_outputs(pipe, directory, output_settings(ctx))
+    finally:
+        pipe.unet.train()
+    outputs.record(ctx.result.outputs, written, ctx.config.output)
+
+
+def output_settings(ctx: RunContext):
+    from dreambooth_job import __version__, outputs
+
+    config = ctx.config
+    return outputs.OutputSettings(
+        subject_id=config.subject_id, precision=config.save_precision,
+        single_file=config.export_single_file, lora_merge=config.lora_merge,
+        metadata=outputs.header_metadata(
+            base_fingerprint=ctx.base.fingerprint, identifier=ctx.identifier.token,
+            class_noun=config.class_noun, steps=ctx.steps_done, subject_id=config.subject_id,
+            precision=config.save_precision, version=__version__))

@@ -62,7 +62,8 @@ def train_config(ablation: Ablation, seed: int, prior_preservation: bool, subjec
         validation_prompts=["a {identifier} {class_noun}",
                             "a {identifier} {class_noun} on a green background", "a {class_noun}"],
         metrics_port=0, log_format="text", log_every=50, seed=seed, checkpoint_every=0,
-        checkpoint_interval_minutes=0)
+        # The ablation measures the trained weights themselves, not an fp16 copy of them.
+        checkpoint_interval_minutes=0, save_precision="fp32")
 
 
 def load(path: Path):

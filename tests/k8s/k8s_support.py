@@ -87,7 +87,7 @@ def dataset_subjects() -> list[tuple[str, str]]:
 
 
 def write_completed_result(output: Path | str, subject: str, *, dino: float | None = None,
-                           loss: float = 0.1, grid: bytes | None = None) -> None:
+                           loss: float = 0.1, grid: bytes | None = None, lora: bool = False) -> None:
     """What a finished job leaves in its output: samples, result.json, then the marker."""
     from dreambooth_job import result as result_module
     from dreambooth_job import storage
@@ -106,8 +106,11 @@ def write_completed_result(output: Path | str, subject: str, *, dino: float | No
         base_model=result_module.BaseModelInfo(source="tiny"),
         training=result_module.Training(steps_done=800, max_train_steps=800, final_loss=loss),
         durations_seconds={"train": 600.0},
-        outputs=result_module.Outputs(model=storage.join(output, "model"), samples=samples,
-                                      result=storage.join(output, "result.json")),
+        outputs=result_module.Outputs(
+            model=None if lora else storage.join(output, "model"), samples=samples,
+            lora=[storage.join(output, "lora/pytorch_lora_weights.safetensors"),
+                  storage.join(output, f"lora/{subject}.safetensors")] if lora else None,
+            result=storage.join(output, "result.json")),
         metrics=None if dino is None else {"dino": dino, "clip_i": 0.8, "clip_t": 0.3})
     result.succeeded()
     result.write(output)

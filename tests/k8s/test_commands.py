@@ -151,8 +151,9 @@ def test_batch_status_report_cancel(kubeconfig, namespace, tmp_path, bucket):
     set_job_status(conn, names["teapot"], {"active": 1, "ready": 1, "startTime": "2026-11-25T01:00:00Z"})
 
     table = run("status", "--batch", path).splitlines()
-    assert table[0].split() == ["SUBJECT", "PHASE", "RETRIES", "DURATION", "LOSS", "OUTPUT", "REASON"]
-    assert table[1].split()[:5] == ["dog", "succeeded", "0", "20m00s", "0.0812"]
+    assert table[0].split() == ["SUBJECT", "PHASE", "RETRIES", "DURATION", "LOSS", "WEIGHTS", "OUTPUT",
+                                "REASON"]
+    assert table[1].split()[:6] == ["dog", "succeeded", "0", "20m00s", "0.0812", "full"]
     assert table[2].split()[:2] == ["teapot", "running"] and table[3].split()[:2] == ["vase", "pending"]
     assert table[-1] == "3 subject(s): 1 succeeded, 1 running, 1 pending"
 

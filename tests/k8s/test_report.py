@@ -170,3 +170,18 @@ def test_grids_are_read_from_the_rows_own_s3_prefix_only(bucket):
         "dog": "images/dog.png", "cat": None}
     assert storage.read_bytes(f"s3://{bucket}/report/images/dog.png") == PNG + b"dog"
     assert not storage.exists(f"s3://{bucket}/report/images/cat.png")
+
+
+def test_the_report_names_each_subjects_weights_full_or_lora(tmp_path):
+    dog = finished(tmp_path, "dog", 0.8)
+    cat = JobStatus(name="night-cat", namespace="ml", phase=Phase.SUCCEEDED, subject_id="cat",
+                    output=str(tmp_path / "runs" / "cat"))
+    write_completed_result(cat.output, "cat", dino=0.5, grid=PNG + b"cat", lora=True)
+    load_result(cat)
+    target = tmp_path / "report"
+    write_report([dog, cat], str(target), batch_id="night-42")
+    rows = {r["subject_id"]: r for r in json.loads((target / "report.json").read_text())["subjects"]}
+    assert (rows["dog"]["weights"], rows["cat"]["weights"]) == ("full", "lora")
+    assert rows["cat"]["outputs"]["model"] is None and len(rows["cat"]["outputs"]["lora"]) == 2
+    page = (target / "index.html").read_text()
+    assert "<dt>weights</dt><dd>lora</dd>" in page and "<dt>weights</dt><dd>full</dd>" in page

@@ -165,3 +165,53 @@ def test_unreadable_result_is_reported_not_raised(connection, tmp_path):
     status = get_status(name, connection=connection)
     assert status.phase is Phase.SUCCEEDED and status.result is None
     assert "result.json" in status.result_error
+
+
+# --- result.json shapes: schema 2 (full or LoRA) and schema 1 files written before LoRA ----------
+
+def _loaded(output):
+    from dreambooth_job.k8s import JobStatus
+    from dreambooth_job.k8s.status import load_result
+
+    status = JobStatus(name="db-dog", namespace="ml", phase=Phase.SUCCEEDED, output=str(output))
+    load_result(status)
+    return status
+
+
+def test_a_lora_run_reads_as_its_adapter_files_without_a_model(tmp_path):
+    write_completed_result(tmp_path, "dog", lora=True)
+    row = _loaded(tmp_path).to_dict()
+    assert row["weights"] == "lora"
+    assert row["outputs"] == {"model": None, "single_file": None,
+                              "lora": [f"{tmp_path}/lora/pytorch_lora_weights.safetensors",
+                                       f"{tmp_path}/lora/dog.safetensors"]}
+
+
+def test_a_schema_1_result_still_reads_as_a_full_model(tmp_path):
+    import json
+
+    import jsonschema
+
+    from dreambooth_job import result as result_module
+
+    write_completed_result(tmp_path, "dog")
+    record = json.loads((tmp_path / "result.json").read_text())
+    record["schema_version"] = 1  # what the release before LoRA wrote: no files, always a model
+    del record["outputs"]["files"]
+    jsonschema.validate(record, result_module.schema_v1())
+    (tmp_path / "result.json").write_text(json.dumps(record))
+    status = _loaded(tmp_path)
+    assert status.weights == "full" and status.outputs["model"] == f"{tmp_path}/model"
+    assert status.outputs["lora"] == []
+
+
+@pytest.mark.parametrize("outputs", [None, "model", {"model": 3, "lora": "x"}, {"lora": [1, None]}])
+def test_a_forged_outputs_block_reads_as_nothing_published(tmp_path, outputs):
+    import json
+
+    write_completed_result(tmp_path, "dog")
+    record = json.loads((tmp_path / "result.json").read_text())
+    record["outputs"] = outputs
+    (tmp_path / "result.json").write_text(json.dumps(record))
+    status = _loaded(tmp_path)
+    assert status.weights is None and status.outputs == {"model": None, "single_file": None, "lora": []}

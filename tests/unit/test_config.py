@@ -55,6 +55,7 @@ def test_env_lists_accept_json_or_lines():
     ({"compile_mode": "reduce-overhead"}, "--compile-unet"),
     ({"instance_prompt": "a photo"}, "--instance-prompt"),
     ({"learning_rate": 0.0}, "--learning-rate"),
+    ({"save_precision": "fp8"}, "--save-precision"),
 ])
 def test_invalid_values_name_the_option(values, named):
     with pytest.raises(InvalidInputError, match=named):

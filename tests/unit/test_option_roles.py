@@ -32,7 +32,8 @@ def test_a_field_without_a_role_cannot_be_declared():
 def test_the_borderline_options_have_their_documented_roles():
     roles = {f.name: role_of(f) for f in cfg.fields()}
     for name in ("max_train_steps", "num_class_images", "sample_steps", "guidance_scale",
-                 "use_8bit_adam", "learning_rate", "mixed_precision"):
+                 "use_8bit_adam", "learning_rate", "mixed_precision", "save_precision",
+                 "export_single_file", "lora_merge"):
         assert roles[name] is MODEL, name
     for name in ("validation_prompts", "num_validation_images", "sample_batch_size", "evaluate",
                  "gradient_checkpointing", "adam_impl", "output", "cache_dir", "max_photos"):
