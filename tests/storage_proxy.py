@@ -1,6 +1,8 @@
-"""A loopback HTTP proxy in front of the test S3 server that answers like an encrypted bucket.
+"""A loopback HTTP proxy in front of the test S3 server that answers like a less friendly store.
 
-With SSE-KMS or SSE-C, S3's ETags are not the MD5 of the content; moto and SeaweedFS answer MD5
+`S3TestProxy(upstream, strip_headers={"if-none-match"})` forwards every request minus those
+headers: the real server behind it then behaves like an object store that ignores conditional
+writes. `EncryptedBucketProxy` answers like an encrypted bucket: with SSE-KMS or SSE-C, S3's ETags are not the MD5 of the content; moto and SeaweedFS answer MD5
 ETags whatever the encryption. This proxy rewrites every object ETag it passes on (ETag headers of
 HEAD, GET, PUT and CompleteMultipartUpload answers, <ETag> in XML listings) to another, stable
 value, and translates If-Match / If-None-Match back, so that conditional writes and the transfer
@@ -48,10 +50,12 @@ class _Fault:
     code: str
 
 
-class EncryptedBucketProxy:
-    def __init__(self, upstream: str):
+class S3TestProxy:
+    def __init__(self, upstream: str, *, rewrite_etags: bool = False, strip_headers=()):
         parts = urlsplit(upstream)
         self.upstream = (parts.hostname, parts.port)
+        self.rewrite_etags = rewrite_etags
+        self.stripped = {h.lower() for h in strip_headers}
         self.requests: list[Request] = []
         self._real_by_fake: dict[str, str] = {}
         self._faults: list[_Fault] = []
@@ -63,7 +67,7 @@ class EncryptedBucketProxy:
         self.endpoint = f"http://127.0.0.1:{self._server.server_address[1]}"
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
 
-    def __enter__(self) -> EncryptedBucketProxy:
+    def __enter__(self) -> S3TestProxy:
         self._thread.start()
         return self
 
@@ -91,6 +95,8 @@ class EncryptedBucketProxy:
 
     # --- used by the handler -------------------------------------------------------------------
     def rewrite(self, real: str) -> str:
+        if not self.rewrite_etags:
+            return real
         fake = self.fake_etag(real)
         with self._lock:
             self._real_by_fake[fake] = real
@@ -99,6 +105,8 @@ class EncryptedBucketProxy:
     def real(self, fake: str) -> str:
         """The server's ETag behind one this proxy answered; another value (e.g. the content's
         MD5) is no ETag of this bucket and must not match."""
+        if not self.rewrite_etags:
+            return fake
         with self._lock:
             return self._real_by_fake.get(fake, "not-an-etag-of-this-bucket")
 
@@ -131,10 +139,11 @@ class _Handler(BaseHTTPRequestHandler):
     do_HEAD = do_PUT = do_POST = do_DELETE = do_GET
 
     def _forward(self) -> None:
-        proxy: EncryptedBucketProxy = self.server.proxy
+        proxy: S3TestProxy = self.server.proxy
         body = self._read_body()
         url = urlsplit(self.path)
-        headers = {k: v for k, v in self.headers.items() if k.lower() not in HOP_BY_HOP}
+        headers = {k: v for k, v in self.headers.items()
+                   if k.lower() not in HOP_BY_HOP and k.lower() not in proxy.stripped}
         request = Request(self.command, url.path, parse_qs(url.query, keep_blank_values=True), headers)
         proxy.requests.append(request)
         fault = proxy.take_fault(request)
@@ -165,7 +174,7 @@ class _Handler(BaseHTTPRequestHandler):
             return b"".join(chunks)
         return self.rfile.read(int(self.headers.get("Content-Length") or 0))
 
-    def _relay(self, proxy: EncryptedBucketProxy, request: Request, response) -> None:
+    def _relay(self, proxy: S3TestProxy, request: Request, response) -> None:
         is_part = request.method == "PUT" and "partNumber" in request.query
         headers = []
         for name, value in response.getheaders():
@@ -192,3 +201,10 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         if self.command != "HEAD":
             self.wfile.write(body)
+
+
+class EncryptedBucketProxy(S3TestProxy):
+    """The store as an SSE-KMS / SSE-C bucket answers: ETags that are not MD5s."""
+
+    def __init__(self, upstream: str):
+        super().__init__(upstream, rewrite_etags=True)

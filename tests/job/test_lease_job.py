@@ -7,8 +7,8 @@ from __future__ import annotations
 import json
 
 import pytest
-from header_proxy import HeaderStrippingProxy
 from helpers import JobProcess, upload_photos
+from storage_proxy import S3TestProxy
 
 from dreambooth_job import storage
 from dreambooth_job.exit_codes import ExitCode
@@ -59,7 +59,7 @@ def test_a_killed_pods_retry_takes_over_its_lease_and_another_job_is_turned_away
 
 @pytest.fixture
 def store_ignoring_if_none_match(s3_server):
-    with HeaderStrippingProxy(s3_server.endpoint, {"if-none-match"}) as proxy:
+    with S3TestProxy(s3_server.endpoint, strip_headers={"if-none-match"}) as proxy:
         yield {"AWS_ENDPOINT_URL": proxy.endpoint}
 
 

@@ -1,7 +1,7 @@
 import json
 
 import pytest
-from header_proxy import HeaderStrippingProxy
+from storage_proxy import S3TestProxy
 
 from dreambooth_job import storage
 from dreambooth_job.config import TrainConfig
@@ -179,7 +179,7 @@ def test_a_lease_the_heartbeat_lost_stops_the_job_at_its_next_check(output):
 @pytest.fixture
 def store_ignoring_if_none_match(bucket, s3_server, monkeypatch):
     """The real S3 server behind a proxy that drops If-None-Match, like a store that ignores it."""
-    with HeaderStrippingProxy(s3_server.endpoint, {"if-none-match"}) as proxy:
+    with S3TestProxy(s3_server.endpoint, strip_headers={"if-none-match"}) as proxy:
         monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.endpoint)
         storage.reset_client()
         yield f"s3://{bucket}/run/"
