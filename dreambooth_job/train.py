@@ -13,7 +13,6 @@ numbers.
 
 from __future__ import annotations
 
-import contextlib
 import math
 import time
 from collections.abc import Callable
@@ -302,7 +301,8 @@ class Trainer:
                 target = self.noise_scheduler.get_velocity(latents, noise, timesteps)
             else:
                 target = noise
-        with record_function("unet_forward"), self.accelerator.autocast(), self._attention_kernel():
+        with record_function("unet_forward"), self.accelerator.autocast(), \
+                devices.attention_kernel(self.config.attention_backend):
             conditioning = self.family.unet_conditioning(embeddings, noisy.dtype)
             prediction = self.unet(noisy, timesteps, **conditioning).sample
         errors = F.mse_loss(prediction.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))
@@ -310,15 +310,6 @@ class Trainer:
         prior_loss = (errors[self.config.train_batch_size:].mean() if self.class_images
                       else torch.zeros((), device=self.device))
         return instance_loss + self.config.prior_loss_weight * prior_loss, instance_loss, prior_loss
-
-    def _attention_kernel(self):
-        """Pin SDPA to one kernel when asked (the backward pass follows the forward's choice)."""
-        from torch.nn.attention import SDPBackend, sdpa_kernel
-
-        kernel = {"math": SDPBackend.MATH, "efficient": SDPBackend.EFFICIENT_ATTENTION,
-                  "flash": SDPBackend.FLASH_ATTENTION,
-                  "cudnn": SDPBackend.CUDNN_ATTENTION}.get(self.config.attention_backend)
-        return sdpa_kernel(kernel) if kernel is not None else contextlib.nullcontext()
 
     # ------------------------------------------------------------------------------------------
     def train(self, num_steps: int | None = None,
