@@ -43,10 +43,15 @@ def is_target(name: str, targets) -> bool:
 
 def test_lora_run_trains_only_adapters_with_prior_preservation(photos, bucket, tiny_model, tmp_path):
     run = f"s3://{bucket}/runs/lora-dog/"
-    outcome = CliRunner().invoke(main, [
-        "train", *SMALL, "--instance-data", photos, "--class-noun", "dog", "--output", run,
-        "--base-model", str(tiny_model), "--class-data", f"s3://{bucket}/class-cache/",
-        "--cache-dir", str(tmp_path / "cache")], catch_exceptions=False)
+
+    def train(*extra):
+        return CliRunner().invoke(main, [
+            "train", *SMALL, "--instance-data", photos, "--class-noun", "dog", "--output", run,
+            "--base-model", str(tiny_model), "--class-data", f"s3://{bucket}/class-cache/",
+            "--cache-dir", str(tmp_path / "cache"), "--log-format", "text", *extra],
+            catch_exceptions=False)
+
+    outcome = train()
     assert outcome.exit_code == ExitCode.OK, outcome.output
     result = read_result(run)
     jsonschema.validate(result, result_module.schema())
@@ -71,6 +76,13 @@ def test_lora_run_trains_only_adapters_with_prior_preservation(photos, bucket, t
     assert changed and all(is_target(name, lora.DEFAULT_UNET_TARGETS) for name in changed), changed
     text_encoder = CLIPTextModel.from_pretrained(tiny_model / "text_encoder")
     assert all(torch.equal(a, b) for a, b in zip(tuned.text_encoder.parameters(), text_encoder.parameters()))
+
+    # A rerun is the same run with `auto` spelled out as what it resolves to; not in another mode.
+    assert train("--learning-rate", "1e-4", "--lora-alpha", str(RANK)).exit_code == ExitCode.OK
+    assert read_result(run) == result, "a completed run of the same config is left alone"
+    other = train("--train-mode", "full")
+    assert other.exit_code == ExitCode.INVALID_INPUT
+    assert "differs in: learning_rate, train_mode" in other.output
 
 
 # --- checkpoints, SIGTERM and reruns, as tests/job/test_resilience.py does them for full runs ----
