@@ -94,12 +94,14 @@ def train(**params) -> None:
 @click.option("--output", type=click.Path(file_okay=False), default="demo-output",
               show_default=True, help="Local directory for the demo's object store and results.")
 @click.option("--max-train-steps", type=int, default=20, show_default=True)
-def demo(output: str, max_train_steps: int) -> None:
+@click.option("--train-mode", type=click.Choice(cfg.TRAIN_MODE_CHOICES), default="full", show_default=True,
+              help="full fine-tuning or LoRA adapters, as `train --train-mode`.")
+def demo(output: str, max_train_steps: int, train_mode: str) -> None:
     """Run the real job end to end offline: a local S3 server (or a local directory), a tiny
     random model and bundled sample photos. A smoke run of the real code path, not a quality run."""
     from dreambooth_job.devtools import demo as demo_module
 
-    sys.exit(int(demo_module.run_demo(output, max_train_steps=max_train_steps)))
+    sys.exit(int(demo_module.run_demo(output, max_train_steps=max_train_steps, train_mode=train_mode)))
 
 
 @main.command("config")

@@ -36,11 +36,29 @@ def _option_for(f) -> Callable:
                              help=f"{help_text} [default: {shown}; env {cfg.env_name(f.name)}]")
     click_type: Any = click.Choice(f.metadata["choices"]) if f.metadata["choices"] else kind
     shown = "required" if f.metadata["required"] else f"default: {default}"
+    if cfg.accepts_auto(f):
+        click_type, shown = AutoOr(kind), "default: auto"
     if cfg.is_list(f):
         shown = "default: " + "; ".join(default)
     return click.option(f.metadata["flag"] or cfg.flag_name(f.name), f.name, type=click_type,
                         default=None, multiple=cfg.is_list(f),
                         help=f"{help_text} [{shown}; env {cfg.env_name(f.name)}]")
+
+
+class AutoOr(click.ParamType):
+    """A number, or `auto` (the default, resolved by the run): kept as the text "auto", which
+    TrainConfig reads as unset, so that an explicit `--x auto` still wins over env and files."""
+
+    def __init__(self, kind: type):
+        self.kind, self.name = kind, f"{kind.__name__}|auto"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, str) and value.strip().lower() == cfg.AUTO:
+            return cfg.AUTO
+        try:
+            return self.kind(value)
+        except (TypeError, ValueError):
+            self.fail(f"{value!r} is not a {self.kind.__name__} or auto", param, ctx)
 
 
 def resolve_train_config(params: dict[str, Any], env=None) -> cfg.TrainConfig:

@@ -38,6 +38,13 @@ ADAM_IMPL_CHOICES = ("auto", "fused", "foreach", "loop")
 ATTENTION_BACKEND_CHOICES = ("auto", "math", "efficient", "flash", "cudnn", "eager")
 SAVE_PRECISION_CHOICES = ("fp16", "bf16", "fp32")
 COMPILE_MODE_CHOICES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+TRAIN_MODE_CHOICES = ("full", "lora")
+# The usual peak rates: the paper's full fine-tuning, and diffusers' and kohya's LoRA trainers.
+DEFAULT_LEARNING_RATES = {"full": 5e-6, "lora": 1e-4}
+# LoRA's default targets: the UNet's attention projections (lora.py; kept here so that this module
+# stays a leaf without the training dependencies).
+DEFAULT_LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
+AUTO = "auto"
 # Options naming a place (s3://, a hub id, a directory, an http URL). A URL among them never
 # carries credentials: they would travel in Job args, batch files and result.json.
 URI_OPTIONS = ("instance_data", "output", "base_model", "cache_dir", "class_data", "prompt_set",
@@ -125,8 +132,14 @@ class TrainConfig:
 
     # --- training -------------------------------------------------------------------------------
     max_train_steps: int = option(MODEL, 800, minimum=1, help="Optimizer steps to train.")
-    learning_rate: float = option(
-        MODEL, 5e-6, exclusive_minimum=0, help="Peak learning rate (full fine-tuning).")
+    train_mode: str = option(
+        MODEL, "full", choices=TRAIN_MODE_CHOICES,
+        help="full: fine-tune the UNet's (and with --train-text-encoder the text encoder's) weights, "
+             "the paper's method; lora: train low-rank adapters on them (Hu et al. 2021) with the "
+             "same objective, the base weights frozen.")
+    learning_rate: float | None = option(
+        MODEL, exclusive_minimum=0,
+        help="Peak learning rate (default auto: 1e-4 with --train-mode lora, 5e-6 with full).")
     lr_scheduler: str = option(
         MODEL, "constant", choices=LR_SCHEDULER_CHOICES, help="Learning-rate schedule.")
     lr_warmup_steps: int = option(MODEL, 0, minimum=0, help="Learning-rate warm-up steps.")
@@ -135,7 +148,24 @@ class TrainConfig:
     gradient_accumulation_steps: int = option(
         MODEL, 1, minimum=1, help="Micro-batches per optimizer step.")
     train_text_encoder: bool = option(
-        MODEL, False, help="Fine-tune the text encoder as well as the UNet.")
+        MODEL, False, help="Fine-tune the text encoder as well as the UNet (in LoRA mode: adapters "
+                           "on its attention projections q_proj, k_proj, v_proj, out_proj too).")
+    lora_rank: int = option(
+        MODEL, 16, minimum=1, help="Rank of the LoRA adapters (--train-mode lora).")
+    lora_alpha: float | None = option(
+        MODEL, exclusive_minimum=0,
+        help="LoRA scale numerator: updates are scaled by alpha/rank (default auto: the rank, a "
+             "scale of 1).")
+    lora_dropout: float = option(
+        MODEL, 0.0, minimum=0, exclusive_maximum=1, help="Dropout on the LoRA adapters' inputs.")
+    lora_target_modules: list[str] = option(
+        MODEL, default_factory=lambda: list(DEFAULT_LORA_TARGETS),
+        help="UNet layers that get LoRA adapters (repeatable; a name matches a layer whose dotted "
+             "name ends with it). Default: the attention projections to_q, to_k, to_v, to_out.0 "
+             "of self- and cross-attention, as in the LoRA paper and diffusers' DreamBooth LoRA "
+             "trainer: they carry the prompt's tokens into the image. Add conv1, conv2, "
+             "conv_shortcut to adapt the ResNet convolutions too (kohya's LoCon), for UNets whose "
+             "attention sees too little of the image.")
     mixed_precision: str = option(
         MODEL, "auto", choices=MIXED_PRECISION_CHOICES,
         help="auto: bf16 on CUDA that supports it, fp16 on other CUDA, no on CPU.")
@@ -277,6 +307,9 @@ class TrainConfig:
              "backoff, before exiting with code 75 (0: do not wait).")
 
     def __post_init__(self) -> None:
+        for f in fields():  # `auto` from Python, a batch row or a bench variant means unset
+            if accepts_auto(f) and getattr(self, f.name) == AUTO:
+                setattr(self, f.name, None)
         self.validate()
 
     # ------------------------------------------------------------------------------------------
@@ -299,6 +332,12 @@ class TrainConfig:
         if self.compile_mode != "default" and not self.compile_unet:
             raise InvalidInputError(f"--compile-mode {self.compile_mode} has no effect without "
                                     "--compile-unet: add --compile-unet or drop --compile-mode")
+        for target in self.lora_target_modules:
+            if not re.fullmatch(r"[A-Za-z0-9_]+(\.[A-Za-z0-9_]+)*", target):
+                raise InvalidInputError(f"--lora-target-modules must name layers (e.g. to_q or "
+                                        f"to_out.0), got {target[:80]!r}")
+        if not self.lora_target_modules:
+            raise InvalidInputError("--lora-target-modules must name at least one layer")
         if self.prior_preservation and self.num_class_images < 1:
             raise InvalidInputError("--num-class-images must be at least 1 with prior preservation")
         for name in URI_OPTIONS:
@@ -317,6 +356,16 @@ class TrainConfig:
                 raise InvalidInputError(f"{flag_name(f.name)} must be a finite number, got {value}")
 
     # ------------------------------------------------------------------------------------------
+    @property
+    def resolved_learning_rate(self) -> float:
+        """--learning-rate, or its `auto` default for --train-mode (resolve_auto)."""
+        return resolve_auto(self.to_dict())["learning_rate"]
+
+    @property
+    def resolved_lora_alpha(self) -> float:
+        """--lora-alpha, or its `auto` default, the rank (resolve_auto)."""
+        return resolve_auto(self.to_dict())["lora_alpha"]
+
     @property
     def resolved_subject_id(self) -> str:
         """--subject-id, else the last path component of --instance-data, made label-safe."""
@@ -378,6 +427,26 @@ def default_of(f: dataclasses.Field) -> Any:
     if f.default_factory is not dataclasses.MISSING:
         return f.default_factory()
     return f.default
+
+
+def accepts_auto(f: dataclasses.Field) -> bool:
+    """Options whose unset (None) default the run resolves: `auto` on the command line, in the
+    environment and in files, and what Jobs pass for them (config_sources.to_cli_args)."""
+    return f.default is None and not f.metadata["required"] and base_type(f) in (int, float, bool)
+
+
+def resolve_auto(values: Mapping[str, Any]) -> dict[str, Any]:
+    """The one place `auto` options that depend on other options are resolved: `values` (a
+    config's fields, or a recorded config's) with those set to what the run uses. The trainer
+    reads the result (`resolved_learning_rate`), and so does "the same run" (run_identity.py):
+    `--learning-rate auto` and `--learning-rate 1e-4` train the same LoRA."""
+    resolved = dict(values)
+    mode = resolved.get("train_mode")
+    if resolved.get("learning_rate") is None:  # a record's mode may be anything: full's unless lora
+        resolved["learning_rate"] = DEFAULT_LEARNING_RATES["lora" if mode == "lora" else "full"]
+    if resolved.get("lora_alpha") is None:
+        resolved["lora_alpha"] = resolved.get("lora_rank", default_of(_FIELDS_BY_NAME["lora_rank"]))
+    return resolved
 
 
 def model_fields() -> tuple[dataclasses.Field, ...]:

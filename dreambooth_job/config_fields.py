@@ -38,7 +38,8 @@ MODEL, OPERATIONAL = Role.MODEL, Role.OPERATIONAL
 def option(role: Role, default: Any = None, *, help: str, flag: str | None = None,
            choices: tuple[str, ...] | None = None, required: bool = False,
            default_factory: Any = None, minimum: float | None = None, maximum: float | None = None,
-           exclusive_minimum: float | None = None, multiple_of: int | None = None,
+           exclusive_minimum: float | None = None, exclusive_maximum: float | None = None,
+           multiple_of: int | None = None,
            must_contain: str | None = None, evaluation: bool = False) -> Any:
     """A config field: its role, help text and bounds, which `validate` checks and the chart's
     values schema repeats. `flag` overrides the generated `--name/--no-name` form; `evaluation`
@@ -46,7 +47,7 @@ def option(role: Role, default: Any = None, *, help: str, flag: str | None = Non
     if not isinstance(role, Role):
         raise TypeError(f"option() takes the field's Role first (MODEL or OPERATIONAL), got {role!r}")
     bounds = {"minimum": minimum, "maximum": maximum, "exclusiveMinimum": exclusive_minimum,
-              "multipleOf": multiple_of}
+              "exclusiveMaximum": exclusive_maximum, "multipleOf": multiple_of}
     metadata = {"role": role, "help": help, "flag": flag, "choices": choices, "required": required,
                 "bounds": {k: v for k, v in bounds.items() if v is not None},
                 "must_contain": must_contain, "evaluation": evaluation}
@@ -87,6 +88,9 @@ def check_bounds(f: dataclasses.Field, value: Any) -> None:
     if above is not None and not value > above:
         wanted = "positive" if above == 0 else f"greater than {above}"
         raise InvalidInputError(f"{flag} must be {wanted}, got {value}")
+    below = bounds.get("exclusiveMaximum")
+    if below is not None and not value < below:
+        raise InvalidInputError(f"{flag} must be below {below}, got {value}")
     step = bounds.get("multipleOf")
     if step is not None and value % step:
         raise InvalidInputError(f"{flag} must be a multiple of {step}, got {value}")

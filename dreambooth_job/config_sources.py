@@ -14,8 +14,10 @@ import yaml
 
 from dreambooth_job.config import (
     _FIELDS_BY_NAME,
+    AUTO,
     ENV_PREFIX,
     TrainConfig,
+    accepts_auto,
     base_type,
     default_of,
     env_name,
@@ -56,13 +58,13 @@ def parse_value(name: str, raw: Any, source: str) -> Any:
         # A list or mapping (or a YAML date) would otherwise be stringified into the option.
         raise InvalidInputError(f"{source}: {name} must be a single {kind.__name__}, got "
                                 f"{type(raw).__name__} {_short(raw)}")
+    if accepts_auto(f) and isinstance(raw, str) and raw.strip().lower() == AUTO:
+        return None
     try:
         if kind is bool:
             if isinstance(raw, bool):
                 return raw
             text = str(raw).strip().lower()
-            if text == "auto" and f.default is None:
-                return None
             if text in _TRUE | _FALSE:
                 return text in _TRUE
             raise ValueError(raw)
@@ -72,8 +74,8 @@ def parse_value(name: str, raw: Any, source: str) -> Any:
             raise ValueError(raw)
         return kind(raw)
     except (TypeError, ValueError, OverflowError):
-        raise InvalidInputError(
-            f"{source}: {name} must be {kind.__name__}, got {_short(raw)}") from None
+        wanted = kind.__name__ + (" or auto" if accepts_auto(f) else "")
+        raise InvalidInputError(f"{source}: {name} must be {wanted}, got {_short(raw)}") from None
 
 
 def _env_list(name: str, raw: str, source: str) -> Any:
@@ -126,7 +128,9 @@ def to_cli_args(config: TrainConfig) -> list[str]:
     args: list[str] = []
     for f in _explicit_fields(config):
         value = getattr(config, f.name)
-        if base_type(f) is bool:
+        if value is None:
+            args += [flag_name(f.name), AUTO]
+        elif base_type(f) is bool:
             on, _, off = bool_flags(f).partition("/")
             args.append(on if value else off)
         elif is_list(f):
@@ -140,16 +144,19 @@ def to_cli_args(config: TrainConfig) -> list[str]:
 def to_config_values(config: TrainConfig) -> dict[str, Any]:
     """`config` as a config file's mapping (an Indexed Job's per-subject file), with the same
     options as `to_cli_args`: every MODEL option explicitly, OPERATIONAL ones when not default."""
-    return {f.name: getattr(config, f.name) for f in _explicit_fields(config)}
+    return {f.name: AUTO if getattr(config, f.name) is None else getattr(config, f.name)
+            for f in _explicit_fields(config)}
 
 
 def _explicit_fields(config: TrainConfig) -> list:
     """The fields a Job states: MODEL ones always, others when set to another value than the
-    default. Unset (None) values are left to the pod, which resolves them as `auto`; no MODEL
-    option has such a value (tests/unit/test_option_roles.py), the required ones aside, which
-    validation refuses to leave unset. The cache directory is the pod's (manifest.py)."""
+    default. A MODEL option left unset (None: resolved at run time) is stated as `auto`; it is a
+    number (config.accepts_auto: tests/unit/test_option_roles.py), the required ones aside, which
+    validation refuses to leave unset. Unset OPERATIONAL options are left to the pod, which
+    resolves them the same way. The cache directory is the pod's (manifest.py)."""
     return [f for f in fields()
-            if f.name != "cache_dir" and getattr(config, f.name) is not None
+            if f.name != "cache_dir"
+            and (role_of(f) is Role.MODEL and accepts_auto(f) or getattr(config, f.name) is not None)
             and (role_of(f) is Role.MODEL or getattr(config, f.name) != default_of(f))]
 
 
@@ -165,6 +172,7 @@ def defaults_yaml() -> str:
     for f in fields():
         lines.append(f"# {f.metadata['help']}" + (" (required)" if f.metadata["required"] else "")
                      + f" [role: {role_of(f)}]")
-        dumped = yaml.safe_dump({f.name: default_of(f)}, default_flow_style=False, sort_keys=False)
+        default = AUTO if accepts_auto(f) and default_of(f) is None else default_of(f)
+        dumped = yaml.safe_dump({f.name: default}, default_flow_style=False, sort_keys=False)
         lines.append(dumped.rstrip())
     return "\n".join(lines) + "\n"

@@ -32,3 +32,15 @@ def resolve_precision(requested: str, device) -> str:
     if device.type != "cuda":
         return "no"
     return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+
+
+def attention_kernel(backend: str):
+    """A context pinning PyTorch's SDPA to the --attention-backend kernel (math, efficient, flash,
+    cudnn; the backward pass follows the forward's choice), or doing nothing (auto, eager)."""
+    import contextlib
+
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    kernel = {"math": SDPBackend.MATH, "efficient": SDPBackend.EFFICIENT_ATTENTION,
+              "flash": SDPBackend.FLASH_ATTENTION, "cudnn": SDPBackend.CUDNN_ATTENTION}.get(backend)
+    return sdpa_kernel(kernel) if kernel is not None else contextlib.nullcontext()

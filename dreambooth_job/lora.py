@@ -20,9 +20,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from dreambooth_job.config import DEFAULT_LORA_TARGETS
 from dreambooth_job.exit_codes import InvalidInputError
 
-DEFAULT_UNET_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
+DEFAULT_UNET_TARGETS = DEFAULT_LORA_TARGETS  # --lora-target-modules' default
 DEFAULT_TEXT_ENCODER_TARGETS = ("q_proj", "k_proj", "v_proj", "out_proj")
 UNET_CONV_TARGETS = ("conv1", "conv2", "conv_shortcut")
 """The ResNet blocks' convolutions; add them to `target_modules` to adapt the convolutions too."""

@@ -98,6 +98,9 @@ class Training:
     device: str | None = _optional()
     mixed_precision: str | None = _optional()
     gradient_checkpointing: bool | None = _optional()
+    train_mode: str | None = _optional()  # "full" or "lora"
+    learning_rate: float | None = _optional()  # the peak rate used: --learning-rate auto resolved
+    trainable_parameters: int | None = _optional()  # what the optimizer updated (LoRA: adapters)
 
 
 @dataclass

@@ -6,6 +6,10 @@ a checkpoint resumed, only when every MODEL option matches what that run recorde
 option (`--force` / `--restart` start over). OPERATIONAL options (logs, cadence, caches, limits,
 speed switches) never make another run.
 
+Options resolved at run time from other options (config.resolve_auto) are compared resolved:
+`--learning-rate auto` in full mode is the 5e-6 an older release recorded, and in LoRA mode the
+same run as an explicit `--learning-rate 1e-4`.
+
 Records outlive releases: an option added later is absent from an older record. It compares equal
 when this run leaves it at its default, which is what the older release trained with; so adding a
 MODEL option does not turn every finished output into "another config".
@@ -27,13 +31,14 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-from dreambooth_job.config import TrainConfig, default_of, model_fields
+from dreambooth_job.config import TrainConfig, default_of, model_fields, resolve_auto
 from dreambooth_job.redaction import redact_value
 
 
 def model_config(config: TrainConfig) -> dict[str, Any]:
-    """The MODEL options of `config`: what makes it another run."""
-    return {f.name: getattr(config, f.name) for f in model_fields()}
+    """The MODEL options of `config`, `auto` ones resolved: what makes it another run."""
+    resolved = resolve_auto(config.to_dict())
+    return {f.name: resolved[f.name] for f in model_fields()}
 
 
 def config_fingerprint(config: TrainConfig) -> str:
@@ -49,10 +54,8 @@ def differing_model_fields(recorded: Mapping[str, Any] | Any, config: Mapping[st
     (written before the option existed) matches when `config` has it at its default."""
     if not isinstance(recorded, Mapping):
         recorded = {}  # a record without a readable config matches only the defaults
-    current = redact_value(config.to_dict() if isinstance(config, TrainConfig) else dict(config))
-    differing = []
-    for f in model_fields():
-        expected = recorded[f.name] if f.name in recorded else redact_value(default_of(f))
-        if current.get(f.name) != expected:
-            differing.append(f.name)
-    return sorted(differing)
+    current = resolve_auto(redact_value(config.to_dict() if isinstance(config, TrainConfig)
+                                        else dict(config)))
+    expected = resolve_auto({f.name: recorded[f.name] if f.name in recorded
+                             else redact_value(default_of(f)) for f in model_fields()})
+    return sorted(f.name for f in model_fields() if current.get(f.name) != expected[f.name])

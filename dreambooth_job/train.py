@@ -1,9 +1,11 @@
-"""The DreamBooth training loop: full UNet fine-tuning (text encoder optional) with the
-class-specific prior-preservation loss (Ruiz et al., CVPR 2023, eq. 2).
+"""The DreamBooth training loop: full UNet fine-tuning (text encoder optional), or LoRA adapters
+on them (--train-mode lora), with the class-specific prior-preservation loss (Ruiz et al., CVPR
+2023, eq. 2).
 
 Reads top to bottom: `Trainer.setup` (its named steps: precision, models, caches, optimizer,
 accelerate's prepare), `Trainer.train` (the loop), `Trainer.save_model`. What depends on the model
-family (prompt encoding, UNet conditioning, saving) goes through `families.ModelFamily`.
+family (prompt encoding, UNet conditioning, saving) goes through `families.ModelFamily`, what
+depends on the train mode (what trains, what is saved) through `families.TrainMode`.
 Every random draw of step k comes from a generator seeded by (seed, k), so a run resumed at step k
 continues exactly like one that never stopped, and the cached and uncached paths draw the same
 numbers.
@@ -11,7 +13,6 @@ numbers.
 
 from __future__ import annotations
 
-import contextlib
 import math
 import time
 from collections.abc import Callable
@@ -22,12 +23,12 @@ import torch.nn.functional as F
 from PIL import Image
 from torch.profiler import record_function
 
-from dreambooth_job import devices, families, memory
+from dreambooth_job import devices, families, memory, train_state
 from dreambooth_job.config import TrainConfig
 from dreambooth_job.data import square_crop, to_tensor
 from dreambooth_job.events import JobObserver, TrainProgress
 from dreambooth_job.exit_codes import InvalidInputError
-from dreambooth_job.families import FULL_FINE_TUNE, ModelFamily, PromptEmbeddings, TrainMode
+from dreambooth_job.families import ModelFamily, PromptEmbeddings, TrainMode
 
 # Named ranges of one optimizer step, for torch.profiler (`bench --profile` sums them per step):
 # where a step's host time goes, e.g. how much of it is the UNet and how much is around it.
@@ -43,6 +44,9 @@ class TrainResult:
     device: str
     mixed_precision: str
     gradient_checkpointing: bool
+    train_mode: str
+    learning_rate: float
+    trainable_parameters: int
 
 
 def step_generator(seed: int, step: int) -> torch.Generator:
@@ -52,19 +56,19 @@ def step_generator(seed: int, step: int) -> torch.Generator:
 
 class Trainer:
     """One fine-tuning run: `setup()` once, then `train()` (any number of times), `save_model`.
-    `family` (default: the pipeline's) encodes prompts and saves; `mode` picks what trains and is
-    saved (families/); `set_grads_to_none=False` zeroes gradients in place as the reference
-    trainer does (`bench --baseline` times it so)."""
+    `family` (default: the pipeline's) encodes prompts and saves; `mode` (default: --train-mode's)
+    picks what trains and is saved (families/); `set_grads_to_none=False` zeroes gradients in
+    place as the reference trainer does (`bench --baseline` times it so)."""
 
     def __init__(self, config: TrainConfig, pipeline, noise_scheduler, *,
                  instance_images: list[Image.Image], instance_prompt: str,
                  class_images: list[Image.Image] | None, class_prompt: str,
                  observer: JobObserver | None = None, family: ModelFamily | None = None,
-                 mode: TrainMode = FULL_FINE_TUNE, set_grads_to_none: bool = True):
+                 mode: TrainMode | None = None, set_grads_to_none: bool = True):
         self.config = config
         self.pipeline = pipeline
         self.family = family or families.for_pipeline(pipeline)
-        self.mode = mode
+        self.mode = mode or families.train_mode(config)
         self.set_grads_to_none = set_grads_to_none
         self.noise_scheduler = noise_scheduler
         self.instance_images = instance_images
@@ -103,18 +107,23 @@ class Trainer:
         self.weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(self.precision, torch.float32)
 
     def _setup_models(self) -> None:
-        """Frozen models in the compute dtype, trained ones in fp32 master weights (what the
-        train mode makes trainable), and the memory and kernel switches."""
+        """Frozen weights in the compute dtype, trained ones in fp32 master weights (what the
+        train mode makes trainable: whole modules, or adapters on a frozen base), and the memory
+        and kernel switches."""
         config, pipe = self.config, self.pipeline
         self.unet, self.vae = pipe.unet, pipe.vae
         self.text_encoders = self.family.text_encoders(pipe)
         self.vae.requires_grad_(False).to(self.device, self.weight_dtype)
+        trained_dtype = self.weight_dtype if self.mode.frozen_base else torch.float32
         for encoder in self.text_encoders.values():
             encoder.requires_grad_(False)
-            encoder.to(self.device, torch.float32 if config.train_text_encoder else self.weight_dtype)
-        self.unet.to(self.device, torch.float32).train()
+            encoder.to(self.device, trained_dtype if config.train_text_encoder else self.weight_dtype)
+        self.unet.to(self.device, trained_dtype)
         self.trainable = self.mode.trainable_parameters(
             self.family.trainable_modules(pipe, config.train_text_encoder))
+        for param in self.trainable:
+            param.data = param.data.float()  # adapters follow the base's dtype when added
+        self._set_training()
         self.gradient_checkpointing = (config.gradient_checkpointing if config.gradient_checkpointing
                                        is not None else self._checkpointing_needed())
         if self.gradient_checkpointing:
@@ -165,6 +174,8 @@ class Trainer:
         if config.train_text_encoder:
             self.text_encoders = {name: self.accelerator.prepare(encoder)
                                   for name, encoder in self.text_encoders.items()}
+        if self.mode.frozen_base:
+            train_state.register_trainable_only(self.accelerator)  # no frozen base in checkpoints
         if config.compile_unet:
             # After `prepare`: the accelerator keeps the plain module, so saved states keep its names.
             self.unet = torch.compile(self.unet, mode=config.compile_mode)
@@ -174,8 +185,7 @@ class Trainer:
         if self.device.type != "cuda":
             return False
         config = self.config
-        trained = memory.trained_parameters(
-            self.family.trainable_modules(self.pipeline, config.train_text_encoder).values())
+        trained = sum(p.numel() for p in self.trainable)
         latent_side = config.resolution // self.pipeline.vae_scale_factor
         images = config.train_batch_size * (2 if self.class_images else 1)
         required = (memory.training_state_bytes(trained, config.use_8bit_adam)
@@ -184,16 +194,22 @@ class Trainer:
         return memory.needs_checkpointing(required, torch.cuda.mem_get_info(self.device)[0])
 
     def _optimizer(self, params):
-        config = self.config
+        config, rate = self.config, self.config.resolved_learning_rate
         if config.use_8bit_adam:
             import bitsandbytes as bnb
 
-            return bnb.optim.AdamW8bit(params, lr=config.learning_rate, weight_decay=config.adam_weight_decay)
+            return bnb.optim.AdamW8bit(params, lr=rate, weight_decay=config.adam_weight_decay)
         # Fused is one kernel for all parameters on CUDA and CPU alike; on CPU, foreach falls back
         # to a loop over parameters (docs/benchmarks.md has the measurements).
         impl = "fused" if config.adam_impl == "auto" else config.adam_impl
-        return torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.adam_weight_decay,
+        return torch.optim.AdamW(params, lr=rate, weight_decay=config.adam_weight_decay,
                                  fused=impl == "fused", foreach=impl == "foreach")
+
+    def _set_training(self, training: bool = True) -> None:
+        """Train mode for what trains (LoRA's dropout), eval mode for sampling."""
+        self.unet.train(training)
+        for encoder in self.text_encoders.values():
+            encoder.train(training and self.config.train_text_encoder)
 
     def _prepare_pixels(self) -> dict[str, torch.Tensor | list[Image.Image]]:
         """Centre-cropped images become tensors once; random crops stay PIL images until each step."""
@@ -285,7 +301,8 @@ class Trainer:
                 target = self.noise_scheduler.get_velocity(latents, noise, timesteps)
             else:
                 target = noise
-        with record_function("unet_forward"), self.accelerator.autocast(), self._attention_kernel():
+        with record_function("unet_forward"), self.accelerator.autocast(), \
+                devices.attention_kernel(self.config.attention_backend):
             conditioning = self.family.unet_conditioning(embeddings, noisy.dtype)
             prediction = self.unet(noisy, timesteps, **conditioning).sample
         errors = F.mse_loss(prediction.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))
@@ -293,15 +310,6 @@ class Trainer:
         prior_loss = (errors[self.config.train_batch_size:].mean() if self.class_images
                       else torch.zeros((), device=self.device))
         return instance_loss + self.config.prior_loss_weight * prior_loss, instance_loss, prior_loss
-
-    def _attention_kernel(self):
-        """Pin SDPA to one kernel when asked (the backward pass follows the forward's choice)."""
-        from torch.nn.attention import SDPBackend, sdpa_kernel
-
-        kernel = {"math": SDPBackend.MATH, "efficient": SDPBackend.EFFICIENT_ATTENTION,
-                  "flash": SDPBackend.FLASH_ATTENTION,
-                  "cudnn": SDPBackend.CUDNN_ATTENTION}.get(self.config.attention_backend)
-        return sdpa_kernel(kernel) if kernel is not None else contextlib.nullcontext()
 
     # ------------------------------------------------------------------------------------------
     def train(self, num_steps: int | None = None,
@@ -315,6 +323,7 @@ class Trainer:
         images_per_step = config.train_batch_size * micro_steps * (2 if self.class_images else 1)
         started, started_step = time.perf_counter(), self.step
         last = None
+        self._set_training()  # after sampling (inference_pipeline), and again after each hook
         while self.step < last_step:
             for micro in range(micro_steps):
                 with self.accelerator.accumulate(self.unet):
@@ -345,10 +354,13 @@ class Trainer:
                 self.observer.train_progress(progress)
             if on_step_end is not None:
                 on_step_end(self.step)
+                self._set_training()
         values = [v.item() for v in last] if last else [None, None, None]
         self._check_finite(values[0], weights=True)
         return TrainResult(self.step, *values, device=str(self.device), mixed_precision=self.precision,
-                           gradient_checkpointing=self.gradient_checkpointing)
+                           gradient_checkpointing=self.gradient_checkpointing, train_mode=self.mode.name,
+                           learning_rate=self.config.resolved_learning_rate,
+                           trainable_parameters=sum(p.numel() for p in self.trainable))
 
     def _check_finite(self, loss: float | None, *, weights: bool = False) -> None:
         """A NaN or infinite loss (or, at the end, weight) means training diverged: the model is
@@ -361,12 +373,13 @@ class Trainer:
 
     def _diverged(self, what: str) -> None:
         raise InvalidInputError(f"training diverged by step {self.step}: {what}; lower "
-                                f"--learning-rate (now {self.config.learning_rate:g})")
+                                f"--learning-rate (now {self.config.resolved_learning_rate:g})")
 
     # ------------------------------------------------------------------------------------------
     def save_state(self, directory) -> None:
-        """Everything needed to continue exactly: weights, optimizer, LR scheduler, RNG states.
-        The step is the caller's to record; per-step randomness derives from (seed, step)."""
+        """Everything needed to continue exactly: trained weights (a LoRA run's adapters only,
+        train_state.py), optimizer, LR scheduler, RNG states. The step is the caller's to record;
+        per-step randomness derives from (seed, step)."""
         self.accelerator.save_state(str(directory), safe_serialization=True)
 
     def load_state(self, directory, step: int) -> None:
@@ -375,7 +388,9 @@ class Trainer:
 
     # ------------------------------------------------------------------------------------------
     def inference_pipeline(self):
-        """The pipeline with the trained weights, on the training device, ready to sample."""
+        """The pipeline with the trained weights (LoRA: base + adapters), on the training device,
+        in eval mode, ready to sample; training sets train mode again."""
+        self._set_training(False)
         pipe = self.pipeline
         pipe.unet = self.accelerator.unwrap_model(self.unet, keep_torch_compile=False)
         for name, encoder in self.text_encoders.items():
@@ -385,9 +400,6 @@ class Trainer:
         return pipe
 
     def save_model(self, directory) -> None:
-        """What the train mode saves: a diffusers pipeline directory (safetensors) that
-        `from_pretrained` loads as is, for full fine-tuning."""
-        pipe = self.inference_pipeline()
-        pipe.unet.eval()
-        self.mode.save(self.family, pipe, directory)
-        pipe.unet.train()
+        """What the train mode saves (TrainMode.save): a diffusers pipeline directory
+        (safetensors) that `from_pretrained` loads as is; LoRA's with the adapters merged."""
+        self.mode.save(self.family, self.inference_pipeline(), directory)

@@ -4,6 +4,7 @@
     dreambooth-job bench --baseline --sweep --json bench.json
     dreambooth-job bench --model sd15 --resolution 512 --steps 20 --warmup 5 --baseline \\
         --variant mixed_precision=bf16 --variant compile_unet=true,channels_last=true
+    dreambooth-job bench --variant train_mode=lora      # LoRA against full fine-tuning
 
 Every row is TrainConfig's defaults plus the row's overrides (`--variant key=value,...`, keys as in
 `config --print-defaults`), driven through `Trainer.setup()` and `Trainer.train(num_steps,
@@ -144,6 +145,7 @@ def run_variant(variant: Variant, settings: Settings, build, device: dict) -> di
         clock = bench_profile.StepClock(device["type"], set_up)
         trainer.train(settings.warmup + settings.steps, on_step_end=clock)
         seconds = clock.step_seconds()
+        trained = sum(p.numel() for p in trainer.trainable)
         flops = bench_profile.count_flops(trainer)
         peak = memory.peak_bytes()
         profiled = (bench_profile.profile_steps(trainer, bench_profile.PROFILED_STEPS,
@@ -174,6 +176,9 @@ def run_variant(variant: Variant, settings: Settings, build, device: dict) -> di
             "first_step_seconds": clock.first_step_seconds,
             "first_step_since_process_start_seconds": clock.first_step_since_process_start,
             "peak_memory_bytes": peak, "peak_memory_kind": memory.kind,
+            # What the optimizer updates (LoRA: the adapters); a checkpoint holds about 12 bytes
+            # of each (fp32 weight and AdamW's two moments).
+            "trainable_parameters": trained,
             "flops_per_step": flops, "achieved_tflops": tflops,
             "mfu": tflops / peak_tflops if peak_tflops else None, "peak_tflops": peak_tflops,
             **profiled}
@@ -186,11 +191,17 @@ def _auto_precision(device: dict) -> str:
 
 
 def _training_state_bytes(pipeline, config: cfg.TrainConfig) -> int:
-    """A lower bound on what training adds to the loaded model (activations come on top)."""
-    from dreambooth_job import families, memory
+    """A lower bound on what training adds to the loaded model (activations come on top): for
+    LoRA, the adapters' (counted from the layers' shapes, before any is added)."""
+    from dreambooth_job import families, lora, memory
 
     modules = families.for_pipeline(pipeline).trainable_modules(pipeline, config.train_text_encoder)
-    params = memory.trained_parameters(modules.values())
+    if config.train_mode == "lora":
+        params = sum(lora.lora_parameter_count(module, config.lora_rank, config.lora_target_modules
+                                               if name == "unet" else lora.DEFAULT_TEXT_ENCODER_TARGETS)
+                     for name, module in modules.items())
+    else:
+        params = memory.trained_parameters(modules.values())
     return memory.training_state_bytes(params, config.use_8bit_adam)
 
 

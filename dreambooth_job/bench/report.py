@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 COLUMNS = ("variant", "status", "steps/s", "images/s", "step ms", "first step s", "peak mem",
-           "GFLOP/step", "TFLOP/s", "MFU", "vs baseline")
+           "trained", "GFLOP/step", "TFLOP/s", "MFU", "vs baseline")
 
 
 def table(report: dict) -> str:
@@ -42,10 +42,16 @@ def _cells(row: dict) -> list[str]:
     return [
         row["name"], "ok", f"{row['steps_per_second']:.3f}", f"{row['images_per_second']:.3f}",
         f"{row['median_step_seconds'] * 1000:.1f}", f"{row['first_step_seconds']:.2f}",
-        _bytes(row["peak_memory_bytes"]), f"{row['flops_per_step'] / 1e9:.2f}",
+        _bytes(row["peak_memory_bytes"]), _count(row.get("trainable_parameters")),
+        f"{row['flops_per_step'] / 1e9:.2f}",
         f"{row['achieved_tflops']:.4f}", f"{row['mfu']:.1%}" if row["mfu"] is not None else "n/a",
         f"{ratio:.2f}x" if ratio is not None else "-",
     ]
+
+
+def _count(value: int | None) -> str:
+    """Parameters, e.g. 859.5M or 0.80M (a LoRA's)."""
+    return "n/a" if value is None else f"{value / 1e6:.2f}M"
 
 
 def _bytes(value: int | None) -> str:

@@ -28,7 +28,8 @@ def sample_photos_dir() -> Path:
     return Path(str(resources.files("dreambooth_job").joinpath("assets", "sample_photos", SUBJECT)))
 
 
-def run_demo(output: str, max_train_steps: int = 20, metrics_port: int = 9090) -> ExitCode:
+def run_demo(output: str, max_train_steps: int = 20, metrics_port: int = 9090,
+             train_mode: str = "full") -> ExitCode:
     from dreambooth_job import job
     from dreambooth_job.devtools import tiny_models
 
@@ -40,7 +41,8 @@ def run_demo(output: str, max_train_steps: int = 20, metrics_port: int = 9090) -
     settings = dict(class_noun=CLASS_NOUN, base_model=str(model_dir), resolution=64,
                     num_class_images=8, max_train_steps=max_train_steps, num_validation_images=2,
                     sample_steps=10, log_every=5, cache_dir=str(root / "cache"),
-                    metrics_port=metrics_port, checkpoint_every=max(1, max_train_steps // 2))
+                    metrics_port=metrics_port, checkpoint_every=max(1, max_train_steps // 2),
+                    train_mode=train_mode)
     if not s3server.available():
         click.echo("no local S3 server installed: using local directories instead")
         config = TrainConfig(instance_data=str(sample_photos_dir()), output=str(root / "run"),

@@ -28,12 +28,11 @@ Adding SDXL (the next issue) is a new module, families/sdxl.py, plus its line in
 Nothing else in the tree names a family: sampling, class images, evaluation and bench stay as
 they are.
 
-Adding LoRA is a new `TrainMode` (base.py) beside `FULL_FINE_TUNE`, chosen by a config option and
-handed to the Trainer (`Trainer(..., mode=...)`): its `trainable_parameters` adds peft adapters to
-the attention projections of the modules it is given (`unet.add_adapter(LoraConfig(...))`, and the
-text encoders' when they train), freezes the base weights and returns only the adapters'
-parameters; its `save` writes the adapters (`save_lora_weights`) instead of the whole pipeline.
-The optimizer, accelerate's checkpoints and the loop are unchanged: they see only parameters.
+A `TrainMode` (base.py) says what trains and what is saved: `FULL_FINE_TUNE`, or LoRA
+(lora_mode.py: adapters on the UNet's --lora-target-modules and, when they train, the text
+encoders' attention projections; the base frozen). `train_mode(config)` picks it from
+--train-mode; the Trainer takes it (`Trainer(..., mode=...)`, default: the config's). The
+optimizer and the loop are unchanged: they see only parameters.
 """
 
 from __future__ import annotations
@@ -48,7 +47,7 @@ from dreambooth_job.families.sd import StableDiffusion
 FAMILIES: tuple[ModelFamily, ...] = (StableDiffusion(),)
 
 __all__ = ["FAMILIES", "FULL_FINE_TUNE", "ModelFamily", "PromptEmbeddings", "TrainMode", "detect",
-           "for_class_name", "for_pipeline"]
+           "for_class_name", "for_pipeline", "train_mode"]
 
 
 def supported() -> str:
@@ -92,3 +91,12 @@ def detect(path: str, cache_dir: str | None = None, source: str | None = None) -
 def for_pipeline(pipeline) -> ModelFamily:
     """The family of an already built or loaded pipeline, from its class."""
     return for_class_name(type(pipeline).__name__, "the pipeline")
+
+
+def train_mode(config) -> TrainMode:
+    """The TrainMode --train-mode names."""
+    if config.train_mode == "lora":
+        from dreambooth_job.families.lora_mode import LoraTrainMode
+
+        return LoraTrainMode.from_config(config)
+    return FULL_FINE_TUNE

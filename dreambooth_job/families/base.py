@@ -89,9 +89,13 @@ class ModelFamily(ABC):
 
 class TrainMode:
     """Which parameters fine-tuning updates and what it saves: the whole pipeline here. LoRA is
-    another TrainMode (see the package docs); the Trainer calls nothing else of it."""
+    another TrainMode (lora_mode.py); the Trainer calls nothing else of it."""
 
     name = "full"
+    frozen_base = False
+    """True when the trained modules' own weights stay frozen and only parameters the mode adds
+    train (LoRA): the Trainer then keeps the base in the compute dtype, and checkpoints hold only
+    the trainable parameters (train_state.py)."""
 
     def trainable_parameters(self, modules: dict[str, Any]) -> list:
         """Make `modules` (ModelFamily.trainable_modules) trainable; the parameters to optimize."""

@@ -256,7 +256,8 @@ def chart_table() -> dict[str, Any]:
     """The chart's copy of the package's CLI facts (helm/dreambooth-job/files/package.yaml).
 
     `options` is in TrainConfig order, so the chart renders args in the order of to_cli_args; each
-    row's `role` tells the chart to pass a `model` option even at its default, as to_cli_args does.
+    row's `role` tells the chart to pass a `model` option even at its default, as to_cli_args does,
+    and `auto` that a null one is passed as `auto`.
     """
     options = []
     for f in cfg.fields():
@@ -268,6 +269,8 @@ def chart_table() -> dict[str, Any]:
             option["flag"], option["negation"] = declared.split("/")
         else:
             option["flag"] = f.metadata["flag"] or cfg.flag_name(f.name)
+            if cfg.accepts_auto(f):  # null: passed as `auto` when the option is a model one
+                option["auto"] = True
         option["default"] = cfg.default_of(f)
         options.append(option)
     return {

@@ -26,6 +26,7 @@ def report(tmp_path_factory):
     path = tmp_path_factory.mktemp("bench") / "bench.json"
     outcome = bench("--baseline", "--variant", "use_8bit_adam=true", "--variant",
                     "attention_backend=cudnn", "--variant", "train_batch_size=2",
+                    "--variant", "train_mode=lora",
                     "--profile", str(path.parent / "profiles"), "--json", str(path))
     assert outcome.exit_code == ExitCode.OK, outcome.output
     return json.loads(path.read_text()), outcome.output
@@ -35,7 +36,7 @@ def test_rows_report_speed_memory_and_flops(report):
     data, _ = report
     rows = {row["name"]: row for row in data["variants"]}
     assert list(rows) == ["default", "baseline", "use_8bit_adam=true", "attention_backend=cudnn",
-                          "train_batch_size=2"]
+                          "train_batch_size=2", "train_mode=lora"]
     for name in ("default", "baseline"):
         row = rows[name]
         assert row["status"] == "ok", row
@@ -93,6 +94,17 @@ def test_report_names_device_versions_and_settings(report):
     assert data["settings"]["resolution"] == 32 and data["settings"]["images_per_step"] == 2
     assert data["model"]["architecture"] == "tiny" and data["model"]["parameters"]["unet"] > 0
     assert data["time_to_first_step_seconds"] > 0
+
+
+def test_a_lora_row_trains_the_adapters_only(report):
+    data, output = report
+    rows = {row["name"]: row for row in data["variants"]}
+    lora, full = rows["train_mode=lora"], rows["default"]
+    assert lora["status"] == "ok", lora
+    assert lora["steps_per_second"] > 0 and lora["peak_memory_bytes"] > 0
+    assert 0 < lora["trainable_parameters"] < full["trainable_parameters"] / 5
+    assert full["trainable_parameters"] == data["model"]["parameters"]["unet"]
+    assert any(line.startswith("train_mode=lora ") and " ok " in line for line in output.splitlines())
 
 
 def test_table_has_a_row_per_variant_and_says_why_mfu_is_missing(report):

@@ -39,6 +39,8 @@ SPECIAL_VALUES = {
     "identifier": "sks",
     "instance_prompt": "a photo of {identifier} {class_noun}",
     "learning_rate": 2e-06,  # Go writes it 0.000002: the CLI must read both
+    "lora_dropout": 0.25,
+    "lora_target_modules": ["to_q", "conv1"],
     "pushgateway": "http://pushgateway:9091",
     "validation_prompts": ['a {identifier} {class_noun}, "quoted", with: colons', "{identifier}"],
 }
@@ -64,7 +66,7 @@ def non_default(f) -> Any:
     if kind is int:
         return default + 8  # keeps --resolution a multiple of 8
     if kind is float:
-        return default + 1.5
+        return (default or 0) + 1.5
     return f"{f.name.replace('_', '-')}-value"
 
 
@@ -159,7 +161,10 @@ def test_a_job_at_the_defaults_states_every_model_option_and_no_other(render, ch
     args = render(values).one("Job")["spec"]["template"]["spec"]["containers"][0]["args"]
     model = {f.name for f in cfg.model_fields()}
     assert stated_options(args) == model | {"output", "subject_id"}  # both always passed
-    assert args[args.index("--learning-rate") + 1] == "0.000005"  # Go's spelling of 5e-06
+    # Options the run resolves are stated as `auto`, with what they depend on.
+    assert args[args.index("--train-mode") + 1] == "full"
+    assert args[args.index("--learning-rate") + 1] == "auto"
+    assert args[args.index("--lora-alpha") + 1] == "auto"
     assert args[args.index("--mixed-precision") + 1] == "auto"
     assert parse_train_args(args).to_dict() == {**cfg.TrainConfig(
         instance_data="s3://p/x/", class_noun="dog", output="s3://r/x/", subject_id="x").to_dict(),
@@ -176,7 +181,8 @@ def test_the_python_builder_states_every_model_option_at_its_default():
 
 def test_schema_bounds_are_the_fields_declared_bounds(chart):
     """values.schema.json states each option's bounds exactly as TrainConfig declares them."""
-    bound_keywords = {"minimum", "maximum", "exclusiveMinimum", "multipleOf", "pattern", "minLength"}
+    bound_keywords = {"minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "multipleOf",
+                      "pattern", "minLength"}
     properties = chart.schema["properties"]["job"]["properties"]
     for f in chart_fields():
         declared = dict(f.metadata["bounds"])

@@ -29,7 +29,8 @@ def test_yaml_defaults_rows_and_templates(tmp_path):
     dog, teapot = batch.subjects
     assert dog.output == "s3://runs/night-42/dog/" and teapot.output == "s3://runs/night-42/teapot/"
     assert dog.subject_id == "dog" and dog.batch_id == "night-42"
-    assert dog.max_train_steps == 800 and dog.learning_rate == 5e-6
+    assert dog.max_train_steps == 800 and dog.learning_rate is None  # auto
+    assert dog.resolved_learning_rate == 5e-6
     assert teapot.learning_rate == 2e-6
     assert dog.class_data == "s3://runs/class-cache/"
     # Prompts keep their own placeholder for the job to fill in.

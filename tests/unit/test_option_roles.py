@@ -41,11 +41,25 @@ def test_the_borderline_options_have_their_documented_roles():
 
 
 def test_every_model_option_has_an_explicit_value():
-    """A Job states every model option; an unset (None) one could not be stated, so none has a
-    None default but the required inputs, which validation never leaves unset."""
-    unstated = [f.name for f in cfg.model_fields()
-                if cfg.default_of(f) is None and not f.metadata["required"]]
-    assert not unstated
+    """A Job states every model option; an unset (None) one is resolved at run time and stated as
+    `auto`, which only numbers take (a boolean's flags have no `auto`); the required inputs aside,
+    which validation never leaves unset."""
+    unset = [f for f in cfg.model_fields() if cfg.default_of(f) is None and not f.metadata["required"]]
+    assert {f.name for f in unset} == {"learning_rate", "lora_alpha"}
+    assert all(cfg.accepts_auto(f) and cfg.base_type(f) in (int, float) for f in unset)
+
+
+def test_jobs_state_unset_model_options_as_auto():
+    config = cfg.TrainConfig(**REQUIRED)
+    args = to_cli_args(config)
+    assert args[args.index("--learning-rate") + 1] == "auto"
+    assert args[args.index("--lora-alpha") + 1] == "auto"
+    assert args[args.index("--train-mode") + 1] == "full"
+    values = to_config_values(config)
+    assert values["learning_rate"] == "auto" and values["lora_alpha"] == "auto"
+    # What a Job states reads back as the same config, whatever the image's defaults.
+    assert cfg.TrainConfig(**values) == config
+    assert cfg.TrainConfig(**{**values, "learning_rate": 2e-6}).learning_rate == 2e-6
 
 
 def test_jobs_state_every_model_option_at_its_default_and_operational_ones_only_when_changed():
@@ -60,6 +74,7 @@ def test_jobs_state_every_model_option_at_its_default_and_operational_ones_only_
     assert "--log-every" in args and "--metrics-port" not in args and "--cache-dir" not in args
     assert args[args.index("--identifier") + 1] == "auto"
     assert args[args.index("--mixed-precision") + 1] == "auto"
+    assert args[args.index("--learning-rate") + 1] == "auto"
     values = to_config_values(config)
     assert {f.name for f in cfg.model_fields()} <= values.keys()
     assert values["log_every"] == 3 and "metrics_port" not in values
@@ -76,6 +91,8 @@ def test_validate_enforces_each_declared_bound(f):
         outside.append(kind(bounds["maximum"] + 1))
     if "exclusiveMinimum" in bounds:
         outside.append(kind(bounds["exclusiveMinimum"]))
+    if "exclusiveMaximum" in bounds:
+        outside.append(kind(bounds["exclusiveMaximum"]))
     if "multipleOf" in bounds:
         outside.append(kind(bounds["multipleOf"] * 10 + 1))
     for value in outside:
@@ -98,6 +115,22 @@ def test_the_fingerprint_covers_model_options_only():
     assert config_fingerprint(base) == config_fingerprint(
         dataclasses.replace(base, log_every=3, adam_impl="loop", output="s3://elsewhere/"))
     assert config_fingerprint(base) != config_fingerprint(dataclasses.replace(base, learning_rate=1e-4))
+
+
+def test_auto_options_are_the_same_run_as_what_they_resolve_to():
+    """`--learning-rate auto` trains with the mode's rate: the same run as that rate given
+    explicitly, and as an older release's record of it (5e-6, full fine-tuning)."""
+    auto = cfg.TrainConfig(**REQUIRED)
+    older_record = {**auto.to_dict(), "learning_rate": 5e-6}
+    del older_record["train_mode"], older_record["lora_alpha"]
+    assert differing_model_fields(older_record, auto) == []
+    assert config_fingerprint(auto) == config_fingerprint(dataclasses.replace(auto, learning_rate=5e-6))
+    lora = dataclasses.replace(auto, train_mode="lora")
+    assert differing_model_fields(lora.to_dict(), dataclasses.replace(lora, learning_rate=1e-4)) == []
+    assert differing_model_fields(lora.to_dict(), dataclasses.replace(lora, lora_alpha=16)) == []
+    assert differing_model_fields(auto.to_dict(), lora) == ["learning_rate", "train_mode"]
+    assert differing_model_fields(lora.to_dict(), dataclasses.replace(lora, lora_rank=8)) == [
+        "lora_alpha", "lora_rank"]
 
 
 def test_an_unrecorded_option_matches_only_at_its_default():

@@ -93,7 +93,7 @@ include "dreambooth-job.option" (list $ "metricsPort").
 
 {{/*
 The container args: `train`, then every `model` option (files/package.yaml's role) whatever its
-value, so that an image with other defaults trains what the values say, and every other option
+value (a null one the run resolves, `auto` in package.yaml, as `auto`), so that an image with other defaults trains what the values say, and every other option
 that differs from the CLI default, in the order and spelling of
 dreambooth_job.config_sources.to_cli_args; then extraArgs. The subject id is always passed, so
 that the job names the subject as the labels do.
@@ -103,7 +103,10 @@ that the job names the subject as the labels do.
 {{- range $option := (include "dreambooth-job.package" $ | fromYaml).options }}
 {{- $value := index $.Values.job $option.key }}
 {{- if eq $option.key "subjectId" }}{{ $value = include "dreambooth-job.subjectId" $ }}{{ end }}
-{{- if and (not (kindIs "invalid" $value)) (or (eq $option.role "model") (ne (toJson $value) (toJson $option.default))) }}
+{{- if and (kindIs "invalid" $value) $option.auto (eq $option.role "model") }}
+- {{ $option.flag }}
+- {{ include "dreambooth-job.arg" "auto" }}
+{{- else if and (not (kindIs "invalid" $value)) (or (eq $option.role "model") (ne (toJson $value) (toJson $option.default))) }}
 {{- if kindIs "bool" $value }}
 - {{ ternary $option.flag $option.negation $value }}
 {{- else if kindIs "slice" $value }}

@@ -1,0 +1,80 @@
+"""LoRA as a train mode (`--train-mode lora`): the same DreamBooth objective, prior preservation
+included, trained on low-rank adapters (Hu et al. 2021) while the base weights stay frozen.
+
+    mode = train_mode(config)           # families.train_mode: LoraTrainMode for --train-mode lora
+    Trainer(config, pipe, ..., mode=mode)
+
+`trainable_parameters` adds peft adapters (lora.add_lora) to the UNet's --lora-target-modules and,
+with --train-text-encoder, to each text encoder's attention projections; only the adapters'
+parameters reach the optimizer. The Trainer keeps the frozen base in the compute dtype (fp16/bf16
+under mixed precision, as diffusers' LoRA trainer does) and the adapters in fp32, and its
+checkpoints hold the trainable parameters only (train_state.py): the adapters and their AdamW
+moments, not the frozen base.
+
+What a LoRA run publishes is `save` below (`save_merged_pipeline` for now).
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+from dreambooth_job.families.base import ModelFamily, TrainMode
+
+
+class LoraTrainMode(TrainMode):
+    name = "lora"
+    frozen_base = True
+
+    def __init__(self, *, rank: int, alpha: float, dropout: float, unet_targets: list[str],
+                 seed: int = 0):
+        self.rank, self.alpha, self.dropout = rank, alpha, dropout
+        self.unet_targets = list(unet_targets)
+        self.seed = seed
+
+    @classmethod
+    def from_config(cls, config) -> LoraTrainMode:
+        return cls(rank=config.lora_rank, alpha=config.resolved_lora_alpha,
+                   dropout=config.lora_dropout, unet_targets=config.lora_target_modules,
+                   seed=config.seed)
+
+    def trainable_parameters(self, modules: dict[str, Any]) -> list:
+        """Adapters on `modules` (the UNet first, then the text encoders that train); their
+        parameters, in that order: the optimizer's, and so the checkpoints' order."""
+        import torch
+
+        from dreambooth_job import lora
+
+        options = {"rank": self.rank, "alpha": self.alpha, "dropout": self.dropout}
+        modules = dict(modules)
+        unet = modules.pop("unet")
+        # The adapters' random init (peft draws it from torch's global generator, on the CPU) is
+        # the seed's: two runs of one config start alike, so a resumed run ends like the other.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.seed)
+            lora.add_lora(unet, target_modules=self.unet_targets, **options)
+            for encoder in modules.values():
+                lora.add_lora(None, encoder, **options)
+        return [p for module in (unet, *modules.values()) for p in lora.lora_parameters(module)]
+
+    def save(self, family: ModelFamily, pipeline, directory: str | Path) -> None:
+        save_merged_pipeline(family, pipeline, directory)
+
+
+def save_merged_pipeline(family: ModelFamily, pipeline, directory: str | Path) -> None:
+    """The pipeline with its adapters folded into the weights (W + alpha/rank * B @ A), in fp32,
+    as a plain diffusers directory `from_pretrained` loads. Merges copies: the pipeline keeps its
+    adapters (evaluation samples it after this)."""
+    import torch
+
+    from dreambooth_job import lora
+
+    merged = copy.copy(pipeline)  # shallow: only the adapted modules are replaced below
+    for name in ("unet", *family.text_encoder_names):
+        module = getattr(pipeline, name)
+        if lora.has_lora(module):
+            # fp32 before merging: a bf16 base would round most of a small update away.
+            plain = lora.merge_lora(copy.deepcopy(module).to("cpu", torch.float32))
+            setattr(merged, name, plain)
+    family.save_pipeline(merged, directory)
