@@ -2,7 +2,8 @@
 
 `S3TestProxy(upstream, strip_headers={"if-none-match"})` forwards every request minus those
 headers: the real server behind it then behaves like an object store that ignores conditional
-writes. `EncryptedBucketProxy` answers like an encrypted bucket: with SSE-KMS or SSE-C, S3's ETags are not the MD5 of the content; moto and SeaweedFS answer MD5
+writes. `EncryptedBucketProxy` answers like an encrypted bucket: with SSE-KMS or SSE-C, S3's
+ETags are not the MD5 of the content; moto and SeaweedFS answer MD5
 ETags whatever the encryption. This proxy rewrites every object ETag it passes on (ETag headers of
 HEAD, GET, PUT and CompleteMultipartUpload answers, <ETag> in XML listings) to another, stable
 value, and translates If-Match / If-None-Match back, so that conditional writes and the transfer

@@ -48,7 +48,9 @@ def test_lora_run_trains_only_adapters_with_prior_preservation(photos, bucket, t
         return CliRunner().invoke(main, [
             "train", *SMALL, "--instance-data", photos, "--class-noun", "dog", "--output", run,
             "--base-model", str(tiny_model), "--class-data", f"s3://{bucket}/class-cache/",
-            "--cache-dir", str(tmp_path / "cache"), "--log-format", "text", *extra],
+            "--cache-dir", str(tmp_path / "cache"), "--log-format", "text",
+            # model/ as well as lora/, in fp32: to compare the merged weights with the base's
+            "--lora-merge", "--save-precision", "fp32", *extra],
             catch_exceptions=False)
 
     outcome = train()
@@ -67,7 +69,11 @@ def test_lora_run_trains_only_adapters_with_prior_preservation(photos, bucket, t
     assert sorted(uri.rsplit("/", 1)[-1] for uri in result["outputs"]["samples"]) == [
         "step-000002.png", "step-000004.png"]
 
-    # The published model is base + adapters merged: the target layers moved, nothing else did.
+    # The adapters are published in lora/ (diffusers and kohya files, tests/unit/test_outputs.py);
+    # with --lora-merge, model/ is base + adapters merged: the target layers moved, nothing else.
+    published = {entry["path"] for entry in result["outputs"]["files"]}
+    assert {"lora/pytorch_lora_weights.safetensors", "lora/dog.safetensors"} <= published
+    assert all(storage.exists(storage.join(run, path)) for path in published)
     local = tmp_path / "downloaded"
     storage.download_dir(storage.join(run, "model"), local)
     tuned = StableDiffusionPipeline.from_pretrained(local)
@@ -92,7 +98,8 @@ COMMON = ["train", "--train-mode", "lora", "--lora-rank", str(RANK), "--train-te
           "--max-train-steps", str(STEPS), "--num-class-images", "2", "--sample-steps", "2",
           "--num-validation-images", "1", "--validation-prompt", "a {identifier} {class_noun}",
           "--log-every", "1", "--progress-interval-seconds", "0", "--learning-rate", "1e-3",
-          "--checkpoint-every", "4", "--metrics-port", "0", "--log-format", "json"]
+          "--checkpoint-every", "4", "--metrics-port", "0", "--log-format", "json",
+          "--lora-merge"]  # compared through the merged model/ (fp16: equal when fp32 is equal)
 
 
 @pytest.fixture
