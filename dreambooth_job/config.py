@@ -11,7 +11,6 @@ This module is a leaf: it imports nothing heavy, so `dreambooth_job.k8s` can use
 from __future__ import annotations
 
 import dataclasses
-import math
 import os
 import re
 import types
@@ -21,40 +20,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from dreambooth_job.config_checks import check_locations, check_words
-from dreambooth_job.config_fields import MODEL, OPERATIONAL, Role, check_bounds, option, role_of
-from dreambooth_job.exit_codes import InvalidInputError
-from dreambooth_job.redaction import has_url_credentials
-
-ENV_PREFIX = "DREAMBOOTH_"
-DEFAULT_BASE_MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
-MIXED_PRECISION_CHOICES = ("auto", "no", "fp16", "bf16")
-LR_SCHEDULER_CHOICES = ("constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts",
-                        "polynomial")
-LOG_FORMAT_CHOICES = ("auto", "json", "text")
-MAX_LEASE_WAIT_SECONDS = 86400
-ADAM_IMPL_CHOICES = ("auto", "fused", "foreach", "loop")
-ATTENTION_BACKEND_CHOICES = ("auto", "math", "efficient", "flash", "cudnn", "eager")
-SAVE_PRECISION_CHOICES = ("fp16", "bf16", "fp32")
-COMPILE_MODE_CHOICES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
-TRAIN_MODE_CHOICES = ("full", "lora")
-# The usual peak rates: the paper's full fine-tuning, and diffusers' and kohya's LoRA trainers.
-DEFAULT_LEARNING_RATES = {"full": 5e-6, "lora": 1e-4}
-# LoRA's default targets: the UNet's attention projections (lora.py; kept here so that this module
-# stays a leaf without the training dependencies).
-DEFAULT_LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
-AUTO = "auto"
-# Options naming a place (s3://, a hub id, a directory, an http URL). A URL among them never
-# carries credentials: they would travel in Job args, batch files and result.json.
-URI_OPTIONS = ("instance_data", "output", "base_model", "cache_dir", "class_data", "prompt_set",
-               "dino_model", "clip_model", "lpips_model", "pushgateway")
-DEFAULT_VALIDATION_PROMPTS = (
-    "a {identifier} {class_noun} in the jungle",
-    "a {identifier} {class_noun} on the beach",
-    "a {identifier} {class_noun} in the snow",
-    "a red {identifier} {class_noun}",
-)
+from dreambooth_job import config_choices as const
+from dreambooth_job.config_checks import validate_config
+from dreambooth_job.config_fields import MODEL, OPERATIONAL, Role, option, role_of
 
 
 def _default_cache_dir() -> str:
@@ -75,7 +43,7 @@ class TrainConfig:
         OPERATIONAL, required=True,
         help="s3://bucket/prefix/ or local directory that receives model/, samples/, result.json.")
     base_model: str = option(
-        MODEL, DEFAULT_BASE_MODEL, evaluation=True,
+        MODEL, const.DEFAULT_BASE_MODEL, evaluation=True,
         help="Diffusers pipeline to fine-tune: a hub id, a local directory or an s3:// prefix.")
     cache_dir: str = option(
         OPERATIONAL, default_factory=_default_cache_dir, evaluation=True,
@@ -133,7 +101,7 @@ class TrainConfig:
     # --- training -------------------------------------------------------------------------------
     max_train_steps: int = option(MODEL, 800, minimum=1, help="Optimizer steps to train.")
     train_mode: str = option(
-        MODEL, "full", choices=TRAIN_MODE_CHOICES,
+        MODEL, "full", choices=const.TRAIN_MODE_CHOICES,
         help="full: fine-tune the UNet's (and with --train-text-encoder the text encoder's) weights, "
              "the paper's method; lora: train low-rank adapters on them (Hu et al. 2021) with the "
              "same objective, the base weights frozen.")
@@ -141,7 +109,7 @@ class TrainConfig:
         MODEL, exclusive_minimum=0,
         help="Peak learning rate (default auto: 1e-4 with --train-mode lora, 5e-6 with full).")
     lr_scheduler: str = option(
-        MODEL, "constant", choices=LR_SCHEDULER_CHOICES, help="Learning-rate schedule.")
+        MODEL, "constant", choices=const.LR_SCHEDULER_CHOICES, help="Learning-rate schedule.")
     lr_warmup_steps: int = option(MODEL, 0, minimum=0, help="Learning-rate warm-up steps.")
     train_batch_size: int = option(
         MODEL, 1, minimum=1, help="Subject photos per step (class images: the same).")
@@ -159,7 +127,7 @@ class TrainConfig:
     lora_dropout: float = option(
         MODEL, 0.0, minimum=0, exclusive_maximum=1, help="Dropout on the LoRA adapters' inputs.")
     lora_target_modules: list[str] = option(
-        MODEL, default_factory=lambda: list(DEFAULT_LORA_TARGETS),
+        MODEL, default_factory=lambda: list(const.DEFAULT_LORA_TARGETS),
         help="UNet layers that get LoRA adapters (repeatable; a name matches a layer whose dotted "
              "name ends with it). Default: the attention projections to_q, to_k, to_v, to_out.0 "
              "of self- and cross-attention, as in the LoRA paper and diffusers' DreamBooth LoRA "
@@ -167,7 +135,7 @@ class TrainConfig:
              "conv_shortcut to adapt the ResNet convolutions too (kohya's LoCon), for UNets whose "
              "attention sees too little of the image.")
     mixed_precision: str = option(
-        MODEL, "auto", choices=MIXED_PRECISION_CHOICES,
+        MODEL, "auto", choices=const.MIXED_PRECISION_CHOICES,
         help="auto: bf16 on CUDA that supports it, fp16 on other CUDA, no on CPU.")
     gradient_checkpointing: bool | None = option(
         OPERATIONAL,
@@ -179,11 +147,11 @@ class TrainConfig:
         OPERATIONAL, True,
         help="VAE-encode each image and text-encode each prompt once, not every step.")
     adam_impl: str = option(
-        OPERATIONAL, "auto", choices=ADAM_IMPL_CHOICES,
+        OPERATIONAL, "auto", choices=const.ADAM_IMPL_CHOICES,
         help="AdamW kernel: fused (one kernel for all parameters), foreach, or loop (one parameter "
              "at a time); auto: fused.")
     attention_backend: str = option(
-        OPERATIONAL, "auto", choices=ATTENTION_BACKEND_CHOICES,
+        OPERATIONAL, "auto", choices=const.ATTENTION_BACKEND_CHOICES,
         help="UNet attention: auto (PyTorch's SDPA picks a kernel); math, efficient, flash or cudnn "
              "(pin that SDPA kernel); eager (matmul and softmax, no SDPA).")
     channels_last: bool | None = option(
@@ -192,7 +160,7 @@ class TrainConfig:
     compile_unet: bool = option(
         OPERATIONAL, False, help="torch.compile the UNet: a slow first step, then faster steps.")
     compile_mode: str = option(
-        OPERATIONAL, "default", choices=COMPILE_MODE_CHOICES,
+        OPERATIONAL, "default", choices=const.COMPILE_MODE_CHOICES,
         help="torch.compile mode of --compile-unet; reduce-overhead replays the UNet's kernels as "
              "CUDA graphs, for steps bound by the host's kernel launches (docs/benchmarks.md).")
     tf32: bool = option(
@@ -213,7 +181,7 @@ class TrainConfig:
     # --- saved outputs ---------------------------------------------------------------------------
     # Model options: they decide the weight files a completed run publishes (docs/options.md).
     save_precision: str = option(
-        MODEL, "fp16", choices=SAVE_PRECISION_CHOICES,
+        MODEL, "fp16", choices=const.SAVE_PRECISION_CHOICES,
         help="Precision of every saved weight file (model/, the single file, the LoRA files); "
              "training keeps fp32 master weights whatever this says.")
     export_single_file: bool = option(
@@ -227,7 +195,7 @@ class TrainConfig:
 
     # --- sampling -------------------------------------------------------------------------------
     validation_prompts: list[str] = option(
-        OPERATIONAL, default_factory=lambda: list(DEFAULT_VALIDATION_PROMPTS),
+        OPERATIONAL, default_factory=lambda: list(const.DEFAULT_VALIDATION_PROMPTS),
         flag="--validation-prompt",
         help="Prompt of the sample grids (repeatable; {identifier} and {class_noun} filled in).")
     num_validation_images: int = option(
@@ -284,7 +252,7 @@ class TrainConfig:
         help="Ignore existing checkpoints whose config conflicts and start from step 0.")
     force: bool = option(OPERATIONAL, False, help="Retrain even if --output holds a completed run.")
     lease_wait_seconds: float = option(
-        OPERATIONAL, 600.0, minimum=0, maximum=MAX_LEASE_WAIT_SECONDS,
+        OPERATIONAL, 600.0, minimum=0, maximum=const.MAX_LEASE_WAIT_SECONDS,
         help="While another Job holds the output's lease, wait this long for it before "
              "exiting 75 (the lease's TTL: a dead holder's lease expires within it).")
 
@@ -298,7 +266,7 @@ class TrainConfig:
         OPERATIONAL,
         help="Prometheus Pushgateway URL to push the job's metrics to at phase changes and exit.")
     log_format: str = option(
-        OPERATIONAL, "auto", choices=LOG_FORMAT_CHOICES, evaluation=True,
+        OPERATIONAL, "auto", choices=const.LOG_FORMAT_CHOICES, evaluation=True,
         help="json: one object per line; text: human lines; auto: json unless on a terminal.")
     storage_credentials_wait_seconds: float = option(
         OPERATIONAL, 60.0, minimum=0,
@@ -308,52 +276,14 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         for f in fields():  # `auto` from Python, a batch row or a bench variant means unset
-            if accepts_auto(f) and getattr(self, f.name) == AUTO:
+            if accepts_auto(f) and getattr(self, f.name) == const.AUTO:
                 setattr(self, f.name, None)
         self.validate()
 
     # ------------------------------------------------------------------------------------------
     def validate(self, *, require_inputs: bool = False) -> None:
-        """Raise InvalidInputError naming the first bad field."""
-        if require_inputs:
-            missing = [f.name for f in fields() if f.metadata["required"] and not getattr(self, f.name)]
-            if missing:
-                raise InvalidInputError(
-                    "missing required option(s): " + ", ".join(flag_name(n) for n in missing))
-        self._validate_finite()  # first: inf and nan slip through comparisons with bounds
-        for f in fields():
-            check_bounds(f, getattr(self, f.name))
-        for f in fields():
-            choices = f.metadata["choices"]
-            if choices and getattr(self, f.name) not in choices:
-                raise InvalidInputError(
-                    f"{flag_name(f.name)} must be one of {', '.join(choices)}, "
-                    f"got {getattr(self, f.name)!r}")
-        if self.compile_mode != "default" and not self.compile_unet:
-            raise InvalidInputError(f"--compile-mode {self.compile_mode} has no effect without "
-                                    "--compile-unet: add --compile-unet or drop --compile-mode")
-        for target in self.lora_target_modules:
-            if not re.fullmatch(r"[A-Za-z0-9_]+(\.[A-Za-z0-9_]+)*", target):
-                raise InvalidInputError(f"--lora-target-modules must name layers (e.g. to_q or "
-                                        f"to_out.0), got {target[:80]!r}")
-        if not self.lora_target_modules:
-            raise InvalidInputError("--lora-target-modules must name at least one layer")
-        if self.prior_preservation and self.num_class_images < 1:
-            raise InvalidInputError("--num-class-images must be at least 1 with prior preservation")
-        for name in URI_OPTIONS:
-            if has_url_credentials(getattr(self, name) or ""):  # the value itself is never echoed
-                raise InvalidInputError(
-                    f"{flag_name(name)} must not carry credentials (user:password@ in its URL): "
-                    "credentials come from a Secret through the environment")
-        check_locations(self)
-        check_words(self)
-
-    def _validate_finite(self) -> None:
-        # inf and nan pass the bounds (nan compares false to everything) and train a NaN model.
-        for f in fields():
-            value = getattr(self, f.name)
-            if isinstance(value, float) and not math.isfinite(value):
-                raise InvalidInputError(f"{flag_name(f.name)} must be a finite number, got {value}")
+        """Raise InvalidInputError naming the first bad field (config_checks.validate_config)."""
+        validate_config(self, require_inputs=require_inputs)
 
     # ------------------------------------------------------------------------------------------
     @property
@@ -406,7 +336,7 @@ def flag_name(name: str) -> str:
 
 
 def env_name(name: str) -> str:
-    return ENV_PREFIX + name.upper()
+    return const.ENV_PREFIX + name.upper()
 
 
 def base_type(f: dataclasses.Field) -> type:
@@ -443,7 +373,7 @@ def resolve_auto(values: Mapping[str, Any]) -> dict[str, Any]:
     resolved = dict(values)
     mode = resolved.get("train_mode")
     if resolved.get("learning_rate") is None:  # a record's mode may be anything: full's unless lora
-        resolved["learning_rate"] = DEFAULT_LEARNING_RATES["lora" if mode == "lora" else "full"]
+        resolved["learning_rate"] = const.DEFAULT_LEARNING_RATES["lora" if mode == "lora" else "full"]
     if resolved.get("lora_alpha") is None:
         resolved["lora_alpha"] = resolved.get("lora_rank", default_of(_FIELDS_BY_NAME["lora_rank"]))
     return resolved
@@ -465,4 +395,6 @@ def __getattr__(name: str) -> Any:
         from dreambooth_job import config_sources
 
         return getattr(config_sources, name)
+    if not name.startswith("_") and hasattr(const, name):  # the constants (config_choices.py)
+        return getattr(const, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -4,12 +4,16 @@ that go into labels, paths and prompts, and the storage locations."""
 from __future__ import annotations
 
 import dataclasses
+import math
+import re
 import unicodedata
 from typing import TYPE_CHECKING
 
 from dreambooth_job import locations
+from dreambooth_job.config_fields import check_bounds
 from dreambooth_job.exit_codes import InvalidInputError
 from dreambooth_job.identifiers import format_prompt
+from dreambooth_job.redaction import has_url_credentials
 
 if TYPE_CHECKING:
     from dreambooth_job.config import TrainConfig
@@ -67,3 +71,53 @@ def check_locations(config: TrainConfig) -> None:
 def _in_word(char: str) -> bool:
     """Not whitespace, a line break, or a control, format (zero-width, bidi) or unassigned code."""
     return not char.isspace() and unicodedata.category(char)[0] not in "CZ"
+
+
+def validate_config(config: TrainConfig, *, require_inputs: bool = False) -> None:
+    """Raise InvalidInputError naming the first bad field: declared bounds and choices first, then
+    the rules that involve several options, locations, words and prompt templates."""
+    from dreambooth_job.config import fields, flag_name
+    from dreambooth_job.config_choices import URI_OPTIONS
+
+    if require_inputs:
+        missing = [f.name for f in fields() if f.metadata["required"] and not getattr(config, f.name)]
+        if missing:
+            raise InvalidInputError(
+                "missing required option(s): " + ", ".join(flag_name(n) for n in missing))
+    _validate_finite(config)  # first: inf and nan slip through comparisons with bounds
+    for f in fields():
+        check_bounds(f, getattr(config, f.name))
+    for f in fields():
+        choices = f.metadata["choices"]
+        if choices and getattr(config, f.name) not in choices:
+            raise InvalidInputError(
+                f"{flag_name(f.name)} must be one of {', '.join(choices)}, "
+                f"got {getattr(config, f.name)!r}")
+    if config.compile_mode != "default" and not config.compile_unet:
+        raise InvalidInputError(f"--compile-mode {config.compile_mode} has no effect without "
+                                "--compile-unet: add --compile-unet or drop --compile-mode")
+    for target in config.lora_target_modules:
+        if not re.fullmatch(r"[A-Za-z0-9_]+(\.[A-Za-z0-9_]+)*", target):
+            raise InvalidInputError(f"--lora-target-modules must name layers (e.g. to_q or "
+                                    f"to_out.0), got {target[:80]!r}")
+    if not config.lora_target_modules:
+        raise InvalidInputError("--lora-target-modules must name at least one layer")
+    if config.prior_preservation and config.num_class_images < 1:
+        raise InvalidInputError("--num-class-images must be at least 1 with prior preservation")
+    for name in URI_OPTIONS:
+        if has_url_credentials(getattr(config, name) or ""):  # the value itself is never echoed
+            raise InvalidInputError(
+                f"{flag_name(name)} must not carry credentials (user:password@ in its URL): "
+                "credentials come from a Secret through the environment")
+    check_locations(config)
+    check_words(config)
+
+
+def _validate_finite(config: TrainConfig) -> None:
+    from dreambooth_job.config import fields, flag_name
+
+    # inf and nan pass the bounds (nan compares false to everything) and train a NaN model.
+    for f in fields():
+        value = getattr(config, f.name)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise InvalidInputError(f"{flag_name(f.name)} must be a finite number, got {value}")

@@ -3,9 +3,10 @@ on them (--train-mode lora), with the class-specific prior-preservation loss (Ru
 2023, eq. 2).
 
 Reads top to bottom: `Trainer.setup` (its named steps: precision, models, caches, optimizer,
-accelerate's prepare), `Trainer.train` (the loop), `Trainer.save_model`. What depends on the model
-family (prompt encoding, UNet conditioning, saving) goes through `families.ModelFamily`, what
-depends on the train mode (what trains, what is saved) through `families.TrainMode`.
+accelerate's prepare), `Trainer.train` (the loop), `Trainer.inference_pipeline` (what is sampled
+and saved: outputs.py writes the files). What depends on the model family (prompt encoding, UNet
+conditioning) goes through `families.ModelFamily`, what depends on the train mode (what trains)
+through `families.TrainMode`.
 Every random draw of step k comes from a generator seeded by (seed, k), so a run resumed at step k
 continues exactly like one that never stopped, and the cached and uncached paths draw the same
 numbers.
@@ -55,7 +56,8 @@ def step_generator(seed: int, step: int) -> torch.Generator:
 
 
 class Trainer:
-    """One fine-tuning run: `setup()` once, then `train()` (any number of times), `save_model`.
+    """One fine-tuning run: `setup()` once, then `train()` (any number of times), then
+    `inference_pipeline()` for sampling and the outputs.
     `family` (default: the pipeline's) encodes prompts and saves; `mode` (default: --train-mode's)
     picks what trains and is saved (families/); `set_grads_to_none=False` zeroes gradients in
     place as the reference trainer does (`bench --baseline` times it so)."""
@@ -365,15 +367,13 @@ class Trainer:
     def _check_finite(self, loss: float | None, *, weights: bool = False) -> None:
         """A NaN or infinite loss (or, at the end, weight) means training diverged: the model is
         garbage and a retry diverges the same way, so fail as invalid input before publishing."""
-        if loss is not None and not math.isfinite(loss):
-            self._diverged(f"the loss is {loss}")
+        what = f"the loss is {loss}" if loss is not None and not math.isfinite(loss) else None
         # The last optimizer step came after the last loss: check the weights it left.
         if weights and not torch.stack([p.detach().isfinite().all() for p in self.trainable]).all():
-            self._diverged("the weights are not finite")
-
-    def _diverged(self, what: str) -> None:
-        raise InvalidInputError(f"training diverged by step {self.step}: {what}; lower "
-                                f"--learning-rate (now {self.config.resolved_learning_rate:g})")
+            what = what or "the weights are not finite"
+        if what:
+            raise InvalidInputError(f"training diverged by step {self.step}: {what}; lower "
+                                    f"--learning-rate (now {self.config.resolved_learning_rate:g})")
 
     # ------------------------------------------------------------------------------------------
     def save_state(self, directory) -> None:
@@ -398,8 +398,3 @@ class Trainer:
             getattr(pipe, name).to(self.device)
         pipe.vae.to(self.device)
         return pipe
-
-    def save_model(self, directory) -> None:
-        """What the train mode saves (TrainMode.save): a diffusers pipeline directory
-        (safetensors) that `from_pretrained` loads as is; LoRA's with the adapters merged."""
-        self.mode.save(self.family, self.inference_pipeline(), directory)

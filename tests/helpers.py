@@ -105,3 +105,16 @@ def random_image(seed: int, size: int = 48):
 
     rng = np.random.default_rng(seed)
     return Image.fromarray(rng.integers(0, 256, (size, size + 8, 3), dtype=np.uint8))
+
+
+def perturb_lora_adapters(*modules) -> None:
+    """lora_B starts at zero (the adapted model equals the base): give every adapter weight seeded
+    non-zero values, so that files and outputs carry something to check."""
+    import torch
+
+    generator = torch.Generator().manual_seed(1234)
+    with torch.no_grad():
+        for module in modules:
+            for name, param in module.named_parameters():
+                if "lora_" in name:
+                    param.copy_(torch.randn(param.shape, generator=generator) * 0.1)

@@ -10,6 +10,8 @@ import pytest
 torch = pytest.importorskip("torch")
 safetensors_torch = pytest.importorskip("safetensors.torch")
 
+from helpers import perturb_lora_adapters  # noqa: E402
+
 from dreambooth_job import lora, lora_files  # noqa: E402
 from dreambooth_job.exit_codes import InvalidInputError  # noqa: E402
 
@@ -26,15 +28,6 @@ def _load(path):
                                                    requires_safety_checker=False)
 
 
-def _perturb_adapters(*modules):
-    """lora_B starts at zero (the adapted model equals the base); give every adapter weight seeded
-    non-zero values so the files carry something to check."""
-    generator = torch.Generator().manual_seed(1234)
-    with torch.no_grad():
-        for module in modules:
-            for name, param in module.named_parameters():
-                if "lora_" in name:
-                    param.copy_(torch.randn(param.shape, generator=generator) * 0.1)
 
 
 def _inputs():
@@ -99,7 +92,7 @@ def adapted(request, tiny_model, tmp_path_factory):
     pipe = _load(tiny_model)
     base_unet = copy.deepcopy(pipe.unet)
     lora.add_lora(pipe.unet, pipe.text_encoder, rank=RANK, alpha=ALPHA, target_modules=TARGETS[request.param])
-    _perturb_adapters(pipe.unet, pipe.text_encoder)
+    perturb_lora_adapters(pipe.unet, pipe.text_encoder)
     out = tmp_path_factory.mktemp("lora")
     files = {}
     for precision in ("fp32", "fp16"):
@@ -174,7 +167,7 @@ def test_unet_file_loads_with_load_lora_weights(tiny_model, tmp_path):
     """The user's own call, on a UNet-only adapter (the default without --train-text-encoder)."""
     pipe = _load(tiny_model)
     lora.add_lora(pipe.unet, rank=RANK, alpha=ALPHA)
-    _perturb_adapters(pipe.unet)
+    perturb_lora_adapters(pipe.unet)
     lora_files.save_lora_diffusers(tmp_path / "lora", pipe.unet, dtype="fp32", metadata=METADATA)
     lora_files.save_lora_kohya(tmp_path / "subject.safetensors", pipe.unet, dtype="fp32", metadata=METADATA)
     expected = _outputs_of(pipe.unet)

@@ -106,7 +106,7 @@ def test_samples_and_the_saved_model_are_base_plus_adapters(tmp_path):
     assert not pipe.unet.training, "sampling in eval mode (no adapter dropout)"
     adapted = unet_output(pipe)
     assert not torch.allclose(adapted, unet_output(tiny_pipeline()), atol=1e-4)
-    t.save_model(tmp_path / "model")
+    t.mode.save(t.family, t.inference_pipeline(), tmp_path / "model")  # --lora-merge's merge
     assert lora.has_lora(t.unet), "saving merges copies: the live pipeline keeps its adapters"
     saved = StableDiffusionPipeline.from_pretrained(tmp_path / "model")
     torch.testing.assert_close(unet_output(saved), adapted, rtol=1e-4, atol=1e-5)

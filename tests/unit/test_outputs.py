@@ -14,6 +14,8 @@ import pytest
 torch = pytest.importorskip("torch")
 safetensors_torch = pytest.importorskip("safetensors.torch")
 
+from helpers import perturb_lora_adapters  # noqa: E402
+
 from dreambooth_job import lora, outputs  # noqa: E402
 from dreambooth_job import result as result_module  # noqa: E402
 from dreambooth_job.config import TrainConfig  # noqa: E402
@@ -31,14 +33,6 @@ def _load(path):
                                                    requires_safety_checker=False)
 
 
-def _perturb_adapters(*modules):
-    """lora_B starts at zero (adapted == base): seeded non-zero adapters give the files content."""
-    generator = torch.Generator().manual_seed(1234)
-    with torch.no_grad():
-        for module in modules:
-            for name, param in module.named_parameters():
-                if "lora_" in name:
-                    param.copy_(torch.randn(param.shape, generator=generator) * 0.1)
 
 
 @torch.no_grad()
@@ -61,7 +55,7 @@ def adapted(tiny_model):
     torch.manual_seed(0)
     pipe = _load(tiny_model)
     lora.add_lora(pipe.unet, pipe.text_encoder, rank=RANK, alpha=ALPHA)
-    _perturb_adapters(pipe.unet, pipe.text_encoder)
+    perturb_lora_adapters(pipe.unet, pipe.text_encoder)
     return pipe
 
 
@@ -99,7 +93,7 @@ def test_the_diffusers_lora_file_loads_on_the_base_with_load_lora_weights(tiny_m
     """The README's call, on a UNet-only adapter (training without --train-text-encoder)."""
     pipe = _load(tiny_model)
     lora.add_lora(pipe.unet, rank=RANK, alpha=ALPHA)
-    _perturb_adapters(pipe.unet)
+    perturb_lora_adapters(pipe.unet)
     written = outputs.write_outputs(pipe, tmp_path, _settings(precision="fp32"))
     base = _load(tiny_model)
     base_out = _unet_out(base.unet)
