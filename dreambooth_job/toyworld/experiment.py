@@ -3,6 +3,7 @@ through the real job (`dreambooth_job.job.run`), measured per seed and summarise
 
     dreambooth-job toy-world --output toy-world-output            # 3 seeds, a few minutes each
     dreambooth-job toy-world --seeds 0 --steps 300 --class-images 24   # about the CI size
+    dreambooth-job toy-world --train-mode lora --output toy-world-lora  # the same with LoRA adapters
 
 Output: `subject/` (the subject's photos), `seed-N/{ppl,no-ppl}/` (each a job's output directory),
 `grids/` (sample grids), `metrics.json` (every measurement) and `table.md` (means and ranges).
@@ -18,12 +19,20 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from dreambooth_job.config import DEFAULT_LORA_TARGETS
+from dreambooth_job.lora import UNET_CONV_TARGETS
 from dreambooth_job.toyworld import measure, world
 
 log = logging.getLogger(__name__)
 
 ASSET_BASE_MODEL = Path(__file__).resolve().parent.parent / "assets" / "toyworld" / "base"
 VARIANTS = {"ppl": True, "no-ppl": False}
+# The toy's learning rates per --train-mode (docs/toy-world.md): higher than the job's defaults
+# (5e-6 / 1e-4, tuned for Stable Diffusion), since the toy learns in 500 steps at batch 1.
+LEARNING_RATES = {"full": 4e-4, "lora": 2e-3}
+# LoRA targets: the toy UNet has attention only at 8x8, and attention-only adapters learned only
+# half the subject (a magenta ball), so the ResNet convolutions are adapted too (docs/toy-world.md).
+LORA_TARGETS = (*DEFAULT_LORA_TARGETS, *UNET_CONV_TARGETS)
 METRICS = ("subject_fidelity", "prompt_fidelity", "context_subject_fidelity", "class_leakage",
            "class_diversity", "class_background_diversity")
 
@@ -34,7 +43,11 @@ class Ablation:
     base_model: Path = ASSET_BASE_MODEL
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
     max_train_steps: int = 500
-    learning_rate: float = 4e-4
+    train_mode: str = "full"
+    learning_rate: float | None = None
+    """None: LEARNING_RATES[train_mode]."""
+    lora_rank: int = 8
+    lora_target_modules: list[str] = field(default_factory=lambda: list(LORA_TARGETS))
     num_class_images: int = 50
     photos: int = 5
     eval_size: measure.EvalSize = field(default_factory=measure.EvalSize)
@@ -56,7 +69,8 @@ def train_config(ablation: Ablation, seed: int, prior_preservation: bool, subjec
         base_model=str(ablation.base_model), cache_dir=str(ablation.output / "cache"),
         class_data=str(ablation.output / "class-images"), resolution=world.SIZE,
         min_image_side=world.SIZE, max_train_steps=ablation.max_train_steps,
-        learning_rate=ablation.learning_rate, num_class_images=ablation.num_class_images,
+        learning_rate=learning_rate(ablation), num_class_images=ablation.num_class_images,
+        train_mode=ablation.train_mode, **_lora_options(ablation),
         prior_preservation=prior_preservation, sample_steps=measure.SAMPLE_STEPS,
         guidance_scale=measure.GUIDANCE_SCALE, num_validation_images=4, sample_batch_size=16,
         validation_prompts=["a {identifier} {class_noun}",
@@ -66,12 +80,43 @@ def train_config(ablation: Ablation, seed: int, prior_preservation: bool, subjec
         checkpoint_interval_minutes=0, save_precision="fp32")
 
 
-def load(path: Path):
+def _lora_options(ablation: Ablation) -> dict:
+    # Full mode leaves the LoRA fields at the job's defaults: its runs are configured as before.
+    if ablation.train_mode != "lora":
+        return {}
+    return {"lora_rank": ablation.lora_rank, "lora_target_modules": list(ablation.lora_target_modules)}
+
+
+def learning_rate(ablation: Ablation) -> float:
+    if ablation.learning_rate is not None:
+        return ablation.learning_rate
+    return LEARNING_RATES[ablation.train_mode]
+
+
+def load(path: Path, lora_dir: Path | None = None):
+    """The pipeline saved at `path`; with `lora_dir`, plus the job's published LoRA adapters, read
+    the way a user reads them (`load_lora_weights`)."""
     from dreambooth_job import sampling
     from dreambooth_job.models import load_pipeline, resolve_base_model
 
     no_cache = "/nonexistent"  # a local directory needs no model cache
-    return sampling.fast_pipeline(load_pipeline(resolve_base_model(str(path), no_cache), no_cache))
+    pipe = load_pipeline(resolve_base_model(str(path), no_cache), no_cache)
+    if lora_dir is not None:
+        pipe.load_lora_weights(str(lora_dir))
+    return sampling.fast_pipeline(pipe)
+
+
+def load_trained(ablation: Ablation, run_dir: Path):
+    if ablation.train_mode == "lora":
+        return load(ablation.base_model, run_dir / "lora")
+    return load(run_dir / "model")
+
+
+def adapter_bytes(run_dir: Path) -> int:
+    """Size of the diffusers-format adapter file a LoRA run published."""
+    from dreambooth_job.lora_files import DIFFUSERS_WEIGHT_NAME
+
+    return (run_dir / "lora" / DIFFUSERS_WEIGHT_NAME).stat().st_size
 
 
 def run(ablation: Ablation) -> dict:
@@ -94,14 +139,17 @@ def run(ablation: Ablation) -> dict:
         for variant, prior_preservation in VARIANTS.items():
             run_dir = out / f"seed-{seed}" / variant
             job.run(train_config(ablation, seed, prior_preservation, subject, run_dir))
-            model = load(run_dir / "model")
+            model = load_trained(ablation, run_dir)
             row[variant], shown = measure.dreambooth_metrics(model, token, size)
+            if ablation.train_mode == "lora":
+                row[variant]["adapter_bytes"] = adapter_bytes(run_dir)
             pictures.setdefault(variant, shown)
             log.info("seed %d %s: %s", seed, variant, row[variant])
     summary = {"identifier": token, "settings": _settings(ablation), "runs": results,
                "summary": summarise(results)}
     (out / "metrics.json").write_text(json.dumps(summary, indent=2) + "\n")
-    (out / "table.md").write_text(table(summary["summary"], len(ablation.seeds)) + "\n")
+    (out / "table.md").write_text(
+        table(summary["summary"], len(ablation.seeds), ablation.train_mode) + "\n")
     if ablation.grids:
         write_grids(out / "grids", pictures, token, subject)
     return summary
@@ -114,7 +162,8 @@ def _eval_size(size: measure.EvalSize, seed: int) -> measure.EvalSize:
 
 def _settings(ablation: Ablation) -> dict:
     settings = asdict(ablation)
-    settings.update(output=str(ablation.output), base_model=str(ablation.base_model))
+    settings.update(output=str(ablation.output), base_model=str(ablation.base_model),
+                    learning_rate=learning_rate(ablation))
     return settings
 
 
@@ -131,13 +180,13 @@ def summarise(results: dict) -> dict:
     return summary
 
 
-def table(summary: dict, seeds: int) -> str:
+def table(summary: dict, seeds: int, train_mode: str = "full") -> str:
     header = "| model | " + " | ".join(m.replace("_", " ") for m in METRICS) + " |"
     lines = [header, "|" + "---|" * (len(METRICS) + 1)]
     for model, metrics in summary.items():
         cells = [f"{v['mean']:.2f} ({v['min']:.2f}-{v['max']:.2f})" for v in metrics.values()]
         lines.append(f"| {model} | " + " | ".join(cells) + " |")
-    return "\n".join(lines) + f"\n\nMean (min-max) over {seeds} seed(s)."
+    return "\n".join(lines) + f"\n\nMean (min-max) over {seeds} seed(s), --train-mode {train_mode}."
 
 
 def write_grids(directory: Path, pictures: dict, token: str, subject: Path) -> None:
