@@ -150,3 +150,15 @@ def test_sdxl_run_resumed_after_sigterm_ends_with_the_uninterrupted_runs_weights
     # CPU kernels are deterministic here: the resumed run matches bitwise, encoders included.
     mismatched = [k for k in expected if not torch.equal(expected[k], actual[k])]
     assert not mismatched, f"{len(mismatched)} tensors differ, e.g. {mismatched[:3]}"
+
+
+def test_sdxl_export_single_file_is_refused_before_training(photos, bucket, tiny_sdxl_model, tmp_path):
+    """SDXL's original checkpoint layout is not written yet: one line, exit 2, no training."""
+    run = f"s3://{bucket}/runs/sdxl-single-file/"
+    outcome = CliRunner().invoke(main, [
+        "train", *SMALL, "--instance-data", photos, "--class-noun", "dog", "--output", run,
+        "--base-model", str(tiny_sdxl_model), "--cache-dir", str(tmp_path / "cache"),
+        "--export-single-file"], catch_exceptions=False)
+    assert outcome.exit_code == ExitCode.INVALID_INPUT, outcome.output
+    assert "--export-single-file supports Stable Diffusion 1.x and 2.x only" in outcome.output
+    assert "phase train" not in outcome.output
