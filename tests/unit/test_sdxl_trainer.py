@@ -81,3 +81,29 @@ def test_time_ids_follow_each_random_crop_and_flip(sdxl_pipeline, wide_photo):
         crop = to_tensor(resized.crop((left, 0, left + RES, RES)))
         flipped = to_tensor(resized.transpose(Image.FLIP_LEFT_RIGHT).crop((left, 0, left + RES, RES)))
         assert torch.equal(encoded[0], crop) or torch.equal(encoded[0], flipped)
+
+
+def test_a_v_prediction_sdxl_base_trains_on_the_velocity(tmp_path, wide_photo):
+    """The prediction type is the base model's scheduler's, as for SD: v-prediction's target is
+    the velocity, and the loss is the UNet's error against it."""
+    from dreambooth_job.devtools import tiny_models
+
+    tiny_models.build_tiny_sdxl_pipeline(tmp_path / "v", prediction_type="v_prediction")
+    pipe = families.detect(str(tmp_path / "v")).load_pipeline(str(tmp_path / "v"), str(tmp_path))
+    scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
+    assert scheduler.config.prediction_type == "v_prediction"
+    config = TrainConfig(instance_data="s3://b/p/", class_noun="dog", output="s3://b/o/",
+                         resolution=RES, max_train_steps=1, prior_preservation=False, seed=0,
+                         metrics_port=0)
+    trainer = Trainer(config, pipe, scheduler, instance_images=[wide_photo.image],
+                      instance_sizes=[wide_photo.original_size], instance_prompt="a sks dog",
+                      class_images=None, class_prompt="a dog")
+    trainer.setup()
+    targets, predictions = [], []
+    velocity = scheduler.get_velocity
+    scheduler.get_velocity = lambda *args: targets.append(velocity(*args)) or targets[-1]
+    pipe.unet.register_forward_hook(lambda module, args, output: predictions.append(output.sample))
+    with torch.no_grad():
+        loss, instance_loss, _ = trainer.loss(0)
+    assert len(targets) == len(predictions) == 1
+    torch.testing.assert_close(instance_loss, ((predictions[0] - targets[0]) ** 2).mean())
