@@ -45,16 +45,19 @@ def torch_dtype(precision):
 
 
 def save_lora_diffusers(directory, unet, text_encoder=None, *, dtype="fp32",
-                        metadata: Mapping[str, str] | None = None) -> Path:
-    """Write the adapters of `unet` (and of `text_encoder`, when it has any) in diffusers' format;
-    returns the file's path."""
-    from diffusers import StableDiffusionPipeline
+                        metadata: Mapping[str, str] | None = None, text_encoder_2=None,
+                        xl: bool = False) -> Path:
+    """Write the adapters of `unet` (and of `text_encoder`, and SDXL's `text_encoder_2`, when
+    they have any) in diffusers' format; `xl`: for an SDXL base (StableDiffusionXLPipeline's
+    writer, which knows the second encoder). Returns the file's path."""
+    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
     from diffusers.loaders.lora_base import LORA_ADAPTER_METADATA_KEY
 
     header = _header(metadata, unet)
     dtype = torch_dtype(dtype)
     layers, configs = {}, {}
-    for name, module in (("unet", unet), ("text_encoder", text_encoder)):
+    for name, module in (("unet", unet), ("text_encoder", text_encoder),
+                         ("text_encoder_2", text_encoder_2)):
         if has_lora(module):
             # peft's key names, which diffusers' loaders take as they are (its newer trainers write
             # them too): diffusers' `convert_state_dict_to_diffusers` renames attention keys only
@@ -67,8 +70,12 @@ def save_lora_diffusers(directory, unet, text_encoder=None, *, dtype="fp32",
     def write(tensors, filename):
         _atomic_save_file(tensors, filename, header)
 
-    StableDiffusionPipeline.save_lora_weights(
-        directory, unet_lora_layers=layers.get("unet"), text_encoder_lora_layers=layers.get("text_encoder"),
+    encoders = {"text_encoder_lora_layers": layers.get("text_encoder")}
+    if xl:
+        encoders["text_encoder_2_lora_layers"] = layers.get("text_encoder_2")
+    writer = StableDiffusionXLPipeline if xl else StableDiffusionPipeline
+    writer.save_lora_weights(
+        directory, unet_lora_layers=layers.get("unet"), **encoders,
         weight_name=DIFFUSERS_WEIGHT_NAME, save_function=write, safe_serialization=True)
     return Path(directory, DIFFUSERS_WEIGHT_NAME)
 

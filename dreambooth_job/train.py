@@ -26,10 +26,11 @@ from torch.profiler import record_function
 
 from dreambooth_job import devices, families, memory, train_state
 from dreambooth_job.config import TrainConfig
-from dreambooth_job.data import square_crop, to_tensor
+from dreambooth_job.data import cover_size, square_crop_at, to_tensor
 from dreambooth_job.events import JobObserver, TrainProgress
 from dreambooth_job.exit_codes import InvalidInputError
 from dreambooth_job.families import ModelFamily, PromptEmbeddings, TrainMode
+from dreambooth_job.families.base import ImageGeometry
 
 # Named ranges of one optimizer step, for torch.profiler (`bench --profile` sums them per step):
 # where a step's host time goes, e.g. how much of it is the UNet and how much is around it.
@@ -60,13 +61,17 @@ class Trainer:
     `inference_pipeline()` for sampling and the outputs.
     `family` (default: the pipeline's) encodes prompts and saves; `mode` (default: --train-mode's)
     picks what trains and is saved (families/); `set_grads_to_none=False` zeroes gradients in
-    place as the reference trainer does (`bench --baseline` times it so)."""
+    place as the reference trainer does (`bench --baseline` times it so).
+    `instance_sizes`: each instance image's (width, height) as uploaded (data.Photo.original_size;
+    default: the image's own size), for families conditioned on it (SDXL); class images count as
+    generated at the resolution."""
 
     def __init__(self, config: TrainConfig, pipeline, noise_scheduler, *,
                  instance_images: list[Image.Image], instance_prompt: str,
                  class_images: list[Image.Image] | None, class_prompt: str,
                  observer: JobObserver | None = None, family: ModelFamily | None = None,
-                 mode: TrainMode | None = None, set_grads_to_none: bool = True):
+                 mode: TrainMode | None = None, set_grads_to_none: bool = True,
+                 instance_sizes: list[tuple[int, int]] | None = None):
         self.config = config
         self.pipeline = pipeline
         self.family = family or families.for_pipeline(pipeline)
@@ -76,6 +81,10 @@ class Trainer:
         self.instance_images = instance_images
         self.class_images = class_images if config.prior_preservation else None
         self.instance_prompt = instance_prompt
+        res = config.resolution
+        self.original_sizes = {"instance": list(instance_sizes or [im.size for im in instance_images])}
+        if self.class_images:
+            self.original_sizes["class"] = [(res, res)] * len(self.class_images)
         self.class_prompt = class_prompt
         self.observer = observer or JobObserver()
         self.step = 0
@@ -219,10 +228,15 @@ class Trainer:
         sets = {"instance": self.instance_images}
         if self.class_images:
             sets["class"] = self.class_images
+        self.images = sets
         if not center:
             return sets
-        return {name: torch.stack([to_tensor(square_crop(im, res, True)) for im in images])
-                for name, images in sets.items()}
+        pixels, self.center_crops = {}, {}
+        for name, images in sets.items():
+            crops = [square_crop_at(im, res, True) for im in images]
+            pixels[name] = torch.stack([to_tensor(crop) for crop, _ in crops])
+            self.center_crops[name] = [top_left for _, top_left in crops]
+        return pixels
 
     def _encode_prompt(self, ids: tuple) -> PromptEmbeddings:
         return self.family.encode_prompt(self.text_encoders, ids, self.device)
@@ -258,29 +272,45 @@ class Trainer:
             if self.config.random_flip else [False] * batch
         return indices, flips
 
-    def _latents(self, name: str, step: int, generator: torch.Generator) -> torch.Tensor:
+    def _latents(self, name: str, step: int,
+                 generator: torch.Generator) -> tuple[torch.Tensor, list[ImageGeometry]]:
+        """The batch's latents, and where each image came from (SDXL conditions on it)."""
         indices, flips = self._pick(name, step, generator)
         if self.cached_latents is not None:
             params = torch.stack([self.cached_latents[name + ("_flipped" if f else "")][i]
                                   for i, f in zip(indices, flips)])
+            crops = [self.center_crops[name][i] for i in indices]
         else:
-            pixels = self._batch_pixels(name, indices, flips, generator)
+            pixels, crops = self._batch_pixels(name, indices, flips, generator)
             params = self._latent_params(pixels)
         mean, logvar = params.to(self.device).chunk(2, dim=1)
         std = torch.exp(0.5 * logvar.clamp(-30.0, 20.0))
         noise = torch.randn(mean.shape, generator=generator).to(self.device)
-        return (mean + std * noise) * self.vae.config.scaling_factor
+        geometry = [self._geometry(name, i, crop, f) for i, crop, f in zip(indices, crops, flips)]
+        return (mean + std * noise) * self.vae.config.scaling_factor, geometry
 
-    def _batch_pixels(self, name, indices, flips, generator) -> torch.Tensor:
+    def _geometry(self, name: str, index: int, crop: tuple[int, int], flipped: bool) -> ImageGeometry:
+        res = self.config.resolution
+        top, left = crop
+        if flipped:
+            # A mirrored crop sits as far from the right edge as the crop did from the left.
+            left = cover_size(self.images[name][index].size, res)[0] - res - left
+        return ImageGeometry(self.original_sizes[name][index], (top, left), res)
+
+    def _batch_pixels(self, name, indices, flips,
+                      generator) -> tuple[torch.Tensor, list[tuple[int, int]]]:
         if self.config.center_crop:
             pixels = self.pixels[name][indices]
+            crops = [self.center_crops[name][i] for i in indices]
         else:
             import numpy as np
 
             rng = np.random.default_rng(int(torch.randint(0, 2**31, (1,), generator=generator)))
-            pixels = torch.stack([to_tensor(square_crop(self.pixels[name][i], self.config.resolution,
-                                                        False, rng)) for i in indices])
-        return torch.stack([p.flip(-1) if f else p for p, f in zip(pixels, flips)])
+            taken = [square_crop_at(self.pixels[name][i], self.config.resolution, False, rng)
+                     for i in indices]
+            pixels = [to_tensor(crop) for crop, _ in taken]
+            crops = [top_left for _, top_left in taken]
+        return torch.stack([p.flip(-1) if f else p for p, f in zip(pixels, flips)]), crops
 
     def _embeddings(self, name: str) -> PromptEmbeddings:
         batch = self.config.train_batch_size
@@ -293,7 +323,9 @@ class Trainer:
         generator = step_generator(self.config.seed, step)
         names = ["instance"] + (["class"] if self.class_images else [])
         with record_function("inputs"):
-            latents = torch.cat([self._latents(n, step, generator) for n in names])
+            batches = [self._latents(n, step, generator) for n in names]
+            latents = torch.cat([latents for latents, _ in batches])
+            geometry = [g for _, batch_geometry in batches for g in batch_geometry]
             embeddings = PromptEmbeddings.cat([self._embeddings(n) for n in names])
             noise = torch.randn(latents.shape, generator=generator).to(self.device)
             timesteps = torch.randint(0, self.noise_scheduler.config.num_train_timesteps,
@@ -305,7 +337,8 @@ class Trainer:
                 target = noise
         with record_function("unet_forward"), self.accelerator.autocast(), \
                 devices.attention_kernel(self.config.attention_backend):
-            conditioning = self.family.unet_conditioning(embeddings, noisy.dtype)
+            extra = {"geometry": geometry} if self.family.size_conditioned else {}
+            conditioning = self.family.unet_conditioning(embeddings, noisy.dtype, **extra)
             prediction = self.unet(noisy, timesteps, **conditioning).sample
         errors = F.mse_loss(prediction.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))
         instance_loss = errors[: self.config.train_batch_size].mean()

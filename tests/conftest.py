@@ -105,6 +105,17 @@ def tiny_model(tmp_path_factory) -> Path:
     return path
 
 
+@pytest.fixture(scope="session")
+def tiny_sdxl_model(tmp_path_factory) -> Path:
+    """The tiny random SDXL-shaped pipeline (two text encoders, `text_time` added conditioning),
+    saved in diffusers format once per run."""
+    from dreambooth_job.devtools import tiny_models
+
+    path = tmp_path_factory.mktemp("tiny-sdxl-model")
+    tiny_models.build_tiny_sdxl_pipeline(path)
+    return path
+
+
 @pytest.fixture
 def photo_dir(tmp_path) -> Path:
     """Four valid subject photos."""

@@ -99,3 +99,56 @@ def build_tiny_pipeline(output_dir: str | os.PathLike, seed: int = 0, prediction
         safety_checker=None, feature_extractor=None, requires_safety_checker=False)
     pipeline.save_pretrained(output_dir, safe_serialization=True)
     return pipeline
+
+
+def build_tiny_sdxl_pipeline(output_dir: str | os.PathLike, seed: int = 0,
+                             prediction_type: str = "epsilon"):
+    """Save a tiny random SDXL-shaped pipeline in diffusers format, built as diffusers' own SDXL
+    tests build one; returns it. Two CLIP text encoders (the second with a projection) share the
+    real tokenizer; the UNet takes `text_time` added conditioning: six time ids embedded at
+    `addition_time_embed_dim` each plus the second encoder's projection. 64 px images train on
+    32x32 latents, as with `build_tiny_pipeline`.
+    """
+    import torch
+    from diffusers import (
+        AutoencoderKL,
+        EulerDiscreteScheduler,
+        StableDiffusionXLPipeline,
+        UNet2DConditionModel,
+    )
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    unet_channels, vae_channels, text_width, text_layers = TINY_SIZES["tiny"]
+    time_embed_dim, projection_dim = 8, 32
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel(
+        sample_size=32, in_channels=4, out_channels=4, layers_per_block=1,
+        block_out_channels=unet_channels, attention_head_dim=(2, 4),
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), norm_num_groups=8,
+        use_linear_projection=True, transformer_layers_per_block=(1, 2),
+        addition_embed_type="text_time", addition_time_embed_dim=time_embed_dim,
+        projection_class_embeddings_input_dim=6 * time_embed_dim + projection_dim,
+        cross_attention_dim=2 * text_width)
+    vae = AutoencoderKL(
+        in_channels=3, out_channels=3, latent_channels=4, block_out_channels=vae_channels,
+        down_block_types=("DownEncoderBlock2D",) * len(vae_channels),
+        up_block_types=("UpDecoderBlock2D",) * len(vae_channels), norm_num_groups=8, sample_size=64)
+    text_config = CLIPTextConfig(
+        vocab_size=49408, hidden_size=text_width, intermediate_size=text_width * 4,
+        num_hidden_layers=text_layers, num_attention_heads=4, max_position_embeddings=CLIP_MAX_LENGTH,
+        bos_token_id=49406, eos_token_id=49407, pad_token_id=49407, projection_dim=projection_dim,
+        hidden_act="gelu")
+    text_encoder = CLIPTextModel(text_config)
+    text_encoder_2 = CLIPTextModelWithProjection(text_config)
+    # SDXL's own scheduler settings (its scheduler_config.json).
+    scheduler = EulerDiscreteScheduler(
+        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000,
+        prediction_type=prediction_type, steps_offset=1, timestep_spacing="leading")
+    tokenizer = clip_tokenizer()
+    pipeline = StableDiffusionXLPipeline(
+        unet=unet, vae=vae, text_encoder=text_encoder, text_encoder_2=text_encoder_2,
+        tokenizer=tokenizer, tokenizer_2=tokenizer, scheduler=scheduler,
+        force_zeros_for_empty_prompt=True, add_watermarker=False)
+    pipeline.save_pretrained(output_dir, safe_serialization=True)
+    return pipeline

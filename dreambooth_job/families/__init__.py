@@ -13,20 +13,21 @@ code handed a pipeline asks `for_pipeline`. SD 1.x/2.x (sd.py) is the first fami
     >>> unet_kwargs = family.unet_conditioning(family.encode_prompt(
     ...     family.text_encoders(pipeline), ids, "cpu"), torch.float32)
 
-Adding SDXL (the next issue) is a new module, families/sdxl.py, plus its line in `FAMILIES`:
+SDXL (sdxl.py) is the second family:
 - `pipeline_classes = ("StableDiffusionXLPipeline",)`, `text_encoder_names = ("text_encoder",
   "text_encoder_2")`; `load_pipeline`/`generate` use `StableDiffusionXLPipeline`.
 - `tokenize` returns the ids of both tokenizers; `encode_prompt` concatenates the penultimate
   hidden states of both encoders and keeps the second one's pooled output as
-  `PromptEmbeddings.pooled` (caching, batching and `expand`/`cat` already carry it).
+  `PromptEmbeddings.pooled` (caching, batching and `expand`/`cat` carry it).
 - `unet_conditioning` adds `added_cond_kwargs={"text_embeds": pooled, "time_ids": ...}`. The
-  time ids come from each training image's `original_size` and `crop_top_left` (data.Photo
-  records both), which only SDXL needs: it takes them as an extra `geometry` keyword (one entry
-  per image of the batch). The Trainer's part is the one change outside the new module: keep the
-  Photos beside their pixels and pass the geometry of the images `_pick` chose (the crop offset
-  `square_crop_at` returns) when the family asks for it; SD keeps its signature.
-Nothing else in the tree names a family: sampling, class images, evaluation and bench stay as
-they are.
+  time ids come from each training image's `ImageGeometry` (base.py: the photo's
+  `original_size`, which data.Photo records, the crop offset `square_crop_at` returned, the
+  resolution), which only families with `size_conditioned` take, as the `geometry` keyword (one
+  entry per image of the batch). The Trainer keeps the original sizes (`instance_sizes`) and the
+  crops beside the pixels and passes the geometry of the images `_pick` chose; SD keeps its
+  signature.
+Besides, the class-image cache key (priors.py) holds the family's name when it is not SD's, and
+the LoRA writer (outputs.py) writes SDXL's adapters, both encoders', in diffusers' format only.
 
 A `TrainMode` (base.py) says what trains and what is saved: `FULL_FINE_TUNE`, or LoRA
 (lora_mode.py: adapters on the UNet's --lora-target-modules and, when they train, the text
@@ -43,8 +44,9 @@ from pathlib import Path
 from dreambooth_job.exit_codes import InvalidInputError
 from dreambooth_job.families.base import FULL_FINE_TUNE, ModelFamily, PromptEmbeddings, TrainMode
 from dreambooth_job.families.sd import StableDiffusion
+from dreambooth_job.families.sdxl import StableDiffusionXL
 
-FAMILIES: tuple[ModelFamily, ...] = (StableDiffusion(),)
+FAMILIES: tuple[ModelFamily, ...] = (StableDiffusion(), StableDiffusionXL())
 
 __all__ = ["FAMILIES", "FULL_FINE_TUNE", "ModelFamily", "PromptEmbeddings", "TrainMode", "detect",
            "for_class_name", "for_pipeline", "train_mode"]

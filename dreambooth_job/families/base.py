@@ -6,7 +6,18 @@ from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NamedTuple
+
+
+class ImageGeometry(NamedTuple):
+    """Where a training image came from, for families conditioned on it (SDXL's time ids)."""
+
+    original_size: tuple[int, int]
+    """(width, height) of the image as uploaded (data.Photo.original_size)."""
+    crop_top_left: tuple[int, int]
+    """(top, left) of the square crop trained on, in the resized image (data.square_crop_at)."""
+    target_size: int
+    """The side of the square crop: the training resolution."""
 
 
 @dataclass
@@ -42,6 +53,8 @@ class ModelFamily(ABC):
     """`_class_name` values of model_index.json this family loads (detection reads them)."""
     text_encoder_names: ClassVar[tuple[str, ...]]
     """Pipeline attributes holding the text encoders, in the order `tokenize` returns ids."""
+    size_conditioned: ClassVar[bool] = False
+    """True when `unet_conditioning` takes `geometry=` (one ImageGeometry per image of the batch)."""
 
     # -- loading, sampling, saving ------------------------------------------------------------
     @abstractmethod

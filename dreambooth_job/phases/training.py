@@ -29,6 +29,7 @@ def train(ctx: RunContext) -> None:
     config, prompts = ctx.config, ctx.prompts
     ctx.trainer = trainer = Trainer(
         config, ctx.pipeline, ctx.noise_scheduler, instance_images=ctx.photos.images,
+        instance_sizes=[photo.original_size for photo in ctx.photos.photos],
         instance_prompt=prompts.instance, class_images=ctx.class_images,
         class_prompt=prompts.class_prompt, observer=ctx.observer)
     trainer.setup()

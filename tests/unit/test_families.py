@@ -13,6 +13,7 @@ from dreambooth_job import families, models
 from dreambooth_job.exit_codes import ExitCode, InvalidInputError
 from dreambooth_job.families import PromptEmbeddings
 from dreambooth_job.families.sd import StableDiffusion
+from dreambooth_job.families.sdxl import StableDiffusionXL
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +34,15 @@ def test_a_stable_diffusion_pipeline_is_detected_as_sd(tiny_model, tiny_pipeline
     assert isinstance(families.for_pipeline(tiny_pipeline), StableDiffusion)
 
 
-@pytest.mark.parametrize("class_name", ["StableDiffusionXLPipeline", "FluxPipeline"])
+def test_an_sdxl_pipeline_is_detected_as_sdxl(tiny_sdxl_model, tmp_path):
+    assert isinstance(families.detect(str(tiny_sdxl_model)), StableDiffusionXL)
+    pipeline = models.load_pipeline(models.resolve_base_model(str(tiny_sdxl_model), str(tmp_path)),
+                                    str(tmp_path))
+    assert type(pipeline).__name__ == "StableDiffusionXLPipeline"
+    assert isinstance(families.for_pipeline(pipeline), StableDiffusionXL)
+
+
+@pytest.mark.parametrize("class_name", ["StableDiffusion3Pipeline", "FluxPipeline"])
 def test_an_unknown_pipeline_class_is_invalid_input_naming_it(tiny_model, tmp_path, class_name):
     index = json.loads((tiny_model / "model_index.json").read_text())
     path = model_with_index(tiny_model, tmp_path, json.dumps({**index, "_class_name": class_name}))
@@ -101,3 +110,38 @@ def test_embeddings_batch_with_and_without_pooled_parts():
     assert PromptEmbeddings.cat([plain.expand(2), plain]).hidden_states.shape == (3, 3, 4)
     both = PromptEmbeddings.cat([pooled.expand(2), pooled])
     assert both.hidden_states.shape == (3, 3, 4) and both.pooled.shape == (3, 4)
+
+
+@pytest.fixture(scope="module")
+def tiny_sdxl_pipeline(tiny_sdxl_model):
+    return families.detect(str(tiny_sdxl_model)).load_pipeline(str(tiny_sdxl_model), "/nonexistent")
+
+
+def test_sdxl_prompt_encoding_is_the_pipelines_own(tiny_sdxl_pipeline):
+    """Both encoders' penultimate hidden states concatenated, the second's pooled projection: what
+    StableDiffusionXLPipeline.encode_prompt conditions its UNet on when sampling."""
+    pipe = tiny_sdxl_pipeline
+    family = families.for_pipeline(pipe)
+    assert list(family.trainable_modules(pipe, True)) == ["unet", "text_encoder", "text_encoder_2"]
+    for prompt in ("a photo of sks dog", "a dog " * 100):
+        with torch.no_grad():
+            ids = family.tokenize(pipe, prompt)
+            embeddings = family.encode_prompt(family.text_encoders(pipe), ids, "cpu")
+            hidden, _, pooled, _ = pipe.encode_prompt(prompt, device="cpu",
+                                                      do_classifier_free_guidance=False)
+        assert len(ids) == 2 and embeddings.hidden_states.shape[-1] == pipe.unet.config.cross_attention_dim
+        assert torch.equal(embeddings.hidden_states, hidden) and torch.equal(embeddings.pooled, pooled)
+
+
+def test_sdxl_time_ids_are_original_size_crop_and_target_as_the_pipelines(tiny_sdxl_pipeline):
+    from dreambooth_job.families.base import ImageGeometry
+
+    pipe = tiny_sdxl_pipeline
+    family = families.for_pipeline(pipe)
+    embeddings = PromptEmbeddings(torch.zeros(1, 77, 64), torch.zeros(1, 32)).expand(2)
+    geometry = [ImageGeometry((1200, 800), (0, 48), 64), ImageGeometry((64, 64), (0, 0), 64)]
+    kwargs = family.unet_conditioning(embeddings, torch.float32, geometry=geometry)
+    expected = [pipe._get_add_time_ids((800, 1200), (0, 48), (64, 64), torch.float32, 32),
+                pipe._get_add_time_ids((64, 64), (0, 0), (64, 64), torch.float32, 32)]
+    assert torch.equal(kwargs["added_cond_kwargs"]["time_ids"], torch.cat(expected))
+    assert kwargs["added_cond_kwargs"]["text_embeds"].shape == (2, 32)

@@ -17,6 +17,13 @@ def test_every_input_that_changes_the_images_changes_the_key(field, other):
     assert priors.cache_key(**{**BASE, field: other}) != priors.cache_key(**BASE)
 
 
+def test_the_family_is_part_of_the_key_and_sd_keys_stay_what_they_were():
+    """SDXL's class images never serve an SD run (and back); SD's keys are those of caches written
+    before families existed (test_storage_integrity.py pins one)."""
+    assert priors.cache_key(**BASE, family="sd") == priors.cache_key(**BASE)
+    assert priors.cache_key(**BASE, family="sdxl") != priors.cache_key(**BASE)
+
+
 def test_image_names_sort_by_index():
     names = [priors.image_name(i) for i in (0, 9, 10, 199)]
     assert names == sorted(names) == ["00000.png", "00009.png", "00010.png", "00199.png"]
