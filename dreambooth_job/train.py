@@ -17,7 +17,6 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -26,34 +25,16 @@ from torch.profiler import record_function
 
 from dreambooth_job import devices, families, memory, train_state
 from dreambooth_job.config import TrainConfig
-from dreambooth_job.data import cover_size, square_crop_at, to_tensor
-from dreambooth_job.events import JobObserver, TrainProgress
+from dreambooth_job.data import cover_size
+from dreambooth_job.events import JobObserver, TrainProgress, TrainResult  # noqa: F401 - train.TrainResult
 from dreambooth_job.exit_codes import InvalidInputError
 from dreambooth_job.families import ModelFamily, PromptEmbeddings, TrainMode
 from dreambooth_job.families.base import ImageGeometry
+from dreambooth_job.train_batches import center_crops, pick, random_crops, step_generator  # noqa: F401 - step_generator: train.X
 
 # Named ranges of one optimizer step, for torch.profiler (`bench --profile` sums them per step):
 # where a step's host time goes, e.g. how much of it is the UNet and how much is around it.
 STEP_PHASES = ("inputs", "unet_forward", "backward", "clip_grad_norm", "optimizer_step")
-
-
-@dataclass
-class TrainResult:
-    steps_done: int
-    final_loss: float | None
-    final_instance_loss: float | None
-    final_prior_loss: float | None
-    device: str
-    mixed_precision: str
-    gradient_checkpointing: bool
-    train_mode: str
-    learning_rate: float
-    trainable_parameters: int
-
-
-def step_generator(seed: int, step: int) -> torch.Generator:
-    """The source of every random number drawn at `step` (data order aside)."""
-    return torch.Generator("cpu").manual_seed(seed * 1_000_003 + step)
 
 
 class Trainer:
@@ -233,9 +214,7 @@ class Trainer:
             return sets
         pixels, self.center_crops = {}, {}
         for name, images in sets.items():
-            crops = [square_crop_at(im, res, True) for im in images]
-            pixels[name] = torch.stack([to_tensor(crop) for crop, _ in crops])
-            self.center_crops[name] = [top_left for _, top_left in crops]
+            pixels[name], self.center_crops[name] = center_crops(images, res)
         return pixels
 
     def _encode_prompt(self, ids: tuple) -> PromptEmbeddings:
@@ -259,18 +238,9 @@ class Trainer:
 
     # ------------------------------------------------------------------------------------------
     def _pick(self, name: str, step: int, generator: torch.Generator) -> tuple[list[int], list[bool]]:
-        """Which images of set `name` step `step` trains on: each epoch is a seeded permutation."""
-        count = len(self.pixels[name])
-        batch = self.config.train_batch_size
-        indices = []
-        for slot in range(step * batch, (step + 1) * batch):
-            epoch, position = divmod(slot, count)
-            order = torch.randperm(count, generator=torch.Generator().manual_seed(
-                self.config.seed * 7919 + epoch + (0 if name == "instance" else 104729)))
-            indices.append(int(order[position]))
-        flips = [bool(f) for f in torch.rand(batch, generator=generator) < 0.5] \
-            if self.config.random_flip else [False] * batch
-        return indices, flips
+        c = self.config
+        return pick(len(self.pixels[name]), name, step, c.train_batch_size, c.seed, c.random_flip,
+                    generator)
 
     def _latents(self, name: str, step: int,
                  generator: torch.Generator) -> tuple[torch.Tensor, list[ImageGeometry]]:
@@ -303,13 +273,8 @@ class Trainer:
             pixels = self.pixels[name][indices]
             crops = [self.center_crops[name][i] for i in indices]
         else:
-            import numpy as np
-
-            rng = np.random.default_rng(int(torch.randint(0, 2**31, (1,), generator=generator)))
-            taken = [square_crop_at(self.pixels[name][i], self.config.resolution, False, rng)
-                     for i in indices]
-            pixels = [to_tensor(crop) for crop, _ in taken]
-            crops = [top_left for _, top_left in taken]
+            pixels, crops = random_crops([self.pixels[name][i] for i in indices],
+                                         self.config.resolution, generator)
         return torch.stack([p.flip(-1) if f else p for p, f in zip(pixels, flips)]), crops
 
     def _embeddings(self, name: str) -> PromptEmbeddings:
