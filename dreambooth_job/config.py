@@ -77,6 +77,11 @@ class TrainConfig:
     base_model: str = option(
         MODEL, DEFAULT_BASE_MODEL, evaluation=True,
         help="Diffusers pipeline to fine-tune: a hub id, a local directory or an s3:// prefix.")
+    vae: str | None = option(
+        MODEL,
+        help="A diffusers AutoencoderKL (hub id, directory or s3:// prefix holding its "
+             "config.json) replacing the base model's VAE, e.g. SDXL's fp16-fix VAE. Without it "
+             "the VAE never runs in fp16 (fp32, or bf16 under bf16 mixed precision).")
     cache_dir: str = option(
         OPERATIONAL, default_factory=_default_cache_dir, evaluation=True,
         help="Local directory for downloaded base models and other caches.")
@@ -109,9 +114,11 @@ class TrainConfig:
                           "(default: <cache-dir>/class-images).")
 
     # --- data -----------------------------------------------------------------------------------
-    resolution: int = option(
-        MODEL, 512, minimum=8, multiple_of=8, evaluation=True,
-        help="Training resolution in pixels (square).")
+    resolution: int | None = option(
+        MODEL, minimum=8, multiple_of=8, evaluation=True,
+        help="Training resolution in pixels (square; default auto: the base model's native "
+             "resolution, its UNet's sample size times the VAE's scale: 512 for SD 1.x, 768 for "
+             "SD 2.x at 768 px, 1024 for SDXL).")
     center_crop: bool = option(
         MODEL, True, flag="--center-crop/--random-crop", help="Crop photos at the centre or at random.")
     random_flip: bool = option(MODEL, False, help="Flip photos horizontally at random.")

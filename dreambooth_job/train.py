@@ -13,6 +13,8 @@ numbers.
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 import math
 import time
 from collections.abc import Callable
@@ -29,6 +31,8 @@ from dreambooth_job.data import square_crop, to_tensor
 from dreambooth_job.events import JobObserver, TrainProgress
 from dreambooth_job.exit_codes import InvalidInputError
 from dreambooth_job.families import ModelFamily, PromptEmbeddings, TrainMode
+
+log = logging.getLogger("dreambooth_job")
 
 # Named ranges of one optimizer step, for torch.profiler (`bench --profile` sums them per step):
 # where a step's host time goes, e.g. how much of it is the UNet and how much is around it.
@@ -65,9 +69,11 @@ class Trainer:
                  class_images: list[Image.Image] | None, class_prompt: str,
                  observer: JobObserver | None = None, family: ModelFamily | None = None,
                  mode: TrainMode | None = None, set_grads_to_none: bool = True):
-        self.config = config
         self.pipeline = pipeline
         self.family = family or families.for_pipeline(pipeline)
+        if config.resolution is None:  # auto: a job resolves it when loading (phases/model.py)
+            config = dataclasses.replace(config, resolution=self.family.native_resolution(pipeline))
+        self.config = config
         self.mode = mode or families.train_mode(config)
         self.set_grads_to_none = set_grads_to_none
         self.noise_scheduler = noise_scheduler
@@ -113,7 +119,10 @@ class Trainer:
         config, pipe = self.config, self.pipeline
         self.unet, self.vae = pipe.unet, pipe.vae
         self.text_encoders = self.family.text_encoders(pipe)
-        self.vae.requires_grad_(False).to(self.device, self.weight_dtype)
+        vae_dtype = devices.vae_dtype(self.weight_dtype, vae_override=config.vae is not None)
+        self.vae.requires_grad_(False).to(self.device, vae_dtype)
+        log.info("VAE in %s (%s)", str(vae_dtype).removeprefix("torch."),
+                 f"--vae {config.vae}" if config.vae else "the base model's; never fp16 without --vae")
         trained_dtype = self.weight_dtype if self.mode.frozen_base else torch.float32
         for encoder in self.text_encoders.values():
             encoder.requires_grad_(False)
@@ -189,7 +198,7 @@ class Trainer:
         latent_side = config.resolution // self.pipeline.vae_scale_factor
         images = config.train_batch_size * (2 if self.class_images else 1)
         required = (memory.training_state_bytes(trained, config.use_8bit_adam)
-                    + memory.activation_bytes(self.unet.config.block_out_channels, images,
+                    + memory.activation_bytes(self.unet.config, images,
                                               latent_side, self.precision in ("fp16", "bf16")))
         return memory.needs_checkpointing(required, torch.cuda.mem_get_info(self.device)[0])
 
