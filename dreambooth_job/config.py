@@ -1,11 +1,7 @@
-"""The job's configuration: one typed dataclass, the single source of truth for option names,
-types, defaults and help.
-
-The CLI flags, the `DREAMBOOTH_<OPTION>` environment variables, YAML/JSON config files, the Helm
-chart's values and the Kubernetes manifest builder are all derived from `TrainConfig`'s fields.
-Precedence when resolving: flag > environment > config file > default.
-
-This module is a leaf: it imports nothing heavy, so `dreambooth_job.k8s` can use it without torch.
+"""The job's configuration: `TrainConfig`, one typed dataclass, the single source of option names,
+types, defaults, roles, bounds and help. CLI flags, `DREAMBOOTH_<OPTION>` env vars, config files,
+the Helm chart's values and the Job builder all derive from its fields (flag > env > file >
+default). A leaf: nothing heavy, so `dreambooth_job.k8s` uses it without torch.
 """
 
 from __future__ import annotations
@@ -45,6 +41,11 @@ class TrainConfig:
     base_model: str = option(
         MODEL, const.DEFAULT_BASE_MODEL, evaluation=True,
         help="Diffusers pipeline to fine-tune: a hub id, a local directory or an s3:// prefix.")
+    vae: str | None = option(
+        MODEL,
+        help="A diffusers AutoencoderKL (hub id, directory or s3:// prefix holding its "
+             "config.json) replacing the base model's VAE, e.g. SDXL's fp16-fix VAE. Without it "
+             "the VAE never runs in fp16 (fp32, or bf16 under bf16 mixed precision).")
     cache_dir: str = option(
         OPERATIONAL, default_factory=_default_cache_dir, evaluation=True,
         help="Local directory for downloaded base models and other caches.")
@@ -77,9 +78,11 @@ class TrainConfig:
                           "(default: <cache-dir>/class-images).")
 
     # --- data -----------------------------------------------------------------------------------
-    resolution: int = option(
-        MODEL, 512, minimum=8, multiple_of=8, evaluation=True,
-        help="Training resolution in pixels (square).")
+    resolution: int | None = option(
+        MODEL, minimum=8, multiple_of=8, evaluation=True,
+        help="Training resolution in pixels (square; default auto: the base model's native "
+             "resolution, its UNet's sample size times the VAE's scale: 512 for SD 1.x, 768 for "
+             "SD 2.x at 768 px, 1024 for SDXL).")
     center_crop: bool = option(
         MODEL, True, flag="--center-crop/--random-crop", help="Crop photos at the centre or at random.")
     random_flip: bool = option(MODEL, False, help="Flip photos horizontally at random.")
@@ -310,15 +313,10 @@ class TrainConfig:
     @classmethod
     def resolve(cls, flags: Mapping[str, Any] | None = None, env: Mapping[str, str] | None = None,
                 config_file: str | os.PathLike | None = None) -> TrainConfig:
-        """Merge the sources, flag > env > file > default; `None` flag values count as unset."""
-        from dreambooth_job.config_sources import load_config_file, values_from_env
+        """Merge the sources, flag > env > file > default (config_sources.merged_values)."""
+        from dreambooth_job.config_sources import merged_values
 
-        values: dict[str, Any] = {}
-        if config_file:
-            values.update(load_config_file(config_file))
-        values.update(values_from_env(os.environ if env is None else env))
-        values.update({k: v for k, v in (flags or {}).items() if v is not None})
-        return cls(**values)
+        return cls(**merged_values(flags, env, config_file))
 
 
 # ----------------------------------------------------------------------------------------------

@@ -176,3 +176,15 @@ def defaults_yaml() -> str:
         dumped = yaml.safe_dump({f.name: default}, default_flow_style=False, sort_keys=False)
         lines.append(dumped.rstrip())
     return "\n".join(lines) + "\n"
+
+
+def merged_values(flags: Mapping[str, Any] | None, env: Mapping[str, str] | None,
+                  config_file: str | os.PathLike | None) -> dict[str, Any]:
+    """TrainConfig's values from its sources, flag > env > file > default; `None` flag values
+    count as unset; `env` None reads the process environment."""
+    values: dict[str, Any] = {}
+    if config_file:
+        values.update(load_config_file(config_file))
+    values.update(values_from_env(os.environ if env is None else env))
+    values.update({k: v for k, v in (flags or {}).items() if v is not None})
+    return values

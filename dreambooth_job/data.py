@@ -31,6 +31,10 @@ _QUARTER_TURNS = {5, 6, 7, 8}
 # The decoders a photo may reach, whatever its name says: those of IMAGE_SUFFIXES (JPEG's also
 # opens phones' multi-picture JPEGs), not every format Pillow knows (EPS, for one, runs Ghostscript).
 PHOTO_FORMATS = ("JPEG", "PNG", "WEBP")
+# --resolution auto is known once the model is loaded (phases/model.py), after the photos are
+# validated: they are decoded for validation at the largest native resolution of any family and
+# decoded again at the resolved one, so a run's pixels do not depend on the order.
+AUTO_DECODE_RESOLUTION = 1024
 # Modes Pillow resizes with a proper filter; others ("1", "P", 16-bit) are converted first.
 _RESIZABLE_MODES = {"L", "LA", "RGB", "RGBA", "CMYK"}
 
@@ -207,7 +211,7 @@ def load_subject_photos(directory: Path, config: TrainConfig,
             continue
         try:
             photos.append(load_photo(path, config.min_image_side, config.max_image_pixels,
-                                     config.resolution))
+                                     config.resolution or AUTO_DECODE_RESOLUTION))
             used.append(name)
         except UnusableImage as exc:
             rejected.append(Rejected(name, str(exc)))

@@ -22,6 +22,15 @@ def device_type() -> str:
     return pick_device().type
 
 
+def vae_dtype(weight_dtype, vae_override: bool):
+    """The VAE's dtype: the compute dtype, except fp16 without --vae: SDXL's VAE overflows in
+    fp16 (NaN latents), so the base model's own VAE stays in fp32 then; an override (the fp16-fix
+    VAE) is the user's word that it does not."""
+    import torch
+
+    return torch.float32 if weight_dtype == torch.float16 and not vae_override else weight_dtype
+
+
 def resolve_precision(requested: str, device) -> str:
     """The mixed precision `requested` means on `device`: `auto` is bf16 on CUDA (fp16 before
     Ampere) and none on the CPU."""

@@ -36,22 +36,30 @@ class BaseModel:
 def resolve_base_model(source: str, cache_dir: str) -> BaseModel:
     """Make `source` loadable locally: S3 prefixes are downloaded once into the cache, and a
     cached copy is reused only when it verifies against a fresh listing (model_cache.py)."""
+    return _resolve(source, cache_dir, "--base-model", "model_index.json", "diffusers pipeline")
+
+
+def resolve_vae(source: str, cache_dir: str) -> BaseModel:
+    """--vae resolved like the base model: a diffusers AutoencoderKL directory (its config.json
+    at the top), an s3:// prefix holding one (cached and verified alike) or a hub id."""
+    return _resolve(source, cache_dir, "--vae", "config.json", "diffusers VAE")
+
+
+def _resolve(source: str, cache_dir: str, flag: str, marker: str, what: str) -> BaseModel:
     if storage.is_s3(source):
         files = storage.list_files(source)
-        if not any(f.relative_path == "model_index.json" for f in files):
-            raise InvalidInputError(
-                f"--base-model {source} holds no diffusers pipeline (no model_index.json)")
+        if not any(f.relative_path == marker for f in files):
+            raise InvalidInputError(f"{flag} {source} holds no {what} (no {marker})")
         fingerprint = _digest([(f.relative_path, f.size, f.etag) for f in files])
         local = model_cache.cached_copy(source, files, Path(cache_dir, "models", fingerprint[:16]))
         return BaseModel(source, str(local), fingerprint)
     path = Path(source).expanduser()
     if path.exists():
-        if not (path / "model_index.json").is_file():
-            raise InvalidInputError(
-                f"--base-model {source} holds no diffusers pipeline (no model_index.json)")
+        if not (path / marker).is_file():
+            raise InvalidInputError(f"{flag} {source} holds no {what} (no {marker})")
         return BaseModel(source, str(path), _local_fingerprint(path))
     if source.startswith((".", "/", "~")) or source.count("/") != 1:
-        raise InvalidInputError(f"--base-model {source} is neither a directory, an s3:// prefix nor a hub id")
+        raise InvalidInputError(f"{flag} {source} is neither a directory, an s3:// prefix nor a hub id")
     return BaseModel(source, source, _digest([("hub", source)]))
 
 
@@ -87,3 +95,37 @@ def load_pipeline(model: BaseModel, cache_dir: str):
                                  f"{str(exc).splitlines()[0]}") from None
         raise InvalidInputError(f"cannot load --base-model {model.source}: "
                                 f"{str(exc).splitlines()[0]}") from None
+
+
+def with_vae(pipeline, base: BaseModel, vae_source: str | None, cache_dir: str):
+    """`pipeline` with --vae's AutoencoderKL (fp32, like the base) in place of its own, and the
+    base's identity with the VAE's folded in (class-image cache keys, result.json); unchanged
+    without --vae, so existing cache keys stay valid."""
+    import dataclasses
+
+    import torch
+    from diffusers import AutoencoderKL
+
+    if not vae_source:
+        return pipeline, base
+    vae_model = resolve_vae(vae_source, cache_dir)
+    try:
+        vae = AutoencoderKL.from_pretrained(vae_model.local_path, torch_dtype=torch.float32,
+                                            cache_dir=cache_dir)
+    except OSError as exc:
+        if vae_model.local_path == vae_model.source:
+            raise RetryableError(f"cannot load --vae {vae_source} from the hub: "
+                                 f"{str(exc).splitlines()[0]}") from None
+        raise InvalidInputError(f"cannot load --vae {vae_source}: "
+                                f"{str(exc).splitlines()[0]}") from None
+    def shape(config):  # latent channels and downscaling: what the UNet and the pipeline rely on
+        return config.latent_channels, len(config.block_out_channels)
+
+    if shape(vae.config) != shape(pipeline.vae.config):
+        raise InvalidInputError(
+            f"--vae {vae_source} does not fit the base model's UNet (latent channels, levels "
+            f"{shape(vae.config)} against {shape(pipeline.vae.config)})")
+    pipeline.register_modules(vae=vae)  # saved with the model: the output samples as it trained
+    log.info("VAE from --vae %s", vae_source)
+    return pipeline, dataclasses.replace(
+        base, fingerprint=_digest([base.fingerprint, ("vae", vae_model.fingerprint)]))

@@ -101,6 +101,7 @@ class Training:
     train_mode: str | None = _optional()  # "full" or "lora"
     learning_rate: float | None = _optional()  # the peak rate used: --learning-rate auto resolved
     trainable_parameters: int | None = _optional()  # what the optimizer updated (LoRA: adapters)
+    resolution: int | None = _optional()  # the training resolution: --resolution auto resolved
 
 
 @dataclass

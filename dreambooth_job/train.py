@@ -1,19 +1,16 @@
-"""The DreamBooth training loop: full UNet fine-tuning (text encoder optional), or LoRA adapters
-on them (--train-mode lora), with the class-specific prior-preservation loss (Ruiz et al., CVPR
-2023, eq. 2).
-
-Reads top to bottom: `Trainer.setup` (its named steps: precision, models, caches, optimizer,
-accelerate's prepare), `Trainer.train` (the loop), `Trainer.inference_pipeline` (what is sampled
-and saved: outputs.py writes the files). What depends on the model family (prompt encoding, UNet
-conditioning) goes through `families.ModelFamily`, what depends on the train mode (what trains)
-through `families.TrainMode`.
-Every random draw of step k comes from a generator seeded by (seed, k), so a run resumed at step k
-continues exactly like one that never stopped, and the cached and uncached paths draw the same
-numbers.
+"""The DreamBooth training loop: full fine-tuning or LoRA adapters (--train-mode), with the
+class-specific prior-preservation loss (Ruiz et al., CVPR 2023, eq. 2). Reads top to bottom:
+`Trainer.setup` (precision, models, caches, optimizer, accelerate's prepare), `Trainer.train` (the
+loop), `Trainer.inference_pipeline` (what is sampled and saved; outputs.py writes the files). The
+model family (prompt encoding, UNet conditioning) is `families.ModelFamily`'s, what trains is the
+`families.TrainMode`'s. Every random draw of step k comes from (seed, k) (train_batches.py), so a
+resumed run continues exactly like one that never stopped, cached and uncached paths alike.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 import math
 import time
 from collections.abc import Callable
@@ -31,6 +28,8 @@ from dreambooth_job.exit_codes import InvalidInputError
 from dreambooth_job.families import ModelFamily, PromptEmbeddings, TrainMode
 from dreambooth_job.families.base import ImageGeometry
 from dreambooth_job.train_batches import center_crops, pick, random_crops, step_generator  # noqa: F401 - step_generator: train.X
+
+log = logging.getLogger("dreambooth_job")
 
 # Named ranges of one optimizer step, for torch.profiler (`bench --profile` sums them per step):
 # where a step's host time goes, e.g. how much of it is the UNet and how much is around it.
@@ -53,9 +52,11 @@ class Trainer:
                  observer: JobObserver | None = None, family: ModelFamily | None = None,
                  mode: TrainMode | None = None, set_grads_to_none: bool = True,
                  instance_sizes: list[tuple[int, int]] | None = None):
-        self.config = config
         self.pipeline = pipeline
         self.family = family or families.for_pipeline(pipeline)
+        if config.resolution is None:  # auto: a job resolves it when loading (phases/model.py)
+            config = dataclasses.replace(config, resolution=self.family.native_resolution(pipeline))
+        self.config = config
         self.mode = mode or families.train_mode(config)
         self.set_grads_to_none = set_grads_to_none
         self.noise_scheduler = noise_scheduler
@@ -105,7 +106,10 @@ class Trainer:
         config, pipe = self.config, self.pipeline
         self.unet, self.vae = pipe.unet, pipe.vae
         self.text_encoders = self.family.text_encoders(pipe)
-        self.vae.requires_grad_(False).to(self.device, self.weight_dtype)
+        vae_dtype = devices.vae_dtype(self.weight_dtype, vae_override=config.vae is not None)
+        self.vae.requires_grad_(False).to(self.device, vae_dtype)
+        log.info("VAE in %s (%s)", str(vae_dtype).removeprefix("torch."),
+                 f"--vae {config.vae}" if config.vae else "the base model's; never fp16 without --vae")
         trained_dtype = self.weight_dtype if self.mode.frozen_base else torch.float32
         for encoder in self.text_encoders.values():
             encoder.requires_grad_(False)
@@ -176,13 +180,10 @@ class Trainer:
         """`auto`: only on CUDA, and only when training without it would not fit (memory.py)."""
         if self.device.type != "cuda":
             return False
-        config = self.config
-        trained = sum(p.numel() for p in self.trainable)
-        latent_side = config.resolution // self.pipeline.vae_scale_factor
-        images = config.train_batch_size * (2 if self.class_images else 1)
-        required = (memory.training_state_bytes(trained, config.use_8bit_adam)
-                    + memory.activation_bytes(self.unet.config.block_out_channels, images,
-                                              latent_side, self.precision in ("fp16", "bf16")))
+        images = self.config.train_batch_size * (2 if self.class_images else 1)
+        required = memory.training_bytes(self.config, self.unet.config, self.pipeline.vae_scale_factor,
+                                         sum(p.numel() for p in self.trainable), images,
+                                         self.precision in ("fp16", "bf16"))
         return memory.needs_checkpointing(required, torch.cuda.mem_get_info(self.device)[0])
 
     def _optimizer(self, params):

@@ -42,6 +42,8 @@ from dreambooth_job.bench import report as bench_report
 from dreambooth_job.exit_codes import InvalidInputError
 
 NUM_IMAGES = 4
+# Architectures whose memory is checked before they are built (memory_refusal).
+LARGE_MODELS = ("sdxl",)
 BASELINE = {"cache_latents": False, "mixed_precision": "no", "gradient_checkpointing": False,
             "channels_last": False, "compile_unet": False, "tf32": False, "attention_backend": "auto"}
 SWEEP = ("mixed_precision=bf16", "mixed_precision=fp16", "gradient_checkpointing=true",
@@ -101,6 +103,29 @@ def bench_config(settings: Settings, variant: Variant) -> cfg.TrainConfig:
               "log_every": 1 if variant.baseline else total}
     values.update(variant.overrides)
     return cfg.TrainConfig(**values)
+
+
+def memory_refusal(settings: Settings, variants: list[Variant], device_type: str,
+                   available: int | None) -> str | None:
+    """Why this machine cannot hold even the leanest variant (memory.py's estimate of its peak
+    against the memory available), or None. Checked for the large architectures before they are
+    built: the kernel would otherwise kill the process halfway through."""
+    if settings.base_model or settings.model not in LARGE_MODELS or available is None:
+        return None
+    from dreambooth_job.bench import estimate
+
+    built = estimate.meta_models(settings.model)
+    half = device_type == "cuda"  # the CPU trains in fp32 (mixed precision auto: no)
+    needed = min(estimate.estimate(
+        settings.model, train_mode=config.train_mode, resolution=settings.resolution,
+        checkpointing=config.gradient_checkpointing is True, use_8bit_adam=config.use_8bit_adam,
+        half_precision=half, built=built).peak_bytes
+        for config in (bench_config(settings, v) for v in variants))
+    if needed <= available:
+        return None
+    return (f"--model {settings.model} needs about {needed / 2**30:.0f} GiB to train on the "
+            f"{device_type} (memory.py's estimate, leanest variant) and "
+            f"{available / 2**30:.0f} GiB is available: run it on a GPU")
 
 
 def unavailable(config: cfg.TrainConfig, device_type: str) -> str | None:
@@ -329,6 +354,11 @@ def bench(model: str, base_model: str | None, resolution: int | None, batch_size
             bench_config(settings, variant)
         except InvalidInputError as exc:
             raise InvalidInputError(f"--variant {variant.name!r}: {exc.message}") from None
+    device_type = devices.device_type()
+    refusal = memory_refusal(settings, variants, device_type,
+                             bench_device.available_memory_bytes(device_type))
+    if refusal:
+        raise InvalidInputError(refusal)
     report = run_bench(settings, variants, echo=lambda line: click.echo(line, err=True))
     click.echo(bench_report.table(report))
     if json_path:

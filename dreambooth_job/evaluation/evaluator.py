@@ -10,7 +10,7 @@ from typing import Any
 
 from PIL import Image
 
-from dreambooth_job import sampling
+from dreambooth_job import families, sampling
 from dreambooth_job.config import TrainConfig
 from dreambooth_job.evaluation import prompts as prompt_sets
 from dreambooth_job.evaluation import scores
@@ -66,8 +66,9 @@ class Evaluator:
         return evaluator
 
     # ------------------------------------------------------------------------------------------
-    def protocol(self, class_noun: str) -> dict[str, Any]:
-        """Everything that fixes the numbers: prompts, seeds, sampler and evaluator models."""
+    def protocol(self, class_noun: str, resolution: int | None = None) -> dict[str, Any]:
+        """Everything that fixes the numbers: prompts, seeds, sampler and evaluator models.
+        `resolution`: the sampling resolution when --resolution is auto (the model's native)."""
         config = self.config
         prompt_set = prompt_sets.load_prompt_set(config.prompt_set, class_noun)
         models = {}
@@ -84,7 +85,7 @@ class Evaluator:
             "class_prompt": config.class_prompt,
             "class_images": config.eval_class_images,
             "class_seeds": [CLASS_SEED_BASE + j for j in range(config.eval_class_images)],
-            "resolution": config.resolution,
+            "resolution": config.resolution or resolution,
             "sampler": sampling.SAMPLER,
             "num_inference_steps": config.sample_steps,
             "guidance_scale": config.guidance_scale,
@@ -98,7 +99,9 @@ class Evaluator:
         if not photos:
             raise InvalidInputError("evaluation needs at least one real photo of the subject")
         started = time.perf_counter()
-        protocol = self.protocol(class_noun)
+        resolution = self.config.resolution or families.for_pipeline(pipeline).native_resolution(
+            pipeline)  # --resolution auto: the model's own (phases/model.py resolves it in a job)
+        protocol = self.protocol(class_noun, resolution)
         row: dict[str, Any] = {"label": label, **{m: None for m in METRICS}, "unavailable": {
             m: self.unavailable_models[MODEL_OF[m]] for m in METRICS
             if MODEL_OF[m] in self.unavailable_models}, "images": 0, "per_prompt": []}
@@ -112,7 +115,7 @@ class Evaluator:
         def generate(texts: list[str], seeds: list[int]) -> list[Image.Image]:
             row["images"] += len(texts)
             return sampling.generate_images(
-                pipeline, texts, seeds, resolution=self.config.resolution,
+                pipeline, texts, seeds, resolution=resolution,
                 num_inference_steps=self.config.sample_steps,
                 guidance_scale=self.config.guidance_scale, batch_size=self.config.sample_batch_size)
 

@@ -3,9 +3,10 @@ model cache), its noise scheduler, the identifier token and the prompts built fr
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 
-from dreambooth_job import identifiers, models, outputs, sampling
+from dreambooth_job import data, families, identifiers, models, outputs, sampling
 from dreambooth_job.phases.context import RunContext
 from dreambooth_job.result import BaseModelInfo, Identifier, Prompts
 
@@ -18,7 +19,9 @@ def load(ctx: RunContext) -> None:
     config = ctx.config
     ctx.base = models.resolve_base_model(config.base_model, config.cache_dir)
     pipeline = models.load_pipeline(ctx.base, config.cache_dir)
+    pipeline, ctx.base = models.with_vae(pipeline, ctx.base, config.vae, config.cache_dir)
     outputs.check_exportable(pipeline, single_file=config.export_single_file)
+    config = ctx.config = resolve_resolution(ctx, pipeline)
     ctx.noise_scheduler = DDPMScheduler.from_config(pipeline.scheduler.config)
     ctx.pipeline = sampling.fast_pipeline(pipeline)
     ctx.identifier = identifier = (
@@ -33,6 +36,23 @@ def load(ctx: RunContext) -> None:
     ctx.result.base_model = BaseModelInfo(
         source=ctx.base.source, fingerprint=ctx.base.fingerprint,
         prediction_type=ctx.noise_scheduler.config.prediction_type)
+
+
+def resolve_resolution(ctx: RunContext, pipeline):
+    """The config with --resolution auto resolved to the family's native resolution, once: every
+    later phase (class images and their cache key, training, samples, evaluation) reads it, and
+    result.json records it (`training.resolution`, and in `config` where the run records it)."""
+    config = ctx.config
+    if config.resolution is None:
+        native = families.for_pipeline(pipeline).native_resolution(pipeline)
+        config = dataclasses.replace(config, resolution=native)
+        logger.info("resolution auto: %d px (the base model's native resolution)", native)
+        ctx.result.config["resolution"] = native
+        if native != data.AUTO_DECODE_RESOLUTION and ctx.photos is not None:
+            # Decoded again at the resolved size: the same pixels as an explicit --resolution.
+            ctx.photos = data.load_subject_photos(ctx.work / "photos", config, skipped=ctx.skipped)
+    ctx.result.training.resolution = config.resolution
+    return config
 
 
 def prompts_for(config, token: str) -> Prompts:

@@ -40,7 +40,8 @@ def train(ctx: RunContext) -> None:
     ctx.uploads.wait()
     ctx.steps_done = trained.steps_done
     ctx.result.training = Training(max_train_steps=config.max_train_steps,
-                                   resumed_from_step=resumed_from, **dataclasses.asdict(trained))
+                                   resumed_from_step=resumed_from, resolution=config.resolution,
+                                   **dataclasses.asdict(trained))
 
 
 def resume(ctx: RunContext) -> int | None:

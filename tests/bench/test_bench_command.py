@@ -116,10 +116,26 @@ def test_table_has_a_row_per_variant_and_says_why_mfu_is_missing(report):
         assert "MFU: not reported" in output
 
 
-def test_sdxl_says_it_is_not_supported_and_measures_nothing():
+def test_sdxl_refuses_in_one_line_when_memory_is_short(monkeypatch):
+    """The decision's input (the memory available) is set to 8 GiB: on a bigger host the real
+    value would let it build 3.5 B parameters."""
+    from dreambooth_job.bench import device as bench_device
+
+    monkeypatch.setattr(bench_device, "available_memory_bytes", lambda device_type: 8 * 2**30)
     outcome = CliRunner().invoke(main, ["bench", "--model", "sdxl"])
     assert outcome.exit_code == ExitCode.INVALID_INPUT
-    assert "sdxl is not supported yet" in outcome.output
+    message = outcome.output.strip().splitlines()[-1]
+    assert "--model sdxl needs about" in message and "8 GiB is available" in message
+    assert "not supported" not in outcome.output
+
+
+def test_sdxl_is_not_refused_when_memory_suffices():
+    from dreambooth_job.bench.command import Settings, Variant, memory_refusal
+
+    settings = Settings("sdxl", None, 1024, 1, 1, 0, True, 0, None)
+    variants = [Variant("default"), Variant("lora", overrides={"train_mode": "lora"})]
+    assert memory_refusal(settings, variants, "cpu", 2**40) is None
+    assert "needs about" in memory_refusal(settings, variants, "cpu", 2**30)
 
 
 @pytest.mark.parametrize("spec", ["no_such_option=1", "resolution", "mixed_precision=fp8"])

@@ -64,7 +64,7 @@ def non_default(f) -> Any:
     if kind is bool:
         return True if default is None else not default
     if kind is int:
-        return default + 8  # keeps --resolution a multiple of 8
+        return (default or 0) + 8  # keeps --resolution (auto: None) a multiple of 8
     if kind is float:
         return (default or 0) + 1.5
     return f"{f.name.replace('_', '-')}-value"
@@ -159,9 +159,10 @@ def test_a_job_at_the_defaults_states_every_model_option_and_no_other(render, ch
     values = {"job": {**chart.values["job"], "instanceData": "s3://p/x/", "classNoun": "dog",
                       "output": "s3://r/x/"}}
     args = render(values).one("Job")["spec"]["template"]["spec"]["containers"][0]["args"]
-    model = {f.name for f in cfg.model_fields()}
+    model = {f.name for f in cfg.model_fields()} - {"vae"}  # unset: the base model's own VAE
     assert stated_options(args) == model | {"output", "subject_id"}  # both always passed
     # Options the run resolves are stated as `auto`, with what they depend on.
+    assert args[args.index("--resolution") + 1] == "auto"
     assert args[args.index("--train-mode") + 1] == "full"
     assert args[args.index("--learning-rate") + 1] == "auto"
     assert args[args.index("--lora-alpha") + 1] == "auto"
@@ -175,7 +176,9 @@ def test_the_python_builder_states_every_model_option_at_its_default():
     job = build_job(JobSpec(train=cfg.TrainConfig(instance_data="s3://p/x/", class_noun="dog",
                                                   output="s3://r/x/")))
     args = job["spec"]["template"]["spec"]["containers"][0]["args"]
-    assert stated_options(args) == {f.name for f in cfg.model_fields()} | {"output", "subject_id"}
+    unset_means_none = {"vae"}  # the base model's own VAE
+    assert stated_options(args) == ({f.name for f in cfg.model_fields()} - unset_means_none
+                                    | {"output", "subject_id"})
     assert parse_train_args(args).learning_rate == cfg.TrainConfig().learning_rate
 
 

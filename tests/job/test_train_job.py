@@ -152,3 +152,64 @@ def test_train_runs_as_a_process_with_env_configuration(job_args, bucket, s3_ser
     assert result["status"] == "succeeded"
     assert result["image"] == "registry.example/dreambooth-job:1.2.3"
     assert result["package_version"] == dreambooth_job.__version__
+
+
+def test_resolution_auto_is_the_models_native_one_and_the_same_run_as_explicit(
+        job_args, bucket, tiny_model, caplog):
+    """--resolution auto (the default) resolves to the UNet's sample size x the VAE's factor once
+    the model is loaded: result.json records the number; the class-image cache key and "the same
+    run" are those of the explicit value."""
+    pipeline = StableDiffusionPipeline.from_pretrained(tiny_model)
+    native = pipeline.unet.config.sample_size * pipeline.vae_scale_factor
+    args = [a if a != f"s3://{bucket}/runs/dog/" else f"s3://{bucket}/runs/auto/" for a in job_args]
+    outcome = train(*args, "--resolution", "auto")
+    assert outcome.exit_code == ExitCode.OK, outcome.output
+    result = read_result(f"s3://{bucket}/runs/auto/")
+    jsonschema.validate(result, result_module.schema())
+    assert result["training"]["resolution"] == native
+    assert result["config"]["resolution"] == native
+
+    explicit = train(*job_args, "--resolution", str(native))  # another output, the same cache
+    assert explicit.exit_code == ExitCode.OK, explicit.output
+    assert read_result(f"s3://{bucket}/runs/dog/")["class_images"]["reused"] == 3
+
+    again = train(*args, "--resolution", str(native))
+    assert again.exit_code == ExitCode.OK, again.output
+    assert "already holds a completed run" in again.output
+
+
+@pytest.fixture
+def other_vae(tiny_model, tmp_path):
+    """The tiny base's VAE architecture with other (seeded random) weights, saved as a directory."""
+    from diffusers import AutoencoderKL
+
+    torch.manual_seed(123)
+    vae = AutoencoderKL.from_config(AutoencoderKL.load_config(tiny_model / "vae"))
+    vae.save_pretrained(tmp_path / "other-vae")
+    return tmp_path / "other-vae"
+
+
+def test_vae_from_an_s3_prefix_replaces_the_base_models(job_args, bucket, tiny_model, other_vae,
+                                                        tmp_path):
+    from diffusers import AutoencoderKL
+
+    storage.upload_dir(other_vae, f"s3://{bucket}/vaes/other/")
+    outcome = train(*job_args, "--vae", f"s3://{bucket}/vaes/other/", "--log-format", "text")
+    assert outcome.exit_code == ExitCode.OK, outcome.output
+    assert f"VAE in float32 (--vae s3://{bucket}/vaes/other/)" in outcome.output
+    local = tmp_path / "downloaded"
+    storage.download_dir(f"s3://{bucket}/runs/dog/model/", local)
+    saved, override = AutoencoderKL.from_pretrained(local / "vae"), AutoencoderKL.from_pretrained(other_vae)
+    base = AutoencoderKL.from_pretrained(tiny_model / "vae")
+    def as_saved(weights):  # --save-precision fp16 (the default)
+        return [w.half().float() for w in weights.parameters()]
+
+    assert all(torch.equal(a.float(), b) for a, b in zip(saved.parameters(), as_saved(override)))
+    assert not all(torch.equal(a.float(), b) for a, b in zip(saved.parameters(), as_saved(base)))
+
+
+def test_vae_without_a_config_exits_2_naming_it(job_args, tmp_path):
+    (tmp_path / "not-a-vae").mkdir()
+    outcome = train(*job_args, "--vae", str(tmp_path / "not-a-vae"))
+    assert outcome.exit_code == ExitCode.INVALID_INPUT
+    assert f"--vae {tmp_path / 'not-a-vae'} holds no diffusers VAE (no config.json)" in outcome.output
