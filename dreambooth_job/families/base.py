@@ -62,10 +62,14 @@ class ModelFamily(ABC):
         """The pipeline at `path` (a directory or hub id), on the CPU, in fp32, without a safety
         checker. OSError when it cannot be read (the caller maps it to an exit code)."""
 
-    @abstractmethod
     def generate(self, pipeline, prompts: list[str], *, latents, resolution: int,
                  num_inference_steps: int, guidance_scale: float) -> list:
-        """PIL images for `prompts` from the given initial `latents` (one per prompt)."""
+        """PIL images for `prompts` from the given initial `latents` (one per prompt). diffusers'
+        SD and SDXL pipelines take the same call (SDXL's original and target sizes default to
+        the resolution: a full, uncropped image, which is what class images are trained as)."""
+        return pipeline(prompts, height=resolution, width=resolution,
+                        num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
+                        latents=latents, output_type="pil").images
 
     def save_pipeline(self, pipeline, directory: str | Path) -> None:
         """A directory that `load_pipeline` (and diffusers' `from_pretrained`) loads as is."""

@@ -22,12 +22,6 @@ class StableDiffusion(ModelFamily):
             path, cache_dir=str(Path(cache_dir, "hub")), torch_dtype=torch.float32,
             safety_checker=None, requires_safety_checker=False)
 
-    def generate(self, pipeline, prompts: list[str], *, latents, resolution: int,
-                 num_inference_steps: int, guidance_scale: float) -> list:
-        return pipeline(prompts, height=resolution, width=resolution,
-                        num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
-                        latents=latents, output_type="pil").images
-
     def tokenize(self, pipeline, prompt: str) -> tuple:
         tokenizer = pipeline.tokenizer
         return (tokenizer(prompt, padding="max_length", truncation=True,

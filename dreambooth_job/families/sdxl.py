@@ -34,14 +34,6 @@ class StableDiffusionXL(ModelFamily):
             path, cache_dir=str(Path(cache_dir, "hub")), torch_dtype=torch.float32,
             add_watermarker=False)
 
-    def generate(self, pipeline, prompts: list[str], *, latents, resolution: int,
-                 num_inference_steps: int, guidance_scale: float) -> list:
-        # original_size and target_size default to (resolution, resolution): a full, uncropped
-        # image, which is what class images are trained as.
-        return pipeline(prompts, height=resolution, width=resolution,
-                        num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
-                        latents=latents, output_type="pil").images
-
     def tokenize(self, pipeline, prompt: str) -> tuple:
         ids = []
         for name in self.tokenizer_names:
