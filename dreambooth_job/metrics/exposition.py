@@ -16,6 +16,7 @@ import json
 import logging
 import os
 import threading
+import time
 import urllib.request
 from collections.abc import Iterable, Mapping
 from socketserver import ThreadingMixIn
@@ -174,6 +175,7 @@ def delete_batch_groups(url: str, batch_id: str, subject_ids: Iterable[str] | No
     """
     if subject_ids is None:
         subject_ids = [g["subject_id"] for g in pushed_groups(url, batch_id, timeout=timeout)]
+    subject_ids = list(subject_ids)
     failed = []
     for subject_id in subject_ids:
         try:
@@ -182,4 +184,26 @@ def delete_batch_groups(url: str, batch_id: str, subject_ids: Iterable[str] | No
         except Exception as exc:  # noqa: BLE001 - try every group, report the failed ones
             log.warning("deleting Pushgateway group of %s/%s failed: %s", batch_id, subject_id, exc)
             failed.append(subject_id)
-    return failed
+    deleted = set(subject_ids) - set(failed)
+    return failed + (_wait_until_unlisted(url, batch_id, deleted, timeout) if deleted else [])
+
+
+def _wait_until_unlisted(url: str, batch_id: str, subject_ids: set[str],
+                         timeout: float) -> list[str]:
+    """The gateway answers a DELETE with 202 and applies it from its write queue later: wait until
+    the groups are no longer listed, so that whoever lists right after sees them gone. Returns
+    the subject ids still listed when `timeout` runs out."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            listed = {g.get("subject_id") for g in pushed_groups(url, batch_id, timeout=timeout)}
+        except OSError as exc:
+            log.warning("listing Pushgateway groups of batch %s failed: %s", batch_id, exc)
+            listed = set(subject_ids)
+        remaining = sorted(subject_ids & listed)
+        if not remaining or time.monotonic() >= deadline:
+            for subject_id in remaining:
+                log.warning("Pushgateway group of %s/%s still listed after %ss", batch_id,
+                            subject_id, timeout)
+            return remaining
+        time.sleep(0.05)
