@@ -9,8 +9,6 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
-import types
-import typing
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +16,18 @@ from typing import Any
 
 from dreambooth_job import config_choices as const
 from dreambooth_job.config_checks import validate_config
-from dreambooth_job.config_fields import MODEL, OPERATIONAL, Role, option, role_of
+from dreambooth_job.config_fields import MODEL, OPERATIONAL, option
+from dreambooth_job.config_introspection import (  # noqa: F401 - importable from here
+    accepts_auto,
+    base_type,
+    default_of,
+    env_name,
+    fields,
+    flag_name,
+    is_list,
+    model_fields,
+    resolve_auto,
+)
 
 
 def _default_cache_dir() -> str:
@@ -317,69 +326,6 @@ class TrainConfig:
         from dreambooth_job.config_sources import merged_values
 
         return cls(**merged_values(flags, env, config_file))
-
-
-# ----------------------------------------------------------------------------------------------
-# Field introspection shared by the CLI, env and file loaders and the manifest builder.
-
-def fields() -> tuple[dataclasses.Field, ...]:
-    return dataclasses.fields(TrainConfig)
-
-
-_FIELDS_BY_NAME = {f.name: f for f in dataclasses.fields(TrainConfig)}
-
-
-def flag_name(name: str) -> str:
-    return "--" + name.replace("_", "-")
-
-
-def env_name(name: str) -> str:
-    return const.ENV_PREFIX + name.upper()
-
-
-def base_type(f: dataclasses.Field) -> type:
-    """The field's scalar type: `int` for `int`, `str` for `str | None`, `str` for `list[str]`."""
-    hint = typing.get_type_hints(TrainConfig)[f.name]
-    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
-        hint = next(a for a in typing.get_args(hint) if a is not type(None))
-    if typing.get_origin(hint) is list:
-        return typing.get_args(hint)[0]
-    return hint
-
-
-def is_list(f: dataclasses.Field) -> bool:
-    return typing.get_origin(typing.get_type_hints(TrainConfig)[f.name]) is list
-
-
-def default_of(f: dataclasses.Field) -> Any:
-    if f.default_factory is not dataclasses.MISSING:
-        return f.default_factory()
-    return f.default
-
-
-def accepts_auto(f: dataclasses.Field) -> bool:
-    """Options whose unset (None) default the run resolves: `auto` on the command line, in the
-    environment and in files, and what Jobs pass for them (config_sources.to_cli_args)."""
-    return f.default is None and not f.metadata["required"] and base_type(f) in (int, float, bool)
-
-
-def resolve_auto(values: Mapping[str, Any]) -> dict[str, Any]:
-    """The one place `auto` options that depend on other options are resolved: `values` (a
-    config's fields, or a recorded config's) with those set to what the run uses. The trainer
-    reads the result (`resolved_learning_rate`), and so does "the same run" (run_identity.py):
-    `--learning-rate auto` and `--learning-rate 1e-4` train the same LoRA."""
-    resolved = dict(values)
-    mode = resolved.get("train_mode")
-    if resolved.get("learning_rate") is None:  # a record's mode may be anything: full's unless lora
-        resolved["learning_rate"] = const.DEFAULT_LEARNING_RATES["lora" if mode == "lora" else "full"]
-    if resolved.get("lora_alpha") is None:
-        resolved["lora_alpha"] = resolved.get("lora_rank", default_of(_FIELDS_BY_NAME["lora_rank"]))
-    return resolved
-
-
-def model_fields() -> tuple[dataclasses.Field, ...]:
-    """The fields whose values make a run another run (Role.MODEL)."""
-    return tuple(f for f in fields() if role_of(f) is Role.MODEL)
 
 
 # Reading options from env, files and flags, and writing them back, lives in config_sources.py;

@@ -13,7 +13,6 @@ from typing import Any
 import yaml
 
 from dreambooth_job.config import (
-    _FIELDS_BY_NAME,
     AUTO,
     ENV_PREFIX,
     TrainConfig,
@@ -27,6 +26,7 @@ from dreambooth_job.config import (
 )
 from dreambooth_job.config_fields import Role, role_of
 from dreambooth_job.config_files import load_yaml, read_text_file, yaml_reason
+from dreambooth_job.config_introspection import fields_by_name
 from dreambooth_job.exit_codes import InvalidInputError
 
 _TRUE = {"1", "true", "yes", "on"}
@@ -40,7 +40,7 @@ def _short(raw: Any) -> str:
 
 def parse_value(name: str, raw: Any, source: str) -> Any:
     """Convert a value from an env var or config file to the field's type, naming the source on error."""
-    f = _FIELDS_BY_NAME[name]
+    f = fields_by_name()[name]
     kind = base_type(f)
     if raw is None:
         return None
@@ -115,7 +115,7 @@ def normalize_keys(data: Mapping[str, Any], source: str) -> dict[str, Any]:
     values = {}
     for key, raw in data.items():
         name = str(key).replace("-", "_")
-        if name not in _FIELDS_BY_NAME:
+        if name not in fields_by_name():
             raise InvalidInputError(f"{source}: unknown option {key!r}")
         values[name] = parse_value(name, raw, source)
     return values
