@@ -199,7 +199,8 @@ class TrainConfig:
     export_single_file: bool = option(
         MODEL, False,
         help="Full fine-tuning: also write <output>/<subject-id>.safetensors, one checkpoint in "
-             "the original Stable Diffusion layout (AUTOMATIC1111, ComfyUI, from_single_file).")
+             "the original Stable Diffusion or SDXL layout (AUTOMATIC1111, ComfyUI, "
+             "from_single_file).")
     lora_merge: bool = option(
         MODEL, False,
         help="LoRA training: also write the base model with the adapters merged in to "

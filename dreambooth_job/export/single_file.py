@@ -1,16 +1,19 @@
-"""One `.safetensors` file in the original Stable Diffusion (LDM) checkpoint layout, the file
-AUTOMATIC1111, ComfyUI and `StableDiffusionPipeline.from_single_file` load.
+"""One `.safetensors` file in the original checkpoint layout of Stable Diffusion (LDM) and SDXL
+(Stability's generative-models), the file AUTOMATIC1111, ComfyUI and `from_single_file` load.
 
 diffusers reads this layout (diffusers/loaders/single_file_utils.py) but does not write it: the key
-mapping here is the inverse of its `convert_ldm_unet_checkpoint`, `convert_ldm_vae_checkpoint` and
-`convert_ldm_clip_checkpoint`, and the round-trip test in tests/unit/test_single_file_export.py holds
-it to that. Stable Diffusion 1.x (OpenAI CLIP text encoder) and 2.x (OpenCLIP); SDXL is refused.
+mapping here is the inverse of its `convert_ldm_unet_checkpoint`, `convert_ldm_vae_checkpoint`,
+`convert_ldm_clip_checkpoint` and `convert_open_clip_checkpoint`, and the round-trip tests in
+tests/unit/test_single_file_export.py and test_sdxl_single_file.py hold it to that. UNet and VAE
+share one layout across the families (SDXL adds `label_emb`, its size/pooled-text embedding); the
+text encoders' layout is the family's (`ModelFamily.single_file_text_encoders`): SD 1.x OpenAI CLIP,
+SD 2.x OpenCLIP, SDXL both (`conditioner.embedders.0/1`).
 
 Loading the file back: diffusers guesses the architecture from a real-size checkpoint; for anything
 else (or offline) pass the base model's diffusers directory as the config:
 
     StableDiffusionPipeline.from_single_file("subject.safetensors", config="<base model dir>",
-                                             local_files_only=True)
+                                             local_files_only=True)    # or StableDiffusionXLPipeline
 """
 
 from __future__ import annotations
@@ -24,6 +27,8 @@ UNET_PREFIX = "model.diffusion_model."
 VAE_PREFIX = "first_stage_model."
 CLIP_PREFIX = "cond_stage_model.transformer."
 OPEN_CLIP_PREFIX = "cond_stage_model.model."
+SDXL_CLIP_PREFIX = "conditioner.embedders.0.transformer."
+SDXL_OPEN_CLIP_PREFIX = "conditioner.embedders.1.model."
 
 # diffusers name -> LDM name, for the pieces inside a UNet ResBlock and a VAE mid-block attention.
 _UNET_RESNET = (("norm1", "in_layers.0"), ("conv1", "in_layers.2"), ("norm2", "out_layers.0"),
@@ -43,32 +48,35 @@ def save_single_file(pipeline, path: str | os.PathLike, *, dtype=None,
     import torch
     from safetensors.torch import save_file
 
-    check_supported(pipeline)
+    family = check_supported(pipeline)
     if metadata is not None and not all(isinstance(k, str) and isinstance(v, str)
                                         for k, v in metadata.items()):
         raise InvalidInputError("single-file metadata must map strings to strings")
     state = {}
     state.update(_prefixed(UNET_PREFIX, unet_to_ldm(pipeline.unet.state_dict(), pipeline.unet.config)))
     state.update(_prefixed(VAE_PREFIX, vae_to_ldm(pipeline.vae.state_dict(), pipeline.vae.config)))
-    if is_open_clip(pipeline.text_encoder):
-        state.update(_prefixed(OPEN_CLIP_PREFIX, open_clip_to_ldm(pipeline.text_encoder)))
-    else:
-        state.update(_prefixed(CLIP_PREFIX, clip_to_ldm(pipeline.text_encoder)))
+    for prefix, encoder_state in family.single_file_text_encoders(pipeline).items():
+        state.update(_prefixed(prefix, encoder_state))
     state = cast_state_dict(state, dtype or torch.float16)
     write_atomically(path, lambda partial: save_file(state, partial,
                                                      metadata={"format": "pt", **(metadata or {})}))
 
 
-def check_supported(pipeline) -> None:
-    """Refuse what the mapping does not cover (SDXL's second text encoder, class or added
-    embeddings), rather than write a file the tools misread."""
+def check_supported(pipeline):
+    """The pipeline's family (families.for_pipeline), once its UNet is known to have the family's
+    layout: an upscaler's class embedding, or added embeddings the family does not have, would be
+    written as a file the tools misread, so they are refused (exit 2) instead."""
+    from dreambooth_job.families import for_pipeline
+
+    family = for_pipeline(pipeline)
     unet_config = pipeline.unet.config
-    if (getattr(pipeline, "text_encoder_2", None) is not None or unet_config.get("class_embed_type")
-            or unet_config.get("addition_embed_type")):
+    extra = unet_config.get("addition_embed_type")
+    if unet_config.get("class_embed_type") or extra != family.addition_embed_type:
         raise InvalidInputError(
-            "--export-single-file supports Stable Diffusion 1.x and 2.x only: this base model has a "
-            "second text encoder or a UNet with "
-            "extra embeddings (SDXL or an upscaler)")
+            f"--export-single-file cannot write this {family.name} base model: its UNet has "
+            f"{'class' if unet_config.get('class_embed_type') else repr(extra)} embeddings, which "
+            "the Stable Diffusion 1.x/2.x/XL checkpoint layout does not hold")
+    return family
 
 
 def clip_to_ldm(text_encoder) -> dict:
@@ -93,20 +101,26 @@ def is_open_clip(text_encoder) -> bool:
 
 
 def open_clip_to_ldm(text_encoder) -> dict:
-    """SD 2.x's `cond_stage_model.model.*` (open_clip's TextTransformer) keys: q/k/v fused into one
-    `in_proj`, layers renamed; the inverse of diffusers' `convert_open_clip_checkpoint`.
+    """open_clip's TextTransformer keys (SD 2.x's `cond_stage_model.model.*`, SDXL's
+    `conditioner.embedders.1.model.*`): q/k/v fused into one `in_proj`, layers renamed; the
+    inverse of diffusers' `convert_open_clip_checkpoint`.
 
     diffusers' SD 2.x text encoder keeps 23 of OpenCLIP's 24 layers (SD 2.x conditions on the
     penultimate one), so the file has resblocks 0-22 and no `text_projection`: the loaders read
-    the penultimate layer and do not use what is absent."""
+    the penultimate layer and do not use what is absent. SDXL's second encoder has all its layers
+    and a projection (CLIPTextModelWithProjection), which open_clip keeps as a matrix that
+    multiplies from the right: the transpose of the Linear's weight."""
     import torch
 
     state = text_encoder.state_dict()
     state = {key.removeprefix("text_model."): tensor for key, tensor in state.items()}
+    projection = state.pop("text_projection.weight", None)
     out = {"token_embedding.weight": state.pop("embeddings.token_embedding.weight"),
            "positional_embedding": state.pop("embeddings.position_embedding.weight"),
            "ln_final.weight": state.pop("final_layer_norm.weight"),
            "ln_final.bias": state.pop("final_layer_norm.bias")}
+    if projection is not None:
+        out["text_projection"] = projection.T.contiguous()
     state.pop("embeddings.position_ids", None)
     layers = {("layer_norm1.", "ln_1."), ("layer_norm2.", "ln_2."), ("self_attn.out_proj.", "attn.out_proj."),
               ("mlp.fc1.", "mlp.c_fc."), ("mlp.fc2.", "mlp.c_proj.")}
@@ -120,7 +134,7 @@ def open_clip_to_ldm(text_encoder) -> dict:
                 out[f"{target}{new}{kind}"] = state.pop(f"{source}{old}{kind}")
     if state:
         raise InvalidInputError(f"--export-single-file cannot map the text encoder weight {min(state)}: "
-                                "not a Stable Diffusion 2.x layout")
+                                "not an OpenCLIP layout")
     return out
 
 
@@ -139,7 +153,9 @@ def unet_to_ldm(state: dict, config) -> dict:
     renames = [("time_embedding.linear_1.", "time_embed.0."), ("time_embedding.linear_2.", "time_embed.2."),
                ("conv_in.", "input_blocks.0.0."), ("conv_norm_out.", "out.0."), ("conv_out.", "out.2."),
                ("mid_block.resnets.0.", "middle_block.0."), ("mid_block.attentions.0.", "middle_block.1."),
-               ("mid_block.resnets.1.", "middle_block.2.")]
+               ("mid_block.resnets.1.", "middle_block.2."),
+               # SDXL's `text_time` embedding (pooled text + time ids), LDM's `label_emb` MLP.
+               ("add_embedding.linear_1.", "label_emb.0.0."), ("add_embedding.linear_2.", "label_emb.0.2.")]
     for block in range(len(config["down_block_types"])):
         for layer in range(per_block):
             entry = 1 + block * (per_block + 1) + layer
@@ -222,7 +238,7 @@ def _apply(state: dict, renames: list[tuple[str, str]], inner) -> dict:
         rule = next((r for r in renames if key.startswith(r[0])), None)
         if rule is None:
             raise InvalidInputError(f"--export-single-file cannot map the weight {key}: "
-                                    "not a Stable Diffusion 1.x/2.x layout")
+                                    "not a Stable Diffusion 1.x/2.x/XL layout")
         old, new = rule
         converted[inner(new + key[len(old):])] = tensor
     return converted

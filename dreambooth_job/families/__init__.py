@@ -27,7 +27,10 @@ SDXL (sdxl.py) is the second family:
   crops beside the pixels and passes the geometry of the images `_pick` chose; SD keeps its
   signature.
 Besides, the class-image cache key (priors.py) holds the family's name when it is not SD's, and
-the LoRA writer (outputs.py) writes SDXL's adapters, both encoders', in diffusers' format only.
+the LoRA writer (outputs.py) writes SDXL's adapters, both encoders', in diffusers' format and in
+kohya's SDXL keys (the UNet's original block names), and `single_file_text_encoders` gives each
+family's text encoders in its original checkpoint layout for --export-single-file
+(export/single_file.py).
 
 A `TrainMode` (base.py) says what trains and what is saved: `FULL_FINE_TUNE`, or LoRA
 (lora_mode.py: adapters on the UNet's --lora-target-modules and, when they train, the text

@@ -55,6 +55,9 @@ class ModelFamily(ABC):
     """Pipeline attributes holding the text encoders, in the order `tokenize` returns ids."""
     size_conditioned: ClassVar[bool] = False
     """True when `unet_conditioning` takes `geometry=` (one ImageGeometry per image of the batch)."""
+    addition_embed_type: ClassVar[str | None] = None
+    """The UNet's `addition_embed_type` in this family's pipelines (SDXL's `text_time`); a UNet
+    with another one is a layout the single-file export does not know."""
 
     # -- loading, sampling, saving ------------------------------------------------------------
     @abstractmethod
@@ -74,6 +77,12 @@ class ModelFamily(ABC):
     def save_pipeline(self, pipeline, directory: str | Path) -> None:
         """A directory that `load_pipeline` (and diffusers' `from_pretrained`) loads as is."""
         pipeline.save_pretrained(directory, safe_serialization=True)
+
+    @abstractmethod
+    def single_file_text_encoders(self, pipeline) -> dict[str, dict]:
+        """The text encoders' weights in the family's original (single-file) checkpoint layout:
+        {key prefix there: state dict}. export/single_file.py writes them beside the UNet and VAE,
+        whose layout all families share."""
 
     def native_resolution(self, pipeline) -> int:
         """The resolution the UNet was trained at: its latent sample size times the VAE's factor."""

@@ -22,6 +22,16 @@ class StableDiffusion(ModelFamily):
             path, cache_dir=str(Path(cache_dir, "hub")), torch_dtype=torch.float32,
             safety_checker=None, requires_safety_checker=False)
 
+    def single_file_text_encoders(self, pipeline) -> dict[str, dict]:
+        """SD 1.x: transformers' CLIP as is, under `cond_stage_model.transformer.`; SD 2.x (an
+        OpenCLIP encoder): open_clip's own layout, under `cond_stage_model.model.`."""
+        from dreambooth_job.export import single_file
+
+        encoder = pipeline.text_encoder
+        if single_file.is_open_clip(encoder):
+            return {single_file.OPEN_CLIP_PREFIX: single_file.open_clip_to_ldm(encoder)}
+        return {single_file.CLIP_PREFIX: single_file.clip_to_ldm(encoder)}
+
     def tokenize(self, pipeline, prompt: str) -> tuple:
         tokenizer = pipeline.tokenizer
         return (tokenizer(prompt, padding="max_length", truncation=True,

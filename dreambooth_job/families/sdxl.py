@@ -24,6 +24,7 @@ class StableDiffusionXL(ModelFamily):
     text_encoder_names = ("text_encoder", "text_encoder_2")
     tokenizer_names = ("tokenizer", "tokenizer_2")
     size_conditioned = True
+    addition_embed_type = "text_time"
 
     def load_pipeline(self, path: str, cache_dir: str):
         import torch
@@ -33,6 +34,15 @@ class StableDiffusionXL(ModelFamily):
         return StableDiffusionXLPipeline.from_pretrained(
             path, cache_dir=str(Path(cache_dir, "hub")), torch_dtype=torch.float32,
             add_watermarker=False)
+
+    def single_file_text_encoders(self, pipeline) -> dict[str, dict]:
+        """As Stability's sd_xl_base_1.0.safetensors: CLIP ViT-L in transformers' layout under
+        `conditioner.embedders.0.transformer.`, OpenCLIP ViT-bigG in open_clip's (fused q/k/v,
+        `text_projection`) under `conditioner.embedders.1.model.`."""
+        from dreambooth_job.export import single_file
+
+        return {single_file.SDXL_CLIP_PREFIX: single_file.clip_to_ldm(pipeline.text_encoder),
+                single_file.SDXL_OPEN_CLIP_PREFIX: single_file.open_clip_to_ldm(pipeline.text_encoder_2)}
 
     def tokenize(self, pipeline, prompt: str) -> tuple:
         ids = []

@@ -155,10 +155,10 @@ def test_sd2_round_trip_writes_openclip_keys_and_gives_the_same_weights(sd2_layo
     _assert_same_weights(pipeline, _reload(path, config_dir), torch.float32)
 
 
-def test_an_sdxl_shaped_unet_is_refused_with_a_clear_error(tmp_path):
+def test_an_sd_pipeline_with_extra_unet_embeddings_is_refused_with_a_clear_error(tmp_path):
     pipeline = _build_sd_layout_pipeline()
     pipeline.unet.register_to_config(addition_embed_type="text_time")
-    with pytest.raises(InvalidInputError, match="Stable Diffusion 1.x and 2.x only"):
+    with pytest.raises(InvalidInputError, match="'text_time' embeddings, which the Stable Diffusion"):
         save_single_file(pipeline, tmp_path / "subject.safetensors")
     assert list(tmp_path.iterdir()) == []
 
