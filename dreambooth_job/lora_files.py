@@ -9,7 +9,10 @@
 - `save_lora_kohya(path, ...)` writes one file with kohya-ss sd-scripts' keys
   (`lora_unet_<module>.lora_down.weight`, `.lora_up.weight`, `.alpha`; `lora_te_...` for the text
   encoder), the format AUTOMATIC1111 (models/Lora) and ComfyUI (LoraLoader) load, and diffusers too
-  (`pipe.load_lora_weights(path)`).
+  (`pipe.load_lora_weights(path)`). For SDXL (`xl=True`) the keys are kohya's SDXL ones: the
+  UNet's modules under their original names (`lora_unet_input_blocks_4_1_transformer_blocks_0_
+  attn1_to_q`, `lora_unet_middle_block_1_...`, `lora_unet_output_blocks_...`) and `lora_te1_`,
+  `lora_te2_` for the two text encoders.
 
 Both take the `--save-precision` dtype ("fp16", "bf16", "fp32" or a torch dtype) and string
 metadata for the safetensors header (base model fingerprint, identifier, class noun, steps, ...);
@@ -81,34 +84,61 @@ def save_lora_diffusers(directory, unet, text_encoder=None, *, dtype="fp32",
 
 
 def save_lora_kohya(path, unet, text_encoder=None, *, dtype="fp32",
-                    metadata: Mapping[str, str] | None = None) -> Path:
-    """Write the adapters in kohya-ss's key format to the single file `path`; returns it."""
-    import torch
-    from diffusers.utils.state_dict_utils import convert_state_dict_to_kohya
-
+                    metadata: Mapping[str, str] | None = None, text_encoder_2=None,
+                    xl: bool = False) -> Path:
+    """Write the adapters in kohya-ss's key format to the single file `path`; returns it.
+    `xl`: for an SDXL base, whose kohya files name the UNet's modules in SDXL's original layout
+    (`lora_unet_input_blocks_4_1_...`, kohya trains SDXL on that UNet) and the encoders
+    `lora_te1_`/`lora_te2_`; SD 1.x/2.x files keep diffusers' UNet names and say `lora_te_`."""
     header = _header(metadata, unet)
-    # What kohya's trainer writes and A1111's UI shows for a LoRA.
+    # What kohya's trainer writes and A1111's UI shows for a LoRA (and filters SDXL ones by).
     config = lora_config(unet)
     header.update({"ss_network_module": "networks.lora", "ss_network_dim": str(config.r),
                    "ss_network_alpha": _number(config.lora_alpha)})
-    dtype = torch_dtype(dtype)
+    if xl:
+        header["ss_base_model_version"] = "sdxl_base_v1-0"
+    kohya = kohya_state_dict(unet, text_encoder, text_encoder_2, xl=xl)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _atomic_save_file(_cast(kohya, torch_dtype(dtype)), path, header)
+    return path
+
+
+def kohya_state_dict(unet, text_encoder=None, text_encoder_2=None, *, xl: bool = False) -> dict:
+    """The adapters' tensors under kohya's keys (`save_lora_kohya`'s file, before the cast), with
+    an `.alpha` per adapted module holding that module's LoRA alpha."""
+    import torch
+    from diffusers.utils.state_dict_utils import convert_state_dict_to_kohya
+
+    modules = {"unet": unet, "text_encoder": text_encoder, "text_encoder_2": text_encoder_2}
     peft_state = {}
-    for name, module in (("unet", unet), ("text_encoder", text_encoder)):
+    for name, module in modules.items():
         if has_lora(module):
-            peft_state.update({f"{name}.{key}": value for key, value in _adapter_state(module).items()})
+            state = _adapter_state(module)
+            if name == "unet" and xl:
+                state = _original_unet_names(state, unet.config)
+            peft_state.update({f"{name}.{key}": value for key, value in state.items()})
+    owners = {"lora_unet_": unet, "lora_te_": text_encoder, "lora_te1_": text_encoder,
+              "lora_te2_": text_encoder_2}
     kohya = {}
     for diffusers_key, tensor in convert_state_dict_to_kohya(peft_state).items():
-        key = _kohya_sd1_name(diffusers_key)
+        key = diffusers_key if xl else _kohya_sd1_name(diffusers_key)
         if key.endswith(".alpha"):
             # diffusers' converter writes alpha = rank; the loaders scale by alpha / rank.
-            module = unet if key.startswith("lora_unet_") else text_encoder
+            module = next(m for prefix, m in owners.items() if key.startswith(prefix))
             kohya[key] = torch.tensor(float(lora_config(module).lora_alpha))
         else:
             kohya[key] = tensor
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    _atomic_save_file(_cast(kohya, dtype), path, header)
-    return path
+    return kohya
+
+
+def _original_unet_names(state: dict, unet_config) -> dict:
+    """peft's adapter keys with the UNet module paths of SDXL's original checkpoint layout
+    (`down_blocks.1.attentions.0.` -> `input_blocks.4.1.`, a ResBlock's `conv1` -> `in_layers.2`):
+    the single-file export's mapping, which is diffusers' reader inverted."""
+    from dreambooth_job.export.single_file import unet_to_ldm
+
+    return unet_to_ldm(state, unet_config)
 
 
 def _kohya_sd1_name(key: str) -> str:

@@ -7,11 +7,11 @@ adapters (`lora.has_lora`) publishes the adapters, any other the full pipeline.
 Layout under the output (README, "Output layout"), every weight file in `--save-precision`:
 
 - full fine-tuning: `model/` (diffusers' `from_pretrained`); with `--export-single-file` also
-  `<subject-id>.safetensors` in the original Stable Diffusion layout (A1111, ComfyUI,
+  `<subject-id>.safetensors` in the original Stable Diffusion / SDXL layout (A1111, ComfyUI,
   `from_single_file`).
 - LoRA: `lora/pytorch_lora_weights.safetensors` (diffusers' `load_lora_weights`) and
-  `lora/<subject-id>.safetensors` (kohya-ss keys, A1111/ComfyUI; SD 1.x/2.x only), with the run
-  in their headers;
+  `lora/<subject-id>.safetensors` (kohya-ss keys, SDXL's with its original UNet block names;
+  A1111/ComfyUI), with the run in their headers;
   `--lora-merge` adds `model/`, the base with the adapters merged in, and `--export-single-file`
   the single file of that merged model.
 
@@ -114,21 +114,18 @@ def _write_full(pipeline, directory: Path, settings: OutputSettings, written: Wr
 
 
 def _write_lora(pipeline, directory: Path, settings: OutputSettings) -> list[str]:
-    """The adapters in diffusers' and in kohya's format; the text encoders' when they have any.
-    SDXL: diffusers' format only, since diffusers' kohya converter keeps diffusers' UNet block
-    names and kohya's SDXL files name the original (input_blocks) ones."""
+    """The adapters in diffusers' and in kohya's format; the text encoders' when they have any."""
     text_encoder = pipeline.text_encoder if lora.has_lora(pipeline.text_encoder) else None
     text_encoder_2 = getattr(pipeline, "text_encoder_2", None)
+    text_encoder_2 = text_encoder_2 if lora.has_lora(text_encoder_2) else None
     xl = type(pipeline).__name__ == "StableDiffusionXLPipeline"
     lora_dir = directory / LORA_DIR
     diffusers_file = lora_files.save_lora_diffusers(
         lora_dir, pipeline.unet, text_encoder, dtype=settings.precision, metadata=settings.metadata,
-        text_encoder_2=text_encoder_2 if lora.has_lora(text_encoder_2) else None, xl=xl)
-    if xl:
-        return [diffusers_file.relative_to(directory).as_posix()]
+        text_encoder_2=text_encoder_2, xl=xl)
     kohya_file = lora_files.save_lora_kohya(
         lora_dir / single_file_name(settings.subject_id), pipeline.unet, text_encoder,
-        dtype=settings.precision, metadata=settings.metadata)
+        dtype=settings.precision, metadata=settings.metadata, text_encoder_2=text_encoder_2, xl=xl)
     return [p.relative_to(directory).as_posix() for p in (diffusers_file, kohya_file)]
 
 
