@@ -51,7 +51,7 @@ def differing(a, b) -> bool:
 def test_sdxl_full_fine_tune_with_prior_preservation_loads_as_an_sdxl_pipeline(
         photos, bucket, tiny_sdxl_model, tmp_path):
     run = f"s3://{bucket}/runs/sdxl-full/"
-    result = train(photos, bucket, tiny_sdxl_model, tmp_path, run)
+    result = train(photos, bucket, tiny_sdxl_model, tmp_path, run, "--export-single-file")
     training = result["training"]
     assert result["status"] == "succeeded" and training["steps_done"] == 4
     assert training["train_mode"] == "full" and training["final_prior_loss"] is not None
@@ -68,21 +68,51 @@ def test_sdxl_full_fine_tune_with_prior_preservation_loads_as_an_sdxl_pipeline(
         assert differing(getattr(tuned, name), getattr(base, name)), name
     assert not differing(tuned.vae, base.vae)
     assert not torch.equal(sample(tuned), sample(base))
+    assert_single_file_holds(result["outputs"]["single_file"], tuned, local, tmp_path)
+
+
+def assert_single_file_holds(uri: str, pipeline, config_dir, tmp_path) -> None:
+    """The single file, in SDXL's original layout, holds `pipeline`'s weights as diffusers reads
+    them back: UNet and VAE through `from_single_file`, the encoders through diffusers' CLIP and
+    OpenCLIP converters (the tiny encoders are equally wide, and diffusers' pipeline loader tells
+    SDXL's two apart by width; tests/unit/test_sdxl_single_file.py reloads a whole pipeline)."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from diffusers.loaders.single_file_utils import convert_ldm_clip_checkpoint, convert_open_clip_checkpoint
+    from safetensors.torch import load_file
+
+    path = tmp_path / "single.safetensors"
+    storage.download_file(uri, path)
+    checkpoint = load_file(path)
+    assert {key.split(".")[0] for key in checkpoint} == {"model", "first_stage_model", "conditioner"}
+    reloaded = {
+        "unet": UNet2DConditionModel.from_single_file(str(path), config=str(config_dir), subfolder="unet",
+                                                      local_files_only=True).state_dict(),
+        "vae": AutoencoderKL.from_single_file(str(path), config=str(config_dir), subfolder="vae",
+                                              local_files_only=True).state_dict(),
+        "text_encoder": {k.removeprefix("text_model."): v for k, v in convert_ldm_clip_checkpoint(
+            checkpoint).items() if not k.endswith("position_ids")},
+        "text_encoder_2": convert_open_clip_checkpoint(
+            pipeline.text_encoder_2, checkpoint, prefix="conditioner.embedders.1.model.")}
+    for name, got in reloaded.items():
+        want = getattr(pipeline, name).state_dict()
+        assert got.keys() == want.keys(), name
+        mismatched = [k for k in want if not torch.equal(got[k], want[k])]
+        assert not mismatched, f"{name}: {mismatched[:3]}"
 
 
 def test_sdxl_lora_on_the_unet_and_both_text_encoders_loads_on_the_base(
         photos, bucket, tiny_sdxl_model, tmp_path):
     run = f"s3://{bucket}/runs/sdxl-lora/"
     result = train(photos, bucket, tiny_sdxl_model, tmp_path, run, "--train-mode", "lora",
-                   "--lora-rank", "4", "--lora-merge")
+                   "--lora-rank", "4", "--lora-merge", "--export-single-file")
     training = result["training"]
     assert result["status"] == "succeeded" and training["train_mode"] == "lora"
     assert training["final_prior_loss"] is not None
     published = {entry["path"] for entry in result["outputs"]["files"]}
-    assert "lora/pytorch_lora_weights.safetensors" in published
-    # diffusers' kohya converter keeps diffusers' UNet names, not kohya's SDXL ones: no kohya file.
-    assert not any(p.startswith("lora/") and p != "lora/pytorch_lora_weights.safetensors"
-                   for p in published)
+    adapters = sorted(p for p in published if p.startswith("lora/"))
+    assert len(adapters) == 2 and "lora/pytorch_lora_weights.safetensors" in adapters
+    assert sorted(uri.removeprefix(run) for uri in result["outputs"]["lora"]) == adapters
+    kohya_file = next(p for p in adapters if p != "lora/pytorch_lora_weights.safetensors")
 
     local = tmp_path / "lora"
     storage.download_dir(storage.join(run, "lora"), local)
@@ -90,6 +120,11 @@ def test_sdxl_lora_on_the_unet_and_both_text_encoders_loads_on_the_base(
 
     keys = load_file(local / "pytorch_lora_weights.safetensors").keys()
     assert {key.split(".", 1)[0] for key in keys} == {"unet", "text_encoder", "text_encoder_2"}
+    # The kohya file: SDXL's original UNet block names, both encoders (tests/unit/test_sdxl_lora_files.py).
+    kohya_keys = load_file(local / kohya_file.removeprefix("lora/")).keys()
+    assert {key.split("_")[1] for key in kohya_keys} == {"unet", "te1", "te2"}
+    assert any(key.startswith("lora_unet_input_blocks_") for key in kohya_keys)
+    assert not any("down_blocks" in key for key in kohya_keys)
     base = StableDiffusionXLPipeline.from_pretrained(tiny_sdxl_model)
     before = sample(base)
     base.load_lora_weights(local)
@@ -105,6 +140,8 @@ def test_sdxl_lora_on_the_unet_and_both_text_encoders_loads_on_the_base(
         assert differing(getattr(merged, name), getattr(plain, name)), name
     merged.scheduler = base.scheduler  # the job saves the grids' sampler (sampling.py) with it
     torch.testing.assert_close(sample(merged), with_adapters, rtol=1e-4, atol=1e-4)
+    # --export-single-file: the merged model in SDXL's original layout.
+    assert_single_file_holds(result["outputs"]["single_file"], merged, merged_dir, tmp_path)
 
 
 def test_sdxl_run_resumed_after_sigterm_ends_with_the_uninterrupted_runs_weights(
@@ -150,15 +187,3 @@ def test_sdxl_run_resumed_after_sigterm_ends_with_the_uninterrupted_runs_weights
     # CPU kernels are deterministic here: the resumed run matches bitwise, encoders included.
     mismatched = [k for k in expected if not torch.equal(expected[k], actual[k])]
     assert not mismatched, f"{len(mismatched)} tensors differ, e.g. {mismatched[:3]}"
-
-
-def test_sdxl_export_single_file_is_refused_before_training(photos, bucket, tiny_sdxl_model, tmp_path):
-    """SDXL's original checkpoint layout is not written yet: one line, exit 2, no training."""
-    run = f"s3://{bucket}/runs/sdxl-single-file/"
-    outcome = CliRunner().invoke(main, [
-        "train", *SMALL, "--instance-data", photos, "--class-noun", "dog", "--output", run,
-        "--base-model", str(tiny_sdxl_model), "--cache-dir", str(tmp_path / "cache"),
-        "--export-single-file"], catch_exceptions=False)
-    assert outcome.exit_code == ExitCode.INVALID_INPUT, outcome.output
-    assert "--export-single-file supports Stable Diffusion 1.x and 2.x only" in outcome.output
-    assert "phase train" not in outcome.output
