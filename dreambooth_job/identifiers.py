@@ -78,8 +78,10 @@ def format_prompt(template: str, identifier: str, class_noun: str) -> str:
         raise InvalidInputError(f"prompt {template[:120]!r} has a bad placeholder ({exc}); "
                                 "use {identifier} and {class_noun}") from None
     for name, spec, conversion in fields:
-        if name not in PLACEHOLDERS or spec or conversion:
-            shown = "{" + name + (f"!{conversion}" if conversion else "") + (f":{spec}" if spec else "") + "}"
+        if name not in PLACEHOLDERS:
             raise InvalidInputError(f"prompt {template[:120]!r} has an unknown placeholder "
-                                    f"{shown[:60]}; use {{identifier}} and {{class_noun}}")
+                                    f"{name[:60]!r}; use {{identifier}} and {{class_noun}}")
+        if spec or conversion:
+            raise InvalidInputError(f"prompt {template[:120]!r}: placeholder {{{name}}} takes no "
+                                    "format spec or conversion (! or :)")
     return template.format(identifier=identifier, class_noun=class_noun)

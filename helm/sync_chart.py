@@ -88,10 +88,8 @@ def _values_block(current: str, begin: str, fields: list, owner: type | None) ->
 def schema_json(current: str) -> str:
     schema = json.loads(current)
     schema["properties"]["job"]["properties"] = _schema_properties(chart_fields(), None, cfg.URI_OPTIONS)
-    # Generate's required options may stay null in values.yaml: a training release (the CI values,
-    # `helm lint`) never sets them; `mode: generate` requires them (mode_requirements).
     schema["properties"]["generate"]["properties"] = _schema_properties(
-        generate_fields(), gen.GenerateConfig, ("model", "output"), null_when_unused=True)
+        generate_fields(), gen.GenerateConfig, ("model", "output"))
     schema["allOf"] = [mode_requirements()]
     return json.dumps(schema, indent=2, ensure_ascii=False) + "\n"
 
@@ -100,16 +98,18 @@ def mode_requirements() -> dict:
     """The values each `mode` requires: generate's required options with `mode: generate`, else
     the training ones; neither block is required in the other mode."""
     def required(block: str, fields: list) -> dict:
-        return {"required": [block], "properties": {block: {"required": [
-            values_key(f.name) for f in fields if f.metadata["required"]]}}}
+        keys = [values_key(f.name) for f in fields if f.metadata["required"]]
+        return {"required": [block], "properties": {block: {
+            "required": keys, "properties": {key: {"type": "string"} for key in keys}}}}
 
     return {"if": {"properties": {"mode": {"const": "generate"}}, "required": ["mode"]},
             "then": required("generate", generate_fields()),
             "else": required("job", chart_fields())}
 
 
-def _schema_properties(fields: list, owner: type | None, uri_options, *,
-                       null_when_unused: bool = False) -> dict:
+def _schema_properties(fields: list, owner: type | None, uri_options) -> dict:
+    """The options' schemas. A required option may be null (values.yaml's default): each mode
+    requires its own (mode_requirements), and a release of one mode leaves the other's unset."""
     properties = {}
     for f in fields:
         key, default = values_key(f.name), cfg.default_of(f)
@@ -118,8 +118,7 @@ def _schema_properties(fields: list, owner: type | None, uri_options, *,
         if is_list(f, owner):
             prop.update(type="array", items={"type": kind})
         else:
-            required = f.metadata["required"] and not null_when_unused
-            prop["type"] = kind if default is not None or required else [kind, "null"]
+            prop["type"] = kind if default is not None else [kind, "null"]
         if f.metadata["choices"]:
             prop["enum"] = list(f.metadata["choices"])
         if f.name in uri_options:  # validate() refuses credentials in URLs too
