@@ -22,6 +22,7 @@ from typing import Any
 
 from dreambooth_job import __version__, storage
 from dreambooth_job.config_fields import check_bounds
+from dreambooth_job.exit_codes import InvalidInputError
 from dreambooth_job.generation.config import GenerateConfig
 from dreambooth_job.generation.source import RunSource, find_run, load_pipeline
 from dreambooth_job.identifiers import format_prompt
@@ -47,6 +48,7 @@ def generate(config: GenerateConfig) -> dict[str, Any]:
 
     config.validate(require_inputs=True)
     source = find_run(config.model)  # bad --model fails before any model is loaded
+    check_output(config.output, source)
     prompts = [format_prompt(p, source.identifier, source.class_noun) for p in config.prompts]
     pipeline = load_pipeline(source, config.cache_dir)
     resolution = config.resolution or source.resolution or (
@@ -65,17 +67,33 @@ def generate(config: GenerateConfig) -> dict[str, Any]:
         batch_size=config.batch_size)
     rows = [images[i * len(seeds):(i + 1) * len(seeds)] for i in range(len(prompts))]
     record = _record(config, source, prompts, seeds, resolution, str(device))
+    record_uri = storage.join(config.output, RECORD_FILE)
+    # An earlier generation's record goes first: a crash below must not leave it describing
+    # images that are no longer the ones beside it.
+    storage.delete(record_uri)
     with tempfile.TemporaryDirectory(prefix="dreambooth-generate-") as work:
         for p, row in enumerate(rows):
             for seed, image in zip(seeds, row):
                 image.save(Path(work, image_name(p, seed)))
         sampling.image_grid(rows, prompts).save(Path(work, GRID_FILE))
         storage.upload_dir(Path(work), config.output)
-    storage.write_bytes(storage.join(config.output, RECORD_FILE),
-                        json.dumps(record, indent=2).encode())
+    storage.write_bytes(record_uri, json.dumps(record, indent=2).encode())
     logger.info("wrote %d image(s), %s and %s to %s", config.images, GRID_FILE, RECORD_FILE,
                 config.output)
     return record
+
+
+def check_output(output: str, source: RunSource) -> None:
+    """Refuse an --output that would write into the run's published weights (model/, lora/)."""
+    def parts(uri: str) -> list[str]:
+        return [p for p in uri.split("/") if p not in ("", ".")]
+
+    inside = parts(output)
+    for weights in ("model", "lora"):
+        published = parts(storage.join(source.run, weights))
+        if inside[:len(published)] == published:
+            raise InvalidInputError(f"--output {output} is inside the run's {weights}/: the images "
+                                    "would change the run's published weights; write them elsewhere")
 
 
 def use_sampler(pipeline, sampler: str) -> None:

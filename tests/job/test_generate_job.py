@@ -164,3 +164,13 @@ def test_an_unfinished_or_unreadable_run_exits_2(runs):
                         json.dumps({**failed, "status": "failed"}).encode())
     storage.write_bytes(f"s3://{bucket}/copies/failed/_SUCCESS", b"")
     one_line_error(generate(runs, f"s3://{bucket}/copies/failed/", "gen/never"), "did not succeed")
+
+
+def test_output_inside_the_runs_weights_is_refused(runs):
+    outcome = invoke("generate", "--model", runs["lora"], "--output", runs["lora"] + "lora/gen/",
+                     "--cache-dir", runs["cache"], *DRAW)
+    assert outcome.exit_code == ExitCode.INVALID_INPUT
+    assert outcome.stderr.strip() == (f"error: --output {runs['lora']}lora/gen/ is inside the run's "
+                                      "lora/: the images would change the run's published weights; "
+                                      "write them elsewhere")
+    assert not storage.list_files(runs["lora"] + "lora/gen/")
