@@ -174,3 +174,22 @@ def test_output_inside_the_runs_weights_is_refused(runs):
                                       "lora/: the images would change the run's published weights; "
                                       "write them elsewhere")
     assert not storage.list_files(runs["lora"] + "lora/gen/")
+
+
+def test_generate_from_an_sdxl_lora_run_with_text_encoder_adapters(runs, tiny_sdxl_model):
+    """SDXL: adapters on the UNet and both text encoders, applied to the recorded SDXL base."""
+    output = f"s3://{runs['bucket']}/runs/sdxl-lora/"
+    outcome = invoke("train", *TRAIN, "--train-mode", "lora", "--lora-rank", "4",
+                     "--train-text-encoder", "--instance-data", f"s3://{runs['bucket']}/photos/dog/",
+                     "--base-model", tiny_sdxl_model, "--output", output, "--cache-dir", runs["cache"])
+    assert outcome.exit_code == ExitCode.OK, outcome.output[-3000:]
+    outcome = generate(runs, output, "gen/sdxl", "--num-images", "2", "--sampler", "euler")
+    assert outcome.exit_code == ExitCode.OK, outcome.output[-3000:]
+    record = record_of(runs, "gen/sdxl")
+    assert record["weights"] == "lora" and record["base_model"] == str(tiny_sdxl_model)
+    assert png(f"s3://{runs['bucket']}/gen/sdxl/prompt-00-seed-1.png").shape == (64, 64, 3)
+    from dreambooth_job.generation.source import find_run, load_pipeline
+
+    pipeline = load_pipeline(find_run(output), runs["cache"])
+    for module in (pipeline.unet, pipeline.text_encoder, pipeline.text_encoder_2):
+        assert getattr(module, "peft_config", None), f"no adapters on the {type(module).__name__}"
