@@ -2,6 +2,7 @@
 
     dreambooth-job train --instance-data s3://photos/dog/ --class-noun dog --output s3://runs/dog/
     dreambooth-job demo                      # the whole job offline: local S3, tiny model, sample photos
+    dreambooth-job generate --model s3://runs/dog/ --output s3://gen/dog/ --num-images 8  # from a run
     dreambooth-job config --print-defaults   # every option with its default, as YAML
 
 Heavy modules (torch, diffusers) are imported inside the commands that need them, so that the
@@ -31,8 +32,10 @@ from dreambooth_job.exit_codes import ExitCode
 LAZY_COMMANDS = {
     "bench": "dreambooth_job.bench.command:bench",
     "evaluate": "dreambooth_job.evaluation.command:evaluate",
+    "generate": "dreambooth_job.generation.command:generate",
     "toy-world": "dreambooth_job.toyworld.command:toy_world",
     "submit": "dreambooth_job.k8s.commands:submit",
+    "submit-generate": "dreambooth_job.k8s.commands:submit_generate",
     "batch": "dreambooth_job.k8s.commands:batch",
     "status": "dreambooth_job.k8s.commands:status",
     "report": "dreambooth_job.k8s.commands:report",

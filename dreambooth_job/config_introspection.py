@@ -41,9 +41,14 @@ def env_name(name: str) -> str:
     return const.ENV_PREFIX + name.upper()
 
 
-def base_type(f: dataclasses.Field) -> type:
-    """The field's scalar type: `int` for `int`, `str` for `str | None`, `str` for `list[str]`."""
-    hint = typing.get_type_hints(_config_class())[f.name]
+def _hint(f: dataclasses.Field, owner: type | None) -> Any:
+    return typing.get_type_hints(owner or _config_class())[f.name]
+
+
+def base_type(f: dataclasses.Field, owner: type | None = None) -> type:
+    """The field's scalar type: `int` for `int`, `str` for `str | None`, `str` for `list[str]`.
+    `owner`: the dataclass declaring `f`, when not TrainConfig (generation/config.py's)."""
+    hint = _hint(f, owner)
     if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
         hint = next(a for a in typing.get_args(hint) if a is not type(None))
     if typing.get_origin(hint) is list:
@@ -51,8 +56,8 @@ def base_type(f: dataclasses.Field) -> type:
     return hint
 
 
-def is_list(f: dataclasses.Field) -> bool:
-    return typing.get_origin(typing.get_type_hints(_config_class())[f.name]) is list
+def is_list(f: dataclasses.Field, owner: type | None = None) -> bool:
+    return typing.get_origin(_hint(f, owner)) is list
 
 
 def default_of(f: dataclasses.Field) -> Any:
@@ -61,10 +66,11 @@ def default_of(f: dataclasses.Field) -> Any:
     return f.default
 
 
-def accepts_auto(f: dataclasses.Field) -> bool:
+def accepts_auto(f: dataclasses.Field, owner: type | None = None) -> bool:
     """Options whose unset (None) default the run resolves: `auto` on the command line, in the
     environment and in files, and what Jobs pass for them (config_sources.to_cli_args)."""
-    return f.default is None and not f.metadata["required"] and base_type(f) in (int, float, bool)
+    return (f.default is None and not f.metadata["required"]
+            and base_type(f, owner) in (int, float, bool))
 
 
 def resolve_auto(values: Mapping[str, Any]) -> dict[str, Any]:

@@ -9,6 +9,7 @@ known to mean something (the community default "sks" is also a rifle).
 from __future__ import annotations
 
 import re
+import string
 from dataclasses import dataclass
 
 from dreambooth_job.exit_codes import InvalidInputError
@@ -61,10 +62,26 @@ def _has_vowel(word: str) -> bool:
     return any(c in "aeiouy" for c in word)
 
 
+PLACEHOLDERS = ("identifier", "class_noun")
+
+
 def format_prompt(template: str, identifier: str, class_noun: str) -> str:
-    """Fill `{identifier}` and `{class_noun}` into a prompt template, naming any other placeholder."""
+    """Fill `{identifier}` and `{class_noun}` into a prompt template (`{{` and `}}` are braces),
+    naming any other placeholder. Templates are a tenant's text: only the two plain placeholders
+    are taken, never str.format's attribute or item access, format specs or conversions
+    (`{identifier.__class__}`, `{identifier:>99999999}`)."""
     try:
-        return template.format(identifier=identifier, class_noun=class_noun)
-    except (KeyError, IndexError, ValueError) as exc:
-        raise InvalidInputError(f"prompt {template!r} has an unknown placeholder {exc}; "
+        fields = [(name, spec, conversion)
+                  for _, name, spec, conversion in string.Formatter().parse(template)
+                  if name is not None]
+    except ValueError as exc:
+        raise InvalidInputError(f"prompt {template[:120]!r} has a bad placeholder ({exc}); "
                                 "use {identifier} and {class_noun}") from None
+    for name, spec, conversion in fields:
+        if name not in PLACEHOLDERS:
+            raise InvalidInputError(f"prompt {template[:120]!r} has an unknown placeholder "
+                                    f"{name[:60]!r}; use {{identifier}} and {{class_noun}}")
+        if spec or conversion:
+            raise InvalidInputError(f"prompt {template[:120]!r}: placeholder {{{name}}} takes no "
+                                    "format spec or conversion (! or :)")
+    return template.format(identifier=identifier, class_noun=class_noun)

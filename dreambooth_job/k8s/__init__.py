@@ -18,6 +18,7 @@ from dreambooth_job.k8s.errors import (
     KubernetesError,
 )
 from dreambooth_job.k8s.feed import BatchOutcome, submit_batch
+from dreambooth_job.k8s.generate_job import GenerateJobSpec, build_generate_job, generate_job_name
 from dreambooth_job.k8s.manifest import (
     BATCH_LABEL,
     SUBJECT_LABEL,
@@ -41,6 +42,7 @@ __all__ = [
     "ClusterSettings",
     "Connection",
     "ForbiddenError",
+    "GenerateJobSpec",
     "IndexedJobSpec",
     "InvalidSpecError",
     "JobExistsError",
@@ -52,9 +54,11 @@ __all__ = [
     "Phase",
     "SubmittedJob",
     "batch_status",
+    "build_generate_job",
     "build_indexed_job",
     "build_job",
     "cancel",
+    "generate_job_name",
     "get_status",
     "job_name",
     "load_batch",

@@ -39,6 +39,7 @@ from dreambooth_job.k8s.errors import (
     JobStillRunningError,
     translate,
 )
+from dreambooth_job.k8s.generate_job import MODE_LABEL, GenerateJobSpec, build_generate_job
 from dreambooth_job.k8s.manifest import BATCH_LABEL, SUBJECT_LABEL, JobSpec, build_job
 
 SERVICE_ACCOUNT_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
@@ -156,12 +157,15 @@ class SubmittedJob:
     replaced: bool = False
 
 
-def render(spec: JobSpec, namespace: str | None) -> dict[str, Any]:
-    """The Job manifest for `spec` in `namespace` (None: left to `kubectl apply`'s context);
-    InvalidSpecError when the spec is incomplete or invalid."""
+def render(spec: JobSpec | GenerateJobSpec, namespace: str | None) -> dict[str, Any]:
+    """The Job manifest for `spec` (a training or a generate Job) in `namespace` (None: left to
+    `kubectl apply`'s context); InvalidSpecError when the spec is incomplete or invalid."""
     try:
-        spec.train.validate(require_inputs=True)
-        manifest = build_job(spec)
+        if isinstance(spec, GenerateJobSpec):
+            manifest = build_generate_job(spec)
+        else:
+            spec.train.validate(require_inputs=True)
+            manifest = build_job(spec)
     except InvalidInputError as exc:
         raise InvalidSpecError(exc.message) from None
     if namespace:
@@ -169,9 +173,9 @@ def render(spec: JobSpec, namespace: str | None) -> dict[str, Any]:
     return manifest
 
 
-def submit(spec: JobSpec, *, replace: bool = False, connection: Connection | None = None,
+def submit(spec: JobSpec | GenerateJobSpec, *, replace: bool = False, connection: Connection | None = None,
            delete_timeout_seconds: float = 300.0) -> SubmittedJob:
-    """Create the subject's Job, or report the one that exists.
+    """Create the subject's Job (or the generate Job), or report the one that exists.
 
     The name is a function of the subject (and batch) id, so a second submission finds the first
     Job. With `replace=True` a finished (succeeded or failed) Job is deleted and created anew; a
@@ -255,7 +259,7 @@ def _check_same_subject(existing: client.V1Job, manifest: dict[str, Any], what: 
     # Names are hashed ids, so a mismatch means a foreign Job holds the name: never adopt it.
     wanted = manifest["metadata"].get("labels", {})
     have = existing.metadata.labels or {}
-    for key in (SUBJECT_LABEL, BATCH_LABEL):
+    for key in (SUBJECT_LABEL, BATCH_LABEL, MODE_LABEL):
         if wanted.get(key) != have.get(key):
             raise JobExistsError(
                 f"{what} exists but belongs to {key}={have.get(key)!r}, not {wanted.get(key)!r}", 409)

@@ -1,7 +1,9 @@
-"""The Kubernetes commands of `dreambooth-job`: submit, batch, status, report, cancel.
+"""The Kubernetes commands of `dreambooth-job`: submit, submit-generate, batch, status, report, cancel.
 
     dreambooth-job submit --instance-data s3://photos/dog/ --class-noun dog --output s3://runs/dog/ \\
         --image registry/dreambooth-job:0.1.0 --queue gpu-night
+    dreambooth-job submit-generate --model s3://runs/dog/ --output s3://gen/dog/ --num-images 8 \\
+        --image registry/dreambooth-job:0.1.0
     dreambooth-job batch night-42.yaml --cluster-config cluster.yaml --max-parallel 8
     dreambooth-job batch night-42.yaml --dry-run -o yaml          # every Job, no cluster needed
     dreambooth-job status --batch night-42.yaml --watch
@@ -23,9 +25,11 @@ import yaml
 
 from dreambooth_job.cli_options import resolve_train_config, train_options
 from dreambooth_job.exit_codes import InvalidInputError
+from dreambooth_job.generation import config as generate_config
 from dreambooth_job.k8s import client as k8s
 from dreambooth_job.k8s.batch import Batch, load_batch, location_problems
 from dreambooth_job.k8s.feed import render_batch, submit_batch
+from dreambooth_job.k8s.generate_job import GenerateJobSpec
 from dreambooth_job.k8s.manifest import BATCH_LABEL, JobSpec, label_value
 from dreambooth_job.k8s.options import cluster_options, connection_options, resolve_cluster_settings
 from dreambooth_job.k8s.report import summary, write_report
@@ -89,11 +93,38 @@ def submit(replace: bool, dry_run: bool, fmt: str, **params) -> None:
     if dry_run:
         _print_manifests([k8s.render(spec, spec.cluster.namespace)], fmt)
         return
+    _create(spec, replace, params, "for this subject")
+
+
+@click.command("submit-generate")
+@generate_config.generate_options
+@cluster_options
+@connection_options
+@click.option("--replace", is_flag=True, help="Replace the Job of this --model and --output if it "
+                                              "has finished.")
+@click.option("--dry-run", is_flag=True, help="Print the Job instead of creating it.")
+@_output_format
+def submit_generate(replace: bool, dry_run: bool, fmt: str, **params) -> None:
+    """Submit `generate` (images from a finished run) as a Kubernetes Job: the training Job's pod,
+    image and exit codes, named after --model and --output, never after a training Job."""
+    spec = GenerateJobSpec(generate=generate_config.resolve(params),
+                           cluster=resolve_cluster_settings(params))
+    problems = generate_config.location_problems(spec.generate)
+    if problems:
+        raise InvalidInputError("; ".join(problems))
+    if dry_run:
+        _print_manifests([k8s.render(spec, spec.cluster.namespace)], fmt)
+        return
+    _create(spec, replace, params, "for this --model and --output")
+
+
+def _create(spec: JobSpec | GenerateJobSpec, replace: bool, params: dict[str, Any],
+            whose: str) -> None:
     job = k8s.submit(spec, replace=replace, connection=_connect(params))
     if job.created:
         click.echo(f"{'replaced' if job.replaced else 'created'} job {job.namespace}/{job.name}")
     else:
-        click.echo(f"job {job.namespace}/{job.name} already exists for this subject: not created "
+        click.echo(f"job {job.namespace}/{job.name} already exists {whose}: not created "
                    "(--replace replaces it once it has finished)")
 
 

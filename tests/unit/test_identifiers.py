@@ -43,3 +43,19 @@ def test_format_prompt_fills_and_rejects_unknown_placeholders():
         == "a olis dog on the beach"
     with pytest.raises(InvalidInputError, match="{colour}|colour"):
         identifiers.format_prompt("a {colour} {identifier}", "olis", "dog")
+
+
+@pytest.mark.parametrize("template", [
+    "a {identifier.foo} dog",            # attribute access: AttributeError, a crash (exit 1)
+    "a {identifier.__class__} dog",      # attribute access that works: Python internals in a prompt
+    "a {class_noun[0]} dog",             # item access
+    "a {identifier:>99999999} dog",      # a format spec: a prompt of 100 MB
+    "a {identifier!r} dog",              # a conversion
+    "a {identifier",                     # unbalanced
+])
+def test_format_prompt_takes_only_the_two_plain_placeholders(template):
+    """Prompts are a tenant's text (`generate --prompt`, validation prompts): str.format's
+    attribute and item access, format specs and conversions are refused with one line."""
+    with pytest.raises(InvalidInputError, match="placeholder"):
+        identifiers.format_prompt(template, "olis", "dog")
+    assert identifiers.format_prompt("{{identifier}} {identifier}", "olis", "dog") == "{identifier} olis"

@@ -55,9 +55,13 @@ app.kubernetes.io/instance: {{ include "dreambooth-job.fullname" . | quote }}
 app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
 app.kubernetes.io/managed-by: {{ .Release.Service }}
 helm.sh/chart: {{ include "dreambooth-job.chart" . }}
+{{- if eq .Values.mode "generate" }}
+dreambooth-job/mode: "generate"
+{{- else }}
 dreambooth-job/subject: {{ include "dreambooth-job.labelValue" (include "dreambooth-job.subjectId" .) | quote }}
 {{- with .Values.job.batchId }}
 dreambooth-job/batch: {{ include "dreambooth-job.labelValue" . | quote }}
+{{- end }}
 {{- end }}
 {{- with .Values.labels }}
 {{ toYaml . }}
@@ -123,6 +127,38 @@ that the job names the subject as the labels do.
 {{- range .Values.extraArgs }}
 - {{ include "dreambooth-job.arg" (toString .) }}
 {{- end }}
+{{- end }}
+
+{{/*
+The container args of `mode: generate`: `generate`, then every generate option that has a value
+(a null `auto` one as `auto`), in the order and spelling of
+dreambooth_job.generation.config.to_cli_args, each `$` doubled as build_generate_job does (the
+kubelet would expand a prompt's "$(AWS_SECRET_ACCESS_KEY)"); then extraArgs.
+*/}}
+{{- define "dreambooth-job.generateArgs" -}}
+- generate
+{{- range $option := (include "dreambooth-job.package" $ | fromYaml).generateOptions }}
+{{- $value := index $.Values.generate $option.key }}
+{{- if kindIs "invalid" $value }}
+{{- if $option.auto }}
+- {{ $option.flag }}
+- {{ include "dreambooth-job.arg" "auto" }}
+{{- end }}
+{{- else }}
+{{- range (kindIs "slice" $value | ternary $value (list $value)) }}
+- {{ $option.flag }}
+- {{ include "dreambooth-job.arg" (kindIs "string" . | ternary (replace "$" "$$" (toString .)) .) }}
+{{- end }}
+{{- end }}
+{{- end }}
+{{- range .Values.extraArgs }}
+- {{ include "dreambooth-job.arg" (toString .) }}
+{{- end }}
+{{- end }}
+
+{{/* The metrics port: job.metricsPort when training; none for generate, which serves no metrics. */}}
+{{- define "dreambooth-job.metricsPort" -}}
+{{- if eq .Values.mode "generate" }}0{{ else }}{{ include "dreambooth-job.option" (list . "metricsPort") }}{{ end }}
 {{- end }}
 
 {{/* The ServiceAccount of the pod; empty: the namespace's default. */}}

@@ -1,0 +1,21 @@
+"""`dreambooth-job generate`: images from a finished run (its model/, or its lora/ on the base model
+it recorded), locally or as a Kubernetes Job (`submit-generate`, the chart's `mode: generate`).
+
+- config.py: `GenerateConfig`, the options (flags, the Job's args, the chart's `generate:` values);
+- source.py: which run and which weights `--model` names, and loading them;
+- run.py: drawing the images and writing them with grid.png and generation.json;
+- command.py: the click command.
+
+Importing this package loads no torch: the Kubernetes commands build generate Jobs with it.
+"""
+
+from dreambooth_job.generation.config import GenerateConfig
+
+__all__ = ["GenerateConfig", "generate"]
+
+
+def generate(config: GenerateConfig) -> dict:
+    """Generate and write the images `config` asks for (run.generate); returns generation.json."""
+    from dreambooth_job.generation.run import generate as run
+
+    return run(config)

@@ -1,0 +1,93 @@
+"""The Kubernetes Job that runs `dreambooth-job generate`: the training Job's pod (same image,
+security, volumes, exit codes and podFailurePolicy), its args `generate ...` from GenerateConfig.
+
+    from dreambooth_job.generation import GenerateConfig
+    from dreambooth_job.k8s import ClusterSettings, GenerateJobSpec, build_generate_job, submit
+
+    gen = GenerateConfig(model="s3://runs/dog-42/", output="s3://gen/dog-42/", num_images=8)
+    spec = GenerateJobSpec(generate=gen, cluster=ClusterSettings(image="registry/dreambooth-job:0.1.0"))
+    build_generate_job(spec)    # the manifest; or submit(spec) to create it
+
+Its name is a function of --model and --output (resubmitting finds the Job), and never the name
+of a training Job, by construction (`generate_job_name`). The chart renders the same Job with
+`mode: generate` (tests/deploy compares them). Light on purpose: no torch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from dreambooth_job import config as cfg
+from dreambooth_job.config_introspection import accepts_auto
+from dreambooth_job.generation import config as gen
+from dreambooth_job.generation.config import GenerateConfig, to_cli_args
+from dreambooth_job.k8s.cluster_settings import ClusterSettings
+from dreambooth_job.k8s.manifest import _checked_name, _job, _labels, pod_failure_policy, values_key
+from dreambooth_job.k8s.pod import pod_annotations, pod_spec
+
+MODE_LABEL = "dreambooth-job/mode"
+GENERATE_MODE = "generate"
+# The pod's sizing: generate serves no metrics and keeps no checkpoint; SIGTERM ends it (143)
+# within the training pod's grace period, which it keeps.
+POD_SIZING = cfg.TrainConfig(metrics_port=0)
+
+
+@dataclass(frozen=True, kw_only=True)
+class GenerateJobSpec:
+    """One `generate` run on one cluster."""
+
+    generate: GenerateConfig
+    cluster: ClusterSettings = field(default_factory=ClusterSettings)
+    name: str | None = None
+    """The Job's name; None: `generate_job_name(model, output)`. The chart uses the release name."""
+    extra_args: tuple[str, ...] = ()
+    """Appended to the generate args verbatim (the chart's `extraArgs`)."""
+
+
+def generate_job_name(model: str, output: str) -> str:
+    """`<run>-generate-g<8 hex>`: readable, a function of --model and --output, at most 63
+    characters. A training Job's name (manifest.job_name) always ends in `-<8 hex>` or is 8 hex:
+    its last `-`-separated part is 8 characters, all hex. Here that part is `g` + 8 hex, 9
+    characters with a `g`, so no generate Job can take a training Job's name, whatever the ids."""
+    digest = "g" + hashlib.sha256(f"generate\0{model}\0{output}".encode()).hexdigest()[:8]
+    run = re.sub(r"/(model|lora)/?$", "", model.rstrip("/")).rstrip("/").rsplit("/", 1)[-1]
+    readable = re.sub(r"[^a-z0-9]+", "-", f"{run}-generate".lower()).strip("-")
+    readable = readable[:63 - len(digest) - 1].rstrip("-")
+    return f"{readable}-{digest}" if readable else digest
+
+
+def escape_expansion(arg: str) -> str:
+    """`arg` as the kubelet should pass it: it expands `$(NAME)` in args to the value of the
+    container's env var NAME, an S3 secret key included, so a tenant's prompt reading
+    "$(AWS_SECRET_ACCESS_KEY)" would draw the secret into generation.json. `$$` stays `$`."""
+    return arg.replace("$", "$$")
+
+
+def build_generate_job(spec: GenerateJobSpec) -> dict[str, Any]:
+    """The batch/v1 Job for `spec`, as the dict the API (or `kubectl apply`) takes."""
+    gen = spec.generate
+    gen.validate(require_inputs=True)
+    name = _checked_name(spec.name or generate_job_name(gen.model, gen.output))
+    labels = {**_labels(name, spec.cluster), MODE_LABEL: GENERATE_MODE}
+    args = [*(escape_expansion(a) for a in to_cli_args(gen)), *spec.extra_args]
+    pod = pod_spec(POD_SIZING, spec.cluster, args)
+    return _job(name, spec.cluster, labels, pod_annotations(POD_SIZING, spec.cluster), pod,
+                pod_failure_policy(), backoffLimit=spec.cluster.backoff_limit)
+
+
+def chart_options() -> list[dict[str, Any]]:
+    """files/package.yaml's `generateOptions`: the chart renders a generate Job's args from them
+    in the order and spelling of `to_cli_args` (every option with a value; a null `auto` one as
+    `auto`)."""
+    rows = []
+    for f in gen.fields():
+        if f.name in gen.SET_BY_THE_POD:
+            continue
+        row: dict[str, Any] = {"key": values_key(f.name), "flag": f.metadata["flag"] or cfg.flag_name(f.name)}
+        if accepts_auto(f, GenerateConfig):
+            row["auto"] = True
+        rows.append(row)
+    return rows

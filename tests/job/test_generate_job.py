@@ -1,0 +1,195 @@
+"""`dreambooth-job generate` end to end: a tiny full run and a tiny LoRA run trained into the real
+S3 server, then images drawn from them, written back to S3 and read as a user would."""
+
+from __future__ import annotations
+
+import io
+import json
+import uuid
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from helpers import make_photo, upload_photos
+from PIL import Image
+
+from dreambooth_job import storage
+from dreambooth_job.cli import main
+from dreambooth_job.exit_codes import ExitCode
+from dreambooth_job.sampling import LABEL_WIDTH
+
+TRAIN = ["--resolution", "64", "--max-train-steps", "2", "--no-prior-preservation",
+         "--sample-steps", "2", "--num-validation-images", "1", "--validation-prompt",
+         "a {identifier} {class_noun}", "--metrics-port", "0", "--checkpoint-every", "0",
+         "--log-format", "json", "--class-noun", "dog"]
+DRAW = ["--steps", "2", "--log-format", "json"]
+
+
+def invoke(*args: str):
+    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+
+
+@pytest.fixture(scope="module")
+def runs(s3_server, tiny_model, tmp_path_factory):
+    """A finished full run and a finished LoRA run (no --lora-merge: lora/ only), in one bucket."""
+    bucket = f"test-{uuid.uuid4().hex[:12]}"
+    storage.s3_client().create_bucket(Bucket=bucket)
+    photos = tmp_path_factory.mktemp("photos")
+    for i in range(2):
+        make_photo(photos / f"{i}.jpg", seed=i)
+    upload_photos(photos, f"s3://{bucket}/photos/dog/")
+    cache = tmp_path_factory.mktemp("cache")
+    found = {"bucket": bucket, "cache": str(cache)}
+    for name, mode in (("full", ["--train-mode", "full"]),
+                       ("lora", ["--train-mode", "lora", "--lora-rank", "4", "--learning-rate", "1e-2"])):
+        output = f"s3://{bucket}/runs/{name}/"
+        outcome = invoke("train", *TRAIN, *mode, "--instance-data", f"s3://{bucket}/photos/dog/",
+                         "--base-model", tiny_model, "--output", output, "--cache-dir", cache)
+        assert outcome.exit_code == ExitCode.OK, outcome.output[-3000:]
+        found[name] = output
+    return found
+
+
+def generate(runs, model: str, output: str, *extra: str):
+    return invoke("generate", "--model", model, "--output", f"s3://{runs['bucket']}/{output}/",
+                  "--cache-dir", runs["cache"], *DRAW, *extra)
+
+
+def png(uri: str) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(storage.read_bytes(uri))).convert("RGB"))
+
+
+def record_of(runs, output: str) -> dict:
+    return json.loads(storage.read_bytes(f"s3://{runs['bucket']}/{output}/generation.json"))
+
+
+def test_generate_from_a_full_run_writes_images_grid_and_record(runs):
+    outcome = generate(runs, runs["full"], "gen/full", "--prompt", "a {identifier} {class_noun} on the moon",
+                       "--prompt", "a {class_noun}", "--num-images", "2", "--seed", "5",
+                       "--batch-size", "3")
+    assert outcome.exit_code == ExitCode.OK, outcome.output[-3000:]
+    prefix = f"s3://{runs['bucket']}/gen/full/"
+    names = sorted(f.relative_path for f in storage.list_files(prefix))
+    assert names == ["generation.json", "grid.png", "prompt-00-seed-5.png", "prompt-00-seed-6.png",
+                     "prompt-01-seed-5.png", "prompt-01-seed-6.png"]
+    assert png(prefix + "prompt-00-seed-5.png").shape == (64, 64, 3)  # the run's resolution
+    assert png(prefix + "grid.png").shape == (2 * 64, LABEL_WIDTH + 2 * 64, 3)
+
+    # The placeholders are filled from the run's result.json; the record says what drew what.
+    result = json.loads(storage.read_bytes(runs["full"] + "result.json"))
+    token = result["identifier"]["token"]
+    record = record_of(runs, "gen/full")
+    assert [p["prompt"] for p in record["prompts"]] == [f"a {token} dog on the moon", "a dog"]
+    assert record["prompts"][0]["template"] == "a {identifier} {class_noun} on the moon"
+    assert record["weights"] == "model" and record["run"] == runs["full"].rstrip("/")
+    assert record["seeds"] == [5, 6] and record["resolution"] == 64 and record["steps"] == 2
+    assert [i["file"] for i in record["prompts"][1]["images"]] == ["prompt-01-seed-5.png",
+                                                                  "prompt-01-seed-6.png"]
+    assert f"wrote 4 image(s), grid.png and generation.json to {prefix}" in outcome.stdout
+
+
+def test_the_same_seed_draws_the_same_image(runs):
+    prompt = ["--prompt", "a {identifier} {class_noun} in the snow"]
+    for output, seed in (("seed/a", "3"), ("seed/b", "3"), ("seed/c", "4")):
+        outcome = generate(runs, runs["full"], output, *prompt, "--num-images", "1", "--seed", seed)
+        assert outcome.exit_code == ExitCode.OK, outcome.output[-3000:]
+    bucket = runs["bucket"]
+    first = png(f"s3://{bucket}/seed/a/prompt-00-seed-3.png")
+    assert np.array_equal(first, png(f"s3://{bucket}/seed/b/prompt-00-seed-3.png"))
+    assert not np.array_equal(first, png(f"s3://{bucket}/seed/c/prompt-00-seed-4.png"))
+    # The image of a seed does not depend on the images generated beside it.
+    outcome = generate(runs, runs["full"], "seed/d", *prompt, "--num-images", "2", "--seed", "2",
+                       "--batch-size", "2")
+    assert outcome.exit_code == ExitCode.OK, outcome.output[-3000:]
+    beside = png(f"s3://{bucket}/seed/d/prompt-00-seed-3.png").astype(int)
+    assert np.abs(beside - first.astype(int)).max() <= 2  # batched matmuls round differently
+
+
+def test_generate_from_a_lora_run_applies_the_adapters_to_the_recorded_base(runs, tiny_model):
+    from dreambooth_job.generation.source import find_run, load_pipeline
+
+    for model, output in ((runs["lora"], "gen/lora-run"), (runs["lora"] + "lora/", "gen/lora-dir")):
+        outcome = generate(runs, model, output, "--num-images", "1", "--seed", "9")
+        assert outcome.exit_code == ExitCode.OK, outcome.output[-3000:]
+        record = record_of(runs, output)
+        assert record["weights"] == "lora" and record["base_model"] == str(tiny_model)
+        assert record["prompts"][0]["prompt"] == f"a {record['identifier']} dog"
+    bucket = runs["bucket"]
+    assert np.array_equal(png(f"s3://{bucket}/gen/lora-run/prompt-00-seed-9.png"),
+                          png(f"s3://{bucket}/gen/lora-dir/prompt-00-seed-9.png"))
+
+    source = find_run(runs["lora"])
+    assert source.weights == "lora" and source.base_model == str(tiny_model)
+    pipeline = load_pipeline(source, runs["cache"])
+    assert getattr(pipeline.unet, "peft_config", None), "the run's adapters are on the UNet"
+
+
+def one_line_error(outcome, *expected: str) -> None:
+    assert outcome.exit_code == ExitCode.INVALID_INPUT, outcome.output[-3000:]
+    lines = outcome.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: --model "), outcome.stderr
+    for text in expected:
+        assert text in lines[0], lines[0]
+
+
+@pytest.mark.parametrize("model, expected", [
+    ("s3://{bucket}/nothing/", ["holds no finished run"]),
+    ("s3://{bucket}/runs/full/samples/", ["holds no finished run"]),
+    ("s3://{bucket}/photos/dog/", ["holds no finished run"]),
+    ("s3://{bucket}/runs/full/lora/", ["published no lora/", "it published model/"]),
+    ("s3://{bucket}/runs/lora/model/", ["published no model/", "it published lora/"]),
+    ("{local}", ["holds no finished run"]),
+])
+def test_a_bad_model_prefix_exits_2_with_one_line(runs, tmp_path, model, expected):
+    model = model.format(bucket=runs["bucket"], local=tmp_path / "absent")
+    outcome = generate(runs, model, "gen/never")
+    one_line_error(outcome, model, *expected)
+    assert not storage.list_files(f"s3://{runs['bucket']}/gen/never/"), "nothing written"
+
+
+def test_an_unfinished_or_unreadable_run_exits_2(runs):
+    bucket = runs["bucket"]
+    for name in ("result.json", "_SUCCESS"):  # a copy of the full run, one of its two files less
+        source = f"s3://{bucket}/runs/full/{name}"
+        storage.write_bytes(f"s3://{bucket}/copies/no-marker/{name}",
+                            b"" if name == "_SUCCESS" else storage.read_bytes(source))
+    storage.delete(f"s3://{bucket}/copies/no-marker/_SUCCESS")
+    one_line_error(generate(runs, f"s3://{bucket}/copies/no-marker/", "gen/never"),
+                   "holds no finished run")
+    storage.write_bytes(f"s3://{bucket}/copies/garbled/result.json", b"{not json")
+    storage.write_bytes(f"s3://{bucket}/copies/garbled/_SUCCESS", b"")
+    one_line_error(generate(runs, f"s3://{bucket}/copies/garbled/", "gen/never"), "not valid JSON")
+    failed = json.loads(storage.read_bytes(f"s3://{bucket}/runs/full/result.json"))
+    storage.write_bytes(f"s3://{bucket}/copies/failed/result.json",
+                        json.dumps({**failed, "status": "failed"}).encode())
+    storage.write_bytes(f"s3://{bucket}/copies/failed/_SUCCESS", b"")
+    one_line_error(generate(runs, f"s3://{bucket}/copies/failed/", "gen/never"), "did not succeed")
+
+
+def test_output_inside_the_runs_weights_is_refused(runs):
+    outcome = invoke("generate", "--model", runs["lora"], "--output", runs["lora"] + "lora/gen/",
+                     "--cache-dir", runs["cache"], *DRAW)
+    assert outcome.exit_code == ExitCode.INVALID_INPUT
+    assert outcome.stderr.strip() == (f"error: --output {runs['lora']}lora/gen/ is inside the run's "
+                                      "lora/: the images would change the run's published weights; "
+                                      "write them elsewhere")
+    assert not storage.list_files(runs["lora"] + "lora/gen/")
+
+
+def test_generate_from_an_sdxl_lora_run_with_text_encoder_adapters(runs, tiny_sdxl_model):
+    """SDXL: adapters on the UNet and both text encoders, applied to the recorded SDXL base."""
+    output = f"s3://{runs['bucket']}/runs/sdxl-lora/"
+    outcome = invoke("train", *TRAIN, "--train-mode", "lora", "--lora-rank", "4",
+                     "--train-text-encoder", "--instance-data", f"s3://{runs['bucket']}/photos/dog/",
+                     "--base-model", tiny_sdxl_model, "--output", output, "--cache-dir", runs["cache"])
+    assert outcome.exit_code == ExitCode.OK, outcome.output[-3000:]
+    outcome = generate(runs, output, "gen/sdxl", "--num-images", "2", "--sampler", "euler")
+    assert outcome.exit_code == ExitCode.OK, outcome.output[-3000:]
+    record = record_of(runs, "gen/sdxl")
+    assert record["weights"] == "lora" and record["base_model"] == str(tiny_sdxl_model)
+    assert png(f"s3://{runs['bucket']}/gen/sdxl/prompt-00-seed-1.png").shape == (64, 64, 3)
+    from dreambooth_job.generation.source import find_run, load_pipeline
+
+    pipeline = load_pipeline(find_run(output), runs["cache"])
+    for module in (pipeline.unet, pipeline.text_encoder, pipeline.text_encoder_2):
+        assert getattr(module, "peft_config", None), f"no adapters on the {type(module).__name__}"
