@@ -51,6 +51,9 @@ def test_run_page_shows_photos_grids_loss_and_loads_in_chromium(bucket, photo_di
     local = tmp_path / "published"
     storage.download_dir(run, local)
     page = (local / "index.html").read_text()
+    bucket_name, key = storage.split_s3(storage.join(run, "index.html"))
+    head = storage.s3_client().head_object(Bucket=bucket_name, Key=key)
+    assert head["ContentType"] == "text/html; charset=utf-8"  # rendered when served from the bucket
     assert "hunter2" not in page and "<script>" not in page and "&lt;script&gt;" in page
     seen = open_page((local / "index.html").as_uri(), screenshot=tmp_path / "page.png")
 
