@@ -37,6 +37,8 @@ from dreambooth_job.loss_history import LossPoint
 PAGE_FILE = "index.html"
 GRID_NAME = re.compile(r"^step-(\d{6,})\.png$")
 THUMBNAIL_SIDE = 128
+MAX_DRAWN_POINTS = 2000
+"""A curve wider than the page has pixels is thinned to this many points (every k-th, and the last)."""
 VERSIONED = ("dreambooth-job", "torch", "diffusers", "transformers", "accelerate", "peft")
 
 _CSS = """
@@ -187,6 +189,9 @@ def loss_svg(points: Sequence[LossPoint], width: int = 640, height: int = 260) -
     """Instance and prior loss per logged step as an inline SVG (prior only when it was trained)."""
     if not points:
         return "<p><em>no loss logged</em></p>"
+    if len(points) > MAX_DRAWN_POINTS:
+        every = -(-len(points) // MAX_DRAWN_POINTS)
+        points = [*points[:-1:every], points[-1]]
     series = {"instance loss": ("#1f77b4", [(p.step, p.instance_loss) for p in points])}
     if any(p.prior_loss for p in points):
         series["prior loss"] = ("#d62728", [(p.step, p.prior_loss) for p in points])

@@ -20,7 +20,7 @@ from dreambooth_job.result import (
     RunResult,
     Training,
 )
-from dreambooth_job.run_page import loss_svg, render, thumbnail_uri
+from dreambooth_job.run_page import MAX_DRAWN_POINTS, loss_svg, render, thumbnail_uri
 from dreambooth_job.sampling import image_grid
 
 HOSTILE = "<img src=x onerror=alert(1)>'\"&"
@@ -83,6 +83,13 @@ def test_loss_curve_draws_instance_and_prior_loss_per_logged_step():
     without_prior = loss_svg([LossPoint(1, 1.0, 1.0, 0.0)])
     assert len(re.findall("<polyline", without_prior)) == 1 and "prior loss" not in without_prior
     assert "no loss logged" in loss_svg([])
+
+
+def test_a_long_curve_is_thinned_to_what_a_page_can_show():
+    points = [LossPoint(step, 1.0, 1.0, 0.0) for step in range(1, 100_001)]
+    [line] = re.findall(r"<polyline points='([^']*)'", loss_svg(points))
+    assert 1000 < len(line.split()) <= MAX_DRAWN_POINTS + 1
+    assert "step 1<" in loss_svg(points) and "step 100000<" in loss_svg(points)
 
 
 def test_thumbnail_is_a_small_jpeg():
