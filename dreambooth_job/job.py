@@ -157,5 +157,7 @@ def write_failed_result(ctx: RunContext) -> None:
         if storage.exists(storage.join(output, COMPLETION_MARKER)):
             return  # never overwrite a completed run's result with a failed rerun's
         ctx.result.write(output)
+        # The page too: a failed run's error, photos, grids and loss so far, where one looks first.
+        publish.write_page(ctx)
     except Exception as exc:  # noqa: BLE001 - reporting must not mask the original failure
-        logger.warning("could not write the failed result.json: %s", exc)
+        logger.warning("could not write the failed result.json or run page: %s", exc)

@@ -8,6 +8,8 @@ from collections.abc import Sequence
 
 from PIL import Image, ImageDraw, ImageFont
 
+from dreambooth_job.redaction import redact
+
 SAMPLER = "DPMSolverMultistepScheduler"
 LABEL_WIDTH = 256
 
@@ -65,7 +67,8 @@ def _half_precision(device):
 
 
 def image_grid(rows: Sequence[Sequence[Image.Image]], labels: Sequence[str]) -> Image.Image:
-    """Rows of equal-size images with each row's prompt written in a margin on the left."""
+    """Rows of equal-size images with each row's prompt written in a margin on the left, redacted
+    as every text the job publishes (the grids are on the run page)."""
     cell_w, cell_h = rows[0][0].size
     columns = max(len(r) for r in rows)
     grid = Image.new("RGB", (LABEL_WIDTH + columns * cell_w, len(rows) * cell_h), "white")
@@ -74,7 +77,7 @@ def image_grid(rows: Sequence[Sequence[Image.Image]], labels: Sequence[str]) -> 
     for r, (row, label) in enumerate(zip(rows, labels)):
         for c, image in enumerate(row):
             grid.paste(image, (LABEL_WIDTH + c * cell_w, r * cell_h))
-        draw.multiline_text((6, r * cell_h + 6), _wrap(label, 36), fill="black", font=font)
+        draw.multiline_text((6, r * cell_h + 6), _wrap(redact(label), 36), fill="black", font=font)
     return grid
 
 

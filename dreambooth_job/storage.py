@@ -149,8 +149,9 @@ def read_bytes(uri: str) -> bytes:
 
 
 @_waits_for_credentials
-def write_bytes(uri: str, data: bytes) -> None:
-    """Write one object or file whole: a reader sees the old content or the new, never a part."""
+def write_bytes(uri: str, data: bytes, content_type: str | None = None) -> None:
+    """Write one object or file whole: a reader sees the old content or the new, never a part.
+    `content_type` sets the object's Content-Type (a page served from the bucket renders)."""
     if not is_s3(uri):
         path = Path(uri)
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -160,7 +161,8 @@ def write_bytes(uri: str, data: bytes) -> None:
         return
     bucket, key = split_s3(uri)
     with translate_errors(uri):
-        s3_client().put_object(Bucket=bucket, Key=key, Body=data, **_upload_checksum())
+        s3_client().put_object(Bucket=bucket, Key=key, Body=data, **_upload_checksum(),
+                               **({"ContentType": content_type} if content_type else {}))
     observer().transfer(direction="upload", num_bytes=len(data), objects=1)
 
 

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # System packages that the tests run for real instead of mocking: Prometheus and its Pushgateway
-# (tests/metrics). Idempotent: it installs only what is missing, so CI can call it on every run.
+# (tests/metrics), and headless Chromium, which renders a run's page (tests/job/test_run_page.py).
+# Idempotent: it installs only what is missing, so CI can call it on every run.
 #   scripts/install-system-deps.sh          # install what is missing (root, or sudo without a password)
 #   scripts/install-system-deps.sh --check  # exit 1 if something is missing, install nothing
 set -euo pipefail
@@ -9,6 +10,7 @@ set -euo pipefail
 WANTED=(
   "prometheus=prometheus"
   "prometheus-pushgateway=prometheus-pushgateway"
+  "chromium=chromium"
 )
 
 missing=()

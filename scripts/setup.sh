@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Set up everything the job and its tests need on a fresh machine: a virtualenv in .venv with the
-# package (training and dev extras), and the system services the tests start (Prometheus,
-# Pushgateway). Idempotent: a second run installs nothing new.
+# package (training and dev extras), and the system programs the tests start (Prometheus,
+# Pushgateway, headless Chromium). Idempotent: a second run installs nothing new.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

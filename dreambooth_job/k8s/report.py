@@ -7,6 +7,11 @@ images/<subject>.png, a copy of each subject's final grid, linked relatively so 
 wherever it is served or synced to (`aws s3 sync s3://runs/night-42/report/ report/`).
 With `embed_images=True` the grids are inlined instead and index.html stands alone.
 
+Each subject links its run page (`<output>/index.html`, run_page.py) by a relative path when the
+page exists and lives in the report's bucket (or, local, file system): the link resolves where
+both are served from, or synced together (`aws s3 sync s3://runs/night-42/ night-42/`). A page
+elsewhere (another bucket) is named, not linked: an s3:// URI is no link a browser follows.
+
 result.json is written by the tenant's job, so its list of samples is only a list of names: a
 grid is copied only from directly under the subject's own `<output>/samples/`, as a PNG of at most
 MAX_GRID_BYTES (never a link out of the output on local disk), so that a forged result.json cannot
@@ -19,7 +24,10 @@ import base64
 import html
 import json
 import math
+import os
+import posixpath
 import re
+import urllib.parse
 from collections import Counter
 from datetime import UTC, datetime
 from pathlib import Path
@@ -28,6 +36,7 @@ from typing import Any
 from dreambooth_job import storage
 from dreambooth_job.evaluation import SCORE_NAMES
 from dreambooth_job.k8s.status import JobStatus, Phase, format_duration
+from dreambooth_job.run_page import PAGE_FILE
 
 # Higher is better for each; the first one present orders the subjects.
 SORT_METRICS = ("dino", "clip_i", "clip_t")
@@ -131,6 +140,7 @@ def write_report(statuses: list[JobStatus], output_uri: str, *, batch_id: str,
         row["metrics"] = numeric_metrics(status)
         row["grid_source"] = final_grid(status.result, status.output)
         row["grid"] = _copy_grid(status, row["grid_source"], output_uri, embed_images)
+        row["page_source"], row["page"] = run_page(status.output, output_uri)
         rows.append(row)
     report = {
         "batch_id": batch_id,
@@ -144,6 +154,31 @@ def write_report(statuses: list[JobStatus], output_uri: str, *, batch_id: str,
                                    indent=2).encode())
     storage.write_bytes(storage.join(output_uri, "index.html"), render_html(report).encode())
     return report
+
+
+def run_page(output: str | None, report_uri: str) -> tuple[str | None, str | None]:
+    """The subject's run page, `<output>/index.html`, when it exists, and the link to it from the
+    report's index.html: relative, when both are under one bucket (or on one file system) and the
+    page's path has no empty, '.' or '..' part (which a URL would not keep verbatim)."""
+    if not output:
+        return None, None
+    page = storage.join(output, PAGE_FILE)
+    try:
+        if not storage.exists(page):
+            return None, None
+    except Exception:  # noqa: BLE001 - an unreadable prefix is a row without a link, not a failed report
+        return None, None
+    if storage.is_s3(page) != storage.is_s3(report_uri):
+        return page, None
+    if storage.is_s3(page):
+        (bucket, key), (report_bucket, report_key) = storage.split_s3(page), storage.split_s3(report_uri)
+        if bucket != report_bucket or any(part in ("", ".", "..") for part in key.split("/")):
+            return page, None
+        relative = posixpath.relpath(key, report_key.rstrip("/") or ".")
+    else:
+        relative = os.path.relpath(os.path.abspath(page), os.path.abspath(report_uri))
+        relative = relative.replace(os.sep, "/")
+    return page, urllib.parse.quote(relative)
 
 
 def _copy_grid(status: JobStatus, source: str | None, output_uri: str, embed: bool) -> str | None:
@@ -197,13 +232,15 @@ def render_html(report: dict[str, Any]) -> str:
         details = "".join(f"<dt>{esc(str(k))}</dt><dd>{esc(str(v))}</dd>"
                           for k, v in facts.items() if v not in (None, ""))
         reason = row["failure_reason"] or row.get("result_error")
+        page = (f"<p><a href='{esc(row['page'])}'>run page</a></p>" if row.get("page") else
+                f"<p>run page: {esc(row['page_source'])}</p>" if row.get("page_source") else "")
         grid = (f"<img src='{esc(row['grid'])}' alt='samples of {esc(str(row['subject_id']))}' "
                 "loading='lazy'>" if row["grid"] else "<em>no sample grid</em>")
         parts.append(
             f"<tr><td class='info'><h3>{esc(str(row['subject_id']))}</h3>"
             f"<span class='phase {esc(row['phase'])}'>{esc(row['phase'])}</span>"
             + (f"<p class='reason'>{esc(reason)}</p>" if reason else "")
-            + f"<dl>{details}</dl></td><td>{grid}</td></tr>")
+            + f"{page}<dl>{details}</dl></td><td>{grid}</td></tr>")
     parts.append("</table></body></html>\n")
     return "\n".join(parts)
 

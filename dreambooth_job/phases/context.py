@@ -14,6 +14,7 @@ from dreambooth_job.checkpoint import BackgroundUploads, CheckpointStore
 from dreambooth_job.config import TrainConfig
 from dreambooth_job.events import JobObserver
 from dreambooth_job.lease import Lease, pod_identity
+from dreambooth_job.loss_history import LossHistory
 from dreambooth_job.redaction import redact_value
 from dreambooth_job.result import (
     RESULT_FILE,
@@ -52,6 +53,8 @@ class RunContext:
     class_images: list | None = None
     trainer: Any = None  # train.Trainer; only phases/training.py calls it
     steps_done: int = 0
+    # The logged losses (the run page's curve), kept with each checkpoint.
+    loss_history: LossHistory = field(default_factory=LossHistory)
 
     @classmethod
     def create(cls, config: TrainConfig, fingerprint: str, observer: JobObserver) -> RunContext:

@@ -1,11 +1,12 @@
-"""Phase upload, then publishing: the weight files under --output, result.json, then the completion
-marker, written after everything it vouches for; then the checkpoints are no longer needed."""
+"""Phase upload, then publishing: the weight files under --output, result.json and the run page
+(index.html), then the completion marker, written after everything it vouches for; then the
+checkpoints are no longer needed."""
 
 from __future__ import annotations
 
 import logging
 
-from dreambooth_job import storage
+from dreambooth_job import run_page, storage
 from dreambooth_job.phases.context import RunContext
 from dreambooth_job.result import mark_complete
 
@@ -25,8 +26,21 @@ def publish(ctx: RunContext) -> None:
                               for f in storage.list_files(samples, [".png"])]
     result.succeeded()
     result.write(config.output)
+    write_page(ctx)
     mark_complete(config.output)
     ctx.checkpoints.delete_all()
     logger.info("done: %s, samples %s, result %s",
                 result.outputs.model or f"LoRA {', '.join(result.outputs.lora or [])}", samples,
                 result.outputs.result)
+
+
+def write_page(ctx: RunContext) -> None:
+    """`<output>/index.html` (run_page.py) from the record as result.json holds it (redacted), the
+    loss history, thumbnails of the photos used and the grids uploaded so far."""
+    output = ctx.config.output
+    photos = ctx.photos.photos if ctx.photos is not None else []
+    grids = [f.relative_path for f in storage.list_files(storage.join(output, "samples"), [".png"])]
+    page = run_page.render(ctx.result.to_json(), ctx.loss_history.points, grids=grids,
+                           thumbnails=[run_page.thumbnail_uri(photo.image) for photo in photos])
+    storage.write_bytes(storage.join(output, run_page.PAGE_FILE), page.encode(),
+                        content_type="text/html; charset=utf-8")

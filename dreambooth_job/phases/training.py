@@ -15,6 +15,7 @@ from pathlib import Path
 
 from dreambooth_job import disk
 from dreambooth_job.checkpoint import Checkpoint, CheckpointPolicy
+from dreambooth_job.events import ObserverGroup
 from dreambooth_job.exit_codes import InvalidInputError, TerminatedError
 from dreambooth_job.phases import samples
 from dreambooth_job.phases.context import RunContext, redacted_config
@@ -31,7 +32,7 @@ def train(ctx: RunContext) -> None:
         config, ctx.pipeline, ctx.noise_scheduler, instance_images=ctx.photos.images,
         instance_sizes=[photo.original_size for photo in ctx.photos.photos],
         instance_prompt=prompts.instance, class_images=ctx.class_images,
-        class_prompt=prompts.class_prompt, observer=ctx.observer)
+        class_prompt=prompts.class_prompt, observer=ObserverGroup(ctx.observer, ctx.loss_history))
     trainer.setup()
     resumed_from = resume(ctx)
     with ctx.stop.deferred():
@@ -57,6 +58,7 @@ def resume(ctx: RunContext) -> int | None:
             f"{checkpoint.manifest.get('identifier')!r}, this run uses {token!r}; "
             "pass --restart to discard it")
     ctx.trainer.load_state(local_dir, checkpoint.step)
+    ctx.loss_history.load(local_dir, up_to_step=checkpoint.step)
     ctx.observer.resumed(step=checkpoint.step)
     logger.info("resuming from checkpoint %s at step %d", checkpoint.uri, checkpoint.step)
     return checkpoint.step
@@ -86,6 +88,7 @@ class StepEnd:
         started = time.monotonic()
         with disk.writing(self.state_dir):  # torch.save's error does not say "no space"
             ctx.trainer.save_state(self.state_dir)
+            ctx.loss_history.save(self.state_dir)  # a resumed run's page draws the whole curve
         self.policy.saved()
         if ctx.stop.requested:
             saved = self.upload(step, started)

@@ -35,6 +35,10 @@ def test_train_evaluate_fills_result_json(tmp_path, photo_dir, tiny_pipeline_dir
         assert metrics[row]["div"] is None and "div" in metrics[row]["unavailable"]
     assert metrics["protocol"]["images_per_prompt"] == 2
     assert "evaluate" in result["durations_seconds"]
+    page = (output / "index.html").read_text()  # the run page shows both rows
+    assert "Evaluation against the base model" in page
+    assert (f"<td>dino</td><td class='num'>{metrics['base']['dino']:.4f}</td>"
+            f"<td class='num'>{metrics['finetuned']['dino']:.4f}</td>") in page
 
 
 def test_evaluation_scores_reach_the_observer(tmp_path, photo_dir, tiny_pipeline_dir, tiny_dino_dir,

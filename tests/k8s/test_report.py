@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import html
 import json
+import re
+import urllib.parse
 
 from k8s_support import write_completed_result
 
 from dreambooth_job import storage
 from dreambooth_job.k8s import JobStatus, Phase
-from dreambooth_job.k8s.report import final_grid, worst_first, write_report
+from dreambooth_job.k8s.report import final_grid, run_page, worst_first, write_report
 from dreambooth_job.k8s.status import load_result
+from dreambooth_job.run_page import PAGE_FILE, render
 
 PNG = b"\x89PNG\r\n\x1a\n fake grid of "
 
@@ -185,3 +189,61 @@ def test_the_report_names_each_subjects_weights_full_or_lora(tmp_path):
     assert rows["cat"]["outputs"]["model"] is None and len(rows["cat"]["outputs"]["lora"]) == 2
     page = (target / "index.html").read_text()
     assert "<dt>weights</dt><dd>lora</dd>" in page and "<dt>weights</dt><dd>full</dd>" in page
+
+
+def write_run_page(output: str) -> None:
+    """The page a finished run leaves (run_page.py), rendered from its result.json."""
+    result = json.loads(storage.read_bytes(storage.join(output, "result.json")))
+    storage.write_bytes(storage.join(output, PAGE_FILE), render(result, [], versions={}).encode())
+
+
+def linked_pages(report_page: str) -> list[str]:
+    return re.findall(r"<a href='([^']+)'>run page</a>", report_page)
+
+
+def test_the_report_links_each_subjects_run_page_and_the_links_resolve_after_a_sync(bucket, tmp_path):
+    night = f"s3://{bucket}/night-42"
+    statuses = []
+    for subject in ("dog", "cat #2", "vase"):
+        output = f"{night}/runs/{subject}/"
+        write_completed_result(output, subject, dino=0.5, grid=PNG + subject.encode())
+        if subject != "vase":  # a run from before run pages: no link
+            write_run_page(output)
+        status = JobStatus(name=f"night-{len(statuses)}", namespace="ml", phase=Phase.SUCCEEDED,
+                           subject_id=subject, output=output)
+        load_result(status)
+        statuses.append(status)
+    report = write_report(statuses, f"{night}/report/", batch_id="night-42")
+    assert {r["subject_id"]: r["page"] for r in report["subjects"]} == {
+        "dog": "../runs/dog/index.html", "cat #2": "../runs/cat%20%232/index.html", "vase": None}
+
+    synced = tmp_path / "night-42"
+    storage.download_dir(night, synced)  # aws s3 sync s3://.../night-42/ night-42/
+    links = linked_pages((synced / "report" / "index.html").read_text())
+    assert len(links) == 2
+    for link in links:
+        target = (synced / "report" / urllib.parse.unquote(link)).resolve()
+        assert target.is_file() and target.parent.parent == synced / "runs"
+        assert "<h1>" + html.escape(target.parent.name) in target.read_text()
+
+
+def test_a_local_report_links_local_run_pages(tmp_path):
+    status = finished(tmp_path, "dog", 0.8)
+    write_run_page(status.output)
+    target = tmp_path / "report"
+    write_report([status], str(target), batch_id="b")
+    [link] = linked_pages((target / "index.html").read_text())
+    assert (target / link).resolve() == (tmp_path / "runs" / "dog" / PAGE_FILE)
+
+
+def test_a_page_in_another_bucket_or_with_dot_segments_is_named_not_linked(moto_bucket):
+    # moto keeps keys verbatim ("./" included), as S3 does
+    for output in (f"s3://{moto_bucket}/runs/./dog/", f"s3://{moto_bucket}/runs/cat/"):
+        write_completed_result(output, "subject")
+        write_run_page(output)
+    assert run_page(f"s3://{moto_bucket}/runs/./dog/", f"s3://{moto_bucket}/report/") == (
+        f"s3://{moto_bucket}/runs/./dog/index.html", None)
+    link = run_page(f"s3://{moto_bucket}/runs/cat/", f"s3://{moto_bucket}/report/")[1]
+    assert link == "../runs/cat/index.html"
+    assert run_page(f"s3://{moto_bucket}/runs/cat/", "s3://other-bucket/report/")[1] is None
+    assert run_page(f"s3://{moto_bucket}/runs/none/", f"s3://{moto_bucket}/report/") == (None, None)
