@@ -7,6 +7,8 @@ It writes these, and only these:
 - files/package.yaml: option flags, order, defaults and roles, the exit codes and the fixed parts of
   the pod (manifest.chart_table);
 - the `job:` block of values.yaml between its markers: every option with its help and default;
+- `properties.sizing.enum` of values.schema.json: the sizing profiles (sizing.py), whose numbers
+  are in files/package.yaml's `sizing`;
 - `properties.job` of values.schema.json: types, choices, nullability, help, the bounds each option
   declares in TrainConfig (config_fields.schema_bounds: minimum, multipleOf, pattern, ...) and,
   for the options naming places (config.URI_OPTIONS), the refusal of credentials in a URL;
@@ -26,6 +28,7 @@ from pathlib import Path
 import yaml
 
 from dreambooth_job import config as cfg
+from dreambooth_job import sizing
 from dreambooth_job.config_fields import schema_bounds
 from dreambooth_job.k8s.examples import EXAMPLES
 from dreambooth_job.k8s.manifest import OPTIONS_SET_BY_THE_POD, chart_table, values_key
@@ -89,6 +92,7 @@ def schema_json(current: str) -> str:
             prop["default"] = default
         properties[key] = prop
     job["required"] = [values_key(f.name) for f in chart_fields() if f.metadata["required"]]
+    schema["properties"]["sizing"]["enum"] = list(sizing.CHOICES)
     job["properties"] = properties
     return json.dumps(schema, indent=2, ensure_ascii=False) + "\n"
 
