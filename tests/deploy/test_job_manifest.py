@@ -11,8 +11,7 @@ import pytest
 from deploy_support import KUBE_VERSIONS, options_of, parse_train_args, validate_object
 
 from dreambooth_job import config as cfg
-from dreambooth_job import sizing
-from dreambooth_job import lease
+from dreambooth_job import lease, sizing
 from dreambooth_job.exit_codes import ExitCode, InvalidInputError
 from dreambooth_job.k8s import manifest
 from dreambooth_job.k8s.manifest import (
