@@ -220,6 +220,21 @@ def check_grace(budget_seconds: float, family: str, train_mode: str, trained_par
     return message
 
 
+def job_budget(configured: float | None, family: str, train_mode: str, trained_params: int,
+               use_8bit_adam: bool) -> float:
+    """The SIGTERM budget of a run whose model has loaded: --termination-grace-seconds, checked
+    against its checkpoint (check_grace); or, auto, its profile's, or more when the run trains
+    more than the profile was sized for (a LoRA rank above LORA_SIZED_RANK)."""
+    if configured is None:
+        params = FAMILIES.get(family, FAMILIES["sd"])
+        needed = grace_seconds(memory.checkpoint_bytes(trained_params, use_8bit_adam),
+                               params.step_seconds)
+        profile = PROFILES[profile_name(family if family in FAMILIES else "sd", train_mode)]
+        return max(profile.job_grace_seconds, needed)
+    check_grace(configured, family, train_mode, trained_params, use_8bit_adam)
+    return configured
+
+
 def rows() -> list[str]:
     """The README's table of the profiles (tests/docs checks that it is the README's)."""
     lines = ["| profile | checkpoint | `--termination-grace-seconds` | terminationGracePeriodSeconds "
@@ -235,3 +250,7 @@ def rows() -> list[str]:
 
 def _size(num_bytes: int) -> str:
     return f"{num_bytes / GB:.1f} GB" if num_bytes >= GB else f"{num_bytes / 10**6:.0f} MB"
+
+
+if __name__ == "__main__":  # the README's table: python -m dreambooth_job.sizing
+    print("\n".join(rows()))
