@@ -149,3 +149,26 @@ def test_the_chart_refuses_an_unknown_profile(chart):
 
     with pytest.raises(helm.HelmValuesError, match="sizing"):
         chart.validate_schema({"sizing": "huge", "job": JOB_VALUES})
+
+
+def test_a_batch_sizes_each_subjects_job_by_its_own_profile(tmp_path, monkeypatch):
+    """`batch` builds every row's Job with build_job: an SDXL LoRA row next to an SD one."""
+    import yaml
+    from click.testing import CliRunner
+
+    from dreambooth_job.cli import main
+
+    monkeypatch.setenv("KUBECONFIG", str(tmp_path / "absent"))  # --dry-run needs no cluster
+    path = tmp_path / "night.yaml"
+    path.write_text(f"""\
+defaults: {{output: "s3://runs/{{id}}/", class_noun: dog}}
+subjects:
+  - {{id: dog, instance_data: "s3://photos/dog/"}}
+  - {{id: rex, instance_data: "s3://photos/rex/", base_model: {SDXL}, train_mode: lora}}
+""")
+    result = CliRunner().invoke(main, ["batch", str(path), "--dry-run"])
+    assert result.exit_code == 0, result.output
+    jobs = {job["metadata"]["labels"]["dreambooth-job/subject"]: job
+            for job in yaml.safe_load_all(result.output) if job and job.get("kind") == "Job"}
+    assert sized(jobs["dog"]) == expected(sizing.PROFILES["sd-full"])
+    assert sized(jobs["rex"]) == expected(sizing.PROFILES["sdxl-lora"])
