@@ -19,6 +19,7 @@ import json
 import logging
 import re
 import shutil
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -34,6 +35,7 @@ log = logging.getLogger(__name__)
 MANIFEST = "manifest.json"
 TRAINER_STATE = "trainer_state.json"
 _STEP_DIR = re.compile(r"^step-(\d{6,})/")
+HASH_CHUNK_BYTES = 64 * 2**20
 
 
 @dataclass(frozen=True)
@@ -51,9 +53,15 @@ def step_dir(step: int) -> str:
     return f"step-{step:06d}"
 
 
-def _sha256(path: Path) -> str:
+def _sha256(path: Path, cancel: threading.Event | None = None) -> str:
+    """The file's sha256, read in chunks so that a cancelled upload stops within one."""
+    digest = hashlib.sha256()
     with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
+        while chunk := f.read(HASH_CHUNK_BYTES):
+            if cancel is not None and cancel.is_set():
+                raise storage.TransferCancelled(f"hashing {path.name} cancelled")
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 class CheckpointStore:
@@ -81,9 +89,12 @@ class CheckpointStore:
             found.append(Checkpoint(step, uri, manifest))
         return found
 
-    def save(self, local_dir: Path, step: int, config: dict, identifier: str) -> Checkpoint:
+    def save(self, local_dir: Path, step: int, config: dict, identifier: str,
+             cancel: threading.Event | None = None) -> Checkpoint:
         """Upload `local_dir` (an accelerate state) as the checkpoint of `step`, then prune.
-        The config is recorded redacted, as in result.json (compare with `conflicts`)."""
+        The config is recorded redacted, as in result.json (compare with `conflicts`). `cancel`
+        set stops it with storage.TransferCancelled before the manifest: the files it left are
+        an invisible partial write, like those of a killed pod."""
         config = redact_value(config)
         (local_dir / TRAINER_STATE).write_text(json.dumps(
             {"step": step, "identifier": identifier, "config": config}, indent=2))
@@ -92,10 +103,12 @@ class CheckpointStore:
             "step": step, "identifier": identifier, "config": config,
             "created_at": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
             "files": [{"path": p.relative_to(local_dir).as_posix(), "size": p.stat().st_size,
-                       "sha256": _sha256(p)} for p in files]}
+                       "sha256": _sha256(p, cancel)} for p in files]}
         uri = storage.join(self.root, step_dir(step))
         storage.delete(uri + "/")  # leftovers of an attempt that died before its manifest
-        storage.upload_dir(local_dir, uri)
+        storage.upload_dir(local_dir, uri, cancel=cancel)
+        if cancel is not None and cancel.is_set():
+            raise storage.TransferCancelled(f"upload of {uri} cancelled")
         storage.write_bytes(storage.join(uri, MANIFEST), json.dumps(manifest, indent=2).encode())
         checkpoint = Checkpoint(step, uri, manifest)
         self.prune()
@@ -146,13 +159,16 @@ class BackgroundUploads:
     `submit` first waits for the upload in flight: the caller reuses one local state directory, and
     a slow store then slows training down instead of piling up checkpoints. `wait` returns when
     nothing is in flight and raises the error of a failed upload, so a failure stops the job at the
-    next checkpoint or at the end of training, as it did when uploads ran inline.
+    next checkpoint or at the end of training, as it did when uploads ran inline. `abandon` stops
+    the upload in flight instead (the SIGTERM checkpoint supersedes it); uploads that watch the
+    `abandoning` event stop at their next chunk.
     """
 
     def __init__(self):
         self._executor = concurrent.futures.ThreadPoolExecutor(
             max_workers=1, thread_name_prefix="checkpoint-upload")
         self._in_flight: concurrent.futures.Future | None = None
+        self.abandoning = threading.Event()
 
     def submit(self, upload: Callable[[], object]) -> None:
         self.wait()
@@ -162,6 +178,23 @@ class BackgroundUploads:
         in_flight, self._in_flight = self._in_flight, None
         if in_flight is not None:
             in_flight.result()
+
+    def abandon(self) -> bool:
+        """Stop the upload in flight and wait until it stopped; True if one was stopped. Its
+        error, if it failed on its own, is only logged: what it uploaded is superseded anyway."""
+        in_flight, self._in_flight = self._in_flight, None
+        if in_flight is None:
+            return False
+        self.abandoning.set()
+        try:
+            in_flight.result()
+        except storage.TransferCancelled:
+            return True
+        except Exception as exc:  # noqa: BLE001 - superseded by the checkpoint about to be written
+            log.warning("checkpoint upload failed: %s", exc)
+        finally:
+            self.abandoning.clear()
+        return False
 
     def __enter__(self) -> BackgroundUploads:
         return self

@@ -257,9 +257,11 @@ class TrainConfig:
         help="Also checkpoint when this many minutes passed since the last one (0: never).")
     checkpoints_keep: int = option(
         OPERATIONAL, 2, minimum=0, help="Complete checkpoints kept; older ones are pruned.")
-    termination_grace_seconds: float = option(
-        OPERATIONAL, 25.0, minimum=0,
-        help="On SIGTERM/SIGINT, time allowed to finish the step and save a checkpoint.")
+    termination_grace_seconds: float | None = option(
+        OPERATIONAL, minimum=0,
+        help="On SIGTERM/SIGINT, time allowed to finish the step and save a checkpoint (default "
+             "auto: the sizing profile's of the loaded model's family and train mode; Jobs pass "
+             "their profile's, README \"Preemption\").")
     restart: bool = option(
         OPERATIONAL, False,
         help="Ignore existing checkpoints whose config conflicts and start from step 0.")

@@ -33,6 +33,12 @@ def training_state_bytes(trainable_params: int, use_8bit_adam: bool) -> int:
     return trainable_params * (4 + (2 if use_8bit_adam else 8))
 
 
+def checkpoint_bytes(trainable_params: int, use_8bit_adam: bool) -> int:
+    """A resumable checkpoint (train_state.py): the trained weights in fp32 and AdamW's two moments
+    (one byte each in 8-bit Adam); no gradients. sizing.py sizes preemption by it."""
+    return trainable_params * (4 + (2 if use_8bit_adam else 8))
+
+
 def weight_bytes(trainable_params: int, frozen_params: int, half_precision: bool) -> int:
     """The weights on the device: trained ones in fp32 (the optimizer's), frozen ones (VAE, text
     encoders that do not train, LoRA's whole base) in the compute dtype."""

@@ -42,6 +42,21 @@ from dreambooth_job.storage_client import (  # noqa: F401 - part of this module'
 MULTIPART_THRESHOLD = 16 * 1024 * 1024
 
 
+class TransferCancelled(Exception):
+    """An upload given up by its caller (checkpoint.BackgroundUploads.abandon): it stops at its next
+    chunk, and a multipart upload is aborted by boto3's transfer manager."""
+
+
+def _progress(cancel, uri: str, sent: int) -> None:
+    """boto3's progress callback of a cancellable upload: raising stops the transfer."""
+    _check_cancel(cancel, uri)
+
+
+def _check_cancel(cancel, uri: str) -> None:
+    if cancel is not None and cancel.is_set():
+        raise TransferCancelled(f"upload of {uri} cancelled")
+
+
 @dataclass(frozen=True)
 class StoredFile:
     """A file under a prefix: its path relative to the prefix, size and ETag (S3) if known."""
@@ -326,7 +341,9 @@ def _upload_checksum() -> dict:
 
 
 @_waits_for_credentials
-def upload_file(local_path: Path, uri: str) -> None:
+def upload_file(local_path: Path, uri: str, cancel=None) -> None:
+    """Upload one file; `cancel`, a threading.Event, stops it (TransferCancelled) once set."""
+    _check_cancel(cancel, uri)
     if not is_s3(uri):
         target = Path(uri)
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -337,16 +354,20 @@ def upload_file(local_path: Path, uri: str) -> None:
     bucket, key = split_s3(uri)
     with translate_errors(uri):
         s3_client().upload_file(str(local_path), bucket, key, Config=_transfer_config(),
-                                ExtraArgs=_upload_checksum())
+                                ExtraArgs=_upload_checksum(),
+                                # Called as chunks go out: the chunk in flight is the most a
+                                # cancelled upload still sends.
+                                Callback=(lambda sent: _progress(cancel, uri, sent)) if cancel else None)
     observer().transfer(direction="upload", num_bytes=local_path.stat().st_size, objects=1)
 
 
-def upload_dir(local_dir: Path, uri: str) -> list[str]:
-    """Copy every file under `local_dir` to the prefix, concurrently; returns the URIs written."""
+def upload_dir(local_dir: Path, uri: str, cancel=None) -> list[str]:
+    """Copy every file under `local_dir` to the prefix, concurrently; returns the URIs written.
+    `cancel` (a threading.Event) stops every file's upload once set (TransferCancelled)."""
     paths = sorted(p for p in Path(local_dir).rglob("*") if p.is_file())
     targets = [join(uri, p.relative_to(local_dir).as_posix()) for p in paths]
     with ThreadPoolExecutor(TRANSFER_THREADS) as pool:
-        list(pool.map(upload_file, paths, targets))
+        list(pool.map(lambda path, target: upload_file(path, target, cancel), paths, targets))
     return targets
 
 

@@ -7,6 +7,8 @@ It writes these, and only these:
 - files/package.yaml: option flags, order, defaults and roles, the exit codes and the fixed parts of
   the pod (manifest.chart_table), and the generate options (generate_job.chart_options);
 - the `job:` block of values.yaml between its markers: every option with its help and default;
+- `properties.sizing.enum` of values.schema.json: the sizing profiles (sizing.py), whose numbers
+  are in files/package.yaml's `sizing`;
 - `properties.job` of values.schema.json: types, choices, nullability, help, the bounds each option
   declares in TrainConfig (config_fields.schema_bounds: minimum, multipleOf, pattern, ...) and,
   for the options naming places (config.URI_OPTIONS), the refusal of credentials in a URL;
@@ -28,6 +30,7 @@ from pathlib import Path
 import yaml
 
 from dreambooth_job import config as cfg
+from dreambooth_job import sizing
 from dreambooth_job.config_fields import schema_bounds
 from dreambooth_job.config_introspection import base_type, is_list
 from dreambooth_job.generation import config as gen
@@ -91,6 +94,7 @@ def schema_json(current: str) -> str:
     schema["properties"]["generate"]["properties"] = _schema_properties(
         generate_fields(), gen.GenerateConfig, ("model", "output"))
     schema["allOf"] = [mode_requirements()]
+    schema["properties"]["sizing"]["enum"] = list(sizing.CHOICES)
     return json.dumps(schema, indent=2, ensure_ascii=False) + "\n"
 
 

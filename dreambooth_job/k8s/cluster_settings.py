@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from dreambooth_job import __version__
+from dreambooth_job import __version__, sizing
 from dreambooth_job.exit_codes import InvalidInputError
 
 APP_NAME = "dreambooth-job"
@@ -29,20 +29,28 @@ TMP_MOUNT = "/tmp"
 SHM_MOUNT = "/dev/shm"
 # After the job's own SIGTERM budget (--termination-grace-seconds): time to exit and push metrics
 # before the kubelet's SIGKILL.
-TERMINATION_MARGIN_SECONDS = 5
+TERMINATION_MARGIN_SECONDS = sizing.POD_MARGIN_SECONDS
+# Memory, local disk (ephemeral-storage, the /tmp sizeLimit) and the SIGTERM budget come from the
+# sizing profile of the run's family and train mode (sizing.py; README "Preemption"); `resources`
+# and the other settings name only what they override.
+DEFAULT_PROFILE = sizing.PROFILES["sd-full"]
 # Local disk (ephemeral-storage) at the job's peak, the end of training, when all of these are on
-# disk at once: GB for a full fine-tune of SD 1.5 in fp32 (sizes from docs/benchmarks.md; an
-# estimate). The base model and class images are in the cache volume, the rest in /tmp.
+# disk at once: GB for a full fine-tune of SD 1.5 (the sd-full profile; an estimate). The base
+# model and class images are in the cache volume, the rest in /tmp.
 PEAK_LOCAL_DISK_GB = {
-    CACHE_MOUNT: {"base model": 4.3, "class images (200 PNGs)": 0.1},
-    TMP_MOUNT: {"resume copy": 10.3, "checkpoint being written": 10.3, "saved model": 4.3},
-}  # 29.3 GB = 27.3 GiB in all, 24.9 GB = 23.2 GiB of it in /tmp
-# The request adds room for logs, photos and samples. The kubelet evicts a pod over its limit, or
-# with a volume over its sizeLimit, with 1 s of grace (not terminationGracePeriodSeconds): too
-# short for a checkpoint, so both limits stay well above the estimate.
-EPHEMERAL_STORAGE_REQUEST = "32Gi"
-EPHEMERAL_STORAGE_LIMIT = "48Gi"
-TMP_SIZE_LIMIT = "40Gi"
+    CACHE_MOUNT: {k: round(v / 1e9, 1) for k, v in DEFAULT_PROFILE.disk_parts.items()
+                  if k in ("base model (fp32)", "class images")},
+    TMP_MOUNT: {k: round(v / 1e9, 1) for k, v in DEFAULT_PROFILE.disk_parts.items()
+                if k not in ("base model (fp32)", "class images")},
+}
+# The kubelet evicts a pod over its limit, or with a volume over its sizeLimit, with 1 s of grace
+# (not terminationGracePeriodSeconds): too short for a checkpoint, so both limits stay well above
+# the estimate.
+EPHEMERAL_STORAGE_REQUEST = DEFAULT_PROFILE.resources["requests"]["ephemeral-storage"]
+EPHEMERAL_STORAGE_LIMIT = DEFAULT_PROFILE.resources["limits"]["ephemeral-storage"]
+TMP_SIZE_LIMIT = DEFAULT_PROFILE.tmp_size_limit
+# tmp_size_limit's default: the profile's.
+AUTO = sizing.AUTO
 
 _LABEL_VALUE = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$")
 
@@ -73,13 +81,15 @@ class ClusterSettings:
         1, help="GPUs of the pod, as limits of the GPU resource; 0 runs on CPU. Chart: gpu.count.")
     gpu_resource: str = setting(
         "nvidia.com/gpu", help="Extended resource name of a GPU. Chart: gpu.resource.")
+    sizing: str = setting(
+        AUTO, help="Sizing profile of memory, local disk and SIGTERM grace: auto (by the train "
+                   "mode, and sdxl when the base model's id contains 'xl') or one of "
+                   f"{', '.join(sizing.PROFILES)} (README \"Preemption\"). Chart: sizing.")
     resources: Mapping[str, Mapping[str, Any]] = setting(
-        default_factory=lambda: {
-            "requests": {"cpu": "8", "memory": "32Gi", "ephemeral-storage": EPHEMERAL_STORAGE_REQUEST},
-            "limits": {"memory": "64Gi", "ephemeral-storage": EPHEMERAL_STORAGE_LIMIT}},
+        default_factory=lambda: {"requests": {"cpu": "8"}, "limits": {}},
         help="CPU, memory and local-disk (ephemeral-storage) requests and limits of the "
-             "container; the GPU is added to limits. No CPU limit by default: throttling "
-             "starves the data loader. Chart: resources.")
+             "container, each over the sizing profile's; the GPU is added to limits. No CPU "
+             "limit by default: throttling starves the data loader. Chart: resources.")
     node_selector: Mapping[str, str] = setting(
         default_factory=dict, help="Node labels to match, e.g. nvidia.com/gpu.product="
                                    "NVIDIA-A100-SXM4-80GB. Chart: nodeSelector.")
@@ -111,8 +121,8 @@ class ClusterSettings:
         7 * 24 * 3600, help="Delete the finished Job (never its S3 outputs) after this long. "
                             "Chart: ttlSecondsAfterFinished.")
     termination_grace_period_seconds: int | None = setting(
-        help="SIGTERM-to-SIGKILL time of the pod (default: --termination-grace-seconds rounded up "
-             f"plus {TERMINATION_MARGIN_SECONDS} s; less is rejected). "
+        help="SIGTERM-to-SIGKILL time of the pod (default: --termination-grace-seconds, else the "
+             f"sizing profile's, rounded up plus {TERMINATION_MARGIN_SECONDS} s; less is rejected). "
              "Chart: terminationGracePeriodSeconds.")
     model_cache_claim: str | None = setting(
         help="Existing PersistentVolumeClaim for base models, shared so that each is downloaded "
@@ -120,7 +130,8 @@ class ClusterSettings:
     model_cache_size_limit: str | None = setting(
         help="Size limit of the emptyDir model cache. Chart: modelCache.sizeLimit.")
     tmp_size_limit: str | None = setting(
-        TMP_SIZE_LIMIT, help="Size limit of the /tmp emptyDir (None: no limit). Chart: tmp.sizeLimit.")
+        AUTO, help="Size limit of the /tmp emptyDir (auto: the sizing profile's; None: no limit). "
+                   "Chart: tmp.sizeLimit.")
     shm_size: str = setting(
         "8Gi", help="Size of the memory-backed /dev/shm, counted against the memory limit; the "
                     "runtime's 64 MiB starves data-loader workers. Chart: shm.sizeLimit.")
@@ -160,6 +171,9 @@ class ClusterSettings:
             value = getattr(self, name)
             if value is not None and value < 0:
                 raise InvalidInputError(f"{name} must not be negative, got {value}")
+        if self.sizing not in sizing.CHOICES:
+            raise InvalidInputError(f"sizing {self.sizing!r} is not a sizing profile: choose one of "
+                                    f"{', '.join(sizing.CHOICES)}")
         for directory in self.prompt_file_dirs:
             if not directory.startswith("/") or "," in directory or "\n" in directory:
                 raise InvalidInputError(f"prompt_file_dirs: {directory!r} is not an absolute "

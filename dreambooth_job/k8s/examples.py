@@ -14,7 +14,12 @@ from collections.abc import Callable
 from typing import Any
 
 from dreambooth_job import config as cfg
-from dreambooth_job.k8s.cluster_settings import PEAK_LOCAL_DISK_GB, TMP_MOUNT, ClusterSettings
+from dreambooth_job.k8s.cluster_settings import (
+    DEFAULT_PROFILE,
+    PEAK_LOCAL_DISK_GB,
+    TMP_MOUNT,
+    ClusterSettings,
+)
 from dreambooth_job.k8s.commented_yaml import Path, commented_yaml
 from dreambooth_job.k8s.manifest import (
     NOT_RETRYABLE,
@@ -76,18 +81,22 @@ batch is then admitted as one workload of `parallelism` GPUs."""
 
 def _pod_comments(job: dict[str, Any]) -> dict[Path, str]:
     """Comments on the fields both examples share, their numbers from the builder's inputs."""
-    grace = cfg.TrainConfig().termination_grace_seconds
+    grace = DEFAULT_PROFILE.job_grace_seconds
     peak = sum(sum(parts.values()) for parts in PEAK_LOCAL_DISK_GB.values()) * 1e9 / GIB
     tmp = PEAK_LOCAL_DISK_GB[TMP_MOUNT]
     return {
         (*POD, "terminationGracePeriodSeconds"):
-            f"The job's --termination-grace-seconds ({grace:g}) rounded up, plus "
-            f"{TERMINATION_MARGIN_SECONDS} s to exit and push metrics.",
+            f"The job's --termination-grace-seconds (the {DEFAULT_PROFILE.name} sizing profile's "
+            f"{grace:g}) rounded up,\nplus {TERMINATION_MARGIN_SECONDS} s to exit and push metrics "
+            '(README "Preemption").',
+        (*CONTAINER, "resources", "requests", "memory"):
+            f"Host memory of the {DEFAULT_PROFILE.name} sizing profile: loading the model, "
+            "serializing checkpoints.",
         (*CONTAINER, "terminationMessagePolicy"):
             "Why a pod failed, in `kubectl describe` and `dreambooth-job status`: the job's one-line\n"
             "error, or the log's tail when it died before writing one (OOM kill, crash).",
         (*CONTAINER, "resources", "requests", "ephemeral-storage"):
-            f'Local disk at the SD 1.5 peak, an estimate (README: "Local disk"): {peak:.1f} GiB.',
+            f'Local disk at the SD 1.5 full peak, an estimate (README "Preemption"): {peak:.1f} GiB.',
         (*CONTAINER, "resources", "limits", "ephemeral-storage"):
             "Past it the pod is evicted with 1 s of grace, too short to checkpoint.",
         (*POD, "volumes", "tmp", "emptyDir"):

@@ -50,9 +50,11 @@ from dreambooth_job.k8s.pod import (
     OPTIONS_SET_BY_THE_POD,
     PROMPT_FILE_DIRS_ENV,
     chart_pod_table,
+    chart_sizing_table,
     compact,
     container_args,
     container_security_context,
+    job_grace_seconds,
     job_uid_env,
     pod_annotations,
     pod_security_context,
@@ -115,8 +117,9 @@ class IndexedJobSpec:
     name: str | None = None
     """The Job's name; None: `job_name("", batch_id)`."""
     pod_options: cfg.TrainConfig = field(default_factory=cfg.TrainConfig)
-    """Sizes the pod (termination grace, metrics port); a subject file that raises
-    --termination-grace-seconds or moves --metrics-port needs the same value here."""
+    """Sizes the pod (sizing profile by its train mode and base model, termination grace, metrics
+    port): subject files of another family or mode, or that move --metrics-port, need the same
+    values here; the pod's --termination-grace-seconds is passed as a flag over the files'."""
     extra_args: tuple[str, ...] = ()
     """Appended to the args, after the file: flags win over it, for every subject."""
 
@@ -160,7 +163,9 @@ def build_job(spec: JobSpec) -> dict[str, Any]:
     subject = subject_of(spec.train)
     # The subject id is always passed explicitly, so that the job's logs, metrics and result.json
     # name the subject exactly as the Job's labels do.
-    train = dataclasses.replace(spec.train, subject_id=subject)
+    # So is the SIGTERM budget: the job's is the one the pod's grace period was sized for.
+    train = dataclasses.replace(spec.train, subject_id=subject,
+                                termination_grace_seconds=job_grace_seconds(spec.train, spec.cluster))
     name = _checked_name(spec.name or job_name(subject, train.batch_id))
     labels = _labels(name, spec.cluster, subject=subject, batch_id=train.batch_id)
     pod = pod_spec(train, spec.cluster, container_args(train, spec.extra_args))
@@ -179,8 +184,10 @@ def build_indexed_job(spec: IndexedJobSpec) -> dict[str, Any]:
                                 f"got {spec.completions} and {spec.parallelism}")
     name = _checked_name(spec.name or job_name("", spec.batch_id))
     cluster, train = spec.cluster, spec.pod_options
+    # The budget as a flag (over the files'): the one the pod's grace period was sized for.
     args = ["train", "--config", f"{SUBJECTS_MOUNT}/subject-$({SUBJECT_INDEX_ENV}).yaml",
-            "--batch-id", spec.batch_id, *spec.extra_args]
+            "--batch-id", spec.batch_id,
+            "--termination-grace-seconds", f"{job_grace_seconds(train, cluster):g}", *spec.extra_args]
     # Declared (not only injected by the Job controller as JOB_COMPLETION_INDEX) so that
     # $(SUBJECT_INDEX) in args is expanded: the kubelet expands only declared variables.
     index_env = {"name": SUBJECT_INDEX_ENV, "valueFrom": {"fieldRef": {
@@ -280,6 +287,7 @@ def chart_table() -> dict[str, Any]:
         "notRetryableExitCodes": [int(code) for code in NOT_RETRYABLE],
         "options": options,
         "pod": chart_pod_table(),
+        "sizing": chart_sizing_table(),
     }
 
 

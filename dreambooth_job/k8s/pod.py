@@ -12,8 +12,10 @@ from collections.abc import Iterable
 from typing import Any
 
 from dreambooth_job import config as cfg
+from dreambooth_job import sizing
 from dreambooth_job.exit_codes import InvalidInputError
 from dreambooth_job.k8s.cluster_settings import (
+    AUTO,
     CACHE_MOUNT,
     SHM_MOUNT,
     TERMINATION_MARGIN_SECONDS,
@@ -35,9 +37,10 @@ OPTIONS_SET_BY_THE_POD = frozenset({"cache_dir"})
 def pod_spec(train: cfg.TrainConfig, cluster: ClusterSettings, args: list[str], *,
              env_first: Iterable[dict[str, Any]] = (), mounts: Iterable[dict[str, Any]] = (),
              volumes: Iterable[dict[str, Any]] = ()) -> dict[str, Any]:
-    """The pod running `args`; `train` sizes it (grace period, metrics port). `env_first` goes
-    before the standard env, `mounts` and `volumes` after the standard ones."""
-    limits = dict(cluster.resources.get("limits") or {})
+    """The pod running `args`; `train` sizes it (sizing profile, grace period, metrics port).
+    `env_first` goes before the standard env, `mounts` and `volumes` after the standard ones."""
+    resources = container_resources(train, cluster)
+    limits = resources["limits"]
     if cluster.gpus:
         limits[cluster.gpu_resource] = str(cluster.gpus)  # quantities are strings in the API
     container = compact(
@@ -48,7 +51,7 @@ def pod_spec(train: cfg.TrainConfig, cluster: ClusterSettings, args: list[str], 
         env=[*env_first, *_env(cluster), *cluster.env],
         ports=([{"name": "metrics", "containerPort": train.metrics_port, "protocol": "TCP"}]
                if train.metrics_port else None),
-        resources=compact(requests=dict(cluster.resources.get("requests") or {}), limits=limits),
+        resources=compact(requests=resources["requests"], limits=limits),
         securityContext=container_security_context(),
         # Why the pod failed, in its status: the job's one-line error (termination.py), or the
         # log's tail when it died before writing one (OOM kill, crash).
@@ -74,7 +77,7 @@ def pod_spec(train: cfg.TrainConfig, cluster: ClusterSettings, args: list[str], 
         containers=[container],
         volumes=[
             {"name": "cache", **cache},
-            {"name": "tmp", "emptyDir": compact(sizeLimit=cluster.tmp_size_limit)},
+            {"name": "tmp", "emptyDir": compact(sizeLimit=tmp_size_limit(train, cluster))},
             {"name": "shm", "emptyDir": {"medium": "Memory", "sizeLimit": cluster.shm_size}},
             *volumes,
         ],
@@ -85,15 +88,46 @@ def container_args(train: cfg.TrainConfig, extra_args: tuple[str, ...] = ()) -> 
     return ["train", *cfg.to_cli_args(train), *extra_args]
 
 
+def profile_of(train: cfg.TrainConfig, cluster: ClusterSettings) -> sizing.Profile:
+    """The sizing profile of the pod: the cluster's, or with `auto` the train mode's and the base
+    model id's (sizing.auto_profile)."""
+    return sizing.resolve(cluster.sizing, train.train_mode, train.base_model)
+
+
+def job_grace_seconds(train: cfg.TrainConfig, cluster: ClusterSettings) -> float:
+    """--termination-grace-seconds as the Job passes it: the train config's, else the profile's."""
+    if train.termination_grace_seconds is not None:
+        return train.termination_grace_seconds
+    return profile_of(train, cluster).job_grace_seconds
+
+
+def container_resources(train: cfg.TrainConfig, cluster: ClusterSettings) -> dict[str, dict]:
+    """The profile's memory and ephemeral-storage under the cluster's `resources`, key by key (as
+    Helm merges values): what the settings name wins."""
+    profile = profile_of(train, cluster).resources
+    merged = {kind: dict(cluster.resources.get(kind) or {}) for kind in ("requests", "limits")}
+    for kind, quantities in merged.items():
+        for name, quantity in profile[kind].items():
+            quantities.setdefault(name, quantity)
+    return merged
+
+
+def tmp_size_limit(train: cfg.TrainConfig, cluster: ClusterSettings) -> str | None:
+    if cluster.tmp_size_limit == AUTO:
+        return profile_of(train, cluster).tmp_size_limit
+    return cluster.tmp_size_limit
+
+
 def termination_grace_period(train: cfg.TrainConfig, cluster: ClusterSettings) -> int:
-    needed = math.ceil(train.termination_grace_seconds) + TERMINATION_MARGIN_SECONDS
+    budget = job_grace_seconds(train, cluster)
+    needed = math.ceil(budget) + TERMINATION_MARGIN_SECONDS
     chosen = cluster.termination_grace_period_seconds
     if chosen is None:
         return needed
     if chosen < needed:
         raise InvalidInputError(
             f"termination_grace_period_seconds={chosen} leaves the job no time to checkpoint: "
-            f"--termination-grace-seconds is {train.termination_grace_seconds:g}, so at least "
+            f"--termination-grace-seconds is {budget:g}, so at least "
             f"{needed} is needed")
     return chosen
 
@@ -146,6 +180,14 @@ def chart_pod_table() -> dict[str, Any]:
     return {"containerName": CONTAINER_NAME, "env": fixed_env(),
             "containerSecurityContext": container_security_context(),
             "volumeMounts": volume_mounts()}
+
+
+def chart_sizing_table() -> dict[str, Any]:
+    """The sizing profiles and the `auto` rule for the chart (files/package.yaml's `sizing:`)."""
+    return {"sdxlPattern": sizing.SDXL_ID_PATTERN,
+            "profiles": {p.name: {"family": p.family, "jobGraceSeconds": p.job_grace_seconds,
+                                  "resources": p.resources, "tmpSizeLimit": p.tmp_size_limit}
+                         for p in sizing.PROFILES.values()}}
 
 
 def _env(cluster: ClusterSettings) -> list[dict[str, Any]]:

@@ -61,7 +61,8 @@ class RunContext:
         return cls(config=config, fingerprint=fingerprint, observer=observer,
                    result=new_result(config, fingerprint),
                    lease=Lease(config.output, wait_seconds=config.lease_wait_seconds, **pod_identity()),
-                   stop=StopRequest(config.termination_grace_seconds),
+                   # auto (None): the sizing profile's, once the model has loaded (phases/training.py)
+                   stop=StopRequest(config.termination_grace_seconds or 0.0),
                    checkpoints=CheckpointStore(config.output, keep=max(1, config.checkpoints_keep)))
 
     @contextlib.contextmanager

@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import shutil
 import time
 from pathlib import Path
 
-from dreambooth_job import disk
+from dreambooth_job import disk, sizing
 from dreambooth_job.checkpoint import Checkpoint, CheckpointPolicy
 from dreambooth_job.events import ObserverGroup
 from dreambooth_job.exit_codes import InvalidInputError, TerminatedError
@@ -34,6 +35,9 @@ def train(ctx: RunContext) -> None:
         instance_prompt=prompts.instance, class_images=ctx.class_images,
         class_prompt=prompts.class_prompt, observer=ObserverGroup(ctx.observer, ctx.loss_history))
     trainer.setup()
+    ctx.stop.grace_seconds = sizing.job_budget(
+        config.termination_grace_seconds, trainer.family.name, trainer.mode.name,
+        sum(p.numel() for p in trainer.trainable), config.use_8bit_adam)
     resumed_from = resume(ctx)
     with ctx.stop.deferred():
         trained = trainer.train(on_step_end=StepEnd(ctx, CheckpointPolicy.from_config(config)))
@@ -59,6 +63,8 @@ def resume(ctx: RunContext) -> int | None:
             "pass --restart to discard it")
     ctx.trainer.load_state(local_dir, checkpoint.step)
     ctx.loss_history.load(local_dir, up_to_step=checkpoint.step)
+    # Loaded: the copy would only take local disk (a whole checkpoint) until the end of the run.
+    shutil.rmtree(local_dir, ignore_errors=True)
     ctx.observer.resumed(step=checkpoint.step)
     logger.info("resuming from checkpoint %s at step %d", checkpoint.uri, checkpoint.step)
     return checkpoint.step
@@ -84,7 +90,14 @@ class StepEnd:
 
     def checkpoint(self, step: int) -> None:
         ctx = self.ctx
-        ctx.uploads.wait()  # it may still be reading the state directory
+        if ctx.stop.requested:
+            # The checkpoint about to be written supersedes the one uploading: waiting for it
+            # could take the whole grace period (SDXL's 31 GB), so it stops at its next chunk.
+            if ctx.uploads.abandon():
+                logger.info("abandoned the upload of the previous checkpoint: step %d's replaces it",
+                            step)
+        else:
+            ctx.uploads.wait()  # it may still be reading the state directory
         started = time.monotonic()
         with disk.writing(self.state_dir):  # torch.save's error does not say "no space"
             ctx.trainer.save_state(self.state_dir)
@@ -105,7 +118,7 @@ class StepEnd:
         """Hash, upload and publish the saved state."""
         ctx = self.ctx
         saved = ctx.checkpoints.save(self.state_dir, step, redacted_config(ctx.config),
-                                     ctx.identifier.token)
+                                     ctx.identifier.token, cancel=ctx.uploads.abandoning)
         ctx.observer.checkpoint_written(step=step)
         logger.info("checkpoint %s written in %.1fs", saved.uri, time.monotonic() - started)
         return saved

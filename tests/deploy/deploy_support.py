@@ -83,6 +83,7 @@ def spec_from_values(values: dict[str, Any]) -> JobSpec:
         image_pull_secrets=tuple(s["name"] for s in values["imagePullSecrets"]),
         gpus=values["gpu"]["count"],
         gpu_resource=values["gpu"]["resource"],
+        sizing=values["sizing"],
         resources=values["resources"],
         node_selector=values["nodeSelector"],
         tolerations=tuple(values["tolerations"]),
@@ -99,7 +100,7 @@ def spec_from_values(values: dict[str, Any]) -> JobSpec:
         termination_grace_period_seconds=values.get("terminationGracePeriodSeconds"),
         model_cache_claim=values["modelCache"]["existingClaim"] or None,
         model_cache_size_limit=values["modelCache"]["sizeLimit"] or None,
-        tmp_size_limit=values["tmp"]["sizeLimit"] or None,
+        tmp_size_limit=values["tmp"]["sizeLimit"] or None,  # "auto" as it is
         shm_size=values["shm"]["sizeLimit"],
         metrics_annotations=values["metrics"]["annotations"],
         labels=values["labels"],

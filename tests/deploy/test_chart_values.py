@@ -19,6 +19,7 @@ from deploy_support import (
 )
 
 from dreambooth_job import config as cfg
+from dreambooth_job import sizing
 from dreambooth_job.exit_codes import InvalidInputError
 from dreambooth_job.k8s.manifest import (
     OPTIONS_SET_BY_THE_POD,
@@ -162,7 +163,8 @@ def test_a_job_at_the_defaults_states_every_model_option_and_no_other(render, ch
                       "output": "s3://r/x/"}}
     args = render(values).one("Job")["spec"]["template"]["spec"]["containers"][0]["args"]
     model = {f.name for f in cfg.model_fields()} - {"vae"}  # unset: the base model's own VAE
-    assert stated_options(args) == model | {"output", "subject_id"}  # both always passed
+    # Always passed: the output, the subject id and the SIGTERM budget the pod was sized for.
+    assert stated_options(args) == model | {"output", "subject_id", "termination_grace_seconds"}
     # Options the run resolves are stated as `auto`, with what they depend on.
     assert args[args.index("--resolution") + 1] == "auto"
     assert args[args.index("--train-mode") + 1] == "full"
@@ -171,7 +173,8 @@ def test_a_job_at_the_defaults_states_every_model_option_and_no_other(render, ch
     assert args[args.index("--mixed-precision") + 1] == "auto"
     assert parse_train_args(args).to_dict() == {**cfg.TrainConfig(
         instance_data="s3://p/x/", class_noun="dog", output="s3://r/x/", subject_id="x").to_dict(),
-        "cache_dir": parse_train_args(args).cache_dir}
+        "cache_dir": parse_train_args(args).cache_dir,
+        "termination_grace_seconds": sizing.PROFILES["sd-full"].job_grace_seconds}
 
 
 def test_the_python_builder_states_every_model_option_at_its_default():
@@ -180,7 +183,7 @@ def test_the_python_builder_states_every_model_option_at_its_default():
     args = job["spec"]["template"]["spec"]["containers"][0]["args"]
     unset_means_none = {"vae"}  # the base model's own VAE
     assert stated_options(args) == ({f.name for f in cfg.model_fields()} - unset_means_none
-                                    | {"output", "subject_id"})
+                                    | {"output", "subject_id", "termination_grace_seconds"})
     assert parse_train_args(args).learning_rate == cfg.TrainConfig().learning_rate
 
 

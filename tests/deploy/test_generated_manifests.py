@@ -16,6 +16,7 @@ import yaml
 from deploy_support import CHART, MANIFESTS, REPO, assert_same, load_values, spec_from_values
 
 from dreambooth_job import config as cfg
+from dreambooth_job import sizing
 from dreambooth_job.exit_codes import InvalidInputError
 from dreambooth_job.k8s import examples, pod
 from dreambooth_job.k8s.commented_yaml import commented_yaml
@@ -132,7 +133,8 @@ def test_indexed_job_runs_the_plain_jobs_pod_with_the_subject_file():
     (container,), (reference,) = mine["containers"], theirs["containers"]
     assert container["args"] == ["train", "--config",
                                  "/etc/dreambooth/subjects/subject-$(SUBJECT_INDEX).yaml",
-                                 "--batch-id", "night-42"]
+                                 "--batch-id", "night-42", "--termination-grace-seconds",
+                                 str(sizing.PROFILES["sd-full"].job_grace_seconds)]
     assert container["env"][0]["name"] == "SUBJECT_INDEX" and container["env"][1:] == reference["env"]
     for key in ("image", "resources", "securityContext", "ports", "terminationMessagePolicy"):
         assert container[key] == reference[key], key

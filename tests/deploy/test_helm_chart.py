@@ -27,6 +27,7 @@ from deploy_support import (
 import dreambooth_job
 from dreambooth_job.exit_codes import ExitCode
 from dreambooth_job.k8s.manifest import BATCH_LABEL, QUEUE_LABEL, SUBJECT_LABEL, build_job
+from dreambooth_job.k8s.pod import job_grace_seconds
 
 CI_IDS = [p.name.removesuffix("-values.yaml") for p in CI_VALUES]
 MINIMAL = {"job": {"instanceData": "s3://photos/dog-42/", "classNoun": "dog",
@@ -63,8 +64,10 @@ def test_job_is_the_python_builders_job_field_by_field(ci):
 
 
 def test_rendered_args_parse_into_the_intended_config(ci):
-    expected = options_of(spec_from_values(ci.values).train)
+    spec = spec_from_values(ci.values)
+    expected = options_of(spec.train)
     expected["subject_id"] = ci.one("Job")["metadata"]["labels"][SUBJECT_LABEL]
+    expected["termination_grace_seconds"] = job_grace_seconds(spec.train, spec.cluster)
     for flag, value in zip(ci.values["extraArgs"][::2], ci.values["extraArgs"][1::2]):
         expected[flag.removeprefix("--").replace("-", "_")] = value
     assert options_of(parse_train_args(container(ci.one("Job"))["args"])) == expected
@@ -97,7 +100,8 @@ def test_no_secret_value_is_ever_rendered(ci):
 
 
 def test_termination_grace_covers_the_jobs_checkpoint_budget(ci):
-    budget = spec_from_values(ci.values).train.termination_grace_seconds
+    spec = spec_from_values(ci.values)
+    budget = job_grace_seconds(spec.train, spec.cluster)
     assert ci.one("Job")["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] > budget
 
 

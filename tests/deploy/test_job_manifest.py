@@ -11,7 +11,7 @@ import pytest
 from deploy_support import KUBE_VERSIONS, options_of, parse_train_args, validate_object
 
 from dreambooth_job import config as cfg
-from dreambooth_job import lease
+from dreambooth_job import lease, sizing
 from dreambooth_job.exit_codes import ExitCode, InvalidInputError
 from dreambooth_job.k8s import manifest
 from dreambooth_job.k8s.manifest import (
@@ -167,7 +167,8 @@ def test_container_args_parse_back_into_the_config():
     train = dog(max_train_steps=1200, learning_rate=2e-6, prior_preservation=False,
                 validation_prompts=["a {identifier} {class_noun}, oil painting"], batch_id="night-7")
     args = pod_spec(build_job(JobSpec(train=train)))["containers"][0]["args"]
-    assert options_of(parse_train_args(args)) == options_of(dataclasses.replace(train, subject_id="dog-42"))
+    assert options_of(parse_train_args(args)) == options_of(dataclasses.replace(
+        train, subject_id="dog-42", termination_grace_seconds=sizing.PROFILES["sd-full"].job_grace_seconds))
 
 
 def test_s3_credentials_are_referenced_never_copied():

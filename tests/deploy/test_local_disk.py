@@ -8,7 +8,7 @@ import yaml
 from deploy_support import MANIFESTS
 from kubernetes.utils import parse_quantity
 
-from dreambooth_job import termination
+from dreambooth_job import sizing, termination
 from dreambooth_job.config import TrainConfig
 from dreambooth_job.k8s import manifest
 from dreambooth_job.k8s.manifest import ClusterSettings, JobSpec, build_job
@@ -77,12 +77,15 @@ def test_plain_manifests_request_the_same_disk(path):
     assert pod_of(job)["containers"][0]["terminationMessagePolicy"] == "FallbackToLogsOnError"
 
 
-def test_kueue_covers_every_resource_the_pod_requests():
-    """Kueue admits no workload requesting a resource its ClusterQueue does not cover."""
+@pytest.mark.parametrize("profile", ["auto", *sizing.PROFILES])
+def test_kueue_covers_every_resource_the_pod_requests(profile):
+    """Kueue admits no workload requesting a resource its ClusterQueue does not cover, and its
+    quota admits as many pods of every sizing profile as it has GPUs."""
     (queue,) = [d for d in yaml.safe_load_all((MANIFESTS / "kueue" / "base" / "kueue.yaml").read_text())
                 if d and d["kind"] == "ClusterQueue"]
     covered = {name for group in queue["spec"]["resourceGroups"] for name in group["coveredResources"]}
-    resources = builders_pod()["containers"][0]["resources"]
+    job = build_job(JobSpec(train=TRAIN, cluster=ClusterSettings(sizing=profile)))
+    resources = pod_of(job)["containers"][0]["resources"]
     assert {*resources["requests"], *resources["limits"]} <= covered
     quota = {r["name"]: parse_quantity(r["nominalQuota"]) for group in queue["spec"]["resourceGroups"]
              for flavor in group["flavors"] for r in flavor["resources"]}

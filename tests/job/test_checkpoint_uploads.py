@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import signal
 import threading
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -88,9 +91,10 @@ def run(bucket, photo_dir, tiny_model, tmp_path):
     photos = upload_photos(photo_dir, f"s3://{bucket}/photos/dog/")
     output = f"s3://{bucket}/runs/background/"
 
-    def invoke():
+    def invoke(*extra):
         return CliRunner().invoke(main, [*ARGS, "--instance-data", photos, "--base-model", str(tiny_model),
-                                         "--output", output, "--cache-dir", str(tmp_path / "cache")],
+                                         "--output", output, "--cache-dir", str(tmp_path / "cache"),
+                                         *extra],
                                   catch_exceptions=False)
 
     return invoke, output
@@ -137,3 +141,93 @@ def test_a_failed_background_upload_fails_the_job(run, monkeypatch):
     result = json.loads(storage.read_bytes(storage.join(output, "result.json")))
     assert result["status"] == "failed" and result["exit_code"] == ExitCode.RETRYABLE
     assert not storage.exists(storage.join(output, "_SUCCESS"))
+
+
+# ----------------------------------------------------------------------------------------------
+# SIGTERM abandons the upload in flight: the checkpoint it writes supersedes that one, and waiting
+# for it (SDXL: 31 GB) could take the whole grace period.
+
+def test_abandon_stops_a_multipart_upload_midway_and_leaves_no_checkpoint(bucket, tmp_path, monkeypatch):
+    state = tmp_path / "state"
+    state.mkdir()
+    (state / "optimizer.bin").write_bytes(bytes(3 * storage.MULTIPART_THRESHOLD))  # 3 parts
+    (state / "scheduler.bin").write_bytes(b"lr")
+    store = CheckpointStore(f"s3://{bucket}/runs/abandoned/", keep=2)
+    uploads = BackgroundUploads()
+    sending, progress = threading.Event(), storage._progress
+
+    def hold_until_abandoned(cancel, uri, sent):
+        # Some bytes of a part went out: the upload is in flight until the test abandons it.
+        sending.set()
+        cancel.wait(TIMEOUT)
+        progress(cancel, uri, sent)
+
+    monkeypatch.setattr(storage, "_progress", hold_until_abandoned)
+    uploads.submit(lambda: store.save(state, 2, {}, "sks", cancel=uploads.abandoning))
+    assert sending.wait(TIMEOUT)
+    assert uploads.abandon() is True
+    assert not uploads.abandoning.is_set(), "the next upload must not start cancelled"
+    assert store.list() == []
+    assert not storage.exists(store.root + "/step-000002/" + "manifest.json")
+    open_uploads = storage.s3_client().list_multipart_uploads(Bucket=bucket).get("Uploads", [])
+    assert open_uploads == [], "the cancelled multipart upload must be aborted"
+    uploads.close()
+
+
+def test_abandon_without_an_upload_in_flight_is_a_no_op():
+    uploads = BackgroundUploads()
+    assert uploads.abandon() is False
+    uploads.submit(lambda: None)
+    uploads.wait()
+    assert uploads.abandon() is False
+    uploads.close()
+
+
+def test_sigterm_during_an_upload_abandons_it_and_the_rerun_resumes(run, monkeypatch):
+    """SIGTERM after step 3 while step 2's checkpoint uploads: the job does not wait for that
+    upload, writes step 3's and exits 143; the rerun resumes from step 3, its local copy of the
+    checkpoint deleted once loaded."""
+    invoke, output = run
+    train_loss, store_save, load_state = Trainer.loss, CheckpointStore.save, Trainer.load_state
+    outcomes = []
+
+    def loss(self, step):
+        if step == 2 and not outcomes:  # 0-based: the third step, while step 2's upload runs
+            os.kill(os.getpid(), signal.SIGTERM)
+        return train_loss(self, step)
+
+    def save(self, local_dir, step, *args, cancel=None, **kwargs):
+        if step == 2 and not outcomes:
+            # An upload that only ends when abandoned; waiting for it is the bug.
+            abandoned = cancel is not None and cancel.wait(TIMEOUT)
+            outcomes.append("abandoned" if abandoned else "waited for")
+            raise storage.TransferCancelled("step 2's upload") if abandoned else RuntimeError(
+                "the SIGTERM checkpoint waited for the upload in flight")
+        return store_save(self, local_dir, step, *args, cancel=cancel, **kwargs)
+
+    monkeypatch.setattr(Trainer, "loss", loss)
+    monkeypatch.setattr(CheckpointStore, "save", save)
+    stopped = invoke("--termination-grace-seconds", "1")
+    assert stopped.exit_code == ExitCode.TERMINATED, stopped.output
+    assert outcomes == ["abandoned"]
+    assert [c.step for c in CheckpointStore(output, keep=2).list()] == [3]
+    # The job's check of its budget against its checkpoint, once the model loaded.
+    assert "--termination-grace-seconds 1 is shorter than" in stopped.output
+    assert "abandoned the upload of the previous checkpoint" in stopped.output
+
+    resume_copies = []
+
+    def load_and_note(self, directory, step):
+        load_state(self, directory, step)
+        resume_copies.append(Path(directory))
+
+    def train_and_check(self, *args, **kwargs):
+        resume_copies.append(resume_copies[0].exists())
+        return train(self, *args, **kwargs)
+
+    train = Trainer.train
+    monkeypatch.setattr(Trainer, "load_state", load_and_note)
+    monkeypatch.setattr(Trainer, "train", train_and_check)
+    rerun = invoke()
+    assert rerun.exit_code == ExitCode.OK, rerun.output
+    assert resume_copies[1:] == [False], "the resume copy stays on local disk after loading"

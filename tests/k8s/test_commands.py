@@ -10,6 +10,7 @@ import yaml
 from click.testing import CliRunner
 from k8s_support import complete, dataset_subjects, set_job_status, write_completed_result
 
+from dreambooth_job import sizing
 from dreambooth_job.cli import main
 from dreambooth_job.config import TrainConfig
 from dreambooth_job.k8s import ClusterSettings, JobSpec, build_job, job_name
@@ -55,7 +56,10 @@ def test_cluster_options_and_cluster_config_file(no_cluster, tmp_path):
     assert pod["priorityClassName"] == "night" and pod["tolerations"][0]["key"] == "gpu"
     assert pod["containers"][0]["image"] == "reg/db:2"
     assert pod["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == "2"
-    assert pod["containers"][0]["resources"]["requests"] == {"cpu": "4", "memory": "16Gi"}
+    # Over the sizing profile's, key by key (as Helm merges values): its local disk stays.
+    assert pod["containers"][0]["resources"]["requests"] == {
+        "cpu": "4", "memory": "16Gi",
+        "ephemeral-storage": sizing.PROFILES["sd-full"].resources["requests"]["ephemeral-storage"]}
 
 
 @pytest.mark.parametrize("args,message", [

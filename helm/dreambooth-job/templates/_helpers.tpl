@@ -107,6 +107,7 @@ that the job names the subject as the labels do.
 {{- range $option := (include "dreambooth-job.package" $ | fromYaml).options }}
 {{- $value := index $.Values.job $option.key }}
 {{- if eq $option.key "subjectId" }}{{ $value = include "dreambooth-job.subjectId" $ }}{{ end }}
+{{- if eq $option.key "terminationGraceSeconds" }}{{ $value = include "dreambooth-job.graceBudget" $ | float64 }}{{ end }}
 {{- if and (kindIs "invalid" $value) $option.auto (eq $option.role "model") }}
 - {{ $option.flag }}
 - {{ include "dreambooth-job.arg" "auto" }}
@@ -180,12 +181,41 @@ kubelet would expand a prompt's "$(AWS_SECRET_ACCESS_KEY)"); then extraArgs.
 {{- end }}
 
 {{/*
-SIGTERM-to-SIGKILL time: the job's checkpoint budget (job.terminationGraceSeconds) rounded up
+The sizing profile (files/package.yaml's `sizing`, from dreambooth_job/sizing.py) as JSON: the
+`sizing` value, or with `auto` the profile of job.trainMode and of the family that the base model's
+id names (sdxl when it matches sdxlPattern, else sd), the rule of sizing.auto_profile.
+*/}}
+{{- define "dreambooth-job.profile" -}}
+{{- $sizing := (include "dreambooth-job.package" . | fromYaml).sizing }}
+{{- $name := .Values.sizing | default "auto" }}
+{{- if eq $name "auto" }}
+{{- $mode := (printf "{\"v\": %s}" (include "dreambooth-job.option" (list . "trainMode")) | fromJson).v }}
+{{- $base := (printf "{\"v\": %s}" (include "dreambooth-job.option" (list . "baseModel")) | fromJson).v }}
+{{- $family := ternary "sdxl" "sd" (regexMatch $sizing.sdxlPattern (toString $base)) }}
+{{- $name = printf "%s-%s" $family $mode }}
+{{- end }}
+{{- if not (hasKey $sizing.profiles $name) }}
+{{- fail (printf "sizing %q is not a sizing profile" $name) }}
+{{- end }}
+{{- index $sizing.profiles $name | toJson }}
+{{- end }}
+
+{{/* The job's SIGTERM budget: job.terminationGraceSeconds, else the sizing profile's. */}}
+{{- define "dreambooth-job.graceBudget" -}}
+{{- $budget := include "dreambooth-job.option" (list . "terminationGraceSeconds") }}
+{{- if eq $budget "null" }}
+{{- $budget = (include "dreambooth-job.profile" . | fromJson).jobGraceSeconds }}
+{{- end }}
+{{- $budget }}
+{{- end }}
+
+{{/*
+SIGTERM-to-SIGKILL time: the job's checkpoint budget (dreambooth-job.graceBudget) rounded up
 plus the package's margin, unless set; a value below that would kill the checkpoint midway.
 */}}
 {{- define "dreambooth-job.terminationGracePeriodSeconds" -}}
 {{- $package := include "dreambooth-job.package" . | fromYaml }}
-{{- $budget := include "dreambooth-job.option" (list . "terminationGraceSeconds") | float64 }}
+{{- $budget := include "dreambooth-job.graceBudget" . | float64 }}
 {{- $needed := add (ceil $budget | int) ($package.terminationMarginSeconds | int) }}
 {{- if kindIs "invalid" .Values.terminationGracePeriodSeconds }}
 {{- $needed }}

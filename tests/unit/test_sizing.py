@@ -1,0 +1,91 @@
+"""The sizing profiles derive from the architectures' parameter counts and the stated rates, and
+the job checks its SIGTERM budget against its real checkpoint once the model has loaded."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+from dreambooth_job import memory, sizing
+from dreambooth_job.config import TrainConfig
+
+
+@pytest.mark.parametrize(("family", "model"), [("sd", "sd15"), ("sdxl", "sdxl")])
+def test_parameter_counts_are_the_published_architectures(family, model):
+    from dreambooth_job import lora
+    from dreambooth_job.bench.estimate import meta_models
+
+    built = meta_models(model)
+    counts = {name: sum(p.numel() for p in module.parameters()) for name, module in built.items()}
+    params = sizing.FAMILIES[family]
+    assert params.unet == counts["unet"] and params.vae == counts["vae"]
+    encoders = [name for name in counts if name.startswith("text_encoder")]
+    assert params.text_encoders == sum(counts[name] for name in encoders)
+    defaults = TrainConfig()
+    adapters = lora.lora_parameter_count(built["unet"], 16, defaults.lora_target_modules) + sum(
+        lora.lora_parameter_count(built[name], 16, lora.DEFAULT_TEXT_ENCODER_TARGETS)
+        for name in encoders)
+    assert params.lora_adapters_rank16 == adapters
+
+
+def test_an_sdxl_full_checkpoint_is_about_31_gb():
+    unet_only = memory.checkpoint_bytes(sizing.FAMILIES["sdxl"].unet, use_8bit_adam=False)
+    assert 30 * sizing.GB < unet_only < 31.5 * sizing.GB
+    # 8-bit Adam keeps one byte per moment.
+    assert memory.checkpoint_bytes(1000, use_8bit_adam=True) == 6000
+
+
+@pytest.mark.parametrize("profile", sizing.PROFILES.values(), ids=list(sizing.PROFILES))
+def test_each_profile_covers_its_estimates(profile):
+    params = sizing.FAMILIES[profile.family]
+    assert profile.job_grace_seconds >= params.step_seconds + sizing.checkpoint_seconds(
+        profile.checkpoint_bytes)
+    assert profile.job_grace_seconds >= sizing.MIN_GRACE_SECONDS
+    peak = sum(profile.disk_parts.values())
+    assert peak < profile.disk_request_gib * sizing.GIB < profile.disk_limit_gib * sizing.GIB
+    in_tmp = profile.disk_parts["checkpoint being written"] + profile.disk_parts["saved model"]
+    # Past a limit the pod is evicted with 1 s of grace: both stay above the estimate.
+    assert in_tmp < profile.tmp_limit_gib * sizing.GIB <= profile.disk_limit_gib * sizing.GIB
+    assert profile.memory_request_gib * sizing.GIB > sizing.SHM_BYTES + sizing.HOST_BASE_BYTES
+    assert profile.memory_limit_gib > profile.memory_request_gib
+
+
+def test_bigger_checkpoints_get_longer_grace():
+    grace = {name: p.job_grace_seconds for name, p in sizing.PROFILES.items()}
+    assert grace["sdxl-full"] > grace["sd-full"] > grace["sd-lora"]
+    assert grace["sdxl-full"] > grace["sdxl-lora"] >= grace["sd-lora"]
+
+
+def test_an_sdxl_full_run_in_an_sd_profile_is_warned_about(caplog):
+    sd_budget = sizing.PROFILES["sd-full"].job_grace_seconds
+    with caplog.at_level(logging.WARNING, logger="dreambooth_job.sizing"):
+        message = sizing.check_grace(sd_budget, "sdxl", "full", sizing.FAMILIES["sdxl"].unet, False)
+    assert message and f"--termination-grace-seconds {sd_budget} is shorter than" in message
+    assert "'sdxl-full'" in message and "\n" not in message
+    assert message in caplog.text
+
+
+def test_a_run_within_its_profile_is_not_warned_about(caplog):
+    for profile in sizing.PROFILES.values():
+        params = sizing.FAMILIES[profile.family]
+        trained = sizing.trained_parameters(params, profile.train_mode)
+        assert sizing.check_grace(profile.job_grace_seconds, profile.family, profile.train_mode,
+                                  trained, False) is None
+    assert caplog.text == ""
+
+
+def test_auto_budget_is_the_profiles_or_what_a_bigger_run_needs():
+    sd_lora = sizing.PROFILES["sd-lora"]
+    tiny = sizing.job_budget(None, "sd", "lora", 1000, False)
+    assert tiny == sd_lora.job_grace_seconds
+    huge_rank = sizing.job_budget(None, "sd", "lora", 10**9, False)
+    assert huge_rank > sd_lora.job_grace_seconds
+    assert sizing.job_budget(42.0, "sd", "lora", 1000, False) == 42.0
+
+
+def test_the_readme_table_is_the_profiles():
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    assert "\n".join(sizing.rows()) in readme, "README's profile table: run python -m dreambooth_job.sizing"
