@@ -26,7 +26,7 @@ from dreambooth_job.generation import config as gen
 from dreambooth_job.generation.config import GenerateConfig, to_cli_args
 from dreambooth_job.k8s.cluster_settings import ClusterSettings
 from dreambooth_job.k8s.manifest import _checked_name, _job, _labels, pod_failure_policy, values_key
-from dreambooth_job.k8s.pod import pod_annotations, pod_spec
+from dreambooth_job.k8s.pod import escape_expansion, pod_annotations, pod_spec
 
 MODE_LABEL = "dreambooth-job/mode"
 GENERATE_MODE = "generate"
@@ -59,20 +59,13 @@ def generate_job_name(model: str, output: str) -> str:
     return f"{readable}-{digest}" if readable else digest
 
 
-def escape_expansion(arg: str) -> str:
-    """`arg` as the kubelet should pass it: it expands `$(NAME)` in args to the value of the
-    container's env var NAME, an S3 secret key included, so a tenant's prompt reading
-    "$(AWS_SECRET_ACCESS_KEY)" would draw the secret into generation.json. `$$` stays `$`."""
-    return arg.replace("$", "$$")
-
-
 def build_generate_job(spec: GenerateJobSpec) -> dict[str, Any]:
     """The batch/v1 Job for `spec`, as the dict the API (or `kubectl apply`) takes."""
     gen = spec.generate
     gen.validate(require_inputs=True)
     name = _checked_name(spec.name or generate_job_name(gen.model, gen.output))
     labels = {**_labels(name, spec.cluster), MODE_LABEL: GENERATE_MODE}
-    args = [*(escape_expansion(a) for a in to_cli_args(gen)), *spec.extra_args]
+    args = [escape_expansion(a) for a in (*to_cli_args(gen), *spec.extra_args)]
     pod = pod_spec(POD_SIZING, spec.cluster, args)
     return _job(name, spec.cluster, labels, pod_annotations(POD_SIZING, spec.cluster), pod,
                 pod_failure_policy(), backoffLimit=spec.cluster.backoff_limit)

@@ -54,6 +54,7 @@ from dreambooth_job.k8s.pod import (
     compact,
     container_args,
     container_security_context,
+    escape_expansion,
     job_grace_seconds,
     job_uid_env,
     pod_annotations,
@@ -186,8 +187,10 @@ def build_indexed_job(spec: IndexedJobSpec) -> dict[str, Any]:
     cluster, train = spec.cluster, spec.pod_options
     # The budget as a flag (over the files'): the one the pod's grace period was sized for.
     args = ["train", "--config", f"{SUBJECTS_MOUNT}/subject-$({SUBJECT_INDEX_ENV}).yaml",
-            "--batch-id", spec.batch_id,
-            "--termination-grace-seconds", f"{job_grace_seconds(train, cluster):g}", *spec.extra_args]
+            *(escape_expansion(a) for a in (
+                "--batch-id", spec.batch_id,
+                "--termination-grace-seconds", f"{job_grace_seconds(train, cluster):g}",
+                *spec.extra_args))]
     # Declared (not only injected by the Job controller as JOB_COMPLETION_INDEX) so that
     # $(SUBJECT_INDEX) in args is expanded: the kubelet expands only declared variables.
     index_env = {"name": SUBJECT_INDEX_ENV, "valueFrom": {"fieldRef": {

@@ -84,8 +84,16 @@ def pod_spec(train: cfg.TrainConfig, cluster: ClusterSettings, args: list[str], 
     )
 
 
+def escape_expansion(arg: str) -> str:
+    """`arg` as the kubelet should pass it: it expands `$(NAME)` in args to the value of the
+    container's env var NAME, an S3 secret key included, so a tenant's prompt reading
+    "$(AWS_SECRET_ACCESS_KEY)" would draw the secret into result.json and the grids. `$$` reaches
+    the container as `$`."""
+    return arg.replace("$", "$$")
+
+
 def container_args(train: cfg.TrainConfig, extra_args: tuple[str, ...] = ()) -> list[str]:
-    return ["train", *cfg.to_cli_args(train), *extra_args]
+    return ["train", *(escape_expansion(a) for a in (*cfg.to_cli_args(train), *extra_args))]
 
 
 def profile_of(train: cfg.TrainConfig, cluster: ClusterSettings) -> sizing.Profile:

@@ -171,11 +171,18 @@ def validate_object(obj: dict[str, Any], version: str = KUBE_VERSIONS[0]) -> Non
         kubernetes_validate.validate(obj, version, strict=True)
 
 
+def kubelet_expanded(args: list[str]) -> list[str]:
+    """What the container receives: the kubelet turns `$$` into `$` (and would expand `$(NAME)`
+    of a declared env var, which doubled dollars keep it from)."""
+    return [a.replace("$$", "$") for a in args]
+
+
 def parse_train_args(args: list[str]) -> cfg.TrainConfig:
-    """What `dreambooth-job <args>` would train: the package's own click parser, no env."""
+    """What `dreambooth-job <args>` would train, args as the kubelet passes them: the package's own
+    click parser, no env."""
     assert args[0] == "train", args
     command = cli.main.commands["train"]
-    context = command.make_context("train", list(args[1:]))
+    context = command.make_context("train", kubelet_expanded(args[1:]))
     return resolve_train_config(context.params, env={})
 
 

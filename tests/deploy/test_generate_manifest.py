@@ -15,6 +15,7 @@ from deploy_support import (
     RELEASE,
     assert_same,
     comparable,
+    kubelet_expanded,
     spec_from_values,
     validate_object,
 )
@@ -38,12 +39,6 @@ SECRET_PROMPT = "a {identifier} {class_noun} $(AWS_SECRET_ACCESS_KEY) $$ $5"
 
 def args_of(job: dict) -> list[str]:
     return job["spec"]["template"]["spec"]["containers"][0]["args"]
-
-
-def kubelet_expanded(args: list[str]) -> list[str]:
-    """What the container receives: the kubelet turns `$$` into `$` (and would expand `$(NAME)`
-    of a declared env var, which doubled dollars keep it from)."""
-    return [re.sub(r"\$\$", "$", a) for a in args]
 
 
 def parse_generate_args(args: list[str]) -> GenerateConfig:

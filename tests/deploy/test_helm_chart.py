@@ -73,6 +73,19 @@ def test_rendered_args_parse_into_the_intended_config(ci):
     assert options_of(parse_train_args(container(ci.one("Job"))["args"])) == expected
 
 
+def test_args_never_expand_a_tenants_env_var_reference(render):
+    """The kubelet expands `$(NAME)` in args: a prompt naming the S3 secret's env var would put
+    the secret into result.json and the grids. Chart and Python builder double every `$`."""
+    values = load_values(CHART / "ci" / "full-values.yaml")
+    prompts = [p for p in values["job"]["validationPrompts"] if "$(" in p]
+    assert prompts, "the CI values should hold a prompt naming an env var"
+    rendered = render(values)
+    jobs = (rendered.one("Job"), build_job(spec_from_values(rendered.values)))
+    for args in (container(job)["args"] for job in jobs):
+        assert "$(" not in " ".join(args).replace("$$", ""), args
+        assert parse_train_args(args).validation_prompts == values["job"]["validationPrompts"]
+
+
 def test_security_context(ci):
     pod = ci.one("Job")["spec"]["template"]["spec"]
     assert pod["securityContext"]["runAsNonRoot"] is True

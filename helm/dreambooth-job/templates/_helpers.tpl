@@ -90,9 +90,13 @@ include "dreambooth-job.option" (list $ "metricsPort").
 {{- toJson $value }}
 {{- end }}
 
-{{/* One container arg as a quoted YAML scalar; numbers via JSON, so 8e+07 never appears. */}}
+{{/*
+One container arg as a quoted YAML scalar; numbers via JSON, so 8e+07 never appears. Each `$` is
+doubled (dreambooth_job.k8s.pod.escape_expansion): the kubelet would expand a tenant's
+"$(AWS_SECRET_ACCESS_KEY)" into the secret; `$$` reaches the container as `$`.
+*/}}
 {{- define "dreambooth-job.arg" -}}
-{{- if kindIs "string" . }}{{ toJson . }}{{ else }}{{ toJson . | quote }}{{ end }}
+{{- if kindIs "string" . }}{{ replace "$" "$$" . | toJson }}{{ else }}{{ toJson . | quote }}{{ end }}
 {{- end }}
 
 {{/*
@@ -133,8 +137,7 @@ that the job names the subject as the labels do.
 {{/*
 The container args of `mode: generate`: `generate`, then every generate option that has a value
 (a null `auto` one as `auto`), in the order and spelling of
-dreambooth_job.generation.config.to_cli_args, each `$` doubled as build_generate_job does (the
-kubelet would expand a prompt's "$(AWS_SECRET_ACCESS_KEY)"); then extraArgs.
+dreambooth_job.generation.config.to_cli_args; then extraArgs.
 */}}
 {{- define "dreambooth-job.generateArgs" -}}
 - generate
@@ -148,7 +151,7 @@ kubelet would expand a prompt's "$(AWS_SECRET_ACCESS_KEY)"); then extraArgs.
 {{- else }}
 {{- range (kindIs "slice" $value | ternary $value (list $value)) }}
 - {{ $option.flag }}
-- {{ include "dreambooth-job.arg" (kindIs "string" . | ternary (replace "$" "$$" (toString .)) .) }}
+- {{ include "dreambooth-job.arg" . }}
 {{- end }}
 {{- end }}
 {{- end }}
