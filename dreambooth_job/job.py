@@ -23,12 +23,13 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
+import os
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import NamedTuple
 
-from dreambooth_job import disk, log, storage
+from dreambooth_job import disk, log, notify, storage
 from dreambooth_job.config import TrainConfig
 from dreambooth_job.events import JobObserver, ObserverGroup
 from dreambooth_job.exit_codes import ExitCode, JobError
@@ -80,12 +81,16 @@ def run(config: TrainConfig, observer: JobObserver | None = None) -> ExitCode:
     from dreambooth_job.metrics import PrometheusObserver
 
     config, fingerprint = resolve_ids(config), config_fingerprint(config)
+    # Before any request leaves the pod (the first push, the completion call): exit 2 for a host
+    # the operator does not allow or a signing key that is missing.
+    notify.check_destinations(config, OperatorPolicy.from_env())
+    notifier = notify.Notifier.for_run(config, os.environ)
     metrics = PrometheusObserver(config)  # the resolved ids label every metric
     observers = ObserverGroup(
         metrics, progress.for_log_format(config.log_format, interval=config.progress_interval_seconds),
         observer or JobObserver())
     with metrics:
-        return run_context(RunContext.create(config, fingerprint, observers))
+        return run_context(RunContext.create(config, fingerprint, observers, notifier))
 
 
 def resolve_ids(config: TrainConfig) -> TrainConfig:
@@ -128,6 +133,7 @@ def run_context(ctx: RunContext) -> ExitCode:
             fail(ctx, error)
             raise error from exc
     ctx.observer.phase_started("done")
+    notify.announce(ctx.notifier, ctx.observer, config, ExitCode.OK)
     ctx.observer.finished(exit_code=int(ExitCode.OK))
     return ExitCode.OK
 
@@ -143,19 +149,24 @@ def run_phases(ctx: RunContext) -> None:
 def fail(ctx: RunContext, error: JobError) -> None:
     """Record the failure: result.json "failed" with the one-line error, then the metrics."""
     ctx.result.failed(error.exit_code, log.redact(error.message))
-    write_failed_result(ctx)
+    written = write_failed_result(ctx)
     ctx.observer.phase_started("failed")
+    notify.announce(ctx.notifier, ctx.observer, ctx.config, error.exit_code, error.message,
+                    result_written=written)
     ctx.observer.finished(exit_code=int(error.exit_code))
 
 
-def write_failed_result(ctx: RunContext) -> None:
-    """Leave a failed result.json (never the completion marker) so tooling can say why."""
+def write_failed_result(ctx: RunContext) -> bool:
+    """Leave a failed result.json (never the completion marker) so tooling can say why; True
+    when it was written."""
     output = ctx.config.output
     if not ctx.lease.held:
-        return  # the output belongs to whoever holds its lease: write nothing there
+        return False  # the output belongs to whoever holds its lease: write nothing there
     try:
         if storage.exists(storage.join(output, COMPLETION_MARKER)):
-            return  # never overwrite a completed run's result with a failed rerun's
+            return False  # never overwrite a completed run's result with a failed rerun's
         ctx.result.write(output)
     except Exception as exc:  # noqa: BLE001 - reporting must not mask the original failure
         logger.warning("could not write the failed result.json: %s", exc)
+        return False
+    return True
