@@ -3,12 +3,11 @@ a receiver that is down or failing never changes the run's outcome."""
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import json
 import socket
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -25,6 +24,7 @@ TINY = ["--resolution", "64", "--max-train-steps", "2", "--no-prior-preservation
         "--checkpoint-every", "0", "--log-format", "json"]
 KEY = "notify-signing-key-0123456789"
 AWS_SECRET = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"
+README = Path(__file__).resolve().parents[2] / "README.md"
 
 
 class Receiver:
@@ -97,10 +97,12 @@ def run_args(photo_dir, tiny_model, tmp_path, output):
 
 
 def verified(headers, body: bytes, key: str = KEY) -> bool:
-    """What the README tells a receiver to do."""
-    timestamp = headers["X-DreamBooth-Timestamp"]
-    expected = hmac.new(key.encode(), timestamp.encode() + b"." + body, hashlib.sha256).hexdigest()
-    return hmac.compare_digest(headers["X-DreamBooth-Signature"], "sha256=" + expected)
+    """What the README tells a receiver to do: its `verify`, run as printed there."""
+    section = README.read_text().split("## Completion call", 1)[1]
+    code = section.split("```python\n", 1)[1].split("```", 1)[0]
+    namespace: dict = {}
+    exec(code, namespace)
+    return namespace["verify"](key.encode(), headers, body)
 
 
 def test_each_run_posts_its_outcome_once_signed_and_without_credentials(
@@ -117,6 +119,7 @@ def test_each_run_posts_its_outcome_once_signed_and_without_credentials(
     headers, body = hook.requests[0]
     assert verified(headers, body)
     assert not verified(headers, body.replace(b"succeeded", b"failed!!!"))
+    assert not verified(headers, body, key="another-key")
     sent = json.loads(body)
     assert sent["status"] == "succeeded" and sent["exit_code"] == 0 and sent["error"] is None
     assert (sent["job_id"], sent["subject_id"]) == ("dog-1", "dog")
