@@ -68,3 +68,24 @@ def test_cluster_settings_refuse_what_is_not_a_host(bad):
 
 def cfg_name(key: str) -> str:
     return "".join("_" + c.lower() if c.isupper() else c for c in key)
+
+
+def test_a_batch_checks_every_rows_notify_host_and_its_id_segment(tmp_path, monkeypatch):
+    from dreambooth_job.k8s.batch import BatchFileError, load_batch
+
+    monkeypatch.setenv("DREAMBOOTH_OPERATOR_ALLOWED_HOSTS", "hooks.example")
+    path = tmp_path / "night.yaml"
+    path.write_text("""\
+defaults: {output: "s3://runs/{id}/", notify_url: "https://hooks.example/dreambooth/{class_noun}"}
+subjects:
+  - {id: dog, instance_data: "s3://photos/dog/", class_noun: dog}
+  - {id: cat, instance_data: "s3://photos/cat/", class_noun: cat,
+     notify_url: "http://169.254.169.254/latest/"}
+  - {id: vase, instance_data: "s3://photos/vase/", class_noun: "evil.example/x"}
+""")
+    with pytest.raises(BatchFileError) as caught:
+        load_batch(path)
+    cat, vase = caught.value.problems
+    assert cat.startswith("subjects[1] (id cat):") and "--notify-url" in cat
+    assert "DREAMBOOTH_OPERATOR_ALLOWED_HOSTS" in cat
+    assert vase.startswith("subjects[2] (id vase):") and "not one path segment" in vase
