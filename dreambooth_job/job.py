@@ -14,6 +14,9 @@ Guarantees, in the order the code keeps them:
 - a full disk exits 75 (retryable, on another node, from the last checkpoint) (disk.py);
 - result.json and then the completion marker are written after everything they describe; a
   failed run leaves result.json "failed" with its one-line error and never the marker.
+- with --notify-url, one POST once the outcome is final (success or exit 2), after result.json;
+  a host the operator does not allow is exit 2 before any request, and a receiver that fails
+  never changes the exit code (notify.py).
 
 The phases live in dreambooth_job/phases/, one module each, and share one `RunContext`.
 """
