@@ -280,6 +280,14 @@ class TrainConfig:
     pushgateway: str | None = option(
         OPERATIONAL,
         help="Prometheus Pushgateway URL to push the job's metrics to at phase changes and exit.")
+    notify_url: str | None = option(
+        OPERATIONAL,
+        help="http(s) URL that gets one POST of the run's outcome (status, exit code, ids, "
+             "output and result.json URIs, error line) once it is final: success, or exit 2.")
+    notify_secret_env: str | None = option(
+        OPERATIONAL,
+        help="Environment variable holding the key that signs --notify-url's body (HMAC-SHA256, "
+             "header X-DreamBooth-Signature); the key itself never is an option.")
     log_format: str = option(
         OPERATIONAL, "auto", choices=const.LOG_FORMAT_CHOICES, evaluation=True,
         help="json: one object per line; text: human lines; auto: json unless on a terminal.")

@@ -8,12 +8,14 @@ import math
 import re
 import unicodedata
 from typing import TYPE_CHECKING
+from urllib.parse import urlsplit
 
 from dreambooth_job import locations
 from dreambooth_job.config_fields import check_bounds
 from dreambooth_job.exit_codes import InvalidInputError
 from dreambooth_job.identifiers import format_prompt
-from dreambooth_job.redaction import has_url_credentials
+from dreambooth_job.operator_policy import ENV_PREFIX as OPERATOR_ENV_PREFIX
+from dreambooth_job.redaction import SECRET_ENV, has_url_credentials
 
 if TYPE_CHECKING:
     from dreambooth_job.config import TrainConfig
@@ -111,6 +113,32 @@ def validate_config(config: TrainConfig, *, require_inputs: bool = False) -> Non
                 "credentials come from a Secret through the environment")
     check_locations(config)
     check_words(config)
+    check_notify(config)
+
+
+def check_notify(config: TrainConfig) -> None:
+    """The completion call goes to an http(s) host; its key comes from a variable of its own,
+    not one the job reads as a credential or an operator setting."""
+    if config.notify_url is not None:
+        try:
+            parts = urlsplit(config.notify_url)
+            host = parts.hostname
+        except ValueError:
+            parts, host = None, None
+        if parts is None or parts.scheme not in ("http", "https") or not host:
+            raise InvalidInputError("--notify-url must be an http:// or https:// URL with a host")
+    name = config.notify_secret_env
+    if name is None:
+        return
+    if not config.notify_url:
+        raise InvalidInputError("--notify-secret-env has no effect without --notify-url: "
+                                "add --notify-url or drop --notify-secret-env")
+    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
+        raise InvalidInputError("--notify-secret-env must be an environment variable name "
+                                f"(letters, digits, '_'), got {name[:80]!r}")
+    if name in SECRET_ENV or name.startswith(OPERATOR_ENV_PREFIX):
+        raise InvalidInputError(f"--notify-secret-env {name} names a variable the job reads for "
+                                "itself: give the signing key a variable of its own")
 
 
 def _validate_finite(config: TrainConfig) -> None:

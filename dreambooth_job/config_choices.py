@@ -23,7 +23,7 @@ AUTO = "auto"
 # Options naming a place (s3://, a hub id, a directory, an http URL). A URL among them never
 # carries credentials: they would travel in Job args, batch files and result.json.
 URI_OPTIONS = ("instance_data", "output", "base_model", "cache_dir", "class_data", "prompt_set",
-               "dino_model", "clip_model", "lpips_model", "pushgateway")
+               "dino_model", "clip_model", "lpips_model", "pushgateway", "notify_url")
 DEFAULT_VALIDATION_PROMPTS = (
     "a {identifier} {class_noun} in the jungle",
     "a {identifier} {class_noun} on the beach",

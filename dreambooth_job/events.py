@@ -64,6 +64,9 @@ class JobObserver:
 
     def evaluation(self, metrics: Mapping[str, float | None]) -> None: ...
 
+    def notify_failed(self) -> None:
+        """The completion call (notify.py) got no 2xx answer within its budget."""
+
     def finished(self, *, exit_code: int) -> None: ...
 
 
@@ -108,6 +111,10 @@ class ObserverGroup(JobObserver):
     def evaluation(self, metrics: Mapping[str, float | None]) -> None:
         for o in self.observers:
             o.evaluation(metrics)
+
+    def notify_failed(self) -> None:
+        for o in self.observers:
+            o.notify_failed()
 
     def finished(self, *, exit_code: int) -> None:
         for o in self.observers:

@@ -36,6 +36,12 @@ _DESCRIPTIONS = {
 }
 
 
+# Exit codes that no retry can fix: the Job's podFailurePolicy fails at once on them, so no other
+# attempt follows. Preemption is recognised by the pod's DisruptionTarget condition rather than by
+# exit code 143, so a pod that keeps dying on its own still runs out of backoffLimit.
+NOT_RETRYABLE = (ExitCode.INVALID_INPUT,)
+
+
 class JobError(Exception):
     """An error that ends the job with a specific exit code and a one-line message."""
 

@@ -14,6 +14,9 @@ Guarantees, in the order the code keeps them:
 - a full disk exits 75 (retryable, on another node, from the last checkpoint) (disk.py);
 - result.json and then the completion marker are written after everything they describe; a
   failed run leaves result.json "failed" with its one-line error and never the marker.
+- with --notify-url, one POST once the outcome is final (success or exit 2), after result.json;
+  a host the operator does not allow is exit 2 before any request, and a receiver that fails
+  never changes the exit code (notify.py).
 
 The phases live in dreambooth_job/phases/, one module each, and share one `RunContext`.
 """
@@ -23,12 +26,13 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
+import os
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import NamedTuple
 
-from dreambooth_job import disk, log, storage
+from dreambooth_job import disk, log, notify, storage
 from dreambooth_job.config import TrainConfig
 from dreambooth_job.events import JobObserver, ObserverGroup
 from dreambooth_job.exit_codes import ExitCode, JobError
@@ -80,12 +84,16 @@ def run(config: TrainConfig, observer: JobObserver | None = None) -> ExitCode:
     from dreambooth_job.metrics import PrometheusObserver
 
     config, fingerprint = resolve_ids(config), config_fingerprint(config)
+    # Before any request leaves the pod (the first push, the completion call): exit 2 for a host
+    # the operator does not allow or a signing key that is missing.
+    notify.check_destinations(config, OperatorPolicy.from_env())
+    notifier = notify.Notifier.for_run(config, os.environ)
     metrics = PrometheusObserver(config)  # the resolved ids label every metric
     observers = ObserverGroup(
         metrics, progress.for_log_format(config.log_format, interval=config.progress_interval_seconds),
         observer or JobObserver())
     with metrics:
-        return run_context(RunContext.create(config, fingerprint, observers))
+        return run_context(RunContext.create(config, fingerprint, observers, notifier))
 
 
 def resolve_ids(config: TrainConfig) -> TrainConfig:
@@ -128,6 +136,7 @@ def run_context(ctx: RunContext) -> ExitCode:
             fail(ctx, error)
             raise error from exc
     ctx.observer.phase_started("done")
+    notify.announce(ctx.notifier, ctx.observer, config, ExitCode.OK)
     ctx.observer.finished(exit_code=int(ExitCode.OK))
     return ExitCode.OK
 
@@ -143,21 +152,28 @@ def run_phases(ctx: RunContext) -> None:
 def fail(ctx: RunContext, error: JobError) -> None:
     """Record the failure: result.json "failed" with the one-line error, then the metrics."""
     ctx.result.failed(error.exit_code, log.redact(error.message))
-    write_failed_result(ctx)
+    written = write_failed_result(ctx)
     ctx.observer.phase_started("failed")
+    notify.announce(ctx.notifier, ctx.observer, ctx.config, error.exit_code, error.message,
+                    result_written=written)
     ctx.observer.finished(exit_code=int(error.exit_code))
 
 
-def write_failed_result(ctx: RunContext) -> None:
-    """Leave a failed result.json (never the completion marker) so tooling can say why."""
+def write_failed_result(ctx: RunContext) -> bool:
+    """Leave a failed result.json (never the completion marker) so tooling can say why; True
+    when it was written."""
     output = ctx.config.output
     if not ctx.lease.held:
-        return  # the output belongs to whoever holds its lease: write nothing there
+        return False  # the output belongs to whoever holds its lease: write nothing there
     try:
         if storage.exists(storage.join(output, COMPLETION_MARKER)):
-            return  # never overwrite a completed run's result with a failed rerun's
+            return False  # never overwrite a completed run's result with a failed rerun's
         ctx.result.write(output)
-        # The page too: a failed run's error, photos, grids and loss so far, where one looks first.
-        publish.write_page(ctx)
     except Exception as exc:  # noqa: BLE001 - reporting must not mask the original failure
-        logger.warning("could not write the failed result.json or run page: %s", exc)
+        logger.warning("could not write the failed result.json: %s", exc)
+        return False
+    try:  # the page too: a failed run's error, photos, grids and loss so far, where one looks first
+        publish.write_page(ctx)
+    except Exception as exc:  # noqa: BLE001 - as above
+        logger.warning("could not write the failed run's page: %s", exc)
+    return True

@@ -1,4 +1,4 @@
-"""Training progress for people: a live bar on a terminal, or, in JSON log mode, one progress log
+"""Training progress for people: tqdm's bar on a terminal, or, in JSON log mode, one progress log
 record at a fixed interval instead of one per step.
 
     observer = ObserverGroup(PrometheusObserver(config), progress.for_log_format(config.log_format))
@@ -9,12 +9,15 @@ Both are `JobObserver`s fed by `train_progress`; they see only the steps the tra
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
-import shutil
 import sys
 import time
 from typing import TextIO
+
+from tqdm import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
 
 from dreambooth_job.events import JobObserver, TrainProgress
 
@@ -35,66 +38,44 @@ def describe(p: TrainProgress) -> str:
 
 
 class ProgressBar(JobObserver):
-    """`train [#####.....] 120/800 loss 0.1234 2.31 it/s ETA 4:54`, redrawn in place.
+    """tqdm's bar, `train:  15%|###      | 120/800 [00:52<04:54, 2.31step/s, loss=0.1234]`.
 
-    Log records written to the same stream clear the bar first (through a filter on the logging
-    handlers), so log lines and the bar never share a line; the next step redraws it.
+    While it is shown, the root logger's console handler goes through tqdm's logging redirect
+    (`logging_redirect_tqdm`): log lines print above the bar, which redraws below them. The bar
+    starts at the first step reported (the step resumed from, on a resumed run) and ends with the
+    train phase.
     """
 
-    def __init__(self, stream: TextIO | None = None, min_interval: float = 0.1,
-                 clock=time.monotonic):
+    def __init__(self, stream: TextIO | None = None, min_interval: float = 0.1):
         self.stream = stream or sys.stderr
-        self.min_interval, self.clock = min_interval, clock
-        self._drawn = False
-        self._last_draw = -math.inf
-        self._filtered: list[logging.Handler] = []
-
-    def render(self, p: TrainProgress, width: int) -> str:
-        counts = f" {p.step}/{p.max_steps}"
-        tail = (f" loss {p.loss:.4f} {p.steps_per_second:.2f} it/s "
-                f"ETA {format_duration(p.eta_seconds)}")
-        bar_width = max(10, min(40, width - len("train []") - len(counts) - len(tail) - 1))
-        done = int(bar_width * min(1.0, p.step / p.max_steps)) if p.max_steps else 0
-        return f"train [{'#' * done}{'.' * (bar_width - done)}]{counts}{tail}"[: width - 1]
+        self.min_interval = min_interval
+        self._bar: tqdm | None = None
+        self._redirect = contextlib.ExitStack()
 
     def train_progress(self, progress: TrainProgress) -> None:
-        now = self.clock()
-        if now - self._last_draw < self.min_interval and progress.step < progress.max_steps:
+        if self._bar is None:
+            # Entered here, not at construction: the job configures logging after building its
+            # observers, and the redirect takes over the handler it finds then.
+            self._redirect.enter_context(logging_redirect_tqdm())
+            self._bar = tqdm(total=progress.max_steps, initial=progress.step, desc="train",
+                             unit="step", file=self.stream, dynamic_ncols=True,
+                             mininterval=self.min_interval, postfix={"loss": f"{progress.loss:.4f}"})
             return
-        self._last_draw = now
-        self._attach_to_log_handlers()
-        width = shutil.get_terminal_size((100, 20)).columns
-        self.stream.write("\r\x1b[K" + self.render(progress, width))
-        self.stream.flush()
-        self._drawn = True
+        self._bar.set_postfix(loss=f"{progress.loss:.4f}", refresh=False)
+        self._bar.update(progress.step - self._bar.n)  # redraws at most every min_interval
 
     def phase_started(self, phase: str) -> None:
-        self._end_line()
+        self.close()
 
     def finished(self, *, exit_code: int) -> None:
-        self._end_line()
-        for handler in self._filtered:
-            handler.removeFilter(self._clear_for_log)
-        self._filtered.clear()
+        self.close()
 
-    def _end_line(self) -> None:
-        if self._drawn:
-            self.stream.write("\n")
-            self.stream.flush()
-            self._drawn = False
-
-    def _clear_for_log(self, record: logging.LogRecord) -> bool:
-        if self._drawn:
-            self.stream.write("\r\x1b[K")
-            self._drawn = False
-        return True
-
-    def _attach_to_log_handlers(self) -> None:
-        # Looked up at draw time: the job configures logging after building its observers.
-        for handler in logging.getLogger().handlers:
-            if getattr(handler, "stream", None) is self.stream and handler not in self._filtered:
-                handler.addFilter(self._clear_for_log)
-                self._filtered.append(handler)
+    def close(self) -> None:
+        """End the bar's line and give logging its handler back."""
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+        self._redirect.close()
 
 
 class ProgressLog(JobObserver):

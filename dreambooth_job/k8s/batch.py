@@ -44,7 +44,7 @@ ID_PATTERN = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9_.-]{0,61}[A-Za-z0-9])?$")
 # name a URL the job connects to: the operator's prefix and host lists apply to them.
 LOCATION_OPTIONS = ("instance_data", "output", "class_data", "base_model", "cache_dir", "prompt_set",
                     "dino_model", "clip_model", "lpips_model")
-URL_OPTIONS = ("pushgateway",)
+URL_OPTIONS = ("pushgateway", "notify_url")
 # What a row always sets, whatever the operator allows (the batch id only names the batch).
 ALWAYS_ALLOWED = frozenset({"instance_data", "class_noun", "batch_id", "subject_id"})
 BUILTIN_PROMPT_SETS = ("auto", "object", "live")

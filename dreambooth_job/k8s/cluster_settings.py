@@ -160,6 +160,14 @@ class ClusterSettings:
         (), help="Operator setting: absolute directories in the container whose files --prompt-set "
                  "may read, as DREAMBOOTH_OPERATOR_PROMPT_FILE_DIRS (default: none; built-in sets "
                  "and s3:// files always work). Chart: operator.promptFileDirs.")
+    allowed_hosts: tuple[str, ...] = setting(
+        (), help="Operator setting: the only hosts --pushgateway and --notify-url may reach, as "
+                 "DREAMBOOTH_OPERATOR_ALLOWED_HOSTS; the job exits 2 at start for any other "
+                 "(default: any host). Chart: operator.allowedHosts.")
+    notify_secret: str | None = setting(
+        help="Existing Secret holding the key that signs the completion call under the key named "
+             "by --notify-secret-env, passed as that variable; referenced, never copied. "
+             "Chart: notify.secretName.")
 
     def __post_init__(self) -> None:
         if self.gpus < 0:
@@ -178,6 +186,9 @@ class ClusterSettings:
             if not directory.startswith("/") or "," in directory or "\n" in directory:
                 raise InvalidInputError(f"prompt_file_dirs: {directory!r} is not an absolute "
                                         "directory without commas")
+        for host in self.allowed_hosts:
+            if not host or any(c in host for c in ",/@") or not host.isprintable() or " " in host:
+                raise InvalidInputError(f"allowed_hosts: {host!r} is not a host name")
         self._check_identity()
 
     def _check_identity(self) -> None:

@@ -28,7 +28,7 @@ from typing import Any
 
 from dreambooth_job import __version__
 from dreambooth_job import config as cfg
-from dreambooth_job.exit_codes import ExitCode, InvalidInputError
+from dreambooth_job.exit_codes import NOT_RETRYABLE, ExitCode, InvalidInputError
 from dreambooth_job.k8s.cluster_settings import (
     APP_NAME,
     CACHE_MOUNT,
@@ -78,10 +78,6 @@ __all__ = [
 SUBJECT_LABEL = "dreambooth-job/subject"
 BATCH_LABEL = "dreambooth-job/batch"
 QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
-# Exit codes that no retry can fix. Preemption is recognised by the pod's DisruptionTarget
-# condition rather than by exit code 143, so a pod that keeps dying on its own still runs out
-# of backoffLimit.
-NOT_RETRYABLE = (ExitCode.INVALID_INPUT,)
 # The Indexed Job: completion index i reads subject-<i>.yaml from a ConfigMap mounted here.
 SUBJECTS_MOUNT = "/etc/dreambooth/subjects"
 SUBJECT_INDEX_ENV = "SUBJECT_INDEX"

@@ -29,6 +29,7 @@ CONTAINER_NAME = "train"
 # Set by the Job controller on every pod of a Job (Kubernetes >= 1.27); the lease reads it.
 JOB_UID_LABEL = "batch.kubernetes.io/controller-uid"
 PROMPT_FILE_DIRS_ENV = OPERATOR_ENV_PREFIX + "PROMPT_FILE_DIRS"
+ALLOWED_HOSTS_ENV = OPERATOR_ENV_PREFIX + "ALLOWED_HOSTS"
 # The container sets these itself (cache_dir follows the cache volume), so they are not options
 # of the chart's `job:` values nor of the rendered args.
 OPTIONS_SET_BY_THE_POD = frozenset({"cache_dir"})
@@ -48,7 +49,7 @@ def pod_spec(train: cfg.TrainConfig, cluster: ClusterSettings, args: list[str], 
         image=cluster.image,
         imagePullPolicy=cluster.image_pull_policy,
         args=args,
-        env=[*env_first, *_env(cluster), *cluster.env],
+        env=[*env_first, *_env(cluster), *notify_env(train, cluster), *cluster.env],
         ports=([{"name": "metrics", "containerPort": train.metrics_port, "protocol": "TCP"}]
                if train.metrics_port else None),
         resources=compact(requests=resources["requests"], limits=limits),
@@ -216,7 +217,21 @@ def _env(cluster: ClusterSettings) -> list[dict[str, Any]]:
                 for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")]
     if cluster.prompt_file_dirs:  # operator settings: env of the pod, never train options
         env.append({"name": PROMPT_FILE_DIRS_ENV, "value": ",".join(cluster.prompt_file_dirs)})
+    if cluster.allowed_hosts:
+        env.append({"name": ALLOWED_HOSTS_ENV, "value": ",".join(cluster.allowed_hosts)})
     return env
+
+
+def notify_env(train: cfg.TrainConfig, cluster: ClusterSettings) -> list[dict[str, Any]]:
+    """The completion call's signing key: the Secret's key named like --notify-secret-env, as
+    that variable (notify.py reads it)."""
+    if not cluster.notify_secret:
+        return []
+    name = train.notify_secret_env
+    if not name:
+        raise InvalidInputError("notify_secret needs --notify-secret-env: the variable (and the "
+                                "Secret's key) that holds the signing key")
+    return [{"name": name, "valueFrom": {"secretKeyRef": {"name": cluster.notify_secret, "key": name}}}]
 
 
 def pod_annotations(train: cfg.TrainConfig, cluster: ClusterSettings) -> dict[str, str]:

@@ -136,6 +136,10 @@ class JobMetrics:
         self.push_failures = counter(
             "dreambooth_pushgateway_failures_total",
             "Pushes to the Pushgateway that failed (logged, never fatal).").labels(**ids)
+        self.notify_failures = counter(
+            "dreambooth_notify_failures_total",
+            "Completion calls (--notify-url) given up on after their retries (logged, never "
+            "fatal).").labels(**ids)
 
         self.registry.register(MemoryCollector(self.ids))
 

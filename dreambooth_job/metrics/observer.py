@@ -171,6 +171,10 @@ class PrometheusObserver(JobObserver):
                                               "base" if base else "tuned").set(value)
 
     @_never_raises
+    def notify_failed(self) -> None:
+        self.metrics.notify_failures.inc()
+
+    @_never_raises
     def finished(self, *, exit_code: int) -> None:
         """Record the outcome and push it synchronously (bounded by the push timeout)."""
         m = self.metrics

@@ -41,6 +41,7 @@ class RunContext:
     stop: StopRequest
     checkpoints: CheckpointStore
     uploads: BackgroundUploads = field(default_factory=BackgroundUploads)
+    notifier: Any = None  # notify.Notifier: the completion call, with --notify-url
     work: Path = Path()  # the run's temporary directory, once it exists
     # What the phases produced, in their order.
     skipped: list = field(default_factory=list)  # data.Rejected: photos not downloaded
@@ -57,8 +58,9 @@ class RunContext:
     loss_history: LossHistory = field(default_factory=LossHistory)
 
     @classmethod
-    def create(cls, config: TrainConfig, fingerprint: str, observer: JobObserver) -> RunContext:
-        return cls(config=config, fingerprint=fingerprint, observer=observer,
+    def create(cls, config: TrainConfig, fingerprint: str, observer: JobObserver,
+               notifier: Any = None) -> RunContext:
+        return cls(config=config, fingerprint=fingerprint, observer=observer, notifier=notifier,
                    result=new_result(config, fingerprint),
                    lease=Lease(config.output, wait_seconds=config.lease_wait_seconds, **pod_identity()),
                    # auto (None): the sizing profile's, once the model has loaded (phases/training.py)

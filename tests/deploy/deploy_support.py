@@ -112,6 +112,8 @@ def spec_from_values(values: dict[str, Any]) -> JobSpec:
         run_as_group=identity.get("runAsGroup"),
         fs_group=identity.get("fsGroup"),
         prompt_file_dirs=tuple(values["operator"]["promptFileDirs"]),
+        allowed_hosts=tuple(values["operator"]["allowedHosts"]),
+        notify_secret=values["notify"]["secretName"] or None,
     )
     return JobSpec(train=train, cluster=cluster, name=name, extra_args=tuple(values["extraArgs"]))
 

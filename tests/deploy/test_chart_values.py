@@ -43,6 +43,8 @@ SPECIAL_VALUES = {
     "lora_dropout": 0.25,
     "lora_target_modules": ["to_q", "conv1"],
     "pushgateway": "http://pushgateway:9091",
+    "notify_url": "https://hooks.example/dreambooth?subject=dog",
+    "notify_secret_env": "NOTIFY_SIGNING_KEY",
     "validation_prompts": ['a {identifier} {class_noun}, "quoted", with: colons', "{identifier}"],
 }
 

@@ -29,6 +29,7 @@ def test_group_forwards_every_event_to_every_observer_in_order():
     group.checkpoint_written(step=4)
     group.resumed(step=4)
     group.evaluation({"dino": 0.5})
+    group.notify_failed()
     group.finished(exit_code=0)
     assert {name for name, _, _ in first.calls} == events
     assert first.calls == second.calls
