@@ -104,8 +104,8 @@ def train(**params) -> None:
 def demo(output: str, max_train_steps: int | None, train_mode: str, photos: str | None,
          class_noun: str | None) -> None:
     """Run the real job end to end offline (a local S3 server, the production code path): the toy
-    world's base model learns a subject it has never seen, with prior preservation (about 3
-    minutes on 2 CPU cores); prints the subject fidelity before and after and writes a
+    world's base model learns a subject it has never seen, with prior preservation (about a
+    minute on 2 CPU cores); prints the subject fidelity before and after and writes a
     before/after picture. With --photos and --class-noun: your photos on a tiny random model."""
     from dreambooth_job.devtools import demo as demo_module
 

@@ -1,7 +1,7 @@
 """`dreambooth-job demo`: DreamBooth learning a subject, before and after, on a machine with no
 network and no GPU, through the real job.
 
-    dreambooth-job demo                                  # the toy world's subject, about 3 minutes
+    dreambooth-job demo                                  # the toy world's subject, about a minute
     dreambooth-job demo --train-mode lora                # the same with LoRA adapters
     dreambooth-job demo --photos DIR --class-noun dog    # your photos, tiny random model: noise
 
