@@ -58,19 +58,58 @@ def run_demo(output: str, *, train_mode: str = "full", photos: str | None = None
         raise InvalidInputError("--photos and --class-noun go together: give both (your photos) "
                                 "or neither (the toy world's subject)")
     root = Path(output).resolve()
-    files = user_photo_files(Path(photos)) if photos is not None else None
+    if photos is None:
+        _toy_demo(root, train_mode, max_train_steps, metrics_port)
+    else:
+        files = user_photo_files(Path(photos))
+        config = _photos_config(root, store_root(root), class_noun, train_mode,
+                                max_train_steps or 20, metrics_port)
+        config.validate(require_inputs=True)  # before the model, the server or any upload
+        _tiny_model(Path(config.base_model))
+        _report(config.output, _train(root, config, files))
+        click.echo(NOISE)
+    return ExitCode.OK
+
+
+def _toy_demo(root: Path, train_mode: str, max_train_steps: int | None, metrics_port: int) -> None:
+    from dreambooth_job.toyworld import experiment
+
+    ablation = experiment.Ablation(output=root, seeds=[TOY_SEED], train_mode=train_mode)
+    if max_train_steps is not None:
+        ablation.max_train_steps = max_train_steps
+    config = _toy_config(ablation, store_root(root), metrics_port)
+    config.validate(require_inputs=True)
+    subject = experiment.write_subject(root / "subject", ablation.photos)
+    click.echo(f"the toy world's subject: {ablation.photos} photos in {subject}")
+    run_dir = _train(root, config, sorted(subject.iterdir()))
+    _report(config.output, run_dir)
     with one_torch_thread():
-        if files is not None:
-            return _photos_demo(root, files, class_noun, train_mode, max_train_steps or 20,
-                                metrics_port)
-        return _toy_demo(root, train_mode, max_train_steps, metrics_port)
+        _before_after(ablation, root, run_dir)
+
+
+def _train(root: Path, config: TrainConfig, photos: list[Path]) -> Path:
+    """Upload the photos to config.instance_data in the demo's store, run the job, and return
+    where its outputs can be read on this machine."""
+    from dreambooth_job import job
+
+    with one_torch_thread(), object_store(root):
+        for path in photos:
+            storage.upload_file(path, storage.join(config.instance_data, path.name))
+        job.run(config)  # raises a JobError (its exit code) on failure
+        if not storage.is_s3(config.output):
+            return Path(config.output)
+        # The server stops with the demo: keep a copy of what the job wrote (this run's only).
+        local_copy = root / "run"
+        shutil.rmtree(local_copy, ignore_errors=True)
+        storage.download_dir(config.output, local_copy)
+        return local_copy
 
 
 @contextlib.contextmanager
 def one_torch_thread() -> Iterator[None]:
     """Torch on one CPU thread while the demo runs. Its models are tiny (a 32 px batch of two):
-    a second thread has little to share and spin-waits for it, 500 toy steps took about 40 s on
-    one thread and over 2 minutes on two (docs/toy-world.md)."""
+    a second thread has little to share and spin-waits for it. On the 2-core machine with other
+    jobs running, the toy's 500 steps took 20 s on one thread and 10 minutes on two."""
     import torch
 
     threads = torch.get_num_threads()
@@ -93,15 +132,22 @@ def user_photo_files(directory: Path) -> list[Path]:
     return files
 
 
+def store_root(root: Path) -> str:
+    """Where the job reads and writes: a bucket on a local S3 server, or a local directory when
+    no server is installed."""
+    return f"s3://{BUCKET}/" if s3server.available() else str(root / "store")
+
+
 @contextlib.contextmanager
-def object_store(root: Path) -> Iterator[str]:
-    """The demo's store for the job's inputs and outputs: a bucket on a local S3 server (the env
-    points boto3 at it while the demo runs), or a local directory when none is installed."""
-    if not s3server.available():
+def object_store(root: Path) -> Iterator[None]:
+    """Serve store_root(root) while the demo runs: start the local S3 server and point boto3
+    (and the job) at it, or start from an empty local directory."""
+    store = store_root(root)
+    if not storage.is_s3(store):
         click.echo("no local S3 server installed: using local directories instead")
         # Fresh each run, like the server's: a complete earlier run there would be kept as is.
-        shutil.rmtree(root / "store", ignore_errors=True)
-        yield str(root / "store")
+        shutil.rmtree(store, ignore_errors=True)
+        yield
         return
     saved = dict(os.environ)
     with s3server.LocalS3Server(root / "s3-data") as server:
@@ -110,90 +156,67 @@ def object_store(root: Path) -> Iterator[str]:
             storage.reset_client()
             storage.s3_client().create_bucket(Bucket=BUCKET)
             click.echo(f"local S3 ({server.kind}) at {server.endpoint}")
-            yield f"s3://{BUCKET}/"
+            yield
         finally:
             os.environ.clear()
             os.environ.update(saved)
             storage.reset_client()
 
 
-def _run_job(config: TrainConfig, local_copy: Path) -> Path:
-    """Run the job on `config`; return where its outputs can be read on this machine."""
-    from dreambooth_job import job
+def _toy_config(ablation, store: str, metrics_port: int) -> TrainConfig:
+    """The ablation's run with prior preservation (experiment.train_config), on the store."""
+    from dreambooth_job.toyworld import experiment
 
-    config.validate(require_inputs=True)
-    job.run(config)  # raises a JobError (its exit code) on failure
-    if not storage.is_s3(config.output):
-        return Path(config.output)
-    # The server stops with the demo: keep a copy of what the job wrote (this run's only).
-    shutil.rmtree(local_copy, ignore_errors=True)
-    storage.download_dir(config.output, local_copy)
-    return local_copy
+    config = experiment.train_config(ablation, TOY_SEED, True,
+                                     storage.join(store, "photos", TOY_SUBJECT) + "/",
+                                     storage.join(store, "runs", TOY_SUBJECT) + "/")
+    # The store holds the class images too, and the job runs as `train` does: metrics served,
+    # the default log format (a progress bar on a terminal).
+    return replace(config, class_data=storage.join(store, "class-cache") + "/",
+                   metrics_port=metrics_port, log_format=TrainConfig().log_format)
 
 
-def _toy_demo(root: Path, train_mode: str, max_train_steps: int | None,
-              metrics_port: int) -> ExitCode:
-    from dreambooth_job.toyworld import before_after, experiment, measure
+def _photos_config(root: Path, store: str, class_noun: str, train_mode: str,
+                   max_train_steps: int, metrics_port: int) -> TrainConfig:
+    """Your photos on the tiny random model (built once in <output>/tiny-model)."""
+    return TrainConfig(
+        instance_data=storage.join(store, "photos", PHOTOS_SUBJECT) + "/",
+        output=storage.join(store, "runs", PHOTOS_SUBJECT) + "/",
+        class_data=storage.join(store, "class-cache") + "/", class_noun=class_noun,
+        base_model=str(root / "tiny-model"), resolution=64, num_class_images=8,
+        max_train_steps=max_train_steps, num_validation_images=2, sample_steps=10, log_every=5,
+        cache_dir=str(root / "cache"), metrics_port=metrics_port,
+        checkpoint_every=max(1, max_train_steps // 2), train_mode=train_mode)
 
-    ablation = experiment.Ablation(output=root, seeds=[TOY_SEED], train_mode=train_mode)
-    if max_train_steps is not None:
-        ablation.max_train_steps = max_train_steps
-    subject = experiment.write_subject(root / "subject", ablation.photos)
-    with object_store(root) as store:
-        photos_uri = storage.join(store, "photos", TOY_SUBJECT) + "/"
-        storage.upload_dir(subject, photos_uri)
-        click.echo(f"subject photos in {photos_uri} (the toy world's ball, {ablation.photos} photos)")
-        config = experiment.train_config(ablation, TOY_SEED, True, photos_uri,
-                                         storage.join(store, "runs", TOY_SUBJECT) + "/")
-        # The demo's object store holds the class images too, and it runs like `train` does:
-        # metrics served, the default log format (a progress bar on a terminal).
-        config = replace(config, class_data=storage.join(store, "class-cache") + "/",
-                         metrics_port=metrics_port, log_format=TrainConfig().log_format)
-        copy = _run_job(config, root / "run")
-    token = json.loads((copy / "result.json").read_text())["identifier"]["token"]
+
+def _tiny_model(model_dir: Path) -> None:
+    from dreambooth_job.devtools import tiny_models
+
+    if not (model_dir / "model_index.json").exists():
+        click.echo(f"building a tiny random model in {model_dir}")
+        tiny_models.build_tiny_pipeline(model_dir)
+
+
+def _before_after(ablation, root: Path, run_dir: Path) -> None:
+    """Measure the base and the fine-tuned model; write and print the evidence."""
+    from dreambooth_job.toyworld import before_after, measure
+
+    token = json.loads((run_dir / "result.json").read_text())["identifier"]["token"]
     click.echo("measuring the base and the fine-tuned model on the same prompts and seeds")
-    before, after, figure = before_after.compare(ablation, copy, token)
+    before, after, figure = before_after.compare(ablation, run_dir, token)
     figure.save(root / PICTURE)
+    prompts = measure.subject_prompts(token)
     (root / RECORD).write_text(json.dumps({
-        "identifier": token, "train_mode": train_mode, "steps": ablation.max_train_steps,
-        "rows": [measure.subject_prompts(token)[k] for k in before_after.ROWS],
+        "identifier": token, "train_mode": ablation.train_mode, "steps": ablation.max_train_steps,
+        "rows": [prompts[key] for key in before_after.ROWS],
         "columns": list(before_after.COLUMNS), "layout": asdict(before_after.Layout()),
         "before": before, "after": after}, indent=2) + "\n")
-    _report(config.output, copy)
-    prompts = measure.subject_prompts(token)
     click.echo(f"subject fidelity ({before_after.EVAL_SIZE.subject_images} pictures of "
                f"\"{prompts['subject']}\"): base {before['subject_fidelity']:.2f} -> "
                f"fine-tuned {after['subject_fidelity']:.2f}")
     click.echo(f"class leakage (\"{prompts['class']}\" drawn like the subject; lower is better): "
                f"base {before['class_leakage']:.2f} -> fine-tuned {after['class_leakage']:.2f}")
     click.echo(f"before/after picture: {root / PICTURE}")
-    return ExitCode.OK
-
-
-def _photos_demo(root: Path, files: list[Path], class_noun: str, train_mode: str,
-                 max_train_steps: int, metrics_port: int) -> ExitCode:
-    from dreambooth_job.devtools import tiny_models
-
-    model_dir = root / "tiny-model"
-    if not (model_dir / "model_index.json").exists():
-        click.echo(f"building a tiny random model in {model_dir}")
-        tiny_models.build_tiny_pipeline(model_dir)
-    with object_store(root) as store:
-        photos_uri = storage.join(store, "photos", PHOTOS_SUBJECT) + "/"
-        for path in files:
-            storage.upload_file(path, storage.join(photos_uri, path.name))
-        click.echo(f"{len(files)} photos in {photos_uri}")
-        config = TrainConfig(
-            instance_data=photos_uri, output=storage.join(store, "runs", PHOTOS_SUBJECT) + "/",
-            class_data=storage.join(store, "class-cache") + "/", class_noun=class_noun,
-            base_model=str(model_dir), resolution=64, num_class_images=8,
-            max_train_steps=max_train_steps, num_validation_images=2, sample_steps=10, log_every=5,
-            cache_dir=str(root / "cache"), metrics_port=metrics_port,
-            checkpoint_every=max(1, max_train_steps // 2), train_mode=train_mode)
-        copy = _run_job(config, root / "run")
-    _report(config.output, copy)
-    click.echo(NOISE)
-    return ExitCode.OK
 
 
 def _report(run_uri: str, local_copy: Path) -> None:

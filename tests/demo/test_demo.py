@@ -73,20 +73,24 @@ def test_demo_on_your_photos_runs_the_job_and_says_its_pictures_are_noise(tmp_pa
     assert len(run["photos"]["used"]) == 3
 
 
-@pytest.mark.parametrize("case", ["missing", "a file", "no photos", "no class noun", "no photos flag"])
-def test_demo_refuses_a_bad_photos_directory_with_one_line(tmp_path, case):
+@pytest.mark.parametrize("case", ["missing", "a file", "no photos", "no class noun", "no photos flag",
+                                  "empty class noun"])
+def test_demo_refuses_bad_photos_options_with_one_line_before_writing_anything(tmp_path, case):
     directory = tmp_path / "photos"
     if case == "a file":
         directory.write_text("x")
     elif case != "missing":
         directory.mkdir()
         (directory / "readme.txt").write_text("x")
+        if case == "empty class noun":
+            make_photo(directory / "p.jpg", seed=0)
     args, named = {
         "missing": (["--photos", str(directory), "--class-noun", "mug"], [str(directory), "not a directory"]),
         "a file": (["--photos", str(directory), "--class-noun", "mug"], [str(directory), "not a directory"]),
         "no photos": (["--photos", str(directory), "--class-noun", "mug"], [str(directory), "no photos"]),
         "no class noun": (["--photos", str(directory)], ["--photos", "--class-noun", "together"]),
         "no photos flag": (["--class-noun", "mug"], ["--photos", "--class-noun", "together"]),
+        "empty class noun": (["--photos", str(directory), "--class-noun", ""], ["--class-noun"]),
     }[case]
     result = CliRunner().invoke(main, ["demo", "--output", str(tmp_path / "out"), *args])
     assert result.exit_code == 2, result.output
