@@ -61,7 +61,9 @@ def write_subject(directory: Path, count: int) -> Path:
     return directory
 
 
-def train_config(ablation: Ablation, seed: int, prior_preservation: bool, subject: Path, output: Path):
+def train_config(ablation: Ablation, seed: int, prior_preservation: bool, subject: str | Path,
+                 output: str | Path):
+    """The job's configuration for one run; `subject` and `output` are directories or s3:// URIs."""
     from dreambooth_job.config import TrainConfig
 
     return TrainConfig(
