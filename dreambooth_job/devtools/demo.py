@@ -229,3 +229,4 @@ def _report(run_uri: str, local_copy: Path) -> None:
             click.echo(f"  {what:<19} {local_copy / name}")
     click.echo(f"  sample grids        {local_copy / 'samples'}")
     click.echo(f"  result.json         {local_copy / 'result.json'}")
+    click.echo(f"  run page            {local_copy / 'index.html'}")

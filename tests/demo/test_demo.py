@@ -9,6 +9,7 @@ import re
 
 import numpy as np
 import pytest
+from browser import chromium, open_page
 from click.testing import CliRunner
 from helpers import make_photo
 from PIL import Image
@@ -55,6 +56,16 @@ def test_demo_learns_the_toy_subject_and_shows_it_before_and_after(tmp_path):
     assert figure.size == layout.size(rows=3, columns=2)
     figure = figure.convert("RGB")
     assert _subject_match(figure, layout, 0, 1) > _subject_match(figure, layout, 0, 0) + FIDELITY_MARGIN
+
+    # The run's page, as a newcomer opens it: in a real browser, every picture drawn.
+    page = tmp_path / "run" / "index.html"
+    assert f"run page            {page}" in result.output
+    assert chromium(), "chromium is missing: scripts/install-system-deps.sh installs it"
+    seen = open_page(page.as_uri())
+    assert seen.console_errors == []
+    grids = [i for i in seen.images if "/samples/step-" in i["src"]]
+    assert grids and all(i["complete"] and i["width"] > 0 and i["height"] > 0 for i in seen.images)
+    assert token in seen.text and "prior loss" in seen.text
 
 
 @pytest.mark.slow
