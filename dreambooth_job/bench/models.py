@@ -2,6 +2,8 @@
 random weights, so a benchmark needs no download:
 
 - tiny: the test pipeline of `devtools.tiny_models.build_tiny_pipeline` (about 1M UNet parameters);
+- tiny-sdxl: the SDXL-shaped test pipeline of `devtools.tiny_models.build_tiny_sdxl_pipeline` (two
+  text encoders, `text_time` conditioning): the SDXL path of bench, runnable on any CPU;
 - sd15: Stable Diffusion 1.5 (UNet channels 320/640/1280/1280, cross-attention 768, CLIP ViT-L/14
   text encoder with 12 layers of width 768, epsilon prediction);
 - sd21: Stable Diffusion 2.1 (attention head dims 5/10/20/20, linear projections, cross-attention
@@ -17,8 +19,8 @@ from __future__ import annotations
 
 import tempfile
 
-ARCHITECTURES = ("tiny", "sd15", "sd21", "sdxl")
-NATIVE_RESOLUTION = {"tiny": 64, "sd15": 512, "sd21": 768, "sdxl": 1024}
+ARCHITECTURES = ("tiny", "tiny-sdxl", "sd15", "sd21", "sdxl")
+NATIVE_RESOLUTION = {"tiny": 64, "tiny-sdxl": 64, "sd15": 512, "sd21": 768, "sdxl": 1024}
 UNSUPPORTED: dict[str, str] = {}  # architectures bench lists but cannot run, with the reason
 
 
@@ -26,11 +28,12 @@ def build_pipeline(model: str, seed: int = 0):
     """A pipeline of architecture `model` with seeded random weights, on the CPU."""
     if model in UNSUPPORTED:
         raise ValueError(UNSUPPORTED[model])
-    if model == "tiny":
-        from dreambooth_job.devtools.tiny_models import build_tiny_pipeline
+    if model in ("tiny", "tiny-sdxl"):
+        from dreambooth_job.devtools import tiny_models
 
-        with tempfile.TemporaryDirectory(prefix="bench-tiny-") as directory:
-            return build_tiny_pipeline(directory, seed=seed)
+        build = tiny_models.build_tiny_pipeline if model == "tiny" else tiny_models.build_tiny_sdxl_pipeline
+        with tempfile.TemporaryDirectory(prefix=f"bench-{model}-") as directory:
+            return build(directory, seed=seed)
     if model == "sdxl":
         from dreambooth_job.bench import sdxl
 

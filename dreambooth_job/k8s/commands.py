@@ -87,13 +87,8 @@ _set_option = click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
 def submit(replace: bool, dry_run: bool, fmt: str, **params) -> None:
     """Submit one subject as a Kubernetes Job (the same Job the Helm chart renders)."""
     spec = JobSpec(train=resolve_train_config(params), cluster=resolve_cluster_settings(params))
-    problems = location_problems(spec.train)  # the operator's prefixes and hosts, as for batch
-    if problems:
-        raise InvalidInputError("; ".join(problems))
-    if dry_run:
-        _print_manifests([k8s.render(spec, spec.cluster.namespace)], fmt)
-        return
-    _create(spec, replace, params, "for this subject")
+    # The operator's prefixes and hosts, as for batch.
+    _submit(spec, location_problems(spec.train), replace, dry_run, fmt, params, "for this subject")
 
 
 @click.command("submit-generate")
@@ -109,13 +104,19 @@ def submit_generate(replace: bool, dry_run: bool, fmt: str, **params) -> None:
     image and exit codes, named after --model and --output, never after a training Job."""
     spec = GenerateJobSpec(generate=generate_config.resolve(params),
                            cluster=resolve_cluster_settings(params))
-    problems = generate_config.location_problems(spec.generate)
+    _submit(spec, generate_config.location_problems(spec.generate), replace, dry_run, fmt, params,
+            "for this --model and --output")
+
+
+def _submit(spec, problems: list[str], replace: bool, dry_run: bool, fmt: str, params: dict,
+            what: str) -> None:
+    """Refuse what the operator's policy refuses, then print the Job or create it."""
     if problems:
         raise InvalidInputError("; ".join(problems))
     if dry_run:
         _print_manifests([k8s.render(spec, spec.cluster.namespace)], fmt)
         return
-    _create(spec, replace, params, "for this --model and --output")
+    _create(spec, replace, params, what)
 
 
 def _create(spec: JobSpec | GenerateJobSpec, replace: bool, params: dict[str, Any],

@@ -150,3 +150,19 @@ def test_peaks_are_known_for_datacenter_gpus_only():
     assert peak_tflops("NVIDIA A100-SXM4-80GB", "no", True) == pytest.approx(156.0)
     assert peak_tflops("NVIDIA H200", "no", False) == pytest.approx(67.0)
     assert peak_tflops("AMD EPYC", "no", False) is None
+
+
+def test_the_sdxl_path_of_bench_trains_full_and_lora_rows(tmp_path):
+    """`bench --model sdxl` on a GPU runs the code path this SDXL-shaped tiny model runs here:
+    two text encoders, `text_time` conditioning, full and LoRA rows."""
+    path = tmp_path / "bench.json"
+    outcome = CliRunner().invoke(main, [
+        "bench", "--model", "tiny-sdxl", "--resolution", "32", "--steps", "2", "--warmup", "1",
+        "--variant", "train_mode=lora", "--json", str(path)], catch_exceptions=False)
+    assert outcome.exit_code == ExitCode.OK, outcome.output
+    data = json.loads(path.read_text())
+    assert data["model"]["architecture"] == "tiny-sdxl"
+    rows = {row["name"]: row for row in data["variants"]}
+    assert [rows[name]["status"] for name in ("default", "train_mode=lora")] == ["ok", "ok"]
+    assert rows["default"]["steps_per_second"] > 0 and rows["train_mode=lora"]["steps_per_second"] > 0
+    assert 0 < rows["train_mode=lora"]["trainable_parameters"] < rows["default"]["trainable_parameters"]
