@@ -9,6 +9,11 @@ from pathlib import Path
 import pytest
 from helpers import make_photo
 
+# The workers (pyproject's addopts: one per core) share the cores: one torch thread each, and in
+# the job processes they start, or the tiny models' steps oversubscribe the cores and crawl. Set
+# before anything imports torch; an explicit OMP_NUM_THREADS wins.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
 REPO = Path(__file__).resolve().parent.parent
 SHARED_DATASET = REPO.parent / "shared" / "dreambooth-dataset"
 
