@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # System packages that the tests run for real instead of mocking: Prometheus and its Pushgateway
-# (tests/metrics), and headless Chromium, which renders a run's page (tests/job/test_run_page.py).
+# (tests/metrics), and headless Chromium, which renders a run's page (tests/job/
+# test_run_page_in_browser.py, tests/demo).
 # Idempotent: it installs only what is missing, so CI can call it on every run.
 #   scripts/install-system-deps.sh          # install what is missing (root, or sudo without a password)
 #   scripts/install-system-deps.sh --check  # exit 1 if something is missing, install nothing
