@@ -124,12 +124,12 @@ def test_generate_from_a_lora_run_applies_the_adapters_to_the_recorded_base(runs
     assert getattr(pipeline.unet, "peft_config", None), "the run's adapters are on the UNet"
 
 
-def one_line_error(outcome, *expected: str) -> None:
+def one_line_error(outcome) -> str:
+    """The single stderr line of an exit-2 refusal of --model."""
     assert outcome.exit_code == ExitCode.INVALID_INPUT, outcome.output[-3000:]
     lines = outcome.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: --model "), outcome.stderr
-    for text in expected:
-        assert text in lines[0], lines[0]
+    return lines[0]
 
 
 @pytest.mark.parametrize("model, expected", [
@@ -142,28 +142,31 @@ def one_line_error(outcome, *expected: str) -> None:
 ])
 def test_a_bad_model_prefix_exits_2_with_one_line(runs, tmp_path, model, expected):
     model = model.format(bucket=runs["bucket"], local=tmp_path / "absent")
-    outcome = generate(runs, model, "gen/never")
-    one_line_error(outcome, model, *expected)
+    line = one_line_error(generate(runs, model, "gen/never"))
+    assert all(text in line for text in (model, *expected)), line
     assert not storage.list_files(f"s3://{runs['bucket']}/gen/never/"), "nothing written"
 
 
-def test_an_unfinished_or_unreadable_run_exits_2(runs):
+@pytest.mark.parametrize("case, files, expected", [
+    ("no-marker", {"result.json": "finished"}, "holds no finished run"),
+    ("garbled", {"result.json": b"{not json", "_SUCCESS": b""}, "not valid JSON"),
+    ("failed", {"result.json": "failed", "_SUCCESS": b""}, "did not succeed"),
+])
+def test_an_unfinished_or_unreadable_run_exits_2(runs, case, files, expected):
+    """Copies of the full run with a file missing or changed: no `_SUCCESS`, a result.json that
+    is not JSON, a result.json whose status is failed."""
     bucket = runs["bucket"]
-    for name in ("result.json", "_SUCCESS"):  # a copy of the full run, one of its two files less
-        source = f"s3://{bucket}/runs/full/{name}"
-        storage.write_bytes(f"s3://{bucket}/copies/no-marker/{name}",
-                            b"" if name == "_SUCCESS" else storage.read_bytes(source))
-    storage.delete(f"s3://{bucket}/copies/no-marker/_SUCCESS")
-    one_line_error(generate(runs, f"s3://{bucket}/copies/no-marker/", "gen/never"),
-                   "holds no finished run")
-    storage.write_bytes(f"s3://{bucket}/copies/garbled/result.json", b"{not json")
-    storage.write_bytes(f"s3://{bucket}/copies/garbled/_SUCCESS", b"")
-    one_line_error(generate(runs, f"s3://{bucket}/copies/garbled/", "gen/never"), "not valid JSON")
-    failed = json.loads(storage.read_bytes(f"s3://{bucket}/runs/full/result.json"))
-    storage.write_bytes(f"s3://{bucket}/copies/failed/result.json",
-                        json.dumps({**failed, "status": "failed"}).encode())
-    storage.write_bytes(f"s3://{bucket}/copies/failed/_SUCCESS", b"")
-    one_line_error(generate(runs, f"s3://{bucket}/copies/failed/", "gen/never"), "did not succeed")
+    record = json.loads(storage.read_bytes(f"s3://{bucket}/runs/full/result.json"))
+    statuses = {"finished": record["status"], "failed": "failed"}
+    for name, content in files.items():
+        if isinstance(content, str):  # the full run's record with this status
+            content_bytes = json.dumps({**record, "status": statuses[content]}).encode()
+        else:
+            content_bytes = content
+        storage.write_bytes(f"s3://{bucket}/copies/{case}/{name}", content_bytes)
+    line = one_line_error(generate(runs, f"s3://{bucket}/copies/{case}/", "gen/never"))
+    assert expected in line, line
+    assert not storage.list_files(f"s3://{bucket}/gen/never/"), "nothing written"
 
 
 def test_output_inside_the_runs_weights_is_refused(runs):
