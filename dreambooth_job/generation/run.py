@@ -38,6 +38,16 @@ SCHEDULERS = {"dpm-solver++": "DPMSolverMultistepScheduler", "euler": "EulerDisc
               "ddim": "DDIMScheduler", "unipc": "UniPCMultistepScheduler"}
 
 
+def _check_recorded_resolution(config: GenerateConfig, resolution: int) -> None:
+    """The run's recorded resolution is a tenant's value: within --resolution's bounds, or exit 2."""
+    field = next(f for f in dataclasses.fields(config) if f.name == "resolution")
+    try:
+        check_bounds(field, resolution)
+    except InvalidInputError as exc:
+        raise InvalidInputError(f"--model {config.model}: the run records resolution {resolution}, "
+                                f"which generate cannot draw ({exc}); pass --resolution") from None
+
+
 def image_name(prompt_index: int, seed: int) -> str:
     return f"prompt-{prompt_index:02d}-seed-{seed}.png"
 
@@ -50,11 +60,11 @@ def generate(config: GenerateConfig) -> dict[str, Any]:
     source = find_run(config.model)  # bad --model fails before any model is loaded
     check_output(config.output, source)
     prompts = [format_prompt(p, source.identifier, source.class_noun) for p in config.prompts]
+    if config.resolution is None and source.resolution is not None:
+        _check_recorded_resolution(config, source.resolution)  # before the model loads
     pipeline = load_pipeline(source, config.cache_dir)
     resolution = config.resolution or source.resolution or (
         families.for_pipeline(pipeline).native_resolution(pipeline))
-    resolution_field = next(f for f in dataclasses.fields(config) if f.name == "resolution")
-    check_bounds(resolution_field, resolution)  # a run's recorded resolution is a tenant's value
     use_sampler(pipeline, config.sampler)
     device = devices.pick_device()
     pipeline.to(device)

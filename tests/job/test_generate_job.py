@@ -148,22 +148,21 @@ def test_a_bad_model_prefix_exits_2_with_one_line(runs, tmp_path, model, expecte
 
 
 @pytest.mark.parametrize("case, files, expected", [
-    ("no-marker", {"result.json": "finished"}, "holds no finished run"),
+    ("no-marker", {"result.json": {}}, "holds no finished run"),
     ("garbled", {"result.json": b"{not json", "_SUCCESS": b""}, "not valid JSON"),
-    ("failed", {"result.json": "failed", "_SUCCESS": b""}, "did not succeed"),
+    ("failed", {"result.json": {"status": "failed"}, "_SUCCESS": b""}, "did not succeed"),
+    ("huge", {"result.json": {"training": {"resolution": 10**6}}, "_SUCCESS": b""},
+     "the run records resolution 1000000"),
 ])
 def test_an_unfinished_or_unreadable_run_exits_2(runs, case, files, expected):
-    """Copies of the full run with a file missing or changed: no `_SUCCESS`, a result.json that
-    is not JSON, a result.json whose status is failed."""
+    """Copies of the full run with a file missing or changed (a dict: the full run's record with
+    those keys replaced): no `_SUCCESS`, a result.json that is not JSON, a failed run, a recorded
+    resolution no one could draw (result.json is a tenant's file)."""
     bucket = runs["bucket"]
     record = json.loads(storage.read_bytes(f"s3://{bucket}/runs/full/result.json"))
-    statuses = {"finished": record["status"], "failed": "failed"}
     for name, content in files.items():
-        if isinstance(content, str):  # the full run's record with this status
-            content_bytes = json.dumps({**record, "status": statuses[content]}).encode()
-        else:
-            content_bytes = content
-        storage.write_bytes(f"s3://{bucket}/copies/{case}/{name}", content_bytes)
+        data = json.dumps({**record, **content}).encode() if isinstance(content, dict) else content
+        storage.write_bytes(f"s3://{bucket}/copies/{case}/{name}", data)
     line = one_line_error(generate(runs, f"s3://{bucket}/copies/{case}/", "gen/never"))
     assert expected in line, line
     assert not storage.list_files(f"s3://{bucket}/gen/never/"), "nothing written"
