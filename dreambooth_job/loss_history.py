@@ -26,6 +26,8 @@ logger = logging.getLogger("dreambooth_job")
 HISTORY_FILE = "loss_history.json"
 MAX_POINTS = 100_000
 """More logged steps than any run makes (--log-every 1 for 100k steps); a larger file is forged."""
+MAX_BYTES = 32 * 2**20
+"""MAX_POINTS points take about 10 MB: a larger file is not read at all."""
 
 
 @dataclass(frozen=True)
@@ -52,6 +54,8 @@ class LossHistory(JobObserver):
         are trained again); none when the checkpoint predates the file or it does not parse."""
         path = Path(directory, HISTORY_FILE)
         try:
+            if path.is_file() and path.stat().st_size > MAX_BYTES:
+                raise ValueError(f"{path.stat().st_size} bytes, over {MAX_BYTES}")
             raw = json.loads(path.read_text()) if path.is_file() else []
         except (OSError, ValueError) as exc:
             logger.warning("checkpoint loss history unreadable (%s): the curve starts here", exc)

@@ -8,6 +8,7 @@ import re
 
 from PIL import Image
 
+from dreambooth_job import loss_history
 from dreambooth_job.events import TrainProgress
 from dreambooth_job.loss_history import HISTORY_FILE, LossHistory, LossPoint
 from dreambooth_job.result import (
@@ -123,6 +124,18 @@ def test_a_forged_or_missing_loss_history_gives_an_empty_or_partial_curve(tmp_pa
         {"step": 1, "loss": 1.0, "instance_loss": 1.0, "prior_loss": 0.0}, {"step": "2"}, 7,
         {"step": 3, "loss": "NaN", "instance_loss": 1.0, "prior_loss": 0.0},
         {"step": 4, "loss": 0.5, "instance_loss": 0.5, "prior_loss": True}]))
+    resumed.load(tmp_path, up_to_step=10)
+    assert resumed.points == [LossPoint(1, 1.0, 1.0, 0.0)]
+
+
+def test_an_oversized_loss_history_is_not_read(tmp_path, monkeypatch):
+    monkeypatch.setattr(loss_history, "MAX_BYTES", 100)
+    point = {"step": 1, "loss": 1.0, "instance_loss": 1.0, "prior_loss": 0.0}
+    (tmp_path / HISTORY_FILE).write_text(json.dumps([point] + [{"pad": "x" * 200}]))
+    resumed = LossHistory()
+    resumed.load(tmp_path, up_to_step=10)
+    assert resumed.points == []
+    (tmp_path / HISTORY_FILE).write_text(json.dumps([point]))
     resumed.load(tmp_path, up_to_step=10)
     assert resumed.points == [LossPoint(1, 1.0, 1.0, 0.0)]
 
