@@ -23,9 +23,10 @@ from typing import Any
 from dreambooth_job import __version__, storage
 from dreambooth_job.config_fields import check_bounds
 from dreambooth_job.exit_codes import InvalidInputError
-from dreambooth_job.generation.config import GenerateConfig
+from dreambooth_job.generation.config import GenerateConfig, location_problems
 from dreambooth_job.generation.source import RunSource, find_run, load_pipeline
 from dreambooth_job.identifiers import format_prompt
+from dreambooth_job.operator_policy import OperatorPolicy
 from dreambooth_job.redaction import redact_value
 
 logger = logging.getLogger("dreambooth_job")
@@ -57,7 +58,11 @@ def generate(config: GenerateConfig) -> dict[str, Any]:
     from dreambooth_job import devices, families, sampling
 
     config.validate(require_inputs=True)
-    source = find_run(config.model)  # bad --model fails before any model is loaded
+    policy = OperatorPolicy.from_env()  # the pod's: the generate Job carries the operator's env
+    problems = location_problems(config, policy)
+    if problems:
+        raise InvalidInputError("; ".join(problems))
+    source = find_run(config.model, policy)  # bad --model fails before any model is loaded
     check_output(config.output, source)
     prompts = [format_prompt(p, source.identifier, source.class_noun) for p in config.prompts]
     if config.resolution is None and source.resolution is not None:

@@ -4,9 +4,12 @@
     source.weights, source.identifier, source.class_noun, source.base_model
 
 The run is trusted only once it is complete (its _SUCCESS marker, result.py) and its result.json
-says it succeeded; the weights are read from the run's own layout (`<run>/model/`, `<run>/lora/`,
-outputs.py), never from URIs inside result.json, which whoever wrote the run could point anywhere.
-Everything else read from result.json is checked for type before use: it is a tenant's file.
+says it succeeded. The weights are read from the run's own layout (`<run>/model/`, `<run>/lora/`,
+outputs.py), never from the output URIs inside result.json. A LoRA run's adapters go onto the
+base model (and VAE) its result.json records: that file is the tenant's to rewrite, so it is read
+by recorded.py (bounded, typed) and each of those locations must pass `recorded.location_problem`
+(a location, and under the operator's prefixes when DREAMBOOTH_OPERATOR_ALLOWED_PREFIXES is set)
+before anything is downloaded.
 A light module (no torch); `load_pipeline` imports the model stack when called.
 """
 
@@ -16,12 +19,13 @@ import logging
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from dreambooth_job import storage
 from dreambooth_job.exit_codes import InvalidInputError
+from dreambooth_job.generation.recorded import check_locations, read_record
+from dreambooth_job.operator_policy import OperatorPolicy
 from dreambooth_job.outputs import LORA_DIR, MODEL_DIR
-from dreambooth_job.result import COMPLETION_MARKER, RESULT_FILE, output_locations, read_completed_result
+from dreambooth_job.result import COMPLETION_MARKER, RESULT_FILE
 
 logger = logging.getLogger("dreambooth_job")
 WEIGHTS = (MODEL_DIR, LORA_DIR)
@@ -49,24 +53,25 @@ class RunSource:
         return storage.join(self.run, self.weights)
 
 
-def find_run(model: str) -> RunSource:
+def find_run(model: str, policy: OperatorPolicy | None = None) -> RunSource:
     """The run `model` names: a run's output prefix, or its model/ or lora/. InvalidInputError
-    (one line naming `model`) when it holds no finished run or not the weights asked for."""
+    (one line naming `model`) when it holds no finished run or not the weights asked for, or
+    when its result.json is malformed or records a base model or VAE that `policy` (default:
+    this process's, OperatorPolicy.from_env) does not allow."""
     run, wanted = model.rstrip("/") or model, None
-    result = _completed_result(run, model)
+    record = read_record(run, model)
     parent, _, last = run.rpartition("/")
-    if result is None and parent and last in WEIGHTS:  # a run's model/ or lora/ (a run itself
-        result = _completed_result(parent, model)      # may be named "lora": tried first)
-        run, wanted = (parent, last) if result is not None else (run, None)
-    if not isinstance(result, dict):
+    if record is None and parent and last in WEIGHTS:  # a run's model/ or lora/ (a run itself
+        record = read_record(parent, model)            # may be named "lora": tried first)
+        run, wanted = (parent, last) if record is not None else (run, None)
+    if record is None:
         raise InvalidInputError(
             f"--model {model} holds no finished run (no {RESULT_FILE} with its {COMPLETION_MARKER} "
             f"marker): give a run's output prefix, or its {MODEL_DIR}/ or {LORA_DIR}/")
-    if result.get("status") != "succeeded":
+    if record.status != "succeeded":
         raise InvalidInputError(f"--model {model}: the run did not succeed (status "
-                                f"{str(result.get('status'))[:40]!r} in {RESULT_FILE})")
-    published = output_locations(result)
-    has = {MODEL_DIR: bool(published["model"]), LORA_DIR: bool(published["lora"])}
+                                f"{str(record.status)[:40]!r} in {RESULT_FILE})")
+    has = record.published
     if wanted and not has[wanted]:
         other = next(w for w in WEIGHTS if w != wanted)
         hint = f"; it published {other}/" if has[other] else ""
@@ -75,16 +80,16 @@ def find_run(model: str) -> RunSource:
     if weights is None:
         raise InvalidInputError(f"--model {model}: the run's {RESULT_FILE} lists no "
                                 f"{MODEL_DIR}/ or {LORA_DIR}/")
-    config = _mapping(result.get("config"))
+    lora = weights == LORA_DIR
+    if lora:  # the only weights read from places result.json names
+        check_locations(record, model, policy)
     return RunSource(
         run=run, weights=weights,
-        identifier=_text(_mapping(result.get("identifier")).get("token"), "identifier.token", model),
-        class_noun=_text(config.get("class_noun"), "config.class_noun", model),
-        base_model=_optional_text(_mapping(result.get("base_model")).get("source"))
-        or _optional_text(config.get("base_model")),
-        vae=_optional_text(config.get("vae")),
-        resolution=_optional_int(_mapping(result.get("training")).get("resolution"))
-        or _optional_int(config.get("resolution")))
+        identifier=_required(record.identifier, "identifier.token", model),
+        class_noun=_required(record.class_noun, "config.class_noun", model),
+        base_model=record.base_model[1] if lora and record.base_model else None,
+        vae=record.vae[1] if lora and record.vae else None,
+        resolution=record.resolution)
 
 
 def load_pipeline(source: RunSource, cache_dir: str):
@@ -117,29 +122,7 @@ def load_pipeline(source: RunSource, cache_dir: str):
     return pipeline
 
 
-def _completed_result(run: str, model: str) -> Any:
-    """result.json of the completed run at `run`, or None."""
-    try:
-        return read_completed_result(run)
-    except (ValueError, UnicodeDecodeError):  # JSON that does not parse
-        raise InvalidInputError(f"--model {model}: the run's {RESULT_FILE} is not valid JSON") from None
-    except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
-        return None
-
-
-def _mapping(value: Any) -> dict:
-    return value if isinstance(value, dict) else {}
-
-
-def _text(value: Any, key: str, model: str) -> str:
-    if not isinstance(value, str) or not value:
+def _required(value: str | None, key: str, model: str) -> str:
+    if not value:
         raise InvalidInputError(f"--model {model}: the run's {RESULT_FILE} has no {key}")
     return value
-
-
-def _optional_text(value: Any) -> str | None:
-    return value if isinstance(value, str) and value else None
-
-
-def _optional_int(value: Any) -> int | None:
-    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None

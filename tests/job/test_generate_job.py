@@ -153,6 +153,15 @@ def test_a_bad_model_prefix_exits_2_with_one_line(runs, tmp_path, model, expecte
     ("failed", {"result.json": {"status": "failed"}, "_SUCCESS": b""}, "did not succeed"),
     ("huge", {"result.json": {"training": {"resolution": 10**6}}, "_SUCCESS": b""},
      "the run records resolution 1000000"),
+    # A tenant's file, read typed and bounded (issue 23): never a traceback, never a fallback.
+    ("too-large", {"result.json": {"padding": "x" * 4 * 2**20}, "_SUCCESS": b""},
+     "the run's result.json is over 4194304 bytes"),
+    ("deep", {"result.json": b"[" * 200_000, "_SUCCESS": b""}, "not valid JSON"),
+    ("list", {"result.json": b"[]", "_SUCCESS": b""}, "the run's result.json is not a JSON object"),
+    ("config-list", {"result.json": {"config": ["dog"]}, "_SUCCESS": b""},
+     "result.json is malformed: config is not an object"),
+    ("long-token", {"result.json": {"identifier": {"token": "x" * 10_000}}, "_SUCCESS": b""},
+     "malformed: identifier.token is not a string of at most 200 characters"),
 ])
 def test_an_unfinished_or_unreadable_run_exits_2(runs, case, files, expected):
     """Copies of the full run with a file missing or changed (a dict: the full run's record with
@@ -195,3 +204,90 @@ def test_generate_from_an_sdxl_lora_run_with_text_encoder_adapters(runs, tiny_sd
     pipeline = load_pipeline(find_run(output), runs["cache"])
     for module in (pipeline.unet, pipeline.text_encoder, pipeline.text_encoder_2):
         assert getattr(module, "peft_config", None), f"no adapters on the {type(module).__name__}"
+
+
+# --- result.json is the tenant's file: what it names is checked, in the process that generates --
+
+POLICY_ENV = "DREAMBOOTH_OPERATOR_ALLOWED_PREFIXES"
+
+
+@pytest.fixture(scope="module")
+def tenants(runs, tiny_model):
+    """The tiny model in the shared models prefix and in tenant B's own prefix; tenant A's policy
+    (its prefix and the models prefix), as an operator sets it for tenant A's pods."""
+    bucket = runs["bucket"]
+    for prefix in ("models/tiny", "tenant-b/victim/model"):
+        storage.upload_dir(tiny_model, f"s3://{bucket}/{prefix}/")
+    return {"bucket": bucket, "policy": f"s3://{bucket}/tenant-a/,s3://{bucket}/models/",
+            "allowed_base": f"s3://{bucket}/models/tiny", "local_base": str(tiny_model),
+            "victim": f"s3://{bucket}/tenant-b/victim/model"}
+
+
+def copy_of_lora_run(runs, name: str, changes: dict) -> str:
+    """The LoRA run copied whole into tenant A's prefix, its result.json's sections updated with
+    `changes` (a section's fields merged; None removes the section), as the tenant can."""
+    bucket = runs["bucket"]
+    record = json.loads(storage.read_bytes(runs["lora"] + "result.json"))
+    for section, fields in changes.items():
+        record[section] = None if fields is None else {**(record.get(section) or {}), **fields}
+    run = f"s3://{bucket}/tenant-a/{name}/"
+    for file in storage.list_files(runs["lora"] + "lora/"):
+        storage.write_bytes(f"{run}lora/{file.relative_path}",
+                            storage.read_bytes(storage.file_uri(runs["lora"] + "lora/", file)))
+    storage.write_bytes(run + "result.json", json.dumps(record).encode())
+    storage.write_bytes(run + "_SUCCESS", b"")
+    return run
+
+
+@pytest.mark.parametrize("changes, field, expected", [
+    ({"base_model": {"source": "{victim}"}}, "base_model.source {victim}", "outside the prefixes"),
+    ({"base_model": None, "config": {"base_model": "{victim}"}}, "config.base_model {victim}",
+     "outside the prefixes"),
+    ({"base_model": {"source": "someorg/some-model"}}, "base_model.source 'someorg/some-model'",
+     "is a hub id"),
+    ({"base_model": {"source": "{local_base}"}}, "base_model.source {local_base}",
+     "outside the prefixes"),
+    ({"base_model": {"source": "{allowed_base}"}, "config": {"vae": "{victim}/vae"}},
+     "config.vae {victim}/vae", "outside the prefixes"),
+    ({"base_model": {"source": "https://example.com/model"}}, "base_model.source",
+     "is not a supported location"),
+    ({"base_model": {"source": "s3://key:secret@{bucket}/models/tiny"}}, "base_model.source",
+     "must not carry credentials"),
+], ids=["other-tenant", "older-field", "hub-id", "local-path", "vae", "scheme", "credentials"])
+def test_a_forged_base_model_or_vae_in_result_json_exits_2(runs, tenants, monkeypatch, changes,
+                                                           field, expected):
+    """Issue 23: a LoRA run's result.json named another tenant's model, a hub id (the pod then
+    reached for the hub: exit 75, retried), a path of the image or another tenant's VAE, and
+    generate loaded it. Now each is refused before any download, in one line naming the field."""
+    monkeypatch.setenv(POLICY_ENV, tenants["policy"])
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # as a pod without the hub: never a download
+    changes = {s: None if f is None else {k: v.format(**tenants) for k, v in f.items()}
+               for s, f in changes.items()}
+    run = copy_of_lora_run(runs, "bear", changes)
+    line = one_line_error(generate(runs, run, "tenant-a/gen/forged"))
+    assert f"result.json's {field.format(**tenants)}" in line and expected in line, line
+    assert not storage.list_files(f"s3://{runs['bucket']}/tenant-a/gen/forged/"), "nothing written"
+
+
+def test_a_lora_run_on_an_allowed_base_model_and_vae_still_generates(runs, tenants, monkeypatch):
+    monkeypatch.setenv(POLICY_ENV, tenants["policy"])
+    base = tenants["allowed_base"]
+    run = copy_of_lora_run(runs, "honest", {"base_model": {"source": base},
+                                            "config": {"vae": base + "/vae"}})
+    outcome = generate(runs, run, "tenant-a/gen/honest", "--num-images", "1")
+    assert outcome.exit_code == ExitCode.OK, outcome.output[-3000:]
+    record = record_of(runs, "tenant-a/gen/honest")
+    assert record["base_model"] == base and record["weights"] == "lora"
+
+
+def test_generate_checks_model_and_output_against_the_policy_of_its_process(runs, tenants,
+                                                                            monkeypatch):
+    """The generate pod re-checks what submit-generate checked: --model and --output."""
+    monkeypatch.setenv(POLICY_ENV, tenants["policy"])
+    run = copy_of_lora_run(runs, "own", {"base_model": {"source": tenants["allowed_base"]}})
+    outcome = generate(runs, run, "tenant-b/gen")
+    assert outcome.exit_code == ExitCode.INVALID_INPUT, outcome.output[-3000:]
+    assert outcome.stderr.strip() == (f"error: --output s3://{runs['bucket']}/tenant-b/gen/ is "
+                                      "outside the prefixes the operator allows "
+                                      f"({POLICY_ENV})")
+    assert not storage.list_files(f"s3://{runs['bucket']}/tenant-b/gen/")
