@@ -52,6 +52,8 @@ TMP_SIZE_LIMIT = DEFAULT_PROFILE.tmp_size_limit
 # tmp_size_limit's default: the profile's.
 AUTO = sizing.AUTO
 
+# An entry of DREAMBOOTH_OPERATOR_ALLOWED_PREFIXES: comma-separated in the env, so none in an entry.
+_PREFIX = re.compile(r"^(s3://[^/,\s]+|/)[^,\s]*$")
 _LABEL_VALUE = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$")
 
 
@@ -164,6 +166,11 @@ class ClusterSettings:
         (), help="Operator setting: the only hosts --pushgateway and --notify-url may reach, as "
                  "DREAMBOOTH_OPERATOR_ALLOWED_HOSTS; the job exits 2 at start for any other "
                  "(default: any host). Chart: operator.allowedHosts.")
+    allowed_prefixes: tuple[str, ...] = setting(
+        (), help="Operator setting: the s3:// prefixes and absolute local directories the pod may "
+                 "read and write, as DREAMBOOTH_OPERATOR_ALLOWED_PREFIXES, so that the pod re-checks "
+                 "what submit checked, and what it reads from files (a run's result.json, for "
+                 "generate) (default: any). Chart: operator.allowedPrefixes.")
     notify_secret: str | None = setting(
         help="Existing Secret holding the key that signs the completion call under the key named "
              "by --notify-secret-env, passed as that variable; referenced, never copied. "
@@ -186,6 +193,10 @@ class ClusterSettings:
             if not directory.startswith("/") or "," in directory or "\n" in directory:
                 raise InvalidInputError(f"prompt_file_dirs: {directory!r} is not an absolute "
                                         "directory without commas")
+        for prefix in self.allowed_prefixes:
+            if not _PREFIX.match(prefix):
+                raise InvalidInputError(f"allowed_prefixes: {prefix!r} is not an s3://bucket/ prefix "
+                                        "or an absolute directory without commas")
         for host in self.allowed_hosts:
             if not host or any(c in host for c in ",/@") or not host.isprintable() or " " in host:
                 raise InvalidInputError(f"allowed_hosts: {host!r} is not a host name")

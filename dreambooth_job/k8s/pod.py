@@ -30,6 +30,7 @@ CONTAINER_NAME = "train"
 JOB_UID_LABEL = "batch.kubernetes.io/controller-uid"
 PROMPT_FILE_DIRS_ENV = OPERATOR_ENV_PREFIX + "PROMPT_FILE_DIRS"
 ALLOWED_HOSTS_ENV = OPERATOR_ENV_PREFIX + "ALLOWED_HOSTS"
+ALLOWED_PREFIXES_ENV = OPERATOR_ENV_PREFIX + "ALLOWED_PREFIXES"
 # The container sets these itself (cache_dir follows the cache volume), so they are not options
 # of the chart's `job:` values nor of the rendered args.
 OPTIONS_SET_BY_THE_POD = frozenset({"cache_dir"})
@@ -219,6 +220,8 @@ def _env(cluster: ClusterSettings) -> list[dict[str, Any]]:
         env.append({"name": PROMPT_FILE_DIRS_ENV, "value": ",".join(cluster.prompt_file_dirs)})
     if cluster.allowed_hosts:
         env.append({"name": ALLOWED_HOSTS_ENV, "value": ",".join(cluster.allowed_hosts)})
+    if cluster.allowed_prefixes:  # the pod re-checks its locations (generate: result.json's too)
+        env.append({"name": ALLOWED_PREFIXES_ENV, "value": ",".join(cluster.allowed_prefixes)})
     return env
 
 

@@ -113,6 +113,7 @@ def spec_from_values(values: dict[str, Any]) -> JobSpec:
         fs_group=identity.get("fsGroup"),
         prompt_file_dirs=tuple(values["operator"]["promptFileDirs"]),
         allowed_hosts=tuple(values["operator"]["allowedHosts"]),
+        allowed_prefixes=tuple(values["operator"]["allowedPrefixes"]),
         notify_secret=values["notify"]["secretName"] or None,
     )
     return JobSpec(train=train, cluster=cluster, name=name, extra_args=tuple(values["extraArgs"]))

@@ -21,16 +21,18 @@ from deploy_support import (
 )
 
 from dreambooth_job import cli
+from dreambooth_job.config import TrainConfig
 from dreambooth_job.exit_codes import ExitCode, InvalidInputError
 from dreambooth_job.generation import config as gen
 from dreambooth_job.generation.config import GenerateConfig
+from dreambooth_job.k8s.cluster_settings import ClusterSettings
 from dreambooth_job.k8s.generate_job import (
     MODE_LABEL,
     GenerateJobSpec,
     build_generate_job,
     generate_job_name,
 )
-from dreambooth_job.k8s.manifest import SUBJECT_LABEL, job_name, values_key
+from dreambooth_job.k8s.manifest import SUBJECT_LABEL, JobSpec, build_job, job_name, values_key
 
 DNS_LABEL = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$"
 GENERATE = {"model": "s3://runs/dog-42/", "output": "s3://generated/dog-42/"}
@@ -177,3 +179,46 @@ def test_chart_schema_requires_each_modes_own_values(chart, values, where):
     with pytest.raises(helm.HelmValuesError) as error:
         chart.render(values, name=RELEASE, namespace=NAMESPACE, is_install=True)
     assert where in str(error.value)
+
+
+# --- the operator's policy travels to the generate pod as to the training pod (issue 23) -------
+
+OPERATOR = {"promptFileDirs": ["/etc/prompts"], "allowedHosts": ["push.monitoring"],
+            "allowedPrefixes": ["s3://runs/tenant-a/", "s3://models/", "/srv/models"]}
+OPERATOR_ENV = {"DREAMBOOTH_OPERATOR_PROMPT_FILE_DIRS": "/etc/prompts",
+                "DREAMBOOTH_OPERATOR_ALLOWED_HOSTS": "push.monitoring",
+                "DREAMBOOTH_OPERATOR_ALLOWED_PREFIXES": "s3://runs/tenant-a/,s3://models/,/srv/models"}
+
+
+def operator_env(job: dict) -> dict:
+    env = job["spec"]["template"]["spec"]["containers"][0]["env"]
+    return {e["name"]: e["value"] for e in env if e["name"].startswith("DREAMBOOTH_OPERATOR_")}
+
+
+def test_the_generate_job_carries_the_training_jobs_operator_env():
+    """generate re-checks --model, --output and what the run's result.json records against the
+    policy of its own process: the pod must carry it, as the training pod does."""
+    cluster = ClusterSettings(prompt_file_dirs=("/etc/prompts",), allowed_hosts=("push.monitoring",),
+                              allowed_prefixes=tuple(OPERATOR["allowedPrefixes"]))
+    train = build_job(JobSpec(train=TrainConfig(instance_data="s3://runs/tenant-a/photos/",
+                                                class_noun="dog", output="s3://runs/tenant-a/dog/"),
+                              cluster=cluster))
+    generate = build_generate_job(GenerateJobSpec(generate=GenerateConfig(**GENERATE), cluster=cluster))
+    assert operator_env(generate) == operator_env(train) == OPERATOR_ENV
+
+
+def test_chart_generate_mode_carries_the_training_modes_operator_env(render):
+    train = render({"job": {"instanceData": "s3://runs/tenant-a/photos/", "classNoun": "dog",
+                            "output": "s3://runs/tenant-a/dog/"}, "operator": OPERATOR}).one("Job")
+    rendered = render({**generate_values(), "operator": OPERATOR})
+    assert operator_env(rendered.one("Job")) == operator_env(train) == OPERATOR_ENV
+    assert_same(comparable(python_job(rendered.values)), comparable(rendered.one("Job")))
+
+
+@pytest.mark.parametrize("bad", ["runs/tenant-a/", "s3:///x", "s3://a/,s3://b/", "gs://b/"])
+def test_allowed_prefixes_are_s3_prefixes_or_absolute_directories(chart, bad):
+    with pytest.raises(InvalidInputError, match="allowed_prefixes"):
+        ClusterSettings(allowed_prefixes=(bad,))
+    with pytest.raises(helm.HelmValuesError, match="/operator/allowedPrefixes/0"):
+        chart.render({**generate_values(), "operator": {"allowedPrefixes": [bad]}}, name=RELEASE,
+                     namespace=NAMESPACE, is_install=True)
