@@ -3,6 +3,8 @@ it recorded), locally or as a Kubernetes Job (`submit-generate`, the chart's `mo
 
 - config.py: `GenerateConfig`, the options (flags, the Job's args, the chart's `generate:` values);
 - source.py: which run and which weights `--model` names, and loading them;
+- recorded.py: what generate reads from the run's result.json (a tenant's file): bounded, typed,
+  the base model and VAE it records checked against the operator's prefixes;
 - run.py: drawing the images and writing them with grid.png and generation.json;
 - command.py: the click command.
 

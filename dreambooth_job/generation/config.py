@@ -4,9 +4,11 @@ their schema (helm/sync_chart.py) all derive from its fields, declared with conf
 (role, help, bounds, choices), so they are checked by the same `check_bounds` and stated by the
 same `schema_bounds`.
 
-Unlike `train`, `generate` reads no env vars and no config file: its few options are flags (and,
-in a pod, the Job's args), so that the DREAMBOOTH_* variables meant for training never change what
-a generate Job draws. A leaf like config.py: no torch, so the Kubernetes commands use it.
+Unlike `train`, `generate` reads no option from env vars or a config file: its few options are
+flags (and, in a pod, the Job's args), so that the DREAMBOOTH_* variables meant for training never
+change what a generate Job draws. The operator's policy (DREAMBOOTH_OPERATOR_*, operator_policy.py)
+is not an option: `location_problems` checks --model and --output against it, at submit-generate
+and again in the pod. A leaf like config.py: no torch, so the Kubernetes commands use it.
 """
 
 from __future__ import annotations
