@@ -168,9 +168,9 @@ class ClusterSettings:
                  "(default: any host). Chart: operator.allowedHosts.")
     allowed_prefixes: tuple[str, ...] = setting(
         (), help="Operator setting: the s3:// prefixes and absolute local directories the pod may "
-                 "read and write, as DREAMBOOTH_OPERATOR_ALLOWED_PREFIXES, so that the pod re-checks "
-                 "what submit checked, and what it reads from files (a run's result.json, for "
-                 "generate) (default: any). Chart: operator.allowedPrefixes.")
+                 "read and write, as DREAMBOOTH_OPERATOR_ALLOWED_PREFIXES in every pod; generate "
+                 "checks --model, --output and the base model and VAE a run's result.json records "
+                 "against it (default: any). Chart: operator.allowedPrefixes.")
     notify_secret: str | None = setting(
         help="Existing Secret holding the key that signs the completion call under the key named "
              "by --notify-secret-env, passed as that variable; referenced, never copied. "
