@@ -5,7 +5,9 @@
     dreambooth-job generate --model s3://runs/dog-42/lora/ --output ./gen --sampler euler --steps 30
 
 Exit 0 once the images, grid.png and generation.json are written; 2 for bad input (an option, a
---model that holds no finished run or not the weights named); 75 when storage is unreachable.
+--model that holds no finished run or not the weights named, a malformed result.json, a base
+model or VAE it records that is no location or lies outside the operator's prefixes, checked
+before any download); 75 when storage is unreachable.
 """
 
 from __future__ import annotations
