@@ -13,6 +13,7 @@ from typing import Any
 
 from dreambooth_job import config as cfg
 from dreambooth_job import sizing
+from dreambooth_job.config_fields import set_by_pod
 from dreambooth_job.exit_codes import InvalidInputError
 from dreambooth_job.k8s.cluster_settings import (
     AUTO,
@@ -31,8 +32,9 @@ JOB_UID_LABEL = "batch.kubernetes.io/controller-uid"
 PROMPT_FILE_DIRS_ENV = OPERATOR_ENV_PREFIX + "PROMPT_FILE_DIRS"
 ALLOWED_HOSTS_ENV = OPERATOR_ENV_PREFIX + "ALLOWED_HOSTS"
 # The container sets these itself (cache_dir follows the cache volume), so they are not options
-# of the chart's `job:` values nor of the rendered args.
-OPTIONS_SET_BY_THE_POD = frozenset({"cache_dir"})
+# of the chart's `job:` values nor of the rendered args, and a batch row may not set them: the
+# options declared `set_by_pod` (config_fields.option).
+OPTIONS_SET_BY_THE_POD = frozenset(f.name for f in cfg.fields() if set_by_pod(f))
 
 
 def pod_spec(train: cfg.TrainConfig, cluster: ClusterSettings, args: list[str], *,
