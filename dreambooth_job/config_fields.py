@@ -67,12 +67,12 @@ def option(role: Role, default: Any = None, *, help: str, flag: str | None = Non
     values schema repeats. `flag` overrides the generated `--name/--no-name` form; `evaluation`
     makes it an option of `dreambooth-job evaluate` too.
 
-    `max_length` bounds a string (each item of a list), `max_items` a list, `pattern` is a regular
-    expression the whole string matches, with the words that say what it allows. `place` says that the option names a place (a location
-    is at most MAX_LOCATION_LENGTH long unless `max_length` says otherwise). `set_by_pod`: the Job
-    or the pod decides the value (e.g. a path inside the pod), so a batch row, the chart's `job:`
-    values and `submit` never set it. `ceiling` names the OperatorPolicy field that bounds the
-    value from above for tenants (DREAMBOOTH_OPERATOR_MAX_...; policy.py checks it)."""
+    `max_length` bounds a string (each item of a list), `max_items` a list; `pattern` is a regular
+    expression the whole string matches and the words that say what it allows. `place` says that
+    the option names a place (at most MAX_LOCATION_LENGTH long unless `max_length` says otherwise).
+    `set_by_pod`: the Job or the pod decides the value (e.g. a path inside the pod), so a batch
+    row, the chart's `job:` values and `submit` never set it. `ceiling` names the OperatorPolicy
+    field that bounds the value from above for tenants (DREAMBOOTH_OPERATOR_MAX_...; policy.py)."""
     if not isinstance(role, Role):
         raise TypeError(f"option() takes the field's Role first (MODEL or OPERATIONAL), got {role!r}")
     if place is not None and max_length is None:

@@ -24,6 +24,7 @@ the job's start (policy.py), and the Job builders refuse a pod above the resourc
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
@@ -130,19 +131,40 @@ def ceiling_env(name: str) -> str:
 
 
 def _ceiling(env: Mapping[str, str], f: Any) -> float | str:
-    raw = env[ceiling_env(f.name)].strip()
-    if f.type == "str | None":  # a Kubernetes quantity, compared by quantities.py
+    return parse_ceiling(f.name, env[ceiling_env(f.name)], ceiling_env(f.name))
+
+
+def parse_ceiling(name: str, raw: Any, source: str) -> float | str:
+    """A ceiling's value from text or a number: a quantity for max_cpu and max_memory (compared
+    by quantities.py), else a number of 0 or more (an integer for the integer options)."""
+    f = _CEILINGS_BY_NAME.get(name)
+    if f is None:
+        raise InvalidInputError(f"{source}: {name!r} is not a ceiling (one of "
+                                f"{', '.join(_CEILINGS_BY_NAME)})")
+    text = str(raw).strip()
+    if f.type == "str | None":
         from dreambooth_job.quantities import parse_quantity
 
-        parse_quantity(ceiling_env(f.name), raw)
-        return raw
+        parse_quantity(source, text)
+        return text
     try:
-        value = float(raw) if f.type == "float" else int(raw)
+        value = float(text)
     except ValueError:
-        value = -1
-    if value < 0:
-        raise InvalidInputError(f"{ceiling_env(f.name)} must be a number of 0 or more, got {raw[:40]!r}")
-    return value
+        value = -1.0
+    if not 0 <= value < float("inf") or (f.type == "int" and not value.is_integer()):
+        kind = "an integer" if f.type == "int" else "a number"
+        raise InvalidInputError(f"{source} must be {kind} of 0 or more, got {text[:40]!r}")
+    return int(value) if f.type == "int" else value
+
+
+def lower_than(ceiling: str, value: Any, other: Any) -> bool:
+    """Whether `value` is below `other` as values of the ceiling named `ceiling` (quantities
+    compared as numbers)."""
+    if _CEILINGS_BY_NAME[ceiling].type == "str | None":
+        from dreambooth_job.quantities import parse_quantity
+
+        return parse_quantity(ceiling, value) < parse_quantity(ceiling, other)
+    return value < other
 
 
 def _boolean(env: Mapping[str, str], name: str) -> bool:
@@ -162,3 +184,16 @@ def _under(uri: str, prefix: str) -> bool:
 
 
 CEILINGS = tuple(f for f in fields(OperatorPolicy) if f.metadata.get("ceiling"))
+_CEILINGS_BY_NAME = {f.name: f for f in CEILINGS}
+
+
+def lowered(policy: OperatorPolicy, ceilings: Mapping[str, Any]) -> OperatorPolicy:
+    """`policy` with each of `ceilings` (by name, as ClusterSettings.ceilings gives them) taking
+    the place of the policy's own where it is lower: settings may only tighten the process's."""
+    changes = {}
+    for name, raw in ceilings.items():
+        value = parse_ceiling(name, raw, f"ceilings.{name}")
+        current = getattr(policy, name)
+        if current is None or lower_than(name, value, current):
+            changes[name] = value
+    return dataclasses.replace(policy, **changes)

@@ -16,8 +16,9 @@ from dreambooth_job.exit_codes import InvalidInputError
 
 _SUFFIXES = {"": 1, "m": 1e-3, "k": 1e3, "M": 1e6, "G": 1e9, "T": 1e12, "P": 1e15, "E": 1e18,
              "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50, "Ei": 2**60}
-_QUANTITY = re.compile(
+QUANTITY_SCHEMA_PATTERN = (
     r"^([0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE]([+-]?[0-9]+)|(Ki|Mi|Gi|Ti|Pi|Ei|[mkMGTPE]))?$")
+_QUANTITY = re.compile(QUANTITY_SCHEMA_PATTERN)
 
 
 def parse_quantity(name: str, value: object) -> float:

@@ -11,7 +11,11 @@ It writes these, and only these:
   are in files/package.yaml's `sizing`;
 - `properties.job` of values.schema.json: types, choices, nullability, help, the bounds each option
   declares in TrainConfig (config_fields.schema_bounds: minimum, multipleOf, pattern, ...) and,
-  for the options naming places (config.URI_OPTIONS), the refusal of credentials in a URL;
+  lengths, patterns and, for the options naming places (config_fields' `place`), the refusal of
+  credentials in a URL;
+- the operator's ceilings (operator_policy.CEILINGS) in `properties.operator` of the schema and
+  in files/package.yaml's `ceilings`, which the templates render as DREAMBOOTH_OPERATOR_MAX_* env
+  and hold the job values, `resources` and `gpu.count` against;
 - the same for `generate` (the `generate:` block of values.yaml, `properties.generate`) from
   GenerateConfig (generation/config.py), and which options each `mode` requires (`allOf`);
 - the example Jobs manifests/job.yaml and manifests/batch/indexed-job.yaml, built by
@@ -31,12 +35,14 @@ import yaml
 
 from dreambooth_job import config as cfg
 from dreambooth_job import sizing
-from dreambooth_job.config_fields import schema_bounds
+from dreambooth_job.config_fields import place_of, schema_bounds
 from dreambooth_job.config_introspection import base_type, is_list
 from dreambooth_job.generation import config as gen
 from dreambooth_job.k8s.examples import EXAMPLES
 from dreambooth_job.k8s.generate_job import chart_options as generate_chart_options
 from dreambooth_job.k8s.manifest import OPTIONS_SET_BY_THE_POD, chart_table, values_key
+from dreambooth_job.operator_policy import CEILINGS, ceiling_env
+from dreambooth_job.quantities import QUANTITY_SCHEMA_PATTERN
 from dreambooth_job.redaction import URL_CREDENTIALS_SCHEMA_PATTERN
 
 REPO = Path(__file__).resolve().parent.parent
@@ -90,9 +96,10 @@ def _values_block(current: str, begin: str, fields: list, owner: type | None) ->
 
 def schema_json(current: str) -> str:
     schema = json.loads(current)
-    schema["properties"]["job"]["properties"] = _schema_properties(chart_fields(), None, cfg.URI_OPTIONS)
+    schema["properties"]["job"]["properties"] = _schema_properties(chart_fields(), None)
     schema["properties"]["generate"]["properties"] = _schema_properties(
-        generate_fields(), gen.GenerateConfig, ("model", "output"))
+        generate_fields(), gen.GenerateConfig)
+    schema["properties"]["operator"]["properties"].update(ceiling_schemas())
     schema["allOf"] = [mode_requirements()]
     schema["properties"]["sizing"]["enum"] = list(sizing.CHOICES)
     return json.dumps(schema, indent=2, ensure_ascii=False) + "\n"
@@ -111,7 +118,7 @@ def mode_requirements() -> dict:
             "else": required("job", chart_fields())}
 
 
-def _schema_properties(fields: list, owner: type | None, uri_options) -> dict:
+def _schema_properties(fields: list, owner: type | None) -> dict:
     """The options' schemas. A required option may be null (values.yaml's default): each mode
     requires its own (mode_requirements), and a release of one mode leaves the other's unset."""
     properties = {}
@@ -119,18 +126,34 @@ def _schema_properties(fields: list, owner: type | None, uri_options) -> dict:
         key, default = values_key(f.name), cfg.default_of(f)
         kind = JSON_TYPES[base_type(f, owner)]
         prop: dict = {"description": f.metadata["help"]}
+        bounds = schema_bounds(f)
         if is_list(f, owner):
-            prop.update(type="array", items={"type": kind})
+            prop.update(type="array", items={"type": kind, **bounds.pop("items", {})})
         else:
             prop["type"] = kind if default is not None else [kind, "null"]
         if f.metadata["choices"]:
             prop["enum"] = list(f.metadata["choices"])
-        if f.name in uri_options:  # validate() refuses credentials in URLs too
+        if place_of(f):  # validate() refuses credentials in URLs too
             prop["not"] = {"type": "string", "pattern": URL_CREDENTIALS_SCHEMA_PATTERN}
-        prop.update(schema_bounds(f))
+        prop.update(bounds)
         if default is not None:
             prop["default"] = default
         properties[key] = prop
+    return properties
+
+
+def ceiling_schemas() -> dict:
+    """The operator's ceilings as `operator:` values: null keeps the package's default."""
+    properties = {}
+    for f in CEILINGS:
+        kind = "string" if f.type == "str | None" else JSON_TYPES[{"int": int, "float": float}[f.type]]
+        prop = {"type": [kind, "null"], "description": f"{f.metadata['help']} ({ceiling_env(f.name)}; "
+                                                      f"null: {f.default})"}
+        if kind == "string":
+            prop["pattern"] = QUANTITY_SCHEMA_PATTERN
+        else:
+            prop["minimum"] = 0
+        properties[values_key(f.name)] = prop
     return properties
 
 

@@ -10,6 +10,7 @@ Light on purpose: config and exit codes only, never torch.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -17,6 +18,8 @@ from typing import Any
 
 from dreambooth_job import __version__, sizing
 from dreambooth_job.exit_codes import InvalidInputError
+from dreambooth_job.operator_policy import OperatorPolicy, ceiling_env, lowered
+from dreambooth_job.quantities import parse_quantity
 
 APP_NAME = "dreambooth-job"
 DEFAULT_IMAGE = f"{APP_NAME}:{__version__}"
@@ -164,6 +167,17 @@ class ClusterSettings:
         (), help="Operator setting: the only hosts --pushgateway and --notify-url may reach, as "
                  "DREAMBOOTH_OPERATOR_ALLOWED_HOSTS; the job exits 2 at start for any other "
                  "(default: any host). Chart: operator.allowedHosts.")
+    allowed_prefixes: tuple[str, ...] = setting(
+        (), help="Operator setting: the only prefixes (s3://bucket/prefix/ or directories) the "
+                 "job's locations may name, as DREAMBOOTH_OPERATOR_ALLOWED_PREFIXES; the job exits "
+                 "2 at start for any other (default: that variable of the process that builds "
+                 "the Job, else any). Chart: operator.allowedPrefixes.")
+    ceilings: Mapping[str, Any] = setting(
+        default_factory=dict,
+        help="Operator setting: the most a tenant may ask for, by name (max_train_steps: 5000, "
+             "max_gpus: 2, max_memory: 128Gi; operator_policy.py), each lowering the building "
+             "process's DREAMBOOTH_OPERATOR_MAX_* and passed to the pod as that variable. "
+             "Chart: operator.maxTrainSteps, operator.maxGpus, ...")
     notify_secret: str | None = setting(
         help="Existing Secret holding the key that signs the completion call under the key named "
              "by --notify-secret-env, passed as that variable; referenced, never copied. "
@@ -189,7 +203,39 @@ class ClusterSettings:
         for host in self.allowed_hosts:
             if not host or any(c in host for c in ",/@") or not host.isprintable() or " " in host:
                 raise InvalidInputError(f"allowed_hosts: {host!r} is not a host name")
+        for prefix in self.allowed_prefixes:
+            if not prefix or "," in prefix or not prefix.isprintable():
+                raise InvalidInputError(f"allowed_prefixes: {prefix[:80]!r} is not a prefix "
+                                        "without commas")
         self._check_identity()
+        self._check_ceilings(self.policy())
+
+    def policy(self) -> OperatorPolicy:
+        """The operator's policy for this cluster's pods: the building process's
+        (DREAMBOOTH_OPERATOR_*), its prefixes replaced by `allowed_prefixes` when given, and each
+        ceiling lowered to `ceilings`'."""
+        policy = lowered(OperatorPolicy.from_env(), self.ceilings)
+        if self.allowed_prefixes:
+            policy = dataclasses.replace(policy, allowed_prefixes=self.allowed_prefixes)
+        return policy
+
+    def _check_ceilings(self, policy: OperatorPolicy) -> None:
+        """No more GPUs, CPU or memory than the operator lets one pod take (DREAMBOOTH_OPERATOR_
+        MAX_GPUS, _CPU, _MEMORY of the process that builds the Job; the chart's operator values)."""
+        if self.gpus > policy.max_gpus:
+            raise InvalidInputError(f"gpus {self.gpus} is above the operator's ceiling of "
+                                    f"{policy.max_gpus} ({ceiling_env('max_gpus')})")
+        for kind in ("requests", "limits"):
+            quantities = self.resources.get(kind) or {}
+            for name, ceiling in (("cpu", "max_cpu"), ("memory", "max_memory")):
+                most, value = getattr(policy, ceiling), quantities.get(name)
+                if most is None or value is None:
+                    continue
+                if parse_quantity(f"resources.{kind}.{name}", value) > parse_quantity(
+                        ceiling_env(ceiling), most):
+                    raise InvalidInputError(
+                        f"resources.{kind}.{name} {str(value)[:40]} is above the operator's "
+                        f"ceiling of {most} ({ceiling_env(ceiling)})")
 
     def _check_identity(self) -> None:
         if self.run_as_user is not None and self.run_as_user < 1:
