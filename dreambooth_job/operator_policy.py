@@ -45,8 +45,9 @@ _BOOLEANS = {"true": True, "1": True, "yes": True, "false": False, "0": False, "
 LARGEST_PROFILE_GRACE_SECONDS = 600
 
 
-def ceiling(default: float | str | None, *, help: str) -> Any:
-    return field(default=default, metadata={"ceiling": True, "help": help})
+def ceiling(default: float | str | None, *, help: str, resource: str | None = None) -> Any:
+    """A ceiling field; `resource` names the container resource (cpu, memory) it bounds."""
+    return field(default=default, metadata={"ceiling": True, "help": help, "resource": resource})
 
 
 def _split(raw: str | None) -> tuple[str, ...] | None:
@@ -87,10 +88,11 @@ class OperatorPolicy:
                   "rank 128 (sizing.LORA_SIZED_RANK).")
     max_gpus: int = ceiling(8, help="The most GPUs of one pod (gpus, the chart's gpu.count).")
     max_cpu: str | None = ceiling(
-        "64", help="The largest CPU request or limit of one pod (resources; a quantity).")
+        "64", resource="cpu", help="The largest CPU request or limit of one pod (resources; a quantity).")
     max_memory: str | None = ceiling(
-        "512Gi", help="The largest memory request or limit of one pod (resources; a quantity); "
-                      "the largest sizing profile's limit is 96Gi.")
+        "512Gi", resource="memory",
+        help="The largest memory request or limit of one pod (resources; a quantity); the "
+             "largest sizing profile's limit is 96Gi.")
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> OperatorPolicy:
@@ -157,14 +159,7 @@ def parse_ceiling(name: str, raw: Any, source: str) -> float | str:
     return int(value) if f.type == "int" else value
 
 
-def lower_than(ceiling: str, value: Any, other: Any) -> bool:
-    """Whether `value` is below `other` as values of the ceiling named `ceiling` (quantities
-    compared as numbers)."""
-    if _CEILINGS_BY_NAME[ceiling].type == "str | None":
-        from dreambooth_job.quantities import parse_quantity
 
-        return parse_quantity(ceiling, value) < parse_quantity(ceiling, other)
-    return value < other
 
 
 def _boolean(env: Mapping[str, str], name: str) -> bool:
@@ -187,13 +182,8 @@ CEILINGS = tuple(f for f in fields(OperatorPolicy) if f.metadata.get("ceiling"))
 _CEILINGS_BY_NAME = {f.name: f for f in CEILINGS}
 
 
-def lowered(policy: OperatorPolicy, ceilings: Mapping[str, Any]) -> OperatorPolicy:
-    """`policy` with each of `ceilings` (by name, as ClusterSettings.ceilings gives them) taking
-    the place of the policy's own where it is lower: settings may only tighten the process's."""
-    changes = {}
-    for name, raw in ceilings.items():
-        value = parse_ceiling(name, raw, f"ceilings.{name}")
-        current = getattr(policy, name)
-        if current is None or lower_than(name, value, current):
-            changes[name] = value
-    return dataclasses.replace(policy, **changes)
+def with_ceilings(policy: OperatorPolicy, ceilings: Mapping[str, Any]) -> OperatorPolicy:
+    """`policy` with `ceilings` (by name, as ClusterSettings.ceilings and the chart's operator
+    values give them) in place of its own: they are the operator's settings of that cluster."""
+    return dataclasses.replace(policy, **{name: parse_ceiling(name, raw, f"ceilings.{name}")
+                                          for name, raw in ceilings.items()})

@@ -18,7 +18,7 @@ from typing import Any
 
 from dreambooth_job import __version__, sizing
 from dreambooth_job.exit_codes import InvalidInputError
-from dreambooth_job.operator_policy import OperatorPolicy, ceiling_env, lowered
+from dreambooth_job.operator_policy import OperatorPolicy, ceiling_env, with_ceilings
 from dreambooth_job.quantities import parse_quantity
 
 APP_NAME = "dreambooth-job"
@@ -175,7 +175,7 @@ class ClusterSettings:
     ceilings: Mapping[str, Any] = setting(
         default_factory=dict,
         help="Operator setting: the most a tenant may ask for, by name (max_train_steps: 5000, "
-             "max_gpus: 2, max_memory: 128Gi; operator_policy.py), each lowering the building "
+             "max_gpus: 2, max_memory: 128Gi; operator_policy.py), in place of the building "
              "process's DREAMBOOTH_OPERATOR_MAX_* and passed to the pod as that variable. "
              "Chart: operator.maxTrainSteps, operator.maxGpus, ...")
     notify_secret: str | None = setting(
@@ -212,9 +212,9 @@ class ClusterSettings:
 
     def policy(self) -> OperatorPolicy:
         """The operator's policy for this cluster's pods: the building process's
-        (DREAMBOOTH_OPERATOR_*), its prefixes replaced by `allowed_prefixes` when given, and each
-        ceiling lowered to `ceilings`'."""
-        policy = lowered(OperatorPolicy.from_env(), self.ceilings)
+        (DREAMBOOTH_OPERATOR_*), its prefixes replaced by `allowed_prefixes` when given, and its
+        ceilings by `ceilings` (the chart's operator values do the same)."""
+        policy = with_ceilings(OperatorPolicy.from_env(), self.ceilings)
         if self.allowed_prefixes:
             policy = dataclasses.replace(policy, allowed_prefixes=self.allowed_prefixes)
         return policy
