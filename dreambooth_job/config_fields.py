@@ -122,7 +122,8 @@ def schema_bounds(f: dataclasses.Field) -> dict[str, Any]:
 
 def check_bounds(f: dataclasses.Field, value: Any) -> None:
     """Raise InvalidInputError naming the field when `value` breaks one of its declared bounds."""
-    bounds, flag = f.metadata["bounds"], "--" + f.name.replace("_", "-")
+    bounds = f.metadata["bounds"]
+    flag = (f.metadata["flag"] or "--" + f.name.replace("_", "-")).split("/")[0]
     if isinstance(value, list):
         _check_items(f, flag, value)
         return
