@@ -294,7 +294,7 @@ period, gpu.count, and the CPU and memory of resources.
 {{- $period := include "dreambooth-job.terminationGracePeriodSeconds" $ | float64 }}
 {{- $package := include "dreambooth-job.package" $ | fromYaml }}
 {{- if gt $period (addf $most $package.terminationMarginSeconds) }}
-{{- fail (printf "terminationGracePeriodSeconds %v is above the operator's ceiling of %v s plus %v s (operator.%s)" $period $most $package.terminationMarginSeconds .key) }}
+{{- fail (printf "terminationGracePeriodSeconds %d is above the operator's ceiling of %v s plus %v s (operator.%s)" (int $period) $most $package.terminationMarginSeconds .key) }}
 {{- end }}
 {{- else if eq .key "maxGpus" }}
 {{- if gt (float64 $.Values.gpu.count) (float64 $most) }}
