@@ -81,8 +81,12 @@ def ceiling_problem(f: dataclasses.Field, value: Any, policy: OperatorPolicy) ->
     most = getattr(policy, name)
     if value <= most:
         return None
-    return (f"{flag_name(f.name)} {value:g} is above the operator's ceiling of {most:g} "
-            f"({ceiling_env(name)})")
+    return (f"{flag_name(f.name)} {_number(value)} is above the operator's ceiling of "
+            f"{_number(most)} ({ceiling_env(name)})")
+
+
+def _number(value: float) -> str:
+    return format(value, ".15g") if isinstance(value, float) else str(value)
 
 
 def check_policy(config: Any, policy: OperatorPolicy | None = None) -> None:

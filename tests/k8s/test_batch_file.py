@@ -326,11 +326,11 @@ subjects:
 
 
 @pytest.mark.parametrize("option, value, ceiling", [
-    ("termination_grace_seconds", 31536000, "--termination-grace-seconds 3.1536e+07 is above the "
+    ("termination_grace_seconds", 31536000, "--termination-grace-seconds 31536000 is above the "
                                             "operator's ceiling of 600"),
-    ("gradient_accumulation_steps", 1000000, "--gradient-accumulation-steps 1e+06 is above the "
+    ("gradient_accumulation_steps", 1000000, "--gradient-accumulation-steps 1000000 is above the "
                                              "operator's ceiling of 64"),
-    ("max_train_steps", 10000000, "--max-train-steps 1e+07 is above the operator's ceiling of 100000"),
+    ("max_train_steps", 10000000, "--max-train-steps 10000000 is above the operator's ceiling of 100000"),
     ("lora_rank", 512, "--lora-rank 512 is above the operator's ceiling of 128"),
     ("resolution", 4096, "--resolution 4096 is above the operator's ceiling of 2048"),
 ])

@@ -226,7 +226,7 @@ def test_submit_refuses_an_option_the_pod_sets(no_cluster, tmp_path):
 
 @pytest.mark.parametrize("args, fragment", [
     (["--termination-grace-seconds", "31536000"],
-     "--termination-grace-seconds 3.1536e+07 is above the operator's ceiling of 600"),
+     "--termination-grace-seconds 31536000 is above the operator's ceiling of 600"),
     (["--gradient-accumulation-steps", "100000"],
      "--gradient-accumulation-steps 100000 is above the operator's ceiling of 64"),
     (["--termination-grace-period-seconds", "31536005"],
@@ -248,7 +248,7 @@ def test_a_batch_row_cannot_set_the_pods_grace_period(no_cluster, tmp_path):
                         " output: s3://runs/dog/, termination_grace_seconds: 31536000}\n")
     result = CliRunner().invoke(main, ["batch", str(subjects), "--dry-run"])
     assert result.exit_code == 2 and "terminationGracePeriodSeconds" not in result.output
-    assert "--termination-grace-seconds 3.1536e+07 is above the operator's ceiling" in result.output
+    assert "--termination-grace-seconds 31536000 is above the operator's ceiling" in result.output
 
 
 def test_the_job_carries_the_operators_prefixes_and_ceilings_to_the_pod(no_cluster, monkeypatch):
