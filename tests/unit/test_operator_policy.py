@@ -51,7 +51,7 @@ def test_the_default_ceilings_allow_every_sizing_profiles_run():
     from dreambooth_job.operator_policy import LARGEST_PROFILE_GRACE_SECONDS
 
     policy = OperatorPolicy.from_env({})
-    assert LARGEST_PROFILE_GRACE_SECONDS == max(p.job_grace_seconds for p in sizing.PROFILES.values())
+    assert max(p.job_grace_seconds for p in sizing.PROFILES.values()) == LARGEST_PROFILE_GRACE_SECONDS
     assert policy.max_termination_grace_seconds == LARGEST_PROFILE_GRACE_SECONDS
     assert policy.max_lora_rank == sizing.LORA_SIZED_RANK
 
