@@ -91,7 +91,8 @@ def validate_config(config: TrainConfig, *, require_inputs: bool = False) -> Non
         if missing:
             raise InvalidInputError(
                 "missing required option(s): " + ", ".join(flag_name(n) for n in missing))
-    _validate_finite(config)  # first: inf and nan slip through comparisons with bounds
+    _validate_present(config)  # first: a null (from a file or a row) would fail with a TypeError
+    _validate_finite(config)  # inf and nan slip through comparisons with bounds
     for f in fields():
         check_bounds(f, getattr(config, f.name))
     for f in fields():
@@ -139,6 +140,17 @@ def check_notify(config: TrainConfig) -> None:
     if name in SECRET_ENV or name.startswith(OPERATOR_ENV_PREFIX):
         raise InvalidInputError(f"--notify-secret-env {name} names a variable the job reads for "
                                 "itself: give the signing key a variable of its own")
+
+
+def _validate_present(config: TrainConfig) -> None:
+    from dreambooth_job.config import fields, flag_name
+
+    for f in fields():
+        value = getattr(config, f.name)
+        if value is None and "None" not in str(f.type):
+            raise InvalidInputError(f"{flag_name(f.name)} needs a value, got null")
+        if isinstance(value, list) and not all(isinstance(item, str) for item in value):
+            raise InvalidInputError(f"{flag_name(f.name)} takes text values only")
 
 
 def _validate_finite(config: TrainConfig) -> None:

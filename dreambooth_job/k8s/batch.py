@@ -102,6 +102,11 @@ def parse_rows(source: str, raw_defaults: Mapping[str, Any], rows: list[tuple[st
     defaults: dict[str, Any] = {}
     for label, values in (("defaults", raw_defaults), ("--set", overrides)):
         for key, value in values.items():  # one by one, so one bad key does not hide the rest
+            if value is None or value == "":  # unset, as in a row
+                continue
+            if str(key) in ID_KEYS:
+                problems.append(f"{label}: {key!r} is each row's own id, not a default")
+                continue
             try:
                 parsed = normalize_keys({key: value}, source=label)
             except InvalidInputError as exc:
