@@ -34,9 +34,10 @@ import yaml
 
 from dreambooth_job.config import TrainConfig, fields, flag_name, normalize_keys
 from dreambooth_job.config_choices import ID_PATTERN as ID_REGEX
-from dreambooth_job.config_fields import place_of, set_by_pod
+from dreambooth_job.config_fields import place_of
 from dreambooth_job.config_files import load_yaml, read_text_file, yaml_reason
 from dreambooth_job.exit_codes import InvalidInputError
+from dreambooth_job.k8s.pod import OPTIONS_SET_BY_THE_POD
 from dreambooth_job.operator_policy import OperatorPolicy
 from dreambooth_job.policy import policy_problems
 
@@ -46,7 +47,7 @@ ID_PATTERN = re.compile(f"^{ID_REGEX}$")
 # What a row always sets, whatever the operator allows (the batch id only names the batch).
 ALWAYS_ALLOWED = frozenset({"instance_data", "class_noun", "batch_id", "subject_id"})
 # Options the Job or the pod decides (config_fields.option's set_by_pod): never a row's.
-SET_BY_THE_POD = frozenset(f.name for f in fields() if set_by_pod(f))
+SET_BY_THE_POD = OPTIONS_SET_BY_THE_POD
 PLACES = {f.name: place_of(f) for f in fields() if place_of(f)}
 
 

@@ -91,8 +91,10 @@ def submit(replace: bool, dry_run: bool, fmt: str, **params) -> None:
     given = {k for k, v in params.items() if v not in (None, ())}
     if params.get("config_file"):
         given |= set(load_config_file(params["config_file"]))
-    for name in sorted(given & SET_BY_THE_POD):
-        raise InvalidInputError(f"{flag_name(name)} is set by the pod, not by submit: drop it")
+    set_by_the_pod = sorted(given & SET_BY_THE_POD)
+    if set_by_the_pod:
+        raise InvalidInputError(f"{flag_name(set_by_the_pod[0])} is set by the pod, not by submit: "
+                                "drop it")
     spec = JobSpec(train=resolve_train_config(params), cluster=resolve_cluster_settings(params))
     # The operator's prefixes, hosts and ceilings, as for batch and in the pod (policy.py).
     _submit(spec, policy_problems(spec.train, spec.cluster.policy()), replace, dry_run, fmt, params,
