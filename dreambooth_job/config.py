@@ -16,7 +16,7 @@ from typing import Any
 
 from dreambooth_job import config_choices as const
 from dreambooth_job.config_checks import validate_config
-from dreambooth_job.config_fields import MODEL, OPERATIONAL, option
+from dreambooth_job.config_fields import MODEL, OPERATIONAL, Place, option
 from dreambooth_job.config_introspection import (  # noqa: F401 - importable from here
     accepts_auto,
     base_type,
@@ -40,40 +40,44 @@ class TrainConfig:
 
     # --- inputs and outputs -------------------------------------------------------------------
     instance_data: str | None = option(
-        MODEL, required=True, evaluation=True,
+        MODEL, required=True, evaluation=True, place=Place.LOCATION,
         help="s3://bucket/prefix/ or local directory with the subject photos (jpg, jpeg, png, webp).")
     class_noun: str | None = option(
-        MODEL, required=True, evaluation=True, help="The subject's class, e.g. 'dog' or 'backpack'.")
+        MODEL, required=True, evaluation=True, max_length=const.MAX_WORD_LENGTH,
+        help="The subject's class, e.g. 'dog' or 'backpack'.")
     output: str | None = option(
-        OPERATIONAL, required=True,
+        OPERATIONAL, required=True, place=Place.LOCATION,
         help="s3://bucket/prefix/ or local directory that receives model/, samples/, result.json.")
     base_model: str = option(
-        MODEL, const.DEFAULT_BASE_MODEL, evaluation=True,
+        MODEL, const.DEFAULT_BASE_MODEL, evaluation=True, place=Place.MODEL,
         help="Diffusers pipeline to fine-tune: a hub id, a local directory or an s3:// prefix.")
     vae: str | None = option(
-        MODEL,
+        MODEL, place=Place.MODEL,
         help="A diffusers AutoencoderKL (hub id, directory or s3:// prefix holding its "
              "config.json) replacing the base model's VAE, e.g. SDXL's fp16-fix VAE. Without it "
              "the VAE never runs in fp16 (fp32, or bf16 under bf16 mixed precision).")
     cache_dir: str = option(
-        OPERATIONAL, default_factory=_default_cache_dir, evaluation=True,
-        help="Local directory for downloaded base models and other caches.")
+        OPERATIONAL, default_factory=_default_cache_dir, evaluation=True, place=Place.LOCATION,
+        set_by_pod=True, help="Local directory for downloaded base models and other caches.")
     job_id: str | None = option(
-        OPERATIONAL,
+        OPERATIONAL, pattern=const.JOB_ID, max_length=128,
         help="Id of this run in logs, metrics and result.json (default: derived from subject id).")
     subject_id: str | None = option(
-        OPERATIONAL, help="Id of the subject (default: last path component of --instance-data).")
+        OPERATIONAL, pattern=const.ID, max_length=63,
+        help="Id of the subject (default: last path component of --instance-data).")
 
     # --- prompts --------------------------------------------------------------------------------
     identifier: str = option(
-        MODEL, "auto", evaluation=True,
+        MODEL, "auto", evaluation=True, max_length=const.MAX_WORD_LENGTH,
         help="Rare token naming the subject, or 'auto' to pick a rare single token of the "
              "model's tokenizer deterministically.")
     instance_prompt: str = option(
         MODEL, "a {identifier} {class_noun}", must_contain="{identifier}",
+        max_length=const.MAX_PROMPT_LENGTH,
         help="Prompt of the subject photos.")
     class_prompt: str = option(
-        MODEL, "a {class_noun}", evaluation=True, help="Prompt of the prior-preservation images.")
+        MODEL, "a {class_noun}", evaluation=True, max_length=const.MAX_PROMPT_LENGTH,
+        help="Prompt of the prior-preservation images.")
 
     # --- prior preservation ---------------------------------------------------------------------
     prior_preservation: bool = option(
@@ -83,12 +87,13 @@ class TrainConfig:
     num_class_images: int = option(
         MODEL, 200, minimum=0, help="Number of class images for prior preservation.")
     class_data: str | None = option(
-        OPERATIONAL, help="s3:// prefix or directory caching class images across jobs "
+        OPERATIONAL, place=Place.LOCATION, help="s3:// prefix or directory caching class images across jobs "
                           "(default: <cache-dir>/class-images).")
 
     # --- data -----------------------------------------------------------------------------------
     resolution: int | None = option(
-        MODEL, minimum=8, multiple_of=8, evaluation=True,
+        MODEL, minimum=8, maximum=const.MAX_RESOLUTION, multiple_of=8, evaluation=True,
+        ceiling="max_resolution",
         help="Training resolution in pixels (square; default auto: the base model's native "
              "resolution, its UNet's sample size times the VAE's scale: 512 for SD 1.x, 768 for "
              "SD 2.x at 768 px, 1024 for SDXL).")
@@ -111,7 +116,8 @@ class TrainConfig:
              "to more bytes than this.")
 
     # --- training -------------------------------------------------------------------------------
-    max_train_steps: int = option(MODEL, 800, minimum=1, help="Optimizer steps to train.")
+    max_train_steps: int = option(
+        MODEL, 800, minimum=1, ceiling="max_train_steps", help="Optimizer steps to train.")
     train_mode: str = option(
         MODEL, "full", choices=const.TRAIN_MODE_CHOICES,
         help="full: fine-tune the UNet's (and with --train-text-encoder the text encoder's) weights, "
@@ -126,20 +132,23 @@ class TrainConfig:
     train_batch_size: int = option(
         MODEL, 1, minimum=1, help="Subject photos per step (class images: the same).")
     gradient_accumulation_steps: int = option(
-        MODEL, 1, minimum=1, help="Micro-batches per optimizer step.")
+        MODEL, 1, minimum=1, ceiling="max_gradient_accumulation_steps",
+        help="Micro-batches per optimizer step.")
     train_text_encoder: bool = option(
         MODEL, False, help="Fine-tune the text encoder as well as the UNet (in LoRA mode: adapters "
                            "on its attention projections q_proj, k_proj, v_proj, out_proj too).")
     lora_rank: int = option(
-        MODEL, 16, minimum=1, help="Rank of the LoRA adapters (--train-mode lora).")
+        MODEL, 16, minimum=1, maximum=const.MAX_LORA_RANK, ceiling="max_lora_rank",
+        help="Rank of the LoRA adapters (--train-mode lora).")
     lora_alpha: float | None = option(
-        MODEL, exclusive_minimum=0,
+        MODEL, exclusive_minimum=0, maximum=const.MAX_LORA_ALPHA,
         help="LoRA scale numerator: updates are scaled by alpha/rank (default auto: the rank, a "
              "scale of 1).")
     lora_dropout: float = option(
         MODEL, 0.0, minimum=0, exclusive_maximum=1, help="Dropout on the LoRA adapters' inputs.")
     lora_target_modules: list[str] = option(
-        MODEL, default_factory=lambda: list(const.DEFAULT_LORA_TARGETS),
+        MODEL, default_factory=lambda: list(const.DEFAULT_LORA_TARGETS), max_items=64,
+        max_length=128,
         help="UNet layers that get LoRA adapters (repeatable; a name matches a layer whose dotted "
              "name ends with it). Default: the attention projections to_q, to_k, to_v, to_out.0 "
              "of self- and cross-attention, as in the LoRA paper and diffusers' DreamBooth LoRA "
@@ -209,7 +218,8 @@ class TrainConfig:
     # --- sampling -------------------------------------------------------------------------------
     validation_prompts: list[str] = option(
         OPERATIONAL, default_factory=lambda: list(const.DEFAULT_VALIDATION_PROMPTS),
-        flag="--validation-prompt",
+        flag="--validation-prompt", max_items=const.MAX_VALIDATION_PROMPTS,
+        max_length=const.MAX_PROMPT_LENGTH,
         help="Prompt of the sample grids (repeatable; {identifier} and {class_noun} filled in).")
     num_validation_images: int = option(
         OPERATIONAL, 4, minimum=1, help="Images per validation prompt (grid columns).")
@@ -227,7 +237,7 @@ class TrainConfig:
         OPERATIONAL, False,
         help="Evaluate the model like the paper (DINO, CLIP-I, CLIP-T, PRES, DIV) at the end.")
     prompt_set: str = option(
-        OPERATIONAL, "auto", evaluation=True,
+        OPERATIONAL, "auto", evaluation=True, place=Place.LOCATION,
         help="Evaluation prompts: object, live (the paper's 25 each), auto (live for dogs and cats, "
              "else object) or a file / s3:// URI with one {identifier} {class_noun} template a line.")
     images_per_prompt: int = option(
@@ -239,13 +249,13 @@ class TrainConfig:
         OPERATIONAL, 16, minimum=0, evaluation=True,
         help="Images of the class prompt generated for PRES (0: skip PRES).")
     dino_model: str | None = option(
-        OPERATIONAL, "facebook/dino-vits16", evaluation=True,
+        OPERATIONAL, "facebook/dino-vits16", evaluation=True, place=Place.MODEL,
         help="DINO ViT-S/16 for DINO, PRES and the DIV fallback: hub id, directory or s3:// prefix.")
     clip_model: str | None = option(
-        OPERATIONAL, "openai/clip-vit-base-patch32", evaluation=True,
+        OPERATIONAL, "openai/clip-vit-base-patch32", evaluation=True, place=Place.MODEL,
         help="CLIP model for CLIP-I and CLIP-T: hub id, directory or s3:// prefix.")
     lpips_model: str | None = option(
-        OPERATIONAL, evaluation=True,
+        OPERATIONAL, evaluation=True, place=Place.LOCATION,
         help="Directory or s3:// prefix with LPIPS weights (alexnet.pth, lpips_alex.pth) for DIV; "
              "without it DIV is reported unavailable and div_dino is given instead.")
 
@@ -258,7 +268,7 @@ class TrainConfig:
     checkpoints_keep: int = option(
         OPERATIONAL, 2, minimum=0, help="Complete checkpoints kept; older ones are pruned.")
     termination_grace_seconds: float | None = option(
-        OPERATIONAL, minimum=0,
+        OPERATIONAL, minimum=0, ceiling="max_termination_grace_seconds",
         help="On SIGTERM/SIGINT, time allowed to finish the step and save a checkpoint (default "
              "auto: the sizing profile's of the loaded model's family and train mode; Jobs pass "
              "their profile's, README \"Preemption\").")
@@ -273,19 +283,20 @@ class TrainConfig:
 
     # --- operations -----------------------------------------------------------------------------
     batch_id: str | None = option(
-        OPERATIONAL, help="Id of the overnight batch this job belongs to, if any.")
+        OPERATIONAL, pattern=const.ID, max_length=63,
+        help="Id of the overnight batch this job belongs to, if any.")
     metrics_port: int = option(
         OPERATIONAL, 9090, minimum=0, maximum=65535,
         help="Port of the /metrics and /healthz server (0 disables).")
     pushgateway: str | None = option(
-        OPERATIONAL,
+        OPERATIONAL, place=Place.URL,
         help="Prometheus Pushgateway URL to push the job's metrics to at phase changes and exit.")
     notify_url: str | None = option(
-        OPERATIONAL,
+        OPERATIONAL, place=Place.URL,
         help="http(s) URL that gets one POST of the run's outcome (status, exit code, ids, "
              "output and result.json URIs, error line) once it is final: success, or exit 2.")
     notify_secret_env: str | None = option(
-        OPERATIONAL,
+        OPERATIONAL, max_length=128,
         help="Environment variable holding the key that signs --notify-url's body (HMAC-SHA256, "
              "header X-DreamBooth-Signature); the key itself never is an option.")
     log_format: str = option(
@@ -325,7 +336,7 @@ class TrainConfig:
         if self.subject_id:
             return self.subject_id
         name = (self.instance_data or "").rstrip("/").rsplit("/", 1)[-1]
-        return re.sub(r"[^A-Za-z0-9_.-]+", "-", name).strip("-") or "subject"
+        return re.sub(r"[^A-Za-z0-9_.-]+", "-", name)[:63].strip("-_.") or "subject"
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

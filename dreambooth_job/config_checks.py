@@ -11,7 +11,8 @@ from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from dreambooth_job import locations
-from dreambooth_job.config_fields import check_bounds
+from dreambooth_job.config_choices import BUILTIN_PROMPT_SETS
+from dreambooth_job.config_fields import Place, check_bounds, place_of
 from dreambooth_job.exit_codes import InvalidInputError
 from dreambooth_job.identifiers import format_prompt
 from dreambooth_job.operator_policy import ENV_PREFIX as OPERATOR_ENV_PREFIX
@@ -56,14 +57,19 @@ def check_words(config: TrainConfig) -> None:
 
 
 def check_locations(config: TrainConfig) -> None:
-    """Every storage location is an s3://bucket/prefix URI or a local path; models may also be
-    hub ids (org/name). Any other scheme fails here, not later in the pod."""
-    for name in ("instance_data", "output", "class_data", "lpips_model", "base_model",
-                 "dino_model", "clip_model"):
-        locations.check(_flag(name), getattr(config, name),
-                        hub_id_ok=name in ("base_model", "dino_model", "clip_model"))
-    if config.prompt_set not in ("auto", "object", "live"):
-        locations.check("--prompt-set", config.prompt_set)
+    """Every option declared to name a place carries no credentials; every storage location
+    (Place.LOCATION) is an s3://bucket/prefix URI or a local path, and a model (Place.MODEL) may
+    also be a hub id (org/name). Any other scheme fails here, not later in the pod."""
+    for f in dataclasses.fields(config):
+        place, value = place_of(f), getattr(config, f.name)
+        if place is None or not value:
+            continue
+        if has_url_credentials(value):  # the value itself is never echoed
+            raise InvalidInputError(
+                f"{_flag(f.name)} must not carry credentials (user:password@ in its URL): "
+                "credentials come from a Secret through the environment")
+        if place is not Place.URL and not (f.name == "prompt_set" and value in BUILTIN_PROMPT_SETS):
+            locations.check(_flag(f.name), value, hub_id_ok=place is Place.MODEL)
     if locations.is_s3(config.cache_dir):  # base models are unpacked there for from_pretrained
         raise InvalidInputError(
             f"--cache-dir {config.cache_dir!r} is not a local directory: expected a local path")
@@ -79,14 +85,14 @@ def validate_config(config: TrainConfig, *, require_inputs: bool = False) -> Non
     """Raise InvalidInputError naming the first bad field: declared bounds and choices first, then
     the rules that involve several options, locations, words and prompt templates."""
     from dreambooth_job.config import fields, flag_name
-    from dreambooth_job.config_choices import URI_OPTIONS
 
     if require_inputs:
         missing = [f.name for f in fields() if f.metadata["required"] and not getattr(config, f.name)]
         if missing:
             raise InvalidInputError(
                 "missing required option(s): " + ", ".join(flag_name(n) for n in missing))
-    _validate_finite(config)  # first: inf and nan slip through comparisons with bounds
+    _validate_present(config)  # first: a null (from a file or a row) would fail with a TypeError
+    _validate_finite(config)  # inf and nan slip through comparisons with bounds
     for f in fields():
         check_bounds(f, getattr(config, f.name))
     for f in fields():
@@ -106,11 +112,6 @@ def validate_config(config: TrainConfig, *, require_inputs: bool = False) -> Non
         raise InvalidInputError("--lora-target-modules must name at least one layer")
     if config.prior_preservation and config.num_class_images < 1:
         raise InvalidInputError("--num-class-images must be at least 1 with prior preservation")
-    for name in URI_OPTIONS:
-        if has_url_credentials(getattr(config, name) or ""):  # the value itself is never echoed
-            raise InvalidInputError(
-                f"{flag_name(name)} must not carry credentials (user:password@ in its URL): "
-                "credentials come from a Secret through the environment")
     check_locations(config)
     check_words(config)
     check_notify(config)
@@ -139,6 +140,17 @@ def check_notify(config: TrainConfig) -> None:
     if name in SECRET_ENV or name.startswith(OPERATOR_ENV_PREFIX):
         raise InvalidInputError(f"--notify-secret-env {name} names a variable the job reads for "
                                 "itself: give the signing key a variable of its own")
+
+
+def _validate_present(config: TrainConfig) -> None:
+    from dreambooth_job.config import fields, flag_name
+
+    for f in fields():
+        value = getattr(config, f.name)
+        if value is None and "None" not in str(f.type):
+            raise InvalidInputError(f"{flag_name(f.name)} needs a value, got null")
+        if isinstance(value, list) and not all(isinstance(item, str) for item in value):
+            raise InvalidInputError(f"{flag_name(f.name)} takes text values only")
 
 
 def _validate_finite(config: TrainConfig) -> None:

@@ -20,10 +20,29 @@ DEFAULT_LEARNING_RATES = {"full": 5e-6, "lora": 1e-4}
 # stays a leaf without the training dependencies).
 DEFAULT_LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
 AUTO = "auto"
-# Options naming a place (s3://, a hub id, a directory, an http URL). A URL among them never
-# carries credentials: they would travel in Job args, batch files and result.json.
-URI_OPTIONS = ("instance_data", "output", "base_model", "cache_dir", "class_data", "prompt_set",
-               "dino_model", "clip_model", "lpips_model", "pushgateway", "notify_url")
+# Ids become label values (subject, batch), S3 path parts, metric labels and page text: what a
+# Kubernetes label value accepts (at most 63, alphanumeric at both ends). A job id is the subject
+# id plus "-" and 8 hex digits by default, so it may be longer.
+ID_PATTERN = r"[A-Za-z0-9]([A-Za-z0-9_.-]{0,61}[A-Za-z0-9])?"
+JOB_ID_PATTERN = r"[A-Za-z0-9]([A-Za-z0-9_.-]{0,126}[A-Za-z0-9])?"
+_ID_WORDS = ("letters, digits, '-', '_' or '.' (no whitespace or control characters), "
+             "a letter or digit at both ends")
+ID = (ID_PATTERN, "1 to 63 " + _ID_WORDS)
+JOB_ID = (JOB_ID_PATTERN, "1 to 128 " + _ID_WORDS)
+MAX_WORD_LENGTH = 64  # --identifier, --class-noun
+MAX_PROMPT_LENGTH = 1000  # each prompt template
+MAX_VALIDATION_PROMPTS = 32
+# Values of --prompt-set that name no place: the built-in sets.
+BUILTIN_PROMPT_SETS = ("auto", "object", "live")
+# LoRA's rank: 1024 is past any published adapter (kohya's largest presets use 256) and keeps
+# the adapters of SDXL's UNet under a few GB; the operator's ceiling (max_lora_rank) is lower.
+MAX_LORA_RANK = 1024
+# Updates are scaled by alpha/rank. Published adapters use alpha between 1 and twice the rank;
+# 4096 is four times the largest rank. Far above it (1e30) the scaled update overflows fp16/bf16
+# to inf, the weights turn NaN, and the run would publish a broken adapter as a success.
+MAX_LORA_ALPHA = 4096.0
+# The largest training resolution (SDXL's native is 1024).
+MAX_RESOLUTION = 4096
 DEFAULT_VALIDATION_PROMPTS = (
     "a {identifier} {class_noun} in the jungle",
     "a {identifier} {class_noun} on the beach",

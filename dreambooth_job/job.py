@@ -2,6 +2,8 @@
 (evaluate), upload. `run(config)` is the whole job.
 
 Guarantees, in the order the code keeps them:
+- the operator's policy (prefixes, hosts, ceilings: policy.py) holds for the config the pod got,
+  whatever wrote it: an option outside it is exit 2, before anything is read or sent;
 - an option this machine cannot run (8-bit Adam without bitsandbytes or CUDA, --compile-unet
   without a compiler) is refused first, exit 2, before anything is downloaded (preflight.py);
 - an object store that enforces conditional writes, and a lease on the output prefix, so two pods
@@ -49,6 +51,7 @@ from dreambooth_job.phases import (
     training,
 )
 from dreambooth_job.phases.context import RunContext
+from dreambooth_job.policy import check_policy
 from dreambooth_job.preflight import check_capabilities
 from dreambooth_job.result import COMPLETION_MARKER
 from dreambooth_job.run_identity import config_fingerprint
@@ -84,9 +87,14 @@ def run(config: TrainConfig, observer: JobObserver | None = None) -> ExitCode:
     from dreambooth_job.metrics import PrometheusObserver
 
     config, fingerprint = resolve_ids(config), config_fingerprint(config)
+    policy = OperatorPolicy.from_env()
+    # The operator's prefixes, hosts and ceilings once more, in the pod, before anything is read
+    # or sent: the config may have come from a chart value, a file or extraArgs, never checked
+    # by `submit` or `batch` (exit 2 naming the option).
+    check_policy(config, policy)
     # Before any request leaves the pod (the first push, the completion call): exit 2 for a host
     # the operator does not allow or a signing key that is missing.
-    notify.check_destinations(config, OperatorPolicy.from_env())
+    notify.check_destinations(config, policy)
     notifier = notify.Notifier.for_run(config, os.environ)
     metrics = PrometheusObserver(config)  # the resolved ids label every metric
     observers = ObserverGroup(

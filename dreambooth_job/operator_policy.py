@@ -10,18 +10,26 @@ be set by a flag or a batch row, and then a tenant could lift its own restrictio
     DREAMBOOTH_OPERATOR_ALLOWED_PREFIXES=s3://tenant-a/,s3://shared-cache/class-images/
     DREAMBOOTH_OPERATOR_ALLOWED_HOSTS=pushgateway.monitoring.svc
     DREAMBOOTH_OPERATOR_ALLOW_STORE_WITHOUT_CONDITIONAL_WRITES=true  # the lease is then unsafe
+    DREAMBOOTH_OPERATOR_MAX_TRAIN_STEPS=5000                         # ceilings: see CEILINGS
 
 Lists are comma- or newline-separated. Every default keeps the single-tenant behaviour: no local
 prompt files, every option in a batch row, every prefix and every host; an object store that
 ignores conditional writes is refused.
+
+The ceilings (the `max_*` fields) bound what a tenant may ask for, whoever runs the job: a train
+option that declares `ceiling=` (config.py) above its ceiling is exit 2 at `submit`/`batch` and at
+the job's start (policy.py), and the Job builders refuse a pod above the resource ceilings
+(k8s/cluster_settings.py). Their defaults leave every sizing profile's run possible.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 from dreambooth_job.exit_codes import InvalidInputError
@@ -29,6 +37,17 @@ from dreambooth_job.exit_codes import InvalidInputError
 ENV_PREFIX = "DREAMBOOTH_OPERATOR_"
 ALLOW_UNCONDITIONAL_STORE_ENV = ENV_PREFIX + "ALLOW_STORE_WITHOUT_CONDITIONAL_WRITES"
 _BOOLEANS = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False, "": False}
+
+
+# The largest sizing profile's SIGTERM budget (sdxl-full, dreambooth_job/sizing.py): the one
+# grace period every run the profiles size needs. Kept as a number so that this module stays a
+# leaf; tests/unit/test_operator_policy.py checks it against sizing.PROFILES.
+LARGEST_PROFILE_GRACE_SECONDS = 600
+
+
+def ceiling(default: float | str | None, *, help: str, resource: str | None = None) -> Any:
+    """A ceiling field; `resource` names the container resource (cpu, memory) it bounds."""
+    return field(default=default, metadata={"ceiling": True, "help": help, "resource": resource})
 
 
 def _split(raw: str | None) -> tuple[str, ...] | None:
@@ -52,6 +71,28 @@ class OperatorPolicy:
     allow_store_without_conditional_writes: bool = False
     """Run on an object store that ignores If-None-Match (the job refuses to by default, exit 2):
     the output lease can then no longer keep two runs from publishing into one prefix."""
+    max_termination_grace_seconds: float = ceiling(
+        LARGEST_PROFILE_GRACE_SECONDS,
+        help="The largest --termination-grace-seconds (the pod's grace period is it plus the "
+             "margin): how long a preempted pod may hold its GPU. Default: the largest sizing "
+             "profile's.")
+    max_gradient_accumulation_steps: int = ceiling(
+        64, help="The largest --gradient-accumulation-steps: one optimizer step, which the "
+                 "grace period waits for, runs this many micro-batches.")
+    max_train_steps: int = ceiling(
+        100_000, help="The largest --max-train-steps (DreamBooth runs take 400 to 2,000).")
+    max_resolution: int = ceiling(
+        2048, help="The largest --resolution (SDXL's native resolution is 1024).")
+    max_lora_rank: int = ceiling(
+        128, help="The largest --lora-rank: the LoRA sizing profiles cover adapters up to "
+                  "rank 128 (sizing.LORA_SIZED_RANK).")
+    max_gpus: int = ceiling(8, help="The most GPUs of one pod (gpus, the chart's gpu.count).")
+    max_cpu: str | None = ceiling(
+        "64", resource="cpu", help="The largest CPU request or limit of one pod (resources; a quantity).")
+    max_memory: str | None = ceiling(
+        "512Gi", resource="memory",
+        help="The largest memory request or limit of one pod (resources; a quantity); the "
+             "largest sizing profile's limit is 96Gi.")
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> OperatorPolicy:
@@ -61,7 +102,8 @@ class OperatorPolicy:
             batch_row_options=_split(env.get(ENV_PREFIX + "BATCH_ROW_OPTIONS")),
             allowed_prefixes=_split(env.get(ENV_PREFIX + "ALLOWED_PREFIXES")),
             allowed_hosts=_split(env.get(ENV_PREFIX + "ALLOWED_HOSTS")),
-            allow_store_without_conditional_writes=_boolean(env, ALLOW_UNCONDITIONAL_STORE_ENV))
+            allow_store_without_conditional_writes=_boolean(env, ALLOW_UNCONDITIONAL_STORE_ENV),
+            **{f.name: _ceiling(env, f) for f in CEILINGS if env.get(ceiling_env(f.name), "").strip()})
 
     def allows_prompt_file(self, path: str | os.PathLike) -> bool:
         """True when `path`, symlinks resolved, lies inside one of the allowed directories."""
@@ -85,6 +127,41 @@ class OperatorPolicy:
         return host in {h.lower() for h in self.allowed_hosts}
 
 
+def ceiling_env(name: str) -> str:
+    """The variable of a ceiling: max_train_steps -> DREAMBOOTH_OPERATOR_MAX_TRAIN_STEPS."""
+    return ENV_PREFIX + name.upper()
+
+
+def _ceiling(env: Mapping[str, str], f: Any) -> float | str:
+    return parse_ceiling(f.name, env[ceiling_env(f.name)], ceiling_env(f.name))
+
+
+def parse_ceiling(name: str, raw: Any, source: str) -> float | str:
+    """A ceiling's value from text or a number: a quantity for max_cpu and max_memory (compared
+    by quantities.py), else a number of 0 or more (an integer for the integer options)."""
+    f = _CEILINGS_BY_NAME.get(name)
+    if f is None:
+        raise InvalidInputError(f"{source}: {name!r} is not a ceiling (one of "
+                                f"{', '.join(_CEILINGS_BY_NAME)})")
+    text = str(raw).strip()
+    if f.type == "str | None":
+        from dreambooth_job.quantities import parse_quantity
+
+        parse_quantity(source, text)
+        return text
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value < float("inf") or (f.type == "int" and not value.is_integer()):
+        kind = "an integer" if f.type == "int" else "a number"
+        raise InvalidInputError(f"{source} must be {kind} of 0 or more, got {text[:40]!r}")
+    return int(value) if f.type == "int" else value
+
+
+
+
+
 def _boolean(env: Mapping[str, str], name: str) -> bool:
     raw = env.get(name, "").strip().lower()
     if raw not in _BOOLEANS:
@@ -99,3 +176,14 @@ def _under(uri: str, prefix: str) -> bool:
         parts, base = uri[5:].split("/"), prefix[5:].rstrip("/").split("/")
         return ".." not in parts and parts[:len(base)] == base
     return Path(uri).resolve().is_relative_to(Path(prefix).resolve())
+
+
+CEILINGS = tuple(f for f in fields(OperatorPolicy) if f.metadata.get("ceiling"))
+_CEILINGS_BY_NAME = {f.name: f for f in CEILINGS}
+
+
+def with_ceilings(policy: OperatorPolicy, ceilings: Mapping[str, Any]) -> OperatorPolicy:
+    """`policy` with `ceilings` (by name, as ClusterSettings.ceilings and the chart's operator
+    values give them) in place of its own: they are the operator's settings of that cluster."""
+    return dataclasses.replace(policy, **{name: parse_ceiling(name, raw, f"ceilings.{name}")
+                                          for name, raw in ceilings.items()})

@@ -24,7 +24,7 @@ import click
 from dreambooth_job import config_choices as const
 from dreambooth_job import locations
 from dreambooth_job.config import _default_cache_dir
-from dreambooth_job.config_fields import MODEL, OPERATIONAL, check_bounds, option
+from dreambooth_job.config_fields import MODEL, OPERATIONAL, Place, check_bounds, option
 from dreambooth_job.config_introspection import accepts_auto, base_type, default_of, flag_name, is_list
 from dreambooth_job.exit_codes import InvalidInputError
 from dreambooth_job.redaction import has_url_credentials
@@ -45,12 +45,12 @@ class GenerateConfig:
     """What `dreambooth-job generate` draws, from which run, and where it writes it."""
 
     model: str | None = option(
-        MODEL, required=True,
+        MODEL, required=True, place=Place.LOCATION,
         help="A finished run: its output prefix (s3:// or a local directory), or the run's model/ "
              "or lora/ under it. A run prefix uses model/ when the run published one, else lora/ "
              "(the adapters applied to the base model the run recorded).")
     output: str | None = option(
-        OPERATIONAL, required=True,
+        OPERATIONAL, required=True, place=Place.LOCATION,
         help="s3://bucket/prefix/ or local directory that receives one PNG per image, grid.png "
              "and generation.json (what was generated; written last).")
     prompts: list[str] = option(
@@ -75,7 +75,7 @@ class GenerateConfig:
         help="Image side in pixels (default auto: the run's training resolution).")
     batch_size: int = option(OPERATIONAL, 4, minimum=1, help="Images per sampler call.")
     cache_dir: str = option(
-        OPERATIONAL, default_factory=_default_cache_dir,
+        OPERATIONAL, default_factory=_default_cache_dir, place=Place.LOCATION, set_by_pod=True,
         help="Local directory for downloaded models (the run's, its base model).")
     log_format: str = option(
         OPERATIONAL, "auto", choices=const.LOG_FORMAT_CHOICES,

@@ -32,23 +32,23 @@ from typing import Any
 
 import yaml
 
-from dreambooth_job.config import TrainConfig, default_of, fields, flag_name, normalize_keys
+from dreambooth_job.config import TrainConfig, fields, flag_name, normalize_keys
+from dreambooth_job.config_choices import ID_PATTERN as ID_REGEX
+from dreambooth_job.config_fields import place_of
 from dreambooth_job.config_files import load_yaml, read_text_file, yaml_reason
 from dreambooth_job.exit_codes import InvalidInputError
+from dreambooth_job.k8s.pod import OPTIONS_SET_BY_THE_POD
 from dreambooth_job.operator_policy import OperatorPolicy
+from dreambooth_job.policy import policy_problems
 
 ID_KEYS = ("id", "subject_id")
 # Ids become label values and S3 path parts: keep them to what a label value accepts.
-ID_PATTERN = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9_.-]{0,61}[A-Za-z0-9])?$")
-# Options that name a place to read or write (an s3:// prefix or a local path) and options that
-# name a URL the job connects to: the operator's prefix and host lists apply to them.
-LOCATION_OPTIONS = ("instance_data", "output", "class_data", "base_model", "cache_dir", "prompt_set",
-                    "dino_model", "clip_model", "lpips_model")
-URL_OPTIONS = ("pushgateway", "notify_url")
+ID_PATTERN = re.compile(f"^{ID_REGEX}$")
 # What a row always sets, whatever the operator allows (the batch id only names the batch).
 ALWAYS_ALLOWED = frozenset({"instance_data", "class_noun", "batch_id", "subject_id"})
-BUILTIN_PROMPT_SETS = ("auto", "object", "live")
-HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
+# Options the Job or the pod decides (config_fields.option's set_by_pod): never a row's.
+SET_BY_THE_POD = OPTIONS_SET_BY_THE_POD
+PLACES = {f.name: place_of(f) for f in fields() if place_of(f)}
 
 
 class BatchFileError(InvalidInputError):
@@ -103,6 +103,11 @@ def parse_rows(source: str, raw_defaults: Mapping[str, Any], rows: list[tuple[st
     defaults: dict[str, Any] = {}
     for label, values in (("defaults", raw_defaults), ("--set", overrides)):
         for key, value in values.items():  # one by one, so one bad key does not hide the rest
+            if value is None or value == "":  # unset, as in a row
+                continue
+            if str(key) in ID_KEYS:
+                problems.append(f"{label}: {key!r} is each row's own id, not a default")
+                continue
             try:
                 parsed = normalize_keys({key: value}, source=label)
             except InvalidInputError as exc:
@@ -112,7 +117,7 @@ def parse_rows(source: str, raw_defaults: Mapping[str, Any], rows: list[tuple[st
             defaults.update(parsed)
     batch_id = str(defaults.pop("batch_id", None) or default_batch_id)
     if not ID_PATTERN.match(batch_id):
-        problems.append(f"batch id {batch_id!r} must be 1-63 letters, digits, '-', '_' or '.'")
+        problems.append(f"batch id {batch_id[:80]!r} must be 1-63 letters, digits, '-', '_' or '.'")
     if not rows:
         problems.append("no subjects")
 
@@ -125,7 +130,7 @@ def parse_rows(source: str, raw_defaults: Mapping[str, Any], rows: list[tuple[st
             problems.append(exc.message)
             continue
         named = f"{where} (id {config.subject_id})"
-        located = [f"{named}: {p}" for p in location_problems(config, policy)]
+        located = [f"{named}: {p}" for p in policy_problems(config, policy)]
         if located:
             problems += located
             continue
@@ -148,13 +153,13 @@ def _subject(row: Any, defaults: dict[str, Any], batch_id: str, where: str,
     row = {str(k): v for k, v in row.items() if v is not None and v != ""}
     ids = [row.pop(k) for k in ID_KEYS if k in row]
     subject_id = str(ids[0]) if ids else ""
-    where = f"{where} (id {subject_id})" if subject_id else where
     if not subject_id:
         raise InvalidInputError(f"{where}: missing id")
-    if not ID_PATTERN.match(subject_id):
+    if not ID_PATTERN.match(subject_id):  # before the id goes into any message in full
         raise InvalidInputError(
             f"{where}: id must be 1-63 letters, digits, '-', '_' or '.', starting and ending "
-            "with a letter or digit")
+            f"with a letter or digit, got {len(subject_id)} characters: {subject_id[:40]!r}")
+    where = f"{where} (id {subject_id})"
     own = normalize_keys(row, source=where)
     forbidden = _forbidden_options(where, own, policy)
     if forbidden:
@@ -173,10 +178,13 @@ def _subject(row: Any, defaults: dict[str, Any], batch_id: str, where: str,
 
 
 def _forbidden_options(where: str, values: Mapping[str, Any], policy: OperatorPolicy) -> list[str]:
-    return [f"{where}: option {name!r} may not be set here (the operator allows "
-            f"{', '.join(policy.batch_row_options or ()) or 'none'}; "
-            "DREAMBOOTH_OPERATOR_BATCH_ROW_OPTIONS)"
-            for name in values if name not in ALWAYS_ALLOWED and not policy.allows_row_option(name)]
+    pod = [f"{where}: option {name!r} is set by the pod, not by a subjects file"
+           for name in values if name in SET_BY_THE_POD]
+    return pod + [f"{where}: option {name!r} may not be set here (the operator allows "
+                  f"{', '.join(policy.batch_row_options or ()) or 'none'}; "
+                  "DREAMBOOTH_OPERATOR_BATCH_ROW_OPTIONS)"
+                  for name in values if name not in ALWAYS_ALLOWED | SET_BY_THE_POD
+                  and not policy.allows_row_option(name)]
 
 
 def _substitute(name: str, value: Any, fill: dict[str, str]) -> Any:
@@ -189,7 +197,7 @@ def _substitute(name: str, value: Any, fill: dict[str, str]) -> Any:
         # A class noun "../x" would point the row at another tenant's prefix. (A missing one is
         # reported as missing by the validation that follows.)
         unsafe = replacement and not _is_segment(replacement)
-        if key in value and name in LOCATION_OPTIONS + URL_OPTIONS and unsafe:
+        if key in value and name in PLACES and unsafe:
             raise InvalidInputError(
                 f"{flag_name(name)} uses {key}, but {replacement!r} is not one path segment "
                 "(no '/', '\\', '..' or control characters)")
@@ -200,38 +208,6 @@ def _substitute(name: str, value: Any, fill: dict[str, str]) -> Any:
 def _is_segment(value: str) -> bool:
     return (bool(value.strip()) and not any(c in value for c in "/\\") and ".." not in value
             and value.isprintable())
-
-
-def location_problems(config: TrainConfig, policy: OperatorPolicy | None = None) -> list[str]:
-    """Where `config`'s paths, URIs and URLs lead that the operator does not allow.
-
-    Only values that differ from the option's default are checked: defaults are the operator's
-    (the image's cache directory, the hub's evaluation models), not the tenant's.
-    """
-    policy = policy or OperatorPolicy.from_env()
-    problems = []
-    for f in fields():
-        value = getattr(config, f.name)
-        if not isinstance(value, str) or not value or value == default_of(f):
-            continue
-        if f.name in URL_OPTIONS or f.name.endswith("_url"):
-            url = value if "://" in value else "http://" + value  # how Prometheus' client reads it
-            if not policy.allows_host(url):
-                problems.append(f"{flag_name(f.name)} {value} names a host the operator does not "
-                                "allow (DREAMBOOTH_OPERATOR_ALLOWED_HOSTS)")
-        elif f.name in LOCATION_OPTIONS and _is_location(f.name, value) and not policy.allows_uri(value):
-            problems.append(f"{flag_name(f.name)} {value} is outside the prefixes the operator "
-                            "allows (DREAMBOOTH_OPERATOR_ALLOWED_PREFIXES)")
-    return problems
-
-
-def _is_location(name: str, value: str) -> bool:
-    """False for the values of location options that name no place: built-in prompt sets and
-    hub ids ("org/model", which the job only looks up as a directory if one exists)."""
-    if name == "prompt_set":
-        return value not in BUILTIN_PROMPT_SETS
-    is_hub_id = bool(HUB_ID.match(value)) and ".." not in value
-    return not (name in ("base_model", "dino_model", "clip_model") and is_hub_id)
 
 
 # ----------------------------------------------------------------------------------------------

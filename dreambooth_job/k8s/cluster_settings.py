@@ -10,6 +10,7 @@ Light on purpose: config and exit codes only, never torch.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -17,6 +18,8 @@ from typing import Any
 
 from dreambooth_job import __version__, sizing
 from dreambooth_job.exit_codes import InvalidInputError
+from dreambooth_job.operator_policy import OperatorPolicy, ceiling_env, with_ceilings
+from dreambooth_job.quantities import parse_quantity
 
 APP_NAME = "dreambooth-job"
 DEFAULT_IMAGE = f"{APP_NAME}:{__version__}"
@@ -167,10 +170,16 @@ class ClusterSettings:
                  "DREAMBOOTH_OPERATOR_ALLOWED_HOSTS; the job exits 2 at start for any other "
                  "(default: any host). Chart: operator.allowedHosts.")
     allowed_prefixes: tuple[str, ...] = setting(
-        (), help="Operator setting: the s3:// prefixes and absolute local directories the pod may "
-                 "read and write, as DREAMBOOTH_OPERATOR_ALLOWED_PREFIXES in every pod; generate "
-                 "checks --model, --output and the base model and VAE a run's result.json records "
-                 "against it (default: any). Chart: operator.allowedPrefixes.")
+        (), help="Operator setting: the only prefixes (s3://bucket/prefix/ or directories) the "
+                 "job's locations may name, as DREAMBOOTH_OPERATOR_ALLOWED_PREFIXES; the job exits "
+                 "2 at start for any other (default: that variable of the process that builds "
+                 "the Job, else any). Chart: operator.allowedPrefixes.")
+    ceilings: Mapping[str, Any] = setting(
+        default_factory=dict,
+        help="Operator setting: the most a tenant may ask for, by name (max_train_steps: 5000, "
+             "max_gpus: 2, max_memory: 128Gi; operator_policy.py), in place of the building "
+             "process's DREAMBOOTH_OPERATOR_MAX_* and passed to the pod as that variable. "
+             "Chart: operator.maxTrainSteps, operator.maxGpus, ...")
     notify_secret: str | None = setting(
         help="Existing Secret holding the key that signs the completion call under the key named "
              "by --notify-secret-env, passed as that variable; referenced, never copied. "
@@ -201,6 +210,34 @@ class ClusterSettings:
             if not host or any(c in host for c in ",/@") or not host.isprintable() or " " in host:
                 raise InvalidInputError(f"allowed_hosts: {host!r} is not a host name")
         self._check_identity()
+        self._check_ceilings(self.policy())
+
+    def policy(self) -> OperatorPolicy:
+        """The operator's policy for this cluster's pods: the building process's
+        (DREAMBOOTH_OPERATOR_*), its prefixes replaced by `allowed_prefixes` when given, and its
+        ceilings by `ceilings` (the chart's operator values do the same)."""
+        policy = with_ceilings(OperatorPolicy.from_env(), self.ceilings)
+        if self.allowed_prefixes:
+            policy = dataclasses.replace(policy, allowed_prefixes=self.allowed_prefixes)
+        return policy
+
+    def _check_ceilings(self, policy: OperatorPolicy) -> None:
+        """No more GPUs, CPU or memory than the operator lets one pod take (DREAMBOOTH_OPERATOR_
+        MAX_GPUS, _CPU, _MEMORY of the process that builds the Job; the chart's operator values)."""
+        if self.gpus > policy.max_gpus:
+            raise InvalidInputError(f"gpus {self.gpus} is above the operator's ceiling of "
+                                    f"{policy.max_gpus} ({ceiling_env('max_gpus')})")
+        for kind in ("requests", "limits"):
+            quantities = self.resources.get(kind) or {}
+            for name, ceiling in (("cpu", "max_cpu"), ("memory", "max_memory")):
+                most, value = getattr(policy, ceiling), quantities.get(name)
+                if most is None or value is None:
+                    continue
+                if parse_quantity(f"resources.{kind}.{name}", value) > parse_quantity(
+                        ceiling_env(ceiling), most):
+                    raise InvalidInputError(
+                        f"resources.{kind}.{name} {str(value)[:40]} is above the operator's "
+                        f"ceiling of {most} ({ceiling_env(ceiling)})")
 
     def _check_identity(self) -> None:
         if self.run_as_user is not None and self.run_as_user < 1:

@@ -24,10 +24,11 @@ import click
 import yaml
 
 from dreambooth_job.cli_options import resolve_train_config, train_options
+from dreambooth_job.config import flag_name, load_config_file
 from dreambooth_job.exit_codes import InvalidInputError
 from dreambooth_job.generation import config as generate_config
 from dreambooth_job.k8s import client as k8s
-from dreambooth_job.k8s.batch import Batch, load_batch, location_problems
+from dreambooth_job.k8s.batch import SET_BY_THE_POD, Batch, BatchFileError, load_batch
 from dreambooth_job.k8s.feed import render_batch, submit_batch
 from dreambooth_job.k8s.generate_job import GenerateJobSpec
 from dreambooth_job.k8s.manifest import BATCH_LABEL, JobSpec, label_value
@@ -43,6 +44,7 @@ from dreambooth_job.k8s.status import (
     format_duration,
     get_status,
 )
+from dreambooth_job.policy import policy_problems
 
 
 def _connect(params: dict[str, Any]) -> k8s.Connection:
@@ -86,9 +88,17 @@ _set_option = click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
 @_output_format
 def submit(replace: bool, dry_run: bool, fmt: str, **params) -> None:
     """Submit one subject as a Kubernetes Job (the same Job the Helm chart renders)."""
+    given = {k for k, v in params.items() if v not in (None, ())}
+    if params.get("config_file"):
+        given |= set(load_config_file(params["config_file"]))
+    set_by_the_pod = sorted(given & SET_BY_THE_POD)
+    if set_by_the_pod:
+        raise InvalidInputError(f"{flag_name(set_by_the_pod[0])} is set by the pod, not by submit: "
+                                "drop it")
     spec = JobSpec(train=resolve_train_config(params), cluster=resolve_cluster_settings(params))
-    # The operator's prefixes and hosts, as for batch.
-    _submit(spec, location_problems(spec.train), replace, dry_run, fmt, params, "for this subject")
+    # The operator's prefixes, hosts and ceilings, as for batch and in the pod (policy.py).
+    _submit(spec, policy_problems(spec.train, spec.cluster.policy()), replace, dry_run, fmt, params,
+            "for this subject")
 
 
 @click.command("submit-generate")
@@ -150,6 +160,11 @@ def batch(subjects_file: str, sets: tuple[str, ...], max_parallel: int | None,
     """
     the_batch = load_batch(subjects_file, _sets(sets))
     cluster = resolve_cluster_settings(params)
+    # The rows were checked against the process's policy; the cluster settings may set their own.
+    problems = [f"{config.subject_id}: {problem}" for config in the_batch.subjects
+                for problem in policy_problems(config, cluster.policy())]
+    if problems:
+        raise BatchFileError(subjects_file, problems)
     if dry_run:
         _print_manifests(render_batch(the_batch, cluster), fmt)
         return

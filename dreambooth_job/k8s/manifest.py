@@ -62,6 +62,7 @@ from dreambooth_job.k8s.pod import (
     pod_spec,
     termination_grace_period,
 )
+from dreambooth_job.operator_policy import CEILINGS, ceiling_env
 
 # Importable from here as before the split into cluster_settings.py and pod.py.
 __all__ = [
@@ -287,6 +288,17 @@ def chart_table() -> dict[str, Any]:
         "options": options,
         "pod": chart_pod_table(),
         "sizing": chart_sizing_table(),
+        "ceilings": chart_ceilings_table(),
     }
+
+
+def chart_ceilings_table() -> list[dict[str, Any]]:
+    """The operator's ceilings for the chart (files/package.yaml's `ceilings`): each one's
+    `operator:` key, variable and default, the `job:` option that declares it (config_fields'
+    `ceiling=`) and the container resource it bounds."""
+    bounded = {f.metadata["ceiling"]: values_key(f.name) for f in cfg.fields() if f.metadata["ceiling"]}
+    return [{"key": values_key(f.name), "env": ceiling_env(f.name), "default": f.default,
+             "option": bounded.get(f.name), "resource": f.metadata["resource"]}
+            for f in CEILINGS]
 
 

@@ -13,6 +13,7 @@ from typing import Any
 
 from dreambooth_job import config as cfg
 from dreambooth_job import sizing
+from dreambooth_job.config_fields import set_by_pod
 from dreambooth_job.exit_codes import InvalidInputError
 from dreambooth_job.k8s.cluster_settings import (
     AUTO,
@@ -22,6 +23,7 @@ from dreambooth_job.k8s.cluster_settings import (
     TMP_MOUNT,
     ClusterSettings,
 )
+from dreambooth_job.operator_policy import CEILINGS, OperatorPolicy, ceiling_env
 from dreambooth_job.operator_policy import ENV_PREFIX as OPERATOR_ENV_PREFIX
 from dreambooth_job.pod_env import IMAGE_ENV, JOB_UID_ENV
 
@@ -32,8 +34,9 @@ PROMPT_FILE_DIRS_ENV = OPERATOR_ENV_PREFIX + "PROMPT_FILE_DIRS"
 ALLOWED_HOSTS_ENV = OPERATOR_ENV_PREFIX + "ALLOWED_HOSTS"
 ALLOWED_PREFIXES_ENV = OPERATOR_ENV_PREFIX + "ALLOWED_PREFIXES"
 # The container sets these itself (cache_dir follows the cache volume), so they are not options
-# of the chart's `job:` values nor of the rendered args.
-OPTIONS_SET_BY_THE_POD = frozenset({"cache_dir"})
+# of the chart's `job:` values nor of the rendered args, and a batch row may not set them: the
+# options declared `set_by_pod` (config_fields.option).
+OPTIONS_SET_BY_THE_POD = frozenset(f.name for f in cfg.fields() if set_by_pod(f))
 
 
 def pod_spec(train: cfg.TrainConfig, cluster: ClusterSettings, args: list[str], *,
@@ -129,9 +132,17 @@ def tmp_size_limit(train: cfg.TrainConfig, cluster: ClusterSettings) -> str | No
 
 
 def termination_grace_period(train: cfg.TrainConfig, cluster: ClusterSettings) -> int:
+    """The budget rounded up plus the margin, or the settings' own if not shorter; never above
+    the operator's ceiling (how long a preempted pod may hold its GPU)."""
     budget = job_grace_seconds(train, cluster)
     needed = math.ceil(budget) + TERMINATION_MARGIN_SECONDS
     chosen = cluster.termination_grace_period_seconds
+    most = cluster.policy().max_termination_grace_seconds
+    if max(budget, (chosen or 0) - TERMINATION_MARGIN_SECONDS) > most:
+        raise InvalidInputError(
+            f"the pod's grace period ({chosen or needed} s) is above the operator's ceiling of "
+            f"{most:g} s plus {TERMINATION_MARGIN_SECONDS} s "
+            f"({ceiling_env('max_termination_grace_seconds')})")
     if chosen is None:
         return needed
     if chosen < needed:
@@ -220,8 +231,21 @@ def _env(cluster: ClusterSettings) -> list[dict[str, Any]]:
         env.append({"name": PROMPT_FILE_DIRS_ENV, "value": ",".join(cluster.prompt_file_dirs)})
     if cluster.allowed_hosts:
         env.append({"name": ALLOWED_HOSTS_ENV, "value": ",".join(cluster.allowed_hosts)})
-    if cluster.allowed_prefixes:  # the pod re-checks its locations (generate: result.json's too)
-        env.append({"name": ALLOWED_PREFIXES_ENV, "value": ",".join(cluster.allowed_prefixes)})
+    return env + policy_env(cluster)
+
+
+def policy_env(cluster: ClusterSettings) -> list[dict[str, Any]]:
+    """The operator's prefixes and the ceilings that the settings or the building process set,
+    so that the pod checks the config again against what `submit`/`batch` checked (policy.py)."""
+    policy, defaults = cluster.policy(), OperatorPolicy()
+    env = []
+    if policy.allowed_prefixes:
+        env.append({"name": ALLOWED_PREFIXES_ENV, "value": ",".join(policy.allowed_prefixes)})
+    for f in CEILINGS:
+        value = getattr(policy, f.name)
+        if f.name in cluster.ceilings or value != getattr(defaults, f.name):
+            env.append({"name": ceiling_env(f.name),
+                        "value": value if isinstance(value, str) else f"{value:g}"})
     return env
 
 

@@ -23,6 +23,7 @@ from dreambooth_job import cli
 from dreambooth_job import config as cfg
 from dreambooth_job.cli_options import resolve_train_config
 from dreambooth_job.k8s.manifest import ClusterSettings, JobSpec, values_key
+from dreambooth_job.operator_policy import CEILINGS
 
 REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "helm" / "dreambooth-job"
@@ -114,6 +115,8 @@ def spec_from_values(values: dict[str, Any]) -> JobSpec:
         prompt_file_dirs=tuple(values["operator"]["promptFileDirs"]),
         allowed_hosts=tuple(values["operator"]["allowedHosts"]),
         allowed_prefixes=tuple(values["operator"]["allowedPrefixes"]),
+        ceilings={f.name: values["operator"][values_key(f.name)] for f in CEILINGS
+                  if values["operator"].get(values_key(f.name)) is not None},
         notify_secret=values["notify"]["secretName"] or None,
     )
     return JobSpec(train=train, cluster=cluster, name=name, extra_args=tuple(values["extraArgs"]))

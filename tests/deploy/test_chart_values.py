@@ -35,7 +35,7 @@ SPECIAL_VALUES = {
     "instance_data": "s3://photos/Some Dog/",
     "output": "s3://runs/some-dog/",
     "class_noun": "dog",
-    "subject_id": "dog 42",
+    "subject_id": "dog_42",
     "batch_id": "night-42",
     "identifier": "sks",
     "instance_prompt": "a photo of {identifier} {class_noun}",
@@ -192,15 +192,26 @@ def test_the_python_builder_states_every_model_option_at_its_default():
 def test_schema_bounds_are_the_fields_declared_bounds(chart):
     """values.schema.json states each option's bounds exactly as TrainConfig declares them."""
     bound_keywords = {"minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "multipleOf",
-                      "pattern", "minLength"}
+                      "pattern", "minLength", "maxLength", "maxItems"}
     properties = chart.schema["properties"]["job"]["properties"]
     for f in chart_fields():
         declared = dict(f.metadata["bounds"])
+        text = {}
         if f.metadata["must_contain"]:
-            declared["pattern"] = re.escape(f.metadata["must_contain"])
+            text["pattern"] = re.escape(f.metadata["must_contain"])
+        if f.metadata["pattern"]:
+            text["pattern"] = f"^{f.metadata['pattern'][0]}$"
         if f.metadata["required"]:
-            declared["minLength"] = 1
-        in_schema = {k: v for k, v in properties[values_key(f.name)].items() if k in bound_keywords}
+            text["minLength"] = 1
+        if f.metadata["max_length"]:
+            text["maxLength"] = f.metadata["max_length"]
+        prop = properties[values_key(f.name)]
+        if f.metadata["max_items"]:
+            declared["maxItems"] = f.metadata["max_items"]
+            assert {k: v for k, v in prop["items"].items() if k in bound_keywords} == text, f.name
+        else:
+            declared.update(text)
+        in_schema = {k: v for k, v in prop.items() if k in bound_keywords}
         assert in_schema == declared, f.name
     assert properties["resolution"]["multipleOf"] == 8 and properties["learningRate"]["exclusiveMinimum"] == 0
 

@@ -289,3 +289,61 @@ def test_helm_binary_renders_what_the_sdk_renders(tmp_path, render):
                          capture_output=True, text=True, check=True).stdout
     job = next(d for d in yaml.safe_load_all(out) if d and d["kind"] == "Job")
     assert_same(render(load_values(values)).one("Job"), job)
+
+
+# ----------------------------------------------------------------------------------------------
+# Issue 23: the operator's ceilings and prefixes in the chart.
+
+@pytest.mark.parametrize("values, refusal", [
+    (with_job(terminationGraceSeconds=31536000),
+     "job.terminationGraceSeconds 3.1536e+07 is above the operator's ceiling of 600"),
+    ({**MINIMAL, "terminationGracePeriodSeconds": 31536005},
+     "terminationGracePeriodSeconds 31536005 is above the operator's ceiling of 600"),
+    (with_job(gradientAccumulationSteps=100000),
+     "job.gradientAccumulationSteps 100000 is above the operator's ceiling of 64"),
+    ({**with_job(maxTrainSteps=2000), "operator": {"maxTrainSteps": 1000}},
+     "job.maxTrainSteps 2000 is above the operator's ceiling of 1000 (operator.maxTrainSteps)"),
+    ({**MINIMAL, "gpu": {"count": 64}}, "gpu.count 64 is above the operator's ceiling of 8"),
+    ({**MINIMAL, "gpu": {"count": 2}, "operator": {"maxGpus": 1}},
+     "gpu.count 2 is above the operator's ceiling of 1"),
+    ({**MINIMAL, "resources": {"limits": {"memory": "4Ti"}}},
+     "resources.limits.memory 4Ti is above the operator's ceiling of 512Gi (operator.maxMemory)"),
+    ({**MINIMAL, "resources": {"requests": {"cpu": 1000}}},
+     "resources.requests.cpu 1000 is above the operator's ceiling of 64 (operator.maxCpu)"),
+    ({**MINIMAL, "resources": {"requests": {"cpu": "9"}}, "operator": {"maxCpu": "8000m"}},
+     "resources.requests.cpu 9 is above the operator's ceiling of 8000m"),
+])
+def test_a_value_above_an_operator_ceiling_fails_the_install(chart, values, refusal):
+    with pytest.raises(helm.HelmRenderError) as error:
+        chart.render(values, name=RELEASE, namespace=NAMESPACE, is_install=True)
+    assert refusal in str(error.value)
+
+
+@pytest.mark.parametrize("values, where", [
+    (with_job(subjectId="x" * 1_000_000), "/job/subjectId"),
+    (with_job(subjectId="dog 42"), "/job/subjectId"),
+    (with_job(jobId="j" * 1_000), "/job/jobId"),
+    (with_job(classNoun="n" * 65), "/job/classNoun"),
+    (with_job(vae="ftp://user:pw@host/vae"), "/job/vae"),
+    (with_job(validationPrompts=["a {identifier} {class_noun}"] * 33), "/job/validationPrompts"),
+    (with_job(loraRank=50_000_000), "/job/loraRank"),
+    ({**MINIMAL, "operator": {"maxMemory": "lots"}}, "/operator/maxMemory"),
+    ({**MINIMAL, "operator": {"maxGpus": -1}}, "/operator/maxGpus"),
+    ({**MINIMAL, "operator": {"allowedPrefixes": ["s3://a/,s3://b/"]}}, "/operator/allowedPrefixes/0"),
+])
+def test_schema_bounds_tenant_strings_and_the_operators_values(chart, values, where):
+    with pytest.raises(helm.HelmValuesError) as error:
+        chart.render(values, name=RELEASE, namespace=NAMESPACE, is_install=True)
+    assert where in str(error.value)
+
+
+def test_the_operators_prefixes_and_ceilings_reach_the_pod_as_the_builder_passes_them(render):
+    values = {**MINIMAL, "operator": {"allowedPrefixes": ["s3://photos/", "s3://runs/"],
+                                      "maxTrainSteps": 1000, "maxMemory": "128Gi"}}
+    rendered = render(values)
+    job = rendered.one("Job")
+    env = {e["name"]: e.get("value") for e in container(job)["env"]}
+    assert {k: v for k, v in env.items() if k.startswith("DREAMBOOTH_OPERATOR_")} == {
+        "DREAMBOOTH_OPERATOR_ALLOWED_PREFIXES": "s3://photos/,s3://runs/",
+        "DREAMBOOTH_OPERATOR_MAX_TRAIN_STEPS": "1000", "DREAMBOOTH_OPERATOR_MAX_MEMORY": "128Gi"}
+    assert_same(comparable(build_job(spec_from_values(rendered.values))), comparable(job))

@@ -85,6 +85,7 @@ def test_an_sdxl_full_fine_tune_gets_the_time_its_checkpoint_needs():
 
 def test_explicit_settings_override_the_profile():
     cluster = ClusterSettings(sizing="sdxl-full", termination_grace_period_seconds=900,
+                              ceilings={"max_termination_grace_seconds": 900},
                               resources={"requests": {"cpu": "4", "memory": "200Gi"},
                                          "limits": {"ephemeral-storage": "500Gi"}},
                               tmp_size_limit="300Gi")
@@ -133,6 +134,7 @@ def test_the_chart_renders_the_builders_job_for_each_profile(render, values, pro
 
 def test_chart_values_override_the_profile(render):
     values = {"sizing": "sdxl-full", "job": {**JOB_VALUES, "terminationGraceSeconds": 700},
+              "operator": {"maxTerminationGraceSeconds": 900},
               "terminationGracePeriodSeconds": 900, "tmp": {"sizeLimit": "300Gi"},
               "resources": {"requests": {"memory": "200Gi"}, "limits": {"ephemeral-storage": "500Gi"}}}
     rendered = render(values)

@@ -283,3 +283,100 @@ subjects:
     assert "subjects[2] (id can): --base-model 'gs://models/sd'" in caught.value.problems[1]
     result = CliRunner().invoke(main, ["batch", str(path), "--dry-run"])
     assert result.exit_code == 2 and "nothing was submitted" in result.output
+
+
+# ----------------------------------------------------------------------------------------------
+# Issue 23: every option that names a place is under the policy (--vae was not); the pod's own
+# options and the operator's ceilings are not a row's to set; ids are bounded.
+
+def test_a_rows_vae_in_another_tenants_prefix_is_refused_like_its_base_model(tmp_path, monkeypatch):
+    monkeypatch.setenv("DREAMBOOTH_OPERATOR_ALLOWED_PREFIXES", RESTRICTED[
+        "DREAMBOOTH_OPERATOR_ALLOWED_PREFIXES"])
+    path = write(tmp_path, "night.yaml", """\
+defaults: {output: "s3://runs/tenant-a/{id}/"}
+subjects:
+  - {id: dog, instance_data: "s3://photos/tenant-a/dog/", class_noun: dog,
+     vae: "s3://runs/tenant-b/victim/vae/"}
+  - {id: cat, instance_data: "s3://photos/tenant-a/cat/", class_noun: cat, vae: "/opt/models/vae"}
+""")
+    dog, cat = problems_of(path)
+    assert dog.startswith("subjects[0] (id dog): --vae s3://runs/tenant-b/victim/vae/")
+    assert "DREAMBOOTH_OPERATOR_ALLOWED_PREFIXES" in dog
+    assert cat.startswith("subjects[1] (id cat): --vae /opt/models/vae")
+
+
+def test_a_class_noun_cannot_lead_a_rows_vae_out_of_its_prefix(tmp_path):
+    path = write(tmp_path, "night.yaml", """\
+defaults: {output: "s3://runs/{id}/", vae: "s3://vaes/{class_noun}/"}
+subjects:
+  - {id: dog, instance_data: "s3://photos/dog/", class_noun: "../tenant-b"}
+""")
+    [problem] = problems_of(path)
+    assert "--vae uses {class_noun}" in problem and "not one path segment" in problem
+
+
+def test_a_row_may_not_set_what_the_pod_sets(tmp_path):
+    path = write(tmp_path, "night.yaml", """\
+defaults: {output: "s3://runs/{id}/"}
+subjects:
+  - {id: dog, instance_data: "s3://photos/dog/", class_noun: dog, cache_dir: /cache/../etc}
+""")
+    [problem] = problems_of(path)
+    assert problem == "subjects[0] (id dog): option 'cache_dir' is set by the pod, not by a subjects file"
+
+
+@pytest.mark.parametrize("option, value, ceiling", [
+    ("termination_grace_seconds", 31536000, "--termination-grace-seconds 31536000 is above the "
+                                            "operator's ceiling of 600"),
+    ("gradient_accumulation_steps", 1000000, "--gradient-accumulation-steps 1000000 is above the "
+                                             "operator's ceiling of 64"),
+    ("max_train_steps", 10000000, "--max-train-steps 10000000 is above the operator's ceiling of 100000"),
+    ("lora_rank", 512, "--lora-rank 512 is above the operator's ceiling of 128"),
+    ("resolution", 4096, "--resolution 4096 is above the operator's ceiling of 2048"),
+])
+def test_a_row_above_an_operator_ceiling_is_refused_naming_it(tmp_path, option, value, ceiling):
+    path = write(tmp_path, "night.yaml", f"""\
+defaults: {{output: "s3://runs/{{id}}/"}}
+subjects:
+  - {{id: dog, instance_data: "s3://photos/dog/", class_noun: dog, {option}: {value}}}
+""")
+    [problem] = problems_of(path)
+    assert problem.startswith("subjects[0] (id dog): ") and ceiling in problem
+    assert "DREAMBOOTH_OPERATOR_MAX_" in problem
+
+
+def test_the_operators_ceiling_comes_from_its_variable(tmp_path, monkeypatch):
+    monkeypatch.setenv("DREAMBOOTH_OPERATOR_MAX_TRAIN_STEPS", "1000")
+    path = write(tmp_path, "night.yaml", """\
+defaults: {output: "s3://runs/{id}/"}
+subjects:
+  - {id: dog, instance_data: "s3://photos/dog/", class_noun: dog, max_train_steps: 1000}
+  - {id: cat, instance_data: "s3://photos/cat/", class_noun: cat, max_train_steps: 1001}
+""")
+    [problem] = problems_of(path)
+    assert problem.startswith("subjects[1] (id cat): --max-train-steps 1001 is above the operator's "
+                              "ceiling of 1000 (DREAMBOOTH_OPERATOR_MAX_TRAIN_STEPS)")
+
+
+@pytest.mark.parametrize("key, fragment", [
+    ("job_id", "--job-id must be at most 128 characters, got 1000000"),
+    ("id", "id must be 1-63 letters"),
+    ("class_noun", "--class-noun must be at most 64 characters, got 1000000"),
+    ("instance_prompt", "--instance-prompt must be at most 1000 characters, got 1000000"),
+])
+def test_a_megabyte_string_in_a_row_is_refused_in_a_short_line(tmp_path, key, fragment):
+    row = {"id": "dog", "instance_data": "s3://photos/dog/", "class_noun": "dog",
+           key: "{identifier}" + "x" * (1_000_000 - len("{identifier}"))}
+    path = tmp_path / "night.jsonl"
+    path.write_text(json.dumps({"defaults": {"output": "s3://runs/{id}/"}}) + "\n" + json.dumps(row))
+    [problem] = problems_of(path)
+    assert fragment in problem and len(problem) < 300
+
+
+def test_too_many_validation_prompts_are_refused(tmp_path):
+    row = {"id": "dog", "instance_data": "s3://photos/dog/", "class_noun": "dog",
+           "validation_prompts": ["a {identifier} {class_noun}"] * 33}
+    path = tmp_path / "night.jsonl"
+    path.write_text(json.dumps({"defaults": {"output": "s3://runs/{id}/"}}) + "\n" + json.dumps(row))
+    [problem] = problems_of(path)
+    assert "--validation-prompt takes at most 32 values, got 33" in problem

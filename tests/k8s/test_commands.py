@@ -196,3 +196,78 @@ def test_watch_stops_once_everything_finished(kubeconfig, namespace):
 def test_status_needs_exactly_one_source(kubeconfig):
     result = CliRunner().invoke(main, ["status"])
     assert result.exit_code == 2 and "exactly one" in result.output
+
+
+# ----------------------------------------------------------------------------------------------
+# Issue 23: the operator's prefixes, ceilings and the pod's own options at `submit` and `batch`.
+
+def error_line(*args) -> str:
+    result = CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+    assert result.exit_code == 2, result.output
+    [line] = result.output.strip().splitlines()
+    return line
+
+
+def test_submit_refuses_a_vae_outside_the_operators_prefixes(no_cluster, monkeypatch):
+    monkeypatch.setenv("DREAMBOOTH_OPERATOR_ALLOWED_PREFIXES", "s3://photos/,s3://runs/")
+    run("submit", *DOG, "--vae", "s3://runs/vae/", "--dry-run")
+    line = error_line("submit", *DOG, "--vae", "s3://models/tenant-b/vae/", "--dry-run")
+    assert "--vae s3://models/tenant-b/vae/ is outside the prefixes" in line
+
+
+def test_submit_refuses_an_option_the_pod_sets(no_cluster, tmp_path):
+    assert "--cache-dir is set by the pod" in error_line("submit", *DOG, "--cache-dir", "/etc",
+                                                         "--dry-run")
+    config = tmp_path / "job.yaml"
+    config.write_text("cache_dir: /etc\n")
+    assert "--cache-dir is set by the pod" in error_line("submit", *DOG, "--config", config,
+                                                         "--dry-run")
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["--termination-grace-seconds", "31536000"],
+     "--termination-grace-seconds 31536000 is above the operator's ceiling of 600"),
+    (["--gradient-accumulation-steps", "100000"],
+     "--gradient-accumulation-steps 100000 is above the operator's ceiling of 64"),
+    (["--termination-grace-period-seconds", "31536005"],
+     "the pod's grace period (31536005 s) is above the operator's ceiling of 600 s"),
+    (["--gpus", "64"], "gpus 64 is above the operator's ceiling of 8 (DREAMBOOTH_OPERATOR_MAX_GPUS)"),
+    (["--resources", '{"limits": {"memory": "4Ti"}}'],
+     "resources.limits.memory 4Ti is above the operator's ceiling of 512Gi"),
+    (["--resources", '{"requests": {"cpu": "1000"}}'],
+     "resources.requests.cpu 1000 is above the operator's ceiling of 64"),
+    (["--ceilings", "{max_gpus: 1}", "--gpus", "2"], "gpus 2 is above the operator's ceiling of 1"),
+])
+def test_submit_refuses_a_request_above_an_operator_ceiling(no_cluster, args, fragment):
+    assert fragment in error_line("submit", *DOG, *args, "--dry-run")
+
+
+def test_a_batch_row_cannot_set_the_pods_grace_period(no_cluster, tmp_path):
+    subjects = tmp_path / "night.yaml"
+    subjects.write_text("subjects:\n  - {id: dog, instance_data: s3://photos/dog/, class_noun: dog,"
+                        " output: s3://runs/dog/, termination_grace_seconds: 31536000}\n")
+    result = CliRunner().invoke(main, ["batch", str(subjects), "--dry-run"])
+    assert result.exit_code == 2 and "terminationGracePeriodSeconds" not in result.output
+    assert "--termination-grace-seconds 31536000 is above the operator's ceiling" in result.output
+
+
+def test_the_job_carries_the_operators_prefixes_and_ceilings_to_the_pod(no_cluster, monkeypatch):
+    monkeypatch.setenv("DREAMBOOTH_OPERATOR_ALLOWED_PREFIXES", "s3://photos/,s3://runs/")
+    monkeypatch.setenv("DREAMBOOTH_OPERATOR_MAX_TRAIN_STEPS", "1000")
+    manifest = yaml.safe_load(run("submit", *DOG, "--ceilings", "{max_lora_rank: 32}", "--dry-run"))
+    env = {e["name"]: e.get("value")
+           for e in manifest["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert {k: v for k, v in env.items() if k.startswith("DREAMBOOTH_OPERATOR_")} == {
+        "DREAMBOOTH_OPERATOR_ALLOWED_PREFIXES": "s3://photos/,s3://runs/",
+        "DREAMBOOTH_OPERATOR_MAX_TRAIN_STEPS": "1000", "DREAMBOOTH_OPERATOR_MAX_LORA_RANK": "32"}
+
+
+def test_the_cluster_settings_ceilings_hold_for_every_row_of_a_batch(no_cluster, tmp_path):
+    subjects = tmp_path / "night.yaml"
+    subjects.write_text("subjects:\n  - {id: dog, instance_data: s3://photos/dog/, class_noun: dog,"
+                        " output: s3://runs/dog/, max_train_steps: 800}\n")
+    run("batch", subjects, "--dry-run")
+    result = CliRunner().invoke(main, ["batch", str(subjects), "--ceilings", "{max_train_steps: 500}",
+                                       "--dry-run"])
+    assert result.exit_code == 2
+    assert "dog: --max-train-steps 800 is above the operator's ceiling of 500" in result.output

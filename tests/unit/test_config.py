@@ -268,3 +268,66 @@ def test_train_with_another_scheme_exits_2_in_one_line():
     assert result.output.strip() == (
         "error: --instance-data 'ftp://host/dog/' is not a supported location: expected "
         "s3://bucket/prefix, a local path")
+
+
+# ----------------------------------------------------------------------------------------------
+# Issue 23: what an option names and how long it may be are declared on it.
+
+def _string_fields():
+    from dreambooth_job.config_introspection import base_type
+    from dreambooth_job.generation import config as gen
+
+    return [(owner.__name__, f) for owner, fields in ((cfg.TrainConfig, cfg.fields()),
+                                                       (gen.GenerateConfig, gen.fields()))
+            for f in fields if base_type(f, owner) is str]
+
+
+def _names_a_place(f) -> bool:
+    import re
+
+    words = f.metadata["help"]
+    return bool(re.search(r"s3://|director|hub id|\bURL\b|\bURI\b", words)
+                or re.search(r"(_url|_model|_dir|_data|^model|^output|^vae)$", f.name))
+
+
+@pytest.mark.parametrize("owner, f", [(o, f) for o, f in _string_fields() if _names_a_place(f)],
+                         ids=lambda x: getattr(x, "name", x))
+def test_a_string_option_that_names_a_place_declares_it(owner, f):
+    """Its help or name says it names a place: then the policy, the scheme and credential
+    checks and the batch rows' substitution check must know it (they derive from place=)."""
+    from dreambooth_job.config_fields import place_of
+
+    assert place_of(f) is not None, f"{owner}.{f.name} names a place: declare place= on it"
+
+
+@pytest.mark.parametrize("owner, f", _string_fields(), ids=lambda x: getattr(x, "name", x))
+def test_every_free_text_option_declares_its_longest_value(owner, f):
+    if not f.metadata["choices"] and not (owner == "GenerateConfig" and f.name == "prompts"):
+        assert f.metadata["max_length"], f"{owner}.{f.name}: declare max_length="
+
+
+@pytest.mark.parametrize("value", ["ftp://user:pw@host/vae", "ftp://host/vae", "gs://b/vae",
+                                   "s3://user:pw@bucket/vae"])
+def test_a_vae_is_checked_as_every_model_location(value):
+    with pytest.raises(InvalidInputError) as caught:
+        cfg.TrainConfig(**REQUIRED, vae=value)
+    assert "--vae" in caught.value.message and "pw" not in caught.value.message
+
+
+@pytest.mark.parametrize("flag, value, fragment", [
+    ("--lora-rank", "50000000", "--lora-rank must be between 1 and 1024, got 50000000"),
+    ("--lora-alpha", "1e30", "--lora-alpha must be at most 4096.0, got 1e+30"),
+    ("--subject-id", "x" * 100_000, "--subject-id must be at most 63 characters, got 100000"),
+    ("--identifier", "x" * 65, "--identifier must be at most 64 characters, got 65"),
+    ("--resolution", "1048576", "--resolution must be between 8 and 4096, got 1048576"),
+])
+def test_a_value_past_its_declared_bound_is_exit_2_at_validation(flag, value, fragment):
+    line = one_error_line(run_train("--class-noun", "dog", "--train-mode", "lora", flag, value))
+    assert fragment in line and len(line) < 300
+
+
+def test_a_megabyte_subject_id_in_a_config_file_is_exit_2_in_one_short_line(tmp_path):
+    config = tmp_path / "job.yaml"
+    config.write_text(yaml.safe_dump({"subject_id": "dog-" * 250_000}))
+    line = one_error_line(run_train("--class-noun", "dog", "--config", str(config)))
+    assert "--subject-id must be at most 63 characters" in line and len(line) < 300

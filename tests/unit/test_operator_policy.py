@@ -42,3 +42,42 @@ def test_only_the_operator_can_allow_a_store_without_conditional_writes():
     assert OperatorPolicy.from_env(allowed).allow_store_without_conditional_writes
     with pytest.raises(InvalidInputError, match=f"{ALLOW_UNCONDITIONAL_STORE_ENV} must be true or false"):
         OperatorPolicy.from_env({ALLOW_UNCONDITIONAL_STORE_ENV: "sure"})
+
+
+# Issue 23: the ceilings, declared once.
+
+def test_the_default_ceilings_allow_every_sizing_profiles_run():
+    from dreambooth_job import sizing
+    from dreambooth_job.operator_policy import LARGEST_PROFILE_GRACE_SECONDS
+
+    policy = OperatorPolicy.from_env({})
+    assert max(p.job_grace_seconds for p in sizing.PROFILES.values()) == LARGEST_PROFILE_GRACE_SECONDS
+    assert policy.max_termination_grace_seconds == LARGEST_PROFILE_GRACE_SECONDS
+    assert policy.max_lora_rank == sizing.LORA_SIZED_RANK
+
+
+def test_every_ceiling_a_train_option_declares_is_an_operator_setting():
+    from dreambooth_job import config as cfg
+    from dreambooth_job.operator_policy import CEILINGS
+
+    declared = {f.metadata["ceiling"] for f in cfg.fields() if f.metadata["ceiling"]}
+    assert declared <= {f.name for f in CEILINGS}
+    assert {"max_termination_grace_seconds", "max_gradient_accumulation_steps", "max_train_steps",
+            "max_resolution", "max_lora_rank"} == declared
+
+
+def test_ceilings_from_the_environment():
+    policy = OperatorPolicy.from_env({"DREAMBOOTH_OPERATOR_MAX_TRAIN_STEPS": "1e3",
+                                      "DREAMBOOTH_OPERATOR_MAX_TERMINATION_GRACE_SECONDS": "120.5",
+                                      "DREAMBOOTH_OPERATOR_MAX_MEMORY": "64Gi"})
+    assert (policy.max_train_steps, policy.max_termination_grace_seconds, policy.max_memory) == (
+        1000, 120.5, "64Gi")
+
+
+@pytest.mark.parametrize("name, raw", [("MAX_TRAIN_STEPS", "-1"), ("MAX_TRAIN_STEPS", "1.5"),
+                                       ("MAX_LORA_RANK", "many"), ("MAX_GPUS", "inf"),
+                                       ("MAX_MEMORY", "lots"), ("MAX_CPU", "1" * 100)])
+def test_a_bad_ceiling_is_exit_2_naming_its_variable(name, raw):
+    with pytest.raises(InvalidInputError) as caught:
+        OperatorPolicy.from_env({f"DREAMBOOTH_OPERATOR_{name}": raw})
+    assert f"DREAMBOOTH_OPERATOR_{name}" in caught.value.message and "\n" not in caught.value.message

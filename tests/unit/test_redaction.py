@@ -10,6 +10,7 @@ from dreambooth_job import config as cfg
 from dreambooth_job import log
 from dreambooth_job.checkpoint import MANIFEST, TRAINER_STATE, CheckpointStore
 from dreambooth_job.cli import main
+from dreambooth_job.config_fields import place_of
 from dreambooth_job.exit_codes import ExitCode, InvalidInputError
 from dreambooth_job.metrics import JobMetrics, grouping_key
 from dreambooth_job.redaction import redact, redact_value
@@ -95,7 +96,7 @@ def test_metric_labels_and_push_group_are_redacted():
     assert SIGNATURE not in json.dumps(grouping_key(f"Signature={SIGNATURE}", f"https://{SIGNATURE}@h"))
 
 
-@pytest.mark.parametrize("option", cfg.URI_OPTIONS)
+@pytest.mark.parametrize("option", [f.name for f in cfg.fields() if place_of(f)])
 def test_a_url_with_credentials_is_refused_as_any_place_option(option):
     with pytest.raises(InvalidInputError) as error:
         cfg.TrainConfig(**{**REQUIRED, option: "https://trainer:hunter2-secret@host:9091/x"})

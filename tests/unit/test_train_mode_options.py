@@ -66,7 +66,7 @@ def test_lora_options_round_trip_through_the_cli_parser():
 
 @pytest.mark.parametrize("args, named", [
     (["--learning-rate", "fast"], "'fast' is not a float or auto"),
-    (["--lora-rank", "0"], "--lora-rank must be at least 1, got 0"),
+    (["--lora-rank", "0"], "--lora-rank must be between 1 and 1024, got 0"),
     (["--lora-rank", "auto"], "--lora-rank"),
     (["--lora-alpha", "0"], "--lora-alpha must be positive, got 0"),
     (["--lora-dropout", "1"], "--lora-dropout must be below 1, got 1.0"),

@@ -39,7 +39,7 @@ args and the job's logs and metrics name the subject alike.
 {{- else }}
 {{- $path := regexReplaceAll "/+$" (toString (.Values.job.instanceData | default "")) "" }}
 {{- $last := regexReplaceAll "^.*/" $path "" }}
-{{- regexReplaceAll "[^A-Za-z0-9_.-]+" $last "-" | trimAll "-" | default "subject" }}
+{{- regexReplaceAll "[^A-Za-z0-9_.-]+" $last "-" | trunc 63 | trimAll "-_." | default "subject" }}
 {{- end }}
 {{- end }}
 
@@ -226,5 +226,91 @@ plus the package's margin, unless set; a value below that would kill the checkpo
 {{- fail (printf "terminationGracePeriodSeconds=%d leaves the job no time to checkpoint: job.terminationGraceSeconds is %v, so at least %d is needed" (int .Values.terminationGracePeriodSeconds) $budget $needed) }}
 {{- else }}
 {{- int .Values.terminationGracePeriodSeconds }}
+{{- end }}
+{{- end }}
+
+{{/*
+The operator's ceiling `key` (files/package.yaml's `ceilings`, from operator_policy.CEILINGS) as
+JSON: operator.<key>, else the package's default.
+*/}}
+{{- define "dreambooth-job.ceiling" -}}
+{{- $root := index . 0 }}
+{{- $key := index . 1 }}
+{{- $value := index $root.Values.operator $key }}
+{{- range (include "dreambooth-job.package" $root | fromYaml).ceilings }}
+{{- if and (eq .key $key) (kindIs "invalid" $value) }}{{ $value = .default }}{{ end }}
+{{- end }}
+{{- toJson $value }}
+{{- end }}
+
+{{/*
+A Kubernetes quantity ("500m", "8", "96Gi", "1.5e9") as a number, as dreambooth_job.quantities
+reads it, so that resources can be held against operator.maxCpu and operator.maxMemory.
+*/}}
+{{- define "dreambooth-job.quantity" -}}
+{{- $text := toString . }}
+{{- $scale := dict "" 1.0 "m" 0.001 "k" 1e3 "M" 1e6 "G" 1e9 "T" 1e12 "P" 1e15 "E" 1e18 "Ki" 1024.0 "Mi" 1048576.0 "Gi" 1073741824.0 "Ti" 1099511627776.0 "Pi" 1125899906842624.0 "Ei" 1152921504606846976.0 }}
+{{- $number := regexFind "^([0-9]+(\\.[0-9]*)?|\\.[0-9]+)([eE][+-]?[0-9]+)?" $text }}
+{{- $suffix := trimPrefix $number $text }}
+{{- if or (not $number) (not (hasKey $scale $suffix)) }}
+{{- fail (printf "%q is not a Kubernetes quantity (e.g. 8, 500m, 64Gi)" $text) }}
+{{- end }}
+{{- mulf (float64 $number) (index $scale $suffix) }}
+{{- end }}
+
+{{/*
+The operator's prefixes and the ceilings the values set, as the pod's DREAMBOOTH_OPERATOR_* env
+(dreambooth_job.k8s.pod.policy_env): the job checks its config against them at start.
+*/}}
+{{- define "dreambooth-job.operatorEnv" -}}
+{{- with .Values.operator.allowedPrefixes }}
+- name: DREAMBOOTH_OPERATOR_ALLOWED_PREFIXES
+  value: {{ join "," . | quote }}
+{{- end }}
+{{- range (include "dreambooth-job.package" . | fromYaml).ceilings }}
+{{- $value := index $.Values.operator .key }}
+{{- if not (kindIs "invalid" $value) }}
+- name: {{ .env }}
+  value: {{ toString $value | quote }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/*
+Fails the install when a value asks for more than the operator's ceilings allow (the checks of
+dreambooth_job.policy and ClusterSettings): a job option that declares a ceiling, the grace
+period, gpu.count, and the CPU and memory of resources.
+*/}}
+{{- define "dreambooth-job.checkCeilings" -}}
+{{- range (include "dreambooth-job.package" . | fromYaml).ceilings }}
+{{- $most := (printf "{\"v\": %s}" (include "dreambooth-job.ceiling" (list $ .key)) | fromJson).v }}
+{{- if and .option (ne $.Values.mode "generate") }}
+{{- $value := (printf "{\"v\": %s}" (include "dreambooth-job.option" (list $ .option)) | fromJson).v }}
+{{- if and (not (kindIs "invalid" $value)) (gt (float64 $value) (float64 $most)) }}
+{{- fail (printf "job.%s %v is above the operator's ceiling of %v (operator.%s)" .option $value $most .key) }}
+{{- end }}
+{{- end }}
+{{- if eq .key "maxTerminationGraceSeconds" }}
+{{- $period := include "dreambooth-job.terminationGracePeriodSeconds" $ | float64 }}
+{{- $package := include "dreambooth-job.package" $ | fromYaml }}
+{{- if gt $period (addf $most $package.terminationMarginSeconds) }}
+{{- fail (printf "terminationGracePeriodSeconds %d is above the operator's ceiling of %v s plus %v s (operator.%s)" (int $period) $most $package.terminationMarginSeconds .key) }}
+{{- end }}
+{{- else if eq .key "maxGpus" }}
+{{- if gt (float64 $.Values.gpu.count) (float64 $most) }}
+{{- fail (printf "gpu.count %v is above the operator's ceiling of %v (operator.maxGpus)" $.Values.gpu.count $most) }}
+{{- end }}
+{{- else if .resource }}
+{{- $resource := .resource }}
+{{- $key := .key }}
+{{- range $kind := list "requests" "limits" }}
+{{- $quantity := index ((index ($.Values.resources | default dict) $kind) | default dict) $resource }}
+{{- if and (not (kindIs "invalid" $quantity)) (not (kindIs "invalid" $most)) }}
+{{- if gt (include "dreambooth-job.quantity" $quantity | float64) (include "dreambooth-job.quantity" $most | float64) }}
+{{- fail (printf "resources.%s.%s %v is above the operator's ceiling of %v (operator.%s)" $kind $resource $quantity $most $key) }}
+{{- end }}
+{{- end }}
+{{- end }}
+{{- end }}
 {{- end }}
 {{- end }}
