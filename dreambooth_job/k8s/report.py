@@ -29,12 +29,12 @@ import posixpath
 import re
 import urllib.parse
 from collections import Counter
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from dreambooth_job import storage
-from dreambooth_job.evaluation import SCORE_NAMES
 from dreambooth_job.k8s.status import JobStatus, Phase, format_duration
 from dreambooth_job.run_page import PAGE_FILE
 
@@ -49,20 +49,9 @@ _PHASE_RANK = {Phase.FAILED: 0, Phase.SUCCEEDED: 1, Phase.RETRYING: 2, Phase.RUN
 
 
 def numeric_metrics(status: JobStatus) -> dict[str, float]:
-    """The scores to show: the fine-tuned model's by name, the base model's as "base_<name>".
-
-    `train --evaluate` writes {"base": row, "finetuned": row, "protocol": ...}; a flat mapping of
-    numbers (another tool's result.json) is shown as it is.
-    """
-    metrics = (status.result or {}).get("metrics") or {}
-    if "finetuned" in metrics:
-        rows = {"": metrics["finetuned"], "base_": metrics.get("base") or {}}
-        names = set(SCORE_NAMES)
-    else:
-        rows, names = {"": metrics}, None
-    return {prefix + name: float(value) for prefix, row in rows.items() for name, value in row.items()
-            if (names is None or name in names)
-            and isinstance(value, (int, float)) and not isinstance(value, bool)}
+    """The scores to show: the fine-tuned model's by name, the base model's as "base_<name>"
+    (result_reader.RunRecord.scores)."""
+    return dict(status.result.scores) if status.result is not None else {}
 
 
 def sort_metric(statuses: list[JobStatus]) -> str | None:
@@ -82,16 +71,15 @@ def worst_first(statuses: list[JobStatus]) -> list[JobStatus]:
     return [s for _, s in sorted(enumerate(statuses), key=key)]
 
 
-def final_grid(result: dict[str, Any] | None, output: str | None) -> str | None:
-    """The last sample grid of a run under `output`: one named 'final', else the highest step,
-    else the last. Only recorded samples directly under `<output>/samples/` count, and the URI is
-    rebuilt from `output` and the file name, never taken as recorded."""
+def final_grid(samples: Sequence[str], output: str | None) -> str | None:
+    """The last sample grid of a run under `output`, of the `samples` its result.json records:
+    one named 'final', else the highest step, else the last. Only recorded samples directly under
+    `<output>/samples/` count, and the URI is rebuilt from `output` and the file name, never taken
+    as recorded."""
     if not output:
         return None
     samples_dir = storage.join(output, "samples")
-    recorded = ((result or {}).get("outputs") or {}).get("samples")
-    names = [name for uri in (recorded if isinstance(recorded, list) else [])
-             if (name := _sample_name(uri, samples_dir))]
+    names = [name for uri in samples if (name := _sample_name(uri, samples_dir))]
     if not names:
         return None
     named = [n for n in names if "final" in n.lower()]
@@ -138,7 +126,7 @@ def write_report(statuses: list[JobStatus], output_uri: str, *, batch_id: str,
     for status in ordered:
         row = status.to_dict()
         row["metrics"] = numeric_metrics(status)
-        row["grid_source"] = final_grid(status.result, status.output)
+        row["grid_source"] = final_grid(status.result.samples if status.result else (), status.output)
         row["grid"] = _copy_grid(status, row["grid_source"], output_uri, embed_images)
         row["page_source"], row["page"] = run_page(status.output, output_uri)
         rows.append(row)

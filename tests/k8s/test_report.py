@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import html
 import json
 import re
@@ -13,6 +14,7 @@ from dreambooth_job import storage
 from dreambooth_job.k8s import JobStatus, Phase
 from dreambooth_job.k8s.report import final_grid, run_page, worst_first, write_report
 from dreambooth_job.k8s.status import load_result
+from dreambooth_job.result_reader import parse_record
 from dreambooth_job.run_page import PAGE_FILE, render
 
 PNG = b"\x89PNG\r\n\x1a\n fake grid of "
@@ -44,8 +46,8 @@ def test_without_metrics_the_file_order_stays(tmp_path):
 
 def test_final_grid_is_the_last_step():
     samples = ["s3://r/dog/samples/step-000800.png", "s3://r/dog/samples/step-000200.png"]
-    assert final_grid({"outputs": {"samples": samples}}, "s3://r/dog/") == samples[0]
-    assert final_grid({"outputs": {"samples": []}}, "s3://r/dog/") is None
+    assert final_grid(samples, "s3://r/dog/") == samples[0]
+    assert final_grid([], "s3://r/dog/") is None
 
 
 def test_report_page_shows_every_grid_status_and_metrics(tmp_path):
@@ -83,7 +85,8 @@ def test_evaluated_results_sort_on_the_finetuned_dino_and_hide_the_protocol():
         row = {"dino": dino, "clip_i": 0.5, "div": None, "unavailable": {"div": "no LPIPS"}}
         metrics = {"base": {**row, "dino": 0.1}, "finetuned": row, "protocol": {"seeds": [0, 1]}}
         return JobStatus(name=f"night-{subject}", namespace="ml", phase=Phase.SUCCEEDED,
-                         subject_id=subject, output=f"/runs/{subject}", result={"metrics": metrics})
+                         subject_id=subject, output=f"/runs/{subject}",
+                         result=parse_record({"metrics": metrics}))
 
     good, bad = evaluated("good", 0.8), evaluated("bad", 0.3)
     assert [s.subject_id for s in worst_first([good, bad])] == ["bad", "good"]
@@ -110,7 +113,7 @@ def test_a_forged_result_copies_no_file_from_outside_the_subjects_output(tmp_pat
     secret.parent.mkdir(parents=True)
     secret.write_bytes(PNG + b"aws_secret_access_key = hunter2")  # even one that looks like a PNG
     other = finished(tmp_path, "other-tenant")
-    other_grid = other.result["outputs"]["samples"][-1]
+    other_grid = other.result.samples[-1]
     statuses = [
         forged(tmp_path, "abs", [str(secret)]),
         forged(tmp_path, "other", [other_grid]),
@@ -147,7 +150,7 @@ def test_only_png_grids_within_the_size_cap_are_copied(tmp_path, monkeypatch):
     text = forged(tmp_path, "text", [])
     grid = tmp_path / "runs" / "text" / "samples" / "step-000800.png"
     grid.write_bytes(b"aws_secret_access_key = hunter2")
-    text.result["outputs"]["samples"] = [str(grid)]
+    text.result = dataclasses.replace(text.result, samples=(str(grid),))
 
     report = write_report([small, large, text], str(tmp_path / "report"), batch_id="b")
     grids = {r["subject_id"]: r["grid"] for r in report["subjects"]}
