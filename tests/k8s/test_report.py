@@ -12,7 +12,7 @@ from k8s_support import write_completed_result
 
 from dreambooth_job import storage
 from dreambooth_job.k8s import JobStatus, Phase
-from dreambooth_job.k8s.report import final_grid, run_page, worst_first, write_report
+from dreambooth_job.k8s.report import final_grid, render_html, run_page, worst_first, write_report
 from dreambooth_job.k8s.status import load_result
 from dreambooth_job.result_reader import parse_record
 from dreambooth_job.run_page import PAGE_FILE, render
@@ -201,7 +201,7 @@ def write_run_page(output: str) -> None:
 
 
 def linked_pages(report_page: str) -> list[str]:
-    return re.findall(r"<a href='([^']+)'>run page</a>", report_page)
+    return re.findall(r"<a href='([^']+)'[^>]*>run page</a>", report_page)
 
 
 def test_the_report_links_each_subjects_run_page_and_the_links_resolve_after_a_sync(bucket, tmp_path):
@@ -250,3 +250,19 @@ def test_a_page_in_another_bucket_or_with_dot_segments_is_named_not_linked(moto_
     assert link == "../runs/cat/index.html"
     assert run_page(f"s3://{moto_bucket}/runs/cat/", "s3://other-bucket/report/")[1] is None
     assert run_page(f"s3://{moto_bucket}/runs/none/", f"s3://{moto_bucket}/report/") == (None, None)
+
+
+def test_a_run_page_link_is_a_plain_relative_path_whatever_the_key(moto_bucket):
+    """A tenant names its output's key: the link can still be no scheme (javascript:), host,
+    query or fragment, only a relative path that opens the page apart from the report."""
+    for output, expected in ((f"s3://{moto_bucket}/javascript:alert(1)/", "../javascript%3Aalert%281%29/"),
+                             (f"s3://{moto_bucket}/runs/a?b#c'>x/", "../runs/a%3Fb%23c%27%3Ex/")):
+        write_completed_result(output, "subject")
+        write_run_page(output)
+        assert run_page(output, f"s3://{moto_bucket}/report/")[1] == expected + PAGE_FILE
+    status = JobStatus(name="night-x", namespace="ml", phase=Phase.SUCCEEDED, subject_id="x",
+                       output=f"s3://{moto_bucket}/javascript:alert(1)/")
+    load_result(status)
+    page = render_html(write_report([status], f"s3://{moto_bucket}/report/", batch_id="b"))
+    assert ("<a href='../javascript%3Aalert%281%29/index.html' target='_blank' "
+            "rel='noopener noreferrer' referrerpolicy='no-referrer'>run page</a>") in page
