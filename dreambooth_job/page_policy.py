@@ -24,6 +24,20 @@ import base64
 import hashlib
 import html
 
+SERVED_HEADERS = {
+    "Content-Security-Policy": "sandbox allow-popups allow-popups-to-escape-sandbox; default-src 'none'; "
+                               "img-src 'self' data:; style-src 'unsafe-inline'; base-uri 'none'; "
+                               "form-action 'none'; frame-ancestors 'none'",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+}
+"""The response headers whatever serves the pages sets (docs/run-page.md). They hold for a page a
+tenant wrote itself, which has no `<meta>` policy: no script runs, nothing loads from elsewhere,
+and `sandbox` (without allow-same-origin) gives every page an opaque origin of its own, so one
+tenant's page can read neither another's nor the site's cookies or storage. Popups are allowed
+(out of the sandbox) so that the report's links open. A page's own `<style>` is allowed inline
+here: the meta policy of the pages this package writes narrows it to their hash."""
+
 
 def content_security_policy(css: str) -> str:
     """The policy of a page whose only style is `<style>{css}</style>`."""

@@ -19,6 +19,7 @@ from PIL import Image
 from dreambooth_job.k8s import JobStatus, Phase
 from dreambooth_job.k8s.report import write_report
 from dreambooth_job.k8s.status import load_result
+from dreambooth_job.page_policy import SERVED_HEADERS
 from dreambooth_job.result import (
     BaseModelInfo,
     Identifier,
@@ -33,11 +34,16 @@ from dreambooth_job.run_page import PAGE_FILE, render, thumbnail_uri
 
 
 class Recorder(http.server.SimpleHTTPRequestHandler):
-    """Serves a directory and records every path asked for."""
+    """Serves a directory with `headers` added, and records every path asked for."""
 
-    def __init__(self, *args, seen: list[str], **kwargs):
-        self.seen = seen
+    def __init__(self, *args, seen: list[str], headers: dict[str, str], **kwargs):
+        self.seen, self.extra_headers = seen, headers
         super().__init__(*args, **kwargs)
+
+    def end_headers(self):
+        for name, value in self.extra_headers.items():
+            self.send_header(name, value)
+        super().end_headers()
 
     def do_GET(self):  # noqa: N802 - http.server's name
         self.seen.append(self.path)
@@ -49,12 +55,12 @@ class Recorder(http.server.SimpleHTTPRequestHandler):
 
 @pytest.fixture
 def serve():
-    """serve(directory) -> (origin, paths asked for); servers stop with the test."""
+    """serve(directory, headers) -> (origin, paths asked for); servers stop with the test."""
     servers = []
 
-    def start(directory: Path) -> tuple[str, list[str]]:
+    def start(directory: Path, headers: dict[str, str] | None = None) -> tuple[str, list[str]]:
         seen: list[str] = []
-        handler = functools.partial(Recorder, seen=seen, directory=str(directory))
+        handler = functools.partial(Recorder, seen=seen, headers=headers or {}, directory=str(directory))
         server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
         threading.Thread(target=server.serve_forever, daemon=True).start()
         servers.append(server)
@@ -174,3 +180,36 @@ def test_the_batch_report_runs_no_tenant_markup_and_opens_run_pages_apart(tmp_pa
                      evaluate=CHECKS)
     assert_nothing_ran_or_loaded(seen, elsewhere_asked, own_asked)
     assert any("Content Security Policy" in e for e in seen.console_errors)
+
+
+def test_served_with_the_documented_headers_a_page_the_tenant_wrote_itself_is_contained(tmp_path, serve):
+    """A tenant replaces its index.html with its own (no meta policy): behind a server that sets
+    SERVED_HEADERS (docs/run-page.md) nothing of it runs or loads from elsewhere, and it has an
+    opaque origin, no handle on the site's cookies; the pages this package writes still work."""
+    elsewhere, elsewhere_asked = serve(tmp_path / "nothing-here")
+    root = tmp_path / "night"
+    write_run(root / "dog", "<b>bold</b>")
+    write_report([], str(root / "report"), batch_id="night")
+    forged = root / "evil" / PAGE_FILE
+    forged.parent.mkdir()
+    forged.write_text(f"<!doctype html><title>dreambooth-job forged</title><body>{hostile(elsewhere)}")
+    origin, own_asked = serve(root, SERVED_HEADERS)
+    origin_checks = {**CHECKS, "origin": "self.origin",
+                     "cookie": "(() => { try { return document.cookie } catch (e) { return e.name } })()"}
+
+    seen = open_page(f"{origin}/evil/{PAGE_FILE}", evaluate=origin_checks)
+    assert seen.values["title"] == "dreambooth-job forged" and elsewhere_asked == []
+    assert (seen.values["origin"], seen.values["cookie"]) == ("null", "SecurityError")
+    assert not any(p.rsplit("/", 1)[-1] in ("s.js", "c.css", "bg.png", "f.html") for p in own_asked)
+
+    seen = open_page(f"{origin}/dog/{PAGE_FILE}", evaluate=origin_checks)
+    assert page_errors(seen) == [] and seen.values["max_width"] == "1152px"
+    assert [i["complete"] and i["width"] > 0 for i in seen.images] == [True, True]
+    seen = open_page(f"{origin}/report/{PAGE_FILE}", evaluate=origin_checks)
+    assert page_errors(seen) == [] and "system-ui" in seen.values["font"]
+
+
+def test_the_documented_headers_are_the_ones_tested():
+    docs = (Path(__file__).resolve().parents[2] / "docs" / "run-page.md").read_text()
+    for name, value in SERVED_HEADERS.items():
+        assert f"{name}: {value}" in docs or f'"{name}" "{value}"' in docs, name
