@@ -52,10 +52,25 @@ def fail(exc: BaseException) -> NoReturn:
     code, message = translate(exc)
     if code is ExitCode.INTERNAL_ERROR and not isinstance(exc, JobError):
         traceback.print_exception(exc, file=sys.stderr)  # a bug: whoever fixes it needs where
-    message = redact(message)
+    message = redact(lines_of(exc, message))
     click.echo(f"error: {message}", err=True)
     termination.write_termination_message(message)
     sys.exit(int(code))
+
+
+def lines_of(exc: BaseException, message: str) -> str:
+    """The message as one line, or, for an error listing its `problems` (a batch file's), a first
+    line and one line per problem. Values quoted from the input (a flag's value, a file's key)
+    cannot add lines: line breaks and other unprintable characters in them are written escaped."""
+    problems = getattr(exc, "problems", None)
+    if isinstance(exc, JobError) and isinstance(problems, list) and problems:
+        return "\n  ".join(map(printable, [message.split("\n", 1)[0], *map(str, problems)]))
+    return printable(message)
+
+
+def printable(text: str) -> str:
+    """`text` with each unprintable character (CR, LF, U+2028, other controls) as its escape."""
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in text)
 
 
 @contextlib.contextmanager

@@ -17,6 +17,8 @@ rejected as unreadable, too small or a decompression bomb is not decoded again f
 
 Every string on the page comes from the redacted record (result.json's `to_json`) and is
 HTML-escaped here; a sample file name becomes a link only when it has the grids' plain shape.
+The page carries a Content-Security-Policy (page_policy.py): no script, no request but its own
+images; how to serve it so that tenants' pages cannot reach each other is in docs/run-page.md.
 """
 
 from __future__ import annotations
@@ -33,12 +35,14 @@ from typing import Any
 
 from dreambooth_job.evaluation import SCORE_NAMES
 from dreambooth_job.loss_history import LossPoint
+from dreambooth_job.page_policy import page_head
 
 PAGE_FILE = "index.html"
 GRID_NAME = re.compile(r"^step-(\d{6,})\.png$")
 THUMBNAIL_SIDE = 128
 MAX_DRAWN_POINTS = 2000
 """A curve wider than the page has pixels is thinned to this many points (every k-th, and the last)."""
+_BAR_PX = 192
 VERSIONED = ("dreambooth-job", "torch", "diffusers", "transformers", "accelerate", "peft")
 
 _CSS = """
@@ -49,7 +53,7 @@ table{border-collapse:collapse}td,th{border-bottom:1px solid #ddd;padding:.3rem 
 vertical-align:top}td.num{text-align:right;font-variant-numeric:tabular-nums}
 .photos{display:flex;flex-wrap:wrap;gap:.5rem}.photos figure{margin:0;font-size:.8rem;max-width:8rem;
 overflow-wrap:anywhere}.grid figure{margin:0 0 1rem}.grid img{width:min(100%,48rem);height:auto;
-image-rendering:pixelated;border:1px solid #ccc}.bar{background:#8ab;height:.8rem;display:inline-block}
+image-rendering:pixelated;border:1px solid #ccc}
 pre{background:#f6f6f6;padding:.6rem;overflow:auto;font-size:.8rem}
 """
 
@@ -63,8 +67,7 @@ def render(result: dict[str, Any], history: Sequence[LossPoint], *, thumbnails: 
     title = f"{result.get('subject_id', '')} ({result.get('job_id', '')})"
     status = str(result.get("status", ""))
     parts = [
-        "<!doctype html><html lang='en'><head><meta charset='utf-8'>",
-        f"<title>dreambooth-job run {esc(title)}</title><style>{_CSS}</style></head><body>",
+        page_head(f"dreambooth-job run {title}", _CSS) + "<body>",
         f"<h1>{esc(str(result.get('subject_id', '')))} "
         f"<span class='status {esc(status)}'>{esc(status)}</span></h1>",
         _summary(result),
@@ -146,9 +149,11 @@ def _durations(durations: dict[str, Any]) -> str:
     numbers = {str(k): float(v) for k, v in durations.items()
                if isinstance(v, int | float) and not isinstance(v, bool)}
     longest = max(numbers.values(), default=0) or 1
+    # The bars are SVG, not styled elements: the page's policy allows no style attribute.
     rows = "".join(
         f"<tr><td>{html.escape(name)}</td><td class='num'>{seconds:.1f} s</td>"
-        f"<td><span class='bar' style='width:{12 * seconds / longest:.2f}rem'></span></td></tr>"
+        f"<td><svg width='{_BAR_PX * seconds / longest:.1f}' height='12' aria-hidden='true'>"
+        f"<rect width='100%' height='12' fill='#8ab'/></svg></td></tr>"
         for name, seconds in numbers.items())
     return f"<table>{rows}</table>" if rows else "<p><em>no phase finished</em></p>"
 

@@ -39,11 +39,15 @@ class PageSeen:
     console_errors: list[str] = field(default_factory=list)
     title: str = ""
     text: str = ""
+    values: dict = field(default_factory=dict)
+    """What each expression passed as `evaluate` gave, after the load event."""
 
 
-def open_page(url: str, screenshot: Path | None = None, timeout: float = 60) -> PageSeen:
+def open_page(url: str, screenshot: Path | None = None, timeout: float = 60,
+              evaluate: dict[str, str] | None = None) -> PageSeen:
     """Load `url` in a fresh headless Chromium, wait for its load event (every non-lazy image has
-    loaded or failed by then) and report the DOM's images and the console's errors."""
+    loaded or failed by then) and report the DOM's images, the console's errors and the values
+    of the JavaScript expressions in `evaluate` (run by DevTools, which no page policy stops)."""
     import websocket
 
     browser = chromium()
@@ -61,7 +65,7 @@ def open_page(url: str, screenshot: Path | None = None, timeout: float = 60) -> 
                                                  suppress_origin=True)
             try:
                 session = _Session(socket)
-                seen = _inspect(session, url, screenshot)
+                seen = _inspect(session, url, screenshot, evaluate or {})
                 session.session_id = None
                 session.send("Browser.close")
                 return seen
@@ -142,7 +146,7 @@ class _Session:
             self.events.append(json.loads(self.socket.recv()))
 
 
-def _inspect(session: _Session, url: str, screenshot: Path | None) -> PageSeen:
+def _inspect(session: _Session, url: str, screenshot: Path | None, evaluate: dict[str, str]) -> PageSeen:
     target = session.call("Target.createTarget", url="about:blank")["targetId"]
     session.session_id = session.call("Target.attachToTarget", targetId=target, flatten=True)["sessionId"]
     for domain in ("Page", "Runtime", "Log"):
@@ -151,7 +155,8 @@ def _inspect(session: _Session, url: str, screenshot: Path | None) -> PageSeen:
     session.wait_for("Page.loadEventFired")
     seen = PageSeen(images=json.loads(_evaluate(session, _IMAGES)),
                     title=_evaluate(session, "document.title"),
-                    text=_evaluate(session, "document.body.innerText"))
+                    text=_evaluate(session, "document.body.innerText"),
+                    values={name: _evaluate(session, code) for name, code in evaluate.items()})
     if screenshot is not None:
         shot = session.call("Page.captureScreenshot", format="png", captureBeyondViewport=True)
         Path(screenshot).write_bytes(base64.b64decode(shot["data"]))

@@ -113,6 +113,9 @@ def parse_rows(source: str, raw_defaults: Mapping[str, Any], rows: list[tuple[st
             except InvalidInputError as exc:
                 problems.append(exc.message)
                 continue
+            if "subject_id" in parsed:  # each row's own id; as a default every row would repeat it
+                problems.append(f"{label}: subject_id is each row's id, it cannot be set for all rows")
+                continue
             problems += _forbidden_options(label, parsed, policy)
             defaults.update(parsed)
     batch_id = str(defaults.pop("batch_id", None) or default_batch_id)

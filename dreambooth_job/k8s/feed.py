@@ -29,7 +29,7 @@ from dreambooth_job.k8s.client import (
     submit,
 )
 from dreambooth_job.k8s.manifest import BATCH_LABEL, ClusterSettings, JobSpec, job_name, label_value
-from dreambooth_job.result import read_completed_result
+from dreambooth_job.result import is_complete
 
 
 @dataclass
@@ -73,7 +73,7 @@ def submit_batch(batch: Batch, cluster: ClusterSettings, *, max_parallel: int | 
     for spec in specs:
         subject = spec.train.subject_id
         job = jobs.get(_name(spec.train))
-        if read_completed_result(spec.train.output) is not None:
+        if is_complete(spec.train.output):  # not its result.json: the tenant may rewrite it
             outcome.skipped_succeeded.append(subject)
             log(f"{subject}: skipped, output already complete")
         elif job is not None and not is_finished(job):

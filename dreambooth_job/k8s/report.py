@@ -11,6 +11,10 @@ Each subject links its run page (`<output>/index.html`, run_page.py) by a relati
 page exists and lives in the report's bucket (or, local, file system): the link resolves where
 both are served from, or synced together (`aws s3 sync s3://runs/night-42/ night-42/`). A page
 elsewhere (another bucket) is named, not linked: an s3:// URI is no link a browser follows.
+The page is the tenant's to rewrite, so it is treated as untrusted: never embedded (no frame, no
+image of it), linked only as a plain relative path (LINK) that opens in a new browsing context
+without opener or referrer (UNTRUSTED_LINK). The report itself carries the same
+Content-Security-Policy as the run page (page_policy.py); serving: docs/run-page.md.
 
 result.json is written by the tenant's job, so its list of samples is only a list of names: a
 grid is copied only from directly under the subject's own `<output>/samples/`, as a PNG of at most
@@ -29,13 +33,14 @@ import posixpath
 import re
 import urllib.parse
 from collections import Counter
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from dreambooth_job import storage
-from dreambooth_job.evaluation import SCORE_NAMES
 from dreambooth_job.k8s.status import JobStatus, Phase, format_duration
+from dreambooth_job.page_policy import page_head
 from dreambooth_job.run_page import PAGE_FILE
 
 # Higher is better for each; the first one present orders the subjects.
@@ -44,25 +49,20 @@ MAX_GRID_BYTES = 32 * 2**20
 """Grids are a few MB (a 4x4 grid of 1024 px PNGs is about 20 MB); larger files are not copied."""
 GRID_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*\.png$")
 PNG_MAGIC = b"\x89PNG"  # the start of the 8-byte signature: no text file starts so
+LINK = re.compile(r"^(?:\.\./)*(?:[A-Za-z0-9._~%-]+/)*" + re.escape(PAGE_FILE) + "$")
+"""A link to a run page: a relative path of plain (percent-encoded) segments, nothing a browser
+could read as a scheme (javascript:, data:), a host (//) or a query."""
+UNTRUSTED_LINK = "target='_blank' rel='noopener noreferrer' referrerpolicy='no-referrer'"
+"""Each run page is the tenant's to rewrite: it opens in a new browsing context that has no handle
+on the report's window (noopener) and learns nothing of where it was linked from (no referrer)."""
 _PHASE_RANK = {Phase.FAILED: 0, Phase.SUCCEEDED: 1, Phase.RETRYING: 2, Phase.RUNNING: 3,
                Phase.PENDING: 4, Phase.QUEUED: 5, Phase.NOT_SUBMITTED: 6}
 
 
 def numeric_metrics(status: JobStatus) -> dict[str, float]:
-    """The scores to show: the fine-tuned model's by name, the base model's as "base_<name>".
-
-    `train --evaluate` writes {"base": row, "finetuned": row, "protocol": ...}; a flat mapping of
-    numbers (another tool's result.json) is shown as it is.
-    """
-    metrics = (status.result or {}).get("metrics") or {}
-    if "finetuned" in metrics:
-        rows = {"": metrics["finetuned"], "base_": metrics.get("base") or {}}
-        names = set(SCORE_NAMES)
-    else:
-        rows, names = {"": metrics}, None
-    return {prefix + name: float(value) for prefix, row in rows.items() for name, value in row.items()
-            if (names is None or name in names)
-            and isinstance(value, (int, float)) and not isinstance(value, bool)}
+    """The scores to show: the fine-tuned model's by name, the base model's as "base_<name>"
+    (result_reader.RunRecord.scores)."""
+    return dict(status.result.scores) if status.result is not None else {}
 
 
 def sort_metric(statuses: list[JobStatus]) -> str | None:
@@ -82,16 +82,15 @@ def worst_first(statuses: list[JobStatus]) -> list[JobStatus]:
     return [s for _, s in sorted(enumerate(statuses), key=key)]
 
 
-def final_grid(result: dict[str, Any] | None, output: str | None) -> str | None:
-    """The last sample grid of a run under `output`: one named 'final', else the highest step,
-    else the last. Only recorded samples directly under `<output>/samples/` count, and the URI is
-    rebuilt from `output` and the file name, never taken as recorded."""
+def final_grid(samples: Sequence[str], output: str | None) -> str | None:
+    """The last sample grid of a run under `output`, of the `samples` its result.json records:
+    one named 'final', else the highest step, else the last. Only recorded samples directly under
+    `<output>/samples/` count, and the URI is rebuilt from `output` and the file name, never taken
+    as recorded."""
     if not output:
         return None
     samples_dir = storage.join(output, "samples")
-    recorded = ((result or {}).get("outputs") or {}).get("samples")
-    names = [name for uri in (recorded if isinstance(recorded, list) else [])
-             if (name := _sample_name(uri, samples_dir))]
+    names = [name for uri in samples if (name := _sample_name(uri, samples_dir))]
     if not names:
         return None
     named = [n for n in names if "final" in n.lower()]
@@ -138,7 +137,7 @@ def write_report(statuses: list[JobStatus], output_uri: str, *, batch_id: str,
     for status in ordered:
         row = status.to_dict()
         row["metrics"] = numeric_metrics(status)
-        row["grid_source"] = final_grid(status.result, status.output)
+        row["grid_source"] = final_grid(status.result.samples if status.result else (), status.output)
         row["grid"] = _copy_grid(status, row["grid_source"], output_uri, embed_images)
         row["page_source"], row["page"] = run_page(status.output, output_uri)
         rows.append(row)
@@ -178,7 +177,8 @@ def run_page(output: str | None, report_uri: str) -> tuple[str | None, str | Non
     else:
         relative = os.path.relpath(os.path.abspath(page), os.path.abspath(report_uri))
         relative = relative.replace(os.sep, "/")
-    return page, urllib.parse.quote(relative)
+    link = urllib.parse.quote(relative)
+    return page, link if LINK.match(link) else None
 
 
 def _copy_grid(status: JobStatus, source: str | None, output_uri: str, embed: bool) -> str | None:
@@ -216,8 +216,7 @@ def render_html(report: dict[str, Any]) -> str:
     counts = ", ".join(f"{n} {phase}" for phase, n in report["summary"].items())
     order = f", worst {esc(report['sorted_by'])} first" if report["sorted_by"] else ""
     parts = [
-        "<!doctype html><html><head><meta charset='utf-8'>",
-        f"<title>dreambooth-job batch {esc(report['batch_id'])}</title><style>{_CSS}</style></head><body>",
+        page_head(f"dreambooth-job batch {report['batch_id']}", _CSS) + "<body>",
         f"<h1>Batch {esc(report['batch_id'])}</h1>",
         (f"<p>{len(report['subjects'])} subjects: {esc(counts)}{order}. "
          f"Generated {esc(report['generated_at'])}.</p>"),
@@ -232,7 +231,7 @@ def render_html(report: dict[str, Any]) -> str:
         details = "".join(f"<dt>{esc(str(k))}</dt><dd>{esc(str(v))}</dd>"
                           for k, v in facts.items() if v not in (None, ""))
         reason = row["failure_reason"] or row.get("result_error")
-        page = (f"<p><a href='{esc(row['page'])}'>run page</a></p>" if row.get("page") else
+        page = (f"<p><a href='{esc(row['page'])}' {UNTRUSTED_LINK}>run page</a></p>" if row.get("page") else
                 f"<p>run page: {esc(row['page_source'])}</p>" if row.get("page_source") else "")
         grid = (f"<img src='{esc(row['grid'])}' alt='samples of {esc(str(row['subject_id']))}' "
                 "loading='lazy'>" if row["grid"] else "<em>no sample grid</em>")

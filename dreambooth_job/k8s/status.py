@@ -3,8 +3,9 @@
     from dreambooth_job.k8s import get_status
     status = get_status("db-dog-3f2a1c9e")
     print(status.phase, status.retries, status.failure_reason, status.output)
-    if status.result:                     # result.json, read once the Job succeeded
-        print(status.result["training"]["final_loss"])
+    if status.result:                     # result.json's fields in use, read once the Job succeeded
+        print(status.result.final_loss, status.result.scores)
+    print(status.result_error)            # "result.json unreadable: ..." when it could not be used
 
 `describe(job, pods)` is the pure part (plain dicts in, JobStatus out), so the rules below can be
 read and tested without a cluster.
@@ -24,7 +25,7 @@ from dreambooth_job.k8s import client as k8s_client
 from dreambooth_job.k8s.batch import Batch
 from dreambooth_job.k8s.client import Connection, connect
 from dreambooth_job.k8s.manifest import BATCH_LABEL, SUBJECT_LABEL, job_name, label_value
-from dreambooth_job.result import output_locations, read_completed_result
+from dreambooth_job.result_reader import MalformedResult, RunRecord, read_record, unreadable
 
 JOB_NAME_LABEL = "job-name"  # set on every pod by the Job controller (all supported versions)
 
@@ -60,10 +61,12 @@ class JobStatus:
     failure_reason: str | None = None
     """Why it failed, or why the last attempt ended when it is retrying."""
     output: str | None = None
-    result: dict[str, Any] | None = field(default=None, repr=False)
-    """result.json, when the Job succeeded and the output holds a completed run."""
+    result: RunRecord | None = field(default=None, repr=False)
+    """result.json's fields in use (result_reader.py), when the Job succeeded and the output holds
+    a completed run."""
     result_error: str | None = None
-    """Why result.json could not be read (missing S3 credentials, ...), if it could not."""
+    """"result.json unreadable: <why>" (missing S3 credentials, a malformed file), if it could not
+    be read or used."""
 
     @property
     def duration_seconds(self) -> float | None:
@@ -74,12 +77,12 @@ class JobStatus:
 
     @property
     def final_loss(self) -> float | None:
-        return ((self.result or {}).get("training") or {}).get("final_loss")
+        return None if self.result is None else self.result.final_loss
 
     @property
     def outputs(self) -> dict[str, Any] | None:
         """What the run published (result.json schema 1 or 2): `model`, `lora`, `single_file`."""
-        return None if self.result is None else output_locations(self.result)
+        return None if self.result is None else self.result.outputs
 
     @property
     def weights(self) -> str | None:
@@ -99,7 +102,8 @@ class JobStatus:
             "finished_at": self.finished_at.isoformat() if self.finished_at else None,
             "duration_seconds": self.duration_seconds, "final_loss": self.final_loss,
             "failure_reason": self.failure_reason, "output": self.output,
-            "metrics": (self.result or {}).get("metrics"), "result_error": self.result_error,
+            "metrics": None if self.result is None else self.result.metrics,
+            "result_error": self.result_error,
             "weights": self.weights, "outputs": self.outputs,
         }
 
@@ -146,10 +150,8 @@ def batch_status(batch: Batch, namespace: str | None = None, *, read_result: boo
             status = JobStatus(name=name, namespace=namespace, phase=Phase.NOT_SUBMITTED,
                                subject_id=config.subject_id, batch_id=config.batch_id,
                                output=config.output)
-            if read_result:
-                load_result(status)
-                if status.result is not None:
-                    status.phase = Phase.SUCCEEDED
+            if read_result and load_result(status):
+                status.phase = Phase.SUCCEEDED
         statuses.append(status)
     return statuses
 
@@ -160,14 +162,22 @@ def attach_result(status: JobStatus) -> None:
         load_result(status)
 
 
-def load_result(status: JobStatus) -> None:
-    """Read the completed run's result.json under `status.output` into `status`, if there is one."""
+def load_result(status: JobStatus) -> bool:
+    """Read the completed run's result.json under `status.output` into `status`, if there is one;
+    True when the output holds a completed run. A file that cannot be read or used (a tenant may
+    have rewritten it) is `result_error`, never raised: the other subjects of a batch are still
+    shown."""
     if not status.output:
-        return
+        return False
     try:
-        status.result = read_completed_result(status.output)
+        status.result = read_record(status.output)
+    except MalformedResult as exc:  # complete (the marker is there), its record unusable
+        status.result_error = unreadable(exc)
+        return True
     except (JobError, OSError) as exc:
-        status.result_error = getattr(exc, "message", None) or str(exc)
+        status.result_error = unreadable(exc)
+        return False
+    return status.result is not None
 
 
 # ----------------------------------------------------------------------------------------------

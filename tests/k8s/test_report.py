@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import html
 import json
 import re
@@ -11,8 +12,9 @@ from k8s_support import write_completed_result
 
 from dreambooth_job import storage
 from dreambooth_job.k8s import JobStatus, Phase
-from dreambooth_job.k8s.report import final_grid, run_page, worst_first, write_report
+from dreambooth_job.k8s.report import final_grid, render_html, run_page, worst_first, write_report
 from dreambooth_job.k8s.status import load_result
+from dreambooth_job.result_reader import parse_record
 from dreambooth_job.run_page import PAGE_FILE, render
 
 PNG = b"\x89PNG\r\n\x1a\n fake grid of "
@@ -44,8 +46,8 @@ def test_without_metrics_the_file_order_stays(tmp_path):
 
 def test_final_grid_is_the_last_step():
     samples = ["s3://r/dog/samples/step-000800.png", "s3://r/dog/samples/step-000200.png"]
-    assert final_grid({"outputs": {"samples": samples}}, "s3://r/dog/") == samples[0]
-    assert final_grid({"outputs": {"samples": []}}, "s3://r/dog/") is None
+    assert final_grid(samples, "s3://r/dog/") == samples[0]
+    assert final_grid([], "s3://r/dog/") is None
 
 
 def test_report_page_shows_every_grid_status_and_metrics(tmp_path):
@@ -83,7 +85,8 @@ def test_evaluated_results_sort_on_the_finetuned_dino_and_hide_the_protocol():
         row = {"dino": dino, "clip_i": 0.5, "div": None, "unavailable": {"div": "no LPIPS"}}
         metrics = {"base": {**row, "dino": 0.1}, "finetuned": row, "protocol": {"seeds": [0, 1]}}
         return JobStatus(name=f"night-{subject}", namespace="ml", phase=Phase.SUCCEEDED,
-                         subject_id=subject, output=f"/runs/{subject}", result={"metrics": metrics})
+                         subject_id=subject, output=f"/runs/{subject}",
+                         result=parse_record({"metrics": metrics}))
 
     good, bad = evaluated("good", 0.8), evaluated("bad", 0.3)
     assert [s.subject_id for s in worst_first([good, bad])] == ["bad", "good"]
@@ -110,7 +113,7 @@ def test_a_forged_result_copies_no_file_from_outside_the_subjects_output(tmp_pat
     secret.parent.mkdir(parents=True)
     secret.write_bytes(PNG + b"aws_secret_access_key = hunter2")  # even one that looks like a PNG
     other = finished(tmp_path, "other-tenant")
-    other_grid = other.result["outputs"]["samples"][-1]
+    other_grid = other.result.samples[-1]
     statuses = [
         forged(tmp_path, "abs", [str(secret)]),
         forged(tmp_path, "other", [other_grid]),
@@ -147,7 +150,7 @@ def test_only_png_grids_within_the_size_cap_are_copied(tmp_path, monkeypatch):
     text = forged(tmp_path, "text", [])
     grid = tmp_path / "runs" / "text" / "samples" / "step-000800.png"
     grid.write_bytes(b"aws_secret_access_key = hunter2")
-    text.result["outputs"]["samples"] = [str(grid)]
+    text.result = dataclasses.replace(text.result, samples=(str(grid),))
 
     report = write_report([small, large, text], str(tmp_path / "report"), batch_id="b")
     grids = {r["subject_id"]: r["grid"] for r in report["subjects"]}
@@ -198,7 +201,7 @@ def write_run_page(output: str) -> None:
 
 
 def linked_pages(report_page: str) -> list[str]:
-    return re.findall(r"<a href='([^']+)'>run page</a>", report_page)
+    return re.findall(r"<a href='([^']+)'[^>]*>run page</a>", report_page)
 
 
 def test_the_report_links_each_subjects_run_page_and_the_links_resolve_after_a_sync(bucket, tmp_path):
@@ -247,3 +250,19 @@ def test_a_page_in_another_bucket_or_with_dot_segments_is_named_not_linked(moto_
     assert link == "../runs/cat/index.html"
     assert run_page(f"s3://{moto_bucket}/runs/cat/", "s3://other-bucket/report/")[1] is None
     assert run_page(f"s3://{moto_bucket}/runs/none/", f"s3://{moto_bucket}/report/") == (None, None)
+
+
+def test_a_run_page_link_is_a_plain_relative_path_whatever_the_key(moto_bucket):
+    """A tenant names its output's key: the link can still be no scheme (javascript:), host,
+    query or fragment, only a relative path that opens the page apart from the report."""
+    for output, expected in ((f"s3://{moto_bucket}/javascript:alert(1)/", "../javascript%3Aalert%281%29/"),
+                             (f"s3://{moto_bucket}/runs/a?b#c'>x/", "../runs/a%3Fb%23c%27%3Ex/")):
+        write_completed_result(output, "subject")
+        write_run_page(output)
+        assert run_page(output, f"s3://{moto_bucket}/report/")[1] == expected + PAGE_FILE
+    status = JobStatus(name="night-x", namespace="ml", phase=Phase.SUCCEEDED, subject_id="x",
+                       output=f"s3://{moto_bucket}/javascript:alert(1)/")
+    load_result(status)
+    page = render_html(write_report([status], f"s3://{moto_bucket}/report/", batch_id="b"))
+    assert ("<a href='../javascript%3Aalert%281%29/index.html' target='_blank' "
+            "rel='noopener noreferrer' referrerpolicy='no-referrer'>run page</a>") in page

@@ -151,7 +151,7 @@ def test_get_status_over_http_reads_result_json_from_s3(connection, namespace, b
     write_completed_result(output, "dog", dino=0.71, loss=0.0825)
     status = get_status(name, connection=connection)
     assert status.phase is Phase.SUCCEEDED and status.final_loss == pytest.approx(0.0825)
-    assert status.result["metrics"]["dino"] == 0.71
+    assert status.result.metrics["dino"] == 0.71
     assert status.to_dict()["duration_seconds"] == 1200
 
 
@@ -205,8 +205,22 @@ def test_a_schema_1_result_still_reads_as_a_full_model(tmp_path):
     assert status.outputs["lora"] == []
 
 
-@pytest.mark.parametrize("outputs", [None, "model", {"model": 3, "lora": "x"}, {"lora": [1, None]}])
-def test_a_forged_outputs_block_reads_as_nothing_published(tmp_path, outputs):
+def test_an_absent_outputs_block_reads_as_nothing_published(tmp_path):
+    import json
+
+    write_completed_result(tmp_path, "dog")
+    record = json.loads((tmp_path / "result.json").read_text())
+    record["outputs"] = None
+    (tmp_path / "result.json").write_text(json.dumps(record))
+    status = _loaded(tmp_path)
+    assert status.weights is None and status.outputs == {"model": None, "single_file": None, "lora": []}
+
+
+@pytest.mark.parametrize(("outputs", "named"), [("model", "outputs is the string 'model', not a mapping"),
+                                                ({"model": 3}, "outputs.model is an integer"),
+                                                ({"lora": "x"}, "outputs.lora is the string 'x'"),
+                                                ({"lora": [1, None]}, "outputs.lora is a list")])
+def test_a_forged_outputs_block_reads_as_unreadable_naming_the_field(tmp_path, outputs, named):
     import json
 
     write_completed_result(tmp_path, "dog")
@@ -214,4 +228,5 @@ def test_a_forged_outputs_block_reads_as_nothing_published(tmp_path, outputs):
     record["outputs"] = outputs
     (tmp_path / "result.json").write_text(json.dumps(record))
     status = _loaded(tmp_path)
-    assert status.weights is None and status.outputs == {"model": None, "single_file": None, "lora": []}
+    assert status.result is None and status.weights is None and status.outputs is None
+    assert status.result_error.startswith(f"result.json unreadable: {named}")
