@@ -30,6 +30,11 @@ CONTAINER_NAME = "train"
 JOB_UID_LABEL = "batch.kubernetes.io/controller-uid"
 PROMPT_FILE_DIRS_ENV = OPERATOR_ENV_PREFIX + "PROMPT_FILE_DIRS"
 ALLOWED_HOSTS_ENV = OPERATOR_ENV_PREFIX + "ALLOWED_HOSTS"
+# Env names of settings that extra env (ClusterSettings.env, the chart's extraEnv) may not set: the
+# job's own (DREAMBOOTH_OPERATOR_* is the operator's policy, DREAMBOOTH_JOB_UID the Job the output
+# lease trusts) and the GPU runtime's (NVIDIA_VISIBLE_DEVICES would show GPUs the pod did not
+# request). Extra env also comes first, so any name the pod sets itself wins over an extra entry.
+RESERVED_ENV_PREFIXES = ("DREAMBOOTH_", "NVIDIA_")
 # The container sets these itself (cache_dir follows the cache volume), so they are not options
 # of the chart's `job:` values nor of the rendered args.
 OPTIONS_SET_BY_THE_POD = frozenset({"cache_dir"})
@@ -39,7 +44,8 @@ def pod_spec(train: cfg.TrainConfig, cluster: ClusterSettings, args: list[str], 
              env_first: Iterable[dict[str, Any]] = (), mounts: Iterable[dict[str, Any]] = (),
              volumes: Iterable[dict[str, Any]] = ()) -> dict[str, Any]:
     """The pod running `args`; `train` sizes it (sizing profile, grace period, metrics port).
-    `env_first` goes before the standard env, `mounts` and `volumes` after the standard ones."""
+    `env_first` goes before the standard env (after the extra env, which any of them overrides),
+    `mounts` and `volumes` after the standard ones."""
     resources = container_resources(train, cluster)
     limits = resources["limits"]
     if cluster.gpus:
@@ -49,7 +55,7 @@ def pod_spec(train: cfg.TrainConfig, cluster: ClusterSettings, args: list[str], 
         image=cluster.image,
         imagePullPolicy=cluster.image_pull_policy,
         args=args,
-        env=[*env_first, *_env(cluster), *notify_env(train, cluster), *cluster.env],
+        env=[*extra_env(cluster), *env_first, *_env(cluster), *notify_env(train, cluster)],
         ports=([{"name": "metrics", "containerPort": train.metrics_port, "protocol": "TCP"}]
                if train.metrics_port else None),
         resources=compact(requests=resources["requests"], limits=limits),
@@ -187,6 +193,7 @@ def chart_pod_table() -> dict[str, Any]:
     """The parts of the pod that no setting changes, for the chart's templates to render as they
     are (files/package.yaml's `pod:`), so that the chart holds no copy of them."""
     return {"containerName": CONTAINER_NAME, "env": fixed_env(),
+            "reservedEnvPrefixes": list(RESERVED_ENV_PREFIXES),
             "containerSecurityContext": container_security_context(),
             "volumeMounts": volume_mounts()}
 
@@ -220,6 +227,20 @@ def _env(cluster: ClusterSettings) -> list[dict[str, Any]]:
     if cluster.allowed_hosts:
         env.append({"name": ALLOWED_HOSTS_ENV, "value": ",".join(cluster.allowed_hosts)})
     return env
+
+
+def extra_env(cluster: ClusterSettings) -> list[dict[str, Any]]:
+    """The operator's extra env entries; exit 2 for a name of the pod's own settings."""
+    for entry in cluster.env:
+        name = str(entry.get("name", ""))
+        if name.startswith(RESERVED_ENV_PREFIXES):
+            raise InvalidInputError(reserved_env_message("env", name))
+    return list(cluster.env)
+
+
+def reserved_env_message(setting: str, name: str) -> str:
+    return (f"{setting} {name}: names starting with {' or '.join(RESERVED_ENV_PREFIXES)} are the "
+            "operator's and the pod's own settings, never extra env")
 
 
 def notify_env(train: cfg.TrainConfig, cluster: ClusterSettings) -> list[dict[str, Any]]:
