@@ -30,11 +30,12 @@ CONTAINER_NAME = "train"
 JOB_UID_LABEL = "batch.kubernetes.io/controller-uid"
 PROMPT_FILE_DIRS_ENV = OPERATOR_ENV_PREFIX + "PROMPT_FILE_DIRS"
 ALLOWED_HOSTS_ENV = OPERATOR_ENV_PREFIX + "ALLOWED_HOSTS"
-# Env names of settings that extra env (ClusterSettings.env, the chart's extraEnv) may not set: the
-# job's own (DREAMBOOTH_OPERATOR_* is the operator's policy, DREAMBOOTH_JOB_UID the Job the output
-# lease trusts) and the GPU runtime's (NVIDIA_VISIBLE_DEVICES would show GPUs the pod did not
-# request). Extra env also comes first, so any name the pod sets itself wins over an extra entry.
-RESERVED_ENV_PREFIXES = ("DREAMBOOTH_", "NVIDIA_")
+# Env names that extra env (ClusterSettings.env, the chart's extraEnv) may not start with: the
+# operator's policy (DREAMBOOTH_OPERATOR_*), the Job the output lease trusts and the image the pod
+# records, and the GPU runtime's settings (NVIDIA_VISIBLE_DEVICES would show GPUs the pod did not
+# request). Other DREAMBOOTH_ names (the Pushgateway's credentials) are extra env's to set. Extra
+# env also comes first, so any name the pod sets itself wins over an extra entry of that name.
+RESERVED_ENV_PREFIXES = (OPERATOR_ENV_PREFIX, JOB_UID_ENV, IMAGE_ENV, "NVIDIA_")
 # The container sets these itself (cache_dir follows the cache volume), so they are not options
 # of the chart's `job:` values nor of the rendered args.
 OPTIONS_SET_BY_THE_POD = frozenset({"cache_dir"})
@@ -239,7 +240,7 @@ def extra_env(cluster: ClusterSettings) -> list[dict[str, Any]]:
 
 
 def reserved_env_message(setting: str, name: str) -> str:
-    return (f"{setting} {name}: names starting with {' or '.join(RESERVED_ENV_PREFIXES)} are the "
+    return (f"{setting} {name}: names starting with {', '.join(RESERVED_ENV_PREFIXES)} are the "
             "operator's and the pod's own settings, never extra env")
 
 
