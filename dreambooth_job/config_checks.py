@@ -10,12 +10,13 @@ import unicodedata
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
-from dreambooth_job import locations
+from dreambooth_job import locations, outbound
 from dreambooth_job.config_choices import BUILTIN_PROMPT_SETS
 from dreambooth_job.config_fields import Place, check_bounds, place_of
 from dreambooth_job.exit_codes import InvalidInputError
 from dreambooth_job.identifiers import format_prompt
 from dreambooth_job.operator_policy import ENV_PREFIX as OPERATOR_ENV_PREFIX
+from dreambooth_job.operator_policy import OperatorPolicy
 from dreambooth_job.redaction import SECRET_ENV, has_url_credentials
 
 if TYPE_CHECKING:
@@ -118,8 +119,9 @@ def validate_config(config: TrainConfig, *, require_inputs: bool = False) -> Non
 
 
 def check_notify(config: TrainConfig) -> None:
-    """The completion call goes to an http(s) host; its key comes from a variable of its own,
-    not one the job reads as a credential or an operator setting."""
+    """The completion call goes to an http(s) host, not an internal address the operator has not
+    allowed (the operator's env: submit, batch and the pod alike); its key comes from a variable
+    of its own, not one the job reads as a credential or an operator setting."""
     if config.notify_url is not None:
         try:
             parts = urlsplit(config.notify_url)
@@ -128,6 +130,10 @@ def check_notify(config: TrainConfig) -> None:
             parts, host = None, None
         if parts is None or parts.scheme not in ("http", "https") or not host:
             raise InvalidInputError("--notify-url must be an http:// or https:// URL with a host")
+        internal = outbound.check_literal(config.notify_url)  # names are resolved in the pod
+        if internal and not outbound.internal_allowed(OperatorPolicy.from_env()):
+            raise InvalidInputError(f"--notify-url names an internal address: {internal}; "
+                                    f"{outbound.ALLOWANCE}")
     name = config.notify_secret_env
     if name is None:
         return

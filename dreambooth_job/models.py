@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from dreambooth_job import model_cache, storage
-from dreambooth_job.exit_codes import InvalidInputError, RetryableError
+from dreambooth_job.exit_codes import InvalidInputError, JobError, RetryableError
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +31,8 @@ class BaseModel:
     """What `from_pretrained` receives."""
     fingerprint: str
     """Stable identity of the weights, for cache keys and resume checks."""
+    hub: bool = False
+    """A hub id (not a directory or s3:// prefix): `from_pretrained` fetches it over the network."""
 
 
 def resolve_base_model(source: str, cache_dir: str) -> BaseModel:
@@ -60,7 +62,7 @@ def _resolve(source: str, cache_dir: str, flag: str, marker: str, what: str) -> 
         return BaseModel(source, str(path), _local_fingerprint(path))
     if source.startswith((".", "/", "~")) or source.count("/") != 1:
         raise InvalidInputError(f"{flag} {source} is neither a directory, an s3:// prefix nor a hub id")
-    return BaseModel(source, source, _digest([("hub", source)]))
+    return BaseModel(source, source, _digest([("hub", source)]), hub=True)
 
 
 def _local_fingerprint(path: Path) -> str:
@@ -88,13 +90,25 @@ def load_pipeline(model: BaseModel, cache_dir: str):
     try:
         family = families.detect(model.local_path, cache_dir, source=model.source)
         return family.load_pipeline(model.local_path, cache_dir)
-    except OSError as exc:
-        if model.local_path == model.source and not storage.is_s3(model.source):
-            # A hub id we could not fetch: the hub may be down or unreachable from this network.
-            raise RetryableError(f"cannot load --base-model {model.source} from the hub: "
-                                 f"{str(exc).splitlines()[0]}") from None
-        raise InvalidInputError(f"cannot load --base-model {model.source}: "
-                                f"{str(exc).splitlines()[0]}") from None
+    except Exception as exc:  # noqa: BLE001 - _load_error says which are worth a retry
+        raise _load_error("--base-model", model, exc) from None
+
+
+def _load_error(flag: str, model: BaseModel, exc: Exception) -> Exception:
+    """What a model that failed to load ends the job with: a hub id's OSError (diffusers' own for a
+    network failure) is worth a retry, the hub may be down; a local directory or a downloaded
+    s3:// prefix loads the same files again, so whatever it raised is invalid input naming `flag`.
+    A job error (an unknown family) and running out of memory are not the model's fault: as is."""
+    import torch
+
+    if isinstance(exc, JobError | MemoryError | torch.OutOfMemoryError):
+        return exc
+    reason = " ".join(str(exc).split())[:200] or type(exc).__name__
+    if model.hub:
+        if isinstance(exc, OSError):
+            return RetryableError(f"cannot load {flag} {model.source} from the hub: {reason}")
+        return exc
+    return InvalidInputError(f"cannot load {flag} {model.source}: {reason}")
 
 
 def with_vae(pipeline, base: BaseModel, vae_source: str | None, cache_dir: str):
@@ -112,12 +126,8 @@ def with_vae(pipeline, base: BaseModel, vae_source: str | None, cache_dir: str):
     try:
         vae = AutoencoderKL.from_pretrained(vae_model.local_path, torch_dtype=torch.float32,
                                             cache_dir=cache_dir)
-    except OSError as exc:
-        if vae_model.local_path == vae_model.source:
-            raise RetryableError(f"cannot load --vae {vae_source} from the hub: "
-                                 f"{str(exc).splitlines()[0]}") from None
-        raise InvalidInputError(f"cannot load --vae {vae_source}: "
-                                f"{str(exc).splitlines()[0]}") from None
+    except Exception as exc:  # noqa: BLE001 - as in load_pipeline
+        raise _load_error("--vae", vae_model, exc) from None
     def shape(config):  # latent channels and downscaling: what the UNet and the pipeline rely on
         return config.latent_channels, len(config.block_out_channels)
 

@@ -17,6 +17,10 @@ Headers: `X-DreamBooth-Delivery` (one id per run, the same on every attempt: ded
 `X-DreamBooth-Timestamp` (Unix seconds of the attempt) and, with a key,
 `X-DreamBooth-Signature: sha256=<hex HMAC-SHA256(key, timestamp + "." + body)>` (README: how
 to verify). Redirects are not followed (they could lead to a host the operator does not allow).
+Without an allow-list naming the host or the operator's ALLOW_PRIVATE_NOTIFY, the receiver must be
+a public address: an internal one (loopback, link-local where cloud metadata answers, private, ...)
+is exit 2 at validation and at the pod's start, and refused at the call's own lookup
+(outbound.py).
 
 A receiver that is down, slow or answers 5xx/429 is retried within a bounded time, then given up
 on: the failure is logged and counted (dreambooth_notify_failures_total), never the run's outcome.
@@ -36,8 +40,9 @@ import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
+from urllib.parse import urlsplit
 
-from dreambooth_job import storage
+from dreambooth_job import outbound, storage
 from dreambooth_job.exit_codes import NOT_RETRYABLE, ExitCode, InvalidInputError
 from dreambooth_job.operator_policy import ENV_PREFIX, OperatorPolicy
 from dreambooth_job.redaction import redact_value
@@ -58,6 +63,7 @@ ATTEMPT_TIMEOUT_SECONDS = 10.0
 TOTAL_SECONDS = 30.0
 """The call's whole budget, backoff included: it delays the pod's exit by at most this much."""
 BACKOFF_SECONDS = (1.0, 2.0)
+DEFAULT_PORTS = {"http": 80, "https": 443}
 # Outbound URL options the pod checks against the operator's hosts before any request leaves.
 URL_OPTIONS = ("pushgateway", "notify_url")
 
@@ -69,12 +75,28 @@ def is_final(exit_code: int) -> bool:
 
 def check_destinations(config: TrainConfig, policy: OperatorPolicy) -> None:
     """Exit 2 before any request leaves the pod when an outbound URL names a host the operator
-    does not allow (DREAMBOOTH_OPERATOR_ALLOWED_HOSTS, set by the chart's operator values)."""
+    does not allow (DREAMBOOTH_OPERATOR_ALLOWED_HOSTS, set by the chart's operator values), or
+    --notify-url an internal address the operator has not allowed (resolved now: a name that does
+    not resolve yet is left to the call, which resolves and checks again)."""
     for name in URL_OPTIONS:
         url = getattr(config, name)
         if url and not policy.allows_host(url if "://" in url else "http://" + url):
             raise InvalidInputError(f"--{name.replace('_', '-')} names a host the operator does "
                                     f"not allow ({ENV_PREFIX}ALLOWED_HOSTS)")
+    if not config.notify_url or outbound.internal_allowed(policy):
+        return
+    parts = urlsplit(config.notify_url)
+    try:
+        problem = outbound.check_literal(config.notify_url)
+        if problem is None:
+            outbound.checked_addresses(parts.hostname, parts.port or DEFAULT_PORTS[parts.scheme])
+    except outbound.InternalAddressError as exc:
+        problem = str(exc)
+    except (OSError, ValueError):  # not resolvable yet, or a port urllib will refuse itself
+        return
+    if problem:
+        raise InvalidInputError(f"--notify-url names an internal address: {problem}; "
+                                f"{outbound.ALLOWANCE}")
 
 
 @dataclass
@@ -82,6 +104,8 @@ class Notifier:
     url: str
     secret: bytes | None = field(default=None, repr=False)
     delivery: str = field(default_factory=lambda: uuid.uuid4().hex)
+    public_only: bool = True
+    """Connect to public addresses only (outbound.py), each checked at the call's own lookup."""
     attempts: int = ATTEMPTS
     total_seconds: float = TOTAL_SECONDS
     backoff: tuple[float, ...] = BACKOFF_SECONDS
@@ -89,7 +113,8 @@ class Notifier:
     @classmethod
     def for_run(cls, config: TrainConfig, env: Mapping[str, str]) -> Notifier | None:
         """The run's notifier (None without --notify-url); exit 2 when the key's variable is
-        empty, at the start rather than after hours of training."""
+        empty, at the start rather than after hours of training. `env` also holds the operator's
+        policy: whether the receiver may be an internal address."""
         if not config.notify_url:
             return None
         secret = None
@@ -100,7 +125,8 @@ class Notifier:
                     f"--notify-secret-env {config.notify_secret_env}: the variable is not set or "
                     "empty (pass the key from a Secret through the environment)")
             secret = value.encode()
-        return cls(config.notify_url, secret)
+        return cls(config.notify_url, secret,
+                   public_only=not outbound.internal_allowed(OperatorPolicy.from_env(env)))
 
     def headers(self, body: bytes, timestamp: int) -> dict[str, str]:
         headers = {"Content-Type": "application/json", DELIVERY_HEADER: self.delivery,
@@ -120,7 +146,8 @@ class Notifier:
                 break
             request = urllib.request.Request(
                 self.url, data=body, method="POST", headers=self.headers(body, int(time.time())))
-            status, problem = _post(request, min(ATTEMPT_TIMEOUT_SECONDS, remaining))
+            opener = _PUBLIC_OPENER if self.public_only else _OPENER
+            status, problem = _post(opener, request, min(ATTEMPT_TIMEOUT_SECONDS, remaining))
             if status is not None and 200 <= status < 300:
                 return True
             if status is not None and status not in (408, 429) and status < 500:
@@ -168,16 +195,18 @@ class _NoRedirects(urllib.request.HTTPRedirectHandler):
 
 
 _OPENER = urllib.request.build_opener(_NoRedirects)
+_PUBLIC_OPENER = outbound.public_opener(_NoRedirects)
 
 
-def _post(request: urllib.request.Request, timeout: float) -> tuple[int | None, str]:
+def _post(opener: urllib.request.OpenerDirector, request: urllib.request.Request,
+          timeout: float) -> tuple[int | None, str]:
     """(HTTP status or None, what went wrong), within `timeout` seconds in all: the socket
     timeout bounds each read, the thread's join bounds a receiver that trickles its answer."""
     outcome: list[tuple[int | None, str]] = []
 
     def attempt() -> None:
         try:
-            with _OPENER.open(request, timeout=timeout) as response:
+            with opener.open(request, timeout=timeout) as response:
                 outcome.append((response.status, f"HTTP {response.status}"))
         except urllib.error.HTTPError as exc:
             outcome.append((exc.code, f"HTTP {exc.code}"))

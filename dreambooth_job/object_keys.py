@@ -17,6 +17,13 @@ if TYPE_CHECKING:
     from dreambooth_job.storage import StoredFile
 
 
+# The longest key segment that can become a local file name: Linux filesystems take 255 bytes
+# (NAME_MAX: ext4, xfs, overlayfs), and a download first writes `<name>.<8 random characters>`
+# (s3transfer) before renaming it. S3 takes segments up to 1024 bytes; a longer one than this
+# would fail the download with ENAMETOOLONG.
+SEGMENT_MAX_BYTES = 255 - len(".12345678")
+
+
 class UnsafeKeyError(InvalidInputError):
     """A listed key that cannot become a local path: it would land outside the target directory,
     or somewhere else than the key says."""
@@ -33,6 +40,9 @@ def unsafe_reason(relative_path: str) -> str | None:
         return "has an empty segment ('//')"
     if "." in segments or ".." in segments:
         return "has a '.' or '..' segment"
+    if any(len(segment.encode()) > SEGMENT_MAX_BYTES for segment in segments):
+        return (f"has a segment longer than {SEGMENT_MAX_BYTES} bytes (a file name's 255, less the "
+                "download's temporary suffix)")
     return None
 
 

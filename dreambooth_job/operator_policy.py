@@ -11,10 +11,12 @@ be set by a flag or a batch row, and then a tenant could lift its own restrictio
     DREAMBOOTH_OPERATOR_ALLOWED_HOSTS=pushgateway.monitoring.svc
     DREAMBOOTH_OPERATOR_ALLOW_STORE_WITHOUT_CONDITIONAL_WRITES=true  # the lease is then unsafe
     DREAMBOOTH_OPERATOR_MAX_TRAIN_STEPS=5000                         # ceilings: see CEILINGS
+    DREAMBOOTH_OPERATOR_ALLOW_PRIVATE_NOTIFY=true  # --notify-url may reach internal addresses
 
 Lists are comma- or newline-separated. Every default keeps the single-tenant behaviour: no local
 prompt files, every option in a batch row, every prefix and every host; an object store that
-ignores conditional writes is refused.
+ignores conditional writes is refused, and so is a completion call to an internal address
+(loopback, link-local, private, ...: outbound.py) of a host the allow-list does not name.
 
 The ceilings (the `max_*` fields) bound what a tenant may ask for, whoever runs the job: a train
 option that declares `ceiling=` (config.py) above its ceiling is exit 2 at `submit`/`batch` and at
@@ -36,6 +38,7 @@ from dreambooth_job.exit_codes import InvalidInputError
 
 ENV_PREFIX = "DREAMBOOTH_OPERATOR_"
 ALLOW_UNCONDITIONAL_STORE_ENV = ENV_PREFIX + "ALLOW_STORE_WITHOUT_CONDITIONAL_WRITES"
+ALLOW_PRIVATE_NOTIFY_ENV = ENV_PREFIX + "ALLOW_PRIVATE_NOTIFY"
 _BOOLEANS = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False, "": False}
 
 
@@ -93,6 +96,9 @@ class OperatorPolicy:
         "512Gi", resource="memory",
         help="The largest memory request or limit of one pod (resources; a quantity); the "
              "largest sizing profile's limit is 96Gi.")
+    allow_private_notify: bool = False
+    """Let --notify-url reach internal addresses (loopback, link-local, private, ...: outbound.py)
+    of any host. Without it they are refused unless `allowed_hosts` names the host."""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> OperatorPolicy:
@@ -103,7 +109,8 @@ class OperatorPolicy:
             allowed_prefixes=_split(env.get(ENV_PREFIX + "ALLOWED_PREFIXES")),
             allowed_hosts=_split(env.get(ENV_PREFIX + "ALLOWED_HOSTS")),
             allow_store_without_conditional_writes=_boolean(env, ALLOW_UNCONDITIONAL_STORE_ENV),
-            **{f.name: _ceiling(env, f) for f in CEILINGS if env.get(ceiling_env(f.name), "").strip()})
+            **{f.name: _ceiling(env, f) for f in CEILINGS if env.get(ceiling_env(f.name), "").strip()},
+            allow_private_notify=_boolean(env, ALLOW_PRIVATE_NOTIFY_ENV))
 
     def allows_prompt_file(self, path: str | os.PathLike) -> bool:
         """True when `path`, symlinks resolved, lies inside one of the allowed directories."""

@@ -382,7 +382,8 @@ class Trainer:
         self.accelerator.save_state(str(directory), safe_serialization=True)
 
     def load_state(self, directory, step: int) -> None:
-        self.accelerator.load_state(str(directory))
+        """What save_state wrote; InvalidInputError for a state that is not this run's (forged)."""
+        train_state.load_state(self.accelerator, directory, self.optimizer, self.lr_scheduler)
         self.step = step
 
     # ------------------------------------------------------------------------------------------

@@ -7,13 +7,23 @@ and the RNG states, not the frozen base (which every run loads from --base-model
     register_trainable_only(accelerator)     # once, after accelerator.prepare(...)
     accelerator.save_state(directory)        # model.safetensors: the adapters only
     accelerator.load_state(directory)        # adapters into the modules, the rest as usual
+
+A checkpoint lies under the tenant's --output, so its files may be forged even when they match
+their manifest: `load_state` below is accelerate's, with what accelerate would take silently (an
+RNG file that does not load) or only fail on at the first step (moments of another shape, a
+scheduler state of another layout) refused before training, as InvalidInputError.
 """
 
 from __future__ import annotations
 
+import random
 from pathlib import Path
 
 from dreambooth_job.exit_codes import InvalidInputError
+
+# Optimizer state entries that hold one value per element of their parameter: AdamW's moments,
+# bitsandbytes' 8-bit states (its quantization maps and scales have shapes of their own).
+_PER_ELEMENT_STATE = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq", "state1", "state2")
 
 
 def trainable_state(module) -> dict:
@@ -41,7 +51,7 @@ def load_trainable_state(module, path: Path) -> None:
         differing = sorted(state.keys() ^ expected)
         raise InvalidInputError(
             f"checkpoint file {path.name} holds other trainable parameters than this run trains "
-            f"({len(differing)} differ, e.g. {differing[0]!r}); pass --restart to discard it")
+            f"({len(differing)} differ, e.g. {differing[0]!r})")
     module.load_state_dict(state, strict=False)
 
 
@@ -60,3 +70,63 @@ def register_trainable_only(accelerator) -> None:
 
     accelerator.register_save_state_pre_hook(save)
     accelerator.register_load_state_pre_hook(load)
+
+
+def load_state(accelerator, directory: Path, optimizer, lr_scheduler) -> None:
+    """accelerate's load_state of `directory`, checked: InvalidInputError (the checkpoint is
+    unusable, a retry loads the same files) for a file that does not load, an RNG state that does
+    not apply, an optimizer or LR scheduler state of another layout than this run's, moments of
+    another shape than their parameters."""
+    import torch
+
+    layout = _layout(optimizer.state_dict()["param_groups"]), _layout(lr_scheduler.state_dict())
+    _apply_rng_states(Path(directory), accelerator.process_index)
+    try:
+        accelerator.load_state(str(directory))
+    except (InvalidInputError, torch.OutOfMemoryError):
+        raise
+    except Exception as exc:  # noqa: BLE001 - the files verified against the manifest: forged ones
+        raise InvalidInputError(f"its state does not load ({_one_line(exc)})") from None
+    if (_layout(optimizer.state_dict()["param_groups"]), _layout(lr_scheduler.state_dict())) != layout:
+        raise InvalidInputError("its optimizer or LR scheduler state has another layout than this run's")
+    for group in optimizer.param_groups:
+        for param in group["params"]:
+            for name, value in optimizer.state.get(param, {}).items():
+                if name in _PER_ELEMENT_STATE and getattr(value, "shape", None) != param.shape:
+                    raise InvalidInputError(f"its optimizer state {name!r} has the shape "
+                                            f"{tuple(getattr(value, 'shape', ()))}, its parameter "
+                                            f"{tuple(param.shape)}")
+
+
+def _apply_rng_states(directory: Path, process_index: int) -> None:
+    """Load and apply the RNG states as accelerate's load_state does, which only logs "Could not
+    load random states" when they do not (and goes on with the current ones)."""
+    import numpy as np
+    import torch
+    from accelerate.utils import RNG_STATE_NAME, load
+
+    path = directory / f"{RNG_STATE_NAME}_{process_index}.pkl"
+    try:
+        states = load(path)
+        random.setstate(states["random_state"])
+        np.random.set_state(states["numpy_random_seed"])
+        torch.set_rng_state(states["torch_manual_seed"])
+    except Exception as exc:  # noqa: BLE001 - whatever a forged file raises
+        raise InvalidInputError(f"its RNG state {path.name} does not load ({_one_line(exc)})") from None
+
+
+def _layout(value):
+    """The shape of a state dict: its keys, list lengths and value types (numbers as one type,
+    as a saved int may be read back as a float); not its values."""
+    if isinstance(value, dict):
+        return {key: _layout(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_layout(item) for item in value]
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return "number"
+    return type(value).__name__
+
+
+def _one_line(exc: Exception) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if len(text) <= 200 else text[:200] + "..."

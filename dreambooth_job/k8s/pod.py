@@ -23,7 +23,12 @@ from dreambooth_job.k8s.cluster_settings import (
     TMP_MOUNT,
     ClusterSettings,
 )
-from dreambooth_job.operator_policy import CEILINGS, OperatorPolicy, ceiling_env
+from dreambooth_job.operator_policy import (
+    ALLOW_PRIVATE_NOTIFY_ENV,
+    CEILINGS,
+    OperatorPolicy,
+    ceiling_env,
+)
 from dreambooth_job.operator_policy import ENV_PREFIX as OPERATOR_ENV_PREFIX
 from dreambooth_job.pod_env import IMAGE_ENV, JOB_UID_ENV
 
@@ -33,6 +38,12 @@ JOB_UID_LABEL = "batch.kubernetes.io/controller-uid"
 PROMPT_FILE_DIRS_ENV = OPERATOR_ENV_PREFIX + "PROMPT_FILE_DIRS"
 ALLOWED_HOSTS_ENV = OPERATOR_ENV_PREFIX + "ALLOWED_HOSTS"
 ALLOWED_PREFIXES_ENV = OPERATOR_ENV_PREFIX + "ALLOWED_PREFIXES"
+# Env names that extra env (ClusterSettings.env, the chart's extraEnv) may not start with: the
+# operator's policy (DREAMBOOTH_OPERATOR_*), the Job the output lease trusts and the image the pod
+# records, and the GPU runtime's settings (NVIDIA_VISIBLE_DEVICES would show GPUs the pod did not
+# request). Other DREAMBOOTH_ names (the Pushgateway's credentials) are extra env's to set. Extra
+# env also comes first, so any name the pod sets itself wins over an extra entry of that name.
+RESERVED_ENV_PREFIXES = (OPERATOR_ENV_PREFIX, JOB_UID_ENV, IMAGE_ENV, "NVIDIA_")
 # The container sets these itself (cache_dir follows the cache volume), so they are not options
 # of the chart's `job:` values nor of the rendered args, and a batch row may not set them: the
 # options declared `set_by_pod` (config_fields.option).
@@ -43,7 +54,8 @@ def pod_spec(train: cfg.TrainConfig, cluster: ClusterSettings, args: list[str], 
              env_first: Iterable[dict[str, Any]] = (), mounts: Iterable[dict[str, Any]] = (),
              volumes: Iterable[dict[str, Any]] = ()) -> dict[str, Any]:
     """The pod running `args`; `train` sizes it (sizing profile, grace period, metrics port).
-    `env_first` goes before the standard env, `mounts` and `volumes` after the standard ones."""
+    `env_first` goes before the standard env (after the extra env, which any of them overrides),
+    `mounts` and `volumes` after the standard ones."""
     resources = container_resources(train, cluster)
     limits = resources["limits"]
     if cluster.gpus:
@@ -53,7 +65,7 @@ def pod_spec(train: cfg.TrainConfig, cluster: ClusterSettings, args: list[str], 
         image=cluster.image,
         imagePullPolicy=cluster.image_pull_policy,
         args=args,
-        env=[*env_first, *_env(cluster), *notify_env(train, cluster), *cluster.env],
+        env=[*extra_env(cluster), *env_first, *_env(cluster), *notify_env(train, cluster)],
         ports=([{"name": "metrics", "containerPort": train.metrics_port, "protocol": "TCP"}]
                if train.metrics_port else None),
         resources=compact(requests=resources["requests"], limits=limits),
@@ -199,6 +211,7 @@ def chart_pod_table() -> dict[str, Any]:
     """The parts of the pod that no setting changes, for the chart's templates to render as they
     are (files/package.yaml's `pod:`), so that the chart holds no copy of them."""
     return {"containerName": CONTAINER_NAME, "env": fixed_env(),
+            "reservedEnvPrefixes": list(RESERVED_ENV_PREFIXES),
             "containerSecurityContext": container_security_context(),
             "volumeMounts": volume_mounts()}
 
@@ -246,7 +259,23 @@ def policy_env(cluster: ClusterSettings) -> list[dict[str, Any]]:
         if f.name in cluster.ceilings or value != getattr(defaults, f.name):
             env.append({"name": ceiling_env(f.name),
                         "value": value if isinstance(value, str) else f"{value:g}"})
+    if policy.allow_private_notify:  # the building process's allowance holds in its pods too
+        env.append({"name": ALLOW_PRIVATE_NOTIFY_ENV, "value": "true"})
     return env
+
+
+def extra_env(cluster: ClusterSettings) -> list[dict[str, Any]]:
+    """The operator's extra env entries; exit 2 for a name of the pod's own settings."""
+    for entry in cluster.env:
+        name = str(entry.get("name", ""))
+        if name.startswith(RESERVED_ENV_PREFIXES):
+            raise InvalidInputError(reserved_env_message("env", name))
+    return list(cluster.env)
+
+
+def reserved_env_message(setting: str, name: str) -> str:
+    return (f"{setting} {name}: names starting with {', '.join(RESERVED_ENV_PREFIXES)} are the "
+            "operator's and the pod's own settings, never extra env")
 
 
 def notify_env(train: cfg.TrainConfig, cluster: ClusterSettings) -> list[dict[str, Any]]:

@@ -38,15 +38,23 @@ def already_complete(ctx: RunContext) -> bool:
 
 
 def check_checkpoints(ctx: RunContext) -> None:
-    """Fail early, before any download, if checkpoints here belong to another config."""
+    """Fail early, before any download, if checkpoints here belong to another config or lie past
+    --max-train-steps (a forged name: resuming it would publish a run of that many steps)."""
     existing = ctx.checkpoints.list()
     if not existing:
         return
+    max_steps = ctx.config.max_train_steps
+    past = [checkpoint for checkpoint in existing if checkpoint.step > max_steps]
+    if past and not ctx.config.restart:
+        raise InvalidInputError(
+            f"checkpoint {past[0].uri} is of step {past[0].step}, past --max-train-steps "
+            f"{max_steps}; pass --restart to discard it or use another --output")
     differing = conflicts(existing[0].config, ctx.config.to_dict())
-    if not differing:
+    if not differing and not past:
         return
     if ctx.config.restart:
-        logger.warning("--restart: deleting checkpoints of another config in %s", ctx.checkpoints.root)
+        logger.warning("--restart: deleting checkpoints of another config or past --max-train-steps "
+                       "in %s", ctx.checkpoints.root)
         ctx.checkpoints.delete_all()
         return
     raise InvalidInputError(

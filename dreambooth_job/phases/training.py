@@ -61,7 +61,11 @@ def resume(ctx: RunContext) -> int | None:
             f"checkpoint {checkpoint.uri} was trained with identifier "
             f"{checkpoint.manifest.get('identifier')!r}, this run uses {token!r}; "
             "pass --restart to discard it")
-    ctx.trainer.load_state(local_dir, checkpoint.step)
+    try:
+        ctx.trainer.load_state(local_dir, checkpoint.step)
+    except InvalidInputError as exc:
+        raise InvalidInputError(f"checkpoint {checkpoint.uri} cannot be resumed: {exc.message}; "
+                                "pass --restart to discard it") from None
     ctx.loss_history.load(local_dir, up_to_step=checkpoint.step)
     # Loaded: the copy would only take local disk (a whole checkpoint) until the end of the run.
     shutil.rmtree(local_dir, ignore_errors=True)

@@ -1,5 +1,9 @@
 """--notify-url: one signed POST per run whose outcome is final, to a real HTTP receiver on loopback;
-a receiver that is down or failing never changes the run's outcome."""
+a receiver that is down or failing never changes the run's outcome.
+
+Loopback is an internal address, which the job refuses unless the operator allows it: every test
+here that calls a receiver allows it the documented way, DREAMBOOTH_OPERATOR_ALLOW_PRIVATE_NOTIFY
+(test_notify_destinations.py: what is refused without it)."""
 
 from __future__ import annotations
 
@@ -17,6 +21,7 @@ from dreambooth_job.cli import main
 from dreambooth_job.config import TrainConfig
 from dreambooth_job.events import JobObserver
 from dreambooth_job.exit_codes import ExitCode, InvalidInputError
+from dreambooth_job.operator_policy import ALLOW_PRIVATE_NOTIFY_ENV
 
 TINY = ["--resolution", "64", "--max-train-steps", "2", "--no-prior-preservation",
         "--sample-steps", "1", "--num-validation-images", "1", "--log-every", "1",
@@ -30,7 +35,7 @@ README = Path(__file__).resolve().parents[2] / "README.md"
 class Receiver:
     """An HTTP server on loopback that records every request and answers `status`."""
 
-    def __init__(self, status: int = 204, location: str | None = None):
+    def __init__(self, status: int = 204, location: str | None = None, host: str = "127.0.0.1"):
         self.status, self.location, self.requests = status, location, []
         receiver = self
 
@@ -47,7 +52,7 @@ class Receiver:
             def log_message(self, *args):
                 pass
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server = ThreadingHTTPServer((host, 0), Handler)
         self.url = f"http://127.0.0.1:{self.server.server_port}/hooks/dreambooth"
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
         self.thread.start()
@@ -58,7 +63,13 @@ class Receiver:
 
 
 @pytest.fixture
-def receiver():
+def allow_internal(monkeypatch):
+    """The operator lets --notify-url reach internal addresses (the receivers here are on loopback)."""
+    monkeypatch.setenv(ALLOW_PRIVATE_NOTIFY_ENV, "true")
+
+
+@pytest.fixture
+def receiver(allow_internal):
     made = []
 
     def make(**kwargs) -> Receiver:
@@ -71,7 +82,7 @@ def receiver():
 
 
 @pytest.fixture
-def down_url() -> str:
+def down_url(allow_internal) -> str:
     """A loopback URL nobody listens on: connections are refused."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -181,7 +192,7 @@ def test_bad_input_is_final_and_posted_with_its_error_line(photo_dir, tiny_model
 def test_an_exit_another_attempt_may_follow_calls_nobody(code, receiver, tmp_path):
     hook = receiver()
     config = TrainConfig(output=str(tmp_path), notify_url=hook.url, job_id="j", subject_id="s")
-    notifier = notify.Notifier.for_run(config, {})
+    notifier = notify.Notifier.for_run(config, {ALLOW_PRIVATE_NOTIFY_ENV: "true"})
     notify.announce(notifier, Recorder(), config, code, "preempted")
     assert hook.requests == []
     notify.announce(notifier, Recorder(), config, ExitCode.INVALID_INPUT, "bad photos")
@@ -193,7 +204,8 @@ def test_a_redirect_is_not_followed(receiver, tmp_path):
     hook = receiver(status=307, location=elsewhere.url)
     config = TrainConfig(output=str(tmp_path), notify_url=hook.url, job_id="j", subject_id="s")
     observer = Recorder()
-    notify.announce(notify.Notifier(hook.url, backoff=(0.0,)), observer, config, ExitCode.OK)
+    notify.announce(notify.Notifier(hook.url, backoff=(0.0,), public_only=False), observer, config,
+                    ExitCode.OK)
     assert len(hook.requests) == 1 and elsewhere.requests == []
     assert observer.notify_failures == 1
 

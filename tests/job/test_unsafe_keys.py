@@ -74,3 +74,34 @@ def test_an_unsafe_base_model_key_exits_2_naming_it(moto_bucket, photo_dir, tiny
     errors = [line for line in outcome.output.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "models/tiny/unet/../../../../../x.bin" in errors[0]
     assert not (tmp_path / "cache" / "models").exists() or not any((tmp_path / "cache" / "models").iterdir())
+
+
+LONG_SEGMENT = "x" * 296 + ".jpg"  # 300 bytes: S3 takes it, no Linux file name does (255 bytes)
+# 250 bytes is a file name, but not the download's temporary `<name>.<8 characters>` beside it.
+NEAR_LIMIT_SEGMENT = "y" * 246 + ".jpg"
+
+
+def test_a_photo_key_segment_longer_than_a_file_name_is_skipped_and_named(moto_bucket, photo_dir,
+                                                                        tiny_model, tmp_path):
+    upload_photos(photo_dir, f"s3://{moto_bucket}/photos/dog/")
+    put_photo(moto_bucket, f"photos/dog/{LONG_SEGMENT}", tmp_path)
+    put_photo(moto_bucket, f"photos/dog/{NEAR_LIMIT_SEGMENT}", tmp_path, seed=8)
+    outcome = train(moto_bucket, tiny_model, tmp_path)
+    assert outcome.exit_code == ExitCode.OK, outcome.output
+    photos = read_result(moto_bucket)["photos"]
+    assert len(photos["used"]) == 4
+    reasons = {r["file"]: r["reason"] for r in photos["rejected"]}
+    assert set(reasons) == {LONG_SEGMENT, NEAR_LIMIT_SEGMENT}
+    assert all("has a segment longer than 246 bytes" in reason for reason in reasons.values())
+
+
+def test_a_base_model_key_segment_longer_than_a_file_name_exits_2_naming_it(moto_bucket, photo_dir,
+                                                                           tiny_model, tmp_path):
+    upload_photos(photo_dir, f"s3://{moto_bucket}/photos/dog/")
+    model = f"s3://{moto_bucket}/models/tiny/"
+    storage.upload_dir(tiny_model, model)
+    storage.s3_client().put_object(Bucket=moto_bucket, Key=f"models/tiny/unet/{LONG_SEGMENT}", Body=b"x")
+    outcome = train(moto_bucket, tiny_model, tmp_path, "--base-model", model)
+    assert outcome.exit_code == ExitCode.INVALID_INPUT, outcome.output
+    errors = [line for line in outcome.output.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and LONG_SEGMENT in errors[0] and "longer than 246 bytes" in errors[0]
