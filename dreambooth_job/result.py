@@ -222,10 +222,3 @@ def read_result(output_uri: str) -> dict[str, Any] | None:
 def is_complete(output_uri: str) -> bool:
     """Whether `output_uri` holds a completed run (its marker), whatever its result.json holds."""
     return storage.exists(storage.join(output_uri, COMPLETION_MARKER))
-
-
-def read_completed_result(output_uri: str) -> dict[str, Any] | None:
-    """result.json of a completed run under `output_uri`, or None when the run is not complete."""
-    if not storage.exists(storage.join(output_uri, COMPLETION_MARKER)):
-        return None
-    return read_result(output_uri)

@@ -4,13 +4,16 @@ unless --restart)."""
 
 from __future__ import annotations
 
+import json
 import logging
+from typing import Any
 
 from dreambooth_job import storage
 from dreambooth_job.checkpoint import conflicts
 from dreambooth_job.exit_codes import InvalidInputError
 from dreambooth_job.phases.context import RunContext
-from dreambooth_job.result import COMPLETION_MARKER, read_completed_result
+from dreambooth_job.result import COMPLETION_MARKER, RESULT_FILE, is_complete
+from dreambooth_job.result_reader import MAX_BYTES, MalformedResult, parse_record, unreadable
 from dreambooth_job.run_identity import differing_model_fields
 
 logger = logging.getLogger("dreambooth_job")
@@ -19,7 +22,7 @@ logger = logging.getLogger("dreambooth_job")
 def already_complete(ctx: RunContext) -> bool:
     """True when --output holds a completed run of this config (and --force is off)."""
     config = ctx.config
-    completed = read_completed_result(config.output)
+    completed = _completed_result(config.output)
     if completed is None:
         return False
     if config.force:
@@ -35,6 +38,22 @@ def already_complete(ctx: RunContext) -> bool:
     raise InvalidInputError(
         f"--output {config.output} holds a completed run of another config (differs in: "
         f"{', '.join(differing)}); pass --force to replace it or use another --output")
+
+
+def _completed_result(output: str) -> dict[str, Any] | None:
+    """result.json of the completed run under `output`, None when the run is not complete. The
+    file is the tenant's: it passes result_reader's bounds before it is parsed for its config,
+    and one that does not is exit 2 (a retry would read the same file), never a traceback."""
+    if not is_complete(output):
+        return None
+    try:
+        data = storage.read_bytes(storage.join(output, RESULT_FILE), max_bytes=MAX_BYTES)
+        parse_record(data)  # size, depth, item counts and the types of the fields it reads
+        return json.loads(data)
+    except (FileNotFoundError, MalformedResult) as exc:
+        reason = unreadable(exc if isinstance(exc, MalformedResult) else MalformedResult("missing"))
+        raise InvalidInputError(f"--output {output} holds a completed run whose {reason}; pass "
+                                "--force to replace it or use another --output") from None
 
 
 def check_checkpoints(ctx: RunContext) -> None:

@@ -110,3 +110,16 @@ def test_a_completed_run_of_an_older_release_is_still_the_same_run(run):
 
     output = refused_for(JobProcess([*common, "--learning-rate", "1e-4"]))
     assert "holds a completed run of another config (differs in: learning_rate);" in output
+
+
+@pytest.mark.parametrize("forged", [b"{not json", b"[]", b"[" * 200_000 + b"]" * 200_000,
+                                    b'{"status": "succeeded", "training": []}'],
+                         ids=["invalid", "list", "deep", "wrong-type"])
+def test_a_forged_result_of_a_completed_run_exits_2_naming_it_and_force(run, forged):
+    recorded, common = run
+    write_completed_run(recorded)
+    storage.write_bytes(storage.join(recorded.output, RESULT_FILE), forged)
+    output = refused_for(JobProcess(common))
+    assert "holds a completed run whose result.json unreadable" in output
+    assert "pass --force to replace it" in output
+    assert "Traceback" not in output
