@@ -31,8 +31,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from dreambooth_job import locations, storage
+from dreambooth_job.config_fields import Place
 from dreambooth_job.exit_codes import InvalidInputError
 from dreambooth_job.operator_policy import ENV_PREFIX, OperatorPolicy
+from dreambooth_job.policy import place_problem
 from dreambooth_job.redaction import has_url_credentials
 from dreambooth_job.result import COMPLETION_MARKER, RESULT_FILE, output_locations
 
@@ -121,10 +123,8 @@ def location_problem(key: str, value: str, policy: OperatorPolicy) -> str | None
         return (f"{RESULT_FILE}'s {key} {shown!r} is a hub id or a relative path: with "
                 f"{ALLOWED_PREFIXES_ENV} set, generate reads a run's base model and VAE only "
                 "under the prefixes it lists")
-    if not policy.allows_uri(value):
-        return (f"{RESULT_FILE}'s {key} {shown} is outside the prefixes the operator allows "
-                f"({ALLOWED_PREFIXES_ENV})")
-    return None
+    # From here on the command line's rule for a location (policy.py), so the two cannot drift.
+    return place_problem(f"{RESULT_FILE}'s {key}", value, Place.LOCATION, policy)
 
 
 def check_locations(record: RunRecord, model: str, policy: OperatorPolicy | None = None) -> None:
