@@ -271,7 +271,7 @@ class TrainConfig:
         OPERATIONAL, minimum=0, ceiling="max_termination_grace_seconds",
         help="On SIGTERM/SIGINT, time allowed to finish the step and save a checkpoint (default "
              "auto: the sizing profile's of the loaded model's family and train mode; Jobs pass "
-             "their profile's, README \"Preemption\").")
+             "their profile's, docs/operator-guide.md, \"Sizing\").")
     restart: bool = option(
         OPERATIONAL, False,
         help="Ignore existing checkpoints whose config conflicts and start from step 0.")

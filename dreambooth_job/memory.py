@@ -84,7 +84,7 @@ def peak_bytes(*, trainable_params: int, frozen_params: int, unet_config, images
                latent_side: int, half_precision: bool, checkpointing: bool,
                use_8bit_adam: bool) -> int:
     """The estimated peak of a training step: weights, gradients and optimizer state, and
-    activations (the README's table: scripts/memory_table.py)."""
+    activations (docs/user-guide.md's table: scripts/memory_table.py)."""
     return (weight_bytes(trainable_params, frozen_params, half_precision)
             + training_state_bytes(trainable_params, use_8bit_adam)
             + activation_bytes(unet_config, images_per_step, latent_side, half_precision,

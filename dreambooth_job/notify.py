@@ -15,8 +15,9 @@ credential or a presigned URL (every string is redacted like result.json):
 
 Headers: `X-DreamBooth-Delivery` (one id per run, the same on every attempt: deduplicate on it),
 `X-DreamBooth-Timestamp` (Unix seconds of the attempt) and, with a key,
-`X-DreamBooth-Signature: sha256=<hex HMAC-SHA256(key, timestamp + "." + body)>` (README: how
-to verify). Redirects are not followed (they could lead to a host the operator does not allow).
+`X-DreamBooth-Signature: sha256=<hex HMAC-SHA256(key, timestamp + "." + body)>` (how to verify:
+docs/user-guide.md, "Completion call"). Redirects are not followed (they could lead to a host the
+operator does not allow).
 Without an allow-list naming the host or the operator's ALLOW_PRIVATE_NOTIFY, the receiver must be
 a public address: an internal one (loopback, link-local where cloud metadata answers, private, ...)
 is exit 2 at validation and at the pod's start, and refused at the call's own lookup

@@ -4,7 +4,7 @@ adapters (`lora.has_lora`) publishes the adapters, any other the full pipeline.
     written = write_outputs(pipeline, work / "output", OutputSettings(subject_id="dog-1", ...))
     written.files   # [OutputFile("lora/dog-1.safetensors", size, sha256), ...], relative paths
 
-Layout under the output (README, "Output layout"), every weight file in `--save-precision`:
+Layout under the output (docs/user-guide.md, "Output layout"), every weight file in `--save-precision`:
 
 - full fine-tuning: `model/` (diffusers' `from_pretrained`); with `--export-single-file` also
   `<subject-id>.safetensors` in the original Stable Diffusion / SDXL layout (A1111, ComfyUI,

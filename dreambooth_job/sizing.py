@@ -10,7 +10,7 @@ A checkpoint holds the trained weights in fp32 and AdamW's two moments (train_st
 trained parameter, 10.3 GB for SD 1.5's UNet, 30.8 GB for SDXL's, and a few MB of LoRA adapters.
 Every number here derives from the parameter counts below (memory.checkpoint_bytes) and the
 ASSUMED rates of the node's disk and of the S3 upload, with a safety factor: estimates, not
-measurements (docs/benchmarks.md, "Preemption"). `Profile.rows` is the README's table, and
+measurements (docs/benchmarks.md, "Preemption"). `Profile.rows` is docs/operator-guide.md's table, and
 helm/sync_chart.py writes the same profiles into the chart (files/package.yaml's `sizing`).
 
 A Job is built before the model loads, so it picks its profile from the train mode and the base
@@ -236,7 +236,7 @@ def job_budget(configured: float | None, family: str, train_mode: str, trained_p
 
 
 def rows() -> list[str]:
-    """The README's table of the profiles (tests/docs checks that it is the README's)."""
+    """docs/operator-guide.md's table of the profiles (tests/unit/test_sizing.py checks that it is)."""
     lines = ["| profile | checkpoint | `--termination-grace-seconds` | terminationGracePeriodSeconds "
              "| memory request / limit | ephemeral-storage request / limit | /tmp sizeLimit |",
              "|---|---|---|---|---|---|---|"]
@@ -252,5 +252,5 @@ def _size(num_bytes: int) -> str:
     return f"{num_bytes / GB:.1f} GB" if num_bytes >= GB else f"{num_bytes / 10**6:.0f} MB"
 
 
-if __name__ == "__main__":  # the README's table: python -m dreambooth_job.sizing
+if __name__ == "__main__":  # docs/operator-guide.md's table: python -m dreambooth_job.sizing
     print("\n".join(rows()))

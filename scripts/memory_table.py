@@ -1,5 +1,5 @@
-"""Print the README's table of ESTIMATED peak training memory (dreambooth_job/memory.py's model,
-architectures built on the meta device: nothing is trained or measured).
+"""Print docs/user-guide.md's table of ESTIMATED peak training memory (dreambooth_job/memory.py's
+model, architectures built on the meta device: nothing is trained or measured).
 
     PYTHONPATH=$PWD .venv/bin/python scripts/memory_table.py
 """

@@ -1,7 +1,7 @@
 """Estimated peak training memory of the published architectures (memory.py's model), from
 models built on the meta device: no weights, no download, a few seconds of CPU.
 
-    python scripts/memory_table.py      # the README's table
+    python scripts/memory_table.py      # docs/user-guide.md's table
 
 `bench --model sdxl` reads it to refuse, in one line, a run the machine cannot hold, instead of
 being killed by the kernel halfway through building 3.5 B parameters.

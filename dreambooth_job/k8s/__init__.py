@@ -3,7 +3,7 @@
 Nothing here imports torch or diffusers: a laptop or a CI runner submits without the training stack.
 """
 
-# Submitting and following Jobs (client, status, feed): the names the README's "Submitting jobs
+# Submitting and following Jobs (client, status, feed): the names docs/api.md's "Submitting jobs
 # from another system" uses.
 from dreambooth_job.k8s.batch import Batch, BatchFileError, load_batch
 from dreambooth_job.k8s.client import Connection, SubmittedJob, cancel, submit

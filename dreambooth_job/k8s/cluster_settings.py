@@ -4,7 +4,7 @@
     cluster = ClusterSettings(image="registry/dreambooth-job:0.1.0", queue="gpu-batch")
 
 Also the sizes the pod is built around (mounts, local disk, the identity of the image's user),
-which the Dockerfile and the README state too; tests/deploy checks that they agree.
+which the Dockerfile and docs/operator-guide.md state too; tests/deploy checks that they agree.
 Light on purpose: config and exit codes only, never torch.
 """
 
@@ -34,7 +34,7 @@ SHM_MOUNT = "/dev/shm"
 # before the kubelet's SIGKILL.
 TERMINATION_MARGIN_SECONDS = sizing.POD_MARGIN_SECONDS
 # Memory, local disk (ephemeral-storage, the /tmp sizeLimit) and the SIGTERM budget come from the
-# sizing profile of the run's family and train mode (sizing.py; README "Preemption"); `resources`
+# sizing profile of the run's family and train mode (sizing.py; docs/operator-guide.md, "Sizing"); `resources`
 # and the other settings name only what they override.
 DEFAULT_PROFILE = sizing.PROFILES["sd-full"]
 # Local disk (ephemeral-storage) at the job's peak, the end of training, when all of these are on
@@ -89,7 +89,7 @@ class ClusterSettings:
     sizing: str = setting(
         AUTO, help="Sizing profile of memory, local disk and SIGTERM grace: auto (by the train "
                    "mode, and sdxl when the base model's id contains 'xl') or one of "
-                   f"{', '.join(sizing.PROFILES)} (README \"Preemption\"). Chart: sizing.")
+                   f"{', '.join(sizing.PROFILES)} (docs/operator-guide.md, \"Sizing\"). Chart: sizing.")
     resources: Mapping[str, Mapping[str, Any]] = setting(
         default_factory=lambda: {"requests": {"cpu": "8"}, "limits": {}},
         help="CPU, memory and local-disk (ephemeral-storage) requests and limits of the "

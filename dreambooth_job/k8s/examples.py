@@ -88,7 +88,7 @@ def _pod_comments(job: dict[str, Any]) -> dict[Path, str]:
         (*POD, "terminationGracePeriodSeconds"):
             f"The job's --termination-grace-seconds (the {DEFAULT_PROFILE.name} sizing profile's "
             f"{grace:g}) rounded up,\nplus {TERMINATION_MARGIN_SECONDS} s to exit and push metrics "
-            '(README "Preemption").',
+            '(docs/user-guide.md, "Preemption").',
         (*CONTAINER, "resources", "requests", "memory"):
             f"Host memory of the {DEFAULT_PROFILE.name} sizing profile: loading the model, "
             "serializing checkpoints.",
@@ -96,7 +96,8 @@ def _pod_comments(job: dict[str, Any]) -> dict[Path, str]:
             "Why a pod failed, in `kubectl describe` and `dreambooth-job status`: the job's one-line\n"
             "error, or the log's tail when it died before writing one (OOM kill, crash).",
         (*CONTAINER, "resources", "requests", "ephemeral-storage"):
-            f'Local disk at the SD 1.5 full peak, an estimate (README "Preemption"): {peak:.1f} GiB.',
+            'Local disk at the SD 1.5 full peak, an estimate (docs/operator-guide.md, "Sizing"): '
+            f"{peak:.1f} GiB.",
         (*CONTAINER, "resources", "limits", "ephemeral-storage"):
             "Past it the pod is evicted with 1 s of grace, too short to checkpoint.",
         (*POD, "volumes", "tmp", "emptyDir"):

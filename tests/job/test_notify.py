@@ -29,7 +29,7 @@ TINY = ["--resolution", "64", "--max-train-steps", "2", "--no-prior-preservation
         "--checkpoint-every", "0", "--log-format", "json"]
 KEY = "notify-signing-key-0123456789"
 AWS_SECRET = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"
-README = Path(__file__).resolve().parents[2] / "README.md"
+USER_GUIDE = Path(__file__).resolve().parents[2] / "docs" / "user-guide.md"
 
 
 class Receiver:
@@ -108,8 +108,8 @@ def run_args(photo_dir, tiny_model, tmp_path, output):
 
 
 def verified(headers, body: bytes, key: str = KEY) -> bool:
-    """What the README tells a receiver to do: its `verify`, run as printed there."""
-    section = README.read_text().split("## Completion call", 1)[1]
+    """What the user guide tells a receiver to do: its `verify`, run as printed there."""
+    section = USER_GUIDE.read_text().split("## Completion call", 1)[1]
     code = section.split("```python\n", 1)[1].split("```", 1)[0]
     namespace: dict = {}
     exec(code, namespace)

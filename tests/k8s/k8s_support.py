@@ -2,8 +2,9 @@
 
 No kube-apiserver can run here. kmock serves the Jobs and Pods APIs over real HTTP with proper
 Status bodies, so the code under test uses the official client exactly as against a cluster.
-What kmock does not do (label selectors, uids, the Job controller) is listed in the README
-("How this is tested"); tests play the Job controller by writing Job status through the API.
+What kmock does not do (label selectors, uids, the Job controller) is listed in
+docs/developer-guide.md ("How the Kubernetes side is tested"); tests play the Job controller by
+writing Job status through the API.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """The output writer (dreambooth_job/outputs.py): what a trained pipeline publishes is decided by the
 pipeline itself (adapters or not), every file is listed with its size and sha256, and each loads
-with the call the README gives for it."""
+with the call the user guide gives for it (docs/user-guide.md, "Output layout")."""
 
 from __future__ import annotations
 
@@ -90,7 +90,7 @@ def test_an_adapted_unet_publishes_lora_files_only_listed_with_size_and_sha256(a
 
 
 def test_the_diffusers_lora_file_loads_on_the_base_with_load_lora_weights(tiny_model, tmp_path):
-    """The README's call, on a UNet-only adapter (training without --train-text-encoder)."""
+    """The user guide's call, on a UNet-only adapter (training without --train-text-encoder)."""
     pipe = _load(tiny_model)
     lora.add_lora(pipe.unet, rank=RANK, alpha=ALPHA)
     perturb_lora_adapters(pipe.unet)

@@ -84,8 +84,9 @@ def test_auto_budget_is_the_profiles_or_what_a_bigger_run_needs():
     assert sizing.job_budget(42.0, "sd", "lora", 1000, False) == 42.0
 
 
-def test_the_readme_table_is_the_profiles():
+def test_the_operator_guides_table_is_the_profiles():
     from pathlib import Path
 
-    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
-    assert "\n".join(sizing.rows()) in readme, "README's profile table: run python -m dreambooth_job.sizing"
+    guide = (Path(__file__).resolve().parents[2] / "docs" / "operator-guide.md").read_text()
+    assert "\n".join(sizing.rows()) in guide, (
+        "docs/operator-guide.md's profile table: run python -m dreambooth_job.sizing")
