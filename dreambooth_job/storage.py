@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import threading
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -47,12 +48,12 @@ class TransferCancelled(Exception):
     chunk, and a multipart upload is aborted by boto3's transfer manager."""
 
 
-def _progress(cancel, uri: str, sent: int) -> None:
+def _progress(cancel: threading.Event | None, uri: str, sent: int) -> None:
     """boto3's progress callback of a cancellable upload: raising stops the transfer."""
     _check_cancel(cancel, uri)
 
 
-def _check_cancel(cancel, uri: str) -> None:
+def _check_cancel(cancel: threading.Event | None, uri: str) -> None:
     if cancel is not None and cancel.is_set():
         raise TransferCancelled(f"upload of {uri} cancelled")
 
@@ -347,7 +348,7 @@ def _upload_checksum() -> dict:
 
 
 @_waits_for_credentials
-def upload_file(local_path: Path, uri: str, cancel=None) -> None:
+def upload_file(local_path: Path, uri: str, cancel: threading.Event | None = None) -> None:
     """Upload one file; `cancel`, a threading.Event, stops it (TransferCancelled) once set."""
     _check_cancel(cancel, uri)
     if not is_s3(uri):
@@ -367,7 +368,7 @@ def upload_file(local_path: Path, uri: str, cancel=None) -> None:
     observer().transfer(direction="upload", num_bytes=local_path.stat().st_size, objects=1)
 
 
-def upload_dir(local_dir: Path, uri: str, cancel=None) -> list[str]:
+def upload_dir(local_dir: Path, uri: str, cancel: threading.Event | None = None) -> list[str]:
     """Copy every file under `local_dir` to the prefix, concurrently; returns the URIs written.
     `cancel` (a threading.Event) stops every file's upload once set (TransferCancelled)."""
     paths = sorted(p for p in Path(local_dir).rglob("*") if p.is_file())

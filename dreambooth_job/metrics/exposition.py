@@ -18,7 +18,7 @@ import os
 import threading
 import time
 import urllib.request
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from socketserver import ThreadingMixIn
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
@@ -37,15 +37,19 @@ PUSH_USERNAME_ENV, PUSH_PASSWORD_ENV = "DREAMBOOTH_PUSHGATEWAY_USERNAME", "DREAM
 """Basic-auth credentials of the Pushgateway, from a Secret through the environment: a URL with
 `user:password@` is refused (it would travel in Job args and result.json)."""
 
+PushHandler = Callable[[str, str, float | None, list[tuple[str, str]], bytes], Callable[[], None]]
+"""prometheus_client's handler signature: (url, method, timeout, headers, data) -> the request."""
 
-def push_handler(env: Mapping[str, str] | None = None):
+
+def push_handler(env: Mapping[str, str] | None = None) -> PushHandler:
     """prometheus_client's push handler: basic auth when the environment holds credentials."""
     env = os.environ if env is None else env
     username, password = env.get(PUSH_USERNAME_ENV), env.get(PUSH_PASSWORD_ENV)
     if not username and not password:
         return default_handler
 
-    def handler(url, method, timeout, headers, data):
+    def handler(url: str, method: str, timeout: float | None, headers: list[tuple[str, str]],
+                data: bytes) -> Callable[[], None]:
         return basic_auth_handler(url, method, timeout, headers, data, username, password)
 
     return handler

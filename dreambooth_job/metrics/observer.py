@@ -96,7 +96,7 @@ class PrometheusObserver(JobObserver):
         self.start()
         return self
 
-    def __exit__(self, *exc_info) -> None:
+    def __exit__(self, *exc_info: object) -> None:
         self.close()
 
     # --- JobObserver ------------------------------------------------------------------------------
