@@ -25,6 +25,7 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from dreambooth_job import checksums, s3_credentials
 from dreambooth_job.exit_codes import InvalidInputError, RetryableError
@@ -39,6 +40,9 @@ from dreambooth_job.storage_client import (  # noqa: F401 - part of this module'
     set_observer,
     translate_errors,
 )
+
+if TYPE_CHECKING:  # boto3 is imported when the first transfer needs it
+    from boto3.s3.transfer import TransferConfig
 
 MULTIPART_THRESHOLD = 16 * 1024 * 1024
 
@@ -378,7 +382,7 @@ def upload_dir(local_dir: Path, uri: str, cancel: threading.Event | None = None)
     return targets
 
 
-def _transfer_config():
+def _transfer_config() -> TransferConfig:
     from boto3.s3.transfer import TransferConfig
 
     return TransferConfig(multipart_threshold=MULTIPART_THRESHOLD,

@@ -19,7 +19,8 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from typing import Any
+from types import TracebackType
+from typing import Any, Self
 
 from dreambooth_job.events import JobObserver
 from dreambooth_job.exit_codes import InvalidInputError, RetryableError
@@ -56,9 +57,9 @@ def observer() -> JobObserver:
     return _observer
 
 
-def s3_client():
+def s3_client() -> Any:
     """The process-wide boto3 S3 client (thread-safe once created), rebuilt if the environment
-    that configures it changed."""
+    that configures it changed. (Any: boto3 ships no types.)"""
     global _client, _client_env
     with _client_lock:
         env = tuple(os.environ.get(name) for name in _CLIENT_ENV_VARS)
@@ -108,12 +109,13 @@ class translate_errors:
     def __init__(self, uri: str):
         self.uri = uri
 
-    def __enter__(self):
+    def __enter__(self) -> Self:
         return self
 
-    def __exit__(self, exc_type, exc, tb):
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
         if exc is None:
-            return False
+            return
         from botocore.exceptions import (
             BotoCoreError,
             ClientError,
@@ -149,4 +151,3 @@ class translate_errors:
             raise InvalidInputError(f"S3 error {code} for {self.uri}") from None
         if isinstance(exc, BotoCoreError):
             raise RetryableError(f"S3 unreachable for {self.uri}: {exc}") from None
-        return False

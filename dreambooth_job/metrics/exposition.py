@@ -21,6 +21,7 @@ import urllib.request
 from collections.abc import Callable, Iterable, Mapping
 from socketserver import ThreadingMixIn
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+from wsgiref.types import StartResponse, WSGIEnvironment
 
 import prometheus_client
 from prometheus_client import CollectorRegistry, Counter
@@ -69,8 +70,8 @@ class _ThreadingWSGIServer(ThreadingMixIn, WSGIServer):
 
 
 class _QuietHandler(WSGIRequestHandler):
-    def log_message(self, format, *args):  # one line per scrape would drown the job's log
-        pass
+    def log_message(self, format: str, *args: object) -> None:
+        pass  # one line per scrape would drown the job's log
 
 
 class MetricsServer:
@@ -88,7 +89,7 @@ class MetricsServer:
                                         name="metrics-server")
         self._thread.start()
 
-    def _app(self, environ, start_response):
+    def _app(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         path = environ.get("PATH_INFO", "")
         if path == "/metrics":
             return self._metrics_app(environ, start_response)
