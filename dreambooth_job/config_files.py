@@ -37,7 +37,7 @@ class _NoAliasLoader(yaml.SafeLoader):
     """YAML without aliases: each `*name` may repeat a big node, and a few hundred bytes of nested
     aliases expand to billions of items once the values are read (the "billion laughs")."""
 
-    def compose_node(self, parent, index):
+    def compose_node(self, parent: yaml.Node | None, index: int) -> yaml.Node | None:
         if self.check_event(yaml.AliasEvent):
             mark = self.peek_event().start_mark
             raise yaml.composer.ComposerError(

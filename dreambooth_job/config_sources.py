@@ -5,6 +5,7 @@ default, resolved by `TrainConfig.resolve`). The fields themselves are in config
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from collections.abc import Mapping
@@ -160,7 +161,7 @@ def _explicit_fields(config: TrainConfig) -> list:
             and (role_of(f) is Role.MODEL or getattr(config, f.name) != default_of(f))]
 
 
-def bool_flags(f) -> str:
+def bool_flags(f: dataclasses.Field[Any]) -> str:
     """A boolean option's `--on/--off` pair."""
     return f.metadata["flag"] or f"{flag_name(f.name)}/--no-{f.name.replace('_', '-')}"
 

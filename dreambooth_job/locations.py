@@ -15,7 +15,7 @@ _SCHEME = re.compile(r"^(?:[A-Za-z][A-Za-z0-9+.-]*:/|s3:)", re.IGNORECASE)
 
 
 def is_s3(value: str | None) -> bool:
-    return bool(value) and value.startswith("s3://")
+    return value is not None and value.startswith("s3://")
 
 
 def check(flag: str, value: str | None, *, hub_id_ok: bool = False) -> None:

@@ -103,13 +103,16 @@ class OperatorPolicy:
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> OperatorPolicy:
         env = os.environ if env is None else env
+        # Any: each ceiling's value has its own field's type (a number, or a quantity string).
+        ceilings: dict[str, Any] = {f.name: _ceiling(env, f) for f in CEILINGS
+                                    if env.get(ceiling_env(f.name), "").strip()}
         return cls(
             prompt_file_dirs=_split(env.get(ENV_PREFIX + "PROMPT_FILE_DIRS")) or (),
             batch_row_options=_split(env.get(ENV_PREFIX + "BATCH_ROW_OPTIONS")),
             allowed_prefixes=_split(env.get(ENV_PREFIX + "ALLOWED_PREFIXES")),
             allowed_hosts=_split(env.get(ENV_PREFIX + "ALLOWED_HOSTS")),
             allow_store_without_conditional_writes=_boolean(env, ALLOW_UNCONDITIONAL_STORE_ENV),
-            **{f.name: _ceiling(env, f) for f in CEILINGS if env.get(ceiling_env(f.name), "").strip()},
+            **ceilings,
             allow_private_notify=_boolean(env, ALLOW_PRIVATE_NOTIFY_ENV))
 
     def allows_prompt_file(self, path: str | os.PathLike) -> bool:
@@ -192,5 +195,7 @@ _CEILINGS_BY_NAME = {f.name: f for f in CEILINGS}
 def with_ceilings(policy: OperatorPolicy, ceilings: Mapping[str, Any]) -> OperatorPolicy:
     """`policy` with `ceilings` (by name, as ClusterSettings.ceilings and the chart's operator
     values give them) in place of its own: they are the operator's settings of that cluster."""
-    return dataclasses.replace(policy, **{name: parse_ceiling(name, raw, f"ceilings.{name}")
-                                          for name, raw in ceilings.items()})
+    # Any: each value has its own field's type (a number, or a quantity string).
+    parsed: dict[str, Any] = {name: parse_ceiling(name, raw, f"ceilings.{name}")
+                              for name, raw in ceilings.items()}
+    return dataclasses.replace(policy, **parsed)

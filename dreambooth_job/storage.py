@@ -20,10 +20,12 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import threading
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from dreambooth_job import checksums, s3_credentials
 from dreambooth_job.exit_codes import InvalidInputError, RetryableError
@@ -39,6 +41,9 @@ from dreambooth_job.storage_client import (  # noqa: F401 - part of this module'
     translate_errors,
 )
 
+if TYPE_CHECKING:  # boto3 is imported when the first transfer needs it
+    from boto3.s3.transfer import TransferConfig
+
 MULTIPART_THRESHOLD = 16 * 1024 * 1024
 
 
@@ -47,12 +52,12 @@ class TransferCancelled(Exception):
     chunk, and a multipart upload is aborted by boto3's transfer manager."""
 
 
-def _progress(cancel, uri: str, sent: int) -> None:
+def _progress(cancel: threading.Event | None, uri: str, sent: int) -> None:
     """boto3's progress callback of a cancellable upload: raising stops the transfer."""
     _check_cancel(cancel, uri)
 
 
-def _check_cancel(cancel, uri: str) -> None:
+def _check_cancel(cancel: threading.Event | None, uri: str) -> None:
     if cancel is not None and cancel.is_set():
         raise TransferCancelled(f"upload of {uri} cancelled")
 
@@ -347,7 +352,7 @@ def _upload_checksum() -> dict:
 
 
 @_waits_for_credentials
-def upload_file(local_path: Path, uri: str, cancel=None) -> None:
+def upload_file(local_path: Path, uri: str, cancel: threading.Event | None = None) -> None:
     """Upload one file; `cancel`, a threading.Event, stops it (TransferCancelled) once set."""
     _check_cancel(cancel, uri)
     if not is_s3(uri):
@@ -367,7 +372,7 @@ def upload_file(local_path: Path, uri: str, cancel=None) -> None:
     observer().transfer(direction="upload", num_bytes=local_path.stat().st_size, objects=1)
 
 
-def upload_dir(local_dir: Path, uri: str, cancel=None) -> list[str]:
+def upload_dir(local_dir: Path, uri: str, cancel: threading.Event | None = None) -> list[str]:
     """Copy every file under `local_dir` to the prefix, concurrently; returns the URIs written.
     `cancel` (a threading.Event) stops every file's upload once set (TransferCancelled)."""
     paths = sorted(p for p in Path(local_dir).rglob("*") if p.is_file())
@@ -377,7 +382,7 @@ def upload_dir(local_dir: Path, uri: str, cancel=None) -> list[str]:
     return targets
 
 
-def _transfer_config():
+def _transfer_config() -> TransferConfig:
     from boto3.s3.transfer import TransferConfig
 
     return TransferConfig(multipart_threshold=MULTIPART_THRESHOLD,

@@ -19,6 +19,8 @@ from __future__ import annotations
 import logging
 import os
 import threading
+from types import TracebackType
+from typing import Any, Self
 
 from dreambooth_job.events import JobObserver
 from dreambooth_job.exit_codes import InvalidInputError, RetryableError
@@ -32,8 +34,8 @@ log = logging.getLogger(__name__)
 
 _observer: JobObserver = JobObserver()
 _client_lock = threading.Lock()
-_client = None
-_client_env: tuple = ()
+_client: Any = None  # a botocore S3 client; boto3 ships no types
+_client_env: tuple[str | None, ...] = ()
 # The environment a client is bound to: a change (another endpoint or identity) needs a new client.
 _CLIENT_ENV_VARS = ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_PROFILE",
                     "AWS_REGION", "AWS_MAX_ATTEMPTS", "AWS_RETRY_MODE",
@@ -55,9 +57,9 @@ def observer() -> JobObserver:
     return _observer
 
 
-def s3_client():
+def s3_client() -> Any:
     """The process-wide boto3 S3 client (thread-safe once created), rebuilt if the environment
-    that configures it changed."""
+    that configures it changed. (Any: boto3 ships no types.)"""
     global _client, _client_env
     with _client_lock:
         env = tuple(os.environ.get(name) for name in _CLIENT_ENV_VARS)
@@ -89,13 +91,16 @@ def _endpoint_is_custom() -> bool:
     return bool(os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL"))
 
 
-def _count_retry(attempts=None, response=None, caught_exception=None, **_) -> None:
-    failed = caught_exception is not None or (
-        response is not None and response[1].get("ResponseMetadata", {}).get("HTTPStatusCode", 200) >= 500)
-    if failed:
-        log.warning("S3 request failed (attempt %s): %s; retrying", attempts,
-                    caught_exception or response[1].get("Error", {}).get("Code"))
-        _observer.storage_retry()
+def _count_retry(attempts: int | None = None, response: tuple[Any, dict[str, Any]] | None = None,
+                 caught_exception: Exception | None = None, **_: Any) -> None:
+    if caught_exception is not None:
+        reason: object = caught_exception
+    elif response is not None and response[1].get("ResponseMetadata", {}).get("HTTPStatusCode", 200) >= 500:
+        reason = response[1].get("Error", {}).get("Code")
+    else:
+        return
+    log.warning("S3 request failed (attempt %s): %s; retrying", attempts, reason)
+    _observer.storage_retry()
 
 
 class translate_errors:
@@ -104,12 +109,13 @@ class translate_errors:
     def __init__(self, uri: str):
         self.uri = uri
 
-    def __enter__(self):
+    def __enter__(self) -> Self:
         return self
 
-    def __exit__(self, exc_type, exc, tb):
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
         if exc is None:
-            return False
+            return
         from botocore.exceptions import (
             BotoCoreError,
             ClientError,
@@ -145,4 +151,3 @@ class translate_errors:
             raise InvalidInputError(f"S3 error {code} for {self.uri}") from None
         if isinstance(exc, BotoCoreError):
             raise RetryableError(f"S3 unreachable for {self.uri}: {exc}") from None
-        return False

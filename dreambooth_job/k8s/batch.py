@@ -69,7 +69,7 @@ class Batch:
 
     @property
     def ids(self) -> list[str]:
-        return [c.subject_id for c in self.subjects]
+        return [c.resolved_subject_id for c in self.subjects]
 
 
 def load_batch(path: str | Path, overrides: Mapping[str, Any] | None = None) -> Batch:
@@ -132,15 +132,16 @@ def parse_rows(source: str, raw_defaults: Mapping[str, Any], rows: list[tuple[st
         except InvalidInputError as exc:
             problems.append(exc.message)
             continue
-        named = f"{where} (id {config.subject_id})"
+        subject_id = config.resolved_subject_id  # the row's id: _subject sets it
+        named = f"{where} (id {subject_id})"
         located = [f"{named}: {p}" for p in policy_problems(config, policy)]
         if located:
             problems += located
             continue
-        if config.subject_id in seen:
-            problems.append(f"{named}: id {config.subject_id!r} repeats {seen[config.subject_id]}")
+        if subject_id in seen:
+            problems.append(f"{named}: id {subject_id!r} repeats {seen[subject_id]}")
             continue
-        seen[config.subject_id] = where
+        seen[subject_id] = where
         configs.append(config)
     if problems:
         raise BatchFileError(source, problems)
@@ -235,7 +236,7 @@ def _read_csv(text: str) -> tuple[dict[str, Any], list[tuple[str, Any]]]:
     reader = csv.DictReader(io.StringIO(text), skipinitialspace=True)
     if not reader.fieldnames or not any(k in reader.fieldnames for k in ID_KEYS):
         raise ValueError("the header row must name the columns, starting with id")
-    rows = []
+    rows: list[tuple[str, Any]] = []
     for row in reader:
         where = f"line {reader.line_num}"
         if None in row:

@@ -217,9 +217,9 @@ def read_job(name: str, namespace: str | None = None, *,
     return conn.call(f"job {namespace}/{name}", conn.batch.read_namespaced_job, name, namespace)
 
 
-def list_jobs(selector: dict[str, str], namespace: str | None = None, *,
-              connection: Connection | None = None) -> list[client.V1Job]:
-    """Jobs carrying every label in `selector`.
+def jobs_by_name(selector: dict[str, str], namespace: str | None = None, *,
+                 connection: Connection | None = None) -> dict[str, client.V1Job]:
+    """Jobs carrying every label in `selector`, by name, in the server's order.
 
     The labels are checked again here, not only by the server: a list must never return a
     Job of another batch, and the check costs nothing.
@@ -227,10 +227,15 @@ def list_jobs(selector: dict[str, str], namespace: str | None = None, *,
     conn = connect(connection)
     namespace = namespace or conn.namespace
     text = ",".join(f"{k}={v}" for k, v in selector.items())
-    jobs = conn.call(f"jobs in {namespace} ({text})", conn.batch.list_namespaced_job, namespace,
-                     label_selector=text).items
-    return [j for j in jobs
-            if all((j.metadata.labels or {}).get(k) == v for k, v in selector.items())]
+    listed: list[client.V1Job] = conn.call(f"jobs in {namespace} ({text})", conn.batch.list_namespaced_job,
+                                           namespace, label_selector=text).items
+    jobs: dict[str, client.V1Job] = {}
+    for job in listed:
+        # A listed Job always has a name; the client's models type metadata and name optional.
+        if job.metadata and job.metadata.name and all(
+                (job.metadata.labels or {}).get(k) == v for k, v in selector.items()):
+            jobs[job.metadata.name] = job
+    return jobs
 
 
 def is_finished(job: client.V1Job) -> bool:
@@ -246,10 +251,12 @@ def _create(conn: Connection, namespace: str, manifest: dict[str, Any], what: st
     except JobExistsError:
         raise
     except Exception as exc:
-        # The client (v35+) validates bodies with pydantic before sending them.
-        if type(exc).__name__ != "ValidationError":
+        # The client (v35+) validates bodies with pydantic before sending them; older clients
+        # have no pydantic to import its ValidationError from.
+        errors = getattr(exc, "errors", None)
+        if type(exc).__name__ != "ValidationError" or not callable(errors):
             raise
-        first = exc.errors()[0]
+        first = errors()[0]
         where = ".".join(str(part) for part in first["loc"][2:])
         raise InvalidSpecError(f"invalid manifest for {what}: {where}: {first['msg']}") from None
     return SubmittedJob(manifest["metadata"]["name"], namespace, created.metadata.uid, created=True)
@@ -258,7 +265,7 @@ def _create(conn: Connection, namespace: str, manifest: dict[str, Any], what: st
 def _check_same_subject(existing: client.V1Job, manifest: dict[str, Any], what: str) -> None:
     # Names are hashed ids, so a mismatch means a foreign Job holds the name: never adopt it.
     wanted = manifest["metadata"].get("labels", {})
-    have = existing.metadata.labels or {}
+    have = (existing.metadata and existing.metadata.labels) or {}
     for key in (SUBJECT_LABEL, BATCH_LABEL, MODE_LABEL):
         if wanted.get(key) != have.get(key):
             raise JobExistsError(

@@ -86,7 +86,7 @@ _set_option = click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
 @click.option("--replace", is_flag=True, help="Replace the subject's Job if it has finished.")
 @click.option("--dry-run", is_flag=True, help="Print the Job instead of creating it.")
 @_output_format
-def submit(replace: bool, dry_run: bool, fmt: str, **params) -> None:
+def submit(replace: bool, dry_run: bool, fmt: str, **params: Any) -> None:
     """Submit one subject as a Kubernetes Job (the same Job the Helm chart renders)."""
     given = {k for k, v in params.items() if v not in (None, ())}
     if params.get("config_file"):
@@ -109,7 +109,7 @@ def submit(replace: bool, dry_run: bool, fmt: str, **params) -> None:
                                               "has finished.")
 @click.option("--dry-run", is_flag=True, help="Print the Job instead of creating it.")
 @_output_format
-def submit_generate(replace: bool, dry_run: bool, fmt: str, **params) -> None:
+def submit_generate(replace: bool, dry_run: bool, fmt: str, **params: Any) -> None:
     """Submit `generate` (images from a finished run) as a Kubernetes Job: the training Job's pod,
     image and exit codes, named after --model and --output, never after a training Job."""
     spec = GenerateJobSpec(generate=generate_config.resolve(params),
@@ -118,8 +118,8 @@ def submit_generate(replace: bool, dry_run: bool, fmt: str, **params) -> None:
             "for this --model and --output")
 
 
-def _submit(spec, problems: list[str], replace: bool, dry_run: bool, fmt: str, params: dict,
-            what: str) -> None:
+def _submit(spec: JobSpec | GenerateJobSpec, problems: list[str], replace: bool, dry_run: bool,
+            fmt: str, params: dict[str, Any], what: str) -> None:
     """Refuse what the operator's policy refuses, then print the Job or create it."""
     if problems:
         raise InvalidInputError("; ".join(problems))
@@ -152,7 +152,7 @@ def _create(spec: JobSpec | GenerateJobSpec, replace: bool, params: dict[str, An
 @click.option("--dry-run", is_flag=True, help="Print every Job instead of creating them.")
 @_output_format
 def batch(subjects_file: str, sets: tuple[str, ...], max_parallel: int | None,
-          poll_seconds: float, dry_run: bool, fmt: str, **params) -> None:
+          poll_seconds: float, dry_run: bool, fmt: str, **params: Any) -> None:
     """Submit one Job per row of SUBJECTS_FILE (.yaml, .csv or .jsonl).
 
     Every row is checked first; any bad row stops the command before anything is created.
@@ -190,7 +190,7 @@ def batch(subjects_file: str, sets: tuple[str, ...], max_parallel: int | None,
 @connection_options
 def status(names: tuple[str, ...], batch_file: str | None, sets: tuple[str, ...],
            selector: str | None, fmt: str, watch: bool, interval: float, namespace: str | None,
-           **params) -> None:
+           **params: Any) -> None:
     """Where Jobs stand: phase, retries, duration, loss, output and failure reason, by subject.
 
     Pass Job NAMES, a subjects file with --batch, or a label --selector.
@@ -219,7 +219,7 @@ def status(names: tuple[str, ...], batch_file: str | None, sets: tuple[str, ...]
 @click.option("-n", "--namespace", help="Namespace (default: the context's).")
 @connection_options
 def report(batch_file: str, sets: tuple[str, ...], output_uri: str, embed_images: bool,
-           namespace: str | None, **params) -> None:
+           namespace: str | None, **params: Any) -> None:
     """Write a batch report: JSON summary and an HTML page of every subject's final sample grid,
     status and metrics, worst subjects first."""
     the_batch = load_batch(batch_file, _sets(sets))
@@ -239,7 +239,7 @@ def report(batch_file: str, sets: tuple[str, ...], output_uri: str, embed_images
 @click.option("-n", "--namespace", help="Namespace (default: the context's).")
 @connection_options
 def cancel(names: tuple[str, ...], batch_file: str | None, sets: tuple[str, ...],
-           namespace: str | None, **params) -> None:
+           namespace: str | None, **params: Any) -> None:
     """Delete Jobs and their pods. Outputs in S3 are left alone."""
     if bool(names) == bool(batch_file):
         raise click.UsageError("give Job names or --batch FILE (exactly one)")
@@ -247,7 +247,7 @@ def cancel(names: tuple[str, ...], batch_file: str | None, sets: tuple[str, ...]
     if batch_file:
         the_batch = load_batch(batch_file, _sets(sets))
         selector = {BATCH_LABEL: label_value(the_batch.batch_id)}
-        names = tuple(j.metadata.name for j in k8s.list_jobs(selector, namespace, connection=conn))
+        names = tuple(k8s.jobs_by_name(selector, namespace, connection=conn))
     for name in names:
         k8s.cancel(name, namespace, connection=conn)
         click.echo(f"deleted job {name}")
@@ -262,7 +262,7 @@ def _collect(conn: k8s.Connection, names: tuple[str, ...], the_batch: Batch | No
     if names:
         return [get_status(name, namespace, connection=conn) for name in names]
     labels = _parse_selector(selector or "")
-    jobs = k8s.list_jobs(labels, namespace, connection=conn)
+    jobs = k8s.jobs_by_name(labels, namespace, connection=conn).values()
     ns = namespace or conn.namespace
     pods = conn.call(f"pods in {ns}", conn.core.list_namespaced_pod, ns,
                      label_selector=JOB_NAME_LABEL).items

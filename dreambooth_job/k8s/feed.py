@@ -24,11 +24,18 @@ from dreambooth_job.k8s.client import (
     JobStillRunningError,
     connect,
     is_finished,
-    list_jobs,
+    jobs_by_name,
     render,
     submit,
 )
-from dreambooth_job.k8s.manifest import BATCH_LABEL, ClusterSettings, JobSpec, job_name, label_value
+from dreambooth_job.k8s.manifest import (
+    BATCH_LABEL,
+    ClusterSettings,
+    JobSpec,
+    job_name,
+    label_value,
+    subject_of,
+)
 from dreambooth_job.result import is_complete
 
 
@@ -68,17 +75,18 @@ def submit_batch(batch: Batch, cluster: ClusterSettings, *, max_parallel: int | 
 
     outcome = BatchOutcome()
     selector = {BATCH_LABEL: label_value(batch.batch_id)}
-    jobs = {j.metadata.name: j for j in list_jobs(selector, namespace, connection=conn)}
+    jobs = jobs_by_name(selector, namespace, connection=conn)
     todo: list[JobSpec] = []
     for spec in specs:
-        subject = spec.train.subject_id
-        job = jobs.get(_name(spec.train))
-        if is_complete(spec.train.output):  # not its result.json: the tenant may rewrite it
+        subject = subject_of(spec.train)
+        name = _name(spec.train)
+        output = spec.train.output  # set: a batch row is validated with its inputs required
+        if output and is_complete(output):  # not its result.json: the tenant may rewrite it
             outcome.skipped_succeeded.append(subject)
             log(f"{subject}: skipped, output already complete")
-        elif job is not None and not is_finished(job):
+        elif name in jobs and not is_finished(jobs[name]):
             outcome.skipped_active.append(subject)
-            log(f"{subject}: skipped, job {job.metadata.name} is queued or running")
+            log(f"{subject}: skipped, job {name} is queued or running")
         else:
             todo.append(spec)
 
@@ -86,11 +94,11 @@ def submit_batch(batch: Batch, cluster: ClusterSettings, *, max_parallel: int | 
     while todo:
         free = len(todo)
         if throttle:
-            active = [j for j in list_jobs(selector, namespace, connection=conn)
+            active = [j for j in jobs_by_name(selector, namespace, connection=conn).values()
                       if not is_finished(j)]
             free = max(0, throttle - len(active))
         for spec in todo[:free]:
-            subject = spec.train.subject_id
+            subject = subject_of(spec.train)
             try:
                 job = submit(spec, replace=True, connection=conn)
             except JobStillRunningError:  # another feeder of the same batch got there first
@@ -108,4 +116,4 @@ def submit_batch(batch: Batch, cluster: ClusterSettings, *, max_parallel: int | 
 
 
 def _name(config: TrainConfig) -> str:
-    return job_name(config.subject_id, config.batch_id)
+    return job_name(subject_of(config), config.batch_id)

@@ -63,6 +63,7 @@ def build_generate_job(spec: GenerateJobSpec) -> dict[str, Any]:
     """The batch/v1 Job for `spec`, as the dict the API (or `kubectl apply`) takes."""
     gen = spec.generate
     gen.validate(require_inputs=True)
+    assert gen.model and gen.output, "validate(require_inputs=True) refuses a config without them"
     name = _checked_name(spec.name or generate_job_name(gen.model, gen.output))
     labels = {**_labels(name, spec.cluster), MODE_LABEL: GENERATE_MODE}
     args = [escape_expansion(a) for a in (*to_cli_args(gen), *spec.extra_args)]

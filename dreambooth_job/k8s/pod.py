@@ -8,7 +8,7 @@ Light on purpose: config and exit codes only, never torch.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from dreambooth_job import config as cfg
@@ -264,7 +264,7 @@ def policy_env(cluster: ClusterSettings) -> list[dict[str, Any]]:
     return env
 
 
-def extra_env(cluster: ClusterSettings) -> list[dict[str, Any]]:
+def extra_env(cluster: ClusterSettings) -> list[Mapping[str, Any]]:
     """The operator's extra env entries; exit 2 for a name of the pod's own settings."""
     for entry in cluster.env:
         name = str(entry.get("name", ""))

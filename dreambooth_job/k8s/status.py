@@ -24,7 +24,7 @@ from dreambooth_job.exit_codes import ExitCode, JobError
 from dreambooth_job.k8s import client as k8s_client
 from dreambooth_job.k8s.batch import Batch
 from dreambooth_job.k8s.client import Connection, connect
-from dreambooth_job.k8s.manifest import BATCH_LABEL, SUBJECT_LABEL, job_name, label_value
+from dreambooth_job.k8s.manifest import BATCH_LABEL, SUBJECT_LABEL, job_name, label_value, subject_of
 from dreambooth_job.result_reader import MalformedResult, RunRecord, read_record, unreadable
 
 JOB_NAME_LABEL = "job-name"  # set on every pod by the Job controller (all supported versions)
@@ -133,14 +133,14 @@ def batch_status(batch: Batch, namespace: str | None = None, *, read_result: boo
     conn = connect(connection)
     namespace = namespace or conn.namespace
     selector = {BATCH_LABEL: label_value(batch.batch_id)}
-    jobs = {j.metadata.name: j for j in k8s_client.list_jobs(selector, namespace, connection=conn)}
+    jobs = k8s_client.jobs_by_name(selector, namespace, connection=conn)
     pods = conn.call(f"pods of batch {batch.batch_id}", conn.core.list_namespaced_pod, namespace,
                      label_selector=f"{BATCH_LABEL}={selector[BATCH_LABEL]}").items
     to_dict = conn.api_client.sanitize_for_serialization
     pods = [to_dict(p) for p in pods]
     statuses = []
     for config in batch.subjects:
-        name = job_name(config.subject_id, config.batch_id)
+        name = job_name(subject_of(config), config.batch_id)
         if name in jobs:
             status = describe(to_dict(jobs[name]), pods)
             status.output = status.output or config.output

@@ -52,10 +52,10 @@ class JobMetrics:
         self.ids = {"job_id": redact(job_id), "subject_id": redact(subject_id),
                     "batch_id": redact(batch_id or "")}
 
-        def gauge(name, doc, *labels):
+        def gauge(name: str, doc: str, *labels: str) -> Gauge:
             return Gauge(name, doc, [*ID_LABELS, *labels], registry=self.registry)
 
-        def counter(name, doc, *labels):
+        def counter(name: str, doc: str, *labels: str) -> Counter:
             return Counter(name, doc, [*ID_LABELS, *labels], registry=self.registry)
 
         ids = self.ids
@@ -170,11 +170,11 @@ class MemoryCollector(Collector):
     def __init__(self, ids: Mapping[str, str]):
         self.ids = dict(ids)
 
-    def describe(self):
+    def describe(self) -> list[GaugeMetricFamily]:
         return [self._family(name, per_device=name.startswith("dreambooth_device"))
                 for name in self.FAMILIES]
 
-    def collect(self):
+    def collect(self) -> list[GaugeMetricFamily]:
         families = {name: self._family(name, per_device=name.startswith("dreambooth_device"))
                     for name in self.FAMILIES}
         rss, peak_rss = process_memory()

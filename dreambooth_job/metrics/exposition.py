@@ -18,9 +18,10 @@ import os
 import threading
 import time
 import urllib.request
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from socketserver import ThreadingMixIn
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+from wsgiref.types import StartResponse, WSGIEnvironment
 
 import prometheus_client
 from prometheus_client import CollectorRegistry, Counter
@@ -37,15 +38,19 @@ PUSH_USERNAME_ENV, PUSH_PASSWORD_ENV = "DREAMBOOTH_PUSHGATEWAY_USERNAME", "DREAM
 """Basic-auth credentials of the Pushgateway, from a Secret through the environment: a URL with
 `user:password@` is refused (it would travel in Job args and result.json)."""
 
+PushHandler = Callable[[str, str, float | None, list[tuple[str, str]], bytes], Callable[[], None]]
+"""prometheus_client's handler signature: (url, method, timeout, headers, data) -> the request."""
 
-def push_handler(env: Mapping[str, str] | None = None):
+
+def push_handler(env: Mapping[str, str] | None = None) -> PushHandler:
     """prometheus_client's push handler: basic auth when the environment holds credentials."""
     env = os.environ if env is None else env
     username, password = env.get(PUSH_USERNAME_ENV), env.get(PUSH_PASSWORD_ENV)
     if not username and not password:
         return default_handler
 
-    def handler(url, method, timeout, headers, data):
+    def handler(url: str, method: str, timeout: float | None, headers: list[tuple[str, str]],
+                data: bytes) -> Callable[[], None]:
         return basic_auth_handler(url, method, timeout, headers, data, username, password)
 
     return handler
@@ -65,8 +70,8 @@ class _ThreadingWSGIServer(ThreadingMixIn, WSGIServer):
 
 
 class _QuietHandler(WSGIRequestHandler):
-    def log_message(self, format, *args):  # one line per scrape would drown the job's log
-        pass
+    def log_message(self, format: str, *args: object) -> None:
+        pass  # one line per scrape would drown the job's log
 
 
 class MetricsServer:
@@ -84,7 +89,7 @@ class MetricsServer:
                                         name="metrics-server")
         self._thread.start()
 
-    def _app(self, environ, start_response):
+    def _app(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         path = environ.get("PATH_INFO", "")
         if path == "/metrics":
             return self._metrics_app(environ, start_response)

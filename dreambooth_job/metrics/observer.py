@@ -9,8 +9,8 @@ import atexit
 import functools
 import logging
 import time
-from collections.abc import Mapping
-from typing import Self
+from collections.abc import Callable, Mapping
+from typing import Concatenate, ParamSpec, Self, TypeVar
 
 from prometheus_client import CollectorRegistry, generate_latest
 
@@ -28,10 +28,14 @@ log = logging.getLogger(__name__)
 
 BASELINE_PREFIX = "base_"
 
+_Observer = TypeVar("_Observer", bound=JobObserver)
+_Params = ParamSpec("_Params")
 
-def _never_raises(method):
+
+def _never_raises(method: Callable[Concatenate[_Observer, _Params], None],
+                  ) -> Callable[Concatenate[_Observer, _Params], None]:
     @functools.wraps(method)
-    def wrapper(self, *args, **kwargs):
+    def wrapper(self: _Observer, /, *args: _Params.args, **kwargs: _Params.kwargs) -> None:
         try:
             return method(self, *args, **kwargs)
         except Exception:  # observers must not raise into the job
@@ -96,7 +100,7 @@ class PrometheusObserver(JobObserver):
         self.start()
         return self
 
-    def __exit__(self, *exc_info) -> None:
+    def __exit__(self, *exc_info: object) -> None:
         self.close()
 
     # --- JobObserver ------------------------------------------------------------------------------

@@ -15,7 +15,7 @@ from dreambooth_job.k8s import (
     load_batch,
     submit_batch,
 )
-from dreambooth_job.k8s.client import is_finished, list_jobs
+from dreambooth_job.k8s.client import is_finished, jobs_by_name
 from dreambooth_job.k8s.feed import render_batch
 
 CLUSTER = ClusterSettings(image="registry.example/dreambooth-job:0.1.0", gpus=1)
@@ -41,7 +41,7 @@ def write_subjects(path, output_root, bad_rows=()):
 
 
 def jobs_of(connection, batch_id="night-42"):
-    return list_jobs({BATCH_LABEL: batch_id}, connection=connection)
+    return list(jobs_by_name({BATCH_LABEL: batch_id}, connection=connection).values())
 
 
 def test_the_dataset_is_found_beside_the_repo():
