@@ -9,7 +9,6 @@ resumed run continues exactly like one that never stopped, cached and uncached p
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import math
 import time
@@ -54,8 +53,8 @@ class Trainer:
                  instance_sizes: list[tuple[int, int]] | None = None):
         self.pipeline = pipeline
         self.family = family or families.for_pipeline(pipeline)
-        if config.resolution is None:  # auto: a job resolves it when loading (phases/model.py)
-            config = dataclasses.replace(config, resolution=self.family.native_resolution(pipeline))
+        if config.resolution is None:  # auto is resolved once, before: models.training_resolution
+            raise ValueError("Trainer needs --resolution resolved (models.training_resolution)")
         self.config = config
         self.mode = mode or families.train_mode(config)
         self.set_grads_to_none = set_grads_to_none
