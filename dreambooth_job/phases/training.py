@@ -21,7 +21,6 @@ from dreambooth_job.events import ObserverGroup
 from dreambooth_job.exit_codes import InvalidInputError, TerminatedError
 from dreambooth_job.phases import samples
 from dreambooth_job.phases.context import RunContext, redacted_config
-from dreambooth_job.result import Training
 
 if TYPE_CHECKING:
     from dreambooth_job.train import Trainer
@@ -49,9 +48,8 @@ def train(ctx: RunContext) -> None:
     # Publishing deletes the checkpoints: no upload may still be writing one.
     ctx.uploads.wait()
     ctx.steps_done = trained.steps_done
-    ctx.result.training = Training(max_train_steps=config.max_train_steps,
-                                   resumed_from_step=resumed_from, resolution=model.resolution,
-                                   **dataclasses.asdict(trained))
+    # Trainer.train's record, and what only this phase knows.
+    ctx.result.training = dataclasses.replace(trained, resumed_from_step=resumed_from)
 
 
 def resume(ctx: RunContext) -> int | None:
