@@ -13,22 +13,6 @@ PHASES = ("download", "validate", "load_model", "class_images", "train", "sample
           "upload", "done", "failed")
 
 
-@dataclass
-class TrainResult:
-    """What a finished `Trainer.train` reports (result.json's training block)."""
-
-    steps_done: int
-    final_loss: float | None
-    final_instance_loss: float | None
-    final_prior_loss: float | None
-    device: str
-    mixed_precision: str
-    gradient_checkpointing: bool
-    train_mode: str
-    learning_rate: float
-    trainable_parameters: int
-
-
 @dataclass(frozen=True)
 class TrainProgress:
     step: int

@@ -13,7 +13,7 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from dreambooth_job import model_cache, storage
+from dreambooth_job import families, model_cache, storage
 from dreambooth_job.exit_codes import InvalidInputError, JobError, RetryableError
 
 log = logging.getLogger(__name__)
@@ -85,13 +85,19 @@ def load_pipeline(model: BaseModel, cache_dir: str):
     """Load the base pipeline of its family (families.detect: model_index.json's `_class_name`;
     an unsupported one is invalid input) on the CPU, in fp32 whatever dtype it was saved in:
     training keeps fp32 master weights, and sampling on CUDA runs under autocast (sampling.py)."""
-    from dreambooth_job import families
-
     try:
         family = families.detect(model.local_path, cache_dir, source=model.source)
         return family.load_pipeline(model.local_path, cache_dir)
     except Exception as exc:  # noqa: BLE001 - _load_error says which are worth a retry
         raise _load_error("--base-model", model, exc) from None
+
+
+def training_resolution(requested: int | None, pipeline) -> int:
+    """--resolution as a run uses it: the number asked for, or for auto (None) the base model's
+    native resolution (its family's). The one place auto is resolved: a job resolves it once,
+    when the model loads (phases/model.py), and every later phase reads that; `evaluate` and
+    `generate` resolve it for the model they load."""
+    return requested or families.for_pipeline(pipeline).native_resolution(pipeline)
 
 
 def _load_error(flag: str, model: BaseModel, exc: Exception) -> Exception:

@@ -9,7 +9,6 @@ resumed run continues exactly like one that never stopped, cached and uncached p
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import math
 import time
@@ -23,10 +22,11 @@ from torch.profiler import record_function
 from dreambooth_job import devices, families, memory, train_state
 from dreambooth_job.config import TrainConfig
 from dreambooth_job.data import cover_size
-from dreambooth_job.events import JobObserver, TrainProgress, TrainResult  # noqa: F401 - train.TrainResult
+from dreambooth_job.events import JobObserver, TrainProgress
 from dreambooth_job.exit_codes import InvalidInputError
 from dreambooth_job.families import ModelFamily, PromptEmbeddings, TrainMode
 from dreambooth_job.families.base import ImageGeometry
+from dreambooth_job.result import Training
 from dreambooth_job.train_batches import center_crops, pick, random_crops, step_generator  # noqa: F401 - step_generator: train.X
 
 log = logging.getLogger("dreambooth_job")
@@ -54,8 +54,8 @@ class Trainer:
                  instance_sizes: list[tuple[int, int]] | None = None):
         self.pipeline = pipeline
         self.family = family or families.for_pipeline(pipeline)
-        if config.resolution is None:  # auto: a job resolves it when loading (phases/model.py)
-            config = dataclasses.replace(config, resolution=self.family.native_resolution(pipeline))
+        if config.resolution is None:  # auto is resolved once, before: models.training_resolution
+            raise ValueError("Trainer needs --resolution resolved (models.training_resolution)")
         self.config = config
         self.mode = mode or families.train_mode(config)
         self.set_grads_to_none = set_grads_to_none
@@ -314,7 +314,7 @@ class Trainer:
 
     # ------------------------------------------------------------------------------------------
     def train(self, num_steps: int | None = None,
-              on_step_end: Callable[[int], None] | None = None) -> TrainResult:
+              on_step_end: Callable[[int], None] | None = None) -> Training:
         """Run `num_steps` more optimizer steps (default: up to max_train_steps; more may run past
         it on the schedule's last rate, as bench's FLOP count and profile do);
         `on_step_end(step)` runs after each step."""
@@ -358,10 +358,13 @@ class Trainer:
                 self._set_training()
         values = [v.item() for v in last] if last else [None, None, None]
         self._check_finite(values[0], weights=True)
-        return TrainResult(self.step, *values, device=str(self.device), mixed_precision=self.precision,
-                           gradient_checkpointing=self.gradient_checkpointing, train_mode=self.mode.name,
-                           learning_rate=self.config.resolved_learning_rate,
-                           trainable_parameters=sum(p.numel() for p in self.trainable))
+        return Training(max_train_steps=config.max_train_steps, steps_done=self.step,
+                        final_loss=values[0], final_instance_loss=values[1],
+                        final_prior_loss=values[2], device=str(self.device),
+                        mixed_precision=self.precision, gradient_checkpointing=self.gradient_checkpointing,
+                        train_mode=self.mode.name, learning_rate=config.resolved_learning_rate,
+                        trainable_parameters=sum(p.numel() for p in self.trainable),
+                        resolution=config.resolution)
 
     def _check_finite(self, loss: float | None, *, weights: bool = False) -> None:
         """A NaN or infinite loss (or, at the end, weight) means training diverged: the model is

@@ -10,7 +10,7 @@ from typing import Any
 
 from PIL import Image
 
-from dreambooth_job import families, sampling
+from dreambooth_job import models, sampling
 from dreambooth_job.config import TrainConfig
 from dreambooth_job.evaluation import prompts as prompt_sets
 from dreambooth_job.evaluation import scores
@@ -71,12 +71,12 @@ class Evaluator:
         `resolution`: the sampling resolution when --resolution is auto (the model's native)."""
         config = self.config
         prompt_set = prompt_sets.load_prompt_set(config.prompt_set, class_noun)
-        models = {}
+        evaluator_models = {}
         for name in ("dino", "clip", "lpips"):
-            models[name] = {"source": getattr(config, f"{name}_model"),
-                            "loaded": name not in self.unavailable_models}
+            evaluator_models[name] = {"source": getattr(config, f"{name}_model"),
+                                      "loaded": name not in self.unavailable_models}
             if name in self.unavailable_models:
-                models[name]["reason"] = self.unavailable_models[name]
+                evaluator_models[name]["reason"] = self.unavailable_models[name]
         return {
             "prompt_set": prompt_set.name,
             "prompts": list(prompt_sets.select(prompt_set.templates, config.eval_max_prompts)),
@@ -89,7 +89,7 @@ class Evaluator:
             "sampler": sampling.SAMPLER,
             "num_inference_steps": config.sample_steps,
             "guidance_scale": config.guidance_scale,
-            "models": models,
+            "models": evaluator_models,
             "div_fallback": DIV_FALLBACK if "lpips" in self.unavailable_models else None,
         }
 
@@ -99,8 +99,8 @@ class Evaluator:
         if not photos:
             raise InvalidInputError("evaluation needs at least one real photo of the subject")
         started = time.perf_counter()
-        resolution = self.config.resolution or families.for_pipeline(pipeline).native_resolution(
-            pipeline)  # --resolution auto: the model's own (phases/model.py resolves it in a job)
+        # A job passes its config with auto resolved; `evaluate` resolves it for each model.
+        resolution = models.training_resolution(self.config.resolution, pipeline)
         protocol = self.protocol(class_noun, resolution)
         row: dict[str, Any] = {"label": label, **{m: None for m in METRICS}, "unavailable": {
             m: self.unavailable_models[MODEL_OF[m]] for m in METRICS

@@ -21,7 +21,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from dreambooth_job import __version__, storage
+from dreambooth_job import __version__, models, storage
 from dreambooth_job.config_fields import check_bounds
 from dreambooth_job.exit_codes import InvalidInputError
 from dreambooth_job.generation.config import GenerateConfig, location_problems
@@ -56,7 +56,7 @@ def image_name(prompt_index: int, seed: int) -> str:
 
 def generate(config: GenerateConfig) -> dict[str, Any]:
     """Generate and write everything; returns generation.json's content."""
-    from dreambooth_job import devices, families, sampling
+    from dreambooth_job import devices, sampling
 
     config.validate(require_inputs=True)
     policy = OperatorPolicy.from_env()  # the pod's: the generate Job carries the operator's env
@@ -69,8 +69,7 @@ def generate(config: GenerateConfig) -> dict[str, Any]:
     if config.resolution is None and source.resolution is not None:
         _check_recorded_resolution(config, source.resolution)  # before the model loads
     pipeline = load_pipeline(source, config.cache_dir)
-    resolution = config.resolution or source.resolution or (
-        families.for_pipeline(pipeline).native_resolution(pipeline))
+    resolution = models.training_resolution(config.resolution or source.resolution, pipeline)
     use_sampler(pipeline, config.sampler)
     device = devices.pick_device()
     pipeline.to(device)

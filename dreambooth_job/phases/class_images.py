@@ -14,10 +14,10 @@ def wanted(ctx: RunContext) -> bool:
 
 
 def prepare(ctx: RunContext) -> None:
-    config = ctx.config
-    ctx.pipeline.to(pick_device())
-    cached = priors.prepare_class_images(ctx.pipeline, config, model_fingerprint=ctx.base.fingerprint,
-                                         class_prompt=ctx.prompts.class_prompt)
+    config, model = ctx.run_config, ctx.loaded
+    model.pipeline.to(pick_device())
+    cached = priors.prepare_class_images(model.pipeline, config, model_fingerprint=model.base.fingerprint,
+                                         class_prompt=model.prompts.class_prompt)
     ctx.class_images = cached.images
     ctx.observer.class_images(generated=cached.generated, reused=cached.reused)
     ctx.result.class_images = ClassImagesInfo(

@@ -1,20 +1,28 @@
 """What the phases of one run share: the config, the collaborators (observer, lease, stop request,
-checkpoint store and uploads), the record (result.json) and what each phase produced."""
+checkpoint store and uploads), the record (result.json) and what each phase produced.
+
+Each phase adds its own part and never replaces another's: `config` stays the job's config
+(--resolution auto stays None there); what phase load_model learns (the model, its resolution,
+the identifier and the prompts) is its `LoadedModel`, and `run_config` is the config as the run
+trains with it."""
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
+from dreambooth_job import data, identifiers, models, storage
 from dreambooth_job.checkpoint import BackgroundUploads, CheckpointStore
 from dreambooth_job.config import TrainConfig
 from dreambooth_job.events import JobObserver
 from dreambooth_job.lease import Lease, pod_identity
 from dreambooth_job.loss_history import LossHistory
+from dreambooth_job.notify import Notifier
 from dreambooth_job.redaction import redact_value
 from dreambooth_job.result import (
     RESULT_FILE,
@@ -28,12 +36,30 @@ from dreambooth_job.result import (
 )
 from dreambooth_job.termination import StopRequest
 
+if TYPE_CHECKING:
+    from diffusers import DDPMScheduler, DiffusionPipeline
+    from PIL import Image
+
+    from dreambooth_job.train import Trainer
+
 logger = logging.getLogger("dreambooth_job")
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """Phase load_model's part: the base model as the run trains it."""
+
+    base: models.BaseModel
+    pipeline: DiffusionPipeline  # sampling.fast_pipeline's: the grids' and class images' sampler
+    noise_scheduler: DDPMScheduler
+    resolution: int  # --resolution, auto resolved (models.training_resolution)
+    identifier: identifiers.Identifier
+    prompts: Prompts  # the config's templates with the identifier and the class noun filled in
 
 
 @dataclass
 class RunContext:
-    config: TrainConfig  # ids resolved (job.resolve_ids)
+    config: TrainConfig  # the job's, ids resolved (job.resolve_ids); never replaced
     fingerprint: str
     observer: JobObserver
     result: RunResult
@@ -41,31 +67,48 @@ class RunContext:
     stop: StopRequest
     checkpoints: CheckpointStore
     uploads: BackgroundUploads = field(default_factory=BackgroundUploads)
-    notifier: Any = None  # notify.Notifier: the completion call, with --notify-url
+    notifier: Notifier | None = None  # the completion call, with --notify-url
     work: Path = Path()  # the run's temporary directory, once it exists
-    # What the phases produced, in their order.
-    skipped: list = field(default_factory=list)  # data.Rejected: photos not downloaded
-    photos: Any = None  # data.SubjectPhotos
-    base: Any = None  # models.BaseModel
-    pipeline: Any = None
-    noise_scheduler: Any = None
-    identifier: Any = None  # identifiers.Identifier
-    prompts: Prompts | None = None
-    class_images: list | None = None
-    trainer: Any = None  # train.Trainer; only phases/training.py calls it
-    steps_done: int = 0
+    # What the phases produced, in their order, each set once by the phase named.
+    skipped: list[data.Rejected] = field(default_factory=list)  # download: photos not downloaded
+    photos: data.SubjectPhotos | None = None  # validate: decoded at --resolution (auto: the largest)
+    model: LoadedModel | None = None  # load_model
+    training_photos: data.SubjectPhotos | None = None  # load_model: the photos at model.resolution
+    class_images: list[Image.Image] | None = None  # class_images
+    trainer: Trainer | None = None  # train; only phases/training.py calls it
+    steps_done: int = 0  # train
     # The logged losses (the run page's curve), kept with each checkpoint.
     loss_history: LossHistory = field(default_factory=LossHistory)
 
     @classmethod
     def create(cls, config: TrainConfig, fingerprint: str, observer: JobObserver,
-               notifier: Any = None) -> RunContext:
+               notifier: Notifier | None = None) -> RunContext:
         return cls(config=config, fingerprint=fingerprint, observer=observer, notifier=notifier,
                    result=new_result(config, fingerprint),
                    lease=Lease(config.output, wait_seconds=config.lease_wait_seconds, **pod_identity()),
                    # auto (None): the sizing profile's, once the model has loaded (phases/training.py)
                    stop=StopRequest(config.termination_grace_seconds or 0.0),
                    checkpoints=CheckpointStore(config.output, keep=max(1, config.checkpoints_keep)))
+
+    @property
+    def run_config(self) -> TrainConfig:
+        """The config as the run trains with it: the job's, with phase load_model's resolution.
+        What class images, training, grids, evaluation and checkpoints read."""
+        return dataclasses.replace(self.config, resolution=self.loaded.resolution)
+
+    @property
+    def loaded(self) -> LoadedModel:
+        """Phase load_model's part, for the phases after it."""
+        if self.model is None:
+            raise RuntimeError("the model is read before phase load_model ran")
+        return self.model
+
+    @property
+    def subject_photos(self) -> data.SubjectPhotos:
+        """The photos at the training resolution (phase load_model's), for the phases after it."""
+        if self.training_photos is None:
+            raise RuntimeError("the training photos are read before phase load_model ran")
+        return self.training_photos
 
     @contextlib.contextmanager
     def phase(self, name: str):
@@ -87,8 +130,6 @@ def redacted_config(config: TrainConfig) -> dict:
 
 def new_result(config: TrainConfig, fingerprint: str) -> RunResult:
     """result.json before any phase ran: what the config says, filled in as the phases run."""
-    from dreambooth_job import storage
-
     return RunResult(
         job_id=config.job_id, subject_id=config.subject_id, batch_id=config.batch_id,
         config=redacted_config(config), config_fingerprint=fingerprint,

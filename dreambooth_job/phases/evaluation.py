@@ -24,12 +24,13 @@ def check(ctx: RunContext) -> None:
 def evaluate(ctx: RunContext) -> None:
     from dreambooth_job.evaluation import Evaluator, gauges, metrics_block
 
-    config, token, photos = ctx.config, ctx.identifier.token, ctx.photos.images
+    config, model = ctx.run_config, ctx.loaded
+    token, photos = model.identifier.token, ctx.subject_photos.images
     evaluator = Evaluator.load(config)
     tuned = evaluator.evaluate(inference_pipeline(ctx), photos, token, config.class_noun,
                                label="finetuned")
     # Reloaded from the local cache: training changed the loaded weights in place.
-    base_pipeline = sampling.fast_pipeline(models.load_pipeline(ctx.base, config.cache_dir))
+    base_pipeline = sampling.fast_pipeline(models.load_pipeline(model.base, config.cache_dir))
     baseline = evaluator.evaluate(base_pipeline.to(pick_device()), photos, token,
                                   config.class_noun, label="base")
     ctx.observer.evaluation({**gauges(tuned), **gauges(baseline, prefix="base_")})

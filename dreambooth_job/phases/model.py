@@ -1,67 +1,72 @@
 """Phase load_model: the base model (from the hub, a local directory or an S3 prefix, through the
-model cache), its noise scheduler, the identifier token and the prompts built from it."""
+model cache), its noise scheduler, --resolution auto resolved, the identifier token and the
+prompts built from it: the run's `LoadedModel` (context.py), recorded in result.json."""
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 
-from dreambooth_job import data, families, identifiers, models, outputs, sampling
-from dreambooth_job.phases.context import RunContext
+from dreambooth_job import data, identifiers, models, outputs, sampling
+from dreambooth_job.config import TrainConfig
+from dreambooth_job.phases.context import LoadedModel, RunContext
 from dreambooth_job.result import BaseModelInfo, Identifier, Prompts
 
 logger = logging.getLogger("dreambooth_job")
 
 
 def load(ctx: RunContext) -> None:
-    from diffusers import DDPMScheduler
+    from diffusers import DDPMScheduler  # deferred: diffusers is heavy; the CLI starts without it
 
     config = ctx.config
-    ctx.base = models.resolve_base_model(config.base_model, config.cache_dir)
-    pipeline = models.load_pipeline(ctx.base, config.cache_dir)
-    pipeline, ctx.base = models.with_vae(pipeline, ctx.base, config.vae, config.cache_dir)
+    base = models.resolve_base_model(config.base_model, config.cache_dir)
+    pipeline = models.load_pipeline(base, config.cache_dir)
+    pipeline, base = models.with_vae(pipeline, base, config.vae, config.cache_dir)
     outputs.check_exportable(pipeline, single_file=config.export_single_file)
-    config = ctx.config = resolve_resolution(ctx, pipeline)
-    ctx.noise_scheduler = DDPMScheduler.from_config(pipeline.scheduler.config)
-    ctx.pipeline = sampling.fast_pipeline(pipeline)
-    ctx.identifier = identifier = (
-        identifiers.choose_identifier(pipeline.tokenizer) if config.identifier == "auto"
-        else identifiers.user_identifier(pipeline.tokenizer, config.identifier))
+    resolution = resolve_resolution(ctx, pipeline)
+    # Training's scheduler, from the pipeline's own before fast_pipeline replaces it for sampling.
+    noise_scheduler = DDPMScheduler.from_config(pipeline.scheduler.config)
+    identifier = (identifiers.choose_identifier(pipeline.tokenizer) if config.identifier == "auto"
+                  else identifiers.user_identifier(pipeline.tokenizer, config.identifier))
     logger.info("identifier %r (%s, token ids %s)", identifier.token, identifier.chosen,
                 identifier.token_ids)
-    ctx.prompts = prompts_for(config, identifier.token)
+    ctx.model = model = LoadedModel(
+        base=base, pipeline=sampling.fast_pipeline(pipeline), noise_scheduler=noise_scheduler,
+        resolution=resolution, identifier=identifier, prompts=prompts_for(config, identifier.token))
+    ctx.training_photos = photos_at(ctx, resolution)
     ctx.result.identifier = Identifier(token=identifier.token, chosen=identifier.chosen,
                                        token_ids=list(identifier.token_ids))
-    ctx.result.prompts = ctx.prompts
+    ctx.result.prompts = model.prompts
     ctx.result.base_model = BaseModelInfo(
-        source=ctx.base.source, fingerprint=ctx.base.fingerprint,
-        prediction_type=ctx.noise_scheduler.config.prediction_type)
+        source=base.source, fingerprint=base.fingerprint,
+        prediction_type=model.noise_scheduler.config.prediction_type)
 
 
-def resolve_resolution(ctx: RunContext, pipeline):
-    """The config with --resolution auto resolved to the family's native resolution, once: every
-    later phase (class images and their cache key, training, samples, evaluation) reads it, and
-    result.json records it (`training.resolution`, and in `config` where the run records it)."""
-    config = ctx.config
-    if config.resolution is None:
-        native = families.for_pipeline(pipeline).native_resolution(pipeline)
-        config = dataclasses.replace(config, resolution=native)
-        logger.info("resolution auto: %d px (the base model's native resolution)", native)
-        ctx.result.config["resolution"] = native
-        if native != data.AUTO_DECODE_RESOLUTION and ctx.photos is not None:
-            # Decoded again at the resolved size: the same pixels as an explicit --resolution.
-            ctx.photos = data.load_subject_photos(ctx.work / "photos", config, skipped=ctx.skipped)
-    ctx.result.training.resolution = config.resolution
-    return config
+def resolve_resolution(ctx: RunContext, pipeline) -> int:
+    """--resolution with auto resolved to the family's native resolution, once: every later phase
+    (class images and their cache key, training, samples, evaluation) reads it from the
+    `LoadedModel`, and result.json records it (`training.resolution`, and in `config` where the
+    run records it)."""
+    resolution = models.training_resolution(ctx.config.resolution, pipeline)
+    if ctx.config.resolution is None:
+        logger.info("resolution auto: %d px (the base model's native resolution)", resolution)
+        ctx.result.config["resolution"] = resolution
+    ctx.result.training.resolution = resolution
+    return resolution
 
 
-def prompts_for(config, token: str) -> Prompts:
+def photos_at(ctx: RunContext, resolution: int) -> data.SubjectPhotos | None:
+    """The validated photos at the training resolution: phase validate's when it decoded them at
+    it, else decoded again (the same pixels as an explicit --resolution)."""
+    decoded_at = ctx.config.resolution or data.AUTO_DECODE_RESOLUTION
+    if ctx.photos is None or resolution == decoded_at:
+        return ctx.photos
+    return data.load_subject_photos(ctx.work / "photos", ctx.run_config, skipped=ctx.skipped)
+
+
+def prompts_for(config: TrainConfig, token: str) -> Prompts:
     """The config's prompt templates with the identifier and the class noun filled in."""
     def fill(template: str) -> str:
         return identifiers.format_prompt(template, token, config.class_noun)
 
     return Prompts(instance=fill(config.instance_prompt), class_prompt=fill(config.class_prompt),
                    validation=[fill(p) for p in config.validation_prompts])
-
-
-

@@ -38,9 +38,11 @@ def write_page(ctx: RunContext) -> None:
     """`<output>/index.html` (run_page.py) from the record as result.json holds it (redacted), the
     loss history, thumbnails of the photos used and the grids uploaded so far."""
     output = ctx.config.output
-    photos = ctx.photos.photos if ctx.photos is not None else []
+    # The photos at the training resolution once the model has loaded, else as validated.
+    photos = ctx.training_photos if ctx.training_photos is not None else ctx.photos
+    thumbnails = [run_page.thumbnail_uri(photo.image) for photo in photos.photos] if photos else []
     grids = [f.relative_path for f in storage.list_files(storage.join(output, "samples"), [".png"])]
     page = run_page.render(ctx.result.to_json(), ctx.loss_history.points, grids=grids,
-                           thumbnails=[run_page.thumbnail_uri(photo.image) for photo in photos])
+                           thumbnails=thumbnails)
     storage.write_bytes(storage.join(output, run_page.PAGE_FILE), page.encode(),
                         content_type="text/html; charset=utf-8")

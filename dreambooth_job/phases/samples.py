@@ -11,10 +11,10 @@ from dreambooth_job.phases.context import RunContext
 def grid(ctx: RunContext, step: int) -> None:
     from dreambooth_job.phases.training import inference_pipeline
 
-    config = ctx.config
+    config, model = ctx.config, ctx.loaded
     image = sampling.validation_grid(
-        inference_pipeline(ctx), ctx.prompts.validation, config.num_validation_images,
-        seed=config.seed, resolution=config.resolution, num_inference_steps=config.sample_steps,
+        inference_pipeline(ctx), model.prompts.validation, config.num_validation_images,
+        seed=config.seed, resolution=model.resolution, num_inference_steps=config.sample_steps,
         guidance_scale=config.guidance_scale, batch_size=config.sample_batch_size)
     path = ctx.work / "samples" / f"step-{step:06d}.png"
     path.parent.mkdir(parents=True, exist_ok=True)

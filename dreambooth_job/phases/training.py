@@ -13,6 +13,7 @@ import logging
 import shutil
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from dreambooth_job import disk, sizing
 from dreambooth_job.checkpoint import Checkpoint, CheckpointPolicy
@@ -20,7 +21,9 @@ from dreambooth_job.events import ObserverGroup
 from dreambooth_job.exit_codes import InvalidInputError, TerminatedError
 from dreambooth_job.phases import samples
 from dreambooth_job.phases.context import RunContext, redacted_config
-from dreambooth_job.result import Training
+
+if TYPE_CHECKING:
+    from dreambooth_job.train import Trainer
 
 logger = logging.getLogger("dreambooth_job")
 
@@ -28,10 +31,11 @@ logger = logging.getLogger("dreambooth_job")
 def train(ctx: RunContext) -> None:
     from dreambooth_job.train import Trainer
 
-    config, prompts = ctx.config, ctx.prompts
+    config, model, photos = ctx.run_config, ctx.loaded, ctx.subject_photos
+    prompts = model.prompts
     ctx.trainer = trainer = Trainer(
-        config, ctx.pipeline, ctx.noise_scheduler, instance_images=ctx.photos.images,
-        instance_sizes=[photo.original_size for photo in ctx.photos.photos],
+        config, model.pipeline, model.noise_scheduler, instance_images=photos.images,
+        instance_sizes=[photo.original_size for photo in photos.photos],
         instance_prompt=prompts.instance, class_images=ctx.class_images,
         class_prompt=prompts.class_prompt, observer=ObserverGroup(ctx.observer, ctx.loss_history))
     trainer.setup()
@@ -44,9 +48,8 @@ def train(ctx: RunContext) -> None:
     # Publishing deletes the checkpoints: no upload may still be writing one.
     ctx.uploads.wait()
     ctx.steps_done = trained.steps_done
-    ctx.result.training = Training(max_train_steps=config.max_train_steps,
-                                   resumed_from_step=resumed_from, resolution=config.resolution,
-                                   **dataclasses.asdict(trained))
+    # Trainer.train's record, and what only this phase knows.
+    ctx.result.training = dataclasses.replace(trained, resumed_from_step=resumed_from)
 
 
 def resume(ctx: RunContext) -> int | None:
@@ -55,14 +58,14 @@ def resume(ctx: RunContext) -> int | None:
     checkpoint = ctx.checkpoints.fetch_newest_valid(local_dir)
     if checkpoint is None:
         return None
-    token = ctx.identifier.token
+    token = ctx.loaded.identifier.token
     if checkpoint.manifest.get("identifier") != token:
         raise InvalidInputError(
             f"checkpoint {checkpoint.uri} was trained with identifier "
             f"{checkpoint.manifest.get('identifier')!r}, this run uses {token!r}; "
             "pass --restart to discard it")
     try:
-        ctx.trainer.load_state(local_dir, checkpoint.step)
+        built_trainer(ctx).load_state(local_dir, checkpoint.step)
     except InvalidInputError as exc:
         raise InvalidInputError(f"checkpoint {checkpoint.uri} cannot be resumed: {exc.message}; "
                                 "pass --restart to discard it") from None
@@ -104,7 +107,7 @@ class StepEnd:
             ctx.uploads.wait()  # it may still be reading the state directory
         started = time.monotonic()
         with disk.writing(self.state_dir):  # torch.save's error does not say "no space"
-            ctx.trainer.save_state(self.state_dir)
+            built_trainer(ctx).save_state(self.state_dir)
             ctx.loss_history.save(self.state_dir)  # a resumed run's page draws the whole curve
         self.policy.saved()
         if ctx.stop.requested:
@@ -121,16 +124,24 @@ class StepEnd:
     def upload(self, step: int, started: float) -> Checkpoint:
         """Hash, upload and publish the saved state."""
         ctx = self.ctx
-        saved = ctx.checkpoints.save(self.state_dir, step, redacted_config(ctx.config),
-                                     ctx.identifier.token, cancel=ctx.uploads.abandoning)
+        # The config as trained (auto resolved), as result.json records it.
+        saved = ctx.checkpoints.save(self.state_dir, step, redacted_config(ctx.run_config),
+                                     ctx.loaded.identifier.token, cancel=ctx.uploads.abandoning)
         ctx.observer.checkpoint_written(step=step)
         logger.info("checkpoint %s written in %.1fs", saved.uri, time.monotonic() - started)
         return saved
 
 
+def built_trainer(ctx: RunContext) -> Trainer:
+    """Phase train's `Trainer`, for the calls after it was built."""
+    if ctx.trainer is None:
+        raise RuntimeError("the trainer is used before phase train built it")
+    return ctx.trainer
+
+
 def inference_pipeline(ctx: RunContext):
     """A pipeline that samples with the weights trained so far."""
-    return ctx.trainer.inference_pipeline()
+    return built_trainer(ctx).inference_pipeline()
 
 
 def save_outputs(ctx: RunContext, directory: Path) -> None:
@@ -138,7 +149,7 @@ def save_outputs(ctx: RunContext, directory: Path) -> None:
     carries decides full or LoRA files) under `directory`, recorded in result.json."""
     from dreambooth_job import outputs
 
-    pipe = ctx.trainer.inference_pipeline()
+    pipe = built_trainer(ctx).inference_pipeline()
     pipe.unet.eval()
     try:
         written = outputs.write_outputs(pipe, directory, output_settings(ctx))
@@ -155,6 +166,6 @@ def output_settings(ctx: RunContext):
         subject_id=config.subject_id, precision=config.save_precision,
         single_file=config.export_single_file, lora_merge=config.lora_merge,
         metadata=outputs.header_metadata(
-            base_fingerprint=ctx.base.fingerprint, identifier=ctx.identifier.token,
+            base_fingerprint=ctx.loaded.base.fingerprint, identifier=ctx.loaded.identifier.token,
             class_noun=config.class_noun, steps=ctx.steps_done, subject_id=config.subject_id,
             precision=config.save_precision, version=__version__))
