@@ -16,7 +16,6 @@ import time
 from collections.abc import Callable
 
 import torch
-import torch.nn.functional as F
 from PIL import Image
 from torch.profiler import record_function
 
@@ -27,13 +26,14 @@ from dreambooth_job.events import JobObserver, TrainProgress, TrainResult  # noq
 from dreambooth_job.exit_codes import InvalidInputError
 from dreambooth_job.families import ModelFamily, PromptEmbeddings, TrainMode
 from dreambooth_job.families.base import ImageGeometry
+from dreambooth_job.families.objective import TrainingObjective
 from dreambooth_job.train_batches import center_crops, pick, random_crops, step_generator  # noqa: F401 - step_generator: train.X
 
 log = logging.getLogger("dreambooth_job")
 
 # Named ranges of one optimizer step, for torch.profiler (`bench --profile` sums them per step):
 # where a step's host time goes, e.g. how much of it is the UNet and how much is around it.
-STEP_PHASES = ("inputs", "unet_forward", "backward", "clip_grad_norm", "optimizer_step")
+STEP_PHASES = ("inputs", "denoiser_forward", "backward", "clip_grad_norm", "optimizer_step")
 
 
 class Trainer:
@@ -46,7 +46,7 @@ class Trainer:
     default: the image's own size), for families conditioned on it (SDXL); class images count as
     generated at the resolution."""
 
-    def __init__(self, config: TrainConfig, pipeline, noise_scheduler, *,
+    def __init__(self, config: TrainConfig, pipeline, objective: TrainingObjective | None = None, *,
                  instance_images: list[Image.Image], instance_prompt: str,
                  class_images: list[Image.Image] | None, class_prompt: str,
                  observer: JobObserver | None = None, family: ModelFamily | None = None,
@@ -59,7 +59,7 @@ class Trainer:
         self.config = config
         self.mode = mode or families.train_mode(config)
         self.set_grads_to_none = set_grads_to_none
-        self.noise_scheduler = noise_scheduler
+        self.objective = objective or self.family.training_objective(pipeline)
         self.instance_images = instance_images
         self.class_images = class_images if config.prior_preservation else None
         self.instance_prompt = instance_prompt
@@ -104,7 +104,7 @@ class Trainer:
         train mode makes trainable: whole modules, or adapters on a frozen base), and the memory
         and kernel switches."""
         config, pipe = self.config, self.pipeline
-        self.unet, self.vae = pipe.unet, pipe.vae
+        self.denoiser, self.vae = self.family.denoiser(pipe), pipe.vae
         self.text_encoders = self.family.text_encoders(pipe)
         vae_dtype = devices.vae_dtype(self.weight_dtype, vae_override=config.vae is not None)
         self.vae.requires_grad_(False).to(self.device, vae_dtype)
@@ -114,7 +114,7 @@ class Trainer:
         for encoder in self.text_encoders.values():
             encoder.requires_grad_(False)
             encoder.to(self.device, trained_dtype if config.train_text_encoder else self.weight_dtype)
-        self.unet.to(self.device, trained_dtype)
+        self.denoiser.to(self.device, trained_dtype)
         self.trainable = self.mode.trainable_parameters(
             self.family.trainable_modules(pipe, config.train_text_encoder))
         for param in self.trainable:
@@ -123,18 +123,18 @@ class Trainer:
         self.gradient_checkpointing = (config.gradient_checkpointing if config.gradient_checkpointing
                                        is not None else self._checkpointing_needed())
         if self.gradient_checkpointing:
-            self.unet.enable_gradient_checkpointing()
+            self.denoiser.enable_gradient_checkpointing()
             if config.train_text_encoder:
                 for encoder in self.text_encoders.values():
                     encoder.gradient_checkpointing_enable()
         self.channels_last = (config.channels_last if config.channels_last is not None
                               else self.device.type == "cuda")
         if self.channels_last:
-            self.unet.to(memory_format=torch.channels_last)
+            self.denoiser.to(memory_format=torch.channels_last)
         if config.attention_backend == "eager":
             from diffusers.models.attention_processor import AttnProcessor
 
-            self.unet.set_attn_processor(AttnProcessor())
+            self.denoiser.set_attn_processor(AttnProcessor())
 
     def _setup_caches(self) -> None:
         """Pixels, token ids, and (with --cache-latents) VAE latents and prompt embeddings."""
@@ -165,8 +165,8 @@ class Trainer:
     def _setup_prepare(self) -> None:
         """Hand the trained modules to accelerate, in the order its checkpoints record them."""
         config = self.config
-        prepared = self.accelerator.prepare(self.unet, self.optimizer, self.lr_scheduler)
-        self.unet, self.optimizer, self.lr_scheduler = prepared
+        prepared = self.accelerator.prepare(self.denoiser, self.optimizer, self.lr_scheduler)
+        self.denoiser, self.optimizer, self.lr_scheduler = prepared
         if config.train_text_encoder:
             self.text_encoders = {name: self.accelerator.prepare(encoder)
                                   for name, encoder in self.text_encoders.items()}
@@ -174,14 +174,14 @@ class Trainer:
             train_state.register_trainable_only(self.accelerator)  # no frozen base in checkpoints
         if config.compile_unet:
             # After `prepare`: the accelerator keeps the plain module, so saved states keep its names.
-            self.unet = torch.compile(self.unet, mode=config.compile_mode)
+            self.denoiser = torch.compile(self.denoiser, mode=config.compile_mode)
 
     def _checkpointing_needed(self) -> bool:
         """`auto`: only on CUDA, and only when training without it would not fit (memory.py)."""
         if self.device.type != "cuda":
             return False
         images = self.config.train_batch_size * (2 if self.class_images else 1)
-        required = memory.training_bytes(self.config, self.unet.config, self.pipeline.vae_scale_factor,
+        required = memory.training_bytes(self.config, self.denoiser.config, self.pipeline.vae_scale_factor,
                                          sum(p.numel() for p in self.trainable), images,
                                          self.precision in ("fp16", "bf16"))
         return memory.needs_checkpointing(required, torch.cuda.mem_get_info(self.device)[0])
@@ -200,7 +200,7 @@ class Trainer:
 
     def _set_training(self, training: bool = True) -> None:
         """Train mode for what trains (LoRA's dropout), eval mode for sampling."""
-        self.unet.train(training)
+        self.denoiser.train(training)
         for encoder in self.text_encoders.values():
             encoder.train(training and self.config.train_text_encoder)
 
@@ -258,7 +258,7 @@ class Trainer:
         std = torch.exp(0.5 * logvar.clamp(-30.0, 20.0))
         noise = torch.randn(mean.shape, generator=generator).to(self.device)
         geometry = [self._geometry(name, i, crop, f) for i, crop, f in zip(indices, crops, flips)]
-        return (mean + std * noise) * self.vae.config.scaling_factor, geometry
+        return self.family.encode_latents(self.vae, mean + std * noise), geometry
 
     def _geometry(self, name: str, index: int, crop: tuple[int, int], flipped: bool) -> ImageGeometry:
         res = self.config.resolution
@@ -293,20 +293,13 @@ class Trainer:
             latents = torch.cat([latents for latents, _ in batches])
             geometry = [g for _, batch_geometry in batches for g in batch_geometry]
             embeddings = PromptEmbeddings.cat([self._embeddings(n) for n in names])
-            noise = torch.randn(latents.shape, generator=generator).to(self.device)
-            timesteps = torch.randint(0, self.noise_scheduler.config.num_train_timesteps,
-                                      (latents.shape[0],), generator=generator).to(self.device)
-            noisy = self.noise_scheduler.add_noise(latents, noise, timesteps)
-            if self.noise_scheduler.config.prediction_type == "v_prediction":
-                target = self.noise_scheduler.get_velocity(latents, noise, timesteps)
-            else:
-                target = noise
-        with record_function("unet_forward"), self.accelerator.autocast(), \
+            batch = self.objective.draw(latents, generator, self.device)
+        with record_function("denoiser_forward"), self.accelerator.autocast(), \
                 devices.attention_kernel(self.config.attention_backend):
             extra = {"geometry": geometry} if self.family.size_conditioned else {}
-            conditioning = self.family.unet_conditioning(embeddings, noisy.dtype, **extra)
-            prediction = self.unet(noisy, timesteps, **conditioning).sample
-        errors = F.mse_loss(prediction.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))
+            conditioning = self.family.denoiser_conditioning(embeddings, batch.noisy.dtype, **extra)
+            prediction = self.family.predict(self.denoiser, batch.noisy, batch.timesteps, conditioning)
+        errors = self.objective.per_sample_loss(prediction, batch)
         instance_loss = errors[: self.config.train_batch_size].mean()
         prior_loss = (errors[self.config.train_batch_size:].mean() if self.class_images
                       else torch.zeros((), device=self.device))
@@ -327,7 +320,7 @@ class Trainer:
         self._set_training()  # after sampling (inference_pipeline), and again after each hook
         while self.step < last_step:
             for micro in range(micro_steps):
-                with self.accelerator.accumulate(self.unet):
+                with self.accelerator.accumulate(self.denoiser):
                     loss, instance_loss, prior_loss = self.loss(self.step * micro_steps + micro)
                     with record_function("backward"):
                         self.accelerator.backward(loss)
@@ -392,7 +385,7 @@ class Trainer:
         in eval mode, ready to sample; training sets train mode again."""
         self._set_training(False)
         pipe = self.pipeline
-        pipe.unet = self.accelerator.unwrap_model(self.unet, keep_torch_compile=False)
+        self.family.set_denoiser(pipe, self.accelerator.unwrap_model(self.denoiser, keep_torch_compile=False))
         for name, encoder in self.text_encoders.items():
             setattr(pipe, name, self.accelerator.unwrap_model(encoder))
             getattr(pipe, name).to(self.device)

@@ -1,5 +1,5 @@
 """Phase load_model: the base model (from the hub, a local directory or an S3 prefix, through the
-model cache), its noise scheduler, the identifier token and the prompts built from it."""
+model cache), its family's training objective, the identifier token and the prompts built from it."""
 
 from __future__ import annotations
 
@@ -14,15 +14,15 @@ logger = logging.getLogger("dreambooth_job")
 
 
 def load(ctx: RunContext) -> None:
-    from diffusers import DDPMScheduler
-
     config = ctx.config
     ctx.base = models.resolve_base_model(config.base_model, config.cache_dir)
     pipeline = models.load_pipeline(ctx.base, config.cache_dir)
     pipeline, ctx.base = models.with_vae(pipeline, ctx.base, config.vae, config.cache_dir)
     outputs.check_exportable(pipeline, single_file=config.export_single_file)
     config = ctx.config = resolve_resolution(ctx, pipeline)
-    ctx.noise_scheduler = DDPMScheduler.from_config(pipeline.scheduler.config)
+    # Before fast_pipeline swaps the scheduler: the objective reads the base model's own.
+    # (RunContext's field keeps its old name, noise_scheduler, until RunContext is typed.)
+    ctx.noise_scheduler = objective = families.for_pipeline(pipeline).training_objective(pipeline)
     ctx.pipeline = sampling.fast_pipeline(pipeline)
     ctx.identifier = identifier = (
         identifiers.choose_identifier(pipeline.tokenizer) if config.identifier == "auto"
@@ -35,7 +35,7 @@ def load(ctx: RunContext) -> None:
     ctx.result.prompts = ctx.prompts
     ctx.result.base_model = BaseModelInfo(
         source=ctx.base.source, fingerprint=ctx.base.fingerprint,
-        prediction_type=ctx.noise_scheduler.config.prediction_type)
+        prediction_type=objective.prediction_type)
 
 
 def resolve_resolution(ctx: RunContext, pipeline):

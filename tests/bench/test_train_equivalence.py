@@ -35,7 +35,7 @@ def train(**overrides) -> tuple[list[float], dict[str, torch.Tensor]]:
     config = bench_config(SETTINGS, Variant("test", {"log_every": 1, "learning_rate": 1e-3, **overrides}))
     pipeline = copy.deepcopy(tiny_pipeline())
     losses = Losses()
-    trainer = Trainer(config, pipeline, pipeline.scheduler, instance_images=_images(SETTINGS, 0),
+    trainer = Trainer(config, pipeline, instance_images=_images(SETTINGS, 0),
                       instance_prompt="a sks dog", class_images=_images(SETTINGS, 1000),
                       class_prompt="a dog", observer=losses)
     trainer.setup()

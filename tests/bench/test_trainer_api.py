@@ -33,7 +33,7 @@ def tiny_pipeline():
 def trainer(observer=None, set_grads_to_none=True, **overrides) -> Trainer:
     config = bench_config(SETTINGS, Variant("test", {"log_every": 1, "learning_rate": 1e-3, **overrides}))
     pipeline = copy.deepcopy(tiny_pipeline())
-    trainer = Trainer(config, pipeline, pipeline.scheduler, instance_images=_images(SETTINGS, 0),
+    trainer = Trainer(config, pipeline, instance_images=_images(SETTINGS, 0),
                       instance_prompt="a sks dog", class_images=_images(SETTINGS, 1000),
                       class_prompt="a dog", observer=observer,
                       set_grads_to_none=set_grads_to_none)

@@ -38,7 +38,7 @@ def trainer(**overrides) -> Trainer:
     config = bench_config(SETTINGS, Variant("test", {"train_mode": "lora", "lora_rank": 4,
                                                      "learning_rate": 1e-2, **overrides}))
     pipeline = copy.deepcopy(tiny_pipeline())
-    trainer = Trainer(config, pipeline, pipeline.scheduler, instance_images=_images(SETTINGS, 0),
+    trainer = Trainer(config, pipeline, instance_images=_images(SETTINGS, 0),
                       instance_prompt="a sks dog", class_images=_images(SETTINGS, 1000),
                       class_prompt="a dog")
     trainer.setup()
