@@ -28,7 +28,7 @@ from dreambooth_job.bench import models as bench_models
 from dreambooth_job.checkpoint import BackgroundUploads, CheckpointStore
 from dreambooth_job.config import TrainConfig
 from dreambooth_job.devtools.s3server import LocalS3Server
-from dreambooth_job.train import Trainer
+from dreambooth_job.training.trainer import Trainer
 
 STEPS_AFTER_CHECKPOINT = 2
 

@@ -139,7 +139,7 @@ def run_variant(variant: Variant, settings: Settings, build, device: dict) -> di
     """One row: build fresh weights, set up the Trainer, train warmup + steps, count FLOPs."""
     import torch
 
-    from dreambooth_job.train import Trainer
+    from dreambooth_job.training.trainer import Trainer
 
     row: dict = {"name": variant.name, "baseline": variant.baseline, "overrides": variant.overrides,
                  "status": "ok", "error": None}
@@ -169,7 +169,7 @@ def run_variant(variant: Variant, settings: Settings, build, device: dict) -> di
         clock = bench_profile.StepClock(device["type"], set_up)
         trainer.train(settings.warmup + settings.steps, on_step_end=clock)
         seconds = clock.step_seconds()
-        trained = sum(p.numel() for p in trainer.trainable)
+        trained = sum(p.numel() for p in trainer.models.trainable)
         flops = bench_profile.count_flops(trainer)
         peak = memory.peak_bytes()
         profiled = (bench_profile.profile_steps(trainer, bench_profile.PROFILED_STEPS,

@@ -187,7 +187,7 @@ class TrainMode:
     frozen_base = False
     """True when the trained modules' own weights stay frozen and only parameters the mode adds
     train (LoRA): the Trainer then keeps the base in the compute dtype, and checkpoints hold only
-    the trainable parameters (train_state.py)."""
+    the trainable parameters (training/state.py)."""
 
     def trainable_parameters(self, modules: dict[str, Any]) -> list:
         """Make `modules` (ModelFamily.trainable_modules) trainable; the parameters to optimize."""

@@ -8,7 +8,7 @@ included, trained on low-rank adapters (Hu et al. 2021) while the base weights s
 with --train-text-encoder, to each text encoder's attention projections; only the adapters'
 parameters reach the optimizer. The Trainer keeps the frozen base in the compute dtype (fp16/bf16
 under mixed precision, as diffusers' LoRA trainer does) and the adapters in fp32, and its
-checkpoints hold the trainable parameters only (train_state.py): the adapters and their AdamW
+checkpoints hold the trainable parameters only (training/state.py): the adapters and their AdamW
 moments, not the frozen base.
 
 What a LoRA run publishes is `save` below (`save_merged_pipeline` for now).

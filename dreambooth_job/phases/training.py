@@ -26,7 +26,7 @@ logger = logging.getLogger("dreambooth_job")
 
 
 def train(ctx: RunContext) -> None:
-    from dreambooth_job.train import Trainer
+    from dreambooth_job.training.trainer import Trainer
 
     config, prompts = ctx.config, ctx.prompts
     ctx.trainer = trainer = Trainer(
@@ -37,7 +37,7 @@ def train(ctx: RunContext) -> None:
     trainer.setup()
     ctx.stop.grace_seconds = sizing.job_budget(
         config.termination_grace_seconds, trainer.family.name, trainer.mode.name,
-        sum(p.numel() for p in trainer.trainable), config.use_8bit_adam)
+        sum(p.numel() for p in trainer.models.trainable), config.use_8bit_adam)
     resumed_from = resume(ctx)
     with ctx.stop.deferred():
         trained = trainer.train(on_step_end=StepEnd(ctx, CheckpointPolicy.from_config(config)))
@@ -139,11 +139,12 @@ def save_outputs(ctx: RunContext, directory: Path) -> None:
     from dreambooth_job import outputs
 
     pipe = ctx.trainer.inference_pipeline()
-    pipe.unet.eval()
+    denoiser = ctx.trainer.family.denoiser(pipe)
+    denoiser.eval()
     try:
         written = outputs.write_outputs(pipe, directory, output_settings(ctx))
     finally:
-        pipe.unet.train()
+        denoiser.train()
     outputs.record(ctx.result.outputs, written, ctx.config.output)
 
 

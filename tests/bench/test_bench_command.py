@@ -11,7 +11,7 @@ from click.testing import CliRunner
 from dreambooth_job.bench.device import peak_tflops
 from dreambooth_job.cli import main
 from dreambooth_job.exit_codes import ExitCode
-from dreambooth_job.train import STEP_PHASES
+from dreambooth_job.training.trainer import STEP_PHASES
 
 QUICK = ["bench", "--model", "tiny", "--resolution", "32", "--steps", "2", "--warmup", "1"]
 CPU = not torch.cuda.is_available()

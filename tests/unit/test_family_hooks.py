@@ -34,7 +34,8 @@ def test_the_ddpm_objective_is_diffusers_add_noise_and_target_on_the_same_draws(
     timesteps = torch.randint(0, 1000, (3,), generator=generator)
     assert torch.equal(batch.timesteps, timesteps)
     assert torch.equal(batch.noisy, scheduler.add_noise(latents, noise, timesteps))
-    expected = scheduler.get_velocity(latents, noise, timesteps) if prediction_type == "v_prediction" else noise
+    velocity = scheduler.get_velocity(latents, noise, timesteps)
+    expected = velocity if prediction_type == "v_prediction" else noise
     assert torch.equal(batch.target, expected)
     assert objective.prediction_type == prediction_type and batch.weights is None
 
@@ -53,7 +54,8 @@ def test_the_family_reads_the_objective_from_the_base_models_scheduler(tiny_pipe
     family = families.for_pipeline(tiny_pipeline)
     objective = family.training_objective(tiny_pipeline)
     assert objective.prediction_type == tiny_pipeline.scheduler.config.prediction_type
-    assert objective.scheduler.config.num_train_timesteps == tiny_pipeline.scheduler.config.num_train_timesteps
+    schedule = tiny_pipeline.scheduler.config
+    assert objective.scheduler.config.num_train_timesteps == schedule.num_train_timesteps
 
 
 def test_the_denoiser_is_the_families_module_and_predict_is_its_output(tiny_pipeline):

@@ -16,7 +16,7 @@ from dreambooth_job import data, families
 from dreambooth_job.config import TrainConfig
 from dreambooth_job.data import cover_size, to_tensor
 from dreambooth_job.families.objective import DdpmObjective
-from dreambooth_job.train import Trainer
+from dreambooth_job.training.trainer import Trainer
 
 RES = 64
 
@@ -48,8 +48,9 @@ def run(pipeline, photo, steps: int, **overrides):
         lambda module, args, kwargs: time_ids.append(kwargs["added_cond_kwargs"]["time_ids"].clone()),
         with_kwargs=True)
     trainer.setup()
-    encode = trainer._latent_params
-    trainer._latent_params = lambda batch: (pixels.append(batch.clone()), encode(batch))[1]
+    encoder = trainer.inputs.encoder
+    encode = encoder.latent_params
+    encoder.latent_params = lambda batch: (pixels.append(batch.clone()), encode(batch))[1]
     trainer.train()
     return time_ids, pixels
 
