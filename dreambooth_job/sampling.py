@@ -53,7 +53,7 @@ def generate_images(pipeline, prompts: Sequence[str], seeds: Sequence[int], *, r
 
 def _half_precision(device):
     """On CUDA, sample under the half precision `auto` trains in (bf16, fp16 before Ampere),
-    whatever the weights' dtypes: class images twice as fast as fp32, and a UNet trained in fp32
+    whatever the weights' dtypes: class images twice as fast as fp32, and a denoiser trained in fp32
     samples beside a VAE kept in bf16."""
     import contextlib
 

@@ -1,11 +1,10 @@
 """What each training step feeds the denoiser: the images of each set (instance, class), their
-pixels (centre crops as tensors once, random crops each step), where each crop came from (SDXL
-conditions on it), the latents the family makes of the VAE's posterior, and the prompt embeddings,
-from the cache (encoding.py) or encoded at the step. Every random draw comes from the step's
-generator, in a fixed order: which images and flips (batches.pick), the random crop, then the
-posterior sample.
+pixels (centre crops as tensors once, random crops each step), where each crop came from
+(size-conditioned families take it), the latents the family makes of the VAE's posterior, and the
+prompt embeddings, from the cache (encoding.py) or encoded at the step. Every random draw comes
+from the step's generator, in a fixed order: which images and flips (batches.pick), the random
+crop, then the posterior sample.
 """
-
 from __future__ import annotations
 
 import torch

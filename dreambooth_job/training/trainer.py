@@ -44,7 +44,7 @@ class Trainer:
     (default: --train-mode's) picks what trains and is saved (families/); `set_grads_to_none=False`
     zeroes gradients in place as the reference trainer does (`bench --baseline` times it so).
     `instance_sizes`: each instance image's (width, height) as uploaded (data.Photo.original_size;
-    default: the image's own size), for families conditioned on it (SDXL); class images count as
+    default: the image's own size), for size-conditioned families; class images count as
     generated at the resolution.
     After `setup`: `runtime` (setup.Runtime), `models` (setup.TrainedModels), `inputs`
     (inputs.TrainingInputs), `optimizer`, `lr_scheduler`."""
