@@ -116,3 +116,11 @@ def test_generated_images_start_from_the_familys_initial_noise(tiny_pipeline, mo
     assert len(drawn) == 2 and drawn[0].shape == (4, 32, 32)
     assert torch.equal(drawn[0], torch.randn(4, 32, 32, generator=torch.Generator().manual_seed(3)))
     assert torch.equal(handed[0], torch.stack(drawn).to(family.sampling_dtype(pipe)))
+
+
+def test_every_generate_sampler_is_one_every_family_builds():
+    from dreambooth_job.generation.config import SAMPLERS
+
+    for family in families.FAMILIES:
+        assert set(SAMPLERS) <= set(family.samplers), family.name
+        assert next(iter(family.samplers)) == SAMPLERS[0], "generate's default is the grids' sampler"
