@@ -103,7 +103,9 @@ class Evaluator:
         started = time.perf_counter()
         resolution = self.config.resolution or families.for_pipeline(pipeline).native_resolution(
             pipeline)  # --resolution auto: the model's own (phases/model.py resolves it in a job)
-        protocol = self.protocol(class_noun, resolution, sampler=sampling.sampler_name(pipeline))
+        # No pipeline (no evaluator model loaded, nothing to sample): no sampler either.
+        sampler = sampling.sampler_name(pipeline) if pipeline is not None else None
+        protocol = self.protocol(class_noun, resolution, sampler=sampler)
         row: dict[str, Any] = {"label": label, **{m: None for m in METRICS}, "unavailable": {
             m: self.unavailable_models[MODEL_OF[m]] for m in METRICS
             if MODEL_OF[m] in self.unavailable_models}, "images": 0, "per_prompt": []}
