@@ -139,7 +139,7 @@ def prepare_class_images(pipeline, config: TrainConfig, *, model_fingerprint: st
 
     family = families.for_pipeline(pipeline).name
     key = cache_key(model_fingerprint=model_fingerprint, class_prompt=class_prompt,
-                    resolution=config.resolution, sampler=sampling.SAMPLER,
+                    resolution=config.resolution, sampler=sampling.sampler_name(pipeline),
                     steps=config.sample_steps, guidance_scale=config.guidance_scale, seed=config.seed,
                     family=family)
     cache_uri = storage.join(class_cache_root(config), key)
@@ -151,8 +151,8 @@ def prepare_class_images(pipeline, config: TrainConfig, *, model_fingerprint: st
                  len(missing), class_prompt, reused, cache_uri)
         storage.write_bytes(storage.join(cache_uri, "meta.json"), json.dumps(dict(
             class_prompt=class_prompt, model_fingerprint=model_fingerprint, resolution=config.resolution,
-            sampler=sampling.SAMPLER, steps=config.sample_steps, guidance_scale=config.guidance_scale,
-            seed=config.seed), indent=2).encode())
+            sampler=sampling.sampler_name(pipeline), steps=config.sample_steps,
+            guidance_scale=config.guidance_scale, seed=config.seed), indent=2).encode())
     for start in range(0, len(missing), config.sample_batch_size):
         batch = missing[start:start + config.sample_batch_size]
         generated = sampling.generate_images(

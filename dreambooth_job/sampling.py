@@ -1,5 +1,6 @@
-"""Image generation shared by class images, validation grids and evaluation: one fast sampler,
-batched, with one seed per image so any image can be regenerated alone.
+"""Image generation shared by class images, validation grids and evaluation: the family's fast
+sampler (`ModelFamily.sampling_scheduler`), batched, with one seed per image so any image can be
+regenerated alone.
 """
 
 from __future__ import annotations
@@ -8,17 +9,21 @@ from collections.abc import Sequence
 
 from PIL import Image, ImageDraw, ImageFont
 
+from dreambooth_job import families
 from dreambooth_job.redaction import redact
 
-SAMPLER = "DPMSolverMultistepScheduler"
 LABEL_WIDTH = 256
 
 
-def fast_pipeline(pipeline):
-    """The pipeline with DPM-Solver++ (good images in ~25 steps) and no progress bars."""
-    from diffusers import DPMSolverMultistepScheduler
+def sampler_name(pipeline) -> str:
+    """The scheduler class `fast_pipeline` samples with (class-image cache keys and evaluation
+    protocols record it)."""
+    return families.for_pipeline(pipeline).sampler_name()
 
-    pipeline.scheduler = DPMSolverMultistepScheduler.from_config(pipeline.scheduler.config)
+
+def fast_pipeline(pipeline):
+    """The pipeline with its family's default sampler and no progress bars."""
+    pipeline.scheduler = families.for_pipeline(pipeline).sampling_scheduler(pipeline)
     pipeline.set_progress_bar_config(disable=True)
     return pipeline
 
@@ -29,9 +34,7 @@ def generate_images(pipeline, prompts: Sequence[str], seeds: Sequence[int], *, r
     """One image per (prompt, seed) pair, generated `batch_size` at a time by the pipeline's family."""
     import torch
 
-    from dreambooth_job.families import for_pipeline
-
-    family = for_pipeline(pipeline)
+    family = families.for_pipeline(pipeline)
     assert len(prompts) == len(seeds)
     device = pipeline.device
     images: list[Image.Image] = []
@@ -39,12 +42,10 @@ def generate_images(pipeline, prompts: Sequence[str], seeds: Sequence[int], *, r
         batch_prompts = list(prompts[start:start + batch_size])
         generators = [torch.Generator("cpu").manual_seed(int(s)) for s in seeds[start:start + batch_size]]
         # Latents drawn on the CPU per seed: the same seed gives the same image on any device.
-        latents = torch.stack([
-            torch.randn(pipeline.unet.config.in_channels, resolution // pipeline.vae_scale_factor,
-                        resolution // pipeline.vae_scale_factor, generator=g) for g in generators])
+        latents = torch.stack([family.initial_noise(pipeline, resolution, g) for g in generators])
         with torch.inference_mode(), _half_precision(device):
             images.extend(family.generate(
-                pipeline, batch_prompts, latents=latents.to(device, pipeline.unet.dtype),
+                pipeline, batch_prompts, latents=latents.to(device, family.sampling_dtype(pipeline)),
                 resolution=resolution, num_inference_steps=num_inference_steps,
                 guidance_scale=guidance_scale))
     return images
@@ -52,7 +53,7 @@ def generate_images(pipeline, prompts: Sequence[str], seeds: Sequence[int], *, r
 
 def _half_precision(device):
     """On CUDA, sample under the half precision `auto` trains in (bf16, fp16 before Ampere),
-    whatever the weights' dtypes: class images twice as fast as fp32, and a UNet trained in fp32
+    whatever the weights' dtypes: class images twice as fast as fp32, and a denoiser trained in fp32
     samples beside a VAE kept in bf16."""
     import contextlib
 

@@ -6,7 +6,7 @@
 
 On preemption the kubelet sends SIGTERM and, terminationGracePeriodSeconds later, SIGKILL; within
 that time the job finishes its step, saves a checkpoint, hashes and uploads it (phases/training.py).
-A checkpoint holds the trained weights in fp32 and AdamW's two moments (train_state.py): 12 bytes a
+A checkpoint holds the trained weights in fp32 and AdamW's two moments (training/state.py): 12 bytes a
 trained parameter, 10.3 GB for SD 1.5's UNet, 30.8 GB for SDXL's, and a few MB of LoRA adapters.
 Every number here derives from the parameter counts below (memory.checkpoint_bytes) and the
 ASSUMED rates of the node's disk and of the S3 upload, with a safety factor: estimates, not

@@ -21,7 +21,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-from diffusers import DDPMScheduler
 from PIL import Image
 
 from dreambooth_job import storage
@@ -29,7 +28,7 @@ from dreambooth_job.bench import models as bench_models
 from dreambooth_job.checkpoint import BackgroundUploads, CheckpointStore
 from dreambooth_job.config import TrainConfig
 from dreambooth_job.devtools.s3server import LocalS3Server
-from dreambooth_job.train import Trainer
+from dreambooth_job.training.trainer import Trainer
 
 STEPS_AFTER_CHECKPOINT = 2
 
@@ -48,9 +47,8 @@ def main() -> None:
               for i in range(2)]
     config = TrainConfig(instance_data="bench", class_noun="dog", output="bench", resolution=64,
                          max_train_steps=1, num_class_images=2, metrics_port=0)
-    trainer = Trainer(config, pipeline, DDPMScheduler.from_config(pipeline.scheduler.config),
-                      instance_images=images, instance_prompt="a sks dog", class_images=images,
-                      class_prompt="a dog")
+    trainer = Trainer(config, pipeline, instance_images=images, instance_prompt="a sks dog",
+                      class_images=images, class_prompt="a dog")
     trainer.setup()
     trainer.train()
 

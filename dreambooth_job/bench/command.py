@@ -139,7 +139,7 @@ def run_variant(variant: Variant, settings: Settings, build, device: dict) -> di
     """One row: build fresh weights, set up the Trainer, train warmup + steps, count FLOPs."""
     import torch
 
-    from dreambooth_job.train import Trainer
+    from dreambooth_job.training.trainer import Trainer
 
     row: dict = {"name": variant.name, "baseline": variant.baseline, "overrides": variant.overrides,
                  "status": "ok", "error": None}
@@ -161,8 +161,7 @@ def run_variant(variant: Variant, settings: Settings, build, device: dict) -> di
             return {**row, "status": "skipped", "error": (
                 f"needs about {needed / 2**30:.1f} GiB more for gradients and optimizer state, "
                 f"{free / 2**30:.1f} GiB available")}
-        trainer = Trainer(config, pipeline, _noise_scheduler(pipeline),
-                          instance_images=_images(settings, 0), instance_prompt="a sks dog",
+        trainer = Trainer(config, pipeline, instance_images=_images(settings, 0), instance_prompt="a sks dog",
                           class_images=_images(settings, 1000), class_prompt="a dog",
                           set_grads_to_none=not variant.baseline)
         trainer.setup()
@@ -170,7 +169,7 @@ def run_variant(variant: Variant, settings: Settings, build, device: dict) -> di
         clock = bench_profile.StepClock(device["type"], set_up)
         trainer.train(settings.warmup + settings.steps, on_step_end=clock)
         seconds = clock.step_seconds()
-        trained = sum(p.numel() for p in trainer.trainable)
+        trained = sum(p.numel() for p in trainer.models.trainable)
         flops = bench_profile.count_flops(trainer)
         peak = memory.peak_bytes()
         profiled = (bench_profile.profile_steps(trainer, bench_profile.PROFILED_STEPS,
@@ -223,17 +222,11 @@ def _training_state_bytes(pipeline, config: cfg.TrainConfig) -> int:
     modules = families.for_pipeline(pipeline).trainable_modules(pipeline, config.train_text_encoder)
     if config.train_mode == "lora":
         params = sum(lora.lora_parameter_count(module, config.lora_rank, config.lora_target_modules
-                                               if name == "unet" else lora.DEFAULT_TEXT_ENCODER_TARGETS)
+                                               if name == "denoiser" else lora.DEFAULT_TEXT_ENCODER_TARGETS)
                      for name, module in modules.items())
     else:
         params = memory.trained_parameters(modules.values())
     return memory.training_state_bytes(params, config.use_8bit_adam)
-
-
-def _noise_scheduler(pipeline):
-    from diffusers import DDPMScheduler
-
-    return DDPMScheduler.from_config(pipeline.scheduler.config)
 
 
 def _images(settings: Settings, seed: int):

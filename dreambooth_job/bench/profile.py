@@ -61,13 +61,13 @@ def count_flops(trainer) -> int:
             lambda q, k, v, *args, out_shape=None, **kwargs: sdpa_flop_count(q, k, v),
         aten._scaled_dot_product_flash_attention_for_cpu_backward:
             lambda grad, q, k, v, *args, out_shape=None, **kwargs: sdpa_backward_flop_count(grad, q, k, v)}
-    compiled = trainer.unet
-    trainer.unet = getattr(compiled, "_orig_mod", compiled)
+    compiled = trainer.models.denoiser
+    trainer.models.denoiser = getattr(compiled, "_orig_mod", compiled)
     try:
         with FlopCounterMode(display=False, custom_mapping=cpu_attention) as counter:
             trainer.train(1)
     finally:
-        trainer.unet = compiled
+        trainer.models.denoiser = compiled
     return counter.get_total_flops()
 
 
@@ -77,12 +77,12 @@ PROFILED_STEPS = 3
 def profile_steps(trainer, steps: int, directory: Path, name: str) -> dict:
     """Run `steps` more steps under torch.profiler; write the operator table (by device time on
     CUDA, CPU time otherwise) to DIRECTORY/NAME.txt and return the host's time per step in each of
-    the step's phases (train.STEP_PHASES) and, on CUDA, how busy the device was: a device busy for
+    the step's phases (training.trainer.STEP_PHASES) and, on CUDA, how busy the device was: a device busy for
     much less than the step's wall time is waiting on the host (launch overhead, syncs)."""
     import torch
     from torch.profiler import ProfilerActivity, profile
 
-    from dreambooth_job.train import STEP_PHASES
+    from dreambooth_job.training.trainer import STEP_PHASES
 
     cuda = trainer.device.type == "cuda"
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])

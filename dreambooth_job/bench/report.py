@@ -61,7 +61,7 @@ def _bytes(value: int | None) -> str:
 
 
 def _phase_lines(rows: list[dict]) -> list[str]:
-    """With --profile: each row's profiled step split into train.STEP_PHASES (host time, ms)."""
+    """With --profile: each row's profiled step split into training.trainer.STEP_PHASES (host time, ms)."""
     profiled = [row for row in rows if row.get("phase_host_seconds_per_step")]
     if not profiled:
         return []

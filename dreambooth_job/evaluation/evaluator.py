@@ -66,9 +66,11 @@ class Evaluator:
         return evaluator
 
     # ------------------------------------------------------------------------------------------
-    def protocol(self, class_noun: str, resolution: int | None = None) -> dict[str, Any]:
+    def protocol(self, class_noun: str, resolution: int | None = None, *,
+                 sampler: str | None = None) -> dict[str, Any]:
         """Everything that fixes the numbers: prompts, seeds, sampler and evaluator models.
-        `resolution`: the sampling resolution when --resolution is auto (the model's native)."""
+        `resolution`: the sampling resolution when --resolution is auto (the model's native);
+        `sampler`: the scheduler class the model's family samples with (sampling.sampler_name)."""
         config = self.config
         prompt_set = prompt_sets.load_prompt_set(config.prompt_set, class_noun)
         evaluator_models = {}
@@ -86,7 +88,7 @@ class Evaluator:
             "class_images": config.eval_class_images,
             "class_seeds": [CLASS_SEED_BASE + j for j in range(config.eval_class_images)],
             "resolution": config.resolution or resolution,
-            "sampler": sampling.SAMPLER,
+            "sampler": sampler,
             "num_inference_steps": config.sample_steps,
             "guidance_scale": config.guidance_scale,
             "models": evaluator_models,
@@ -101,7 +103,9 @@ class Evaluator:
         started = time.perf_counter()
         # A job passes its config with auto resolved; `evaluate` resolves it for each model.
         resolution = models.training_resolution(self.config.resolution, pipeline)
-        protocol = self.protocol(class_noun, resolution)
+        # No pipeline (no evaluator model loaded, nothing to sample): no sampler either.
+        sampler = sampling.sampler_name(pipeline) if pipeline is not None else None
+        protocol = self.protocol(class_noun, resolution, sampler=sampler)
         row: dict[str, Any] = {"label": label, **{m: None for m in METRICS}, "unavailable": {
             m: self.unavailable_models[MODEL_OF[m]] for m in METRICS
             if MODEL_OF[m] in self.unavailable_models}, "images": 0, "per_prompt": []}

@@ -1,42 +1,19 @@
-"""Model families: what differs between Stable Diffusion generations, behind one interface.
+"""Model families: what differs between pipeline generations, behind one interface.
 
-A `ModelFamily` (base.py) says how prompts become the UNet's conditioning (`tokenize`,
-`encode_prompt`, `unet_conditioning`), which pipeline class loads and samples (`load_pipeline`,
-`generate`), how the result is saved (`save_pipeline`), which modules fine-tuning updates
-(`trainable_modules`) and the native resolution. Training (train.py), class images and validation
-grids (sampling.py, used by priors.py), evaluation and bench reach the model only through it;
-`models.load_pipeline` picks the family from the base model's model_index.json (`detect`), and
-code handed a pipeline asks `for_pipeline`. SD 1.x/2.x (sd.py) is the first family.
+A `ModelFamily` (base.py) owns the denoiser and how it is called, the training objective
+(objective.py: DDPM's epsilon or v today), latent and prompt encoding, the sampler, loading and
+saving, and which modules train; SD 1.x/2.x (sd.py) and SDXL (sdxl.py) implement it. The Trainer
+(training/), sampling.py, the phases and `generate` reach the model only through it.
+`models.load_pipeline` picks the family from the base model's model_index.json (`detect`); code
+handed a pipeline asks `for_pipeline`. A `TrainMode` (base.py; LoRA in lora_mode.py) says what
+trains and what is saved, whatever the family: `train_mode(config)` picks it from --train-mode.
 
     >>> family = detect("/models/sd15")              # reads /models/sd15/model_index.json
     >>> ids = family.tokenize(pipeline, "a photo of sks dog")
-    >>> unet_kwargs = family.unet_conditioning(family.encode_prompt(
+    >>> conditioning = family.denoiser_conditioning(family.encode_prompt(
     ...     family.text_encoders(pipeline), ids, "cpu"), torch.float32)
 
-SDXL (sdxl.py) is the second family:
-- `pipeline_classes = ("StableDiffusionXLPipeline",)`, `text_encoder_names = ("text_encoder",
-  "text_encoder_2")`; `load_pipeline`/`generate` use `StableDiffusionXLPipeline`.
-- `tokenize` returns the ids of both tokenizers; `encode_prompt` concatenates the penultimate
-  hidden states of both encoders and keeps the second one's pooled output as
-  `PromptEmbeddings.pooled` (caching, batching and `expand`/`cat` carry it).
-- `unet_conditioning` adds `added_cond_kwargs={"text_embeds": pooled, "time_ids": ...}`. The
-  time ids come from each training image's `ImageGeometry` (base.py: the photo's
-  `original_size`, which data.Photo records, the crop offset `square_crop_at` returned, the
-  resolution), which only families with `size_conditioned` take, as the `geometry` keyword (one
-  entry per image of the batch). The Trainer keeps the original sizes (`instance_sizes`) and the
-  crops beside the pixels and passes the geometry of the images `_pick` chose; SD keeps its
-  signature.
-Besides, the class-image cache key (priors.py) holds the family's name when it is not SD's, and
-the LoRA writer (outputs.py) writes SDXL's adapters, both encoders', in diffusers' format and in
-kohya's SDXL keys (the UNet's original block names), and `single_file_text_encoders` gives each
-family's text encoders in its original checkpoint layout for --export-single-file
-(export/single_file.py).
-
-A `TrainMode` (base.py) says what trains and what is saved: `FULL_FINE_TUNE`, or LoRA
-(lora_mode.py: adapters on the UNet's --lora-target-modules and, when they train, the text
-encoders' attention projections; the base frozen). `train_mode(config)` picks it from
---train-mode; the Trainer takes it (`Trainer(..., mode=...)`, default: the config's). The
-optimizer and the loop are unchanged: they see only parameters.
+README.md (beside this file) is the recipe for adding a family, with the list of hooks.
 """
 
 from __future__ import annotations

@@ -8,6 +8,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, NamedTuple
 
+from dreambooth_job.families.objective import DdpmObjective, TrainingObjective
+
 
 class ImageGeometry(NamedTuple):
     """Where a training image came from, for families conditioned on it (SDXL's time ids)."""
@@ -54,7 +56,7 @@ class ModelFamily(ABC):
     text_encoder_names: ClassVar[tuple[str, ...]]
     """Pipeline attributes holding the text encoders, in the order `tokenize` returns ids."""
     size_conditioned: ClassVar[bool] = False
-    """True when `unet_conditioning` takes `geometry=` (one ImageGeometry per image of the batch)."""
+    """True when `denoiser_conditioning` takes `geometry=` (one ImageGeometry per image of the batch)."""
     addition_embed_type: ClassVar[str | None] = None
     """The UNet's `addition_embed_type` in this family's pipelines (SDXL's `text_time`); a UNet
     with another one is a layout the single-file export does not know."""
@@ -85,16 +87,17 @@ class ModelFamily(ABC):
         whose layout all families share."""
 
     def native_resolution(self, pipeline) -> int:
-        """The resolution the UNet was trained at: its latent sample size times the VAE's factor."""
-        return int(pipeline.unet.config.sample_size) * pipeline.vae_scale_factor
+        """The resolution the denoiser was trained at: its latent sample size times the VAE's factor."""
+        return int(self.denoiser(pipeline).config.sample_size) * pipeline.vae_scale_factor
 
     # -- training ------------------------------------------------------------------------------
     def text_encoders(self, pipeline) -> dict[str, Any]:
         return {name: getattr(pipeline, name) for name in self.text_encoder_names}
 
     def trainable_modules(self, pipeline, train_text_encoder: bool) -> dict[str, Any]:
-        """The modules fine-tuning updates, UNet first (the optimizer's parameter order)."""
-        modules = {"unet": pipeline.unet}
+        """The modules fine-tuning updates: the denoiser first, under the key "denoiser", then the
+        text encoders under their pipeline attributes (the optimizer's parameter order)."""
+        modules = {"denoiser": self.denoiser(pipeline)}
         if train_text_encoder:
             modules.update(self.text_encoders(pipeline))
         return modules
@@ -108,9 +111,72 @@ class ModelFamily(ABC):
         """Run the text encoders (as `text_encoders` returns them, possibly wrapped) on `ids`."""
 
     @abstractmethod
-    def unet_conditioning(self, embeddings: PromptEmbeddings, dtype) -> dict[str, Any]:
-        """The UNet's keyword arguments besides the noisy latents and timesteps:
-        `encoder_hidden_states`, and `added_cond_kwargs` for families that take more."""
+    def denoiser_conditioning(self, embeddings: PromptEmbeddings, dtype) -> dict[str, Any]:
+        """The denoiser's keyword arguments besides the noisy latents and timesteps (`predict`
+        passes them): `encoder_hidden_states`, and `added_cond_kwargs` for families that take more."""
+
+    # -- the denoiser, the objective, latents, the sampler --------------------------------------
+    # What the Trainer, sampling.py and generate ask instead of naming a module or a scheduler.
+    # The defaults are the UNet families' (SD, SDXL); a transformer family overrides them.
+    denoiser_name: ClassVar[str] = "unet"
+    """The pipeline attribute holding the denoiser (a UNet here, a transformer for FLUX)."""
+    samplers: ClassVar[dict[str, str]] = {
+        "dpm-solver++": "DPMSolverMultistepScheduler", "euler": "EulerDiscreteScheduler",
+        "ddim": "DDIMScheduler", "unipc": "UniPCMultistepScheduler"}
+    """diffusers scheduler classes by `generate --sampler` name; the first is the default, used for
+    validation grids and class images (good images in ~25 steps)."""
+
+    def denoiser(self, pipeline):
+        return getattr(pipeline, self.denoiser_name)
+
+    def set_denoiser(self, pipeline, module) -> None:
+        setattr(pipeline, self.denoiser_name, module)
+
+    def predict(self, denoiser, noisy, timesteps, conditioning: dict[str, Any]):
+        """The denoiser's output for `noisy` at `timesteps` (`conditioning`: denoiser_conditioning's)."""
+        return denoiser(noisy, timesteps, **conditioning).sample
+
+    def training_objective(self, pipeline) -> TrainingObjective:
+        """How training noises latents and what the denoiser predicts: DDPM with the base model's
+        schedule and prediction type (epsilon or v). Read it before `sampling_scheduler` replaces
+        the pipeline's scheduler."""
+        return DdpmObjective.from_pipeline(pipeline)
+
+    def encode_latents(self, vae, sample):
+        """A VAE posterior sample as the denoiser's input: shifted (by the VAE's `shift_factor`,
+        which SD's and SDXL's VAEs do not have) and scaled, then `pack_latents`."""
+        shift = getattr(vae.config, "shift_factor", None)
+        if shift is not None:
+            sample = sample - shift
+        return self.pack_latents(sample * vae.config.scaling_factor)
+
+    def pack_latents(self, latents):
+        """Latents (batch, channels, height, width) in the denoiser's layout: as they are for a UNet;
+        a transformer family packs them into tokens."""
+        return latents
+
+    def sampler_name(self, sampler: str | None = None) -> str:
+        """The diffusers scheduler class `sampler` names (default: the family's default sampler)."""
+        return self.samplers[sampler or next(iter(self.samplers))]
+
+    def sampling_scheduler(self, pipeline, sampler: str | None = None):
+        """The scheduler that samples for grids, class images and `generate`, built from the
+        pipeline's scheduler config (its betas and prediction type)."""
+        import diffusers  # deferred: diffusers is heavy
+
+        return getattr(diffusers, self.sampler_name(sampler)).from_config(pipeline.scheduler.config)
+
+    def initial_noise(self, pipeline, resolution: int, generator):
+        """One image's initial latents at `resolution`, drawn from `generator` on the CPU (the same
+        seed gives the same image on any device), in the denoiser's layout."""
+        import torch  # deferred: torch is heavy; families/ is imported without it
+
+        side = resolution // pipeline.vae_scale_factor
+        return torch.randn(self.denoiser(pipeline).config.in_channels, side, side, generator=generator)
+
+    def sampling_dtype(self, pipeline):
+        """The dtype the initial latents are handed to the pipeline in: the denoiser's."""
+        return self.denoiser(pipeline).dtype
 
 
 class TrainMode:
@@ -121,7 +187,7 @@ class TrainMode:
     frozen_base = False
     """True when the trained modules' own weights stay frozen and only parameters the mode adds
     train (LoRA): the Trainer then keeps the base in the compute dtype, and checkpoints hold only
-    the trainable parameters (train_state.py)."""
+    the trainable parameters (training/state.py)."""
 
     def trainable_parameters(self, modules: dict[str, Any]) -> list:
         """Make `modules` (ModelFamily.trainable_modules) trainable; the parameters to optimize."""

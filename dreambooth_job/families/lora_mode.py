@@ -8,7 +8,7 @@ included, trained on low-rank adapters (Hu et al. 2021) while the base weights s
 with --train-text-encoder, to each text encoder's attention projections; only the adapters'
 parameters reach the optimizer. The Trainer keeps the frozen base in the compute dtype (fp16/bf16
 under mixed precision, as diffusers' LoRA trainer does) and the adapters in fp32, and its
-checkpoints hold the trainable parameters only (train_state.py): the adapters and their AdamW
+checkpoints hold the trainable parameters only (training/state.py): the adapters and their AdamW
 moments, not the frozen base.
 
 What a LoRA run publishes is `save` below (`save_merged_pipeline` for now).
@@ -40,23 +40,24 @@ class LoraTrainMode(TrainMode):
                    seed=config.seed)
 
     def trainable_parameters(self, modules: dict[str, Any]) -> list:
-        """Adapters on `modules` (the UNet first, then the text encoders that train); their
-        parameters, in that order: the optimizer's, and so the checkpoints' order."""
+        """Adapters on `modules` (ModelFamily.trainable_modules: the denoiser first, then the text
+        encoders that train); their parameters, in that order: the optimizer's, and so the
+        checkpoints' order."""
         import torch
 
         from dreambooth_job import lora
 
         options = {"rank": self.rank, "alpha": self.alpha, "dropout": self.dropout}
         modules = dict(modules)
-        unet = modules.pop("unet")
+        denoiser = modules.pop("denoiser")
         # The adapters' random init (peft draws it from torch's global generator, on the CPU) is
         # the seed's: two runs of one config start alike, so a resumed run ends like the other.
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.seed)
-            lora.add_lora(unet, target_modules=self.unet_targets, **options)
+            lora.add_lora(denoiser, target_modules=self.unet_targets, **options)
             for encoder in modules.values():
                 lora.add_lora(None, encoder, **options)
-        return [p for module in (unet, *modules.values()) for p in lora.lora_parameters(module)]
+        return [p for module in (denoiser, *modules.values()) for p in lora.lora_parameters(module)]
 
     def save(self, family: ModelFamily, pipeline, directory: str | Path) -> None:
         save_merged_pipeline(family, pipeline, directory)
@@ -71,7 +72,7 @@ def save_merged_pipeline(family: ModelFamily, pipeline, directory: str | Path) -
     from dreambooth_job import lora
 
     merged = copy.copy(pipeline)  # shallow: only the adapted modules are replaced below
-    for name in ("unet", *family.text_encoder_names):
+    for name in (family.denoiser_name, *family.text_encoder_names):
         module = getattr(pipeline, name)
         if lora.has_lora(module):
             # fp32 before merging: a bf16 base would round most of a small update away.

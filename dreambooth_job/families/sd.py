@@ -40,5 +40,5 @@ class StableDiffusion(ModelFamily):
     def encode_prompt(self, text_encoders: dict[str, Any], ids: tuple, device) -> PromptEmbeddings:
         return PromptEmbeddings(text_encoders["text_encoder"](ids[0].to(device))[0])
 
-    def unet_conditioning(self, embeddings: PromptEmbeddings, dtype) -> dict[str, Any]:
+    def denoiser_conditioning(self, embeddings: PromptEmbeddings, dtype) -> dict[str, Any]:
         return {"encoder_hidden_states": embeddings.hidden_states.to(dtype)}

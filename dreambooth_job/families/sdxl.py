@@ -4,7 +4,7 @@ pooled, projected embedding of the second encoder and six "time ids" per image, 
 crop offset and target size (Podell et al. 2023, sect. 2.2). `StableDiffusionXLPipeline` loads,
 samples and saves.
 
-The time ids are those of the image trained on: `unet_conditioning` takes each image's
+The time ids are those of the image trained on: `denoiser_conditioning` takes each image's
 `ImageGeometry` (the photo's size as uploaded and the crop the job took), which the Trainer
 passes because `size_conditioned` is set.
 """
@@ -65,7 +65,7 @@ class StableDiffusionXL(ModelFamily):
             pooled = output[0]
         return PromptEmbeddings(torch.cat(hidden, dim=-1), pooled)
 
-    def unet_conditioning(self, embeddings: PromptEmbeddings, dtype, *,
+    def denoiser_conditioning(self, embeddings: PromptEmbeddings, dtype, *,
                           geometry: Sequence[ImageGeometry]) -> dict[str, Any]:
         if len(geometry) != embeddings.hidden_states.shape[0]:
             raise ValueError(f"{len(geometry)} image geometries for a batch of "

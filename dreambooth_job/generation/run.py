@@ -21,9 +21,10 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from dreambooth_job import __version__, models, storage
+from dreambooth_job import __version__, families, models, storage
 from dreambooth_job.config_fields import check_bounds
 from dreambooth_job.exit_codes import InvalidInputError
+from dreambooth_job.families import ModelFamily
 from dreambooth_job.generation.config import GenerateConfig, location_problems
 from dreambooth_job.generation.source import RunSource, find_run, load_pipeline
 from dreambooth_job.identifiers import format_prompt
@@ -35,9 +36,6 @@ logger = logging.getLogger("dreambooth_job")
 RECORD_FILE = "generation.json"
 GRID_FILE = "grid.png"
 RECORD_VERSION = 1
-# diffusers scheduler classes of GenerateConfig.SAMPLERS.
-SCHEDULERS = {"dpm-solver++": "DPMSolverMultistepScheduler", "euler": "EulerDiscreteScheduler",
-              "ddim": "DDIMScheduler", "unipc": "UniPCMultistepScheduler"}
 
 
 def _check_recorded_resolution(config: GenerateConfig, resolution: int) -> None:
@@ -70,7 +68,7 @@ def generate(config: GenerateConfig) -> dict[str, Any]:
         _check_recorded_resolution(config, source.resolution)  # before the model loads
     pipeline = load_pipeline(source, config.cache_dir)
     resolution = models.training_resolution(config.resolution or source.resolution, pipeline)
-    use_sampler(pipeline, config.sampler)
+    use_sampler(pipeline, families.for_pipeline(pipeline), config.sampler)
     device = devices.pick_device()
     pipeline.to(device)
     seeds = [config.seed + i for i in range(config.num_images)]
@@ -111,13 +109,10 @@ def check_output(output: str, source: RunSource) -> None:
                                     "would change the run's published weights; write them elsewhere")
 
 
-def use_sampler(pipeline, sampler: str) -> None:
-    """Swap in the scheduler `sampler` names, from the pipeline's own scheduler config (its betas
-    and prediction type), and turn the progress bars off."""
-    import diffusers
-
-    scheduler_class = getattr(diffusers, SCHEDULERS[sampler])
-    pipeline.scheduler = scheduler_class.from_config(pipeline.scheduler.config)
+def use_sampler(pipeline, family: ModelFamily, sampler: str) -> None:
+    """Swap in the scheduler `sampler` names (one of the family's `samplers`), from the pipeline's
+    own scheduler config (its betas and prediction type), and turn the progress bars off."""
+    pipeline.scheduler = family.sampling_scheduler(pipeline, sampler)
     pipeline.set_progress_bar_config(disable=True)
 
 

@@ -37,10 +37,11 @@ from dreambooth_job.result import (
 from dreambooth_job.termination import StopRequest
 
 if TYPE_CHECKING:
-    from diffusers import DDPMScheduler, DiffusionPipeline
+    from diffusers import DiffusionPipeline
     from PIL import Image
 
-    from dreambooth_job.train import Trainer
+    from dreambooth_job.families.objective import TrainingObjective
+    from dreambooth_job.training.trainer import Trainer
 
 logger = logging.getLogger("dreambooth_job")
 
@@ -51,7 +52,7 @@ class LoadedModel:
 
     base: models.BaseModel
     pipeline: DiffusionPipeline  # sampling.fast_pipeline's: the grids' and class images' sampler
-    noise_scheduler: DDPMScheduler
+    objective: TrainingObjective
     resolution: int  # --resolution, auto resolved (models.training_resolution)
     identifier: identifiers.Identifier
     prompts: Prompts  # the config's templates with the identifier and the class noun filled in

@@ -1,12 +1,12 @@
 """Phase load_model: the base model (from the hub, a local directory or an S3 prefix, through the
-model cache), its noise scheduler, --resolution auto resolved, the identifier token and the
-prompts built from it: the run's `LoadedModel` (context.py), recorded in result.json."""
+model cache), its family's training objective, --resolution auto resolved, the identifier token
+and the prompts built from it: the run's `LoadedModel` (context.py), recorded in result.json."""
 
 from __future__ import annotations
 
 import logging
 
-from dreambooth_job import data, identifiers, models, outputs, sampling
+from dreambooth_job import data, families, identifiers, models, outputs, sampling
 from dreambooth_job.config import TrainConfig
 from dreambooth_job.phases.context import LoadedModel, RunContext
 from dreambooth_job.result import BaseModelInfo, Identifier, Prompts
@@ -15,22 +15,20 @@ logger = logging.getLogger("dreambooth_job")
 
 
 def load(ctx: RunContext) -> None:
-    from diffusers import DDPMScheduler  # deferred: diffusers is heavy; the CLI starts without it
-
     config = ctx.config
     base = models.resolve_base_model(config.base_model, config.cache_dir)
     pipeline = models.load_pipeline(base, config.cache_dir)
     pipeline, base = models.with_vae(pipeline, base, config.vae, config.cache_dir)
     outputs.check_exportable(pipeline, single_file=config.export_single_file)
     resolution = resolve_resolution(ctx, pipeline)
-    # Training's scheduler, from the pipeline's own before fast_pipeline replaces it for sampling.
-    noise_scheduler = DDPMScheduler.from_config(pipeline.scheduler.config)
+    # Before fast_pipeline swaps the scheduler for sampling: the objective reads the base model's own.
+    objective = families.for_pipeline(pipeline).training_objective(pipeline)
     identifier = (identifiers.choose_identifier(pipeline.tokenizer) if config.identifier == "auto"
                   else identifiers.user_identifier(pipeline.tokenizer, config.identifier))
     logger.info("identifier %r (%s, token ids %s)", identifier.token, identifier.chosen,
                 identifier.token_ids)
     ctx.model = model = LoadedModel(
-        base=base, pipeline=sampling.fast_pipeline(pipeline), noise_scheduler=noise_scheduler,
+        base=base, pipeline=sampling.fast_pipeline(pipeline), objective=objective,
         resolution=resolution, identifier=identifier, prompts=prompts_for(config, identifier.token))
     ctx.training_photos = photos_at(ctx, resolution)
     ctx.result.identifier = Identifier(token=identifier.token, chosen=identifier.chosen,
@@ -38,7 +36,7 @@ def load(ctx: RunContext) -> None:
     ctx.result.prompts = model.prompts
     ctx.result.base_model = BaseModelInfo(
         source=base.source, fingerprint=base.fingerprint,
-        prediction_type=model.noise_scheduler.config.prediction_type)
+        prediction_type=objective.prediction_type)
 
 
 def resolve_resolution(ctx: RunContext, pipeline) -> int:

@@ -23,25 +23,25 @@ from dreambooth_job.phases import samples
 from dreambooth_job.phases.context import RunContext, redacted_config
 
 if TYPE_CHECKING:
-    from dreambooth_job.train import Trainer
+    from dreambooth_job.training.trainer import Trainer
 
 logger = logging.getLogger("dreambooth_job")
 
 
 def train(ctx: RunContext) -> None:
-    from dreambooth_job.train import Trainer
+    from dreambooth_job.training.trainer import Trainer
 
     config, model, photos = ctx.run_config, ctx.loaded, ctx.subject_photos
     prompts = model.prompts
     ctx.trainer = trainer = Trainer(
-        config, model.pipeline, model.noise_scheduler, instance_images=photos.images,
+        config, model.pipeline, model.objective, instance_images=photos.images,
         instance_sizes=[photo.original_size for photo in photos.photos],
         instance_prompt=prompts.instance, class_images=ctx.class_images,
         class_prompt=prompts.class_prompt, observer=ObserverGroup(ctx.observer, ctx.loss_history))
     trainer.setup()
     ctx.stop.grace_seconds = sizing.job_budget(
         config.termination_grace_seconds, trainer.family.name, trainer.mode.name,
-        sum(p.numel() for p in trainer.trainable), config.use_8bit_adam)
+        sum(p.numel() for p in trainer.models.trainable), config.use_8bit_adam)
     resumed_from = resume(ctx)
     with ctx.stop.deferred():
         trained = trainer.train(on_step_end=StepEnd(ctx, CheckpointPolicy.from_config(config)))
@@ -149,12 +149,14 @@ def save_outputs(ctx: RunContext, directory: Path) -> None:
     carries decides full or LoRA files) under `directory`, recorded in result.json."""
     from dreambooth_job import outputs
 
-    pipe = built_trainer(ctx).inference_pipeline()
-    pipe.unet.eval()
+    trainer = built_trainer(ctx)
+    pipe = trainer.inference_pipeline()
+    denoiser = trainer.family.denoiser(pipe)
+    denoiser.eval()
     try:
         written = outputs.write_outputs(pipe, directory, output_settings(ctx))
     finally:
-        pipe.unet.train()
+        denoiser.train()
     outputs.record(ctx.result.outputs, written, ctx.config.output)
 
 

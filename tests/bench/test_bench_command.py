@@ -11,7 +11,7 @@ from click.testing import CliRunner
 from dreambooth_job.bench.device import peak_tflops
 from dreambooth_job.cli import main
 from dreambooth_job.exit_codes import ExitCode
-from dreambooth_job.train import STEP_PHASES
+from dreambooth_job.training.trainer import STEP_PHASES
 
 QUICK = ["bench", "--model", "tiny", "--resolution", "32", "--steps", "2", "--warmup", "1"]
 CPU = not torch.cuda.is_available()
@@ -79,12 +79,12 @@ def test_profile_splits_each_step_into_its_phases(report):
     for name in ("default", "baseline"):
         phases = rows[name]["phase_host_seconds_per_step"]
         assert tuple(phases) == STEP_PHASES
-        assert phases["unet_forward"] > 0 and phases["backward"] > 0 and phases["optimizer_step"] > 0
+        assert phases["denoiser_forward"] > 0 and phases["backward"] > 0 and phases["optimizer_step"] > 0
         assert sum(phases.values()) <= rows[name]["profiled_step_seconds"]
     # The baseline runs the VAE and the text encoder inside every step; the default reads caches.
     assert (rows["baseline"]["phase_host_seconds_per_step"]["inputs"]
             > 5 * rows["default"]["phase_host_seconds_per_step"]["inputs"])
-    assert "profiled steps by phase" in output and "unet_forward" in output
+    assert "profiled steps by phase" in output and "denoiser_forward" in output
 
 
 def test_report_names_device_versions_and_settings(report):

@@ -12,7 +12,7 @@ import torch
 from dreambooth_job.bench.command import Settings, Variant, _images, bench_config
 from dreambooth_job.bench.models import build_pipeline
 from dreambooth_job.events import JobObserver
-from dreambooth_job.train import Trainer
+from dreambooth_job.training.trainer import Trainer
 
 SETTINGS = Settings(model="tiny", base_model=None, resolution=32, batch_size=1, steps=3, warmup=0,
                     prior_preservation=True, seed=0)
@@ -35,12 +35,12 @@ def train(**overrides) -> tuple[list[float], dict[str, torch.Tensor]]:
     config = bench_config(SETTINGS, Variant("test", {"log_every": 1, "learning_rate": 1e-3, **overrides}))
     pipeline = copy.deepcopy(tiny_pipeline())
     losses = Losses()
-    trainer = Trainer(config, pipeline, pipeline.scheduler, instance_images=_images(SETTINGS, 0),
+    trainer = Trainer(config, pipeline, instance_images=_images(SETTINGS, 0),
                       instance_prompt="a sks dog", class_images=_images(SETTINGS, 1000),
                       class_prompt="a dog", observer=losses)
     trainer.setup()
     trainer.train()
-    unet = trainer.accelerator.unwrap_model(trainer.unet, keep_torch_compile=False)
+    unet = trainer.accelerator.unwrap_model(trainer.models.denoiser, keep_torch_compile=False)
     return losses.values, {k: v.detach().clone().contiguous() for k, v in unet.state_dict().items()}
 
 

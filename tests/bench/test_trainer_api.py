@@ -11,7 +11,7 @@ import torch
 from dreambooth_job.bench.command import Settings, Variant, _images, bench_config
 from dreambooth_job.bench.models import build_pipeline
 from dreambooth_job.events import JobObserver
-from dreambooth_job.train import Trainer
+from dreambooth_job.training.trainer import Trainer
 
 SETTINGS = Settings(model="tiny", base_model=None, resolution=32, batch_size=1, steps=3, warmup=0,
                     prior_preservation=True, seed=0)
@@ -33,7 +33,7 @@ def tiny_pipeline():
 def trainer(observer=None, set_grads_to_none=True, **overrides) -> Trainer:
     config = bench_config(SETTINGS, Variant("test", {"log_every": 1, "learning_rate": 1e-3, **overrides}))
     pipeline = copy.deepcopy(tiny_pipeline())
-    trainer = Trainer(config, pipeline, pipeline.scheduler, instance_images=_images(SETTINGS, 0),
+    trainer = Trainer(config, pipeline, instance_images=_images(SETTINGS, 0),
                       instance_prompt="a sks dog", class_images=_images(SETTINGS, 1000),
                       class_prompt="a dog", observer=observer,
                       set_grads_to_none=set_grads_to_none)
@@ -42,7 +42,7 @@ def trainer(observer=None, set_grads_to_none=True, **overrides) -> Trainer:
 
 
 def weights(trainer: Trainer) -> dict[str, torch.Tensor]:
-    unet = trainer.accelerator.unwrap_model(trainer.unet)
+    unet = trainer.accelerator.unwrap_model(trainer.models.denoiser)
     return {k: v.detach().clone() for k, v in unet.state_dict().items()}
 
 
@@ -67,14 +67,14 @@ def test_steps_may_run_past_max_train_steps():
 def test_gradients_are_zeroed_in_place_when_asked():
     in_place = trainer(set_grads_to_none=False)
     in_place.train(1)
-    assert all(p.grad is not None and not p.grad.any() for p in in_place.trainable)
+    assert all(p.grad is not None and not p.grad.any() for p in in_place.models.trainable)
     to_none = trainer()
     to_none.train(1)
-    assert all(p.grad is None for p in to_none.trainable)
+    assert all(p.grad is None for p in to_none.models.trainable)
 
 
 def test_trainers_of_different_precisions_run_one_after_another():
     trainer(mixed_precision="no").train(1)
     later = trainer(mixed_precision="bf16")
-    assert later.precision == "bf16"
+    assert later.runtime.precision == "bf16"
     assert later.train(1).mixed_precision == "bf16"

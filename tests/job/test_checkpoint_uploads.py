@@ -18,7 +18,7 @@ from dreambooth_job import storage
 from dreambooth_job.checkpoint import BackgroundUploads, CheckpointStore
 from dreambooth_job.cli import main
 from dreambooth_job.exit_codes import ExitCode, RetryableError
-from dreambooth_job.train import Trainer
+from dreambooth_job.training.trainer import Trainer
 
 # Only a safety net against a hang: every wait below is released by an event the test sets.
 TIMEOUT = 120

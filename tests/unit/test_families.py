@@ -89,7 +89,7 @@ def test_sd_conditions_the_unet_on_hidden_states_only(tiny_pipeline):
     with torch.no_grad():
         ids = family.tokenize(tiny_pipeline, "a sks dog")
         embeddings = family.encode_prompt(family.text_encoders(tiny_pipeline), ids, "cpu").expand(2)
-        kwargs = family.unet_conditioning(embeddings, torch.float32)
+        kwargs = family.denoiser_conditioning(embeddings, torch.float32)
         assert list(kwargs) == ["encoder_hidden_states"]
         noisy = torch.randn(2, 4, 32, 32, generator=torch.Generator().manual_seed(0))
         timesteps = torch.tensor([10, 500])
@@ -99,8 +99,8 @@ def test_sd_conditions_the_unet_on_hidden_states_only(tiny_pipeline):
 
 def test_trainable_modules_and_native_resolution(tiny_pipeline):
     family = families.for_pipeline(tiny_pipeline)
-    assert list(family.trainable_modules(tiny_pipeline, False)) == ["unet"]
-    assert list(family.trainable_modules(tiny_pipeline, True)) == ["unet", "text_encoder"]
+    assert list(family.trainable_modules(tiny_pipeline, False)) == ["denoiser"]
+    assert list(family.trainable_modules(tiny_pipeline, True)) == ["denoiser", "text_encoder"]
     assert family.native_resolution(tiny_pipeline) == 64  # 32 latent pixels, a 2x VAE
 
 
@@ -122,7 +122,7 @@ def test_sdxl_prompt_encoding_is_the_pipelines_own(tiny_sdxl_pipeline):
     StableDiffusionXLPipeline.encode_prompt conditions its UNet on when sampling."""
     pipe = tiny_sdxl_pipeline
     family = families.for_pipeline(pipe)
-    assert list(family.trainable_modules(pipe, True)) == ["unet", "text_encoder", "text_encoder_2"]
+    assert list(family.trainable_modules(pipe, True)) == ["denoiser", "text_encoder", "text_encoder_2"]
     for prompt in ("a photo of sks dog", "a dog " * 100):
         with torch.no_grad():
             ids = family.tokenize(pipe, prompt)
@@ -140,7 +140,7 @@ def test_sdxl_time_ids_are_original_size_crop_and_target_as_the_pipelines(tiny_s
     family = families.for_pipeline(pipe)
     embeddings = PromptEmbeddings(torch.zeros(1, 77, 64), torch.zeros(1, 32)).expand(2)
     geometry = [ImageGeometry((1200, 800), (0, 48), 64), ImageGeometry((64, 64), (0, 0), 64)]
-    kwargs = family.unet_conditioning(embeddings, torch.float32, geometry=geometry)
+    kwargs = family.denoiser_conditioning(embeddings, torch.float32, geometry=geometry)
     expected = [pipe._get_add_time_ids((800, 1200), (0, 48), (64, 64), torch.float32, 32),
                 pipe._get_add_time_ids((64, 64), (0, 0), (64, 64), torch.float32, 32)]
     assert torch.equal(kwargs["added_cond_kwargs"]["time_ids"], torch.cat(expected))

@@ -1,4 +1,4 @@
-"""The Trainer in LoRA mode (families/lora_mode.py, train_state.py): only adapters train, the
+"""The Trainer in LoRA mode (families/lora_mode.py, training/state.py): only adapters train, the
 objective and caches are full mode's, samples and the saved model are base + adapters, and a
 checkpoint holds the adapters and their optimizer state only."""
 
@@ -15,7 +15,7 @@ from dreambooth_job import lora  # noqa: E402
 from dreambooth_job.bench.command import Settings, Variant, _images, bench_config  # noqa: E402
 from dreambooth_job.bench.models import build_pipeline  # noqa: E402
 from dreambooth_job.exit_codes import InvalidInputError  # noqa: E402
-from dreambooth_job.train import Trainer  # noqa: E402
+from dreambooth_job.training.trainer import Trainer  # noqa: E402
 
 SETTINGS = Settings(model="tiny", base_model=None, resolution=32, batch_size=1, steps=3, warmup=0,
                     prior_preservation=True, seed=0)
@@ -38,7 +38,7 @@ def trainer(**overrides) -> Trainer:
     config = bench_config(SETTINGS, Variant("test", {"train_mode": "lora", "lora_rank": 4,
                                                      "learning_rate": 1e-2, **overrides}))
     pipeline = copy.deepcopy(tiny_pipeline())
-    trainer = Trainer(config, pipeline, pipeline.scheduler, instance_images=_images(SETTINGS, 0),
+    trainer = Trainer(config, pipeline, instance_images=_images(SETTINGS, 0),
                       instance_prompt="a sks dog", class_images=_images(SETTINGS, 1000),
                       class_prompt="a dog")
     trainer.setup()
@@ -64,20 +64,22 @@ def unet_output(pipe):
 def test_only_the_adapters_train_and_the_base_stays_as_loaded():
     t = trainer(train_text_encoder=True)
     optimized = {id(p) for group in t.optimizer.param_groups for p in group["params"]}
-    for module in (t.unet, t.text_encoders["text_encoder"]):
+    for module in (t.models.denoiser, t.models.text_encoders["text_encoder"]):
         trained = {name for name, p in module.named_parameters() if id(p) in optimized}
         assert trained == {name for name, p in module.named_parameters() if ".lora_" in name}
         assert all(p.dtype == torch.float32 for p in lora.lora_parameters(module))
     # With the text encoder's adapters training, prompt embeddings cannot be cached.
-    assert t.cached_embeddings is None
-    before_unet, before_text = base_weights(t.unet), base_weights(t.text_encoders["text_encoder"])
-    adapters_before = adapters(t.text_encoders["text_encoder"])
+    assert t.inputs.cache.embeddings is None
+    before_unet = base_weights(t.models.denoiser)
+    before_text = base_weights(t.models.text_encoders["text_encoder"])
+    adapters_before = adapters(t.models.text_encoders["text_encoder"])
     result = t.train()
     assert result.train_mode == "lora" and result.learning_rate == 1e-2
     assert result.trainable_parameters == sum(
         p.numel() for group in t.optimizer.param_groups for p in group["params"])
-    assert all(torch.equal(a, b) for a, b in zip(before_unet.values(), base_weights(t.unet).values()))
-    text_encoder = t.text_encoders["text_encoder"]
+    after_unet = base_weights(t.models.denoiser)
+    assert all(torch.equal(a, b) for a, b in zip(before_unet.values(), after_unet.values()))
+    text_encoder = t.models.text_encoders["text_encoder"]
     assert all(torch.equal(a, b) for a, b in
                zip(before_text.values(), base_weights(text_encoder).values()))
     assert any(not torch.equal(a, b)
@@ -86,15 +88,16 @@ def test_only_the_adapters_train_and_the_base_stays_as_loaded():
 
 def test_unet_only_lora_caches_embeddings_like_full_mode():
     t = trainer()
-    assert t.cached_embeddings is not None and t.cached_latents is not None
-    assert not lora.has_lora(t.text_encoders["text_encoder"])
+    assert t.inputs.cache.embeddings is not None and t.inputs.cache.latents is not None
+    assert not lora.has_lora(t.models.text_encoders["text_encoder"])
 
 
 def test_the_adapters_start_from_the_seed():
-    assert all(torch.equal(a, b) for a, b in zip(adapters(trainer().unet).values(),
-                                                   adapters(trainer().unet).values()))
-    other = adapters(trainer(seed=1).unet)
-    assert any(not torch.equal(a, b) for a, b in zip(adapters(trainer().unet).values(), other.values()))
+    assert all(torch.equal(a, b) for a, b in zip(adapters(trainer().models.denoiser).values(),
+                                                   adapters(trainer().models.denoiser).values()))
+    other = adapters(trainer(seed=1).models.denoiser)
+    same = adapters(trainer().models.denoiser)
+    assert any(not torch.equal(a, b) for a, b in zip(same.values(), other.values()))
 
 
 def test_samples_and_the_saved_model_are_base_plus_adapters(tmp_path):
@@ -107,11 +110,11 @@ def test_samples_and_the_saved_model_are_base_plus_adapters(tmp_path):
     adapted = unet_output(pipe)
     assert not torch.allclose(adapted, unet_output(tiny_pipeline()), atol=1e-4)
     t.mode.save(t.family, t.inference_pipeline(), tmp_path / "model")  # --lora-merge's merge
-    assert lora.has_lora(t.unet), "saving merges copies: the live pipeline keeps its adapters"
+    assert lora.has_lora(t.models.denoiser), "saving merges copies: the live pipeline keeps its adapters"
     saved = StableDiffusionPipeline.from_pretrained(tmp_path / "model")
     torch.testing.assert_close(unet_output(saved), adapted, rtol=1e-4, atol=1e-5)
     t.train(1)  # training goes on after sampling, in train mode again
-    assert t.unet.training
+    assert t.models.denoiser.training
 
 
 def test_a_checkpoint_holds_the_adapters_and_their_optimizer_state_only(tmp_path):
@@ -122,19 +125,20 @@ def test_a_checkpoint_holds_the_adapters_and_their_optimizer_state_only(tmp_path
     t.save_state(tmp_path / "state")
     unet_file, text_file = load_file(tmp_path / "state" / "model.safetensors"), \
         load_file(tmp_path / "state" / "model_1.safetensors")
-    assert unet_file.keys() == adapters(t.unet).keys()
-    assert text_file.keys() == adapters(t.text_encoders["text_encoder"]).keys()
+    assert unet_file.keys() == adapters(t.models.denoiser).keys()
+    assert text_file.keys() == adapters(t.models.text_encoders["text_encoder"]).keys()
     moments = [s["exp_avg"].numel() for s in t.optimizer.state_dict()["state"].values()]
-    assert sum(moments) == sum(p.numel() for p in t.trainable)
+    assert sum(moments) == sum(p.numel() for p in t.models.trainable)
 
     resumed = trainer(train_text_encoder=True)
     resumed.load_state(tmp_path / "state", 2)
-    for a, b in ((t.unet, resumed.unet),
-                 (t.text_encoders["text_encoder"], resumed.text_encoders["text_encoder"])):
+    for a, b in ((t.models.denoiser, resumed.models.denoiser),
+                 (t.models.text_encoders["text_encoder"], resumed.models.text_encoders["text_encoder"])):
         assert all(torch.equal(x, y) for x, y in zip(adapters(a).values(), adapters(b).values()))
     t.train(1)
     resumed.train(1)
-    assert all(torch.equal(x, y) for x, y in zip(adapters(t.unet).values(), adapters(resumed.unet).values()))
+    ends = adapters(t.models.denoiser), adapters(resumed.models.denoiser)
+    assert all(torch.equal(x, y) for x, y in zip(ends[0].values(), ends[1].values()))
 
 
 def test_a_checkpoint_of_other_adapters_is_refused(tmp_path):

@@ -39,7 +39,7 @@ def meta():
 
 
 def needs_checkpointing(models, *, latent_side, free_gib, lora=False):
-    """The Trainer's `gradient_checkpointing: auto` decision (train.py), batch 1 with prior
+    """The Trainer's `gradient_checkpointing: auto` decision (training/setup.py), batch 1 with prior
     preservation, bf16, on `free_gib` left after the weights are on the device."""
     from dreambooth_job import lora as lora_lib
     from dreambooth_job.config import TrainConfig

@@ -71,7 +71,7 @@ def test_auto_resolution_is_resolved_by_one_function(tiny_pipeline):
 
 
 def test_the_trainer_reads_a_resolved_resolution_and_never_resolves_it(tiny_pipeline):
-    from dreambooth_job.train import Trainer
+    from dreambooth_job.training.trainer import Trainer
 
     config = TrainConfig(instance_data="x", class_noun="dog", output="out")
     with pytest.raises(ValueError, match="training_resolution"):

@@ -15,7 +15,8 @@ from PIL import Image
 from dreambooth_job import data, families
 from dreambooth_job.config import TrainConfig
 from dreambooth_job.data import cover_size, to_tensor
-from dreambooth_job.train import Trainer
+from dreambooth_job.families.objective import DdpmObjective
+from dreambooth_job.training.trainer import Trainer
 
 RES = 64
 
@@ -38,7 +39,7 @@ def run(pipeline, photo, steps: int, **overrides):
                          resolution=RES, max_train_steps=steps, num_class_images=1, seed=0,
                          metrics_port=0, log_every=steps, **overrides)
     pipe = copy.deepcopy(pipeline)
-    trainer = Trainer(config, pipe, DDPMScheduler.from_config(pipe.scheduler.config),
+    trainer = Trainer(config, pipe, DdpmObjective(DDPMScheduler.from_config(pipe.scheduler.config)),
                       instance_images=[photo.image], instance_sizes=[photo.original_size],
                       instance_prompt="a sks dog", class_images=[Image.new("RGB", (RES, RES))],
                       class_prompt="a dog")
@@ -47,8 +48,9 @@ def run(pipeline, photo, steps: int, **overrides):
         lambda module, args, kwargs: time_ids.append(kwargs["added_cond_kwargs"]["time_ids"].clone()),
         with_kwargs=True)
     trainer.setup()
-    encode = trainer._latent_params
-    trainer._latent_params = lambda batch: (pixels.append(batch.clone()), encode(batch))[1]
+    encoder = trainer.inputs.encoder
+    encode = encoder.latent_params
+    encoder.latent_params = lambda batch: (pixels.append(batch.clone()), encode(batch))[1]
     trainer.train()
     return time_ids, pixels
 
@@ -95,7 +97,7 @@ def test_a_v_prediction_sdxl_base_trains_on_the_velocity(tmp_path, wide_photo):
     config = TrainConfig(instance_data="s3://b/p/", class_noun="dog", output="s3://b/o/",
                          resolution=RES, max_train_steps=1, prior_preservation=False, seed=0,
                          metrics_port=0)
-    trainer = Trainer(config, pipe, scheduler, instance_images=[wide_photo.image],
+    trainer = Trainer(config, pipe, DdpmObjective(scheduler), instance_images=[wide_photo.image],
                       instance_sizes=[wide_photo.original_size], instance_prompt="a sks dog",
                       class_images=None, class_prompt="a dog")
     trainer.setup()

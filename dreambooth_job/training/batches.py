@@ -32,7 +32,7 @@ def pick(count: int, name: str, step: int, batch: int, seed: int, random_flip: b
 def random_crops(images, resolution: int, generator: torch.Generator
                  ) -> tuple[list[torch.Tensor], list[tuple[int, int]]]:
     """A random square crop of each image (PIL) at `resolution`, as tensors, with each crop's
-    (top, left): SDXL conditions on it."""
+    (top, left): size-conditioned families take it."""
     rng = np.random.default_rng(int(torch.randint(0, 2**31, (1,), generator=generator)))
     taken = [square_crop_at(image, resolution, False, rng) for image in images]
     return [to_tensor(crop) for crop, _ in taken], [top_left for _, top_left in taken]

@@ -1,0 +1,86 @@
+"""What each training step feeds the denoiser: the images of each set (instance, class), their
+pixels (centre crops as tensors once, random crops each step), where each crop came from
+(size-conditioned families take it), the latents the family makes of the VAE's posterior, and the
+prompt embeddings, from the cache (encoding.py) or encoded at the step. Every random draw comes
+from the step's generator, in a fixed order: which images and flips (batches.pick), the random
+crop, then the posterior sample.
+"""
+from __future__ import annotations
+
+import torch
+from PIL import Image
+
+from dreambooth_job.config import TrainConfig
+from dreambooth_job.data import cover_size
+from dreambooth_job.families import ModelFamily, PromptEmbeddings
+from dreambooth_job.families.base import ImageGeometry
+from dreambooth_job.training.batches import center_crops, pick, random_crops
+from dreambooth_job.training.encoding import EncodedCache, Encoder
+
+
+class TrainingInputs:
+    """The image sets by name ("instance", and "class" with prior preservation), with each image's
+    size as uploaded and its set's prompt."""
+
+    def __init__(self, config: TrainConfig, family: ModelFamily, pipeline, encoder: Encoder, *,
+                 images: dict[str, list[Image.Image]], original_sizes: dict[str, list[tuple[int, int]]],
+                 prompts: dict[str, str]):
+        self.config, self.family, self.encoder = config, family, encoder
+        self.images, self.original_sizes = images, original_sizes
+        self.pixels, self.center_crops = self._prepare_pixels()
+        self.prompt_ids = {name: family.tokenize(pipeline, prompt) for name, prompt in prompts.items()}
+        self.cache = EncodedCache.build(config, encoder, self.pixels, self.prompt_ids)
+
+    def _prepare_pixels(self) -> tuple[dict, dict[str, list[tuple[int, int]]]]:
+        """Centre-cropped images become tensors once; random crops stay PIL images until each step."""
+        if not self.config.center_crop:
+            return self.images, {}
+        pixels, crops = {}, {}
+        for name, images in self.images.items():
+            pixels[name], crops[name] = center_crops(images, self.config.resolution)
+        return pixels, crops
+
+    def latents(self, name: str, step: int,
+                generator: torch.Generator) -> tuple[torch.Tensor, list[ImageGeometry]]:
+        """The batch of set `name` at `step`: its latents, and where each image came from."""
+        c = self.config
+        indices, flips = pick(len(self.pixels[name]), name, step, c.train_batch_size, c.seed,
+                              c.random_flip, generator)
+        if self.cache.latents is not None:
+            params = torch.stack([self.cache.latents[name + ("_flipped" if f else "")][i]
+                                  for i, f in zip(indices, flips)])
+            crops = [self.center_crops[name][i] for i in indices]
+        else:
+            pixels, crops = self._batch_pixels(name, indices, flips, generator)
+            params = self.encoder.latent_params(pixels)
+        device = self.encoder.device
+        mean, logvar = params.to(device).chunk(2, dim=1)
+        std = torch.exp(0.5 * logvar.clamp(-30.0, 20.0))
+        noise = torch.randn(mean.shape, generator=generator).to(device)
+        geometry = [self._geometry(name, i, crop, f) for i, crop, f in zip(indices, crops, flips)]
+        return self.family.encode_latents(self.encoder.models.vae, mean + std * noise), geometry
+
+    def _batch_pixels(self, name, indices, flips,
+                      generator) -> tuple[torch.Tensor, list[tuple[int, int]]]:
+        if self.config.center_crop:
+            pixels = self.pixels[name][indices]
+            crops = [self.center_crops[name][i] for i in indices]
+        else:
+            pixels, crops = random_crops([self.pixels[name][i] for i in indices],
+                                         self.config.resolution, generator)
+        return torch.stack([p.flip(-1) if f else p for p, f in zip(pixels, flips)]), crops
+
+    def _geometry(self, name: str, index: int, crop: tuple[int, int], flipped: bool) -> ImageGeometry:
+        res = self.config.resolution
+        top, left = crop
+        if flipped:
+            # A mirrored crop sits as far from the right edge as the crop did from the left.
+            left = cover_size(self.images[name][index].size, res)[0] - res - left
+        return ImageGeometry(self.original_sizes[name][index], (top, left), res)
+
+    def embeddings(self, name: str) -> PromptEmbeddings:
+        """Set `name`'s prompt embeddings, one row per image of the batch."""
+        batch = self.config.train_batch_size
+        if self.cache.embeddings is not None:
+            return self.cache.embeddings[name].expand(batch)
+        return self.encoder.prompt(self.prompt_ids[name]).expand(batch)

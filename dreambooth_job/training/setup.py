@@ -1,0 +1,163 @@
+"""The Trainer's set-up steps, in the order `Trainer.setup` runs them, each returning the state it
+made (torchtune's `_setup_*` steps): the runtime (device, precision, accelerate), the models (what
+trains in which dtype, memory switches), the optimizer and LR schedule, and accelerate's prepare.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from dreambooth_job import devices, memory
+from dreambooth_job.config import TrainConfig
+from dreambooth_job.families import ModelFamily, TrainMode
+from dreambooth_job.training import state
+
+log = logging.getLogger("dreambooth_job")
+
+
+@dataclass
+class Runtime:
+    """Where and in which precision the run computes."""
+
+    accelerator: Any
+    """accelerate's Accelerator: mixed precision, gradient accumulation, checkpoints."""
+    device: torch.device
+    precision: str
+    """The mixed precision `auto` resolved to on the device: "no", "fp16" or "bf16"."""
+    weight_dtype: torch.dtype
+    """The dtype of the frozen weights (and of a frozen base under LoRA)."""
+
+
+@dataclass
+class TrainedModels:
+    """The pipeline's models as training holds them. `denoiser` and `text_encoders` become
+    accelerate's prepared (and possibly compiled) modules after `prepare`."""
+
+    denoiser: Any
+    vae: Any
+    text_encoders: dict[str, Any]
+    trainable: list = field(repr=False)
+    """The parameters the optimizer updates, in the checkpoints' order."""
+    gradient_checkpointing: bool = False
+    channels_last: bool = False
+
+    def set_training(self, training: bool, train_text_encoder: bool) -> None:
+        """Train mode for what trains (LoRA's dropout), eval mode for sampling."""
+        self.denoiser.train(training)
+        for encoder in self.text_encoders.values():
+            encoder.train(training and train_text_encoder)
+
+
+def setup_runtime(config: TrainConfig) -> Runtime:
+    """The device (accelerate's), the mixed precision `auto` resolves to there, and TF32."""
+    from accelerate import Accelerator  # deferred: accelerate is heavy
+    from accelerate.state import AcceleratorState  # deferred: accelerate is heavy
+
+    device = devices.pick_device()
+    precision = devices.resolve_precision(config.mixed_precision, device)
+    # Accelerate keeps one process-wide state and refuses a second precision in it; each
+    # Trainer owns its run, so trainers set up one after another (bench rows) start afresh.
+    AcceleratorState._reset_state(reset_partial_state=True)
+    accelerator = Accelerator(mixed_precision=precision, cpu=device.type == "cpu",
+                              gradient_accumulation_steps=config.gradient_accumulation_steps)
+    if accelerator.device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = config.tf32
+        torch.backends.cudnn.allow_tf32 = config.tf32
+    weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(precision, torch.float32)
+    return Runtime(accelerator, accelerator.device, precision, weight_dtype)
+
+
+def setup_models(config: TrainConfig, pipeline, family: ModelFamily, mode: TrainMode,
+                 runtime: Runtime, images_per_batch: int) -> TrainedModels:
+    """Frozen weights in the compute dtype, trained ones in fp32 master weights (what the train
+    mode makes trainable: whole modules, or adapters on a frozen base), and the memory and kernel
+    switches. `images_per_batch` (instance and class images) sizes the activations."""
+    device, weight_dtype = runtime.device, runtime.weight_dtype
+    models = TrainedModels(family.denoiser(pipeline), pipeline.vae, family.text_encoders(pipeline), [])
+    vae_dtype = devices.vae_dtype(weight_dtype, vae_override=config.vae is not None)
+    models.vae.requires_grad_(False).to(device, vae_dtype)
+    log.info("VAE in %s (%s)", str(vae_dtype).removeprefix("torch."),
+             f"--vae {config.vae}" if config.vae else "the base model's; never fp16 without --vae")
+    trained_dtype = weight_dtype if mode.frozen_base else torch.float32
+    for encoder in models.text_encoders.values():
+        encoder.requires_grad_(False)
+        encoder.to(device, trained_dtype if config.train_text_encoder else weight_dtype)
+    models.denoiser.to(device, trained_dtype)
+    models.trainable = mode.trainable_parameters(
+        family.trainable_modules(pipeline, config.train_text_encoder))
+    for param in models.trainable:
+        param.data = param.data.float()  # adapters follow the base's dtype when added
+    models.set_training(True, config.train_text_encoder)
+    models.gradient_checkpointing = (
+        config.gradient_checkpointing if config.gradient_checkpointing is not None
+        else _checkpointing_needed(config, pipeline, models, runtime, images_per_batch))
+    models.channels_last = (config.channels_last if config.channels_last is not None
+                            else device.type == "cuda")
+    _switch_memory_and_kernels(config, models)
+    return models
+
+
+def _switch_memory_and_kernels(config: TrainConfig, models: TrainedModels) -> None:
+    if models.gradient_checkpointing:
+        models.denoiser.enable_gradient_checkpointing()
+        if config.train_text_encoder:
+            for encoder in models.text_encoders.values():
+                encoder.gradient_checkpointing_enable()
+    if models.channels_last:
+        models.denoiser.to(memory_format=torch.channels_last)
+    if config.attention_backend == "eager":
+        from diffusers.models.attention_processor import AttnProcessor  # deferred: diffusers is heavy
+
+        models.denoiser.set_attn_processor(AttnProcessor())
+
+
+def _checkpointing_needed(config: TrainConfig, pipeline, models: TrainedModels, runtime: Runtime,
+                          images: int) -> bool:
+    """`auto`: only on CUDA, and only when training without it would not fit (memory.py)."""
+    if runtime.device.type != "cuda":
+        return False
+    required = memory.training_bytes(config, models.denoiser.config, pipeline.vae_scale_factor,
+                                     sum(p.numel() for p in models.trainable), images,
+                                     runtime.precision in ("fp16", "bf16"))
+    return memory.needs_checkpointing(required, torch.cuda.mem_get_info(runtime.device)[0])
+
+
+def setup_optimizer(config: TrainConfig, params: list) -> tuple[Any, Any]:
+    """AdamW (8-bit with --use-8bit-adam) on `params` and the LR schedule over max_train_steps."""
+    from diffusers.optimization import get_scheduler  # deferred: diffusers is heavy
+
+    rate = config.resolved_learning_rate
+    if config.use_8bit_adam:
+        import bitsandbytes as bnb  # deferred: an optional dependency, CUDA only
+
+        optimizer = bnb.optim.AdamW8bit(params, lr=rate, weight_decay=config.adam_weight_decay)
+    else:
+        # Fused is one kernel for all parameters on CUDA and CPU alike; on CPU, foreach falls
+        # back to a loop over parameters (docs/benchmarks.md has the measurements).
+        impl = "fused" if config.adam_impl == "auto" else config.adam_impl
+        optimizer = torch.optim.AdamW(params, lr=rate, weight_decay=config.adam_weight_decay,
+                                      fused=impl == "fused", foreach=impl == "foreach")
+    lr_scheduler = get_scheduler(config.lr_scheduler, optimizer=optimizer,
+                                 num_warmup_steps=config.lr_warmup_steps,
+                                 num_training_steps=config.max_train_steps)
+    return optimizer, lr_scheduler
+
+
+def prepare(config: TrainConfig, mode: TrainMode, accelerator, models: TrainedModels,
+            optimizer, lr_scheduler) -> tuple[Any, Any]:
+    """Hand the trained modules to accelerate, in the order its checkpoints record them;
+    `models` then holds the prepared modules. The prepared optimizer and LR scheduler."""
+    models.denoiser, optimizer, lr_scheduler = accelerator.prepare(models.denoiser, optimizer, lr_scheduler)
+    if config.train_text_encoder:
+        models.text_encoders = {name: accelerator.prepare(encoder)
+                                for name, encoder in models.text_encoders.items()}
+    if mode.frozen_base:
+        state.register_trainable_only(accelerator)  # no frozen base in checkpoints
+    if config.compile_unet:
+        # After `prepare`: the accelerator keeps the plain module, so saved states keep its names.
+        models.denoiser = torch.compile(models.denoiser, mode=config.compile_mode)
+    return optimizer, lr_scheduler
