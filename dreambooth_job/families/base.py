@@ -8,6 +8,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, NamedTuple
 
+from dreambooth_job.families.reference import ReferenceModel
+
 
 class ImageGeometry(NamedTuple):
     """Where a training image came from, for families conditioned on it (SDXL's time ids)."""
@@ -111,6 +113,12 @@ class ModelFamily(ABC):
     def unet_conditioning(self, embeddings: PromptEmbeddings, dtype) -> dict[str, Any]:
         """The UNet's keyword arguments besides the noisy latents and timesteps:
         `encoder_hidden_states`, and `added_cond_kwargs` for families that take more."""
+
+
+    # == sizing, memory, bench, published formats (issue 24, helper A2) ========================
+    reference: ClassVar[ReferenceModel]
+    """Parameter counts of the family's published architecture (families/reference.py): the
+    sizing profiles (sizing.py) are built from them before any model is loaded."""
 
 
 class TrainMode:

@@ -7,12 +7,18 @@ from pathlib import Path
 from typing import Any
 
 from dreambooth_job.families.base import ModelFamily, PromptEmbeddings
+from dreambooth_job.families.reference import GB, ReferenceModel
 
 
 class StableDiffusion(ModelFamily):
     name = "sd"
     pipeline_classes = ("StableDiffusionPipeline",)
     text_encoder_names = ("text_encoder",)
+    # SD 1.5's counts. SD 2.x (768 px) shares the family and its profiles: its UNet is 865.9M
+    # parameters, its text encoder 340.4M, within the sd profiles' safety factor.
+    reference = ReferenceModel(denoiser=859_520_964, text_encoders=123_060_480, vae=83_653_863,
+                               lora_adapters_rank16=3_188_736 + 1_179_648, resolution=512,
+                               class_images_bytes=int(0.1 * GB), step_seconds=10)
 
     def load_pipeline(self, path: str, cache_dir: str):
         import torch

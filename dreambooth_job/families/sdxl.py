@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from dreambooth_job.families.base import ImageGeometry, ModelFamily, PromptEmbeddings
+from dreambooth_job.families.reference import GB, ReferenceModel
 
 
 class StableDiffusionXL(ModelFamily):
@@ -25,6 +26,10 @@ class StableDiffusionXL(ModelFamily):
     tokenizer_names = ("tokenizer", "tokenizer_2")
     size_conditioned = True
     addition_embed_type = "text_time"
+    # SDXL base 1.0's counts.
+    reference = ReferenceModel(denoiser=2_567_463_684, text_encoders=123_060_480 + 694_659_840,
+                               vae=83_653_863, lora_adapters_rank16=23_224_320 + 1_179_648 + 5_242_880,
+                               resolution=1024, class_images_bytes=int(0.4 * GB), step_seconds=20)
 
     def load_pipeline(self, path: str, cache_dir: str):
         import torch
