@@ -119,6 +119,20 @@ class ModelFamily(ABC):
     reference: ClassVar[ReferenceModel]
     """Parameter counts of the family's published architecture (families/reference.py): the
     sizing profiles (sizing.py) are built from them before any model is loaded."""
+    denoiser_attribute: ClassVar[str]
+    """The pipeline attribute holding the denoiser (a UNet, a transformer)."""
+
+    def components(self, pipeline) -> dict[str, Any]:
+        """The pipeline's models under family-neutral names, for counting and estimating
+        (bench): "denoiser", "vae", then the text encoders under their attribute names."""
+        return {"denoiser": getattr(pipeline, self.denoiser_attribute), "vae": pipeline.vae,
+                **self.text_encoders(pipeline)}
+
+    @abstractmethod
+    def activation_levels(self, denoiser_config, latent_side: int) -> list[int]:
+        """Per image, the denoiser's saved-activation units of each level at a latent of
+        `latent_side` (memory.py scales them by its measured bytes per unit): the sum is a step's
+        activations, the largest what gradient checkpointing recomputes at once."""
 
 
 class TrainMode:

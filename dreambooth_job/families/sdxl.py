@@ -17,6 +17,7 @@ from typing import Any
 
 from dreambooth_job.families.base import ImageGeometry, ModelFamily, PromptEmbeddings
 from dreambooth_job.families.reference import GB, ReferenceModel
+from dreambooth_job.families.unet_activations import unet_activation_levels
 
 
 class StableDiffusionXL(ModelFamily):
@@ -27,6 +28,7 @@ class StableDiffusionXL(ModelFamily):
     size_conditioned = True
     addition_embed_type = "text_time"
     # SDXL base 1.0's counts.
+    denoiser_attribute = "unet"
     reference = ReferenceModel(denoiser=2_567_463_684, text_encoders=123_060_480 + 694_659_840,
                                vae=83_653_863, lora_adapters_rank16=23_224_320 + 1_179_648 + 5_242_880,
                                resolution=1024, class_images_bytes=int(0.4 * GB), step_seconds=20)
@@ -48,6 +50,9 @@ class StableDiffusionXL(ModelFamily):
 
         return {single_file.SDXL_CLIP_PREFIX: single_file.clip_to_ldm(pipeline.text_encoder),
                 single_file.SDXL_OPEN_CLIP_PREFIX: single_file.open_clip_to_ldm(pipeline.text_encoder_2)}
+
+    def activation_levels(self, denoiser_config, latent_side: int) -> list[int]:
+        return unet_activation_levels(denoiser_config, latent_side)
 
     def tokenize(self, pipeline, prompt: str) -> tuple:
         ids = []

@@ -168,7 +168,7 @@ def test_container_args_parse_back_into_the_config():
                 validation_prompts=["a {identifier} {class_noun}, oil painting"], batch_id="night-7")
     args = pod_spec(build_job(JobSpec(train=train)))["containers"][0]["args"]
     assert options_of(parse_train_args(args)) == options_of(dataclasses.replace(
-        train, subject_id="dog-42", termination_grace_seconds=sizing.PROFILES["sd-full"].job_grace_seconds))
+        train, subject_id="dog-42", termination_grace_seconds=sizing.PROFILES[sizing.UNDETECTED["full"]].job_grace_seconds))
 
 
 def test_s3_credentials_are_referenced_never_copied():

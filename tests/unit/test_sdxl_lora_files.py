@@ -135,14 +135,14 @@ def _unet_output(unet):
 
 
 def test_real_sdxl_unet_names_map_back_through_diffusers_kohya_reader():
-    """SDXL base 1.0's UNet (bench/sdxl.py's config, on the meta device) with adapters on its
+    """SDXL base 1.0's UNet (bench/models.py's SDXL config, on the meta device) with adapters on its
     attention and ResBlock layers: every adapter's kohya name maps back, by diffusers' reader,
     onto the module it came from, and the names are kohya's SDXL ones."""
     from diffusers import StableDiffusionXLPipeline
     from diffusers.utils import convert_unet_state_dict_to_peft
     from peft.utils import get_peft_model_state_dict
 
-    from dreambooth_job.bench.sdxl import build_models
+    from dreambooth_job.bench.models import build_sdxl_models as build_models
 
     unet = build_models(device="meta")["unet"]
     lora.add_lora(unet, rank=RANK, alpha=ALPHA, target_modules=UNET_TARGETS)

@@ -18,7 +18,8 @@ def test_parameter_counts_are_the_published_architectures(family, model):
     from dreambooth_job import lora
     from dreambooth_job.bench.estimate import meta_models
 
-    built = meta_models(model)
+    detected, built = meta_models(model)
+    assert detected is FAMILY[family]
     counts = {name: sum(p.numel() for p in module.parameters()) for name, module in built.items()}
     params = FAMILY[family].reference
     assert params.denoiser == counts["denoiser"] and params.vae == counts["vae"]
