@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, NamedTuple
 
+from dreambooth_job.families.lora_formats import LoraFormat
 from dreambooth_job.families.reference import ReferenceModel
 
 
@@ -121,6 +122,9 @@ class ModelFamily(ABC):
     sizing profiles (sizing.py) are built from them before any model is loaded."""
     denoiser_attribute: ClassVar[str]
     """The pipeline attribute holding the denoiser (a UNet, a transformer)."""
+    lora_format: ClassVar[LoraFormat]
+    """The LoRA files the family publishes (families/lora_formats.py): which modules carry
+    adapters, and the writers of diffusers' and kohya's (A1111, ComfyUI) formats."""
 
     def components(self, pipeline) -> dict[str, Any]:
         """The pipeline's models under family-neutral names, for counting and estimating

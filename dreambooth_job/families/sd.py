@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from dreambooth_job.families.base import ModelFamily, PromptEmbeddings
+from dreambooth_job.families.lora_formats import UNetLoraFormat
 from dreambooth_job.families.reference import GB, ReferenceModel
 from dreambooth_job.families.unet_activations import unet_activation_levels
 
@@ -15,9 +16,11 @@ class StableDiffusion(ModelFamily):
     name = "sd"
     pipeline_classes = ("StableDiffusionPipeline",)
     text_encoder_names = ("text_encoder",)
+    denoiser_attribute = "unet"
+    lora_format = UNetLoraFormat(
+        "StableDiffusionPipeline", ("unet", "text_encoder"))
     # SD 1.5's counts. SD 2.x (768 px) shares the family and its profiles: its UNet is 865.9M
     # parameters, its text encoder 340.4M, within the sd profiles' safety factor.
-    denoiser_attribute = "unet"
     reference = ReferenceModel(denoiser=859_520_964, text_encoders=123_060_480, vae=83_653_863,
                                lora_adapters_rank16=3_188_736 + 1_179_648, resolution=512,
                                class_images_bytes=int(0.1 * GB), step_seconds=10)

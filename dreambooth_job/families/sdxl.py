@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from dreambooth_job.families.base import ImageGeometry, ModelFamily, PromptEmbeddings
+from dreambooth_job.families.lora_formats import UNetLoraFormat
 from dreambooth_job.families.reference import GB, ReferenceModel
 from dreambooth_job.families.unet_activations import unet_activation_levels
 
@@ -27,8 +28,11 @@ class StableDiffusionXL(ModelFamily):
     tokenizer_names = ("tokenizer", "tokenizer_2")
     size_conditioned = True
     addition_embed_type = "text_time"
-    # SDXL base 1.0's counts.
     denoiser_attribute = "unet"
+    lora_format = UNetLoraFormat(
+        "StableDiffusionXLPipeline", ("unet", "text_encoder", "text_encoder_2"),
+        original_unet_names=True, kohya_header={"ss_base_model_version": "sdxl_base_v1-0"})
+    # SDXL base 1.0's counts.
     reference = ReferenceModel(denoiser=2_567_463_684, text_encoders=123_060_480 + 694_659_840,
                                vae=83_653_863, lora_adapters_rank16=23_224_320 + 1_179_648 + 5_242_880,
                                resolution=1024, class_images_bytes=int(0.4 * GB), step_seconds=20)
