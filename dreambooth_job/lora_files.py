@@ -100,8 +100,9 @@ def kohya_state_dict(family, modules: Mapping[str, Any]) -> dict:
     kohya = {}
     for name, state in family.lora_format.kohya_state(adapters, modules).items():
         # diffusers' converter writes alpha = rank; the loaders scale by alpha / rank.
-        alpha = torch.tensor(float(lora_config(modules[name]).lora_alpha))
-        kohya.update({key: alpha if key.endswith(".alpha") else tensor for key, tensor in state.items()})
+        alpha = float(lora_config(modules[name]).lora_alpha)
+        kohya.update({key: torch.tensor(alpha) if key.endswith(".alpha") else tensor
+                      for key, tensor in state.items()})
     return kohya
 
 

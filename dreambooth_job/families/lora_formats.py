@@ -78,11 +78,12 @@ class UNetLoraFormat(LoraFormat):
 
         denoiser = self.components[0]
         kohya = {}
-        for name, state in adapters.items():
+        for name, peft_state in adapters.items():
+            state = peft_state
             if name == denoiser and self.original_unet_names:
                 # The single-file export's mapping (diffusers' reader inverted):
                 # `down_blocks.1.attentions.0.` -> `input_blocks.4.1.`, `conv1` -> `in_layers.2`.
-                state = unet_to_ldm(state, modules[name].config)
+                state = unet_to_ldm(peft_state, modules[name].config)
             converted = convert_state_dict_to_kohya({f"{name}.{key}": v for key, v in state.items()})
             kohya[name] = {self._key(key): value for key, value in converted.items()}
         return kohya
