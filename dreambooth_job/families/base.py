@@ -132,6 +132,11 @@ class ModelFamily(ABC):
         return {"denoiser": getattr(pipeline, self.denoiser_attribute), "vae": pipeline.vae,
                 **self.text_encoders(pipeline)}
 
+    def class_cache_tag(self) -> str | None:
+        """What the class-image cache key (priors.cache_key) holds for this family, so that one
+        family's class images never serve another's run: its name."""
+        return self.name
+
     @abstractmethod
     def activation_levels(self, denoiser_config, latent_side: int) -> list[int]:
         """Per image, the denoiser's saved-activation units of each level at a latent of

@@ -43,6 +43,10 @@ class StableDiffusion(ModelFamily):
             return {single_file.OPEN_CLIP_PREFIX: single_file.open_clip_to_ldm(encoder)}
         return {single_file.CLIP_PREFIX: single_file.clip_to_ldm(encoder)}
 
+    def class_cache_tag(self) -> str | None:
+        """None: SD's class-image caches were keyed before families existed, and stay valid."""
+        return None
+
     def activation_levels(self, denoiser_config, latent_side: int) -> list[int]:
         return unet_activation_levels(denoiser_config, latent_side)
 
