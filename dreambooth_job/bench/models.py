@@ -129,11 +129,11 @@ SDXL_TEXT_ENCODERS = {"text_encoder": (768, 12, 12, "quick_gelu", 768),
 def build_sdxl_models(seed: int = 0, device: str = "cpu") -> dict:
     """The UNet, VAE and both text encoders, seeded random weights on `device` ("meta": shapes
     only). The second text encoder has the projection that gives SDXL its pooled embedding."""
-    import torch  # deferred: torch/diffusers/transformers are heavy; bench starts without them
-    from diffusers import AutoencoderKL, UNet2DConditionModel  # deferred: torch/diffusers/transformers are heavy; bench starts without them
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection  # deferred: torch/diffusers/transformers are heavy; bench starts without them
+    import torch  # deferred: heavy
+    from diffusers import AutoencoderKL, UNet2DConditionModel  # deferred: heavy
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection  # deferred: heavy
 
-    from dreambooth_job.devtools.tiny_models import CLIP_MAX_LENGTH  # deferred: tiny_models imports torch at top level
+    from dreambooth_job.devtools.tiny_models import CLIP_MAX_LENGTH  # deferred: imports torch
 
     torch.manual_seed(seed)
     with torch.device(device):
@@ -151,9 +151,9 @@ def build_sdxl_models(seed: int = 0, device: str = "cpu") -> dict:
 
 def _stable_diffusion_xl(seed: int, device: str):
     """A StableDiffusionXLPipeline with seeded random weights, on `device`."""
-    from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline  # deferred: torch/diffusers/transformers are heavy; bench starts without them
+    from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline  # deferred: heavy
 
-    from dreambooth_job.devtools.tiny_models import clip_tokenizer  # deferred: tiny_models imports torch at top level
+    from dreambooth_job.devtools.tiny_models import clip_tokenizer  # deferred: imports torch
 
     scheduler = EulerDiscreteScheduler(
         beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
