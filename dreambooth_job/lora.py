@@ -1,10 +1,12 @@
-"""LoRA adapters (Hu et al. 2021) on the UNet and the CLIP text encoder, through `peft`.
+"""LoRA adapters (Hu et al. 2021) on the denoiser and the CLIP text encoders, through `peft`.
 
-    add_lora(pipe.unet, pipe.text_encoder, rank=16)       # base frozen, adapters trainable
-    optimizer = torch.optim.AdamW(lora_parameters(pipe.unet) + lora_parameters(pipe.text_encoder))
+    denoiser = family.denoiser(pipe)
+    add_lora(denoiser, pipe.text_encoder, rank=16)       # base frozen, adapters trainable
+    optimizer = torch.optim.AdamW(lora_parameters(denoiser) + lora_parameters(pipe.text_encoder))
     ...
-    lora_files.save_lora_diffusers(out / "lora", pipe.unet, pipe.text_encoder, dtype="fp16", metadata=...)
-    merge_lora(pipe.unet); merge_lora(pipe.text_encoder)  # plain modules again, for save_pretrained
+    merge_lora(denoiser); merge_lora(pipe.text_encoder)  # plain modules again, for save_pretrained
+
+The files each family publishes are its `LoraFormat`'s (families/lora_formats.py, lora_files.py).
 
 The adapters go in through diffusers' and transformers' own PEFT integration (`add_adapter`), so
 the adapted modules are exactly what `pipe.load_lora_weights` builds when it reads our files.
@@ -31,10 +33,10 @@ UNET_CONV_TARGETS = ("conv1", "conv2", "conv_shortcut")
 ADAPTER_NAME = "default"
 
 
-def add_lora(unet, text_encoder=None, *, rank: int = 16, alpha: float | None = None,
+def add_lora(denoiser, text_encoder=None, *, rank: int = 16, alpha: float | None = None,
              dropout: float = 0.0, target_modules: Sequence[str] = DEFAULT_UNET_TARGETS,
              text_encoder_targets: Sequence[str] = DEFAULT_TEXT_ENCODER_TARGETS) -> None:
-    """Freeze `unet` (and `text_encoder`, when given) and add LoRA adapters of `rank` to the layers
+    """Freeze `denoiser` (and `text_encoder`, when given) and add LoRA adapters of `rank` to the layers
     named by the targets (a name matches a module whose dotted name ends with it). `alpha`
     defaults to `rank`, so the low-rank update is scaled by alpha/rank = 1."""
     from peft import LoraConfig
@@ -46,7 +48,7 @@ def add_lora(unet, text_encoder=None, *, rank: int = 16, alpha: float | None = N
         raise InvalidInputError(f"--lora-alpha {alpha!r} must be > 0")
     if not 0 <= dropout < 1:
         raise InvalidInputError(f"--lora-dropout {dropout!r} must be in [0, 1)")
-    for name, module, targets in (("UNet", unet, target_modules),
+    for name, module, targets in (("denoiser", denoiser, target_modules),
                                   ("text encoder", text_encoder, text_encoder_targets)):
         if module is None:
             continue
@@ -55,8 +57,8 @@ def add_lora(unet, text_encoder=None, *, rank: int = 16, alpha: float | None = N
         # Gaussian A and zero B, as diffusers' LoRA trainers: the adapted model starts equal to the base.
         config = LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=dropout,
                             init_lora_weights="gaussian", target_modules=list(targets))
-        if module is unet:
-            unet.add_adapter(config, adapter_name=ADAPTER_NAME)
+        if module is denoiser:
+            denoiser.add_adapter(config, adapter_name=ADAPTER_NAME)
         else:
             _add_text_encoder_adapter(text_encoder, config)
 

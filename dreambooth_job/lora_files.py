@@ -1,18 +1,17 @@
-"""LoRA adapter files that the image-generation tools load.
+"""LoRA adapter files that the image-generation tools load, in the formats of the model's family
+(`ModelFamily.lora_format`, families/lora_formats.py). `modules` is the family's
+`lora_format.modules(pipeline)`: {component: module}, the denoiser first.
 
-- `save_lora_diffusers(dir, ...)` writes `<dir>/pytorch_lora_weights.safetensors`, what diffusers'
-  LoRA trainers write (`StableDiffusionPipeline.save_lora_weights`, peft key names, the adapters'
-  LoraConfig in the header so that alpha != rank survives):
+- `save_lora_diffusers(dir, family, modules, ...)` writes `<dir>/pytorch_lora_weights.safetensors`,
+  what diffusers' LoRA trainers write (the family's pipeline class's `save_lora_weights`, peft key
+  names, the adapters' LoraConfig in the header so that alpha != rank survives):
 
-      pipe = StableDiffusionPipeline.from_pretrained(base); pipe.load_lora_weights(dir)
+      pipe = DiffusionPipeline.from_pretrained(base); pipe.load_lora_weights(dir)
 
-- `save_lora_kohya(path, ...)` writes one file with kohya-ss sd-scripts' keys
+- `save_lora_kohya(path, family, modules, ...)` writes one file with kohya-ss sd-scripts' keys
   (`lora_unet_<module>.lora_down.weight`, `.lora_up.weight`, `.alpha`; `lora_te_...` for the text
   encoder), the format AUTOMATIC1111 (models/Lora) and ComfyUI (LoraLoader) load, and diffusers too
-  (`pipe.load_lora_weights(path)`). For SDXL (`xl=True`) the keys are kohya's SDXL ones: the
-  UNet's modules under their original names (`lora_unet_input_blocks_4_1_transformer_blocks_0_
-  attn1_to_q`, `lora_unet_middle_block_1_...`, `lora_unet_output_blocks_...`) and `lora_te1_`,
-  `lora_te2_` for the two text encoders.
+  (`pipe.load_lora_weights(path)`); the family names the keys (`LoraFormat.kohya_state`).
 
 Both take the `--save-precision` dtype ("fp16", "bf16", "fp32" or a torch dtype) and string
 metadata for the safetensors header (base model fingerprint, identifier, class noun, steps, ...);
@@ -26,6 +25,7 @@ import json
 import os
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from dreambooth_job.lora import ADAPTER_NAME, has_lora, lora_config
 
@@ -47,20 +47,16 @@ def torch_dtype(precision):
     return dtypes[precision]
 
 
-def save_lora_diffusers(directory, unet, text_encoder=None, *, dtype="fp32",
-                        metadata: Mapping[str, str] | None = None, text_encoder_2=None,
-                        xl: bool = False) -> Path:
-    """Write the adapters of `unet` (and of `text_encoder`, and SDXL's `text_encoder_2`, when
-    they have any) in diffusers' format; `xl`: for an SDXL base (StableDiffusionXLPipeline's
-    writer, which knows the second encoder). Returns the file's path."""
-    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
+def save_lora_diffusers(directory, family, modules: Mapping[str, Any], *, dtype="fp32",
+                        metadata: Mapping[str, str] | None = None) -> Path:
+    """Write the adapters of `modules` (those that have any; the first, the denoiser, must) in
+    diffusers' format, with `family`'s writer (a ModelFamily). Returns the file's path."""
     from diffusers.loaders.lora_base import LORA_ADAPTER_METADATA_KEY
 
-    header = _header(metadata, unet)
+    header = _header(metadata, _denoiser(modules))
     dtype = torch_dtype(dtype)
     layers, configs = {}, {}
-    for name, module in (("unet", unet), ("text_encoder", text_encoder),
-                         ("text_encoder_2", text_encoder_2)):
+    for name, module in modules.items():
         if has_lora(module):
             # peft's key names, which diffusers' loaders take as they are (its newer trainers write
             # them too): diffusers' `convert_state_dict_to_diffusers` renames attention keys only
@@ -73,79 +69,45 @@ def save_lora_diffusers(directory, unet, text_encoder=None, *, dtype="fp32",
     def write(tensors, filename):
         _atomic_save_file(tensors, filename, header)
 
-    encoders = {"text_encoder_lora_layers": layers.get("text_encoder")}
-    if xl:
-        encoders["text_encoder_2_lora_layers"] = layers.get("text_encoder_2")
-    writer = StableDiffusionXLPipeline if xl else StableDiffusionPipeline
-    writer.save_lora_weights(
-        directory, unet_lora_layers=layers.get("unet"), **encoders,
-        weight_name=DIFFUSERS_WEIGHT_NAME, save_function=write, safe_serialization=True)
+    family.lora_format.write_diffusers(directory, layers, weight_name=DIFFUSERS_WEIGHT_NAME,
+                                       save_function=write)
     return Path(directory, DIFFUSERS_WEIGHT_NAME)
 
 
-def save_lora_kohya(path, unet, text_encoder=None, *, dtype="fp32",
-                    metadata: Mapping[str, str] | None = None, text_encoder_2=None,
-                    xl: bool = False) -> Path:
-    """Write the adapters in kohya-ss's key format to the single file `path`; returns it.
-    `xl`: for an SDXL base, whose kohya files name the UNet's modules in SDXL's original layout
-    (`lora_unet_input_blocks_4_1_...`, kohya trains SDXL on that UNet) and the encoders
-    `lora_te1_`/`lora_te2_`; SD 1.x/2.x files keep diffusers' UNet names and say `lora_te_`."""
-    header = _header(metadata, unet)
-    # What kohya's trainer writes and A1111's UI shows for a LoRA (and filters SDXL ones by).
-    config = lora_config(unet)
+def save_lora_kohya(path, family, modules: Mapping[str, Any], *, dtype="fp32",
+                    metadata: Mapping[str, str] | None = None) -> Path:
+    """Write the adapters in kohya-ss's key format, as `family` names them, to the single file
+    `path`; returns it."""
+    denoiser = _denoiser(modules)
+    header = _header(metadata, denoiser)
+    # What kohya's trainer writes and A1111's UI shows for a LoRA (and filters families by).
+    config = lora_config(denoiser)
     header.update({"ss_network_module": "networks.lora", "ss_network_dim": str(config.r),
-                   "ss_network_alpha": _number(config.lora_alpha)})
-    if xl:
-        header["ss_base_model_version"] = "sdxl_base_v1-0"
-    kohya = kohya_state_dict(unet, text_encoder, text_encoder_2, xl=xl)
+                   "ss_network_alpha": _number(config.lora_alpha), **family.lora_format.kohya_header})
+    kohya = kohya_state_dict(family, modules)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     _atomic_save_file(_cast(kohya, torch_dtype(dtype)), path, header)
     return path
 
 
-def kohya_state_dict(unet, text_encoder=None, text_encoder_2=None, *, xl: bool = False) -> dict:
+def kohya_state_dict(family, modules: Mapping[str, Any]) -> dict:
     """The adapters' tensors under kohya's keys (`save_lora_kohya`'s file, before the cast), with
     an `.alpha` per adapted module holding that module's LoRA alpha."""
-    import torch
-    from diffusers.utils.state_dict_utils import convert_state_dict_to_kohya
+    import torch  # deferred: torch is heavy; the CLI starts without it
 
-    modules = {"unet": unet, "text_encoder": text_encoder, "text_encoder_2": text_encoder_2}
-    peft_state = {}
-    for name, module in modules.items():
-        if has_lora(module):
-            state = _adapter_state(module)
-            if name == "unet" and xl:
-                state = _original_unet_names(state, unet.config)
-            peft_state.update({f"{name}.{key}": value for key, value in state.items()})
-    owners = {"lora_unet_": unet, "lora_te_": text_encoder, "lora_te1_": text_encoder,
-              "lora_te2_": text_encoder_2}
+    adapters = {name: _adapter_state(module) for name, module in modules.items() if has_lora(module)}
     kohya = {}
-    for diffusers_key, tensor in convert_state_dict_to_kohya(peft_state).items():
-        key = diffusers_key if xl else _kohya_sd1_name(diffusers_key)
-        if key.endswith(".alpha"):
-            # diffusers' converter writes alpha = rank; the loaders scale by alpha / rank.
-            module = next(m for prefix, m in owners.items() if key.startswith(prefix))
-            kohya[key] = torch.tensor(float(lora_config(module).lora_alpha))
-        else:
-            kohya[key] = tensor
+    for name, state in family.lora_format.kohya_state(adapters, modules).items():
+        # diffusers' converter writes alpha = rank; the loaders scale by alpha / rank.
+        alpha = float(lora_config(modules[name]).lora_alpha)
+        kohya.update({key: torch.tensor(alpha) if key.endswith(".alpha") else tensor
+                      for key, tensor in state.items()})
     return kohya
 
 
-def _original_unet_names(state: dict, unet_config) -> dict:
-    """peft's adapter keys with the UNet module paths of SDXL's original checkpoint layout
-    (`down_blocks.1.attentions.0.` -> `input_blocks.4.1.`, a ResBlock's `conv1` -> `in_layers.2`):
-    the single-file export's mapping, which is diffusers' reader inverted."""
-    from dreambooth_job.export.single_file import unet_to_ldm
-
-    return unet_to_ldm(state, unet_config)
-
-
-def _kohya_sd1_name(key: str) -> str:
-    # diffusers names the text encoder as SDXL's first (`lora_te1_`); SD 1.x files say `lora_te_`.
-    if key.startswith("lora_te1_"):
-        return "lora_te_" + key.removeprefix("lora_te1_")
-    return key
+def _denoiser(modules: Mapping[str, Any]):
+    return next(iter(modules.values()))
 
 
 def _adapter_state(module) -> dict:
@@ -164,10 +126,10 @@ def _is_flattened_clip(module) -> bool:
     return type(module).__name__.startswith("CLIPText") and not hasattr(module, "text_model")
 
 
-def _header(metadata: Mapping[str, str] | None, unet) -> dict[str, str]:
+def _header(metadata: Mapping[str, str] | None, denoiser) -> dict[str, str]:
     """The caller's metadata (strings only: the safetensors header holds strings), plus rank and alpha."""
-    if not has_lora(unet):
-        raise ValueError("the UNet carries no LoRA adapter to save (lora.add_lora adds one)")
+    if not has_lora(denoiser):
+        raise ValueError("the denoiser carries no LoRA adapter to save (lora.add_lora adds one)")
     header = {"format": "pt"}
     for key, value in (metadata or {}).items():
         if not isinstance(key, str) or not isinstance(value, str):
@@ -175,7 +137,7 @@ def _header(metadata: Mapping[str, str] | None, unet) -> dict[str, str]:
         if key in RESERVED_METADATA_KEYS:
             raise ValueError(f"LoRA file metadata key {key!r} is reserved for the file format")
         header[key] = value
-    config = lora_config(unet)
+    config = lora_config(denoiser)
     header.update({"lora_rank": str(config.r), "lora_alpha": _number(config.lora_alpha)})
     return header
 

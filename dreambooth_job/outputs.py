@@ -1,5 +1,6 @@
-"""The weight files a run publishes, decided by the trained model itself: a UNet that carries LoRA
-adapters (`lora.has_lora`) publishes the adapters, any other the full pipeline.
+"""The weight files a run publishes, decided by the trained model itself: a denoiser that carries
+LoRA adapters (`lora.has_lora`) publishes the adapters, any other the full pipeline. What the files
+hold is the model family's (`ModelFamily.lora_format`, the single-file layout).
 
     written = write_outputs(pipeline, work / "output", OutputSettings(subject_id="dog-1", ...))
     written.files   # [OutputFile("lora/dog-1.safetensors", size, sha256), ...], relative paths
@@ -10,8 +11,8 @@ Layout under the output (docs/user-guide.md, "Output layout"), every weight file
   `<subject-id>.safetensors` in the original Stable Diffusion / SDXL layout (A1111, ComfyUI,
   `from_single_file`).
 - LoRA: `lora/pytorch_lora_weights.safetensors` (diffusers' `load_lora_weights`) and
-  `lora/<subject-id>.safetensors` (kohya-ss keys, SDXL's with its original UNet block names;
-  A1111/ComfyUI), with the run in their headers;
+  `lora/<subject-id>.safetensors` (kohya-ss keys as the family names them; A1111/ComfyUI), with
+  the run in their headers;
   `--lora-merge` adds `model/`, the base with the adapters merged in, and `--export-single-file`
   the single file of that merged model.
 
@@ -29,7 +30,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from dreambooth_job import lora, lora_files
+from dreambooth_job import families, lora, lora_files
 from dreambooth_job.export.precision import save_pretrained_precision
 from dreambooth_job.export.single_file import check_supported, save_single_file
 
@@ -88,10 +89,12 @@ def write_outputs(pipeline, directory: Path, settings: OutputSettings) -> Writte
     """Write the run's weight files under `directory` (the local copy of --output)."""
     directory = Path(directory)
     written = WrittenOutputs()
-    if lora.has_lora(pipeline.unet):
-        written.lora = _write_lora(pipeline, directory, settings)
+    family = families.for_pipeline(pipeline)
+    modules = family.lora_format.modules(pipeline)
+    if lora.has_lora(next(iter(modules.values()))):  # the denoiser's adapters: a LoRA run
+        written.lora = _write_lora(family, modules, directory, settings)
         if settings.lora_merge or settings.single_file:
-            with _merged(pipeline) as merged:
+            with _merged(pipeline, modules) as merged:
                 _write_full(merged, directory, settings, written, model_dir=settings.lora_merge)
     else:
         _write_full(pipeline, directory, settings, written, model_dir=True)
@@ -113,19 +116,15 @@ def _write_full(pipeline, directory: Path, settings: OutputSettings, written: Wr
         written.single_file = name
 
 
-def _write_lora(pipeline, directory: Path, settings: OutputSettings) -> list[str]:
-    """The adapters in diffusers' and in kohya's format; the text encoders' when they have any."""
-    text_encoder = pipeline.text_encoder if lora.has_lora(pipeline.text_encoder) else None
-    text_encoder_2 = getattr(pipeline, "text_encoder_2", None)
-    text_encoder_2 = text_encoder_2 if lora.has_lora(text_encoder_2) else None
-    xl = type(pipeline).__name__ == "StableDiffusionXLPipeline"
+def _write_lora(family, modules, directory: Path, settings: OutputSettings) -> list[str]:
+    """The adapters in diffusers' and in kohya's format, as the family writes them; the text
+    encoders' when they have any."""
     lora_dir = directory / LORA_DIR
     diffusers_file = lora_files.save_lora_diffusers(
-        lora_dir, pipeline.unet, text_encoder, dtype=settings.precision, metadata=settings.metadata,
-        text_encoder_2=text_encoder_2, xl=xl)
+        lora_dir, family, modules, dtype=settings.precision, metadata=settings.metadata)
     kohya_file = lora_files.save_lora_kohya(
-        lora_dir / single_file_name(settings.subject_id), pipeline.unet, text_encoder,
-        dtype=settings.precision, metadata=settings.metadata, text_encoder_2=text_encoder_2, xl=xl)
+        lora_dir / single_file_name(settings.subject_id), family, modules,
+        dtype=settings.precision, metadata=settings.metadata)
     return [p.relative_to(directory).as_posix() for p in (diffusers_file, kohya_file)]
 
 
@@ -133,10 +132,9 @@ class _merged:
     """The pipeline with merged copies of its adapted modules in place of the adapted ones, for
     the duration of the block; the originals (adapters and all) are put back afterwards."""
 
-    def __init__(self, pipeline):
+    def __init__(self, pipeline, modules):
         self.pipeline = pipeline
-        self.originals = {name: getattr(pipeline, name) for name in ("unet", "text_encoder", "text_encoder_2")
-                          if lora.has_lora(getattr(pipeline, name, None))}
+        self.originals = {name: module for name, module in modules.items() if lora.has_lora(module)}
 
     def __enter__(self):
         for name, module in self.originals.items():

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from dreambooth_job import sampling, storage
+from dreambooth_job import families, sampling, storage
 from dreambooth_job.config import TrainConfig
 from dreambooth_job.data import Rejected, UnusableImage, open_image
 
@@ -49,13 +49,13 @@ def class_cache_root(config: TrainConfig) -> str:
 
 
 def cache_key(*, model_fingerprint: str, class_prompt: str, resolution: int, sampler: str,
-              steps: int, guidance_scale: float, seed: int, family: str = "sd") -> str:
-    """Identity of a class-image set: equal keys mean interchangeable images. `family` (the
-    ModelFamily's name) enters only when it is not SD's, so the keys of SD 1.x/2.x caches written
-    before families existed stay what they were."""
+              steps: int, guidance_scale: float, seed: int, family: str | None = None) -> str:
+    """Identity of a class-image set: equal keys mean interchangeable images. `family` is the
+    ModelFamily's `class_cache_tag()`: None for the first family, so that the keys of caches
+    written before families existed stay what they were."""
     inputs = dict(model=model_fingerprint, prompt=class_prompt, resolution=resolution,
                   sampler=sampler, steps=steps, guidance_scale=guidance_scale, seed=seed)
-    if family != "sd":
+    if family is not None:
         inputs["family"] = family
     return hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()[:24]
 
@@ -135,9 +135,7 @@ def reuse_cached_images(cache_uri: str, count: int, resolution: int) -> tuple[di
 def prepare_class_images(pipeline, config: TrainConfig, *, model_fingerprint: str,
                          class_prompt: str) -> ClassImages:
     """Reuse what the cache holds, generate the rest with `pipeline`, and add them to the cache."""
-    from dreambooth_job import families
-
-    family = families.for_pipeline(pipeline).name
+    family = families.for_pipeline(pipeline).class_cache_tag()
     key = cache_key(model_fingerprint=model_fingerprint, class_prompt=class_prompt,
                     resolution=config.resolution, sampler=sampling.sampler_name(pipeline),
                     steps=config.sample_steps, guidance_scale=config.guidance_scale, seed=config.seed,

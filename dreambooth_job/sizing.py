@@ -1,21 +1,24 @@
 """Sizing profiles: the pod a run of each model family and train mode needs to survive preemption.
 
     from dreambooth_job import sizing
-    profile = sizing.PROFILES[sizing.auto_profile("full", "stabilityai/stable-diffusion-xl-base-1.0")]
+    profile = sizing.resolve("auto", "full", "/models/sdxl-base")  # reads its model_index.json
     profile.job_grace_seconds, profile.memory_request, profile.disk_request
 
 On preemption the kubelet sends SIGTERM and, terminationGracePeriodSeconds later, SIGKILL; within
 that time the job finishes its step, saves a checkpoint, hashes and uploads it (phases/training.py).
 A checkpoint holds the trained weights in fp32 and AdamW's two moments (training/state.py): 12 bytes a
 trained parameter, 10.3 GB for SD 1.5's UNet, 30.8 GB for SDXL's, and a few MB of LoRA adapters.
-Every number here derives from the parameter counts below (memory.checkpoint_bytes) and the
+Every number here derives from each family's reference parameter counts
+(`ModelFamily.reference`, families/reference.py; memory.checkpoint_bytes) and the
 ASSUMED rates of the node's disk and of the S3 upload, with a safety factor: estimates, not
 measurements (docs/benchmarks.md, "Preemption"). `Profile.rows` is docs/operator-guide.md's table, and
 helm/sync_chart.py writes the same profiles into the chart (files/package.yaml's `sizing`).
 
-A Job is built before the model loads, so it picks its profile from the train mode and the base
-model's id (`auto_profile`); once the model has loaded, the job checks that its grace budget covers
-its real checkpoint (`check_grace`) and warns otherwise.
+A Job is built before the model loads, so it picks its profile from the train mode and the family
+detected from the base model's files where they can be read (`auto_profile`), never from its name:
+a model that cannot be read there gets the train mode's largest profile (UNDETECTED). Once the
+model has loaded, the job checks that its grace budget covers its real checkpoint (`check_grace`)
+and warns otherwise.
 
 Light on purpose: no torch; the k8s builders import it.
 """
@@ -24,45 +27,17 @@ from __future__ import annotations
 
 import logging
 import math
-import re
 from dataclasses import dataclass
 
-from dreambooth_job import memory
+from dreambooth_job import families, memory
+from dreambooth_job.families import ModelFamily
+from dreambooth_job.families.reference import ReferenceModel
 
 log = logging.getLogger(__name__)
 
 GB, GIB = 10**9, 2**30
 
 
-@dataclass(frozen=True)
-class FamilyParameters:
-    """Parameter counts of a family's published architecture (built from its config on the meta
-    device: tests/unit/test_sizing.py checks them against bench.estimate.meta_models), and what a
-    LoRA run trains at LORA_SIZED_RANK with adapters on the text encoders too."""
-
-    unet: int
-    text_encoders: int
-    vae: int
-    lora_adapters_rank16: int
-    resolution: int
-    class_images_bytes: int  # the default 200 class images as PNGs at the family's resolution
-    step_seconds: int  # allowance to finish the step under way when SIGTERM arrives
-
-    @property
-    def total(self) -> int:
-        return self.unet + self.text_encoders + self.vae
-
-
-# SD 1.x and 2.x (768 px) share "sd": SD 2's UNet is 865.9M parameters, its text encoder 340.4M,
-# within the sd profile's safety factor.
-FAMILIES = {
-    "sd": FamilyParameters(unet=859_520_964, text_encoders=123_060_480, vae=83_653_863,
-                           lora_adapters_rank16=3_188_736 + 1_179_648, resolution=512,
-                           class_images_bytes=int(0.1 * GB), step_seconds=10),
-    "sdxl": FamilyParameters(unet=2_567_463_684, text_encoders=123_060_480 + 694_659_840,
-                             vae=83_653_863, lora_adapters_rank16=23_224_320 + 1_179_648 + 5_242_880,
-                             resolution=1024, class_images_bytes=int(0.4 * GB), step_seconds=20),
-}
 TRAIN_MODES = ("full", "lora")
 # LoRA profiles cover adapters up to this rank (the default is 16); adapters scale with the rank.
 LORA_SIZED_RANK = 128
@@ -93,11 +68,6 @@ DISK_EXTRA_BYTES = 2 * GIB
 # The kubelet evicts a pod over its ephemeral-storage limit (or a volume over its sizeLimit) with
 # 1 s of grace, too short for any checkpoint: limits stay well above the estimate.
 DISK_LIMIT_FACTOR = 1.5
-# `auto` takes a base model whose id contains "xl" (any case) for SDXL: stabilityai/stable-
-# diffusion-xl-base-1.0, sdxl-turbo, Juggernaut-XL, RealVisXL, an s3://.../sdxl/ prefix. A false
-# match only over-sizes the pod; an SDXL model without "xl" in its id (Playground v2.5, SSD-1B)
-# needs the sdxl profile named explicitly, and the job warns when it is not (check_grace).
-SDXL_ID_PATTERN = "(?i)xl"
 
 
 @dataclass(frozen=True)
@@ -131,12 +101,12 @@ def profile_name(family: str, train_mode: str) -> str:
     return f"{family}-{train_mode}"
 
 
-def trained_parameters(params: FamilyParameters, train_mode: str) -> int:
+def trained_parameters(reference: ReferenceModel, train_mode: str) -> int:
     """The most a run of the profile trains: with --train-text-encoder (full), or the adapters at
-    LORA_SIZED_RANK on the UNet and the text encoders (LoRA)."""
+    LORA_SIZED_RANK on the denoiser and the text encoders (LoRA)."""
     if train_mode == "lora":
-        return params.lora_adapters_rank16 * LORA_SIZED_RANK // 16
-    return params.unet + params.text_encoders
+        return reference.lora_adapters_rank16 * LORA_SIZED_RANK // 16
+    return reference.denoiser + reference.text_encoders
 
 
 def checkpoint_seconds(checkpoint_bytes: int) -> float:
@@ -156,8 +126,8 @@ def _gib(num_bytes: float, multiple: int = 8) -> int:
     return multiple * math.ceil(num_bytes / GIB / multiple)
 
 
-def build_profile(family: str, train_mode: str) -> Profile:
-    params = FAMILIES[family]
+def build_profile(family: ModelFamily, train_mode: str) -> Profile:
+    params = family.reference
     ckpt = memory.checkpoint_bytes(trained_parameters(params, train_mode), use_8bit_adam=False)
     fp32_pipeline, fp16_pipeline = params.total * 4, params.total * 2
     # Outputs: full: model/ and --export-single-file at the default fp16; LoRA: --lora-merge's
@@ -171,7 +141,7 @@ def build_profile(family: str, train_mode: str) -> Profile:
     disk_request = _gib(sum(disk_parts.values()) + DISK_EXTRA_BYTES)
     tmp_peak = sum(disk_parts.values()) - fp32_pipeline - params.class_images_bytes
     return Profile(
-        name=profile_name(family, train_mode), family=family, train_mode=train_mode,
+        name=profile_name(family.name, train_mode), family=family.name, train_mode=train_mode,
         checkpoint_bytes=ckpt, job_grace_seconds=grace_seconds(ckpt, params.step_seconds),
         memory_request_gib=memory_request, memory_limit_gib=2 * memory_request,
         disk_parts=disk_parts, disk_request_gib=disk_request,
@@ -179,58 +149,82 @@ def build_profile(family: str, train_mode: str) -> Profile:
         tmp_limit_gib=_gib(tmp_peak * DISK_LIMIT_FACTOR + DISK_EXTRA_BYTES))
 
 
-PROFILES = {p.name: p for p in (build_profile(f, m) for f in FAMILIES for m in TRAIN_MODES)}
+PROFILES = {p.name: p for p in (build_profile(f, m) for f in families.FAMILIES for m in TRAIN_MODES)}
 AUTO = "auto"
 CHOICES = (AUTO, *PROFILES)
 
 
+def _largest(train_mode: str) -> Profile:
+    """The profile of `train_mode` that every family fits: the one with the longest grace and the
+    largest disk and memory (they grow together, with the parameter counts)."""
+    return max((p for p in PROFILES.values() if p.train_mode == train_mode),
+               key=lambda p: (p.job_grace_seconds, p.disk_request_gib, p.memory_request_gib))
+
+
+UNDETECTED = {mode: _largest(mode).name for mode in TRAIN_MODES}
+"""The profile `auto` picks when the base model cannot be read where the Job is built (a hub id,
+the chart): the train mode's largest, never a guess from the model's name. It over-sizes the pod of
+a smaller family; name its profile (--sizing, the chart's `sizing`) to size it exactly. Once the
+model has loaded, the job checks its budget against its real checkpoint (check_grace)."""
+
+
 def auto_profile(train_mode: str, base_model: str) -> str:
-    """The profile `auto` picks for a Job, before the model is loaded: the train mode, and the
-    family by the base model's id (SDXL_ID_PATTERN; every other id is sd)."""
-    family = "sdxl" if re.search(SDXL_ID_PATTERN, base_model or "") else "sd"
-    return profile_name(family, train_mode)
+    """The profile `auto` picks for a Job, before the model is loaded: the train mode's and the
+    family's, detected from the base model's model_index.json where it can be read here (a local
+    directory, families.detect_local); else the train mode's largest (UNDETECTED)."""
+    family = families.detect_local(base_model)
+    return profile_name(family.name, train_mode) if family else UNDETECTED[train_mode]
 
 
 def resolve(sizing: str, train_mode: str, base_model: str) -> Profile:
     return PROFILES[auto_profile(train_mode, base_model) if sizing == AUTO else sizing]
 
 
+def _profile_of_run(family: str, train_mode: str) -> Profile:
+    """The profile of a run whose model has loaded (family: ModelFamily.name); a family without
+    profiles gets the train mode's largest."""
+    return PROFILES.get(profile_name(family, train_mode)) or PROFILES[UNDETECTED[train_mode]]
+
+
+def _step_seconds(family: str) -> int:
+    known = {f.name: f for f in families.FAMILIES}
+    return known[family].reference.step_seconds if family in known else max(
+        f.reference.step_seconds for f in families.FAMILIES)
+
+
 def check_grace(budget_seconds: float, family: str, train_mode: str, trained_params: int,
                 use_8bit_adam: bool) -> str | None:
     """Once the model has loaded: a warning (logged, and returned) when `budget_seconds`
     (--termination-grace-seconds) is shorter than this run's checkpoint needs by the estimate, e.g.
-    an SDXL full fine-tune in a pod sized for SD; None when it fits.
+    a full fine-tune of a large family in a pod sized for a small one; None when it fits.
 
     A warning, not a failure: the run trains and publishes correctly unless it is preempted, the
     rates are assumptions that a fast store beats, and a run refused here would be refused again
     on every retry. Preempted with too little time, it loses the steps since its last periodic
     checkpoint, which is what the warning says."""
-    params = FAMILIES.get(family, FAMILIES["sd"])
     ckpt = memory.checkpoint_bytes(trained_params, use_8bit_adam)
-    needed = grace_seconds(ckpt, params.step_seconds)
+    needed = grace_seconds(ckpt, _step_seconds(family))
     if budget_seconds >= needed:
         return None
     message = (f"--termination-grace-seconds {budget_seconds:g} is shorter than the {needed} s "
                f"a checkpoint of this run needs by the estimate ({ckpt / GB:.1f} GB to save, hash "
                f"and upload; sizing.py): on preemption it would be killed mid-checkpoint and "
                f"resume from its last periodic one; run it with the sizing profile "
-               f"{profile_name(family if family in FAMILIES else 'sd', train_mode)!r} or a larger "
-               "budget")
+               f"{_profile_of_run(family, train_mode).name!r} or a larger budget")
     log.warning(message)
     return message
 
 
 def job_budget(configured: float | None, family: str, train_mode: str, trained_params: int,
                use_8bit_adam: bool) -> float:
-    """The SIGTERM budget of a run whose model has loaded: --termination-grace-seconds, checked
-    against its checkpoint (check_grace); or, auto, its profile's, or more when the run trains
-    more than the profile was sized for (a LoRA rank above LORA_SIZED_RANK)."""
+    """The SIGTERM budget of a run whose model has loaded (family: ModelFamily.name):
+    --termination-grace-seconds, checked against its checkpoint (check_grace); or, auto, its
+    profile's, or more when the run trains more than the profile was sized for (a LoRA rank above
+    LORA_SIZED_RANK)."""
     if configured is None:
-        params = FAMILIES.get(family, FAMILIES["sd"])
         needed = grace_seconds(memory.checkpoint_bytes(trained_params, use_8bit_adam),
-                               params.step_seconds)
-        profile = PROFILES[profile_name(family if family in FAMILIES else "sd", train_mode)]
-        return max(profile.job_grace_seconds, needed)
+                               _step_seconds(family))
+        return max(_profile_of_run(family, train_mode).job_grace_seconds, needed)
     check_grace(configured, family, train_mode, trained_params, use_8bit_adam)
     return configured
 

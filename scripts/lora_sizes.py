@@ -14,6 +14,7 @@ import argparse
 
 from dreambooth_job import lora
 from dreambooth_job.bench import models as bench_models
+from dreambooth_job.bench.estimate import parameter_counts
 
 MB = 1e6
 
@@ -23,15 +24,15 @@ def sizes(model: str, rank: int) -> dict[str, float]:
 
     with init_empty_weights():
         pipe = bench_models.build_pipeline(model)
-    counts = bench_models.parameter_counts(pipe)
+    counts = parameter_counts(pipe)
     unet_attention = lora.lora_parameter_count(pipe.unet, rank, lora.DEFAULT_UNET_TARGETS)
     unet_conv = lora.lora_parameter_count(pipe.unet, rank, lora.UNET_CONV_TARGETS)
     text = lora.lora_parameter_count(pipe.text_encoder, rank, lora.DEFAULT_TEXT_ENCODER_TARGETS)
     return {
         "full pipeline, fp16 (UNet + text encoder + VAE)": sum(counts.values()) * 2 / MB,
         "full pipeline, fp32": sum(counts.values()) * 4 / MB,
-        "full checkpoint (UNet fp32 + AdamW moments)": counts["unet"] * 12 / MB,
-        "full checkpoint with text encoder": (counts["unet"] + counts["text_encoder"]) * 12 / MB,
+        "full checkpoint (UNet fp32 + AdamW moments)": counts["denoiser"] * 12 / MB,
+        "full checkpoint with text encoder": (counts["denoiser"] + counts["text_encoders"]) * 12 / MB,
         f"LoRA r{rank} UNet attention, fp16": unet_attention * 2 / MB,
         f"LoRA r{rank} UNet attention, fp32": unet_attention * 4 / MB,
         f"LoRA r{rank} UNet attention + text encoder, fp16": (unet_attention + text) * 2 / MB,

@@ -36,14 +36,13 @@ import click
 from dreambooth_job import config as cfg
 from dreambooth_job import devices
 from dreambooth_job.bench import device as bench_device
+from dreambooth_job.bench import estimate
 from dreambooth_job.bench import models as bench_models
 from dreambooth_job.bench import profile as bench_profile
 from dreambooth_job.bench import report as bench_report
 from dreambooth_job.exit_codes import InvalidInputError
 
 NUM_IMAGES = 4
-# Architectures whose memory is checked before they are built (memory_refusal).
-LARGE_MODELS = ("sdxl",)
 BASELINE = {"cache_latents": False, "mixed_precision": "no", "gradient_checkpointing": False,
             "channels_last": False, "compile_unet": False, "tf32": False, "attention_backend": "auto"}
 SWEEP = ("mixed_precision=bf16", "mixed_precision=fp16", "gradient_checkpointing=true",
@@ -110,10 +109,8 @@ def memory_refusal(settings: Settings, variants: list[Variant], device_type: str
     """Why this machine cannot hold even the leanest variant (memory.py's estimate of its peak
     against the memory available), or None. Checked for the large architectures before they are
     built: the kernel would otherwise kill the process halfway through."""
-    if settings.base_model or settings.model not in LARGE_MODELS or available is None:
+    if settings.base_model or settings.model not in bench_models.LARGE or available is None:
         return None
-    from dreambooth_job.bench import estimate
-
     built = estimate.meta_models(settings.model)
     half = device_type == "cuda"  # the CPU trains in fp32 (mixed precision auto: no)
     needed = min(estimate.estimate(
@@ -221,6 +218,7 @@ def _training_state_bytes(pipeline, config: cfg.TrainConfig) -> int:
 
     modules = families.for_pipeline(pipeline).trainable_modules(pipeline, config.train_text_encoder)
     if config.train_mode == "lora":
+        # The denoiser first (trainable_modules' order), the text encoders after it.
         params = sum(lora.lora_parameter_count(module, config.lora_rank, config.lora_target_modules
                                                if name == "denoiser" else lora.DEFAULT_TEXT_ENCODER_TARGETS)
                      for name, module in modules.items())
@@ -274,7 +272,7 @@ def run_bench(settings: Settings, variants: list[Variant], *, echo=lambda line: 
 
     def build():
         pipeline = build_model()
-        parameters.update(parameters or bench_models.parameter_counts(pipeline))
+        parameters.update(parameters or estimate.parameter_counts(pipeline))
         return pipeline
 
     rows = []

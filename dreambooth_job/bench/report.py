@@ -10,7 +10,8 @@ def table(report: dict) -> str:
     device, settings, model = report["device"], report["settings"], report["model"]
     params = model["parameters"]
     what = model["base_model"] or model["architecture"]
-    sizes = (f" (UNet {params['unet'] / 1e6:.1f}M, text encoder {params['text_encoder'] / 1e6:.1f}M, "
+    sizes = (f" (denoiser {params['denoiser'] / 1e6:.1f}M, "
+             f"text encoders {params['text_encoders'] / 1e6:.1f}M, "
              f"VAE {params['vae'] / 1e6:.1f}M parameters)" if params else "")
     first = (f"{report['time_to_first_step_seconds']:.1f} s" if report["time_to_first_step_seconds"]
              else "n/a")

@@ -53,7 +53,8 @@ def save_single_file(pipeline, path: str | os.PathLike, *, dtype=None,
                                         for k, v in metadata.items()):
         raise InvalidInputError("single-file metadata must map strings to strings")
     state = {}
-    state.update(_prefixed(UNET_PREFIX, unet_to_ldm(pipeline.unet.state_dict(), pipeline.unet.config)))
+    denoiser = family.denoiser(pipeline)
+    state.update(_prefixed(UNET_PREFIX, unet_to_ldm(denoiser.state_dict(), denoiser.config)))
     state.update(_prefixed(VAE_PREFIX, vae_to_ldm(pipeline.vae.state_dict(), pipeline.vae.config)))
     for prefix, encoder_state in family.single_file_text_encoders(pipeline).items():
         state.update(_prefixed(prefix, encoder_state))
@@ -69,7 +70,7 @@ def check_supported(pipeline):
     from dreambooth_job.families import for_pipeline
 
     family = for_pipeline(pipeline)
-    unet_config = pipeline.unet.config
+    unet_config = family.denoiser(pipeline).config
     extra = unet_config.get("addition_embed_type")
     if unet_config.get("class_embed_type") or extra != family.addition_embed_type:
         raise InvalidInputError(

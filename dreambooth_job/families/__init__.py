@@ -29,7 +29,7 @@ from dreambooth_job.families.sdxl import StableDiffusionXL
 FAMILIES: tuple[ModelFamily, ...] = (StableDiffusion(), StableDiffusionXL())
 
 __all__ = ["FAMILIES", "FULL_FINE_TUNE", "ModelFamily", "PromptEmbeddings", "TrainMode", "detect",
-           "for_class_name", "for_pipeline", "train_mode"]
+           "detect_local", "for_class_name", "for_pipeline", "train_mode"]
 
 
 def supported() -> str:
@@ -68,6 +68,22 @@ def detect(path: str, cache_dir: str | None = None, source: str | None = None) -
     if not isinstance(config, dict):
         raise InvalidInputError(f"--base-model {source}: model_index.json is not a JSON object")
     return for_class_name(config.get("_class_name"), f"--base-model {source}")
+
+
+def detect_local(base_model: str | None) -> ModelFamily | None:
+    """The family of `base_model` when it is a local directory whose model_index.json names a
+    known pipeline class; None otherwise (a hub id or S3 prefix, which is not read here, or an
+    index that `detect` would refuse at load time). Reads no network: the k8s builders and
+    sizing.auto_profile call it before any model is fetched."""
+    index = Path(base_model or "", "model_index.json") if base_model else None
+    if index is None or not index.is_file():
+        return None
+    try:
+        config = json.loads(index.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    class_name = config.get("_class_name") if isinstance(config, dict) else None
+    return next((f for f in FAMILIES if class_name in f.pipeline_classes), None)
 
 
 def for_pipeline(pipeline) -> ModelFamily:

@@ -8,7 +8,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, NamedTuple
 
+from dreambooth_job.families.lora_formats import LoraFormat
 from dreambooth_job.families.objective import DdpmObjective, TrainingObjective
+from dreambooth_job.families.reference import ReferenceModel
 
 
 class ImageGeometry(NamedTuple):
@@ -177,6 +179,31 @@ class ModelFamily(ABC):
     def sampling_dtype(self, pipeline):
         """The dtype the initial latents are handed to the pipeline in: the denoiser's."""
         return self.denoiser(pipeline).dtype
+
+    # == sizing, memory, bench, published formats (issue 24, helper A2) ========================
+    reference: ClassVar[ReferenceModel]
+    """Parameter counts of the family's published architecture (families/reference.py): the
+    sizing profiles (sizing.py) are built from them before any model is loaded."""
+    lora_format: ClassVar[LoraFormat]
+    """The LoRA files the family publishes (families/lora_formats.py): which modules carry
+    adapters, and the writers of diffusers' and kohya's (A1111, ComfyUI) formats."""
+
+    def components(self, pipeline) -> dict[str, Any]:
+        """The pipeline's models under family-neutral names, for counting and estimating
+        (bench): "denoiser", "vae", then the text encoders under their attribute names."""
+        return {"denoiser": self.denoiser(pipeline), "vae": pipeline.vae,
+                **self.text_encoders(pipeline)}
+
+    def class_cache_tag(self) -> str | None:
+        """What the class-image cache key (priors.cache_key) holds for this family, so that one
+        family's class images never serve another's run: its name."""
+        return self.name
+
+    @abstractmethod
+    def activation_levels(self, denoiser_config, latent_side: int) -> list[int]:
+        """Per image, the denoiser's saved-activation units of each level at a latent of
+        `latent_side` (memory.py scales them by its measured bytes per unit): the sum is a step's
+        activations, the largest what gradient checkpointing recomputes at once."""
 
 
 class TrainMode:

@@ -16,6 +16,9 @@ from pathlib import Path
 from typing import Any
 
 from dreambooth_job.families.base import ImageGeometry, ModelFamily, PromptEmbeddings
+from dreambooth_job.families.lora_formats import UNetLoraFormat
+from dreambooth_job.families.reference import GB, ReferenceModel
+from dreambooth_job.families.unet_activations import unet_activation_levels
 
 
 class StableDiffusionXL(ModelFamily):
@@ -25,6 +28,13 @@ class StableDiffusionXL(ModelFamily):
     tokenizer_names = ("tokenizer", "tokenizer_2")
     size_conditioned = True
     addition_embed_type = "text_time"
+    lora_format = UNetLoraFormat(
+        "StableDiffusionXLPipeline", ("unet", "text_encoder", "text_encoder_2"),
+        original_unet_names=True, kohya_header={"ss_base_model_version": "sdxl_base_v1-0"})
+    # SDXL base 1.0's counts.
+    reference = ReferenceModel(denoiser=2_567_463_684, text_encoders=123_060_480 + 694_659_840,
+                               vae=83_653_863, lora_adapters_rank16=23_224_320 + 1_179_648 + 5_242_880,
+                               resolution=1024, class_images_bytes=int(0.4 * GB), step_seconds=20)
 
     def load_pipeline(self, path: str, cache_dir: str):
         import torch
@@ -43,6 +53,9 @@ class StableDiffusionXL(ModelFamily):
 
         return {single_file.SDXL_CLIP_PREFIX: single_file.clip_to_ldm(pipeline.text_encoder),
                 single_file.SDXL_OPEN_CLIP_PREFIX: single_file.open_clip_to_ldm(pipeline.text_encoder_2)}
+
+    def activation_levels(self, denoiser_config, latent_side: int) -> list[int]:
+        return unet_activation_levels(denoiser_config, latent_side)
 
     def tokenize(self, pipeline, prompt: str) -> tuple:
         ids = []

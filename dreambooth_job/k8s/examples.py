@@ -40,13 +40,15 @@ GIB = 2 ** 30
 def plain_job() -> dict[str, Any]:
     train = cfg.TrainConfig(instance_data="s3://photos/dog-42/", class_noun="dog",
                             output="s3://runs/dog-42/")
-    cluster = ClusterSettings(s3_credentials_secret=S3_SECRET, managed_by="kubectl")
+    # The base model is a hub id, which `auto` cannot read: the example names its profile.
+    cluster = ClusterSettings(s3_credentials_secret=S3_SECRET, managed_by="kubectl",
+                              sizing=DEFAULT_PROFILE.name)
     return build_job(JobSpec(train=train, cluster=cluster, name="dog-42"))
 
 
 def indexed_job() -> dict[str, Any]:
     cluster = ClusterSettings(s3_credentials_secret=S3_SECRET, managed_by="kustomize",
-                              backoff_limit=2, active_deadline_seconds=12 * 3600)
+                              sizing=DEFAULT_PROFILE.name, backoff_limit=2, active_deadline_seconds=12 * 3600)
     # completions: the subject files of batch/kustomization.yaml's ConfigMap (tests/deploy checks).
     return build_indexed_job(IndexedJobSpec(batch_id="night-42", completions=3, parallelism=2,
                                             name="dreambooth-night-42", cluster=cluster))

@@ -114,8 +114,8 @@ def container_args(train: cfg.TrainConfig, extra_args: tuple[str, ...] = ()) -> 
 
 
 def profile_of(train: cfg.TrainConfig, cluster: ClusterSettings) -> sizing.Profile:
-    """The sizing profile of the pod: the cluster's, or with `auto` the train mode's and the base
-    model id's (sizing.auto_profile)."""
+    """The sizing profile of the pod: the cluster's, or with `auto` the train mode's and the
+    family detected from the base model's files where they can be read (sizing.auto_profile)."""
     return sizing.resolve(cluster.sizing, train.train_mode, train.base_model)
 
 
@@ -217,8 +217,9 @@ def chart_pod_table() -> dict[str, Any]:
 
 
 def chart_sizing_table() -> dict[str, Any]:
-    """The sizing profiles and the `auto` rule for the chart (files/package.yaml's `sizing:`)."""
-    return {"sdxlPattern": sizing.SDXL_ID_PATTERN,
+    """The sizing profiles and the `auto` rule for the chart (files/package.yaml's `sizing:`):
+    the chart cannot read the base model, so `auto` is the train mode's UNDETECTED profile."""
+    return {"undetected": dict(sizing.UNDETECTED),
             "profiles": {p.name: {"family": p.family, "jobGraceSeconds": p.job_grace_seconds,
                                   "resources": p.resources, "tmpSizeLimit": p.tmp_size_limit}
                          for p in sizing.PROFILES.values()}}

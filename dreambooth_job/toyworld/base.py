@@ -27,6 +27,9 @@ import torch.nn.functional as F
 from dreambooth_job.toyworld import world
 from dreambooth_job.toyworld.latent import build_vae
 
+# loss.csv's stage of the denoiser's training (the shipped fixture's file says so; report.py reads it).
+DENOISER_STAGE = "unet"
+
 
 @dataclass
 class BaseRecipe:
@@ -114,7 +117,7 @@ def train_unet(unet, text_encoder, scheduler, latents: torch.Tensor, ids: torch.
         decay = min(recipe.ema_decay, (1 + step) / (10 + step))
         with torch.no_grad():
             torch._foreach_lerp_(ema, [p.detach() for p in params], 1 - decay)
-        log("unet", step, loss.item())
+        log(DENOISER_STAGE, step, loss.item())
         step += 1
     with torch.no_grad():
         for p, e in zip(params, ema):

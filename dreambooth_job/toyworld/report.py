@@ -14,6 +14,7 @@ from pathlib import Path
 from PIL import Image, ImageDraw
 
 from dreambooth_job.toyworld import measure, world
+from dreambooth_job.toyworld.base import DENOISER_STAGE
 from dreambooth_job.toyworld.experiment import ASSET_BASE_MODEL, load
 
 
@@ -38,7 +39,7 @@ def base_report(base_model: Path, output: Path, per_combination: int = 2) -> dic
 def loss_curve(path: Path, width: int = 480, height: int = 200, window: int = 25) -> Image.Image:
     """The training loss (moving average over `window` steps) on a log-free linear axis."""
     with open(path) as handle:
-        losses = [float(r["loss"]) for r in csv.DictReader(handle) if r["stage"] == "unet"]
+        losses = [float(r["loss"]) for r in csv.DictReader(handle) if r["stage"] == DENOISER_STAGE]
     smooth = [sum(losses[max(0, i - window + 1):i + 1]) / len(losses[max(0, i - window + 1):i + 1])
               for i in range(len(losses))]
     image = Image.new("RGB", (width, height), "white")

@@ -94,7 +94,7 @@ def setup_models(config: TrainConfig, pipeline, family: ModelFamily, mode: Train
     models.set_training(True, config.train_text_encoder)
     models.gradient_checkpointing = (
         config.gradient_checkpointing if config.gradient_checkpointing is not None
-        else _checkpointing_needed(config, pipeline, models, runtime, images_per_batch))
+        else _checkpointing_needed(config, pipeline, family, models, runtime, images_per_batch))
     models.channels_last = (config.channels_last if config.channels_last is not None
                             else device.type == "cuda")
     _switch_memory_and_kernels(config, models)
@@ -115,14 +115,20 @@ def _switch_memory_and_kernels(config: TrainConfig, models: TrainedModels) -> No
         models.denoiser.set_attn_processor(AttnProcessor())
 
 
-def _checkpointing_needed(config: TrainConfig, pipeline, models: TrainedModels, runtime: Runtime,
-                          images: int) -> bool:
+def step_bytes(config: TrainConfig, pipeline, family: ModelFamily, models: TrainedModels,
+               images: int, half_precision: bool) -> int:
+    """One training step's device memory without gradient checkpointing, as memory.py estimates it
+    from the family's activation levels and the trained parameters."""
+    return memory.training_bytes(config, family, models.denoiser.config, pipeline.vae_scale_factor,
+                                 sum(p.numel() for p in models.trainable), images, half_precision)
+
+
+def _checkpointing_needed(config: TrainConfig, pipeline, family: ModelFamily, models: TrainedModels,
+                          runtime: Runtime, images: int) -> bool:
     """`auto`: only on CUDA, and only when training without it would not fit (memory.py)."""
     if runtime.device.type != "cuda":
         return False
-    required = memory.training_bytes(config, models.denoiser.config, pipeline.vae_scale_factor,
-                                     sum(p.numel() for p in models.trainable), images,
-                                     runtime.precision in ("fp16", "bf16"))
+    required = step_bytes(config, pipeline, family, models, images, runtime.precision in ("fp16", "bf16"))
     return memory.needs_checkpointing(required, torch.cuda.mem_get_info(runtime.device)[0])
 
 

@@ -92,7 +92,7 @@ def test_report_names_device_versions_and_settings(report):
     assert data["device"]["type"] == ("cpu" if CPU else "cuda")
     assert set(data["versions"]) >= {"torch", "diffusers", "transformers", "accelerate"}
     assert data["settings"]["resolution"] == 32 and data["settings"]["images_per_step"] == 2
-    assert data["model"]["architecture"] == "tiny" and data["model"]["parameters"]["unet"] > 0
+    assert data["model"]["architecture"] == "tiny" and data["model"]["parameters"]["denoiser"] > 0
     assert data["time_to_first_step_seconds"] > 0
 
 
@@ -103,7 +103,7 @@ def test_a_lora_row_trains_the_adapters_only(report):
     assert lora["status"] == "ok", lora
     assert lora["steps_per_second"] > 0 and lora["peak_memory_bytes"] > 0
     assert 0 < lora["trainable_parameters"] < full["trainable_parameters"] / 5
-    assert full["trainable_parameters"] == data["model"]["parameters"]["unet"]
+    assert full["trainable_parameters"] == data["model"]["parameters"]["denoiser"]
     assert any(line.startswith("train_mode=lora ") and " ok " in line for line in output.splitlines())
 
 

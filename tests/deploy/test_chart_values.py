@@ -176,7 +176,7 @@ def test_a_job_at_the_defaults_states_every_model_option_and_no_other(render, ch
     assert parse_train_args(args).to_dict() == {**cfg.TrainConfig(
         instance_data="s3://p/x/", class_noun="dog", output="s3://r/x/", subject_id="x").to_dict(),
         "cache_dir": parse_train_args(args).cache_dir,
-        "termination_grace_seconds": sizing.PROFILES["sd-full"].job_grace_seconds}
+        "termination_grace_seconds": sizing.PROFILES[sizing.UNDETECTED["full"]].job_grace_seconds}
 
 
 def test_the_python_builder_states_every_model_option_at_its_default():

@@ -134,7 +134,7 @@ def test_indexed_job_runs_the_plain_jobs_pod_with_the_subject_file():
     assert container["args"] == ["train", "--config",
                                  "/etc/dreambooth/subjects/subject-$(SUBJECT_INDEX).yaml",
                                  "--batch-id", "night-42", "--termination-grace-seconds",
-                                 str(sizing.PROFILES["sd-full"].job_grace_seconds)]
+                                 str(sizing.PROFILES[sizing.UNDETECTED["full"]].job_grace_seconds)]
     assert container["env"][0]["name"] == "SUBJECT_INDEX" and container["env"][1:] == reference["env"]
     for key in ("image", "resources", "securityContext", "ports", "terminationMessagePolicy"):
         assert container[key] == reference[key], key

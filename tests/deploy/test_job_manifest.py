@@ -167,8 +167,9 @@ def test_container_args_parse_back_into_the_config():
     train = dog(max_train_steps=1200, learning_rate=2e-6, prior_preservation=False,
                 validation_prompts=["a {identifier} {class_noun}, oil painting"], batch_id="night-7")
     args = pod_spec(build_job(JobSpec(train=train)))["containers"][0]["args"]
+    budget = sizing.PROFILES[sizing.UNDETECTED["full"]].job_grace_seconds
     assert options_of(parse_train_args(args)) == options_of(dataclasses.replace(
-        train, subject_id="dog-42", termination_grace_seconds=sizing.PROFILES["sd-full"].job_grace_seconds))
+        train, subject_id="dog-42", termination_grace_seconds=budget))
 
 
 def test_s3_credentials_are_referenced_never_copied():

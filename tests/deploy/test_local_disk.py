@@ -11,6 +11,7 @@ from kubernetes.utils import parse_quantity
 from dreambooth_job import sizing, termination
 from dreambooth_job.config import TrainConfig
 from dreambooth_job.k8s import manifest
+from dreambooth_job.k8s.cluster_settings import DEFAULT_PROFILE
 from dreambooth_job.k8s.manifest import ClusterSettings, JobSpec, build_job
 
 GB = 10**9
@@ -31,8 +32,8 @@ def disk_of(pod: dict) -> dict:
             "tmp": parse_quantity(volumes["tmp"]["emptyDir"]["sizeLimit"])}
 
 
-def builders_pod() -> dict:
-    return pod_of(build_job(JobSpec(train=TRAIN)))
+def builders_pod(**cluster) -> dict:
+    return pod_of(build_job(JobSpec(train=TRAIN, cluster=ClusterSettings(**cluster))))
 
 
 def test_requests_cover_the_documented_peak_and_limits_stay_above_it():
@@ -72,8 +73,9 @@ def test_chart_defaults_are_the_builders(render):
 
 @pytest.mark.parametrize("path", ["job.yaml", "batch/indexed-job.yaml"])
 def test_plain_manifests_request_the_same_disk(path):
+    """The examples name the profile of their SD 1.5 base model (a hub id `auto` cannot read)."""
     (job,) = [d for d in yaml.safe_load_all((MANIFESTS / path).read_text()) if d and d["kind"] == "Job"]
-    assert disk_of(pod_of(job)) == disk_of(builders_pod())
+    assert disk_of(pod_of(job)) == disk_of(builders_pod(sizing=DEFAULT_PROFILE.name))
     assert pod_of(job)["containers"][0]["terminationMessagePolicy"] == "FallbackToLogsOnError"
 
 

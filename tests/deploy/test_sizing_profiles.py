@@ -1,10 +1,12 @@
 """Sizing profiles in every form of the Job: build_job and the chart pick the same profile (named,
-or `auto` by train mode and base model id), size grace, memory and local disk by it, and let
+or `auto` by train mode and the family read from the base model, the train mode's largest where
+it cannot be read), size grace, memory and local disk by it, and let
 explicit settings win."""
 
 from __future__ import annotations
 
 import dataclasses
+import json
 
 import pytest
 from deploy_support import assert_same, comparable, spec_from_values, validate_object
@@ -61,15 +63,30 @@ def test_build_job_sizes_the_pod_by_the_named_profile(name):
     validate_object(job)
 
 
-@pytest.mark.parametrize(("train_mode", "base_model", "profile"), [
-    ("full", TRAIN.base_model, "sd-full"),
-    ("lora", TRAIN.base_model, "sd-lora"),
-    ("full", "stabilityai/stable-diffusion-2-1", "sd-full"),
-    ("full", SDXL, "sdxl-full"),
-    ("lora", "RunDiffusion/Juggernaut-XL-v9", "sdxl-lora"),
-    ("full", "s3://models/sdxl-base/", "sdxl-full"),
+@pytest.mark.parametrize(("train_mode", "pipeline_class", "profile"), [
+    ("full", "StableDiffusionPipeline", "sd-full"),
+    ("lora", "StableDiffusionPipeline", "sd-lora"),
+    ("full", "StableDiffusionXLPipeline", "sdxl-full"),
+    ("lora", "StableDiffusionXLPipeline", "sdxl-lora"),
 ])
-def test_auto_picks_the_profile_by_train_mode_and_base_model_id(train_mode, base_model, profile):
+def test_auto_picks_the_profile_of_the_family_read_from_a_local_model(tmp_path, train_mode,
+                                                                      pipeline_class, profile):
+    """The directory's name says "xl" whatever its model: only model_index.json decides."""
+    model = tmp_path / "my-xl-model"
+    model.mkdir()
+    (model / "model_index.json").write_text(json.dumps({"_class_name": pipeline_class}))
+    train = dataclasses.replace(TRAIN, train_mode=train_mode, base_model=str(model))
+    assert sizing.auto_profile(train_mode, str(model)) == profile
+    assert sized(build_job(JobSpec(train=train))) == expected(sizing.PROFILES[profile])
+
+
+@pytest.mark.parametrize("train_mode", ["full", "lora"])
+@pytest.mark.parametrize("base_model", [
+    TrainConfig().base_model, "stabilityai/stable-diffusion-2-1", SDXL, "s3://models/sd15/",
+    "s3://models/sdxl-base/"])
+def test_auto_never_guesses_the_family_from_a_name(train_mode, base_model):
+    """What build_job cannot read gets the train mode's largest profile, whatever the name says."""
+    profile = sizing.UNDETECTED[train_mode]
     train = dataclasses.replace(TRAIN, train_mode=train_mode, base_model=base_model)
     assert sizing.auto_profile(train_mode, base_model) == profile
     assert sized(build_job(JobSpec(train=train))) == expected(sizing.PROFILES[profile])
@@ -118,10 +135,11 @@ def test_the_indexed_job_passes_its_pods_budget_over_the_subject_files():
     ({"sizing": "sdxl-full"}, "sdxl-full"),
     ({"sizing": "sdxl-lora"}, "sdxl-lora"),
     ({"sizing": "sd-lora"}, "sd-lora"),
-    ({"sizing": "auto"}, "sd-full"),
-    ({"job": {"baseModel": SDXL}}, "sdxl-full"),
-    ({"job": {"baseModel": SDXL, "trainMode": "lora"}}, "sdxl-lora"),
-    ({"job": {"trainMode": "lora"}}, "sd-lora"),
+    ({"sizing": "auto"}, sizing.UNDETECTED["full"]),
+    ({"job": {"baseModel": SDXL}}, sizing.UNDETECTED["full"]),
+    ({"job": {"baseModel": SDXL, "trainMode": "lora"}}, sizing.UNDETECTED["lora"]),
+    ({"job": {"trainMode": "lora"}}, sizing.UNDETECTED["lora"]),
+    ({"job": {"trainMode": "lora"}, "sizing": "sd-lora"}, "sd-lora"),
 ])
 def test_the_chart_renders_the_builders_job_for_each_profile(render, values, profile):
     values = {**values, "job": {**JOB_VALUES, **values.get("job", {})}}
@@ -154,7 +172,7 @@ def test_the_chart_refuses_an_unknown_profile(chart):
 
 
 def test_a_batch_sizes_each_subjects_job_by_its_own_profile(tmp_path, monkeypatch):
-    """`batch` builds every row's Job with build_job: an SDXL LoRA row next to an SD one."""
+    """`batch` builds every row's Job with build_job: a LoRA row next to a full fine-tune."""
     import yaml
     from click.testing import CliRunner
 
@@ -172,5 +190,5 @@ subjects:
     assert result.exit_code == 0, result.output
     jobs = {job["metadata"]["labels"]["dreambooth-job/subject"]: job
             for job in yaml.safe_load_all(result.output) if job and job.get("kind") == "Job"}
-    assert sized(jobs["dog"]) == expected(sizing.PROFILES["sd-full"])
-    assert sized(jobs["rex"]) == expected(sizing.PROFILES["sdxl-lora"])
+    assert sized(jobs["dog"]) == expected(sizing.PROFILES[sizing.UNDETECTED["full"]])
+    assert sized(jobs["rex"]) == expected(sizing.PROFILES[sizing.UNDETECTED["lora"]])

@@ -59,7 +59,8 @@ def test_cluster_options_and_cluster_config_file(no_cluster, tmp_path):
     # Over the sizing profile's, key by key (as Helm merges values): its local disk stays.
     assert pod["containers"][0]["resources"]["requests"] == {
         "cpu": "4", "memory": "16Gi",
-        "ephemeral-storage": sizing.PROFILES["sd-full"].resources["requests"]["ephemeral-storage"]}
+        "ephemeral-storage":
+            sizing.PROFILES[sizing.UNDETECTED["full"]].resources["requests"]["ephemeral-storage"]}
 
 
 @pytest.mark.parametrize("args,message", [

@@ -12,7 +12,7 @@ safetensors_torch = pytest.importorskip("safetensors.torch")
 
 from helpers import perturb_lora_adapters  # noqa: E402
 
-from dreambooth_job import lora, lora_files  # noqa: E402
+from dreambooth_job import families, lora, lora_files  # noqa: E402
 from dreambooth_job.exit_codes import InvalidInputError  # noqa: E402
 
 RANK, ALPHA = 4, 8  # alpha != rank, so a loader that ignores alpha gets a different output
@@ -85,6 +85,14 @@ def _load_lora(pipe, path):
     assert not result.unexpected_keys
 
 
+SD = next(f for f in families.FAMILIES if "StableDiffusionPipeline" in f.pipeline_classes)
+
+
+def modules(pipe) -> dict:
+    """The modules the SD family's LoRA files are written from."""
+    return SD.lora_format.modules(pipe)
+
+
 @pytest.fixture(scope="module", params=list(TARGETS))
 def adapted(request, tiny_model, tmp_path_factory):
     """The tiny pipeline with perturbed adapters on UNet and text encoder, and its files."""
@@ -97,9 +105,9 @@ def adapted(request, tiny_model, tmp_path_factory):
     files = {}
     for precision in ("fp32", "fp16"):
         files[precision] = (
-            lora_files.save_lora_diffusers(out / precision, pipe.unet, pipe.text_encoder,
+            lora_files.save_lora_diffusers(out / precision, SD, modules(pipe),
                                            dtype=precision, metadata=METADATA),
-            lora_files.save_lora_kohya(out / precision / "subject.safetensors", pipe.unet, pipe.text_encoder,
+            lora_files.save_lora_kohya(out / precision / "subject.safetensors", SD, modules(pipe),
                                        dtype=precision, metadata=METADATA))
     return pipe, base_unet, files, request.param
 
@@ -168,8 +176,9 @@ def test_unet_file_loads_with_load_lora_weights(tiny_model, tmp_path):
     pipe = _load(tiny_model)
     lora.add_lora(pipe.unet, rank=RANK, alpha=ALPHA)
     perturb_lora_adapters(pipe.unet)
-    lora_files.save_lora_diffusers(tmp_path / "lora", pipe.unet, dtype="fp32", metadata=METADATA)
-    lora_files.save_lora_kohya(tmp_path / "subject.safetensors", pipe.unet, dtype="fp32", metadata=METADATA)
+    lora_files.save_lora_diffusers(tmp_path / "lora", SD, modules(pipe), dtype="fp32", metadata=METADATA)
+    lora_files.save_lora_kohya(tmp_path / "subject.safetensors", SD, modules(pipe), dtype="fp32",
+                               metadata=METADATA)
     expected = _outputs_of(pipe.unet)
     for path in (tmp_path / "lora", tmp_path / "subject.safetensors"):
         fresh = _load(tiny_model)
@@ -226,18 +235,18 @@ def test_fp16_files_hold_the_fp32_weights_cast(adapted):
 
 def test_unknown_target_is_a_one_line_error(tiny_model):
     pipe = _load(tiny_model)
-    with pytest.raises(InvalidInputError, match="'to_qq' names no linear or convolution layer of the UNet"):
+    with pytest.raises(InvalidInputError, match="'to_qq' names no linear or convolution layer of the"):
         lora.add_lora(pipe.unet, target_modules=("to_q", "to_qq"))
 
 
 def test_metadata_must_be_strings(adapted, tmp_path):
     pipe = adapted[0]
     with pytest.raises(TypeError, match="'steps'"):
-        lora_files.save_lora_kohya(tmp_path / "x.safetensors", pipe.unet, metadata={"steps": 400})
+        lora_files.save_lora_kohya(tmp_path / "x.safetensors", SD, modules(pipe), metadata={"steps": 400})
     with pytest.raises(ValueError, match="'format'"):
-        lora_files.save_lora_diffusers(tmp_path, pipe.unet, metadata={"format": "x"})
+        lora_files.save_lora_diffusers(tmp_path, SD, modules(pipe), metadata={"format": "x"})
     with pytest.raises(ValueError, match="no LoRA adapter"):
-        lora_files.save_lora_kohya(tmp_path / "x.safetensors", copy.deepcopy(adapted[1]))
+        lora_files.save_lora_kohya(tmp_path / "x.safetensors", SD, {"unet": copy.deepcopy(adapted[1])})
     assert not list(tmp_path.iterdir())
 
 

@@ -2,10 +2,15 @@
 
 import pytest
 
-from dreambooth_job import memory
+from dreambooth_job import families, memory
 
 SD15_UNET = {"block_out_channels": (320, 640, 1280, 1280),
              "down_block_types": ("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",)}
+SD = next(f for f in families.FAMILIES if "StableDiffusionPipeline" in f.pipeline_classes)
+
+
+def levels(config, latent_side, family=SD):
+    return family.activation_levels(config, latent_side)
 GIB = 2**30
 
 
@@ -16,10 +21,10 @@ def test_eight_bit_adam_keeps_a_quarter_of_the_optimizer_state():
 
 
 def test_activations_grow_with_images_and_area_and_double_in_fp32():
-    one = memory.activation_bytes(SD15_UNET, 1, 64, half_precision=True)
-    assert memory.activation_bytes(SD15_UNET, 2, 64, half_precision=True) == 2 * one
-    assert memory.activation_bytes(SD15_UNET, 1, 128, half_precision=True) == 4 * one
-    assert memory.activation_bytes(SD15_UNET, 1, 64, half_precision=False) == 2 * one
+    one = memory.activation_bytes(levels(SD15_UNET, 64), 1, half_precision=True)
+    assert memory.activation_bytes(levels(SD15_UNET, 64), 2, half_precision=True) == 2 * one
+    assert memory.activation_bytes(levels(SD15_UNET, 128), 1, half_precision=True) == 4 * one
+    assert memory.activation_bytes(levels(SD15_UNET, 64), 1, half_precision=False) == 2 * one
 
 
 def test_checkpointing_only_when_the_estimate_does_not_fit():
@@ -44,13 +49,15 @@ def needs_checkpointing(models, *, latent_side, free_gib, lora=False):
     from dreambooth_job import lora as lora_lib
     from dreambooth_job.config import TrainConfig
 
-    unet = models["unet"]
+    family, modules = models
+    denoiser = modules["denoiser"]
     defaults = TrainConfig()
-    trained = (lora_lib.lora_parameter_count(unet, defaults.lora_rank, defaults.lora_target_modules)
+    trained = (lora_lib.lora_parameter_count(denoiser, defaults.lora_rank, defaults.lora_target_modules)
                if lora
-               else sum(p.numel() for p in unet.parameters()))
-    required = (memory.training_state_bytes(trained, False)
-                + memory.activation_bytes(unet.config, 2, latent_side, half_precision=True))
+               else sum(p.numel() for p in denoiser.parameters()))
+    config = TrainConfig(resolution=latent_side * 8)
+    required = memory.training_bytes(config, family, denoiser.config, 8, trained, 2,
+                                     half_precision=True)
     return memory.needs_checkpointing(required, int(free_gib * GIB))
 
 
@@ -58,16 +65,24 @@ def test_sd15_estimate_is_the_one_its_constant_was_measured_with(meta):
     """Activations per image at 512 px stay what the first estimate (latent area x the sum of
     the channels, 100 bytes a unit) gave: SD 1.5's `auto` decisions do not move."""
     first_estimate = 64 * 64 * sum(SD15_UNET["block_out_channels"]) * 100
-    now = memory.activation_bytes(meta["sd15"]["unet"].config, 1, 64, half_precision=True)
+    now = memory.activation_bytes(levels(meta["sd15"].modules["denoiser"].config, 64), 1,
+                                  half_precision=True)
     assert abs(now - first_estimate) / first_estimate < 0.01
 
 
 def test_sdxl_levels_count_their_transformer_depth(meta):
-    config = meta["sdxl"]["unet"].config
+    family, modules = meta["sdxl"]
+    config = modules["denoiser"].config
     assert list(config["transformer_layers_per_block"]) == [1, 2, 10]
-    per_image = memory.activation_units(config, 128)
-    assert per_image == 320 * 128**2 + 640 * 64**2 * 3 + 1280 * 32**2 * 11
-    assert per_image > 5 * memory.activation_units(meta["sd15"]["unet"].config, 64)
+    per_level = family.activation_levels(config, 128)
+    assert per_level == [320 * 128**2, 640 * 64**2 * 3, 1280 * 32**2 * 11]
+    assert sum(per_level) > 5 * sum(levels(meta["sd15"].modules["denoiser"].config, 64))
+
+
+def test_checkpointing_keeps_block_inputs_and_recomputes_the_largest_level():
+    per_level = levels(SD15_UNET, 64)
+    kept = memory.activation_bytes(per_level, 2, half_precision=True, checkpointing=True)
+    assert kept == 2 * sum(per_level) * 2 + 2 * max(per_level) * memory.ACTIVATION_BYTES_PER_UNIT
 
 
 def test_auto_checkpointing_turns_on_for_sdxl_where_sd15_fits(meta):
@@ -94,4 +109,4 @@ def test_peak_estimates_order_as_the_modes_do(meta):
     assert lora.trainable_params < 0.01 * full.trainable_params
     # LoRA's frozen base is in bf16: less than the full run's fp32 UNet alone.
     assert lora.peak_bytes - memory.activation_bytes(
-        meta["sdxl"]["unet"].config, 2, 128, True) < full.trainable_params * 4
+        levels(meta["sdxl"].modules["denoiser"].config, 128), 2, True) < full.trainable_params * 4

@@ -1,6 +1,6 @@
 import pytest
 
-from dreambooth_job import priors
+from dreambooth_job import families, priors
 
 BASE = dict(model_fingerprint="m1", class_prompt="a dog", resolution=512,
             sampler="DPMSolverMultistepScheduler", steps=25, guidance_scale=7.5, seed=0)
@@ -20,8 +20,10 @@ def test_every_input_that_changes_the_images_changes_the_key(field, other):
 def test_the_family_is_part_of_the_key_and_sd_keys_stay_what_they_were():
     """SDXL's class images never serve an SD run (and back); SD's keys are those of caches written
     before families existed (test_storage_integrity.py pins one)."""
-    assert priors.cache_key(**BASE, family="sd") == priors.cache_key(**BASE)
-    assert priors.cache_key(**BASE, family="sdxl") != priors.cache_key(**BASE)
+    tags = {f.name: f.class_cache_tag() for f in families.FAMILIES}
+    assert priors.cache_key(**BASE, family=tags["sd"]) == priors.cache_key(**BASE)
+    assert priors.cache_key(**BASE, family=tags["sdxl"]) != priors.cache_key(**BASE)
+    assert len({priors.cache_key(**BASE, family=tag) for tag in tags.values()}) == len(tags)
 
 
 def test_image_names_sort_by_index():

@@ -1,4 +1,4 @@
-"""SDXL LoRA in kohya's key format (lora_files.save_lora_kohya with `xl=True`): the UNet's modules
+"""SDXL LoRA in kohya's key format (lora_files.save_lora_kohya with the SDXL family): the UNet's modules
 under SDXL's original block names (`lora_unet_input_blocks_4_1_...`, as kohya trains SDXL on that
 UNet), `lora_te1_`/`lora_te2_` for the two encoders, an `.alpha` per module. Checked against
 diffusers' own kohya reader, on the tiny SDXL pipeline (loads like the diffusers-format file:
@@ -16,7 +16,7 @@ safetensors_torch = pytest.importorskip("safetensors.torch")
 
 from helpers import perturb_lora_adapters  # noqa: E402
 
-from dreambooth_job import lora, lora_files  # noqa: E402
+from dreambooth_job import families, lora, lora_files  # noqa: E402
 
 RANK, ALPHA = 4, 8  # alpha != rank, so a loader that ignores alpha gets a different output
 UNET_TARGETS = lora.DEFAULT_UNET_TARGETS + lora.UNET_CONV_TARGETS  # ResBlock names too
@@ -29,6 +29,9 @@ def _load(path):
     return StableDiffusionXLPipeline.from_pretrained(path, torch_dtype=torch.float32, add_watermarker=False)
 
 
+SDXL = next(f for f in families.FAMILIES if "StableDiffusionXLPipeline" in f.pipeline_classes)
+
+
 @pytest.fixture(scope="module")
 def adapted(tiny_sdxl_model, tmp_path_factory):
     """The tiny SDXL pipeline with perturbed adapters on the UNet and both encoders, and its
@@ -39,11 +42,10 @@ def adapted(tiny_sdxl_model, tmp_path_factory):
     lora.add_lora(None, pipe.text_encoder_2, rank=RANK, alpha=ALPHA)
     perturb_lora_adapters(pipe.unet, pipe.text_encoder, pipe.text_encoder_2)
     out = tmp_path_factory.mktemp("sdxl-lora")
-    diffusers_file = lora_files.save_lora_diffusers(
-        out, pipe.unet, pipe.text_encoder, text_encoder_2=pipe.text_encoder_2, xl=True)
-    kohya_file = lora_files.save_lora_kohya(
-        out / "subject.safetensors", pipe.unet, pipe.text_encoder, text_encoder_2=pipe.text_encoder_2,
-        xl=True, metadata={"identifier": "sks"})
+    modules = SDXL.lora_format.modules(pipe)
+    diffusers_file = lora_files.save_lora_diffusers(out, SDXL, modules)
+    kohya_file = lora_files.save_lora_kohya(out / "subject.safetensors", SDXL, modules,
+                                            metadata={"identifier": "sks"})
     return pipe, diffusers_file, kohya_file
 
 
@@ -135,18 +137,18 @@ def _unet_output(unet):
 
 
 def test_real_sdxl_unet_names_map_back_through_diffusers_kohya_reader():
-    """SDXL base 1.0's UNet (bench/sdxl.py's config, on the meta device) with adapters on its
+    """SDXL base 1.0's UNet (bench/models.py's SDXL config, on the meta device) with adapters on its
     attention and ResBlock layers: every adapter's kohya name maps back, by diffusers' reader,
     onto the module it came from, and the names are kohya's SDXL ones."""
     from diffusers import StableDiffusionXLPipeline
     from diffusers.utils import convert_unet_state_dict_to_peft
     from peft.utils import get_peft_model_state_dict
 
-    from dreambooth_job.bench.sdxl import build_models
+    from dreambooth_job.bench.models import build_sdxl_models as build_models
 
     unet = build_models(device="meta")["unet"]
     lora.add_lora(unet, rank=RANK, alpha=ALPHA, target_modules=UNET_TARGETS)
-    kohya = lora_files.kohya_state_dict(unet, xl=True)
+    kohya = lora_files.kohya_state_dict(SDXL, {"unet": unet})
     names = {k.split(".")[0] for k in kohya}
     assert "lora_unet_input_blocks_8_1_transformer_blocks_9_attn2_to_v" in names  # 10 layers deep
     assert "lora_unet_output_blocks_8_0_out_layers_3" in names  # last ResBlock's conv2

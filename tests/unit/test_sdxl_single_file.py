@@ -6,7 +6,7 @@ attention, two layers per level, two transformer layers at the deepest, `text_ti
 that `StableDiffusionXLPipeline.from_single_file` reloads; its two text encoders have different
 widths because diffusers tells SDXL's encoders apart by width (the job's tiny SDXL model, whose
 encoders are both 32 wide, reloads its UNet and VAE only: tests/job/test_sdxl_job.py). And the
-real SDXL base 1.0 architecture on the meta device (bench/sdxl.py's configs, no weights), whose
+real SDXL base 1.0 architecture on the meta device (bench/models.py's SDXL configs, no weights), whose
 keys diffusers must recognise as `xl_base` and map back onto every weight of the pipeline.
 """
 
@@ -165,7 +165,7 @@ def test_an_sd_pipeline_with_an_sdxl_unet_is_refused(sdxl_layout, tmp_path):
 
 def _real_sdxl_checkpoint():
     """SDXL base 1.0's modules on the meta device, and its single-file state dict (shapes only)."""
-    from dreambooth_job.bench.sdxl import build_models
+    from dreambooth_job.bench.models import build_sdxl_models as build_models
     from dreambooth_job.export.single_file import UNET_PREFIX, VAE_PREFIX, unet_to_ldm, vae_to_ldm
     from dreambooth_job.families.sdxl import StableDiffusionXL
 

@@ -7,8 +7,10 @@ import logging
 
 import pytest
 
-from dreambooth_job import memory, sizing
+from dreambooth_job import families, memory, sizing
 from dreambooth_job.config import TrainConfig
+
+FAMILY = {f.name: f for f in families.FAMILIES}
 
 
 @pytest.mark.parametrize(("family", "model"), [("sd", "sd15"), ("sdxl", "sdxl")])
@@ -16,21 +18,22 @@ def test_parameter_counts_are_the_published_architectures(family, model):
     from dreambooth_job import lora
     from dreambooth_job.bench.estimate import meta_models
 
-    built = meta_models(model)
+    detected, built = meta_models(model)
+    assert detected is FAMILY[family]
     counts = {name: sum(p.numel() for p in module.parameters()) for name, module in built.items()}
-    params = sizing.FAMILIES[family]
-    assert params.unet == counts["unet"] and params.vae == counts["vae"]
+    params = FAMILY[family].reference
+    assert params.denoiser == counts["denoiser"] and params.vae == counts["vae"]
     encoders = [name for name in counts if name.startswith("text_encoder")]
     assert params.text_encoders == sum(counts[name] for name in encoders)
     defaults = TrainConfig()
-    adapters = lora.lora_parameter_count(built["unet"], 16, defaults.lora_target_modules) + sum(
+    adapters = lora.lora_parameter_count(built["denoiser"], 16, defaults.lora_target_modules) + sum(
         lora.lora_parameter_count(built[name], 16, lora.DEFAULT_TEXT_ENCODER_TARGETS)
         for name in encoders)
     assert params.lora_adapters_rank16 == adapters
 
 
 def test_an_sdxl_full_checkpoint_is_about_31_gb():
-    unet_only = memory.checkpoint_bytes(sizing.FAMILIES["sdxl"].unet, use_8bit_adam=False)
+    unet_only = memory.checkpoint_bytes(FAMILY["sdxl"].reference.denoiser, use_8bit_adam=False)
     assert 30 * sizing.GB < unet_only < 31.5 * sizing.GB
     # 8-bit Adam keeps one byte per moment.
     assert memory.checkpoint_bytes(1000, use_8bit_adam=True) == 6000
@@ -38,7 +41,7 @@ def test_an_sdxl_full_checkpoint_is_about_31_gb():
 
 @pytest.mark.parametrize("profile", sizing.PROFILES.values(), ids=list(sizing.PROFILES))
 def test_each_profile_covers_its_estimates(profile):
-    params = sizing.FAMILIES[profile.family]
+    params = FAMILY[profile.family].reference
     assert profile.job_grace_seconds >= params.step_seconds + sizing.checkpoint_seconds(
         profile.checkpoint_bytes)
     assert profile.job_grace_seconds >= sizing.MIN_GRACE_SECONDS
@@ -60,7 +63,7 @@ def test_bigger_checkpoints_get_longer_grace():
 def test_an_sdxl_full_run_in_an_sd_profile_is_warned_about(caplog):
     sd_budget = sizing.PROFILES["sd-full"].job_grace_seconds
     with caplog.at_level(logging.WARNING, logger="dreambooth_job.sizing"):
-        message = sizing.check_grace(sd_budget, "sdxl", "full", sizing.FAMILIES["sdxl"].unet, False)
+        message = sizing.check_grace(sd_budget, "sdxl", "full", FAMILY["sdxl"].reference.denoiser, False)
     assert message and f"--termination-grace-seconds {sd_budget} is shorter than" in message
     assert "'sdxl-full'" in message and "\n" not in message
     assert message in caplog.text
@@ -68,8 +71,7 @@ def test_an_sdxl_full_run_in_an_sd_profile_is_warned_about(caplog):
 
 def test_a_run_within_its_profile_is_not_warned_about(caplog):
     for profile in sizing.PROFILES.values():
-        params = sizing.FAMILIES[profile.family]
-        trained = sizing.trained_parameters(params, profile.train_mode)
+        trained = sizing.trained_parameters(FAMILY[profile.family].reference, profile.train_mode)
         assert sizing.check_grace(profile.job_grace_seconds, profile.family, profile.train_mode,
                                   trained, False) is None
     assert caplog.text == ""
@@ -90,3 +92,20 @@ def test_the_operator_guides_table_is_the_profiles():
     guide = (Path(__file__).resolve().parents[2] / "docs" / "operator-guide.md").read_text()
     assert "\n".join(sizing.rows()) in guide, (
         "docs/operator-guide.md's profile table: run python -m dreambooth_job.sizing")
+
+
+def test_every_family_has_both_profiles_and_an_undetected_model_gets_the_largest():
+    assert set(sizing.PROFILES) == {f"{f.name}-{m}" for f in families.FAMILIES
+                                    for m in sizing.TRAIN_MODES}
+    for mode, name in sizing.UNDETECTED.items():
+        undetected = sizing.PROFILES[name]
+        assert undetected.train_mode == mode
+        for profile in (p for p in sizing.PROFILES.values() if p.train_mode == mode):
+            assert profile.job_grace_seconds <= undetected.job_grace_seconds
+            assert profile.disk_request_gib <= undetected.disk_request_gib
+            assert profile.memory_request_gib <= undetected.memory_request_gib
+
+
+def test_a_run_of_a_family_without_profiles_is_budgeted_as_the_largest():
+    largest = sizing.PROFILES[sizing.UNDETECTED["full"]]
+    assert sizing.job_budget(None, "some-new-family", "full", 1000, False) == largest.job_grace_seconds

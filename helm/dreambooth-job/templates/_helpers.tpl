@@ -185,17 +185,15 @@ dreambooth_job.generation.config.to_cli_args; then extraArgs.
 
 {{/*
 The sizing profile (files/package.yaml's `sizing`, from dreambooth_job/sizing.py) as JSON: the
-`sizing` value, or with `auto` the profile of job.trainMode and of the family that the base model's
-id names (sdxl when it matches sdxlPattern, else sd), the rule of sizing.auto_profile.
+`sizing` value, or with `auto` the profile of job.trainMode for a base model the chart cannot read
+(sizing.UNDETECTED: the train mode's largest; never a guess from the model's name).
 */}}
 {{- define "dreambooth-job.profile" -}}
 {{- $sizing := (include "dreambooth-job.package" . | fromYaml).sizing }}
 {{- $name := .Values.sizing | default "auto" }}
 {{- if eq $name "auto" }}
 {{- $mode := (printf "{\"v\": %s}" (include "dreambooth-job.option" (list . "trainMode")) | fromJson).v }}
-{{- $base := (printf "{\"v\": %s}" (include "dreambooth-job.option" (list . "baseModel")) | fromJson).v }}
-{{- $family := ternary "sdxl" "sd" (regexMatch $sizing.sdxlPattern (toString $base)) }}
-{{- $name = printf "%s-%s" $family $mode }}
+{{- $name = get $sizing.undetected (toString $mode) }}
 {{- end }}
 {{- if not (hasKey $sizing.profiles $name) }}
 {{- fail (printf "sizing %q is not a sizing profile" $name) }}

@@ -1,0 +1,95 @@
+"""The LoRA files each family publishes, in each format (lora_files.py writes them, outputs.py
+decides when): which pipeline modules carry adapters, diffusers' `pytorch_lora_weights` (written by
+the family's pipeline class) and the single file kohya-ss sd-scripts, AUTOMATIC1111 (models/Lora)
+and ComfyUI (LoraLoader) load. A family declares its `LoraFormat` as `ModelFamily.lora_format`.
+
+The generic part (peft's adapter tensors, the cast, the header, each module's alpha) is
+lora_files.py's; what differs between families is here:
+- SD 1.x/2.x: diffusers' `StableDiffusionPipeline.save_lora_weights`; kohya keys with diffusers'
+  UNet module names (`lora_unet_down_blocks_0_attentions_0_..._to_q`) and `lora_te_` for the
+  text encoder.
+- SDXL: `StableDiffusionXLPipeline.save_lora_weights`, which knows the second encoder; kohya's
+  SDXL keys name the UNet's modules in SDXL's original layout (`lora_unet_input_blocks_4_1_
+  transformer_blocks_0_attn1_to_q`, `lora_unet_middle_block_1_...`): kohya trains SDXL on that
+  UNet; the encoders are `lora_te1_` and `lora_te2_`, and the header says
+  `ss_base_model_version: sdxl_base_v1-0` (A1111 filters SDXL LoRAs by it).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from dreambooth_job.export.single_file import unet_to_ldm
+
+
+class LoraFormat(ABC):
+    """What a family's LoRA files look like."""
+
+    components: tuple[str, ...]
+    """Pipeline attributes that LoRA adapts, as diffusers' LoRA files name them; the denoiser
+    first (whose adapters' rank and alpha the headers state)."""
+    kohya_header: Mapping[str, str]
+    """Header entries the single-file format adds for this family."""
+
+    def modules(self, pipeline) -> dict[str, Any]:
+        """The pipeline's modules that may carry adapters, by component (None where absent)."""
+        return {name: getattr(pipeline, name, None) for name in self.components}
+
+    @abstractmethod
+    def write_diffusers(self, directory, layers: Mapping[str, dict], *, weight_name: str,
+                        save_function: Callable) -> None:
+        """diffusers' LoRA file of `layers` ({component: adapter tensors under peft's names}) in
+        `directory`, written through `save_function(tensors, filename)`."""
+
+    @abstractmethod
+    def kohya_state(self, adapters: Mapping[str, dict], modules: Mapping[str, Any]) -> dict[str, dict]:
+        """{component: {kohya key: tensor}} of `adapters` ({component: peft state}); the
+        `.alpha` entries hold the rank (diffusers' converter), which the writer replaces."""
+
+
+@dataclass(frozen=True)
+class UNetLoraFormat(LoraFormat):
+    """The LoRA files of a diffusers family whose denoiser is a UNet2DConditionModel."""
+
+    pipeline_class: str
+    """The diffusers pipeline class whose `save_lora_weights` writes the diffusers file."""
+    components: tuple[str, ...]
+    original_unet_names: bool = False
+    """Whether kohya's keys name the UNet's modules in the original checkpoint layout (SDXL)."""
+    kohya_header: Mapping[str, str] = field(default_factory=dict)
+
+    def write_diffusers(self, directory, layers, *, weight_name, save_function) -> None:
+        import diffusers  # deferred: diffusers is heavy; the CLI and k8s builders start without it
+
+        denoiser, *encoders = self.components
+        writer = getattr(diffusers, self.pipeline_class)
+        writer.save_lora_weights(
+            directory, unet_lora_layers=layers.get(denoiser),
+            **{f"{name}_lora_layers": layers.get(name) for name in encoders},
+            weight_name=weight_name, save_function=save_function, safe_serialization=True)
+
+    def kohya_state(self, adapters, modules) -> dict[str, dict]:
+        from diffusers.utils.state_dict_utils import (  # deferred: diffusers is heavy
+            convert_state_dict_to_kohya,
+        )
+
+        denoiser = self.components[0]
+        kohya = {}
+        for name, peft_state in adapters.items():
+            state = peft_state
+            if name == denoiser and self.original_unet_names:
+                # The single-file export's mapping (diffusers' reader inverted):
+                # `down_blocks.1.attentions.0.` -> `input_blocks.4.1.`, `conv1` -> `in_layers.2`.
+                state = unet_to_ldm(peft_state, modules[name].config)
+            converted = convert_state_dict_to_kohya({f"{name}.{key}": v for key, v in state.items()})
+            kohya[name] = {self._key(key): value for key, value in converted.items()}
+        return kohya
+
+    def _key(self, key: str) -> str:
+        # diffusers names the first text encoder as SDXL's (`lora_te1_`); SD 1.x files say `lora_te_`.
+        if len(self.components) == 2 and key.startswith("lora_te1_"):
+            return "lora_te_" + key.removeprefix("lora_te1_")
+        return key
