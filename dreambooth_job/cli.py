@@ -22,9 +22,10 @@ import sys
 import click
 
 from dreambooth_job import __version__, termination
-from dreambooth_job import config as cfg
 from dreambooth_job.cli_boundary import error_boundary
 from dreambooth_job.cli_options import resolve_train_config, train_options
+from dreambooth_job.config import choices as const
+from dreambooth_job.config import sources as config_sources
 from dreambooth_job.exit_codes import ExitCode
 
 # Commands defined in other modules, imported only when invoked or listed: `train` should not pay
@@ -98,7 +99,7 @@ def train(**params) -> None:
               show_default=True, help="Local directory for the demo's object store and results.")
 @click.option("--max-train-steps", type=click.IntRange(min=1), default=None,
               help="Training steps (default: 500 on the toy world, 20 with --photos).")
-@click.option("--train-mode", type=click.Choice(cfg.TRAIN_MODE_CHOICES), default="full", show_default=True,
+@click.option("--train-mode", type=click.Choice(const.TRAIN_MODE_CHOICES), default="full", show_default=True,
               help="full fine-tuning or LoRA adapters, as `train --train-mode`.")
 @click.option("--photos", type=click.Path(), default=None,
               help="A directory of your own photos of one subject (with --class-noun); trained on "
@@ -122,7 +123,7 @@ def demo(output: str, max_train_steps: int | None, train_mode: str, photos: str 
 def config_command(print_defaults: bool, **params) -> None:
     """Print the defaults, or the resolved configuration (flags > env > --config file > defaults)."""
     if print_defaults:
-        click.echo(cfg.defaults_yaml(), nl=False)
+        click.echo(config_sources.defaults_yaml(), nl=False)
         return
     import yaml
 

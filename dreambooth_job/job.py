@@ -34,27 +34,23 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import NamedTuple
 
-from dreambooth_job import disk, log, notify, storage
-from dreambooth_job.config import TrainConfig
+from dreambooth_job import log
+from dreambooth_job.config.operator_policy import OperatorPolicy
+from dreambooth_job.config.policy_checks import check_policy
+from dreambooth_job.config.run_identity import config_fingerprint
+from dreambooth_job.config.train_config import TrainConfig
 from dreambooth_job.events import JobObserver, ObserverGroup
 from dreambooth_job.exit_codes import ExitCode, JobError
-from dreambooth_job.lease import check_conditional_writes, holding
-from dreambooth_job.operator_policy import OperatorPolicy
-from dreambooth_job.phases import (
-    class_images,
-    evaluation,
-    existing_output,
-    model,
-    photos,
-    publish,
-    samples,
-    training,
-)
+from dreambooth_job.outputs import notify
+from dreambooth_job.outputs.result import COMPLETION_MARKER
+from dreambooth_job.phases import class_images, evaluation, existing_output, photos, publish, samples
+from dreambooth_job.phases import fine_tune as training
+from dreambooth_job.phases import load_model as model
 from dreambooth_job.phases.context import RunContext
-from dreambooth_job.policy import check_policy
-from dreambooth_job.preflight import check_capabilities
-from dreambooth_job.result import COMPLETION_MARKER
-from dreambooth_job.run_identity import config_fingerprint
+from dreambooth_job.storage import disk, s3_client
+from dreambooth_job.storage import places as storage
+from dreambooth_job.storage.lease import check_conditional_writes, holding
+from dreambooth_job.training.preflight import check_capabilities
 
 logger = logging.getLogger("dreambooth_job")
 
@@ -83,8 +79,8 @@ def run(config: TrainConfig, observer: JobObserver | None = None) -> ExitCode:
     Metrics are served (and pushed) from before the first phase to after the last, and progress
     goes to a bar on a terminal or to a log line at a fixed interval otherwise.
     """
-    from dreambooth_job import progress
     from dreambooth_job.metrics import PrometheusObserver
+    from dreambooth_job.training import progress
 
     config, fingerprint = resolve_ids(config), config_fingerprint(config)
     policy = OperatorPolicy.from_env()
@@ -116,7 +112,7 @@ def run_context(ctx: RunContext) -> ExitCode:
     """Run every phase; on failure record it (result.json, metrics) and raise a JobError."""
     config = ctx.config
     log.configure(config.log_format, job_id=config.job_id, subject_id=config.subject_id)
-    storage.set_observer(ctx.observer)
+    s3_client.set_observer(ctx.observer)
     storage.set_credentials_wait(config.storage_credentials_wait_seconds)
     with ctx.stop.installed(), contextlib.ExitStack() as held:
         try:

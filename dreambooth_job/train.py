@@ -20,14 +20,16 @@ import torch.nn.functional as F
 from PIL import Image
 from torch.profiler import record_function
 
-from dreambooth_job import devices, families, memory, train_state
-from dreambooth_job.config import TrainConfig
-from dreambooth_job.data import cover_size
+from dreambooth_job import families, train_state
+from dreambooth_job.config.train_config import TrainConfig
 from dreambooth_job.events import JobObserver, TrainProgress, TrainResult  # noqa: F401 - train.TrainResult
 from dreambooth_job.exit_codes import InvalidInputError
 from dreambooth_job.families import ModelFamily, PromptEmbeddings, TrainMode
 from dreambooth_job.families.base import ImageGeometry
 from dreambooth_job.train_batches import center_crops, pick, random_crops, step_generator  # noqa: F401 - step_generator: train.X
+from dreambooth_job.training import devices
+from dreambooth_job.training import memory_estimate as memory
+from dreambooth_job.training.subject_photos import cover_size
 
 log = logging.getLogger("dreambooth_job")
 

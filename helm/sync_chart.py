@@ -33,16 +33,16 @@ from pathlib import Path
 
 import yaml
 
-from dreambooth_job import config as cfg
-from dreambooth_job import sizing
-from dreambooth_job.config_fields import place_of, schema_bounds
-from dreambooth_job.config_introspection import base_type, is_list
-from dreambooth_job.generation import config as gen
+from dreambooth_job.config import field_types, introspection
+from dreambooth_job.config.introspection import base_type, is_list
+from dreambooth_job.config.operator_policy import CEILINGS, ceiling_env
+from dreambooth_job.config.option_fields import place_of, schema_bounds
+from dreambooth_job.config.quantities import QUANTITY_SCHEMA_PATTERN
+from dreambooth_job.generation import generate_config as gen
+from dreambooth_job.k8s import sizing
 from dreambooth_job.k8s.examples import EXAMPLES
 from dreambooth_job.k8s.generate_job import chart_options as generate_chart_options
 from dreambooth_job.k8s.manifest import OPTIONS_SET_BY_THE_POD, chart_table, values_key
-from dreambooth_job.operator_policy import CEILINGS, ceiling_env
-from dreambooth_job.quantities import QUANTITY_SCHEMA_PATTERN
 from dreambooth_job.redaction import URL_CREDENTIALS_SCHEMA_PATTERN
 
 REPO = Path(__file__).resolve().parent.parent
@@ -55,7 +55,7 @@ JSON_TYPES = {str: "string", int: "integer", float: "number", bool: "boolean"}
 
 
 def chart_fields() -> list:
-    return [f for f in cfg.fields() if f.name not in OPTIONS_SET_BY_THE_POD]
+    return [f for f in introspection.fields() if f.name not in OPTIONS_SET_BY_THE_POD]
 
 
 def generate_fields() -> list:
@@ -91,14 +91,14 @@ def _values_block(current: str, begin: str, fields: list, owner: type | None) ->
     """`current` with the options between `begin` and the next END marker rewritten."""
     lines = []
     for f in fields:
-        flag = f.metadata["flag"] or cfg.flag_name(f.name)
+        flag = f.metadata["flag"] or field_types.flag_name(f.name)
         if base_type(f, owner) is bool and not f.metadata["flag"]:
             flag += f"/--no-{f.name.replace('_', '-')}"
         text = (f.metadata["help"] + (" Required." if f.metadata["required"] else "")
                 + f" [{flag}; role: {f.metadata['role']}]")
         lines += ["  " + line for line in textwrap.wrap(
             text, 96, initial_indent="# ", subsequent_indent="# ", break_on_hyphens=False)]
-        dumped = yaml.safe_dump({values_key(f.name): cfg.default_of(f)}, sort_keys=False, width=1000)
+        dumped = yaml.safe_dump({values_key(f.name): field_types.default_of(f)}, sort_keys=False, width=1000)
         lines += ["  " + line for line in dumped.splitlines()]
     return _replace_block(current, begin, lines)
 
@@ -140,7 +140,7 @@ def _schema_properties(fields: list, owner: type | None) -> dict:
     requires its own (mode_requirements), and a release of one mode leaves the other's unset."""
     properties = {}
     for f in fields:
-        key, default = values_key(f.name), cfg.default_of(f)
+        key, default = values_key(f.name), field_types.default_of(f)
         kind = JSON_TYPES[base_type(f, owner)]
         prop: dict = {"description": f.metadata["help"]}
         bounds = schema_bounds(f)

@@ -33,13 +33,14 @@ from pathlib import Path
 
 import click
 
-from dreambooth_job import config as cfg
-from dreambooth_job import devices
+from dreambooth_job.bench import architectures as bench_models
 from dreambooth_job.bench import device as bench_device
-from dreambooth_job.bench import models as bench_models
 from dreambooth_job.bench import profile as bench_profile
-from dreambooth_job.bench import report as bench_report
+from dreambooth_job.bench import table as bench_report
+from dreambooth_job.config import sources as config_sources
+from dreambooth_job.config import train_config as cfg
 from dreambooth_job.exit_codes import InvalidInputError
+from dreambooth_job.training import devices
 
 NUM_IMAGES = 4
 # Architectures whose memory is checked before they are built (memory_refusal).
@@ -88,7 +89,8 @@ def parse_variant(spec: str) -> Variant:
     pairs = [item.split("=", 1) for item in spec.split(",") if item.strip()]
     if not pairs or any(len(p) != 2 for p in pairs):
         raise InvalidInputError(f"--variant {spec!r}: expected key=value[,key=value...]")
-    overrides = cfg.normalize_keys({k.strip(): v.strip() for k, v in pairs}, source=f"--variant {spec!r}")
+    overrides = config_sources.normalize_keys({k.strip(): v.strip() for k, v in pairs},
+                                              source=f"--variant {spec!r}")
     return Variant(spec, overrides)
 
 
@@ -130,7 +132,7 @@ def memory_refusal(settings: Settings, variants: list[Variant], device_type: str
 
 def unavailable(config: cfg.TrainConfig, device_type: str) -> str | None:
     """Why `train` would refuse this variant here (the job's own start-up check), or None."""
-    from dreambooth_job.preflight import missing_capabilities
+    from dreambooth_job.training.preflight import missing_capabilities
 
     return next(iter(missing_capabilities(config, device_type)), None)
 
@@ -218,7 +220,9 @@ def _auto_precision(device: dict) -> str:
 def _training_state_bytes(pipeline, config: cfg.TrainConfig) -> int:
     """A lower bound on what training adds to the loaded model (activations come on top): for
     LoRA, the adapters' (counted from the layers' shapes, before any is added)."""
-    from dreambooth_job import families, lora, memory
+    from dreambooth_job import families
+    from dreambooth_job.training import lora_adapters as lora
+    from dreambooth_job.training import memory_estimate as memory
 
     modules = families.for_pipeline(pipeline).trainable_modules(pipeline, config.train_text_encoder)
     if config.train_mode == "lora":
@@ -254,7 +258,8 @@ def _images(settings: Settings, seed: int):
 def model_builder(settings: Settings):
     """A function returning fresh, identical weights of the benchmarked model at each call."""
     if settings.base_model:
-        from dreambooth_job import families, models
+        from dreambooth_job import families
+        from dreambooth_job.training import base_models as models
 
         cache_dir = cfg.TrainConfig(instance_data="bench", class_noun="dog", output="bench").cache_dir
         base = models.resolve_base_model(settings.base_model, cache_dir)

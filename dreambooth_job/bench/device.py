@@ -34,7 +34,7 @@ def peak_tflops(device_name: str, precision: str, tf32: bool) -> float | None:
 def device_info() -> dict:
     import torch
 
-    from dreambooth_job.devices import device_type
+    from dreambooth_job.training.devices import device_type
 
     if device_type() == "cuda":
         props = torch.cuda.get_device_properties(0)

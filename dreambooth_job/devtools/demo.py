@@ -29,10 +29,12 @@ from pathlib import Path
 
 import click
 
-from dreambooth_job import storage
-from dreambooth_job.config import IMAGE_SUFFIXES, TrainConfig
+from dreambooth_job.config.choices import IMAGE_SUFFIXES
+from dreambooth_job.config.train_config import TrainConfig
 from dreambooth_job.devtools import s3server
 from dreambooth_job.exit_codes import ExitCode, InvalidInputError
+from dreambooth_job.storage import places as storage
+from dreambooth_job.storage import s3_client
 
 BUCKET = "demo"
 TOY_SUBJECT = "toy-ball"
@@ -153,14 +155,14 @@ def object_store(root: Path) -> Iterator[None]:
     with s3server.LocalS3Server(root / "s3-data") as server:
         try:
             os.environ.update(server.client_env())
-            storage.reset_client()
-            storage.s3_client().create_bucket(Bucket=BUCKET)
+            s3_client.reset_client()
+            s3_client.s3_client().create_bucket(Bucket=BUCKET)
             click.echo(f"local S3 ({server.kind}) at {server.endpoint}")
             yield
         finally:
             os.environ.clear()
             os.environ.update(saved)
-            storage.reset_client()
+            s3_client.reset_client()
 
 
 def _toy_config(ablation, store: str, metrics_port: int) -> TrainConfig:

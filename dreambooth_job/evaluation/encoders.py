@@ -20,7 +20,8 @@ from pathlib import Path
 
 from PIL import Image
 
-from dreambooth_job import model_cache, storage
+from dreambooth_job.storage import model_cache
+from dreambooth_job.storage import places as storage
 
 log = logging.getLogger(__name__)
 

@@ -44,7 +44,7 @@ class LoraTrainMode(TrainMode):
         parameters, in that order: the optimizer's, and so the checkpoints' order."""
         import torch
 
-        from dreambooth_job import lora
+        from dreambooth_job.training import lora_adapters as lora
 
         options = {"rank": self.rank, "alpha": self.alpha, "dropout": self.dropout}
         modules = dict(modules)
@@ -68,7 +68,7 @@ def save_merged_pipeline(family: ModelFamily, pipeline, directory: str | Path) -
     adapters (evaluation samples it after this)."""
     import torch
 
-    from dreambooth_job import lora
+    from dreambooth_job.training import lora_adapters as lora
 
     merged = copy.copy(pipeline)  # shallow: only the adapted modules are replaced below
     for name in ("unet", *family.text_encoder_names):

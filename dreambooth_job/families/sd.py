@@ -25,7 +25,7 @@ class StableDiffusion(ModelFamily):
     def single_file_text_encoders(self, pipeline) -> dict[str, dict]:
         """SD 1.x: transformers' CLIP as is, under `cond_stage_model.transformer.`; SD 2.x (an
         OpenCLIP encoder): open_clip's own layout, under `cond_stage_model.model.`."""
-        from dreambooth_job.export import single_file
+        from dreambooth_job.outputs.export import single_file
 
         encoder = pipeline.text_encoder
         if single_file.is_open_clip(encoder):

@@ -11,7 +11,7 @@ it recorded), locally or as a Kubernetes Job (`submit-generate`, the chart's `mo
 Importing this package loads no torch: the Kubernetes commands build generate Jobs with it.
 """
 
-from dreambooth_job.generation.config import GenerateConfig
+from dreambooth_job.generation.generate_config import GenerateConfig
 
 __all__ = ["GenerateConfig", "generate"]
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import click
 
-from dreambooth_job.generation.config import generate_options, resolve
+from dreambooth_job.generation.generate_config import generate_options, resolve
 
 
 @click.command("generate")

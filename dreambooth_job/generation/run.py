@@ -21,14 +21,15 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from dreambooth_job import __version__, storage
-from dreambooth_job.config_fields import check_bounds
+from dreambooth_job import __version__
+from dreambooth_job.config.operator_policy import OperatorPolicy
+from dreambooth_job.config.option_fields import check_bounds
+from dreambooth_job.config.subject_identifier import format_prompt
 from dreambooth_job.exit_codes import InvalidInputError
-from dreambooth_job.generation.config import GenerateConfig, location_problems
+from dreambooth_job.generation.generate_config import GenerateConfig, location_problems
 from dreambooth_job.generation.source import RunSource, find_run, load_pipeline
-from dreambooth_job.identifiers import format_prompt
-from dreambooth_job.operator_policy import OperatorPolicy
 from dreambooth_job.redaction import redact_value
+from dreambooth_job.storage import places as storage
 
 logger = logging.getLogger("dreambooth_job")
 
@@ -56,7 +57,9 @@ def image_name(prompt_index: int, seed: int) -> str:
 
 def generate(config: GenerateConfig) -> dict[str, Any]:
     """Generate and write everything; returns generation.json's content."""
-    from dreambooth_job import devices, families, sampling
+    from dreambooth_job import families
+    from dreambooth_job.generation import sampling
+    from dreambooth_job.training import devices
 
     config.validate(require_inputs=True)
     policy = OperatorPolicy.from_env()  # the pod's: the generate Job carries the operator's env

@@ -16,10 +16,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from dreambooth_job import __version__, sizing
+from dreambooth_job import __version__
+from dreambooth_job.config.operator_policy import OperatorPolicy, ceiling_env, with_ceilings
+from dreambooth_job.config.quantities import parse_quantity
 from dreambooth_job.exit_codes import InvalidInputError
-from dreambooth_job.operator_policy import OperatorPolicy, ceiling_env, with_ceilings
-from dreambooth_job.quantities import parse_quantity
+from dreambooth_job.k8s import sizing
 
 APP_NAME = "dreambooth-job"
 DEFAULT_IMAGE = f"{APP_NAME}:{__version__}"

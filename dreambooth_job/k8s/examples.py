@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from dreambooth_job import config as cfg
+from dreambooth_job.config import train_config as cfg
 from dreambooth_job.k8s.cluster_settings import (
     DEFAULT_PROFILE,
     PEAK_LOCAL_DISK_GB,

@@ -1,6 +1,6 @@
 """The Kubernetes Jobs that train, as plain dicts: the same objects the Helm chart and manifests/ hold.
 
-    from dreambooth_job.config import TrainConfig
+    from dreambooth_job.config.train_config import TrainConfig
     from dreambooth_job.k8s.manifest import ClusterSettings, JobSpec, build_job
 
     train = TrainConfig(instance_data="s3://photos/dog-42/", class_noun="dog", output="s3://runs/dog-42/")
@@ -27,7 +27,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from dreambooth_job import __version__
-from dreambooth_job import config as cfg
+from dreambooth_job.config import field_types, introspection
+from dreambooth_job.config import train_config as cfg
+from dreambooth_job.config.operator_policy import CEILINGS, ceiling_env
 from dreambooth_job.exit_codes import NOT_RETRYABLE, ExitCode, InvalidInputError
 from dreambooth_job.k8s.cluster_settings import (
     APP_NAME,
@@ -62,7 +64,6 @@ from dreambooth_job.k8s.pod import (
     pod_spec,
     termination_grace_period,
 )
-from dreambooth_job.operator_policy import CEILINGS, ceiling_env
 
 # Importable from here as before the split into cluster_settings.py and pod.py.
 __all__ = [
@@ -267,18 +268,19 @@ def chart_table() -> dict[str, Any]:
     and `auto` that a null one is passed as `auto`.
     """
     options = []
-    for f in cfg.fields():
+    for f in introspection.fields():
         if f.name in OPTIONS_SET_BY_THE_POD:
             continue
         option: dict[str, Any] = {"key": values_key(f.name), "role": str(f.metadata["role"])}
-        if cfg.base_type(f) is bool:
-            declared = f.metadata["flag"] or f"{cfg.flag_name(f.name)}/--no-{f.name.replace('_', '-')}"
+        if introspection.base_type(f) is bool:
+            negation = "--no-" + f.name.replace("_", "-")
+            declared = f.metadata["flag"] or f"{field_types.flag_name(f.name)}/{negation}"
             option["flag"], option["negation"] = declared.split("/")
         else:
-            option["flag"] = f.metadata["flag"] or cfg.flag_name(f.name)
-            if cfg.accepts_auto(f):  # null: passed as `auto` when the option is a model one
+            option["flag"] = f.metadata["flag"] or field_types.flag_name(f.name)
+            if introspection.accepts_auto(f):  # null: passed as `auto` when the option is a model one
                 option["auto"] = True
-        option["default"] = cfg.default_of(f)
+        option["default"] = field_types.default_of(f)
         options.append(option)
     return {
         "terminationMarginSeconds": TERMINATION_MARGIN_SECONDS,
@@ -296,7 +298,8 @@ def chart_ceilings_table() -> list[dict[str, Any]]:
     """The operator's ceilings for the chart (files/package.yaml's `ceilings`): each one's
     `operator:` key, variable and default, the `job:` option that declares it (config_fields'
     `ceiling=`) and the container resource it bounds."""
-    bounded = {f.metadata["ceiling"]: values_key(f.name) for f in cfg.fields() if f.metadata["ceiling"]}
+    bounded = {f.metadata["ceiling"]: values_key(f.name)
+               for f in introspection.fields() if f.metadata["ceiling"]}
     return [{"key": values_key(f.name), "env": ceiling_env(f.name), "default": f.default,
              "option": bounded.get(f.name), "resource": f.metadata["resource"]}
             for f in CEILINGS]

@@ -25,7 +25,7 @@ from dreambooth_job.k8s import client as k8s_client
 from dreambooth_job.k8s.batch import Batch
 from dreambooth_job.k8s.client import Connection, connect
 from dreambooth_job.k8s.manifest import BATCH_LABEL, SUBJECT_LABEL, job_name, label_value
-from dreambooth_job.result_reader import MalformedResult, RunRecord, read_record, unreadable
+from dreambooth_job.outputs.result_reader import MalformedResult, RunRecord, read_record, unreadable
 
 JOB_NAME_LABEL = "job-name"  # set on every pod by the Job controller (all supported versions)
 

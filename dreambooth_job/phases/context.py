@@ -10,13 +10,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from dreambooth_job.checkpoint import BackgroundUploads, CheckpointStore
-from dreambooth_job.config import TrainConfig
+from dreambooth_job.config.train_config import TrainConfig
 from dreambooth_job.events import JobObserver
-from dreambooth_job.lease import Lease, pod_identity
-from dreambooth_job.loss_history import LossHistory
-from dreambooth_job.redaction import redact_value
-from dreambooth_job.result import (
+from dreambooth_job.outputs.loss_history import LossHistory
+from dreambooth_job.outputs.result import (
     RESULT_FILE,
     BaseModelInfo,
     ClassImagesInfo,
@@ -26,7 +23,10 @@ from dreambooth_job.result import (
     RunResult,
     Training,
 )
+from dreambooth_job.redaction import redact_value
+from dreambooth_job.storage.lease import Lease, pod_identity
 from dreambooth_job.termination import StopRequest
+from dreambooth_job.training.checkpoint import BackgroundUploads, CheckpointStore
 
 logger = logging.getLogger("dreambooth_job")
 
@@ -87,7 +87,7 @@ def redacted_config(config: TrainConfig) -> dict:
 
 def new_result(config: TrainConfig, fingerprint: str) -> RunResult:
     """result.json before any phase ran: what the config says, filled in as the phases run."""
-    from dreambooth_job import storage
+    from dreambooth_job.storage import places as storage
 
     return RunResult(
         job_id=config.job_id, subject_id=config.subject_id, batch_id=config.batch_id,

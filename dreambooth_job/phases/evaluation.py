@@ -3,10 +3,11 @@ baseline row, for the base model, into result.json's "metrics" and the metrics' 
 
 from __future__ import annotations
 
-from dreambooth_job import models, sampling
-from dreambooth_job.devices import pick_device
+from dreambooth_job.generation import sampling
 from dreambooth_job.phases.context import RunContext
-from dreambooth_job.phases.training import inference_pipeline
+from dreambooth_job.phases.fine_tune import inference_pipeline
+from dreambooth_job.training import base_models as models
+from dreambooth_job.training.devices import pick_device
 
 
 def wanted(ctx: RunContext) -> bool:

@@ -8,13 +8,13 @@ import json
 import logging
 from typing import Any
 
-from dreambooth_job import storage
-from dreambooth_job.checkpoint import conflicts
+from dreambooth_job.config.run_identity import differing_model_fields
 from dreambooth_job.exit_codes import InvalidInputError
+from dreambooth_job.outputs.result import COMPLETION_MARKER, RESULT_FILE, is_complete
+from dreambooth_job.outputs.result_reader import MAX_BYTES, MalformedResult, parse_record, unreadable
 from dreambooth_job.phases.context import RunContext
-from dreambooth_job.result import COMPLETION_MARKER, RESULT_FILE, is_complete
-from dreambooth_job.result_reader import MAX_BYTES, MalformedResult, parse_record, unreadable
-from dreambooth_job.run_identity import differing_model_fields
+from dreambooth_job.storage import places as storage
+from dreambooth_job.training.checkpoint import conflicts
 
 logger = logging.getLogger("dreambooth_job")
 

@@ -6,9 +6,10 @@ from __future__ import annotations
 
 import logging
 
-from dreambooth_job import run_page, storage
+from dreambooth_job.outputs import run_page
+from dreambooth_job.outputs.result import mark_complete
 from dreambooth_job.phases.context import RunContext
-from dreambooth_job.result import mark_complete
+from dreambooth_job.storage import places as storage
 
 logger = logging.getLogger("dreambooth_job")
 

@@ -4,12 +4,13 @@ published weight files (outputs.py) into the work directory for the upload."""
 
 from __future__ import annotations
 
-from dreambooth_job import sampling, storage
+from dreambooth_job.generation import sampling
 from dreambooth_job.phases.context import RunContext
+from dreambooth_job.storage import places as storage
 
 
 def grid(ctx: RunContext, step: int) -> None:
-    from dreambooth_job.phases.training import inference_pipeline
+    from dreambooth_job.phases.fine_tune import inference_pipeline
 
     config = ctx.config
     image = sampling.validation_grid(
@@ -23,7 +24,7 @@ def grid(ctx: RunContext, step: int) -> None:
 
 
 def final(ctx: RunContext) -> None:
-    from dreambooth_job.phases.training import save_outputs
+    from dreambooth_job.phases.fine_tune import save_outputs
 
     grid(ctx, ctx.steps_done)
     save_outputs(ctx, ctx.work / "output")

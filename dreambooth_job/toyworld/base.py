@@ -55,7 +55,7 @@ def build_models(recipe: BaseRecipe):
     from diffusers import DDPMScheduler, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    from dreambooth_job.models import CLIP_MAX_LENGTH
+    from dreambooth_job.training.base_models import CLIP_MAX_LENGTH
 
     vae = build_vae(world.SIZE)
     levels = len(recipe.unet_channels)

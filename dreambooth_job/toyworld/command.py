@@ -11,8 +11,8 @@ from pathlib import Path
 
 import click
 
-from dreambooth_job.config import DEFAULT_LORA_TARGETS, TRAIN_MODE_CHOICES
-from dreambooth_job.lora import UNET_CONV_TARGETS
+from dreambooth_job.config.choices import DEFAULT_LORA_TARGETS, TRAIN_MODE_CHOICES
+from dreambooth_job.training.lora_adapters import UNET_CONV_TARGETS
 
 
 @click.command("toy-world")

@@ -14,9 +14,9 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
 import dreambooth_job
-from dreambooth_job import config as cfg
-from dreambooth_job import preflight
+from dreambooth_job.config import field_types, introspection
 from dreambooth_job.k8s import manifest
+from dreambooth_job.training import preflight
 
 DOCKERFILE = REPO / "Dockerfile"
 LOCK = REPO / "docker" / "requirements.lock"
@@ -160,7 +160,7 @@ def test_runtime_matches_what_the_manifests_assume():
     script = next(iter(PYPROJECT["project"]["scripts"]))
     assert json.loads(runtime["ENTRYPOINT"]) == [script]  # exec form: the job is PID 1 and gets SIGTERM
     assert json.loads(runtime["CMD"]) == ["train"]
-    metrics_port = cfg.default_of(next(f for f in cfg.fields() if f.name == "metrics_port"))
+    metrics_port = field_types.default_of(next(f for f in introspection.fields() if f.name == "metrics_port"))
     assert runtime["EXPOSE"] == str(metrics_port)
     env = " ".join(a for i, a in stages()["runtime"] if i == "ENV")
     assert f"XDG_CACHE_HOME={manifest.CACHE_MOUNT}" in env

@@ -10,10 +10,9 @@ import sys
 import pytest
 from deploy_support import KUBE_VERSIONS, options_of, parse_train_args, validate_object
 
-from dreambooth_job import config as cfg
-from dreambooth_job import lease, sizing
+from dreambooth_job.config import train_config as cfg
 from dreambooth_job.exit_codes import ExitCode, InvalidInputError
-from dreambooth_job.k8s import manifest
+from dreambooth_job.k8s import manifest, sizing
 from dreambooth_job.k8s.manifest import (
     BATCH_LABEL,
     QUEUE_LABEL,
@@ -23,6 +22,7 @@ from dreambooth_job.k8s.manifest import (
     build_job,
     job_name,
 )
+from dreambooth_job.storage import lease
 
 DNS_LABEL = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$"
 
@@ -234,7 +234,7 @@ def test_credentials_in_a_url_never_reach_job_args(option):
 
 
 def test_the_pod_knows_its_image_for_result_json():
-    from dreambooth_job import result
+    from dreambooth_job.outputs import result
 
     cluster = ClusterSettings(image="registry.example/dreambooth-job@sha256:" + "a" * 64)
     pod = pod_spec(build_job(JobSpec(train=dog(), cluster=cluster)))

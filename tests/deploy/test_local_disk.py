@@ -8,9 +8,9 @@ import yaml
 from deploy_support import MANIFESTS
 from kubernetes.utils import parse_quantity
 
-from dreambooth_job import sizing, termination
-from dreambooth_job.config import TrainConfig
-from dreambooth_job.k8s import manifest
+from dreambooth_job import termination
+from dreambooth_job.config.train_config import TrainConfig
+from dreambooth_job.k8s import manifest, sizing
 from dreambooth_job.k8s.manifest import ClusterSettings, JobSpec, build_job
 
 GB = 10**9

@@ -7,7 +7,7 @@ import helm_python as helm
 import pytest
 from deploy_support import NAMESPACE, RELEASE, assert_same, comparable, spec_from_values
 
-from dreambooth_job import config as cfg
+from dreambooth_job.config import train_config as cfg
 from dreambooth_job.exit_codes import InvalidInputError
 from dreambooth_job.k8s.manifest import ClusterSettings, JobSpec, build_job
 

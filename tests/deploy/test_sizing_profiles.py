@@ -10,9 +10,9 @@ import pytest
 from deploy_support import assert_same, comparable, spec_from_values, validate_object
 from kubernetes.utils import parse_quantity
 
-from dreambooth_job import sizing
-from dreambooth_job.config import TrainConfig
+from dreambooth_job.config.train_config import TrainConfig
 from dreambooth_job.exit_codes import InvalidInputError
+from dreambooth_job.k8s import sizing
 from dreambooth_job.k8s.manifest import (
     TERMINATION_MARGIN_SECONDS,
     ClusterSettings,

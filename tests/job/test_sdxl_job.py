@@ -12,10 +12,10 @@ from click.testing import CliRunner
 from diffusers import StableDiffusionXLPipeline
 from helpers import JobProcess, upload_photos
 
-from dreambooth_job import storage
-from dreambooth_job.checkpoint import CheckpointStore
 from dreambooth_job.cli import main
 from dreambooth_job.exit_codes import ExitCode
+from dreambooth_job.storage import places as storage
+from dreambooth_job.training.checkpoint import CheckpointStore
 
 SMALL = ["--resolution", "64", "--max-train-steps", "4", "--num-class-images", "2",
          "--sample-steps", "2", "--num-validation-images", "1", "--log-every", "2",

@@ -6,8 +6,8 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from dreambooth_job import config as cfg
 from dreambooth_job.cli import main
+from dreambooth_job.config import train_config as cfg
 from dreambooth_job.termination import TERMINATION_LOG_ENV
 
 # One bad input per command, each refused before any download, model or cluster: (args, what the

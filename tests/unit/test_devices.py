@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 
 import dreambooth_job
-from dreambooth_job import devices
+from dreambooth_job.training import devices
 
 PACKAGE = Path(dreambooth_job.__file__).parent
 # metrics/definitions.py reports the memory of every CUDA device the process uses; it chooses none.

@@ -2,7 +2,7 @@
 
 import pytest
 
-from dreambooth_job import memory
+from dreambooth_job.training import memory_estimate as memory
 
 SD15_UNET = {"block_out_channels": (320, 640, 1280, 1280),
              "down_block_types": ("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",)}
@@ -41,8 +41,8 @@ def meta():
 def needs_checkpointing(models, *, latent_side, free_gib, lora=False):
     """The Trainer's `gradient_checkpointing: auto` decision (train.py), batch 1 with prior
     preservation, bf16, on `free_gib` left after the weights are on the device."""
-    from dreambooth_job import lora as lora_lib
-    from dreambooth_job.config import TrainConfig
+    from dreambooth_job.config.train_config import TrainConfig
+    from dreambooth_job.training import lora_adapters as lora_lib
 
     unet = models["unet"]
     defaults = TrainConfig()

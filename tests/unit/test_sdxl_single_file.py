@@ -19,7 +19,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from dreambooth_job.exit_codes import InvalidInputError  # noqa: E402
-from dreambooth_job.export.single_file import save_single_file  # noqa: E402
+from dreambooth_job.outputs.export.single_file import save_single_file  # noqa: E402
 
 
 def _build_sdxl_layout_pipeline(seed: int = 0):
@@ -166,8 +166,8 @@ def test_an_sd_pipeline_with_an_sdxl_unet_is_refused(sdxl_layout, tmp_path):
 def _real_sdxl_checkpoint():
     """SDXL base 1.0's modules on the meta device, and its single-file state dict (shapes only)."""
     from dreambooth_job.bench.sdxl import build_models
-    from dreambooth_job.export.single_file import UNET_PREFIX, VAE_PREFIX, unet_to_ldm, vae_to_ldm
     from dreambooth_job.families.sdxl import StableDiffusionXL
+    from dreambooth_job.outputs.export.single_file import UNET_PREFIX, VAE_PREFIX, unet_to_ldm, vae_to_ldm
 
     models = build_models(device="meta")
     checkpoint = {UNET_PREFIX + k: v for k, v in unet_to_ldm(models["unet"].state_dict(),

@@ -1,4 +1,4 @@
-"""The single-file writer (dreambooth_job/export): an original-layout checkpoint that diffusers'
+"""The single-file writer (dreambooth_job/outputs/export): an original-layout checkpoint that diffusers'
 own reader (`from_single_file`) turns back into the same weights, and the saved-precision helpers.
 
 The tiny pipeline has Stable Diffusion 1.x's block layout (four UNet down blocks, the last without
@@ -14,8 +14,8 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from dreambooth_job.exit_codes import InvalidInputError  # noqa: E402
-from dreambooth_job.export.precision import cast_state_dict, save_pretrained_precision  # noqa: E402
-from dreambooth_job.export.single_file import save_single_file  # noqa: E402
+from dreambooth_job.outputs.export.precision import cast_state_dict, save_pretrained_precision  # noqa: E402
+from dreambooth_job.outputs.export.single_file import save_single_file  # noqa: E402
 
 
 def _build_sd_layout_pipeline(seed: int = 0, version: int = 1):
@@ -189,7 +189,7 @@ def test_save_pretrained_precision_loads_and_equals_the_cast_weights(sd_layout, 
 
 
 def test_a_failed_write_leaves_neither_the_file_nor_a_partial_one(tmp_path):
-    from dreambooth_job.export.precision import write_atomically
+    from dreambooth_job.outputs.export.precision import write_atomically
 
     def write_then_fail(partial):
         with open(partial, "wb") as f:

@@ -7,14 +7,15 @@ import logging
 
 import pytest
 
-from dreambooth_job import memory, sizing
-from dreambooth_job.config import TrainConfig
+from dreambooth_job.config.train_config import TrainConfig
+from dreambooth_job.k8s import sizing
+from dreambooth_job.training import memory_estimate as memory
 
 
 @pytest.mark.parametrize(("family", "model"), [("sd", "sd15"), ("sdxl", "sdxl")])
 def test_parameter_counts_are_the_published_architectures(family, model):
-    from dreambooth_job import lora
     from dreambooth_job.bench.estimate import meta_models
+    from dreambooth_job.training import lora_adapters as lora
 
     built = meta_models(model)
     counts = {name: sum(p.numel() for p in module.parameters()) for name, module in built.items()}
@@ -59,7 +60,7 @@ def test_bigger_checkpoints_get_longer_grace():
 
 def test_an_sdxl_full_run_in_an_sd_profile_is_warned_about(caplog):
     sd_budget = sizing.PROFILES["sd-full"].job_grace_seconds
-    with caplog.at_level(logging.WARNING, logger="dreambooth_job.sizing"):
+    with caplog.at_level(logging.WARNING, logger="dreambooth_job.k8s.sizing"):
         message = sizing.check_grace(sd_budget, "sdxl", "full", sizing.FAMILIES["sdxl"].unet, False)
     assert message and f"--termination-grace-seconds {sd_budget} is shorter than" in message
     assert "'sdxl-full'" in message and "\n" not in message
@@ -88,4 +89,5 @@ def test_the_readme_table_is_the_profiles():
     from pathlib import Path
 
     readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
-    assert "\n".join(sizing.rows()) in readme, "README's profile table: run python -m dreambooth_job.sizing"
+    assert "\n".join(sizing.rows()) in readme, (
+        "README's profile table: run python -m dreambooth_job.k8s.sizing")
