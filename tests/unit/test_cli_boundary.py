@@ -7,6 +7,7 @@ import pytest
 from click.testing import CliRunner
 
 from dreambooth_job.cli import main
+from dreambooth_job.config import sources as config_sources
 from dreambooth_job.config import train_config as cfg
 from dreambooth_job.termination import TERMINATION_LOG_ENV
 
@@ -68,7 +69,7 @@ def test_an_unexpected_exception_exits_1_with_its_traceback_and_one_redacted_lin
     def broken() -> str:
         raise RuntimeError(f"bug while printing, key {secret}")
 
-    monkeypatch.setattr(cfg, "defaults_yaml", broken)
+    monkeypatch.setattr(config_sources, "defaults_yaml", broken)
     outcome, errors, termination_message = run(["config", "--print-defaults"], tmp_path)
     assert outcome.exit_code == 1
     assert errors == ["error: unexpected RuntimeError: bug while printing, key [REDACTED]"]
