@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from dreambooth_job.families.base import ModelFamily, PromptEmbeddings
+from dreambooth_job.outputs.export import single_file
 
 
 class StableDiffusion(ModelFamily):
@@ -25,8 +26,6 @@ class StableDiffusion(ModelFamily):
     def single_file_text_encoders(self, pipeline) -> dict[str, dict]:
         """SD 1.x: transformers' CLIP as is, under `cond_stage_model.transformer.`; SD 2.x (an
         OpenCLIP encoder): open_clip's own layout, under `cond_stage_model.model.`."""
-        from dreambooth_job.outputs.export import single_file
-
         encoder = pipeline.text_encoder
         if single_file.is_open_clip(encoder):
             return {single_file.OPEN_CLIP_PREFIX: single_file.open_clip_to_ldm(encoder)}

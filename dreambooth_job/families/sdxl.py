@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from dreambooth_job.families.base import ImageGeometry, ModelFamily, PromptEmbeddings
+from dreambooth_job.outputs.export import single_file
 
 
 class StableDiffusionXL(ModelFamily):
@@ -39,8 +40,6 @@ class StableDiffusionXL(ModelFamily):
         """As Stability's sd_xl_base_1.0.safetensors: CLIP ViT-L in transformers' layout under
         `conditioner.embedders.0.transformer.`, OpenCLIP ViT-bigG in open_clip's (fused q/k/v,
         `text_projection`) under `conditioner.embedders.1.model.`."""
-        from dreambooth_job.outputs.export import single_file
-
         return {single_file.SDXL_CLIP_PREFIX: single_file.clip_to_ldm(pipeline.text_encoder),
                 single_file.SDXL_OPEN_CLIP_PREFIX: single_file.open_clip_to_ldm(pipeline.text_encoder_2)}
 

@@ -29,6 +29,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from dreambooth_job.families import for_pipeline
 from dreambooth_job.outputs import lora_formats as lora_files
 from dreambooth_job.outputs.export.precision import save_pretrained_precision
 from dreambooth_job.outputs.export.single_file import check_supported, save_single_file
@@ -82,7 +83,7 @@ def check_exportable(pipeline, *, single_file: bool) -> None:
     """Refuse (exit 2) a --export-single-file the base model's layout cannot give: called when
     the base model is loaded, not after hours of training."""
     if single_file:
-        check_supported(pipeline)
+        check_supported(pipeline, for_pipeline(pipeline))
 
 
 def write_outputs(pipeline, directory: Path, settings: OutputSettings) -> WrittenOutputs:
@@ -109,7 +110,7 @@ def _write_full(pipeline, directory: Path, settings: OutputSettings, written: Wr
         written.model = True
     if settings.single_file:
         name = single_file_name(settings.subject_id)
-        save_single_file(pipeline, directory / name, dtype=settings.precision,
+        save_single_file(pipeline, directory / name, family=for_pipeline(pipeline), dtype=settings.precision,
                          metadata=dict(settings.metadata))
         written.single_file = name
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dreambooth_job.generation import sampling
 from dreambooth_job.phases.context import RunContext
-from dreambooth_job.phases.fine_tune import inference_pipeline
+from dreambooth_job.phases.trained_model import inference_pipeline
 from dreambooth_job.training import base_models as models
 from dreambooth_job.training.devices import pick_device
 

@@ -2,8 +2,8 @@
 after each step sample a grid, checkpoint or stop as the `CheckpointPolicy` and the stop request
 (SIGTERM) say, and keep the lease.
 
-Every call into the `Trainer` is in this module: the other phases reach the trained model through
-`inference_pipeline` and `save_outputs` below.
+Every call into the `Trainer` is in this module and trained_model.py, through which the other
+phases reach the trained model.
 """
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ import dataclasses
 import logging
 import shutil
 import time
-from pathlib import Path
 
 from dreambooth_job.events import ObserverGroup
 from dreambooth_job.exit_codes import InvalidInputError, TerminatedError
@@ -128,35 +127,3 @@ class StepEnd:
         logger.info("checkpoint %s written in %.1fs", saved.uri, time.monotonic() - started)
         return saved
 
-
-def inference_pipeline(ctx: RunContext):
-    """A pipeline that samples with the weights trained so far."""
-    return ctx.trainer.inference_pipeline()
-
-
-def save_outputs(ctx: RunContext, directory: Path) -> None:
-    """The published weight files of the trained pipeline (outputs.py: what the trained model
-    carries decides full or LoRA files) under `directory`, recorded in result.json."""
-    from dreambooth_job.outputs import weight_files as outputs
-
-    pipe = ctx.trainer.inference_pipeline()
-    pipe.unet.eval()
-    try:
-        written = outputs.write_outputs(pipe, directory, output_settings(ctx))
-    finally:
-        pipe.unet.train()
-    outputs.record(ctx.result.outputs, written, ctx.config.output)
-
-
-def output_settings(ctx: RunContext):
-    from dreambooth_job import __version__
-    from dreambooth_job.outputs import weight_files as outputs
-
-    config = ctx.config
-    return outputs.OutputSettings(
-        subject_id=config.subject_id, precision=config.save_precision,
-        single_file=config.export_single_file, lora_merge=config.lora_merge,
-        metadata=outputs.header_metadata(
-            base_fingerprint=ctx.base.fingerprint, identifier=ctx.identifier.token,
-            class_noun=config.class_noun, steps=ctx.steps_done, subject_id=config.subject_id,
-            precision=config.save_precision, version=__version__))

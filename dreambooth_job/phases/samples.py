@@ -6,12 +6,11 @@ from __future__ import annotations
 
 from dreambooth_job.generation import sampling
 from dreambooth_job.phases.context import RunContext
+from dreambooth_job.phases.trained_model import inference_pipeline, save_outputs
 from dreambooth_job.storage import places as storage
 
 
 def grid(ctx: RunContext, step: int) -> None:
-    from dreambooth_job.phases.fine_tune import inference_pipeline
-
     config = ctx.config
     image = sampling.validation_grid(
         inference_pipeline(ctx), ctx.prompts.validation, config.num_validation_images,
@@ -24,7 +23,5 @@ def grid(ctx: RunContext, step: int) -> None:
 
 
 def final(ctx: RunContext) -> None:
-    from dreambooth_job.phases.fine_tune import save_outputs
-
     grid(ctx, ctx.steps_done)
     save_outputs(ctx, ctx.work / "output")

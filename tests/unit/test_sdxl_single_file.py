@@ -19,6 +19,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from dreambooth_job.exit_codes import InvalidInputError  # noqa: E402
+from dreambooth_job.families import for_pipeline  # noqa: E402
 from dreambooth_job.outputs.export.single_file import save_single_file  # noqa: E402
 
 
@@ -102,7 +103,7 @@ def _sample(pipe):
 def test_round_trip_through_from_single_file_gives_the_same_pipeline(sdxl_layout, tmp_path):
     pipeline, config_dir = sdxl_layout
     path = tmp_path / "subject.safetensors"
-    save_single_file(pipeline, path, dtype=torch.float32)
+    save_single_file(pipeline, path, family=for_pipeline(pipeline), dtype=torch.float32)
     reloaded = _reload(path, config_dir)
     _assert_same_weights(pipeline, reloaded, torch.float32)
     torch.testing.assert_close(_sample(reloaded), _sample(pipeline), rtol=0, atol=0)
@@ -114,7 +115,7 @@ def test_save_precision_applies_to_every_weight(sdxl_layout, tmp_path, precision
 
     pipeline, config_dir = sdxl_layout
     path = tmp_path / "subject.safetensors"
-    save_single_file(pipeline, path, dtype=precision)
+    save_single_file(pipeline, path, family=for_pipeline(pipeline), dtype=precision)
     expected_dtype = {torch.float16: "F16", torch.bfloat16: "BF16"}[dtype]
     with safe_open(str(path), framework="pt") as f:
         names = f.keys()
@@ -129,7 +130,8 @@ def test_the_file_uses_sdxls_original_layout(sdxl_layout, tmp_path):
 
     pipeline = sdxl_layout[0]
     path = tmp_path / "subject.safetensors"
-    save_single_file(pipeline, path, dtype=torch.float32, metadata={"identifier": "sks"})
+    save_single_file(pipeline, path, family=for_pipeline(pipeline), dtype=torch.float32,
+                     metadata={"identifier": "sks"})
     with safe_open(str(path), framework="pt") as f:
         keys = set(f.keys())
         assert f.metadata() == {"format": "pt", "identifier": "sks"}
@@ -159,7 +161,7 @@ def test_an_sd_pipeline_with_an_sdxl_unet_is_refused(sdxl_layout, tmp_path):
         scheduler=sdxl.scheduler, safety_checker=None, feature_extractor=None,
         requires_safety_checker=False)
     with pytest.raises(InvalidInputError, match="'text_time' embeddings"):
-        save_single_file(mixed, tmp_path / "subject.safetensors")
+        save_single_file(mixed, tmp_path / "subject.safetensors", family=for_pipeline(mixed))
     assert list(tmp_path.iterdir()) == []
 
 

@@ -38,9 +38,9 @@ _VAE_ATTENTION = (("group_norm.", "norm."), ("to_q.", "q."), ("to_k.", "k."), ("
                   ("to_out.0.", "proj_out."))
 
 
-def save_single_file(pipeline, path: str | os.PathLike, *, dtype=None,
+def save_single_file(pipeline, path: str | os.PathLike, *, family, dtype=None,
                      metadata: dict[str, str] | None = None) -> None:
-    """Write `pipeline`'s UNet, VAE and text encoder to `path` as one original-layout checkpoint in
+    """Write `pipeline` (of `family`, families.for_pipeline) to `path` as one original-layout checkpoint in
     `dtype` (a torch dtype or `fp16`/`bf16`/`fp32`; default fp16), with `metadata` (strings) in the
     safetensors header. Written to `<path>.partial` and renamed, so a crash never leaves a truncated
     file under `path`. The pipeline in memory is not changed (the cast is a copy).
@@ -48,7 +48,7 @@ def save_single_file(pipeline, path: str | os.PathLike, *, dtype=None,
     import torch
     from safetensors.torch import save_file
 
-    family = check_supported(pipeline)
+    check_supported(pipeline, family)
     if metadata is not None and not all(isinstance(k, str) and isinstance(v, str)
                                         for k, v in metadata.items()):
         raise InvalidInputError("single-file metadata must map strings to strings")
@@ -62,13 +62,10 @@ def save_single_file(pipeline, path: str | os.PathLike, *, dtype=None,
                                                      metadata={"format": "pt", **(metadata or {})}))
 
 
-def check_supported(pipeline):
-    """The pipeline's family (families.for_pipeline), once its UNet is known to have the family's
-    layout: an upscaler's class embedding, or added embeddings the family does not have, would be
-    written as a file the tools misread, so they are refused (exit 2) instead."""
-    from dreambooth_job.families import for_pipeline
-
-    family = for_pipeline(pipeline)
+def check_supported(pipeline, family) -> None:
+    """Refuse (exit 2) a pipeline whose UNet lacks its family's layout: an upscaler's class
+    embedding, or added embeddings the family does not have, would be written as a file the tools
+    misread."""
     unet_config = pipeline.unet.config
     extra = unet_config.get("addition_embed_type")
     if unet_config.get("class_embed_type") or extra != family.addition_embed_type:
@@ -76,7 +73,6 @@ def check_supported(pipeline):
             f"--export-single-file cannot write this {family.name} base model: its UNet has "
             f"{'class' if unet_config.get('class_embed_type') else repr(extra)} embeddings, which "
             "the Stable Diffusion 1.x/2.x/XL checkpoint layout does not hold")
-    return family
 
 
 def clip_to_ldm(text_encoder) -> dict:
