@@ -42,7 +42,7 @@ ALLOW_PRIVATE_NOTIFY_ENV = ENV_PREFIX + "ALLOW_PRIVATE_NOTIFY"
 _BOOLEANS = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False, "": False}
 
 
-# The largest sizing profile's SIGTERM budget (sdxl-full, dreambooth_job/k8s/sizing.py): the one
+# The largest sizing profile's SIGTERM budget (sdxl-full, dreambooth_job/training/sizing.py): the one
 # grace period every run the profiles size needs. Kept as a number so that this module stays a
 # leaf; tests/unit/test_operator_policy.py checks it against sizing.PROFILES.
 LARGEST_PROFILE_GRACE_SECONDS = 600

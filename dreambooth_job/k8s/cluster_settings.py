@@ -20,7 +20,7 @@ from dreambooth_job import __version__
 from dreambooth_job.config.operator_policy import OperatorPolicy, ceiling_env, with_ceilings
 from dreambooth_job.config.quantities import parse_quantity
 from dreambooth_job.exit_codes import InvalidInputError
-from dreambooth_job.k8s import sizing
+from dreambooth_job.training import sizing
 
 APP_NAME = "dreambooth-job"
 DEFAULT_IMAGE = f"{APP_NAME}:{__version__}"

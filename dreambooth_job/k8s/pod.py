@@ -24,7 +24,6 @@ from dreambooth_job.config.operator_policy import ENV_PREFIX as OPERATOR_ENV_PRE
 from dreambooth_job.config.option_fields import set_by_pod
 from dreambooth_job.config.pod_env import IMAGE_ENV, JOB_UID_ENV
 from dreambooth_job.exit_codes import InvalidInputError
-from dreambooth_job.k8s import sizing
 from dreambooth_job.k8s.cluster_settings import (
     AUTO,
     CACHE_MOUNT,
@@ -33,6 +32,7 @@ from dreambooth_job.k8s.cluster_settings import (
     TMP_MOUNT,
     ClusterSettings,
 )
+from dreambooth_job.training import sizing
 
 CONTAINER_NAME = "train"
 # Set by the Job controller on every pod of a Job (Kubernetes >= 1.27); the lease reads it.

@@ -15,11 +15,11 @@ import time
 
 from dreambooth_job.events import ObserverGroup
 from dreambooth_job.exit_codes import InvalidInputError, TerminatedError
-from dreambooth_job.k8s import sizing
 from dreambooth_job.outputs.result import Training
 from dreambooth_job.phases import samples
 from dreambooth_job.phases.context import RunContext, redacted_config
 from dreambooth_job.storage import disk
+from dreambooth_job.training import sizing
 from dreambooth_job.training.checkpoint import Checkpoint, CheckpointPolicy
 
 logger = logging.getLogger("dreambooth_job")

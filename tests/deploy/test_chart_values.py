@@ -21,7 +21,6 @@ from deploy_support import (
 from dreambooth_job.config import field_types, introspection
 from dreambooth_job.config import train_config as cfg
 from dreambooth_job.exit_codes import InvalidInputError
-from dreambooth_job.k8s import sizing
 from dreambooth_job.k8s.manifest import (
     OPTIONS_SET_BY_THE_POD,
     SUBJECT_LABEL,
@@ -31,6 +30,7 @@ from dreambooth_job.k8s.manifest import (
     subject_of,
     values_key,
 )
+from dreambooth_job.training import sizing
 
 SPECIAL_VALUES = {
     "instance_data": "s3://photos/Some Dog/",

@@ -17,7 +17,7 @@ from deploy_support import CHART, MANIFESTS, REPO, assert_same, load_values, spe
 
 from dreambooth_job.config import train_config as cfg
 from dreambooth_job.exit_codes import InvalidInputError
-from dreambooth_job.k8s import examples, pod, sizing
+from dreambooth_job.k8s import examples, pod
 from dreambooth_job.k8s.commented_yaml import commented_yaml
 from dreambooth_job.k8s.manifest import (
     BATCH_LABEL,
@@ -30,6 +30,7 @@ from dreambooth_job.k8s.manifest import (
     build_job,
     pod_failure_policy,
 )
+from dreambooth_job.training import sizing
 
 SYNC = REPO / "helm" / "sync_chart.py"
 GENERATED = sorted(examples.EXAMPLES)

@@ -12,7 +12,7 @@ from deploy_support import KUBE_VERSIONS, options_of, parse_train_args, validate
 
 from dreambooth_job.config import train_config as cfg
 from dreambooth_job.exit_codes import ExitCode, InvalidInputError
-from dreambooth_job.k8s import manifest, sizing
+from dreambooth_job.k8s import manifest
 from dreambooth_job.k8s.manifest import (
     BATCH_LABEL,
     QUEUE_LABEL,
@@ -23,6 +23,7 @@ from dreambooth_job.k8s.manifest import (
     job_name,
 )
 from dreambooth_job.storage import lease
+from dreambooth_job.training import sizing
 
 DNS_LABEL = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$"
 

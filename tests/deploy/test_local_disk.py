@@ -10,8 +10,9 @@ from kubernetes.utils import parse_quantity
 
 from dreambooth_job import termination
 from dreambooth_job.config.train_config import TrainConfig
-from dreambooth_job.k8s import manifest, sizing
+from dreambooth_job.k8s import manifest
 from dreambooth_job.k8s.manifest import ClusterSettings, JobSpec, build_job
+from dreambooth_job.training import sizing
 
 GB = 10**9
 TRAIN = TrainConfig(instance_data="s3://photos/dog-42/", class_noun="dog", output="s3://runs/dog-42/")

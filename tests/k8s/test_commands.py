@@ -12,7 +12,8 @@ from k8s_support import complete, dataset_subjects, set_job_status, write_comple
 
 from dreambooth_job.cli import main
 from dreambooth_job.config.train_config import TrainConfig
-from dreambooth_job.k8s import ClusterSettings, JobSpec, build_job, job_name, sizing
+from dreambooth_job.k8s import ClusterSettings, JobSpec, build_job, job_name
+from dreambooth_job.training import sizing
 
 DOG = ["--instance-data", "s3://photos/dog/", "--class-noun", "dog", "--output", "s3://runs/dog/",
        "--subject-id", "dog"]

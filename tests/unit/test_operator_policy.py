@@ -48,7 +48,7 @@ def test_only_the_operator_can_allow_a_store_without_conditional_writes():
 
 def test_the_default_ceilings_allow_every_sizing_profiles_run():
     from dreambooth_job.config.operator_policy import LARGEST_PROFILE_GRACE_SECONDS
-    from dreambooth_job.k8s import sizing
+    from dreambooth_job.training import sizing
 
     policy = OperatorPolicy.from_env({})
     assert max(p.job_grace_seconds for p in sizing.PROFILES.values()) == LARGEST_PROFILE_GRACE_SECONDS

@@ -8,8 +8,8 @@ import logging
 import pytest
 
 from dreambooth_job.config.train_config import TrainConfig
-from dreambooth_job.k8s import sizing
 from dreambooth_job.training import memory_estimate as memory
+from dreambooth_job.training import sizing
 
 
 @pytest.mark.parametrize(("family", "model"), [("sd", "sd15"), ("sdxl", "sdxl")])
@@ -60,7 +60,7 @@ def test_bigger_checkpoints_get_longer_grace():
 
 def test_an_sdxl_full_run_in_an_sd_profile_is_warned_about(caplog):
     sd_budget = sizing.PROFILES["sd-full"].job_grace_seconds
-    with caplog.at_level(logging.WARNING, logger="dreambooth_job.k8s.sizing"):
+    with caplog.at_level(logging.WARNING, logger="dreambooth_job.training.sizing"):
         message = sizing.check_grace(sd_budget, "sdxl", "full", sizing.FAMILIES["sdxl"].unet, False)
     assert message and f"--termination-grace-seconds {sd_budget} is shorter than" in message
     assert "'sdxl-full'" in message and "\n" not in message
@@ -90,4 +90,4 @@ def test_the_readme_table_is_the_profiles():
 
     readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
     assert "\n".join(sizing.rows()) in readme, (
-        "README's profile table: run python -m dreambooth_job.k8s.sizing")
+        "README's profile table: run python -m dreambooth_job.training.sizing")

@@ -252,5 +252,5 @@ def _size(num_bytes: int) -> str:
     return f"{num_bytes / GB:.1f} GB" if num_bytes >= GB else f"{num_bytes / 10**6:.0f} MB"
 
 
-if __name__ == "__main__":  # the README's table: python -m dreambooth_job.k8s.sizing
+if __name__ == "__main__":  # the README's table: python -m dreambooth_job.training.sizing
     print("\n".join(rows()))
