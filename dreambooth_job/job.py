@@ -41,6 +41,7 @@ from dreambooth_job.config.run_identity import config_fingerprint
 from dreambooth_job.config.train_config import TrainConfig
 from dreambooth_job.events import JobObserver, ObserverGroup
 from dreambooth_job.exit_codes import ExitCode, JobError
+from dreambooth_job.metrics import PrometheusObserver
 from dreambooth_job.outputs import notify
 from dreambooth_job.outputs.result import COMPLETION_MARKER
 from dreambooth_job.phases import class_images, evaluation, existing_output, photos, publish, samples
@@ -50,6 +51,7 @@ from dreambooth_job.phases.context import RunContext
 from dreambooth_job.storage import disk, s3_client
 from dreambooth_job.storage import places as storage
 from dreambooth_job.storage.lease import check_conditional_writes, holding
+from dreambooth_job.training import progress
 from dreambooth_job.training.preflight import check_capabilities
 
 logger = logging.getLogger("dreambooth_job")
@@ -79,8 +81,6 @@ def run(config: TrainConfig, observer: JobObserver | None = None) -> ExitCode:
     Metrics are served (and pushed) from before the first phase to after the last, and progress
     goes to a bar on a terminal or to a log line at a fixed interval otherwise.
     """
-    from dreambooth_job.metrics import PrometheusObserver
-    from dreambooth_job.training import progress
 
     config, fingerprint = resolve_ids(config), config_fingerprint(config)
     policy = OperatorPolicy.from_env()

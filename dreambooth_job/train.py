@@ -84,8 +84,8 @@ class Trainer:
 
     def _setup_precision(self) -> None:
         """The device (accelerate's), the mixed precision `auto` resolves to there, and TF32."""
-        from accelerate import Accelerator
-        from accelerate.state import AcceleratorState
+        from accelerate import Accelerator  # deferred: accelerate is heavy
+        from accelerate.state import AcceleratorState  # deferred: accelerate is heavy
 
         device = devices.pick_device()
         self.precision = devices.resolve_precision(self.config.mixed_precision, device)
@@ -134,7 +134,7 @@ class Trainer:
         if self.channels_last:
             self.unet.to(memory_format=torch.channels_last)
         if config.attention_backend == "eager":
-            from diffusers.models.attention_processor import AttnProcessor
+            from diffusers.models.attention_processor import AttnProcessor  # deferred: diffusers is heavy
 
             self.unet.set_attn_processor(AttnProcessor())
 
@@ -156,7 +156,7 @@ class Trainer:
                 encoder.to("cpu")
 
     def _setup_optimizer(self) -> None:
-        from diffusers.optimization import get_scheduler
+        from diffusers.optimization import get_scheduler  # deferred: diffusers is heavy
 
         config = self.config
         self.optimizer = self._optimizer(self.trainable)
@@ -191,7 +191,7 @@ class Trainer:
     def _optimizer(self, params):
         config, rate = self.config, self.config.resolved_learning_rate
         if config.use_8bit_adam:
-            import bitsandbytes as bnb
+            import bitsandbytes as bnb  # deferred: bitsandbytes is heavy
 
             return bnb.optim.AdamW8bit(params, lr=rate, weight_decay=config.adam_weight_decay)
         # Fused is one kernel for all parameters on CUDA and CPU alike; on CPU, foreach falls back

@@ -19,6 +19,10 @@ from __future__ import annotations
 
 import tempfile
 
+from dreambooth_job.bench import sdxl
+from dreambooth_job.devtools import tiny_models
+from dreambooth_job.devtools.tiny_models import CLIP_MAX_LENGTH, clip_tokenizer
+
 ARCHITECTURES = ("tiny", "tiny-sdxl", "sd15", "sd21", "sdxl")
 NATIVE_RESOLUTION = {"tiny": 64, "tiny-sdxl": 64, "sd15": 512, "sd21": 768, "sdxl": 1024}
 UNSUPPORTED: dict[str, str] = {}  # architectures bench lists but cannot run, with the reason
@@ -29,14 +33,10 @@ def build_pipeline(model: str, seed: int = 0):
     if model in UNSUPPORTED:
         raise ValueError(UNSUPPORTED[model])
     if model in ("tiny", "tiny-sdxl"):
-        from dreambooth_job.devtools import tiny_models
-
         build = tiny_models.build_tiny_pipeline if model == "tiny" else tiny_models.build_tiny_sdxl_pipeline
         with tempfile.TemporaryDirectory(prefix=f"bench-{model}-") as directory:
             return build(directory, seed=seed)
     if model == "sdxl":
-        from dreambooth_job.bench import sdxl
-
         return sdxl.build_pipeline(seed)
     if model == "sd15":
         return _stable_diffusion(seed, cross_attention_dim=768, attention_head_dim=8,
@@ -54,16 +54,14 @@ def build_pipeline(model: str, seed: int = 0):
 def _stable_diffusion(seed: int, *, cross_attention_dim: int, attention_head_dim,
                       linear_projection: bool, text_layers: int, text_heads: int, text_act: str,
                       projection_dim: int, prediction_type: str, sample_size: int):
-    import torch
-    from diffusers import (
+    import torch  # deferred: torch is heavy
+    from diffusers import (  # deferred: diffusers is heavy
         AutoencoderKL,
         DDPMScheduler,
         StableDiffusionPipeline,
         UNet2DConditionModel,
     )
-    from transformers import CLIPTextConfig, CLIPTextModel
-
-    from dreambooth_job.devtools.tiny_models import CLIP_MAX_LENGTH, clip_tokenizer
+    from transformers import CLIPTextConfig, CLIPTextModel  # deferred: transformers is heavy
 
     torch.manual_seed(seed)
     unet = UNet2DConditionModel(

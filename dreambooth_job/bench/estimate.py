@@ -11,6 +11,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from dreambooth_job.bench import architectures as bench_models
+from dreambooth_job.bench import sdxl
+from dreambooth_job.config.train_config import TrainConfig
+from dreambooth_job.training import lora_adapters as lora
 from dreambooth_job.training import memory_estimate as memory
 
 VAE_SCALE = 8
@@ -30,22 +34,16 @@ class Estimate:
 
 def meta_models(model: str) -> dict:
     """name -> module (unet, vae, text encoders) of `model` built on the meta device."""
-    import torch
+    import torch  # deferred: torch is heavy
 
     if model == "sdxl":
-        from dreambooth_job.bench import sdxl
-
         return sdxl.build_models(device="meta")
-    from dreambooth_job.bench import architectures as bench_models
-
     with torch.device("meta"):
         pipeline = bench_models.build_pipeline(model)
     return {name: getattr(pipeline, name) for name in ("unet", "vae", "text_encoder")}
 
 
 def native_resolution(model: str) -> int:
-    from dreambooth_job.bench import architectures as bench_models
-
     return bench_models.NATIVE_RESOLUTION[model]
 
 
@@ -54,8 +52,6 @@ def estimate(model: str, *, train_mode: str = "full", checkpointing: bool = Fals
              half_precision: bool = True, built: dict | None = None) -> Estimate:
     """The peak of one training step of `model` (UNet trained; text encoders and VAE frozen),
     batch 1 with prior preservation, bf16 autocast (`half_precision`)."""
-    from dreambooth_job.config.train_config import TrainConfig
-    from dreambooth_job.training import lora_adapters as lora
 
     modules = built or meta_models(model)
     resolution = resolution or native_resolution(model)

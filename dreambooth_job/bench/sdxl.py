@@ -10,6 +10,8 @@ estimate and bench's refusal read before anything real is allocated.
 
 from __future__ import annotations
 
+from dreambooth_job.devtools.tiny_models import CLIP_MAX_LENGTH, clip_tokenizer
+
 NATIVE_RESOLUTION = 1024
 SAMPLE_SIZE = NATIVE_RESOLUTION // 8
 
@@ -37,11 +39,13 @@ TEXT_ENCODERS = {"text_encoder": (768, 12, 12, "quick_gelu", 768),
 def build_models(seed: int = 0, device: str = "cpu") -> dict:
     """The UNet, VAE and both text encoders, seeded random weights on `device` ("meta": shapes
     only). The second text encoder has the projection that gives SDXL its pooled embedding."""
-    import torch
-    from diffusers import AutoencoderKL, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
-
-    from dreambooth_job.devtools.tiny_models import CLIP_MAX_LENGTH
+    import torch  # deferred: torch is heavy
+    from diffusers import AutoencoderKL, UNet2DConditionModel  # deferred: diffusers is heavy
+    from transformers import (  # deferred: transformers is heavy
+        CLIPTextConfig,
+        CLIPTextModel,
+        CLIPTextModelWithProjection,
+    )
 
     torch.manual_seed(seed)
     with torch.device(device):
@@ -59,9 +63,7 @@ def build_models(seed: int = 0, device: str = "cpu") -> dict:
 
 def build_pipeline(seed: int = 0):
     """A StableDiffusionXLPipeline with seeded random weights, on the CPU."""
-    from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline
-
-    from dreambooth_job.devtools.tiny_models import clip_tokenizer
+    from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline  # deferred: diffusers is heavy
 
     scheduler = EulerDiscreteScheduler(
         beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",

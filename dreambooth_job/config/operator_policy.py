@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from dreambooth_job.config.quantities import parse_quantity
 from dreambooth_job.exit_codes import InvalidInputError
 
 ENV_PREFIX = "DREAMBOOTH_OPERATOR_"
@@ -152,8 +153,6 @@ def parse_ceiling(name: str, raw: Any, source: str) -> float | str:
                                 f"{', '.join(_CEILINGS_BY_NAME)})")
     text = str(raw).strip()
     if f.type == "str | None":
-        from dreambooth_job.config.quantities import parse_quantity
-
         parse_quantity(source, text)
         return text
     try:

@@ -58,7 +58,7 @@ def gauges(row: dict[str, Any], prefix: str = "") -> dict[str, float | None]:
 
 def __getattr__(name: str):
     if name in ("Evaluator", "validate_config"):
-        from dreambooth_job.evaluation import evaluator
+        from dreambooth_job.evaluation import evaluator  # deferred: evaluator imports PIL
 
         return getattr(evaluator, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

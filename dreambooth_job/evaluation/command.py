@@ -17,12 +17,17 @@ from pathlib import Path
 
 import click
 
+from dreambooth_job import log
 from dreambooth_job.cli_options import resolve_train_config
 from dreambooth_job.config import field_types, introspection
+from dreambooth_job.config import subject_identifier as identifiers
 from dreambooth_job.config import train_config as cfg
+from dreambooth_job.evaluation import Evaluator, metrics_block, validate_config
 from dreambooth_job.exit_codes import InvalidInputError
 from dreambooth_job.redaction import redact_value
 from dreambooth_job.storage import places as storage
+from dreambooth_job.training import base_models as models
+from dreambooth_job.training import devices
 
 OUTPUT_FILE = "evaluation.json"
 # The TrainConfig options this command takes: those declared with `evaluation=True`.
@@ -70,12 +75,7 @@ def evaluate(model_source: str, output: str | None, baseline: bool, **params) ->
 
 def run_evaluation(model_source: str, config: cfg.TrainConfig, *, baseline: bool = False) -> dict:
     """The report of `evaluate`: rows "finetuned" (and "base"), "real", and the protocol."""
-    from dreambooth_job import log
-    from dreambooth_job.config import subject_identifier as identifiers
-    from dreambooth_job.evaluation import Evaluator, metrics_block, validate_config
-    from dreambooth_job.training import base_models as models
-    from dreambooth_job.training import devices
-    from dreambooth_job.training import subject_photos as data
+    from dreambooth_job.training import subject_photos as data  # deferred: subject_photos imports PIL
 
     log.configure(config.log_format)
     for name in ("instance_data", "class_noun"):

@@ -197,7 +197,7 @@ class Evaluator:
 
 
 def _load_lpips(source: str | None, cache_dir: str):
-    from dreambooth_job.evaluation.lpips import LPIPS
+    from dreambooth_job.evaluation.lpips import LPIPS  # deferred: lpips imports torch
 
     return LPIPS.load(source, cache_dir)
 
@@ -208,9 +208,9 @@ def _chunks(items, size: int) -> list:
 
 
 def _image_batch(images: list[Image.Image]):
-    import torch
+    import torch  # deferred: torch is heavy
 
-    from dreambooth_job.training.subject_photos import to_tensor
+    from dreambooth_job.training.subject_photos import to_tensor  # deferred: subject_photos imports PIL
 
     return torch.stack([to_tensor(i.convert("RGB")) for i in images])
 

@@ -46,6 +46,7 @@ from pathlib import Path
 
 from dreambooth_job.exit_codes import InvalidInputError
 from dreambooth_job.families.base import FULL_FINE_TUNE, ModelFamily, PromptEmbeddings, TrainMode
+from dreambooth_job.families.lora_mode import LoraTrainMode
 from dreambooth_job.families.sd import StableDiffusion
 from dreambooth_job.families.sdxl import StableDiffusionXL
 
@@ -85,7 +86,7 @@ def detect(path: str, cache_dir: str | None = None, source: str | None = None) -
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise InvalidInputError(f"--base-model {source}: model_index.json is not JSON ({exc})") from None
     else:
-        from diffusers import DiffusionPipeline
+        from diffusers import DiffusionPipeline  # deferred: diffusers is heavy
 
         config = DiffusionPipeline.load_config(path, cache_dir=str(Path(cache_dir or ".", "hub")))
     if not isinstance(config, dict):
@@ -101,7 +102,5 @@ def for_pipeline(pipeline) -> ModelFamily:
 def train_mode(config) -> TrainMode:
     """The TrainMode --train-mode names."""
     if config.train_mode == "lora":
-        from dreambooth_job.families.lora_mode import LoraTrainMode
-
         return LoraTrainMode.from_config(config)
     return FULL_FINE_TUNE

@@ -36,7 +36,7 @@ class PromptEmbeddings:
 
     @staticmethod
     def cat(parts: Sequence[PromptEmbeddings]) -> PromptEmbeddings:
-        import torch
+        import torch  # deferred: torch is heavy
 
         pooled = [p.pooled for p in parts]
         return PromptEmbeddings(torch.cat([p.hidden_states for p in parts]),

@@ -16,8 +16,8 @@ class StableDiffusion(ModelFamily):
     text_encoder_names = ("text_encoder",)
 
     def load_pipeline(self, path: str, cache_dir: str):
-        import torch
-        from diffusers import StableDiffusionPipeline
+        import torch  # deferred: torch is heavy
+        from diffusers import StableDiffusionPipeline  # deferred: diffusers is heavy
 
         return StableDiffusionPipeline.from_pretrained(
             path, cache_dir=str(Path(cache_dir, "hub")), torch_dtype=torch.float32,

@@ -28,8 +28,8 @@ class StableDiffusionXL(ModelFamily):
     addition_embed_type = "text_time"
 
     def load_pipeline(self, path: str, cache_dir: str):
-        import torch
-        from diffusers import StableDiffusionXLPipeline
+        import torch  # deferred: torch is heavy
+        from diffusers import StableDiffusionXLPipeline  # deferred: diffusers is heavy
 
         # No invisible watermark: it alters every image the job samples (grids, class images).
         return StableDiffusionXLPipeline.from_pretrained(
@@ -55,7 +55,7 @@ class StableDiffusionXL(ModelFamily):
         """As StableDiffusionXLPipeline.encode_prompt: each encoder's penultimate hidden states,
         concatenated on the width; the pooled output of the second (CLIPTextModelWithProjection's
         `text_embeds`)."""
-        import torch
+        import torch  # deferred: torch is heavy
 
         hidden, pooled = [], None
         for name, token_ids in zip(self.text_encoder_names, ids):
@@ -78,7 +78,7 @@ class StableDiffusionXL(ModelFamily):
 def time_ids(geometry: Sequence[ImageGeometry], dtype, device):
     """(batch, 6): original (height, width), crop (top, left), target (height, width) per image,
     in the order SDXL's `_get_add_time_ids` and diffusers' trainers use."""
-    import torch
+    import torch  # deferred: torch is heavy
 
     rows = [[g.original_size[1], g.original_size[0], *g.crop_top_left, g.target_size, g.target_size]
             for g in geometry]

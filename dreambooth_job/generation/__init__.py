@@ -12,12 +12,11 @@ Importing this package loads no torch: the Kubernetes commands build generate Jo
 """
 
 from dreambooth_job.generation.generate_config import GenerateConfig
+from dreambooth_job.generation.run import generate as run
 
 __all__ = ["GenerateConfig", "generate"]
 
 
 def generate(config: GenerateConfig) -> dict:
     """Generate and write the images `config` asks for (run.generate); returns generation.json."""
-    from dreambooth_job.generation.run import generate as run
-
     return run(config)

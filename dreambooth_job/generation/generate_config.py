@@ -21,11 +21,14 @@ from typing import Any
 
 import click
 
+from dreambooth_job.cli_options import AutoOr
 from dreambooth_job.config import choices as const
 from dreambooth_job.config import locations
 from dreambooth_job.config.field_types import default_of, flag_name
 from dreambooth_job.config.introspection import accepts_auto, base_type, is_list
+from dreambooth_job.config.operator_policy import OperatorPolicy
 from dreambooth_job.config.option_fields import MODEL, OPERATIONAL, Place, check_bounds, option
+from dreambooth_job.config.subject_identifier import format_prompt
 from dreambooth_job.config.train_config import _default_cache_dir
 from dreambooth_job.exit_codes import InvalidInputError
 from dreambooth_job.redaction import has_url_credentials
@@ -121,8 +124,6 @@ def validate(config: GenerateConfig, *, require_inputs: bool = False) -> None:
         if not prompt.strip() or len(prompt) > MAX_PROMPT_CHARS:
             raise InvalidInputError(f"--prompt must be 1 to {MAX_PROMPT_CHARS} characters, "
                                     f"got {prompt[:80]!r}{'...' if len(prompt) > 80 else ''}")
-        from dreambooth_job.config.subject_identifier import format_prompt
-
         format_prompt(prompt, "x", "x")  # an unknown placeholder fails here, not after loading
     for name in ("model", "output"):
         value = getattr(config, name)
@@ -140,8 +141,6 @@ def validate(config: GenerateConfig, *, require_inputs: bool = False) -> None:
 def generate_options(command: Callable) -> Callable:
     """Decorate a click command with one option per GenerateConfig field (all default None, so
     that `resolve` tells a given flag from an absent one)."""
-    from dreambooth_job.cli_options import AutoOr
-
     for f in reversed(fields()):
         kind = base_type(f, GenerateConfig)
         click_type: Any = click.Choice(f.metadata["choices"]) if f.metadata["choices"] else kind
@@ -185,8 +184,6 @@ def to_cli_args(config: GenerateConfig) -> list[str]:
 def location_problems(config: GenerateConfig, policy=None) -> list[str]:
     """--model and --output outside the prefixes the operator allows (DREAMBOOTH_OPERATOR_
     ALLOWED_PREFIXES), as `submit` checks a training Job's locations."""
-    from dreambooth_job.config.operator_policy import OperatorPolicy
-
     policy = policy or OperatorPolicy.from_env()
     return [f"{flag_name(name)} {getattr(config, name)} is outside the prefixes the operator allows "
             "(DREAMBOOTH_OPERATOR_ALLOWED_PREFIXES)"

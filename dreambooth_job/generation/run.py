@@ -21,7 +21,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from dreambooth_job import __version__
+from dreambooth_job import __version__, families
 from dreambooth_job.config.operator_policy import OperatorPolicy
 from dreambooth_job.config.option_fields import check_bounds
 from dreambooth_job.config.subject_identifier import format_prompt
@@ -30,6 +30,7 @@ from dreambooth_job.generation.generate_config import GenerateConfig, location_p
 from dreambooth_job.generation.source import RunSource, find_run, load_pipeline
 from dreambooth_job.redaction import redact_value
 from dreambooth_job.storage import places as storage
+from dreambooth_job.training import devices
 
 logger = logging.getLogger("dreambooth_job")
 
@@ -57,9 +58,7 @@ def image_name(prompt_index: int, seed: int) -> str:
 
 def generate(config: GenerateConfig) -> dict[str, Any]:
     """Generate and write everything; returns generation.json's content."""
-    from dreambooth_job import families
-    from dreambooth_job.generation import sampling
-    from dreambooth_job.training import devices
+    from dreambooth_job.generation import sampling  # deferred: sampling imports PIL
 
     config.validate(require_inputs=True)
     policy = OperatorPolicy.from_env()  # the pod's: the generate Job carries the operator's env
@@ -118,7 +117,7 @@ def check_output(output: str, source: RunSource) -> None:
 def use_sampler(pipeline, sampler: str) -> None:
     """Swap in the scheduler `sampler` names, from the pipeline's own scheduler config (its betas
     and prediction type), and turn the progress bars off."""
-    import diffusers
+    import diffusers  # deferred: diffusers is heavy
 
     scheduler_class = getattr(diffusers, SCHEDULERS[sampler])
     pipeline.scheduler = scheduler_class.from_config(pipeline.scheduler.config)

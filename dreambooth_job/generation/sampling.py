@@ -4,11 +4,14 @@ batched, with one seed per image so any image can be regenerated alone.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 
 from PIL import Image, ImageDraw, ImageFont
 
+from dreambooth_job.families import for_pipeline
 from dreambooth_job.redaction import redact
+from dreambooth_job.training.devices import resolve_precision
 
 SAMPLER = "DPMSolverMultistepScheduler"
 LABEL_WIDTH = 256
@@ -16,7 +19,7 @@ LABEL_WIDTH = 256
 
 def fast_pipeline(pipeline):
     """The pipeline with DPM-Solver++ (good images in ~25 steps) and no progress bars."""
-    from diffusers import DPMSolverMultistepScheduler
+    from diffusers import DPMSolverMultistepScheduler  # deferred: diffusers is heavy
 
     pipeline.scheduler = DPMSolverMultistepScheduler.from_config(pipeline.scheduler.config)
     pipeline.set_progress_bar_config(disable=True)
@@ -27,9 +30,7 @@ def generate_images(pipeline, prompts: Sequence[str], seeds: Sequence[int], *, r
                     num_inference_steps: int, guidance_scale: float,
                     batch_size: int) -> list[Image.Image]:
     """One image per (prompt, seed) pair, generated `batch_size` at a time by the pipeline's family."""
-    import torch
-
-    from dreambooth_job.families import for_pipeline
+    import torch  # deferred: torch is heavy
 
     family = for_pipeline(pipeline)
     assert len(prompts) == len(seeds)
@@ -54,11 +55,7 @@ def _half_precision(device):
     """On CUDA, sample under the half precision `auto` trains in (bf16, fp16 before Ampere),
     whatever the weights' dtypes: class images twice as fast as fp32, and a UNet trained in fp32
     samples beside a VAE kept in bf16."""
-    import contextlib
-
-    import torch
-
-    from dreambooth_job.training.devices import resolve_precision
+    import torch  # deferred: torch is heavy
 
     if device.type != "cuda":
         return contextlib.nullcontext()

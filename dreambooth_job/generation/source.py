@@ -23,9 +23,11 @@ from pathlib import Path
 from dreambooth_job.config.operator_policy import OperatorPolicy
 from dreambooth_job.exit_codes import InvalidInputError
 from dreambooth_job.generation.recorded import check_locations, read_record
+from dreambooth_job.outputs.lora_formats import DIFFUSERS_WEIGHT_NAME
 from dreambooth_job.outputs.result import COMPLETION_MARKER, RESULT_FILE
 from dreambooth_job.outputs.weight_files import LORA_DIR, MODEL_DIR
 from dreambooth_job.storage import places as storage
+from dreambooth_job.training import base_models as models
 
 logger = logging.getLogger("dreambooth_job")
 WEIGHTS = (MODEL_DIR, LORA_DIR)
@@ -95,8 +97,6 @@ def find_run(model: str, policy: OperatorPolicy | None = None) -> RunSource:
 def load_pipeline(source: RunSource, cache_dir: str):
     """The pipeline to draw with, on the CPU in fp32: the run's model/, or its base model (with
     the run's --vae) and lora/'s adapters loaded as a user would (`load_lora_weights`)."""
-    from dreambooth_job.outputs.lora_formats import DIFFUSERS_WEIGHT_NAME
-    from dreambooth_job.training import base_models as models
 
     if source.weights == MODEL_DIR:
         return models.load_pipeline(models.resolve_base_model(source.weights_uri, cache_dir), cache_dir)

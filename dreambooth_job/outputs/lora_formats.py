@@ -27,6 +27,7 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 
+from dreambooth_job.outputs.export.single_file import unet_to_ldm
 from dreambooth_job.training.lora_adapters import ADAPTER_NAME, has_lora, lora_config
 
 DIFFUSERS_WEIGHT_NAME = "pytorch_lora_weights.safetensors"
@@ -37,7 +38,7 @@ RESERVED_METADATA_KEYS = ("format", "lora_adapter_metadata")
 
 def torch_dtype(precision):
     """"fp16"/"bf16"/"fp32" (or a torch dtype) -> the torch dtype."""
-    import torch
+    import torch  # deferred: torch is heavy
 
     if isinstance(precision, torch.dtype):
         return precision
@@ -53,8 +54,8 @@ def save_lora_diffusers(directory, unet, text_encoder=None, *, dtype="fp32",
     """Write the adapters of `unet` (and of `text_encoder`, and SDXL's `text_encoder_2`, when
     they have any) in diffusers' format; `xl`: for an SDXL base (StableDiffusionXLPipeline's
     writer, which knows the second encoder). Returns the file's path."""
-    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
-    from diffusers.loaders.lora_base import LORA_ADAPTER_METADATA_KEY
+    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline  # deferred: diffusers is heavy
+    from diffusers.loaders.lora_base import LORA_ADAPTER_METADATA_KEY  # deferred: diffusers is heavy
 
     header = _header(metadata, unet)
     dtype = torch_dtype(dtype)
@@ -107,8 +108,8 @@ def save_lora_kohya(path, unet, text_encoder=None, *, dtype="fp32",
 def kohya_state_dict(unet, text_encoder=None, text_encoder_2=None, *, xl: bool = False) -> dict:
     """The adapters' tensors under kohya's keys (`save_lora_kohya`'s file, before the cast), with
     an `.alpha` per adapted module holding that module's LoRA alpha."""
-    import torch
-    from diffusers.utils.state_dict_utils import convert_state_dict_to_kohya
+    import torch  # deferred: torch is heavy
+    from diffusers.utils.state_dict_utils import convert_state_dict_to_kohya  # deferred: diffusers is heavy
 
     modules = {"unet": unet, "text_encoder": text_encoder, "text_encoder_2": text_encoder_2}
     peft_state = {}
@@ -136,8 +137,6 @@ def _original_unet_names(state: dict, unet_config) -> dict:
     """peft's adapter keys with the UNet module paths of SDXL's original checkpoint layout
     (`down_blocks.1.attentions.0.` -> `input_blocks.4.1.`, a ResBlock's `conv1` -> `in_layers.2`):
     the single-file export's mapping, which is diffusers' reader inverted."""
-    from dreambooth_job.outputs.export.single_file import unet_to_ldm
-
     return unet_to_ldm(state, unet_config)
 
 
@@ -152,7 +151,7 @@ def _adapter_state(module) -> dict:
     """The adapter's tensors under peft's names (`<module path>.lora_A.weight`). transformers 5.x
     flattened CLIPTextModel (no `text_model.`); the files keep the layout every SD 1.x tool knows
     (`lora_te_text_model_encoder_...`), and diffusers' loader strips it again where it must."""
-    from peft.utils import get_peft_model_state_dict
+    from peft.utils import get_peft_model_state_dict  # deferred: peft is heavy
 
     state = get_peft_model_state_dict(module, adapter_name=ADAPTER_NAME)
     if _is_flattened_clip(module):
@@ -196,7 +195,7 @@ def _cast(state: Mapping, dtype) -> dict:
 
 def _atomic_save_file(tensors, filename, header: Mapping[str, str]) -> None:
     """safetensors' save_file, written beside `filename` and renamed: a crash leaves no half file."""
-    import safetensors.torch
+    import safetensors.torch  # deferred: safetensors is heavy
 
     filename = Path(filename)
     partial = filename.with_name(f".{filename.name}.partial")

@@ -31,8 +31,10 @@ from pathlib import Path
 
 from dreambooth_job.families import for_pipeline
 from dreambooth_job.outputs import lora_formats as lora_files
+from dreambooth_job.outputs import result
 from dreambooth_job.outputs.export.precision import save_pretrained_precision
 from dreambooth_job.outputs.export.single_file import check_supported, save_single_file
+from dreambooth_job.storage import places as storage
 from dreambooth_job.training import lora_adapters as lora
 
 logger = logging.getLogger("dreambooth_job")
@@ -154,8 +156,6 @@ class _merged:
 def record(outputs, written: WrittenOutputs, output_uri: str) -> None:
     """Fill result.json's `outputs` (a result.Outputs) with what was written, as URIs under
     `output_uri`."""
-    from dreambooth_job.outputs import result
-    from dreambooth_job.storage import places as storage
 
     outputs.model = storage.join(output_uri, MODEL_DIR) if written.model else None
     outputs.lora = [storage.join(output_uri, p) for p in written.lora] or None

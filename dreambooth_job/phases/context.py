@@ -24,6 +24,7 @@ from dreambooth_job.outputs.result import (
     Training,
 )
 from dreambooth_job.redaction import redact_value
+from dreambooth_job.storage import places as storage
 from dreambooth_job.storage.lease import Lease, pod_identity
 from dreambooth_job.termination import StopRequest
 from dreambooth_job.training.checkpoint import BackgroundUploads, CheckpointStore
@@ -87,8 +88,6 @@ def redacted_config(config: TrainConfig) -> dict:
 
 def new_result(config: TrainConfig, fingerprint: str) -> RunResult:
     """result.json before any phase ran: what the config says, filled in as the phases run."""
-    from dreambooth_job.storage import places as storage
-
     return RunResult(
         job_id=config.job_id, subject_id=config.subject_id, batch_id=config.batch_id,
         config=redacted_config(config), config_fingerprint=fingerprint,

@@ -3,6 +3,7 @@ baseline row, for the base model, into result.json's "metrics" and the metrics' 
 
 from __future__ import annotations
 
+from dreambooth_job.evaluation import Evaluator, gauges, metrics_block, validate_config
 from dreambooth_job.generation import sampling
 from dreambooth_job.phases.context import RunContext
 from dreambooth_job.phases.trained_model import inference_pipeline
@@ -17,14 +18,10 @@ def wanted(ctx: RunContext) -> bool:
 def check(ctx: RunContext) -> None:
     """Before any download or model load: a bad or disallowed --prompt-set fails at once."""
     if wanted(ctx):
-        from dreambooth_job.evaluation import validate_config
-
         validate_config(ctx.config)
 
 
 def evaluate(ctx: RunContext) -> None:
-    from dreambooth_job.evaluation import Evaluator, gauges, metrics_block
-
     config, token, photos = ctx.config, ctx.identifier.token, ctx.photos.images
     evaluator = Evaluator.load(config)
     tuned = evaluator.evaluate(inference_pipeline(ctx), photos, token, config.class_noun,

@@ -26,7 +26,7 @@ logger = logging.getLogger("dreambooth_job")
 
 
 def train(ctx: RunContext) -> None:
-    from dreambooth_job.train import Trainer
+    from dreambooth_job.train import Trainer  # deferred: train imports PIL
 
     config, prompts = ctx.config, ctx.prompts
     ctx.trainer = trainer = Trainer(

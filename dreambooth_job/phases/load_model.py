@@ -19,7 +19,7 @@ logger = logging.getLogger("dreambooth_job")
 
 
 def load(ctx: RunContext) -> None:
-    from diffusers import DDPMScheduler
+    from diffusers import DDPMScheduler  # deferred: diffusers is heavy
 
     config = ctx.config
     ctx.base = models.resolve_base_model(config.base_model, config.cache_dir)

@@ -72,8 +72,8 @@ def supported(algorithm: str) -> bool:
 
 def _checksum_class(algorithm: str):
     """botocore's implementation of `algorithm` (CRC32C and CRC64NVME need awscrt), or None."""
-    from botocore import httpchecksum
-    from botocore.compat import HAS_CRT
+    from botocore import httpchecksum  # deferred: botocore is heavy
+    from botocore.compat import HAS_CRT  # deferred: botocore is heavy
 
     classes = {"CRC32": httpchecksum.Crc32Checksum, "SHA1": httpchecksum.Sha1Checksum,
                "SHA256": httpchecksum.Sha256Checksum}
@@ -136,7 +136,7 @@ def verify(uri: str, path: Path, head: dict, part_sizes: Callable[[], list[int]]
 
 def _known_part_sizes(uri: str, count: int, size: int,
                       part_sizes: Callable[[], list[int]]) -> list[int] | None:
-    from botocore.exceptions import BotoCoreError, ClientError
+    from botocore.exceptions import BotoCoreError, ClientError  # deferred: botocore is heavy
 
     try:
         sizes = part_sizes()

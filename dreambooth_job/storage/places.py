@@ -17,6 +17,7 @@ its retries and the translation of botocore's errors into the job's are in stora
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import os
 import shutil
@@ -217,8 +218,6 @@ def write_conditional(uri: str, data: bytes, *, if_match: str | None = None) -> 
 
 
 def _write_conditional_local(path: Path, data: bytes, if_match: str | None) -> str:
-    import fcntl
-
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path.with_name(f".{path.name}.lock"), "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
@@ -378,7 +377,7 @@ def upload_dir(local_dir: Path, uri: str, cancel=None) -> list[str]:
 
 
 def _transfer_config():
-    from boto3.s3.transfer import TransferConfig
+    from boto3.s3.transfer import TransferConfig  # deferred: boto3 is heavy
 
     return TransferConfig(multipart_threshold=MULTIPART_THRESHOLD,
                           multipart_chunksize=MULTIPART_THRESHOLD, max_concurrency=4)

@@ -63,8 +63,8 @@ def s3_client():
         env = tuple(os.environ.get(name) for name in _CLIENT_ENV_VARS)
         if _client is None or env != _client_env:
             _client_env = env
-            import boto3
-            from botocore.config import Config
+            import boto3  # deferred: boto3 is heavy
+            from botocore.config import Config  # deferred: botocore is heavy
 
             attempts = int(os.environ.get("AWS_MAX_ATTEMPTS", MAX_ATTEMPTS))
             # A new session, not boto3's default one: that one keeps the credentials it found
@@ -110,7 +110,7 @@ class translate_errors:
     def __exit__(self, exc_type, exc, tb):
         if exc is None:
             return False
-        from botocore.exceptions import (
+        from botocore.exceptions import (  # deferred: botocore is heavy
             BotoCoreError,
             ClientError,
             CredentialRetrievalError,

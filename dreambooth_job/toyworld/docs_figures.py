@@ -27,7 +27,7 @@ def base_report(base_model: Path, output: Path, per_combination: int = 2) -> dic
             rows.append([im.resize((64, 64), Image.NEAREST) for im in row])
             labels.append(f"a <colour> {shape} on a {background} background\n"
                           f"(columns: {', '.join(c for c in world.COLOURS for _ in range(per_combination))})")
-    from dreambooth_job.generation.sampling import image_grid
+    from dreambooth_job.generation.sampling import image_grid  # deferred: sampling imports PIL
 
     image_grid(rows, labels).save(output / "toy-world-base-captions.png")
     loss_curve(base_model / "loss.csv").save(output / "toy-world-base-loss.png")
@@ -55,7 +55,7 @@ def loss_curve(path: Path, width: int = 480, height: int = 200, window: int = 25
 
 
 def main(argv: list[str] | None = None) -> None:
-    import torch
+    import torch  # deferred: torch is heavy
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--base-model", type=Path, default=ASSET_BASE_MODEL)

@@ -7,12 +7,14 @@ safetensors, so a fine-tuned model is a plain diffusers pipeline directory.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
 
+from dreambooth_job import families
 from dreambooth_job.exit_codes import InvalidInputError, JobError, RetryableError
 from dreambooth_job.storage import model_cache
 from dreambooth_job.storage import places as storage
@@ -86,8 +88,6 @@ def load_pipeline(model: BaseModel, cache_dir: str):
     """Load the base pipeline of its family (families.detect: model_index.json's `_class_name`;
     an unsupported one is invalid input) on the CPU, in fp32 whatever dtype it was saved in:
     training keeps fp32 master weights, and sampling on CUDA runs under autocast (sampling.py)."""
-    from dreambooth_job import families
-
     try:
         family = families.detect(model.local_path, cache_dir, source=model.source)
         return family.load_pipeline(model.local_path, cache_dir)
@@ -100,7 +100,7 @@ def _load_error(flag: str, model: BaseModel, exc: Exception) -> Exception:
     network failure) is worth a retry, the hub may be down; a local directory or a downloaded
     s3:// prefix loads the same files again, so whatever it raised is invalid input naming `flag`.
     A job error (an unknown family) and running out of memory are not the model's fault: as is."""
-    import torch
+    import torch  # deferred: torch is heavy
 
     if isinstance(exc, JobError | MemoryError | torch.OutOfMemoryError):
         return exc
@@ -116,10 +116,8 @@ def with_vae(pipeline, base: BaseModel, vae_source: str | None, cache_dir: str):
     """`pipeline` with --vae's AutoencoderKL (fp32, like the base) in place of its own, and the
     base's identity with the VAE's folded in (class-image cache keys, result.json); unchanged
     without --vae, so existing cache keys stay valid."""
-    import dataclasses
-
-    import torch
-    from diffusers import AutoencoderKL
+    import torch  # deferred: torch is heavy
+    from diffusers import AutoencoderKL  # deferred: diffusers is heavy
 
     if not vae_source:
         return pipeline, base

@@ -9,10 +9,12 @@ checks capabilities for a third.
 
 from __future__ import annotations
 
+import contextlib
+
 
 def pick_device():
     """The `torch.device` this process samples and evaluates on: "cuda" when available, else "cpu"."""
-    import torch
+    import torch  # deferred: torch is heavy
 
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
@@ -26,7 +28,7 @@ def vae_dtype(weight_dtype, vae_override: bool):
     """The VAE's dtype: the compute dtype, except fp16 without --vae: SDXL's VAE overflows in
     fp16 (NaN latents), so the base model's own VAE stays in fp32 then; an override (the fp16-fix
     VAE) is the user's word that it does not."""
-    import torch
+    import torch  # deferred: torch is heavy
 
     return torch.float32 if weight_dtype == torch.float16 and not vae_override else weight_dtype
 
@@ -34,7 +36,7 @@ def vae_dtype(weight_dtype, vae_override: bool):
 def resolve_precision(requested: str, device) -> str:
     """The mixed precision `requested` means on `device`: `auto` is bf16 on CUDA (fp16 before
     Ampere) and none on the CPU."""
-    import torch
+    import torch  # deferred: torch is heavy
 
     if requested != "auto":
         return requested
@@ -46,9 +48,7 @@ def resolve_precision(requested: str, device) -> str:
 def attention_kernel(backend: str):
     """A context pinning PyTorch's SDPA to the --attention-backend kernel (math, efficient, flash,
     cudnn; the backward pass follows the forward's choice), or doing nothing (auto, eager)."""
-    import contextlib
-
-    from torch.nn.attention import SDPBackend, sdpa_kernel
+    from torch.nn.attention import SDPBackend, sdpa_kernel  # deferred: torch is heavy
 
     kernel = {"math": SDPBackend.MATH, "efficient": SDPBackend.EFFICIENT_ATTENTION,
               "flash": SDPBackend.FLASH_ATTENTION, "cudnn": SDPBackend.CUDNN_ATTENTION}.get(backend)

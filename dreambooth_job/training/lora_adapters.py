@@ -37,7 +37,7 @@ def add_lora(unet, text_encoder=None, *, rank: int = 16, alpha: float | None = N
     """Freeze `unet` (and `text_encoder`, when given) and add LoRA adapters of `rank` to the layers
     named by the targets (a name matches a module whose dotted name ends with it). `alpha`
     defaults to `rank`, so the low-rank update is scaled by alpha/rank = 1."""
-    from peft import LoraConfig
+    from peft import LoraConfig  # deferred: peft is heavy
 
     alpha = rank if alpha is None else alpha
     if not isinstance(rank, int) or rank < 1:
@@ -64,7 +64,7 @@ def add_lora(unet, text_encoder=None, *, rank: int = 16, alpha: float | None = N
 def _add_text_encoder_adapter(text_encoder, config) -> None:
     """peft's own injection, as transformers' `add_adapter` does it: transformers 5.x refuses any
     peft older than 0.22, newer than the newest peft this project can install (0.21.2)."""
-    from peft import inject_adapter_in_model
+    from peft import inject_adapter_in_model  # deferred: peft is heavy
 
     inject_adapter_in_model(config, text_encoder, adapter_name=ADAPTER_NAME)
     text_encoder.peft_config = {ADAPTER_NAME: config}
@@ -88,7 +88,7 @@ def _matches(layer_name: str, target: str) -> bool:
 
 
 def _adaptable(layer) -> bool:
-    import torch
+    import torch  # deferred: torch is heavy
 
     return isinstance(layer, (torch.nn.Linear, torch.nn.Conv2d))
 
@@ -113,8 +113,8 @@ def merge_lora(module):
     """Fold the adapters into the base weights (W += alpha/rank * B @ A) and remove them: the module
     is a plain diffusers/transformers module again, for `save_pretrained` or a single-file export.
     Works in place; returns the module."""
-    from diffusers.utils import recurse_remove_peft_layers
-    from peft.tuners.tuners_utils import BaseTunerLayer
+    from diffusers.utils import recurse_remove_peft_layers  # deferred: diffusers is heavy
+    from peft.tuners.tuners_utils import BaseTunerLayer  # deferred: peft is heavy
 
     for layer in module.modules():
         if isinstance(layer, BaseTunerLayer):
@@ -133,7 +133,7 @@ def lora_parameter_count(module, rank: int, targets: Sequence[str]) -> int:
     """How many parameters rank-`rank` adapters on `targets` would add to `module`, from the layers'
     shapes alone (works on a model built on the meta device, so sd15's sizes need no 4 GB of RAM).
     Linear: A is rank x in, B is out x rank; Conv2d: A is rank x in x k x k, B is out x rank x 1 x 1."""
-    import torch
+    import torch  # deferred: torch is heavy
 
     total = 0
     for name, layer in module.named_modules():

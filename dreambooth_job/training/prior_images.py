@@ -22,6 +22,7 @@ from pathlib import Path
 
 from PIL import Image
 
+from dreambooth_job import families
 from dreambooth_job.config.train_config import TrainConfig
 from dreambooth_job.generation import sampling
 from dreambooth_job.storage import places as storage
@@ -136,8 +137,6 @@ def reuse_cached_images(cache_uri: str, count: int, resolution: int) -> tuple[di
 def prepare_class_images(pipeline, config: TrainConfig, *, model_fingerprint: str,
                          class_prompt: str) -> ClassImages:
     """Reuse what the cache holds, generate the rest with `pipeline`, and add them to the cache."""
-    from dreambooth_job import families
-
     family = families.for_pipeline(pipeline).name
     key = cache_key(model_fingerprint=model_fingerprint, class_prompt=class_prompt,
                     resolution=config.resolution, sampler=sampling.SAMPLER,

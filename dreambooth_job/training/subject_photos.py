@@ -246,8 +246,8 @@ def square_crop(image: Image.Image, resolution: int, center: bool, rng=None) -> 
 
 def to_tensor(image: Image.Image):
     """A PIL image as a CHW float tensor in [-1, 1], the VAE's input range."""
-    import numpy as np
-    import torch
+    import numpy as np  # deferred: numpy is heavy
+    import torch  # deferred: torch is heavy
 
     array = np.asarray(image, dtype=np.float32) / 127.5 - 1.0
     return torch.from_numpy(array).permute(2, 0, 1).contiguous()

@@ -14,7 +14,7 @@ PRECISIONS = ("fp16", "bf16", "fp32")
 
 def torch_dtype(precision: str):
     """The torch dtype a precision name stands for."""
-    import torch
+    import torch  # deferred: torch is heavy
 
     dtypes = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
     if precision not in dtypes:
@@ -47,8 +47,8 @@ def save_pretrained_precision(pipeline, directory: str | os.PathLike, precision:
 
 
 def _cast_file(path: Path, dtype) -> None:
-    from safetensors import safe_open
-    from safetensors.torch import save_file
+    from safetensors import safe_open  # deferred: safetensors is heavy
+    from safetensors.torch import save_file  # deferred: safetensors is heavy
 
     with safe_open(str(path), framework="pt") as f:
         metadata = f.metadata()

@@ -45,8 +45,8 @@ def save_single_file(pipeline, path: str | os.PathLike, *, family, dtype=None,
     safetensors header. Written to `<path>.partial` and renamed, so a crash never leaves a truncated
     file under `path`. The pipeline in memory is not changed (the cast is a copy).
     """
-    import torch
-    from safetensors.torch import save_file
+    import torch  # deferred: torch is heavy
+    from safetensors.torch import save_file  # deferred: safetensors is heavy
 
     check_supported(pipeline, family)
     if metadata is not None and not all(isinstance(k, str) and isinstance(v, str)
@@ -80,7 +80,7 @@ def clip_to_ldm(text_encoder) -> dict:
     flattened that wrapper away (its keys start at `embeddings.`), so it is put back. The released
     checkpoints also hold the `position_ids` buffer (0..76) that newer transformers no longer save;
     it is written too, for loaders that expect every key of the original file."""
-    import torch
+    import torch  # deferred: torch is heavy
 
     state = text_encoder.state_dict()
     if not hasattr(text_encoder, "text_model"):
@@ -106,7 +106,7 @@ def open_clip_to_ldm(text_encoder) -> dict:
     the penultimate layer and do not use what is absent. SDXL's second encoder has all its layers
     and a projection (CLIPTextModelWithProjection), which open_clip keeps as a matrix that
     multiplies from the right: the transpose of the Linear's weight."""
-    import torch
+    import torch  # deferred: torch is heavy
 
     state = text_encoder.state_dict()
     state = {key.removeprefix("text_model."): tensor for key, tensor in state.items()}
