@@ -6,9 +6,9 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+import dreambooth_job
 from dreambooth_job.cli import main
 from dreambooth_job.config import sources as config_sources
-from dreambooth_job.config import train_config as cfg
 from dreambooth_job.termination import TERMINATION_LOG_ENV
 
 # One bad input per command, each refused before any download, model or cluster: (args, what the
@@ -86,7 +86,7 @@ def test_success_and_help_still_exit_0(tmp_path):
 def test_no_command_prints_its_own_error_line():
     """Commands raise; only the boundary (and the SIGTERM handler, which must write to the file
     descriptor directly) prints `error:`."""
-    package = Path(cfg.__file__).parent
+    package = Path(dreambooth_job.__file__).parent
     printing = sorted(str(p.relative_to(package)) for p in package.rglob("*.py")
                       if 'error: {' in p.read_text() or "except JobError as exc:\n        click" in
                       p.read_text())

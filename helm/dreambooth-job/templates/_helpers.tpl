@@ -184,7 +184,7 @@ dreambooth_job.generation.generate_config.to_cli_args; then extraArgs.
 {{- end }}
 
 {{/*
-The sizing profile (files/package.yaml's `sizing`, from dreambooth_job/k8s/sizing.py) as JSON: the
+The sizing profile (files/package.yaml's `sizing`, from dreambooth_job/training/sizing.py) as JSON: the
 `sizing` value, or with `auto` the profile of job.trainMode and of the family that the base model's
 id names (sdxl when it matches sdxlPattern, else sd), the rule of sizing.auto_profile.
 */}}
