@@ -41,7 +41,8 @@ from dreambooth_job.config.quantities import QUANTITY_SCHEMA_PATTERN
 from dreambooth_job.generation import generate_config as gen
 from dreambooth_job.k8s.examples import EXAMPLES
 from dreambooth_job.k8s.generate_job import chart_options as generate_chart_options
-from dreambooth_job.k8s.manifest import OPTIONS_SET_BY_THE_POD, chart_table, values_key
+from dreambooth_job.k8s.manifest import chart_table, values_key
+from dreambooth_job.k8s.pod import OPTIONS_SET_BY_THE_POD
 from dreambooth_job.redaction import URL_CREDENTIALS_SCHEMA_PATTERN
 from dreambooth_job.training import sizing
 

@@ -22,7 +22,8 @@ from dreambooth_job.cli_options import resolve_train_config
 from dreambooth_job.config import field_types, introspection
 from dreambooth_job.config import subject_identifier as identifiers
 from dreambooth_job.config import train_config as cfg
-from dreambooth_job.evaluation import Evaluator, metrics_block, validate_config
+from dreambooth_job.evaluation import metrics_block
+from dreambooth_job.evaluation.evaluator import Evaluator, validate_config
 from dreambooth_job.exit_codes import InvalidInputError
 from dreambooth_job.redaction import redact_value
 from dreambooth_job.storage import places as storage

@@ -28,7 +28,8 @@ from dreambooth_job.k8s.client import (
     render,
     submit,
 )
-from dreambooth_job.k8s.manifest import BATCH_LABEL, ClusterSettings, JobSpec, job_name, label_value
+from dreambooth_job.k8s.cluster_settings import ClusterSettings
+from dreambooth_job.k8s.manifest import BATCH_LABEL, JobSpec, job_name, label_value
 from dreambooth_job.outputs.result import is_complete
 
 

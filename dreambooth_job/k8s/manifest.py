@@ -1,7 +1,8 @@
 """The Kubernetes Jobs that train, as plain dicts: the same objects the Helm chart and manifests/ hold.
 
     from dreambooth_job.config.train_config import TrainConfig
-    from dreambooth_job.k8s.manifest import ClusterSettings, JobSpec, build_job
+    from dreambooth_job.k8s.cluster_settings import ClusterSettings
+    from dreambooth_job.k8s.manifest import JobSpec, build_job
 
     train = TrainConfig(instance_data="s3://photos/dog-42/", class_noun="dog", output="s3://runs/dog-42/")
     job = build_job(JobSpec(train=train, cluster=ClusterSettings(image="registry/dreambooth-job:0.1.0")))
@@ -32,50 +33,21 @@ from dreambooth_job.config import train_config as cfg
 from dreambooth_job.config.operator_policy import CEILINGS, ceiling_env
 from dreambooth_job.exit_codes import NOT_RETRYABLE, ExitCode, InvalidInputError
 from dreambooth_job.k8s.cluster_settings import (
-    APP_NAME,
-    CACHE_MOUNT,
-    DEFAULT_IMAGE,
-    EPHEMERAL_STORAGE_LIMIT,
-    EPHEMERAL_STORAGE_REQUEST,
-    PEAK_LOCAL_DISK_GB,
-    RUN_AS_USER,
-    SHM_MOUNT,
     TERMINATION_MARGIN_SECONDS,
-    TMP_MOUNT,
-    TMP_SIZE_LIMIT,
     ClusterSettings,
 )
 from dreambooth_job.k8s.pod import (
     CONTAINER_NAME,
-    JOB_UID_ENV,
-    JOB_UID_LABEL,
     OPTIONS_SET_BY_THE_POD,
-    PROMPT_FILE_DIRS_ENV,
     chart_pod_table,
     chart_sizing_table,
     compact,
     container_args,
-    container_security_context,
     escape_expansion,
     job_grace_seconds,
-    job_uid_env,
     pod_annotations,
-    pod_security_context,
     pod_spec,
-    termination_grace_period,
 )
-
-# Importable from here as before the split into cluster_settings.py and pod.py.
-__all__ = [
-    "APP_NAME", "BATCH_LABEL", "CACHE_MOUNT", "CONTAINER_NAME", "DEFAULT_IMAGE",
-    "EPHEMERAL_STORAGE_LIMIT", "EPHEMERAL_STORAGE_REQUEST", "JOB_UID_ENV", "JOB_UID_LABEL",
-    "NOT_RETRYABLE", "OPTIONS_SET_BY_THE_POD", "PEAK_LOCAL_DISK_GB", "PROMPT_FILE_DIRS_ENV",
-    "QUEUE_LABEL", "RUN_AS_USER", "SHM_MOUNT", "SUBJECT_LABEL", "TERMINATION_MARGIN_SECONDS",
-    "TMP_MOUNT", "TMP_SIZE_LIMIT", "ClusterSettings", "IndexedJobSpec", "JobSpec", "build_indexed_job",
-    "build_job", "chart_table", "container_args", "container_security_context", "job_name",
-    "job_uid_env", "label_value", "pod_failure_policy", "pod_security_context", "subject_of",
-    "termination_grace_period", "values_key",
-]
 
 SUBJECT_LABEL = "dreambooth-job/subject"
 BATCH_LABEL = "dreambooth-job/batch"

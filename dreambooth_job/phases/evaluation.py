@@ -3,7 +3,8 @@ baseline row, for the base model, into result.json's "metrics" and the metrics' 
 
 from __future__ import annotations
 
-from dreambooth_job.evaluation import Evaluator, gauges, metrics_block, validate_config
+from dreambooth_job.evaluation import gauges, metrics_block
+from dreambooth_job.evaluation.evaluator import Evaluator, validate_config
 from dreambooth_job.generation import sampling
 from dreambooth_job.phases.context import RunContext
 from dreambooth_job.phases.trained_model import inference_pipeline

@@ -29,14 +29,12 @@ from pathlib import Path
 from dreambooth_job.exit_codes import InvalidInputError, RetryableError
 from dreambooth_job.storage import checksums, s3_credentials
 from dreambooth_job.storage.object_keys import UnsafeKeyError, check_listing, display_key
-from dreambooth_job.storage.s3_client import (  # noqa: F401 - part of this module's interface
-    MAX_ATTEMPTS,
+from dreambooth_job.storage.s3_client import (
     TRANSFER_THREADS,
     PreconditionFailed,
     observer,
     reset_client,
     s3_client,
-    set_observer,
     translate_errors,
 )
 

@@ -24,7 +24,8 @@ from dreambooth_job.cli_options import resolve_train_config
 from dreambooth_job.config import introspection
 from dreambooth_job.config import train_config as cfg
 from dreambooth_job.config.operator_policy import CEILINGS
-from dreambooth_job.k8s.manifest import ClusterSettings, JobSpec, values_key
+from dreambooth_job.k8s.cluster_settings import ClusterSettings
+from dreambooth_job.k8s.manifest import JobSpec, values_key
 
 REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "helm" / "dreambooth-job"

@@ -21,15 +21,8 @@ from deploy_support import (
 from dreambooth_job.config import field_types, introspection
 from dreambooth_job.config import train_config as cfg
 from dreambooth_job.exit_codes import InvalidInputError
-from dreambooth_job.k8s.manifest import (
-    OPTIONS_SET_BY_THE_POD,
-    SUBJECT_LABEL,
-    JobSpec,
-    build_job,
-    label_value,
-    subject_of,
-    values_key,
-)
+from dreambooth_job.k8s.manifest import SUBJECT_LABEL, JobSpec, build_job, label_value, subject_of, values_key
+from dreambooth_job.k8s.pod import OPTIONS_SET_BY_THE_POD
 from dreambooth_job.training import sizing
 
 SPECIAL_VALUES = {

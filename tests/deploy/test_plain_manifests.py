@@ -25,7 +25,8 @@ from dreambooth_job.config import introspection
 from dreambooth_job.config import sources as config_sources
 from dreambooth_job.config import train_config as cfg
 from dreambooth_job.config.sources import to_config_values
-from dreambooth_job.k8s.manifest import ClusterSettings, JobSpec, build_job, pod_failure_policy
+from dreambooth_job.k8s.cluster_settings import ClusterSettings
+from dreambooth_job.k8s.manifest import JobSpec, build_job, pod_failure_policy
 
 MANIFEST_FILES = sorted(p for p in MANIFESTS.rglob("*.yaml") if p.name != "kustomization.yaml"
                         and "subjects" not in p.parts)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from helpers import random_image as photo
 
-from dreambooth_job.evaluation import Evaluator, gauges, metrics_block, scores
-from dreambooth_job.evaluation.evaluator import METRICS
+from dreambooth_job.evaluation import gauges, metrics_block, scores
+from dreambooth_job.evaluation.evaluator import METRICS, Evaluator
 from dreambooth_job.exit_codes import InvalidInputError
 
 

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from dreambooth_job.devtools import s3server
-from dreambooth_job.evaluation import Evaluator
 from dreambooth_job.evaluation.encoders import DOWNLOAD_MARKER
+from dreambooth_job.evaluation.evaluator import Evaluator
 from dreambooth_job.storage import places as storage
 from dreambooth_job.storage import s3_client
 
