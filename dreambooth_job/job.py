@@ -2,23 +2,23 @@
 (evaluate), upload. `run(config)` is the whole job.
 
 Guarantees, in the order the code keeps them:
-- the operator's policy (prefixes, hosts, ceilings: policy.py) holds for the config the pod got,
+- the operator's policy (prefixes, hosts, ceilings: config/policy_checks.py) holds for the config the pod got,
   whatever wrote it: an option outside it is exit 2, before anything is read or sent;
 - an option this machine cannot run (8-bit Adam without bitsandbytes or CUDA, --compile-unet
-  without a compiler) is refused first, exit 2, before anything is downloaded (preflight.py);
+  without a compiler) is refused first, exit 2, before anything is downloaded (training/preflight.py);
 - an object store that enforces conditional writes, and a lease on the output prefix, so two pods
-  never train into it at once; this Job's retry takes over its killed predecessor's (lease.py);
+  never train into it at once; this Job's retry takes over its killed predecessor's (storage/lease.py);
 - a completed run of the same config is left alone (exit 0 without downloading anything);
-- training resumes from the newest checkpoint that verifies (checkpoint.py), and SIGTERM during
+- training resumes from the newest checkpoint that verifies (training/checkpoint.py), and SIGTERM during
   training ends with a fresh checkpoint and ExitCode.TERMINATED (termination.py);
 - checkpoints upload in the background while training goes on; the one in flight ends before
-  publishing deletes them and before the lease goes (checkpoint.py);
-- a full disk exits 75 (retryable, on another node, from the last checkpoint) (disk.py);
+  publishing deletes them and before the lease goes (training/checkpoint.py);
+- a full disk exits 75 (retryable, on another node, from the last checkpoint) (storage/disk.py);
 - result.json and then the completion marker are written after everything they describe; a
   failed run leaves result.json "failed" with its one-line error and never the marker.
 - with --notify-url, one POST once the outcome is final (success or exit 2), after result.json;
   a host the operator does not allow is exit 2 before any request, and a receiver that fails
-  never changes the exit code (notify.py).
+  never changes the exit code (outputs/notify.py).
 
 The phases live in dreambooth_job/phases/, one module each, and share one `RunContext`.
 """

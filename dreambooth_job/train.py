@@ -1,7 +1,7 @@
 """The DreamBooth training loop: full fine-tuning or LoRA adapters (--train-mode), with the
 class-specific prior-preservation loss (Ruiz et al., CVPR 2023, eq. 2). Reads top to bottom:
 `Trainer.setup` (precision, models, caches, optimizer, accelerate's prepare), `Trainer.train` (the
-loop), `Trainer.inference_pipeline` (what is sampled and saved; outputs.py writes the files). The
+loop), `Trainer.inference_pipeline` (what is sampled and saved; outputs/weight_files.py writes the files). The
 model family (prompt encoding, UNet conditioning) is `families.ModelFamily`'s, what trains is the
 `families.TrainMode`'s. Every random draw of step k comes from (seed, k) (train_batches.py), so a
 resumed run continues exactly like one that never stopped, cached and uncached paths alike.
@@ -56,7 +56,7 @@ class Trainer:
                  instance_sizes: list[tuple[int, int]] | None = None):
         self.pipeline = pipeline
         self.family = family or families.for_pipeline(pipeline)
-        if config.resolution is None:  # auto: a job resolves it when loading (phases/model.py)
+        if config.resolution is None:  # auto: a job resolves it when loading (phases/load_model.py)
             config = dataclasses.replace(config, resolution=self.family.native_resolution(pipeline))
         self.config = config
         self.mode = mode or families.train_mode(config)

@@ -7,7 +7,7 @@ It writes these, and only these:
 - files/package.yaml: option flags, order, defaults and roles, the exit codes and the fixed parts of
   the pod (manifest.chart_table), and the generate options (generate_job.chart_options);
 - the `job:` block of values.yaml between its markers: every option with its help and default;
-- `properties.sizing.enum` of values.schema.json: the sizing profiles (sizing.py), whose numbers
+- `properties.sizing.enum` of values.schema.json: the sizing profiles (training/sizing.py), whose numbers
   are in files/package.yaml's `sizing`;
 - `properties.job` of values.schema.json: types, choices, nullability, help, the bounds each option
   declares in TrainConfig (config_fields.schema_bounds: minimum, multipleOf, pattern, ...) and,
@@ -17,7 +17,7 @@ It writes these, and only these:
   in files/package.yaml's `ceilings`, which the templates render as DREAMBOOTH_OPERATOR_MAX_* env
   and hold the job values, `resources` and `gpu.count` against;
 - the same for `generate` (the `generate:` block of values.yaml, `properties.generate`) from
-  GenerateConfig (generation/config.py), and which options each `mode` requires (`allOf`);
+  GenerateConfig (generation/generate_config.py), and which options each `mode` requires (`allOf`);
 - the example Jobs manifests/job.yaml and manifests/batch/indexed-job.yaml, built by
   k8s/manifest.py's build_job and build_indexed_job from dreambooth_job/k8s/examples.py.
 

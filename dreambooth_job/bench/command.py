@@ -130,7 +130,7 @@ def memory_refusal(settings: Settings, variants: list[Variant], device_type: str
     if needed <= available:
         return None
     return (f"--model {settings.model} needs about {needed / 2**30:.0f} GiB to train on the "
-            f"{device_type} (memory.py's estimate, leanest variant) and "
+            f"{device_type} (training/memory_estimate.py's estimate, leanest variant) and "
             f"{available / 2**30:.0f} GiB is available: run it on a GPU")
 
 

@@ -1,4 +1,4 @@
-"""Estimated peak training memory of the published architectures (memory.py's model), from
+"""Estimated peak training memory of the published architectures (training/memory_estimate.py's model), from
 models built on the meta device: no weights, no download, a few seconds of CPU.
 
     python scripts/memory_table.py      # the README's table

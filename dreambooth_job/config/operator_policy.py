@@ -16,11 +16,11 @@ be set by a flag or a batch row, and then a tenant could lift its own restrictio
 Lists are comma- or newline-separated. Every default keeps the single-tenant behaviour: no local
 prompt files, every option in a batch row, every prefix and every host; an object store that
 ignores conditional writes is refused, and so is a completion call to an internal address
-(loopback, link-local, private, ...: outbound.py) of a host the allow-list does not name.
+(loopback, link-local, private, ...: config/outbound.py) of a host the allow-list does not name.
 
 The ceilings (the `max_*` fields) bound what a tenant may ask for, whoever runs the job: a train
 option that declares `ceiling=` (config.py) above its ceiling is exit 2 at `submit`/`batch` and at
-the job's start (policy.py), and the Job builders refuse a pod above the resource ceilings
+the job's start (config/policy_checks.py), and the Job builders refuse a pod above the resource ceilings
 (k8s/cluster_settings.py). Their defaults leave every sizing profile's run possible.
 """
 
@@ -98,7 +98,7 @@ class OperatorPolicy:
         help="The largest memory request or limit of one pod (resources; a quantity); the "
              "largest sizing profile's limit is 96Gi.")
     allow_private_notify: bool = False
-    """Let --notify-url reach internal addresses (loopback, link-local, private, ...: outbound.py)
+    """Let --notify-url reach internal addresses (loopback, link-local, private, ...: config/outbound.py)
     of any host. Without it they are refused unless `allowed_hosts` names the host."""
 
     @classmethod
@@ -146,7 +146,7 @@ def _ceiling(env: Mapping[str, str], f: Any) -> float | str:
 
 def parse_ceiling(name: str, raw: Any, source: str) -> float | str:
     """A ceiling's value from text or a number: a quantity for max_cpu and max_memory (compared
-    by quantities.py), else a number of 0 or more (an integer for the integer options)."""
+    by config/quantities.py), else a number of 0 or more (an integer for the integer options)."""
     f = _CEILINGS_BY_NAME.get(name)
     if f is None:
         raise InvalidInputError(f"{source}: {name!r} is not a ceiling (one of "

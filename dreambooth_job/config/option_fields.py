@@ -1,6 +1,6 @@
 """What `TrainConfig` (config.py) declares about each option besides its type and default: its
 role, help text, bounds and the commands that take it. Every consumer reads these: `validate`,
-the run's identity (run_identity.py), the Jobs' arguments (config_sources.to_cli_args), the chart's
+the run's identity (config/run_identity.py), the Jobs' arguments (config_sources.to_cli_args), the chart's
 values schema (helm/sync_chart.py) and `dreambooth-job evaluate`'s options.
 """
 
@@ -19,7 +19,7 @@ class Role(enum.StrEnum):
     """What changing an option does to a run; every option declares one (docs/options.md).
 
     One rule for "the same run" follows from it: a completed output is left alone, and a
-    checkpoint resumed, only when every MODEL option matches (run_identity.py); and every Job
+    checkpoint resumed, only when every MODEL option matches (config/run_identity.py); and every Job
     the project writes passes every MODEL option explicitly, so that a pod whose image has other
     defaults still trains what the submitter saw (config_sources.to_cli_args).
     """
@@ -38,7 +38,7 @@ MODEL, OPERATIONAL = Role.MODEL, Role.OPERATIONAL
 class Place(enum.StrEnum):
     """What kind of place a string option names; every option that names one declares it, and
     every check of places derives from the declarations: the scheme and credential checks of
-    `validate`, the operator's prefix and host lists (policy.py), the batch rows' `{id}`
+    `validate`, the operator's prefix and host lists (config/policy_checks.py), the batch rows' `{id}`
     substitution, the chart schema's refusal of credentials."""
 
     LOCATION = "location"

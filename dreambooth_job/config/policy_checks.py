@@ -1,4 +1,4 @@
-"""The operator's policy (operator_policy.py) held against a config: where its places lead, and
+"""The operator's policy (config/operator_policy.py) held against a config: where its places lead, and
 whether its numbers stay under the ceilings. One check for every place that runs it: `submit` and
 `batch` before a Job exists (k8s/), and the job itself at its start, before any download (job.py),
 so that a config that reached the pod some other way (a chart value, a file, extraArgs) is

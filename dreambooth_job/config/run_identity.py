@@ -62,7 +62,7 @@ def differing_model_fields(recorded: Mapping[str, Any] | Any, config: Mapping[st
                              else redact_value(default_of(f)) for f in model_fields()})
     if current.get("resolution") is None:
         # --resolution auto resolves to the base model's native resolution once the model is
-        # loaded, after this check; records hold the resolved number (phases/model.py) and the
+        # loaded, after this check; records hold the resolved number (phases/load_model.py) and the
         # base model is compared too, so auto matches the record's number.
         current["resolution"] = expected["resolution"]
     return sorted(f.name for f in model_fields() if current.get(f.name) != expected[f.name])

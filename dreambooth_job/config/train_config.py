@@ -335,7 +335,7 @@ class TrainConfig:
 def resolve_auto(values: Mapping[str, Any]) -> dict[str, Any]:
     """The one place `auto` options that depend on other options are resolved: `values` (a
     config's fields, or a recorded config's) with those set to what the run uses. The trainer
-    reads the result (`resolved_learning_rate`), and so does "the same run" (run_identity.py):
+    reads the result (`resolved_learning_rate`), and so does "the same run" (config/run_identity.py):
     `--learning-rate auto` and `--learning-rate 1e-4` train the same LoRA."""
     resolved = dict(values)
     mode = resolved.get("train_mode")

@@ -101,7 +101,7 @@ class Evaluator:
             raise InvalidInputError("evaluation needs at least one real photo of the subject")
         started = time.perf_counter()
         resolution = self.config.resolution or families.for_pipeline(pipeline).native_resolution(
-            pipeline)  # --resolution auto: the model's own (phases/model.py resolves it in a job)
+            pipeline)  # --resolution auto: the model's own (phases/load_model.py resolves it in a job)
         protocol = self.protocol(class_noun, resolution)
         row: dict[str, Any] = {"label": label, **{m: None for m in METRICS}, "unavailable": {
             m: self.unavailable_models[MODEL_OF[m]] for m in METRICS

@@ -26,8 +26,8 @@ SDXL (sdxl.py) is the second family:
   entry per image of the batch). The Trainer keeps the original sizes (`instance_sizes`) and the
   crops beside the pixels and passes the geometry of the images `_pick` chose; SD keeps its
   signature.
-Besides, the class-image cache key (priors.py) holds the family's name when it is not SD's, and
-the LoRA writer (outputs.py) writes SDXL's adapters, both encoders', in diffusers' format and in
+Besides, the class-image cache key (training/prior_images.py) holds the family's name when it is not SD's, and
+the LoRA writer (outputs/weight_files.py) writes SDXL's adapters, both encoders', in diffusers' format and in
 kohya's SDXL keys (the UNet's original block names), and `single_file_text_encoders` gives each
 family's text encoders in its original checkpoint layout for --export-single-file
 (export/single_file.py).

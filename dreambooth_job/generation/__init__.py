@@ -6,7 +6,7 @@ it recorded), locally or as a Kubernetes Job (`submit-generate`, the chart's `mo
 - recorded.py: what generate reads from the run's result.json (a tenant's file): bounded, typed,
   the base model and VAE it records checked against the operator's prefixes;
 - run.py: drawing the images and writing them with grid.png and generation.json;
-- sampling.py: the one fast sampler shared with class images, validation grids and evaluation;
+- generation/sampling.py: the one fast sampler shared with class images, validation grids and evaluation;
 - command.py: the click command.
 
 Importing this package loads no torch: the Kubernetes commands build generate Jobs with it.

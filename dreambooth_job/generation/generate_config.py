@@ -6,7 +6,7 @@ same `schema_bounds`.
 
 Unlike `train`, `generate` reads no option from env vars or a config file: its few options are
 flags (and, in a pod, the Job's args), so that the DREAMBOOTH_* variables meant for training never
-change what a generate Job draws. The operator's policy (DREAMBOOTH_OPERATOR_*, operator_policy.py)
+change what a generate Job draws. The operator's policy (DREAMBOOTH_OPERATOR_*, config/operator_policy.py)
 is not an option: `location_problems` checks --model and --output against it, at submit-generate
 and again in the pod. A leaf like config.py: no torch, so the Kubernetes commands use it.
 """

@@ -124,7 +124,7 @@ def location_problem(key: str, value: str, policy: OperatorPolicy) -> str | None
         return (f"{RESULT_FILE}'s {key} {shown!r} is a hub id or a relative path: with "
                 f"{ALLOWED_PREFIXES_ENV} set, generate reads a run's base model and VAE only "
                 "under the prefixes it lists")
-    # From here on the command line's rule for a location (policy.py), so the two cannot drift.
+    # From here on the command line's rule for a location (config/policy_checks.py), so the two cannot drift.
     return place_problem(f"{RESULT_FILE}'s {key}", value, Place.LOCATION, policy)
 
 

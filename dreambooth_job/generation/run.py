@@ -7,7 +7,7 @@
 Under --output: `prompt-<p>-seed-<seed>.png` per image (p: the prompt's index, two digits), grid.png
 (rows: prompts, columns: seeds) and generation.json, what was generated with what, written last:
 a prefix without it is a generation still running or one that died. Image i of a prompt has seed
---seed + i and its initial noise is drawn on the CPU from that seed alone (sampling.py), so an
+--seed + i and its initial noise is drawn on the CPU from that seed alone (generation/sampling.py), so an
 image is the same whatever else is generated beside it, on any device. --model and --output are
 checked against the operator's prefixes of this process (the pod's) before anything is read.
 """

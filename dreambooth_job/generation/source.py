@@ -3,9 +3,9 @@
     source = find_run("s3://runs/dog-42/")          # or s3://runs/dog-42/lora/, .../model/
     source.weights, source.identifier, source.class_noun, source.base_model
 
-The run is trusted only once it is complete (its _SUCCESS marker, result.py) and its result.json
+The run is trusted only once it is complete (its _SUCCESS marker, outputs/result.py) and its result.json
 says it succeeded. The weights are read from the run's own layout (`<run>/model/`, `<run>/lora/`,
-outputs.py), never from the output URIs inside result.json. A LoRA run's adapters go onto the
+outputs/weight_files.py), never from the output URIs inside result.json. A LoRA run's adapters go onto the
 base model (and VAE) its result.json records: that file is the tenant's to rewrite, so it is read
 by recorded.py (bounded, typed) and each of those locations must pass `recorded.location_problem`
 (a location, and under the operator's prefixes when DREAMBOOTH_OPERATOR_ALLOWED_PREFIXES is set)

@@ -14,7 +14,7 @@ CSV has a header row `id,instance_data,class_noun[,more options]`; JSONL has one
 the first of which may be `{"defaults": {...}}`. The batch id (the Jobs' batch label) is
 `batch_id` from the defaults or --set, else the file's name without its extension.
 
-The file is tenant-written: the operator's settings (operator_policy.py) limit which options the
+The file is tenant-written: the operator's settings (config/operator_policy.py) limit which options the
 file, --set and rows may set, which prefixes their paths and URIs may name, and which hosts their
 URLs may reach. Every problem of every row is reported at once.
 """

@@ -7,14 +7,14 @@ images/<subject>.png, a copy of each subject's final grid, linked relatively so 
 wherever it is served or synced to (`aws s3 sync s3://runs/night-42/report/ report/`).
 With `embed_images=True` the grids are inlined instead and index.html stands alone.
 
-Each subject links its run page (`<output>/index.html`, run_page.py) by a relative path when the
+Each subject links its run page (`<output>/index.html`, outputs/run_page.py) by a relative path when the
 page exists and lives in the report's bucket (or, local, file system): the link resolves where
 both are served from, or synced together (`aws s3 sync s3://runs/night-42/ night-42/`). A page
 elsewhere (another bucket) is named, not linked: an s3:// URI is no link a browser follows.
 The page is the tenant's to rewrite, so it is treated as untrusted: never embedded (no frame, no
 image of it), linked only as a plain relative path (LINK) that opens in a new browsing context
 without opener or referrer (UNTRUSTED_LINK). The report itself carries the same
-Content-Security-Policy as the run page (page_policy.py); serving: docs/run-page.md.
+Content-Security-Policy as the run page (outputs/page_policy.py); serving: docs/run-page.md.
 
 result.json is written by the tenant's job, so its list of samples is only a list of names: a
 grid is copied only from directly under the subject's own `<output>/samples/`, as a PNG of at most

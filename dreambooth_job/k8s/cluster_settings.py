@@ -35,7 +35,7 @@ SHM_MOUNT = "/dev/shm"
 # before the kubelet's SIGKILL.
 TERMINATION_MARGIN_SECONDS = sizing.POD_MARGIN_SECONDS
 # Memory, local disk (ephemeral-storage, the /tmp sizeLimit) and the SIGTERM budget come from the
-# sizing profile of the run's family and train mode (sizing.py; README "Preemption"); `resources`
+# sizing profile of the run's family and train mode (training/sizing.py; README "Preemption"); `resources`
 # and the other settings name only what they override.
 DEFAULT_PROFILE = sizing.PROFILES["sd-full"]
 # Local disk (ephemeral-storage) at the job's peak, the end of training, when all of these are on
@@ -178,7 +178,7 @@ class ClusterSettings:
     ceilings: Mapping[str, Any] = setting(
         default_factory=dict,
         help="Operator setting: the most a tenant may ask for, by name (max_train_steps: 5000, "
-             "max_gpus: 2, max_memory: 128Gi; operator_policy.py), in place of the building "
+             "max_gpus: 2, max_memory: 128Gi; config/operator_policy.py), in place of the building "
              "process's DREAMBOOTH_OPERATOR_MAX_* and passed to the pod as that variable. "
              "Chart: operator.maxTrainSteps, operator.maxGpus, ...")
     notify_secret: str | None = setting(

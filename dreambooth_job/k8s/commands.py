@@ -97,7 +97,7 @@ def submit(replace: bool, dry_run: bool, fmt: str, **params) -> None:
         raise InvalidInputError(f"{flag_name(set_by_the_pod[0])} is set by the pod, not by submit: "
                                 "drop it")
     spec = JobSpec(train=resolve_train_config(params), cluster=resolve_cluster_settings(params))
-    # The operator's prefixes, hosts and ceilings, as for batch and in the pod (policy.py).
+    # The operator's prefixes, hosts and ceilings, as for batch and in the pod (config/policy_checks.py).
     _submit(spec, policy_problems(spec.train, spec.cluster.policy()), replace, dry_run, fmt, params,
             "for this subject")
 

@@ -282,7 +282,7 @@ def reserved_env_message(setting: str, name: str) -> str:
 
 def notify_env(train: cfg.TrainConfig, cluster: ClusterSettings) -> list[dict[str, Any]]:
     """The completion call's signing key: the Secret's key named like --notify-secret-env, as
-    that variable (notify.py reads it)."""
+    that variable (outputs/notify.py reads it)."""
     if not cluster.notify_secret:
         return []
     name = train.notify_secret_env

@@ -62,7 +62,7 @@ class JobStatus:
     """Why it failed, or why the last attempt ended when it is retrying."""
     output: str | None = None
     result: RunRecord | None = field(default=None, repr=False)
-    """result.json's fields in use (result_reader.py), when the Job succeeded and the output holds
+    """result.json's fields in use (outputs/result_reader.py), when the Job succeeded and the output holds
     a completed run."""
     result_error: str | None = None
     """"result.json unreadable: <why>" (missing S3 credentials, a malformed file), if it could not

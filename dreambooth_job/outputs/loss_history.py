@@ -1,6 +1,6 @@
 """The loss curve of a run: every logged step's losses, recorded from the trainer's progress events
 (`JobObserver.train_progress`, emitted every --log-every steps) and kept with each checkpoint, so
-the run page (run_page.py) of a resumed run draws the whole curve, not only the part after the
+the run page (outputs/run_page.py) of a resumed run draws the whole curve, not only the part after the
 resume.
 
     history = LossHistory()                      # an observer: the trainer's events fill it

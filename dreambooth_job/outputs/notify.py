@@ -20,7 +20,7 @@ to verify). Redirects are not followed (they could lead to a host the operator d
 Without an allow-list naming the host or the operator's ALLOW_PRIVATE_NOTIFY, the receiver must be
 a public address: an internal one (loopback, link-local where cloud metadata answers, private, ...)
 is exit 2 at validation and at the pod's start, and refused at the call's own lookup
-(outbound.py).
+(config/outbound.py).
 
 A receiver that is down, slow or answers 5xx/429 is retried within a bounded time, then given up
 on: the failure is logged and counted (dreambooth_notify_failures_total), never the run's outcome.
@@ -106,7 +106,7 @@ class Notifier:
     secret: bytes | None = field(default=None, repr=False)
     delivery: str = field(default_factory=lambda: uuid.uuid4().hex)
     public_only: bool = True
-    """Connect to public addresses only (outbound.py), each checked at the call's own lookup."""
+    """Connect to public addresses only (config/outbound.py), each checked at the call's own lookup."""
     attempts: int = ATTEMPTS
     total_seconds: float = TOTAL_SECONDS
     backoff: tuple[float, ...] = BACKOFF_SECONDS

@@ -1,5 +1,5 @@
-"""What the static pages this package writes (the run page, run_page.py; the batch report,
-k8s/report.py) may do in a browser: the head both start with, carrying a Content-Security-Policy.
+"""What the static pages this package writes (the run page, outputs/run_page.py; the batch report,
+k8s/batch_report.py) may do in a browser: the head both start with, carrying a Content-Security-Policy.
 
     parts = [page_head("dreambooth-job run dog (dog-1)", CSS), "<body>...</body></html>"]
 

@@ -17,7 +17,7 @@ rejected as unreadable, too small or a decompression bomb is not decoded again f
 
 Every string on the page comes from the redacted record (result.json's `to_json`) and is
 HTML-escaped here; a sample file name becomes a link only when it has the grids' plain shape.
-The page carries a Content-Security-Policy (page_policy.py): no script, no request but its own
+The page carries a Content-Security-Policy (outputs/page_policy.py): no script, no request but its own
 images; how to serve it so that tenants' pages cannot reach each other is in docs/run-page.md.
 """
 

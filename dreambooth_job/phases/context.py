@@ -53,7 +53,7 @@ class RunContext:
     identifier: Any = None  # identifiers.Identifier
     prompts: Prompts | None = None
     class_images: list | None = None
-    trainer: Any = None  # train.Trainer; only phases/training.py calls it
+    trainer: Any = None  # train.Trainer; only phases/fine_tune.py calls it
     steps_done: int = 0
     # The logged losses (the run page's curve), kept with each checkpoint.
     loss_history: LossHistory = field(default_factory=LossHistory)
@@ -64,7 +64,7 @@ class RunContext:
         return cls(config=config, fingerprint=fingerprint, observer=observer, notifier=notifier,
                    result=new_result(config, fingerprint),
                    lease=Lease(config.output, wait_seconds=config.lease_wait_seconds, **pod_identity()),
-                   # auto (None): the sizing profile's, once the model has loaded (phases/training.py)
+                   # auto (None): the sizing profile's, once the model has loaded (phases/fine_tune.py)
                    stop=StopRequest(config.termination_grace_seconds or 0.0),
                    checkpoints=CheckpointStore(config.output, keep=max(1, config.checkpoints_keep)))
 

@@ -30,7 +30,7 @@ def already_complete(ctx: RunContext) -> bool:
         storage.delete(storage.join(config.output, COMPLETION_MARKER))
         ctx.checkpoints.delete_all()
         return False
-    # One rule for "the same run" (run_identity.py); the fingerprint is only the quick path.
+    # One rule for "the same run" (config/run_identity.py); the fingerprint is only the quick path.
     differing = differing_model_fields(completed.get("config"), config)
     if completed.get("config_fingerprint") == ctx.fingerprint or not differing:
         logger.info("%s already holds a completed run of this config: nothing to do", config.output)

@@ -36,7 +36,7 @@ def publish(ctx: RunContext) -> None:
 
 
 def write_page(ctx: RunContext) -> None:
-    """`<output>/index.html` (run_page.py) from the record as result.json holds it (redacted), the
+    """`<output>/index.html` (outputs/run_page.py) from the record as result.json holds it (redacted), the
     loss history, thumbnails of the photos used and the grids uploaded so far."""
     output = ctx.config.output
     photos = ctx.photos.photos if ctx.photos is not None else []

@@ -1,6 +1,6 @@
 """Validation grids (during training with --sample-every, and phase sample at the end), each
 uploaded at once so grids from before a preemption survive it; phase sample also writes the
-published weight files (outputs.py) into the work directory for the upload."""
+published weight files (outputs/weight_files.py) into the work directory for the upload."""
 
 from __future__ import annotations
 

@@ -16,7 +16,7 @@ def inference_pipeline(ctx: RunContext):
 
 
 def save_outputs(ctx: RunContext, directory: Path) -> None:
-    """The published weight files of the trained pipeline (outputs.py: what the trained model
+    """The published weight files of the trained pipeline (outputs/weight_files.py: what the trained model
     carries decides full or LoRA files) under `directory`, recorded in result.json."""
     pipe = ctx.trainer.inference_pipeline()
     pipe.unet.eval()

@@ -10,7 +10,7 @@ same whatever the encryption, so downloads are verified against it:
   checksums concatenated, which needs the part sizes (GetObjectAttributes tells them).
 
 botocore already checks full-object checksums of single, whole-object GETs; the transfer manager's
-ranged GETs of large files come back without one, so storage.py verifies every download here.
+ranged GETs of large files come back without one, so storage/places.py verifies every download here.
 """
 
 from __future__ import annotations

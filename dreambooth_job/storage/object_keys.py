@@ -2,7 +2,7 @@
 
 S3 keys are opaque: `a//b`, `../x`, `/etc/x` and `a\\b` are all valid keys (AWS keeps them
 verbatim), and pathlib would put them outside the target directory, or onto another key's file.
-Every key that storage.py turns into a local path passes `check_listing` first, before anything is
+Every key that storage/places.py turns into a local path passes `check_listing` first, before anything is
 written; photos skip and name a refused key, models and checkpoints exit 2 naming it.
 """
 

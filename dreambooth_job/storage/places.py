@@ -7,12 +7,12 @@ backoff and jitter), not ours. Large files go up as multipart uploads through bo
 manager.
 
 Integrity: uploads carry a CRC32 checksum and downloads are verified against the checksum stored
-with the object (checksums.py) and its size, not against its ETag (not an MD5 in SSE-KMS or SSE-C
+with the object (storage/checksums.py) and its size, not against its ETag (not an MD5 in SSE-KMS or SSE-C
 buckets). Credentials: at start-up (IRSA / pod identity not ready yet) missing or expired
-credentials are waited for, for a bounded time (s3_credentials.py), then end the job as retryable.
+credentials are waited for, for a bounded time (storage/s3_credentials.py), then end the job as retryable.
 
 This module holds the operations (list, read, write, delete, download, upload); the S3 client,
-its retries and the translation of botocore's errors into the job's are in storage_client.py.
+its retries and the translation of botocore's errors into the job's are in storage/s3_client.py.
 """
 
 from __future__ import annotations
@@ -284,7 +284,7 @@ def download_dir(uri: str, local_dir: Path, suffixes: Iterable[str] | None = Non
                  on_unsafe_key: Callable[[StoredFile, str], None] | None = None) -> list[Path]:
     """Copy every file under a prefix into `local_dir`, concurrently; returns the local paths.
 
-    Each key is checked before anything is written (object_keys.py): a key that cannot be a
+    Each key is checked before anything is written (storage/object_keys.py): a key that cannot be a
     path inside `local_dir` raises UnsafeKeyError naming it, or, given `on_unsafe_key`, is passed
     to it with the reason and skipped. Each download GETs exactly the key that was listed.
     """

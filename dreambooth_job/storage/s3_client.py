@@ -1,5 +1,5 @@
 """The job's S3 client: one boto3 client per process, the translation of botocore's failures into
-the job's errors, and the observer that counts transfers and retries. storage.py's operations are
+the job's errors, and the observer that counts transfers and retries. storage/places.py's operations are
 the only users; everything else goes through them.
 
     with translate_errors(uri):              # botocore's failures -> the job's errors, naming uri
@@ -9,7 +9,7 @@ the only users; everything else goes through them.
   rebuilt when they or the identity change (rotated keys, IRSA's token). Retries are botocore's
   (standard mode, backoff with jitter); each one is logged and counted (`storage_retry`).
 - `translate_errors`: missing or refused credentials become CredentialsNotReady (waited for at
-  start-up by s3_credentials.py, then RetryableError), a missing object FileNotFoundError, a failed
+  start-up by storage/s3_credentials.py, then RetryableError), a missing object FileNotFoundError, a failed
   condition PreconditionFailed, access denied or a missing bucket InvalidInputError (2), a 5xx,
   throttling or an unreachable endpoint RetryableError (75).
 """

@@ -40,7 +40,7 @@ class BaseModel:
 
 def resolve_base_model(source: str, cache_dir: str) -> BaseModel:
     """Make `source` loadable locally: S3 prefixes are downloaded once into the cache, and a
-    cached copy is reused only when it verifies against a fresh listing (model_cache.py)."""
+    cached copy is reused only when it verifies against a fresh listing (storage/model_cache.py)."""
     return _resolve(source, cache_dir, "--base-model", "model_index.json", "diffusers pipeline")
 
 
@@ -87,7 +87,7 @@ def _digest(entries) -> str:
 def load_pipeline(model: BaseModel, cache_dir: str):
     """Load the base pipeline of its family (families.detect: model_index.json's `_class_name`;
     an unsupported one is invalid input) on the CPU, in fp32 whatever dtype it was saved in:
-    training keeps fp32 master weights, and sampling on CUDA runs under autocast (sampling.py)."""
+    training keeps fp32 master weights, and sampling on CUDA runs under autocast (generation/sampling.py)."""
     try:
         family = families.detect(model.local_path, cache_dir, source=model.source)
         return family.load_pipeline(model.local_path, cache_dir)

@@ -234,7 +234,7 @@ def _manifest_entries(checkpoint: Checkpoint, local_dir: Path) -> list[dict]:
 
 def conflicts(checkpoint_config: dict, config: dict) -> list[str]:
     """The MODEL options in which a config differs from the one a checkpoint was trained with
-    (run_identity.py: the same rule as for a completed run); both compared as recorded, i.e.
+    (config/run_identity.py: the same rule as for a completed run); both compared as recorded, i.e.
     redacted (a presigned --base-model keeps its key, loses its signature)."""
     return differing_model_fields(checkpoint_config, config)
 

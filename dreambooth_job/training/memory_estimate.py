@@ -35,7 +35,7 @@ def training_state_bytes(trainable_params: int, use_8bit_adam: bool) -> int:
 
 def checkpoint_bytes(trainable_params: int, use_8bit_adam: bool) -> int:
     """A resumable checkpoint (train_state.py): the trained weights in fp32 and AdamW's two moments
-    (one byte each in 8-bit Adam); no gradients. sizing.py sizes preemption by it."""
+    (one byte each in 8-bit Adam); no gradients. training/sizing.py sizes preemption by it."""
     return trainable_params * (4 + (2 if use_8bit_adam else 8))
 
 

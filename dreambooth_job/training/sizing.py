@@ -5,7 +5,7 @@
     profile.job_grace_seconds, profile.memory_request, profile.disk_request
 
 On preemption the kubelet sends SIGTERM and, terminationGracePeriodSeconds later, SIGKILL; within
-that time the job finishes its step, saves a checkpoint, hashes and uploads it (phases/training.py).
+that time the job finishes its step, saves a checkpoint, hashes and uploads it (phases/fine_tune.py).
 A checkpoint holds the trained weights in fp32 and AdamW's two moments (train_state.py): 12 bytes a
 trained parameter, 10.3 GB for SD 1.5's UNet, 30.8 GB for SDXL's, and a few MB of LoRA adapters.
 Every number here derives from the parameter counts below (memory.checkpoint_bytes) and the
@@ -68,7 +68,7 @@ TRAIN_MODES = ("full", "lora")
 LORA_SIZED_RANK = 128
 
 # ASSUMED rates (estimates, not measured on a GPU node): the node's local disk writing the state
-# (save_state), one core hashing it (sha256, checkpoint.py) and the upload to S3 from a GPU node in
+# (save_state), one core hashing it (sha256, training/checkpoint.py) and the upload to S3 from a GPU node in
 # the store's region. The CPU machine of docs/benchmarks.md wrote SD 1.5's 10.3 GB state in 17 to
 # 28 s (370-600 MB/s); a slower store or a cross-region bucket needs a larger budget
 # (--termination-grace-seconds and terminationGracePeriodSeconds override the profile).
@@ -212,7 +212,7 @@ def check_grace(budget_seconds: float, family: str, train_mode: str, trained_par
         return None
     message = (f"--termination-grace-seconds {budget_seconds:g} is shorter than the {needed} s "
                f"a checkpoint of this run needs by the estimate ({ckpt / GB:.1f} GB to save, hash "
-               f"and upload; sizing.py): on preemption it would be killed mid-checkpoint and "
+               f"and upload; training/sizing.py): on preemption it would be killed mid-checkpoint and "
                f"resume from its last periodic one; run it with the sizing profile "
                f"{profile_name(family if family in FAMILIES else 'sd', train_mode)!r} or a larger "
                "budget")

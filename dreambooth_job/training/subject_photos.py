@@ -32,7 +32,7 @@ _QUARTER_TURNS = {5, 6, 7, 8}
 # The decoders a photo may reach, whatever its name says: those of IMAGE_SUFFIXES (JPEG's also
 # opens phones' multi-picture JPEGs), not every format Pillow knows (EPS, for one, runs Ghostscript).
 PHOTO_FORMATS = ("JPEG", "PNG", "WEBP")
-# --resolution auto is known once the model is loaded (phases/model.py), after the photos are
+# --resolution auto is known once the model is loaded (phases/load_model.py), after the photos are
 # validated: they are decoded for validation at the largest native resolution of any family and
 # decoded again at the resolved one, so a run's pixels do not depend on the order.
 AUTO_DECODE_RESOLUTION = 1024

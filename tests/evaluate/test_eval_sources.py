@@ -1,4 +1,4 @@
-"""Evaluator models load from s3:// prefixes into the cache, once, through storage.py."""
+"""Evaluator models load from s3:// prefixes into the cache, once, through storage/places.py."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The operator's policy is checked again where the job runs (job.py, policy.py): a config that
+"""The operator's policy is checked again where the job runs (job.py, config/policy_checks.py): a config that
 reached the pod without `submit` or `batch` (a chart value, a config file, extraArgs) and names
 another tenant's prefix, or asks for more than a ceiling, is exit 2 naming the option, before any
 photo is downloaded or anything is written. On the real S3 server, through the real CLI."""

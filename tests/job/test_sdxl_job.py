@@ -138,7 +138,7 @@ def test_sdxl_lora_on_the_unet_and_both_text_encoders_loads_on_the_base(
     plain = StableDiffusionXLPipeline.from_pretrained(tiny_sdxl_model)
     for name in ("unet", "text_encoder", "text_encoder_2"):
         assert differing(getattr(merged, name), getattr(plain, name)), name
-    merged.scheduler = base.scheduler  # the job saves the grids' sampler (sampling.py) with it
+    merged.scheduler = base.scheduler  # the job saves the grids' sampler (generation/sampling.py) with it
     torch.testing.assert_close(sample(merged), with_adapters, rtol=1e-4, atol=1e-4)
     # --export-single-file: the merged model in SDXL's original layout.
     assert_single_file_holds(result["outputs"]["single_file"], merged, merged_dir, tmp_path)

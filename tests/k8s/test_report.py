@@ -195,7 +195,7 @@ def test_the_report_names_each_subjects_weights_full_or_lora(tmp_path):
 
 
 def write_run_page(output: str) -> None:
-    """The page a finished run leaves (run_page.py), rendered from its result.json."""
+    """The page a finished run leaves (outputs/run_page.py), rendered from its result.json."""
     result = json.loads(storage.read_bytes(storage.join(output, "result.json")))
     storage.write_bytes(storage.join(output, PAGE_FILE), render(result, [], versions={}).encode())
 
