@@ -58,7 +58,7 @@ LABEL org.opencontainers.image.title="dreambooth-job" \
 
 # A C and a C++ compiler, because --compile-unet compiles when the job runs: Triton builds its
 # kernel launchers with gcc on CUDA, Inductor builds CPU kernels with g++ (the job checks for them
-# at start-up, dreambooth_job/preflight.py). Then a fixed, numeric, non-root identity: the chart's
+# at start-up, dreambooth_job/training/preflight.py). Then a fixed, numeric, non-root identity: the chart's
 # default runAsUser/fsGroup (10001) and the kubelet's runAsNonRoot check (which cannot resolve
 # user names) rely on it; any other UID works too (OpenShift), as every path it writes is /tmp
 # or /cache.

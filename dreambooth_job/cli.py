@@ -20,11 +20,14 @@ import importlib
 import sys
 
 import click
+import yaml
 
 from dreambooth_job import __version__, termination
-from dreambooth_job import config as cfg
 from dreambooth_job.cli_boundary import error_boundary
 from dreambooth_job.cli_options import resolve_train_config, train_options
+from dreambooth_job.config import choices as const
+from dreambooth_job.config import sources as config_sources
+from dreambooth_job.devtools import demo as demo_module
 from dreambooth_job.exit_codes import ExitCode
 
 # Commands defined in other modules, imported only when invoked or listed: `train` should not pay
@@ -88,7 +91,7 @@ def train(**params) -> None:
     result.json to --output."""
     config = resolve_train_config(params)
     config.validate(require_inputs=True)
-    from dreambooth_job import job
+    from dreambooth_job import job  # deferred: job imports PIL
 
     sys.exit(int(job.run(config)))
 
@@ -98,7 +101,7 @@ def train(**params) -> None:
               show_default=True, help="Local directory for the demo's object store and results.")
 @click.option("--max-train-steps", type=click.IntRange(min=1), default=None,
               help="Training steps (default: 500 on the toy world, 20 with --photos).")
-@click.option("--train-mode", type=click.Choice(cfg.TRAIN_MODE_CHOICES), default="full", show_default=True,
+@click.option("--train-mode", type=click.Choice(const.TRAIN_MODE_CHOICES), default="full", show_default=True,
               help="full fine-tuning or LoRA adapters, as `train --train-mode`.")
 @click.option("--photos", type=click.Path(), default=None,
               help="A directory of your own photos of one subject (with --class-noun); trained on "
@@ -110,8 +113,6 @@ def demo(output: str, max_train_steps: int | None, train_mode: str, photos: str 
     world's base model learns a subject it has never seen, with prior preservation (about a
     minute on 2 CPU cores); prints the subject fidelity before and after and writes a
     before/after picture. With --photos and --class-noun: your photos on a tiny random model."""
-    from dreambooth_job.devtools import demo as demo_module
-
     sys.exit(int(demo_module.run_demo(output, max_train_steps=max_train_steps, train_mode=train_mode,
                                       photos=photos, class_noun=class_noun)))
 
@@ -122,10 +123,8 @@ def demo(output: str, max_train_steps: int | None, train_mode: str, photos: str 
 def config_command(print_defaults: bool, **params) -> None:
     """Print the defaults, or the resolved configuration (flags > env > --config file > defaults)."""
     if print_defaults:
-        click.echo(cfg.defaults_yaml(), nl=False)
+        click.echo(config_sources.defaults_yaml(), nl=False)
         return
-    import yaml
-
     click.echo(yaml.safe_dump(resolve_train_config(params).to_dict(), sort_keys=False), nl=False)
 
 

@@ -9,7 +9,10 @@ from typing import Any
 
 import click
 
-from dreambooth_job import config as cfg
+from dreambooth_job.config import choices as const
+from dreambooth_job.config import field_types, introspection
+from dreambooth_job.config import sources as config_sources
+from dreambooth_job.config import train_config as cfg
 
 
 def train_options(command: Callable) -> Callable:
@@ -18,7 +21,7 @@ def train_options(command: Callable) -> Callable:
     Every option defaults to None so that `resolve_train_config` can tell a flag that was given
     from one that was not (flag > env > file > default).
     """
-    for f in reversed(cfg.fields()):
+    for f in reversed(introspection.fields()):
         command = _option_for(f)(command)
     return click.option(
         "--config", "config_file", type=click.Path(dir_okay=False),
@@ -27,22 +30,22 @@ def train_options(command: Callable) -> Callable:
 
 def _option_for(f) -> Callable:
     help_text = f.metadata["help"]
-    default = cfg.default_of(f)
-    kind = cfg.base_type(f)
+    default = field_types.default_of(f)
+    kind = introspection.base_type(f)
     if kind is bool:
-        decls = f.metadata["flag"] or f"{cfg.flag_name(f.name)}/--no-{f.name.replace('_', '-')}"
+        decls = f.metadata["flag"] or f"{field_types.flag_name(f.name)}/--no-{f.name.replace('_', '-')}"
         shown = "auto" if default is None else decls.split("/")[0 if default else 1]
         return click.option(decls, f.name, default=None,
-                             help=f"{help_text} [default: {shown}; env {cfg.env_name(f.name)}]")
+                             help=f"{help_text} [default: {shown}; env {field_types.env_name(f.name)}]")
     click_type: Any = click.Choice(f.metadata["choices"]) if f.metadata["choices"] else kind
     shown = "required" if f.metadata["required"] else f"default: {default}"
-    if cfg.accepts_auto(f):
+    if introspection.accepts_auto(f):
         click_type, shown = AutoOr(kind), "default: auto"
-    if cfg.is_list(f):
+    if introspection.is_list(f):
         shown = "default: " + "; ".join(default)
-    return click.option(f.metadata["flag"] or cfg.flag_name(f.name), f.name, type=click_type,
-                        default=None, multiple=cfg.is_list(f),
-                        help=f"{help_text} [{shown}; env {cfg.env_name(f.name)}]")
+    return click.option(f.metadata["flag"] or field_types.flag_name(f.name), f.name, type=click_type,
+                        default=None, multiple=introspection.is_list(f),
+                        help=f"{help_text} [{shown}; env {field_types.env_name(f.name)}]")
 
 
 class AutoOr(click.ParamType):
@@ -53,8 +56,8 @@ class AutoOr(click.ParamType):
         self.kind, self.name = kind, f"{kind.__name__}|auto"
 
     def convert(self, value, param, ctx):
-        if isinstance(value, str) and value.strip().lower() == cfg.AUTO:
-            return cfg.AUTO
+        if isinstance(value, str) and value.strip().lower() == const.AUTO:
+            return const.AUTO
         try:
             return self.kind(value)
         except (TypeError, ValueError):
@@ -63,8 +66,8 @@ class AutoOr(click.ParamType):
 
 def resolve_train_config(params: dict[str, Any], env=None) -> cfg.TrainConfig:
     """Build the TrainConfig from a command's parsed parameters, env vars and `--config`."""
-    names = {f.name for f in cfg.fields()}
+    names = {f.name for f in introspection.fields()}
     # Click gives an empty tuple for a repeatable option that was not used: that is "unset".
     flags = {k: (list(v) if isinstance(v, tuple) else v) for k, v in params.items()
              if k in names and v not in (None, ())}
-    return cfg.TrainConfig.resolve(flags, env=env, config_file=params.get("config_file"))
+    return config_sources.resolve_config(flags, env=env, config_file=params.get("config_file"))

@@ -49,7 +49,7 @@ class JobObserver:
     def evaluation(self, metrics: Mapping[str, float | None]) -> None: ...
 
     def notify_failed(self) -> None:
-        """The completion call (notify.py) got no 2xx answer within its budget."""
+        """The completion call (outputs/notify.py) got no 2xx answer within its budget."""
 
     def finished(self, *, exit_code: int) -> None: ...
 

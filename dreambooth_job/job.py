@@ -2,23 +2,23 @@
 (evaluate), upload. `run(config)` is the whole job.
 
 Guarantees, in the order the code keeps them:
-- the operator's policy (prefixes, hosts, ceilings: policy.py) holds for the config the pod got,
+- the operator's policy (prefixes, hosts, ceilings: config/policy_checks.py) holds for the config the pod got,
   whatever wrote it: an option outside it is exit 2, before anything is read or sent;
 - an option this machine cannot run (8-bit Adam without bitsandbytes or CUDA, --compile-unet
-  without a compiler) is refused first, exit 2, before anything is downloaded (preflight.py);
+  without a compiler) is refused first, exit 2, before anything is downloaded (training/preflight.py);
 - an object store that enforces conditional writes, and a lease on the output prefix, so two pods
-  never train into it at once; this Job's retry takes over its killed predecessor's (lease.py);
+  never train into it at once; this Job's retry takes over its killed predecessor's (storage/lease.py);
 - a completed run of the same config is left alone (exit 0 without downloading anything);
-- training resumes from the newest checkpoint that verifies (checkpoint.py), and SIGTERM during
+- training resumes from the newest checkpoint that verifies (training/checkpoint.py), and SIGTERM during
   training ends with a fresh checkpoint and ExitCode.TERMINATED (termination.py);
 - checkpoints upload in the background while training goes on; the one in flight ends before
-  publishing deletes them and before the lease goes (checkpoint.py);
-- a full disk exits 75 (retryable, on another node, from the last checkpoint) (disk.py);
+  publishing deletes them and before the lease goes (training/checkpoint.py);
+- a full disk exits 75 (retryable, on another node, from the last checkpoint) (storage/disk.py);
 - result.json and then the completion marker are written after everything they describe; a
   failed run leaves result.json "failed" with its one-line error and never the marker.
 - with --notify-url, one POST once the outcome is final (success or exit 2), after result.json;
   a host the operator does not allow is exit 2 before any request, and a receiver that fails
-  never changes the exit code (notify.py).
+  never changes the exit code (outputs/notify.py).
 
 The phases live in dreambooth_job/phases/, one module each, and share one `RunContext`.
 """
@@ -34,27 +34,25 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import NamedTuple
 
-from dreambooth_job import disk, log, notify, storage
-from dreambooth_job.config import TrainConfig
+from dreambooth_job import log
+from dreambooth_job.config.operator_policy import OperatorPolicy
+from dreambooth_job.config.policy_checks import check_policy
+from dreambooth_job.config.run_identity import config_fingerprint
+from dreambooth_job.config.train_config import TrainConfig
 from dreambooth_job.events import JobObserver, ObserverGroup
 from dreambooth_job.exit_codes import ExitCode, JobError
-from dreambooth_job.lease import check_conditional_writes, holding
-from dreambooth_job.operator_policy import OperatorPolicy
-from dreambooth_job.phases import (
-    class_images,
-    evaluation,
-    existing_output,
-    model,
-    photos,
-    publish,
-    samples,
-    training,
-)
+from dreambooth_job.metrics import PrometheusObserver
+from dreambooth_job.outputs import notify
+from dreambooth_job.outputs.result import COMPLETION_MARKER
+from dreambooth_job.phases import class_images, evaluation, existing_output, photos, publish, samples
+from dreambooth_job.phases import fine_tune as training
+from dreambooth_job.phases import load_model as model
 from dreambooth_job.phases.context import RunContext
-from dreambooth_job.policy import check_policy
-from dreambooth_job.preflight import check_capabilities
-from dreambooth_job.result import COMPLETION_MARKER
-from dreambooth_job.run_identity import config_fingerprint
+from dreambooth_job.storage import disk, s3_client
+from dreambooth_job.storage import places as storage
+from dreambooth_job.storage.lease import check_conditional_writes, holding
+from dreambooth_job.training import progress
+from dreambooth_job.training.preflight import check_capabilities
 
 logger = logging.getLogger("dreambooth_job")
 
@@ -83,8 +81,6 @@ def run(config: TrainConfig, observer: JobObserver | None = None) -> ExitCode:
     Metrics are served (and pushed) from before the first phase to after the last, and progress
     goes to a bar on a terminal or to a log line at a fixed interval otherwise.
     """
-    from dreambooth_job import progress
-    from dreambooth_job.metrics import PrometheusObserver
 
     config, fingerprint = resolve_ids(config), config_fingerprint(config)
     policy = OperatorPolicy.from_env()
@@ -116,7 +112,7 @@ def run_context(ctx: RunContext) -> ExitCode:
     """Run every phase; on failure record it (result.json, metrics) and raise a JobError."""
     config = ctx.config
     log.configure(config.log_format, job_id=config.job_id, subject_id=config.subject_id)
-    storage.set_observer(ctx.observer)
+    s3_client.set_observer(ctx.observer)
     storage.set_credentials_wait(config.storage_credentials_wait_seconds)
     with ctx.stop.installed(), contextlib.ExitStack() as held:
         try:

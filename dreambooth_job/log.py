@@ -63,8 +63,8 @@ def _quiet_model_libraries() -> None:
     for name in ("diffusers", "transformers"):
         logging.getLogger(name).setLevel(logging.ERROR)
     try:
-        import diffusers.utils.logging as diffusers_logging
-        import transformers.utils.logging as transformers_logging
+        import diffusers.utils.logging as diffusers_logging  # deferred: diffusers is heavy
+        import transformers.utils.logging as transformers_logging  # deferred: transformers is heavy
     except ImportError:
         return
     diffusers_logging.set_verbosity_error()

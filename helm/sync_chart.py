@@ -7,7 +7,7 @@ It writes these, and only these:
 - files/package.yaml: option flags, order, defaults and roles, the exit codes and the fixed parts of
   the pod (manifest.chart_table), and the generate options (generate_job.chart_options);
 - the `job:` block of values.yaml between its markers: every option with its help and default;
-- `properties.sizing.enum` of values.schema.json: the sizing profiles (sizing.py), whose numbers
+- `properties.sizing.enum` of values.schema.json: the sizing profiles (training/sizing.py), whose numbers
   are in files/package.yaml's `sizing`;
 - `properties.job` of values.schema.json: types, choices, nullability, help, the bounds each option
   declares in TrainConfig (config_fields.schema_bounds: minimum, multipleOf, pattern, ...) and,
@@ -17,7 +17,7 @@ It writes these, and only these:
   in files/package.yaml's `ceilings`, which the templates render as DREAMBOOTH_OPERATOR_MAX_* env
   and hold the job values, `resources` and `gpu.count` against;
 - the same for `generate` (the `generate:` block of values.yaml, `properties.generate`) from
-  GenerateConfig (generation/config.py), and which options each `mode` requires (`allOf`);
+  GenerateConfig (generation/generate_config.py), and which options each `mode` requires (`allOf`);
 - the example Jobs manifests/job.yaml and manifests/batch/indexed-job.yaml, built by
   k8s/manifest.py's build_job and build_indexed_job from dreambooth_job/k8s/examples.py.
 
@@ -33,17 +33,18 @@ from pathlib import Path
 
 import yaml
 
-from dreambooth_job import config as cfg
-from dreambooth_job import sizing
-from dreambooth_job.config_fields import place_of, schema_bounds
-from dreambooth_job.config_introspection import base_type, is_list
-from dreambooth_job.generation import config as gen
+from dreambooth_job.config import field_types, introspection
+from dreambooth_job.config.introspection import base_type, is_list
+from dreambooth_job.config.operator_policy import CEILINGS, ceiling_env
+from dreambooth_job.config.option_fields import place_of, schema_bounds
+from dreambooth_job.config.quantities import QUANTITY_SCHEMA_PATTERN
+from dreambooth_job.generation import generate_config as gen
 from dreambooth_job.k8s.examples import EXAMPLES
 from dreambooth_job.k8s.generate_job import chart_options as generate_chart_options
-from dreambooth_job.k8s.manifest import OPTIONS_SET_BY_THE_POD, chart_table, values_key
-from dreambooth_job.operator_policy import CEILINGS, ceiling_env
-from dreambooth_job.quantities import QUANTITY_SCHEMA_PATTERN
+from dreambooth_job.k8s.manifest import chart_table, values_key
+from dreambooth_job.k8s.pod import OPTIONS_SET_BY_THE_POD
 from dreambooth_job.redaction import URL_CREDENTIALS_SCHEMA_PATTERN
+from dreambooth_job.training import sizing
 
 REPO = Path(__file__).resolve().parent.parent
 CHART = REPO / "helm" / "dreambooth-job"
@@ -55,7 +56,7 @@ JSON_TYPES = {str: "string", int: "integer", float: "number", bool: "boolean"}
 
 
 def chart_fields() -> list:
-    return [f for f in cfg.fields() if f.name not in OPTIONS_SET_BY_THE_POD]
+    return [f for f in introspection.fields() if f.name not in OPTIONS_SET_BY_THE_POD]
 
 
 def generate_fields() -> list:
@@ -91,14 +92,14 @@ def _values_block(current: str, begin: str, fields: list, owner: type | None) ->
     """`current` with the options between `begin` and the next END marker rewritten."""
     lines = []
     for f in fields:
-        flag = f.metadata["flag"] or cfg.flag_name(f.name)
+        flag = f.metadata["flag"] or field_types.flag_name(f.name)
         if base_type(f, owner) is bool and not f.metadata["flag"]:
             flag += f"/--no-{f.name.replace('_', '-')}"
         text = (f.metadata["help"] + (" Required." if f.metadata["required"] else "")
                 + f" [{flag}; role: {f.metadata['role']}]")
         lines += ["  " + line for line in textwrap.wrap(
             text, 96, initial_indent="# ", subsequent_indent="# ", break_on_hyphens=False)]
-        dumped = yaml.safe_dump({values_key(f.name): cfg.default_of(f)}, sort_keys=False, width=1000)
+        dumped = yaml.safe_dump({values_key(f.name): field_types.default_of(f)}, sort_keys=False, width=1000)
         lines += ["  " + line for line in dumped.splitlines()]
     return _replace_block(current, begin, lines)
 
@@ -140,7 +141,7 @@ def _schema_properties(fields: list, owner: type | None) -> dict:
     requires its own (mode_requirements), and a release of one mode leaves the other's unset."""
     properties = {}
     for f in fields:
-        key, default = values_key(f.name), cfg.default_of(f)
+        key, default = values_key(f.name), field_types.default_of(f)
         kind = JSON_TYPES[base_type(f, owner)]
         prop: dict = {"description": f.metadata["help"]}
         bounds = schema_bounds(f)

@@ -23,11 +23,11 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from dreambooth_job import storage
-from dreambooth_job.bench import models as bench_models
-from dreambooth_job.checkpoint import BackgroundUploads, CheckpointStore
-from dreambooth_job.config import TrainConfig
+from dreambooth_job.bench import architectures as bench_models
+from dreambooth_job.config.train_config import TrainConfig
 from dreambooth_job.devtools.s3server import LocalS3Server
+from dreambooth_job.storage import s3_client
+from dreambooth_job.training.checkpoint import BackgroundUploads, CheckpointStore
 from dreambooth_job.training.trainer import Trainer
 
 STEPS_AFTER_CHECKPOINT = 2
@@ -63,8 +63,8 @@ def main() -> None:
 def compare(trainer: Trainer, work: Path, rounds: int) -> None:
     with LocalS3Server(work / "s3") as server:
         os.environ.update(server.client_env())
-        storage.reset_client()
-        storage.s3_client().create_bucket(Bucket="checkpoints")
+        s3_client.reset_client()
+        s3_client.s3_client().create_bucket(Bucket="checkpoints")
         store = CheckpointStore("s3://checkpoints/bench", keep=1)
         for mode in ("inline", "background") * rounds:
             state, step = work / "state", trainer.step

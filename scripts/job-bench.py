@@ -24,9 +24,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from dreambooth_job import storage
-from dreambooth_job.bench import models as bench_models
+from dreambooth_job.bench import architectures as bench_models
 from dreambooth_job.devtools import demo, s3server, tiny_models
+from dreambooth_job.storage import places as storage
+from dreambooth_job.storage import s3_client
 
 
 def build_base_model(name: str, directory: Path) -> None:
@@ -60,7 +61,7 @@ def main() -> int:
 
     with s3server.LocalS3Server(work / "s3") as server:
         os.environ.update(server.client_env())  # this process and the jobs it starts
-        storage.s3_client().create_bucket(Bucket="bench")
+        s3_client.s3_client().create_bucket(Bucket="bench")
         started = time.perf_counter()
         build_base_model(options.model, work / "base")
         storage.upload_dir(work / "base", "s3://bench/models/base/")

@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import argparse
 
-from dreambooth_job import lora
-from dreambooth_job.bench import models as bench_models
+from dreambooth_job.bench import architectures as bench_models
 from dreambooth_job.bench.estimate import parameter_counts
+from dreambooth_job.training import lora_adapters as lora
 
 MB = 1e6
 

@@ -1,5 +1,6 @@
-"""Print docs/user-guide.md's table of ESTIMATED peak training memory (dreambooth_job/memory.py's
-model, architectures built on the meta device: nothing is trained or measured).
+"""Print docs/user-guide.md's table of ESTIMATED peak training memory (the model of
+dreambooth_job/training/memory_estimate.py, architectures built on the meta device: nothing is
+trained or measured).
 
     PYTHONPATH=$PWD .venv/bin/python scripts/memory_table.py
 """
@@ -7,7 +8,7 @@ model, architectures built on the meta device: nothing is trained or measured).
 from __future__ import annotations
 
 from dreambooth_job.bench.estimate import estimate, meta_models
-from dreambooth_job.memory import GIB
+from dreambooth_job.training.memory_estimate import GIB
 
 
 def main() -> None:

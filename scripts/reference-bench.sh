@@ -49,7 +49,7 @@ OUR_PYTHON=${OUR_PYTHON:-$VENV/bin/python}
 # --- inputs shared by both: model, photos, and a step timer loaded at interpreter start ----------
 if [ ! -f "$WORK/model/model_index.json" ]; then
   PYTHONPATH=$REPO "$VENV/bin/python" -c \
-    "from dreambooth_job.models import build_tiny_pipeline; build_tiny_pipeline('$WORK/model')" >/dev/null 2>&1
+    "from dreambooth_job.training.base_models import build_tiny_pipeline; build_tiny_pipeline('$WORK/model')" >/dev/null 2>&1
 fi
 rm -rf "$WORK/photos" && mkdir -p "$WORK/photos" && cp "$PHOTOS"/*.jpg "$WORK/photos/"
 mkdir -p "$WORK/timer"

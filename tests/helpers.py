@@ -41,7 +41,7 @@ def png_bomb(side: int) -> bytes:
 
 
 def upload_photos(local_dir: Path, uri: str) -> str:
-    from dreambooth_job import storage
+    from dreambooth_job.storage import places as storage
 
     storage.upload_dir(local_dir, uri)
     return uri

@@ -33,14 +33,20 @@ from pathlib import Path
 
 import click
 
-from dreambooth_job import config as cfg
-from dreambooth_job import devices
+from dreambooth_job import families
+from dreambooth_job.bench import architectures as bench_models
 from dreambooth_job.bench import device as bench_device
 from dreambooth_job.bench import estimate
-from dreambooth_job.bench import models as bench_models
 from dreambooth_job.bench import profile as bench_profile
-from dreambooth_job.bench import report as bench_report
+from dreambooth_job.bench import table as bench_report
+from dreambooth_job.config import sources as config_sources
+from dreambooth_job.config import train_config as cfg
 from dreambooth_job.exit_codes import InvalidInputError
+from dreambooth_job.training import base_models as models
+from dreambooth_job.training import devices
+from dreambooth_job.training import lora_adapters as lora
+from dreambooth_job.training import memory_estimate as memory
+from dreambooth_job.training.preflight import missing_capabilities
 
 NUM_IMAGES = 4
 BASELINE = {"cache_latents": False, "mixed_precision": "no", "gradient_checkpointing": False,
@@ -87,7 +93,8 @@ def parse_variant(spec: str) -> Variant:
     pairs = [item.split("=", 1) for item in spec.split(",") if item.strip()]
     if not pairs or any(len(p) != 2 for p in pairs):
         raise InvalidInputError(f"--variant {spec!r}: expected key=value[,key=value...]")
-    overrides = cfg.normalize_keys({k.strip(): v.strip() for k, v in pairs}, source=f"--variant {spec!r}")
+    overrides = config_sources.normalize_keys({k.strip(): v.strip() for k, v in pairs},
+                                              source=f"--variant {spec!r}")
     return Variant(spec, overrides)
 
 
@@ -121,22 +128,20 @@ def memory_refusal(settings: Settings, variants: list[Variant], device_type: str
     if needed <= available:
         return None
     return (f"--model {settings.model} needs about {needed / 2**30:.0f} GiB to train on the "
-            f"{device_type} (memory.py's estimate, leanest variant) and "
+            f"{device_type} (training/memory_estimate.py's estimate, leanest variant) and "
             f"{available / 2**30:.0f} GiB is available: run it on a GPU")
 
 
 def unavailable(config: cfg.TrainConfig, device_type: str) -> str | None:
     """Why `train` would refuse this variant here (the job's own start-up check), or None."""
-    from dreambooth_job.preflight import missing_capabilities
-
     return next(iter(missing_capabilities(config, device_type)), None)
 
 
 def run_variant(variant: Variant, settings: Settings, build, device: dict) -> dict:
     """One row: build fresh weights, set up the Trainer, train warmup + steps, count FLOPs."""
-    import torch
+    import torch  # deferred: torch is heavy
 
-    from dreambooth_job.training.trainer import Trainer
+    from dreambooth_job.training.trainer import Trainer  # deferred: trainer imports PIL
 
     row: dict = {"name": variant.name, "baseline": variant.baseline, "overrides": variant.overrides,
                  "status": "ok", "error": None}
@@ -206,7 +211,7 @@ def run_variant(variant: Variant, settings: Settings, build, device: dict) -> di
 
 
 def _auto_precision(device: dict) -> str:
-    import torch
+    import torch  # deferred: torch is heavy
 
     return devices.resolve_precision("auto", torch.device(device["type"]))
 
@@ -214,7 +219,6 @@ def _auto_precision(device: dict) -> str:
 def _training_state_bytes(pipeline, config: cfg.TrainConfig) -> int:
     """A lower bound on what training adds to the loaded model (activations come on top): for
     LoRA, the adapters' (counted from the layers' shapes, before any is added)."""
-    from dreambooth_job import families, lora, memory
 
     modules = families.for_pipeline(pipeline).trainable_modules(pipeline, config.train_text_encoder)
     if config.train_mode == "lora":
@@ -229,8 +233,8 @@ def _training_state_bytes(pipeline, config: cfg.TrainConfig) -> int:
 
 def _images(settings: Settings, seed: int):
     """Synthetic photos: smooth colour fields with noise, at the training resolution."""
-    import numpy as np
-    from PIL import Image
+    import numpy as np  # deferred: numpy is heavy
+    from PIL import Image  # deferred: PIL is heavy
 
     rng = np.random.default_rng(settings.seed + seed)
     size = settings.resolution
@@ -245,7 +249,6 @@ def _images(settings: Settings, seed: int):
 def model_builder(settings: Settings):
     """A function returning fresh, identical weights of the benchmarked model at each call."""
     if settings.base_model:
-        from dreambooth_job import families, models
 
         cache_dir = cfg.TrainConfig(instance_data="bench", class_noun="dog", output="bench").cache_dir
         base = models.resolve_base_model(settings.base_model, cache_dir)
@@ -259,9 +262,9 @@ def model_builder(settings: Settings):
 
 def run_bench(settings: Settings, variants: list[Variant], *, echo=lambda line: None) -> dict:
     """Run every variant in this process and return the report (what --json writes)."""
-    import diffusers
-    import huggingface_hub
-    import transformers
+    import diffusers  # deferred: diffusers is heavy
+    import huggingface_hub  # deferred: huggingface_hub is heavy
+    import transformers  # deferred: transformers is heavy
 
     diffusers.utils.logging.set_verbosity_error()
     transformers.utils.logging.set_verbosity_error()

@@ -11,6 +11,11 @@ import platform
 import time
 from pathlib import Path
 
+import psutil
+
+from dreambooth_job import __version__
+from dreambooth_job.training.devices import device_type
+
 # Dense (not 2:4 sparse) tensor-core peaks in TFLOP/s from NVIDIA's data sheets, per precision of
 # the UNet's matmuls: bf16/fp16 autocast, fp32 with TF32 allowed, plain fp32. First match wins.
 PEAK_TFLOPS = (
@@ -32,9 +37,7 @@ def peak_tflops(device_name: str, precision: str, tf32: bool) -> float | None:
 
 
 def device_info() -> dict:
-    import torch
-
-    from dreambooth_job.devices import device_type
+    import torch  # deferred: torch is heavy
 
     if device_type() == "cuda":
         props = torch.cuda.get_device_properties(0)
@@ -55,12 +58,10 @@ def cpu_model() -> str:
 
 
 def versions() -> dict:
-    import accelerate
-    import diffusers
-    import torch
-    import transformers
-
-    from dreambooth_job import __version__
+    import accelerate  # deferred: accelerate is heavy
+    import diffusers  # deferred: diffusers is heavy
+    import torch  # deferred: torch is heavy
+    import transformers  # deferred: transformers is heavy
 
     return {"python": platform.python_version(), "torch": torch.__version__,
             "diffusers": diffusers.__version__, "transformers": transformers.__version__,
@@ -69,13 +70,11 @@ def versions() -> dict:
 
 def process_age_seconds() -> float:
     """Seconds since this process started (what "time to first step" is measured from)."""
-    import psutil
-
     return time.time() - psutil.Process().create_time()
 
 
 def available_memory_bytes(device_type: str) -> int | None:
-    import torch
+    import torch  # deferred: torch is heavy
 
     if device_type == "cuda":
         return torch.cuda.mem_get_info()[0]
@@ -91,7 +90,7 @@ class PeakMemory:
         self.kind = "cuda_max_allocated" if device_type == "cuda" else "cpu_peak_rss"
 
     def reset(self) -> None:
-        import torch
+        import torch  # deferred: torch is heavy
 
         if self.device_type == "cuda":
             torch.cuda.empty_cache()
@@ -105,7 +104,7 @@ class PeakMemory:
             Path("/proc/self/clear_refs").write_text("5")
 
     def peak_bytes(self) -> int | None:
-        import torch
+        import torch  # deferred: torch is heavy
 
         if self.device_type == "cuda":
             return torch.cuda.max_memory_allocated()

@@ -1,4 +1,4 @@
-"""Estimated peak training memory of the published architectures (memory.py's model), from
+"""Estimated peak training memory of the published architectures (training/memory_estimate.py's model), from
 models built on the meta device: no weights, no download, a few seconds of CPU.
 
     python scripts/memory_table.py      # docs/user-guide.md's table
@@ -13,10 +13,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
-from dreambooth_job import families, lora, memory
-from dreambooth_job.bench import models as bench_models
-from dreambooth_job.config import TrainConfig
+from dreambooth_job import families
+from dreambooth_job.bench import architectures as bench_models
+from dreambooth_job.config.train_config import TrainConfig
 from dreambooth_job.families import ModelFamily
+from dreambooth_job.training import lora_adapters as lora
+from dreambooth_job.training import memory_estimate as memory
 
 VAE_SCALE = 8
 IMAGES_PER_STEP = 2  # batch 1 with prior preservation: one subject photo and one class image

@@ -22,7 +22,7 @@ class StepClock:
         self.first_step_since_process_start: float | None = None
 
     def __call__(self, step: int) -> None:
-        import torch
+        import torch  # deferred: torch is heavy
 
         if not self.marks and self.cuda:
             torch.cuda.synchronize()
@@ -38,7 +38,7 @@ class StepClock:
 
     def step_seconds(self) -> list[float]:
         """Duration of every step, the first one (from the end of setup) included."""
-        import torch
+        import torch  # deferred: torch is heavy
 
         if self.cuda:
             torch.cuda.synchronize()
@@ -51,8 +51,12 @@ class StepClock:
 def count_flops(trainer) -> int:
     """FLOPs of one more optimizer step, as torch.utils.flop_counter counts them (matmuls,
     convolutions, attention; not elementwise ops). A compiled UNet is counted on its eager module."""
-    import torch
-    from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
+    import torch  # deferred: torch is heavy
+    from torch.utils.flop_counter import (  # deferred: torch is heavy
+        FlopCounterMode,
+        sdpa_backward_flop_count,
+        sdpa_flop_count,
+    )
 
     aten = torch.ops.aten
     # PyTorch's table lacks the CPU flash-attention kernels; they do the GPU kernels' matmuls.
@@ -79,10 +83,10 @@ def profile_steps(trainer, steps: int, directory: Path, name: str) -> dict:
     CUDA, CPU time otherwise) to DIRECTORY/NAME.txt and return the host's time per step in each of
     the step's phases (training.trainer.STEP_PHASES) and, on CUDA, how busy the device was: a device busy for
     much less than the step's wall time is waiting on the host (launch overhead, syncs)."""
-    import torch
-    from torch.profiler import ProfilerActivity, profile
+    import torch  # deferred: torch is heavy
+    from torch.profiler import ProfilerActivity, profile  # deferred: torch is heavy
 
-    from dreambooth_job.training.trainer import STEP_PHASES
+    from dreambooth_job.training.trainer import STEP_PHASES  # deferred: trainer imports PIL
 
     cuda = trainer.device.type == "cuda"
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])

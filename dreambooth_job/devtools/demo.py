@@ -29,10 +29,12 @@ from pathlib import Path
 
 import click
 
-from dreambooth_job import storage
-from dreambooth_job.config import IMAGE_SUFFIXES, TrainConfig
-from dreambooth_job.devtools import s3server
+from dreambooth_job.config.choices import IMAGE_SUFFIXES
+from dreambooth_job.config.train_config import TrainConfig
+from dreambooth_job.devtools import s3server, tiny_models
 from dreambooth_job.exit_codes import ExitCode, InvalidInputError
+from dreambooth_job.storage import places as storage
+from dreambooth_job.storage import s3_client
 
 BUCKET = "demo"
 TOY_SUBJECT = "toy-ball"
@@ -72,7 +74,7 @@ def run_demo(output: str, *, train_mode: str = "full", photos: str | None = None
 
 
 def _toy_demo(root: Path, train_mode: str, max_train_steps: int | None, metrics_port: int) -> None:
-    from dreambooth_job.toyworld import experiment
+    from dreambooth_job.toyworld import experiment  # deferred: experiment imports PIL
 
     ablation = experiment.Ablation(output=root, seeds=[TOY_SEED], train_mode=train_mode)
     if max_train_steps is not None:
@@ -90,7 +92,7 @@ def _toy_demo(root: Path, train_mode: str, max_train_steps: int | None, metrics_
 def _train(root: Path, config: TrainConfig, photos: list[Path]) -> Path:
     """Upload the photos to config.instance_data in the demo's store, run the job, and return
     where its outputs can be read on this machine."""
-    from dreambooth_job import job
+    from dreambooth_job import job  # deferred: job imports PIL
 
     with one_torch_thread(), object_store(root):
         for path in photos:
@@ -110,7 +112,7 @@ def one_torch_thread() -> Iterator[None]:
     """Torch on one CPU thread while the demo runs. Its models are tiny (a 32 px batch of two):
     a second thread has little to share and spin-waits for it. On the 2-core machine with other
     jobs running, the toy's 500 steps took 20 s on one thread and 10 minutes on two."""
-    import torch
+    import torch  # deferred: torch is heavy
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -153,19 +155,19 @@ def object_store(root: Path) -> Iterator[None]:
     with s3server.LocalS3Server(root / "s3-data") as server:
         try:
             os.environ.update(server.client_env())
-            storage.reset_client()
-            storage.s3_client().create_bucket(Bucket=BUCKET)
+            s3_client.reset_client()
+            s3_client.s3_client().create_bucket(Bucket=BUCKET)
             click.echo(f"local S3 ({server.kind}) at {server.endpoint}")
             yield
         finally:
             os.environ.clear()
             os.environ.update(saved)
-            storage.reset_client()
+            s3_client.reset_client()
 
 
 def _toy_config(ablation, store: str, metrics_port: int) -> TrainConfig:
     """The ablation's run with prior preservation (experiment.train_config), on the store."""
-    from dreambooth_job.toyworld import experiment
+    from dreambooth_job.toyworld import experiment  # deferred: experiment imports PIL
 
     config = experiment.train_config(ablation, TOY_SEED, True,
                                      storage.join(store, "photos", TOY_SUBJECT) + "/",
@@ -190,8 +192,6 @@ def _photos_config(root: Path, store: str, class_noun: str, train_mode: str,
 
 
 def _tiny_model(model_dir: Path) -> None:
-    from dreambooth_job.devtools import tiny_models
-
     if not (model_dir / "model_index.json").exists():
         click.echo(f"building a tiny random model in {model_dir}")
         tiny_models.build_tiny_pipeline(model_dir)
@@ -199,7 +199,7 @@ def _tiny_model(model_dir: Path) -> None:
 
 def _before_after(ablation, root: Path, run_dir: Path) -> None:
     """Measure the base and the fine-tuned model; write and print the evidence."""
-    from dreambooth_job.toyworld import before_after, measure
+    from dreambooth_job.toyworld import before_after, measure  # deferred: before_after imports PIL
 
     token = json.loads((run_dir / "result.json").read_text())["identifier"]["token"]
     click.echo("measuring the base and the fine-tuned model on the same prompts and seeds")

@@ -23,7 +23,7 @@ CLIP_NUM_MERGES = 49408 - 512 - 2
 
 def clip_tokenizer():
     """Stable Diffusion's CLIP tokenizer, built from the BPE merges open_clip_torch ships."""
-    from transformers import CLIPTokenizer
+    from transformers import CLIPTokenizer  # deferred: transformers is heavy
 
     spec = importlib.util.find_spec("open_clip")
     if spec is None or not spec.submodule_search_locations:
@@ -67,14 +67,14 @@ def build_tiny_pipeline(output_dir: str | os.PathLike, seed: int = 0, prediction
 
     Its VAE downsamples 2x (two blocks), so 64 px images train on 32x32 latents.
     """
-    import torch
-    from diffusers import (
+    import torch  # deferred: torch is heavy
+    from diffusers import (  # deferred: diffusers is heavy
         AutoencoderKL,
         DDPMScheduler,
         StableDiffusionPipeline,
         UNet2DConditionModel,
     )
-    from transformers import CLIPTextConfig, CLIPTextModel
+    from transformers import CLIPTextConfig, CLIPTextModel  # deferred: transformers is heavy
 
     unet_channels, vae_channels, text_width, text_layers = TINY_SIZES["tiny"]
     torch.manual_seed(seed)
@@ -109,14 +109,18 @@ def build_tiny_sdxl_pipeline(output_dir: str | os.PathLike, seed: int = 0,
     `addition_time_embed_dim` each plus the second encoder's projection. 64 px images train on
     32x32 latents, as with `build_tiny_pipeline`.
     """
-    import torch
-    from diffusers import (
+    import torch  # deferred: torch is heavy
+    from diffusers import (  # deferred: diffusers is heavy
         AutoencoderKL,
         EulerDiscreteScheduler,
         StableDiffusionXLPipeline,
         UNet2DConditionModel,
     )
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+    from transformers import (  # deferred: transformers is heavy
+        CLIPTextConfig,
+        CLIPTextModel,
+        CLIPTextModelWithProjection,
+    )
 
     unet_channels, vae_channels, text_width, text_layers = TINY_SIZES["tiny"]
     time_embed_dim, projection_dim = 8, 32

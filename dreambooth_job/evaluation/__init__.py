@@ -5,7 +5,8 @@
 
 The contract with the job (`train --evaluate`):
 
-    from dreambooth_job.evaluation import Evaluator, metrics_block, gauges
+    from dreambooth_job.evaluation import gauges, metrics_block
+    from dreambooth_job.evaluation.evaluator import Evaluator
 
     evaluator = Evaluator.load(config)          # once; raises InvalidInputError for bad options
     base = evaluator.evaluate(pipeline, photos.images, token, class_noun, label="base")
@@ -28,7 +29,7 @@ The contract with the job (`train --evaluate`):
   sampler settings, evaluator model sources and whether each loaded) depends only on the config and
   the class noun, so the base and fine-tuned rows share it.
 
-Importing this package is light (no torch): `Evaluator` loads on first use.
+Importing this package is light (no torch); `Evaluator` and `validate_config` are in evaluator.py.
 """
 
 from __future__ import annotations
@@ -54,11 +55,3 @@ def metrics_block(*rows: dict[str, Any], **extra_rows: dict[str, Any]) -> dict[s
 def gauges(row: dict[str, Any], prefix: str = "") -> dict[str, float | None]:
     """The row's scores by name, for `JobObserver.evaluation`; prefix="base_" for a baseline."""
     return {prefix + name: row.get(name) for name in SCORE_NAMES}
-
-
-def __getattr__(name: str):
-    if name in ("Evaluator", "validate_config"):
-        from dreambooth_job.evaluation import evaluator
-
-        return getattr(evaluator, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -17,28 +17,35 @@ from pathlib import Path
 
 import click
 
-from dreambooth_job import config as cfg
-from dreambooth_job import storage
+from dreambooth_job import log
 from dreambooth_job.cli_options import resolve_train_config
+from dreambooth_job.config import field_types, introspection
+from dreambooth_job.config import subject_identifier as identifiers
+from dreambooth_job.config import train_config as cfg
+from dreambooth_job.evaluation import metrics_block
+from dreambooth_job.evaluation.evaluator import Evaluator, validate_config
 from dreambooth_job.exit_codes import InvalidInputError
 from dreambooth_job.redaction import redact_value
+from dreambooth_job.storage import places as storage
+from dreambooth_job.training import base_models as models
+from dreambooth_job.training import devices
 
 OUTPUT_FILE = "evaluation.json"
 # The TrainConfig options this command takes: those declared with `evaluation=True`.
-CONFIG_FIELDS = tuple(f.name for f in cfg.fields() if f.metadata["evaluation"])
+CONFIG_FIELDS = tuple(f.name for f in introspection.fields() if f.metadata["evaluation"])
 
 
 def config_options(names: tuple[str, ...]) -> Callable[[Callable], Callable]:
     """Flags for some TrainConfig fields, resolved like `train`'s (flag > env > file > default)."""
-    by_name = {f.name: f for f in cfg.fields()}
+    by_name = {f.name: f for f in introspection.fields()}
 
     def decorate(command: Callable) -> Callable:
         for name in reversed(names):
             f = by_name[name]
             choices = f.metadata["choices"]
-            kind = click.Choice(choices) if choices else cfg.base_type(f)
-            shown = f"[default: {cfg.default_of(f)}; env {cfg.env_name(name)}]"
-            command = click.option(cfg.flag_name(name), name, type=kind, default=None,
+            kind = click.Choice(choices) if choices else introspection.base_type(f)
+            shown = f"[default: {field_types.default_of(f)}; env {field_types.env_name(name)}]"
+            command = click.option(field_types.flag_name(name), name, type=kind, default=None,
                                    help=f"{f.metadata['help']} {shown}")(command)
         return click.option("--config", "config_file", type=click.Path(dir_okay=False),
                             help="YAML or JSON file of options.")(command)
@@ -69,13 +76,12 @@ def evaluate(model_source: str, output: str | None, baseline: bool, **params) ->
 
 def run_evaluation(model_source: str, config: cfg.TrainConfig, *, baseline: bool = False) -> dict:
     """The report of `evaluate`: rows "finetuned" (and "base"), "real", and the protocol."""
-    from dreambooth_job import data, devices, identifiers, log, models
-    from dreambooth_job.evaluation import Evaluator, metrics_block, validate_config
+    from dreambooth_job.training import subject_photos as data  # deferred: subject_photos imports PIL
 
     log.configure(config.log_format)
     for name in ("instance_data", "class_noun"):
         if not getattr(config, name):
-            raise InvalidInputError(f"missing required option {cfg.flag_name(name)}")
+            raise InvalidInputError(f"missing required option {field_types.flag_name(name)}")
     validate_config(config)  # bad options fail before any download
     with tempfile.TemporaryDirectory(prefix="dreambooth-eval-") as work:
         skipped = data.download_photos(config, Path(work)).skipped

@@ -20,7 +20,8 @@ from pathlib import Path
 
 from PIL import Image
 
-from dreambooth_job import model_cache, storage
+from dreambooth_job.storage import model_cache
+from dreambooth_job.storage import places as storage
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +72,7 @@ def center_square(image: Image.Image) -> Image.Image:
 
 
 def _image_processor(family: str, path: str, cache_dir: str, defaults: dict):
-    import transformers
+    import transformers  # deferred: transformers is heavy
 
     # The PIL implementation where transformers has one: it needs no torchvision.
     cls = getattr(transformers, f"{family}ImageProcessorPil", None) or getattr(
@@ -100,7 +101,7 @@ class _Encoder:
 
     def embed_images(self, images: list[Image.Image]):
         """One embedding per image, float32 on the CPU."""
-        import torch
+        import torch  # deferred: torch is heavy
 
         chunks = []
         with torch.inference_mode():
@@ -121,7 +122,7 @@ class DinoEncoder(_Encoder):
         path = resolve_source(source, cache_dir, "--dino-model")
 
         def loader():
-            from transformers import ViTModel
+            from transformers import ViTModel  # deferred: transformers is heavy
 
             model = ViTModel.from_pretrained(path, add_pooling_layer=False, cache_dir=cache_dir)
             size = model.config.image_size
@@ -150,7 +151,7 @@ class ClipEncoder(_Encoder):
         path = resolve_source(source, cache_dir, "--clip-model")
 
         def loader():
-            from transformers import AutoTokenizer, CLIPModel
+            from transformers import AutoTokenizer, CLIPModel  # deferred: transformers is heavy
 
             model = CLIPModel.from_pretrained(path, cache_dir=cache_dir)
             size = model.config.vision_config.image_size
@@ -171,7 +172,7 @@ class ClipEncoder(_Encoder):
 
     def embed_texts(self, texts: list[str]):
         """One embedding per text, float32 on the CPU."""
-        import torch
+        import torch  # deferred: torch is heavy
 
         tokens = self.tokenizer(list(texts), padding=True, truncation=True,
                                 max_length=self.model.config.text_config.max_position_embeddings,

@@ -10,13 +10,14 @@ from typing import Any
 
 from PIL import Image
 
-from dreambooth_job import models, sampling
-from dreambooth_job.config import TrainConfig
+from dreambooth_job.config.subject_identifier import format_prompt
+from dreambooth_job.config.train_config import TrainConfig
 from dreambooth_job.evaluation import prompts as prompt_sets
 from dreambooth_job.evaluation import scores
 from dreambooth_job.evaluation.encoders import ClipEncoder, DinoEncoder, Unavailable
 from dreambooth_job.exit_codes import InvalidInputError, JobError
-from dreambooth_job.identifiers import format_prompt
+from dreambooth_job.generation import sampling
+from dreambooth_job.training import base_models as models
 
 log = logging.getLogger(__name__)
 
@@ -200,7 +201,7 @@ class Evaluator:
 
 
 def _load_lpips(source: str | None, cache_dir: str):
-    from dreambooth_job.evaluation.lpips import LPIPS
+    from dreambooth_job.evaluation.lpips import LPIPS  # deferred: lpips imports torch
 
     return LPIPS.load(source, cache_dir)
 
@@ -211,9 +212,9 @@ def _chunks(items, size: int) -> list:
 
 
 def _image_batch(images: list[Image.Image]):
-    import torch
+    import torch  # deferred: torch is heavy
 
-    from dreambooth_job.data import to_tensor
+    from dreambooth_job.training.subject_photos import to_tensor  # deferred: subject_photos imports PIL
 
     return torch.stack([to_tensor(i.convert("RGB")) for i in images])
 

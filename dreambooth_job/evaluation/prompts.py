@@ -16,10 +16,10 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
-from dreambooth_job import storage
+from dreambooth_job.config.operator_policy import ENV_PREFIX, OperatorPolicy
+from dreambooth_job.config.subject_identifier import format_prompt
 from dreambooth_job.exit_codes import InvalidInputError
-from dreambooth_job.identifiers import format_prompt
-from dreambooth_job.operator_policy import ENV_PREFIX, OperatorPolicy
+from dreambooth_job.storage import places as storage
 
 BUILTIN_SETS = ("object", "live")
 LIVE_CLASS_NOUNS = frozenset({"dog", "dogs", "puppy", "puppies", "cat", "cats", "kitten",

@@ -3,7 +3,7 @@
 A `ModelFamily` (base.py) owns the denoiser and how it is called, the training objective
 (objective.py: DDPM's epsilon or v today), latent and prompt encoding, the sampler, loading and
 saving, and which modules train; SD 1.x/2.x (sd.py) and SDXL (sdxl.py) implement it. The Trainer
-(training/), sampling.py, the phases and `generate` reach the model only through it.
+(training/), generation/sampling.py, the phases and `generate` reach the model only through it.
 `models.load_pipeline` picks the family from the base model's model_index.json (`detect`); code
 handed a pipeline asks `for_pipeline`. A `TrainMode` (base.py; LoRA in lora_mode.py) says what
 trains and what is saved, whatever the family: `train_mode(config)` picks it from --train-mode.
@@ -23,6 +23,7 @@ from pathlib import Path
 
 from dreambooth_job.exit_codes import InvalidInputError
 from dreambooth_job.families.base import FULL_FINE_TUNE, ModelFamily, PromptEmbeddings, TrainMode
+from dreambooth_job.families.lora_mode import LoraTrainMode
 from dreambooth_job.families.sd import StableDiffusion
 from dreambooth_job.families.sdxl import StableDiffusionXL
 
@@ -62,7 +63,7 @@ def detect(path: str, cache_dir: str | None = None, source: str | None = None) -
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise InvalidInputError(f"--base-model {source}: model_index.json is not JSON ({exc})") from None
     else:
-        from diffusers import DiffusionPipeline
+        from diffusers import DiffusionPipeline  # deferred: diffusers is heavy
 
         config = DiffusionPipeline.load_config(path, cache_dir=str(Path(cache_dir or ".", "hub")))
     if not isinstance(config, dict):
@@ -94,7 +95,5 @@ def for_pipeline(pipeline) -> ModelFamily:
 def train_mode(config) -> TrainMode:
     """The TrainMode --train-mode names."""
     if config.train_mode == "lora":
-        from dreambooth_job.families.lora_mode import LoraTrainMode
-
         return LoraTrainMode.from_config(config)
     return FULL_FINE_TUNE

@@ -40,7 +40,7 @@ class PromptEmbeddings:
 
     @staticmethod
     def cat(parts: Sequence[PromptEmbeddings]) -> PromptEmbeddings:
-        import torch
+        import torch  # deferred: torch is heavy
 
         pooled = [p.pooled for p in parts]
         return PromptEmbeddings(torch.cat([p.hidden_states for p in parts]),
@@ -118,7 +118,7 @@ class ModelFamily(ABC):
         passes them): `encoder_hidden_states`, and `added_cond_kwargs` for families that take more."""
 
     # -- the denoiser, the objective, latents, the sampler --------------------------------------
-    # What the Trainer, sampling.py and generate ask instead of naming a module or a scheduler.
+    # What the Trainer, generation/sampling.py and generate ask instead of naming a module or a scheduler.
     # The defaults are the UNet families' (SD, SDXL); a transformer family overrides them.
     denoiser_name: ClassVar[str] = "unet"
     """The pipeline attribute holding the denoiser (a UNet here, a transformer for FLUX)."""
@@ -183,7 +183,7 @@ class ModelFamily(ABC):
     # == sizing, memory, bench, published formats (issue 24, helper A2) ========================
     reference: ClassVar[ReferenceModel]
     """Parameter counts of the family's published architecture (families/reference.py): the
-    sizing profiles (sizing.py) are built from them before any model is loaded."""
+    sizing profiles (training/sizing.py) are built from them before any model is loaded."""
     lora_format: ClassVar[LoraFormat]
     """The LoRA files the family publishes (families/lora_formats.py): which modules carry
     adapters, and the writers of diffusers' and kohya's (A1111, ComfyUI) formats."""

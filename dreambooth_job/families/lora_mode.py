@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from dreambooth_job.families.base import ModelFamily, TrainMode
+from dreambooth_job.training import lora_adapters as lora
 
 
 class LoraTrainMode(TrainMode):
@@ -43,9 +44,7 @@ class LoraTrainMode(TrainMode):
         """Adapters on `modules` (ModelFamily.trainable_modules: the denoiser first, then the text
         encoders that train); their parameters, in that order: the optimizer's, and so the
         checkpoints' order."""
-        import torch
-
-        from dreambooth_job import lora
+        import torch  # deferred: torch is heavy
 
         options = {"rank": self.rank, "alpha": self.alpha, "dropout": self.dropout}
         modules = dict(modules)
@@ -67,9 +66,7 @@ def save_merged_pipeline(family: ModelFamily, pipeline, directory: str | Path) -
     """The pipeline with its adapters folded into the weights (W + alpha/rank * B @ A), in fp32,
     as a plain diffusers directory `from_pretrained` loads. Merges copies: the pipeline keeps its
     adapters (evaluation samples it after this)."""
-    import torch
-
-    from dreambooth_job import lora
+    import torch  # deferred: torch is heavy
 
     merged = copy.copy(pipeline)  # shallow: only the adapted modules are replaced below
     for name in (family.denoiser_name, *family.text_encoder_names):

@@ -1,5 +1,5 @@
 """What a family's published architecture weighs, before any model is loaded: the numbers the
-sizing profiles (sizing.py) and bench are built from. Each family declares one
+sizing profiles (training/sizing.py) and bench are built from. Each family declares one
 `ReferenceModel` (`ModelFamily.reference`); tests/unit/test_sizing.py checks the counts against
 the architecture built on the meta device (bench.estimate.meta_models)."""
 

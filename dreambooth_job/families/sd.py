@@ -10,6 +10,7 @@ from dreambooth_job.families.base import ModelFamily, PromptEmbeddings
 from dreambooth_job.families.lora_formats import UNetLoraFormat
 from dreambooth_job.families.reference import GB, ReferenceModel
 from dreambooth_job.families.unet_activations import unet_activation_levels
+from dreambooth_job.outputs.export import single_file
 
 
 class StableDiffusion(ModelFamily):
@@ -25,8 +26,8 @@ class StableDiffusion(ModelFamily):
                                class_images_bytes=int(0.1 * GB), step_seconds=10)
 
     def load_pipeline(self, path: str, cache_dir: str):
-        import torch
-        from diffusers import StableDiffusionPipeline
+        import torch  # deferred: torch is heavy
+        from diffusers import StableDiffusionPipeline  # deferred: diffusers is heavy
 
         return StableDiffusionPipeline.from_pretrained(
             path, cache_dir=str(Path(cache_dir, "hub")), torch_dtype=torch.float32,
@@ -35,8 +36,6 @@ class StableDiffusion(ModelFamily):
     def single_file_text_encoders(self, pipeline) -> dict[str, dict]:
         """SD 1.x: transformers' CLIP as is, under `cond_stage_model.transformer.`; SD 2.x (an
         OpenCLIP encoder): open_clip's own layout, under `cond_stage_model.model.`."""
-        from dreambooth_job.export import single_file
-
         encoder = pipeline.text_encoder
         if single_file.is_open_clip(encoder):
             return {single_file.OPEN_CLIP_PREFIX: single_file.open_clip_to_ldm(encoder)}

@@ -19,6 +19,7 @@ from dreambooth_job.families.base import ImageGeometry, ModelFamily, PromptEmbed
 from dreambooth_job.families.lora_formats import UNetLoraFormat
 from dreambooth_job.families.reference import GB, ReferenceModel
 from dreambooth_job.families.unet_activations import unet_activation_levels
+from dreambooth_job.outputs.export import single_file
 
 
 class StableDiffusionXL(ModelFamily):
@@ -37,8 +38,8 @@ class StableDiffusionXL(ModelFamily):
                                resolution=1024, class_images_bytes=int(0.4 * GB), step_seconds=20)
 
     def load_pipeline(self, path: str, cache_dir: str):
-        import torch
-        from diffusers import StableDiffusionXLPipeline
+        import torch  # deferred: torch is heavy
+        from diffusers import StableDiffusionXLPipeline  # deferred: diffusers is heavy
 
         # No invisible watermark: it alters every image the job samples (grids, class images).
         return StableDiffusionXLPipeline.from_pretrained(
@@ -49,8 +50,6 @@ class StableDiffusionXL(ModelFamily):
         """As Stability's sd_xl_base_1.0.safetensors: CLIP ViT-L in transformers' layout under
         `conditioner.embedders.0.transformer.`, OpenCLIP ViT-bigG in open_clip's (fused q/k/v,
         `text_projection`) under `conditioner.embedders.1.model.`."""
-        from dreambooth_job.export import single_file
-
         return {single_file.SDXL_CLIP_PREFIX: single_file.clip_to_ldm(pipeline.text_encoder),
                 single_file.SDXL_OPEN_CLIP_PREFIX: single_file.open_clip_to_ldm(pipeline.text_encoder_2)}
 
@@ -69,7 +68,7 @@ class StableDiffusionXL(ModelFamily):
         """As StableDiffusionXLPipeline.encode_prompt: each encoder's penultimate hidden states,
         concatenated on the width; the pooled output of the second (CLIPTextModelWithProjection's
         `text_embeds`)."""
-        import torch
+        import torch  # deferred: torch is heavy
 
         hidden, pooled = [], None
         for name, token_ids in zip(self.text_encoder_names, ids):
@@ -92,7 +91,7 @@ class StableDiffusionXL(ModelFamily):
 def time_ids(geometry: Sequence[ImageGeometry], dtype, device):
     """(batch, 6): original (height, width), crop (top, left), target (height, width) per image,
     in the order SDXL's `_get_add_time_ids` and diffusers' trainers use."""
-    import torch
+    import torch  # deferred: torch is heavy
 
     rows = [[g.original_size[1], g.original_size[0], *g.crop_top_left, g.target_size, g.target_size]
             for g in geometry]

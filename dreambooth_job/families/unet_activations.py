@@ -1,5 +1,5 @@
 """Saved activations of a diffusers UNet2DConditionModel, per level, from its config: the SD and
-SDXL families' `activation_levels` (memory.py's estimate reads them)."""
+SDXL families' `activation_levels` (training/memory_estimate.py's estimate reads them)."""
 
 from __future__ import annotations
 

@@ -14,16 +14,16 @@ from __future__ import annotations
 
 import click
 
-from dreambooth_job.generation.config import generate_options, resolve
+from dreambooth_job import log
+from dreambooth_job.generation.generate_config import generate_options, resolve
+from dreambooth_job.generation.run import RECORD_FILE
+from dreambooth_job.generation.run import generate as run
 
 
 @click.command("generate")
 @generate_options
 def generate(**params) -> None:
     """Draw images with a finished run's weights: PNGs, grid.png and generation.json to --output."""
-    from dreambooth_job import log
-    from dreambooth_job.generation.run import RECORD_FILE
-    from dreambooth_job.generation.run import generate as run
 
     config = resolve(params)
     config.validate(require_inputs=True)

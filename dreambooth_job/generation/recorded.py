@@ -30,13 +30,14 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from dreambooth_job import locations, storage
-from dreambooth_job.config_fields import Place
+from dreambooth_job.config import locations
+from dreambooth_job.config.operator_policy import ENV_PREFIX, OperatorPolicy
+from dreambooth_job.config.option_fields import Place
+from dreambooth_job.config.policy_checks import place_problem
 from dreambooth_job.exit_codes import InvalidInputError
-from dreambooth_job.operator_policy import ENV_PREFIX, OperatorPolicy
-from dreambooth_job.policy import place_problem
+from dreambooth_job.outputs.result import COMPLETION_MARKER, RESULT_FILE, output_locations
 from dreambooth_job.redaction import has_url_credentials
-from dreambooth_job.result import COMPLETION_MARKER, RESULT_FILE, output_locations
+from dreambooth_job.storage import places as storage
 
 MAX_RESULT_BYTES = 4 * 2**20
 """A run's result.json is a few KiB; a larger one is not a run this package wrote."""
@@ -123,7 +124,7 @@ def location_problem(key: str, value: str, policy: OperatorPolicy) -> str | None
         return (f"{RESULT_FILE}'s {key} {shown!r} is a hub id or a relative path: with "
                 f"{ALLOWED_PREFIXES_ENV} set, generate reads a run's base model and VAE only "
                 "under the prefixes it lists")
-    # From here on the command line's rule for a location (policy.py), so the two cannot drift.
+    # From here on the command line's rule for a location (config/policy_checks.py), so the two cannot drift.
     return place_problem(f"{RESULT_FILE}'s {key}", value, Place.LOCATION, policy)
 
 

@@ -7,7 +7,7 @@
 Under --output: `prompt-<p>-seed-<seed>.png` per image (p: the prompt's index, two digits), grid.png
 (rows: prompts, columns: seeds) and generation.json, what was generated with what, written last:
 a prefix without it is a generation still running or one that died. Image i of a prompt has seed
---seed + i and its initial noise is drawn on the CPU from that seed alone (sampling.py), so an
+--seed + i and its initial noise is drawn on the CPU from that seed alone (generation/sampling.py), so an
 image is the same whatever else is generated beside it, on any device. --model and --output are
 checked against the operator's prefixes of this process (the pod's) before anything is read.
 """
@@ -21,15 +21,18 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from dreambooth_job import __version__, families, models, storage
-from dreambooth_job.config_fields import check_bounds
+from dreambooth_job import __version__, families
+from dreambooth_job.config.operator_policy import OperatorPolicy
+from dreambooth_job.config.option_fields import check_bounds
+from dreambooth_job.config.subject_identifier import format_prompt
 from dreambooth_job.exit_codes import InvalidInputError
 from dreambooth_job.families import ModelFamily
-from dreambooth_job.generation.config import GenerateConfig, location_problems
+from dreambooth_job.generation.generate_config import GenerateConfig, location_problems
 from dreambooth_job.generation.source import RunSource, find_run, load_pipeline
-from dreambooth_job.identifiers import format_prompt
-from dreambooth_job.operator_policy import OperatorPolicy
 from dreambooth_job.redaction import redact_value
+from dreambooth_job.storage import places as storage
+from dreambooth_job.training import base_models as models
+from dreambooth_job.training import devices
 
 logger = logging.getLogger("dreambooth_job")
 
@@ -54,7 +57,7 @@ def image_name(prompt_index: int, seed: int) -> str:
 
 def generate(config: GenerateConfig) -> dict[str, Any]:
     """Generate and write everything; returns generation.json's content."""
-    from dreambooth_job import devices, sampling
+    from dreambooth_job.generation import sampling  # deferred: sampling imports PIL
 
     config.validate(require_inputs=True)
     policy = OperatorPolicy.from_env()  # the pod's: the generate Job carries the operator's env

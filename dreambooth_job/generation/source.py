@@ -3,9 +3,9 @@
     source = find_run("s3://runs/dog-42/")          # or s3://runs/dog-42/lora/, .../model/
     source.weights, source.identifier, source.class_noun, source.base_model
 
-The run is trusted only once it is complete (its _SUCCESS marker, result.py) and its result.json
+The run is trusted only once it is complete (its _SUCCESS marker, outputs/result.py) and its result.json
 says it succeeded. The weights are read from the run's own layout (`<run>/model/`, `<run>/lora/`,
-outputs.py), never from the output URIs inside result.json. A LoRA run's adapters go onto the
+outputs/weight_files.py), never from the output URIs inside result.json. A LoRA run's adapters go onto the
 base model (and VAE) its result.json records: that file is the tenant's to rewrite, so it is read
 by recorded.py (bounded, typed) and each of those locations must pass `recorded.location_problem`
 (a location, and under the operator's prefixes when DREAMBOOTH_OPERATOR_ALLOWED_PREFIXES is set)
@@ -20,12 +20,14 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from dreambooth_job import storage
+from dreambooth_job.config.operator_policy import OperatorPolicy
 from dreambooth_job.exit_codes import InvalidInputError
 from dreambooth_job.generation.recorded import check_locations, read_record
-from dreambooth_job.operator_policy import OperatorPolicy
-from dreambooth_job.outputs import LORA_DIR, MODEL_DIR
-from dreambooth_job.result import COMPLETION_MARKER, RESULT_FILE
+from dreambooth_job.outputs.lora_formats import DIFFUSERS_WEIGHT_NAME
+from dreambooth_job.outputs.result import COMPLETION_MARKER, RESULT_FILE
+from dreambooth_job.outputs.weight_files import LORA_DIR, MODEL_DIR
+from dreambooth_job.storage import places as storage
+from dreambooth_job.training import base_models as models
 
 logger = logging.getLogger("dreambooth_job")
 WEIGHTS = (MODEL_DIR, LORA_DIR)
@@ -95,8 +97,6 @@ def find_run(model: str, policy: OperatorPolicy | None = None) -> RunSource:
 def load_pipeline(source: RunSource, cache_dir: str):
     """The pipeline to draw with, on the CPU in fp32: the run's model/, or its base model (with
     the run's --vae) and lora/'s adapters loaded as a user would (`load_lora_weights`)."""
-    from dreambooth_job import models
-    from dreambooth_job.lora_files import DIFFUSERS_WEIGHT_NAME
 
     if source.weights == MODEL_DIR:
         return models.load_pipeline(models.resolve_base_model(source.weights_uri, cache_dir), cache_dir)

@@ -7,6 +7,7 @@ Nothing here imports torch or diffusers: a laptop or a CI runner submits without
 # from another system" uses.
 from dreambooth_job.k8s.batch import Batch, BatchFileError, load_batch
 from dreambooth_job.k8s.client import Connection, SubmittedJob, cancel, submit
+from dreambooth_job.k8s.cluster_settings import ClusterSettings
 from dreambooth_job.k8s.errors import (
     ApiUnreachableError,
     ClusterConfigError,
@@ -22,7 +23,6 @@ from dreambooth_job.k8s.generate_job import GenerateJobSpec, build_generate_job,
 from dreambooth_job.k8s.manifest import (
     BATCH_LABEL,
     SUBJECT_LABEL,
-    ClusterSettings,
     IndexedJobSpec,
     JobSpec,
     build_indexed_job,

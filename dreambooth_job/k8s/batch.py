@@ -14,7 +14,7 @@ CSV has a header row `id,instance_data,class_noun[,more options]`; JSONL has one
 the first of which may be `{"defaults": {...}}`. The batch id (the Jobs' batch label) is
 `batch_id` from the defaults or --set, else the file's name without its extension.
 
-The file is tenant-written: the operator's settings (operator_policy.py) limit which options the
+The file is tenant-written: the operator's settings (config/operator_policy.py) limit which options the
 file, --set and rows may set, which prefixes their paths and URIs may name, and which hosts their
 URLs may reach. Every problem of every row is reported at once.
 """
@@ -32,14 +32,17 @@ from typing import Any
 
 import yaml
 
-from dreambooth_job.config import TrainConfig, fields, flag_name, normalize_keys
-from dreambooth_job.config_choices import ID_PATTERN as ID_REGEX
-from dreambooth_job.config_fields import place_of
-from dreambooth_job.config_files import load_yaml, read_text_file, yaml_reason
+from dreambooth_job.config.choices import ID_PATTERN as ID_REGEX
+from dreambooth_job.config.field_types import flag_name
+from dreambooth_job.config.introspection import fields
+from dreambooth_job.config.operator_policy import OperatorPolicy
+from dreambooth_job.config.option_fields import place_of
+from dreambooth_job.config.policy_checks import policy_problems
+from dreambooth_job.config.sources import normalize_keys
+from dreambooth_job.config.tenant_files import load_yaml, read_text_file, yaml_reason
+from dreambooth_job.config.train_config import TrainConfig
 from dreambooth_job.exit_codes import InvalidInputError
 from dreambooth_job.k8s.pod import OPTIONS_SET_BY_THE_POD
-from dreambooth_job.operator_policy import OperatorPolicy
-from dreambooth_job.policy import policy_problems
 
 ID_KEYS = ("id", "subject_id")
 # Ids become label values and S3 path parts: keep them to what a label value accepts.

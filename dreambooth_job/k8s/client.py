@@ -1,7 +1,7 @@
 """Talk to the Kubernetes API: connect, submit one Job, cancel it, list a batch's Jobs.
 
     from dreambooth_job.k8s import ClusterSettings, JobSpec, submit, cancel
-    from dreambooth_job.config import TrainConfig
+    from dreambooth_job.config.train_config import TrainConfig
 
     train = TrainConfig(instance_data="s3://photos/dog/", class_noun="dog", output="s3://runs/dog/")
     job = submit(JobSpec(train=train, cluster=ClusterSettings(image="registry/dreambooth-job:0.1.0")))

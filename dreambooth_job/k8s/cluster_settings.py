@@ -16,10 +16,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from dreambooth_job import __version__, sizing
+from dreambooth_job import __version__
+from dreambooth_job.config.operator_policy import OperatorPolicy, ceiling_env, with_ceilings
+from dreambooth_job.config.quantities import parse_quantity
 from dreambooth_job.exit_codes import InvalidInputError
-from dreambooth_job.operator_policy import OperatorPolicy, ceiling_env, with_ceilings
-from dreambooth_job.quantities import parse_quantity
+from dreambooth_job.training import sizing
 
 APP_NAME = "dreambooth-job"
 DEFAULT_IMAGE = f"{APP_NAME}:{__version__}"
@@ -179,7 +180,7 @@ class ClusterSettings:
     ceilings: Mapping[str, Any] = setting(
         default_factory=dict,
         help="Operator setting: the most a tenant may ask for, by name (max_train_steps: 5000, "
-             "max_gpus: 2, max_memory: 128Gi; operator_policy.py), in place of the building "
+             "max_gpus: 2, max_memory: 128Gi; config/operator_policy.py), in place of the building "
              "process's DREAMBOOTH_OPERATOR_MAX_* and passed to the pod as that variable. "
              "Chart: operator.maxTrainSteps, operator.maxGpus, ...")
     notify_secret: str | None = setting(

@@ -24,16 +24,18 @@ import click
 import yaml
 
 from dreambooth_job.cli_options import resolve_train_config, train_options
-from dreambooth_job.config import flag_name, load_config_file
+from dreambooth_job.config.field_types import flag_name
+from dreambooth_job.config.policy_checks import policy_problems
+from dreambooth_job.config.sources import load_config_file
 from dreambooth_job.exit_codes import InvalidInputError
-from dreambooth_job.generation import config as generate_config
+from dreambooth_job.generation import generate_config
 from dreambooth_job.k8s import client as k8s
 from dreambooth_job.k8s.batch import SET_BY_THE_POD, Batch, BatchFileError, load_batch
+from dreambooth_job.k8s.batch_report import summary, write_report
 from dreambooth_job.k8s.feed import render_batch, submit_batch
 from dreambooth_job.k8s.generate_job import GenerateJobSpec
 from dreambooth_job.k8s.manifest import BATCH_LABEL, JobSpec, label_value
 from dreambooth_job.k8s.options import cluster_options, connection_options, resolve_cluster_settings
-from dreambooth_job.k8s.report import summary, write_report
 from dreambooth_job.k8s.status import (
     JOB_NAME_LABEL,
     JobStatus,
@@ -44,7 +46,6 @@ from dreambooth_job.k8s.status import (
     format_duration,
     get_status,
 )
-from dreambooth_job.policy import policy_problems
 
 
 def _connect(params: dict[str, Any]) -> k8s.Connection:
@@ -96,7 +97,7 @@ def submit(replace: bool, dry_run: bool, fmt: str, **params: Any) -> None:
         raise InvalidInputError(f"{flag_name(set_by_the_pod[0])} is set by the pod, not by submit: "
                                 "drop it")
     spec = JobSpec(train=resolve_train_config(params), cluster=resolve_cluster_settings(params))
-    # The operator's prefixes, hosts and ceilings, as for batch and in the pod (policy.py).
+    # The operator's prefixes, hosts and ceilings, as for batch and in the pod (config/policy_checks.py).
     _submit(spec, policy_problems(spec.train, spec.cluster.policy()), replace, dry_run, fmt, params,
             "for this subject")
 

@@ -13,22 +13,17 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from dreambooth_job import config as cfg
+from dreambooth_job.config import train_config as cfg
+from dreambooth_job.exit_codes import NOT_RETRYABLE
 from dreambooth_job.k8s.cluster_settings import (
     DEFAULT_PROFILE,
     PEAK_LOCAL_DISK_GB,
+    TERMINATION_MARGIN_SECONDS,
     TMP_MOUNT,
     ClusterSettings,
 )
 from dreambooth_job.k8s.commented_yaml import Path, commented_yaml
-from dreambooth_job.k8s.manifest import (
-    NOT_RETRYABLE,
-    TERMINATION_MARGIN_SECONDS,
-    IndexedJobSpec,
-    JobSpec,
-    build_indexed_job,
-    build_job,
-)
+from dreambooth_job.k8s.manifest import IndexedJobSpec, JobSpec, build_indexed_job, build_job
 
 SYNC_COMMAND = ".venv/bin/python helm/sync_chart.py"
 S3_SECRET = "dreambooth-job-s3"

@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from dreambooth_job.config import TrainConfig
+from dreambooth_job.config.train_config import TrainConfig
 from dreambooth_job.k8s.batch import Batch
 from dreambooth_job.k8s.client import (
     Connection,
@@ -28,15 +28,9 @@ from dreambooth_job.k8s.client import (
     render,
     submit,
 )
-from dreambooth_job.k8s.manifest import (
-    BATCH_LABEL,
-    ClusterSettings,
-    JobSpec,
-    job_name,
-    label_value,
-    subject_of,
-)
-from dreambooth_job.result import is_complete
+from dreambooth_job.k8s.cluster_settings import ClusterSettings
+from dreambooth_job.k8s.manifest import BATCH_LABEL, JobSpec, job_name, label_value, subject_of
+from dreambooth_job.outputs.result import is_complete
 
 
 @dataclass

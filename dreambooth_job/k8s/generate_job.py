@@ -20,10 +20,11 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from dreambooth_job import config as cfg
-from dreambooth_job.config_introspection import accepts_auto
-from dreambooth_job.generation import config as gen
-from dreambooth_job.generation.config import GenerateConfig, to_cli_args
+from dreambooth_job.config import field_types
+from dreambooth_job.config import train_config as cfg
+from dreambooth_job.config.introspection import accepts_auto
+from dreambooth_job.generation import generate_config as gen
+from dreambooth_job.generation.generate_config import GenerateConfig, to_cli_args
 from dreambooth_job.k8s.cluster_settings import ClusterSettings
 from dreambooth_job.k8s.manifest import _checked_name, _job, _labels, pod_failure_policy, values_key
 from dreambooth_job.k8s.pod import escape_expansion, pod_annotations, pod_spec
@@ -80,7 +81,8 @@ def chart_options() -> list[dict[str, Any]]:
     for f in gen.fields():
         if f.name in gen.SET_BY_THE_POD:
             continue
-        row: dict[str, Any] = {"key": values_key(f.name), "flag": f.metadata["flag"] or cfg.flag_name(f.name)}
+        row: dict[str, Any] = {"key": values_key(f.name),
+                               "flag": f.metadata["flag"] or field_types.flag_name(f.name)}
         if accepts_auto(f, GenerateConfig):
             row["auto"] = True
         rows.append(row)

@@ -1,7 +1,8 @@
 """The Kubernetes Jobs that train, as plain dicts: the same objects the Helm chart and manifests/ hold.
 
-    from dreambooth_job.config import TrainConfig
-    from dreambooth_job.k8s.manifest import ClusterSettings, JobSpec, build_job
+    from dreambooth_job.config.train_config import TrainConfig
+    from dreambooth_job.k8s.cluster_settings import ClusterSettings
+    from dreambooth_job.k8s.manifest import JobSpec, build_job
 
     train = TrainConfig(instance_data="s3://photos/dog-42/", class_noun="dog", output="s3://runs/dog-42/")
     job = build_job(JobSpec(train=train, cluster=ClusterSettings(image="registry/dreambooth-job:0.1.0")))
@@ -27,54 +28,26 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from dreambooth_job import __version__
-from dreambooth_job import config as cfg
+from dreambooth_job.config import field_types, introspection
+from dreambooth_job.config import train_config as cfg
+from dreambooth_job.config.operator_policy import CEILINGS, ceiling_env
 from dreambooth_job.exit_codes import NOT_RETRYABLE, ExitCode, InvalidInputError
 from dreambooth_job.k8s.cluster_settings import (
-    APP_NAME,
-    CACHE_MOUNT,
-    DEFAULT_IMAGE,
-    EPHEMERAL_STORAGE_LIMIT,
-    EPHEMERAL_STORAGE_REQUEST,
-    PEAK_LOCAL_DISK_GB,
-    RUN_AS_USER,
-    SHM_MOUNT,
     TERMINATION_MARGIN_SECONDS,
-    TMP_MOUNT,
-    TMP_SIZE_LIMIT,
     ClusterSettings,
 )
 from dreambooth_job.k8s.pod import (
     CONTAINER_NAME,
-    JOB_UID_ENV,
-    JOB_UID_LABEL,
     OPTIONS_SET_BY_THE_POD,
-    PROMPT_FILE_DIRS_ENV,
     chart_pod_table,
     chart_sizing_table,
     compact,
     container_args,
-    container_security_context,
     escape_expansion,
     job_grace_seconds,
-    job_uid_env,
     pod_annotations,
-    pod_security_context,
     pod_spec,
-    termination_grace_period,
 )
-from dreambooth_job.operator_policy import CEILINGS, ceiling_env
-
-# Importable from here as before the split into cluster_settings.py and pod.py.
-__all__ = [
-    "APP_NAME", "BATCH_LABEL", "CACHE_MOUNT", "CONTAINER_NAME", "DEFAULT_IMAGE",
-    "EPHEMERAL_STORAGE_LIMIT", "EPHEMERAL_STORAGE_REQUEST", "JOB_UID_ENV", "JOB_UID_LABEL",
-    "NOT_RETRYABLE", "OPTIONS_SET_BY_THE_POD", "PEAK_LOCAL_DISK_GB", "PROMPT_FILE_DIRS_ENV",
-    "QUEUE_LABEL", "RUN_AS_USER", "SHM_MOUNT", "SUBJECT_LABEL", "TERMINATION_MARGIN_SECONDS",
-    "TMP_MOUNT", "TMP_SIZE_LIMIT", "ClusterSettings", "IndexedJobSpec", "JobSpec", "build_indexed_job",
-    "build_job", "chart_table", "container_args", "container_security_context", "job_name",
-    "job_uid_env", "label_value", "pod_failure_policy", "pod_security_context", "subject_of",
-    "termination_grace_period", "values_key",
-]
 
 SUBJECT_LABEL = "dreambooth-job/subject"
 BATCH_LABEL = "dreambooth-job/batch"
@@ -267,18 +240,19 @@ def chart_table() -> dict[str, Any]:
     and `auto` that a null one is passed as `auto`.
     """
     options = []
-    for f in cfg.fields():
+    for f in introspection.fields():
         if f.name in OPTIONS_SET_BY_THE_POD:
             continue
         option: dict[str, Any] = {"key": values_key(f.name), "role": str(f.metadata["role"])}
-        if cfg.base_type(f) is bool:
-            declared = f.metadata["flag"] or f"{cfg.flag_name(f.name)}/--no-{f.name.replace('_', '-')}"
+        if introspection.base_type(f) is bool:
+            negation = "--no-" + f.name.replace("_", "-")
+            declared = f.metadata["flag"] or f"{field_types.flag_name(f.name)}/{negation}"
             option["flag"], option["negation"] = declared.split("/")
         else:
-            option["flag"] = f.metadata["flag"] or cfg.flag_name(f.name)
-            if cfg.accepts_auto(f):  # null: passed as `auto` when the option is a model one
+            option["flag"] = f.metadata["flag"] or field_types.flag_name(f.name)
+            if introspection.accepts_auto(f):  # null: passed as `auto` when the option is a model one
                 option["auto"] = True
-        option["default"] = cfg.default_of(f)
+        option["default"] = field_types.default_of(f)
         options.append(option)
     return {
         "terminationMarginSeconds": TERMINATION_MARGIN_SECONDS,
@@ -296,7 +270,8 @@ def chart_ceilings_table() -> list[dict[str, Any]]:
     """The operator's ceilings for the chart (files/package.yaml's `ceilings`): each one's
     `operator:` key, variable and default, the `job:` option that declares it (config_fields'
     `ceiling=`) and the container resource it bounds."""
-    bounded = {f.metadata["ceiling"]: values_key(f.name) for f in cfg.fields() if f.metadata["ceiling"]}
+    bounded = {f.metadata["ceiling"]: values_key(f.name)
+               for f in introspection.fields() if f.metadata["ceiling"]}
     return [{"key": values_key(f.name), "env": ceiling_env(f.name), "default": f.default,
              "option": bounded.get(f.name), "resource": f.metadata["resource"]}
             for f in CEILINGS]

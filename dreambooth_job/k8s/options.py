@@ -19,7 +19,7 @@ import click
 import yaml
 
 from dreambooth_job.exit_codes import InvalidInputError
-from dreambooth_job.k8s.manifest import ClusterSettings
+from dreambooth_job.k8s.cluster_settings import ClusterSettings
 
 _HINTS = typing.get_type_hints(ClusterSettings)
 

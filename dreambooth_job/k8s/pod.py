@@ -11,9 +11,18 @@ import math
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from dreambooth_job import config as cfg
-from dreambooth_job import sizing
-from dreambooth_job.config_fields import set_by_pod
+from dreambooth_job.config import introspection
+from dreambooth_job.config import sources as config_sources
+from dreambooth_job.config import train_config as cfg
+from dreambooth_job.config.operator_policy import (
+    ALLOW_PRIVATE_NOTIFY_ENV,
+    CEILINGS,
+    OperatorPolicy,
+    ceiling_env,
+)
+from dreambooth_job.config.operator_policy import ENV_PREFIX as OPERATOR_ENV_PREFIX
+from dreambooth_job.config.option_fields import set_by_pod
+from dreambooth_job.config.pod_env import IMAGE_ENV, JOB_UID_ENV
 from dreambooth_job.exit_codes import InvalidInputError
 from dreambooth_job.k8s.cluster_settings import (
     AUTO,
@@ -23,14 +32,7 @@ from dreambooth_job.k8s.cluster_settings import (
     TMP_MOUNT,
     ClusterSettings,
 )
-from dreambooth_job.operator_policy import (
-    ALLOW_PRIVATE_NOTIFY_ENV,
-    CEILINGS,
-    OperatorPolicy,
-    ceiling_env,
-)
-from dreambooth_job.operator_policy import ENV_PREFIX as OPERATOR_ENV_PREFIX
-from dreambooth_job.pod_env import IMAGE_ENV, JOB_UID_ENV
+from dreambooth_job.training import sizing
 
 CONTAINER_NAME = "train"
 # Set by the Job controller on every pod of a Job (Kubernetes >= 1.27); the lease reads it.
@@ -47,7 +49,7 @@ RESERVED_ENV_PREFIXES = (OPERATOR_ENV_PREFIX, JOB_UID_ENV, IMAGE_ENV, "NVIDIA_")
 # The container sets these itself (cache_dir follows the cache volume), so they are not options
 # of the chart's `job:` values nor of the rendered args, and a batch row may not set them: the
 # options declared `set_by_pod` (config_fields.option).
-OPTIONS_SET_BY_THE_POD = frozenset(f.name for f in cfg.fields() if set_by_pod(f))
+OPTIONS_SET_BY_THE_POD = frozenset(f.name for f in introspection.fields() if set_by_pod(f))
 
 
 def pod_spec(train: cfg.TrainConfig, cluster: ClusterSettings, args: list[str], *,
@@ -110,7 +112,7 @@ def escape_expansion(arg: str) -> str:
 
 
 def container_args(train: cfg.TrainConfig, extra_args: tuple[str, ...] = ()) -> list[str]:
-    return ["train", *(escape_expansion(a) for a in (*cfg.to_cli_args(train), *extra_args))]
+    return ["train", *(escape_expansion(a) for a in (*config_sources.to_cli_args(train), *extra_args))]
 
 
 def profile_of(train: cfg.TrainConfig, cluster: ClusterSettings) -> sizing.Profile:
@@ -281,7 +283,7 @@ def reserved_env_message(setting: str, name: str) -> str:
 
 def notify_env(train: cfg.TrainConfig, cluster: ClusterSettings) -> list[dict[str, Any]]:
     """The completion call's signing key: the Secret's key named like --notify-secret-env, as
-    that variable (notify.py reads it)."""
+    that variable (outputs/notify.py reads it)."""
     if not cluster.notify_secret:
         return []
     name = train.notify_secret_env

@@ -25,7 +25,7 @@ from dreambooth_job.k8s import client as k8s_client
 from dreambooth_job.k8s.batch import Batch
 from dreambooth_job.k8s.client import Connection, connect
 from dreambooth_job.k8s.manifest import BATCH_LABEL, SUBJECT_LABEL, job_name, label_value, subject_of
-from dreambooth_job.result_reader import MalformedResult, RunRecord, read_record, unreadable
+from dreambooth_job.outputs.result_reader import MalformedResult, RunRecord, read_record, unreadable
 
 JOB_NAME_LABEL = "job-name"  # set on every pod by the Job controller (all supported versions)
 
@@ -62,7 +62,7 @@ class JobStatus:
     """Why it failed, or why the last attempt ended when it is retrying."""
     output: str | None = None
     result: RunRecord | None = field(default=None, repr=False)
-    """result.json's fields in use (result_reader.py), when the Job succeeded and the output holds
+    """result.json's fields in use (outputs/result_reader.py), when the Job succeeded and the output holds
     a completed run."""
     result_error: str | None = None
     """"result.json unreadable: <why>" (missing S3 credentials, a malformed file), if it could not

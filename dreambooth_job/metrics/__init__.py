@@ -24,7 +24,7 @@ id. No method raises: metrics must never fail the job.
 Pushgateway groups (one per subject, replaced by every push, kept until deleted with
 ``delete_batch_groups``) are described in exposition.py.
 
-    >>> from dreambooth_job.config import TrainConfig
+    >>> from dreambooth_job.config.train_config import TrainConfig
     >>> from dreambooth_job.metrics import PrometheusObserver
     >>> obs = PrometheusObserver(TrainConfig(metrics_port=0, job_id="j1", subject_id="dog"))
     >>> obs.phase_started("train")

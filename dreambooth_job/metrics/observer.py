@@ -14,7 +14,7 @@ from typing import Concatenate, ParamSpec, Self, TypeVar
 
 from prometheus_client import CollectorRegistry, generate_latest
 
-from dreambooth_job.config import TrainConfig
+from dreambooth_job.config.train_config import TrainConfig
 from dreambooth_job.events import PHASES, JobObserver, TrainProgress
 from dreambooth_job.metrics.definitions import DIRECTIONS, JobMetrics
 from dreambooth_job.metrics.exposition import (

@@ -3,10 +3,10 @@ loss, reused from the shared cache where another run made them, generated (and c
 
 from __future__ import annotations
 
-from dreambooth_job import priors
-from dreambooth_job.devices import pick_device
+from dreambooth_job.outputs.result import ClassImagesInfo
 from dreambooth_job.phases.context import RunContext
-from dreambooth_job.result import ClassImagesInfo
+from dreambooth_job.training import prior_images as priors
+from dreambooth_job.training.devices import pick_device
 
 
 def wanted(ctx: RunContext) -> bool:

@@ -16,15 +16,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from dreambooth_job import data, identifiers, models, storage
-from dreambooth_job.checkpoint import BackgroundUploads, CheckpointStore
-from dreambooth_job.config import TrainConfig
+from dreambooth_job.config import subject_identifier as identifiers
+from dreambooth_job.config.train_config import TrainConfig
 from dreambooth_job.events import JobObserver
-from dreambooth_job.lease import Lease, pod_identity
-from dreambooth_job.loss_history import LossHistory
-from dreambooth_job.notify import Notifier
-from dreambooth_job.redaction import redact_value
-from dreambooth_job.result import (
+from dreambooth_job.outputs.loss_history import LossHistory
+from dreambooth_job.outputs.notify import Notifier
+from dreambooth_job.outputs.result import (
     RESULT_FILE,
     BaseModelInfo,
     ClassImagesInfo,
@@ -34,7 +31,13 @@ from dreambooth_job.result import (
     RunResult,
     Training,
 )
+from dreambooth_job.redaction import redact_value
+from dreambooth_job.storage import places as storage
+from dreambooth_job.storage.lease import Lease, pod_identity
 from dreambooth_job.termination import StopRequest
+from dreambooth_job.training import base_models as models
+from dreambooth_job.training import subject_photos as data
+from dreambooth_job.training.checkpoint import BackgroundUploads, CheckpointStore
 
 if TYPE_CHECKING:
     from diffusers import DiffusionPipeline
@@ -76,7 +79,7 @@ class RunContext:
     model: LoadedModel | None = None  # load_model
     training_photos: data.SubjectPhotos | None = None  # load_model: the photos at model.resolution
     class_images: list[Image.Image] | None = None  # class_images
-    trainer: Trainer | None = None  # train; only phases/training.py calls it
+    trainer: Trainer | None = None  # train; only phases/fine_tune.py calls it
     steps_done: int = 0  # train
     # The logged losses (the run page's curve), kept with each checkpoint.
     loss_history: LossHistory = field(default_factory=LossHistory)
@@ -87,7 +90,7 @@ class RunContext:
         return cls(config=config, fingerprint=fingerprint, observer=observer, notifier=notifier,
                    result=new_result(config, fingerprint),
                    lease=Lease(config.output, wait_seconds=config.lease_wait_seconds, **pod_identity()),
-                   # auto (None): the sizing profile's, once the model has loaded (phases/training.py)
+                   # auto (None): the sizing profile's, once the model has loaded (phases/fine_tune.py)
                    stop=StopRequest(config.termination_grace_seconds or 0.0),
                    checkpoints=CheckpointStore(config.output, keep=max(1, config.checkpoints_keep)))
 

@@ -3,10 +3,13 @@ baseline row, for the base model, into result.json's "metrics" and the metrics' 
 
 from __future__ import annotations
 
-from dreambooth_job import models, sampling
-from dreambooth_job.devices import pick_device
+from dreambooth_job.evaluation import gauges, metrics_block
+from dreambooth_job.evaluation.evaluator import validate_config
+from dreambooth_job.generation import sampling
 from dreambooth_job.phases.context import RunContext
-from dreambooth_job.phases.training import inference_pipeline
+from dreambooth_job.phases.trained_model import inference_pipeline
+from dreambooth_job.training import base_models as models
+from dreambooth_job.training.devices import pick_device
 
 
 def wanted(ctx: RunContext) -> bool:
@@ -16,13 +19,11 @@ def wanted(ctx: RunContext) -> bool:
 def check(ctx: RunContext) -> None:
     """Before any download or model load: a bad or disallowed --prompt-set fails at once."""
     if wanted(ctx):
-        from dreambooth_job.evaluation import validate_config
-
         validate_config(ctx.config)
 
 
 def evaluate(ctx: RunContext) -> None:
-    from dreambooth_job.evaluation import Evaluator, gauges, metrics_block
+    from dreambooth_job.evaluation.evaluator import Evaluator  # deferred: evaluator imports PIL
 
     config, model = ctx.run_config, ctx.loaded
     token, photos = model.identifier.token, ctx.subject_photos.images

@@ -8,13 +8,13 @@ import json
 import logging
 from typing import Any
 
-from dreambooth_job import storage
-from dreambooth_job.checkpoint import conflicts
+from dreambooth_job.config.run_identity import differing_model_fields
 from dreambooth_job.exit_codes import InvalidInputError
+from dreambooth_job.outputs.result import COMPLETION_MARKER, RESULT_FILE, is_complete
+from dreambooth_job.outputs.result_reader import MAX_BYTES, MalformedResult, parse_record, unreadable
 from dreambooth_job.phases.context import RunContext
-from dreambooth_job.result import COMPLETION_MARKER, RESULT_FILE, is_complete
-from dreambooth_job.result_reader import MAX_BYTES, MalformedResult, parse_record, unreadable
-from dreambooth_job.run_identity import differing_model_fields
+from dreambooth_job.storage import places as storage
+from dreambooth_job.training.checkpoint import conflicts
 
 logger = logging.getLogger("dreambooth_job")
 
@@ -30,7 +30,7 @@ def already_complete(ctx: RunContext) -> bool:
         storage.delete(storage.join(config.output, COMPLETION_MARKER))
         ctx.checkpoints.delete_all()
         return False
-    # One rule for "the same run" (run_identity.py); the fingerprint is only the quick path.
+    # One rule for "the same run" (config/run_identity.py); the fingerprint is only the quick path.
     differing = differing_model_fields(completed.get("config"), config)
     if completed.get("config_fingerprint") == ctx.fingerprint or not differing:
         logger.info("%s already holds a completed run of this config: nothing to do", config.output)

@@ -3,9 +3,9 @@ then decoded and checked; every photo not trained on is named in result.json wit
 
 from __future__ import annotations
 
-from dreambooth_job import data
+from dreambooth_job.outputs.result import Photos, Rejection
 from dreambooth_job.phases.context import RunContext
-from dreambooth_job.result import Photos, Rejection
+from dreambooth_job.training import subject_photos as data
 
 
 def download(ctx: RunContext) -> None:

@@ -6,9 +6,10 @@ from __future__ import annotations
 
 import logging
 
-from dreambooth_job import run_page, storage
+from dreambooth_job.outputs import run_page
+from dreambooth_job.outputs.result import mark_complete
 from dreambooth_job.phases.context import RunContext
-from dreambooth_job.result import mark_complete
+from dreambooth_job.storage import places as storage
 
 logger = logging.getLogger("dreambooth_job")
 
@@ -35,7 +36,7 @@ def publish(ctx: RunContext) -> None:
 
 
 def write_page(ctx: RunContext) -> None:
-    """`<output>/index.html` (run_page.py) from the record as result.json holds it (redacted), the
+    """`<output>/index.html` (outputs/run_page.py) from the record as result.json holds it (redacted), the
     loss history, thumbnails of the photos used and the grids uploaded so far."""
     output = ctx.config.output
     # The photos at the training resolution once the model has loaded, else as validated.

@@ -1,15 +1,17 @@
 """Validation grids (during training with --sample-every, and phase sample at the end), each
 uploaded at once so grids from before a preemption survive it; phase sample also writes the
-published weight files (outputs.py) into the work directory for the upload."""
+published weight files (outputs/weight_files.py) into the work directory for the upload."""
 
 from __future__ import annotations
 
-from dreambooth_job import sampling, storage
+from dreambooth_job.generation import sampling
 from dreambooth_job.phases.context import RunContext
+from dreambooth_job.phases.trained_model import save_outputs
+from dreambooth_job.storage import places as storage
 
 
 def grid(ctx: RunContext, step: int) -> None:
-    from dreambooth_job.phases.training import inference_pipeline
+    from dreambooth_job.phases.trained_model import inference_pipeline  # deferred: trained_model imports PIL
 
     config, model = ctx.config, ctx.loaded
     image = sampling.validation_grid(
@@ -23,7 +25,5 @@ def grid(ctx: RunContext, step: int) -> None:
 
 
 def final(ctx: RunContext) -> None:
-    from dreambooth_job.phases.training import save_outputs
-
     grid(ctx, ctx.steps_done)
     save_outputs(ctx, ctx.work / "output")

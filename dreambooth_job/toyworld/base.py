@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from dreambooth_job.devtools.tiny_models import CLIP_MAX_LENGTH, clip_tokenizer
 from dreambooth_job.toyworld import world
 from dreambooth_job.toyworld.latent import build_vae
 
@@ -55,10 +56,8 @@ class BaseRecipe:
 
 
 def build_models(recipe: BaseRecipe):
-    from diffusers import DDPMScheduler, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel
-
-    from dreambooth_job.models import CLIP_MAX_LENGTH
+    from diffusers import DDPMScheduler, UNet2DConditionModel  # deferred: diffusers is heavy
+    from transformers import CLIPTextConfig, CLIPTextModel  # deferred: transformers is heavy
 
     vae = build_vae(world.SIZE)
     levels = len(recipe.unet_channels)
@@ -128,9 +127,7 @@ def train_unet(unet, text_encoder, scheduler, latents: torch.Tensor, ids: torch.
 
 
 def train_base(output: str | Path, recipe: BaseRecipe) -> Path:
-    from diffusers import StableDiffusionPipeline
-
-    from dreambooth_job.devtools.tiny_models import clip_tokenizer
+    from diffusers import StableDiffusionPipeline  # deferred: diffusers is heavy
 
     torch.set_num_threads(recipe.threads)
     torch.manual_seed(recipe.seed)
@@ -180,7 +177,7 @@ def save_compact(pipeline, output: Path) -> None:
     """save_pretrained, at a test fixture's size: the UNet and text encoder stored in fp16 (the
     loader upcasts to fp32), the tokenizer as CLIP's vocab.json + merges.txt (1.4 MB) instead of
     tokenizer.json (3.6 MB). The hand-set VAE stays fp32: its exactness depends on it."""
-    from safetensors.torch import load_file, save_file
+    from safetensors.torch import load_file, save_file  # deferred: safetensors is heavy
 
     pipeline.save_pretrained(output, safe_serialization=True)
     for weights in (output / "unet" / "diffusion_pytorch_model.safetensors",

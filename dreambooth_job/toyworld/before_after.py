@@ -16,7 +16,7 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont
 
-from dreambooth_job.sampling import LABEL_WIDTH
+from dreambooth_job.generation.sampling import LABEL_WIDTH
 from dreambooth_job.toyworld import experiment, measure
 
 ROWS = ("subject", "on green", "class")

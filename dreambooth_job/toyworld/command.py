@@ -11,8 +11,8 @@ from pathlib import Path
 
 import click
 
-from dreambooth_job.config import DEFAULT_LORA_TARGETS, TRAIN_MODE_CHOICES
-from dreambooth_job.lora import UNET_CONV_TARGETS
+from dreambooth_job.config.choices import DEFAULT_LORA_TARGETS, TRAIN_MODE_CHOICES
+from dreambooth_job.training.lora_adapters import UNET_CONV_TARGETS
 
 
 @click.command("toy-world")
@@ -43,9 +43,9 @@ def toy_world(output: Path, base_model: Path | None, seeds: list[int], steps: in
               class_images: int, threads: int) -> None:
     """Base model -> DreamBooth with prior preservation -> without, through the real train job;
     prints the metrics table (subject fidelity, prompt fidelity, class leakage, diversity)."""
-    import torch
+    import torch  # deferred: torch is heavy
 
-    from dreambooth_job.toyworld import experiment
+    from dreambooth_job.toyworld import experiment  # deferred: experiment imports PIL
 
     torch.set_num_threads(threads)
     ablation = experiment.Ablation(

@@ -19,9 +19,13 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from dreambooth_job.config import DEFAULT_LORA_TARGETS
-from dreambooth_job.lora import UNET_CONV_TARGETS
+from dreambooth_job.config.choices import DEFAULT_LORA_TARGETS
+from dreambooth_job.config.subject_identifier import choose_identifier
+from dreambooth_job.config.train_config import TrainConfig
+from dreambooth_job.outputs.lora_formats import DIFFUSERS_WEIGHT_NAME
 from dreambooth_job.toyworld import measure, world
+from dreambooth_job.training.base_models import load_pipeline, resolve_base_model
+from dreambooth_job.training.lora_adapters import UNET_CONV_TARGETS
 
 log = logging.getLogger(__name__)
 
@@ -64,8 +68,6 @@ def write_subject(directory: Path, count: int) -> Path:
 def train_config(ablation: Ablation, seed: int, prior_preservation: bool, subject: str | Path,
                  output: str | Path):
     """The job's configuration for one run; `subject` and `output` are directories or s3:// URIs."""
-    from dreambooth_job.config import TrainConfig
-
     return TrainConfig(
         instance_data=str(subject), class_noun=measure.CLASS_NOUN, output=str(output),
         base_model=str(ablation.base_model), cache_dir=str(ablation.output / "cache"),
@@ -98,8 +100,7 @@ def learning_rate(ablation: Ablation) -> float:
 def load(path: Path, lora_dir: Path | None = None):
     """The pipeline saved at `path`; with `lora_dir`, plus the job's published LoRA adapters, read
     the way a user reads them (`load_lora_weights`)."""
-    from dreambooth_job import sampling
-    from dreambooth_job.models import load_pipeline, resolve_base_model
+    from dreambooth_job.generation import sampling  # deferred: sampling imports PIL
 
     no_cache = "/nonexistent"  # a local directory needs no model cache
     pipe = load_pipeline(resolve_base_model(str(path), no_cache), no_cache)
@@ -116,15 +117,12 @@ def load_trained(ablation: Ablation, run_dir: Path):
 
 def adapter_bytes(run_dir: Path) -> int:
     """Size of the diffusers-format adapter file a LoRA run published."""
-    from dreambooth_job.lora_files import DIFFUSERS_WEIGHT_NAME
-
     return (run_dir / "lora" / DIFFUSERS_WEIGHT_NAME).stat().st_size
 
 
 def run(ablation: Ablation) -> dict:
     """Train and measure every (seed, variant); return and write metrics.json and table.md."""
-    from dreambooth_job import job
-    from dreambooth_job.identifiers import choose_identifier
+    from dreambooth_job import job  # deferred: job imports PIL
 
     out = ablation.output
     out.mkdir(parents=True, exist_ok=True)
@@ -204,7 +202,7 @@ def write_grids(directory: Path, pictures: dict, token: str, subject: Path) -> N
 
 
 def _grid(rows: list[list[Image.Image]], labels: list[str]) -> Image.Image:
-    from dreambooth_job.sampling import image_grid
+    from dreambooth_job.generation.sampling import image_grid  # deferred: sampling imports PIL
 
     scaled = [[im.resize((64, 64), Image.NEAREST) for im in row] for row in rows]
     return image_grid(scaled, labels)

@@ -29,7 +29,7 @@ LATENT_CHANNELS = 4
 
 
 def build_vae(sample_size: int = 32):
-    from diffusers import AutoencoderKL
+    from diffusers import AutoencoderKL  # deferred: diffusers is heavy
 
     vae = AutoencoderKL(
         in_channels=3, out_channels=3, latent_channels=LATENT_CHANNELS,

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from dreambooth_job import sampling
+from dreambooth_job.generation import sampling
 from dreambooth_job.toyworld import features as feat
 from dreambooth_job.toyworld import world
 

@@ -1,4 +1,6 @@
-"""Training: the recipe a `train` job runs once its inputs are ready (phases/training.py calls it).
+"""Training: the recipe a `train` job runs once its inputs are ready (phases/fine_tune.py calls
+it), and what it uses: the subject's photos and class images, LoRA adapters, checkpoints, memory
+estimates and sizing, progress, the device, the base models and the start-up checks.
 
     trainer = Trainer(config, pipeline, instance_images=..., instance_prompt=...,
                       class_images=..., class_prompt=...)     # training/trainer.py
@@ -15,4 +17,10 @@
 | encoding.py | the frozen VAE and text encoders, and the --cache-latents cache |
 | batches.py | the draws of (seed, step): images, flips, random crops |
 | state.py | checkpoints: trainable-only for LoRA, forged states refused |
+| training/checkpoint.py | checkpoints in the output prefix: upload, list, resume, keep the last N |
+| subject_photos.py, prior_images.py | the subject's photos; class images and their cache |
+| lora_adapters.py | peft adapters on the denoiser and the text encoders |
+| base_models.py | the base model: hub id, directory or S3 prefix, through the model cache |
+| memory_estimate.py, training/sizing.py | what a step holds on the device; the pod's sizing profiles |
+| devices.py, progress.py, preflight.py | the device and precision; progress lines; start-up checks |
 """

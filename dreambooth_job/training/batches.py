@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from dreambooth_job.data import square_crop_at, to_tensor
+from dreambooth_job.training.subject_photos import square_crop_at, to_tensor
 
 
 def step_generator(seed: int, step: int) -> torch.Generator:

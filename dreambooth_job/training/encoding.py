@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import torch
 
-from dreambooth_job.config import TrainConfig
+from dreambooth_job.config.train_config import TrainConfig
 from dreambooth_job.families import ModelFamily, PromptEmbeddings
 from dreambooth_job.training.setup import TrainedModels
 

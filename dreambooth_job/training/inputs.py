@@ -10,12 +10,12 @@ from __future__ import annotations
 import torch
 from PIL import Image
 
-from dreambooth_job.config import TrainConfig
-from dreambooth_job.data import cover_size
+from dreambooth_job.config.train_config import TrainConfig
 from dreambooth_job.families import ModelFamily, PromptEmbeddings
 from dreambooth_job.families.base import ImageGeometry
 from dreambooth_job.training.batches import center_crops, pick, random_crops
 from dreambooth_job.training.encoding import EncodedCache, Encoder
+from dreambooth_job.training.subject_photos import cover_size
 
 
 class TrainingInputs:

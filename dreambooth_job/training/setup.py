@@ -11,10 +11,10 @@ from typing import Any
 
 import torch
 
-from dreambooth_job import devices, memory
-from dreambooth_job.config import TrainConfig
+from dreambooth_job.config.train_config import TrainConfig
 from dreambooth_job.families import ModelFamily, TrainMode
-from dreambooth_job.training import state
+from dreambooth_job.training import devices, state
+from dreambooth_job.training import memory_estimate as memory
 
 log = logging.getLogger("dreambooth_job")
 
@@ -125,7 +125,7 @@ def step_bytes(config: TrainConfig, pipeline, family: ModelFamily, models: Train
 
 def _checkpointing_needed(config: TrainConfig, pipeline, family: ModelFamily, models: TrainedModels,
                           runtime: Runtime, images: int) -> bool:
-    """`auto`: only on CUDA, and only when training without it would not fit (memory.py)."""
+    """`auto`: only on CUDA, and only when training without it would not fit (training/memory_estimate.py)."""
     if runtime.device.type != "cuda":
         return False
     required = step_bytes(config, pipeline, family, models, images, runtime.precision in ("fp16", "bf16"))

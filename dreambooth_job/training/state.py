@@ -34,7 +34,7 @@ def trainable_state(module) -> dict:
 
 def model_file(directory, index: int) -> Path:
     """Where accelerate's save_state writes the state of its `index`-th prepared model."""
-    from accelerate.utils import SAFE_WEIGHTS_NAME
+    from accelerate.utils import SAFE_WEIGHTS_NAME  # deferred: accelerate is heavy
 
     name = SAFE_WEIGHTS_NAME if index == 0 else SAFE_WEIGHTS_NAME.replace(".", f"_{index}.")
     return Path(directory, name)
@@ -43,7 +43,7 @@ def model_file(directory, index: int) -> Path:
 def load_trainable_state(module, path: Path) -> None:
     """Load what `trainable_state` saved into `module`; a file that holds other parameters than
     the module trains is refused (a checkpoint of other adapters), not loaded halfway."""
-    from safetensors.torch import load_file
+    from safetensors.torch import load_file  # deferred: safetensors is heavy
 
     state = load_file(path)
     expected = trainable_state(module).keys()
@@ -77,7 +77,7 @@ def load_state(accelerator, directory: Path, optimizer, lr_scheduler) -> None:
     unusable, a retry loads the same files) for a file that does not load, an RNG state that does
     not apply, an optimizer or LR scheduler state of another layout than this run's, moments of
     another shape than their parameters."""
-    import torch
+    import torch  # deferred: torch is heavy
 
     layout = _layout(optimizer.state_dict()["param_groups"]), _layout(lr_scheduler.state_dict())
     _apply_rng_states(Path(directory), accelerator.process_index)
@@ -101,9 +101,9 @@ def load_state(accelerator, directory: Path, optimizer, lr_scheduler) -> None:
 def _apply_rng_states(directory: Path, process_index: int) -> None:
     """Load and apply the RNG states as accelerate's load_state does, which only logs "Could not
     load random states" when they do not (and goes on with the current ones)."""
-    import numpy as np
-    import torch
-    from accelerate.utils import RNG_STATE_NAME, load
+    import numpy as np  # deferred: numpy is heavy
+    import torch  # deferred: torch is heavy
+    from accelerate.utils import RNG_STATE_NAME, load  # deferred: accelerate is heavy
 
     path = directory / f"{RNG_STATE_NAME}_{process_index}.pkl"
     try:

@@ -2,7 +2,7 @@
 class-specific prior-preservation loss (Ruiz et al., CVPR 2023, eq. 2). Reads top to bottom, in
 torchtune's recipe shape: `Trainer.setup` (setup.py's steps: runtime, models, inputs, optimizer,
 accelerate's prepare), `Trainer.train` (the loop, with `loss` its step), `save_state`/`load_state`
-(checkpoints, state.py), `inference_pipeline` (what is sampled and saved; outputs.py writes the
+(checkpoints, state.py), `inference_pipeline` (what is sampled and saved; outputs/weight_files.py writes the
 files). The model family (denoiser, objective, latents, prompts) is `families.ModelFamily`'s, what
 trains is the `families.TrainMode`'s, what each step trains on is inputs.py's. Every random draw of
 step k comes from (seed, k) (batches.py), so a resumed run continues exactly like one that never
@@ -19,14 +19,14 @@ import torch
 from PIL import Image
 from torch.profiler import record_function
 
-from dreambooth_job import devices, families
-from dreambooth_job.config import TrainConfig
+from dreambooth_job import families
+from dreambooth_job.config.train_config import TrainConfig
 from dreambooth_job.events import JobObserver, TrainProgress
 from dreambooth_job.exit_codes import InvalidInputError
 from dreambooth_job.families import ModelFamily, PromptEmbeddings, TrainMode
 from dreambooth_job.families.objective import TrainingObjective
-from dreambooth_job.result import Training
-from dreambooth_job.training import setup, state
+from dreambooth_job.outputs.result import Training
+from dreambooth_job.training import devices, setup, state
 from dreambooth_job.training.batches import step_generator
 from dreambooth_job.training.encoding import Encoder
 from dreambooth_job.training.inputs import TrainingInputs

@@ -9,8 +9,8 @@ import functools
 import pytest
 import torch
 
+from dreambooth_job.bench.architectures import build_pipeline
 from dreambooth_job.bench.command import Settings, Variant, _images, bench_config
-from dreambooth_job.bench.models import build_pipeline
 from dreambooth_job.events import JobObserver
 from dreambooth_job.training.trainer import Trainer
 

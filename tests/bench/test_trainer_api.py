@@ -8,8 +8,8 @@ import functools
 
 import torch
 
+from dreambooth_job.bench.architectures import build_pipeline
 from dreambooth_job.bench.command import Settings, Variant, _images, bench_config
-from dreambooth_job.bench.models import build_pipeline
 from dreambooth_job.events import JobObserver
 from dreambooth_job.training.trainer import Trainer
 
@@ -83,7 +83,7 @@ def test_trainers_of_different_precisions_run_one_after_another():
 def test_the_checkpointing_estimate_reads_the_family_and_grows_with_the_batch():
     """`gradient_checkpointing: auto` decides on CUDA from `setup.step_bytes`: the family's
     activation levels for the trainer's denoiser, plus the trained parameters' state."""
-    from dreambooth_job import memory
+    from dreambooth_job.training import memory_estimate as memory
     from dreambooth_job.training import setup
 
     t = trainer()

@@ -20,10 +20,12 @@ import yaml
 from crd_schemas import SCHEMAS as CRD_SCHEMAS
 
 from dreambooth_job import cli
-from dreambooth_job import config as cfg
 from dreambooth_job.cli_options import resolve_train_config
-from dreambooth_job.k8s.manifest import ClusterSettings, JobSpec, values_key
-from dreambooth_job.operator_policy import CEILINGS
+from dreambooth_job.config import introspection
+from dreambooth_job.config import train_config as cfg
+from dreambooth_job.config.operator_policy import CEILINGS
+from dreambooth_job.k8s.cluster_settings import ClusterSettings
+from dreambooth_job.k8s.manifest import JobSpec, values_key
 
 REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "helm" / "dreambooth-job"
@@ -64,7 +66,7 @@ def load_values(path: Path) -> dict[str, Any]:
 
 def spec_from_values(values: dict[str, Any]) -> JobSpec:
     """The JobSpec that says in Python what merged chart `values` say: the same inputs."""
-    by_key = {values_key(f.name): f.name for f in cfg.fields()}
+    by_key = {values_key(f.name): f.name for f in introspection.fields()}
     train = cfg.TrainConfig(**{by_key[k]: v for k, v in values["job"].items() if v is not None})
     image, account, s3 = values["image"], values["serviceAccount"], values["s3"]
     if image.get("digest"):

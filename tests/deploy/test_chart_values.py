@@ -18,18 +18,12 @@ from deploy_support import (
     spec_from_values,
 )
 
-from dreambooth_job import config as cfg
-from dreambooth_job import sizing
+from dreambooth_job.config import field_types, introspection
+from dreambooth_job.config import train_config as cfg
 from dreambooth_job.exit_codes import InvalidInputError
-from dreambooth_job.k8s.manifest import (
-    OPTIONS_SET_BY_THE_POD,
-    SUBJECT_LABEL,
-    JobSpec,
-    build_job,
-    label_value,
-    subject_of,
-    values_key,
-)
+from dreambooth_job.k8s.manifest import SUBJECT_LABEL, JobSpec, build_job, label_value, subject_of, values_key
+from dreambooth_job.k8s.pod import OPTIONS_SET_BY_THE_POD
+from dreambooth_job.training import sizing
 
 SPECIAL_VALUES = {
     "instance_data": "s3://photos/Some Dog/",
@@ -58,12 +52,12 @@ def load_sync_script():
 
 def non_default(f) -> Any:
     """A valid value of field `f` that differs from its default."""
-    default = cfg.default_of(f)
+    default = field_types.default_of(f)
     if f.name in SPECIAL_VALUES:
         return SPECIAL_VALUES[f.name]
     if f.metadata["choices"]:
         return next(c for c in f.metadata["choices"] if c != default)
-    kind = cfg.base_type(f)
+    kind = introspection.base_type(f)
     if kind is bool:
         return True if default is None else not default
     if kind is int:
@@ -74,7 +68,7 @@ def non_default(f) -> Any:
 
 
 def chart_fields():
-    return [f for f in cfg.fields() if f.name not in OPTIONS_SET_BY_THE_POD]
+    return [f for f in introspection.fields() if f.name not in OPTIONS_SET_BY_THE_POD]
 
 
 def test_generated_chart_files_are_up_to_date():
@@ -85,7 +79,7 @@ def test_generated_chart_files_are_up_to_date():
 
 def test_every_option_is_reachable_and_every_key_is_an_option(chart):
     keys = set(chart.values["job"])
-    fields = {values_key(f.name): f.name for f in cfg.fields()}
+    fields = {values_key(f.name): f.name for f in introspection.fields()}
     assert keys <= fields.keys(), f"not TrainConfig fields: {keys - fields.keys()}"
     unreachable = {name for key, name in fields.items() if key not in keys} - OPTIONS_SET_BY_THE_POD
     assert not unreachable
@@ -94,7 +88,7 @@ def test_every_option_is_reachable_and_every_key_is_an_option(chart):
 def test_values_defaults_are_the_cli_defaults(chart):
     values = chart.values["job"]
     for f in chart_fields():
-        default = cfg.default_of(f)
+        default = field_types.default_of(f)
         assert values.get(values_key(f.name)) == default, f.name
 
 
@@ -103,19 +97,19 @@ def test_schema_types_and_choices_are_the_configs(chart):
     assert job["additionalProperties"] is False
     # Required only when training (mode: train, the default); `mode: generate` requires generate's.
     required = chart.schema["allOf"][0]["else"]["properties"]["job"]["required"]
-    assert set(required) == {values_key(f.name) for f in cfg.fields() if f.metadata["required"]}
+    assert set(required) == {values_key(f.name) for f in introspection.fields() if f.metadata["required"]}
     json_type = {str: "string", int: "integer", float: "number", bool: "boolean"}
     for f in chart_fields():
         prop = job["properties"][values_key(f.name)]
-        kind = json_type[cfg.base_type(f)]
-        if cfg.is_list(f):
+        kind = json_type[introspection.base_type(f)]
+        if introspection.is_list(f):
             assert prop["type"] == "array" and prop["items"]["type"] == kind
         else:
             assert kind == prop["type"] or kind in prop["type"], f.name
         assert prop.get("enum") == (list(f.metadata["choices"]) if f.metadata["choices"] else None)
 
 
-@pytest.mark.parametrize("f", [f for f in chart_fields() if cfg.base_type(f) in (int, float)],
+@pytest.mark.parametrize("f", [f for f in chart_fields() if introspection.base_type(f) in (int, float)],
                          ids=lambda f: f.name)
 def test_schema_bounds_agree_with_the_configs_validation(chart, f):
     # Probed with prior preservation off: its num_class_images >= 1 rule spans two options,
@@ -151,9 +145,9 @@ def test_every_option_renders_into_args_the_cli_parses_back(render):
 def stated_options(args: list[str]) -> set[str]:
     """The fields a `train` command line states, by their flags."""
     by_flag = {}
-    for f in cfg.fields():
-        declared = f.metadata["flag"] or cfg.flag_name(f.name)
-        if cfg.base_type(f) is bool and not f.metadata["flag"]:
+    for f in introspection.fields():
+        declared = f.metadata["flag"] or field_types.flag_name(f.name)
+        if introspection.base_type(f) is bool and not f.metadata["flag"]:
             declared += f"/--no-{f.name.replace('_', '-')}"
         by_flag.update(dict.fromkeys(declared.split("/"), f.name))
     return {by_flag[a] for a in args if a in by_flag}
@@ -164,7 +158,7 @@ def test_a_job_at_the_defaults_states_every_model_option_and_no_other(render, ch
     values = {"job": {**chart.values["job"], "instanceData": "s3://p/x/", "classNoun": "dog",
                       "output": "s3://r/x/"}}
     args = render(values).one("Job")["spec"]["template"]["spec"]["containers"][0]["args"]
-    model = {f.name for f in cfg.model_fields()} - {"vae"}  # unset: the base model's own VAE
+    model = {f.name for f in introspection.model_fields()} - {"vae"}  # unset: the base model's own VAE
     # Always passed: the output, the subject id and the SIGTERM budget the pod was sized for.
     assert stated_options(args) == model | {"output", "subject_id", "termination_grace_seconds"}
     # Options the run resolves are stated as `auto`, with what they depend on.
@@ -184,7 +178,7 @@ def test_the_python_builder_states_every_model_option_at_its_default():
                                                   output="s3://r/x/")))
     args = job["spec"]["template"]["spec"]["containers"][0]["args"]
     unset_means_none = {"vae"}  # the base model's own VAE
-    assert stated_options(args) == ({f.name for f in cfg.model_fields()} - unset_means_none
+    assert stated_options(args) == ({f.name for f in introspection.model_fields()} - unset_means_none
                                     | {"output", "subject_id", "termination_grace_seconds"})
     assert parse_train_args(args).learning_rate == cfg.TrainConfig().learning_rate
 

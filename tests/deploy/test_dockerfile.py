@@ -14,9 +14,9 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
 import dreambooth_job
-from dreambooth_job import config as cfg
-from dreambooth_job import preflight
-from dreambooth_job.k8s import manifest
+from dreambooth_job.config import field_types, introspection
+from dreambooth_job.k8s import cluster_settings
+from dreambooth_job.training import preflight
 
 DOCKERFILE = REPO / "Dockerfile"
 LOCK = REPO / "docker" / "requirements.lock"
@@ -156,18 +156,18 @@ def test_every_option_has_what_it_needs_in_the_image():
 
 def test_runtime_matches_what_the_manifests_assume():
     runtime = {i: a for i, a in stages()["runtime"] if i in ("USER", "ENTRYPOINT", "CMD", "EXPOSE")}
-    assert runtime["USER"] == f"{manifest.RUN_AS_USER}:{manifest.RUN_AS_USER}"
+    assert runtime["USER"] == f"{cluster_settings.RUN_AS_USER}:{cluster_settings.RUN_AS_USER}"
     script = next(iter(PYPROJECT["project"]["scripts"]))
     assert json.loads(runtime["ENTRYPOINT"]) == [script]  # exec form: the job is PID 1 and gets SIGTERM
     assert json.loads(runtime["CMD"]) == ["train"]
-    metrics_port = cfg.default_of(next(f for f in cfg.fields() if f.name == "metrics_port"))
+    metrics_port = field_types.default_of(next(f for f in introspection.fields() if f.name == "metrics_port"))
     assert runtime["EXPOSE"] == str(metrics_port)
     env = " ".join(a for i, a in stages()["runtime"] if i == "ENV")
-    assert f"XDG_CACHE_HOME={manifest.CACHE_MOUNT}" in env
-    assert f"HF_HOME={manifest.CACHE_MOUNT}/huggingface" in env
+    assert f"XDG_CACHE_HOME={cluster_settings.CACHE_MOUNT}" in env
+    assert f"HF_HOME={cluster_settings.CACHE_MOUNT}/huggingface" in env
     assert "HOME=/tmp" in env and "PYTHONDONTWRITEBYTECODE=1" in env
     volumes = json.loads(next(a for i, a in stages()["runtime"] if i == "VOLUME"))
-    assert set(volumes) == {manifest.CACHE_MOUNT, manifest.TMP_MOUNT}
+    assert set(volumes) == {cluster_settings.CACHE_MOUNT, cluster_settings.TMP_MOUNT}
 
 
 def test_oci_labels_carry_the_package_version():

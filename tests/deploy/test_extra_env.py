@@ -11,9 +11,10 @@ import helm_python as helm
 import pytest
 from deploy_support import NAMESPACE, RELEASE, assert_same, comparable, spec_from_values
 
-from dreambooth_job import config as cfg
+from dreambooth_job.config import train_config as cfg
 from dreambooth_job.exit_codes import InvalidInputError
-from dreambooth_job.k8s.manifest import ClusterSettings, JobSpec, build_job
+from dreambooth_job.k8s.cluster_settings import ClusterSettings
+from dreambooth_job.k8s.manifest import JobSpec, build_job
 
 JOB = {"instanceData": "s3://photos/dog-42/", "classNoun": "dog", "output": "s3://runs/dog-42/"}
 RESERVED = ["DREAMBOOTH_OPERATOR_ALLOWED_HOSTS", "DREAMBOOTH_OPERATOR_ALLOWED_PREFIXES",

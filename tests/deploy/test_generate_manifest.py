@@ -21,10 +21,10 @@ from deploy_support import (
 )
 
 from dreambooth_job import cli
-from dreambooth_job.config import TrainConfig
+from dreambooth_job.config.train_config import TrainConfig
 from dreambooth_job.exit_codes import ExitCode, InvalidInputError
-from dreambooth_job.generation import config as gen
-from dreambooth_job.generation.config import GenerateConfig
+from dreambooth_job.generation import generate_config as gen
+from dreambooth_job.generation.generate_config import GenerateConfig
 from dreambooth_job.k8s.cluster_settings import ClusterSettings
 from dreambooth_job.k8s.generate_job import (
     MODE_LABEL,

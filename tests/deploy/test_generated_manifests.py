@@ -15,22 +15,22 @@ import pytest
 import yaml
 from deploy_support import CHART, MANIFESTS, REPO, assert_same, load_values, spec_from_values
 
-from dreambooth_job import config as cfg
-from dreambooth_job import sizing
+from dreambooth_job.config import train_config as cfg
 from dreambooth_job.exit_codes import InvalidInputError
 from dreambooth_job.k8s import examples, pod
+from dreambooth_job.k8s.cluster_settings import ClusterSettings
 from dreambooth_job.k8s.commented_yaml import commented_yaml
 from dreambooth_job.k8s.manifest import (
     BATCH_LABEL,
     QUEUE_LABEL,
     SUBJECT_LABEL,
-    ClusterSettings,
     IndexedJobSpec,
     JobSpec,
     build_indexed_job,
     build_job,
     pod_failure_policy,
 )
+from dreambooth_job.training import sizing
 
 SYNC = REPO / "helm" / "sync_chart.py"
 GENERATED = sorted(examples.EXAMPLES)

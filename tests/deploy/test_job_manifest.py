@@ -10,19 +10,14 @@ import sys
 import pytest
 from deploy_support import KUBE_VERSIONS, options_of, parse_train_args, validate_object
 
-from dreambooth_job import config as cfg
-from dreambooth_job import lease, sizing
+from dreambooth_job.config import train_config as cfg
 from dreambooth_job.exit_codes import ExitCode, InvalidInputError
-from dreambooth_job.k8s import manifest
-from dreambooth_job.k8s.manifest import (
-    BATCH_LABEL,
-    QUEUE_LABEL,
-    SUBJECT_LABEL,
-    ClusterSettings,
-    JobSpec,
-    build_job,
-    job_name,
-)
+from dreambooth_job.k8s import cluster_settings
+from dreambooth_job.k8s import pod as pod_module
+from dreambooth_job.k8s.cluster_settings import ClusterSettings
+from dreambooth_job.k8s.manifest import BATCH_LABEL, QUEUE_LABEL, SUBJECT_LABEL, JobSpec, build_job, job_name
+from dreambooth_job.storage import lease
+from dreambooth_job.training import sizing
 
 DNS_LABEL = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$"
 
@@ -74,7 +69,7 @@ def test_pod_failure_policy_comes_from_the_exit_code_table():
     rules = build_job(JobSpec(train=dog()))["spec"]["podFailurePolicy"]["rules"]
     fail, ignore = rules
     assert fail["action"] == "FailJob"
-    assert fail["onExitCodes"] == {"containerName": manifest.CONTAINER_NAME, "operator": "In",
+    assert fail["onExitCodes"] == {"containerName": pod_module.CONTAINER_NAME, "operator": "In",
                                    "values": [ExitCode.INVALID_INPUT.value]}
     assert ignore == {"action": "Ignore",
                       "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]}
@@ -130,7 +125,7 @@ def test_a_cpu_pod_sees_no_gpu_of_its_node():
 
 def test_termination_grace_covers_the_checkpoint_budget():
     spec = pod_spec(build_job(JobSpec(train=dog(termination_grace_seconds=40.2))))
-    assert spec["terminationGracePeriodSeconds"] == 41 + manifest.TERMINATION_MARGIN_SECONDS
+    assert spec["terminationGracePeriodSeconds"] == 41 + cluster_settings.TERMINATION_MARGIN_SECONDS
     too_short = ClusterSettings(termination_grace_period_seconds=40)
     with pytest.raises(InvalidInputError, match="no time to checkpoint"):
         build_job(JobSpec(train=dog(termination_grace_seconds=40.2), cluster=too_short))
@@ -235,7 +230,7 @@ def test_credentials_in_a_url_never_reach_job_args(option):
 
 
 def test_the_pod_knows_its_image_for_result_json():
-    from dreambooth_job import result
+    from dreambooth_job.outputs import result
 
     cluster = ClusterSettings(image="registry.example/dreambooth-job@sha256:" + "a" * 64)
     pod = pod_spec(build_job(JobSpec(train=dog(), cluster=cluster)))

@@ -8,11 +8,13 @@ import yaml
 from deploy_support import MANIFESTS
 from kubernetes.utils import parse_quantity
 
-from dreambooth_job import sizing, termination
-from dreambooth_job.config import TrainConfig
-from dreambooth_job.k8s import manifest
-from dreambooth_job.k8s.cluster_settings import DEFAULT_PROFILE
-from dreambooth_job.k8s.manifest import ClusterSettings, JobSpec, build_job
+from dreambooth_job import termination
+from dreambooth_job.config.train_config import TrainConfig
+from dreambooth_job.k8s import cluster_settings
+from dreambooth_job.k8s import pod as pod_module
+from dreambooth_job.k8s.cluster_settings import DEFAULT_PROFILE, ClusterSettings
+from dreambooth_job.k8s.manifest import JobSpec, build_job
+from dreambooth_job.training import sizing
 
 GB = 10**9
 TRAIN = TrainConfig(instance_data="s3://photos/dog-42/", class_noun="dog", output="s3://runs/dog-42/")
@@ -24,7 +26,7 @@ def pod_of(job: dict) -> dict:
 
 def disk_of(pod: dict) -> dict:
     """The local-disk settings of a pod spec, as numbers of bytes."""
-    container = next(c for c in pod["containers"] if c["name"] == manifest.CONTAINER_NAME)
+    container = next(c for c in pod["containers"] if c["name"] == pod_module.CONTAINER_NAME)
     volumes = {v["name"]: v for v in pod["volumes"]}
     resources = container["resources"]
     return {"request": parse_quantity(resources["requests"]["ephemeral-storage"]),
@@ -38,8 +40,8 @@ def builders_pod(**cluster) -> dict:
 
 def test_requests_cover_the_documented_peak_and_limits_stay_above_it():
     disk = disk_of(builders_pod())
-    peak = sum(sum(parts.values()) for parts in manifest.PEAK_LOCAL_DISK_GB.values()) * GB
-    tmp_peak = sum(manifest.PEAK_LOCAL_DISK_GB[manifest.TMP_MOUNT].values()) * GB
+    peak = sum(sum(parts.values()) for parts in cluster_settings.PEAK_LOCAL_DISK_GB.values()) * GB
+    tmp_peak = sum(cluster_settings.PEAK_LOCAL_DISK_GB[cluster_settings.TMP_MOUNT].values()) * GB
     assert peak <= disk["request"] < disk["limit"]
     # Going over either limit is an eviction with no time to checkpoint.
     assert tmp_peak < disk["tmp"] <= disk["limit"]

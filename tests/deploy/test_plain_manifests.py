@@ -21,9 +21,12 @@ from deploy_support import (
     validate_object,
 )
 
-from dreambooth_job import config as cfg
-from dreambooth_job.config_sources import to_config_values
-from dreambooth_job.k8s.manifest import ClusterSettings, JobSpec, build_job, pod_failure_policy
+from dreambooth_job.config import introspection
+from dreambooth_job.config import sources as config_sources
+from dreambooth_job.config import train_config as cfg
+from dreambooth_job.config.sources import to_config_values
+from dreambooth_job.k8s.cluster_settings import ClusterSettings
+from dreambooth_job.k8s.manifest import JobSpec, build_job, pod_failure_policy
 
 MANIFEST_FILES = sorted(p for p in MANIFESTS.rglob("*.yaml") if p.name != "kustomization.yaml"
                         and "subjects" not in p.parts)
@@ -103,7 +106,7 @@ def test_indexed_job_trains_one_subject_per_index(batch):
     assert pod["containers"][0]["image"].startswith("registry.example.com/ml/dreambooth-job:")
     ids = set()
     for text in subjects["data"].values():
-        config = cfg.TrainConfig(**cfg.normalize_keys(yaml.safe_load(text), source="subject"))
+        config = cfg.TrainConfig(**config_sources.normalize_keys(yaml.safe_load(text), source="subject"))
         config.validate(require_inputs=True)
         ids.add(config.subject_id)
     assert len(ids) == len(subjects["data"])
@@ -193,9 +196,9 @@ def test_indexed_job_subject_files_state_every_model_option(batch):
     """Each subject's file says everything that makes its model, as `to_config_values` writes it:
     an image with other defaults trains the same subjects."""
     (subjects,) = by_kind(batch, "ConfigMap")
-    model = {f.name for f in cfg.model_fields()} - {"vae"}  # unset: the base model's own VAE
+    model = {f.name for f in introspection.model_fields()} - {"vae"}  # unset: the base model's own VAE
     for name, text in subjects["data"].items():
         stated = {key.replace("-", "_") for key in yaml.safe_load(text)}
         assert model <= stated, f"{name} leaves out {sorted(model - stated)}"
-        config = cfg.TrainConfig(**cfg.normalize_keys(yaml.safe_load(text), source=name))
+        config = cfg.TrainConfig(**config_sources.normalize_keys(yaml.safe_load(text), source=name))
         assert yaml.safe_load(text) == to_config_values(config), name

@@ -12,17 +12,11 @@ import pytest
 from deploy_support import assert_same, comparable, spec_from_values, validate_object
 from kubernetes.utils import parse_quantity
 
-from dreambooth_job import sizing
-from dreambooth_job.config import TrainConfig
+from dreambooth_job.config.train_config import TrainConfig
 from dreambooth_job.exit_codes import InvalidInputError
-from dreambooth_job.k8s.manifest import (
-    TERMINATION_MARGIN_SECONDS,
-    ClusterSettings,
-    IndexedJobSpec,
-    JobSpec,
-    build_indexed_job,
-    build_job,
-)
+from dreambooth_job.k8s.cluster_settings import TERMINATION_MARGIN_SECONDS, ClusterSettings
+from dreambooth_job.k8s.manifest import IndexedJobSpec, JobSpec, build_indexed_job, build_job
+from dreambooth_job.training import sizing
 
 TRAIN = TrainConfig(instance_data="s3://photos/dog-42/", class_noun="dog", output="s3://runs/dog-42/")
 SDXL = "stabilityai/stable-diffusion-xl-base-1.0"

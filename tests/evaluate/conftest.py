@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 from helpers import random_image
 
-from dreambooth_job.config import TrainConfig
+from dreambooth_job.config.train_config import TrainConfig
 
 SIZE = 32
 

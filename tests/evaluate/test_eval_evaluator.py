@@ -5,14 +5,14 @@ from __future__ import annotations
 import pytest
 from helpers import random_image as photo
 
-from dreambooth_job.evaluation import Evaluator, gauges, metrics_block, scores
-from dreambooth_job.evaluation.evaluator import METRICS
+from dreambooth_job.evaluation import gauges, metrics_block, scores
+from dreambooth_job.evaluation.evaluator import METRICS, Evaluator
 from dreambooth_job.exit_codes import InvalidInputError
 
 
 @pytest.fixture(scope="module")
 def evaluated(tiny_pipeline, tiny_dino_dir, tiny_clip_dir, tiny_lpips_dir, tmp_path_factory):
-    from dreambooth_job.config import TrainConfig
+    from dreambooth_job.config.train_config import TrainConfig
 
     config = TrainConfig(
         class_noun="dog", dino_model=str(tiny_dino_dir), clip_model=str(tiny_clip_dir),

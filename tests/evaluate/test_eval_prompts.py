@@ -68,7 +68,7 @@ def test_bad_prompt_files_are_invalid_input(allowed_dir, text):
 
 
 def test_prompt_files_from_s3_need_no_operator_setting_and_errors_never_quote_them(bucket):
-    from dreambooth_job import storage
+    from dreambooth_job.storage import places as storage
 
     good, bad = f"s3://{bucket}/prompts.txt", f"s3://{bucket}/token.txt"
     storage.write_bytes(good, b"a {identifier} {class_noun} on the moon\n")

@@ -1,4 +1,4 @@
-"""Evaluator models load from s3:// prefixes into the cache, once, through storage.py."""
+"""Evaluator models load from s3:// prefixes into the cache, once, through storage/places.py."""
 
 from __future__ import annotations
 
@@ -7,10 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from dreambooth_job import storage
 from dreambooth_job.devtools import s3server
-from dreambooth_job.evaluation import Evaluator
 from dreambooth_job.evaluation.encoders import DOWNLOAD_MARKER
+from dreambooth_job.evaluation.evaluator import Evaluator
+from dreambooth_job.storage import places as storage
+from dreambooth_job.storage import s3_client
 
 
 @pytest.fixture
@@ -20,10 +21,10 @@ def s3(tmp_path, monkeypatch):
     with s3server.LocalS3Server(tmp_path / "s3") as server:
         for key, value in server.client_env().items():
             monkeypatch.setenv(key, value)
-        storage.reset_client()
-        storage.s3_client().create_bucket(Bucket="evaluators")
+        s3_client.reset_client()
+        s3_client.s3_client().create_bucket(Bucket="evaluators")
         yield server
-    storage.reset_client()
+    s3_client.reset_client()
 
 
 def test_models_load_from_s3_prefixes_once(s3, eval_config, tiny_dino_dir, tmp_path):

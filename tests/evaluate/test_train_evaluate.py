@@ -7,10 +7,10 @@ import json
 import jsonschema
 from click.testing import CliRunner
 
-from dreambooth_job import result as result_module
 from dreambooth_job.cli import main
 from dreambooth_job.events import JobObserver
 from dreambooth_job.exit_codes import ExitCode
+from dreambooth_job.outputs import result as result_module
 
 
 def test_train_evaluate_fills_result_json(tmp_path, photo_dir, tiny_pipeline_dir, tiny_dino_dir,

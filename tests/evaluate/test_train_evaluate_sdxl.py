@@ -7,9 +7,9 @@ import json
 
 import jsonschema
 
-from dreambooth_job import result as result_module
 from dreambooth_job.events import JobObserver
 from dreambooth_job.exit_codes import ExitCode
+from dreambooth_job.outputs import result as result_module
 
 
 def test_sdxl_lora_run_with_evaluate_scores_both_rows(tmp_path, photo_dir, tiny_sdxl_model, eval_config):

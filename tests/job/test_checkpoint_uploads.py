@@ -14,10 +14,11 @@ import pytest
 from click.testing import CliRunner
 from helpers import upload_photos
 
-from dreambooth_job import storage
-from dreambooth_job.checkpoint import BackgroundUploads, CheckpointStore
 from dreambooth_job.cli import main
 from dreambooth_job.exit_codes import ExitCode, RetryableError
+from dreambooth_job.storage import places as storage
+from dreambooth_job.storage import s3_client
+from dreambooth_job.training.checkpoint import BackgroundUploads, CheckpointStore
 from dreambooth_job.training.trainer import Trainer
 
 # Only a safety net against a hang: every wait below is released by an event the test sets.
@@ -74,7 +75,7 @@ def test_wait_raises_the_upload_error_and_close_only_logs_it(caplog):
     with pytest.raises(OSError, match="bucket gone"):
         uploads.wait()
     uploads.submit(failing)
-    with caplog.at_level(logging.WARNING, logger="dreambooth_job.checkpoint"):
+    with caplog.at_level(logging.WARNING, logger="dreambooth_job.training.checkpoint"):
         uploads.close()
     assert "checkpoint upload failed: bucket gone" in caplog.text
 
@@ -169,7 +170,7 @@ def test_abandon_stops_a_multipart_upload_midway_and_leaves_no_checkpoint(bucket
     assert not uploads.abandoning.is_set(), "the next upload must not start cancelled"
     assert store.list() == []
     assert not storage.exists(store.root + "/step-000002/" + "manifest.json")
-    open_uploads = storage.s3_client().list_multipart_uploads(Bucket=bucket).get("Uploads", [])
+    open_uploads = s3_client.s3_client().list_multipart_uploads(Bucket=bucket).get("Uploads", [])
     assert open_uploads == [], "the cancelled multipart upload must be aborted"
     uploads.close()
 

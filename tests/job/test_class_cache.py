@@ -13,8 +13,11 @@ import pytest
 from helpers import png_bomb
 from PIL import Image
 
-from dreambooth_job import models, priors, sampling, storage
-from dreambooth_job.config import TrainConfig
+from dreambooth_job.config.train_config import TrainConfig
+from dreambooth_job.generation import sampling
+from dreambooth_job.storage import places as storage
+from dreambooth_job.training import base_models as models
+from dreambooth_job.training import prior_images as priors
 
 RESOLUTION = 64
 COUNT = 3
@@ -100,7 +103,7 @@ def test_poisoned_class_images_are_regenerated_never_trusted(pipeline, bucket, p
     elif image_record is not None:
         storage.write_bytes(image_uri + ".sha256", image_record)
 
-    with caplog.at_level(logging.WARNING, logger="dreambooth_job.priors"):
+    with caplog.at_level(logging.WARNING, logger="dreambooth_job.training.prior_images"):
         healed = prepare(pipeline, class_data)
     assert (healed.generated, healed.reused) == (1, COUNT - 1)
     assert [bad.file for bad in healed.rejected] == ["00001.png"]

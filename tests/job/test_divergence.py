@@ -8,10 +8,10 @@ import pytest
 from click.testing import CliRunner
 from helpers import upload_photos
 
-from dreambooth_job import storage
 from dreambooth_job.cli import main
 from dreambooth_job.exit_codes import ExitCode
-from dreambooth_job.result import COMPLETION_MARKER
+from dreambooth_job.outputs.result import COMPLETION_MARKER
+from dreambooth_job.storage import places as storage
 
 TINY = ["--resolution", "64", "--sample-steps", "2", "--num-validation-images", "1",
         "--validation-prompt", "a {identifier} {class_noun}", "--no-prior-preservation",

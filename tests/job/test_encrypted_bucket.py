@@ -8,9 +8,9 @@ import json
 from click.testing import CliRunner
 from helpers import upload_photos
 
-from dreambooth_job import storage
 from dreambooth_job.cli import main
 from dreambooth_job.exit_codes import ExitCode
+from dreambooth_job.storage import places as storage
 
 SMALL = ["--resolution", "64", "--max-train-steps", "2", "--num-class-images", "2",
          "--sample-steps", "2", "--num-validation-images", "1", "--log-every", "1",

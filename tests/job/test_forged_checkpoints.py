@@ -19,10 +19,11 @@ from click.testing import CliRunner
 from helpers import JobProcess, make_photo, upload_photos
 from safetensors.torch import load_file, save_file
 
-from dreambooth_job import storage
-from dreambooth_job.checkpoint import MANIFEST, CheckpointStore
 from dreambooth_job.cli import main
 from dreambooth_job.exit_codes import ExitCode
+from dreambooth_job.storage import places as storage
+from dreambooth_job.storage import s3_client
+from dreambooth_job.training.checkpoint import MANIFEST, CheckpointStore
 
 STEPS = 8
 COMMON = ["train", "--class-noun", "dog", "--resolution", "64", "--max-train-steps", str(STEPS),
@@ -40,7 +41,7 @@ def checkpointed(s3_server, tiny_model, tmp_path_factory):
     for i in range(4):
         make_photo(source / f"{i:02d}.jpg", seed=i)
     bucket = "forged-checkpoints"
-    storage.s3_client().create_bucket(Bucket=bucket)
+    s3_client.s3_client().create_bucket(Bucket=bucket)
     photos = upload_photos(source, f"s3://{bucket}/photos/dog/")
     cache = tmp_path_factory.mktemp("cache")
 

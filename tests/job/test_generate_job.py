@@ -13,10 +13,11 @@ from click.testing import CliRunner
 from helpers import make_photo, upload_photos
 from PIL import Image
 
-from dreambooth_job import storage
 from dreambooth_job.cli import main
 from dreambooth_job.exit_codes import ExitCode
-from dreambooth_job.sampling import LABEL_WIDTH
+from dreambooth_job.generation.sampling import LABEL_WIDTH
+from dreambooth_job.storage import places as storage
+from dreambooth_job.storage import s3_client
 
 TRAIN = ["--resolution", "64", "--max-train-steps", "2", "--no-prior-preservation",
          "--sample-steps", "2", "--num-validation-images", "1", "--validation-prompt",
@@ -33,7 +34,7 @@ def invoke(*args: str):
 def runs(s3_server, tiny_model, tmp_path_factory):
     """A finished full run and a finished LoRA run (no --lora-merge: lora/ only), in one bucket."""
     bucket = f"test-{uuid.uuid4().hex[:12]}"
-    storage.s3_client().create_bucket(Bucket=bucket)
+    s3_client.s3_client().create_bucket(Bucket=bucket)
     photos = tmp_path_factory.mktemp("photos")
     for i in range(2):
         make_photo(photos / f"{i}.jpg", seed=i)

@@ -10,10 +10,10 @@ import pytest
 from helpers import JobProcess, upload_photos
 from storage_proxy import S3TestProxy
 
-from dreambooth_job import storage
+from dreambooth_job.config.operator_policy import ALLOW_UNCONDITIONAL_STORE_ENV
 from dreambooth_job.exit_codes import ExitCode
-from dreambooth_job.lease import JOB_UID_ENV, LEASE_FILE
-from dreambooth_job.operator_policy import ALLOW_UNCONDITIONAL_STORE_ENV
+from dreambooth_job.storage import places as storage
+from dreambooth_job.storage.lease import JOB_UID_ENV, LEASE_FILE
 
 pytestmark = pytest.mark.slow
 

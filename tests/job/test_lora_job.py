@@ -14,11 +14,12 @@ from helpers import JobProcess, upload_photos
 from safetensors.torch import load_file
 from transformers import CLIPTextModel
 
-from dreambooth_job import lora, storage
-from dreambooth_job import result as result_module
-from dreambooth_job.checkpoint import CheckpointStore
 from dreambooth_job.cli import main
 from dreambooth_job.exit_codes import ExitCode
+from dreambooth_job.outputs import result as result_module
+from dreambooth_job.storage import places as storage
+from dreambooth_job.training import lora_adapters as lora
+from dreambooth_job.training.checkpoint import CheckpointStore
 
 RANK = 4
 SMALL = ["--train-mode", "lora", "--lora-rank", str(RANK), "--resolution", "64",

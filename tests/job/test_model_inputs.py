@@ -11,9 +11,9 @@ import pytest
 from click.testing import CliRunner
 from helpers import upload_photos
 
-from dreambooth_job import storage
 from dreambooth_job.cli import main
 from dreambooth_job.exit_codes import ExitCode
+from dreambooth_job.storage import places as storage
 
 FAST = ["--resolution", "64", "--max-train-steps", "2", "--no-prior-preservation", "--sample-steps", "1",
         "--num-validation-images", "1", "--validation-prompt", "a {identifier} {class_noun}",

@@ -16,12 +16,14 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from dreambooth_job import job, notify
+from dreambooth_job import job
 from dreambooth_job.cli import main
-from dreambooth_job.config import TrainConfig
+from dreambooth_job.config import sources as config_sources
+from dreambooth_job.config.operator_policy import ALLOW_PRIVATE_NOTIFY_ENV
+from dreambooth_job.config.train_config import TrainConfig
 from dreambooth_job.events import JobObserver
 from dreambooth_job.exit_codes import ExitCode, InvalidInputError
-from dreambooth_job.operator_policy import ALLOW_PRIVATE_NOTIFY_ENV
+from dreambooth_job.outputs import notify
 
 TINY = ["--resolution", "64", "--max-train-steps", "2", "--no-prior-preservation",
         "--sample-steps", "1", "--num-validation-images", "1", "--log-every", "1",
@@ -145,7 +147,7 @@ def test_each_run_posts_its_outcome_once_signed_and_without_credentials(
 
 
 def tiny_config(photo_dir, tiny_model, tmp_path, **options) -> TrainConfig:
-    return TrainConfig.resolve(flags={
+    return config_sources.resolve_config(flags={
         "instance_data": str(photo_dir), "class_noun": "dog", "base_model": str(tiny_model),
         "output": str(tmp_path / "out"), "cache_dir": str(tmp_path / "cache"), "resolution": 64,
         "max_train_steps": 1, "prior_preservation": False, "sample_steps": 1,

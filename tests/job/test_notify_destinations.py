@@ -13,11 +13,13 @@ import pytest
 from click.testing import CliRunner
 from test_notify import Receiver, Recorder, run_args, train
 
-from dreambooth_job import job, notify, outbound
+from dreambooth_job import job
 from dreambooth_job.cli import main
-from dreambooth_job.config import TrainConfig
+from dreambooth_job.config import outbound
+from dreambooth_job.config.operator_policy import ALLOW_PRIVATE_NOTIFY_ENV
+from dreambooth_job.config.train_config import TrainConfig
 from dreambooth_job.exit_codes import ExitCode, InvalidInputError
-from dreambooth_job.operator_policy import ALLOW_PRIVATE_NOTIFY_ENV
+from dreambooth_job.outputs import notify
 
 INTERNAL = {
     "http://169.254.169.254/latest/meta-data/": "169.254.169.254 is a link-local address",

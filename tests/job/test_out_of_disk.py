@@ -16,8 +16,9 @@ import torch
 from helpers import JobProcess, upload_photos
 from safetensors.torch import save_file
 
-from dreambooth_job import disk, storage
 from dreambooth_job.exit_codes import ExitCode, RetryableError
+from dreambooth_job.storage import disk
+from dreambooth_job.storage import places as storage
 from dreambooth_job.termination import TERMINATION_LOG_ENV
 
 

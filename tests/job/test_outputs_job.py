@@ -14,10 +14,10 @@ from diffusers import StableDiffusionPipeline
 from helpers import upload_photos
 from safetensors.torch import load_file
 
-from dreambooth_job import result as result_module
-from dreambooth_job import storage
 from dreambooth_job.cli import main
 from dreambooth_job.exit_codes import ExitCode
+from dreambooth_job.outputs import result as result_module
+from dreambooth_job.storage import places as storage
 
 SMALL = ["--resolution", "64", "--max-train-steps", "3", "--num-class-images", "2",
          "--sample-steps", "2", "--num-validation-images", "1", "--log-every", "3",

@@ -17,10 +17,10 @@ from browser import chromium, open_page
 from PIL import Image
 
 from dreambooth_job.k8s import JobStatus, Phase
-from dreambooth_job.k8s.report import write_report
+from dreambooth_job.k8s.batch_report import write_report
 from dreambooth_job.k8s.status import load_result
-from dreambooth_job.page_policy import SERVED_HEADERS
-from dreambooth_job.result import (
+from dreambooth_job.outputs.page_policy import SERVED_HEADERS
+from dreambooth_job.outputs.result import (
     BaseModelInfo,
     Identifier,
     Outputs,
@@ -30,7 +30,7 @@ from dreambooth_job.result import (
     Training,
     mark_complete,
 )
-from dreambooth_job.run_page import PAGE_FILE, render, thumbnail_uri
+from dreambooth_job.outputs.run_page import PAGE_FILE, render, thumbnail_uri
 
 
 class Recorder(http.server.SimpleHTTPRequestHandler):

@@ -9,11 +9,12 @@ import pytest
 from click.testing import CliRunner
 from helpers import upload_photos
 
-from dreambooth_job import job, storage
+from dreambooth_job import job
 from dreambooth_job.cli import main
-from dreambooth_job.config import TrainConfig
+from dreambooth_job.config.train_config import TrainConfig
 from dreambooth_job.events import JobObserver
 from dreambooth_job.exit_codes import ExitCode, InvalidInputError
+from dreambooth_job.storage import places as storage
 
 
 class Downloads(JobObserver):

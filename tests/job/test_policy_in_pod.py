@@ -1,4 +1,4 @@
-"""The operator's policy is checked again where the job runs (job.py, policy.py): a config that
+"""The operator's policy is checked again where the job runs (job.py, config/policy_checks.py): a config that
 reached the pod without `submit` or `batch` (a chart value, a config file, extraArgs) and names
 another tenant's prefix, or asks for more than a ceiling, is exit 2 naming the option, before any
 photo is downloaded or anything is written. On the real S3 server, through the real CLI."""
@@ -10,9 +10,10 @@ import yaml
 from click.testing import CliRunner
 from helpers import upload_photos
 
-from dreambooth_job import storage
 from dreambooth_job.cli import main
 from dreambooth_job.exit_codes import ExitCode
+from dreambooth_job.storage import places as storage
+from dreambooth_job.storage import s3_client
 
 TINY = ["--resolution", "64", "--max-train-steps", "2", "--no-prior-preservation",
         "--sample-steps", "1", "--num-validation-images", "1", "--metrics-port", "0",
@@ -28,7 +29,7 @@ def error_lines(outcome) -> list[str]:
 
 
 def keys(bucket: str, prefix: str) -> list[str]:
-    listed = storage.s3_client().list_objects_v2(Bucket=bucket, Prefix=prefix)
+    listed = s3_client.s3_client().list_objects_v2(Bucket=bucket, Prefix=prefix)
     return [item["Key"] for item in listed.get("Contents", [])]
 
 

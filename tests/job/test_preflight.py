@@ -9,11 +9,11 @@ import torch
 from click.testing import CliRunner
 from helpers import upload_photos
 
-from dreambooth_job import config as cfg
-from dreambooth_job import storage
 from dreambooth_job.cli import main
+from dreambooth_job.config import train_config as cfg
 from dreambooth_job.exit_codes import ExitCode
-from dreambooth_job.preflight import missing_capabilities
+from dreambooth_job.storage import places as storage
+from dreambooth_job.training.preflight import missing_capabilities
 
 CPU_ONLY = pytest.mark.skipif(torch.cuda.is_available(), reason="checks what a CPU machine refuses")
 

@@ -10,10 +10,11 @@ import torch
 from helpers import JobProcess, upload_photos
 from safetensors.torch import load_file
 
-from dreambooth_job import storage
-from dreambooth_job.checkpoint import CheckpointStore
 from dreambooth_job.devtools import s3server
 from dreambooth_job.exit_codes import ExitCode
+from dreambooth_job.storage import places as storage
+from dreambooth_job.storage import s3_client
+from dreambooth_job.training.checkpoint import CheckpointStore
 
 STEPS = 12
 COMMON = ["train", "--class-noun", "dog", "--resolution", "64", "--max-train-steps", str(STEPS),
@@ -139,8 +140,8 @@ def test_object_store_restart_during_upload_is_retried(photo_dir, tiny_model, tm
         env = server.client_env()
         for key, value in env.items():
             monkeypatch.setenv(key, value)
-        storage.reset_client()
-        storage.s3_client().create_bucket(Bucket="flaky")
+        s3_client.reset_client()
+        s3_client.s3_client().create_bucket(Bucket="flaky")
         photos = upload_photos(photo_dir, "s3://flaky/photos/")
         process = JobProcess(
             [*COMMON, "--instance-data", photos, "--base-model", str(tiny_model),
@@ -153,10 +154,10 @@ def test_object_store_restart_during_upload_is_retried(photo_dir, tiny_model, tm
         process.wait_for(r"S3 request failed")
         server.start(fresh=False)
         assert process.wait() == ExitCode.OK, process.output[-3000:]
-        storage.reset_client()
+        s3_client.reset_client()
         assert storage.exists("s3://flaky/run/_SUCCESS")
     # The session's server again, once monkeypatch restores the environment.
-    storage.reset_client()
+    s3_client.reset_client()
 
 
 def test_unreachable_object_store_exits_with_the_retryable_code(photo_dir, tiny_model, tmp_path):

@@ -10,11 +10,11 @@ import json
 import pytest
 from helpers import JobProcess
 
-from dreambooth_job import config as cfg
-from dreambooth_job import storage
-from dreambooth_job.checkpoint import CheckpointStore
+from dreambooth_job.config import train_config as cfg
 from dreambooth_job.exit_codes import ExitCode
-from dreambooth_job.result import COMPLETION_MARKER, RESULT_FILE
+from dreambooth_job.outputs.result import COMPLETION_MARKER, RESULT_FILE
+from dreambooth_job.storage import places as storage
+from dreambooth_job.training.checkpoint import CheckpointStore
 
 
 @pytest.fixture

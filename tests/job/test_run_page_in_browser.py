@@ -12,11 +12,12 @@ from click.testing import CliRunner
 from helpers import JobProcess, upload_photos
 from PIL import Image
 
-from dreambooth_job import storage
-from dreambooth_job.checkpoint import CheckpointStore
 from dreambooth_job.cli import main
 from dreambooth_job.exit_codes import ExitCode
-from dreambooth_job.loss_history import HISTORY_FILE
+from dreambooth_job.outputs.loss_history import HISTORY_FILE
+from dreambooth_job.storage import places as storage
+from dreambooth_job.storage import s3_client
+from dreambooth_job.training.checkpoint import CheckpointStore
 
 
 @pytest.fixture
@@ -52,7 +53,7 @@ def test_run_page_shows_photos_grids_loss_and_loads_in_chromium(bucket, photo_di
     storage.download_dir(run, local)
     page = (local / "index.html").read_text()
     bucket_name, key = storage.split_s3(storage.join(run, "index.html"))
-    head = storage.s3_client().head_object(Bucket=bucket_name, Key=key)
+    head = s3_client.s3_client().head_object(Bucket=bucket_name, Key=key)
     assert head["ContentType"] == "text/html; charset=utf-8"  # rendered when served from the bucket
     assert "hunter2" not in page and "<script>" not in page and "&lt;script&gt;" in page
     seen = open_page((local / "index.html").as_uri(), screenshot=tmp_path / "page.png")

@@ -12,10 +12,10 @@ from click.testing import CliRunner
 from diffusers import StableDiffusionXLPipeline
 from helpers import JobProcess, upload_photos
 
-from dreambooth_job import storage
-from dreambooth_job.checkpoint import CheckpointStore
 from dreambooth_job.cli import main
 from dreambooth_job.exit_codes import ExitCode
+from dreambooth_job.storage import places as storage
+from dreambooth_job.training.checkpoint import CheckpointStore
 
 SMALL = ["--resolution", "64", "--max-train-steps", "4", "--num-class-images", "2",
          "--sample-steps", "2", "--num-validation-images", "1", "--log-every", "2",
@@ -138,7 +138,7 @@ def test_sdxl_lora_on_the_unet_and_both_text_encoders_loads_on_the_base(
     plain = StableDiffusionXLPipeline.from_pretrained(tiny_sdxl_model)
     for name in ("unet", "text_encoder", "text_encoder_2"):
         assert differing(getattr(merged, name), getattr(plain, name)), name
-    merged.scheduler = base.scheduler  # the job saves the grids' sampler (sampling.py) with it
+    merged.scheduler = base.scheduler  # the job saves the grids' sampler (generation/sampling.py) with it
     torch.testing.assert_close(sample(merged), with_adapters, rtol=1e-4, atol=1e-4)
     # --export-single-file: the merged model in SDXL's original layout.
     assert_single_file_holds(result["outputs"]["single_file"], merged, merged_dir, tmp_path)

@@ -15,10 +15,11 @@ from helpers import make_photo, upload_photos
 from PIL import Image
 
 import dreambooth_job
-from dreambooth_job import result as result_module
-from dreambooth_job import sampling, storage
 from dreambooth_job.cli import main
 from dreambooth_job.exit_codes import ExitCode
+from dreambooth_job.generation import sampling
+from dreambooth_job.outputs import result as result_module
+from dreambooth_job.storage import places as storage
 
 SMALL = ["--resolution", "64", "--max-train-steps", "4", "--num-class-images", "3",
          "--sample-steps", "2", "--num-validation-images", "2", "--log-every", "2",

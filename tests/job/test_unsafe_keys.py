@@ -12,9 +12,10 @@ import tempfile
 from click.testing import CliRunner
 from helpers import make_photo, upload_photos
 
-from dreambooth_job import storage
 from dreambooth_job.cli import main
 from dreambooth_job.exit_codes import ExitCode
+from dreambooth_job.storage import places as storage
+from dreambooth_job.storage import s3_client
 
 FAST = ["--resolution", "64", "--max-train-steps", "2", "--no-prior-preservation", "--sample-steps", "1",
         "--num-validation-images", "1", "--validation-prompt", "a {identifier} {class_noun}",
@@ -31,7 +32,7 @@ def train(bucket, tiny_model, tmp_path, *args):
 
 def put_photo(bucket, key, tmp_path, seed=7) -> None:
     photo = make_photo(tmp_path / f"upload-{seed}.jpg", seed=seed)
-    storage.s3_client().put_object(Bucket=bucket, Key=key, Body=photo.read_bytes())
+    s3_client.s3_client().put_object(Bucket=bucket, Key=key, Body=photo.read_bytes())
 
 
 def read_result(bucket) -> dict:
@@ -68,7 +69,8 @@ def test_an_unsafe_base_model_key_exits_2_naming_it(moto_bucket, photo_dir, tiny
     upload_photos(photo_dir, f"s3://{moto_bucket}/photos/dog/")
     model = f"s3://{moto_bucket}/models/tiny/"
     storage.upload_dir(tiny_model, model)
-    storage.s3_client().put_object(Bucket=moto_bucket, Key="models/tiny/unet/../../../../../x.bin", Body=b"x")
+    s3_client.s3_client().put_object(Bucket=moto_bucket, Key="models/tiny/unet/../../../../../x.bin",
+                                     Body=b"x")
     outcome = train(moto_bucket, tiny_model, tmp_path, "--base-model", model)
     assert outcome.exit_code == ExitCode.INVALID_INPUT, outcome.output
     errors = [line for line in outcome.output.splitlines() if line.startswith("error:")]
@@ -100,7 +102,7 @@ def test_a_base_model_key_segment_longer_than_a_file_name_exits_2_naming_it(moto
     upload_photos(photo_dir, f"s3://{moto_bucket}/photos/dog/")
     model = f"s3://{moto_bucket}/models/tiny/"
     storage.upload_dir(tiny_model, model)
-    storage.s3_client().put_object(Bucket=moto_bucket, Key=f"models/tiny/unet/{LONG_SEGMENT}", Body=b"x")
+    s3_client.s3_client().put_object(Bucket=moto_bucket, Key=f"models/tiny/unet/{LONG_SEGMENT}", Body=b"x")
     outcome = train(moto_bucket, tiny_model, tmp_path, "--base-model", model)
     assert outcome.exit_code == ExitCode.INVALID_INPUT, outcome.output
     errors = [line for line in outcome.output.splitlines() if line.startswith("error:")]

@@ -90,8 +90,8 @@ def dataset_subjects() -> list[tuple[str, str]]:
 def write_completed_result(output: Path | str, subject: str, *, dino: float | None = None,
                            loss: float = 0.1, grid: bytes | None = None, lora: bool = False) -> None:
     """What a finished job leaves in its output: samples, result.json, then the marker."""
-    from dreambooth_job import result as result_module
-    from dreambooth_job import storage
+    from dreambooth_job.outputs import result as result_module
+    from dreambooth_job.storage import places as storage
 
     output = str(output)
     samples = []

@@ -8,7 +8,7 @@ import pytest
 import yaml
 from k8s_support import complete, set_job_status
 
-from dreambooth_job.config import TrainConfig
+from dreambooth_job.config.train_config import TrainConfig
 from dreambooth_job.k8s import (
     ApiUnreachableError,
     ClusterConfigError,

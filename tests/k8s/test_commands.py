@@ -10,10 +10,10 @@ import yaml
 from click.testing import CliRunner
 from k8s_support import complete, dataset_subjects, set_job_status, write_completed_result
 
-from dreambooth_job import sizing
 from dreambooth_job.cli import main
-from dreambooth_job.config import TrainConfig
+from dreambooth_job.config.train_config import TrainConfig
 from dreambooth_job.k8s import ClusterSettings, JobSpec, build_job, job_name
+from dreambooth_job.training import sizing
 
 DOG = ["--instance-data", "s3://photos/dog/", "--class-noun", "dog", "--output", "s3://runs/dog/",
        "--subject-id", "dog"]
@@ -171,7 +171,7 @@ def test_batch_status_report_cancel(kubeconfig, namespace, tmp_path, bucket):
 
     out = run("report", "--batch", path, "--output", f"s3://{bucket}/night-42/report/")
     assert "report: s3://" in out and "(1 sample grids)" in out
-    from dreambooth_job import storage
+    from dreambooth_job.storage import places as storage
 
     report = json.loads(storage.read_bytes(f"s3://{bucket}/night-42/report/report.json"))
     assert [r["subject_id"] for r in report["subjects"]] == ["dog", "teapot", "vase"]

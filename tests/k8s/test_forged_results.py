@@ -11,10 +11,10 @@ import yaml
 from click.testing import CliRunner
 from k8s_support import complete, write_completed_result
 
-from dreambooth_job import storage
 from dreambooth_job.cli import main
 from dreambooth_job.k8s import Connection, job_name
-from dreambooth_job.result_reader import MAX_BYTES
+from dreambooth_job.outputs.result_reader import MAX_BYTES
+from dreambooth_job.storage import places as storage
 
 
 def _record(output: str) -> dict:

@@ -10,12 +10,12 @@ import urllib.parse
 
 from k8s_support import write_completed_result
 
-from dreambooth_job import storage
 from dreambooth_job.k8s import JobStatus, Phase
-from dreambooth_job.k8s.report import final_grid, render_html, run_page, worst_first, write_report
+from dreambooth_job.k8s.batch_report import final_grid, render_html, run_page, worst_first, write_report
 from dreambooth_job.k8s.status import load_result
-from dreambooth_job.result_reader import parse_record
-from dreambooth_job.run_page import PAGE_FILE, render
+from dreambooth_job.outputs.result_reader import parse_record
+from dreambooth_job.outputs.run_page import PAGE_FILE, render
+from dreambooth_job.storage import places as storage
 
 PNG = b"\x89PNG\r\n\x1a\n fake grid of "
 
@@ -79,7 +79,7 @@ def test_embedded_report_stands_alone(tmp_path):
 
 
 def test_evaluated_results_sort_on_the_finetuned_dino_and_hide_the_protocol():
-    from dreambooth_job.k8s.report import numeric_metrics
+    from dreambooth_job.k8s.batch_report import numeric_metrics
 
     def evaluated(subject: str, dino: float) -> JobStatus:
         row = {"dino": dino, "clip_i": 0.5, "div": None, "unavailable": {"div": "no LPIPS"}}
@@ -143,7 +143,7 @@ def test_a_forged_result_copies_no_file_from_outside_the_subjects_output(tmp_pat
 
 
 def test_only_png_grids_within_the_size_cap_are_copied(tmp_path, monkeypatch):
-    from dreambooth_job.k8s import report as report_module
+    from dreambooth_job.k8s import batch_report as report_module
 
     monkeypatch.setattr(report_module, "MAX_GRID_BYTES", len(PNG) + 10)
     small, large = finished(tmp_path, "small"), finished(tmp_path, "large-subject-name")
@@ -195,7 +195,7 @@ def test_the_report_names_each_subjects_weights_full_or_lora(tmp_path):
 
 
 def write_run_page(output: str) -> None:
-    """The page a finished run leaves (run_page.py), rendered from its result.json."""
+    """The page a finished run leaves (outputs/run_page.py), rendered from its result.json."""
     result = json.loads(storage.read_bytes(storage.join(output, "result.json")))
     storage.write_bytes(storage.join(output, PAGE_FILE), render(result, [], versions={}).encode())
 

@@ -8,7 +8,7 @@ import pytest
 from k8s_support import complete, set_job_status, write_completed_result
 
 from dreambooth_job import log
-from dreambooth_job.config import TrainConfig
+from dreambooth_job.config.train_config import TrainConfig
 from dreambooth_job.k8s import ClusterSettings, JobSpec, Phase, build_job, get_status, submit
 from dreambooth_job.k8s.status import describe
 
@@ -192,7 +192,7 @@ def test_a_schema_1_result_still_reads_as_a_full_model(tmp_path):
 
     import jsonschema
 
-    from dreambooth_job import result as result_module
+    from dreambooth_job.outputs import result as result_module
 
     write_completed_result(tmp_path, "dog")
     record = json.loads((tmp_path / "result.json").read_text())

@@ -7,7 +7,7 @@ from click.testing import CliRunner
 
 from dreambooth_job.cli import main
 from dreambooth_job.exit_codes import ExitCode
-from dreambooth_job.generation.config import GenerateConfig
+from dreambooth_job.generation.generate_config import GenerateConfig
 from dreambooth_job.k8s import ClusterSettings, GenerateJobSpec, build_generate_job, job_name, submit
 from dreambooth_job.k8s.generate_job import generate_job_name
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 from metrics_support import Prometheus, Pushgateway, ensure_binary
 
-from dreambooth_job.config import TrainConfig
+from dreambooth_job.config.train_config import TrainConfig
 
 
 @pytest.fixture(scope="session")

@@ -22,12 +22,7 @@ import pytest
 
 from dreambooth_job import log
 from dreambooth_job.events import TrainProgress
-from dreambooth_job.progress import (
-    ProgressBar,
-    ProgressLog,
-    for_log_format,
-    format_duration,
-)
+from dreambooth_job.training.progress import ProgressBar, ProgressLog, for_log_format, format_duration
 
 
 class Clock:
@@ -121,7 +116,7 @@ def test_a_resumed_run_starts_the_bar_at_its_step(root_logging):
 def test_json_mode_logs_progress_at_a_fixed_interval(caplog):
     clock = Clock()
     reporter = ProgressLog(interval=30, clock=clock)
-    with caplog.at_level(logging.INFO, logger="dreambooth_job.progress"):
+    with caplog.at_level(logging.INFO, logger="dreambooth_job.training.progress"):
         for step in range(1, 101):
             clock.now = step * 1.0  # one step per second
             reporter.train_progress(progress(step, eta=100 - step))

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from metrics_support import ServerProcess, ensure_binary, free_port, http_get, samples_by_name, value
 
-from dreambooth_job.config import TrainConfig
+from dreambooth_job.config.train_config import TrainConfig
 from dreambooth_job.exit_codes import InvalidInputError
 from dreambooth_job.metrics import (
     PUSH_JOB,

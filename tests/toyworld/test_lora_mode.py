@@ -10,9 +10,9 @@ import pytest
 from click.testing import CliRunner
 
 from dreambooth_job.cli import main
-from dreambooth_job.config import DEFAULT_LORA_TARGETS
-from dreambooth_job.lora import UNET_CONV_TARGETS
+from dreambooth_job.config.choices import DEFAULT_LORA_TARGETS
 from dreambooth_job.toyworld import experiment
+from dreambooth_job.training.lora_adapters import UNET_CONV_TARGETS
 
 
 def _config(tmp_path, **settings):

@@ -71,7 +71,7 @@ def test_shipped_base_model_is_complete():
 
 def test_compact_fixture_loads_in_fp32_with_the_real_clip_tokenizer():
     from dreambooth_job.devtools.tiny_models import clip_tokenizer
-    from dreambooth_job.models import load_pipeline, resolve_base_model
+    from dreambooth_job.training.base_models import load_pipeline, resolve_base_model
 
     pipeline = load_pipeline(resolve_base_model(str(experiment.ASSET_BASE_MODEL), "/nonexistent"),
                              "/nonexistent")

@@ -1,7 +1,7 @@
 """Checkpoint cadence without a Trainer: steps, minutes (a fake clock), a stop request."""
 
-from dreambooth_job.checkpoint import CheckpointPolicy
-from dreambooth_job.config import TrainConfig
+from dreambooth_job.config.train_config import TrainConfig
+from dreambooth_job.training.checkpoint import CheckpointPolicy
 
 
 class FakeClock:

@@ -6,8 +6,9 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from dreambooth_job import config as cfg
+import dreambooth_job
 from dreambooth_job.cli import main
+from dreambooth_job.config import sources as config_sources
 from dreambooth_job.termination import TERMINATION_LOG_ENV
 
 # One bad input per command, each refused before any download, model or cluster: (args, what the
@@ -68,7 +69,7 @@ def test_an_unexpected_exception_exits_1_with_its_traceback_and_one_redacted_lin
     def broken() -> str:
         raise RuntimeError(f"bug while printing, key {secret}")
 
-    monkeypatch.setattr(cfg, "defaults_yaml", broken)
+    monkeypatch.setattr(config_sources, "defaults_yaml", broken)
     outcome, errors, termination_message = run(["config", "--print-defaults"], tmp_path)
     assert outcome.exit_code == 1
     assert errors == ["error: unexpected RuntimeError: bug while printing, key [REDACTED]"]
@@ -85,7 +86,7 @@ def test_success_and_help_still_exit_0(tmp_path):
 def test_no_command_prints_its_own_error_line():
     """Commands raise; only the boundary (and the SIGTERM handler, which must write to the file
     descriptor directly) prints `error:`."""
-    package = Path(cfg.__file__).parent
+    package = Path(dreambooth_job.__file__).parent
     printing = sorted(str(p.relative_to(package)) for p in package.rglob("*.py")
                       if 'error: {' in p.read_text() or "except JobError as exc:\n        click" in
                       p.read_text())

@@ -2,9 +2,11 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from dreambooth_job import config as cfg
 from dreambooth_job.cli import main
 from dreambooth_job.cli_options import resolve_train_config
+from dreambooth_job.config import field_types, introspection
+from dreambooth_job.config import sources as config_sources
+from dreambooth_job.config import train_config as cfg
 from dreambooth_job.exit_codes import ExitCode, InvalidInputError
 
 REQUIRED = {"instance_data": "s3://b/photos/", "class_noun": "dog", "output": "s3://b/out/"}
@@ -15,7 +17,7 @@ def test_precedence_is_flag_then_env_then_file_then_default(tmp_path):
     config_file.write_text(yaml.safe_dump(
         {**REQUIRED, "max_train_steps": 100, "learning_rate": 1e-5, "resolution": 256, "seed": 7}))
     env = {"DREAMBOOTH_MAX_TRAIN_STEPS": "200", "DREAMBOOTH_LEARNING_RATE": "2e-5"}
-    resolved = cfg.TrainConfig.resolve({"max_train_steps": 300}, env=env, config_file=config_file)
+    resolved = config_sources.resolve_config({"max_train_steps": 300}, env=env, config_file=config_file)
     assert resolved.max_train_steps == 300      # flag beats env and file
     assert resolved.learning_rate == 2e-5       # env beats file
     assert resolved.resolution == 256           # file beats default
@@ -36,13 +38,13 @@ def test_cli_flags_reach_the_config_and_unset_flags_do_not_override(tmp_path):
 
 @pytest.mark.parametrize("raw, expected", [("true", True), ("0", False), ("auto", None)])
 def test_env_booleans(raw, expected):
-    resolved = cfg.TrainConfig.resolve(env={"DREAMBOOTH_GRADIENT_CHECKPOINTING": raw})
+    resolved = config_sources.resolve_config(env={"DREAMBOOTH_GRADIENT_CHECKPOINTING": raw})
     assert resolved.gradient_checkpointing is expected
 
 
 def test_env_lists_accept_json_or_lines():
-    as_json = cfg.TrainConfig.resolve(env={"DREAMBOOTH_VALIDATION_PROMPTS": '["a", "b"]'})
-    as_lines = cfg.TrainConfig.resolve(env={"DREAMBOOTH_VALIDATION_PROMPTS": "a\nb"})
+    as_json = config_sources.resolve_config(env={"DREAMBOOTH_VALIDATION_PROMPTS": '["a", "b"]'})
+    as_lines = config_sources.resolve_config(env={"DREAMBOOTH_VALIDATION_PROMPTS": "a\nb"})
     assert as_json.validation_prompts == as_lines.validation_prompts == ["a", "b"]
 
 
@@ -64,20 +66,20 @@ def test_invalid_values_name_the_option(values, named):
 
 def test_bad_env_value_names_the_variable():
     with pytest.raises(InvalidInputError, match="DREAMBOOTH_MAX_TRAIN_STEPS"):
-        cfg.TrainConfig.resolve(env={"DREAMBOOTH_MAX_TRAIN_STEPS": "many"})
+        config_sources.resolve_config(env={"DREAMBOOTH_MAX_TRAIN_STEPS": "many"})
 
 
 def test_unknown_config_file_key_is_named(tmp_path):
     bad = tmp_path / "job.yaml"
     bad.write_text("max_steps: 5\n")
     with pytest.raises(InvalidInputError, match="'max_steps'"):
-        cfg.load_config_file(bad)
+        config_sources.load_config_file(bad)
 
 
 def test_to_cli_args_round_trips_through_the_cli_parser():
     original = cfg.TrainConfig(**REQUIRED, max_train_steps=42, random_flip=True, center_crop=False,
                                gradient_checkpointing=False, validation_prompts=["p {identifier}"])
-    args = cfg.to_cli_args(original)
+    args = config_sources.to_cli_args(original)
     ctx = main.commands["train"].make_context("train", list(args))
     parsed = resolve_train_config(ctx.params, env={})
     assert parsed.to_dict() == {**original.to_dict(), "cache_dir": parsed.cache_dir}
@@ -87,15 +89,15 @@ def test_print_defaults_lists_every_option_with_its_default():
     result = CliRunner().invoke(main, ["config", "--print-defaults"])
     assert result.exit_code == 0
     printed = yaml.safe_load(result.output)
-    assert set(printed) == {f.name for f in cfg.fields()}
+    assert set(printed) == {f.name for f in introspection.fields()}
     assert printed["max_train_steps"] == 800 and printed["prior_loss_weight"] == 1.0
 
 
 def test_train_help_is_generated_from_the_config():
     result = CliRunner().invoke(main, ["train", "--help"])
     assert result.exit_code == 0
-    for f in cfg.fields():
-        assert cfg.flag_name(f.name).split("/")[0] in result.output or f.metadata["flag"]
+    for f in introspection.fields():
+        assert field_types.flag_name(f.name).split("/")[0] in result.output or f.metadata["flag"]
 
 
 def test_missing_required_options_exit_2_naming_them():
@@ -131,7 +133,7 @@ def test_yaml_aliases_are_refused(tmp_path, text):
     path = tmp_path / "job.yaml"
     path.write_text(text)
     with pytest.raises(InvalidInputError, match=r"aliases .* not allowed.* at line \d+") as caught:
-        cfg.load_config_file(path)
+        config_sources.load_config_file(path)
     assert str(path) in caught.value.message and "\n" not in caught.value.message
 
 
@@ -169,13 +171,13 @@ def test_a_config_file_that_is_not_utf8_exits_2_naming_it(tmp_path):
 
 
 def test_an_oversized_config_file_is_refused_unread(tmp_path, monkeypatch):
-    from dreambooth_job import config_files
+    from dreambooth_job.config import tenant_files as config_files
 
     monkeypatch.setattr(config_files, "MAX_FILE_BYTES", 64)
     path = tmp_path / "job.yaml"
     path.write_text("class_noun: dog\n" * 10)
     with pytest.raises(InvalidInputError, match="larger than"):
-        cfg.load_config_file(path)
+        config_sources.load_config_file(path)
 
 
 @pytest.mark.parametrize("raw", ['["a {identifier}", ', "[[[[", "[" * 100_000])
@@ -218,7 +220,7 @@ def test_prompt_templates_are_filled_at_validation_as_the_job_fills_them():
     ("prior_loss_weight", float("nan")), ("guidance_scale", float("-inf")),
     ("max_grad_norm", float("inf"))])
 def test_non_finite_numbers_are_refused(name, value):
-    with pytest.raises(InvalidInputError, match=f"{cfg.flag_name(name)} must be a finite number"):
+    with pytest.raises(InvalidInputError, match=f"{field_types.flag_name(name)} must be a finite number"):
         cfg.TrainConfig(**{name: value})
 
 
@@ -274,10 +276,10 @@ def test_train_with_another_scheme_exits_2_in_one_line():
 # Issue 23: what an option names and how long it may be are declared on it.
 
 def _string_fields():
-    from dreambooth_job.config_introspection import base_type
-    from dreambooth_job.generation import config as gen
+    from dreambooth_job.config.introspection import base_type
+    from dreambooth_job.generation import generate_config as gen
 
-    return [(owner.__name__, f) for owner, fields in ((cfg.TrainConfig, cfg.fields()),
+    return [(owner.__name__, f) for owner, fields in ((cfg.TrainConfig, introspection.fields()),
                                                        (gen.GenerateConfig, gen.fields()))
             for f in fields if base_type(f, owner) is str]
 
@@ -295,7 +297,7 @@ def _names_a_place(f) -> bool:
 def test_a_string_option_that_names_a_place_declares_it(owner, f):
     """Its help or name says it names a place: then the policy, the scheme and credential
     checks and the batch rows' substitution check must know it (they derive from place=)."""
-    from dreambooth_job.config_fields import place_of
+    from dreambooth_job.config.option_fields import place_of
 
     assert place_of(f) is not None, f"{owner}.{f.name} names a place: declare place= on it"
 

@@ -3,10 +3,11 @@ import pytest
 from helpers import make_photo, png_bomb
 from PIL import Image
 
-from dreambooth_job import data, storage
-from dreambooth_job.config import TrainConfig
+from dreambooth_job.config.train_config import TrainConfig
 from dreambooth_job.exit_codes import InvalidInputError
-from dreambooth_job.storage import StoredFile
+from dreambooth_job.storage import places as storage
+from dreambooth_job.storage.places import StoredFile
+from dreambooth_job.training import subject_photos as data
 
 
 def load(path, resolution=512):

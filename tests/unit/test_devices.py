@@ -8,11 +8,11 @@ from pathlib import Path
 import torch
 
 import dreambooth_job
-from dreambooth_job import devices
+from dreambooth_job.training import devices
 
 PACKAGE = Path(dreambooth_job.__file__).parent
 # metrics/definitions.py reports the memory of every CUDA device the process uses; it chooses none.
-ALLOWED = {"devices.py", "metrics/definitions.py"}
+ALLOWED = {"training/devices.py", "metrics/definitions.py"}
 
 
 def test_no_module_but_devices_decides_between_cuda_and_cpu():

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from dreambooth_job import disk
 from dreambooth_job.exit_codes import ExitCode, InvalidInputError, RetryableError
+from dreambooth_job.storage import disk
 
 FULL = Path("/dev/full")
 pytestmark = pytest.mark.skipif(not FULL.exists(), reason="needs /dev/full")

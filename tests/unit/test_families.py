@@ -9,11 +9,12 @@ import shutil
 import pytest
 import torch
 
-from dreambooth_job import families, models
+from dreambooth_job import families
 from dreambooth_job.exit_codes import ExitCode, InvalidInputError
 from dreambooth_job.families import PromptEmbeddings
 from dreambooth_job.families.sd import StableDiffusion
 from dreambooth_job.families.sdxl import StableDiffusionXL
+from dreambooth_job.training import base_models as models
 
 
 @pytest.fixture(scope="module")

@@ -11,9 +11,11 @@ import torch
 import torch.nn.functional as F
 from diffusers import DDPMScheduler
 
-from dreambooth_job import families, models, sampling
+from dreambooth_job import families
 from dreambooth_job.families.base import ModelFamily
 from dreambooth_job.families.objective import DdpmObjective
+from dreambooth_job.generation import sampling
+from dreambooth_job.training import base_models as models
 
 
 @pytest.fixture(scope="module")
@@ -119,7 +121,7 @@ def test_generated_images_start_from_the_familys_initial_noise(tiny_pipeline, mo
 
 
 def test_every_generate_sampler_is_one_every_family_builds():
-    from dreambooth_job.generation.config import SAMPLERS
+    from dreambooth_job.generation.generate_config import SAMPLERS
 
     for family in families.FAMILIES:
         assert set(SAMPLERS) <= set(family.samplers), family.name

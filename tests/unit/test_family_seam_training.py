@@ -1,6 +1,6 @@
-"""The training and sampling side of the family seam: the Trainer (training/), sampling.py, the
-load_model phase and generate ask the family (families/) for the denoiser, the objective, the
-latents and the sampler, and name none of them."""
+"""The training and sampling side of the family seam: the Trainer (training/),
+generation/sampling.py, the load_model phase and generate ask the family (families/) for the
+denoiser, the objective, the latents and the sampler, and name none of them."""
 
 from __future__ import annotations
 
@@ -10,8 +10,12 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parents[2] / "dreambooth_job"
-ASKING_THE_FAMILY = [*sorted((PACKAGE / "training").glob("*.py")), PACKAGE / "sampling.py",
-                     PACKAGE / "phases" / "model.py", *sorted((PACKAGE / "generation").glob("*.py"))]
+# The recipe (training/'s Trainer and its set-up, inputs, encoding, batches and state), the sampler,
+# the load_model phase and generate. (tests/unit/test_family_seam.py reads every other module's code;
+# this test reads these modules' docstrings and comments too.)
+RECIPE = ("trainer", "setup", "inputs", "encoding", "batches", "state")
+ASKING_THE_FAMILY = [*(PACKAGE / "training" / f"{name}.py" for name in RECIPE),
+                     PACKAGE / "phases" / "load_model.py", *sorted((PACKAGE / "generation").glob("*.py"))]
 # A module, a scheduler, a pipeline class or a family by name.
 FAMILY_FACTS = re.compile(r"\.unet\b|\bUNet|DDPM|DPMSolver|\w+Scheduler\b|StableDiffusion\w*|"
                           r"Flux\w*Pipeline|[\"']sdxl?[\"']")

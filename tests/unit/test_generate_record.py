@@ -13,9 +13,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from dreambooth_job.config.operator_policy import OperatorPolicy
 from dreambooth_job.exit_codes import InvalidInputError
 from dreambooth_job.generation.recorded import location_problem, read_record
-from dreambooth_job.operator_policy import OperatorPolicy
 
 JSON = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=30),

@@ -1,6 +1,6 @@
 import pytest
 
-from dreambooth_job import identifiers
+from dreambooth_job.config import subject_identifier as identifiers
 from dreambooth_job.devtools import tiny_models
 from dreambooth_job.exit_codes import InvalidInputError
 

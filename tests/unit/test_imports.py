@@ -46,6 +46,6 @@ def test_every_lazy_command_resolves_and_is_listed():
 def test_the_job_imports_no_developer_tooling():
     """devtools/ (demo, local S3 server, tiny-model builders) is for tests, the demo and bench only."""
     statement = ("import dreambooth_job.job, dreambooth_job.training.trainer, "
-                 "dreambooth_job.phases.training, dreambooth_job.phases.publish")
+                 "dreambooth_job.phases.fine_tune, dreambooth_job.phases.publish")
     loaded = loaded_after(statement, ["dreambooth_job.devtools", "dreambooth_job.bench"])
     assert loaded == {"dreambooth_job.devtools": False, "dreambooth_job.bench": False}

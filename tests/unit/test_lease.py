@@ -3,11 +3,12 @@ import json
 import pytest
 from storage_proxy import S3TestProxy
 
-from dreambooth_job import storage
-from dreambooth_job.config import TrainConfig
+from dreambooth_job.config.operator_policy import ALLOW_UNCONDITIONAL_STORE_ENV, OperatorPolicy
+from dreambooth_job.config.train_config import TrainConfig
 from dreambooth_job.exit_codes import InvalidInputError, RetryableError
-from dreambooth_job.lease import LEASE_FILE, Lease, check_conditional_writes, holding
-from dreambooth_job.operator_policy import ALLOW_UNCONDITIONAL_STORE_ENV, OperatorPolicy
+from dreambooth_job.storage import places as storage
+from dreambooth_job.storage import s3_client
+from dreambooth_job.storage.lease import LEASE_FILE, Lease, check_conditional_writes, holding
 
 
 class Clock:
@@ -181,10 +182,10 @@ def store_ignoring_if_none_match(bucket, s3_server, monkeypatch):
     """The real S3 server behind a proxy that drops If-None-Match, like a store that ignores it."""
     with S3TestProxy(s3_server.endpoint, strip_headers={"if-none-match"}) as proxy:
         monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.endpoint)
-        storage.reset_client()
+        s3_client.reset_client()
         yield f"s3://{bucket}/run/"
     monkeypatch.setenv("AWS_ENDPOINT_URL", s3_server.endpoint)
-    storage.reset_client()
+    s3_client.reset_client()
 
 
 def test_a_store_that_enforces_conditional_writes_passes_the_probe(output):

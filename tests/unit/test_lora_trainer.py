@@ -11,10 +11,10 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from dreambooth_job import lora  # noqa: E402
+from dreambooth_job.bench.architectures import build_pipeline  # noqa: E402
 from dreambooth_job.bench.command import Settings, Variant, _images, bench_config  # noqa: E402
-from dreambooth_job.bench.models import build_pipeline  # noqa: E402
 from dreambooth_job.exit_codes import InvalidInputError  # noqa: E402
+from dreambooth_job.training import lora_adapters as lora  # noqa: E402
 from dreambooth_job.training.trainer import Trainer  # noqa: E402
 
 SETTINGS = Settings(model="tiny", base_model=None, resolution=32, batch_size=1, steps=3, warmup=0,

@@ -2,7 +2,8 @@
 
 import pytest
 
-from dreambooth_job import families, memory
+from dreambooth_job import families
+from dreambooth_job.training import memory_estimate as memory
 
 SD15_UNET = {"block_out_channels": (320, 640, 1280, 1280),
              "down_block_types": ("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",)}
@@ -46,8 +47,8 @@ def meta():
 def needs_checkpointing(models, *, latent_side, free_gib, lora=False):
     """The Trainer's `gradient_checkpointing: auto` decision (training/setup.py), batch 1 with prior
     preservation, bf16, on `free_gib` left after the weights are on the device."""
-    from dreambooth_job import lora as lora_lib
-    from dreambooth_job.config import TrainConfig
+    from dreambooth_job.config.train_config import TrainConfig
+    from dreambooth_job.training import lora_adapters as lora_lib
 
     family, modules = models
     denoiser = modules["denoiser"]

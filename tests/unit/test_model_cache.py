@@ -9,8 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from dreambooth_job import models, storage
 from dreambooth_job.exit_codes import InvalidInputError
+from dreambooth_job.storage import places as storage
+from dreambooth_job.storage import s3_client
+from dreambooth_job.training import base_models as models
 
 WEIGHTS = bytes(range(256)) * 8
 INDEX = b'{"_class_name": "StableDiffusionPipeline"}'
@@ -76,7 +78,7 @@ def test_a_record_that_no_longer_matches_the_source_is_downloaded_again(source, 
 
 
 def test_an_unsafe_key_under_a_base_model_prefix_is_refused_before_any_write(source, moto_bucket, tmp_path):
-    storage.s3_client().put_object(Bucket=moto_bucket, Key="models/base/unet/../../../../x.bin", Body=b"x")
+    s3_client.s3_client().put_object(Bucket=moto_bucket, Key="models/base/unet/../../../../x.bin", Body=b"x")
     with pytest.raises(InvalidInputError, match=r"refusing s3://.*/models/base/unet/\.\./\.\./\.\./\.\./x\.bin"):
         models.resolve_base_model(source, str(tmp_path / "cache"))
     assert not (tmp_path / "cache").exists()

@@ -2,8 +2,8 @@
 
 import pytest
 
+from dreambooth_job.config.operator_policy import ALLOW_UNCONDITIONAL_STORE_ENV, OperatorPolicy
 from dreambooth_job.exit_codes import InvalidInputError
-from dreambooth_job.operator_policy import ALLOW_UNCONDITIONAL_STORE_ENV, OperatorPolicy
 
 
 def test_defaults_allow_everything_but_local_prompt_files(tmp_path):
@@ -47,8 +47,8 @@ def test_only_the_operator_can_allow_a_store_without_conditional_writes():
 # Issue 23: the ceilings, declared once.
 
 def test_the_default_ceilings_allow_every_sizing_profiles_run():
-    from dreambooth_job import sizing
-    from dreambooth_job.operator_policy import LARGEST_PROFILE_GRACE_SECONDS
+    from dreambooth_job.config.operator_policy import LARGEST_PROFILE_GRACE_SECONDS
+    from dreambooth_job.training import sizing
 
     policy = OperatorPolicy.from_env({})
     assert max(p.job_grace_seconds for p in sizing.PROFILES.values()) == LARGEST_PROFILE_GRACE_SECONDS
@@ -57,10 +57,10 @@ def test_the_default_ceilings_allow_every_sizing_profiles_run():
 
 
 def test_every_ceiling_a_train_option_declares_is_an_operator_setting():
-    from dreambooth_job import config as cfg
-    from dreambooth_job.operator_policy import CEILINGS
+    from dreambooth_job.config import introspection
+    from dreambooth_job.config.operator_policy import CEILINGS
 
-    declared = {f.metadata["ceiling"] for f in cfg.fields() if f.metadata["ceiling"]}
+    declared = {f.metadata["ceiling"] for f in introspection.fields() if f.metadata["ceiling"]}
     assert declared <= {f.name for f in CEILINGS}
     assert {"max_termination_grace_seconds", "max_gradient_accumulation_steps", "max_train_steps",
             "max_resolution", "max_lora_rank"} == declared

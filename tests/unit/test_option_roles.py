@@ -7,18 +7,19 @@ import dataclasses
 
 import pytest
 
-from dreambooth_job import config as cfg
-from dreambooth_job.config_fields import MODEL, OPERATIONAL, Role, option, role_of
-from dreambooth_job.config_sources import bool_flags, to_cli_args, to_config_values
+from dreambooth_job.config import field_types, introspection
+from dreambooth_job.config import train_config as cfg
+from dreambooth_job.config.option_fields import MODEL, OPERATIONAL, Role, option, role_of
+from dreambooth_job.config.run_identity import config_fingerprint, differing_model_fields
+from dreambooth_job.config.sources import bool_flags, to_cli_args, to_config_values
 from dreambooth_job.evaluation.command import CONFIG_FIELDS
 from dreambooth_job.exit_codes import InvalidInputError
-from dreambooth_job.run_identity import config_fingerprint, differing_model_fields
 
 REQUIRED = {"instance_data": "s3://photos/dog/", "class_noun": "dog", "output": "s3://runs/dog/"}
 
 
 def test_every_field_declares_a_role():
-    undeclared = [f.name for f in cfg.fields() if not isinstance(f.metadata.get("role"), Role)]
+    undeclared = [f.name for f in introspection.fields() if not isinstance(f.metadata.get("role"), Role)]
     assert not undeclared
 
 
@@ -30,7 +31,7 @@ def test_a_field_without_a_role_cannot_be_declared():
 
 
 def test_the_borderline_options_have_their_documented_roles():
-    roles = {f.name: role_of(f) for f in cfg.fields()}
+    roles = {f.name: role_of(f) for f in introspection.fields()}
     for name in ("max_train_steps", "num_class_images", "sample_steps", "guidance_scale",
                  "use_8bit_adam", "learning_rate", "mixed_precision", "save_precision",
                  "export_single_file", "lora_merge"):
@@ -45,10 +46,10 @@ def test_every_model_option_has_an_explicit_value():
     `auto`, which only numbers take (a boolean's flags have no `auto`); the required inputs aside,
     which validation never leaves unset. --vae aside: unset, it means the base model's own VAE,
     which no release will change."""
-    unset = [f for f in cfg.model_fields() if cfg.default_of(f) is None and not f.metadata["required"]
-             and f.name != "vae"]
+    unset = [f for f in introspection.model_fields()
+             if field_types.default_of(f) is None and not f.metadata["required"] and f.name != "vae"]
     assert {f.name for f in unset} == {"learning_rate", "lora_alpha", "resolution"}
-    assert all(cfg.accepts_auto(f) and cfg.base_type(f) in (int, float) for f in unset)
+    assert all(introspection.accepts_auto(f) and introspection.base_type(f) in (int, float) for f in unset)
 
 
 def test_jobs_state_unset_model_options_as_auto():
@@ -68,27 +69,28 @@ def test_jobs_state_unset_model_options_as_auto():
 def test_jobs_state_every_model_option_at_its_default_and_operational_ones_only_when_changed():
     config = cfg.TrainConfig(**REQUIRED, log_every=3)
     args = to_cli_args(config)
-    for f in cfg.model_fields():
+    for f in introspection.model_fields():
         if f.name == "vae":  # unset: the base model's own VAE (see above)
             assert "--vae" not in args
-        elif cfg.base_type(f) is bool:
+        elif introspection.base_type(f) is bool:
             on, _, off = bool_flags(f).partition("/")
             assert on in args or off in args, f.name
         else:
-            assert cfg.flag_name(f.name) in args, f.name
+            assert field_types.flag_name(f.name) in args, f.name
     assert "--log-every" in args and "--metrics-port" not in args and "--cache-dir" not in args
     assert args[args.index("--identifier") + 1] == "auto"
     assert args[args.index("--mixed-precision") + 1] == "auto"
     assert args[args.index("--learning-rate") + 1] == "auto"
     values = to_config_values(config)
-    assert {f.name for f in cfg.model_fields()} - {"vae"} <= values.keys()
+    assert {f.name for f in introspection.model_fields()} - {"vae"} <= values.keys()
     assert values["log_every"] == 3 and "metrics_port" not in values
 
 
-@pytest.mark.parametrize("f", [f for f in cfg.fields() if f.metadata["bounds"]], ids=lambda f: f.name)
+@pytest.mark.parametrize("f", [f for f in introspection.fields() if f.metadata["bounds"]],
+                         ids=lambda f: f.name)
 def test_validate_enforces_each_declared_bound(f):
     bounds = f.metadata["bounds"]
-    kind = cfg.base_type(f)
+    kind = introspection.base_type(f)
     outside = []
     if "minimum" in bounds:
         outside.append(kind(bounds["minimum"] - 1))
@@ -146,6 +148,6 @@ def test_an_unrecorded_option_matches_only_at_its_default():
 
 
 def test_evaluate_takes_the_options_declared_for_it():
-    assert set(CONFIG_FIELDS) == {f.name for f in cfg.fields() if f.metadata["evaluation"]}
+    assert set(CONFIG_FIELDS) == {f.name for f in introspection.fields() if f.metadata["evaluation"]}
     assert {"instance_data", "class_noun", "prompt_set", "dino_model", "sample_steps"} <= set(CONFIG_FIELDS)
     assert "learning_rate" not in CONFIG_FIELDS

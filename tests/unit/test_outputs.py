@@ -1,6 +1,6 @@
-"""The output writer (dreambooth_job/outputs.py): what a trained pipeline publishes is decided by the
-pipeline itself (adapters or not), every file is listed with its size and sha256, and each loads
-with the call the user guide gives for it (docs/user-guide.md, "Output layout")."""
+"""The output writer (dreambooth_job/outputs/weight_files.py): what a trained pipeline publishes
+is decided by the pipeline itself (adapters or not), every file is listed with its size and
+sha256, and each loads with the call the user guide gives for it (docs/user-guide.md, "Output layout")."""
 
 from __future__ import annotations
 
@@ -16,10 +16,11 @@ safetensors_torch = pytest.importorskip("safetensors.torch")
 
 from helpers import perturb_lora_adapters  # noqa: E402
 
-from dreambooth_job import lora, outputs  # noqa: E402
-from dreambooth_job import result as result_module  # noqa: E402
-from dreambooth_job.config import TrainConfig  # noqa: E402
+from dreambooth_job.config.train_config import TrainConfig  # noqa: E402
+from dreambooth_job.outputs import result as result_module  # noqa: E402
+from dreambooth_job.outputs import weight_files as outputs  # noqa: E402
 from dreambooth_job.phases.context import new_result  # noqa: E402
+from dreambooth_job.training import lora_adapters as lora  # noqa: E402
 
 RANK, ALPHA = 4, 8
 METADATA = outputs.header_metadata(base_fingerprint="ab" * 32, identifier="sks", class_noun="dog",

@@ -10,12 +10,13 @@ import yaml
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from dreambooth_job import config as cfg
+from dreambooth_job.config import introspection
+from dreambooth_job.config import sources as config_sources
+from dreambooth_job.config.operator_policy import OperatorPolicy
 from dreambooth_job.exit_codes import ExitCode, InvalidInputError
 from dreambooth_job.k8s.batch import BatchFileError, parse_rows
-from dreambooth_job.operator_policy import OperatorPolicy
 
-NAMES = [f.name for f in cfg.fields()] + ["id", "subject_id", "bogus", "instance-data"]
+NAMES = [f.name for f in introspection.fields()] + ["id", "subject_id", "bogus", "instance-data"]
 scalars = st.one_of(st.none(), st.booleans(), st.integers(), st.floats(allow_nan=True),
                     st.text(max_size=80), st.sampled_from(
                         ["s3://b/p/", "s3://", "../x", "{id}", "{class_noun}", "a {identifier}",
@@ -62,7 +63,7 @@ def test_any_config_file_is_a_config_or_exit_2_in_one_short_line(tmp_path_factor
         text = json.dumps(values, default=str)
     path.write_text(text)
     try:
-        cfg.TrainConfig.resolve(env={}, config_file=path).validate(require_inputs=True)
+        config_sources.resolve_config(env={}, config_file=path).validate(require_inputs=True)
     except InvalidInputError as error:
         assert error.exit_code == ExitCode.INVALID_INPUT
         assert_short_lines([error.message])

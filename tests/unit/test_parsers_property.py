@@ -25,7 +25,8 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from dreambooth_job.cli import main
-from dreambooth_job.config import env_name, fields, flag_name
+from dreambooth_job.config.field_types import env_name, flag_name
+from dreambooth_job.config.introspection import fields
 
 NAMES = [f.name for f in fields()]
 TEXTS = st.one_of(

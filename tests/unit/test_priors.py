@@ -1,6 +1,7 @@
 import pytest
 
-from dreambooth_job import families, priors
+from dreambooth_job import families
+from dreambooth_job.training import prior_images as priors
 
 BASE = dict(model_fingerprint="m1", class_prompt="a dog", resolution=512,
             sampler="DPMSolverMultistepScheduler", steps=25, guidance_scale=7.5, seed=0)

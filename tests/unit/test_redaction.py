@@ -6,14 +6,15 @@ import logging
 import pytest
 from click.testing import CliRunner
 
-from dreambooth_job import config as cfg
 from dreambooth_job import log
-from dreambooth_job.checkpoint import MANIFEST, TRAINER_STATE, CheckpointStore
 from dreambooth_job.cli import main
-from dreambooth_job.config_fields import place_of
+from dreambooth_job.config import field_types, introspection
+from dreambooth_job.config import train_config as cfg
+from dreambooth_job.config.option_fields import place_of
 from dreambooth_job.exit_codes import ExitCode, InvalidInputError
 from dreambooth_job.metrics import JobMetrics, grouping_key
 from dreambooth_job.redaction import redact, redact_value
+from dreambooth_job.training.checkpoint import MANIFEST, TRAINER_STATE, CheckpointStore
 
 REQUIRED = {"instance_data": "s3://b/photos/", "class_noun": "dog", "output": "s3://b/out/"}
 SIGNATURE = "f00dfeedc0ffee0123456789abcdef"
@@ -96,12 +97,12 @@ def test_metric_labels_and_push_group_are_redacted():
     assert SIGNATURE not in json.dumps(grouping_key(f"Signature={SIGNATURE}", f"https://{SIGNATURE}@h"))
 
 
-@pytest.mark.parametrize("option", [f.name for f in cfg.fields() if place_of(f)])
+@pytest.mark.parametrize("option", [f.name for f in introspection.fields() if place_of(f)])
 def test_a_url_with_credentials_is_refused_as_any_place_option(option):
     with pytest.raises(InvalidInputError) as error:
         cfg.TrainConfig(**{**REQUIRED, option: "https://trainer:hunter2-secret@host:9091/x"})
     message = str(error.value)
-    assert cfg.flag_name(option) in message and "Secret" in message and "environment" in message
+    assert field_types.flag_name(option) in message and "Secret" in message and "environment" in message
     assert "hunter2-secret" not in message and "\n" not in message
 
 

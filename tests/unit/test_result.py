@@ -6,11 +6,11 @@ import jsonschema
 import pytest
 
 from dreambooth_job import __version__
-from dreambooth_job import result as result_module
-from dreambooth_job.config import TrainConfig
+from dreambooth_job.config.train_config import TrainConfig
 from dreambooth_job.exit_codes import ExitCode
+from dreambooth_job.outputs import result as result_module
+from dreambooth_job.outputs.result import ClassImagesInfo, Rejection, Training
 from dreambooth_job.phases.context import new_result
-from dreambooth_job.result import ClassImagesInfo, Rejection, Training
 
 PRESIGNED = "https://host/base.tar?X-Amz-Signature=c0ffee&a=1"
 

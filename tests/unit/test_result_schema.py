@@ -6,11 +6,11 @@ import copy
 import jsonschema
 import pytest
 
-from dreambooth_job import result as result_module
-from dreambooth_job import result_schema
-from dreambooth_job.config import TrainConfig
+from dreambooth_job.config.train_config import TrainConfig
+from dreambooth_job.outputs import result as result_module
+from dreambooth_job.outputs import result_schema
+from dreambooth_job.outputs.result import OutputFile, Training
 from dreambooth_job.phases.context import new_result
-from dreambooth_job.result import OutputFile, Training
 
 
 def finished_record(tmp_path) -> dict:
@@ -36,7 +36,7 @@ def objects(schema: dict, path: str = "$"):
 
 def test_the_checked_in_schema_is_the_generated_one():
     assert result_schema.SCHEMA_FILE.read_text() == result_schema.rendered(), (
-        "run: python -m dreambooth_job.result_schema")
+        "run: python -m dreambooth_job.outputs.result_schema")
     assert result_schema.main(["--check"]) == 0
     assert result_module.schema() == result_schema.result_schema()
 

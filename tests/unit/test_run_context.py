@@ -7,12 +7,12 @@ import shutil
 
 import pytest
 
-from dreambooth_job import models
-from dreambooth_job.config import TrainConfig
+from dreambooth_job.config.train_config import TrainConfig
 from dreambooth_job.events import JobObserver
-from dreambooth_job.phases import model as model_phase
+from dreambooth_job.phases import load_model as model_phase
 from dreambooth_job.phases import photos as photo_phases
 from dreambooth_job.phases.context import RunContext
+from dreambooth_job.training import base_models as models
 
 NATIVE = 64  # the tiny model's: 32 latent pixels, a 2x VAE
 

@@ -8,10 +8,11 @@ import re
 
 from PIL import Image
 
-from dreambooth_job import loss_history
 from dreambooth_job.events import TrainProgress
-from dreambooth_job.loss_history import HISTORY_FILE, LossHistory, LossPoint
-from dreambooth_job.result import (
+from dreambooth_job.generation.sampling import image_grid
+from dreambooth_job.outputs import loss_history
+from dreambooth_job.outputs.loss_history import HISTORY_FILE, LossHistory, LossPoint
+from dreambooth_job.outputs.result import (
     BaseModelInfo,
     Identifier,
     Outputs,
@@ -21,8 +22,7 @@ from dreambooth_job.result import (
     RunResult,
     Training,
 )
-from dreambooth_job.run_page import MAX_DRAWN_POINTS, loss_svg, render, thumbnail_uri
-from dreambooth_job.sampling import image_grid
+from dreambooth_job.outputs.run_page import MAX_DRAWN_POINTS, loss_svg, render, thumbnail_uri
 
 HOSTILE = "<img src=x onerror=alert(1)>'\"&"
 SECRET_URL = "https://bob:hunter2@example.com/x?X-Amz-Signature=abc123"

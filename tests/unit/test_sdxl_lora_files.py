@@ -16,7 +16,9 @@ safetensors_torch = pytest.importorskip("safetensors.torch")
 
 from helpers import perturb_lora_adapters  # noqa: E402
 
-from dreambooth_job import families, lora, lora_files  # noqa: E402
+from dreambooth_job import families  # noqa: E402
+from dreambooth_job.outputs import lora_formats as lora_files  # noqa: E402  # noqa: E402
+from dreambooth_job.training import lora_adapters as lora  # noqa: E402  # noqa: E402
 
 RANK, ALPHA = 4, 8  # alpha != rank, so a loader that ignores alpha gets a different output
 UNET_TARGETS = lora.DEFAULT_UNET_TARGETS + lora.UNET_CONV_TARGETS  # ResBlock names too
@@ -137,14 +139,14 @@ def _unet_output(unet):
 
 
 def test_real_sdxl_unet_names_map_back_through_diffusers_kohya_reader():
-    """SDXL base 1.0's UNet (bench/models.py's SDXL config, on the meta device) with adapters on its
+    """SDXL base 1.0's UNet (bench/architectures.py's SDXL config, on the meta device) with adapters on its
     attention and ResBlock layers: every adapter's kohya name maps back, by diffusers' reader,
     onto the module it came from, and the names are kohya's SDXL ones."""
     from diffusers import StableDiffusionXLPipeline
     from diffusers.utils import convert_unet_state_dict_to_peft
     from peft.utils import get_peft_model_state_dict
 
-    from dreambooth_job.bench.models import build_sdxl_models as build_models
+    from dreambooth_job.bench.architectures import build_sdxl_models as build_models
 
     unet = build_models(device="meta")["unet"]
     lora.add_lora(unet, rank=RANK, alpha=ALPHA, target_modules=UNET_TARGETS)

@@ -6,7 +6,7 @@ attention, two layers per level, two transformer layers at the deepest, `text_ti
 that `StableDiffusionXLPipeline.from_single_file` reloads; its two text encoders have different
 widths because diffusers tells SDXL's encoders apart by width (the job's tiny SDXL model, whose
 encoders are both 32 wide, reloads its UNet and VAE only: tests/job/test_sdxl_job.py). And the
-real SDXL base 1.0 architecture on the meta device (bench/models.py's SDXL configs, no weights), whose
+real SDXL base 1.0 architecture on the meta device (bench/architectures.py's SDXL configs, no weights), whose
 keys diffusers must recognise as `xl_base` and map back onto every weight of the pipeline.
 """
 
@@ -19,7 +19,8 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from dreambooth_job.exit_codes import InvalidInputError  # noqa: E402
-from dreambooth_job.export.single_file import save_single_file  # noqa: E402
+from dreambooth_job.families import for_pipeline  # noqa: E402
+from dreambooth_job.outputs.export.single_file import save_single_file  # noqa: E402
 
 
 def _build_sdxl_layout_pipeline(seed: int = 0):
@@ -102,7 +103,7 @@ def _sample(pipe):
 def test_round_trip_through_from_single_file_gives_the_same_pipeline(sdxl_layout, tmp_path):
     pipeline, config_dir = sdxl_layout
     path = tmp_path / "subject.safetensors"
-    save_single_file(pipeline, path, dtype=torch.float32)
+    save_single_file(pipeline, path, family=for_pipeline(pipeline), dtype=torch.float32)
     reloaded = _reload(path, config_dir)
     _assert_same_weights(pipeline, reloaded, torch.float32)
     torch.testing.assert_close(_sample(reloaded), _sample(pipeline), rtol=0, atol=0)
@@ -114,7 +115,7 @@ def test_save_precision_applies_to_every_weight(sdxl_layout, tmp_path, precision
 
     pipeline, config_dir = sdxl_layout
     path = tmp_path / "subject.safetensors"
-    save_single_file(pipeline, path, dtype=precision)
+    save_single_file(pipeline, path, family=for_pipeline(pipeline), dtype=precision)
     expected_dtype = {torch.float16: "F16", torch.bfloat16: "BF16"}[dtype]
     with safe_open(str(path), framework="pt") as f:
         names = f.keys()
@@ -129,7 +130,8 @@ def test_the_file_uses_sdxls_original_layout(sdxl_layout, tmp_path):
 
     pipeline = sdxl_layout[0]
     path = tmp_path / "subject.safetensors"
-    save_single_file(pipeline, path, dtype=torch.float32, metadata={"identifier": "sks"})
+    save_single_file(pipeline, path, family=for_pipeline(pipeline), dtype=torch.float32,
+                     metadata={"identifier": "sks"})
     with safe_open(str(path), framework="pt") as f:
         keys = set(f.keys())
         assert f.metadata() == {"format": "pt", "identifier": "sks"}
@@ -159,15 +161,15 @@ def test_an_sd_pipeline_with_an_sdxl_unet_is_refused(sdxl_layout, tmp_path):
         scheduler=sdxl.scheduler, safety_checker=None, feature_extractor=None,
         requires_safety_checker=False)
     with pytest.raises(InvalidInputError, match="'text_time' embeddings"):
-        save_single_file(mixed, tmp_path / "subject.safetensors")
+        save_single_file(mixed, tmp_path / "subject.safetensors", family=for_pipeline(mixed))
     assert list(tmp_path.iterdir()) == []
 
 
 def _real_sdxl_checkpoint():
     """SDXL base 1.0's modules on the meta device, and its single-file state dict (shapes only)."""
-    from dreambooth_job.bench.models import build_sdxl_models as build_models
-    from dreambooth_job.export.single_file import UNET_PREFIX, VAE_PREFIX, unet_to_ldm, vae_to_ldm
+    from dreambooth_job.bench.architectures import build_sdxl_models as build_models
     from dreambooth_job.families.sdxl import StableDiffusionXL
+    from dreambooth_job.outputs.export.single_file import UNET_PREFIX, VAE_PREFIX, unet_to_ldm, vae_to_ldm
 
     models = build_models(device="meta")
     checkpoint = {UNET_PREFIX + k: v for k, v in unet_to_ldm(models["unet"].state_dict(),

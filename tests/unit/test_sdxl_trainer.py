@@ -12,10 +12,11 @@ from diffusers import DDPMScheduler
 from helpers import make_photo
 from PIL import Image
 
-from dreambooth_job import data, families
-from dreambooth_job.config import TrainConfig
-from dreambooth_job.data import cover_size, to_tensor
+from dreambooth_job import families
+from dreambooth_job.config.train_config import TrainConfig
 from dreambooth_job.families.objective import DdpmObjective
+from dreambooth_job.training import subject_photos as data
+from dreambooth_job.training.subject_photos import cover_size, to_tensor
 from dreambooth_job.training.trainer import Trainer
 
 RES = 64

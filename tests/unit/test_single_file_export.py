@@ -1,4 +1,4 @@
-"""The single-file writer (dreambooth_job/export): an original-layout checkpoint that diffusers'
+"""The single-file writer (dreambooth_job/outputs/export): an original-layout checkpoint that diffusers'
 own reader (`from_single_file`) turns back into the same weights, and the saved-precision helpers.
 
 The tiny pipeline has Stable Diffusion 1.x's block layout (four UNet down blocks, the last without
@@ -14,8 +14,9 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from dreambooth_job.exit_codes import InvalidInputError  # noqa: E402
-from dreambooth_job.export.precision import cast_state_dict, save_pretrained_precision  # noqa: E402
-from dreambooth_job.export.single_file import save_single_file  # noqa: E402
+from dreambooth_job.families import for_pipeline  # noqa: E402
+from dreambooth_job.outputs.export.precision import cast_state_dict, save_pretrained_precision  # noqa: E402
+from dreambooth_job.outputs.export.single_file import save_single_file  # noqa: E402
 
 
 def _build_sd_layout_pipeline(seed: int = 0, version: int = 1):
@@ -91,7 +92,7 @@ def _assert_same_weights(original, reloaded, dtype):
 def test_round_trip_through_from_single_file_gives_the_same_weights(sd_layout, tmp_path):
     pipeline, config_dir = sd_layout
     path = tmp_path / "subject.safetensors"
-    save_single_file(pipeline, path, dtype=torch.float32)
+    save_single_file(pipeline, path, family=for_pipeline(pipeline), dtype=torch.float32)
     _assert_same_weights(pipeline, _reload(path, config_dir), torch.float32)
 
 
@@ -100,7 +101,7 @@ def test_fp16_export_holds_the_weights_cast_to_fp16(sd_layout, tmp_path):
 
     pipeline, config_dir = sd_layout
     path = tmp_path / "subject.safetensors"
-    save_single_file(pipeline, path)  # fp16 by default
+    save_single_file(pipeline, path, family=for_pipeline(pipeline))  # fp16 by default
     with safe_open(str(path), framework="pt") as f:
         names = f.keys()
         not_fp16 = {key for key in names if f.get_slice(key).get_dtype() != "F16"}
@@ -113,7 +114,7 @@ def test_the_file_uses_the_original_layout_keys(sd_layout, tmp_path):
     from safetensors import safe_open
 
     path = tmp_path / "subject.safetensors"
-    save_single_file(sd_layout[0], path, dtype=torch.float32)
+    save_single_file(sd_layout[0], path, family=for_pipeline(sd_layout[0]), dtype=torch.float32)
     with safe_open(str(path), framework="pt") as f:
         keys = set(f.keys())
         assert {key.split(".")[0] for key in keys} == {"model", "first_stage_model", "cond_stage_model"}
@@ -130,7 +131,7 @@ def test_metadata_lands_in_the_safetensors_header(sd_layout, tmp_path):
 
     path = tmp_path / "subject.safetensors"
     metadata = {"dreambooth_job.identifier": "sks", "dreambooth_job.class_noun": "dog"}
-    save_single_file(sd_layout[0], path, metadata=metadata)
+    save_single_file(sd_layout[0], path, family=for_pipeline(sd_layout[0]), metadata=metadata)
     with safe_open(str(path), framework="pt") as f:
         assert f.metadata() == {"format": "pt", **metadata}
 
@@ -138,7 +139,7 @@ def test_metadata_lands_in_the_safetensors_header(sd_layout, tmp_path):
 def test_non_string_metadata_is_refused_and_nothing_is_written(sd_layout, tmp_path):
     path = tmp_path / "subject.safetensors"
     with pytest.raises(InvalidInputError, match="metadata"):
-        save_single_file(sd_layout[0], path, metadata={"steps": 400})
+        save_single_file(sd_layout[0], path, family=for_pipeline(sd_layout[0]), metadata={"steps": 400})
     assert list(tmp_path.iterdir()) == []
 
 
@@ -147,7 +148,7 @@ def test_sd2_round_trip_writes_openclip_keys_and_gives_the_same_weights(sd2_layo
 
     pipeline, config_dir = sd2_layout
     path = tmp_path / "subject.safetensors"
-    save_single_file(pipeline, path, dtype=torch.float32)
+    save_single_file(pipeline, path, family=for_pipeline(pipeline), dtype=torch.float32)
     with safe_open(str(path), framework="pt") as f:
         keys = set(f.keys())
     assert {key.split(".")[1] for key in keys if key.startswith("cond_stage_model.")} == {"model"}
@@ -159,7 +160,7 @@ def test_an_sd_pipeline_with_extra_unet_embeddings_is_refused_with_a_clear_error
     pipeline = _build_sd_layout_pipeline()
     pipeline.unet.register_to_config(addition_embed_type="text_time")
     with pytest.raises(InvalidInputError, match="'text_time' embeddings, which the Stable Diffusion"):
-        save_single_file(pipeline, tmp_path / "subject.safetensors")
+        save_single_file(pipeline, tmp_path / "subject.safetensors", family=for_pipeline(pipeline))
     assert list(tmp_path.iterdir()) == []
 
 
@@ -189,7 +190,7 @@ def test_save_pretrained_precision_loads_and_equals_the_cast_weights(sd_layout, 
 
 
 def test_a_failed_write_leaves_neither_the_file_nor_a_partial_one(tmp_path):
-    from dreambooth_job.export.precision import write_atomically
+    from dreambooth_job.outputs.export.precision import write_atomically
 
     def write_then_fail(partial):
         with open(partial, "wb") as f:

@@ -7,16 +7,18 @@ import logging
 
 import pytest
 
-from dreambooth_job import families, memory, sizing
-from dreambooth_job.config import TrainConfig
+from dreambooth_job import families
+from dreambooth_job.config.train_config import TrainConfig
+from dreambooth_job.training import memory_estimate as memory
+from dreambooth_job.training import sizing
 
 FAMILY = {f.name: f for f in families.FAMILIES}
 
 
 @pytest.mark.parametrize(("family", "model"), [("sd", "sd15"), ("sdxl", "sdxl")])
 def test_parameter_counts_are_the_published_architectures(family, model):
-    from dreambooth_job import lora
     from dreambooth_job.bench.estimate import meta_models
+    from dreambooth_job.training import lora_adapters as lora
 
     detected, built = meta_models(model)
     assert detected is FAMILY[family]
@@ -62,7 +64,7 @@ def test_bigger_checkpoints_get_longer_grace():
 
 def test_an_sdxl_full_run_in_an_sd_profile_is_warned_about(caplog):
     sd_budget = sizing.PROFILES["sd-full"].job_grace_seconds
-    with caplog.at_level(logging.WARNING, logger="dreambooth_job.sizing"):
+    with caplog.at_level(logging.WARNING, logger="dreambooth_job.training.sizing"):
         message = sizing.check_grace(sd_budget, "sdxl", "full", FAMILY["sdxl"].reference.denoiser, False)
     assert message and f"--termination-grace-seconds {sd_budget} is shorter than" in message
     assert "'sdxl-full'" in message and "\n" not in message
@@ -91,7 +93,7 @@ def test_the_operator_guides_table_is_the_profiles():
 
     guide = (Path(__file__).resolve().parents[2] / "docs" / "operator-guide.md").read_text()
     assert "\n".join(sizing.rows()) in guide, (
-        "docs/operator-guide.md's profile table: run python -m dreambooth_job.sizing")
+        "docs/operator-guide.md's profile table: run python -m dreambooth_job.training.sizing")
 
 
 def test_every_family_has_both_profiles_and_an_undetected_model_gets_the_largest():

@@ -6,8 +6,9 @@ import os
 
 import pytest
 
-from dreambooth_job import storage
 from dreambooth_job.exit_codes import RetryableError
+from dreambooth_job.storage import places as storage
+from dreambooth_job.storage import s3_client
 
 
 @pytest.fixture(params=["s3", "local"])
@@ -45,9 +46,9 @@ def test_upload_and_download_dirs_round_trip(root, tmp_path):
 def test_conditional_writes(root):
     uri = storage.join(root, "lease.json")
     etag = storage.write_conditional(uri, b"first")
-    with pytest.raises(storage.PreconditionFailed):
+    with pytest.raises(s3_client.PreconditionFailed):
         storage.write_conditional(uri, b"second")
-    with pytest.raises(storage.PreconditionFailed):
+    with pytest.raises(s3_client.PreconditionFailed):
         storage.write_conditional(uri, b"second", if_match="0" * 32)
     storage.write_conditional(uri, b"third", if_match=etag)
     assert storage.read_with_etag(uri)[0] == b"third"

@@ -7,9 +7,10 @@ from __future__ import annotations
 import pytest
 from click.testing import CliRunner
 
-from dreambooth_job import s3_credentials, storage
 from dreambooth_job.cli import main
 from dreambooth_job.exit_codes import ExitCode, InvalidInputError, RetryableError
+from dreambooth_job.storage import places as storage
+from dreambooth_job.storage import s3_client, s3_credentials
 
 CREDENTIAL_SOURCES = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE",
                       "AWS_WEB_IDENTITY_TOKEN_FILE", "AWS_ROLE_ARN", "AWS_CONTAINER_CREDENTIALS_FULL_URI",
@@ -57,9 +58,9 @@ def no_credentials(s3_server, stored, monkeypatch) -> dict[str, str]:
     monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent")
     monkeypatch.setenv("AWS_CONFIG_FILE", "/nonexistent")
     monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
-    storage.reset_client()
+    s3_client.reset_client()
     yield {k: v for k, v in s3_server.client_env().items() if k.startswith("AWS_SECRET") or "KEY_ID" in k}
-    storage.reset_client()
+    s3_client.reset_client()
 
 
 def test_credentials_that_arrive_within_the_window_are_used(no_credentials, stored, fake_time, monkeypatch):
@@ -115,8 +116,8 @@ def test_train_without_credentials_exits_retryable_naming_the_wait(no_credential
 
 
 def test_the_wait_is_operational_and_leaves_config_fingerprints_alone():
-    from dreambooth_job.config import TrainConfig
-    from dreambooth_job.run_identity import config_fingerprint
+    from dreambooth_job.config.run_identity import config_fingerprint
+    from dreambooth_job.config.train_config import TrainConfig
 
     required = {"instance_data": "s3://b/photos/", "class_noun": "dog", "output": "s3://b/out/"}
     assert config_fingerprint(TrainConfig(**required)) == config_fingerprint(

@@ -11,9 +11,12 @@ import zlib
 
 import pytest
 
-from dreambooth_job import checksums, models, priors, storage
 from dreambooth_job.exit_codes import ExitCode, RetryableError
-from dreambooth_job.lease import Lease
+from dreambooth_job.storage import checksums, s3_client
+from dreambooth_job.storage import places as storage
+from dreambooth_job.storage.lease import Lease
+from dreambooth_job.training import base_models as models
+from dreambooth_job.training import prior_images as priors
 
 PART = 5 * 1024 * 1024  # S3's smallest part
 
@@ -39,7 +42,7 @@ def size_only_warnings(caplog) -> list[str]:
 def test_the_proxy_answers_like_an_encrypted_bucket(bucket, encrypted_s3):
     storage.write_bytes(f"s3://{bucket}/a.txt", b"hello")
     [listed] = storage.list_files(f"s3://{bucket}/")
-    head = storage.s3_client().head_object(Bucket=bucket, Key="a.txt")
+    head = s3_client.s3_client().head_object(Bucket=bucket, Key="a.txt")
     assert listed.etag != hashlib.md5(b"hello").hexdigest()
     assert head["ETag"].strip('"') == listed.etag
 
@@ -87,10 +90,10 @@ def test_a_whole_object_get_that_does_not_match_is_rejected(bucket, encrypted_s3
 def test_objects_without_a_checksum_are_verified_by_size_and_the_log_says_so_once(
         bucket, encrypted_s3, monkeypatch, tmp_path, caplog):
     monkeypatch.setenv("AWS_REQUEST_CHECKSUM_CALCULATION", "when_required")  # an old uploader
-    storage.reset_client()
+    s3_client.reset_client()
     for name in ("a.jpg", "b.jpg"):
         storage.write_bytes(f"s3://{bucket}/photos/{name}", name.encode() * 100)
-    head = storage.s3_client().head_object(Bucket=bucket, Key="photos/a.jpg", ChecksumMode="ENABLED")
+    head = s3_client.s3_client().head_object(Bucket=bucket, Key="photos/a.jpg", ChecksumMode="ENABLED")
     assert checksums.from_head(head) is None
     with caplog.at_level(logging.WARNING):
         copies = storage.download_dir(f"s3://{bucket}/photos/", tmp_path / "copy")
@@ -118,7 +121,7 @@ def test_uploads_carry_a_crc32_checksum(bucket, multipart, tmp_path):
     data = os.urandom(PART + 10)
     (tmp_path / "big.bin").write_bytes(data)
     storage.upload_file(tmp_path / "big.bin", f"s3://{bucket}/big.bin")
-    small, big = (storage.s3_client().head_object(Bucket=bucket, Key=key, ChecksumMode="ENABLED")
+    small, big = (s3_client.s3_client().head_object(Bucket=bucket, Key=key, ChecksumMode="ENABLED")
                   for key in ("small.bin", "big.bin"))
     assert checksums.from_head(small) == checksums.StoredChecksum("CRC32", crc32(b"small"))
     assert checksums.from_head(big).parts == 2, "a multipart upload has a composite checksum"
@@ -129,7 +132,7 @@ def test_conditional_writes_and_the_lease_work_in_an_encrypted_bucket(bucket, en
     uri = f"s3://{bucket}/run/lease.json"
     etag = storage.write_conditional(uri, b"first")
     assert etag != hashlib.md5(b"first").hexdigest()
-    with pytest.raises(storage.PreconditionFailed):
+    with pytest.raises(s3_client.PreconditionFailed):
         storage.write_conditional(uri, b"second", if_match=hashlib.md5(b"first").hexdigest())
     replaced = storage.write_conditional(uri, b"third", if_match=etag)
     assert storage.read_with_etag(uri) == (b"third", replaced)

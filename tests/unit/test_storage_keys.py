@@ -13,13 +13,14 @@ from pathlib import Path
 
 import pytest
 
-from dreambooth_job import object_keys, storage
-from dreambooth_job.checkpoint import CheckpointStore
 from dreambooth_job.exit_codes import InvalidInputError
+from dreambooth_job.storage import object_keys, s3_client
+from dreambooth_job.storage import places as storage
+from dreambooth_job.training.checkpoint import CheckpointStore
 
 
 def put(bucket: str, key: str, data: bytes = b"data") -> None:
-    storage.s3_client().put_object(Bucket=bucket, Key=key, Body=data)
+    s3_client.s3_client().put_object(Bucket=bucket, Key=key, Body=data)
 
 
 def files_under(directory: Path) -> list[str]:
@@ -72,7 +73,7 @@ def test_deleting_a_prefix_deletes_exactly_the_listed_keys(moto_bucket):
         put(moto_bucket, key)
     put(moto_bucket, "keep/a/b.bin")
     storage.delete(f"s3://{moto_bucket}/out/")
-    left = [o["Key"] for o in storage.s3_client().list_objects_v2(Bucket=moto_bucket).get("Contents", [])]
+    left = [o["Key"] for o in s3_client.s3_client().list_objects_v2(Bucket=moto_bucket).get("Contents", [])]
     assert left == ["keep/a/b.bin"]
 
 

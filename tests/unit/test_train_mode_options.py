@@ -7,9 +7,10 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from dreambooth_job import config as cfg
 from dreambooth_job.cli import main
 from dreambooth_job.cli_options import resolve_train_config
+from dreambooth_job.config import sources as config_sources
+from dreambooth_job.config import train_config as cfg
 from dreambooth_job.exit_codes import ExitCode, InvalidInputError
 
 REQUIRED = {"instance_data": "s3://b/photos/", "class_noun": "dog", "output": "s3://b/out/"}
@@ -50,7 +51,7 @@ def test_auto_from_the_flag_beats_env_and_file(tmp_path):
 def test_auto_in_a_config_file_or_a_python_config(tmp_path):
     config_file = tmp_path / "job.yaml"
     config_file.write_text(yaml.safe_dump({**REQUIRED, "learning_rate": "auto", "lora_alpha": None}))
-    config = cfg.TrainConfig.resolve(env={}, config_file=config_file)
+    config = config_sources.resolve_config(env={}, config_file=config_file)
     assert config.learning_rate is None and config.lora_alpha is None
     assert cfg.TrainConfig(**REQUIRED, learning_rate="auto").learning_rate is None
 
@@ -58,7 +59,7 @@ def test_auto_in_a_config_file_or_a_python_config(tmp_path):
 def test_lora_options_round_trip_through_the_cli_parser():
     original = cfg.TrainConfig(**REQUIRED, train_mode="lora", lora_rank=4, lora_dropout=0.1,
                                lora_target_modules=["to_q", "conv1"])
-    args = cfg.to_cli_args(original)
+    args = config_sources.to_cli_args(original)
     assert args[args.index("--learning-rate") + 1] == "auto"
     parsed = _train_config(args)
     assert parsed.to_dict() == {**original.to_dict(), "cache_dir": parsed.cache_dir}
@@ -84,7 +85,7 @@ def test_bad_lora_options_exit_2_in_one_line(args, named):
 def test_a_bad_env_value_says_auto_is_allowed():
     with pytest.raises(InvalidInputError, match="DREAMBOOTH_LEARNING_RATE: learning_rate must be "
                                                 "float or auto, got 'fast'"):
-        cfg.TrainConfig.resolve(env={"DREAMBOOTH_LEARNING_RATE": "fast"})
+        config_sources.resolve_config(env={"DREAMBOOTH_LEARNING_RATE": "fast"})
 
 
 def test_an_empty_target_list_is_refused():

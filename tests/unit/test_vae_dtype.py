@@ -2,7 +2,7 @@
 
 import torch
 
-from dreambooth_job.devices import vae_dtype
+from dreambooth_job.training.devices import vae_dtype
 
 
 def test_the_base_models_vae_never_runs_in_fp16():

@@ -103,7 +103,7 @@ doubled (dreambooth_job.k8s.pod.escape_expansion): the kubelet would expand a te
 The container args: `train`, then every `model` option (files/package.yaml's role) whatever its
 value (a null one the run resolves, `auto` in package.yaml, as `auto`), so that an image with other defaults trains what the values say, and every other option
 that differs from the CLI default, in the order and spelling of
-dreambooth_job.config_sources.to_cli_args; then extraArgs. The subject id is always passed, so
+dreambooth_job.config.sources.to_cli_args; then extraArgs. The subject id is always passed, so
 that the job names the subject as the labels do.
 */}}
 {{- define "dreambooth-job.args" -}}
@@ -137,7 +137,7 @@ that the job names the subject as the labels do.
 {{/*
 The container args of `mode: generate`: `generate`, then every generate option that has a value
 (a null `auto` one as `auto`), in the order and spelling of
-dreambooth_job.generation.config.to_cli_args; then extraArgs.
+dreambooth_job.generation.generate_config.to_cli_args; then extraArgs.
 */}}
 {{- define "dreambooth-job.generateArgs" -}}
 - generate
@@ -184,7 +184,7 @@ dreambooth_job.generation.config.to_cli_args; then extraArgs.
 {{- end }}
 
 {{/*
-The sizing profile (files/package.yaml's `sizing`, from dreambooth_job/sizing.py) as JSON: the
+The sizing profile (files/package.yaml's `sizing`, from dreambooth_job/training/sizing.py) as JSON: the
 `sizing` value, or with `auto` the profile of job.trainMode for a base model the chart cannot read
 (sizing.UNDETECTED: the train mode's largest; never a guess from the model's name).
 */}}
@@ -242,7 +242,7 @@ JSON: operator.<key>, else the package's default.
 {{- end }}
 
 {{/*
-A Kubernetes quantity ("500m", "8", "96Gi", "1.5e9") as a number, as dreambooth_job.quantities
+A Kubernetes quantity ("500m", "8", "96Gi", "1.5e9") as a number, as dreambooth_job.config.quantities
 reads it, so that resources can be held against operator.maxCpu and operator.maxMemory.
 */}}
 {{- define "dreambooth-job.quantity" -}}
@@ -276,7 +276,7 @@ The operator's prefixes and the ceilings the values set, as the pod's DREAMBOOTH
 
 {{/*
 Fails the install when a value asks for more than the operator's ceilings allow (the checks of
-dreambooth_job.policy and ClusterSettings): a job option that declares a ceiling, the grace
+dreambooth_job.config.policy_checks and ClusterSettings): a job option that declares a ceiling, the grace
 period, gpu.count, and the CPU and memory of resources.
 */}}
 {{- define "dreambooth-job.checkCeilings" -}}

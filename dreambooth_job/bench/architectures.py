@@ -1,0 +1,163 @@
+"""The architectures `dreambooth-job bench` times, built from their published configurations with
+random weights, so a benchmark needs no download:
+
+- tiny: the test pipeline of `devtools.tiny_models.build_tiny_pipeline` (about 1M UNet parameters);
+- tiny-sdxl: the SDXL-shaped test pipeline of `devtools.tiny_models.build_tiny_sdxl_pipeline` (two
+  text encoders, `text_time` conditioning): the SDXL path of bench, runnable on any CPU;
+- sd15: Stable Diffusion 1.5 (UNet channels 320/640/1280/1280, cross-attention 768, CLIP ViT-L/14
+  text encoder with 12 layers of width 768, epsilon prediction);
+- sd21: Stable Diffusion 2.1 (attention head dims 5/10/20/20, linear projections, cross-attention
+  1024, OpenCLIP ViT-H/14 text encoder with 23 layers of width 1024, v-prediction);
+- sdxl: Stable Diffusion XL base 1.0 (UNet channels 320/640/1280 with 1/2/10 transformer layers at
+  its attention levels, cross-attention 2048 from two text encoders (CLIP ViT-L, 12 layers of
+  width 768, and OpenCLIP ViT-bigG, 32 layers of width 1280 with a 1280 projection), `text_time`
+  added conditioning, VAE as SD's with scaling factor 0.13025, 1024 px).
+
+Built on any device: `device="meta"` gives the shapes without memory, which memory.py's estimate
+(bench/estimate.py) and bench's refusal read before anything real is allocated. The model's family
+(families.for_pipeline) says which of the pipeline's modules are what.
+
+Speed does not depend on the weights' values, only on shapes and dtypes; random weights of the
+right shapes time the same work as the released checkpoints.
+"""
+
+from __future__ import annotations
+
+import tempfile
+
+from dreambooth_job.devtools import tiny_models
+from dreambooth_job.devtools.tiny_models import CLIP_MAX_LENGTH, clip_tokenizer
+
+ARCHITECTURES = ("tiny", "tiny-sdxl", "sd15", "sd21", "sdxl")
+NATIVE_RESOLUTION = {"tiny": 64, "tiny-sdxl": 64, "sd15": 512, "sd21": 768, "sdxl": 1024}
+LARGE = ("sdxl",)  # architectures whose memory bench checks before building them (memory_refusal)
+UNSUPPORTED: dict[str, str] = {}  # architectures bench lists but cannot run, with the reason
+
+
+def build_pipeline(model: str, seed: int = 0, device: str = "cpu"):
+    """A pipeline of architecture `model` with seeded random weights, on `device` (the tiny
+    ones on the CPU only)."""
+    if model in UNSUPPORTED:
+        raise ValueError(UNSUPPORTED[model])
+    if model in ("tiny", "tiny-sdxl"):
+        build = tiny_models.build_tiny_pipeline if model == "tiny" else tiny_models.build_tiny_sdxl_pipeline
+        with tempfile.TemporaryDirectory(prefix=f"bench-{model}-") as directory:
+            return build(directory, seed=seed)
+    if model == "sdxl":
+        return _stable_diffusion_xl(seed, device)
+    if model in ("sd15", "sd21"):
+        import torch  # deferred: torch is heavy; bench's CLI starts without it
+
+        with torch.device(device):
+            return _stable_diffusion(seed, **SD_ARCHITECTURES[model])
+    raise ValueError(f"unknown architecture {model!r}; choose from {', '.join(ARCHITECTURES)}")
+
+
+# Stable Diffusion 1.5 and 2.1 (see the module docs).
+SD_ARCHITECTURES = {
+    "sd15": dict(cross_attention_dim=768, attention_head_dim=8, linear_projection=False,
+                 text_layers=12, text_heads=12, text_act="quick_gelu", projection_dim=768,
+                 prediction_type="epsilon", sample_size=64),
+    "sd21": dict(cross_attention_dim=1024, attention_head_dim=(5, 10, 20, 20),
+                 linear_projection=True, text_layers=23, text_heads=16, text_act="gelu",
+                 projection_dim=512, prediction_type="v_prediction", sample_size=96),
+}
+
+
+def _stable_diffusion(seed: int, *, cross_attention_dim: int, attention_head_dim,
+                      linear_projection: bool, text_layers: int, text_heads: int, text_act: str,
+                      projection_dim: int, prediction_type: str, sample_size: int):
+    import torch  # deferred: torch is heavy
+    from diffusers import (  # deferred: diffusers is heavy
+        AutoencoderKL,
+        DDPMScheduler,
+        StableDiffusionPipeline,
+        UNet2DConditionModel,
+    )
+    from transformers import CLIPTextConfig, CLIPTextModel  # deferred: transformers is heavy
+
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel(
+        sample_size=sample_size, in_channels=4, out_channels=4, layers_per_block=2,
+        block_out_channels=(320, 640, 1280, 1280),
+        down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+        up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
+        cross_attention_dim=cross_attention_dim, attention_head_dim=attention_head_dim,
+        use_linear_projection=linear_projection, norm_num_groups=32)
+    vae = AutoencoderKL(
+        in_channels=3, out_channels=3, latent_channels=4, layers_per_block=2,
+        block_out_channels=(128, 256, 512, 512), down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4, norm_num_groups=32, sample_size=sample_size * 8)
+    width = cross_attention_dim
+    text_encoder = CLIPTextModel(CLIPTextConfig(
+        vocab_size=49408, hidden_size=width, intermediate_size=width * 4,
+        num_hidden_layers=text_layers, num_attention_heads=text_heads, hidden_act=text_act,
+        projection_dim=projection_dim, max_position_embeddings=CLIP_MAX_LENGTH,
+        bos_token_id=49406, eos_token_id=49407, pad_token_id=49407))
+    scheduler = DDPMScheduler(
+        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000,
+        prediction_type=prediction_type, clip_sample=False, steps_offset=1)
+    return StableDiffusionPipeline(
+        unet=unet, vae=vae, text_encoder=text_encoder, tokenizer=clip_tokenizer(), scheduler=scheduler,
+        safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+
+
+SDXL_RESOLUTION = 1024
+
+SDXL_UNET_CONFIG = {
+    "sample_size": SDXL_RESOLUTION // 8, "in_channels": 4, "out_channels": 4, "layers_per_block": 2,
+    "block_out_channels": (320, 640, 1280),
+    "down_block_types": ("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+    "up_block_types": ("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+    "transformer_layers_per_block": (1, 2, 10), "attention_head_dim": (5, 10, 20),
+    "cross_attention_dim": 2048, "use_linear_projection": True,
+    "addition_embed_type": "text_time", "addition_time_embed_dim": 256,
+    "projection_class_embeddings_input_dim": 2816, "norm_num_groups": 32,
+}
+SDXL_VAE_CONFIG = {
+    "in_channels": 3, "out_channels": 3, "latent_channels": 4, "layers_per_block": 2,
+    "block_out_channels": (128, 256, 512, 512), "down_block_types": ("DownEncoderBlock2D",) * 4,
+    "up_block_types": ("UpDecoderBlock2D",) * 4, "norm_num_groups": 32,
+    "sample_size": SDXL_RESOLUTION, "scaling_factor": 0.13025,
+}
+# (hidden, layers, heads, activation, projection): CLIP ViT-L/14 and OpenCLIP ViT-bigG/14.
+SDXL_TEXT_ENCODERS = {"text_encoder": (768, 12, 12, "quick_gelu", 768),
+                      "text_encoder_2": (1280, 32, 20, "gelu", 1280)}
+
+
+def build_sdxl_models(seed: int = 0, device: str = "cpu") -> dict:
+    """The UNet, VAE and both text encoders, seeded random weights on `device` ("meta": shapes
+    only). The second text encoder has the projection that gives SDXL its pooled embedding."""
+    import torch  # deferred: heavy
+    from diffusers import AutoencoderKL, UNet2DConditionModel  # deferred: heavy
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection  # deferred: heavy
+
+    from dreambooth_job.devtools.tiny_models import CLIP_MAX_LENGTH  # deferred: imports torch
+
+    torch.manual_seed(seed)
+    with torch.device(device):
+        built = {"unet": UNet2DConditionModel(**SDXL_UNET_CONFIG), "vae": AutoencoderKL(**SDXL_VAE_CONFIG)}
+        for name, (width, layers, heads, act, projection) in SDXL_TEXT_ENCODERS.items():
+            text_config = CLIPTextConfig(
+                vocab_size=49408, hidden_size=width, intermediate_size=width * 4,
+                num_hidden_layers=layers, num_attention_heads=heads, hidden_act=act,
+                projection_dim=projection, max_position_embeddings=CLIP_MAX_LENGTH,
+                bos_token_id=49406, eos_token_id=49407, pad_token_id=49407)
+            model = CLIPTextModelWithProjection if name == "text_encoder_2" else CLIPTextModel
+            built[name] = model(text_config)
+    return built
+
+
+def _stable_diffusion_xl(seed: int, device: str):
+    """A StableDiffusionXLPipeline with seeded random weights, on `device`."""
+    from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline  # deferred: heavy
+
+    from dreambooth_job.devtools.tiny_models import clip_tokenizer  # deferred: imports torch
+
+    scheduler = EulerDiscreteScheduler(
+        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+        num_train_timesteps=1000, prediction_type="epsilon", steps_offset=1,
+        timestep_spacing="leading")
+    return StableDiffusionXLPipeline(
+        **build_sdxl_models(seed, device), tokenizer=clip_tokenizer(), tokenizer_2=clip_tokenizer(),
+        scheduler=scheduler, force_zeros_for_empty_prompt=True)

@@ -1,0 +1,75 @@
+"""Phase load_model: the base model (from the hub, a local directory or an S3 prefix, through the
+model cache), its family's training objective, --resolution auto resolved, the identifier token
+and the prompts built from it: the run's `LoadedModel` (context.py), recorded in result.json."""
+
+from __future__ import annotations
+
+import logging
+
+from dreambooth_job import families
+from dreambooth_job.config import subject_identifier as identifiers
+from dreambooth_job.config.train_config import TrainConfig
+from dreambooth_job.generation import sampling
+from dreambooth_job.outputs import weight_files as outputs
+from dreambooth_job.outputs.result import BaseModelInfo, Identifier, Prompts
+from dreambooth_job.phases.context import LoadedModel, RunContext
+from dreambooth_job.training import base_models as models
+from dreambooth_job.training import subject_photos as data
+
+logger = logging.getLogger("dreambooth_job")
+
+
+def load(ctx: RunContext) -> None:
+    config = ctx.config
+    base = models.resolve_base_model(config.base_model, config.cache_dir)
+    pipeline = models.load_pipeline(base, config.cache_dir)
+    pipeline, base = models.with_vae(pipeline, base, config.vae, config.cache_dir)
+    outputs.check_exportable(pipeline, single_file=config.export_single_file)
+    resolution = resolve_resolution(ctx, pipeline)
+    # Before fast_pipeline swaps the scheduler for sampling: the objective reads the base model's own.
+    objective = families.for_pipeline(pipeline).training_objective(pipeline)
+    identifier = (identifiers.choose_identifier(pipeline.tokenizer) if config.identifier == "auto"
+                  else identifiers.user_identifier(pipeline.tokenizer, config.identifier))
+    logger.info("identifier %r (%s, token ids %s)", identifier.token, identifier.chosen,
+                identifier.token_ids)
+    ctx.model = model = LoadedModel(
+        base=base, pipeline=sampling.fast_pipeline(pipeline), objective=objective,
+        resolution=resolution, identifier=identifier, prompts=prompts_for(config, identifier.token))
+    ctx.training_photos = photos_at(ctx, resolution)
+    ctx.result.identifier = Identifier(token=identifier.token, chosen=identifier.chosen,
+                                       token_ids=list(identifier.token_ids))
+    ctx.result.prompts = model.prompts
+    ctx.result.base_model = BaseModelInfo(
+        source=base.source, fingerprint=base.fingerprint,
+        prediction_type=objective.prediction_type)
+
+
+def resolve_resolution(ctx: RunContext, pipeline) -> int:
+    """--resolution with auto resolved to the family's native resolution, once: every later phase
+    (class images and their cache key, training, samples, evaluation) reads it from the
+    `LoadedModel`, and result.json records it (`training.resolution`, and in `config` where the
+    run records it)."""
+    resolution = models.training_resolution(ctx.config.resolution, pipeline)
+    if ctx.config.resolution is None:
+        logger.info("resolution auto: %d px (the base model's native resolution)", resolution)
+        ctx.result.config["resolution"] = resolution
+    ctx.result.training.resolution = resolution
+    return resolution
+
+
+def photos_at(ctx: RunContext, resolution: int) -> data.SubjectPhotos | None:
+    """The validated photos at the training resolution: phase validate's when it decoded them at
+    it, else decoded again (the same pixels as an explicit --resolution)."""
+    decoded_at = ctx.config.resolution or data.AUTO_DECODE_RESOLUTION
+    if ctx.photos is None or resolution == decoded_at:
+        return ctx.photos
+    return data.load_subject_photos(ctx.work / "photos", ctx.run_config, skipped=ctx.skipped)
+
+
+def prompts_for(config: TrainConfig, token: str) -> Prompts:
+    """The config's prompt templates with the identifier and the class noun filled in."""
+    def fill(template: str) -> str:
+        return identifiers.format_prompt(template, token, config.class_noun)
+
+    return Prompts(instance=fill(config.instance_prompt), class_prompt=fill(config.class_prompt),
+                   validation=[fill(p) for p in config.validation_prompts])

@@ -1,0 +1,86 @@
+"""How much device memory training needs, and whether gradient checkpointing is worth its cost.
+
+Recomputing activations is not free (SD 1.5 at 512 px on an H100: 337 ms a step against 174), so
+`gradient_checkpointing: auto` turns it on only when the estimate below does not fit in the free
+device memory. The estimate is deliberately simple: optimizer and gradient state are exact per
+parameter; activations scale with the images per step and the units the model's family counts in
+its denoiser (`ModelFamily.activation_levels`: for a UNet, the latent area and the channel widths
+of each level), with one constant measured on SD 1.5 (docs/benchmarks.md, "GPU").
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+# Bytes of saved activations per (image x latent pixel x block channel x block depth) for the
+# forward and backward pass without checkpointing, at 16-bit autocast (fp32 doubles it). Measured:
+# SD 1.5 at 512 px on an H100 peaked 2.37 GiB higher with 2 more images per step, 88 bytes per unit
+# of the first estimate (latent area x the sum of the channels); rescaled to the per-level count
+# below (`ModelFamily.activation_levels`), which SD 1.5's 14.4 M units per image at 512 px calibrate: 309.
+ACTIVATION_BYTES_PER_UNIT = 309
+# What the allocator's fragmentation, cuDNN workspaces and the CUDA context take beyond the estimate.
+HEADROOM_FRACTION = 0.15
+HEADROOM_BYTES = 2 * 2**30
+GIB = 2**30
+
+
+def trained_parameters(modules) -> int:
+    """Parameters the optimizer updates in full fine-tuning of `modules`
+    (`ModelFamily.trainable_modules`: the denoiser, and the text encoders when they train too)."""
+    return sum(p.numel() for module in modules for p in module.parameters())
+
+
+def training_state_bytes(trainable_params: int, use_8bit_adam: bool) -> int:
+    """fp32 gradients plus AdamW's two moments (one byte each in 8-bit Adam). In LoRA mode
+    `trainable_params` are the adapters': the frozen base has neither gradients nor moments."""
+    return trainable_params * (4 + (2 if use_8bit_adam else 8))
+
+
+def checkpoint_bytes(trainable_params: int, use_8bit_adam: bool) -> int:
+    """A resumable checkpoint (training/state.py): the trained weights in fp32 and AdamW's two moments
+    (one byte each in 8-bit Adam); no gradients. training/sizing.py sizes preemption by it."""
+    return trainable_params * (4 + (2 if use_8bit_adam else 8))
+
+
+def weight_bytes(trainable_params: int, frozen_params: int, half_precision: bool) -> int:
+    """The weights on the device: trained ones in fp32 (the optimizer's), frozen ones (VAE, text
+    encoders that do not train, LoRA's whole base) in the compute dtype."""
+    return trainable_params * 4 + frozen_params * (2 if half_precision else 4)
+
+
+def activation_bytes(levels: Sequence[int], images_per_step: int, half_precision: bool, *,
+                     checkpointing: bool = False) -> int:
+    """Saved activations of one step, from the denoiser's per-image units of each level
+    (`ModelFamily.activation_levels`). With gradient checkpointing only each block's input stays
+    (one element per unit) plus the largest level's activations while it is recomputed."""
+    units = images_per_step * sum(levels)
+    per_unit = ACTIVATION_BYTES_PER_UNIT * (1 if half_precision else 2)
+    if not checkpointing:
+        return units * per_unit
+    element = 2 if half_precision else 4
+    return units * element + images_per_step * max(levels) * per_unit
+
+
+def peak_bytes(*, trainable_params: int, frozen_params: int, activation_levels: Sequence[int],
+               images_per_step: int, half_precision: bool, checkpointing: bool,
+               use_8bit_adam: bool) -> int:
+    """The estimated peak of a training step: weights, gradients and optimizer state, and
+    activations (docs/user-guide.md's table: scripts/memory_table.py)."""
+    return (weight_bytes(trainable_params, frozen_params, half_precision)
+            + training_state_bytes(trainable_params, use_8bit_adam)
+            + activation_bytes(activation_levels, images_per_step, half_precision,
+                               checkpointing=checkpointing))
+
+
+def needs_checkpointing(required_bytes: int, free_bytes: int) -> bool:
+    return required_bytes * (1 + HEADROOM_FRACTION) + HEADROOM_BYTES > free_bytes
+
+
+def training_bytes(config, family, denoiser_config, vae_scale_factor: int, trained: int,
+                   images: int, half_precision: bool) -> int:
+    """What one training step holds without gradient checkpointing: the trained parameters'
+    state (training_state_bytes) and the denoiser's activations at the run's resolution, as the
+    run's family (a ModelFamily) counts them from the denoiser's config."""
+    levels = family.activation_levels(denoiser_config, config.resolution // vae_scale_factor)
+    return (training_state_bytes(trained, config.use_8bit_adam)
+            + activation_bytes(levels, images, half_precision))
