@@ -4,7 +4,7 @@ the family's pipeline class) and the single file kohya-ss sd-scripts, AUTOMATIC1
 and ComfyUI (LoraLoader) load. A family declares its `LoraFormat` as `ModelFamily.lora_format`.
 
 The generic part (peft's adapter tensors, the cast, the header, each module's alpha) is
-outputs/lora_formats.py's; what differs between families is here:
+outputs/lora_writers.py's; what differs between families is here:
 - SD 1.x/2.x: diffusers' `StableDiffusionPipeline.save_lora_weights`; kohya keys with diffusers'
   UNet module names (`lora_unet_down_blocks_0_attentions_0_..._to_q`) and `lora_te_` for the
   text encoder.

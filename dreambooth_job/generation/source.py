@@ -23,7 +23,7 @@ from pathlib import Path
 from dreambooth_job.config.operator_policy import OperatorPolicy
 from dreambooth_job.exit_codes import InvalidInputError
 from dreambooth_job.generation.recorded import check_locations, read_record
-from dreambooth_job.outputs.lora_formats import DIFFUSERS_WEIGHT_NAME
+from dreambooth_job.outputs.lora_writers import DIFFUSERS_WEIGHT_NAME
 from dreambooth_job.outputs.result import COMPLETION_MARKER, RESULT_FILE
 from dreambooth_job.outputs.weight_files import LORA_DIR, MODEL_DIR
 from dreambooth_job.storage import places as storage

@@ -32,7 +32,7 @@ from pathlib import Path
 
 from dreambooth_job import families
 from dreambooth_job.families import for_pipeline
-from dreambooth_job.outputs import lora_formats as lora_files
+from dreambooth_job.outputs import lora_writers as lora_files
 from dreambooth_job.outputs import result
 from dreambooth_job.outputs.export.precision import save_pretrained_precision
 from dreambooth_job.outputs.export.single_file import check_supported, save_single_file

@@ -22,7 +22,7 @@ from PIL import Image
 from dreambooth_job.config.choices import DEFAULT_LORA_TARGETS
 from dreambooth_job.config.subject_identifier import choose_identifier
 from dreambooth_job.config.train_config import TrainConfig
-from dreambooth_job.outputs.lora_formats import DIFFUSERS_WEIGHT_NAME
+from dreambooth_job.outputs.lora_writers import DIFFUSERS_WEIGHT_NAME
 from dreambooth_job.toyworld import measure, world
 from dreambooth_job.training.base_models import load_pipeline, resolve_base_model
 from dreambooth_job.training.lora_adapters import UNET_CONV_TARGETS

@@ -6,7 +6,7 @@
     ...
     merge_lora(denoiser); merge_lora(pipe.text_encoder)  # plain modules again, for save_pretrained
 
-The files each family publishes are its `LoraFormat`'s (families/lora_formats.py, outputs/lora_formats.py).
+The files each family publishes are its `LoraFormat`'s (families/lora_formats.py, outputs/lora_writers.py).
 
 The adapters go in through diffusers' and transformers' own PEFT integration (`add_adapter`), so
 the adapted modules are exactly what `pipe.load_lora_weights` builds when it reads our files.

@@ -17,8 +17,8 @@ safetensors_torch = pytest.importorskip("safetensors.torch")
 from helpers import perturb_lora_adapters  # noqa: E402
 
 from dreambooth_job import families  # noqa: E402
-from dreambooth_job.outputs import lora_formats as lora_files  # noqa: E402  # noqa: E402
-from dreambooth_job.training import lora_adapters as lora  # noqa: E402  # noqa: E402
+from dreambooth_job.outputs import lora_writers as lora_files  # noqa: E402
+from dreambooth_job.training import lora_adapters as lora  # noqa: E402
 
 RANK, ALPHA = 4, 8  # alpha != rank, so a loader that ignores alpha gets a different output
 UNET_TARGETS = lora.DEFAULT_UNET_TARGETS + lora.UNET_CONV_TARGETS  # ResBlock names too
