@@ -19,6 +19,7 @@ import http.client
 import ipaddress
 import socket
 import urllib.request
+from typing import Any
 from urllib.parse import urlsplit
 
 from dreambooth_job.config.operator_policy import ALLOW_PRIVATE_NOTIFY_ENV, ENV_PREFIX, OperatorPolicy
@@ -33,6 +34,8 @@ _UNIQUE_LOCAL = ipaddress.ip_network("fc00::/7")
 _KINDS = (("is_loopback", "a loopback address"), ("is_link_local", "a link-local address"),
           ("is_multicast", "a multicast address"), ("is_unspecified", "the unspecified address"),
           ("is_private", "a private address"), ("is_reserved", "a reserved address"))
+# socket.create_connection's "no timeout given" default, which http.client passes on.
+_DEFAULT_TIMEOUT = socket._GLOBAL_DEFAULT_TIMEOUT  # type: ignore[attr-defined]  # private, not in typeshed
 ALLOWANCE = (f"an operator allows one by naming the host in {ENV_PREFIX}ALLOWED_HOSTS or with "
              f"{ALLOW_PRIVATE_NOTIFY_ENV}=true")
 
@@ -106,15 +109,15 @@ def checked_addresses(host: str, port: int) -> list[tuple]:
     internal one (socket.gaierror when the name does not resolve)."""
     answers = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     for *_, sockaddr in answers:
-        address = ipaddress.ip_address(sockaddr[0].split("%", 1)[0])
+        address = ipaddress.ip_address(str(sockaddr[0]).split("%", 1)[0])
         kind = internal_kind(address)
         if kind:
             raise InternalAddressError(f"{host} resolves to {address}, {kind}")
     return answers
 
 
-def connect_public(address: tuple[str, int], timeout=socket._GLOBAL_DEFAULT_TIMEOUT,
-                   source_address=None) -> socket.socket:
+def connect_public(address: tuple[str, int], timeout: float | None = _DEFAULT_TIMEOUT,
+                   source_address: tuple[str, int] | None = None) -> socket.socket:
     """socket.create_connection to a host whose every address is public: resolved once, and the
     connection made to one of the checked addresses, never to a second lookup's answer."""
     host, port = address
@@ -130,7 +133,7 @@ def connect_public(address: tuple[str, int], timeout=socket._GLOBAL_DEFAULT_TIME
 class _PublicConnection:
     """An http.client connection whose socket comes from connect_public."""
 
-    def __init__(self, *args, **kwargs):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._create_connection = connect_public
 
@@ -144,16 +147,18 @@ class _PublicHTTPSConnection(_PublicConnection, http.client.HTTPSConnection):
 
 
 class _PublicHTTPHandler(urllib.request.HTTPHandler):
-    def http_open(self, req):
+    def http_open(self, req: urllib.request.Request) -> http.client.HTTPResponse:
         return self.do_open(_PublicHTTPConnection, req)
 
 
 class _PublicHTTPSHandler(urllib.request.HTTPSHandler):
-    def https_open(self, req):
-        return self.do_open(_PublicHTTPSConnection, req, context=self._context)
+    def https_open(self, req: urllib.request.Request) -> http.client.HTTPResponse:
+        context = self._context  # type: ignore[attr-defined]  # HTTPSHandler's private SSL context
+        return self.do_open(_PublicHTTPSConnection, req, context=context)
 
 
-def public_opener(*handlers) -> urllib.request.OpenerDirector:
+def public_opener(*handlers: urllib.request.BaseHandler | type[urllib.request.BaseHandler]
+                  ) -> urllib.request.OpenerDirector:
     """urllib's opener (with `handlers`) that connects to public addresses only, and directly: a
     proxy from the environment would resolve the host itself, past the check."""
     return urllib.request.build_opener(urllib.request.ProxyHandler({}), _PublicHTTPHandler,

@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 import string
 from dataclasses import dataclass
+from typing import Protocol
 
 from dreambooth_job.exit_codes import InvalidInputError
 
@@ -33,7 +34,20 @@ class Identifier:
     """"auto" when picked by `choose_identifier`, "user" when given."""
 
 
-def choose_identifier(tokenizer) -> Identifier:
+class _Encoding(Protocol):
+    @property
+    def input_ids(self) -> list[int]: ...
+
+
+class Tokenizer(Protocol):
+    """What is used of a transformers tokenizer (CLIPTokenizer): its vocabulary, and encoding."""
+
+    def get_vocab(self) -> dict[str, int]: ...
+
+    def __call__(self, text: str, *, add_special_tokens: bool) -> _Encoding: ...
+
+
+def choose_identifier(tokenizer: Tokenizer) -> Identifier:
     """Deterministically pick the rarest eligible whole-word token of `tokenizer`'s vocabulary."""
     vocab = tokenizer.get_vocab()
     cutoff = int(len(vocab) * (1 - RARE_FRACTION))
@@ -48,12 +62,12 @@ def choose_identifier(tokenizer) -> Identifier:
     raise InvalidInputError("the base model's tokenizer has no rare single-token word; pass --identifier")
 
 
-def user_identifier(tokenizer, token: str) -> Identifier:
+def user_identifier(tokenizer: Tokenizer, token: str) -> Identifier:
     """The identifier the user chose, with its token ids (more than one id works, but is weaker)."""
     return Identifier(token, word_token_ids(tokenizer, token), "user")
 
 
-def word_token_ids(tokenizer, word: str) -> list[int]:
+def word_token_ids(tokenizer: Tokenizer, word: str) -> list[int]:
     return tokenizer(word, add_special_tokens=False).input_ids
 
 

@@ -21,6 +21,7 @@ import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO, Protocol
 
 from dreambooth_job.exit_codes import RetryableError
 
@@ -66,11 +67,21 @@ def _split_parts(raw: str) -> tuple[str, int | None]:
     return raw[:match.start()], int(match.group(1))
 
 
+class _Checksum(Protocol):
+    """botocore's checksum objects (httpchecksum.BaseChecksum)."""
+
+    def update(self, chunk: bytes) -> None: ...
+
+    def digest(self) -> bytes: ...
+
+    def b64digest(self) -> str: ...
+
+
 def supported(algorithm: str) -> bool:
     return _checksum_class(algorithm) is not None
 
 
-def _checksum_class(algorithm: str):
+def _checksum_class(algorithm: str) -> type[_Checksum] | None:
     """botocore's implementation of `algorithm` (CRC32C and CRC64NVME need awscrt), or None."""
     from botocore import httpchecksum  # deferred: botocore is heavy
     from botocore.compat import HAS_CRT  # deferred: botocore is heavy
@@ -97,7 +108,7 @@ def compute(path: Path, algorithm: str, part_sizes: Sequence[int] | None = None)
         return combined.b64digest()
 
 
-def _digest_of(f, checksum, size: int | None):
+def _digest_of(f: BinaryIO, checksum: _Checksum, size: int | None) -> _Checksum:
     """Feed `size` bytes of `f` (None: the rest) to `checksum`."""
     remaining = size
     while remaining is None or remaining > 0:

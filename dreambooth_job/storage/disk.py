@@ -67,7 +67,8 @@ def out_of_space(exc: BaseException, *paths: str | os.PathLike) -> RetryableErro
     named = next((e.filename2 or e.filename for e in _chain(exc) if isinstance(e, OSError)
                   and e.errno in NO_SPACE_ERRNOS and (e.filename2 or e.filename)), None)
     if named is None and free:
-        named = min(free, key=lambda p: free[p] if free[p] is not None else float("inf"))
+        by_free = {p: f if f is not None else float("inf") for p, f in free.items()}
+        named = min(by_free, key=by_free.__getitem__)
     where = f"writing {os.fsdecode(named)}" if named is not None else "on the job's local disk"
     return RetryableError(f"no space left on device {where}")
 

@@ -26,7 +26,7 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 
 from dreambooth_job.config.operator_policy import ALLOW_UNCONDITIONAL_STORE_ENV, OperatorPolicy
 from dreambooth_job.config.pod_env import JOB_UID_ENV
@@ -58,9 +58,10 @@ def pod_identity(env: Mapping[str, str] | None = None) -> dict[str, str | None]:
 
 
 class Lease:
-    def __init__(self, output_uri: str, ttl_seconds: float = DEFAULT_TTL_SECONDS, clock=time.time, *,
+    def __init__(self, output_uri: str, ttl_seconds: float = DEFAULT_TTL_SECONDS,
+                 clock: Callable[[], float] = time.time, *,
                  job_uid: str | None = None, completion_index: str | None = None,
-                 wait_seconds: float = 0.0, sleep: Callable[[float], None] = time.sleep):
+                 wait_seconds: float = 0.0, sleep: Callable[[float], None] = time.sleep) -> None:
         self.uri = storage.join(output_uri, LEASE_FILE)
         self.ttl = ttl_seconds
         self.holder = holder_id()
@@ -181,7 +182,7 @@ class Lease:
 
 
 @contextlib.contextmanager
-def holding(lease: Lease):
+def holding(lease: Lease) -> Iterator[Lease]:
     """Hold `lease` within this block: acquired (RetryableError when another run holds it), renewed
     by the heartbeat however long a phase takes, released at the end whatever happened."""
     try:
@@ -202,8 +203,9 @@ def _holder_record(body: bytes) -> dict:
     if not isinstance(record, dict):
         record = {}
     expires_at = record.get("expires_at")
-    valid = isinstance(expires_at, int | float) and not isinstance(expires_at, bool)
-    return {**record, "expires_at": expires_at if valid and math.isfinite(expires_at) else 0.0}
+    valid = (isinstance(expires_at, int | float) and not isinstance(expires_at, bool)
+             and math.isfinite(expires_at))
+    return {**record, "expires_at": expires_at if valid else 0.0}
 
 
 def check_conditional_writes(output_uri: str, policy: OperatorPolicy) -> None:

@@ -17,6 +17,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import ParamSpec, TypeVar
 
 from dreambooth_job.exit_codes import RetryableError
 
@@ -28,6 +29,9 @@ CREDENTIAL_ERROR_CODES = frozenset({
     "InvalidIdentityToken", "IDPCommunicationError"})
 
 log = logging.getLogger("dreambooth_job.storage.places")
+
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
 
 
 class CredentialsNotReady(RetryableError):
@@ -54,6 +58,8 @@ class CredentialsWait:
     def delay(self, attempt: int) -> float | None:
         """Seconds to wait before try `attempt + 1` (doubling, capped), or None once the window
         is over."""
+        if self._deadline is None:
+            raise RuntimeError("CredentialsWait.delay() before start()")
         remaining = self._deadline - self.clock()
         if remaining <= 0:
             return None
@@ -69,13 +75,13 @@ def set_wait(seconds: float) -> None:
     current = CredentialsWait(seconds)
 
 
-def retrying(on_retry: Callable[[], None]) -> Callable:
+def retrying(on_retry: Callable[[], None]) -> Callable[[Callable[_P, _R]], Callable[_P, _R]]:
     """A decorator: retry a storage function while credentials are not ready, within the window
     of `current`; `on_retry` runs before each retry (a new client looks for credentials again)."""
 
-    def decorator(function):
+    def decorator(function: Callable[_P, _R]) -> Callable[_P, _R]:
         @functools.wraps(function)
-        def wrapper(*args, **kwargs):
+        def wrapper(*args: _P.args, **kwargs: _P.kwargs) -> _R:
             wait = current
             wait.start()
             attempt = 0
