@@ -43,12 +43,12 @@ from dreambooth_job.k8s.cluster_settings import (
     TMP_SIZE_LIMIT,
     ClusterSettings,
 )
+from dreambooth_job.k8s.env_wiring import PROMPT_FILE_DIRS_ENV, values_key
 from dreambooth_job.k8s.pod import (
     CONTAINER_NAME,
     JOB_UID_ENV,
     JOB_UID_LABEL,
     OPTIONS_SET_BY_THE_POD,
-    PROMPT_FILE_DIRS_ENV,
     chart_pod_table,
     chart_sizing_table,
     compact,
@@ -145,12 +145,6 @@ def subject_of(train: cfg.TrainConfig) -> str:
 def label_value(text: str) -> str:
     """`text` made a valid label value: allowed characters, at most 63, alphanumeric at both ends."""
     return re.sub(r"[^A-Za-z0-9_.-]+", "-", text)[:63].strip("-_.")
-
-
-def values_key(name: str) -> str:
-    """The chart's `job:` key of a TrainConfig field: max_train_steps -> maxTrainSteps."""
-    head, *rest = name.split("_")
-    return head + "".join(part[:1].upper() + part[1:] for part in rest)
 
 
 # ----------------------------------------------------------------------------------------------

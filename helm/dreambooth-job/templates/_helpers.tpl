@@ -259,19 +259,42 @@ reads it, so that resources can be held against operator.maxCpu and operator.max
 {{- end }}
 
 {{/*
-The operator's prefixes and the ceilings the values set, as the pod's DREAMBOOTH_OPERATOR_* env
-(dreambooth_job.k8s.pod.policy_env): the job checks its config against them at start.
+The pod's variables that values feed: the rows of files/package.yaml's `pod.settingsEnv`
+(dreambooth_job.k8s.env_wiring.SETTINGS_ENV, which build_job's pod reads as well), each the value at
+its `values` path placed as its `form` says; `image` is the reference (dreambooth-job.image).
 */}}
-{{- define "dreambooth-job.operatorEnv" -}}
-{{- with .Values.operator.allowedPrefixes }}
-- name: DREAMBOOTH_OPERATOR_ALLOWED_PREFIXES
-  value: {{ join "," . | quote }}
+{{- define "dreambooth-job.settingsEnv" -}}
+{{- $computed := dict "image" (include "dreambooth-job.image" .) }}
+{{- range $wire := (include "dreambooth-job.package" . | fromYaml).pod.settingsEnv }}
+{{- $value := $.Values }}
+{{- range splitList "." $wire.values }}{{ $value = index ($value | default dict) . }}{{ end }}
+{{- if hasKey $computed $wire.values }}{{ $value = index $computed $wire.values }}{{ end }}
+{{- if eq $wire.form "unset" }}
+{{- if not $value }}
+- name: {{ $wire.name }}
+  value: {{ $wire.value | quote }}
 {{- end }}
-{{- range (include "dreambooth-job.package" . | fromYaml).ceilings }}
-{{- $value := index $.Values.operator .key }}
+{{- else if eq $wire.form "ceiling" }}
 {{- if not (kindIs "invalid" $value) }}
-- name: {{ .env }}
+- name: {{ $wire.name }}
   value: {{ toString $value | quote }}
+{{- end }}
+{{- else if $value }}
+{{- $name := $wire.name }}
+{{- if $wire.namedBy }}{{ $name = required $wire.missing (index $.Values.job $wire.namedBy) }}{{ end }}
+- name: {{ $name | quote }}
+{{- if eq $wire.form "secret" }}
+  valueFrom:
+    secretKeyRef:
+      name: {{ $value | quote }}
+      key: {{ $name | quote }}
+{{- else if eq $wire.form "joined" }}
+  value: {{ join "," $value | quote }}
+{{- else if eq $wire.form "flag" }}
+  value: "true"
+{{- else }}
+  value: {{ $value | quote }}
+{{- end }}
 {{- end }}
 {{- end }}
 {{- end }}
