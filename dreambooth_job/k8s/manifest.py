@@ -28,6 +28,7 @@ from typing import Any
 
 from dreambooth_job import __version__
 from dreambooth_job import config as cfg
+from dreambooth_job.config_sources import bool_flags, stated_when
 from dreambooth_job.exit_codes import NOT_RETRYABLE, ExitCode, InvalidInputError
 from dreambooth_job.k8s.cluster_settings import (
     APP_NAME,
@@ -152,17 +153,27 @@ def label_value(text: str) -> str:
 
 def build_job(spec: JobSpec) -> dict[str, Any]:
     """The batch/v1 Job for `spec`, as the dict the API (or `kubectl apply`) takes."""
-    subject = subject_of(spec.train)
-    # The subject id is always passed explicitly, so that the job's logs, metrics and result.json
-    # name the subject exactly as the Job's labels do.
-    # So is the SIGTERM budget: the job's is the one the pod's grace period was sized for.
-    train = dataclasses.replace(spec.train, subject_id=subject,
-                                termination_grace_seconds=job_grace_seconds(spec.train, spec.cluster))
+    train = dataclasses.replace(spec.train, **resolved_options(spec.train, spec.cluster))
+    subject = train.subject_id
     name = _checked_name(spec.name or job_name(subject, train.batch_id))
     labels = _labels(name, spec.cluster, subject=subject, batch_id=train.batch_id)
     pod = pod_spec(train, spec.cluster, container_args(train, spec.extra_args))
     return _job(name, spec.cluster, labels, pod_annotations(train, spec.cluster), pod,
                 pod_failure_policy(), backoffLimit=spec.cluster.backoff_limit)
+
+
+# The options build_job resolves before it passes them, and the chart's named template that
+# resolves each from values: the subject id, so that the job's logs, metrics and result.json name
+# the subject exactly as the Job's labels do, and the SIGTERM budget, the one the pod's grace period
+# was sized for.
+RESOLVED_OPTIONS = {"subject_id": "dreambooth-job.subjectId",
+                    "termination_grace_seconds": "dreambooth-job.graceBudget"}
+
+
+def resolved_options(train: cfg.TrainConfig, cluster: ClusterSettings) -> dict[str, Any]:
+    """RESOLVED_OPTIONS' values for `train` on `cluster`."""
+    return {"subject_id": subject_of(train),
+            "termination_grace_seconds": job_grace_seconds(train, cluster)}
 
 
 def build_indexed_job(spec: IndexedJobSpec) -> dict[str, Any]:
@@ -257,21 +268,22 @@ def chart_table() -> dict[str, Any]:
     """The chart's copy of the package's CLI facts (helm/dreambooth-job/files/package.yaml).
 
     `options` is in TrainConfig order, so the chart renders args in the order of to_cli_args; each
-    row's `role` tells the chart to pass a `model` option even at its default, as to_cli_args does,
-    and `auto` that a null one is passed as `auto`.
+    row's `stated` is when to_cli_args states it (config_sources.stated_when: `always`, a null
+    value as `auto`), and `resolvedBy` the named template that resolves it as build_job does
+    (RESOLVED_OPTIONS), its value a `number` or a `string`.
     """
     options = []
     for f in cfg.fields():
         if f.name in OPTIONS_SET_BY_THE_POD:
             continue
-        option: dict[str, Any] = {"key": values_key(f.name), "role": str(f.metadata["role"])}
+        option: dict[str, Any] = {"key": values_key(f.name), "stated": stated_when(f)}
         if cfg.base_type(f) is bool:
-            declared = f.metadata["flag"] or f"{cfg.flag_name(f.name)}/--no-{f.name.replace('_', '-')}"
-            option["flag"], option["negation"] = declared.split("/")
+            option["flag"], option["negation"] = bool_flags(f).split("/")
         else:
             option["flag"] = f.metadata["flag"] or cfg.flag_name(f.name)
-            if cfg.accepts_auto(f):  # null: passed as `auto` when the option is a model one
-                option["auto"] = True
+        if f.name in RESOLVED_OPTIONS:
+            option["resolvedBy"] = RESOLVED_OPTIONS[f.name]
+            option["resolvedAs"] = "string" if cfg.base_type(f) is str else "number"
         option["default"] = cfg.default_of(f)
         options.append(option)
     return {

@@ -100,23 +100,25 @@ doubled (dreambooth_job.k8s.pod.escape_expansion): the kubelet would expand a te
 {{- end }}
 
 {{/*
-The container args: `train`, then every `model` option (files/package.yaml's role) whatever its
-value (a null one the run resolves, `auto` in package.yaml, as `auto`), so that an image with other defaults trains what the values say, and every other option
-that differs from the CLI default, in the order and spelling of
-dreambooth_job.config_sources.to_cli_args; then extraArgs. The subject id is always passed, so
-that the job names the subject as the labels do.
+The container args: `train`, then the options as dreambooth_job.config_sources.to_cli_args states
+them, each when files/package.yaml's `stated` says (always, a null one as `auto`; whenSet;
+whenChanged from its default), those build_job resolves by the named template of their
+`resolvedBy`; then extraArgs.
 */}}
 {{- define "dreambooth-job.args" -}}
 - train
 {{- range $option := (include "dreambooth-job.package" $ | fromYaml).options }}
 {{- $value := index $.Values.job $option.key }}
-{{- if eq $option.key "subjectId" }}{{ $value = include "dreambooth-job.subjectId" $ }}{{ end }}
-{{- if eq $option.key "terminationGraceSeconds" }}{{ $value = include "dreambooth-job.graceBudget" $ | float64 }}{{ end }}
-{{- if and (kindIs "invalid" $value) $option.auto (eq $option.role "model") }}
+{{- with $option.resolvedBy }}
+{{- $value = include . $ }}
+{{- if eq $option.resolvedAs "number" }}{{ $value = float64 $value }}{{ end }}
+{{- end }}
+{{- $given := not (kindIs "invalid" $value) }}
+{{- if or (eq $option.stated "always") (and $given (or (eq $option.stated "whenSet") (ne (toJson $value) (toJson $option.default)))) }}
+{{- if not $given }}
 - {{ $option.flag }}
 - {{ include "dreambooth-job.arg" "auto" }}
-{{- else if and (not (kindIs "invalid" $value)) (or (eq $option.role "model") (ne (toJson $value) (toJson $option.default))) }}
-{{- if kindIs "bool" $value }}
+{{- else if kindIs "bool" $value }}
 - {{ ternary $option.flag $option.negation $value }}
 {{- else if kindIs "slice" $value }}
 {{- range $value }}
