@@ -28,6 +28,7 @@ from typing import Any
 
 from dreambooth_job import __version__
 from dreambooth_job import config as cfg
+from dreambooth_job.config import label_value
 from dreambooth_job.config_sources import bool_flags, stated_when
 from dreambooth_job.exit_codes import NOT_RETRYABLE, ExitCode, InvalidInputError
 from dreambooth_job.k8s.cluster_settings import (
@@ -141,11 +142,6 @@ def job_name(subject_id: str, batch_id: str | None = None) -> str:
 def subject_of(train: cfg.TrainConfig) -> str:
     """The subject id the job will use (the same rule as the job's own)."""
     return train.resolved_subject_id
-
-
-def label_value(text: str) -> str:
-    """`text` made a valid label value: allowed characters, at most 63, alphanumeric at both ends."""
-    return re.sub(r"[^A-Za-z0-9_.-]+", "-", text)[:63].strip("-_.")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -293,6 +289,9 @@ def chart_table() -> dict[str, Any]:
         "notRetryableExitCodes": [int(code) for code in NOT_RETRYABLE],
         "options": options,
         "pod": chart_pod_table(),
+        "labels": {"lastPathComponent": cfg.LAST_PATH_COMPONENT, "unsafe": cfg.LABEL_UNSAFE,
+                   "maxLength": cfg.LABEL_MAX_LENGTH, "trimmed": cfg.LABEL_TRIMMED,
+                   "subjectIdFallback": cfg.SUBJECT_ID_FALLBACK},
         "sizing": chart_sizing_table(),
         "ceilings": chart_ceilings_table(),
     }

@@ -223,7 +223,8 @@ def test_schema_bounds_are_the_fields_declared_bounds(chart):
 
 @pytest.mark.parametrize("instance_data", [
     "s3://photos/dog-42/", "s3://photos/dog-42//", "s3://photos/Some Dog!/", "/data/cat",
-    "s3://bucket", "s3://photos/_x_/", "s3://photos/!!!/", "s3://p/" + "long-" * 20])
+    "s3://bucket", "s3://photos/_x_/", "s3://photos/!!!/", "s3://p/" + "long-" * 20, "///",
+    "dog-42", "/data/a b/c d//", "s3://photos/caf\u00e9/"])
 def test_subject_derivation_matches_the_python_builder(render, instance_data):
     job = render({"job": {"instanceData": instance_data, "classNoun": "dog",
                           "output": "s3://r/x/"}}).one("Job")

@@ -29,23 +29,28 @@ release's, so that `helm install dog-42` runs job/dog-42. The schema keeps both 
 {{- end }}
 
 {{/*
-The subject id: job.subjectId, else the last path component of job.instanceData made safe.
-Same rule as the job's own default (dreambooth_job.job.default_subject_id), so that the label, the
-args and the job's logs and metrics name the subject alike.
+The subject id: job.subjectId, else the last path component of job.instanceData as a label value,
+else the fallback: TrainConfig.resolved_subject_id, by the rule's data in files/package.yaml's
+`labels` (dreambooth_job.config.LAST_PATH_COMPONENT, ...), so that the label, the args and the
+job's logs and metrics name the subject alike.
 */}}
 {{- define "dreambooth-job.subjectId" -}}
 {{- if .Values.job.subjectId }}
 {{- .Values.job.subjectId }}
 {{- else }}
-{{- $path := regexReplaceAll "/+$" (toString (.Values.job.instanceData | default "")) "" }}
-{{- $last := regexReplaceAll "^.*/" $path "" }}
-{{- regexReplaceAll "[^A-Za-z0-9_.-]+" $last "-" | trunc 63 | trimAll "-_." | default "subject" }}
+{{- $rule := (include "dreambooth-job.package" . | fromYaml).labels }}
+{{- $last := regexReplaceAll $rule.lastPathComponent (toString (.Values.job.instanceData | default "")) "${1}" }}
+{{- include "dreambooth-job.labelValue" (list . $last) | default $rule.subjectIdFallback }}
 {{- end }}
 {{- end }}
 
-{{/* Any text as a valid label value: allowed characters, at most 63, alphanumeric ends. */}}
+{{/*
+Any text as a valid label value (dreambooth_job.config.label_value, by files/package.yaml's
+`labels`): include "dreambooth-job.labelValue" (list $ text).
+*/}}
 {{- define "dreambooth-job.labelValue" -}}
-{{- regexReplaceAll "[^A-Za-z0-9_.-]+" . "-" | trunc 63 | trimAll "-_." }}
+{{- $rule := (include "dreambooth-job.package" (index . 0) | fromYaml).labels }}
+{{- regexReplaceAll $rule.unsafe (index . 1) "-" | trunc (int $rule.maxLength) | trimAll $rule.trimmed }}
 {{- end }}
 
 {{/* Labels of the Job and its pod. */}}
@@ -58,9 +63,9 @@ helm.sh/chart: {{ include "dreambooth-job.chart" . }}
 {{- if eq .Values.mode "generate" }}
 dreambooth-job/mode: "generate"
 {{- else }}
-dreambooth-job/subject: {{ include "dreambooth-job.labelValue" (include "dreambooth-job.subjectId" .) | quote }}
+dreambooth-job/subject: {{ include "dreambooth-job.labelValue" (list . (include "dreambooth-job.subjectId" .)) | quote }}
 {{- with .Values.job.batchId }}
-dreambooth-job/batch: {{ include "dreambooth-job.labelValue" . | quote }}
+dreambooth-job/batch: {{ include "dreambooth-job.labelValue" (list $ .) | quote }}
 {{- end }}
 {{- end }}
 {{- with .Values.labels }}
