@@ -1,8 +1,11 @@
 {{/*
 Helpers of the dreambooth-job chart. The Job they build is the one that
-dreambooth_job.k8s.manifest.build_job builds in Python; tests/deploy compares the two field by field,
-so a change here needs the same change there. The parts of the pod that no value changes are not
-written here: the templates render them from files/package.yaml (`pod:`), written from the package.
+dreambooth_job.k8s.manifest.build_job builds in Python, rendered from the descriptions build_job
+uses, which helm/sync_chart.py writes into files/package.yaml: when each option is stated and
+which ones build_job resolves (`options`), the subject id and label rule (`labels`), the env each
+setting feeds (`pod.settingsEnv`), the parts of the pod that no value changes (`pod`), the sizing
+profiles, the ceilings. The helpers place values by those tables and keep no rule of their own;
+tests/deploy compares the chart's Job with build_job's field by field.
 */}}
 
 {{/* What the chart knows about the package: files/package.yaml, written by helm/sync_chart.py. */}}

@@ -1,8 +1,10 @@
-"""The pod's env that the settings feed is one table (k8s/env_wiring.py): the Python builder and the
-chart's template render the same rows, and the chart's templates name no variable of their own."""
+"""The chart renders from the package's descriptions: the pod's env that the settings feed is one
+table (k8s/env_wiring.py) that the Python builder and the chart's template both render, the
+templates name no variable of their own, and every package name they cite exists."""
 
 from __future__ import annotations
 
+import importlib
 import re
 
 import pytest
@@ -67,3 +69,24 @@ def test_the_templates_name_no_variable_the_table_holds():
     named = {wire.env for wire in SETTINGS_ENV if wire.env} & set(re.findall(r"[A-Z][A-Z0-9_]{3,}",
                                                                             templates))
     assert not named, f"the chart's templates write the table's variables: {sorted(named)}"
+
+
+def test_every_package_name_the_templates_cite_exists():
+    """A comment citing a function that no longer exists tells the next reader a false story."""
+    text = "".join(p.read_text() for p in (CHART / "templates").iterdir())
+    cited = set(re.findall(r"dreambooth_job(?:\.[A-Za-z_][A-Za-z0-9_]*)+", text))
+    assert cited, "the templates cite the package"
+    missing = []
+    for name in sorted(cited):
+        parts = name.split(".")
+        for split in range(len(parts), 0, -1):  # the longest importable module, then attributes
+            try:
+                found = importlib.import_module(".".join(parts[:split]))
+            except ImportError:
+                continue
+            for attribute in parts[split:]:
+                found = getattr(found, attribute, None)
+            if found is None:
+                missing.append(name)
+            break
+    assert not missing, f"the chart's templates cite what does not exist: {missing}"
