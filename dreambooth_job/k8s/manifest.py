@@ -11,9 +11,11 @@
 (k8s/pod.py) in an Indexed Job that trains one subject file per completion index. manifests/job.yaml
 and manifests/batch/indexed-job.yaml are generated from them (k8s/examples.py), and the chart in
 helm/dreambooth-job renders the same Job from values.yaml (tests/deploy compares them field by
-field). The chart cannot import Python, so what it needs from the package (option flags and
-defaults, exit codes) is `chart_table()`, written into the chart by `helm/sync_chart.py`, which
-writes the manifests too.
+field). The chart cannot import Python, so the descriptions build_job works from (when each option
+is stated, the options it resolves, the subject id and label rule, the env each setting feeds:
+k8s/env_wiring.py, the fixed parts of the pod, exit codes) are `chart_table()`, written into the
+chart by `helm/sync_chart.py`, which writes the manifests too; the templates only place values by
+them.
 
 Light on purpose: config and exit codes only, never torch.
 """
