@@ -13,7 +13,7 @@ and manifests/batch/indexed-job.yaml are generated from them (k8s/examples.py), 
 helm/dreambooth-job renders the same Job from values.yaml (tests/deploy compares them field by
 field). The chart cannot import Python, so the descriptions build_job works from (when each option
 is stated, the options it resolves, the subject id and label rule, the env each setting feeds:
-k8s/env_wiring.py, the fixed parts of the pod, exit codes) are `chart_table()`, written into the
+k8s/wiring.py, the fixed parts of the pod, exit codes) are `chart_table()`, written into the
 chart by `helm/sync_chart.py`, which writes the manifests too; the templates only place values by
 them.
 
@@ -47,7 +47,6 @@ from dreambooth_job.k8s.cluster_settings import (
     TMP_SIZE_LIMIT,
     ClusterSettings,
 )
-from dreambooth_job.k8s.env_wiring import PROMPT_FILE_DIRS_ENV, values_key
 from dreambooth_job.k8s.pod import (
     CONTAINER_NAME,
     JOB_UID_ENV,
@@ -66,6 +65,7 @@ from dreambooth_job.k8s.pod import (
     pod_spec,
     termination_grace_period,
 )
+from dreambooth_job.k8s.wiring import PROMPT_FILE_DIRS_ENV, values_key
 from dreambooth_job.operator_policy import CEILINGS, ceiling_env
 
 # Importable from here as before the split into cluster_settings.py and pod.py.

@@ -16,14 +16,13 @@ from dreambooth_job import sizing
 from dreambooth_job.config_fields import set_by_pod
 from dreambooth_job.exit_codes import InvalidInputError
 from dreambooth_job.k8s.cluster_settings import (
-    AUTO,
     CACHE_MOUNT,
     SHM_MOUNT,
     TERMINATION_MARGIN_SECONDS,
     TMP_MOUNT,
     ClusterSettings,
 )
-from dreambooth_job.k8s.env_wiring import chart_rows, settings_env
+from dreambooth_job.k8s.wiring import chart_rows, chart_volumes, pod_volumes, settings_env
 from dreambooth_job.operator_policy import ENV_PREFIX as OPERATOR_ENV_PREFIX
 from dreambooth_job.operator_policy import ceiling_env
 from dreambooth_job.pod_env import IMAGE_ENV, JOB_UID_ENV
@@ -68,9 +67,6 @@ def pod_spec(train: cfg.TrainConfig, cluster: ClusterSettings, args: list[str], 
         terminationMessagePolicy="FallbackToLogsOnError",
         volumeMounts=[*volume_mounts(), *mounts],
     )
-    cache = ({"persistentVolumeClaim": {"claimName": cluster.model_cache_claim}}
-             if cluster.model_cache_claim
-             else {"emptyDir": compact(sizeLimit=cluster.model_cache_size_limit)})
     return compact(
         restartPolicy="Never",  # required by podFailurePolicy; retries are the Job's, not the kubelet's
         serviceAccountName=cluster.service_account_name,
@@ -85,12 +81,7 @@ def pod_spec(train: cfg.TrainConfig, cluster: ClusterSettings, args: list[str], 
         terminationGracePeriodSeconds=termination_grace_period(train, cluster),
         securityContext=pod_security_context(cluster),
         containers=[container],
-        volumes=[
-            {"name": "cache", **cache},
-            {"name": "tmp", "emptyDir": compact(sizeLimit=tmp_size_limit(train, cluster))},
-            {"name": "shm", "emptyDir": {"medium": "Memory", "sizeLimit": cluster.shm_size}},
-            *volumes,
-        ],
+        volumes=[*pod_volumes(cluster, profile_of(train, cluster)), *volumes],
     )
 
 
@@ -128,12 +119,6 @@ def container_resources(train: cfg.TrainConfig, cluster: ClusterSettings) -> dic
         for name, quantity in profile[kind].items():
             quantities.setdefault(name, quantity)
     return merged
-
-
-def tmp_size_limit(train: cfg.TrainConfig, cluster: ClusterSettings) -> str | None:
-    if cluster.tmp_size_limit == AUTO:
-        return profile_of(train, cluster).tmp_size_limit
-    return cluster.tmp_size_limit
 
 
 def termination_grace_period(train: cfg.TrainConfig, cluster: ClusterSettings) -> int:
@@ -202,8 +187,10 @@ def fixed_env() -> list[dict[str, Any]]:
 
 def chart_pod_table() -> dict[str, Any]:
     """The parts of the pod that no setting changes, for the chart's templates to render as they
-    are (files/package.yaml's `pod:`), so that the chart holds no copy of them."""
+    are, and the rows that say how settings reach the pod (wiring.py), for them to place values
+    by (files/package.yaml's `pod:`), so that the chart holds no copy of either."""
     return {"containerName": CONTAINER_NAME, "env": fixed_env(), "settingsEnv": chart_rows(),
+            "volumes": chart_volumes(),
             "reservedEnvPrefixes": list(RESERVED_ENV_PREFIXES),
             "containerSecurityContext": container_security_context(),
             "volumeMounts": volume_mounts()}

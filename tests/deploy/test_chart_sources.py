@@ -1,5 +1,5 @@
-"""The chart renders from the package's descriptions: the pod's env that the settings feed is one
-table (k8s/env_wiring.py) that the Python builder and the chart's template both render, the
+"""The chart renders from the package's descriptions: the pod's env and volumes that the settings
+feed are tables (k8s/wiring.py) that the Python builder and the chart's template both render, the
 templates name no variable of their own, and every package name they cite exists."""
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ import re
 import pytest
 from deploy_support import CHART, assert_same, comparable, spec_from_values
 
-from dreambooth_job.k8s.env_wiring import CEILING, SETTINGS_ENV, UNSET, values_key
 from dreambooth_job.k8s.manifest import build_job
+from dreambooth_job.k8s.wiring import CEILING, SETTINGS_ENV, UNSET, VOLUMES, values_key
 from dreambooth_job.operator_policy import ALLOW_PRIVATE_NOTIFY_ENV, CEILINGS
 from dreambooth_job.pod_env import IMAGE_ENV
 
@@ -90,3 +90,16 @@ def test_every_package_name_the_templates_cite_exists():
                 missing.append(name)
             break
     assert not missing, f"the chart's templates cite what does not exist: {missing}"
+
+
+@pytest.mark.parametrize("volumes", [
+    {"modelCache": {"sizeLimit": "50Gi"}, "tmp": {"sizeLimit": "20Gi"}, "shm": {"sizeLimit": "16Gi"}},
+    {"modelCache": {"existingClaim": "models"}, "tmp": {"sizeLimit": ""}, "shm": {"sizeLimit": 2e9}},
+    {"tmp": {"sizeLimit": "auto"}, "job": {**NO_SETTING["job"], "baseModel": "org/some-xl-model"}},
+], ids=["sizes", "claim, no tmp limit, a number", "auto"])
+def test_the_chart_renders_the_volume_rows_as_the_builder_builds_them(render, volumes):
+    rendered = render({**NO_SETTING, **volumes})
+    expected = build_job(spec_from_values(rendered.values))["spec"]["template"]["spec"]["volumes"]
+    actual = rendered.one("Job")["spec"]["template"]["spec"]["volumes"]
+    assert_same(expected, actual)
+    assert [v["name"] for v in actual] == [w.name for w in VOLUMES]

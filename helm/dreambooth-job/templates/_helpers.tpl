@@ -270,7 +270,7 @@ reads it, so that resources can be held against operator.maxCpu and operator.max
 
 {{/*
 The pod's variables that values feed: the rows of files/package.yaml's `pod.settingsEnv`
-(dreambooth_job.k8s.env_wiring.SETTINGS_ENV, which build_job's pod reads as well), each the value at
+(dreambooth_job.k8s.wiring.SETTINGS_ENV, which build_job's pod reads as well), each the value at
 its `values` path placed as its `form` says; `image` is the reference (dreambooth-job.image).
 */}}
 {{- define "dreambooth-job.settingsEnv" -}}
@@ -305,6 +305,39 @@ its `values` path placed as its `form` says; `image` is the reference (dreamboot
 {{- else }}
   value: {{ $value | quote }}
 {{- end }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/* The value at a dotted path under .Values, as JSON: include "dreambooth-job.at" (list $ "tmp.sizeLimit"). */}}
+{{- define "dreambooth-job.at" -}}
+{{- $value := (index . 0).Values }}
+{{- range splitList "." (index . 1) }}{{ $value = index ($value | default dict) . }}{{ end }}
+{{- toJson $value }}
+{{- end }}
+
+{{/*
+The pod's volumes: the rows of files/package.yaml's `pod.volumes` (dreambooth_job.k8s.wiring.VOLUMES,
+which build_job's pod reads as well), each the claim its values name, else an emptyDir of its
+`medium` and size limit, `auto` standing for the sizing profile's.
+*/}}
+{{- define "dreambooth-job.volumes" -}}
+{{- range $wire := (include "dreambooth-job.package" . | fromYaml).pod.volumes }}
+{{- $claim := "" }}
+{{- with $wire.claim }}{{ $claim = (printf "{\"v\": %s}" (include "dreambooth-job.at" (list $ .)) | fromJson).v }}{{ end }}
+- name: {{ $wire.name }}
+{{- if $claim }}
+  persistentVolumeClaim:
+    claimName: {{ $claim | quote }}
+{{- else }}
+{{- $limit := (printf "{\"v\": %s}" (include "dreambooth-job.at" (list $ $wire.sizeLimit)) | fromJson).v }}
+{{- if and $wire.auto (eq (toString $limit) "auto") }}
+{{- $limit = index (include "dreambooth-job.profile" $ | fromJson) $wire.auto }}
+{{- end }}
+{{- $emptyDir := dict }}
+{{- with $wire.medium }}{{ $_ := set $emptyDir "medium" . }}{{ end }}
+{{- with $limit }}{{ $_ := set $emptyDir "sizeLimit" . }}{{ end }}
+  emptyDir: {{ toJson $emptyDir }}
 {{- end }}
 {{- end }}
 {{- end }}

@@ -1,9 +1,11 @@
-"""The pod's env that the settings feed, as data: one row per variable, naming the setting it comes
-from, the chart value that says the same, and how the value becomes the variable.
+"""How the settings reach the pod, as data: the env each setting feeds (one row per variable,
+naming the setting, the chart value that says the same, and how the value becomes the variable)
+and the volumes whose size or claim the settings give.
 
-pod.py builds every Job's env from these rows (`settings_env`), and the chart's job.yaml renders the
-same rows from its values (files/package.yaml's `pod.settingsEnv`, written by helm/sync_chart.py
-from `chart_rows`), so a new variable is one row here and neither side holds a copy of the other.
+pod.py builds every Job's env and volumes from these rows (`settings_env`, `pod_volumes`), and the
+chart's job.yaml renders the same rows from its values (files/package.yaml's `pod.settingsEnv` and
+`pod.volumes`, written by helm/sync_chart.py from `chart_rows` and `chart_volumes`), so a new
+variable or volume is one row here and neither side holds a copy of the other.
 
 Light on purpose: config and exit codes only, never torch.
 """
@@ -15,7 +17,7 @@ from typing import Any
 
 from dreambooth_job import config as cfg
 from dreambooth_job.exit_codes import InvalidInputError
-from dreambooth_job.k8s.cluster_settings import ClusterSettings
+from dreambooth_job.k8s.cluster_settings import AUTO, ClusterSettings
 from dreambooth_job.operator_policy import ALLOW_PRIVATE_NOTIFY_ENV, CEILINGS, OperatorPolicy, ceiling_env
 from dreambooth_job.operator_policy import ENV_PREFIX as OPERATOR_ENV_PREFIX
 from dreambooth_job.pod_env import IMAGE_ENV
@@ -141,5 +143,64 @@ def chart_rows() -> list[dict[str, Any]]:
         if wire.named_by:
             key = values_key(wire.named_by)
             row.update(namedBy=key, missing=f"{wire.values} needs job.{key}: {wire.why}")
+        rows.append(row)
+    return rows
+
+
+@dataclass(frozen=True)
+class VolumeWire:
+    """A volume of the pod: the claim the settings name, else an emptyDir of their size limit."""
+
+    name: str
+    size_limit: str
+    """The ClusterSettings field of the emptyDir's sizeLimit (None: no limit)."""
+    size_values: str
+    """The chart value of the same meaning, a dotted path under .Values."""
+    claim: str | None = None
+    """The ClusterSettings field naming an existing PersistentVolumeClaim used instead."""
+    claim_values: str | None = None
+    medium: str | None = None
+    auto: str | None = None
+    """The sizing profile's field that a size limit of `auto` stands for."""
+
+
+VOLUMES: tuple[VolumeWire, ...] = (
+    # Base models and class images; a shared claim saves each job the base-model download.
+    VolumeWire("cache", "model_cache_size_limit", "modelCache.sizeLimit",
+               claim="model_cache_claim", claim_values="modelCache.existingClaim"),
+    VolumeWire("tmp", "tmp_size_limit", "tmp.sizeLimit", auto="tmp_size_limit"),
+    # The runtime's 64 MiB /dev/shm starves data-loader workers.
+    VolumeWire("shm", "shm_size", "shm.sizeLimit", medium="Memory"),
+)
+
+
+def pod_volumes(cluster: ClusterSettings, profile: Any) -> list[dict[str, Any]]:
+    """The VOLUMES for `cluster`, `auto` sizes from `profile` (a sizing.Profile)."""
+    volumes = []
+    for wire in VOLUMES:
+        claim = getattr(cluster, wire.claim) if wire.claim else None
+        if claim:
+            volumes.append({"name": wire.name, "persistentVolumeClaim": {"claimName": claim}})
+            continue
+        limit = getattr(cluster, wire.size_limit)
+        if wire.auto and limit == AUTO:
+            limit = getattr(profile, wire.auto)
+        empty_dir = {k: v for k, v in (("medium", wire.medium), ("sizeLimit", limit)) if v is not None}
+        volumes.append({"name": wire.name, "emptyDir": empty_dir})
+    return volumes
+
+
+def chart_volumes() -> list[dict[str, Any]]:
+    """The rows for the chart's template (files/package.yaml's `pod.volumes`); `auto` names the
+    key of the sizing profile in files/package.yaml's `sizing.profiles`."""
+    rows = []
+    for wire in VOLUMES:
+        row: dict[str, Any] = {"name": wire.name, "sizeLimit": wire.size_values}
+        if wire.claim_values:
+            row["claim"] = wire.claim_values
+        if wire.medium:
+            row["medium"] = wire.medium
+        if wire.auto:
+            row["auto"] = values_key(wire.auto)
         rows.append(row)
     return rows
