@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from dreambooth_job import config as cfg
+from dreambooth_job import sizing
 from dreambooth_job.exit_codes import InvalidInputError
 from dreambooth_job.k8s.cluster_settings import AUTO, ClusterSettings
 from dreambooth_job.operator_policy import ALLOW_PRIVATE_NOTIFY_ENV, CEILINGS, OperatorPolicy, ceiling_env
@@ -174,8 +175,8 @@ VOLUMES: tuple[VolumeWire, ...] = (
 )
 
 
-def pod_volumes(cluster: ClusterSettings, profile: Any) -> list[dict[str, Any]]:
-    """The VOLUMES for `cluster`, `auto` sizes from `profile` (a sizing.Profile)."""
+def pod_volumes(cluster: ClusterSettings, profile: sizing.Profile) -> list[dict[str, Any]]:
+    """The VOLUMES for `cluster`, `auto` sizes from the pod's sizing `profile`."""
     volumes = []
     for wire in VOLUMES:
         claim = getattr(cluster, wire.claim) if wire.claim else None
