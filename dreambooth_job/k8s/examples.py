@@ -51,9 +51,11 @@ def plain_job() -> dict[str, Any]:
 BATCH_ID = "night-42"
 # The batch's subjects in completion-index order: batch/kustomization.yaml's ConfigMap maps
 # subject-<i>.yaml to subjects/<subject id>.yaml (tests/deploy checks).
-BATCH_SUBJECTS = (("dog-42", "dog", {}),
-                  ("backpack-7", "backpack", {"max_train_steps": 1200}),
-                  ("cat-3", "cat", {"train_mode": "lora"}))
+BATCH_SUBJECTS: tuple[tuple[str, str, dict[str, Any]], ...] = (
+    ("dog-42", "dog", {}),
+    ("backpack-7", "backpack", {"max_train_steps": 1200}),
+    ("cat-3", "cat", {"train_mode": "lora"}),
+)
 
 
 def batch_subject(subject_id: str, class_noun: str, options: dict[str, Any]) -> cfg.TrainConfig:

@@ -152,7 +152,7 @@ def subject_of(train: cfg.TrainConfig) -> str:
 def build_job(spec: JobSpec) -> dict[str, Any]:
     """The batch/v1 Job for `spec`, as the dict the API (or `kubectl apply`) takes."""
     train = dataclasses.replace(spec.train, **resolved_options(spec.train, spec.cluster))
-    subject = train.subject_id
+    subject = subject_of(train)
     name = _checked_name(spec.name or job_name(subject, train.batch_id))
     labels = _labels(name, spec.cluster, subject=subject, batch_id=train.batch_id)
     pod = pod_spec(train, spec.cluster, container_args(train, spec.extra_args))
