@@ -21,7 +21,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from dreambooth_job import config as cfg
-from dreambooth_job.config_introspection import accepts_auto
 from dreambooth_job.generation import config as gen
 from dreambooth_job.generation.config import GenerateConfig, to_cli_args
 from dreambooth_job.k8s.cluster_settings import ClusterSettings
@@ -73,14 +72,12 @@ def build_generate_job(spec: GenerateJobSpec) -> dict[str, Any]:
 
 def chart_options() -> list[dict[str, Any]]:
     """files/package.yaml's `generateOptions`: the chart renders a generate Job's args from them
-    in the order and spelling of `to_cli_args` (every option with a value; a null `auto` one as
-    `auto`)."""
+    in the order and spelling of `to_cli_args`, each when its `stated` says (generation.config.
+    stated_when: every value; `always`, a null one as `auto`)."""
     rows = []
     for f in gen.fields():
         if f.name in gen.SET_BY_THE_POD:
             continue
-        row: dict[str, Any] = {"key": values_key(f.name), "flag": f.metadata["flag"] or cfg.flag_name(f.name)}
-        if accepts_auto(f, GenerateConfig):
-            row["auto"] = True
-        rows.append(row)
+        rows.append({"key": values_key(f.name), "flag": f.metadata["flag"] or cfg.flag_name(f.name),
+                     "stated": gen.stated_when(f)})
     return rows

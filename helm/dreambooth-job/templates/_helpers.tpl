@@ -145,16 +145,16 @@ whenChanged from its default), those build_job resolves by the named template of
 {{- end }}
 
 {{/*
-The container args of `mode: generate`: `generate`, then every generate option that has a value
-(a null `auto` one as `auto`), in the order and spelling of
-dreambooth_job.generation.config.to_cli_args; then extraArgs.
+The container args of `mode: generate`: `generate`, then the options as
+dreambooth_job.generation.config.to_cli_args states them, each when files/package.yaml's
+`stated` says (always, a null one as `auto`; whenSet); then extraArgs.
 */}}
 {{- define "dreambooth-job.generateArgs" -}}
 - generate
 {{- range $option := (include "dreambooth-job.package" $ | fromYaml).generateOptions }}
 {{- $value := index $.Values.generate $option.key }}
 {{- if kindIs "invalid" $value }}
-{{- if $option.auto }}
+{{- if eq $option.stated "always" }}
 - {{ $option.flag }}
 - {{ include "dreambooth-job.arg" "auto" }}
 {{- end }}
