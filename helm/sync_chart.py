@@ -19,7 +19,8 @@ It writes these, and only these:
 - the same for `generate` (the `generate:` block of values.yaml, `properties.generate`) from
   GenerateConfig (generation/generate_config.py), and which options each `mode` requires (`allOf`);
 - the example Jobs manifests/job.yaml and manifests/batch/indexed-job.yaml, built by
-  k8s/manifest.py's build_job and build_indexed_job from dreambooth_job/k8s/examples.py.
+  k8s/manifest.py's build_job and build_indexed_job from dreambooth_job/k8s/examples.py, and the
+  Indexed Job's subject files manifests/batch/subjects/*.yaml (config_sources.to_config_values).
 
 tests/deploy fails when any of them differs from what this script would write.
 """

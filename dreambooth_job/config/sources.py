@@ -140,16 +140,35 @@ def to_config_values(config: TrainConfig) -> dict[str, Any]:
             for f in _explicit_fields(config)}
 
 
+# When a Job states an option (to_cli_args, to_config_values, and the chart's args by the `stated`
+# of files/package.yaml's options, written from stated_when).
+ALWAYS = "always"
+WHEN_SET = "whenSet"
+WHEN_CHANGED = "whenChanged"
+
+
+def stated_when(f: dataclasses.Field) -> str:
+    """ALWAYS for a MODEL option that the run may resolve: stated even unset (as `auto`), so that
+    an image with other defaults trains the same model; it is a number (config.accepts_auto:
+    tests/unit/test_option_roles.py). WHEN_SET for the other MODEL options, the required ones,
+    which validation refuses to leave unset. WHEN_CHANGED for an OPERATIONAL option: stated when
+    set to another value than the default; unset, the pod resolves it the same way."""
+    if role_of(f) is Role.MODEL:
+        return ALWAYS if accepts_auto(f) else WHEN_SET
+    return WHEN_CHANGED
+
+
+def is_stated(when: str, value: Any, default: Any) -> bool:
+    """Whether an option stated `when` is stated at `value` (None: unset)."""
+    if when == ALWAYS:
+        return True
+    return value is not None and (when == WHEN_SET or value != default)
+
+
 def _explicit_fields(config: TrainConfig) -> list:
-    """The fields a Job states: MODEL ones always, others when set to another value than the
-    default. A MODEL option left unset (None: resolved at run time) is stated as `auto`; it is a
-    number (config.accepts_auto: tests/unit/test_option_roles.py), the required ones aside, which
-    validation refuses to leave unset. Unset OPERATIONAL options are left to the pod, which
-    resolves them the same way. The cache directory is the pod's (manifest.py)."""
+    """The fields a Job states (stated_when). The cache directory is the pod's (manifest.py)."""
     return [f for f in fields()
-            if f.name != "cache_dir"
-            and (role_of(f) is Role.MODEL and accepts_auto(f) or getattr(config, f.name) is not None)
-            and (role_of(f) is Role.MODEL or getattr(config, f.name) != default_of(f))]
+            if f.name != "cache_dir" and is_stated(stated_when(f), getattr(config, f.name), default_of(f))]
 
 
 def bool_flags(f: dataclasses.Field[Any]) -> str:

@@ -24,6 +24,22 @@ def _default_cache_dir() -> str:
     return str(Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "dreambooth-job")
 
 
+# The subject id --subject-id defaults to, and any text made a Kubernetes label value, as data
+# that the chart's helpers apply as well (files/package.yaml's `labels`): the last path component
+# (group 1; empty or only slashes: none), characters outside a label's as "-", at most 63, no
+# "-", "_" or "." at the ends; nothing left: the fallback.
+LAST_PATH_COMPONENT = r"(?s)^(?:.*/)?([^/]+)/*$"
+LABEL_UNSAFE = r"[^A-Za-z0-9_.-]+"
+LABEL_MAX_LENGTH = 63
+LABEL_TRIMMED = "-_."
+SUBJECT_ID_FALLBACK = "subject"
+
+
+def label_value(text: str) -> str:
+    """`text` made a valid label value: allowed characters, at most 63, alphanumeric at both ends."""
+    return re.sub(LABEL_UNSAFE, "-", text)[:LABEL_MAX_LENGTH].strip(LABEL_TRIMMED)
+
+
 @dataclass(kw_only=True)
 class TrainConfig:
     """Everything one DreamBooth job needs to know. Field docs double as `--help` text."""
@@ -325,8 +341,8 @@ class TrainConfig:
         """--subject-id, else the last path component of --instance-data, made label-safe."""
         if self.subject_id:
             return self.subject_id
-        name = (self.instance_data or "").rstrip("/").rsplit("/", 1)[-1]
-        return re.sub(r"[^A-Za-z0-9_.-]+", "-", name)[:63].strip("-_.") or "subject"
+        name = re.sub(LAST_PATH_COMPONENT, r"\1", self.instance_data or "")
+        return label_value(name) or SUBJECT_ID_FALLBACK
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -28,6 +28,7 @@ from dreambooth_job.config.field_types import default_of, flag_name
 from dreambooth_job.config.introspection import accepts_auto, base_type, is_list
 from dreambooth_job.config.operator_policy import OperatorPolicy
 from dreambooth_job.config.option_fields import MODEL, OPERATIONAL, Place, check_bounds, option
+from dreambooth_job.config.sources import ALWAYS, WHEN_SET, is_stated
 from dreambooth_job.config.subject_identifier import format_prompt
 from dreambooth_job.config.train_config import _default_cache_dir
 from dreambooth_job.exit_codes import InvalidInputError
@@ -166,14 +167,20 @@ def resolve(params: Mapping[str, Any]) -> GenerateConfig:
     return GenerateConfig(**given)
 
 
+def stated_when(f: dataclasses.Field) -> str:
+    """When a generate Job states an option (config_sources' vocabulary): at its value even when it
+    is the default, so that an image with other defaults draws what the submitter asked for; an
+    `auto` one always, unset as `auto`."""
+    return ALWAYS if accepts_auto(f, GenerateConfig) else WHEN_SET
+
+
 def to_cli_args(config: GenerateConfig) -> list[str]:
-    """`generate` and its arguments: every option but those the pod sets, at its value even when
-    it is the default (an image with other defaults draws what the submitter asked for); an
-    unset `auto` option as `auto`. The chart's generate mode renders the same list."""
+    """`generate` and its arguments: every option but those the pod sets, as stated_when says.
+    The chart's generate mode renders the same list (files/package.yaml's `generateOptions`)."""
     args = ["generate"]
     for f in fields():
         value = getattr(config, f.name)
-        if f.name in SET_BY_THE_POD or (value is None and not accepts_auto(f, GenerateConfig)):
+        if f.name in SET_BY_THE_POD or not is_stated(stated_when(f), value, default_of(f)):
             continue
         flag = f.metadata["flag"] or flag_name(f.name)
         for item in value if isinstance(value, list) else [const.AUTO if value is None else value]:

@@ -5,7 +5,8 @@
 
 `EXAMPLES` maps each file under manifests/ to its text. The objects come from
 manifest.build_job and manifest.build_indexed_job, so a change to the pod is a change to the
-builder; the inputs and the comments (numbers included) live here.
+builder, and the Indexed Job's subject files from config_sources.to_config_values, what a Job
+states of its config; the inputs and the comments (numbers included) live here.
 """
 
 from __future__ import annotations
@@ -13,7 +14,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import yaml
+
 from dreambooth_job.config import train_config as cfg
+from dreambooth_job.config.sources import to_config_values
 from dreambooth_job.exit_codes import NOT_RETRYABLE
 from dreambooth_job.k8s.cluster_settings import (
     DEFAULT_PROFILE,
@@ -41,11 +45,28 @@ def plain_job() -> dict[str, Any]:
     return build_job(JobSpec(train=train, cluster=cluster, name="dog-42"))
 
 
+BATCH_ID = "night-42"
+# The batch's subjects in completion-index order: batch/kustomization.yaml's ConfigMap maps
+# subject-<i>.yaml to subjects/<subject id>.yaml (tests/deploy checks).
+BATCH_SUBJECTS: tuple[tuple[str, str, dict[str, Any]], ...] = (
+    ("dog-42", "dog", {}),
+    ("backpack-7", "backpack", {"max_train_steps": 1200}),
+    ("cat-3", "cat", {"train_mode": "lora"}),
+)
+
+
+def batch_subject(subject_id: str, class_noun: str, options: dict[str, Any]) -> cfg.TrainConfig:
+    return cfg.TrainConfig(instance_data=f"s3://photos/{BATCH_ID}/{subject_id}/",
+                           class_noun=class_noun, output=f"s3://runs/{BATCH_ID}/{subject_id}/",
+                           subject_id=subject_id, **options)
+
+
 def indexed_job() -> dict[str, Any]:
     cluster = ClusterSettings(s3_credentials_secret=S3_SECRET, managed_by="kustomize",
-                              sizing=DEFAULT_PROFILE.name, backoff_limit=2, active_deadline_seconds=12 * 3600)
-    # completions: the subject files of batch/kustomization.yaml's ConfigMap (tests/deploy checks).
-    return build_indexed_job(IndexedJobSpec(batch_id="night-42", completions=3, parallelism=2,
+                              sizing=DEFAULT_PROFILE.name, backoff_limit=2,
+                              active_deadline_seconds=12 * 3600)
+    return build_indexed_job(IndexedJobSpec(batch_id=BATCH_ID, completions=len(BATCH_SUBJECTS),
+                                            parallelism=2,
                                             name="dreambooth-night-42", cluster=cluster))
 
 
@@ -147,8 +168,27 @@ def indexed_job_yaml() -> str:
     }, INDEXED_HEADER)
 
 
+def subject_file_yaml(index: int) -> str:
+    """Completion index `index`'s subject file: the options `to_config_values` states, those a
+    Job passes as flags, so that an image with other defaults trains the same subject."""
+    subject_id, class_noun, options = BATCH_SUBJECTS[index]
+    head = (f"# Generated: `{SYNC_COMMAND}` writes this file from\n"
+            "# dreambooth_job.config.sources.to_config_values and the inputs in\n"
+            "# dreambooth_job/k8s/examples.py; edit those, not this file.\n"
+            f"# Completion index {index}. Keys are `dreambooth-job train` options "
+            "(snake_case or kebab-case).\n")
+    values = to_config_values(batch_subject(subject_id, class_noun, options))
+    return head + yaml.safe_dump(values, sort_keys=False, width=100)
+
+
+def _subject_file(index: int) -> Callable[[], str]:
+    return lambda: subject_file_yaml(index)
+
+
 # Paths relative to the repository root.
 EXAMPLES: dict[str, Callable[[], str]] = {
     "manifests/job.yaml": plain_job_yaml,
     "manifests/batch/indexed-job.yaml": indexed_job_yaml,
+    **{f"manifests/batch/subjects/{subject_id}.yaml": _subject_file(index)
+       for index, (subject_id, _, _) in enumerate(BATCH_SUBJECTS)},
 }

@@ -22,7 +22,6 @@ from typing import Any
 
 from dreambooth_job.config import field_types
 from dreambooth_job.config import train_config as cfg
-from dreambooth_job.config.introspection import accepts_auto
 from dreambooth_job.generation import generate_config as gen
 from dreambooth_job.generation.generate_config import GenerateConfig, to_cli_args
 from dreambooth_job.k8s.cluster_settings import ClusterSettings
@@ -75,15 +74,12 @@ def build_generate_job(spec: GenerateJobSpec) -> dict[str, Any]:
 
 def chart_options() -> list[dict[str, Any]]:
     """files/package.yaml's `generateOptions`: the chart renders a generate Job's args from them
-    in the order and spelling of `to_cli_args` (every option with a value; a null `auto` one as
-    `auto`)."""
+    in the order and spelling of `to_cli_args`, each when its `stated` says (generation.config.
+    stated_when: every value; `always`, a null one as `auto`)."""
     rows = []
     for f in gen.fields():
         if f.name in gen.SET_BY_THE_POD:
             continue
-        row: dict[str, Any] = {"key": values_key(f.name),
-                               "flag": f.metadata["flag"] or field_types.flag_name(f.name)}
-        if accepts_auto(f, GenerateConfig):
-            row["auto"] = True
-        rows.append(row)
+        rows.append({"key": values_key(f.name), "stated": gen.stated_when(f),
+                     "flag": f.metadata["flag"] or field_types.flag_name(f.name)})
     return rows

@@ -12,9 +12,11 @@
 (k8s/pod.py) in an Indexed Job that trains one subject file per completion index. manifests/job.yaml
 and manifests/batch/indexed-job.yaml are generated from them (k8s/examples.py), and the chart in
 helm/dreambooth-job renders the same Job from values.yaml (tests/deploy compares them field by
-field). The chart cannot import Python, so what it needs from the package (option flags and
-defaults, exit codes) is `chart_table()`, written into the chart by `helm/sync_chart.py`, which
-writes the manifests too.
+field). The chart cannot import Python, so the descriptions build_job works from (when each option
+is stated, the options it resolves, the subject id and label rule, the env each setting feeds:
+k8s/wiring.py, the fixed parts of the pod, exit codes) are `chart_table()`, written into the
+chart by `helm/sync_chart.py`, which writes the manifests too; the templates only place values by
+them.
 
 Light on purpose: config and exit codes only, never torch.
 """
@@ -31,6 +33,8 @@ from dreambooth_job import __version__
 from dreambooth_job.config import field_types, introspection
 from dreambooth_job.config import train_config as cfg
 from dreambooth_job.config.operator_policy import CEILINGS, ceiling_env
+from dreambooth_job.config.sources import bool_flags, stated_when
+from dreambooth_job.config.train_config import label_value
 from dreambooth_job.exit_codes import NOT_RETRYABLE, ExitCode, InvalidInputError
 from dreambooth_job.k8s.cluster_settings import (
     TERMINATION_MARGIN_SECONDS,
@@ -48,6 +52,7 @@ from dreambooth_job.k8s.pod import (
     pod_annotations,
     pod_spec,
 )
+from dreambooth_job.k8s.wiring import values_key
 
 SUBJECT_LABEL = "dreambooth-job/subject"
 BATCH_LABEL = "dreambooth-job/batch"
@@ -115,33 +120,32 @@ def subject_of(train: cfg.TrainConfig) -> str:
     return train.resolved_subject_id
 
 
-def label_value(text: str) -> str:
-    """`text` made a valid label value: allowed characters, at most 63, alphanumeric at both ends."""
-    return re.sub(r"[^A-Za-z0-9_.-]+", "-", text)[:63].strip("-_.")
-
-
-def values_key(name: str) -> str:
-    """The chart's `job:` key of a TrainConfig field: max_train_steps -> maxTrainSteps."""
-    head, *rest = name.split("_")
-    return head + "".join(part[:1].upper() + part[1:] for part in rest)
-
-
 # ----------------------------------------------------------------------------------------------
 # The Jobs
 
 def build_job(spec: JobSpec) -> dict[str, Any]:
     """The batch/v1 Job for `spec`, as the dict the API (or `kubectl apply`) takes."""
-    subject = subject_of(spec.train)
-    # The subject id is always passed explicitly, so that the job's logs, metrics and result.json
-    # name the subject exactly as the Job's labels do.
-    # So is the SIGTERM budget: the job's is the one the pod's grace period was sized for.
-    train = dataclasses.replace(spec.train, subject_id=subject,
-                                termination_grace_seconds=job_grace_seconds(spec.train, spec.cluster))
+    train = dataclasses.replace(spec.train, **resolved_options(spec.train, spec.cluster))
+    subject = subject_of(train)
     name = _checked_name(spec.name or job_name(subject, train.batch_id))
     labels = _labels(name, spec.cluster, subject=subject, batch_id=train.batch_id)
     pod = pod_spec(train, spec.cluster, container_args(train, spec.extra_args))
     return _job(name, spec.cluster, labels, pod_annotations(train, spec.cluster), pod,
                 pod_failure_policy(), backoffLimit=spec.cluster.backoff_limit)
+
+
+# The options build_job resolves before it passes them, and the chart's named template that
+# resolves each from values: the subject id, so that the job's logs, metrics and result.json name
+# the subject exactly as the Job's labels do, and the SIGTERM budget, the one the pod's grace period
+# was sized for.
+RESOLVED_OPTIONS = {"subject_id": "dreambooth-job.subjectId",
+                    "termination_grace_seconds": "dreambooth-job.graceBudget"}
+
+
+def resolved_options(train: cfg.TrainConfig, cluster: ClusterSettings) -> dict[str, Any]:
+    """RESOLVED_OPTIONS' values for `train` on `cluster`."""
+    return {"subject_id": subject_of(train),
+            "termination_grace_seconds": job_grace_seconds(train, cluster)}
 
 
 def build_indexed_job(spec: IndexedJobSpec) -> dict[str, Any]:
@@ -236,22 +240,22 @@ def chart_table() -> dict[str, Any]:
     """The chart's copy of the package's CLI facts (helm/dreambooth-job/files/package.yaml).
 
     `options` is in TrainConfig order, so the chart renders args in the order of to_cli_args; each
-    row's `role` tells the chart to pass a `model` option even at its default, as to_cli_args does,
-    and `auto` that a null one is passed as `auto`.
+    row's `stated` is when to_cli_args states it (config_sources.stated_when: `always`, a null
+    value as `auto`), and `resolvedBy` the named template that resolves it as build_job does
+    (RESOLVED_OPTIONS), its value a `number` or a `string`.
     """
     options = []
     for f in introspection.fields():
         if f.name in OPTIONS_SET_BY_THE_POD:
             continue
-        option: dict[str, Any] = {"key": values_key(f.name), "role": str(f.metadata["role"])}
+        option: dict[str, Any] = {"key": values_key(f.name), "stated": stated_when(f)}
         if introspection.base_type(f) is bool:
-            negation = "--no-" + f.name.replace("_", "-")
-            declared = f.metadata["flag"] or f"{field_types.flag_name(f.name)}/{negation}"
-            option["flag"], option["negation"] = declared.split("/")
+            option["flag"], option["negation"] = bool_flags(f).split("/")
         else:
             option["flag"] = f.metadata["flag"] or field_types.flag_name(f.name)
-            if introspection.accepts_auto(f):  # null: passed as `auto` when the option is a model one
-                option["auto"] = True
+        if f.name in RESOLVED_OPTIONS:
+            option["resolvedBy"] = RESOLVED_OPTIONS[f.name]
+            option["resolvedAs"] = "string" if introspection.base_type(f) is str else "number"
         option["default"] = field_types.default_of(f)
         options.append(option)
     return {
@@ -261,6 +265,9 @@ def chart_table() -> dict[str, Any]:
         "notRetryableExitCodes": [int(code) for code in NOT_RETRYABLE],
         "options": options,
         "pod": chart_pod_table(),
+        "labels": {"lastPathComponent": cfg.LAST_PATH_COMPONENT, "unsafe": cfg.LABEL_UNSAFE,
+                   "maxLength": cfg.LABEL_MAX_LENGTH, "trimmed": cfg.LABEL_TRIMMED,
+                   "subjectIdFallback": cfg.SUBJECT_ID_FALLBACK},
         "sizing": chart_sizing_table(),
         "ceilings": chart_ceilings_table(),
     }

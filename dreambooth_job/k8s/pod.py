@@ -14,32 +14,26 @@ from typing import Any
 from dreambooth_job.config import introspection
 from dreambooth_job.config import sources as config_sources
 from dreambooth_job.config import train_config as cfg
+from dreambooth_job.config.operator_policy import ENV_PREFIX as OPERATOR_ENV_PREFIX
 from dreambooth_job.config.operator_policy import (
-    ALLOW_PRIVATE_NOTIFY_ENV,
-    CEILINGS,
-    OperatorPolicy,
     ceiling_env,
 )
-from dreambooth_job.config.operator_policy import ENV_PREFIX as OPERATOR_ENV_PREFIX
 from dreambooth_job.config.option_fields import set_by_pod
 from dreambooth_job.config.pod_env import IMAGE_ENV, JOB_UID_ENV
 from dreambooth_job.exit_codes import InvalidInputError
 from dreambooth_job.k8s.cluster_settings import (
-    AUTO,
     CACHE_MOUNT,
     SHM_MOUNT,
     TERMINATION_MARGIN_SECONDS,
     TMP_MOUNT,
     ClusterSettings,
 )
+from dreambooth_job.k8s.wiring import chart_rows, chart_volumes, pod_volumes, settings_env
 from dreambooth_job.training import sizing
 
 CONTAINER_NAME = "train"
 # Set by the Job controller on every pod of a Job (Kubernetes >= 1.27); the lease reads it.
 JOB_UID_LABEL = "batch.kubernetes.io/controller-uid"
-PROMPT_FILE_DIRS_ENV = OPERATOR_ENV_PREFIX + "PROMPT_FILE_DIRS"
-ALLOWED_HOSTS_ENV = OPERATOR_ENV_PREFIX + "ALLOWED_HOSTS"
-ALLOWED_PREFIXES_ENV = OPERATOR_ENV_PREFIX + "ALLOWED_PREFIXES"
 # Env names that extra env (ClusterSettings.env, the chart's extraEnv) may not start with: the
 # operator's policy (DREAMBOOTH_OPERATOR_*), the Job the output lease trusts and the image the pod
 # records, and the GPU runtime's settings (NVIDIA_VISIBLE_DEVICES would show GPUs the pod did not
@@ -67,7 +61,7 @@ def pod_spec(train: cfg.TrainConfig, cluster: ClusterSettings, args: list[str], 
         image=cluster.image,
         imagePullPolicy=cluster.image_pull_policy,
         args=args,
-        env=[*extra_env(cluster), *env_first, *_env(cluster), *notify_env(train, cluster)],
+        env=[*extra_env(cluster), *env_first, *fixed_env(), *settings_env(train, cluster)],
         ports=([{"name": "metrics", "containerPort": train.metrics_port, "protocol": "TCP"}]
                if train.metrics_port else None),
         resources=compact(requests=resources["requests"], limits=limits),
@@ -77,9 +71,6 @@ def pod_spec(train: cfg.TrainConfig, cluster: ClusterSettings, args: list[str], 
         terminationMessagePolicy="FallbackToLogsOnError",
         volumeMounts=[*volume_mounts(), *mounts],
     )
-    cache = ({"persistentVolumeClaim": {"claimName": cluster.model_cache_claim}}
-             if cluster.model_cache_claim
-             else {"emptyDir": compact(sizeLimit=cluster.model_cache_size_limit)})
     return compact(
         restartPolicy="Never",  # required by podFailurePolicy; retries are the Job's, not the kubelet's
         serviceAccountName=cluster.service_account_name,
@@ -94,12 +85,7 @@ def pod_spec(train: cfg.TrainConfig, cluster: ClusterSettings, args: list[str], 
         terminationGracePeriodSeconds=termination_grace_period(train, cluster),
         securityContext=pod_security_context(cluster),
         containers=[container],
-        volumes=[
-            {"name": "cache", **cache},
-            {"name": "tmp", "emptyDir": compact(sizeLimit=tmp_size_limit(train, cluster))},
-            {"name": "shm", "emptyDir": {"medium": "Memory", "sizeLimit": cluster.shm_size}},
-            *volumes,
-        ],
+        volumes=[*pod_volumes(cluster, profile_of(train, cluster)), *volumes],
     )
 
 
@@ -137,12 +123,6 @@ def container_resources(train: cfg.TrainConfig, cluster: ClusterSettings) -> dic
         for name, quantity in profile[kind].items():
             quantities.setdefault(name, quantity)
     return merged
-
-
-def tmp_size_limit(train: cfg.TrainConfig, cluster: ClusterSettings) -> str | None:
-    if cluster.tmp_size_limit == AUTO:
-        return profile_of(train, cluster).tmp_size_limit
-    return cluster.tmp_size_limit
 
 
 def termination_grace_period(train: cfg.TrainConfig, cluster: ClusterSettings) -> int:
@@ -211,8 +191,10 @@ def fixed_env() -> list[dict[str, Any]]:
 
 def chart_pod_table() -> dict[str, Any]:
     """The parts of the pod that no setting changes, for the chart's templates to render as they
-    are (files/package.yaml's `pod:`), so that the chart holds no copy of them."""
-    return {"containerName": CONTAINER_NAME, "env": fixed_env(),
+    are, and the rows that say how settings reach the pod (wiring.py), for them to place values
+    by (files/package.yaml's `pod:`), so that the chart holds no copy of either."""
+    return {"containerName": CONTAINER_NAME, "env": fixed_env(), "settingsEnv": chart_rows(),
+            "volumes": chart_volumes(),
             "reservedEnvPrefixes": list(RESERVED_ENV_PREFIXES),
             "containerSecurityContext": container_security_context(),
             "volumeMounts": volume_mounts()}
@@ -227,46 +209,6 @@ def chart_sizing_table() -> dict[str, Any]:
                          for p in sizing.PROFILES.values()}}
 
 
-def _env(cluster: ClusterSettings) -> list[dict[str, Any]]:
-    env = [*fixed_env(), {"name": IMAGE_ENV, "value": cluster.image}]
-    if not cluster.gpus:
-        # Where nvidia is the default container runtime, a pod that requests no GPU still sees
-        # every GPU of the node unless told otherwise.
-        env.append({"name": "NVIDIA_VISIBLE_DEVICES", "value": "void"})
-    if cluster.s3_endpoint_url:
-        env.append({"name": "AWS_ENDPOINT_URL", "value": cluster.s3_endpoint_url})
-    if cluster.s3_region:
-        # boto3 reads AWS_DEFAULT_REGION; other AWS SDKs and tools read AWS_REGION.
-        env += [{"name": "AWS_REGION", "value": cluster.s3_region},
-                {"name": "AWS_DEFAULT_REGION", "value": cluster.s3_region}]
-    if cluster.s3_credentials_secret:
-        env += [{"name": key, "valueFrom": {"secretKeyRef": {
-                    "name": cluster.s3_credentials_secret, "key": key}}}
-                for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")]
-    if cluster.prompt_file_dirs:  # operator settings: env of the pod, never train options
-        env.append({"name": PROMPT_FILE_DIRS_ENV, "value": ",".join(cluster.prompt_file_dirs)})
-    if cluster.allowed_hosts:
-        env.append({"name": ALLOWED_HOSTS_ENV, "value": ",".join(cluster.allowed_hosts)})
-    return env + policy_env(cluster)
-
-
-def policy_env(cluster: ClusterSettings) -> list[dict[str, Any]]:
-    """The operator's prefixes and the ceilings that the settings or the building process set,
-    so that the pod checks the config again against what `submit`/`batch` checked (policy.py)."""
-    policy, defaults = cluster.policy(), OperatorPolicy()
-    env = []
-    if policy.allowed_prefixes:
-        env.append({"name": ALLOWED_PREFIXES_ENV, "value": ",".join(policy.allowed_prefixes)})
-    for f in CEILINGS:
-        value = getattr(policy, f.name)
-        if f.name in cluster.ceilings or value != getattr(defaults, f.name):
-            env.append({"name": ceiling_env(f.name),
-                        "value": value if isinstance(value, str) else f"{value:g}"})
-    if policy.allow_private_notify:  # the building process's allowance holds in its pods too
-        env.append({"name": ALLOW_PRIVATE_NOTIFY_ENV, "value": "true"})
-    return env
-
-
 def extra_env(cluster: ClusterSettings) -> list[Mapping[str, Any]]:
     """The operator's extra env entries; exit 2 for a name of the pod's own settings."""
     for entry in cluster.env:
@@ -279,18 +221,6 @@ def extra_env(cluster: ClusterSettings) -> list[Mapping[str, Any]]:
 def reserved_env_message(setting: str, name: str) -> str:
     return (f"{setting} {name}: names starting with {', '.join(RESERVED_ENV_PREFIXES)} are the "
             "operator's and the pod's own settings, never extra env")
-
-
-def notify_env(train: cfg.TrainConfig, cluster: ClusterSettings) -> list[dict[str, Any]]:
-    """The completion call's signing key: the Secret's key named like --notify-secret-env, as
-    that variable (outputs/notify.py reads it)."""
-    if not cluster.notify_secret:
-        return []
-    name = train.notify_secret_env
-    if not name:
-        raise InvalidInputError("notify_secret needs --notify-secret-env: the variable (and the "
-                                "Secret's key) that holds the signing key")
-    return [{"name": name, "valueFrom": {"secretKeyRef": {"name": cluster.notify_secret, "key": name}}}]
 
 
 def pod_annotations(train: cfg.TrainConfig, cluster: ClusterSettings) -> dict[str, str]:

@@ -8,6 +8,7 @@ from typing import Any
 
 import jsonschema
 import pytest
+import yaml
 from deploy_support import (
     CHART,
     REPO,
@@ -20,8 +21,19 @@ from deploy_support import (
 
 from dreambooth_job.config import field_types, introspection
 from dreambooth_job.config import train_config as cfg
+from dreambooth_job.config.sources import stated_when
 from dreambooth_job.exit_codes import InvalidInputError
-from dreambooth_job.k8s.manifest import SUBJECT_LABEL, JobSpec, build_job, label_value, subject_of, values_key
+from dreambooth_job.k8s.cluster_settings import ClusterSettings
+from dreambooth_job.k8s.manifest import (
+    RESOLVED_OPTIONS,
+    SUBJECT_LABEL,
+    JobSpec,
+    build_job,
+    label_value,
+    resolved_options,
+    subject_of,
+    values_key,
+)
 from dreambooth_job.k8s.pod import OPTIONS_SET_BY_THE_POD
 from dreambooth_job.training import sizing
 
@@ -212,7 +224,8 @@ def test_schema_bounds_are_the_fields_declared_bounds(chart):
 
 @pytest.mark.parametrize("instance_data", [
     "s3://photos/dog-42/", "s3://photos/dog-42//", "s3://photos/Some Dog!/", "/data/cat",
-    "s3://bucket", "s3://photos/_x_/", "s3://photos/!!!/", "s3://p/" + "long-" * 20])
+    "s3://bucket", "s3://photos/_x_/", "s3://photos/!!!/", "s3://p/" + "long-" * 20, "///",
+    "dog-42", "/data/a b/c d//", "s3://photos/caf\u00e9/"])
 def test_subject_derivation_matches_the_python_builder(render, instance_data):
     job = render({"job": {"instanceData": instance_data, "classNoun": "dog",
                           "output": "s3://r/x/"}}).one("Job")
@@ -220,3 +233,19 @@ def test_subject_derivation_matches_the_python_builder(render, instance_data):
     args = job["spec"]["template"]["spec"]["containers"][0]["args"]
     assert args[args.index("--subject-id") + 1] == subject
     assert job["metadata"]["labels"][SUBJECT_LABEL] == label_value(subject)
+
+
+def test_the_chart_states_each_option_when_the_python_builder_does():
+    """The args template holds no rule of its own: when to state an option is config_sources'
+    stated_when, and the options build_job resolves name the template that resolves them."""
+    package = yaml.safe_load((CHART / "files" / "package.yaml").read_text())
+    helpers = (CHART / "templates" / "_helpers.tpl").read_text()
+    by_key = {values_key(f.name): f for f in introspection.fields()}
+    for option in package["options"]:
+        assert option["stated"] == stated_when(by_key[option["key"]]), option["key"]
+    resolved = {option["key"]: option["resolvedBy"] for option in package["options"]
+                if "resolvedBy" in option}
+    assert resolved == {values_key(name): template for name, template in RESOLVED_OPTIONS.items()}
+    assert set(RESOLVED_OPTIONS) == set(resolved_options(cfg.TrainConfig(), ClusterSettings()))
+    for template in RESOLVED_OPTIONS.values():
+        assert f'{{{{- define "{template}" -}}}}' in helpers

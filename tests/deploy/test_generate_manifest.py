@@ -8,6 +8,7 @@ import re
 
 import helm_python as helm
 import pytest
+import yaml
 from deploy_support import (
     CHART,
     KUBE_VERSIONS,
@@ -222,3 +223,12 @@ def test_allowed_prefixes_are_s3_prefixes_or_absolute_directories(chart, bad):
     with pytest.raises(helm.HelmValuesError, match="/operator/allowedPrefixes/0"):
         chart.render({**generate_values(), "operator": {"allowedPrefixes": [bad]}}, name=RELEASE,
                      namespace=NAMESPACE, is_install=True)
+
+
+def test_the_chart_states_each_generate_option_when_the_python_builder_does():
+    """generateOptions' `stated` is generation.config.stated_when, the rule to_cli_args follows."""
+    package = yaml.safe_load((CHART / "files" / "package.yaml").read_text())
+    by_key = {values_key(f.name): f for f in gen.fields()}
+    assert package["generateOptions"]
+    for option in package["generateOptions"]:
+        assert option["stated"] == gen.stated_when(by_key[option["key"]]), option["key"]

@@ -15,6 +15,7 @@ import pytest
 import yaml
 from deploy_support import CHART, MANIFESTS, REPO, assert_same, load_values, spec_from_values
 
+from dreambooth_job.config import sources as config_sources
 from dreambooth_job.config import train_config as cfg
 from dreambooth_job.exit_codes import InvalidInputError
 from dreambooth_job.k8s import examples, pod
@@ -34,6 +35,8 @@ from dreambooth_job.training import sizing
 
 SYNC = REPO / "helm" / "sync_chart.py"
 GENERATED = sorted(examples.EXAMPLES)
+JOBS = ["manifests/batch/indexed-job.yaml", "manifests/job.yaml"]
+SUBJECT_FILES = [path for path in GENERATED if path not in JOBS]
 
 
 def load_sync_script():
@@ -64,7 +67,8 @@ def test_sync_check_fails_when_a_manifest_was_edited_by_hand(checkout, capsys, p
     assert sync.main(["--check"], root=checkout) == 0
     edited = checkout / path
     edited.write_text(edited.read_text().replace("readOnlyRootFilesystem: true",
-                                                 "readOnlyRootFilesystem: false"))
+                                                 "readOnlyRootFilesystem: false")
+                      .replace("seed: 0", "seed: 1"))
     assert sync.main(["--check"], root=checkout) == 1
     assert capsys.readouterr().err.splitlines() == [
         f"out of date: {path}; run helm/sync_chart.py without --check"]
@@ -81,7 +85,16 @@ def test_sync_check_fails_when_the_builder_changes(checkout, capsys, monkeypatch
     stale = {line.split(";")[0].removeprefix("out of date: ")
              for line in capsys.readouterr().err.splitlines()}
     # The chart's templates render the fixed parts of the pod from package.yaml: it follows too.
-    assert stale == {*GENERATED, "helm/dreambooth-job/files/package.yaml"}
+    assert stale == {*JOBS, "helm/dreambooth-job/files/package.yaml"}
+
+
+def test_sync_check_fails_when_what_a_subject_file_states_changes(checkout, capsys, monkeypatch):
+    sync = load_sync_script()
+    monkeypatch.setattr(examples, "to_config_values", lambda config: {"subject_id": "changed"})
+    assert sync.main(["--check"], root=checkout) == 1
+    stale = {line.split(";")[0].removeprefix("out of date: ")
+             for line in capsys.readouterr().err.splitlines()}
+    assert stale == set(SUBJECT_FILES)
 
 
 def test_sync_check_fails_when_a_manifest_is_missing(checkout, capsys):
@@ -96,6 +109,25 @@ def test_generated_manifest_is_the_builders_object_and_says_so(path, build):
     text = (REPO / path).read_text()
     assert_same(build(), yaml.safe_load(text))
     assert text.startswith("# Generated: `.venv/bin/python helm/sync_chart.py` writes this file")
+
+
+def test_batch_subject_files_are_the_configs_and_the_configmaps_indexes():
+    """Each subject file states what to_config_values states for its example config, and
+    kustomization.yaml maps completion index i to the i-th example subject."""
+    kustomization = yaml.safe_load((MANIFESTS / "batch" / "kustomization.yaml").read_text())
+    (generator,) = kustomization["configMapGenerator"]
+    entries = [entry.split("=") for entry in generator["files"]]
+    assert [key for key, _ in entries] == [f"subject-{i}.yaml" for i in range(len(entries))]
+    assert [source for _, source in entries] == [path.removeprefix("manifests/batch/")
+                                                  for path in examples.EXAMPLES
+                                                  if path in SUBJECT_FILES]
+    assert len(entries) == examples.indexed_job()["spec"]["completions"]
+    for index, (subject_id, class_noun, options) in enumerate(examples.BATCH_SUBJECTS):
+        text = (MANIFESTS / "batch" / "subjects" / f"{subject_id}.yaml").read_text()
+        assert text.startswith("# Generated: `.venv/bin/python helm/sync_chart.py` writes this file")
+        assert f"# Completion index {index}." in text
+        config = cfg.TrainConfig(**config_sources.normalize_keys(yaml.safe_load(text), source=subject_id))
+        assert config == examples.batch_subject(subject_id, class_noun, options)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -1,8 +1,11 @@
 {{/*
 Helpers of the dreambooth-job chart. The Job they build is the one that
-dreambooth_job.k8s.manifest.build_job builds in Python; tests/deploy compares the two field by field,
-so a change here needs the same change there. The parts of the pod that no value changes are not
-written here: the templates render them from files/package.yaml (`pod:`), written from the package.
+dreambooth_job.k8s.manifest.build_job builds in Python, rendered from the descriptions build_job
+uses, which helm/sync_chart.py writes into files/package.yaml: when each option is stated and
+which ones build_job resolves (`options`), the subject id and label rule (`labels`), the env each
+setting feeds (`pod.settingsEnv`), the parts of the pod that no value changes (`pod`), the sizing
+profiles, the ceilings. The helpers place values by those tables and keep no rule of their own;
+tests/deploy compares the chart's Job with build_job's field by field.
 */}}
 
 {{/* What the chart knows about the package: files/package.yaml, written by helm/sync_chart.py. */}}
@@ -29,23 +32,28 @@ release's, so that `helm install dog-42` runs job/dog-42. The schema keeps both 
 {{- end }}
 
 {{/*
-The subject id: job.subjectId, else the last path component of job.instanceData made safe.
-Same rule as the job's own default (dreambooth_job.job.default_subject_id), so that the label, the
-args and the job's logs and metrics name the subject alike.
+The subject id: job.subjectId, else the last path component of job.instanceData as a label value,
+else the fallback: TrainConfig.resolved_subject_id, by the rule's data in files/package.yaml's
+`labels` (dreambooth_job.config.train_config.LAST_PATH_COMPONENT, ...), so that the label, the args and the
+job's logs and metrics name the subject alike.
 */}}
 {{- define "dreambooth-job.subjectId" -}}
 {{- if .Values.job.subjectId }}
 {{- .Values.job.subjectId }}
 {{- else }}
-{{- $path := regexReplaceAll "/+$" (toString (.Values.job.instanceData | default "")) "" }}
-{{- $last := regexReplaceAll "^.*/" $path "" }}
-{{- regexReplaceAll "[^A-Za-z0-9_.-]+" $last "-" | trunc 63 | trimAll "-_." | default "subject" }}
+{{- $rule := (include "dreambooth-job.package" . | fromYaml).labels }}
+{{- $last := regexReplaceAll $rule.lastPathComponent (toString (.Values.job.instanceData | default "")) "${1}" }}
+{{- include "dreambooth-job.labelValue" (list . $last) | default $rule.subjectIdFallback }}
 {{- end }}
 {{- end }}
 
-{{/* Any text as a valid label value: allowed characters, at most 63, alphanumeric ends. */}}
+{{/*
+Any text as a valid label value (dreambooth_job.config.train_config.label_value, by files/package.yaml's
+`labels`): include "dreambooth-job.labelValue" (list $ text).
+*/}}
 {{- define "dreambooth-job.labelValue" -}}
-{{- regexReplaceAll "[^A-Za-z0-9_.-]+" . "-" | trunc 63 | trimAll "-_." }}
+{{- $rule := (include "dreambooth-job.package" (index . 0) | fromYaml).labels }}
+{{- regexReplaceAll $rule.unsafe (index . 1) "-" | trunc (int $rule.maxLength) | trimAll $rule.trimmed }}
 {{- end }}
 
 {{/* Labels of the Job and its pod. */}}
@@ -58,9 +66,9 @@ helm.sh/chart: {{ include "dreambooth-job.chart" . }}
 {{- if eq .Values.mode "generate" }}
 dreambooth-job/mode: "generate"
 {{- else }}
-dreambooth-job/subject: {{ include "dreambooth-job.labelValue" (include "dreambooth-job.subjectId" .) | quote }}
+dreambooth-job/subject: {{ include "dreambooth-job.labelValue" (list . (include "dreambooth-job.subjectId" .)) | quote }}
 {{- with .Values.job.batchId }}
-dreambooth-job/batch: {{ include "dreambooth-job.labelValue" . | quote }}
+dreambooth-job/batch: {{ include "dreambooth-job.labelValue" (list $ .) | quote }}
 {{- end }}
 {{- end }}
 {{- with .Values.labels }}
@@ -100,23 +108,25 @@ doubled (dreambooth_job.k8s.pod.escape_expansion): the kubelet would expand a te
 {{- end }}
 
 {{/*
-The container args: `train`, then every `model` option (files/package.yaml's role) whatever its
-value (a null one the run resolves, `auto` in package.yaml, as `auto`), so that an image with other defaults trains what the values say, and every other option
-that differs from the CLI default, in the order and spelling of
-dreambooth_job.config.sources.to_cli_args; then extraArgs. The subject id is always passed, so
-that the job names the subject as the labels do.
+The container args: `train`, then the options as dreambooth_job.config.sources.to_cli_args states
+them, each when files/package.yaml's `stated` says (always, a null one as `auto`; whenSet;
+whenChanged from its default), those build_job resolves by the named template of their
+`resolvedBy`; then extraArgs.
 */}}
 {{- define "dreambooth-job.args" -}}
 - train
 {{- range $option := (include "dreambooth-job.package" $ | fromYaml).options }}
 {{- $value := index $.Values.job $option.key }}
-{{- if eq $option.key "subjectId" }}{{ $value = include "dreambooth-job.subjectId" $ }}{{ end }}
-{{- if eq $option.key "terminationGraceSeconds" }}{{ $value = include "dreambooth-job.graceBudget" $ | float64 }}{{ end }}
-{{- if and (kindIs "invalid" $value) $option.auto (eq $option.role "model") }}
+{{- with $option.resolvedBy }}
+{{- $value = include . $ }}
+{{- if eq $option.resolvedAs "number" }}{{ $value = float64 $value }}{{ end }}
+{{- end }}
+{{- $given := not (kindIs "invalid" $value) }}
+{{- if or (eq $option.stated "always") (and $given (or (eq $option.stated "whenSet") (ne (toJson $value) (toJson $option.default)))) }}
+{{- if not $given }}
 - {{ $option.flag }}
 - {{ include "dreambooth-job.arg" "auto" }}
-{{- else if and (not (kindIs "invalid" $value)) (or (eq $option.role "model") (ne (toJson $value) (toJson $option.default))) }}
-{{- if kindIs "bool" $value }}
+{{- else if kindIs "bool" $value }}
 - {{ ternary $option.flag $option.negation $value }}
 {{- else if kindIs "slice" $value }}
 {{- range $value }}
@@ -135,16 +145,16 @@ that the job names the subject as the labels do.
 {{- end }}
 
 {{/*
-The container args of `mode: generate`: `generate`, then every generate option that has a value
-(a null `auto` one as `auto`), in the order and spelling of
-dreambooth_job.generation.generate_config.to_cli_args; then extraArgs.
+The container args of `mode: generate`: `generate`, then the options as
+dreambooth_job.generation.generate_config.to_cli_args states them, each when files/package.yaml's
+`stated` says (always, a null one as `auto`; whenSet); then extraArgs.
 */}}
 {{- define "dreambooth-job.generateArgs" -}}
 - generate
 {{- range $option := (include "dreambooth-job.package" $ | fromYaml).generateOptions }}
 {{- $value := index $.Values.generate $option.key }}
 {{- if kindIs "invalid" $value }}
-{{- if $option.auto }}
+{{- if eq $option.stated "always" }}
 - {{ $option.flag }}
 - {{ include "dreambooth-job.arg" "auto" }}
 {{- end }}
@@ -257,19 +267,75 @@ reads it, so that resources can be held against operator.maxCpu and operator.max
 {{- end }}
 
 {{/*
-The operator's prefixes and the ceilings the values set, as the pod's DREAMBOOTH_OPERATOR_* env
-(dreambooth_job.k8s.pod.policy_env): the job checks its config against them at start.
+The pod's variables that values feed: the rows of files/package.yaml's `pod.settingsEnv`
+(dreambooth_job.k8s.wiring.SETTINGS_ENV, which build_job's pod reads as well), each the value at
+its `values` path placed as its `form` says; `image` is the reference (dreambooth-job.image).
 */}}
-{{- define "dreambooth-job.operatorEnv" -}}
-{{- with .Values.operator.allowedPrefixes }}
-- name: DREAMBOOTH_OPERATOR_ALLOWED_PREFIXES
-  value: {{ join "," . | quote }}
+{{- define "dreambooth-job.settingsEnv" -}}
+{{- $computed := dict "image" (include "dreambooth-job.image" .) }}
+{{- range $wire := (include "dreambooth-job.package" . | fromYaml).pod.settingsEnv }}
+{{- $value := $.Values }}
+{{- range splitList "." $wire.values }}{{ $value = index ($value | default dict) . }}{{ end }}
+{{- if hasKey $computed $wire.values }}{{ $value = index $computed $wire.values }}{{ end }}
+{{- if eq $wire.form "unset" }}
+{{- if not $value }}
+- name: {{ $wire.name }}
+  value: {{ $wire.value | quote }}
 {{- end }}
-{{- range (include "dreambooth-job.package" . | fromYaml).ceilings }}
-{{- $value := index $.Values.operator .key }}
+{{- else if eq $wire.form "ceiling" }}
 {{- if not (kindIs "invalid" $value) }}
-- name: {{ .env }}
+- name: {{ $wire.name }}
   value: {{ toString $value | quote }}
+{{- end }}
+{{- else if $value }}
+{{- $name := $wire.name }}
+{{- if $wire.namedBy }}{{ $name = required $wire.missing (index $.Values.job $wire.namedBy) }}{{ end }}
+- name: {{ $name | quote }}
+{{- if eq $wire.form "secret" }}
+  valueFrom:
+    secretKeyRef:
+      name: {{ $value | quote }}
+      key: {{ $name | quote }}
+{{- else if eq $wire.form "joined" }}
+  value: {{ join "," $value | quote }}
+{{- else if eq $wire.form "flag" }}
+  value: "true"
+{{- else }}
+  value: {{ $value | quote }}
+{{- end }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/* The value at a dotted path under .Values, as JSON: include "dreambooth-job.at" (list $ "tmp.sizeLimit"). */}}
+{{- define "dreambooth-job.at" -}}
+{{- $value := (index . 0).Values }}
+{{- range splitList "." (index . 1) }}{{ $value = index ($value | default dict) . }}{{ end }}
+{{- toJson $value }}
+{{- end }}
+
+{{/*
+The pod's volumes: the rows of files/package.yaml's `pod.volumes` (dreambooth_job.k8s.wiring.VOLUMES,
+which build_job's pod reads as well), each the claim its values name, else an emptyDir of its
+`medium` and size limit, `auto` standing for the sizing profile's.
+*/}}
+{{- define "dreambooth-job.volumes" -}}
+{{- range $wire := (include "dreambooth-job.package" . | fromYaml).pod.volumes }}
+{{- $claim := "" }}
+{{- with $wire.claim }}{{ $claim = (printf "{\"v\": %s}" (include "dreambooth-job.at" (list $ .)) | fromJson).v }}{{ end }}
+- name: {{ $wire.name }}
+{{- if $claim }}
+  persistentVolumeClaim:
+    claimName: {{ $claim | quote }}
+{{- else }}
+{{- $limit := (printf "{\"v\": %s}" (include "dreambooth-job.at" (list $ $wire.sizeLimit)) | fromJson).v }}
+{{- if and $wire.auto (eq (toString $limit) "auto") }}
+{{- $limit = index (include "dreambooth-job.profile" $ | fromJson) $wire.auto }}
+{{- end }}
+{{- $emptyDir := dict }}
+{{- with $wire.medium }}{{ $_ := set $emptyDir "medium" . }}{{ end }}
+{{- with $limit }}{{ $_ := set $emptyDir "sizeLimit" . }}{{ end }}
+  emptyDir: {{ toJson $emptyDir }}
 {{- end }}
 {{- end }}
 {{- end }}
