@@ -20,7 +20,7 @@ from typing import Any, Literal
 
 from dreambooth_job.outputs.result import JSON_NAME, OMIT_NONE, SCHEMA, SCHEMA_VERSION, RunResult
 
-SCHEMA_FILE = Path(__file__).parent / "schemas" / "result.schema.json"
+SCHEMA_FILE = Path(__file__).parents[1] / "schemas" / "result.schema.json"
 _SCALARS = {str: "string", int: "integer", float: "number", bool: "boolean"}
 # A field's metadata keys that bound each item of a list or each value of a dict.
 _EACH = "each"
