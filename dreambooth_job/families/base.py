@@ -11,6 +11,7 @@ from typing import Any, ClassVar, NamedTuple
 from dreambooth_job.families.lora_formats import LoraFormat
 from dreambooth_job.families.objective import DdpmObjective, TrainingObjective
 from dreambooth_job.families.reference import ReferenceModel
+from dreambooth_job.outputs.export import single_file
 
 
 class ImageGeometry(NamedTuple):
@@ -82,11 +83,24 @@ class ModelFamily(ABC):
         """A directory that `load_pipeline` (and diffusers' `from_pretrained`) loads as is."""
         pipeline.save_pretrained(directory, safe_serialization=True)
 
+    # The single-file checkpoint (--export-single-file): outputs/export/single_file.py writes what
+    # the family says, in the family's original layout. The defaults are the UNet families' (LDM's
+    # UNet and VAE keys); a family with another layout overrides both, or refuses in the check.
+    def check_single_file(self, pipeline) -> None:
+        """Refuse (exit 2) a model this family's single-file layout cannot hold."""
+        single_file.check_ldm_unet(self.denoiser(pipeline).config, self.name, self.addition_embed_type)
+
+    def single_file_state(self, pipeline) -> dict[str, dict]:
+        """The whole pipeline's weights in the single-file layout: {key prefix there: state dict}."""
+        denoiser, vae = self.denoiser(pipeline), pipeline.vae
+        return {single_file.UNET_PREFIX: single_file.unet_to_ldm(denoiser.state_dict(), denoiser.config),
+                single_file.VAE_PREFIX: single_file.vae_to_ldm(vae.state_dict(), vae.config),
+                **self.single_file_text_encoders(pipeline)}
+
     @abstractmethod
     def single_file_text_encoders(self, pipeline) -> dict[str, dict]:
         """The text encoders' weights in the family's original (single-file) checkpoint layout:
-        {key prefix there: state dict}. export/single_file.py writes them beside the UNet and VAE,
-        whose layout all families share."""
+        {key prefix there: state dict}, for `single_file_state`."""
 
     def native_resolution(self, pipeline) -> int:
         """The resolution the denoiser was trained at: its latent sample size times the VAE's factor."""

@@ -35,7 +35,7 @@ from dreambooth_job.families import for_pipeline
 from dreambooth_job.outputs import lora_writers as lora_files
 from dreambooth_job.outputs import result
 from dreambooth_job.outputs.export.precision import save_pretrained_precision
-from dreambooth_job.outputs.export.single_file import check_supported, save_single_file
+from dreambooth_job.outputs.export.single_file import save_single_file
 from dreambooth_job.storage import places as storage
 from dreambooth_job.training import lora_adapters as lora
 
@@ -87,7 +87,7 @@ def check_exportable(pipeline, *, single_file: bool) -> None:
     """Refuse (exit 2) a --export-single-file the base model's layout cannot give: called when
     the base model is loaded, not after hours of training."""
     if single_file:
-        check_supported(pipeline, for_pipeline(pipeline))
+        for_pipeline(pipeline).check_single_file(pipeline)
 
 
 def write_outputs(pipeline, directory: Path, settings: OutputSettings) -> WrittenOutputs:

@@ -7,7 +7,9 @@ mapping here is the inverse of its `convert_ldm_unet_checkpoint`, `convert_ldm_v
 tests/unit/test_single_file_export.py and test_sdxl_single_file.py hold it to that. UNet and VAE
 share one layout across the families (SDXL adds `label_emb`, its size/pooled-text embedding); the
 text encoders' layout is the family's (`ModelFamily.single_file_text_encoders`): SD 1.x OpenAI CLIP,
-SD 2.x OpenCLIP, SDXL both (`conditioner.embedders.0/1`).
+SD 2.x OpenCLIP, SDXL both (`conditioner.embedders.0/1`). What is written, and the check before, are
+the family's (`ModelFamily.single_file_state`, `check_single_file`): these converters are the UNet
+families' defaults.
 
 Loading the file back: diffusers guesses the architecture from a real-size checkpoint; for anything
 else (or offline) pass the base model's diffusers directory as the config:
@@ -48,30 +50,25 @@ def save_single_file(pipeline, path: str | os.PathLike, *, family, dtype=None,
     import torch  # deferred: torch is heavy
     from safetensors.torch import save_file  # deferred: safetensors is heavy
 
-    check_supported(pipeline, family)
+    family.check_single_file(pipeline)
     if metadata is not None and not all(isinstance(k, str) and isinstance(v, str)
                                         for k, v in metadata.items()):
         raise InvalidInputError("single-file metadata must map strings to strings")
     state = {}
-    denoiser = family.denoiser(pipeline)
-    state.update(_prefixed(UNET_PREFIX, unet_to_ldm(denoiser.state_dict(), denoiser.config)))
-    state.update(_prefixed(VAE_PREFIX, vae_to_ldm(pipeline.vae.state_dict(), pipeline.vae.config)))
-    for prefix, encoder_state in family.single_file_text_encoders(pipeline).items():
-        state.update(_prefixed(prefix, encoder_state))
+    for prefix, part in family.single_file_state(pipeline).items():
+        state.update(_prefixed(prefix, part))
     state = cast_state_dict(state, dtype or torch.float16)
     write_atomically(path, lambda partial: save_file(state, partial,
                                                      metadata={"format": "pt", **(metadata or {})}))
 
 
-def check_supported(pipeline, family) -> None:
-    """Refuse (exit 2) a pipeline whose denoiser lacks its family's layout: an upscaler's class
-    embedding, or added embeddings the family does not have, would be written as a file the tools
-    misread."""
-    unet_config = family.denoiser(pipeline).config
+def check_ldm_unet(unet_config, family_name: str, addition_embed_type: str | None) -> None:
+    """Refuse (exit 2) a UNet without the LDM layout of its family: an upscaler's class embedding,
+    or added embeddings the family does not have, would be written as a file the tools misread."""
     extra = unet_config.get("addition_embed_type")
-    if unet_config.get("class_embed_type") or extra != family.addition_embed_type:
+    if unet_config.get("class_embed_type") or extra != addition_embed_type:
         raise InvalidInputError(
-            f"--export-single-file cannot write this {family.name} base model: its UNet has "
+            f"--export-single-file cannot write this {family_name} base model: its UNet has "
             f"{'class' if unet_config.get('class_embed_type') else repr(extra)} embeddings, which "
             "the Stable Diffusion 1.x/2.x/XL checkpoint layout does not hold")
 
