@@ -44,9 +44,16 @@ from dreambooth_job.exit_codes import ExitCode, JobError
 from dreambooth_job.metrics import PrometheusObserver
 from dreambooth_job.outputs import notify
 from dreambooth_job.outputs.result import COMPLETION_MARKER
-from dreambooth_job.phases import class_images, evaluation, existing_output, photos, publish, samples
-from dreambooth_job.phases import fine_tune as training
-from dreambooth_job.phases import load_model as model
+from dreambooth_job.phases import (
+    class_images,
+    evaluation,
+    existing_output,
+    fine_tune,
+    load_model,
+    photos,
+    publish,
+    samples,
+)
 from dreambooth_job.phases.context import RunContext
 from dreambooth_job.storage import disk, s3_client
 from dreambooth_job.storage import places as storage
@@ -66,9 +73,9 @@ class Phase(NamedTuple):
 PHASES = (
     Phase("download", photos.download),
     Phase("validate", photos.validate),
-    Phase("load_model", model.load),
+    Phase("load_model", load_model.load),
     Phase("class_images", class_images.prepare, class_images.wanted),
-    Phase("train", training.train),
+    Phase("train", fine_tune.train),
     Phase("sample", samples.final),
     Phase("evaluate", evaluation.evaluate, evaluation.wanted),
     Phase("upload", publish.upload),

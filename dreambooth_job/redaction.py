@@ -9,7 +9,7 @@ user-info part of a URL (`user:password@`, `token@`), the values of presigned-UR
 parameters (AWS SigV4 and SigV2, GCS), and access-key ids. A leak through a new writer is avoided
 by passing what it writes through `redact` or `redact_value`, never by a pattern of its own.
 
-Leaf module: standard library only, so config.py and the k8s tools can use it without torch.
+Leaf module: standard library only, so the config and the k8s tools can use it without torch.
 """
 
 from __future__ import annotations

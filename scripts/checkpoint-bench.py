@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from dreambooth_job.bench import architectures as bench_models
+from dreambooth_job.bench import architectures
 from dreambooth_job.config.train_config import TrainConfig
 from dreambooth_job.devtools.s3server import LocalS3Server
 from dreambooth_job.storage import s3_client
@@ -36,13 +36,13 @@ STEPS_AFTER_CHECKPOINT = 2
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("work", type=Path)
-    parser.add_argument("--model", default="sd15", choices=[a for a in bench_models.ARCHITECTURES
-                                                            if a not in bench_models.UNSUPPORTED])
+    parser.add_argument("--model", default="sd15", choices=[a for a in architectures.ARCHITECTURES
+                                                            if a not in architectures.UNSUPPORTED])
     parser.add_argument("--rounds", type=int, default=2)
     args = parser.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
 
-    pipeline = bench_models.build_pipeline(args.model, seed=0)
+    pipeline = architectures.build_pipeline(args.model, seed=0)
     images = [Image.fromarray((np.random.default_rng(i).random((64, 64, 3)) * 255).astype("uint8"))
               for i in range(2)]
     config = TrainConfig(instance_data="bench", class_noun="dog", output="bench", resolution=64,

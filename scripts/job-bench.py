@@ -24,7 +24,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from dreambooth_job.bench import architectures as bench_models
+from dreambooth_job.bench import architectures
 from dreambooth_job.devtools import demo, s3server, tiny_models
 from dreambooth_job.storage import places as storage
 from dreambooth_job.storage import s3_client
@@ -34,7 +34,7 @@ def build_base_model(name: str, directory: Path) -> None:
     if name == "tiny":
         tiny_models.build_tiny_pipeline(directory)
     else:
-        bench_models.build_pipeline(name).save_pretrained(directory, safe_serialization=True)
+        architectures.build_pipeline(name).save_pretrained(directory, safe_serialization=True)
 
 
 def timed_train(args: list[str], log: Path) -> dict:

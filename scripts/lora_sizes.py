@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import argparse
 
-from dreambooth_job.bench import architectures as bench_models
+from dreambooth_job.bench import architectures
 from dreambooth_job.bench.estimate import parameter_counts
-from dreambooth_job.training import lora_adapters as lora
+from dreambooth_job.training import lora_adapters
 
 MB = 1e6
 
@@ -23,11 +23,12 @@ def sizes(model: str, rank: int) -> dict[str, float]:
     from accelerate import init_empty_weights
 
     with init_empty_weights():
-        pipe = bench_models.build_pipeline(model)
+        pipe = architectures.build_pipeline(model)
     counts = parameter_counts(pipe)
-    unet_attention = lora.lora_parameter_count(pipe.unet, rank, lora.DEFAULT_UNET_TARGETS)
-    unet_conv = lora.lora_parameter_count(pipe.unet, rank, lora.UNET_CONV_TARGETS)
-    text = lora.lora_parameter_count(pipe.text_encoder, rank, lora.DEFAULT_TEXT_ENCODER_TARGETS)
+    unet_attention = lora_adapters.lora_parameter_count(pipe.unet, rank, lora_adapters.DEFAULT_UNET_TARGETS)
+    unet_conv = lora_adapters.lora_parameter_count(pipe.unet, rank, lora_adapters.UNET_CONV_TARGETS)
+    text = lora_adapters.lora_parameter_count(pipe.text_encoder, rank,
+                                              lora_adapters.DEFAULT_TEXT_ENCODER_TARGETS)
     return {
         "full pipeline, fp16 (UNet + text encoder + VAE)": sum(counts.values()) * 2 / MB,
         "full pipeline, fp32": sum(counts.values()) * 4 / MB,

@@ -13,7 +13,7 @@ random weights, so a benchmark needs no download:
   width 768, and OpenCLIP ViT-bigG, 32 layers of width 1280 with a 1280 projection), `text_time`
   added conditioning, VAE as SD's with scaling factor 0.13025, 1024 px).
 
-Built on any device: `device="meta"` gives the shapes without memory, which memory.py's estimate
+Built on any device: `device="meta"` gives the shapes without memory, which memory_estimate.py's estimate
 (bench/estimate.py) and bench's refusal read before anything real is allocated. The model's family
 (families.for_pipeline) says which of the pipeline's modules are what.
 

@@ -34,18 +34,14 @@ from pathlib import Path
 import click
 
 from dreambooth_job import families
-from dreambooth_job.bench import architectures as bench_models
+from dreambooth_job.bench import architectures, estimate
 from dreambooth_job.bench import device as bench_device
-from dreambooth_job.bench import estimate
 from dreambooth_job.bench import profile as bench_profile
 from dreambooth_job.bench import table as bench_report
 from dreambooth_job.config import sources as config_sources
 from dreambooth_job.config import train_config as cfg
 from dreambooth_job.exit_codes import InvalidInputError
-from dreambooth_job.training import base_models as models
-from dreambooth_job.training import devices
-from dreambooth_job.training import lora_adapters as lora
-from dreambooth_job.training import memory_estimate as memory
+from dreambooth_job.training import base_models, devices, lora_adapters, memory_estimate
 from dreambooth_job.training.preflight import missing_capabilities
 
 NUM_IMAGES = 4
@@ -113,10 +109,10 @@ def bench_config(settings: Settings, variant: Variant) -> cfg.TrainConfig:
 
 def memory_refusal(settings: Settings, variants: list[Variant], device_type: str,
                    available: int | None) -> str | None:
-    """Why this machine cannot hold even the leanest variant (memory.py's estimate of its peak
+    """Why this machine cannot hold even the leanest variant (memory_estimate.py's estimate of its peak
     against the memory available), or None. Checked for the large architectures before they are
     built: the kernel would otherwise kill the process halfway through."""
-    if settings.base_model or settings.model not in bench_models.LARGE or available is None:
+    if settings.base_model or settings.model not in architectures.LARGE or available is None:
         return None
     built = estimate.meta_models(settings.model)
     half = device_type == "cuda"  # the CPU trains in fp32 (mixed precision auto: no)
@@ -223,12 +219,14 @@ def _training_state_bytes(pipeline, config: cfg.TrainConfig) -> int:
     modules = families.for_pipeline(pipeline).trainable_modules(pipeline, config.train_text_encoder)
     if config.train_mode == "lora":
         # The denoiser first (trainable_modules' order), the text encoders after it.
-        params = sum(lora.lora_parameter_count(module, config.lora_rank, config.lora_target_modules
-                                               if name == "denoiser" else lora.DEFAULT_TEXT_ENCODER_TARGETS)
+        params = sum(lora_adapters.lora_parameter_count(
+                         module, config.lora_rank,
+                         config.lora_target_modules if name == "denoiser"
+                         else lora_adapters.DEFAULT_TEXT_ENCODER_TARGETS)
                      for name, module in modules.items())
     else:
-        params = memory.trained_parameters(modules.values())
-    return memory.training_state_bytes(params, config.use_8bit_adam)
+        params = memory_estimate.trained_parameters(modules.values())
+    return memory_estimate.training_state_bytes(params, config.use_8bit_adam)
 
 
 def _images(settings: Settings, seed: int):
@@ -251,13 +249,13 @@ def model_builder(settings: Settings):
     if settings.base_model:
 
         cache_dir = cfg.TrainConfig(instance_data="bench", class_noun="dog", output="bench").cache_dir
-        base = models.resolve_base_model(settings.base_model, cache_dir)
+        base = base_models.resolve_base_model(settings.base_model, cache_dir)
         # An unsupported family (SDXL for now) exits 2 before any row, naming its pipeline class.
         families.detect(base.local_path, cache_dir, source=base.source)
-        return lambda: models.load_pipeline(base, cache_dir)
-    if settings.model in bench_models.UNSUPPORTED:
-        raise InvalidInputError(bench_models.UNSUPPORTED[settings.model])
-    return lambda: bench_models.build_pipeline(settings.model, seed=settings.seed)
+        return lambda: base_models.load_pipeline(base, cache_dir)
+    if settings.model in architectures.UNSUPPORTED:
+        raise InvalidInputError(architectures.UNSUPPORTED[settings.model])
+    return lambda: architectures.build_pipeline(settings.model, seed=settings.seed)
 
 
 def run_bench(settings: Settings, variants: list[Variant], *, echo=lambda line: None) -> dict:
@@ -303,7 +301,7 @@ def run_bench(settings: Settings, variants: list[Variant], *, echo=lambda line: 
 
 # ----------------------------------------------------------------------------------------------
 @click.command("bench")
-@click.option("--model", type=click.Choice(bench_models.ARCHITECTURES), default="tiny", show_default=True,
+@click.option("--model", type=click.Choice(architectures.ARCHITECTURES), default="tiny", show_default=True,
               help="Architecture built from its published config with random weights.")
 @click.option("--base-model", help="A diffusers SD 1.x/2.x pipeline (directory, s3:// or hub id) "
                                    "instead of --model.")
@@ -333,9 +331,9 @@ def bench(model: str, base_model: str | None, resolution: int | None, batch_size
     FLOPs per step, TFLOP/s and MFU, for several option sets side by side."""
     if steps < 1 or warmup < 0 or batch_size < 1:
         raise InvalidInputError("--steps and --batch-size must be at least 1, --warmup at least 0")
-    if not base_model and model in bench_models.UNSUPPORTED:
-        raise InvalidInputError(bench_models.UNSUPPORTED[model])
-    settings = Settings(model, base_model, resolution or bench_models.NATIVE_RESOLUTION.get(model, 512),
+    if not base_model and model in architectures.UNSUPPORTED:
+        raise InvalidInputError(architectures.UNSUPPORTED[model])
+    settings = Settings(model, base_model, resolution or architectures.NATIVE_RESOLUTION.get(model, 512),
                         batch_size, steps, warmup, prior_preservation, seed, profile_dir)
     variants = [] if no_default else [Variant("default")]
     if baseline:

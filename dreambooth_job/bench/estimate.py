@@ -14,11 +14,10 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 from dreambooth_job import families
-from dreambooth_job.bench import architectures as bench_models
+from dreambooth_job.bench import architectures
 from dreambooth_job.config.train_config import TrainConfig
 from dreambooth_job.families import ModelFamily
-from dreambooth_job.training import lora_adapters as lora
-from dreambooth_job.training import memory_estimate as memory
+from dreambooth_job.training import lora_adapters, memory_estimate
 
 VAE_SCALE = 8
 IMAGES_PER_STEP = 2  # batch 1 with prior preservation: one subject photo and one class image
@@ -43,7 +42,7 @@ class MetaModel(NamedTuple):
 
 def meta_models(model: str) -> MetaModel:
     """Architecture `model` built on the meta device, with its family."""
-    pipeline = bench_models.build_pipeline(model, device="meta")
+    pipeline = architectures.build_pipeline(model, device="meta")
     family = families.for_pipeline(pipeline)
     return MetaModel(family, family.components(pipeline))
 
@@ -57,7 +56,7 @@ def parameter_counts(pipeline) -> dict[str, int]:
 
 
 def native_resolution(model: str) -> int:
-    return bench_models.NATIVE_RESOLUTION[model]
+    return architectures.NATIVE_RESOLUTION[model]
 
 
 def estimate(model: str, *, train_mode: str = "full", checkpointing: bool = False,
@@ -71,12 +70,12 @@ def estimate(model: str, *, train_mode: str = "full", checkpointing: bool = Fals
     denoiser = modules["denoiser"]
     if train_mode == "lora":
         defaults = TrainConfig()  # --lora-rank and --lora-target-modules at their defaults
-        trainable = lora.lora_parameter_count(denoiser, lora_rank or defaults.lora_rank,
-                                              defaults.lora_target_modules)
+        trainable = lora_adapters.lora_parameter_count(denoiser, lora_rank or defaults.lora_rank,
+                                                       defaults.lora_target_modules)
         frozen = sum(counts.values())
     else:
         trainable, frozen = counts["denoiser"], sum(counts.values()) - counts["denoiser"]
-    peak = memory.peak_bytes(
+    peak = memory_estimate.peak_bytes(
         trainable_params=trainable, frozen_params=frozen,
         activation_levels=family.activation_levels(denoiser.config, resolution // VAE_SCALE),
         images_per_step=IMAGES_PER_STEP, half_precision=half_precision,

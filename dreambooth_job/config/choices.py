@@ -1,5 +1,5 @@
 """The constants `TrainConfig`'s fields are declared with: choices, defaults and name groups. A leaf
-module (no imports); config.py re-exports every name, so `config.X` keeps working."""
+module (no imports): train_config.py and the option declarations import it."""
 
 ENV_PREFIX = "DREAMBOOTH_"
 DEFAULT_BASE_MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"
@@ -16,8 +16,8 @@ COMPILE_MODE_CHOICES = ("default", "reduce-overhead", "max-autotune", "max-autot
 TRAIN_MODE_CHOICES = ("full", "lora")
 # The usual peak rates: the paper's full fine-tuning, and diffusers' and kohya's LoRA trainers.
 DEFAULT_LEARNING_RATES = {"full": 5e-6, "lora": 1e-4}
-# LoRA's default targets: the UNet's attention projections (lora.py; kept here so that this module
-# stays a leaf without the training dependencies).
+# LoRA's default targets: the UNet's attention projections (training/lora_adapters.py; kept here
+# so that this module stays a leaf without the training dependencies).
 DEFAULT_LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
 AUTO = "auto"
 # Ids become label values (subject, batch), S3 path parts, metric labels and page text: what a

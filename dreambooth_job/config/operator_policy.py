@@ -19,10 +19,10 @@ ignores conditional writes is refused, and so is a completion call to an interna
 (loopback, link-local, private, ...: config/outbound.py) of a host the allow-list does not name.
 
 The ceilings (the `max_*` fields) bound what a tenant may ask for, whoever runs the job: a train
-option that declares `ceiling=` (config.py) above its ceiling is exit 2 at `submit`/`batch` and at
-the job's start (config/policy_checks.py), and the Job builders refuse a pod above the resource ceilings
-(k8s/cluster_settings.py). Their defaults leave every sizing profile's run possible.
-"""
+option that declares `ceiling=` (config/train_config.py) above its ceiling is exit 2 at
+`submit`/`batch` and at the job's start (config/policy_checks.py), and the Job builders refuse a pod
+above the resource ceilings (k8s/cluster_settings.py). Their defaults leave every sizing profile's
+run possible."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""What `TrainConfig` (config.py) declares about each option besides its type and default: its
+"""What `TrainConfig` (train_config.py) declares about each option besides its type and default: its
 role, help text, bounds and the commands that take it. Every consumer reads these: `validate`,
 the run's identity (config/run_identity.py), the Jobs' arguments (config_sources.to_cli_args), the chart's
 values schema (helm/sync_chart.py) and `dreambooth-job evaluate`'s options.

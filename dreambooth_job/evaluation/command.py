@@ -19,16 +19,14 @@ import click
 
 from dreambooth_job import log
 from dreambooth_job.cli_options import resolve_train_config
-from dreambooth_job.config import field_types, introspection
-from dreambooth_job.config import subject_identifier as identifiers
+from dreambooth_job.config import field_types, introspection, subject_identifier
 from dreambooth_job.config import train_config as cfg
 from dreambooth_job.evaluation import metrics_block
 from dreambooth_job.evaluation.evaluator import Evaluator, validate_config
 from dreambooth_job.exit_codes import InvalidInputError
 from dreambooth_job.redaction import redact_value
 from dreambooth_job.storage import places as storage
-from dreambooth_job.training import base_models as models
-from dreambooth_job.training import devices
+from dreambooth_job.training import base_models, devices
 
 OUTPUT_FILE = "evaluation.json"
 # The TrainConfig options this command takes: those declared with `evaluation=True`.
@@ -76,7 +74,7 @@ def evaluate(model_source: str, output: str | None, baseline: bool, **params) ->
 
 def run_evaluation(model_source: str, config: cfg.TrainConfig, *, baseline: bool = False) -> dict:
     """The report of `evaluate`: rows "finetuned" (and "base"), "real", and the protocol."""
-    from dreambooth_job.training import subject_photos as data  # deferred: subject_photos imports PIL
+    from dreambooth_job.training import subject_photos  # deferred: subject_photos imports PIL
 
     log.configure(config.log_format)
     for name in ("instance_data", "class_noun"):
@@ -84,20 +82,20 @@ def run_evaluation(model_source: str, config: cfg.TrainConfig, *, baseline: bool
             raise InvalidInputError(f"missing required option {field_types.flag_name(name)}")
     validate_config(config)  # bad options fail before any download
     with tempfile.TemporaryDirectory(prefix="dreambooth-eval-") as work:
-        skipped = data.download_photos(config, Path(work)).skipped
-        photos = data.load_subject_photos(Path(work), config, skipped).images
-    to_score = {"finetuned": models.resolve_base_model(model_source, config.cache_dir)}
+        skipped = subject_photos.download_photos(config, Path(work)).skipped
+        photos = subject_photos.load_subject_photos(Path(work), config, skipped).images
+    to_score = {"finetuned": base_models.resolve_base_model(model_source, config.cache_dir)}
     if baseline:
-        to_score = {"base": models.resolve_base_model(config.base_model, config.cache_dir),
+        to_score = {"base": base_models.resolve_base_model(config.base_model, config.cache_dir),
                     **to_score}
     evaluator = Evaluator.load(config)
 
     rows = []
     for label, model in to_score.items():
-        pipeline = models.load_pipeline(model, config.cache_dir).to(devices.pick_device())
+        pipeline = base_models.load_pipeline(model, config.cache_dir).to(devices.pick_device())
         token = config.identifier
         if token == "auto":
-            token = identifiers.choose_identifier(pipeline.tokenizer).token
+            token = subject_identifier.choose_identifier(pipeline.tokenizer).token
         rows.append(evaluator.evaluate(pipeline, photos, token, config.class_noun, label))
         del pipeline  # one pipeline in memory at a time
     return {"model": model_source, "base_model": config.base_model if baseline else None,

@@ -17,7 +17,7 @@ from dreambooth_job.evaluation import scores
 from dreambooth_job.evaluation.encoders import ClipEncoder, DinoEncoder, Unavailable
 from dreambooth_job.exit_codes import InvalidInputError, JobError
 from dreambooth_job.generation import sampling
-from dreambooth_job.training import base_models as models
+from dreambooth_job.training import base_models
 
 log = logging.getLogger(__name__)
 
@@ -103,7 +103,7 @@ class Evaluator:
             raise InvalidInputError("evaluation needs at least one real photo of the subject")
         started = time.perf_counter()
         # A job passes its config with auto resolved; `evaluate` resolves it for each model.
-        resolution = models.training_resolution(self.config.resolution, pipeline)
+        resolution = base_models.training_resolution(self.config.resolution, pipeline)
         # No pipeline (no evaluator model loaded, nothing to sample): no sampler either.
         sampler = sampling.sampler_name(pipeline) if pipeline is not None else None
         protocol = self.protocol(class_noun, resolution, sampler=sampler)

@@ -18,9 +18,9 @@ class ImageGeometry(NamedTuple):
     """Where a training image came from, for families conditioned on it (SDXL's time ids)."""
 
     original_size: tuple[int, int]
-    """(width, height) of the image as uploaded (data.Photo.original_size)."""
+    """(width, height) of the image as uploaded (subject_photos.Photo.original_size)."""
     crop_top_left: tuple[int, int]
-    """(top, left) of the square crop trained on, in the resized image (data.square_crop_at)."""
+    """(top, left) of the square crop trained on, in the resized image (subject_photos.square_crop_at)."""
     target_size: int
     """The side of the square crop: the training resolution."""
 
@@ -209,14 +209,14 @@ class ModelFamily(ABC):
                 **self.text_encoders(pipeline)}
 
     def class_cache_tag(self) -> str | None:
-        """What the class-image cache key (priors.cache_key) holds for this family, so that one
+        """What the class-image cache key (prior_images.cache_key) holds for this family, so that one
         family's class images never serve another's run: its name."""
         return self.name
 
     @abstractmethod
     def activation_levels(self, denoiser_config, latent_side: int) -> list[int]:
         """Per image, the denoiser's saved-activation units of each level at a latent of
-        `latent_side` (memory.py scales them by its measured bytes per unit): the sum is a step's
+        `latent_side` (memory_estimate.py scales them by its measured bytes per unit): the sum is a step's
         activations, the largest what gradient checkpointing recomputes at once."""
 
 

@@ -1,7 +1,8 @@
-"""The LoRA files each family publishes, in each format (lora_files.py writes them, outputs.py
-decides when): which pipeline modules carry adapters, diffusers' `pytorch_lora_weights` (written by
-the family's pipeline class) and the single file kohya-ss sd-scripts, AUTOMATIC1111 (models/Lora)
-and ComfyUI (LoraLoader) load. A family declares its `LoraFormat` as `ModelFamily.lora_format`.
+"""The LoRA files each family publishes, in each format (outputs/lora_writers.py writes them,
+outputs/weight_files.py decides when): which pipeline modules carry adapters, diffusers'
+`pytorch_lora_weights` (written by the family's pipeline class) and the single file kohya-ss
+sd-scripts, AUTOMATIC1111 (models/Lora) and ComfyUI (LoraLoader) load. A family declares its
+`LoraFormat` as `ModelFamily.lora_format`.
 
 The generic part (peft's adapter tensors, the cast, the header, each module's alpha) is
 outputs/lora_writers.py's; what differs between families is here:

@@ -4,7 +4,7 @@ included, trained on low-rank adapters (Hu et al. 2021) while the base weights s
     mode = train_mode(config)           # families.train_mode: LoraTrainMode for --train-mode lora
     Trainer(config, pipe, ..., mode=mode)
 
-`trainable_parameters` adds peft adapters (lora.add_lora) to the UNet's --lora-target-modules and,
+`trainable_parameters` adds peft adapters (lora_adapters.add_lora) to the UNet's --lora-target-modules and,
 with --train-text-encoder, to each text encoder's attention projections; only the adapters'
 parameters reach the optimizer. The Trainer keeps the frozen base in the compute dtype (fp16/bf16
 under mixed precision, as diffusers' LoRA trainer does) and the adapters in fp32, and its
@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from dreambooth_job.families.base import ModelFamily, TrainMode
-from dreambooth_job.training import lora_adapters as lora
+from dreambooth_job.training import lora_adapters
 
 
 class LoraTrainMode(TrainMode):
@@ -53,10 +53,10 @@ class LoraTrainMode(TrainMode):
         # the seed's: two runs of one config start alike, so a resumed run ends like the other.
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.seed)
-            lora.add_lora(denoiser, target_modules=self.unet_targets, **options)
+            lora_adapters.add_lora(denoiser, target_modules=self.unet_targets, **options)
             for encoder in modules.values():
-                lora.add_lora(None, encoder, **options)
-        return [p for module in (denoiser, *modules.values()) for p in lora.lora_parameters(module)]
+                lora_adapters.add_lora(None, encoder, **options)
+        return [p for module in (denoiser, *modules.values()) for p in lora_adapters.lora_parameters(module)]
 
     def save(self, family: ModelFamily, pipeline, directory: str | Path) -> None:
         save_merged_pipeline(family, pipeline, directory)
@@ -71,8 +71,8 @@ def save_merged_pipeline(family: ModelFamily, pipeline, directory: str | Path) -
     merged = copy.copy(pipeline)  # shallow: only the adapted modules are replaced below
     for name in (family.denoiser_name, *family.text_encoder_names):
         module = getattr(pipeline, name)
-        if lora.has_lora(module):
+        if lora_adapters.has_lora(module):
             # fp32 before merging: a bf16 base would round most of a small update away.
-            plain = lora.merge_lora(copy.deepcopy(module).to("cpu", torch.float32))
+            plain = lora_adapters.merge_lora(copy.deepcopy(module).to("cpu", torch.float32))
             setattr(merged, name, plain)
     family.save_pipeline(merged, directory)

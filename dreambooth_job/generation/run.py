@@ -31,8 +31,7 @@ from dreambooth_job.generation.generate_config import GenerateConfig, location_p
 from dreambooth_job.generation.source import RunSource, find_run, load_pipeline
 from dreambooth_job.redaction import redact_value
 from dreambooth_job.storage import places as storage
-from dreambooth_job.training import base_models as models
-from dreambooth_job.training import devices
+from dreambooth_job.training import base_models, devices
 
 logger = logging.getLogger("dreambooth_job")
 
@@ -70,7 +69,7 @@ def generate(config: GenerateConfig) -> dict[str, Any]:
     if config.resolution is None and source.resolution is not None:
         _check_recorded_resolution(config, source.resolution)  # before the model loads
     pipeline = load_pipeline(source, config.cache_dir)
-    resolution = models.training_resolution(config.resolution or source.resolution, pipeline)
+    resolution = base_models.training_resolution(config.resolution or source.resolution, pipeline)
     use_sampler(pipeline, families.for_pipeline(pipeline), config.sampler)
     device = devices.pick_device()
     pipeline.to(device)

@@ -27,7 +27,7 @@ from dreambooth_job.outputs.lora_writers import DIFFUSERS_WEIGHT_NAME
 from dreambooth_job.outputs.result import COMPLETION_MARKER, RESULT_FILE
 from dreambooth_job.outputs.weight_files import LORA_DIR, MODEL_DIR
 from dreambooth_job.storage import places as storage
-from dreambooth_job.training import base_models as models
+from dreambooth_job.training import base_models
 
 logger = logging.getLogger("dreambooth_job")
 WEIGHTS = (MODEL_DIR, LORA_DIR)
@@ -99,12 +99,13 @@ def load_pipeline(source: RunSource, cache_dir: str):
     the run's --vae) and lora/'s adapters loaded as a user would (`load_lora_weights`)."""
 
     if source.weights == MODEL_DIR:
-        return models.load_pipeline(models.resolve_base_model(source.weights_uri, cache_dir), cache_dir)
+        base = base_models.resolve_base_model(source.weights_uri, cache_dir)
+        return base_models.load_pipeline(base, cache_dir)
     if not source.base_model:
         raise InvalidInputError(f"--model {source.run}: the LoRA run recorded no base model")
-    base = models.resolve_base_model(source.base_model, cache_dir)
-    pipeline = models.load_pipeline(base, cache_dir)
-    pipeline, _ = models.with_vae(pipeline, base, source.vae, cache_dir)
+    base = base_models.resolve_base_model(source.base_model, cache_dir)
+    pipeline = base_models.load_pipeline(base, cache_dir)
+    pipeline, _ = base_models.with_vae(pipeline, base, source.vae, cache_dir)
     with tempfile.TemporaryDirectory(prefix="dreambooth-lora-") as local:
         adapter = storage.join(source.weights_uri, DIFFUSERS_WEIGHT_NAME)
         try:

@@ -129,7 +129,7 @@ def _is_flattened_clip(module) -> bool:
 def _header(metadata: Mapping[str, str] | None, denoiser) -> dict[str, str]:
     """The caller's metadata (strings only: the safetensors header holds strings), plus rank and alpha."""
     if not has_lora(denoiser):
-        raise ValueError("the denoiser carries no LoRA adapter to save (lora.add_lora adds one)")
+        raise ValueError("the denoiser carries no LoRA adapter to save (lora_adapters.add_lora adds one)")
     header = {"format": "pt"}
     for key, value in (metadata or {}).items():
         if not isinstance(key, str) or not isinstance(value, str):

@@ -1,5 +1,5 @@
 """The weight files a run publishes, decided by the trained model itself: a denoiser that carries
-LoRA adapters (`lora.has_lora`) publishes the adapters, any other the full pipeline. What the files
+LoRA adapters (`lora_adapters.has_lora`) publishes the adapters, any other the full pipeline. What the files
 hold is the model family's (`ModelFamily.lora_format`, the single-file layout).
 
     written = write_outputs(pipeline, work / "output", OutputSettings(subject_id="dog-1", ...))
@@ -32,12 +32,11 @@ from pathlib import Path
 
 from dreambooth_job import families
 from dreambooth_job.families import for_pipeline
-from dreambooth_job.outputs import lora_writers as lora_files
-from dreambooth_job.outputs import result
+from dreambooth_job.outputs import lora_writers, result
 from dreambooth_job.outputs.export.precision import save_pretrained_precision
 from dreambooth_job.outputs.export.single_file import save_single_file
 from dreambooth_job.storage import places as storage
-from dreambooth_job.training import lora_adapters as lora
+from dreambooth_job.training import lora_adapters
 
 logger = logging.getLogger("dreambooth_job")
 
@@ -96,7 +95,7 @@ def write_outputs(pipeline, directory: Path, settings: OutputSettings) -> Writte
     written = WrittenOutputs()
     family = families.for_pipeline(pipeline)
     modules = family.lora_format.modules(pipeline)
-    if lora.has_lora(next(iter(modules.values()))):  # the denoiser's adapters: a LoRA run
+    if lora_adapters.has_lora(next(iter(modules.values()))):  # the denoiser's adapters: a LoRA run
         written.lora = _write_lora(family, modules, directory, settings)
         if settings.lora_merge or settings.single_file:
             with _merged(pipeline, modules) as merged:
@@ -125,9 +124,9 @@ def _write_lora(family, modules, directory: Path, settings: OutputSettings) -> l
     """The adapters in diffusers' and in kohya's format, as the family writes them; the text
     encoders' when they have any."""
     lora_dir = directory / LORA_DIR
-    diffusers_file = lora_files.save_lora_diffusers(
+    diffusers_file = lora_writers.save_lora_diffusers(
         lora_dir, family, modules, dtype=settings.precision, metadata=settings.metadata)
-    kohya_file = lora_files.save_lora_kohya(
+    kohya_file = lora_writers.save_lora_kohya(
         lora_dir / single_file_name(settings.subject_id), family, modules,
         dtype=settings.precision, metadata=settings.metadata)
     return [p.relative_to(directory).as_posix() for p in (diffusers_file, kohya_file)]
@@ -139,12 +138,12 @@ class _merged:
 
     def __init__(self, pipeline, modules):
         self.pipeline = pipeline
-        self.originals = {name: module for name, module in modules.items() if lora.has_lora(module)}
+        self.originals = {name: module for name, module in modules.items() if lora_adapters.has_lora(module)}
 
     def __enter__(self):
         for name, module in self.originals.items():
             # A copy: merging is in place, and the run samples and evaluates base + adapter after.
-            setattr(self.pipeline, name, lora.merge_lora(copy.deepcopy(module)))
+            setattr(self.pipeline, name, lora_adapters.merge_lora(copy.deepcopy(module)))
         return self.pipeline
 
     def __exit__(self, *exc) -> None:

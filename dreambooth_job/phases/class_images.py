@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dreambooth_job.outputs.result import ClassImagesInfo
 from dreambooth_job.phases.context import RunContext
-from dreambooth_job.training import prior_images as priors
+from dreambooth_job.training import prior_images
 from dreambooth_job.training.devices import pick_device
 
 
@@ -16,8 +16,9 @@ def wanted(ctx: RunContext) -> bool:
 def prepare(ctx: RunContext) -> None:
     config, model = ctx.run_config, ctx.loaded
     model.pipeline.to(pick_device())
-    cached = priors.prepare_class_images(model.pipeline, config, model_fingerprint=model.base.fingerprint,
-                                         class_prompt=model.prompts.class_prompt)
+    cached = prior_images.prepare_class_images(model.pipeline, config,
+                                               model_fingerprint=model.base.fingerprint,
+                                               class_prompt=model.prompts.class_prompt)
     ctx.class_images = cached.images
     ctx.observer.class_images(generated=cached.generated, reused=cached.reused)
     ctx.result.class_images = ClassImagesInfo(

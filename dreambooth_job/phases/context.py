@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from dreambooth_job.config import subject_identifier as identifiers
+from dreambooth_job.config import subject_identifier
 from dreambooth_job.config.train_config import TrainConfig
 from dreambooth_job.events import JobObserver
 from dreambooth_job.outputs.loss_history import LossHistory
@@ -35,9 +35,9 @@ from dreambooth_job.redaction import redact_value
 from dreambooth_job.storage import places as storage
 from dreambooth_job.storage.lease import Lease, pod_identity
 from dreambooth_job.termination import StopRequest
-from dreambooth_job.training import base_models as models
-from dreambooth_job.training import subject_photos as data
+from dreambooth_job.training import base_models
 from dreambooth_job.training.checkpoint import BackgroundUploads, CheckpointStore
+from dreambooth_job.training.subject_photos import Rejected, SubjectPhotos
 
 if TYPE_CHECKING:
     from diffusers import DiffusionPipeline
@@ -53,11 +53,11 @@ logger = logging.getLogger("dreambooth_job")
 class LoadedModel:
     """Phase load_model's part: the base model as the run trains it."""
 
-    base: models.BaseModel
+    base: base_models.BaseModel
     pipeline: DiffusionPipeline  # sampling.fast_pipeline's: the grids' and class images' sampler
     objective: TrainingObjective
-    resolution: int  # --resolution, auto resolved (models.training_resolution)
-    identifier: identifiers.Identifier
+    resolution: int  # --resolution, auto resolved (base_models.training_resolution)
+    identifier: subject_identifier.Identifier
     prompts: Prompts  # the config's templates with the identifier and the class noun filled in
 
 
@@ -74,10 +74,10 @@ class RunContext:
     notifier: Notifier | None = None  # the completion call, with --notify-url
     work: Path = Path()  # the run's temporary directory, once it exists
     # What the phases produced, in their order, each set once by the phase named.
-    skipped: list[data.Rejected] = field(default_factory=list)  # download: photos not downloaded
-    photos: data.SubjectPhotos | None = None  # validate: decoded at --resolution (auto: the largest)
+    skipped: list[Rejected] = field(default_factory=list)  # download: photos not downloaded
+    photos: SubjectPhotos | None = None  # validate: decoded at --resolution (auto: the largest)
     model: LoadedModel | None = None  # load_model
-    training_photos: data.SubjectPhotos | None = None  # load_model: the photos at model.resolution
+    training_photos: SubjectPhotos | None = None  # load_model: the photos at model.resolution
     class_images: list[Image.Image] | None = None  # class_images
     trainer: Trainer | None = None  # train; only phases/fine_tune.py calls it
     steps_done: int = 0  # train
@@ -108,7 +108,7 @@ class RunContext:
         return self.model
 
     @property
-    def subject_photos(self) -> data.SubjectPhotos:
+    def subject_photos(self) -> SubjectPhotos:
         """The photos at the training resolution (phase load_model's), for the phases after it."""
         if self.training_photos is None:
             raise RuntimeError("the training photos are read before phase load_model ran")

@@ -8,7 +8,7 @@ from dreambooth_job.evaluation.evaluator import validate_config
 from dreambooth_job.generation import sampling
 from dreambooth_job.phases.context import RunContext
 from dreambooth_job.phases.trained_model import inference_pipeline
-from dreambooth_job.training import base_models as models
+from dreambooth_job.training import base_models
 from dreambooth_job.training.devices import pick_device
 
 
@@ -31,7 +31,7 @@ def evaluate(ctx: RunContext) -> None:
     tuned = evaluator.evaluate(inference_pipeline(ctx), photos, token, config.class_noun,
                                label="finetuned")
     # Reloaded from the local cache: training changed the loaded weights in place.
-    base_pipeline = sampling.fast_pipeline(models.load_pipeline(model.base, config.cache_dir))
+    base_pipeline = sampling.fast_pipeline(base_models.load_pipeline(model.base, config.cache_dir))
     baseline = evaluator.evaluate(base_pipeline.to(pick_device()), photos, token,
                                   config.class_noun, label="base")
     ctx.observer.evaluation({**gauges(tuned), **gauges(baseline, prefix="base_")})

@@ -7,29 +7,28 @@ from __future__ import annotations
 import logging
 
 from dreambooth_job import families
-from dreambooth_job.config import subject_identifier as identifiers
+from dreambooth_job.config import subject_identifier
 from dreambooth_job.config.train_config import TrainConfig
 from dreambooth_job.generation import sampling
-from dreambooth_job.outputs import weight_files as outputs
+from dreambooth_job.outputs import weight_files
 from dreambooth_job.outputs.result import BaseModelInfo, Identifier, Prompts
 from dreambooth_job.phases.context import LoadedModel, RunContext
-from dreambooth_job.training import base_models as models
-from dreambooth_job.training import subject_photos as data
+from dreambooth_job.training import base_models, subject_photos
 
 logger = logging.getLogger("dreambooth_job")
 
 
 def load(ctx: RunContext) -> None:
     config = ctx.config
-    base = models.resolve_base_model(config.base_model, config.cache_dir)
-    pipeline = models.load_pipeline(base, config.cache_dir)
-    pipeline, base = models.with_vae(pipeline, base, config.vae, config.cache_dir)
-    outputs.check_exportable(pipeline, single_file=config.export_single_file)
+    base = base_models.resolve_base_model(config.base_model, config.cache_dir)
+    pipeline = base_models.load_pipeline(base, config.cache_dir)
+    pipeline, base = base_models.with_vae(pipeline, base, config.vae, config.cache_dir)
+    weight_files.check_exportable(pipeline, single_file=config.export_single_file)
     resolution = resolve_resolution(ctx, pipeline)
     # Before fast_pipeline swaps the scheduler for sampling: the objective reads the base model's own.
     objective = families.for_pipeline(pipeline).training_objective(pipeline)
-    identifier = (identifiers.choose_identifier(pipeline.tokenizer) if config.identifier == "auto"
-                  else identifiers.user_identifier(pipeline.tokenizer, config.identifier))
+    identifier = (subject_identifier.choose_identifier(pipeline.tokenizer) if config.identifier == "auto"
+                  else subject_identifier.user_identifier(pipeline.tokenizer, config.identifier))
     logger.info("identifier %r (%s, token ids %s)", identifier.token, identifier.chosen,
                 identifier.token_ids)
     ctx.model = model = LoadedModel(
@@ -49,7 +48,7 @@ def resolve_resolution(ctx: RunContext, pipeline) -> int:
     (class images and their cache key, training, samples, evaluation) reads it from the
     `LoadedModel`, and result.json records it (`training.resolution`, and in `config` where the
     run records it)."""
-    resolution = models.training_resolution(ctx.config.resolution, pipeline)
+    resolution = base_models.training_resolution(ctx.config.resolution, pipeline)
     if ctx.config.resolution is None:
         logger.info("resolution auto: %d px (the base model's native resolution)", resolution)
         ctx.result.config["resolution"] = resolution
@@ -57,19 +56,19 @@ def resolve_resolution(ctx: RunContext, pipeline) -> int:
     return resolution
 
 
-def photos_at(ctx: RunContext, resolution: int) -> data.SubjectPhotos | None:
+def photos_at(ctx: RunContext, resolution: int) -> subject_photos.SubjectPhotos | None:
     """The validated photos at the training resolution: phase validate's when it decoded them at
     it, else decoded again (the same pixels as an explicit --resolution)."""
-    decoded_at = ctx.config.resolution or data.AUTO_DECODE_RESOLUTION
+    decoded_at = ctx.config.resolution or subject_photos.AUTO_DECODE_RESOLUTION
     if ctx.photos is None or resolution == decoded_at:
         return ctx.photos
-    return data.load_subject_photos(ctx.work / "photos", ctx.run_config, skipped=ctx.skipped)
+    return subject_photos.load_subject_photos(ctx.work / "photos", ctx.run_config, skipped=ctx.skipped)
 
 
 def prompts_for(config: TrainConfig, token: str) -> Prompts:
     """The config's prompt templates with the identifier and the class noun filled in."""
     def fill(template: str) -> str:
-        return identifiers.format_prompt(template, token, config.class_noun)
+        return subject_identifier.format_prompt(template, token, config.class_noun)
 
     return Prompts(instance=fill(config.instance_prompt), class_prompt=fill(config.class_prompt),
                    validation=[fill(p) for p in config.validation_prompts])

@@ -5,19 +5,19 @@ from __future__ import annotations
 
 from dreambooth_job.outputs.result import Photos, Rejection
 from dreambooth_job.phases.context import RunContext
-from dreambooth_job.training import subject_photos as data
+from dreambooth_job.training import subject_photos
 
 
 def download(ctx: RunContext) -> None:
-    ctx.skipped = data.download_photos(ctx.config, ctx.work / "photos").skipped
+    ctx.skipped = subject_photos.download_photos(ctx.config, ctx.work / "photos").skipped
     # Named even when validation then fails for too few photos.
     ctx.result.photos = Photos(rejected=_rejections(ctx.skipped))
 
 
 def validate(ctx: RunContext) -> None:
-    ctx.photos = data.load_subject_photos(ctx.work / "photos", ctx.config, skipped=ctx.skipped)
+    ctx.photos = subject_photos.load_subject_photos(ctx.work / "photos", ctx.config, skipped=ctx.skipped)
     ctx.result.photos = Photos(used=list(ctx.photos.used), rejected=_rejections(ctx.photos.rejected))
 
 
-def _rejections(records: list[data.Rejected]) -> list[Rejection]:
+def _rejections(records: list[subject_photos.Rejected]) -> list[Rejection]:
     return [Rejection(file=r.file, reason=r.reason) for r in records]

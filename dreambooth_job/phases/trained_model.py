@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from dreambooth_job import __version__
-from dreambooth_job.outputs import weight_files as outputs
+from dreambooth_job.outputs import weight_files
 from dreambooth_job.phases.context import RunContext
 
 if TYPE_CHECKING:
@@ -35,18 +35,18 @@ def save_outputs(ctx: RunContext, directory: Path) -> None:
     denoiser = trainer.family.denoiser(pipe)
     denoiser.eval()
     try:
-        written = outputs.write_outputs(pipe, directory, output_settings(ctx))
+        written = weight_files.write_outputs(pipe, directory, output_settings(ctx))
     finally:
         denoiser.train()
-    outputs.record(ctx.result.outputs, written, ctx.config.output)
+    weight_files.record(ctx.result.outputs, written, ctx.config.output)
 
 
-def output_settings(ctx: RunContext) -> outputs.OutputSettings:
+def output_settings(ctx: RunContext) -> weight_files.OutputSettings:
     config = ctx.config
-    return outputs.OutputSettings(
+    return weight_files.OutputSettings(
         subject_id=config.subject_id, precision=config.save_precision,
         single_file=config.export_single_file, lora_merge=config.lora_merge,
-        metadata=outputs.header_metadata(
+        metadata=weight_files.header_metadata(
             base_fingerprint=ctx.loaded.base.fingerprint, identifier=ctx.loaded.identifier.token,
             class_noun=config.class_noun, steps=ctx.steps_done, subject_id=config.subject_id,
             precision=config.save_precision, version=__version__))

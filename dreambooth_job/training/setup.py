@@ -13,8 +13,7 @@ import torch
 
 from dreambooth_job.config.train_config import TrainConfig
 from dreambooth_job.families import ModelFamily, TrainMode
-from dreambooth_job.training import devices, state
-from dreambooth_job.training import memory_estimate as memory
+from dreambooth_job.training import devices, memory_estimate, state
 
 log = logging.getLogger("dreambooth_job")
 
@@ -117,10 +116,10 @@ def _switch_memory_and_kernels(config: TrainConfig, models: TrainedModels) -> No
 
 def step_bytes(config: TrainConfig, pipeline, family: ModelFamily, models: TrainedModels,
                images: int, half_precision: bool) -> int:
-    """One training step's device memory without gradient checkpointing, as memory.py estimates it
+    """One training step's device memory without gradient checkpointing, as memory_estimate.py estimates it
     from the family's activation levels and the trained parameters."""
-    return memory.training_bytes(config, family, models.denoiser.config, pipeline.vae_scale_factor,
-                                 sum(p.numel() for p in models.trainable), images, half_precision)
+    return memory_estimate.training_bytes(config, family, models.denoiser.config, pipeline.vae_scale_factor,
+                                          sum(p.numel() for p in models.trainable), images, half_precision)
 
 
 def _checkpointing_needed(config: TrainConfig, pipeline, family: ModelFamily, models: TrainedModels,
@@ -129,7 +128,7 @@ def _checkpointing_needed(config: TrainConfig, pipeline, family: ModelFamily, mo
     if runtime.device.type != "cuda":
         return False
     required = step_bytes(config, pipeline, family, models, images, runtime.precision in ("fp16", "bf16"))
-    return memory.needs_checkpointing(required, torch.cuda.mem_get_info(runtime.device)[0])
+    return memory_estimate.needs_checkpointing(required, torch.cuda.mem_get_info(runtime.device)[0])
 
 
 def setup_optimizer(config: TrainConfig, params: list) -> tuple[Any, Any]:

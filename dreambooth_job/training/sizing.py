@@ -9,7 +9,7 @@ that time the job finishes its step, saves a checkpoint, hashes and uploads it (
 A checkpoint holds the trained weights in fp32 and AdamW's two moments (training/state.py): 12 bytes a
 trained parameter, 10.3 GB for SD 1.5's UNet, 30.8 GB for SDXL's, and a few MB of LoRA adapters.
 Every number here derives from each family's reference parameter counts
-(`ModelFamily.reference`, families/reference.py; memory.checkpoint_bytes) and the
+(`ModelFamily.reference`, families/reference.py; memory_estimate.checkpoint_bytes) and the
 ASSUMED rates of the node's disk and of the S3 upload, with a safety factor: estimates, not
 measurements (docs/benchmarks.md, "Preemption"). `Profile.rows` is docs/operator-guide.md's table, and
 helm/sync_chart.py writes the same profiles into the chart (files/package.yaml's `sizing`).
@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from dreambooth_job import families
 from dreambooth_job.families import ModelFamily
 from dreambooth_job.families.reference import ReferenceModel
-from dreambooth_job.training import memory_estimate as memory
+from dreambooth_job.training import memory_estimate
 
 log = logging.getLogger(__name__)
 
@@ -129,14 +129,14 @@ def _gib(num_bytes: float, multiple: int = 8) -> int:
 
 def build_profile(family: ModelFamily, train_mode: str) -> Profile:
     params = family.reference
-    ckpt = memory.checkpoint_bytes(trained_parameters(params, train_mode), use_8bit_adam=False)
+    ckpt = memory_estimate.checkpoint_bytes(trained_parameters(params, train_mode), use_8bit_adam=False)
     fp32_pipeline, fp16_pipeline = params.total * 4, params.total * 2
     # Outputs: full: model/ and --export-single-file at the default fp16; LoRA: --lora-merge's
     # fp16 pipeline (the LoRA files themselves are MBs).
     outputs = fp16_pipeline * (2 if train_mode == "full" else 1)
     disk_parts = {"base model (fp32)": fp32_pipeline, "class images": params.class_images_bytes,
                   "checkpoint being written": ckpt, "saved model": outputs}
-    host = HOST_BASE_BYTES + HOST_COPIES * max(fp32_pipeline, memory.weight_bytes(
+    host = HOST_BASE_BYTES + HOST_COPIES * max(fp32_pipeline, memory_estimate.weight_bytes(
         trained_parameters(params, train_mode), 0, half_precision=False))
     memory_request = max(32, _gib(host + SHM_BYTES))
     disk_request = _gib(sum(disk_parts.values()) + DISK_EXTRA_BYTES)
@@ -203,7 +203,7 @@ def check_grace(budget_seconds: float, family: str, train_mode: str, trained_par
     rates are assumptions that a fast store beats, and a run refused here would be refused again
     on every retry. Preempted with too little time, it loses the steps since its last periodic
     checkpoint, which is what the warning says."""
-    ckpt = memory.checkpoint_bytes(trained_params, use_8bit_adam)
+    ckpt = memory_estimate.checkpoint_bytes(trained_params, use_8bit_adam)
     needed = grace_seconds(ckpt, _step_seconds(family))
     if budget_seconds >= needed:
         return None
@@ -223,7 +223,7 @@ def job_budget(configured: float | None, family: str, train_mode: str, trained_p
     profile's, or more when the run trains more than the profile was sized for (a LoRA rank above
     LORA_SIZED_RANK)."""
     if configured is None:
-        needed = grace_seconds(memory.checkpoint_bytes(trained_params, use_8bit_adam),
+        needed = grace_seconds(memory_estimate.checkpoint_bytes(trained_params, use_8bit_adam),
                                _step_seconds(family))
         return max(_profile_of_run(family, train_mode).job_grace_seconds, needed)
     check_grace(configured, family, train_mode, trained_params, use_8bit_adam)

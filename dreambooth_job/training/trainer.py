@@ -43,7 +43,7 @@ class Trainer:
     and makes the target; `family` (default: the pipeline's) encodes prompts and saves; `mode`
     (default: --train-mode's) picks what trains and is saved (families/); `set_grads_to_none=False`
     zeroes gradients in place as the reference trainer does (`bench --baseline` times it so).
-    `instance_sizes`: each instance image's (width, height) as uploaded (data.Photo.original_size;
+    `instance_sizes`: each instance image's (width, height) as uploaded (subject_photos.Photo.original_size;
     default: the image's own size), for size-conditioned families; class images count as
     generated at the resolution.
     After `setup`: `runtime` (setup.Runtime), `models` (setup.TrainedModels), `inputs`
@@ -57,8 +57,8 @@ class Trainer:
                  instance_sizes: list[tuple[int, int]] | None = None):
         self.pipeline = pipeline
         self.family = family or families.for_pipeline(pipeline)
-        if config.resolution is None:  # auto is resolved once, before: models.training_resolution
-            raise ValueError("Trainer needs --resolution resolved (models.training_resolution)")
+        if config.resolution is None:  # auto is resolved once, before: base_models.training_resolution
+            raise ValueError("Trainer needs --resolution resolved (base_models.training_resolution)")
         self.config = config
         self.mode = mode or families.train_mode(config)
         self.set_grads_to_none = set_grads_to_none

@@ -83,14 +83,13 @@ def test_trainers_of_different_precisions_run_one_after_another():
 def test_the_checkpointing_estimate_reads_the_family_and_grows_with_the_batch():
     """`gradient_checkpointing: auto` decides on CUDA from `setup.step_bytes`: the family's
     activation levels for the trainer's denoiser, plus the trained parameters' state."""
-    from dreambooth_job.training import memory_estimate as memory
-    from dreambooth_job.training import setup
+    from dreambooth_job.training import memory_estimate, setup
 
     t = trainer()
     denoiser = t.accelerator.unwrap_model(t.models.denoiser)
     one, two = (setup.step_bytes(t.config, t.pipeline, t.family, t.models, images, True)
                 for images in (1, 2))
     trained = sum(p.numel() for p in t.models.trainable)
-    assert one == memory.training_bytes(t.config, t.family, denoiser.config,
-                                        t.pipeline.vae_scale_factor, trained, 1, True)
-    assert two > one > memory.training_state_bytes(trained, False)
+    assert one == memory_estimate.training_bytes(t.config, t.family, denoiser.config,
+                                                 t.pipeline.vae_scale_factor, trained, 1, True)
+    assert two > one > memory_estimate.training_state_bytes(trained, False)

@@ -16,8 +16,7 @@ from PIL import Image
 from dreambooth_job.config.train_config import TrainConfig
 from dreambooth_job.generation import sampling
 from dreambooth_job.storage import places as storage
-from dreambooth_job.training import base_models as models
-from dreambooth_job.training import prior_images as priors
+from dreambooth_job.training import base_models, prior_images
 
 RESOLUTION = 64
 COUNT = 3
@@ -26,14 +25,14 @@ COUNT = 3
 @pytest.fixture(scope="module")
 def pipeline(tiny_model, tmp_path_factory):
     cache = str(tmp_path_factory.mktemp("model-cache"))
-    base = models.resolve_base_model(str(tiny_model), cache)
-    return sampling.fast_pipeline(models.load_pipeline(base, cache))
+    base = base_models.resolve_base_model(str(tiny_model), cache)
+    return sampling.fast_pipeline(base_models.load_pipeline(base, cache))
 
 
-def prepare(pipeline, class_data: str, count: int = COUNT) -> priors.ClassImages:
+def prepare(pipeline, class_data: str, count: int = COUNT) -> prior_images.ClassImages:
     config = TrainConfig(class_data=class_data, resolution=RESOLUTION, num_class_images=count,
                          sample_steps=2, sample_batch_size=COUNT)
-    return priors.prepare_class_images(pipeline, config, model_fingerprint="tiny", class_prompt="a dog")
+    return prior_images.prepare_class_images(pipeline, config, model_fingerprint="tiny", class_prompt="a dog")
 
 
 def png(image: Image.Image) -> bytes:
@@ -67,7 +66,7 @@ def test_each_generated_image_gets_its_own_sha256_record_and_is_reused(pipeline,
     topped_up = prepare(pipeline, class_data, count=COUNT)
     assert (topped_up.generated, topped_up.reused) == (1, 2)
     for i in range(COUNT):
-        name = priors.image_name(i)
+        name = prior_images.image_name(i)
         data = storage.read_bytes(storage.join(first.cache_uri, name))
         assert storage.read_bytes(storage.join(first.cache_uri, name + ".sha256")) == record(name, data)
     again = prepare(pipeline, class_data)

@@ -18,7 +18,7 @@ from dreambooth_job.cli import main
 from dreambooth_job.exit_codes import ExitCode
 from dreambooth_job.outputs import result as result_module
 from dreambooth_job.storage import places as storage
-from dreambooth_job.training import lora_adapters as lora
+from dreambooth_job.training import lora_adapters
 from dreambooth_job.training.checkpoint import CheckpointStore
 
 RANK = 4
@@ -65,8 +65,8 @@ def test_lora_run_trains_only_adapters_with_prior_preservation(photos, bucket, t
     assert training["train_mode"] == "lora" and training["final_prior_loss"] is not None
     assert result["class_images"]["generated"] == 3
     base = UNet2DConditionModel.from_pretrained(tiny_model / "unet")
-    assert training["trainable_parameters"] == lora.lora_parameter_count(
-        base, RANK, lora.DEFAULT_UNET_TARGETS) < sum(p.numel() for p in base.parameters()) / 10
+    assert training["trainable_parameters"] == lora_adapters.lora_parameter_count(
+        base, RANK, lora_adapters.DEFAULT_UNET_TARGETS) < sum(p.numel() for p in base.parameters()) / 10
     assert sorted(uri.rsplit("/", 1)[-1] for uri in result["outputs"]["samples"]) == [
         "step-000002.png", "step-000004.png"]
 
@@ -80,7 +80,7 @@ def test_lora_run_trains_only_adapters_with_prior_preservation(photos, bucket, t
     tuned = StableDiffusionPipeline.from_pretrained(local)
     base_weights = dict(base.named_parameters())
     changed = {name for name, p in tuned.unet.named_parameters() if not torch.equal(p, base_weights[name])}
-    assert changed and all(is_target(name, lora.DEFAULT_UNET_TARGETS) for name in changed), changed
+    assert changed and all(is_target(name, lora_adapters.DEFAULT_UNET_TARGETS) for name in changed), changed
     text_encoder = CLIPTextModel.from_pretrained(tiny_model / "text_encoder")
     assert all(torch.equal(a, b) for a, b in zip(tuned.text_encoder.parameters(), text_encoder.parameters()))
 

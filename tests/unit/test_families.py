@@ -14,12 +14,13 @@ from dreambooth_job.exit_codes import ExitCode, InvalidInputError
 from dreambooth_job.families import PromptEmbeddings
 from dreambooth_job.families.sd import StableDiffusion
 from dreambooth_job.families.sdxl import StableDiffusionXL
-from dreambooth_job.training import base_models as models
+from dreambooth_job.training import base_models
 
 
 @pytest.fixture(scope="module")
 def tiny_pipeline(tiny_model):
-    return models.load_pipeline(models.resolve_base_model(str(tiny_model), "/nonexistent"), "/nonexistent")
+    base = base_models.resolve_base_model(str(tiny_model), "/nonexistent")
+    return base_models.load_pipeline(base, "/nonexistent")
 
 
 def model_with_index(tiny_model, tmp_path, text: str):
@@ -37,8 +38,8 @@ def test_a_stable_diffusion_pipeline_is_detected_as_sd(tiny_model, tiny_pipeline
 
 def test_an_sdxl_pipeline_is_detected_as_sdxl(tiny_sdxl_model, tmp_path):
     assert isinstance(families.detect(str(tiny_sdxl_model)), StableDiffusionXL)
-    pipeline = models.load_pipeline(models.resolve_base_model(str(tiny_sdxl_model), str(tmp_path)),
-                                    str(tmp_path))
+    pipeline = base_models.load_pipeline(base_models.resolve_base_model(str(tiny_sdxl_model), str(tmp_path)),
+                                         str(tmp_path))
     assert type(pipeline).__name__ == "StableDiffusionXLPipeline"
     assert isinstance(families.for_pipeline(pipeline), StableDiffusionXL)
 
@@ -47,9 +48,9 @@ def test_an_sdxl_pipeline_is_detected_as_sdxl(tiny_sdxl_model, tmp_path):
 def test_an_unknown_pipeline_class_is_invalid_input_naming_it(tiny_model, tmp_path, class_name):
     index = json.loads((tiny_model / "model_index.json").read_text())
     path = model_with_index(tiny_model, tmp_path, json.dumps({**index, "_class_name": class_name}))
-    model = models.resolve_base_model(str(path), str(tmp_path / "cache"))
+    model = base_models.resolve_base_model(str(path), str(tmp_path / "cache"))
     with pytest.raises(InvalidInputError) as error:
-        models.load_pipeline(model, str(tmp_path / "cache"))
+        base_models.load_pipeline(model, str(tmp_path / "cache"))
     assert error.value.exit_code == ExitCode.INVALID_INPUT
     message = error.value.message
     assert class_name in message and str(path) in message and "StableDiffusionPipeline" in message

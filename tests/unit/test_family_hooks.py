@@ -15,12 +15,13 @@ from dreambooth_job import families
 from dreambooth_job.families.base import ModelFamily
 from dreambooth_job.families.objective import DdpmObjective
 from dreambooth_job.generation import sampling
-from dreambooth_job.training import base_models as models
+from dreambooth_job.training import base_models
 
 
 @pytest.fixture(scope="module")
 def tiny_pipeline(tiny_model):
-    return models.load_pipeline(models.resolve_base_model(str(tiny_model), "/nonexistent"), "/nonexistent")
+    base = base_models.resolve_base_model(str(tiny_model), "/nonexistent")
+    return base_models.load_pipeline(base, "/nonexistent")
 
 
 @pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])

@@ -1,6 +1,6 @@
 import pytest
 
-from dreambooth_job.config import subject_identifier as identifiers
+from dreambooth_job.config import subject_identifier
 from dreambooth_job.devtools import tiny_models
 from dreambooth_job.exit_codes import InvalidInputError
 
@@ -16,10 +16,10 @@ def test_tokenizer_matches_stable_diffusion(tokenizer):
 
 
 def test_auto_identifier_is_a_rare_single_token_without_known_meaning(tokenizer):
-    chosen = identifiers.choose_identifier(tokenizer)
+    chosen = subject_identifier.choose_identifier(tokenizer)
     assert chosen.chosen == "auto"
     assert len(chosen.token_ids) == 1
-    assert chosen.token not in identifiers.KNOWN_MEANINGS
+    assert chosen.token not in subject_identifier.KNOWN_MEANINGS
     # Rare: in the last quarter of the merge-ordered vocabulary, far from common words.
     assert chosen.token_ids[0] >= 0.75 * len(tokenizer)
     assert chosen.token_ids[0] > tokenizer.get_vocab()["dog</w>"]
@@ -30,19 +30,19 @@ def test_auto_identifier_is_a_rare_single_token_without_known_meaning(tokenizer)
 
 def test_auto_identifier_is_deterministic(tokenizer):
     fresh = tiny_models.clip_tokenizer()
-    assert identifiers.choose_identifier(tokenizer) == identifiers.choose_identifier(fresh)
+    assert subject_identifier.choose_identifier(tokenizer) == subject_identifier.choose_identifier(fresh)
 
 
 def test_user_identifier_records_its_tokens(tokenizer):
-    chosen = identifiers.user_identifier(tokenizer, "sks")
+    chosen = subject_identifier.user_identifier(tokenizer, "sks")
     assert chosen.chosen == "user" and chosen.token_ids == [48136]
 
 
 def test_format_prompt_fills_and_rejects_unknown_placeholders():
-    assert identifiers.format_prompt("a {identifier} {class_noun} on the beach", "olis", "dog") \
+    assert subject_identifier.format_prompt("a {identifier} {class_noun} on the beach", "olis", "dog") \
         == "a olis dog on the beach"
     with pytest.raises(InvalidInputError, match="{colour}|colour"):
-        identifiers.format_prompt("a {colour} {identifier}", "olis", "dog")
+        subject_identifier.format_prompt("a {colour} {identifier}", "olis", "dog")
 
 
 @pytest.mark.parametrize("template", [
@@ -57,5 +57,6 @@ def test_format_prompt_takes_only_the_two_plain_placeholders(template):
     """Prompts are a tenant's text (`generate --prompt`, validation prompts): str.format's
     attribute and item access, format specs and conversions are refused with one line."""
     with pytest.raises(InvalidInputError, match="placeholder"):
-        identifiers.format_prompt(template, "olis", "dog")
-    assert identifiers.format_prompt("{{identifier}} {identifier}", "olis", "dog") == "{identifier} olis"
+        subject_identifier.format_prompt(template, "olis", "dog")
+    escaped = subject_identifier.format_prompt("{{identifier}} {identifier}", "olis", "dog")
+    assert escaped == "{identifier} olis"

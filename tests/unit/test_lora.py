@@ -14,12 +14,12 @@ from helpers import perturb_lora_adapters  # noqa: E402
 
 from dreambooth_job import families  # noqa: E402
 from dreambooth_job.exit_codes import InvalidInputError  # noqa: E402
-from dreambooth_job.outputs import lora_writers as lora_files  # noqa: E402
-from dreambooth_job.training import lora_adapters as lora  # noqa: E402
+from dreambooth_job.outputs import lora_writers  # noqa: E402
+from dreambooth_job.training import lora_adapters  # noqa: E402
 
 RANK, ALPHA = 4, 8  # alpha != rank, so a loader that ignores alpha gets a different output
-TARGETS = {"attention": lora.DEFAULT_UNET_TARGETS,
-           "attention+conv": lora.DEFAULT_UNET_TARGETS + lora.UNET_CONV_TARGETS}
+TARGETS = {"attention": lora_adapters.DEFAULT_UNET_TARGETS,
+           "attention+conv": lora_adapters.DEFAULT_UNET_TARGETS + lora_adapters.UNET_CONV_TARGETS}
 METADATA = {"base_model_fingerprint": "ab" * 32, "identifier": "sks", "class_noun": "dog", "steps": "400"}
 
 
@@ -101,31 +101,32 @@ def adapted(request, tiny_model, tmp_path_factory):
     torch.manual_seed(0)
     pipe = _load(tiny_model)
     base_unet = copy.deepcopy(pipe.unet)
-    lora.add_lora(pipe.unet, pipe.text_encoder, rank=RANK, alpha=ALPHA, target_modules=TARGETS[request.param])
+    lora_adapters.add_lora(pipe.unet, pipe.text_encoder, rank=RANK, alpha=ALPHA,
+                           target_modules=TARGETS[request.param])
     perturb_lora_adapters(pipe.unet, pipe.text_encoder)
     out = tmp_path_factory.mktemp("lora")
     files = {}
     for precision in ("fp32", "fp16"):
         files[precision] = (
-            lora_files.save_lora_diffusers(out / precision, SD, modules(pipe),
-                                           dtype=precision, metadata=METADATA),
-            lora_files.save_lora_kohya(out / precision / "subject.safetensors", SD, modules(pipe),
-                                       dtype=precision, metadata=METADATA))
+            lora_writers.save_lora_diffusers(out / precision, SD, modules(pipe),
+                                             dtype=precision, metadata=METADATA),
+            lora_writers.save_lora_kohya(out / precision / "subject.safetensors", SD, modules(pipe),
+                                         dtype=precision, metadata=METADATA))
     return pipe, base_unet, files, request.param
 
 
 def test_only_adapters_train(adapted):
     pipe, _, _, targets = adapted
     for module, names in ((pipe.unet, TARGETS[targets]),
-                          (pipe.text_encoder, lora.DEFAULT_TEXT_ENCODER_TARGETS)):
+                          (pipe.text_encoder, lora_adapters.DEFAULT_TEXT_ENCODER_TARGETS)):
         trainable = {name for name, p in module.named_parameters() if p.requires_grad}
         assert trainable and all(".lora_A." in name or ".lora_B." in name for name in trainable)
-        assert sum(p.numel() for p in lora.lora_parameters(module)) == \
-            lora.lora_parameter_count(_without_adapters(module), RANK, names)
+        assert sum(p.numel() for p in lora_adapters.lora_parameters(module)) == \
+            lora_adapters.lora_parameter_count(_without_adapters(module), RANK, names)
 
 
 def _without_adapters(module):
-    return lora.merge_lora(copy.deepcopy(module))
+    return lora_adapters.merge_lora(copy.deepcopy(module))
 
 
 def test_files_are_small(adapted, tiny_model):
@@ -176,11 +177,11 @@ def test_kohya_file_loads_like_the_diffusers_file(adapted, tiny_model):
 def test_unet_file_loads_with_load_lora_weights(tiny_model, tmp_path):
     """The user's own call, on a UNet-only adapter (the default without --train-text-encoder)."""
     pipe = _load(tiny_model)
-    lora.add_lora(pipe.unet, rank=RANK, alpha=ALPHA)
+    lora_adapters.add_lora(pipe.unet, rank=RANK, alpha=ALPHA)
     perturb_lora_adapters(pipe.unet)
-    lora_files.save_lora_diffusers(tmp_path / "lora", SD, modules(pipe), dtype="fp32", metadata=METADATA)
-    lora_files.save_lora_kohya(tmp_path / "subject.safetensors", SD, modules(pipe), dtype="fp32",
-                               metadata=METADATA)
+    lora_writers.save_lora_diffusers(tmp_path / "lora", SD, modules(pipe), dtype="fp32", metadata=METADATA)
+    lora_writers.save_lora_kohya(tmp_path / "subject.safetensors", SD, modules(pipe), dtype="fp32",
+                                 metadata=METADATA)
     expected = _outputs_of(pipe.unet)
     for path in (tmp_path / "lora", tmp_path / "subject.safetensors"):
         fresh = _load(tiny_model)
@@ -199,8 +200,8 @@ def test_merged_weights_are_base_plus_scaled_product(adapted):
     pipe, base_unet, _, _ = adapted
     adapters = {name: (layer.lora_A["default"].weight, layer.lora_B["default"].weight)
                 for name, layer in pipe.unet.named_modules() if hasattr(layer, "lora_A")}
-    merged = lora.merge_lora(copy.deepcopy(pipe.unet))
-    assert not lora.has_lora(merged)
+    merged = lora_adapters.merge_lora(copy.deepcopy(pipe.unet))
+    assert not lora_adapters.has_lora(merged)
     base, result = dict(base_unet.named_modules()), dict(merged.named_modules())
     assert adapters
     for name, (down, up) in adapters.items():
@@ -238,17 +239,17 @@ def test_fp16_files_hold_the_fp32_weights_cast(adapted):
 def test_unknown_target_is_a_one_line_error(tiny_model):
     pipe = _load(tiny_model)
     with pytest.raises(InvalidInputError, match="'to_qq' names no linear or convolution layer of the"):
-        lora.add_lora(pipe.unet, target_modules=("to_q", "to_qq"))
+        lora_adapters.add_lora(pipe.unet, target_modules=("to_q", "to_qq"))
 
 
 def test_metadata_must_be_strings(adapted, tmp_path):
     pipe = adapted[0]
     with pytest.raises(TypeError, match="'steps'"):
-        lora_files.save_lora_kohya(tmp_path / "x.safetensors", SD, modules(pipe), metadata={"steps": 400})
+        lora_writers.save_lora_kohya(tmp_path / "x.safetensors", SD, modules(pipe), metadata={"steps": 400})
     with pytest.raises(ValueError, match="'format'"):
-        lora_files.save_lora_diffusers(tmp_path, SD, modules(pipe), metadata={"format": "x"})
+        lora_writers.save_lora_diffusers(tmp_path, SD, modules(pipe), metadata={"format": "x"})
     with pytest.raises(ValueError, match="no LoRA adapter"):
-        lora_files.save_lora_kohya(tmp_path / "x.safetensors", SD, {"unet": copy.deepcopy(adapted[1])})
+        lora_writers.save_lora_kohya(tmp_path / "x.safetensors", SD, {"unet": copy.deepcopy(adapted[1])})
     assert not list(tmp_path.iterdir())
 
 
@@ -256,8 +257,8 @@ def test_merged_pipeline_saves_and_reloads_as_the_adapted_one(adapted, tmp_path)
     """--lora-merge: the merged modules are plain ones again; the saved pipeline is the adapted model."""
     pipe, _, _, _ = adapted
     merged = copy.deepcopy(pipe)
-    lora.merge_lora(merged.unet)
-    lora.merge_lora(merged.text_encoder)
+    lora_adapters.merge_lora(merged.unet)
+    lora_adapters.merge_lora(merged.text_encoder)
     assert not any("lora_" in name for name, _ in merged.unet.named_parameters())
     assert not any("lora_" in name for name, _ in merged.text_encoder.named_parameters())
     merged.save_pretrained(tmp_path / "model", safe_serialization=True)

@@ -14,7 +14,7 @@ torch = pytest.importorskip("torch")
 from dreambooth_job.bench.architectures import build_pipeline  # noqa: E402
 from dreambooth_job.bench.command import Settings, Variant, _images, bench_config  # noqa: E402
 from dreambooth_job.exit_codes import InvalidInputError  # noqa: E402
-from dreambooth_job.training import lora_adapters as lora  # noqa: E402
+from dreambooth_job.training import lora_adapters  # noqa: E402
 from dreambooth_job.training.trainer import Trainer  # noqa: E402
 
 SETTINGS = Settings(model="tiny", base_model=None, resolution=32, batch_size=1, steps=3, warmup=0,
@@ -67,7 +67,7 @@ def test_only_the_adapters_train_and_the_base_stays_as_loaded():
     for module in (t.models.denoiser, t.models.text_encoders["text_encoder"]):
         trained = {name for name, p in module.named_parameters() if id(p) in optimized}
         assert trained == {name for name, p in module.named_parameters() if ".lora_" in name}
-        assert all(p.dtype == torch.float32 for p in lora.lora_parameters(module))
+        assert all(p.dtype == torch.float32 for p in lora_adapters.lora_parameters(module))
     # With the text encoder's adapters training, prompt embeddings cannot be cached.
     assert t.inputs.cache.embeddings is None
     before_unet = base_weights(t.models.denoiser)
@@ -89,7 +89,7 @@ def test_only_the_adapters_train_and_the_base_stays_as_loaded():
 def test_unet_only_lora_caches_embeddings_like_full_mode():
     t = trainer()
     assert t.inputs.cache.embeddings is not None and t.inputs.cache.latents is not None
-    assert not lora.has_lora(t.models.text_encoders["text_encoder"])
+    assert not lora_adapters.has_lora(t.models.text_encoders["text_encoder"])
 
 
 def test_the_adapters_start_from_the_seed():
@@ -110,7 +110,8 @@ def test_samples_and_the_saved_model_are_base_plus_adapters(tmp_path):
     adapted = unet_output(pipe)
     assert not torch.allclose(adapted, unet_output(tiny_pipeline()), atol=1e-4)
     t.mode.save(t.family, t.inference_pipeline(), tmp_path / "model")  # --lora-merge's merge
-    assert lora.has_lora(t.models.denoiser), "saving merges copies: the live pipeline keeps its adapters"
+    assert lora_adapters.has_lora(t.models.denoiser), \
+        "saving merges copies: the live pipeline keeps its adapters"
     saved = StableDiffusionPipeline.from_pretrained(tmp_path / "model")
     torch.testing.assert_close(unet_output(saved), adapted, rtol=1e-4, atol=1e-5)
     t.train(1)  # training goes on after sampling, in train mode again

@@ -3,7 +3,7 @@
 import pytest
 
 from dreambooth_job import families
-from dreambooth_job.training import memory_estimate as memory
+from dreambooth_job.training import memory_estimate
 
 SD15_UNET = {"block_out_channels": (320, 640, 1280, 1280),
              "down_block_types": ("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",)}
@@ -17,23 +17,23 @@ GIB = 2**30
 
 def test_eight_bit_adam_keeps_a_quarter_of_the_optimizer_state():
     params = 1_000_000
-    full, eight_bit = (memory.training_state_bytes(params, flag) for flag in (False, True))
+    full, eight_bit = (memory_estimate.training_state_bytes(params, flag) for flag in (False, True))
     assert full - 4 * params == 4 * (eight_bit - 4 * params)
 
 
 def test_activations_grow_with_images_and_area_and_double_in_fp32():
-    one = memory.activation_bytes(levels(SD15_UNET, 64), 1, half_precision=True)
-    assert memory.activation_bytes(levels(SD15_UNET, 64), 2, half_precision=True) == 2 * one
-    assert memory.activation_bytes(levels(SD15_UNET, 128), 1, half_precision=True) == 4 * one
-    assert memory.activation_bytes(levels(SD15_UNET, 64), 1, half_precision=False) == 2 * one
+    one = memory_estimate.activation_bytes(levels(SD15_UNET, 64), 1, half_precision=True)
+    assert memory_estimate.activation_bytes(levels(SD15_UNET, 64), 2, half_precision=True) == 2 * one
+    assert memory_estimate.activation_bytes(levels(SD15_UNET, 128), 1, half_precision=True) == 4 * one
+    assert memory_estimate.activation_bytes(levels(SD15_UNET, 64), 1, half_precision=False) == 2 * one
 
 
 def test_checkpointing_only_when_the_estimate_does_not_fit():
     required = 10 * 2**30
-    assert not memory.needs_checkpointing(required, free_bytes=4 * required)
-    assert memory.needs_checkpointing(required, free_bytes=required)
+    assert not memory_estimate.needs_checkpointing(required, free_bytes=4 * required)
+    assert memory_estimate.needs_checkpointing(required, free_bytes=required)
     # The headroom is what separates "fits" from "fits exactly".
-    assert memory.needs_checkpointing(required, free_bytes=required + memory.HEADROOM_BYTES)
+    assert memory_estimate.needs_checkpointing(required, free_bytes=required + memory_estimate.HEADROOM_BYTES)
 
 
 @pytest.fixture(scope="module")
@@ -57,17 +57,17 @@ def needs_checkpointing(models, *, latent_side, free_gib, lora=False):
                if lora
                else sum(p.numel() for p in denoiser.parameters()))
     config = TrainConfig(resolution=latent_side * 8)
-    required = memory.training_bytes(config, family, denoiser.config, 8, trained, 2,
-                                     half_precision=True)
-    return memory.needs_checkpointing(required, int(free_gib * GIB))
+    required = memory_estimate.training_bytes(config, family, denoiser.config, 8, trained, 2,
+                                              half_precision=True)
+    return memory_estimate.needs_checkpointing(required, int(free_gib * GIB))
 
 
 def test_sd15_estimate_is_the_one_its_constant_was_measured_with(meta):
     """Activations per image at 512 px stay what the first estimate (latent area x the sum of
     the channels, 100 bytes a unit) gave: SD 1.5's `auto` decisions do not move."""
     first_estimate = 64 * 64 * sum(SD15_UNET["block_out_channels"]) * 100
-    now = memory.activation_bytes(levels(meta["sd15"].modules["denoiser"].config, 64), 1,
-                                  half_precision=True)
+    now = memory_estimate.activation_bytes(levels(meta["sd15"].modules["denoiser"].config, 64), 1,
+                                           half_precision=True)
     assert abs(now - first_estimate) / first_estimate < 0.01
 
 
@@ -82,8 +82,8 @@ def test_sdxl_levels_count_their_transformer_depth(meta):
 
 def test_checkpointing_keeps_block_inputs_and_recomputes_the_largest_level():
     per_level = levels(SD15_UNET, 64)
-    kept = memory.activation_bytes(per_level, 2, half_precision=True, checkpointing=True)
-    assert kept == 2 * sum(per_level) * 2 + 2 * max(per_level) * memory.ACTIVATION_BYTES_PER_UNIT
+    kept = memory_estimate.activation_bytes(per_level, 2, half_precision=True, checkpointing=True)
+    assert kept == 2 * sum(per_level) * 2 + 2 * max(per_level) * memory_estimate.ACTIVATION_BYTES_PER_UNIT
 
 
 def test_auto_checkpointing_turns_on_for_sdxl_where_sd15_fits(meta):
@@ -109,5 +109,5 @@ def test_peak_estimates_order_as_the_modes_do(meta):
     assert full.peak_bytes > ckpt.peak_bytes > lean.peak_bytes > lora.peak_bytes
     assert lora.trainable_params < 0.01 * full.trainable_params
     # LoRA's frozen base is in bf16: less than the full run's fp32 UNet alone.
-    assert lora.peak_bytes - memory.activation_bytes(
+    assert lora.peak_bytes - memory_estimate.activation_bytes(
         levels(meta["sdxl"].modules["denoiser"].config, 128), 2, True) < full.trainable_params * 4

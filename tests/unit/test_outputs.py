@@ -18,13 +18,13 @@ from helpers import perturb_lora_adapters  # noqa: E402
 
 from dreambooth_job.config.train_config import TrainConfig  # noqa: E402
 from dreambooth_job.outputs import result as result_module  # noqa: E402
-from dreambooth_job.outputs import weight_files as outputs  # noqa: E402
+from dreambooth_job.outputs import weight_files  # noqa: E402
 from dreambooth_job.phases.context import new_result  # noqa: E402
-from dreambooth_job.training import lora_adapters as lora  # noqa: E402
+from dreambooth_job.training import lora_adapters  # noqa: E402
 
 RANK, ALPHA = 4, 8
-METADATA = outputs.header_metadata(base_fingerprint="ab" * 32, identifier="sks", class_noun="dog",
-                                   steps=40, subject_id="rex", precision="fp16", version="0.0.0")
+METADATA = weight_files.header_metadata(base_fingerprint="ab" * 32, identifier="sks", class_noun="dog",
+                                        steps=40, subject_id="rex", precision="fp16", version="0.0.0")
 
 
 def _load(path):
@@ -55,13 +55,13 @@ def adapted(tiny_model):
     """The tiny pipeline with perturbed LoRA adapters on UNet and text encoder, as training leaves it."""
     torch.manual_seed(0)
     pipe = _load(tiny_model)
-    lora.add_lora(pipe.unet, pipe.text_encoder, rank=RANK, alpha=ALPHA)
+    lora_adapters.add_lora(pipe.unet, pipe.text_encoder, rank=RANK, alpha=ALPHA)
     perturb_lora_adapters(pipe.unet, pipe.text_encoder)
     return pipe
 
 
 def _settings(**overrides):
-    return outputs.OutputSettings(**{"subject_id": "rex", "metadata": METADATA, **overrides})
+    return weight_files.OutputSettings(**{"subject_id": "rex", "metadata": METADATA, **overrides})
 
 
 def _hash(path):
@@ -69,7 +69,7 @@ def _hash(path):
 
 
 def test_an_adapted_unet_publishes_lora_files_only_listed_with_size_and_sha256(adapted, tiny_model, tmp_path):
-    written = outputs.write_outputs(adapted, tmp_path, _settings())
+    written = weight_files.write_outputs(adapted, tmp_path, _settings())
     assert written.lora == ["lora/pytorch_lora_weights.safetensors", "lora/rex.safetensors"]
     assert not written.model and written.single_file is None
     assert not (tmp_path / "model").exists()
@@ -93,9 +93,9 @@ def test_an_adapted_unet_publishes_lora_files_only_listed_with_size_and_sha256(a
 def test_the_diffusers_lora_file_loads_on_the_base_with_load_lora_weights(tiny_model, tmp_path):
     """The user guide's call, on a UNet-only adapter (training without --train-text-encoder)."""
     pipe = _load(tiny_model)
-    lora.add_lora(pipe.unet, rank=RANK, alpha=ALPHA)
+    lora_adapters.add_lora(pipe.unet, rank=RANK, alpha=ALPHA)
     perturb_lora_adapters(pipe.unet)
-    written = outputs.write_outputs(pipe, tmp_path, _settings(precision="fp32"))
+    written = weight_files.write_outputs(pipe, tmp_path, _settings(precision="fp32"))
     base = _load(tiny_model)
     base_out = _unet_out(base.unet)
     base.load_lora_weights(str(tmp_path / "lora"))
@@ -107,22 +107,22 @@ def test_the_diffusers_lora_file_loads_on_the_base_with_load_lora_weights(tiny_m
 
 def test_lora_merge_writes_a_model_that_equals_base_plus_adapter_and_keeps_the_adapters(adapted, tmp_path):
     expected_unet, expected_text = _unet_out(adapted.unet), _text_out(adapted.text_encoder)
-    written = outputs.write_outputs(adapted, tmp_path, _settings(precision="fp32", lora_merge=True))
+    written = weight_files.write_outputs(adapted, tmp_path, _settings(precision="fp32", lora_merge=True))
     assert written.model and len(written.lora) == 2
     assert {f.path for f in written.files} >= {"model/model_index.json",
                                                "model/unet/diffusion_pytorch_model.safetensors"}
     merged = _load(tmp_path / "model")
-    assert not lora.has_lora(merged.unet) and not lora.has_lora(merged.text_encoder)
+    assert not lora_adapters.has_lora(merged.unet) and not lora_adapters.has_lora(merged.text_encoder)
     torch.testing.assert_close(_unet_out(merged.unet), expected_unet, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(_text_out(merged.text_encoder), expected_text, rtol=1e-4, atol=1e-5)
     # The run evaluates base + adapter after the files are written: its pipeline still has them.
-    assert lora.has_lora(adapted.unet) and lora.has_lora(adapted.text_encoder)
+    assert lora_adapters.has_lora(adapted.unet) and lora_adapters.has_lora(adapted.text_encoder)
     torch.testing.assert_close(_unet_out(adapted.unet), expected_unet)
 
 
 def test_lora_merge_in_fp16_holds_the_merged_fp32_weights_cast(adapted, tmp_path):
-    merged_fp32 = lora.merge_lora(copy.deepcopy(adapted.unet)).state_dict()
-    outputs.write_outputs(adapted, tmp_path, _settings(lora_merge=True))
+    merged_fp32 = lora_adapters.merge_lora(copy.deepcopy(adapted.unet)).state_dict()
+    weight_files.write_outputs(adapted, tmp_path, _settings(lora_merge=True))
     saved = safetensors_torch.load_file(tmp_path / "model" / "unet" / "diffusion_pytorch_model.safetensors")
     assert saved.keys() == merged_fp32.keys()
     for key, tensor in saved.items():
@@ -131,7 +131,7 @@ def test_lora_merge_in_fp16_holds_the_merged_fp32_weights_cast(adapted, tmp_path
 
 def test_a_plain_unet_publishes_the_full_pipeline(tiny_model, tmp_path):
     pipe = _load(tiny_model)
-    written = outputs.write_outputs(pipe, tmp_path, _settings(precision="bf16"))
+    written = weight_files.write_outputs(pipe, tmp_path, _settings(precision="bf16"))
     assert written.model and not written.lora and not (tmp_path / "lora").exists()
     saved = safetensors_torch.load_file(tmp_path / "model" / "unet" / "diffusion_pytorch_model.safetensors")
     for key, tensor in pipe.unet.state_dict().items():
@@ -144,15 +144,15 @@ def test_a_plain_unet_publishes_the_full_pipeline(tiny_model, tmp_path):
     ("rex", "rex.safetensors"), ("../../etc/x", "etc-x.safetensors"), ("a/b", "a-b.safetensors"),
     ("..", "subject.safetensors"), (".hidden", "hidden.safetensors")])
 def test_the_file_name_from_a_tenants_subject_id_stays_a_plain_name(subject_id, name):
-    assert outputs.single_file_name(subject_id) == name
+    assert weight_files.single_file_name(subject_id) == name
 
 
 def test_recorded_lora_outputs_validate_against_the_schema_without_a_model(adapted, tmp_path):
-    written = outputs.write_outputs(adapted, tmp_path / "work", _settings())
+    written = weight_files.write_outputs(adapted, tmp_path / "work", _settings())
     config = TrainConfig(instance_data=str(tmp_path / "photos"), class_noun="dog",
                          output="s3://runs/rex/", subject_id="rex", job_id="rex-1")
     result = new_result(config, "f" * 64)
-    outputs.record(result.outputs, written, config.output)
+    weight_files.record(result.outputs, written, config.output)
     result.succeeded()
     record = result.to_json()
     jsonschema.validate(record, result_module.schema())
@@ -169,7 +169,7 @@ def test_export_single_file_in_a_lora_run_writes_the_merged_model_as_one_file(ad
     from diffusers import StableDiffusionPipeline
 
     expected_unet, expected_text = _unet_out(adapted.unet), _text_out(adapted.text_encoder)
-    written = outputs.write_outputs(adapted, tmp_path, _settings(precision="fp32", single_file=True))
+    written = weight_files.write_outputs(adapted, tmp_path, _settings(precision="fp32", single_file=True))
     assert written.single_file == "rex.safetensors" and not written.model
     assert not (tmp_path / "model").exists()
     assert {f.path for f in written.files} == {"rex.safetensors", *written.lora}

@@ -1,6 +1,6 @@
 """The RunContext's parts: phase load_model adds its `LoadedModel` (and the photos at its
 resolution) and replaces neither the job's config nor phase validate's photos; --resolution auto
-is resolved once, by models.training_resolution, and the Trainer only reads the result."""
+is resolved once, by base_models.training_resolution, and the Trainer only reads the result."""
 
 import dataclasses
 import shutil
@@ -9,10 +9,10 @@ import pytest
 
 from dreambooth_job.config.train_config import TrainConfig
 from dreambooth_job.events import JobObserver
-from dreambooth_job.phases import load_model as model_phase
+from dreambooth_job.phases import load_model
 from dreambooth_job.phases import photos as photo_phases
 from dreambooth_job.phases.context import RunContext
-from dreambooth_job.training import base_models as models
+from dreambooth_job.training import base_models
 
 NATIVE = 64  # the tiny model's: 32 latent pixels, a 2x VAE
 
@@ -39,7 +39,7 @@ def test_load_model_adds_its_part_and_replaces_neither_config_nor_photos(tmp_pat
                                                                           tiny_model):
     ctx = validated_context(tmp_path, photo_dir, tiny_model)
     config, validated = ctx.config, ctx.photos
-    model_phase.load(ctx)
+    load_model.load(ctx)
     assert ctx.config is config and ctx.config.resolution is None  # auto stays the job's choice
     assert ctx.photos is validated
     assert min(validated.photos[0].image.size) == 288  # decoded for validation, never upscaled
@@ -53,7 +53,7 @@ def test_load_model_adds_its_part_and_replaces_neither_config_nor_photos(tmp_pat
 
 def test_an_explicit_resolution_keeps_the_validated_photos(tmp_path, photo_dir, tiny_model):
     ctx = validated_context(tmp_path, photo_dir, tiny_model, resolution=48)
-    model_phase.load(ctx)
+    load_model.load(ctx)
     assert ctx.loaded.resolution == 48 and ctx.subject_photos is ctx.photos
     assert ctx.result.config["resolution"] == 48
 
@@ -66,8 +66,8 @@ def test_what_load_model_adds_cannot_be_read_before_it_ran(tmp_path, photo_dir, 
 
 
 def test_auto_resolution_is_resolved_by_one_function(tiny_pipeline):
-    assert models.training_resolution(None, tiny_pipeline) == NATIVE
-    assert models.training_resolution(48, tiny_pipeline) == 48
+    assert base_models.training_resolution(None, tiny_pipeline) == NATIVE
+    assert base_models.training_resolution(48, tiny_pipeline) == 48
 
 
 def test_the_trainer_reads_a_resolved_resolution_and_never_resolves_it(tiny_pipeline):

@@ -1,4 +1,4 @@
-"""SDXL LoRA in kohya's key format (lora_files.save_lora_kohya with the SDXL family): the UNet's modules
+"""SDXL LoRA in kohya's key format (lora_writers.save_lora_kohya with the SDXL family): the UNet's modules
 under SDXL's original block names (`lora_unet_input_blocks_4_1_...`, as kohya trains SDXL on that
 UNet), `lora_te1_`/`lora_te2_` for the two encoders, an `.alpha` per module. Checked against
 diffusers' own kohya reader, on the tiny SDXL pipeline (loads like the diffusers-format file:
@@ -17,11 +17,11 @@ safetensors_torch = pytest.importorskip("safetensors.torch")
 from helpers import perturb_lora_adapters  # noqa: E402
 
 from dreambooth_job import families  # noqa: E402
-from dreambooth_job.outputs import lora_writers as lora_files  # noqa: E402
-from dreambooth_job.training import lora_adapters as lora  # noqa: E402
+from dreambooth_job.outputs import lora_writers  # noqa: E402
+from dreambooth_job.training import lora_adapters  # noqa: E402
 
 RANK, ALPHA = 4, 8  # alpha != rank, so a loader that ignores alpha gets a different output
-UNET_TARGETS = lora.DEFAULT_UNET_TARGETS + lora.UNET_CONV_TARGETS  # ResBlock names too
+UNET_TARGETS = lora_adapters.DEFAULT_UNET_TARGETS + lora_adapters.UNET_CONV_TARGETS  # ResBlock names too
 ENCODERS = ("text_encoder", "text_encoder_2")
 
 
@@ -40,14 +40,14 @@ def adapted(tiny_sdxl_model, tmp_path_factory):
     diffusers-format and kohya files."""
     torch.manual_seed(0)
     pipe = _load(tiny_sdxl_model)
-    lora.add_lora(pipe.unet, pipe.text_encoder, rank=RANK, alpha=ALPHA, target_modules=UNET_TARGETS)
-    lora.add_lora(None, pipe.text_encoder_2, rank=RANK, alpha=ALPHA)
+    lora_adapters.add_lora(pipe.unet, pipe.text_encoder, rank=RANK, alpha=ALPHA, target_modules=UNET_TARGETS)
+    lora_adapters.add_lora(None, pipe.text_encoder_2, rank=RANK, alpha=ALPHA)
     perturb_lora_adapters(pipe.unet, pipe.text_encoder, pipe.text_encoder_2)
     out = tmp_path_factory.mktemp("sdxl-lora")
     modules = SDXL.lora_format.modules(pipe)
-    diffusers_file = lora_files.save_lora_diffusers(out, SDXL, modules)
-    kohya_file = lora_files.save_lora_kohya(out / "subject.safetensors", SDXL, modules,
-                                            metadata={"identifier": "sks"})
+    diffusers_file = lora_writers.save_lora_diffusers(out, SDXL, modules)
+    kohya_file = lora_writers.save_lora_kohya(out / "subject.safetensors", SDXL, modules,
+                                              metadata={"identifier": "sks"})
     return pipe, diffusers_file, kohya_file
 
 
@@ -149,8 +149,8 @@ def test_real_sdxl_unet_names_map_back_through_diffusers_kohya_reader():
     from dreambooth_job.bench.architectures import build_sdxl_models as build_models
 
     unet = build_models(device="meta")["unet"]
-    lora.add_lora(unet, rank=RANK, alpha=ALPHA, target_modules=UNET_TARGETS)
-    kohya = lora_files.kohya_state_dict(SDXL, {"unet": unet})
+    lora_adapters.add_lora(unet, rank=RANK, alpha=ALPHA, target_modules=UNET_TARGETS)
+    kohya = lora_writers.kohya_state_dict(SDXL, {"unet": unet})
     names = {k.split(".")[0] for k in kohya}
     assert "lora_unet_input_blocks_8_1_transformer_blocks_9_attn2_to_v" in names  # 10 layers deep
     assert "lora_unet_output_blocks_8_0_out_layers_3" in names  # last ResBlock's conv2

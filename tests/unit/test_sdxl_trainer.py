@@ -15,7 +15,7 @@ from PIL import Image
 from dreambooth_job import families
 from dreambooth_job.config.train_config import TrainConfig
 from dreambooth_job.families.objective import DdpmObjective
-from dreambooth_job.training import subject_photos as data
+from dreambooth_job.training import subject_photos
 from dreambooth_job.training.subject_photos import cover_size, to_tensor
 from dreambooth_job.training.trainer import Trainer
 
@@ -28,10 +28,10 @@ def sdxl_pipeline(tiny_sdxl_model):
 
 
 @pytest.fixture
-def wide_photo(tmp_path) -> data.Photo:
+def wide_photo(tmp_path) -> subject_photos.Photo:
     """A non-square upload, 200x120: downscaled to 107x64, so a square crop moves sideways only."""
     path = make_photo(tmp_path / "wide.png", seed=3, size=(200, 120))
-    return data.load_photo(path, min_side=64, max_pixels=10**7, resolution=RES)
+    return subject_photos.load_photo(path, min_side=64, max_pixels=10**7, resolution=RES)
 
 
 def run(pipeline, photo, steps: int, **overrides):

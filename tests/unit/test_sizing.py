@@ -9,8 +9,7 @@ import pytest
 
 from dreambooth_job import families
 from dreambooth_job.config.train_config import TrainConfig
-from dreambooth_job.training import memory_estimate as memory
-from dreambooth_job.training import sizing
+from dreambooth_job.training import memory_estimate, sizing
 
 FAMILY = {f.name: f for f in families.FAMILIES}
 
@@ -18,7 +17,7 @@ FAMILY = {f.name: f for f in families.FAMILIES}
 @pytest.mark.parametrize(("family", "model"), [("sd", "sd15"), ("sdxl", "sdxl")])
 def test_parameter_counts_are_the_published_architectures(family, model):
     from dreambooth_job.bench.estimate import meta_models
-    from dreambooth_job.training import lora_adapters as lora
+    from dreambooth_job.training import lora_adapters
 
     detected, built = meta_models(model)
     assert detected is FAMILY[family]
@@ -28,17 +27,17 @@ def test_parameter_counts_are_the_published_architectures(family, model):
     encoders = [name for name in counts if name.startswith("text_encoder")]
     assert params.text_encoders == sum(counts[name] for name in encoders)
     defaults = TrainConfig()
-    adapters = lora.lora_parameter_count(built["denoiser"], 16, defaults.lora_target_modules) + sum(
-        lora.lora_parameter_count(built[name], 16, lora.DEFAULT_TEXT_ENCODER_TARGETS)
+    adapters = lora_adapters.lora_parameter_count(built["denoiser"], 16, defaults.lora_target_modules) + sum(
+        lora_adapters.lora_parameter_count(built[name], 16, lora_adapters.DEFAULT_TEXT_ENCODER_TARGETS)
         for name in encoders)
     assert params.lora_adapters_rank16 == adapters
 
 
 def test_an_sdxl_full_checkpoint_is_about_31_gb():
-    unet_only = memory.checkpoint_bytes(FAMILY["sdxl"].reference.denoiser, use_8bit_adam=False)
+    unet_only = memory_estimate.checkpoint_bytes(FAMILY["sdxl"].reference.denoiser, use_8bit_adam=False)
     assert 30 * sizing.GB < unet_only < 31.5 * sizing.GB
     # 8-bit Adam keeps one byte per moment.
-    assert memory.checkpoint_bytes(1000, use_8bit_adam=True) == 6000
+    assert memory_estimate.checkpoint_bytes(1000, use_8bit_adam=True) == 6000
 
 
 @pytest.mark.parametrize("profile", sizing.PROFILES.values(), ids=list(sizing.PROFILES))

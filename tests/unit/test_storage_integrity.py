@@ -15,8 +15,7 @@ from dreambooth_job.exit_codes import ExitCode, RetryableError
 from dreambooth_job.storage import checksums, s3_client
 from dreambooth_job.storage import places as storage
 from dreambooth_job.storage.lease import Lease
-from dreambooth_job.training import base_models as models
-from dreambooth_job.training import prior_images as priors
+from dreambooth_job.training import base_models, prior_images
 
 PART = 5 * 1024 * 1024  # S3's smallest part
 
@@ -56,7 +55,7 @@ def test_photos_download_from_an_encrypted_bucket(bucket, encrypted_s3, photo_di
 
 def test_a_base_model_downloads_from_an_encrypted_bucket(bucket, encrypted_s3, tiny_model, tmp_path):
     storage.upload_dir(tiny_model, f"s3://{bucket}/models/tiny/")
-    model = models.resolve_base_model(f"s3://{bucket}/models/tiny/", str(tmp_path / "cache"))
+    model = base_models.resolve_base_model(f"s3://{bucket}/models/tiny/", str(tmp_path / "cache"))
     for original in (p for p in tiny_model.rglob("*") if p.is_file()):
         copy = tmp_path / "cache" / "models" / model.fingerprint[:16] / original.relative_to(tiny_model)
         assert copy.read_bytes() == original.read_bytes()
@@ -153,8 +152,8 @@ def test_base_model_fingerprints_and_class_cache_keys_stay_what_they_were(bucket
     downloaded base models stay in use."""
     storage.write_bytes(f"s3://{bucket}/m/model_index.json", b'{"_class_name": "StableDiffusionPipeline"}')
     storage.write_bytes(f"s3://{bucket}/m/unet/diffusion_pytorch_model.safetensors", b"weights" * 100)
-    model = models.resolve_base_model(f"s3://{bucket}/m", str(tmp_path / "cache"))
+    model = base_models.resolve_base_model(f"s3://{bucket}/m", str(tmp_path / "cache"))
     assert model.fingerprint == "cde0e72b0ee342f4f75da2c9d07c9b95c0d93ffc4d88d52b5e667353ba376212"
-    key = priors.cache_key(model_fingerprint=model.fingerprint, class_prompt="a dog", resolution=512,
-                           sampler="DPMSolverMultistepScheduler", steps=25, guidance_scale=7.5, seed=0)
+    key = prior_images.cache_key(model_fingerprint=model.fingerprint, class_prompt="a dog", resolution=512,
+                                 sampler="DPMSolverMultistepScheduler", steps=25, guidance_scale=7.5, seed=0)
     assert key == "dab21d67ef08d348f95b1018"
