@@ -32,11 +32,14 @@ from dreambooth_job.config.sources import ALWAYS, WHEN_SET, is_stated
 from dreambooth_job.config.subject_identifier import format_prompt
 from dreambooth_job.config.train_config import _default_cache_dir
 from dreambooth_job.exit_codes import InvalidInputError
+from dreambooth_job.families import FAMILIES
 from dreambooth_job.redaction import has_url_credentials
 
-SAMPLERS = ("dpm-solver++", "euler", "ddim", "unipc")
-"""Deterministic samplers only: an image is a function of its seed (ancestral samplers draw fresh
-noise at every step from a generator the pipeline does not get)."""
+SAMPLERS = tuple(dict.fromkeys(name for family in FAMILIES for name in family.samplers))
+"""Every family's `generate --sampler` names (`ModelFamily.samplers`), deterministic samplers only:
+an image is a function of its seed (ancestral samplers draw fresh noise at every step from a
+generator the pipeline does not get)."""
+AUTO_SAMPLER = "auto"
 MAX_PROMPTS = 32
 MAX_IMAGES_PER_PROMPT = 64
 MAX_PROMPT_CHARS = 1000
@@ -69,9 +72,9 @@ class GenerateConfig:
         MODEL, 0, minimum=0, maximum=2**32 - 1,
         help="Seed of the first image of each prompt: the same seed draws the same image.")
     sampler: str = option(
-        MODEL, "dpm-solver++", choices=SAMPLERS,
-        help="Scheduler: dpm-solver++ (DPM-Solver++, what the run's sample grids use), euler, "
-             "ddim or unipc; all deterministic given the seed.")
+        MODEL, AUTO_SAMPLER, choices=(AUTO_SAMPLER, *SAMPLERS),
+        help="Scheduler, one of the model family's (auto: the family's first, what the run's sample "
+             f"grids use); all deterministic given the seed: {', '.join(SAMPLERS)}.")
     steps: int = option(MODEL, 25, minimum=1, maximum=1000, help="Sampler steps.")
     guidance_scale: float = option(
         MODEL, 7.5, minimum=0, maximum=100, help="Classifier-free guidance scale.")

@@ -27,7 +27,7 @@ from dreambooth_job.config.option_fields import check_bounds
 from dreambooth_job.config.subject_identifier import format_prompt
 from dreambooth_job.exit_codes import InvalidInputError
 from dreambooth_job.families import ModelFamily
-from dreambooth_job.generation.generate_config import GenerateConfig, location_problems
+from dreambooth_job.generation.generate_config import AUTO_SAMPLER, GenerateConfig, location_problems
 from dreambooth_job.generation.source import RunSource, find_run, load_pipeline
 from dreambooth_job.redaction import redact_value
 from dreambooth_job.storage import places as storage
@@ -70,18 +70,19 @@ def generate(config: GenerateConfig) -> dict[str, Any]:
         _check_recorded_resolution(config, source.resolution)  # before the model loads
     pipeline = load_pipeline(source, config.cache_dir)
     resolution = base_models.training_resolution(config.resolution or source.resolution, pipeline)
-    use_sampler(pipeline, families.for_pipeline(pipeline), config.sampler)
+    sampler = use_sampler(pipeline, families.for_pipeline(pipeline), config.sampler)
     device = devices.pick_device()
     pipeline.to(device)
     seeds = [config.seed + i for i in range(config.num_images)]
     logger.info("generating %d image(s) of %d prompt(s) at %d px with %s (%s)", config.images,
-                len(prompts), resolution, source.weights_uri, config.sampler)
+                len(prompts), resolution, source.weights_uri, sampler)
     images = sampling.generate_images(
         pipeline, [p for p in prompts for _ in seeds], seeds * len(prompts), resolution=resolution,
         num_inference_steps=config.steps, guidance_scale=config.guidance_scale,
         batch_size=config.batch_size)
     rows = [images[i * len(seeds):(i + 1) * len(seeds)] for i in range(len(prompts))]
-    record = _record(config, source, prompts, seeds, resolution, str(device))
+    record = _record(dataclasses.replace(config, sampler=sampler), source, prompts, seeds, resolution,
+                     str(device))
     record_uri = storage.join(config.output, RECORD_FILE)
     # An earlier generation's record goes first: a crash below must not leave it describing
     # images that are no longer the ones beside it.
@@ -111,11 +112,17 @@ def check_output(output: str, source: RunSource) -> None:
                                     "would change the run's published weights; write them elsewhere")
 
 
-def use_sampler(pipeline, family: ModelFamily, sampler: str) -> None:
-    """Swap in the scheduler `sampler` names (one of the family's `samplers`), from the pipeline's
-    own scheduler config (its betas and prediction type), and turn the progress bars off."""
-    pipeline.scheduler = family.sampling_scheduler(pipeline, sampler)
+def use_sampler(pipeline, family: ModelFamily, sampler: str) -> str:
+    """Swap in the scheduler `sampler` names (one of the family's `samplers`; auto: its default),
+    from the pipeline's own scheduler config (its betas and prediction type), and turn the progress
+    bars off; the sampler's name. A name of another family's is invalid input naming --sampler."""
+    name = next(iter(family.samplers)) if sampler == AUTO_SAMPLER else sampler
+    if name not in family.samplers:
+        raise InvalidInputError(f"--sampler {name} is not one of this {family.name} model's: "
+                                f"{', '.join(family.samplers)}")
+    pipeline.scheduler = family.sampling_scheduler(pipeline, name)
     pipeline.set_progress_bar_config(disable=True)
+    return name
 
 
 def _record(config: GenerateConfig, source: RunSource, prompts: list[str], seeds: list[int],

@@ -84,6 +84,7 @@ def test_generate_from_a_full_run_writes_images_grid_and_record(runs):
     assert record["prompts"][0]["template"] == "a {identifier} {class_noun} on the moon"
     assert record["weights"] == "model" and record["run"] == runs["full"].rstrip("/")
     assert record["seeds"] == [5, 6] and record["resolution"] == 64 and record["steps"] == 2
+    assert record["sampler"] == "dpm-solver++"  # auto: the family's first, the grids' sampler
     assert [i["file"] for i in record["prompts"][1]["images"]] == ["prompt-01-seed-5.png",
                                                                   "prompt-01-seed-6.png"]
     assert f"wrote 4 image(s), grid.png and generation.json to {prefix}" in outcome.stdout

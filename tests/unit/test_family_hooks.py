@@ -121,9 +121,20 @@ def test_generated_images_start_from_the_familys_initial_noise(tiny_pipeline, mo
     assert torch.equal(handed[0], torch.stack(drawn).to(family.sampling_dtype(pipe)))
 
 
-def test_every_generate_sampler_is_one_every_family_builds():
-    from dreambooth_job.generation.generate_config import SAMPLERS
+def test_generate_offers_every_familys_samplers_and_refuses_another_familys(tiny_model):
+    """--sampler's choices are the families' (a new family's samplers need no edit elsewhere);
+    auto is the family's first, the grids' sampler; a name the model's family lacks is exit 2."""
+    from dreambooth_job.exit_codes import InvalidInputError
+    from dreambooth_job.generation.generate_config import AUTO_SAMPLER, SAMPLERS, GenerateConfig
+    from dreambooth_job.generation.run import use_sampler
 
-    for family in families.FAMILIES:
-        assert set(SAMPLERS) <= set(family.samplers), family.name
-        assert next(iter(family.samplers)) == SAMPLERS[0], "generate's default is the grids' sampler"
+    assert set(SAMPLERS) == {name for f in families.FAMILIES for name in f.samplers}
+    assert GenerateConfig.__dataclass_fields__["sampler"].default == AUTO_SAMPLER
+    pipe = families.detect(str(tiny_model)).load_pipeline(str(tiny_model), str(tiny_model))
+    family = families.for_pipeline(pipe)
+    assert use_sampler(pipe, family, AUTO_SAMPLER) == next(iter(family.samplers))
+    assert type(pipe.scheduler).__name__ == family.sampler_name()
+    assert use_sampler(pipe, family, "euler") == "euler"
+    assert type(pipe.scheduler).__name__ == family.samplers["euler"]
+    with pytest.raises(InvalidInputError, match="--sampler flow-euler is not one of this"):
+        use_sampler(pipe, family, "flow-euler")
