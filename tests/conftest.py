@@ -121,6 +121,17 @@ def tiny_sdxl_model(tmp_path_factory) -> Path:
     return path
 
 
+@pytest.fixture(scope="session")
+def tiny_flux2_klein_model(tmp_path_factory) -> Path:
+    """The tiny random FLUX.2 [klein]-shaped pipeline (Qwen3 text encoder, Flux2 transformer and
+    VAE, flow-matching scheduler), saved in diffusers format once per run."""
+    from dreambooth_job.devtools import tiny_models
+
+    path = tmp_path_factory.mktemp("tiny-flux2-klein-model")
+    tiny_models.build_tiny_flux2_klein_pipeline(path)
+    return path
+
+
 @pytest.fixture
 def photo_dir(tmp_path) -> Path:
     """Four valid subject photos."""

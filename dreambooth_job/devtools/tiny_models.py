@@ -1,5 +1,6 @@
 """Offline building blocks for tests, the demo, bench and the toy world: Stable Diffusion's real CLIP
-tokenizer (from the BPE merges open_clip_torch ships) and a tiny random SD-shaped pipeline. Nothing
+tokenizer (from the BPE merges open_clip_torch ships), tiny random SD-, SDXL- and FLUX.2 [klein]-shaped
+pipelines (with a small in-process BPE for klein's Qwen3 encoder). Nothing
 here downloads anything; the job itself never imports this module.
 """
 
@@ -18,7 +19,6 @@ CLIP_MAX_LENGTH = 77
 # CLIP's BPE keeps the first 48,894 merges: 256 bytes x 2 (with/without </w>) + merges + 2 specials
 # add up to Stable Diffusion's 49,408-token vocabulary.
 CLIP_NUM_MERGES = 49408 - 512 - 2
-
 
 
 def clip_tokenizer():
@@ -154,5 +154,76 @@ def build_tiny_sdxl_pipeline(output_dir: str | os.PathLike, seed: int = 0,
         unet=unet, vae=vae, text_encoder=text_encoder, text_encoder_2=text_encoder_2,
         tokenizer=tokenizer, tokenizer_2=tokenizer, scheduler=scheduler,
         force_zeros_for_empty_prompt=True, add_watermarker=False)
+    pipeline.save_pretrained(output_dir, safe_serialization=True)
+    return pipeline
+
+
+QWEN_SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<think>", "</think>"]
+# Qwen3's chat template, reduced to what Flux2KleinPipeline asks of it: user/assistant turns, the
+# generation prompt, and an empty think block when `enable_thinking=False`.
+QWEN_CHAT_TEMPLATE = (
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}"
+    "<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n"
+    "{% if enable_thinking is defined and enable_thinking is false %}<think>\n\n</think>\n\n"
+    "{% endif %}{% endif %}")
+QWEN_CORPUS = ["a photo of sks dog", "a photo of a dog", "a dog in the snow", "a red cube on a table",
+               "user assistant system", "a photo of zwx person", "a cat on a sofa"]
+
+
+def qwen_tokenizer():
+    """A small byte-level BPE in Qwen2TokenizerFast, trained in-process on a few phrases, with
+    Qwen's special tokens and a chat template: what Flux2KleinPipeline's prompt encoding calls."""
+    from tokenizers import ByteLevelBPETokenizer  # deferred: tokenizers comes with transformers
+    from transformers import Qwen2TokenizerFast  # deferred: transformers is heavy
+
+    bpe = ByteLevelBPETokenizer()
+    bpe.train_from_iterator(QWEN_CORPUS, vocab_size=400, min_frequency=1,
+                            special_tokens=QWEN_SPECIAL_TOKENS)
+    with tempfile.TemporaryDirectory() as tmp:
+        bpe.save_model(tmp)
+        tokenizer = Qwen2TokenizerFast(
+            vocab_file=os.path.join(tmp, "vocab.json"), merges_file=os.path.join(tmp, "merges.txt"),
+            unk_token=None, bos_token=None, eos_token="<|im_end|>", pad_token="<|endoftext|>",
+            additional_special_tokens=QWEN_SPECIAL_TOKENS[1:])
+    tokenizer.chat_template = QWEN_CHAT_TEMPLATE
+    return tokenizer
+
+
+def build_tiny_flux2_klein_pipeline(output_dir: str | os.PathLike, seed: int = 0):
+    """Save a tiny random FLUX.2 [klein]-shaped pipeline in diffusers format; returns it. A Qwen3
+    text encoder (28 layers of width 16: the pipeline stacks hidden states 9, 18 and 27, so the
+    transformer's joint attention width is 48), a Flux2 transformer with one double- and one
+    single-stream block, and a Flux2 VAE that downsamples 2x into 4 channels, patchified 2x2 into
+    the transformer's 16: a 64 px image is 16x16 tokens. The scheduler is klein's flow-matching
+    Euler with dynamic shifting."""
+    import torch  # deferred: torch is heavy
+    from diffusers import (  # deferred: diffusers is heavy
+        AutoencoderKLFlux2,
+        FlowMatchEulerDiscreteScheduler,
+        Flux2KleinPipeline,
+        Flux2Transformer2DModel,
+    )
+    from transformers import Qwen3Config, Qwen3ForCausalLM  # deferred: transformers is heavy
+
+    tokenizer = qwen_tokenizer()
+    torch.manual_seed(seed)
+    transformer = Flux2Transformer2DModel(
+        patch_size=1, in_channels=16, num_layers=1, num_single_layers=1, attention_head_dim=16,
+        num_attention_heads=2, joint_attention_dim=48, timestep_guidance_channels=256,
+        axes_dims_rope=(4, 4, 4, 4), guidance_embeds=False)
+    vae = AutoencoderKLFlux2(
+        in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 2,
+        up_block_types=("UpDecoderBlock2D",) * 2, block_out_channels=(8, 16), layers_per_block=1,
+        latent_channels=4, norm_num_groups=4, sample_size=64, patch_size=(2, 2))
+    text_encoder = Qwen3ForCausalLM(Qwen3Config(
+        vocab_size=len(tokenizer), hidden_size=16, intermediate_size=32, num_hidden_layers=28,
+        num_attention_heads=2, num_key_value_heads=1, head_dim=8, max_position_embeddings=1024,
+        tie_word_embeddings=True))
+    # FLUX.2 [klein]'s scheduler_config.json.
+    scheduler = FlowMatchEulerDiscreteScheduler(
+        num_train_timesteps=1000, shift=3.0, use_dynamic_shifting=True, base_shift=0.5,
+        max_shift=1.15, base_image_seq_len=256, max_image_seq_len=4096, time_shift_type="exponential")
+    pipeline = Flux2KleinPipeline(scheduler=scheduler, vae=vae, text_encoder=text_encoder,
+                                  tokenizer=tokenizer, transformer=transformer)
     pipeline.save_pretrained(output_dir, safe_serialization=True)
     return pipeline
