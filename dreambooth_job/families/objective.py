@@ -7,7 +7,7 @@ timesteps and a target, and how the prediction's error is weighed. A family pick
     prediction = family.predict(denoiser, batch.noisy, batch.timesteps, conditioning)
     errors = objective.per_sample_loss(prediction, batch)   # (batch,)
 
-A flow-matching family (rectified-flow velocity, FLUX) subclasses `TrainingObjective` with its own
+`FlowMatchingObjective` is the rectified-flow velocity objective (FLUX.2 [klein]): its own
 timestep sampling, interpolation and target; `draw` keeps the order of the random draws.
 """
 
@@ -100,3 +100,49 @@ class DdpmObjective(TrainingObjective):
         if self.prediction_type == "v_prediction":
             return self.scheduler.get_velocity(latents, noise, timesteps)
         return noise
+
+
+class FlowMatchingObjective(TrainingObjective):
+    """Rectified flow (Liu et al. 2022; Esser et al. 2024, SD3): the input is the straight line
+    `x_t = (1 - s) * latents + s * noise` at noise level s, the target its velocity `noise - latents`.
+
+    Timesteps are drawn as diffusers' examples/dreambooth/train_dreambooth_lora_flux2_klein.py
+    draws them with its default `--weighting_scheme none`: u uniform in [0, 1)
+    (`compute_density_for_timestep_sampling`), the timestep the base scheduler's
+    `timesteps[int(u * num_train_timesteps)]`, s its sigma, and every sample's loss weighted
+    alike. FLUX.2 [klein]'s scheduler shifts its sigmas by resolution only when sampling
+    (`use_dynamic_shifting`), so its training schedule is the unshifted one: s = t / 1000."""
+
+    prediction_type = "flow"
+
+    def __init__(self, timesteps, sigmas):
+        # The schedule's timesteps and their noise levels, descending, on the CPU.
+        self.timesteps, self.sigmas = timesteps, sigmas
+
+    @classmethod
+    def from_pipeline(cls, pipeline) -> FlowMatchingObjective:
+        """The objective of the schedule the pipeline's scheduler config describes."""
+        from diffusers import FlowMatchEulerDiscreteScheduler  # deferred: diffusers is heavy
+
+        scheduler = FlowMatchEulerDiscreteScheduler.from_config(pipeline.scheduler.config)
+        return cls(scheduler.timesteps.clone(), scheduler.sigmas[:len(scheduler.timesteps)].clone())
+
+    def sample_timesteps(self, batch: int, generator):
+        import torch  # deferred: torch is heavy; families/ is imported without it
+
+        u = torch.rand((batch,), generator=generator)
+        return self.timesteps[(u * len(self.timesteps)).long()]
+
+    def sigma(self, timesteps, ndim: int):
+        """Each timestep's noise level, shaped to broadcast over a batch of `ndim` dimensions."""
+        schedule = self.timesteps.to(timesteps.device)
+        indices = (schedule[None, :] == timesteps[:, None]).int().argmax(dim=1)
+        sigma = self.sigmas.to(timesteps.device)[indices]
+        return sigma.reshape(-1, *[1] * (ndim - 1))
+
+    def noisy_inputs(self, latents, noise, timesteps):
+        sigma = self.sigma(timesteps, latents.ndim).to(latents.dtype)
+        return (1.0 - sigma) * latents + sigma * noise
+
+    def target(self, latents, noise, timesteps):
+        return noise - latents
