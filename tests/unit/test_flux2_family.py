@@ -16,7 +16,8 @@ FAMILY = Flux2Klein()
 
 @pytest.fixture(scope="module")
 def pipeline(tiny_flux2_klein_model):
-    return families.detect(str(tiny_flux2_klein_model)).load_pipeline(str(tiny_flux2_klein_model), "/nonexistent")
+    path = str(tiny_flux2_klein_model)
+    return families.detect(path).load_pipeline(path, "/nonexistent")
 
 
 def test_a_klein_pipeline_is_detected_from_model_index(tiny_flux2_klein_model, pipeline):
