@@ -1,0 +1,65 @@
+"""FLUX.2 [klein] through the same job: the family is detected from the base model, and a LoRA run
+with prior preservation (class images sampled by the frozen base) runs end to end against the real
+S3 server; the diffusers LoRA file loads with Flux2KleinPipeline and changes what it samples. The
+tiny FLUX.2 [klein]-shaped pipeline."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from click.testing import CliRunner
+from diffusers import Flux2KleinPipeline
+from helpers import upload_photos
+
+from dreambooth_job.cli import main
+from dreambooth_job.exit_codes import ExitCode
+from dreambooth_job.storage import places as storage
+
+SMALL = ["--resolution", "32", "--max-train-steps", "3", "--num-class-images", "2",
+         "--sample-steps", "2", "--num-validation-images", "1", "--log-every", "1",
+         "--sample-every", "3", "--validation-prompt", "a {identifier} {class_noun} on the beach",
+         "--metrics-port", "0", "--learning-rate", "1e-2", "--save-precision", "fp32",
+         "--log-format", "text"]
+
+
+@pytest.fixture
+def photos(bucket, photo_dir):
+    return upload_photos(photo_dir, f"s3://{bucket}/photos/dog/")
+
+
+def sample(pipe) -> torch.Tensor:
+    latents = torch.randn(1, 16, 8, 8, generator=torch.Generator().manual_seed(0))
+    return pipe(prompt="a sks dog", height=32, width=32, num_inference_steps=2, latents=latents,
+                guidance_scale=1.0, output_type="pt").images
+
+
+def test_klein_lora_with_prior_preservation_loads_on_the_base(photos, bucket, tiny_flux2_klein_model,
+                                                             tmp_path):
+    run = f"s3://{bucket}/runs/klein-lora/"
+    outcome = CliRunner().invoke(main, [
+        "train", *SMALL, "--instance-data", photos, "--class-noun", "dog", "--output", run,
+        "--base-model", str(tiny_flux2_klein_model), "--class-data", f"s3://{bucket}/class-cache/",
+        "--cache-dir", str(tmp_path / "cache"), "--train-mode", "lora", "--lora-rank", "4",
+        "--identifier", "sks"],
+        catch_exceptions=False)
+    assert outcome.exit_code == ExitCode.OK, outcome.output
+    result = json.loads(storage.read_bytes(storage.join(run, "result.json")))
+    training = result["training"]
+    assert result["status"] == "succeeded" and training["train_mode"] == "lora"
+    assert training["steps_done"] == 3 and training["final_prior_loss"] is not None
+    assert result["class_images"]["generated"] == 2
+    adapters = sorted(e["path"] for e in result["outputs"]["files"] if e["path"].startswith("lora/"))
+    assert adapters == ["lora/pytorch_lora_weights.safetensors"]
+
+    local = tmp_path / "lora"
+    storage.download_dir(storage.join(run, "lora"), local)
+    from safetensors.torch import load_file
+
+    keys = load_file(local / "pytorch_lora_weights.safetensors").keys()
+    assert keys and all(key.startswith("transformer.transformer_blocks.") for key in keys)
+    base = Flux2KleinPipeline.from_pretrained(tiny_flux2_klein_model)
+    before = sample(base)
+    base.load_lora_weights(local)
+    assert not torch.equal(sample(base), before)
