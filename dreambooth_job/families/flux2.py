@@ -36,6 +36,9 @@ class Flux2Klein(ModelFamily):
     denoiser_name = "transformer"
     samplers = {"flow-euler": "FlowMatchEulerDiscreteScheduler"}
     lora_format = TransformerLoraFormat("Flux2KleinPipeline")
+    # A klein pod is sized by its own profile (--sizing flux2-klein-full|lora, or auto from a local
+    # model); sizing every hub-id SD/SDXL pod for klein's 1,375 s grace and 152 GiB disk would not be.
+    sized_when_undetected = False
     # FLUX.2 [klein] base 4B, counted on the meta device from its published configuration
     # (transformer: 5 double- and 20 single-stream blocks of 24 heads x 128, MLP ratio 3, joint
     # attention 7680, as InvokeAI's and mflux's presets state it; Qwen3-4B: 36 layers of 2560,

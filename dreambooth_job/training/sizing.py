@@ -156,9 +156,11 @@ CHOICES = (AUTO, *PROFILES)
 
 
 def _largest(train_mode: str) -> Profile:
-    """The profile of `train_mode` that every family fits: the one with the longest grace and the
-    largest disk and memory (they grow together, with the parameter counts)."""
-    return max((p for p in PROFILES.values() if p.train_mode == train_mode),
+    """The profile of `train_mode` that every family sized when undetected fits
+    (ModelFamily.sized_when_undetected): the one with the longest grace and the largest disk and
+    memory (they grow together, with the parameter counts)."""
+    covered = {f.name for f in families.FAMILIES if f.sized_when_undetected}
+    return max((p for p in PROFILES.values() if p.train_mode == train_mode and p.family in covered),
                key=lambda p: (p.job_grace_seconds, p.disk_request_gib, p.memory_request_gib))
 
 

@@ -52,9 +52,18 @@ def expected(profile: sizing.Profile) -> dict:
 
 @pytest.mark.parametrize("name", list(sizing.PROFILES))
 def test_build_job_sizes_the_pod_by_the_named_profile(name):
-    job = build_job(JobSpec(train=TRAIN, cluster=ClusterSettings(sizing=name)))
+    # A profile above the default grace ceiling (FLUX.2 [klein] full) runs where the operator raised it.
+    grace = sizing.PROFILES[name].job_grace_seconds
+    ceilings = {"max_termination_grace_seconds": grace} if grace > 600 else {}
+    job = build_job(JobSpec(train=TRAIN, cluster=ClusterSettings(sizing=name, ceilings=ceilings)))
     assert sized(job) == expected(sizing.PROFILES[name])
     validate_object(job)
+
+
+def test_a_profile_above_the_default_grace_ceiling_is_refused_in_one_line():
+    with pytest.raises(InvalidInputError, match="above the operator's ceiling of 600 s") as refused:
+        build_job(JobSpec(train=TRAIN, cluster=ClusterSettings(sizing="flux2-klein-full")))
+    assert "\n" not in str(refused.value)
 
 
 @pytest.mark.parametrize(("train_mode", "pipeline_class", "profile"), [

@@ -101,10 +101,20 @@ def test_every_family_has_both_profiles_and_an_undetected_model_gets_the_largest
     for mode, name in sizing.UNDETECTED.items():
         undetected = sizing.PROFILES[name]
         assert undetected.train_mode == mode
-        for profile in (p for p in sizing.PROFILES.values() if p.train_mode == mode):
+        covered = {f.name for f in families.FAMILIES if f.sized_when_undetected}
+        for profile in (p for p in sizing.PROFILES.values()
+                        if p.train_mode == mode and p.family in covered):
             assert profile.job_grace_seconds <= undetected.job_grace_seconds
             assert profile.disk_request_gib <= undetected.disk_request_gib
             assert profile.memory_request_gib <= undetected.memory_request_gib
+
+
+def test_flux2_klein_is_not_what_an_undetected_model_is_sized_for():
+    """klein's full profile (a 95 GB checkpoint) would size every hub-id SD pod; its runs name it."""
+    assert not FAMILY["flux2-klein"].sized_when_undetected
+    assert set(sizing.UNDETECTED.values()) == {"sdxl-full", "sdxl-lora"}
+    klein, sdxl = sizing.PROFILES["flux2-klein-full"], sizing.PROFILES["sdxl-full"]
+    assert klein.job_grace_seconds > sdxl.job_grace_seconds
 
 
 def test_a_run_of_a_family_without_profiles_is_budgeted_as_the_largest():
