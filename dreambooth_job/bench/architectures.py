@@ -11,7 +11,11 @@ random weights, so a benchmark needs no download:
 - sdxl: Stable Diffusion XL base 1.0 (UNet channels 320/640/1280 with 1/2/10 transformer layers at
   its attention levels, cross-attention 2048 from two text encoders (CLIP ViT-L, 12 layers of
   width 768, and OpenCLIP ViT-bigG, 32 layers of width 1280 with a 1280 projection), `text_time`
-  added conditioning, VAE as SD's with scaling factor 0.13025, 1024 px).
+  added conditioning, VAE as SD's with scaling factor 0.13025, 1024 px);
+- flux2-klein-4b: FLUX.2 [klein] base 4B (transformer: 5 double- and 20 single-stream blocks of 24
+  heads x 128, MLP ratio 3, joint attention 7680 = 3 x Qwen3-4B's 2560; Qwen3-4B text encoder, 36
+  layers; AutoencoderKLFlux2 at its defaults, 32 latent channels; 1024 px). The tokenizer is the
+  tiny test one (tokens' values do not change the work).
 
 Built on any device: `device="meta"` gives the shapes without memory, which memory_estimate.py's estimate
 (bench/estimate.py) and bench's refusal read before anything real is allocated. The model's family
@@ -28,9 +32,11 @@ import tempfile
 from dreambooth_job.devtools import tiny_models
 from dreambooth_job.devtools.tiny_models import CLIP_MAX_LENGTH, clip_tokenizer
 
-ARCHITECTURES = ("tiny", "tiny-sdxl", "sd15", "sd21", "sdxl")
-NATIVE_RESOLUTION = {"tiny": 64, "tiny-sdxl": 64, "sd15": 512, "sd21": 768, "sdxl": 1024}
-LARGE = ("sdxl",)  # architectures whose memory bench checks before building them (memory_refusal)
+ARCHITECTURES = ("tiny", "tiny-sdxl", "sd15", "sd21", "sdxl", "flux2-klein-4b")
+NATIVE_RESOLUTION = {"tiny": 64, "tiny-sdxl": 64, "sd15": 512, "sd21": 768, "sdxl": 1024,
+                     "flux2-klein-4b": 1024}
+# Architectures whose memory bench checks before building them (memory_refusal).
+LARGE = ("sdxl", "flux2-klein-4b")
 UNSUPPORTED: dict[str, str] = {}  # architectures bench lists but cannot run, with the reason
 
 
@@ -45,6 +51,8 @@ def build_pipeline(model: str, seed: int = 0, device: str = "cpu"):
             return build(directory, seed=seed)
     if model == "sdxl":
         return _stable_diffusion_xl(seed, device)
+    if model == "flux2-klein-4b":
+        return _flux2_klein_4b(seed, device)
     if model in ("sd15", "sd21"):
         import torch  # deferred: torch is heavy; bench's CLI starts without it
 
@@ -161,3 +169,39 @@ def _stable_diffusion_xl(seed: int, device: str):
     return StableDiffusionXLPipeline(
         **build_sdxl_models(seed, device), tokenizer=clip_tokenizer(), tokenizer_2=clip_tokenizer(),
         scheduler=scheduler, force_zeros_for_empty_prompt=True)
+
+
+FLUX2_KLEIN_4B_TRANSFORMER_CONFIG = {
+    "patch_size": 1, "in_channels": 128, "num_layers": 5, "num_single_layers": 20,
+    "attention_head_dim": 128, "num_attention_heads": 24, "mlp_ratio": 3.0, "joint_attention_dim": 7680,
+    "axes_dims_rope": (32, 32, 32, 32), "rope_theta": 2000, "timestep_guidance_channels": 256,
+    "guidance_embeds": False,
+}
+QWEN3_4B_CONFIG = {
+    "vocab_size": 151936, "hidden_size": 2560, "intermediate_size": 9728, "num_hidden_layers": 36,
+    "num_attention_heads": 32, "num_key_value_heads": 8, "head_dim": 128,
+    "max_position_embeddings": 40960, "tie_word_embeddings": True,
+}
+
+
+def _flux2_klein_4b(seed: int, device: str):
+    """A Flux2KleinPipeline of klein base 4B's shapes with seeded random weights, on `device`."""
+    import torch  # deferred: heavy
+    from diffusers import (  # deferred: heavy
+        AutoencoderKLFlux2,
+        FlowMatchEulerDiscreteScheduler,
+        Flux2KleinPipeline,
+        Flux2Transformer2DModel,
+    )
+    from transformers import Qwen3Config, Qwen3ForCausalLM  # deferred: heavy
+
+    torch.manual_seed(seed)
+    with torch.device(device):
+        transformer = Flux2Transformer2DModel(**FLUX2_KLEIN_4B_TRANSFORMER_CONFIG)
+        vae = AutoencoderKLFlux2()
+        text_encoder = Qwen3ForCausalLM(Qwen3Config(**QWEN3_4B_CONFIG))
+    scheduler = FlowMatchEulerDiscreteScheduler(
+        num_train_timesteps=1000, shift=3.0, use_dynamic_shifting=True, base_shift=0.5,
+        max_shift=1.15, base_image_seq_len=256, max_image_seq_len=4096, time_shift_type="exponential")
+    return Flux2KleinPipeline(scheduler=scheduler, vae=vae, text_encoder=text_encoder,
+                              tokenizer=tiny_models.qwen_tokenizer(), transformer=transformer)
