@@ -18,7 +18,7 @@ from typing import Any
 
 from dreambooth_job.exit_codes import InvalidInputError
 from dreambooth_job.families.base import ModelFamily, PromptEmbeddings
-from dreambooth_job.families.lora_formats import TransformerLoraFormat
+from dreambooth_job.families.flux2_lora import Flux2LoraFormat
 from dreambooth_job.families.objective import FlowMatchingObjective, TrainingObjective
 from dreambooth_job.families.reference import GB, ReferenceModel
 
@@ -35,7 +35,7 @@ class Flux2Klein(ModelFamily):
     text_encoder_names = ("text_encoder",)
     denoiser_name = "transformer"
     samplers = {"flow-euler": "FlowMatchEulerDiscreteScheduler"}
-    lora_format = TransformerLoraFormat("Flux2KleinPipeline")
+    lora_format = Flux2LoraFormat("Flux2KleinPipeline")
     # A klein pod is sized by its own profile (--sizing flux2-klein-full|lora, or auto from a local
     # model); sizing every hub-id SD/SDXL pod for klein's 1,375 s grace and 152 GiB disk would not be.
     sized_when_undetected = False

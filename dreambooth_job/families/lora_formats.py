@@ -14,9 +14,8 @@ outputs/lora_writers.py's; what differs between families is here:
   transformer_blocks_0_attn1_to_q`, `lora_unet_middle_block_1_...`): kohya trains SDXL on that
   UNet; the encoders are `lora_te1_` and `lora_te2_`, and the header says
   `ss_base_model_version: sdxl_base_v1-0` (A1111 filters SDXL LoRAs by it).
-- FLUX.2 [klein]: `Flux2KleinPipeline.save_lora_weights` (the transformer's adapters only); no
-  kohya/ComfyUI file yet (`writes_kohya` is False): ComfyUI's FLUX.2 keys name the original
-  checkpoint's fused projections (`double_blocks.N.img_attn.qkv`), a mapping not written yet.
+- FLUX.2 [klein]: `Flux2KleinPipeline.save_lora_weights` (the transformer's adapters only);
+  kohya keys name the original checkpoint's modules, q/k/v fused (families/flux2_lora.py).
 """
 
 from __future__ import annotations
@@ -26,7 +25,6 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from dreambooth_job.exit_codes import InvalidInputError
 from dreambooth_job.outputs.export.single_file import unet_to_ldm
 
 
@@ -38,8 +36,6 @@ class LoraFormat(ABC):
     first (whose adapters' rank and alpha the headers state)."""
     kohya_header: Mapping[str, str]
     """Header entries the single-file format adds for this family."""
-    writes_kohya: bool = True
-    """Whether the family has a kohya/ComfyUI single-file LoRA layout (`kohya_state`)."""
 
     def modules(self, pipeline) -> dict[str, Any]:
         """The pipeline's modules that may carry adapters, by component (None where absent)."""
@@ -105,12 +101,12 @@ class UNetLoraFormat(LoraFormat):
 @dataclass(frozen=True)
 class TransformerLoraFormat(LoraFormat):
     """The LoRA files of a diffusers family whose denoiser is a transformer that diffusers'
-    pipeline saves alone (`transformer_lora_layers`): FLUX.2 [klein]."""
+    pipeline saves alone (`transformer_lora_layers`); each family names its kohya keys
+    (`kohya_state`: FLUX.2's in flux2_lora.py)."""
 
     pipeline_class: str
     components: tuple[str, ...] = ("transformer",)
     kohya_header: Mapping[str, str] = field(default_factory=dict)
-    writes_kohya: bool = False
 
     def write_diffusers(self, directory, layers, *, weight_name, save_function) -> None:
         import diffusers  # deferred: diffusers is heavy; the CLI and k8s builders start without it
@@ -119,7 +115,3 @@ class TransformerLoraFormat(LoraFormat):
         writer.save_lora_weights(directory, transformer_lora_layers=layers.get(self.components[0]),
                                  weight_name=weight_name, save_function=save_function,
                                  safe_serialization=True)
-
-    def kohya_state(self, adapters, modules) -> dict[str, dict]:
-        raise InvalidInputError(f"{self.pipeline_class}: no kohya/ComfyUI LoRA layout yet; "
-                                "use the diffusers LoRA file")

@@ -124,13 +124,12 @@ def _write_lora(family, modules, directory: Path, settings: OutputSettings) -> l
     """The adapters in diffusers' and in kohya's format, as the family writes them; the text
     encoders' when they have any."""
     lora_dir = directory / LORA_DIR
-    written = [lora_writers.save_lora_diffusers(
-        lora_dir, family, modules, dtype=settings.precision, metadata=settings.metadata)]
-    if family.lora_format.writes_kohya:  # a family without a kohya layout yet publishes diffusers' only
-        written.append(lora_writers.save_lora_kohya(
-            lora_dir / single_file_name(settings.subject_id), family, modules,
-            dtype=settings.precision, metadata=settings.metadata))
-    return [p.relative_to(directory).as_posix() for p in written]
+    diffusers_file = lora_writers.save_lora_diffusers(
+        lora_dir, family, modules, dtype=settings.precision, metadata=settings.metadata)
+    kohya_file = lora_writers.save_lora_kohya(
+        lora_dir / single_file_name(settings.subject_id), family, modules,
+        dtype=settings.precision, metadata=settings.metadata)
+    return [p.relative_to(directory).as_posix() for p in (diffusers_file, kohya_file)]
 
 
 class _merged:

@@ -104,3 +104,42 @@ def test_single_file_export_is_refused_in_one_line(pipeline):
     with pytest.raises(InvalidInputError) as refused:
         FAMILY.check_single_file(pipeline)
     assert refused.value.exit_code == ExitCode.INVALID_INPUT and "\n" not in str(refused.value)
+
+
+def test_both_lora_files_have_the_same_effect(tiny_flux2_klein_model, tmp_path):
+    """The kohya file (original FLUX.2 names, q/k/v fused) read through diffusers' converter gives
+    the transformer the same output as the diffusers file."""
+    from diffusers import Flux2KleinPipeline
+    from safetensors.torch import load_file
+
+    from dreambooth_job.outputs import lora_writers
+    from dreambooth_job.training import lora_adapters
+
+    trained = Flux2KleinPipeline.from_pretrained(tiny_flux2_klein_model)
+    targets = ["to_q", "to_k", "to_v", "to_out.0", "add_k_proj", "linear_in", "to_qkv_mlp_proj"]
+    lora_adapters.add_lora(trained.transformer, target_modules=targets, rank=2, alpha=3)
+    generator = torch.Generator().manual_seed(5)
+    with torch.no_grad():
+        for name, parameter in trained.transformer.named_parameters():
+            if "lora_B" in name:
+                parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.1)
+    modules = FAMILY.lora_format.modules(trained)
+    lora_writers.save_lora_diffusers(tmp_path / "diffusers", FAMILY, modules, metadata={})
+    kohya = lora_writers.save_lora_kohya(tmp_path / "kohya.safetensors", FAMILY, modules, metadata={})
+    keys = load_file(kohya).keys()
+    assert "lora_unet_double_blocks_0_img_attn_qkv.lora_down.weight" in keys
+    assert "lora_unet_single_blocks_0_linear1.lora_up.weight" in keys
+    assert not any("transformer_blocks" in key for key in keys)
+
+    latents = torch.randn(1, 16, 8, 8, generator=torch.Generator().manual_seed(0))
+    outputs = []
+    for path in (tmp_path / "diffusers", kohya):
+        pipe = Flux2KleinPipeline.from_pretrained(tiny_flux2_klein_model)
+        pipe.load_lora_weights(str(path))
+        outputs.append(pipe(prompt="a sks dog", height=32, width=32, num_inference_steps=2,
+                            latents=latents, guidance_scale=1.0, output_type="pt").images)
+    base = Flux2KleinPipeline.from_pretrained(tiny_flux2_klein_model)
+    plain = base(prompt="a sks dog", height=32, width=32, num_inference_steps=2, latents=latents,
+                 guidance_scale=1.0, output_type="pt").images
+    assert not torch.allclose(outputs[0], plain)
+    torch.testing.assert_close(outputs[1], outputs[0], rtol=1e-5, atol=1e-5)
