@@ -70,3 +70,14 @@ def test_klein_lora_with_prior_preservation_loads_on_the_base(photos, bucket, ti
     other = Flux2KleinPipeline.from_pretrained(tiny_flux2_klein_model)
     other.load_lora_weights(str(local / kohya_file.removeprefix("lora/")))
     torch.testing.assert_close(sample(other), with_adapters, rtol=1e-5, atol=1e-5)
+
+    # `generate` draws from the LoRA run with the family's sampler.
+    drawn = f"s3://{bucket}/drawn/"
+    outcome = CliRunner().invoke(main, [
+        "generate", "--model", run, "--output", drawn, "--cache-dir", str(tmp_path / "cache"),
+        "--steps", "2", "--prompt", "a sks dog", "--num-images", "1", "--seed", "5",
+        "--log-format", "json"], catch_exceptions=False)
+    assert outcome.exit_code == ExitCode.OK, outcome.output[-3000:]
+    record = json.loads(storage.read_bytes(drawn + "generation.json"))
+    assert record["sampler"] == "flow-euler"
+    assert "prompt-00-seed-5.png" in {f.relative_path for f in storage.list_files(drawn)}
