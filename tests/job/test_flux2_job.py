@@ -81,3 +81,24 @@ def test_klein_lora_with_prior_preservation_loads_on_the_base(photos, bucket, ti
     record = json.loads(storage.read_bytes(drawn + "generation.json"))
     assert record["sampler"] == "flow-euler"
     assert "prompt-00-seed-5.png" in {f.relative_path for f in storage.list_files(drawn)}
+
+
+def test_klein_full_fine_tune_saves_a_pipeline_and_refuses_the_single_file(
+        photos, bucket, tiny_flux2_klein_model, tmp_path):
+    run = f"s3://{bucket}/runs/klein-full/"
+    common = ["train", *SMALL, "--instance-data", photos, "--class-noun", "dog",
+              "--base-model", str(tiny_flux2_klein_model), "--class-data", f"s3://{bucket}/class-cache/",
+              "--cache-dir", str(tmp_path / "cache"), "--identifier", "sks"]
+    refused = CliRunner().invoke(main, [*common, "--output", f"s3://{bucket}/runs/klein-single/",
+                                        "--export-single-file"])
+    assert refused.exit_code == ExitCode.INVALID_INPUT
+    assert "single-file layout is not written yet" in refused.output
+    outcome = CliRunner().invoke(main, [*common, "--output", run], catch_exceptions=False)
+    assert outcome.exit_code == ExitCode.OK, outcome.output
+    result = json.loads(storage.read_bytes(storage.join(run, "result.json")))
+    assert result["training"]["train_mode"] == "full" and result["training"]["final_prior_loss"] is not None
+    local = tmp_path / "model"
+    storage.download_dir(storage.join(run, "model"), local)
+    tuned = Flux2KleinPipeline.from_pretrained(local)
+    base = Flux2KleinPipeline.from_pretrained(tiny_flux2_klein_model)
+    assert not torch.equal(sample(tuned), sample(base))
