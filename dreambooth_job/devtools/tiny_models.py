@@ -181,10 +181,13 @@ def qwen_tokenizer():
                             special_tokens=QWEN_SPECIAL_TOKENS)
     with tempfile.TemporaryDirectory() as tmp:
         bpe.save_model(tmp)
-        tokenizer = Qwen2TokenizerFast(
-            vocab_file=os.path.join(tmp, "vocab.json"), merges_file=os.path.join(tmp, "merges.txt"),
-            unk_token=None, bos_token=None, eos_token="<|im_end|>", pad_token="<|endoftext|>",
-            additional_special_tokens=QWEN_SPECIAL_TOKENS[1:])
+        vocab = json.loads(Path(tmp, "vocab.json").read_text(encoding="utf-8"))
+        merges = Path(tmp, "merges.txt").read_text(encoding="utf-8").splitlines()[1:]
+    # transformers 5 takes the vocabulary and merges themselves (vocab_file= is silently ignored).
+    tokenizer = Qwen2TokenizerFast(
+        vocab=vocab, merges=[tuple(m.split()) for m in merges if m], unk_token=None, bos_token=None,
+        eos_token="<|im_end|>", pad_token="<|endoftext|>",
+        additional_special_tokens=QWEN_SPECIAL_TOKENS[1:])
     tokenizer.chat_template = QWEN_CHAT_TEMPLATE
     return tokenizer
 

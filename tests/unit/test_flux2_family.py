@@ -38,6 +38,16 @@ def test_prompt_embeddings_are_the_pipelines(pipeline):
     assert torch.equal(conditioning["txt_ids"], text_ids)
 
 
+def test_the_saved_tokenizer_tells_prompts_apart(pipeline):
+    """The tiny Qwen BPE survives save_pretrained: a prompt is real tokens, not just the template."""
+    ids, mask = FAMILY.tokenize(pipeline, "a photo of sks dog")
+    other, other_mask = FAMILY.tokenize(pipeline, "a red cube")
+    assert ids.shape == (1, 512) and int(mask.sum()) > int(other_mask.sum()) > 15
+    assert not torch.equal(ids, other)
+    text = pipeline.tokenizer.decode(ids[0][mask[0].bool()])
+    assert text.startswith("<|im_start|>user\na photo of sks dog<|im_end|>")
+
+
 def test_latents_are_the_pipelines_normalised_patches(pipeline):
     pixels = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(0)) * 2 - 1
     with torch.no_grad():
