@@ -4,6 +4,10 @@ CLIP's BPE vocabulary lists merges in the order they were learned, most frequent
 whole-word token near the end of the vocabulary is one the text encoder rarely saw: a weak prior.
 Among those we keep short lowercase letter strings that tokenize to exactly one token and are not
 known to mean something (the community default "sks" is also a rifle).
+
+A whole word is spelt `word</w>` in CLIP's vocabulary (SD, SDXL) and `Ġword` (a word after a
+space) in a byte-level BPE such as Qwen's (FLUX.2 [klein]); the rule is the same for both, and a
+word's ids are those it has after a space, as in "a [V] dog".
 """
 
 from __future__ import annotations
@@ -23,7 +27,8 @@ KNOWN_MEANINGS = frozenset({
 })
 RARE_FRACTION = 0.25
 """Candidates come from the last quarter of the vocabulary's merges."""
-_CANDIDATE = re.compile(r"^[a-z]{3,4}</w>$")
+_CANDIDATE = re.compile(r"^[a-z]{3,4}</w>$|^\u0120[a-z]{3,4}$")
+"""A whole short lowercase word: CLIP's `abc</w>` or byte-level BPE's `Ġabc` (U+0120 is the space)."""
 
 
 @dataclass(frozen=True)
@@ -51,7 +56,7 @@ def choose_identifier(tokenizer: Tokenizer) -> Identifier:
     """Deterministically pick the rarest eligible whole-word token of `tokenizer`'s vocabulary."""
     vocab = tokenizer.get_vocab()
     cutoff = int(len(vocab) * (1 - RARE_FRACTION))
-    candidates = sorted(((i, t[:-len("</w>")]) for t, i in vocab.items()
+    candidates = sorted(((i, t.removesuffix("</w>").removeprefix("\u0120")) for t, i in vocab.items()
                          if i >= cutoff and _CANDIDATE.match(t)), reverse=True)
     for _, word in candidates:
         if word in KNOWN_MEANINGS or not _has_vowel(word):
@@ -68,7 +73,8 @@ def user_identifier(tokenizer: Tokenizer, token: str) -> Identifier:
 
 
 def word_token_ids(tokenizer: Tokenizer, word: str) -> list[int]:
-    return tokenizer(word, add_special_tokens=False).input_ids
+    """`word`'s ids after a space (CLIP drops the space; a byte-level BPE spells it `Ġword`)."""
+    return tokenizer(" " + word, add_special_tokens=False).input_ids
 
 
 def _has_vowel(word: str) -> bool:

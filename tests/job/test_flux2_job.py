@@ -42,8 +42,7 @@ def test_klein_lora_with_prior_preservation_loads_on_the_base(photos, bucket, ti
     outcome = CliRunner().invoke(main, [
         "train", *SMALL, "--instance-data", photos, "--class-noun", "dog", "--output", run,
         "--base-model", str(tiny_flux2_klein_model), "--class-data", f"s3://{bucket}/class-cache/",
-        "--cache-dir", str(tmp_path / "cache"), "--train-mode", "lora", "--lora-rank", "4",
-        "--identifier", "sks"],
+        "--cache-dir", str(tmp_path / "cache"), "--train-mode", "lora", "--lora-rank", "4"],
         catch_exceptions=False)
     assert outcome.exit_code == ExitCode.OK, outcome.output
     result = json.loads(storage.read_bytes(storage.join(run, "result.json")))
@@ -51,6 +50,8 @@ def test_klein_lora_with_prior_preservation_loads_on_the_base(photos, bucket, ti
     assert result["status"] == "succeeded" and training["train_mode"] == "lora"
     assert training["steps_done"] == 3 and training["final_prior_loss"] is not None
     assert result["class_images"]["generated"] == 2
+    # --identifier auto: a rare whole word of the Qwen BPE, one token after a space.
+    assert result["identifier"]["chosen"] == "auto" and len(result["identifier"]["token_ids"]) == 1
     adapters = sorted(e["path"] for e in result["outputs"]["files"] if e["path"].startswith("lora/"))
     assert len(adapters) == 2 and "lora/pytorch_lora_weights.safetensors" in adapters
 

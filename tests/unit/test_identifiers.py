@@ -60,3 +60,12 @@ def test_format_prompt_takes_only_the_two_plain_placeholders(template):
         subject_identifier.format_prompt(template, "olis", "dog")
     escaped = subject_identifier.format_prompt("{{identifier}} {identifier}", "olis", "dog")
     assert escaped == "{identifier} olis"
+
+
+def test_a_byte_level_bpe_gets_a_rare_whole_word_too():
+    """Qwen's BPE (FLUX.2 [klein]) spells a word after a space `Ġword`: the same rule picks from it."""
+    tokenizer = tiny_models.qwen_tokenizer()
+    identifier = subject_identifier.choose_identifier(tokenizer)
+    assert identifier.chosen == "auto" and len(identifier.token_ids) == 1
+    assert tokenizer.convert_ids_to_tokens(identifier.token_ids) == ["\u0120" + identifier.token]
+    assert identifier.token_ids[0] >= 0.75 * len(tokenizer.get_vocab())
