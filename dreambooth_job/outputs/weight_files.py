@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from dreambooth_job import families
+from dreambooth_job.exit_codes import InvalidInputError
 from dreambooth_job.families import for_pipeline
 from dreambooth_job.outputs import lora_writers, result
 from dreambooth_job.outputs.export.precision import save_pretrained_precision
@@ -82,11 +83,18 @@ def single_file_name(subject_id: str) -> str:
     return f"{stem}.safetensors"
 
 
-def check_exportable(pipeline, *, single_file: bool) -> None:
-    """Refuse (exit 2) a --export-single-file the base model's layout cannot give: called when
-    the base model is loaded, not after hours of training."""
+def check_exportable(pipeline, *, single_file: bool, lora_text_encoders: bool = False) -> None:
+    """Refuse (exit 2) what the base model's family cannot publish: a --export-single-file its layout
+    cannot give, or text-encoder LoRA adapters its LoRA files do not hold (they would be trained,
+    then lost). Called when the base model is loaded, not after hours of training."""
+    family = for_pipeline(pipeline)
     if single_file:
-        for_pipeline(pipeline).check_single_file(pipeline)
+        family.check_single_file(pipeline)
+    missing = set(family.text_encoder_names) - set(family.lora_format.components)
+    if lora_text_encoders and missing:
+        raise InvalidInputError(f"--train-text-encoder with --train-mode lora: {family.name}'s LoRA "
+                                f"files hold no adapters of {', '.join(sorted(missing))}; drop "
+                                "--train-text-encoder")
 
 
 def write_outputs(pipeline, directory: Path, settings: OutputSettings) -> WrittenOutputs:

@@ -23,7 +23,9 @@ def load(ctx: RunContext) -> None:
     base = base_models.resolve_base_model(config.base_model, config.cache_dir)
     pipeline = base_models.load_pipeline(base, config.cache_dir)
     pipeline, base = base_models.with_vae(pipeline, base, config.vae, config.cache_dir)
-    weight_files.check_exportable(pipeline, single_file=config.export_single_file)
+    lora_text_encoders = config.train_mode == "lora" and config.train_text_encoder
+    weight_files.check_exportable(pipeline, single_file=config.export_single_file,
+                                  lora_text_encoders=lora_text_encoders)
     resolution = resolve_resolution(ctx, pipeline)
     # Before fast_pipeline swaps the scheduler for sampling: the objective reads the base model's own.
     objective = families.for_pipeline(pipeline).training_objective(pipeline)

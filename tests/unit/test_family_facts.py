@@ -42,9 +42,25 @@ def test_each_family_has_its_own_class_cache_tag():
 
 @pytest.mark.parametrize("family", families.FAMILIES, ids=lambda f: f.name)
 def test_lora_files_start_with_the_denoiser_and_cover_the_text_encoders(family):
+    """The denoiser first, then text encoders; one whose LoRA files hold no text encoder
+    (FLUX.2: diffusers' file holds the transformer only) is tested below."""
     components = family.lora_format.components
     assert components[0] == family.denoiser_name
-    assert set(components[1:]) == set(family.text_encoder_names)
+    assert set(components[1:]) <= set(family.text_encoder_names)
+
+
+def test_text_encoder_lora_that_the_files_cannot_hold_is_refused_when_the_model_loads(
+        tiny_flux2_klein_model, tmp_path):
+    from dreambooth_job.exit_codes import InvalidInputError
+    from dreambooth_job.outputs import weight_files
+
+    family = families.detect(str(tiny_flux2_klein_model))
+    assert set(family.text_encoder_names) - set(family.lora_format.components)
+    pipeline = family.load_pipeline(str(tiny_flux2_klein_model), str(tmp_path))
+    with pytest.raises(InvalidInputError, match="--train-text-encoder with --train-mode lora: "
+                                                "flux2-klein's LoRA files hold no adapters of text_encoder"):
+        weight_files.check_exportable(pipeline, single_file=False, lora_text_encoders=True)
+    weight_files.check_exportable(pipeline, single_file=False, lora_text_encoders=False)
 
 
 @pytest.mark.parametrize(("name", "builder"), [("sd", "build_tiny_pipeline"),
