@@ -62,6 +62,16 @@ TINY_SIZES = {
 }
 
 
+def sd_pipeline(*, unet, vae, text_encoder, tokenizer, scheduler):
+    """An SD 1.x-shaped pipeline of the given models, without a safety checker: the tiny test
+    model's and the toy world's base (toyworld/base.py) assembly."""
+    from diffusers import StableDiffusionPipeline  # deferred: diffusers is heavy
+
+    return StableDiffusionPipeline(
+        unet=unet, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, scheduler=scheduler,
+        safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+
+
 def build_tiny_pipeline(output_dir: str | os.PathLike, seed: int = 0, prediction_type: str = "epsilon"):
     """Save a tiny random SD-1.x-shaped pipeline (real tokenizer) in diffusers format; returns it.
 
@@ -71,7 +81,6 @@ def build_tiny_pipeline(output_dir: str | os.PathLike, seed: int = 0, prediction
     from diffusers import (  # deferred: diffusers is heavy
         AutoencoderKL,
         DDPMScheduler,
-        StableDiffusionPipeline,
         UNet2DConditionModel,
     )
     from transformers import CLIPTextConfig, CLIPTextModel  # deferred: transformers is heavy
@@ -94,9 +103,8 @@ def build_tiny_pipeline(output_dir: str | os.PathLike, seed: int = 0, prediction
     scheduler = DDPMScheduler(
         beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000,
         prediction_type=prediction_type, clip_sample=False, steps_offset=1)
-    pipeline = StableDiffusionPipeline(
-        unet=unet, vae=vae, text_encoder=text_encoder, tokenizer=clip_tokenizer(), scheduler=scheduler,
-        safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    pipeline = sd_pipeline(unet=unet, vae=vae, text_encoder=text_encoder, tokenizer=clip_tokenizer(),
+                           scheduler=scheduler)
     pipeline.save_pretrained(output_dir, safe_serialization=True)
     return pipeline
 

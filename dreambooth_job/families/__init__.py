@@ -78,15 +78,12 @@ def detect_local(base_model: str | None) -> ModelFamily | None:
     known pipeline class; None otherwise (a hub id or S3 prefix, which is not read here, or an
     index that `detect` would refuse at load time). Reads no network: the k8s builders and
     sizing.auto_profile call it before any model is fetched."""
-    index = Path(base_model or "", "model_index.json") if base_model else None
-    if index is None or not index.is_file():
+    if not base_model or not Path(base_model, "model_index.json").is_file():
         return None
     try:
-        config = json.loads(index.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return detect(base_model)  # a local index: read from disk, never fetched
+    except (OSError, InvalidInputError):
         return None
-    class_name = config.get("_class_name") if isinstance(config, dict) else None
-    return next((f for f in FAMILIES if class_name in f.pipeline_classes), None)
 
 
 def for_pipeline(pipeline) -> ModelFamily:

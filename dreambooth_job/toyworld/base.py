@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from dreambooth_job.devtools.tiny_models import CLIP_MAX_LENGTH, clip_tokenizer
+from dreambooth_job.devtools.tiny_models import CLIP_MAX_LENGTH, clip_tokenizer, sd_pipeline
 from dreambooth_job.toyworld import world
 from dreambooth_job.toyworld.latent import build_vae
 
@@ -127,8 +127,6 @@ def train_unet(unet, text_encoder, scheduler, latents: torch.Tensor, ids: torch.
 
 
 def train_base(output: str | Path, recipe: BaseRecipe) -> Path:
-    from diffusers import StableDiffusionPipeline  # deferred: diffusers is heavy
-
     torch.set_num_threads(recipe.threads)
     torch.manual_seed(recipe.seed)
     output = Path(output)
@@ -157,9 +155,8 @@ def train_base(output: str | Path, recipe: BaseRecipe) -> Path:
                     truncation=True, return_tensors="pt").input_ids
     steps = train_unet(unet, text_encoder, scheduler, latents, ids, recipe, log)
 
-    pipeline = StableDiffusionPipeline(
-        unet=unet, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, scheduler=scheduler,
-        safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    pipeline = sd_pipeline(unet=unet, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer,
+                           scheduler=scheduler)
     save_compact(pipeline, output)
     with open(output / "loss.csv", "w", newline="") as handle:
         writer = csv.writer(handle)

@@ -12,10 +12,8 @@ the family's (`ModelFamily.single_file_state`, `check_single_file`): these conve
 families' defaults.
 
 Loading the file back: diffusers guesses the architecture from a real-size checkpoint; for anything
-else (or offline) pass the base model's diffusers directory as the config:
-
-    StableDiffusionPipeline.from_single_file("subject.safetensors", config="<base model dir>",
-                                             local_files_only=True)    # or StableDiffusionXLPipeline
+else (or offline) pass the base model's diffusers directory as the config, to the `from_single_file`
+of the base model's pipeline class (docs/user-guide.md, "Output layout", shows the call).
 """
 
 from __future__ import annotations
