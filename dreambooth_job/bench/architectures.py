@@ -15,7 +15,15 @@ random weights, so a benchmark needs no download:
 - flux2-klein-4b: FLUX.2 [klein] base 4B (transformer: 5 double- and 20 single-stream blocks of 24
   heads x 128, MLP ratio 3, joint attention 7680 = 3 x Qwen3-4B's 2560; Qwen3-4B text encoder, 36
   layers; AutoencoderKLFlux2 at its defaults, 32 latent channels; 1024 px). The tokenizer is the
-  tiny test one (tokens' values do not change the work).
+  tiny test one (tokens' values do not change the work);
+- flux2-klein-9b: FLUX.2 [klein] 9B (8 double- and 24 single-stream blocks of 32 heads x 128, joint
+  attention 12288 = 3 x Qwen3-8B's 4096; Qwen3-8B text encoder, 36 layers, untied embeddings; the
+  same VAE), as BFL's reference code's `Klein9BParams` states it (ostris' ai-toolkit and kohya's
+  musubi-tuner copy it). Non-commercial licence;
+- flux1-dev: FLUX.1 [dev] (19 double- and 38 single-stream blocks of 24 heads x 128, joint
+  attention 4096, pooled 768, guidance embedding; CLIP ViT-L/14 and T5-XXL v1.1 encoder (24 layers,
+  d_model 4096, gated GELU 10240, 64 heads); AutoencoderKL with 16 latent channels; 1024 px).
+  Estimates only (its family is families/flux1.py; the T5 tokenizer here is the tiny CLIP one).
 
 Built on any device: `device="meta"` gives the shapes without memory, which memory_estimate.py's estimate
 (bench/estimate.py) and bench's refusal read before anything real is allocated. The model's family
@@ -32,11 +40,12 @@ import tempfile
 from dreambooth_job.devtools import tiny_models
 from dreambooth_job.devtools.tiny_models import CLIP_MAX_LENGTH, clip_tokenizer
 
-ARCHITECTURES = ("tiny", "tiny-sdxl", "sd15", "sd21", "sdxl", "flux2-klein-4b")
+ARCHITECTURES = ("tiny", "tiny-sdxl", "sd15", "sd21", "sdxl", "flux2-klein-4b", "flux2-klein-9b",
+                 "flux1-dev")
 NATIVE_RESOLUTION = {"tiny": 64, "tiny-sdxl": 64, "sd15": 512, "sd21": 768, "sdxl": 1024,
-                     "flux2-klein-4b": 1024}
+                     "flux2-klein-4b": 1024, "flux2-klein-9b": 1024, "flux1-dev": 1024}
 # Architectures whose memory bench checks before building them (memory_refusal).
-LARGE = ("sdxl", "flux2-klein-4b")
+LARGE = ("sdxl", "flux2-klein-4b", "flux2-klein-9b", "flux1-dev")
 UNSUPPORTED: dict[str, str] = {}  # architectures bench lists but cannot run, with the reason
 
 
@@ -51,8 +60,10 @@ def build_pipeline(model: str, seed: int = 0, device: str = "cpu"):
             return build(directory, seed=seed)
     if model == "sdxl":
         return _stable_diffusion_xl(seed, device)
-    if model == "flux2-klein-4b":
-        return _flux2_klein_4b(seed, device)
+    if model in FLUX2_KLEIN_TRANSFORMER_CONFIGS:
+        return _flux2_klein(model, seed, device)
+    if model == "flux1-dev":
+        return _flux1_dev(seed, device)
     if model in ("sd15", "sd21"):
         import torch  # deferred: torch is heavy; bench's CLI starts without it
 
@@ -138,22 +149,28 @@ def build_sdxl_models(seed: int = 0, device: str = "cpu") -> dict:
     only). The second text encoder has the projection that gives SDXL its pooled embedding."""
     import torch  # deferred: heavy
     from diffusers import AutoencoderKL, UNet2DConditionModel  # deferred: heavy
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection  # deferred: heavy
-
-    from dreambooth_job.devtools.tiny_models import CLIP_MAX_LENGTH  # deferred: imports torch
 
     torch.manual_seed(seed)
     with torch.device(device):
         built = {"unet": UNet2DConditionModel(**SDXL_UNET_CONFIG), "vae": AutoencoderKL(**SDXL_VAE_CONFIG)}
-        for name, (width, layers, heads, act, projection) in SDXL_TEXT_ENCODERS.items():
-            text_config = CLIPTextConfig(
-                vocab_size=49408, hidden_size=width, intermediate_size=width * 4,
-                num_hidden_layers=layers, num_attention_heads=heads, hidden_act=act,
-                projection_dim=projection, max_position_embeddings=CLIP_MAX_LENGTH,
-                bos_token_id=49406, eos_token_id=49407, pad_token_id=49407)
-            model = CLIPTextModelWithProjection if name == "text_encoder_2" else CLIPTextModel
-            built[name] = model(text_config)
+        for name in SDXL_TEXT_ENCODERS:
+            built[name] = _clip_text_encoder(name)
     return built
+
+
+def _clip_text_encoder(name: str):
+    """SDXL's text encoder `name` (SDXL_TEXT_ENCODERS), on the current default device; the second
+    has the projection that gives SDXL its pooled embedding."""
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection  # deferred: heavy
+
+    width, layers, heads, act, projection = SDXL_TEXT_ENCODERS[name]
+    text_config = CLIPTextConfig(
+        vocab_size=49408, hidden_size=width, intermediate_size=width * 4,
+        num_hidden_layers=layers, num_attention_heads=heads, hidden_act=act,
+        projection_dim=projection, max_position_embeddings=CLIP_MAX_LENGTH,
+        bos_token_id=49406, eos_token_id=49407, pad_token_id=49407)
+    model = CLIPTextModelWithProjection if name == "text_encoder_2" else CLIPTextModel
+    return model(text_config)
 
 
 def _stable_diffusion_xl(seed: int, device: str):
@@ -182,10 +199,20 @@ QWEN3_4B_CONFIG = {
     "num_attention_heads": 32, "num_key_value_heads": 8, "head_dim": 128,
     "max_position_embeddings": 40960, "tie_word_embeddings": True,
 }
+FLUX2_KLEIN_9B_TRANSFORMER_CONFIG = {
+    **FLUX2_KLEIN_4B_TRANSFORMER_CONFIG, "num_layers": 8, "num_single_layers": 24,
+    "num_attention_heads": 32, "joint_attention_dim": 12288,
+}
+QWEN3_8B_CONFIG = {
+    **QWEN3_4B_CONFIG, "hidden_size": 4096, "intermediate_size": 12288, "tie_word_embeddings": False,
+}
+FLUX2_KLEIN_TRANSFORMER_CONFIGS = {"flux2-klein-4b": FLUX2_KLEIN_4B_TRANSFORMER_CONFIG,
+                                   "flux2-klein-9b": FLUX2_KLEIN_9B_TRANSFORMER_CONFIG}
+FLUX2_KLEIN_TEXT_ENCODER_CONFIGS = {"flux2-klein-4b": QWEN3_4B_CONFIG, "flux2-klein-9b": QWEN3_8B_CONFIG}
 
 
-def _flux2_klein_4b(seed: int, device: str):
-    """A Flux2KleinPipeline of klein base 4B's shapes with seeded random weights, on `device`."""
+def _flux2_klein(model: str, seed: int, device: str):
+    """A Flux2KleinPipeline of klein `model`'s shapes with seeded random weights, on `device`."""
     import torch  # deferred: heavy
     from diffusers import (  # deferred: heavy
         AutoencoderKLFlux2,
@@ -197,11 +224,51 @@ def _flux2_klein_4b(seed: int, device: str):
 
     torch.manual_seed(seed)
     with torch.device(device):
-        transformer = Flux2Transformer2DModel(**FLUX2_KLEIN_4B_TRANSFORMER_CONFIG)
+        transformer = Flux2Transformer2DModel(**FLUX2_KLEIN_TRANSFORMER_CONFIGS[model])
         vae = AutoencoderKLFlux2()
-        text_encoder = Qwen3ForCausalLM(Qwen3Config(**QWEN3_4B_CONFIG))
+        text_encoder = Qwen3ForCausalLM(Qwen3Config(**FLUX2_KLEIN_TEXT_ENCODER_CONFIGS[model]))
     scheduler = FlowMatchEulerDiscreteScheduler(
         num_train_timesteps=1000, shift=3.0, use_dynamic_shifting=True, base_shift=0.5,
         max_shift=1.15, base_image_seq_len=256, max_image_seq_len=4096, time_shift_type="exponential")
     return Flux2KleinPipeline(scheduler=scheduler, vae=vae, text_encoder=text_encoder,
                               tokenizer=tiny_models.qwen_tokenizer(), transformer=transformer)
+
+
+FLUX1_DEV_TRANSFORMER_CONFIG = {
+    "patch_size": 1, "in_channels": 64, "num_layers": 19, "num_single_layers": 38,
+    "attention_head_dim": 128, "num_attention_heads": 24, "joint_attention_dim": 4096,
+    "pooled_projection_dim": 768, "guidance_embeds": True, "axes_dims_rope": (16, 56, 56),
+}
+T5_XXL_ENCODER_CONFIG = {
+    "vocab_size": 32128, "d_model": 4096, "d_kv": 64, "d_ff": 10240, "num_layers": 24,
+    "num_heads": 64, "feed_forward_proj": "gated-gelu", "relative_attention_num_buckets": 32,
+}
+FLUX1_VAE_CONFIG = {
+    **SDXL_VAE_CONFIG, "latent_channels": 16, "use_quant_conv": False, "use_post_quant_conv": False,
+    "scaling_factor": 0.3611, "shift_factor": 0.1159,
+}
+
+
+def _flux1_dev(seed: int, device: str):
+    """A FluxPipeline of FLUX.1 [dev]'s shapes with seeded random weights, on `device`."""
+    import torch  # deferred: heavy
+    from diffusers import (  # deferred: heavy
+        AutoencoderKL,
+        FlowMatchEulerDiscreteScheduler,
+        FluxPipeline,
+        FluxTransformer2DModel,
+    )
+    from transformers import T5Config, T5EncoderModel  # deferred: heavy
+
+    torch.manual_seed(seed)
+    with torch.device(device):
+        transformer = FluxTransformer2DModel(**FLUX1_DEV_TRANSFORMER_CONFIG)
+        vae = AutoencoderKL(**FLUX1_VAE_CONFIG)
+        text_encoder = _clip_text_encoder("text_encoder")  # CLIP ViT-L/14, as SDXL's first
+        text_encoder_2 = T5EncoderModel(T5Config(**T5_XXL_ENCODER_CONFIG))
+    scheduler = FlowMatchEulerDiscreteScheduler(
+        num_train_timesteps=1000, shift=3.0, use_dynamic_shifting=True, base_shift=0.5,
+        max_shift=1.15, base_image_seq_len=256, max_image_seq_len=4096)
+    return FluxPipeline(scheduler=scheduler, vae=vae, text_encoder=text_encoder,
+                        tokenizer=clip_tokenizer(), text_encoder_2=text_encoder_2,
+                        tokenizer_2=clip_tokenizer(), transformer=transformer)

@@ -11,6 +11,7 @@ from typing import Any, ClassVar, NamedTuple
 from dreambooth_job.families.lora_formats import LoraFormat
 from dreambooth_job.families.objective import DdpmObjective, TrainingObjective
 from dreambooth_job.families.reference import ReferenceModel
+from dreambooth_job.families.unet_activations import UNET_ACTIVATION_BYTES_PER_UNIT
 from dreambooth_job.outputs.export import single_file
 
 
@@ -218,11 +219,19 @@ class ModelFamily(ABC):
         family's class images never serve another's run: its name."""
         return self.name
 
+    activation_bytes_per_unit: ClassVar[int] = UNET_ACTIVATION_BYTES_PER_UNIT
+    """Bytes the denoiser saves for the backward pass per unit of `activation_levels`, at 16-bit
+    autocast without checkpointing (memory_estimate.py doubles it for fp32). The default is the
+    UNet's, measured on SD 1.5 (unet_activations.py); a transformer family's is its own
+    calibration (transformer_activations.py)."""
+    checkpointed_bytes_per_unit: ClassVar[int] = 2
+    """With gradient checkpointing, the bytes each level keeps per unit: its 16-bit input."""
+
     @abstractmethod
     def activation_levels(self, denoiser_config, latent_side: int) -> list[int]:
         """Per image, the denoiser's saved-activation units of each level at a latent of
-        `latent_side` (memory_estimate.py scales them by its measured bytes per unit): the sum is a step's
-        activations, the largest what gradient checkpointing recomputes at once."""
+        `latent_side` (memory_estimate.py prices them at `activation_bytes_per_unit`): the sum is a
+        step's activations, the largest what gradient checkpointing recomputes at once."""
 
 
 class TrainMode:

@@ -21,12 +21,20 @@ from dreambooth_job.families.base import ModelFamily, PromptEmbeddings
 from dreambooth_job.families.flux2_lora import Flux2LoraFormat
 from dreambooth_job.families.objective import FlowMatchingObjective, TrainingObjective
 from dreambooth_job.families.reference import GB, ReferenceModel
+from dreambooth_job.families.transformer_activations import TransformerActivations
 
 MAX_SEQUENCE_LENGTH = 512
 """Prompt tokens, padded: Flux2KleinPipeline's default `max_sequence_length`."""
 HIDDEN_STATES_LAYERS = (9, 18, 27)
 """The Qwen3 layers whose hidden states are stacked: the pipeline's `text_encoder_out_layers`
 default (diffusers' klein trainer defaults to 10, 20, 30; we condition as the pipeline samples)."""
+ACTIVATIONS = TransformerActivations(
+    text_tokens=MAX_SEQUENCE_LENGTH, activation_bytes_per_unit=61, double_stream_weight=1.04,
+    outside_weight=0.10)
+"""The memory estimate's calibration (scripts/calibrate_activations.py, CPU, klein 4B's width 3072;
+9B's blocks are the same at 4096): a single-stream block saved 60.93 bytes per token x width, a
+double-stream one 63.22, the rest of the transformer 6.16; with checkpointing each block kept 1.96
+(single) and 2.29 (double) bytes per unit (256+64 and 512+128 tokens)."""
 
 
 class Flux2Klein(ModelFamily):
@@ -75,14 +83,14 @@ class Flux2Klein(ModelFamily):
         """The pipeline's default size: 128 latent pixels times the VAE's factor (1024 px for klein)."""
         return int(pipeline.default_sample_size) * pipeline.vae_scale_factor
 
+    # Calibrated on the CPU (scripts/calibrate_activations.py; an estimate until a GPU confirms it).
+    activation_bytes_per_unit = ACTIVATIONS.activation_bytes_per_unit
+    checkpointed_bytes_per_unit = ACTIVATIONS.checkpointed_bytes_per_unit
+
     def activation_levels(self, denoiser_config, latent_side: int) -> list[int]:
         """One level per transformer block: its tokens (the image's 2x2 patches and the padded
-        prompt's) times the attention width. Not calibrated on a transformer yet: memory_estimate's
-        bytes per unit is SD 1.5's."""
-        tokens = (latent_side // 2) ** 2 + MAX_SEQUENCE_LENGTH
-        width = denoiser_config["num_attention_heads"] * denoiser_config["attention_head_dim"]
-        blocks = denoiser_config["num_layers"] + denoiser_config["num_single_layers"]
-        return [tokens * width] * blocks
+        prompt's 512) times the attention width (transformer_activations.py)."""
+        return ACTIVATIONS.levels(denoiser_config, latent_side)
 
     # -- prompts -------------------------------------------------------------------------------
     def tokenize(self, pipeline, prompt: str) -> tuple:

@@ -5,19 +5,15 @@ Recomputing activations is not free (SD 1.5 at 512 px on an H100: 337 ms a step 
 device memory. The estimate is deliberately simple: optimizer and gradient state are exact per
 parameter; activations scale with the images per step and the units the model's family counts in
 its denoiser (`ModelFamily.activation_levels`: for a UNet, the latent area and the channel widths
-of each level), with one constant measured on SD 1.5 (docs/benchmarks.md, "GPU").
+of each level; for a transformer, tokens times width per block), priced at the family's bytes per
+unit (`ModelFamily.activation_bytes_per_unit`: measured on SD 1.5 for the UNets, docs/benchmarks.md
+"GPU"; calibrated on the CPU for the transformers, scripts/calibrate_activations.py).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
-# Bytes of saved activations per (image x latent pixel x block channel x block depth) for the
-# forward and backward pass without checkpointing, at 16-bit autocast (fp32 doubles it). Measured:
-# SD 1.5 at 512 px on an H100 peaked 2.37 GiB higher with 2 more images per step, 88 bytes per unit
-# of the first estimate (latent area x the sum of the channels); rescaled to the per-level count
-# below (`ModelFamily.activation_levels`), which SD 1.5's 14.4 M units per image at 512 px calibrate: 309.
-ACTIVATION_BYTES_PER_UNIT = 309
 # What the allocator's fragmentation, cuDNN workspaces and the CUDA context take beyond the estimate.
 HEADROOM_FRACTION = 0.15
 HEADROOM_BYTES = 2 * 2**30
@@ -48,27 +44,29 @@ def weight_bytes(trainable_params: int, frozen_params: int, half_precision: bool
     return trainable_params * 4 + frozen_params * (2 if half_precision else 4)
 
 
-def activation_bytes(levels: Sequence[int], images_per_step: int, half_precision: bool, *,
+def activation_bytes(levels: Sequence[int], images_per_step: int, half_precision: bool, family, *,
                      checkpointing: bool = False) -> int:
     """Saved activations of one step, from the denoiser's per-image units of each level
-    (`ModelFamily.activation_levels`). With gradient checkpointing only each block's input stays
-    (one element per unit) plus the largest level's activations while it is recomputed."""
+    (`ModelFamily.activation_levels`) at the family's bytes per unit (`family`: a ModelFamily, or
+    anything with its `activation_bytes_per_unit` and `checkpointed_bytes_per_unit`). With gradient
+    checkpointing only each block's input stays (one element per unit) plus the largest level's
+    activations while it is recomputed."""
     units = images_per_step * sum(levels)
-    per_unit = ACTIVATION_BYTES_PER_UNIT * (1 if half_precision else 2)
+    scale = 1 if half_precision else 2
+    per_unit = family.activation_bytes_per_unit * scale
     if not checkpointing:
         return units * per_unit
-    element = 2 if half_precision else 4
-    return units * element + images_per_step * max(levels) * per_unit
+    return units * family.checkpointed_bytes_per_unit * scale + images_per_step * max(levels) * per_unit
 
 
 def peak_bytes(*, trainable_params: int, frozen_params: int, activation_levels: Sequence[int],
                images_per_step: int, half_precision: bool, checkpointing: bool,
-               use_8bit_adam: bool) -> int:
+               use_8bit_adam: bool, family) -> int:
     """The estimated peak of a training step: weights, gradients and optimizer state, and
-    activations (docs/user-guide.md's table: scripts/memory_table.py)."""
+    activations at `family`'s bytes per unit (docs/user-guide.md's table: scripts/memory_table.py)."""
     return (weight_bytes(trainable_params, frozen_params, half_precision)
             + training_state_bytes(trainable_params, use_8bit_adam)
-            + activation_bytes(activation_levels, images_per_step, half_precision,
+            + activation_bytes(activation_levels, images_per_step, half_precision, family,
                                checkpointing=checkpointing))
 
 
@@ -83,4 +81,4 @@ def training_bytes(config, family, denoiser_config, vae_scale_factor: int, train
     run's family (a ModelFamily) counts them from the denoiser's config."""
     levels = family.activation_levels(denoiser_config, config.resolution // vae_scale_factor)
     return (training_state_bytes(trained, config.use_8bit_adam)
-            + activation_bytes(levels, images, half_precision))
+            + activation_bytes(levels, images, half_precision, family))

@@ -22,10 +22,10 @@ def test_eight_bit_adam_keeps_a_quarter_of_the_optimizer_state():
 
 
 def test_activations_grow_with_images_and_area_and_double_in_fp32():
-    one = memory_estimate.activation_bytes(levels(SD15_UNET, 64), 1, half_precision=True)
-    assert memory_estimate.activation_bytes(levels(SD15_UNET, 64), 2, half_precision=True) == 2 * one
-    assert memory_estimate.activation_bytes(levels(SD15_UNET, 128), 1, half_precision=True) == 4 * one
-    assert memory_estimate.activation_bytes(levels(SD15_UNET, 64), 1, half_precision=False) == 2 * one
+    one = memory_estimate.activation_bytes(levels(SD15_UNET, 64), 1, half_precision=True, family=SD)
+    assert memory_estimate.activation_bytes(levels(SD15_UNET, 64), 2, half_precision=True, family=SD) == 2 * one
+    assert memory_estimate.activation_bytes(levels(SD15_UNET, 128), 1, half_precision=True, family=SD) == 4 * one
+    assert memory_estimate.activation_bytes(levels(SD15_UNET, 64), 1, half_precision=False, family=SD) == 2 * one
 
 
 def test_checkpointing_only_when_the_estimate_does_not_fit():
@@ -58,7 +58,7 @@ def needs_checkpointing(models, *, latent_side, free_gib, lora=False):
                else sum(p.numel() for p in denoiser.parameters()))
     config = TrainConfig(resolution=latent_side * 8)
     required = memory_estimate.training_bytes(config, family, denoiser.config, 8, trained, 2,
-                                              half_precision=True)
+                                              half_precision=True, family=SD)
     return memory_estimate.needs_checkpointing(required, int(free_gib * GIB))
 
 
@@ -67,7 +67,7 @@ def test_sd15_estimate_is_the_one_its_constant_was_measured_with(meta):
     the channels, 100 bytes a unit) gave: SD 1.5's `auto` decisions do not move."""
     first_estimate = 64 * 64 * sum(SD15_UNET["block_out_channels"]) * 100
     now = memory_estimate.activation_bytes(levels(meta["sd15"].modules["denoiser"].config, 64), 1,
-                                           half_precision=True)
+                                           half_precision=True, family=SD)
     assert abs(now - first_estimate) / first_estimate < 0.01
 
 
@@ -82,8 +82,9 @@ def test_sdxl_levels_count_their_transformer_depth(meta):
 
 def test_checkpointing_keeps_block_inputs_and_recomputes_the_largest_level():
     per_level = levels(SD15_UNET, 64)
-    kept = memory_estimate.activation_bytes(per_level, 2, half_precision=True, checkpointing=True)
-    assert kept == 2 * sum(per_level) * 2 + 2 * max(per_level) * memory_estimate.ACTIVATION_BYTES_PER_UNIT
+    kept = memory_estimate.activation_bytes(per_level, 2, half_precision=True, family=SD,
+                                            checkpointing=True)
+    assert kept == 2 * sum(per_level) * 2 + 2 * max(per_level) * SD.activation_bytes_per_unit
 
 
 def test_auto_checkpointing_turns_on_for_sdxl_where_sd15_fits(meta):
@@ -110,4 +111,5 @@ def test_peak_estimates_order_as_the_modes_do(meta):
     assert lora.trainable_params < 0.01 * full.trainable_params
     # LoRA's frozen base is in bf16: less than the full run's fp32 UNet alone.
     assert lora.peak_bytes - memory_estimate.activation_bytes(
-        levels(meta["sdxl"].modules["denoiser"].config, 128), 2, True) < full.trainable_params * 4
+        levels(meta["sdxl"].modules["denoiser"].config, 128), 2, True, meta["sdxl"].family
+    ) < full.trainable_params * 4
