@@ -83,14 +83,14 @@ class SavedBytes:
 def build(model_name: str, device: str):
     """The transformer at the published width with one block of each kind, and a function running
     it on (image tokens, text tokens)."""
-    import diffusers  # deferred-style local import: the script's own dependency
+    import diffusers  # heavy: only once the arguments parsed
 
     if model_name.startswith("flux2-klein"):
         config = dict(architectures.FLUX2_KLEIN_TRANSFORMER_CONFIGS[model_name], num_layers=1,
                       num_single_layers=1)
         model = diffusers.Flux2Transformer2DModel(**config).to(device)
-        from dreambooth_job.families.flux2 import Flux2Klein
         from dreambooth_job.families.base import PromptEmbeddings
+        from dreambooth_job.families.flux2 import Flux2Klein
         family = Flux2Klein()
 
         def run(image_tokens: int, text_tokens: int, dtype):
@@ -107,10 +107,12 @@ def build(model_name: str, device: str):
         def run(image_tokens: int, text_tokens: int, dtype):
             img_ids = torch.zeros(image_tokens, 3, device=device)
             img_ids[:, 1] = torch.arange(image_tokens, device=device)
-            return model(hidden_states=torch.randn(1, image_tokens, config["in_channels"], device=device, dtype=dtype),
-                         encoder_hidden_states=torch.randn(1, text_tokens, config["joint_attention_dim"],
-                                                           device=device, dtype=dtype),
-                         pooled_projections=torch.randn(1, config["pooled_projection_dim"], device=device, dtype=dtype),
+            def noise(*shape):
+                return torch.randn(*shape, device=device, dtype=dtype)
+
+            return model(hidden_states=noise(1, image_tokens, config["in_channels"]),
+                         encoder_hidden_states=noise(1, text_tokens, config["joint_attention_dim"]),
+                         pooled_projections=noise(1, config["pooled_projection_dim"]),
                          timestep=torch.tensor([0.5], device=device), img_ids=img_ids,
                          txt_ids=torch.zeros(text_tokens, 3, device=device),
                          guidance=torch.tensor([3.5], device=device), return_dict=False)[0]
@@ -139,7 +141,8 @@ def measure(model_name: str, device: str, weights: str, tokens: tuple[int, int],
     autocast = torch.autocast(device, dtype=dtype) if weights == "fp32" else nullcontext()
     with autocast, torch.autograd.graph.saved_tensors_hooks(counter.pack, lambda t: t):
         output = run(*tokens, dtype)
-    result = {"hooks": counter.by_label(), "width": config["num_attention_heads"] * config["attention_head_dim"]}
+    width = config["num_attention_heads"] * config["attention_head_dim"]
+    result = {"hooks": counter.by_label(), "width": width}
     if cuda:
         torch.cuda.synchronize()
         result["allocated_after_forward"] = torch.cuda.memory_allocated() - before

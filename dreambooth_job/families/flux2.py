@@ -14,7 +14,7 @@ train_dreambooth_lora_flux2_klein.py trains it.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from dreambooth_job.exit_codes import InvalidInputError
 from dreambooth_job.families.base import ModelFamily, PromptEmbeddings
@@ -56,6 +56,15 @@ class Flux2Klein(ModelFamily):
     reference = ReferenceModel(denoiser=3_875_544_576, text_encoders=4_022_468_096, vae=84_046_115,
                                lora_adapters_rank16=1_966_080 + 7_962_624, resolution=1024,
                                class_images_bytes=int(0.4 * GB), step_seconds=20)
+    reference_9b: ClassVar[ReferenceModel] = ReferenceModel(
+        denoiser=9_078_581_248, text_encoders=8_190_735_360, vae=84_046_115,
+        lora_adapters_rank16=4_194_304 + 10_616_832, resolution=1024,
+        class_images_bytes=int(0.4 * GB), step_seconds=30)
+    """FLUX.2 [klein] 9B, a variant the same family loads (non-commercial licence): 8 double- and 24
+    single-stream blocks of 32 heads x 128, joint attention 12288 (BFL's `Klein9BParams`); Qwen3-8B
+    (36 layers of 4096, 32/8 heads, untied embeddings). Counted on the meta device
+    (bench/architectures.py "flux2-klein-9b"); the memory table's second klein row. Sizing profiles
+    are the family's (4B's): a 9B run names a larger budget (--termination-grace-seconds)."""
 
     def load_pipeline(self, path: str, cache_dir: str):
         import torch  # deferred: torch is heavy

@@ -13,7 +13,7 @@ from dreambooth_job.generation import sampling
 from dreambooth_job.outputs import weight_files
 from dreambooth_job.outputs.result import BaseModelInfo, Identifier, Prompts
 from dreambooth_job.phases.context import LoadedModel, RunContext
-from dreambooth_job.training import base_models, subject_photos
+from dreambooth_job.training import base_models, memory_fit, subject_photos
 
 logger = logging.getLogger("dreambooth_job")
 
@@ -27,8 +27,12 @@ def load(ctx: RunContext) -> None:
     weight_files.check_exportable(pipeline, single_file=config.export_single_file,
                                   lora_text_encoders=lora_text_encoders)
     resolution = resolve_resolution(ctx, pipeline)
+    family = families.for_pipeline(pipeline)
+    # Before class images and training: a mode that cannot fit the GPU even with every memory
+    # saving on is exit 2 in one line, not an out-of-memory at the first step (CUDA only).
+    memory_fit.check(config, family, pipeline, resolution, memory_fit.device_memory())
     # Before fast_pipeline swaps the scheduler for sampling: the objective reads the base model's own.
-    objective = families.for_pipeline(pipeline).training_objective(pipeline)
+    objective = family.training_objective(pipeline)
     identifier = (subject_identifier.choose_identifier(pipeline.tokenizer) if config.identifier == "auto"
                   else subject_identifier.user_identifier(pipeline.tokenizer, config.identifier))
     logger.info("identifier %r (%s, token ids %s)", identifier.token, identifier.chosen,

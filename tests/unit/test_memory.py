@@ -22,10 +22,13 @@ def test_eight_bit_adam_keeps_a_quarter_of_the_optimizer_state():
 
 
 def test_activations_grow_with_images_and_area_and_double_in_fp32():
-    one = memory_estimate.activation_bytes(levels(SD15_UNET, 64), 1, half_precision=True, family=SD)
-    assert memory_estimate.activation_bytes(levels(SD15_UNET, 64), 2, half_precision=True, family=SD) == 2 * one
-    assert memory_estimate.activation_bytes(levels(SD15_UNET, 128), 1, half_precision=True, family=SD) == 4 * one
-    assert memory_estimate.activation_bytes(levels(SD15_UNET, 64), 1, half_precision=False, family=SD) == 2 * one
+    def saved(side, images, half):
+        return memory_estimate.activation_bytes(levels(SD15_UNET, side), images, half, SD)
+
+    one = saved(64, 1, True)
+    assert saved(64, 2, True) == 2 * one
+    assert saved(128, 1, True) == 4 * one
+    assert saved(64, 1, False) == 2 * one
 
 
 def test_checkpointing_only_when_the_estimate_does_not_fit():
@@ -58,7 +61,7 @@ def needs_checkpointing(models, *, latent_side, free_gib, lora=False):
                else sum(p.numel() for p in denoiser.parameters()))
     config = TrainConfig(resolution=latent_side * 8)
     required = memory_estimate.training_bytes(config, family, denoiser.config, 8, trained, 2,
-                                              half_precision=True, family=SD)
+                                              half_precision=True)
     return memory_estimate.needs_checkpointing(required, int(free_gib * GIB))
 
 
