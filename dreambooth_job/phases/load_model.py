@@ -20,6 +20,8 @@ logger = logging.getLogger("dreambooth_job")
 
 def load(ctx: RunContext) -> None:
     config = ctx.config
+    device_bytes = memory_fit.device_memory()  # None on the CPU: nothing is refused there
+    memory_fit.check_before_download(config, device_bytes)  # from the configs, before the weights
     base = base_models.resolve_base_model(config.base_model, config.cache_dir)
     pipeline = base_models.load_pipeline(base, config.cache_dir)
     pipeline, base = base_models.with_vae(pipeline, base, config.vae, config.cache_dir)
@@ -30,7 +32,7 @@ def load(ctx: RunContext) -> None:
     family = families.for_pipeline(pipeline)
     # Before class images and training: a mode that cannot fit the GPU even with every memory
     # saving on is exit 2 in one line, not an out-of-memory at the first step (CUDA only).
-    memory_fit.check(config, family, pipeline, resolution, memory_fit.device_memory())
+    memory_fit.check(config, family, pipeline, resolution, device_bytes)
     # Before fast_pipeline swaps the scheduler for sampling: the objective reads the base model's own.
     objective = family.training_objective(pipeline)
     identifier = (subject_identifier.choose_identifier(pipeline.tokenizer) if config.identifier == "auto"

@@ -3,6 +3,7 @@ memory saving on: a FLUX.1 [dev] full fine-tune on an 80 GB card would otherwise
 parameters, sample its class images and die of out-of-memory at its first step.
 
     from dreambooth_job.training import memory_fit
+    memory_fit.check_before_download(config, memory_fit.device_memory())  # configs only
     memory_fit.check(config, family, pipeline, resolution, memory_fit.device_memory())
 
 The leanest run (memory_estimate.py's model) has gradient checkpointing on, latents and prompt
@@ -16,12 +17,20 @@ device limit and nothing is refused.
 
 from __future__ import annotations
 
+import json
+import logging
 from dataclasses import dataclass
+from pathlib import Path
+from types import SimpleNamespace
 
+from dreambooth_job import families
 from dreambooth_job.exit_codes import InvalidInputError
+from dreambooth_job.storage import places
 from dreambooth_job.training import devices, lora_adapters, memory_estimate
 
 GIB = memory_estimate.GIB
+CONFIG_MAX_BYTES = 1 << 20  # a model_index.json or config.json is a few KB
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -128,3 +137,57 @@ def check(config, family, pipeline, resolution: int, device_bytes: int | None) -
                    device_bytes, f"--train-mode {config.train_mode} of {family.name} at {resolution} px")
     if line:
         raise InvalidInputError(line)
+
+
+def check_before_download(config, device_bytes: int | None) -> None:
+    """`check` from the base model's configs alone (model_index.json and the denoiser's, VAE's and
+    text encoders' config.json, a few KB from a local directory or an s3:// prefix), the models built
+    on the meta device: a mode that cannot fit is refused before gigabytes of weights are fetched.
+    Nothing on the CPU; a hub id, or configs that cannot be read or built, leave it to `check`
+    once the model has loaded (logged)."""
+    if device_bytes is None or not (places.is_s3(config.base_model) or _is_dir(config.base_model)):
+        return
+    try:
+        family, pipeline = meta_pipeline(config.base_model)
+    except InvalidInputError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - the check after loading covers what this cannot read
+        log.info("memory check from the configs skipped (%s: %s); it runs once the model has loaded",
+                 type(exc).__name__, exc)
+        return
+    check(config, family, pipeline, config.resolution or family.reference.resolution, device_bytes)
+
+
+def _is_dir(path: str) -> bool:
+    return Path(path).expanduser().is_dir()
+
+
+def _read_json(uri: str) -> dict:
+    data = places.read_bytes(uri, max_bytes=CONFIG_MAX_BYTES)
+    if len(data) > CONFIG_MAX_BYTES:
+        raise ValueError(f"{uri} is larger than {CONFIG_MAX_BYTES} bytes")
+    return json.loads(data)
+
+
+def meta_pipeline(source: str):
+    """The family of the pipeline at `source` and a stand-in for it holding the models its family
+    counts (ModelFamily.components), built on the meta device from their config.json files, and its
+    VAE's scale factor; no weights read."""
+    import diffusers  # deferred: diffusers is heavy
+    import torch  # deferred: torch is heavy
+    import transformers  # deferred: transformers is heavy
+
+    index = _read_json(places.join(source, "model_index.json"))
+    family = families.for_class_name(index.get("_class_name"), f"--base-model {source}")
+    parts = {}
+    with torch.device("meta"):
+        for name in (family.denoiser_name, "vae", *family.text_encoder_names):
+            library, class_name = index[name]
+            settings = _read_json(places.join(source, name, "config.json"))
+            if library == "diffusers":
+                parts[name] = getattr(diffusers, class_name).from_config(settings)
+            else:
+                model_class = getattr(transformers, class_name)
+                parts[name] = model_class(model_class.config_class.from_dict(settings))
+    vae_levels = len(parts["vae"].config.block_out_channels)
+    return family, SimpleNamespace(**parts, vae_scale_factor=2 ** (vae_levels - 1))

@@ -3,6 +3,7 @@ published architectures' real counts and each family's activation calibration.""
 
 import pytest
 
+from dreambooth_job import families
 from dreambooth_job.bench.architectures import FLUX1_DEV_TRANSFORMER_CONFIG, FLUX2_KLEIN_4B_TRANSFORMER_CONFIG
 from dreambooth_job.config.train_config import TrainConfig
 from dreambooth_job.exit_codes import InvalidInputError
@@ -12,7 +13,7 @@ from dreambooth_job.families.transformer_activations import FLUX1_DEV_ACTIVATION
 from dreambooth_job.training import memory_fit
 
 GIB = 2**30
-KLEIN = Flux2Klein()
+KLEIN = next(f for f in families.FAMILIES if isinstance(f, Flux2Klein))
 KLEIN_4B = memory_fit.ModelCounts(denoiser=KLEIN.reference.denoiser,
                                   text_encoders=KLEIN.reference.text_encoders,
                                   vae=KLEIN.reference.vae, denoiser_adapters=1_966_080)
@@ -86,3 +87,23 @@ def test_check_counts_the_loaded_pipeline_and_refuses_on_a_small_device(tiny_kle
     memory_fit.check(config, KLEIN, tiny_klein, 64, 80 * GIB)
     with pytest.raises(InvalidInputError, match=f"--train-mode {mode} of flux2-klein at 64 px"):
         memory_fit.check(config, KLEIN, tiny_klein, 64, 2**20)
+
+
+def test_before_download_the_configs_alone_give_the_loaded_models_counts(tiny_flux2_klein_model, tiny_klein):
+    """The stand-in built on the meta device from config.json files counts what the loaded pipeline
+    holds, and refuses as `check` does, before any weight is read."""
+    family, stand_in = memory_fit.meta_pipeline(str(tiny_flux2_klein_model))
+    assert family.name == KLEIN.name and stand_in.vae_scale_factor == tiny_klein.vae_scale_factor
+    config = TrainConfig(train_mode="full", resolution=64, base_model=str(tiny_flux2_klein_model))
+    assert (memory_fit.pipeline_counts(KLEIN, stand_in, config)
+            == memory_fit.pipeline_counts(KLEIN, tiny_klein, config))
+    memory_fit.check_before_download(config, None)
+    memory_fit.check_before_download(config, 80 * GIB)
+    with pytest.raises(InvalidInputError, match="--train-mode full of flux2-klein at 64 px"):
+        memory_fit.check_before_download(config, 2**20)
+
+
+def test_before_download_leaves_what_it_cannot_read_to_the_check_after_loading(tmp_path):
+    (tmp_path / "model_index.json").write_text('{"_class_name": "Flux2KleinPipeline"}')  # no configs
+    for base_model in (str(tmp_path), "some-org/some-model"):
+        memory_fit.check_before_download(TrainConfig(base_model=base_model), 2**20)
