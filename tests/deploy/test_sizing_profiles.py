@@ -84,6 +84,19 @@ def test_auto_picks_the_profile_of_the_family_read_from_a_local_model(tmp_path, 
 
 
 @pytest.mark.parametrize("train_mode", ["full", "lora"])
+def test_a_local_klein_model_gets_its_familys_profile_from_model_index(tmp_path, train_mode):
+    """klein is not what an undetected model is sized for: read from its model_index.json, its own
+    profile (the full one's grace is above the default ceiling: build_job refuses it there)."""
+    model = tmp_path / "some-model"
+    model.mkdir()
+    (model / "model_index.json").write_text(json.dumps({"_class_name": "Flux2KleinPipeline"}))
+    assert sizing.auto_profile(train_mode, str(model)) == f"flux2-klein-{train_mode}"
+    if train_mode == "lora":
+        train = dataclasses.replace(TRAIN, train_mode="lora", base_model=str(model))
+        assert sized(build_job(JobSpec(train=train))) == expected(sizing.PROFILES["flux2-klein-lora"])
+
+
+@pytest.mark.parametrize("train_mode", ["full", "lora"])
 @pytest.mark.parametrize("base_model", [
     TrainConfig().base_model, "stabilityai/stable-diffusion-2-1", SDXL, "s3://models/sd15/",
     "s3://models/sdxl-base/"])

@@ -34,6 +34,31 @@ def test_parameter_counts_are_the_published_architectures(family, model):
     assert params.lora_adapters_rank16 == adapters
 
 
+@pytest.mark.parametrize("model", ["flux2-klein-9b", "flux1-dev"])
+def test_the_flow_variants_reference_counts_are_their_published_architectures(model):
+    """klein 9B (a variant the klein family loads) and FLUX.1 [dev] (whose family takes
+    reference.FLUX1_DEV over), counted on the meta device from their published configurations."""
+    from dreambooth_job.bench.architectures import build_pipeline
+    from dreambooth_job.families import reference
+    from dreambooth_job.training import lora_adapters
+
+    pipeline = build_pipeline(model, device="meta")
+    expected = FAMILY["flux2-klein"].reference_9b if model == "flux2-klein-9b" else reference.FLUX1_DEV
+    encoders = [n for n in ("text_encoder", "text_encoder_2") if hasattr(pipeline, n)]
+    count = {n: sum(p.numel() for p in getattr(pipeline, n).parameters())
+             for n in ("transformer", "vae", *encoders)}
+    assert (expected.denoiser, expected.vae) == (count["transformer"], count["vae"])
+    assert expected.text_encoders == sum(count[n] for n in encoders)
+    denoiser_adapters = lora_adapters.lora_parameter_count(
+        pipeline.transformer, 16, TrainConfig().lora_target_modules)
+    # Text-encoder LoRA: klein's Qwen, FLUX.1's CLIP (its T5 carries none, as diffusers' trainer).
+    encoder_adapters = lora_adapters.lora_parameter_count(
+        pipeline.text_encoder, 16, lora_adapters.DEFAULT_TEXT_ENCODER_TARGETS)
+    assert expected.lora_adapters_rank16 == denoiser_adapters + encoder_adapters
+    if model == "flux1-dev":
+        assert denoiser_adapters == reference.FLUX1_DEV_DENOISER_LORA_RANK16
+
+
 def test_an_sdxl_full_checkpoint_is_about_31_gb():
     unet_only = memory_estimate.checkpoint_bytes(FAMILY["sdxl"].reference.denoiser, use_8bit_adam=False)
     assert 30 * sizing.GB < unet_only < 31.5 * sizing.GB
