@@ -42,6 +42,7 @@ class SavedBytes:
     """Distinct storages autograd saves (or a checkpointed block keeps), by what was running."""
 
     def __init__(self, model: torch.nn.Module):
+        self.model = model
         self.params = {p.untyped_storage().data_ptr() for p in model.parameters()}
         self.seen: dict[int, tuple[str, int]] = {}
         self.label = "outside"
@@ -129,7 +130,6 @@ def measure(model_name: str, device: str, weights: str, tokens: tuple[int, int],
         model.to(dtype)
     model.requires_grad_(True).train()
     counter = SavedBytes(model)
-    counter.model = model
     counter.watch(model)
     if checkpointing:
         model.enable_gradient_checkpointing(counter.checkpointing_function())
