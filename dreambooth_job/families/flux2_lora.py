@@ -6,7 +6,7 @@ the single-file export uses too): `lora_unet_double_blocks_N_img_attn_qkv`, `...
 Each name is a weight of the original single-file transformer with `.` written `_`, which is how
 ComfyUI's LoraLoader finds it (comfy/lora.py, `model_lora_keys_unet`: `lora_unet_<key>` for every
 `diffusion_model.<key>.weight`). diffusers reads the file too (loaders/lora_conversion_utils.py,
-`_convert_kohya_flux2_lora_to_diffusers`); tests/unit/test_flux2_lora_files.py checks both.
+`_convert_kohya_flux2_lora_to_diffusers`); tests/unit/test_flux2_files.py checks both.
 
 The targets: `--lora-targets attention` adapts the double-stream blocks' image and text attention
 (q, k, v and output projections); `attention-mlp` adds their feed-forwards (image and text);
