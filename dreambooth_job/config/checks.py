@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from dreambooth_job.config import locations, outbound
-from dreambooth_job.config.choices import BUILTIN_PROMPT_SETS, DEFAULT_LORA_TARGETS, LORA_TARGET_PRESETS
+from dreambooth_job.config.choices import BUILTIN_PROMPT_SETS
 from dreambooth_job.config.field_types import flag_name
 from dreambooth_job.config.operator_policy import ENV_PREFIX as OPERATOR_ENV_PREFIX
 from dreambooth_job.config.operator_policy import OperatorPolicy
@@ -107,10 +107,6 @@ def validate_config(config: TrainConfig, *, require_inputs: bool = False) -> Non
                                     f"to_out.0), got {target[:80]!r}")
     if not config.lora_target_modules:
         raise InvalidInputError("--lora-target-modules must name at least one layer")
-    if config.lora_targets != LORA_TARGET_PRESETS[0] and (
-            tuple(config.lora_target_modules) != DEFAULT_LORA_TARGETS):
-        raise InvalidInputError(f"--lora-targets {config.lora_targets} and --lora-target-modules both "
-                                "choose the adapted layers: give one")
     if config.prior_preservation and config.num_class_images < 1:
         raise InvalidInputError("--num-class-images must be at least 1 with prior preservation")
     check_locations(config)

@@ -165,8 +165,8 @@ class TrainConfig:
         MODEL, default_factory=lambda: list(const.DEFAULT_LORA_TARGETS), max_items=64,
         max_length=128,
         help="Denoiser layers that get LoRA adapters (repeatable; a name matches a layer whose "
-             "dotted name ends with it), in place of --lora-targets' preset when other than the "
-             "default. Default: the attention projections to_q, to_k, to_v, to_out.0 "
+             "dotted name ends with it); when other than the default they replace --lora-targets' "
+             "preset. Default: the attention projections to_q, to_k, to_v, to_out.0 "
              "(--lora-targets attention for SD/SDXL), as in the LoRA paper and diffusers' "
              "DreamBooth LoRA trainer: they carry the prompt's tokens into the image. Add conv1, "
              "conv2, conv_shortcut to adapt the ResNet convolutions too (kohya's LoCon), for UNets "

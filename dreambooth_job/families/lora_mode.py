@@ -18,13 +18,16 @@ What a LoRA run publishes is `save` below (`save_merged_pipeline` for now).
 from __future__ import annotations
 
 import copy
+import logging
 from pathlib import Path
 from typing import Any
 
-from dreambooth_job.config.choices import DEFAULT_LORA_TARGETS
+from dreambooth_job.config.choices import DEFAULT_LORA_TARGETS, LORA_TARGET_PRESETS
 from dreambooth_job.families.base import ModelFamily, TrainMode
 from dreambooth_job.families.lora_formats import CLIP_TEXT_ENCODER_TARGETS
 from dreambooth_job.training import lora_adapters
+
+logger = logging.getLogger("dreambooth_job")
 
 
 class LoraTrainMode(TrainMode):
@@ -73,6 +76,9 @@ def denoiser_targets(config, family: ModelFamily, pipeline) -> list[str]:
     """--lora-target-modules when it names other layers than its default, else the family's
     --lora-targets preset (SD's and SDXL's `attention` is that default: the same adapters)."""
     if tuple(config.lora_target_modules) != DEFAULT_LORA_TARGETS:
+        if config.lora_targets != LORA_TARGET_PRESETS[0]:
+            logger.warning("--lora-target-modules names the adapted layers; --lora-targets %s is not used",
+                           config.lora_targets)
         return list(config.lora_target_modules)
     return family.lora_format.targets(config.lora_targets, family.denoiser(pipeline))
 

@@ -14,7 +14,6 @@ from safetensors.torch import load_file
 
 from dreambooth_job.config.choices import DEFAULT_LORA_TARGETS, LORA_TARGET_PRESETS
 from dreambooth_job.config.train_config import TrainConfig
-from dreambooth_job.exit_codes import InvalidInputError
 from dreambooth_job.families.flux2 import Flux2Klein
 from dreambooth_job.families.sd import StableDiffusion
 from dreambooth_job.families.sdxl import StableDiffusionXL
@@ -133,9 +132,12 @@ def test_sd_and_sdxl_keep_their_default_targets():
     assert FAMILY.lora_format.text_encoder_targets == ("q_proj", "k_proj", "v_proj", "o_proj")
 
 
-def test_a_preset_and_named_modules_together_are_refused():
-    from dreambooth_job.config.checks import validate_config
+def test_named_modules_replace_the_preset(tiny_flux2_klein_model):
+    from dreambooth_job.families.lora_mode import denoiser_targets
 
-    with pytest.raises(InvalidInputError, match="give one"):
-        validate_config(TrainConfig(instance_data="d", class_noun="dog", output="o", lora_targets="all",
-                             lora_target_modules=["to_q"]))
+    pipe = Flux2KleinPipeline.from_pretrained(tiny_flux2_klein_model)
+    config = TrainConfig(instance_data="d", class_noun="dog", output="o", lora_targets="all")
+    assert "to_qkv_mlp_proj" in denoiser_targets(config, FAMILY, pipe)
+    named = TrainConfig(instance_data="d", class_noun="dog", output="o", lora_targets="all",
+                        lora_target_modules=["to_q", "to_v"])
+    assert denoiser_targets(named, FAMILY, pipe) == ["to_q", "to_v"]
