@@ -47,6 +47,24 @@ def test_the_single_file_gives_back_the_transformer_exactly(tiny_flux2_klein_mod
     assert all(torch.equal(loaded[key], expected[key]) for key in expected)
 
 
+def test_the_layout_holds_flux2_dev_guidance_embedder_too():
+    """FLUX.2 [dev]'s transformer (one diffusers class with klein) adds `guidance_in`."""
+    from dreambooth_job.families.bfl_layout import original_state
+    from dreambooth_job.families.flux2_layout import FLUX2_LAYOUT
+
+    torch.manual_seed(0)
+    transformer = Flux2Transformer2DModel(
+        patch_size=1, in_channels=16, num_layers=1, num_single_layers=1, attention_head_dim=16,
+        num_attention_heads=2, joint_attention_dim=48, timestep_guidance_channels=256,
+        axes_dims_rope=(4, 4, 4, 4), guidance_embeds=True)
+    expected = transformer.state_dict()
+    original = original_state(FLUX2_LAYOUT, expected, "test")
+    assert "guidance_in.in_layer.weight" in original
+    converted = convert_flux2_transformer_checkpoint_to_diffusers(dict(original))
+    assert converted.keys() == expected.keys()
+    assert all(torch.equal(converted[key], expected[key]) for key in expected)
+
+
 def adapted(model_dir, preset: str):
     """The tiny klein with random adapters on `preset`'s modules (B random: a visible effect)."""
     pipe = Flux2KleinPipeline.from_pretrained(model_dir)
