@@ -43,7 +43,7 @@ def test_klein_lora_with_prior_preservation_loads_on_the_base(photos, bucket, ti
         "train", *SMALL, "--instance-data", photos, "--class-noun", "dog", "--output", run,
         "--base-model", str(tiny_flux2_klein_model), "--class-data", f"s3://{bucket}/class-cache/",
         "--cache-dir", str(tmp_path / "cache"), "--train-mode", "lora", "--lora-rank", "4",
-        "--lora-targets", "all"],
+        "--lora-targets", "all", "--export-single-file"],
         catch_exceptions=False)
     assert outcome.exit_code == ExitCode.OK, outcome.output
     result = json.loads(storage.read_bytes(storage.join(run, "result.json")))
@@ -75,6 +75,13 @@ def test_klein_lora_with_prior_preservation_loads_on_the_base(photos, bucket, ti
     other = Flux2KleinPipeline.from_pretrained(tiny_flux2_klein_model)
     other.load_lora_weights(str(local / kohya_file.removeprefix("lora/")))
     torch.testing.assert_close(sample(other), with_adapters, rtol=1e-5, atol=1e-5)
+    # --export-single-file of a LoRA run: the merged transformer, in BFL's layout.
+    single = tmp_path / "single.safetensors"
+    storage.download_file(result["outputs"]["single_file"], single)
+    merged = Flux2KleinPipeline.from_pretrained(tiny_flux2_klein_model)
+    merged.transformer = Flux2Transformer2DModel.from_single_file(
+        str(single), config=str(tiny_flux2_klein_model), subfolder="transformer")
+    torch.testing.assert_close(sample(merged), with_adapters, rtol=1e-4, atol=1e-5)
 
     # `generate` draws from the LoRA run with the family's sampler.
     drawn = f"s3://{bucket}/drawn/"
