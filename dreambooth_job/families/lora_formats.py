@@ -31,7 +31,7 @@ from typing import Any
 
 from dreambooth_job.config.choices import DEFAULT_LORA_TARGETS
 from dreambooth_job.outputs.export.single_file import unet_to_ldm
-from dreambooth_job.training.lora_adapters import UNET_CONV_TARGETS
+from dreambooth_job.training.lora_adapters import DEFAULT_TEXT_ENCODER_TARGETS, UNET_CONV_TARGETS
 
 UNET_TARGET_PRESETS = {
     # The paper's and diffusers' DreamBooth LoRA targets: self- and cross-attention (the default).
@@ -41,7 +41,7 @@ UNET_TARGET_PRESETS = {
     # ...and the ResNet blocks' convolutions (kohya's LoCon).
     "all": (*DEFAULT_LORA_TARGETS, "ff.net.0.proj", "ff.net.2", *UNET_CONV_TARGETS),
 }
-CLIP_TEXT_ENCODER_TARGETS = ("q_proj", "k_proj", "v_proj", "out_proj")
+CLIP_TEXT_ENCODER_TARGETS = DEFAULT_TEXT_ENCODER_TARGETS  # q/k/v/out_proj of CLIP's attention
 
 
 class LoraFormat(ABC):
