@@ -1,7 +1,7 @@
 """Black Forest Labs' original checkpoint layout for FLUX-style transformers, against diffusers'
-module names: one key map per family (a `BflLayout`), read by both the single-file export and the
-kohya-style LoRA file, so the two cannot drift apart. Family-neutral: FLUX.2's table is in
-flux2_layout.py; FLUX.1 [dev]'s blocks have the same shape (`double_blocks.N.img_attn.qkv`,
+module names: one key map per family (a `BflLayout`), read by both the single-file export
+(`original_state`) and the kohya-style LoRA file (`kohya_lora`), so the two cannot drift apart.
+Family-neutral: FLUX.2's table is in flux2_layout.py; FLUX.1 [dev]'s blocks have the same shape (`double_blocks.N.img_attn.qkv`,
 `single_blocks.N.linear1`, `query_norm.scale`) with other diffusers names and fusions.
 
 In the original layout several diffusers projections are one module: the attention's q, k and v
@@ -127,3 +127,19 @@ def original_lora(layout: BflLayout, pairs: Mapping[str, tuple]) -> dict[str, tu
         ups = [p[1] if p else torch.zeros(up_like.shape[0], rank, dtype=up_like.dtype) for p in parts]
         out[bfl] = (torch.cat(downs), len(parts) * torch.block_diag(*ups))
     return out
+
+
+def kohya_lora(layout: BflLayout, peft_state: Mapping) -> dict:
+    """kohya's single-file LoRA keys of a transformer's peft adapter tensors (`<module>.lora_A.weight`):
+    `lora_unet_<BFL module, '.' as '_'>.lora_down.weight`, `.lora_up.weight` and `.alpha` (the rank
+    here; the writer puts the LoRA alpha in). ValueError for a module the layout has no name for."""
+    import torch  # deferred: torch is heavy
+
+    pairs = {key.removesuffix(".lora_A.weight"): (tensor, peft_state[key.replace("lora_A", "lora_B")])
+             for key, tensor in peft_state.items() if key.endswith(".lora_A.weight")}
+    kohya = {}
+    for module, (down, up) in sorted(original_lora(layout, pairs).items()):
+        name = "lora_unet_" + module.replace(".", "_")
+        kohya.update({f"{name}.lora_down.weight": down, f"{name}.lora_up.weight": up,
+                      f"{name}.alpha": torch.tensor(float(down.shape[0]))})
+    return kohya

@@ -19,7 +19,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from dreambooth_job.families.bfl_layout import original_lora
+from dreambooth_job.families.bfl_layout import kohya_lora
 from dreambooth_job.families.flux2_layout import FLUX2_LAYOUT
 from dreambooth_job.families.lora_formats import TransformerLoraFormat
 
@@ -52,14 +52,4 @@ class Flux2LoraFormat(TransformerLoraFormat):
     def kohya_state(self, adapters, modules) -> dict[str, dict]:
         """{"transformer": {kohya key: tensor}}; refuses (ValueError) an adapted module the
         original layout has no name for."""
-        import torch  # deferred: torch is heavy
-
-        state = adapters.get(self.components[0], {})
-        pairs = {key.removesuffix(".lora_A.weight"): (state[key], state[key.replace("lora_A", "lora_B")])
-                 for key in state if key.endswith(".lora_A.weight")}
-        kohya = {}
-        for module, (down, up) in sorted(original_lora(FLUX2_LAYOUT, pairs).items()):
-            name = "lora_unet_" + module.replace(".", "_")
-            kohya.update({f"{name}.lora_down.weight": down, f"{name}.lora_up.weight": up,
-                          f"{name}.alpha": torch.tensor(float(down.shape[0]))})
-        return {self.components[0]: kohya}
+        return {self.components[0]: kohya_lora(FLUX2_LAYOUT, adapters.get(self.components[0], {}))}
