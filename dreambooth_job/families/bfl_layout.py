@@ -1,8 +1,9 @@
 """Black Forest Labs' original checkpoint layout for FLUX-style transformers, against diffusers'
 module names: one key map per family (a `BflLayout`), read by both the single-file export
 (`original_state`) and the kohya-style LoRA file (`kohya_lora`), so the two cannot drift apart.
-Family-neutral: FLUX.2's table is in flux2_layout.py; FLUX.1 [dev]'s blocks have the same shape (`double_blocks.N.img_attn.qkv`,
-`single_blocks.N.linear1`, `query_norm.scale`) with other diffusers names and fusions.
+Family-neutral: FLUX.2's table is in flux2_layout.py; FLUX.1 [dev]'s blocks have the same shape
+(`double_blocks.N.img_attn.qkv`, `single_blocks.N.linear1`, `query_norm.scale`) with other
+diffusers names and fusions.
 
 In the original layout several diffusers projections are one module: the attention's q, k and v
 (`img_attn.qkv`), and in single-stream blocks whatever `linear1` fuses. A fused weight is the
