@@ -41,6 +41,7 @@ from dreambooth_job.bench import table as bench_report
 from dreambooth_job.config import sources as config_sources
 from dreambooth_job.config import train_config as cfg
 from dreambooth_job.exit_codes import InvalidInputError
+from dreambooth_job.families.lora_mode import denoiser_targets
 from dreambooth_job.training import base_models, devices, lora_adapters, memory_estimate
 from dreambooth_job.training.preflight import missing_capabilities
 
@@ -216,13 +217,14 @@ def _training_state_bytes(pipeline, config: cfg.TrainConfig) -> int:
     """A lower bound on what training adds to the loaded model (activations come on top): for
     LoRA, the adapters' (counted from the layers' shapes, before any is added)."""
 
-    modules = families.for_pipeline(pipeline).trainable_modules(pipeline, config.train_text_encoder)
+    family = families.for_pipeline(pipeline)
+    modules = family.trainable_modules(pipeline, config.train_text_encoder)
     if config.train_mode == "lora":
         # The denoiser first (trainable_modules' order), the text encoders after it.
         params = sum(lora_adapters.lora_parameter_count(
                          module, config.lora_rank,
-                         config.lora_target_modules if name == "denoiser"
-                         else lora_adapters.DEFAULT_TEXT_ENCODER_TARGETS)
+                         denoiser_targets(config, family, pipeline) if name == "denoiser"
+                         else family.lora_format.text_encoder_targets)
                      for name, module in modules.items())
     else:
         params = memory_estimate.trained_parameters(modules.values())

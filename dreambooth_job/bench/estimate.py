@@ -69,9 +69,10 @@ def estimate(model: str, *, train_mode: str = "full", checkpointing: bool = Fals
     counts = {name: sum(p.numel() for p in m.parameters()) for name, m in modules.items()}
     denoiser = modules["denoiser"]
     if train_mode == "lora":
-        defaults = TrainConfig()  # --lora-rank and --lora-target-modules at their defaults
-        trainable = lora_adapters.lora_parameter_count(denoiser, lora_rank or defaults.lora_rank,
-                                                       defaults.lora_target_modules)
+        defaults = TrainConfig()  # --lora-rank and --lora-targets at their defaults
+        trainable = lora_adapters.lora_parameter_count(
+            denoiser, lora_rank or defaults.lora_rank,
+            family.lora_format.targets(defaults.lora_targets, denoiser))
         frozen = sum(counts.values())
     else:
         trainable, frozen = counts["denoiser"], sum(counts.values()) - counts["denoiser"]

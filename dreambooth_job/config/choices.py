@@ -19,6 +19,9 @@ DEFAULT_LEARNING_RATES = {"full": 5e-6, "lora": 1e-4}
 # LoRA's default targets: the UNet's attention projections (training/lora_adapters.py; kept here
 # so that this module stays a leaf without the training dependencies).
 DEFAULT_LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
+# --lora-targets: which of the denoiser's modules LoRA adapts, as each family names them
+# (families/lora_formats.py, LoraFormat.target_presets); the first is the default.
+LORA_TARGET_PRESETS = ("attention", "attention-mlp", "all")
 AUTO = "auto"
 # Ids become label values (subject, batch), S3 path parts, metric labels and page text: what a
 # Kubernetes label value accepts (at most 63, alphanumeric at both ends). A job id is the subject

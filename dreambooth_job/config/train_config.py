@@ -142,7 +142,8 @@ class TrainConfig:
         help="Micro-batches per optimizer step.")
     train_text_encoder: bool = option(
         MODEL, False, help="Fine-tune the text encoder as well as the UNet (in LoRA mode: adapters "
-                           "on its attention projections q_proj, k_proj, v_proj, out_proj too).")
+                           "on its attention projections too, as the family names them: CLIP's "
+                           "q_proj, k_proj, v_proj, out_proj).")
     lora_rank: int = option(
         MODEL, 16, minimum=1, maximum=const.MAX_LORA_RANK, ceiling="max_lora_rank",
         help="Rank of the LoRA adapters (--train-mode lora).")
@@ -152,15 +153,24 @@ class TrainConfig:
              "scale of 1).")
     lora_dropout: float = option(
         MODEL, 0.0, minimum=0, exclusive_maximum=1, help="Dropout on the LoRA adapters' inputs.")
+    lora_targets: str = option(
+        MODEL, const.LORA_TARGET_PRESETS[0], choices=const.LORA_TARGET_PRESETS,
+        help="Which of the denoiser's layers get LoRA adapters, as the model's family names them: "
+             "attention (SD/SDXL: self- and cross-attention to_q, to_k, to_v, to_out.0; FLUX.2: "
+             "the double-stream blocks' image and text attention), attention-mlp (adds the "
+             "feed-forward projections), all (adds SD's ResNet convolutions, FLUX.2's single-stream "
+             "blocks). Both LoRA files hold every adapted layer. --lora-target-modules names layers "
+             "instead.")
     lora_target_modules: list[str] = option(
         MODEL, default_factory=lambda: list(const.DEFAULT_LORA_TARGETS), max_items=64,
         max_length=128,
-        help="UNet layers that get LoRA adapters (repeatable; a name matches a layer whose dotted "
-             "name ends with it). Default: the attention projections to_q, to_k, to_v, to_out.0 "
-             "of self- and cross-attention, as in the LoRA paper and diffusers' DreamBooth LoRA "
-             "trainer: they carry the prompt's tokens into the image. Add conv1, conv2, "
-             "conv_shortcut to adapt the ResNet convolutions too (kohya's LoCon), for UNets whose "
-             "attention sees too little of the image.")
+        help="Denoiser layers that get LoRA adapters (repeatable; a name matches a layer whose "
+             "dotted name ends with it); when other than the default they replace --lora-targets' "
+             "preset. Default: the attention projections to_q, to_k, to_v, to_out.0 "
+             "(--lora-targets attention for SD/SDXL), as in the LoRA paper and diffusers' "
+             "DreamBooth LoRA trainer: they carry the prompt's tokens into the image. Add conv1, "
+             "conv2, conv_shortcut to adapt the ResNet convolutions too (kohya's LoCon), for UNets "
+             "whose attention sees too little of the image.")
     mixed_precision: str = option(
         MODEL, "auto", choices=const.MIXED_PRECISION_CHOICES,
         help="auto: bf16 on CUDA that supports it, fp16 on other CUDA, no on CPU.")

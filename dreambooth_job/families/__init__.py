@@ -7,7 +7,7 @@ saving, and which modules train; SD 1.x/2.x (sd.py), SDXL (sdxl.py) and FLUX.2 [
 (training/), generation/sampling.py, the phases and `generate` reach the model only through it.
 `models.load_pipeline` picks the family from the base model's model_index.json (`detect`); code
 handed a pipeline asks `for_pipeline`. A `TrainMode` (base.py; LoRA in lora_mode.py) says what
-trains and what is saved, whatever the family: `train_mode(config)` picks it from --train-mode.
+trains and what is saved: `train_mode(config, family, pipeline)` picks it from --train-mode.
 
     >>> family = detect("/models/sd15")              # reads /models/sd15/model_index.json
     >>> ids = family.tokenize(pipeline, "a photo of sks dog")
@@ -91,8 +91,8 @@ def for_pipeline(pipeline) -> ModelFamily:
     return for_class_name(type(pipeline).__name__, "the pipeline")
 
 
-def train_mode(config) -> TrainMode:
-    """The TrainMode --train-mode names."""
+def train_mode(config, family: ModelFamily, pipeline) -> TrainMode:
+    """The TrainMode --train-mode names, for `family`'s `pipeline` (LoRA's targets are the family's)."""
     if config.train_mode == "lora":
-        return LoraTrainMode.from_config(config)
+        return LoraTrainMode.from_config(config, family, pipeline)
     return FULL_FINE_TUNE

@@ -18,6 +18,8 @@ from typing import Any, ClassVar
 
 from dreambooth_job.exit_codes import InvalidInputError
 from dreambooth_job.families.base import ModelFamily, PromptEmbeddings
+from dreambooth_job.families.bfl_layout import original_state
+from dreambooth_job.families.flux2_layout import FLUX2_LAYOUT
 from dreambooth_job.families.flux2_lora import Flux2LoraFormat
 from dreambooth_job.families.objective import FlowMatchingObjective, TrainingObjective
 from dreambooth_job.families.reference import GB, ReferenceModel
@@ -51,10 +53,10 @@ class Flux2Klein(ModelFamily):
     # (transformer: 5 double- and 20 single-stream blocks of 24 heads x 128, MLP ratio 3, joint
     # attention 7680, as InvokeAI's and mflux's presets state it; Qwen3-4B: 36 layers of 2560,
     # 32/8 heads of 128, tied embeddings; AutoencoderKLFlux2's defaults). The default LoRA targets
-    # reach the 5 double-stream blocks' image attention only (the single-stream blocks fuse q, k, v
-    # and the MLP in `to_qkv_mlp_proj`); on Qwen3, q/k/v_proj (it names its output `o_proj`).
+    # (--lora-targets attention) reach the 5 double-stream blocks' image and text attention, 8
+    # projections of 3072 x 3072 each; on Qwen3, q/k/v/o_proj of its 36 layers.
     reference = ReferenceModel(denoiser=3_875_544_576, text_encoders=4_022_468_096, vae=84_046_115,
-                               lora_adapters_rank16=1_966_080 + 7_962_624, resolution=1024,
+                               lora_adapters_rank16=3_932_160 + 11_796_480, resolution=1024,
                                class_images_bytes=int(0.4 * GB), step_seconds=20)
     reference_9b: ClassVar[ReferenceModel] = ReferenceModel(
         denoiser=9_078_581_248, text_encoders=8_190_735_360, vae=84_046_115,
@@ -80,12 +82,24 @@ class Flux2Klein(ModelFamily):
                         num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
                         latents=latents, output_type="pil").images
 
+    # The single file (--export-single-file) is the transformer alone in BFL's original layout, as
+    # BFL ships flux-2-klein-4b.safetensors (no key prefix): ComfyUI's "Load Diffusion Model"
+    # (models/diffusion_models) reads it, and its text encoder (Qwen3) and VAE are separate files
+    # there; diffusers reads it with Flux2Transformer2DModel.from_single_file.
     def check_single_file(self, pipeline) -> None:
-        raise InvalidInputError("--export-single-file: FLUX.2 [klein]'s single-file layout is not "
-                                "written yet; use model/ or the LoRA files")
+        """Every transformer weight has an original name (names only: no tensor is touched)."""
+        for key in self.denoiser(pipeline).state_dict(keep_vars=True):
+            if FLUX2_LAYOUT.original(key.rpartition(".")[0]) is None:
+                raise InvalidInputError(f"--export-single-file cannot map the transformer weight {key}: "
+                                        "not a FLUX.2 layout")
+
+    def single_file_state(self, pipeline) -> dict[str, dict]:
+        state = self.denoiser(pipeline).state_dict()
+        return {"": original_state(FLUX2_LAYOUT, state, "--export-single-file"),
+                **self.single_file_text_encoders(pipeline)}
 
     def single_file_text_encoders(self, pipeline) -> dict[str, dict]:
-        self.check_single_file(pipeline)
+        """None: ComfyUI loads klein's Qwen3 from a file of its own (models/text_encoders)."""
         return {}
 
     def native_resolution(self, pipeline) -> int:

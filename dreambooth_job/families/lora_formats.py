@@ -16,6 +16,10 @@ outputs/lora_writers.py's; what differs between families is here:
   `ss_base_model_version: sdxl_base_v1-0` (A1111 filters SDXL LoRAs by it).
 - FLUX.2 [klein]: `Flux2KleinPipeline.save_lora_weights` (the transformer's adapters only);
   kohya keys name the original checkpoint's modules, q/k/v fused (families/flux2_lora.py).
+
+Which modules carry adapters is the format's too: `target_presets` (`--lora-targets attention|
+attention-mlp|all`, the denoiser's) and `text_encoder_targets` (--train-text-encoder's), so that
+each family's files hold every module it adapts. `--lora-target-modules` names modules instead.
 """
 
 from __future__ import annotations
@@ -25,7 +29,19 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from dreambooth_job.config.choices import DEFAULT_LORA_TARGETS
 from dreambooth_job.outputs.export.single_file import unet_to_ldm
+from dreambooth_job.training.lora_adapters import DEFAULT_TEXT_ENCODER_TARGETS, UNET_CONV_TARGETS
+
+UNET_TARGET_PRESETS = {
+    # The paper's and diffusers' DreamBooth LoRA targets: self- and cross-attention (the default).
+    "attention": DEFAULT_LORA_TARGETS,
+    # ...and the transformer blocks' GEGLU feed-forward.
+    "attention-mlp": (*DEFAULT_LORA_TARGETS, "ff.net.0.proj", "ff.net.2"),
+    # ...and the ResNet blocks' convolutions (kohya's LoCon).
+    "all": (*DEFAULT_LORA_TARGETS, "ff.net.0.proj", "ff.net.2", *UNET_CONV_TARGETS),
+}
+CLIP_TEXT_ENCODER_TARGETS = DEFAULT_TEXT_ENCODER_TARGETS  # q/k/v/out_proj of CLIP's attention
 
 
 class LoraFormat(ABC):
@@ -36,6 +52,14 @@ class LoraFormat(ABC):
     first (whose adapters' rank and alpha the headers state)."""
     kohya_header: Mapping[str, str]
     """Header entries the single-file format adds for this family."""
+    target_presets: Mapping[str, tuple[str, ...]]
+    """The denoiser's adapted modules for each `--lora-targets` (config/choices.LORA_TARGET_PRESETS)."""
+    text_encoder_targets: tuple[str, ...]
+    """The text encoders' adapted modules (--train-text-encoder in LoRA mode)."""
+
+    def targets(self, preset: str, denoiser) -> list[str]:
+        """The module names (peft's `target_modules`) of `preset` on this `denoiser`."""
+        return list(self.target_presets[preset])
 
     def modules(self, pipeline) -> dict[str, Any]:
         """The pipeline's modules that may carry adapters, by component (None where absent)."""
@@ -63,6 +87,8 @@ class UNetLoraFormat(LoraFormat):
     original_unet_names: bool = False
     """Whether kohya's keys name the UNet's modules in the original checkpoint layout (SDXL)."""
     kohya_header: Mapping[str, str] = field(default_factory=dict)
+    target_presets: Mapping[str, tuple[str, ...]] = field(default_factory=lambda: UNET_TARGET_PRESETS)
+    text_encoder_targets: tuple[str, ...] = CLIP_TEXT_ENCODER_TARGETS
 
     def write_diffusers(self, directory, layers, *, weight_name, save_function) -> None:
         import diffusers  # deferred: diffusers is heavy; the CLI and k8s builders start without it
@@ -107,6 +133,8 @@ class TransformerLoraFormat(LoraFormat):
     pipeline_class: str
     components: tuple[str, ...] = ("transformer",)
     kohya_header: Mapping[str, str] = field(default_factory=dict)
+    target_presets: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    text_encoder_targets: tuple[str, ...] = ()
 
     def write_diffusers(self, directory, layers, *, weight_name, save_function) -> None:
         import diffusers  # deferred: diffusers is heavy; the CLI and k8s builders start without it

@@ -8,8 +8,8 @@ hold is the model family's (`ModelFamily.lora_format`, the single-file layout).
 Layout under the output (docs/user-guide.md, "Output layout"), every weight file in `--save-precision`:
 
 - full fine-tuning: `model/` (diffusers' `from_pretrained`); with `--export-single-file` also
-  `<subject-id>.safetensors` in the original Stable Diffusion / SDXL layout (A1111, ComfyUI,
-  `from_single_file`).
+  `<subject-id>.safetensors` in the family's original layout (A1111, ComfyUI, `from_single_file`):
+  Stable Diffusion's / SDXL's whole checkpoint, FLUX.2 [klein]'s transformer in BFL's layout.
 - LoRA: `lora/pytorch_lora_weights.safetensors` (diffusers' `load_lora_weights`) and
   `lora/<subject-id>.safetensors` (kohya-ss keys as the family names them; A1111/ComfyUI), with
   the run in their headers;

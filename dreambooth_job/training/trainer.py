@@ -60,7 +60,7 @@ class Trainer:
         if config.resolution is None:  # auto is resolved once, before: base_models.training_resolution
             raise ValueError("Trainer needs --resolution resolved (base_models.training_resolution)")
         self.config = config
-        self.mode = mode or families.train_mode(config)
+        self.mode = mode or families.train_mode(config, self.family, pipeline)
         self.set_grads_to_none = set_grads_to_none
         self.objective = objective or self.family.training_objective(pipeline)
         self.class_images = class_images if config.prior_preservation else None

@@ -1,7 +1,7 @@
 """FLUX.2 [klein] through the same job: the family is detected from the base model, and a LoRA run
 with prior preservation (class images sampled by the frozen base) runs end to end against the real
 S3 server; the diffusers LoRA file loads with Flux2KleinPipeline and changes what it samples, and the
-kohya file has the same effect. The
+kohya file has the same effect; a full run's single file is its transformer in BFL's layout. The
 tiny FLUX.2 [klein]-shaped pipeline."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import json
 import pytest
 import torch
 from click.testing import CliRunner
-from diffusers import Flux2KleinPipeline
+from diffusers import Flux2KleinPipeline, Flux2Transformer2DModel
 from helpers import upload_photos
 
 from dreambooth_job.cli import main
@@ -42,7 +42,8 @@ def test_klein_lora_with_prior_preservation_loads_on_the_base(photos, bucket, ti
     outcome = CliRunner().invoke(main, [
         "train", *SMALL, "--instance-data", photos, "--class-noun", "dog", "--output", run,
         "--base-model", str(tiny_flux2_klein_model), "--class-data", f"s3://{bucket}/class-cache/",
-        "--cache-dir", str(tmp_path / "cache"), "--train-mode", "lora", "--lora-rank", "4"],
+        "--cache-dir", str(tmp_path / "cache"), "--train-mode", "lora", "--lora-rank", "4",
+        "--lora-targets", "all", "--export-single-file"],
         catch_exceptions=False)
     assert outcome.exit_code == ExitCode.OK, outcome.output
     result = json.loads(storage.read_bytes(storage.join(run, "result.json")))
@@ -60,7 +61,10 @@ def test_klein_lora_with_prior_preservation_loads_on_the_base(photos, bucket, ti
     from safetensors.torch import load_file
 
     keys = load_file(local / "pytorch_lora_weights.safetensors").keys()
-    assert keys and all(key.startswith("transformer.transformer_blocks.") for key in keys)
+    # --lora-targets all: the single-stream blocks too.
+    assert any(key.startswith("transformer.single_transformer_blocks.") for key in keys)
+    assert all(key.startswith(("transformer.transformer_blocks.", "transformer.single_transformer_blocks."))
+               for key in keys)
     base = Flux2KleinPipeline.from_pretrained(tiny_flux2_klein_model)
     before = sample(base)
     base.load_lora_weights(local)
@@ -71,6 +75,13 @@ def test_klein_lora_with_prior_preservation_loads_on_the_base(photos, bucket, ti
     other = Flux2KleinPipeline.from_pretrained(tiny_flux2_klein_model)
     other.load_lora_weights(str(local / kohya_file.removeprefix("lora/")))
     torch.testing.assert_close(sample(other), with_adapters, rtol=1e-5, atol=1e-5)
+    # --export-single-file of a LoRA run: the merged transformer, in BFL's layout.
+    single = tmp_path / "single.safetensors"
+    storage.download_file(result["outputs"]["single_file"], single)
+    merged = Flux2KleinPipeline.from_pretrained(tiny_flux2_klein_model)
+    merged.transformer = Flux2Transformer2DModel.from_single_file(
+        str(single), config=str(tiny_flux2_klein_model), subfolder="transformer")
+    torch.testing.assert_close(sample(merged), with_adapters, rtol=1e-4, atol=1e-5)
 
     # `generate` draws from the LoRA run with the family's sampler.
     drawn = f"s3://{bucket}/drawn/"
@@ -84,17 +95,14 @@ def test_klein_lora_with_prior_preservation_loads_on_the_base(photos, bucket, ti
     assert "prompt-00-seed-5.png" in {f.relative_path for f in storage.list_files(drawn)}
 
 
-def test_klein_full_fine_tune_saves_a_pipeline_and_refuses_the_single_file(
+def test_klein_full_fine_tune_saves_a_pipeline_and_the_single_file(
         photos, bucket, tiny_flux2_klein_model, tmp_path):
     run = f"s3://{bucket}/runs/klein-full/"
-    common = ["train", *SMALL, "--instance-data", photos, "--class-noun", "dog",
-              "--base-model", str(tiny_flux2_klein_model), "--class-data", f"s3://{bucket}/class-cache/",
-              "--cache-dir", str(tmp_path / "cache"), "--identifier", "sks"]
-    refused = CliRunner().invoke(main, [*common, "--output", f"s3://{bucket}/runs/klein-single/",
-                                        "--export-single-file"])
-    assert refused.exit_code == ExitCode.INVALID_INPUT
-    assert "single-file layout is not written yet" in refused.output
-    outcome = CliRunner().invoke(main, [*common, "--output", run], catch_exceptions=False)
+    outcome = CliRunner().invoke(main, [
+        "train", *SMALL, "--instance-data", photos, "--class-noun", "dog", "--output", run,
+        "--base-model", str(tiny_flux2_klein_model), "--class-data", f"s3://{bucket}/class-cache/",
+        "--cache-dir", str(tmp_path / "cache"), "--identifier", "sks", "--export-single-file"],
+        catch_exceptions=False)
     assert outcome.exit_code == ExitCode.OK, outcome.output
     result = json.loads(storage.read_bytes(storage.join(run, "result.json")))
     assert result["training"]["train_mode"] == "full" and result["training"]["final_prior_loss"] is not None
@@ -103,3 +111,11 @@ def test_klein_full_fine_tune_saves_a_pipeline_and_refuses_the_single_file(
     tuned = Flux2KleinPipeline.from_pretrained(local)
     base = Flux2KleinPipeline.from_pretrained(tiny_flux2_klein_model)
     assert not torch.equal(sample(tuned), sample(base))
+    # The single file: the trained transformer in BFL's layout, read back by diffusers exactly.
+    single = tmp_path / "single.safetensors"
+    storage.download_file(result["outputs"]["single_file"], single)
+    loaded = Flux2Transformer2DModel.from_single_file(str(single), config=str(local),
+                                                      subfolder="transformer").state_dict()
+    trained = tuned.transformer.state_dict()
+    assert loaded.keys() == trained.keys()
+    assert all(torch.equal(loaded[key], trained[key]) for key in trained)

@@ -19,7 +19,9 @@ from dreambooth_job.training import lora_adapters  # noqa: E402
 
 RANK, ALPHA = 4, 8  # alpha != rank, so a loader that ignores alpha gets a different output
 TARGETS = {"attention": lora_adapters.DEFAULT_UNET_TARGETS,
-           "attention+conv": lora_adapters.DEFAULT_UNET_TARGETS + lora_adapters.UNET_CONV_TARGETS}
+           "attention+conv": lora_adapters.DEFAULT_UNET_TARGETS + lora_adapters.UNET_CONV_TARGETS,
+           # --lora-targets all: attention, feed-forward and convolutions, in both files.
+           "all": next(f for f in families.FAMILIES if f.name == "sd").lora_format.target_presets["all"]}
 METADATA = {"base_model_fingerprint": "ab" * 32, "identifier": "sks", "class_noun": "dog", "steps": "400"}
 
 

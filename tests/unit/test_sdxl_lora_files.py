@@ -21,7 +21,6 @@ from dreambooth_job.outputs import lora_writers  # noqa: E402
 from dreambooth_job.training import lora_adapters  # noqa: E402
 
 RANK, ALPHA = 4, 8  # alpha != rank, so a loader that ignores alpha gets a different output
-UNET_TARGETS = lora_adapters.DEFAULT_UNET_TARGETS + lora_adapters.UNET_CONV_TARGETS  # ResBlock names too
 ENCODERS = ("text_encoder", "text_encoder_2")
 
 
@@ -32,6 +31,8 @@ def _load(path):
 
 
 SDXL = next(f for f in families.FAMILIES if "StableDiffusionXLPipeline" in f.pipeline_classes)
+# --lora-targets all: attention, feed-forward and the ResBlocks' convolutions (their names too).
+UNET_TARGETS = SDXL.lora_format.target_presets["all"]
 
 
 @pytest.fixture(scope="module")

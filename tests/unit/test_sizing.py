@@ -27,9 +27,10 @@ def test_parameter_counts_are_the_published_architectures(family, model):
     assert params.denoiser == counts["denoiser"] and params.vae == counts["vae"]
     encoders = [name for name in counts if name.startswith("text_encoder")]
     assert params.text_encoders == sum(counts[name] for name in encoders)
-    defaults = TrainConfig()
-    adapters = lora_adapters.lora_parameter_count(built["denoiser"], 16, defaults.lora_target_modules) + sum(
-        lora_adapters.lora_parameter_count(built[name], 16, lora_adapters.DEFAULT_TEXT_ENCODER_TARGETS)
+    defaults, lora_format = TrainConfig(), FAMILY[family].lora_format
+    adapters = lora_adapters.lora_parameter_count(
+        built["denoiser"], 16, lora_format.targets(defaults.lora_targets, built["denoiser"])) + sum(
+        lora_adapters.lora_parameter_count(built[name], 16, lora_format.text_encoder_targets)
         for name in encoders)
     assert params.lora_adapters_rank16 == adapters
 

@@ -1,0 +1,146 @@
+"""Black Forest Labs' original checkpoint layout for FLUX-style transformers, against diffusers'
+module names: one key map per family (a `BflLayout`), read by both the single-file export
+(`original_state`) and the kohya-style LoRA file (`kohya_lora`), so the two cannot drift apart.
+Family-neutral: FLUX.2's table is in flux2_layout.py; FLUX.1 [dev]'s blocks have the same shape
+(`double_blocks.N.img_attn.qkv`, `single_blocks.N.linear1`, `query_norm.scale`) with other
+diffusers names and fusions.
+
+In the original layout several diffusers projections are one module: the attention's q, k and v
+(`img_attn.qkv`), and in single-stream blocks whatever `linear1` fuses. A fused weight is the
+parts' weights stacked on the output dimension, in the table's order (the inverse of diffusers'
+`convert_flux2_transformer_checkpoint_to_diffusers`, which chunks it). A fused LoRA adapter is the
+parts' adapters as one adapter of the summed rank: A matrices stacked, B block-diagonal (exactly
+the sum of the parts' updates); a part that has no adapter contributes zero rows.
+
+Keys: `<prefix>.<BFL module>.<param>`; the RMS norms' weights are `.scale` there (`query_norm`,
+`key_norm`), and `final_layer.adaLN_modulation.1` holds (shift, scale) where diffusers' `norm_out`
+holds (scale, shift).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from dreambooth_job.exit_codes import InvalidInputError
+
+Parts = tuple[str, ...]
+"""diffusers module names (within a block, or at the top), fused in this order."""
+SCALE_PARAM_MODULES = ("query_norm", "key_norm")
+"""BFL modules whose weight is named `scale` (RMSNorm's learned scale)."""
+
+
+@dataclass(frozen=True)
+class BflLayout:
+    """One transformer's original names: {BFL module: diffusers parts} for the top level, each
+    double-stream block and each single-stream block."""
+
+    top: Mapping[str, Parts]
+    double: Mapping[str, Parts]
+    single: Mapping[str, Parts]
+    double_blocks: tuple[str, str] = ("transformer_blocks", "double_blocks")
+    """(diffusers' ModuleList, BFL's) of the double-stream blocks."""
+    single_blocks: tuple[str, str] = ("single_transformer_blocks", "single_blocks")
+    swapped_halves: frozenset[str] = frozenset({"final_layer.adaLN_modulation.1"})
+    """BFL modules whose output halves are in the other order than diffusers'."""
+
+    def modules(self) -> dict[str, tuple[str, ...]]:
+        """{diffusers module pattern: (BFL module pattern, position in the fusion, parts)}; `{}`
+        in a pattern stands for the block index."""
+        table = {}
+        for (stack, bfl_stack), rows in (((None, None), self.top), (self.double_blocks, self.double),
+                                         (self.single_blocks, self.single)):
+            for bfl, parts in rows.items():
+                bfl_name = f"{bfl_stack}.{{}}.{bfl}" if bfl_stack else bfl
+                for position, part in enumerate(parts):
+                    table[f"{stack}.{{}}.{part}" if stack else part] = (bfl_name, position, len(parts))
+        return table
+
+    def original(self, module: str) -> tuple[str, int, int] | None:
+        """(BFL module, position among its fused parts, number of parts) of the diffusers
+        `module` path, e.g. `transformer_blocks.3.attn.to_k` -> (`double_blocks.3.img_attn.qkv`, 1, 3);
+        None when the layout has no name for it."""
+        table = self.modules()
+        if module in table:
+            return table[module]
+        stack, _, rest = module.partition(".")
+        index, _, inner = rest.partition(".")
+        entry = table.get(f"{stack}.{{}}.{inner}") if index.isdigit() else None
+        if entry is None:
+            return None
+        bfl, position, count = entry
+        return bfl.format(index), position, count
+
+
+def original_state(layout: BflLayout, state: Mapping, what: str) -> dict:
+    """A diffusers transformer state dict in the original layout (fused parts stacked, norms'
+    `.scale`, swapped halves); InvalidInputError (`what` names the export) for a weight the layout
+    has no name for. Every part of a fused module must be present."""
+    import torch  # deferred: torch is heavy
+
+    fused: dict[str, list] = {}
+    for key, tensor in state.items():
+        module, _, param = key.rpartition(".")
+        found = layout.original(module)
+        if found is None:
+            raise InvalidInputError(f"{what} cannot map the transformer weight {key}: not a layout "
+                                    "this family knows")
+        bfl, position, count = found
+        if bfl.rpartition(".")[2] in SCALE_PARAM_MODULES and param == "weight":
+            param = "scale"
+        fused.setdefault(f"{bfl}.{param}", [None] * count)[position] = tensor
+    out = {}
+    for key, parts in fused.items():
+        if any(part is None for part in parts):
+            raise InvalidInputError(f"{what} cannot write {key}: some of its fused parts are missing")
+        tensor = torch.cat(parts) if len(parts) > 1 else parts[0]
+        if key.rpartition(".")[0] in layout.swapped_halves:
+            first, second = tensor.chunk(2, dim=0)
+            tensor = torch.cat([second, first])
+        out[key] = tensor
+    return out
+
+
+def original_lora(layout: BflLayout, pairs: Mapping[str, tuple]) -> dict[str, tuple]:
+    """{BFL module: (down, up)} of peft adapters {diffusers module: (lora_A, lora_B)}. A fused
+    module's adapter has the parts' summed rank; its up matrix is multiplied by the number of parts
+    (the loaders scale by alpha / rank, and the rank grew by that factor). ValueError for a module
+    the layout has no name for."""
+    import torch  # deferred: torch is heavy
+
+    grouped: dict[str, list] = {}
+    for module, pair in pairs.items():
+        found = layout.original(module)
+        if found is None:
+            raise ValueError(f"no original name for the adapted module {module}")
+        bfl, position, count = found
+        grouped.setdefault(bfl, [None] * count)[position] = pair
+    out = {}
+    for bfl, parts in grouped.items():
+        if len(parts) == 1:
+            out[bfl] = parts[0]
+            continue
+        down_like, up_like = next(p for p in parts if p is not None)
+        rank = down_like.shape[0]
+        downs = [p[0] if p else torch.zeros_like(down_like) for p in parts]
+        # A part without an adapter adds zero rows of a present part's size: right for q, k, v
+        # (equal sizes); a family fusing parts of other sizes must adapt all of them.
+        ups = [p[1] if p else torch.zeros(up_like.shape[0], rank, dtype=up_like.dtype) for p in parts]
+        out[bfl] = (torch.cat(downs), len(parts) * torch.block_diag(*ups))
+    return out
+
+
+def kohya_lora(layout: BflLayout, peft_state: Mapping) -> dict:
+    """kohya's single-file LoRA keys of a transformer's peft adapter tensors (`<module>.lora_A.weight`):
+    `lora_unet_<BFL module, '.' as '_'>.lora_down.weight`, `.lora_up.weight` and `.alpha` (the rank
+    here; the writer puts the LoRA alpha in). ValueError for a module the layout has no name for."""
+    import torch  # deferred: torch is heavy
+
+    pairs = {key.removesuffix(".lora_A.weight"): (tensor, peft_state[key.replace("lora_A", "lora_B")])
+             for key, tensor in peft_state.items() if key.endswith(".lora_A.weight")}
+    kohya = {}
+    for module, (down, up) in sorted(original_lora(layout, pairs).items()):
+        name = "lora_unet_" + module.replace(".", "_")
+        kohya.update({f"{name}.lora_down.weight": down, f"{name}.lora_up.weight": up,
+                      f"{name}.alpha": torch.tensor(float(down.shape[0]))})
+    return kohya
