@@ -13,7 +13,7 @@ from dreambooth_job.generation import sampling
 from dreambooth_job.outputs import weight_files
 from dreambooth_job.outputs.result import BaseModelInfo, Identifier, Prompts
 from dreambooth_job.phases.context import LoadedModel, RunContext
-from dreambooth_job.training import base_models, subject_photos
+from dreambooth_job.training import base_models, model_card, subject_photos
 
 logger = logging.getLogger("dreambooth_job")
 
@@ -28,7 +28,8 @@ def load(ctx: RunContext) -> None:
                                   lora_text_encoders=lora_text_encoders)
     resolution = resolve_resolution(ctx, pipeline)
     # Before fast_pipeline swaps the scheduler for sampling: the objective reads the base model's own.
-    objective = families.for_pipeline(pipeline).training_objective(pipeline)
+    family = families.for_pipeline(pipeline)
+    objective = family.training_objective(pipeline)
     identifier = (subject_identifier.choose_identifier(pipeline.tokenizer) if config.identifier == "auto"
                   else subject_identifier.user_identifier(pipeline.tokenizer, config.identifier))
     logger.info("identifier %r (%s, token ids %s)", identifier.token, identifier.chosen,
@@ -42,7 +43,8 @@ def load(ctx: RunContext) -> None:
     ctx.result.prompts = model.prompts
     ctx.result.base_model = BaseModelInfo(
         source=base.source, fingerprint=base.fingerprint,
-        prediction_type=objective.prediction_type)
+        prediction_type=objective.prediction_type, family=family.name,
+        license=model_card.declared_license(base, config.cache_dir))
 
 
 def resolve_resolution(ctx: RunContext, pipeline) -> int:
