@@ -97,6 +97,8 @@ def test_klein_lora_with_prior_preservation_loads_on_the_base(photos, bucket, ti
     assert result["status"] == "succeeded" and training["train_mode"] == "lora"
     assert training["steps_done"] == 3 and training["final_prior_loss"] is not None
     assert result["class_images"]["generated"] == 2
+    # The validation grid of --sample-every 3, at the final step.
+    assert [uri.rsplit("/", 1)[-1] for uri in result["outputs"]["samples"]] == ["step-000003.png"]
     # --identifier auto: a rare whole word of the Qwen BPE, one token after a space.
     assert result["identifier"]["chosen"] == "auto" and len(result["identifier"]["token_ids"]) == 1
     adapters = sorted(e["path"] for e in result["outputs"]["files"] if e["path"].startswith("lora/"))
