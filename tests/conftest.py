@@ -7,7 +7,7 @@ import uuid
 from pathlib import Path
 
 import pytest
-from helpers import make_photo
+from helpers import FAMILY_MODELS, FamilyModel, make_photo
 
 # The workers (pyproject's addopts: one per core) share the cores: one torch thread each, and in
 # the job processes they start, or the tiny models' steps oversubscribe the cores and crawl. Set
@@ -130,6 +130,14 @@ def tiny_flux2_klein_model(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("tiny-flux2-klein-model")
     tiny_models.build_tiny_flux2_klein_pipeline(path)
     return path
+
+
+@pytest.fixture
+def family_model(request) -> FamilyModel:
+    """The tiny model of the family a `@every_family` test (helpers.py) runs for; SD elsewhere,
+    so a fixture built on it (a job's arguments) serves both kinds of test."""
+    family = getattr(request, "param", "sd")
+    return FamilyModel(family, request.getfixturevalue(FAMILY_MODELS[family]))
 
 
 @pytest.fixture

@@ -2,7 +2,27 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
+
+import pytest
+
+# The families a test marked `@every_family` runs on: family name -> the session fixture of its
+# tiny model (tests/conftest.py). Adding a family to every such test is one line here.
+FAMILY_MODELS = {
+    "sd": "tiny_model",
+    "flux2-klein": "tiny_flux2_klein_model",
+}
+every_family = pytest.mark.parametrize("family_model", list(FAMILY_MODELS), indirect=True)
+"""Run the test once per family of FAMILY_MODELS, with the `family_model` fixture set to it."""
+
+
+@dataclass(frozen=True)
+class FamilyModel:
+    """A tiny base model of one family: `family` as result.json records it, saved at `path`."""
+
+    family: str
+    path: Path
 
 
 def make_photo(path: Path, seed: int, size=(320, 288), mode="RGB", fmt=None) -> Path:

@@ -78,7 +78,14 @@ class Prompts:
 class BaseModelInfo:
     source: str
     fingerprint: str = ""
-    prediction_type: Literal["epsilon", "v_prediction"] = "epsilon"
+    prediction_type: Literal["epsilon", "v_prediction", "flow"] = _field("epsilon", description=(
+        "What the denoiser predicts: noise (epsilon), v, or a rectified flow's velocity (flow)."))
+    family: str | None = _field(None, description=(
+        "The model family detected from model_index.json (families/: sd, sdxl, flux2-klein, ...); "
+        "null until the model has loaded."))
+    license: str | None = _field(None, description=(
+        "The licence the base model's card (README.md front matter) declares: `license_name` "
+        "where `license` is `other`, else `license`; null when it declares none."))
 
 
 @dataclass

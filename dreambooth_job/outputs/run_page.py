@@ -95,6 +95,7 @@ def _section(heading: str, body: str) -> str:
 
 def _summary(result: dict[str, Any]) -> str:
     esc, training = html.escape, result.get("training") or {}
+    base = result.get("base_model") or {}
     error = result.get("error")
     facts = {"job": result.get("job_id"), "batch": result.get("batch_id"),
              "started": result.get("started_at"), "finished": result.get("finished_at"),
@@ -103,7 +104,8 @@ def _summary(result: dict[str, Any]) -> str:
              "resumed from step": training.get("resumed_from_step"),
              "final loss": training.get("final_loss"), "train mode": training.get("train_mode"),
              "device": training.get("device"),
-             "base model": (result.get("base_model") or {}).get("source")}
+             "base model": base.get("source"), "family": base.get("family"),
+             "licence": base.get("license")}
     return ((f"<p class='error'>{esc(str(error))}</p>" if error else "") + _table(facts))
 
 

@@ -13,7 +13,7 @@ from dreambooth_job.generation import sampling
 from dreambooth_job.outputs import weight_files
 from dreambooth_job.outputs.result import BaseModelInfo, Identifier, Prompts
 from dreambooth_job.phases.context import LoadedModel, RunContext
-from dreambooth_job.training import base_models, memory_fit, subject_photos
+from dreambooth_job.training import base_models, memory_fit, model_card, subject_photos
 
 logger = logging.getLogger("dreambooth_job")
 
@@ -48,7 +48,8 @@ def load(ctx: RunContext) -> None:
     ctx.result.prompts = model.prompts
     ctx.result.base_model = BaseModelInfo(
         source=base.source, fingerprint=base.fingerprint,
-        prediction_type=objective.prediction_type)
+        prediction_type=objective.prediction_type, family=family.name,
+        license=model_card.declared_license(base, config.cache_dir))
 
 
 def resolve_resolution(ctx: RunContext, pipeline) -> int:

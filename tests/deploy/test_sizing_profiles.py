@@ -20,6 +20,8 @@ from dreambooth_job.training import sizing
 
 TRAIN = TrainConfig(instance_data="s3://photos/dog-42/", class_noun="dog", output="s3://runs/dog-42/")
 SDXL = "stabilityai/stable-diffusion-xl-base-1.0"
+KLEIN = "black-forest-labs/FLUX.2-klein-base-4B"
+KLEIN_FULL_GRACE = sizing.PROFILES["flux2-klein-full"].job_grace_seconds
 JOB_VALUES = {"instanceData": "s3://photos/dog-42/", "classNoun": "dog", "output": "s3://runs/dog-42/"}
 
 
@@ -71,6 +73,7 @@ def test_a_profile_above_the_default_grace_ceiling_is_refused_in_one_line():
     ("lora", "StableDiffusionPipeline", "sd-lora"),
     ("full", "StableDiffusionXLPipeline", "sdxl-full"),
     ("lora", "StableDiffusionXLPipeline", "sdxl-lora"),
+    ("lora", "Flux2KleinPipeline", "flux2-klein-lora"),
 ])
 def test_auto_picks_the_profile_of_the_family_read_from_a_local_model(tmp_path, train_mode,
                                                                       pipeline_class, profile):
@@ -156,6 +159,11 @@ def test_the_indexed_job_passes_its_pods_budget_over_the_subject_files():
     ({"job": {"baseModel": SDXL, "trainMode": "lora"}}, sizing.UNDETECTED["lora"]),
     ({"job": {"trainMode": "lora"}}, sizing.UNDETECTED["lora"]),
     ({"job": {"trainMode": "lora"}, "sizing": "sd-lora"}, "sd-lora"),
+    # A klein base model (a hub id the chart cannot read) sized by its own profiles; full needs
+    # the operator's grace ceiling raised to its budget.
+    ({"job": {"baseModel": KLEIN, "trainMode": "lora"}, "sizing": "flux2-klein-lora"}, "flux2-klein-lora"),
+    ({"job": {"baseModel": KLEIN}, "sizing": "flux2-klein-full",
+      "operator": {"maxTerminationGraceSeconds": KLEIN_FULL_GRACE}}, "flux2-klein-full"),
 ])
 def test_the_chart_renders_the_builders_job_for_each_profile(render, values, profile):
     values = {**values, "job": {**JOB_VALUES, **values.get("job", {})}}
@@ -188,19 +196,24 @@ def test_the_chart_refuses_an_unknown_profile(chart):
 
 
 def test_a_batch_sizes_each_subjects_job_by_its_own_profile(tmp_path, monkeypatch):
-    """`batch` builds every row's Job with build_job: a LoRA row next to a full fine-tune."""
+    """`batch` builds every row's Job with build_job: a LoRA row next to a full fine-tune, and a
+    FLUX.2 [klein] row whose local base model `auto` reads."""
     import yaml
     from click.testing import CliRunner
 
     from dreambooth_job.cli import main
 
     monkeypatch.setenv("KUBECONFIG", str(tmp_path / "absent"))  # --dry-run needs no cluster
+    klein = tmp_path / "klein-base"
+    klein.mkdir()
+    (klein / "model_index.json").write_text(json.dumps({"_class_name": "Flux2KleinPipeline"}))
     path = tmp_path / "night.yaml"
     path.write_text(f"""\
 defaults: {{output: "s3://runs/{{id}}/", class_noun: dog}}
 subjects:
   - {{id: dog, instance_data: "s3://photos/dog/"}}
   - {{id: rex, instance_data: "s3://photos/rex/", base_model: {SDXL}, train_mode: lora}}
+  - {{id: kit, instance_data: "s3://photos/kit/", base_model: "{klein}", train_mode: lora}}
 """)
     result = CliRunner().invoke(main, ["batch", str(path), "--dry-run"])
     assert result.exit_code == 0, result.output
@@ -208,3 +221,8 @@ subjects:
             for job in yaml.safe_load_all(result.output) if job and job.get("kind") == "Job"}
     assert sized(jobs["dog"]) == expected(sizing.PROFILES[sizing.UNDETECTED["full"]])
     assert sized(jobs["rex"]) == expected(sizing.PROFILES[sizing.UNDETECTED["lora"]])
+    assert sized(jobs["kit"]) == expected(sizing.PROFILES["flux2-klein-lora"])
+    args = pod(jobs["kit"])["containers"][0]["args"]
+    assert args[args.index("--base-model") + 1] == str(klein)
+    for job in jobs.values():
+        validate_object(job)

@@ -1,4 +1,4 @@
-"""`dreambooth-job evaluate`: the JSON it writes and its exit codes."""
+"""`dreambooth-job evaluate`: the JSON it writes (a model of each family) and its exit codes."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import json
 
 import pytest
 from click.testing import CliRunner
+from helpers import every_family
 from helpers import random_image as photo
 
 from dreambooth_job.cli import main
@@ -31,15 +32,17 @@ def quick_args(tmp_path, photo_dir):
             "--min-image-side", 32, "--log-format", "text"]
 
 
+@every_family
 def test_evaluate_writes_every_metric_and_the_protocol(
-        tmp_path, photo_dir, tiny_pipeline_dir, tiny_dino_dir, tiny_clip_dir, tiny_lpips_dir):
+        tmp_path, photo_dir, family_model, tiny_dino_dir, tiny_clip_dir, tiny_lpips_dir):
     out = tmp_path / "run" / "result.json"
-    result = run("--model", tiny_pipeline_dir, "--output", out, *quick_args(tmp_path, photo_dir),
+    model = family_model.path
+    result = run("--model", model, "--output", out, *quick_args(tmp_path, photo_dir),
                  "--dino-model", tiny_dino_dir, "--clip-model", tiny_clip_dir,
-                 "--lpips-model", tiny_lpips_dir, "--baseline", "--base-model", tiny_pipeline_dir)
+                 "--lpips-model", tiny_lpips_dir, "--baseline", "--base-model", model)
     assert result.exit_code == 0, result.output
     report = json.loads(out.read_text())
-    assert report["identifier"] == "sks" and report["model"] == str(tiny_pipeline_dir)
+    assert report["identifier"] == "sks" and report["model"] == str(model)
     assert list(report["metrics"]) == ["base", "finetuned", "real", "protocol"]
     for label in ("base", "finetuned"):
         for metric in ("dino", "clip_i", "clip_t", "pres", "div", "div_dino"):

@@ -1,4 +1,5 @@
-"""`train --evaluate`: the paper's metrics for the base and the fine-tuned model in result.json."""
+"""`train --evaluate`: the paper's metrics for the base and the fine-tuned model in result.json, and
+on the run page, for each family."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import json
 
 import jsonschema
 from click.testing import CliRunner
+from helpers import every_family
 
 from dreambooth_job.cli import main
 from dreambooth_job.events import JobObserver
@@ -13,12 +15,12 @@ from dreambooth_job.exit_codes import ExitCode
 from dreambooth_job.outputs import result as result_module
 
 
-def test_train_evaluate_fills_result_json(tmp_path, photo_dir, tiny_pipeline_dir, tiny_dino_dir,
-                                          tiny_clip_dir):
+@every_family
+def test_train_evaluate_fills_result_json(tmp_path, photo_dir, family_model, tiny_dino_dir, tiny_clip_dir):
     output = tmp_path / "run"
     outcome = CliRunner().invoke(main, [
         "train", "--instance-data", str(photo_dir), "--class-noun", "dog", "--output", str(output),
-        "--base-model", str(tiny_pipeline_dir), "--cache-dir", str(tmp_path / "cache"),
+        "--base-model", str(family_model.path), "--cache-dir", str(tmp_path / "cache"),
         "--resolution", "64", "--max-train-steps", "2", "--no-prior-preservation",
         "--sample-steps", "2", "--num-validation-images", "1", "--metrics-port", "0",
         "--evaluate", "--eval-max-prompts", "2", "--images-per-prompt", "2",
@@ -27,6 +29,7 @@ def test_train_evaluate_fills_result_json(tmp_path, photo_dir, tiny_pipeline_dir
     assert outcome.exit_code == ExitCode.OK, outcome.output
     result = json.loads((output / "result.json").read_text())
     jsonschema.validate(result, result_module.schema())
+    assert result["base_model"]["family"] == family_model.family
     metrics = result["metrics"]
     assert set(metrics) == {"base", "finetuned", "protocol"}
     for row in ("base", "finetuned"):
@@ -37,6 +40,7 @@ def test_train_evaluate_fills_result_json(tmp_path, photo_dir, tiny_pipeline_dir
     assert "evaluate" in result["durations_seconds"]
     page = (output / "index.html").read_text()  # the run page shows both rows
     assert "Evaluation against the base model" in page
+    assert f"<tr><th>family</th><td>{family_model.family}</td></tr>" in page
     assert (f"<td>dino</td><td class='num'>{metrics['base']['dino']:.4f}</td>"
             f"<td class='num'>{metrics['finetuned']['dino']:.4f}</td>") in page
 

@@ -1,5 +1,6 @@
 """Fault tests: preemption, corrupt checkpoints, an object store that goes away, reruns, conflicts,
-and secrets. Each uses the real S3 server and the job as a child process."""
+and secrets. Each uses the real S3 server and the job as a child process; those marked
+`every_family` run on each family's tiny model (tests/helpers.py), the others on SD's."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import json
 
 import pytest
 import torch
-from helpers import JobProcess, upload_photos
+from helpers import JobProcess, every_family, upload_photos
 from safetensors.torch import load_file
 
 from dreambooth_job.devtools import s3server
@@ -26,25 +27,28 @@ COMMON = ["train", "--class-noun", "dog", "--resolution", "64", "--max-train-ste
 
 
 @pytest.fixture
-def job(bucket, photo_dir, tiny_model, tmp_path):
+def job(bucket, photo_dir, family_model, tmp_path):
     photos = upload_photos(photo_dir, f"s3://{bucket}/photos/dog/")
 
     def args(output: str, *extra: str) -> list[str]:
-        return [*COMMON, "--instance-data", photos, "--base-model", str(tiny_model),
+        return [*COMMON, "--instance-data", photos, "--base-model", str(family_model.path),
                 "--class-data", f"s3://{bucket}/class-cache/", "--cache-dir", str(tmp_path / "cache"),
                 "--output", f"s3://{bucket}/{output}/", *extra]
 
     return args
 
 
-def final_unet(output_uri: str, tmp_path) -> dict[str, torch.Tensor]:
-    local = tmp_path / output_uri.rstrip("/").rsplit("/", 1)[-1] / "unet.safetensors"
-    storage.download_file(storage.join(output_uri, "model/unet/diffusion_pytorch_model.safetensors"), local)
-    return load_file(local)
+def final_weights(output_uri: str, tmp_path) -> dict[str, torch.Tensor]:
+    """Every tensor of the published model/, whatever its family's modules, by file and name."""
+    model = storage.join(output_uri, "model")
+    local = tmp_path / output_uri.rstrip("/").rsplit("/", 1)[-1]
+    storage.download_dir(model, local)
+    return {f"{file.relative_to(local)}:{name}": tensor
+            for file in sorted(local.rglob("*.safetensors")) for name, tensor in load_file(file).items()}
 
 
 def assert_same_weights(a: dict, b: dict) -> None:
-    assert a.keys() == b.keys()
+    assert a and a.keys() == b.keys()
     # CPU kernels are deterministic here, so a resumed run must match bitwise.
     mismatched = [k for k in a if not torch.equal(a[k], b[k])]
     assert not mismatched, f"{len(mismatched)} tensors differ, e.g. {mismatched[:3]}"
@@ -63,9 +67,10 @@ def interrupt(args: list[str], at_step: int) -> JobProcess:
 def reference(job, bucket, tmp_path):
     process = JobProcess(job("reference"))
     assert process.wait() == ExitCode.OK, process.output[-3000:]
-    return final_unet(f"s3://{bucket}/reference/", tmp_path)
+    return final_weights(f"s3://{bucket}/reference/", tmp_path)
 
 
+@every_family
 def test_sigterm_checkpoints_and_the_rerun_resumes_to_the_same_weights(job, bucket, reference, tmp_path):
     run = f"s3://{bucket}/preempted/"
     stopped = interrupt(job("preempted"), at_step=6)
@@ -85,7 +90,7 @@ def test_sigterm_checkpoints_and_the_rerun_resumes_to_the_same_weights(job, buck
     resumed = JobProcess(job("preempted", "--log-every", "5", "--checkpoints-keep", "3"))
     assert resumed.wait() == ExitCode.OK, resumed.output[-3000:]
     assert f"resuming from checkpoint {newest.uri} at step {newest.step}" in resumed.output
-    assert_same_weights(final_unet(run, tmp_path), reference)
+    assert_same_weights(final_weights(run, tmp_path), reference)
     assert not CheckpointStore(run, keep=2).list(), "checkpoints are removed once the run is published"
 
 
@@ -102,7 +107,7 @@ def test_a_corrupt_newest_checkpoint_falls_back_to_the_previous(job, bucket, ref
     assert resumed.wait() == ExitCode.OK, resumed.output[-3000:]
     assert "does not match its manifest" in resumed.output
     assert f"at step {previous.step}" in resumed.output
-    assert_same_weights(final_unet(run, tmp_path), reference)
+    assert_same_weights(final_weights(run, tmp_path), reference)
 
 
 def test_a_checkpoint_without_manifest_is_ignored(job, bucket, tmp_path):
@@ -113,6 +118,7 @@ def test_a_checkpoint_without_manifest_is_ignored(job, bucket, tmp_path):
     assert all(c.step != newest.step for c in CheckpointStore(run, keep=2).list())
 
 
+@every_family
 def test_rerun_after_success_exits_0_without_training(job, bucket):
     first = JobProcess(job("twice"))
     assert first.wait() == ExitCode.OK
@@ -124,6 +130,7 @@ def test_rerun_after_success_exits_0_without_training(job, bucket):
     assert storage.read_bytes(f"s3://{bucket}/twice/result.json") == before
 
 
+@every_family
 def test_completed_run_of_another_config_is_not_overwritten_without_force(job, bucket):
     assert JobProcess(job("other")).wait() == ExitCode.OK
     changed = JobProcess(job("other", "--learning-rate", "5e-4"))

@@ -1,6 +1,6 @@
 """The run page, `<output>/index.html`, of real tiny runs against the S3 server, as headless
-Chromium renders it: every image loaded, no console error, tenant strings escaped and redacted,
-and a resumed run's loss curve whole."""
+Chromium renders it: every image loaded, no console error, tenant strings escaped and redacted
+(a run of each family), and a resumed run's loss curve whole."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import re
 import pytest
 from browser import chromium, open_page
 from click.testing import CliRunner
-from helpers import JobProcess, upload_photos
+from helpers import JobProcess, every_family, upload_photos
 from PIL import Image
 
 from dreambooth_job.cli import main
@@ -36,15 +36,16 @@ def polyline_points(page: str) -> list[list[str]]:
     return [points.split() for points in re.findall(r"<polyline points='([^']*)'", page)]
 
 
+@every_family
 @pytest.mark.usefixtures("needs_chromium")
-def test_run_page_shows_photos_grids_loss_and_loads_in_chromium(bucket, photo_dir, tiny_model, tmp_path):
+def test_run_page_shows_photos_grids_loss_and_loads_in_chromium(bucket, photo_dir, family_model, tmp_path):
     (photo_dir / "notes.txt").write_text("not a photo")
     Image.new("RGB", (8, 8)).save(photo_dir / "tiny.png")  # rejected: too small
     photos = upload_photos(photo_dir, f"s3://{bucket}/photos/dog/")
     run = f"s3://{bucket}/runs/page-dog/"
     outcome = CliRunner().invoke(main, [
         "train", *TINY, "--max-train-steps", "4", "--sample-every", "2", "--instance-data", photos,
-        "--class-noun", "dog", "--base-model", str(tiny_model), "--output", run,
+        "--class-noun", "dog", "--base-model", str(family_model.path), "--output", run,
         "--class-data", f"s3://{bucket}/class-cache/", "--cache-dir", str(tmp_path / "cache"),
         "--validation-prompt", HOSTILE_PROMPT], catch_exceptions=False)
     assert outcome.exit_code == ExitCode.OK, outcome.output
@@ -75,6 +76,7 @@ def test_run_page_shows_photos_grids_loss_and_loads_in_chromium(bucket, photo_di
     for phase in ("download", "train", "sample", "upload"):
         assert re.search(rf"\b{phase}\b", seen.text)
     assert "diffusers" in seen.text and "torch" in seen.text
+    assert re.search(rf"family\s+{re.escape(family_model.family)}\b", seen.text)
     with Image.open(tmp_path / "page.png") as shot:
         assert shot.width >= 1000 and shot.height > 900  # the whole page, grids included
         assert shot.convert("L").getextrema() != (255, 255)  # not a blank page

@@ -1,5 +1,6 @@
 """End to end: a real `dreambooth-job train` subprocess on the CPU, scraped while it runs, and the
-real Pushgateway holding its outcome after it exited, for a success and for bad input."""
+real Pushgateway holding its outcome after it exited, for a success (on each family's tiny model)
+and for bad input."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import uuid
 from pathlib import Path
 
 import pytest
+from helpers import every_family
 from metrics_support import (
     REPO,
     documented_metrics,
@@ -80,11 +82,12 @@ def run_and_scrape(args: list[str], port: int, timeout: float = 300,
     return process.returncode, scrapes, output
 
 
+@every_family
 def test_a_training_run_exposes_every_metric_while_it_runs_and_pushes_its_outcome(
-        tiny_model, photo_dir, tmp_path, pushgateway):
+        family_model, photo_dir, tmp_path, pushgateway):
     batch, port = "e2e-" + uuid.uuid4().hex[:8], free_port()
     code, scrapes, output = run_and_scrape(
-        train_args(tiny_model, photo_dir, tmp_path, port, pushgateway, batch, "dog"), port)
+        train_args(family_model.path, photo_dir, tmp_path, port, pushgateway, batch, "dog"), port)
     assert scrapes, NEVER_SERVED
     assert code == 0, output[-3000:]
     assert len(scrapes) >= 3, f"only {len(scrapes)} scrapes answered"

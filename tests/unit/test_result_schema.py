@@ -84,3 +84,18 @@ def test_bounds_and_choices_come_from_the_fields(tmp_path):
                 {"outputs": {**record["outputs"], "files": [{"path": "a", "size": 1, "sha256": "x"}]}}):
         with pytest.raises(jsonschema.ValidationError):
             jsonschema.validate({**record, **bad}, result_module.schema())
+
+
+def test_the_base_model_records_its_family_and_licence_or_null(tmp_path):
+    """Both are written from the start (null until the model loads, or when no licence is
+    declared); a rectified flow's prediction type is one of the schema's."""
+    record = finished_record(tmp_path)
+    assert record["base_model"]["family"] is None and record["base_model"]["license"] is None
+    jsonschema.validate(record, result_module.schema())
+    record["base_model"].update(family="flux2-klein", license="apache-2.0", prediction_type="flow")
+    jsonschema.validate(record, result_module.schema())
+    for bad in ({"prediction_type": "sample"}, {"family": 3}, {"license": ["apache-2.0"]}):
+        drifted = copy.deepcopy(record)
+        drifted["base_model"].update(bad)
+        with pytest.raises(jsonschema.ValidationError):
+            jsonschema.validate(drifted, result_module.schema())

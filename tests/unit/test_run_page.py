@@ -33,7 +33,8 @@ def hostile_result() -> dict:
         job_id=HOSTILE, subject_id=f"dog{HOSTILE}", config={"instance_data": SECRET_URL, "note": HOSTILE},
         config_fingerprint="f", identifier=Identifier(token=HOSTILE, chosen="user"),
         prompts=Prompts(instance=f"a {HOSTILE} dog", class_prompt="a dog", validation=[SECRET_URL]),
-        base_model=BaseModelInfo(source=SECRET_URL), training=Training(max_train_steps=4),
+        base_model=BaseModelInfo(source=SECRET_URL, family="flux2-klein", license=HOSTILE),
+        training=Training(max_train_steps=4),
         photos=Photos(used=[f"{HOSTILE}.jpg"], rejected=[Rejection(file=f"{HOSTILE}.txt", reason=HOSTILE)]),
         outputs=Outputs(result="s3://b/r/result.json"))
     result.failed(2, f"bad photo {HOSTILE} at {SECRET_URL}")
@@ -45,6 +46,8 @@ def test_tenant_strings_are_escaped_and_redacted():
                   grids=["step-000002.png"], versions={"torch": "2"})
     assert "<img src=x" not in page and "onerror=alert(1)>" not in page
     assert page.count("&lt;img src=x onerror=alert(1)&gt;&#x27;&quot;&amp;") >= 8
+    assert "<tr><th>licence</th><td>&lt;img src=x onerror=alert(1)&gt;&#x27;&quot;&amp;</td></tr>" in page
+    assert "<tr><th>family</th><td>flux2-klein</td></tr>" in page
     assert "hunter2" not in page and "abc123" not in page
     # The only images: the thumbnail and the grid; the only link targets: the grid and result.json.
     assert re.findall(r"<img src='([^']*)'", page) == ["data:image/jpeg;base64,AAAA",
