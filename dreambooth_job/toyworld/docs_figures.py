@@ -15,7 +15,8 @@ from PIL import Image, ImageDraw
 
 from dreambooth_job.toyworld import measure, world
 from dreambooth_job.toyworld.base import DENOISER_STAGE
-from dreambooth_job.toyworld.experiment import ASSET_BASE_MODEL, load
+from dreambooth_job.toyworld.bases import ASSET_BASE_MODEL
+from dreambooth_job.toyworld.experiment import load
 
 
 def base_report(base_model: Path, output: Path, per_combination: int = 2) -> dict:
