@@ -64,3 +64,21 @@ def test_the_recorded_command_restarts_the_shipped_run(tmp_path):
     flow_base.main(["--output", str(tmp_path), "--steps", "2"])
     with open(BASE / "loss.csv") as shipped, open(tmp_path / "loss.csv") as again:
         assert list(csv.reader(again)) == list(csv.reader(shipped))[:3]  # header and 2 steps
+
+
+@pytest.mark.slow
+def test_toy_world_on_the_flow_base_trains_the_transformer_through_the_job(tmp_path):
+    from click.testing import CliRunner
+
+    from dreambooth_job.cli import main
+
+    result = CliRunner().invoke(main, ["toy-world", "--base", "flow", "--output", str(tmp_path),
+                                       "--seeds", "0", "--steps", "2", "--class-images", "1"])
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["settings"]["base"] == "flow" and metrics["settings"]["base_model"] == str(BASE)
+    for variant in experiment.VARIANTS:
+        run = json.loads((tmp_path / "seed-0" / variant / "result.json").read_text())
+        assert run["status"] == "succeeded" and run["config"]["base_model"] == str(BASE)
+        assert (tmp_path / "seed-0" / variant / "model" / "transformer").is_dir()
+    assert "--train-mode full, --base flow" in (tmp_path / "table.md").read_text()
