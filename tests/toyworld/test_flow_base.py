@@ -13,7 +13,7 @@ from diffusers import Flux2KleinPipeline
 
 from dreambooth_job import families
 from dreambooth_job.config.subject_identifier import choose_identifier
-from dreambooth_job.toyworld import bases, experiment, features, flow_base, world
+from dreambooth_job.toyworld import bases, experiment, features, flow_base, measure, world
 
 BASE = bases.ASSET_FLOW_BASE_MODEL
 
@@ -67,18 +67,27 @@ def test_the_recorded_command_restarts_the_shipped_run(tmp_path):
 
 
 @pytest.mark.slow
-def test_toy_world_on_the_flow_base_trains_the_transformer_through_the_job(tmp_path):
-    from click.testing import CliRunner
-
-    from dreambooth_job.cli import main
-
-    result = CliRunner().invoke(main, ["toy-world", "--base", "flow", "--output", str(tmp_path),
-                                       "--seeds", "0", "--steps", "2", "--class-images", "1"])
-    assert result.exit_code == 0, result.output
-    metrics = json.loads((tmp_path / "metrics.json").read_text())
+def test_the_ablation_on_the_flow_base_trains_its_transformer_through_the_job(tmp_path):
+    ablation = experiment.Ablation(
+        output=tmp_path, base="flow", seeds=[0], max_train_steps=2, num_class_images=1,
+        eval_size=measure.EvalSize(subject_images=1, context_images=1, class_images=2), grids=False)
+    metrics = experiment.run(ablation)
     assert metrics["settings"]["base"] == "flow" and metrics["settings"]["base_model"] == str(BASE)
+    assert metrics["settings"]["lora_target_modules"] == list(bases.FLOW_LORA_TARGETS)
     for variant in experiment.VARIANTS:
         run = json.loads((tmp_path / "seed-0" / variant / "result.json").read_text())
         assert run["status"] == "succeeded" and run["config"]["base_model"] == str(BASE)
         assert (tmp_path / "seed-0" / variant / "model" / "transformer").is_dir()
     assert "--train-mode full, --base flow" in (tmp_path / "table.md").read_text()
+
+
+@pytest.mark.parametrize("command", ["toy-world", "demo"])
+def test_toy_world_and_demo_take_the_base_by_name(command, tmp_path):
+    from click.testing import CliRunner
+
+    from dreambooth_job.cli import main
+
+    assert "flow" in CliRunner().invoke(main, [command, "--help"]).output
+    result = CliRunner().invoke(main, [command, "--base", "dit", "--output", str(tmp_path / "out")])
+    assert result.exit_code == 2 and "--base" in result.output and "dit" in result.output
+    assert not (tmp_path / "out").exists()
