@@ -1,9 +1,10 @@
 """Train the toy world's flow-matching base model and save it as a diffusers FLUX.2 [klein] pipeline.
 
-    python -m dreambooth_job.toyworld.flow_base --output dreambooth_job/assets/toyworld/flow-base
+    python -m dreambooth_job.toyworld.flow_base --output dreambooth_job/assets/toyworld/flow-base --steps 1322
 
-(the shipped fixture's command, also in its train.json; thread counts change the floating-point
-rounding, so regenerate with the recorded one)
+(the shipped fixture's command, also in its train.json: it was trained with `--time-budget-s 720`,
+which stopped it after 1,322 steps; thread counts change the floating-point rounding, so
+regenerate with the recorded one)
 
 The same world and captions as the Stable Diffusion-shaped base (base.py), in FLUX.2 [klein]'s
 shape: a `Flux2KleinPipeline` of a `Flux2Transformer2DModel`, an `AutoencoderKLFlux2`, a Qwen3
