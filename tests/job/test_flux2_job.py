@@ -21,8 +21,7 @@ from dreambooth_job.storage import places as storage
 SMALL = ["--resolution", "32", "--max-train-steps", "3", "--num-class-images", "2",
          "--sample-steps", "2", "--num-validation-images", "1", "--log-every", "1",
          "--sample-every", "3", "--validation-prompt", "a {identifier} {class_noun} on the beach",
-         "--metrics-port", "0", "--learning-rate", "1e-2", "--save-precision", "fp32",
-         "--log-format", "text"]
+         "--metrics-port", "0", "--learning-rate", "1e-2", "--log-format", "text"]
 
 
 @pytest.fixture
@@ -54,13 +53,16 @@ def test_klein_lora_with_prior_preservation_loads_on_the_base(photos, bucket, ti
     assert result["identifier"]["chosen"] == "auto" and len(result["identifier"]["token_ids"]) == 1
     adapters = sorted(e["path"] for e in result["outputs"]["files"] if e["path"].startswith("lora/"))
     assert len(adapters) == 2 and "lora/pytorch_lora_weights.safetensors" in adapters
+    # --guidance-scale and --save-precision auto: the family's, recorded resolved.
+    assert (result["config"]["guidance_scale"], result["config"]["save_precision"]) == (4.0, "bf16")
 
     local = tmp_path / "lora"
     storage.download_dir(storage.join(run, "lora"), local)
     from safetensors.torch import load_file
 
-    keys = load_file(local / "pytorch_lora_weights.safetensors").keys()
-    assert keys and all(key.startswith("transformer.transformer_blocks.") for key in keys)
+    weights = load_file(local / "pytorch_lora_weights.safetensors")
+    assert weights and all(key.startswith("transformer.transformer_blocks.") for key in weights)
+    assert {w.dtype for w in weights.values()} == {torch.bfloat16}
     base = Flux2KleinPipeline.from_pretrained(tiny_flux2_klein_model)
     before = sample(base)
     base.load_lora_weights(local)
@@ -80,7 +82,7 @@ def test_klein_lora_with_prior_preservation_loads_on_the_base(photos, bucket, ti
         "--log-format", "json"], catch_exceptions=False)
     assert outcome.exit_code == ExitCode.OK, outcome.output[-3000:]
     record = json.loads(storage.read_bytes(drawn + "generation.json"))
-    assert record["sampler"] == "flow-euler"
+    assert record["sampler"] == "flow-euler" and record["guidance_scale"] == 4.0
     assert "prompt-00-seed-5.png" in {f.relative_path for f in storage.list_files(drawn)}
 
 
@@ -89,7 +91,7 @@ def test_klein_full_fine_tune_saves_a_pipeline_and_refuses_the_single_file(
     run = f"s3://{bucket}/runs/klein-full/"
     common = ["train", *SMALL, "--instance-data", photos, "--class-noun", "dog",
               "--base-model", str(tiny_flux2_klein_model), "--class-data", f"s3://{bucket}/class-cache/",
-              "--cache-dir", str(tmp_path / "cache"), "--identifier", "sks"]
+              "--cache-dir", str(tmp_path / "cache"), "--identifier", "sks", "--save-precision", "fp32"]
     refused = CliRunner().invoke(main, [*common, "--output", f"s3://{bucket}/runs/klein-single/",
                                         "--export-single-file"])
     assert refused.exit_code == ExitCode.INVALID_INPUT
