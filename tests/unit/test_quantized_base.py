@@ -103,3 +103,21 @@ def test_lora_trains_on_a_quantized_klein_transformer(pipeline, precision, libra
     assert result.steps_done == SETTINGS.steps and torch.isfinite(torch.tensor(result.final_loss))
     assert any(not torch.equal(b, p) for b, p in zip(before, adapters))  # the adapters moved
     assert all(p.grad is None or torch.isfinite(p.grad).all() for p in adapters)
+
+
+@pytest.mark.parametrize("precision, library", [("nf4", "bitsandbytes"), ("fp8", "torchao")])
+def test_a_resumed_run_on_a_quantized_base_ends_like_one_that_never_stopped(
+        pipeline, tmp_path, precision, library):
+    """The checkpoint holds the adapters only; the base is quantized again, the same way, on resume."""
+    pytest.importorskip(library)
+    straight = lora_trainer(pipeline, precision)
+    straight.train()
+    stopped = lora_trainer(pipeline, precision)
+    stopped.train(num_steps=1)
+    stopped.save_state(tmp_path / "state")
+    resumed = lora_trainer(pipeline, precision)
+    resumed.load_state(tmp_path / "state", step=1)
+    resumed.train()
+    for a, b in zip(lora_adapters.lora_parameters(straight.models.denoiser),
+                    lora_adapters.lora_parameters(resumed.models.denoiser)):
+        assert torch.equal(a, b)
