@@ -6,10 +6,14 @@
     lora_adapters.add_lora(denoiser, ...)          # peft wraps the quantized layers
 
 - fp8: torchao's `Float8WeightOnlyConfig` (float8 e4m3 weights with a scale per row, dequantized
-  to the compute dtype in each matmul): a byte a weight, half of bf16's.
+  to the compute dtype in each matmul): a byte a weight, half of bf16's. Not diffusers' klein
+  trainer's --do_fp8_training, which is torchao's float8 *compute* (`convert_to_float8_training`)
+  on weights that stay bf16: faster on Hopper, but no smaller. Weight-only is what fits a base
+  into less memory, and it needs no float8 matmul (the unit tests run it on the CPU).
 - nf4: bitsandbytes' `Linear4bit` with NF4 weights (Dettmers et al. 2023, QLoRA), computing in the
-  compute dtype: about half a byte a weight, as diffusers' train_dreambooth_lora_flux2_klein.py
-  loads its base with `BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4")`.
+  compute dtype: about half a byte a weight (4 bits and a 32-bit scale per 64), as diffusers'
+  train_dreambooth_lora_flux2_klein.py loads its base with a `BitsAndBytesConfig` of
+  `load_in_4bit`, `bnb_4bit_quant_type="nf4"`.
 
 Only linear layers whose both sides are multiples of 16 are quantized (the float8 kernels' and
 the 4-bit blocks' alignment, diffusers' klein trainer skips the others too); norms, embeddings and
