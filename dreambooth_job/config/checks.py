@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from dreambooth_job.config import locations, outbound
-from dreambooth_job.config.choices import BUILTIN_PROMPT_SETS
+from dreambooth_job.config.choices import BUILTIN_PROMPT_SETS, QUANTIZED_BASE_PRECISIONS
 from dreambooth_job.config.field_types import flag_name
 from dreambooth_job.config.operator_policy import ENV_PREFIX as OPERATOR_ENV_PREFIX
 from dreambooth_job.config.operator_policy import OperatorPolicy
@@ -107,11 +107,27 @@ def validate_config(config: TrainConfig, *, require_inputs: bool = False) -> Non
                                     f"to_out.0), got {target[:80]!r}")
     if not config.lora_target_modules:
         raise InvalidInputError("--lora-target-modules must name at least one layer")
+    check_base_precision(config)
     if config.prior_preservation and config.num_class_images < 1:
         raise InvalidInputError("--num-class-images must be at least 1 with prior preservation")
     check_locations(config)
     check_words(config)
     check_notify(config)
+
+
+def check_base_precision(config: TrainConfig) -> None:
+    """A quantized base is a frozen one: LoRA trains on top of it; full fine-tuning would train
+    the quantized weights themselves, and a merge would fold the adapters into them."""
+    precision = config.base_precision
+    if precision not in QUANTIZED_BASE_PRECISIONS:
+        return
+    if config.train_mode != "lora":
+        raise InvalidInputError(f"--base-precision {precision} quantizes a frozen base and needs "
+                                f"--train-mode lora (got {config.train_mode}): drop it or train LoRA")
+    for name in ("lora_merge", "export_single_file"):
+        if getattr(config, name):
+            raise InvalidInputError(f"{flag_name(name)} merges the adapters into the base, which "
+                                    f"--base-precision {precision} quantizes: drop one of them")
 
 
 def check_notify(config: TrainConfig) -> None:

@@ -11,7 +11,10 @@ LOG_FORMAT_CHOICES = ("auto", "json", "text")
 MAX_LEASE_WAIT_SECONDS = 86400
 ADAM_IMPL_CHOICES = ("auto", "fused", "foreach", "loop")
 ATTENTION_BACKEND_CHOICES = ("auto", "math", "efficient", "flash", "cudnn", "eager")
-SAVE_PRECISION_CHOICES = ("fp16", "bf16", "fp32")
+SAVE_PRECISION_CHOICES = ("auto", "fp16", "bf16", "fp32")
+# The frozen base under --train-mode lora: the compute dtype (auto), or quantized weights.
+BASE_PRECISION_CHOICES = ("auto", "fp8", "nf4")
+QUANTIZED_BASE_PRECISIONS = ("fp8", "nf4")
 COMPILE_MODE_CHOICES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 TRAIN_MODE_CHOICES = ("full", "lora")
 # The usual peak rates: the paper's full fine-tuning, and diffusers' and kohya's LoRA trainers.

@@ -31,10 +31,17 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
+from dreambooth_job.config.choices import AUTO
 from dreambooth_job.config.field_types import default_of
 from dreambooth_job.config.introspection import model_fields
 from dreambooth_job.config.train_config import TrainConfig, resolve_auto
 from dreambooth_job.redaction import redact_value
+
+RESOLVED_WHEN_THE_MODEL_LOADS = {"resolution": None, "guidance_scale": None, "save_precision": AUTO}
+"""MODEL options whose auto (the value here) the family of the loaded model resolves, after this
+check: --resolution to the native resolution, --guidance-scale and --save-precision to the
+family's defaults. Records hold the resolved values (phases/load_model.py) and the base model is
+compared too, so auto matches the record's value."""
 
 
 def model_config(config: TrainConfig) -> dict[str, Any]:
@@ -60,9 +67,7 @@ def differing_model_fields(recorded: Mapping[str, Any] | Any, config: Mapping[st
                                         else dict(config)))
     expected = resolve_auto({f.name: recorded[f.name] if f.name in recorded
                              else redact_value(default_of(f)) for f in model_fields()})
-    if current.get("resolution") is None:
-        # --resolution auto resolves to the base model's native resolution once the model is
-        # loaded, after this check; records hold the resolved number (phases/load_model.py) and the
-        # base model is compared too, so auto matches the record's number.
-        current["resolution"] = expected["resolution"]
+    for name, auto in RESOLVED_WHEN_THE_MODEL_LOADS.items():
+        if current.get(name) == auto:
+            current[name] = expected[name]
     return sorted(f.name for f in model_fields() if current.get(f.name) != expected[f.name])

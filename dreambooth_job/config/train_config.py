@@ -174,6 +174,14 @@ class TrainConfig:
     mixed_precision: str = option(
         MODEL, "auto", choices=const.MIXED_PRECISION_CHOICES,
         help="auto: bf16 on CUDA that supports it, fp16 on other CUDA, no on CPU.")
+    base_precision: str = option(
+        MODEL, "auto", choices=const.BASE_PRECISION_CHOICES,
+        help="The frozen base denoiser's weights under --train-mode lora: auto keeps them in the "
+             "compute dtype (--mixed-precision's: bf16 on CUDA that supports it); fp8 quantizes its "
+             "linear layers to float8 weights (torchao, extra 'quant'), nf4 to 4-bit NormalFloat "
+             "(bitsandbytes, extra 'bnb'): about a half and a quarter of bf16's memory. The adapters "
+             "train in fp32 on top. CUDA only; not with --lora-merge or --export-single-file (the "
+             "merged weights would be the quantized ones).")
     gradient_checkpointing: bool | None = option(
         OPERATIONAL,
         help="Recompute activations to save memory (default auto: on CUDA only when training "
@@ -218,9 +226,11 @@ class TrainConfig:
     # --- saved outputs ---------------------------------------------------------------------------
     # Model options: they decide the weight files a completed run publishes (docs/options.md).
     save_precision: str = option(
-        MODEL, "fp16", choices=const.SAVE_PRECISION_CHOICES,
+        MODEL, "auto", choices=const.SAVE_PRECISION_CHOICES,
         help="Precision of every saved weight file (model/, the single file, the LoRA files); "
-             "training keeps fp32 master weights whatever this says.")
+             "training keeps fp32 master weights whatever this says. auto: the model family's "
+             "(fp16 for SD 1.x/2.x and SDXL; bf16 for FLUX.2 [klein], the dtype FLUX "
+             "checkpoints are published and sampled in).")
     export_single_file: bool = option(
         MODEL, False,
         help="Full fine-tuning: also write <output>/<subject-id>.safetensors, one checkpoint in "
@@ -243,8 +253,11 @@ class TrainConfig:
         OPERATIONAL, 0, minimum=0, help="Sample grids every N steps; 0 = only at the end.")
     sample_steps: int = option(
         MODEL, 25, minimum=1, evaluation=True, help="Sampler steps for class and validation images.")
-    guidance_scale: float = option(
-        MODEL, 7.5, evaluation=True, help="Classifier-free guidance scale when sampling.")
+    guidance_scale: float | None = option(
+        MODEL, evaluation=True,
+        help="Guidance scale when sampling class images, grids and evaluation images (default "
+             "auto: the model family's, 7.5 for SD 1.x/2.x and SDXL, its pipeline's default for "
+             "FLUX.2 [klein]).")
     sample_batch_size: int = option(
         OPERATIONAL, 4, minimum=1, evaluation=True, help="Images generated per sampler call.")
 

@@ -68,10 +68,11 @@ class Evaluator:
 
     # ------------------------------------------------------------------------------------------
     def protocol(self, class_noun: str, resolution: int | None = None, *,
-                 sampler: str | None = None) -> dict[str, Any]:
+                 sampler: str | None = None, guidance_scale: float | None = None) -> dict[str, Any]:
         """Everything that fixes the numbers: prompts, seeds, sampler and evaluator models.
         `resolution`: the sampling resolution when --resolution is auto (the model's native);
-        `sampler`: the scheduler class the model's family samples with (sampling.sampler_name)."""
+        `sampler`: the scheduler class the model's family samples with (sampling.sampler_name);
+        `guidance_scale`: the family's when --guidance-scale is auto."""
         config = self.config
         prompt_set = prompt_sets.load_prompt_set(config.prompt_set, class_noun)
         evaluator_models = {}
@@ -91,7 +92,7 @@ class Evaluator:
             "resolution": config.resolution or resolution,
             "sampler": sampler,
             "num_inference_steps": config.sample_steps,
-            "guidance_scale": config.guidance_scale,
+            "guidance_scale": guidance_scale if config.guidance_scale is None else config.guidance_scale,
             "models": evaluator_models,
             "div_fallback": DIV_FALLBACK if "lpips" in self.unavailable_models else None,
         }
@@ -104,9 +105,11 @@ class Evaluator:
         started = time.perf_counter()
         # A job passes its config with auto resolved; `evaluate` resolves it for each model.
         resolution = base_models.training_resolution(self.config.resolution, pipeline)
-        # No pipeline (no evaluator model loaded, nothing to sample): no sampler either.
+        # No pipeline (no evaluator model loaded, nothing to sample): no sampler, no family either.
+        guidance_scale = (base_models.sampling_guidance(self.config.guidance_scale, pipeline)
+                          if pipeline is not None else self.config.guidance_scale)
         sampler = sampling.sampler_name(pipeline) if pipeline is not None else None
-        protocol = self.protocol(class_noun, resolution, sampler=sampler)
+        protocol = self.protocol(class_noun, resolution, sampler=sampler, guidance_scale=guidance_scale)
         row: dict[str, Any] = {"label": label, **{m: None for m in METRICS}, "unavailable": {
             m: self.unavailable_models[MODEL_OF[m]] for m in METRICS
             if MODEL_OF[m] in self.unavailable_models}, "images": 0, "per_prompt": []}
@@ -122,7 +125,7 @@ class Evaluator:
             return sampling.generate_images(
                 pipeline, texts, seeds, resolution=resolution,
                 num_inference_steps=self.config.sample_steps,
-                guidance_scale=self.config.guidance_scale, batch_size=self.config.sample_batch_size)
+                guidance_scale=guidance_scale, batch_size=self.config.sample_batch_size)
 
         templates, seeds = protocol["prompts"], protocol["seeds"]
         prompts = [prompt_sets.subject_prompt(t, identifier, class_noun) for t in templates]

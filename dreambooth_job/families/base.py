@@ -61,6 +61,14 @@ class ModelFamily(ABC):
     """Pipeline attributes holding the text encoders, in the order `tokenize` returns ids."""
     size_conditioned: ClassVar[bool] = False
     """True when `denoiser_conditioning` takes `geometry=` (one ImageGeometry per image of the batch)."""
+    default_guidance_scale: ClassVar[float] = 7.5
+    """What --guidance-scale auto samples with (class images, grids, evaluation, `generate`):
+    classifier-free guidance 7.5 for SD and SDXL (the paper's and diffusers' SD default); a
+    flow family takes its pipeline's default (FLUX.2 [klein] 4.0; a guidance-distilled FLUX.1
+    [dev] its embedded guidance, 3.5)."""
+    default_save_precision: ClassVar[str] = "fp16"
+    """What --save-precision auto writes the weight files in: fp16 for SD and SDXL, bf16 for the
+    FLUX families (the dtype their checkpoints are published and sampled in)."""
     addition_embed_type: ClassVar[str | None] = None
     """The UNet's `addition_embed_type` in this family's pipelines (SDXL's `text_time`); a UNet
     with another one is a layout the single-file export does not know."""

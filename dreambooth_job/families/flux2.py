@@ -45,6 +45,8 @@ class Flux2Klein(ModelFamily):
     text_encoder_names = ("text_encoder",)
     denoiser_name = "transformer"
     samplers = {"flow-euler": "FlowMatchEulerDiscreteScheduler"}
+    default_guidance_scale = 4.0  # Flux2KleinPipeline.__call__'s default
+    default_save_precision = "bf16"
     lora_format = Flux2LoraFormat("Flux2KleinPipeline")
     # A klein pod is sized by its own profile (--sizing flux2-klein-full|lora, or auto from a local
     # model); sizing every hub-id SD/SDXL pod for klein's 1,375 s grace and 152 GiB disk would not be.

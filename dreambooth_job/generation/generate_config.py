@@ -76,8 +76,10 @@ class GenerateConfig:
         help="Scheduler, one of the model family's (auto: the family's first, what the run's sample "
              f"grids use); all deterministic given the seed: {', '.join(SAMPLERS)}.")
     steps: int = option(MODEL, 25, minimum=1, maximum=1000, help="Sampler steps.")
-    guidance_scale: float = option(
-        MODEL, 7.5, minimum=0, maximum=100, help="Classifier-free guidance scale.")
+    guidance_scale: float | None = option(
+        MODEL, minimum=0, maximum=100,
+        help="Guidance scale (default auto: the model family's, 7.5 for SD 1.x/2.x and SDXL, its "
+             "pipeline's default for FLUX.2 [klein]).")
     resolution: int | None = option(
         MODEL, minimum=8, maximum=4096, multiple_of=8,
         help="Image side in pixels (default auto: the run's training resolution).")

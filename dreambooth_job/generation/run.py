@@ -70,6 +70,8 @@ def generate(config: GenerateConfig) -> dict[str, Any]:
         _check_recorded_resolution(config, source.resolution)  # before the model loads
     pipeline = load_pipeline(source, config.cache_dir)
     resolution = base_models.training_resolution(config.resolution or source.resolution, pipeline)
+    config = dataclasses.replace(
+        config, guidance_scale=base_models.sampling_guidance(config.guidance_scale, pipeline))
     sampler = use_sampler(pipeline, families.for_pipeline(pipeline), config.sampler)
     device = devices.pick_device()
     pipeline.to(device)

@@ -3,8 +3,8 @@ checkpoint store and uploads), the record (result.json) and what each phase prod
 
 Each phase adds its own part and never replaces another's: `config` stays the job's config
 (--resolution auto stays None there); what phase load_model learns (the model, its resolution,
-the identifier and the prompts) is its `LoadedModel`, and `run_config` is the config as the run
-trains with it."""
+guidance scale and save precision, the identifier and the prompts) is its `LoadedModel`, and
+`run_config` is the config as the run trains with it."""
 
 from __future__ import annotations
 
@@ -59,6 +59,8 @@ class LoadedModel:
     resolution: int  # --resolution, auto resolved (base_models.training_resolution)
     identifier: subject_identifier.Identifier
     prompts: Prompts  # the config's templates with the identifier and the class noun filled in
+    guidance_scale: float  # --guidance-scale, auto resolved (base_models.sampling_guidance)
+    save_precision: str  # --save-precision, auto resolved (base_models.weights_precision)
 
 
 @dataclass
@@ -96,9 +98,13 @@ class RunContext:
 
     @property
     def run_config(self) -> TrainConfig:
-        """The config as the run trains with it: the job's, with phase load_model's resolution.
-        What class images, training, grids, evaluation and checkpoints read."""
-        return dataclasses.replace(self.config, resolution=self.loaded.resolution)
+        """The config as the run trains with it: the job's, with phase load_model's resolution,
+        guidance scale and save precision. What class images, training, grids, evaluation,
+        the weight files and checkpoints read."""
+        model = self.loaded
+        return dataclasses.replace(self.config, resolution=model.resolution,
+                                   guidance_scale=model.guidance_scale,
+                                   save_precision=model.save_precision)
 
     @property
     def loaded(self) -> LoadedModel:

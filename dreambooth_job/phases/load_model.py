@@ -1,6 +1,7 @@
 """Phase load_model: the base model (from the hub, a local directory or an S3 prefix, through the
-model cache), its family's training objective, --resolution auto resolved, the identifier token
-and the prompts built from it: the run's `LoadedModel` (context.py), recorded in result.json."""
+model cache), its family's training objective, --resolution, --guidance-scale and
+--save-precision auto resolved, the identifier token and the prompts built from it: the run's
+`LoadedModel` (context.py), recorded in result.json."""
 
 from __future__ import annotations
 
@@ -39,9 +40,11 @@ def load(ctx: RunContext) -> None:
                   else subject_identifier.user_identifier(pipeline.tokenizer, config.identifier))
     logger.info("identifier %r (%s, token ids %s)", identifier.token, identifier.chosen,
                 identifier.token_ids)
+    guidance_scale, save_precision = resolve_family_defaults(ctx, pipeline)
     ctx.model = model = LoadedModel(
         base=base, pipeline=sampling.fast_pipeline(pipeline), objective=objective,
-        resolution=resolution, identifier=identifier, prompts=prompts_for(config, identifier.token))
+        resolution=resolution, identifier=identifier, prompts=prompts_for(config, identifier.token),
+        guidance_scale=guidance_scale, save_precision=save_precision)
     ctx.training_photos = photos_at(ctx, resolution)
     ctx.result.identifier = Identifier(token=identifier.token, chosen=identifier.chosen,
                                        token_ids=list(identifier.token_ids))
@@ -63,6 +66,20 @@ def resolve_resolution(ctx: RunContext, pipeline) -> int:
         ctx.result.config["resolution"] = resolution
     ctx.result.training.resolution = resolution
     return resolution
+
+
+def resolve_family_defaults(ctx: RunContext, pipeline) -> tuple[float, str]:
+    """--guidance-scale and --save-precision with auto resolved to the family's defaults, once
+    (as the resolution): later phases read them from the `LoadedModel` (`run_config`), and
+    result.json's `config` records the resolved values."""
+    config = ctx.config
+    guidance_scale = base_models.sampling_guidance(config.guidance_scale, pipeline)
+    save_precision = base_models.weights_precision(config.save_precision, pipeline)
+    for name, value in (("guidance_scale", guidance_scale), ("save_precision", save_precision)):
+        if getattr(config, name) != value:
+            logger.info("%s auto: %s (the model family's)", name, value)
+            ctx.result.config[name] = value
+    return guidance_scale, save_precision
 
 
 def photos_at(ctx: RunContext, resolution: int) -> subject_photos.SubjectPhotos | None:

@@ -13,7 +13,7 @@ from dreambooth_job.storage import places as storage
 def grid(ctx: RunContext, step: int) -> None:
     from dreambooth_job.phases.trained_model import inference_pipeline  # deferred: trained_model imports PIL
 
-    config, model = ctx.config, ctx.loaded
+    config, model = ctx.run_config, ctx.loaded
     image = sampling.validation_grid(
         inference_pipeline(ctx), model.prompts.validation, config.num_validation_images,
         seed=config.seed, resolution=model.resolution, num_inference_steps=config.sample_steps,

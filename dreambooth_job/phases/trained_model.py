@@ -42,7 +42,7 @@ def save_outputs(ctx: RunContext, directory: Path) -> None:
 
 
 def output_settings(ctx: RunContext) -> weight_files.OutputSettings:
-    config = ctx.config
+    config = ctx.run_config  # --save-precision auto resolved
     return weight_files.OutputSettings(
         subject_id=config.subject_id, precision=config.save_precision,
         single_file=config.export_single_file, lora_merge=config.lora_merge,

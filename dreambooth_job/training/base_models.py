@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from dreambooth_job import families
+from dreambooth_job.config.choices import AUTO
 from dreambooth_job.exit_codes import InvalidInputError, JobError, RetryableError
 from dreambooth_job.storage import model_cache
 from dreambooth_job.storage import places as storage
@@ -101,6 +102,23 @@ def training_resolution(requested: int | None, pipeline) -> int:
     when the model loads (phases/load_model.py), and every later phase reads that; `evaluate` and
     `generate` resolve it for the model they load."""
     return requested or families.for_pipeline(pipeline).native_resolution(pipeline)
+
+
+def sampling_guidance(requested: float | None, pipeline) -> float:
+    """--guidance-scale as sampling uses it: the number asked for, or for auto (None) the base
+    model's family's (`ModelFamily.default_guidance_scale`). Resolved like the resolution: once
+    when a job's model loads, and by `evaluate` and `generate` for the model they load."""
+    if requested is not None:
+        return requested
+    return families.for_pipeline(pipeline).default_guidance_scale
+
+
+def weights_precision(requested: str, pipeline) -> str:
+    """--save-precision as the weight files are written: fp16, bf16 or fp32, auto being the
+    family's (`ModelFamily.default_save_precision`)."""
+    if requested != AUTO:
+        return requested
+    return families.for_pipeline(pipeline).default_save_precision
 
 
 def _load_error(flag: str, model: BaseModel, exc: Exception) -> Exception:

@@ -9,6 +9,7 @@ Found later it would be an ImportError after class-image generation, retried bac
 
 Each check asks what the library itself will look for when the option is used:
 - --use-8bit-adam: a CUDA device (the 8-bit optimizer runs there only) and bitsandbytes;
+- --base-precision fp8 / nf4: a CUDA device and the library that quantizes (training/quantized_base.py);
 - --compile-unet on CUDA: a C compiler for Triton's launcher stubs (Triton takes $CC, else gcc,
   else clang) and Python's headers, which those stubs include;
 - --compile-unet on CPU: a C++ compiler for Inductor's CPU kernels ($CXX, else g++).
@@ -24,7 +25,7 @@ from pathlib import Path
 
 from dreambooth_job.config.train_config import TrainConfig
 from dreambooth_job.exit_codes import InvalidInputError
-from dreambooth_job.training import devices
+from dreambooth_job.training import devices, quantized_base
 
 # What the libraries look for when $CC / $CXX are unset (the Dockerfile installs the first of each).
 TRITON_C_COMPILERS = ("gcc", "clang")
@@ -52,6 +53,9 @@ def missing_capabilities(config: TrainConfig, device_type: str) -> list[str]:
         elif importlib.util.find_spec("bitsandbytes") is None:
             problems.append("--use-8bit-adam needs bitsandbytes, which is not installed "
                             "(pip install 'dreambooth-job[bnb]'; the image has it)")
+    problem = quantized_base.missing_capability(config.base_precision, device_type)
+    if problem:
+        problems.append(problem)
     if config.compile_unet:
         problems += _compile_problems(device_type)
     return problems

@@ -26,6 +26,7 @@ from dreambooth_job import families
 from dreambooth_job.config.train_config import TrainConfig
 from dreambooth_job.generation import sampling
 from dreambooth_job.storage import places as storage
+from dreambooth_job.training import base_models
 from dreambooth_job.training.subject_photos import Rejected, UnusableImage, open_image
 
 log = logging.getLogger(__name__)
@@ -136,11 +137,13 @@ def reuse_cached_images(cache_uri: str, count: int, resolution: int) -> tuple[di
 
 def prepare_class_images(pipeline, config: TrainConfig, *, model_fingerprint: str,
                          class_prompt: str) -> ClassImages:
-    """Reuse what the cache holds, generate the rest with `pipeline`, and add them to the cache."""
+    """Reuse what the cache holds, generate the rest with `pipeline`, and add them to the cache.
+    --guidance-scale auto is the pipeline's family's (a job's run_config has it resolved already)."""
     family = families.for_pipeline(pipeline).class_cache_tag()
+    guidance_scale = base_models.sampling_guidance(config.guidance_scale, pipeline)
     key = cache_key(model_fingerprint=model_fingerprint, class_prompt=class_prompt,
                     resolution=config.resolution, sampler=sampling.sampler_name(pipeline),
-                    steps=config.sample_steps, guidance_scale=config.guidance_scale, seed=config.seed,
+                    steps=config.sample_steps, guidance_scale=guidance_scale, seed=config.seed,
                     family=family)
     cache_uri = storage.join(class_cache_root(config), key)
     images, rejected = reuse_cached_images(cache_uri, config.num_class_images, config.resolution)
@@ -152,13 +155,13 @@ def prepare_class_images(pipeline, config: TrainConfig, *, model_fingerprint: st
         storage.write_bytes(storage.join(cache_uri, "meta.json"), json.dumps(dict(
             class_prompt=class_prompt, model_fingerprint=model_fingerprint, resolution=config.resolution,
             sampler=sampling.sampler_name(pipeline), steps=config.sample_steps,
-            guidance_scale=config.guidance_scale, seed=config.seed), indent=2).encode())
+            guidance_scale=guidance_scale, seed=config.seed), indent=2).encode())
     for start in range(0, len(missing), config.sample_batch_size):
         batch = missing[start:start + config.sample_batch_size]
         generated = sampling.generate_images(
             pipeline, [class_prompt] * len(batch), [config.seed + i for i in batch],
             resolution=config.resolution, num_inference_steps=config.sample_steps,
-            guidance_scale=config.guidance_scale, batch_size=len(batch))
+            guidance_scale=guidance_scale, batch_size=len(batch))
         for i, image in zip(batch, generated):
             # Uploaded batch by batch: a preempted job leaves a usable partial cache behind.
             store_cached_image(cache_uri, image_name(i), image)

@@ -13,7 +13,7 @@ import torch
 
 from dreambooth_job.config.train_config import TrainConfig
 from dreambooth_job.families import ModelFamily, TrainMode
-from dreambooth_job.training import devices, memory_estimate, state
+from dreambooth_job.training import devices, memory_estimate, quantized_base, state
 
 log = logging.getLogger("dreambooth_job")
 
@@ -72,9 +72,10 @@ def setup_runtime(config: TrainConfig) -> Runtime:
 
 def setup_models(config: TrainConfig, pipeline, family: ModelFamily, mode: TrainMode,
                  runtime: Runtime, images_per_batch: int) -> TrainedModels:
-    """Frozen weights in the compute dtype, trained ones in fp32 master weights (what the train
-    mode makes trainable: whole modules, or adapters on a frozen base), and the memory and kernel
-    switches. `images_per_batch` (instance and class images) sizes the activations."""
+    """Frozen weights in the compute dtype (a LoRA base quantized with --base-precision fp8/nf4),
+    trained ones in fp32 master weights (what the train mode makes trainable: whole modules, or
+    adapters on a frozen base), and the memory and kernel switches. `images_per_batch`
+    (instance and class images) sizes the activations."""
     device, weight_dtype = runtime.device, runtime.weight_dtype
     models = TrainedModels(family.denoiser(pipeline), pipeline.vae, family.text_encoders(pipeline), [])
     vae_dtype = devices.vae_dtype(weight_dtype, vae_override=config.vae is not None)
@@ -85,7 +86,11 @@ def setup_models(config: TrainConfig, pipeline, family: ModelFamily, mode: Train
     for encoder in models.text_encoders.values():
         encoder.requires_grad_(False)
         encoder.to(device, trained_dtype if config.train_text_encoder else weight_dtype)
-    models.denoiser.to(device, trained_dtype)
+    if quantized_base.is_quantized(config.base_precision):  # LoRA only (config/checks.py)
+        quantized_base.quantize(models.denoiser, config.base_precision, dtype=trained_dtype,
+                                device=device)
+    else:
+        models.denoiser.to(device, trained_dtype)
     models.trainable = mode.trainable_parameters(
         family.trainable_modules(pipeline, config.train_text_encoder))
     for param in models.trainable:

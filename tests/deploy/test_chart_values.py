@@ -47,6 +47,9 @@ SPECIAL_VALUES = {
     "instance_prompt": "a photo of {identifier} {class_noun}",
     "learning_rate": 2e-06,  # Go writes it 0.000002: the CLI must read both
     "lora_dropout": 0.25,
+    # At its default here: fp8/nf4 refuse --lora-merge, which this config sets (the test below
+    # renders a quantized base alone).
+    "base_precision": "auto",
     "lora_target_modules": ["to_q", "conv1"],
     "pushgateway": "http://pushgateway:9091",
     "notify_url": "https://hooks.example/dreambooth?subject=dog",
@@ -152,6 +155,14 @@ def test_every_option_renders_into_args_the_cli_parses_back(render):
     args = job["spec"]["template"]["spec"]["containers"][0]["args"]
     assert options_of(parse_train_args(args)) == options_of(intended)
     assert_same(comparable(build_job(spec_from_values(rendered.values))), comparable(job))
+
+
+def test_a_quantized_base_renders_into_args_the_cli_parses_back(render, chart):
+    values = {"job": {**chart.values["job"], "instanceData": "s3://p/x/", "classNoun": "dog",
+                      "output": "s3://r/x/", "trainMode": "lora", "basePrecision": "nf4"}}
+    args = render(values).one("Job")["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert args[args.index("--base-precision") + 1] == "nf4"
+    assert parse_train_args(args).base_precision == "nf4"
 
 
 def stated_options(args: list[str]) -> set[str]:

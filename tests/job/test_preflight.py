@@ -49,6 +49,19 @@ def test_8bit_adam_on_a_cpu_machine_is_exit_2_before_anything_is_downloaded(run_
 
 
 @CPU_ONLY
+@pytest.mark.parametrize("precision", ["fp8", "nf4"])
+def test_a_quantized_base_on_a_cpu_machine_is_exit_2_before_anything_is_downloaded(
+        run_args, bucket, precision):
+    outcome = CliRunner().invoke(main, [*run_args, "--train-mode", "lora", "--base-precision", precision],
+                                 catch_exceptions=False)
+    assert outcome.exit_code == ExitCode.INVALID_INPUT, outcome.output
+    [line] = error_lines(outcome.output)
+    assert f"--base-precision {precision}" in line and "CUDA" in line
+    assert "phase download" not in outcome.output
+    assert storage.list_files(f"s3://{bucket}/runs/") == []
+
+
+@CPU_ONLY
 def test_compile_unet_without_a_compiler_is_exit_2_before_anything_is_downloaded(
         run_args, bucket, tmp_path):
     no_tools = tmp_path / "empty-bin"

@@ -34,7 +34,7 @@ def test_the_borderline_options_have_their_documented_roles():
     roles = {f.name: role_of(f) for f in introspection.fields()}
     for name in ("max_train_steps", "num_class_images", "sample_steps", "guidance_scale",
                  "use_8bit_adam", "learning_rate", "mixed_precision", "save_precision",
-                 "export_single_file", "lora_merge"):
+                 "export_single_file", "lora_merge", "base_precision"):
         assert roles[name] is MODEL, name
     for name in ("validation_prompts", "num_validation_images", "sample_batch_size", "evaluate",
                  "gradient_checkpointing", "adam_impl", "output", "cache_dir", "max_photos"):
@@ -48,7 +48,7 @@ def test_every_model_option_has_an_explicit_value():
     which no release will change."""
     unset = [f for f in introspection.model_fields()
              if field_types.default_of(f) is None and not f.metadata["required"] and f.name != "vae"]
-    assert {f.name for f in unset} == {"learning_rate", "lora_alpha", "resolution"}
+    assert {f.name for f in unset} == {"learning_rate", "lora_alpha", "resolution", "guidance_scale"}
     assert all(introspection.accepts_auto(f) and introspection.base_type(f) in (int, float) for f in unset)
 
 
@@ -58,6 +58,8 @@ def test_jobs_state_unset_model_options_as_auto():
     assert args[args.index("--learning-rate") + 1] == "auto"
     assert args[args.index("--lora-alpha") + 1] == "auto"
     assert args[args.index("--resolution") + 1] == "auto"
+    assert args[args.index("--guidance-scale") + 1] == "auto"
+    assert args[args.index("--save-precision") + 1] == "auto"
     assert args[args.index("--train-mode") + 1] == "full"
     values = to_config_values(config)
     assert values["learning_rate"] == "auto" and values["lora_alpha"] == "auto"
