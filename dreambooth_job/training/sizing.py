@@ -88,6 +88,7 @@ class Profile:
     disk_limit_gib: int
     tmp_limit_gib: int  # sizeLimit of /tmp: all of disk_parts but the base model (in /cache)
     reference: ReferenceModel  # the parameter counts it is sized for
+    variant: str | None = None  # the family's published size (ModelFamily.variants); None: its reference
 
     @property
     def resources(self) -> dict:
@@ -153,7 +154,8 @@ def build_profile(family: ModelFamily, train_mode: str, variant: str | None = No
         memory_request_gib=memory_request, memory_limit_gib=2 * memory_request,
         disk_parts=disk_parts, disk_request_gib=disk_request,
         disk_limit_gib=_gib(disk_request * GIB * DISK_LIMIT_FACTOR),
-        tmp_limit_gib=_gib(tmp_peak * DISK_LIMIT_FACTOR + DISK_EXTRA_BYTES), reference=params)
+        tmp_limit_gib=_gib(tmp_peak * DISK_LIMIT_FACTOR + DISK_EXTRA_BYTES), reference=params,
+        variant=variant)
 
 
 PROFILES = {p.name: p for p in (build_profile(f, m, variant) for f in families.FAMILIES
