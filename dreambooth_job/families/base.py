@@ -212,7 +212,8 @@ class ModelFamily(ABC):
     """Whether the fallback profiles of a model that cannot be read before it loads (a hub id:
     training/sizing.py's UNDETECTED) cover this family. False keeps a much larger family (FLUX.2
     [klein]: a 95 GB full checkpoint) from sizing every undetected pod, and its grace period
-    within the default operator ceiling; its runs name their profile (--sizing <name>-<mode>)."""
+    within the default operator ceiling; its runs get their profile from a model `auto` can
+    read (a local directory, an s3:// prefix) or name it (--sizing <name>-<mode>)."""
     lora_format: ClassVar[LoraFormat]
     """The LoRA files the family publishes (families/lora_formats.py): which modules carry
     adapters, and the writers of diffusers' and kohya's (A1111, ComfyUI) formats."""

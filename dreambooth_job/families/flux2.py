@@ -77,7 +77,8 @@ class Flux2Klein(ModelFamily):
     def variant(self, denoiser_config: dict) -> str | None:
         """9B for a transformer wider than 4B's 24 heads x 128 (9B: 32 x 128): a klein larger than
         the published 4B is sized as the largest published one, never smaller."""
-        heads, head_dim = denoiser_config.get("num_attention_heads"), denoiser_config.get("attention_head_dim")
+        heads = denoiser_config.get("num_attention_heads")
+        head_dim = denoiser_config.get("attention_head_dim")
         if not (isinstance(heads, int) and isinstance(head_dim, int)):
             return None
         return "9b" if heads * head_dim > KLEIN_4B_WIDTH else None

@@ -9,10 +9,11 @@ security, volumes, exit codes and podFailurePolicy), its args `generate ...` fro
     build_generate_job(spec)    # the manifest; or submit(spec) to create it
 
 Its name is a function of --model and --output (resubmitting finds the Job), and never the name
-of a training Job, by construction (`generate_job_name`). With `sizing: auto` its pod is sized by
-the run's family, train mode and base model's size as its result.json records them, where that
-file can be read at once (`pod_sizing`); else by the training pod's undetected profile. The chart renders the same Job with
-`mode: generate` (tests/deploy compares them). Light on purpose: no torch.
+of a training Job, by construction (`generate_job_name`). The chart renders the same Job with
+`mode: generate` (tests/deploy compares them), but for `sizing: auto` where the run can be read:
+then this builder sizes the pod by the run's recorded family, train mode and base model's size
+(`pod_sizing`), and the chart, which reads nothing, by the training pod's undetected profile.
+Light on purpose: no torch.
 """
 
 from __future__ import annotations
@@ -105,25 +106,30 @@ def pod_sizing(model: str, cluster: ClusterSettings) -> tuple[cfg.TrainConfig, C
 
 
 def _recorded_sizing(model: str) -> tuple[str, str, str | None] | None:
-    """(family, train mode, base model) as the run's result.json records them (base_model.family,
-    config.train_mode, base_model.source); --model is the run or its model/ or lora/. None when
-    it cannot be read at once or records no family (a run from before families were recorded)."""
+    """(family, train mode, base model) as the run's result.json records them; --model is the
+    run or its model/ or lora/. None when it cannot be read at once or records no family (a run
+    from before families were recorded)."""
     run = model.rstrip("/") or model
     parent, _, last = run.rpartition("/")
     for candidate in (run, parent) if parent and last in (MODEL_DIR, LORA_DIR) else (run,):
         data = glance.read_small(places.join(candidate, RESULT_FILE), MAX_RESULT_BYTES)
-        if data is None:
-            continue
-        try:
-            result = json.loads(data)
-            base, config = result.get("base_model") or {}, result.get("config") or {}
-            family, train_mode, source = base.get("family"), config.get("train_mode", "full"), base.get("source")
-        except (ValueError, RecursionError, AttributeError) as exc:  # not the shape a run writes
-            log.info("sizing: %s is not a run's result.json (%s)", candidate, exc)
-            return None
-        if isinstance(family, str) and train_mode in sizing.TRAIN_MODES:
-            return family, train_mode, source if isinstance(source, str) else None
+        if data is not None:
+            return _sizing_fields(data, candidate)
+    return None
+
+
+def _sizing_fields(data: bytes, run: str) -> tuple[str, str, str | None] | None:
+    """base_model.family, config.train_mode and base_model.source of a result.json (the
+    tenant's to rewrite: anything of another shape is None)."""
+    try:
+        result = json.loads(data)
+        base, config = result.get("base_model") or {}, result.get("config") or {}
+        family, train_mode, source = base.get("family"), config.get("train_mode", "full"), base.get("source")
+    except (ValueError, RecursionError, AttributeError) as exc:  # not the shape a run writes
+        log.info("sizing: %s/%s is not a run's result (%s)", run, RESULT_FILE, exc)
         return None
+    if isinstance(family, str) and train_mode in sizing.TRAIN_MODES:
+        return family, train_mode, source if isinstance(source, str) else None
     return None
 
 
