@@ -60,12 +60,17 @@ def observer() -> JobObserver:
     return _observer
 
 
+def client_env() -> tuple[str | None, ...]:
+    """The environment a client is bound to (the store and the identity)."""
+    return tuple(os.environ.get(name) for name in _CLIENT_ENV_VARS)
+
+
 def s3_client() -> Any:
     """The process-wide boto3 S3 client (thread-safe once created), rebuilt if the environment
     that configures it changed. (Any: boto3 ships no types.)"""
     global _client, _client_env
     with _client_lock:
-        env = tuple(os.environ.get(name) for name in _CLIENT_ENV_VARS)
+        env = client_env()
         if _client is None or env != _client_env:
             _client_env = env
             attempts = int(os.environ.get("AWS_MAX_ATTEMPTS", MAX_ATTEMPTS))
@@ -81,7 +86,7 @@ def probe_client() -> Any:
     rebuilt like `s3_client` when the environment changes."""
     global _probe, _probe_env
     with _client_lock:
-        env = tuple(os.environ.get(name) for name in _CLIENT_ENV_VARS)
+        env = client_env()
         if _probe is None or env != _probe_env:
             _probe_env = env
             _probe = _new_client(attempts=1, connect_timeout=PROBE_TIMEOUT_SECONDS,

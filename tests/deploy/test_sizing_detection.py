@@ -117,3 +117,20 @@ subjects:
     assert sized(jobs["gone"]) == expected(sizing.PROFILES[sizing.UNDETECTED["lora"]])
     args = pod(jobs["max"])["containers"][0]["args"]
     assert args[args.index("--base-model") + 1] == klein_9b
+
+
+def test_a_store_that_does_not_answer_is_asked_once_per_process(bucket, monkeypatch, caplog):
+    """A batch of many rows on an unreachable store costs one failed request, not one a row."""
+    import logging
+
+    from dreambooth_job.devtools import s3server
+
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{s3server.free_port()}")  # closed
+    s3_client.reset_client()
+    with caplog.at_level(logging.DEBUG, logger="dreambooth_job.storage.glance"):
+        for model in ("first", "second"):
+            assert sizing.auto_profile("lora", f"s3://{bucket}/{model}/") == sizing.UNDETECTED["lora"]
+    assert "not read s3://" in caplog.text and "nor more from its store" in caplog.text
+    assert f"not read s3://{bucket}/second/model_index.json: its store did not answer earlier" in caplog.text
+    monkeypatch.undo()
+    s3_client.reset_client()
