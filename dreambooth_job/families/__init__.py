@@ -76,8 +76,8 @@ def detect(path: str, cache_dir: str | None = None, source: str | None = None) -
 def detect_local(base_model: str | None) -> ModelFamily | None:
     """The family of `base_model` when it is a local directory whose model_index.json names a
     known pipeline class; None otherwise (a hub id or S3 prefix, which is not read here, or an
-    index that `detect` would refuse at load time). Reads no network: the k8s builders and
-    sizing.auto_profile call it before any model is fetched."""
+    index that `detect` would refuse at load time). Reads no network. (Sizing a Job reads more:
+    an s3:// prefix too, and the denoiser's config for the family's size, training/sized_model.py.)"""
     if not base_model or not Path(base_model, "model_index.json").is_file():
         return None
     try:

@@ -207,11 +207,21 @@ class ModelFamily(ABC):
     reference: ClassVar[ReferenceModel]
     """Parameter counts of the family's published architecture (families/reference.py): the
     sizing profiles (training/sizing.py) are built from them before any model is loaded."""
+    variants: ClassVar[dict[str, ReferenceModel]] = {}
+    """Other published sizes the family loads, by a short name (klein's "9b"): each gets its
+    own sizing profiles (`<name>-<variant>-<mode>`). `variant` picks one from a denoiser config."""
+
+    def variant(self, denoiser_config: dict) -> str | None:
+        """The name in `variants` of the published size whose denoiser `denoiser_config` (its
+        config.json, read before the model loads) describes; None for `reference`'s."""
+        return None
+
     sized_when_undetected: ClassVar[bool] = True
     """Whether the fallback profiles of a model that cannot be read before it loads (a hub id:
     training/sizing.py's UNDETECTED) cover this family. False keeps a much larger family (FLUX.2
     [klein]: a 95 GB full checkpoint) from sizing every undetected pod, and its grace period
-    within the default operator ceiling; its runs name their profile (--sizing <name>-<mode>)."""
+    within the default operator ceiling; its runs get their profile from a model `auto` can
+    read (a local directory, an s3:// prefix) or name it (--sizing <name>-<mode>)."""
     lora_format: ClassVar[LoraFormat]
     """The LoRA files the family publishes (families/lora_formats.py): which modules carry
     adapters, and the writers of diffusers' and kohya's (A1111, ComfyUI) formats."""

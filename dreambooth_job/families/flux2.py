@@ -39,6 +39,10 @@ double-stream one 63.22, the rest of the transformer 6.16; with checkpointing ea
 (single) and 2.29 (double) bytes per unit (256+64 and 512+128 tokens)."""
 
 
+KLEIN_4B_WIDTH = 24 * 128
+"""klein 4B's transformer width (heads x head dim): a wider klein is sized as 9B (`variant`)."""
+
+
 class Flux2Klein(ModelFamily):
     name = "flux2-klein"
     pipeline_classes = ("Flux2KleinPipeline",)
@@ -48,8 +52,9 @@ class Flux2Klein(ModelFamily):
     default_guidance_scale = 4.0  # Flux2KleinPipeline.__call__'s default
     default_save_precision = "bf16"
     lora_format = Flux2LoraFormat("Flux2KleinPipeline")
-    # A klein pod is sized by its own profile (--sizing flux2-klein-full|lora, or auto from a local
-    # model); sizing every hub-id SD/SDXL pod for klein's 1,375 s grace and 152 GiB disk would not be.
+    # A klein pod is sized by its own profile (--sizing flux2-klein[-9b]-full|lora, or auto from a
+    # local or s3:// model); sizing every hub-id SD/SDXL pod for klein's 1,375 s grace and 152 GiB
+    # disk would not be.
     sized_when_undetected = False
     # FLUX.2 [klein] base 4B, counted on the meta device from its published configuration
     # (transformer: 5 double- and 20 single-stream blocks of 24 heads x 128, MLP ratio 3, joint
@@ -67,8 +72,18 @@ class Flux2Klein(ModelFamily):
     """FLUX.2 [klein] 9B, a variant the same family loads (non-commercial licence): 8 double- and 24
     single-stream blocks of 32 heads x 128, joint attention 12288 (BFL's `Klein9BParams`); Qwen3-8B
     (36 layers of 4096, 32/8 heads, untied embeddings). Counted on the meta device
-    (bench/architectures.py "flux2-klein-9b"); the memory table's second klein row. Sizing profiles
-    are the family's (4B's): a 9B run names a larger budget (--termination-grace-seconds)."""
+    (bench/architectures.py "flux2-klein-9b"); the memory table's second klein row and the sizing
+    profiles flux2-klein-9b-full and -lora (`variants`)."""
+    variants = {"9b": reference_9b}
+
+    def variant(self, denoiser_config: dict) -> str | None:
+        """9B for a transformer wider than 4B's 24 heads x 128 (9B: 32 x 128): a klein larger than
+        the published 4B is sized as the largest published one, never smaller."""
+        heads = denoiser_config.get("num_attention_heads")
+        head_dim = denoiser_config.get("attention_head_dim")
+        if not (isinstance(heads, int) and isinstance(head_dim, int)):
+            return None
+        return "9b" if heads * head_dim > KLEIN_4B_WIDTH else None
 
     def load_pipeline(self, path: str, cache_dir: str):
         import torch  # deferred: torch is heavy

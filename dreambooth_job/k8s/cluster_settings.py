@@ -89,9 +89,10 @@ class ClusterSettings:
         "nvidia.com/gpu", help="Extended resource name of a GPU. Chart: gpu.resource.")
     sizing: str = setting(
         AUTO, help="Sizing profile of memory, local disk and SIGTERM grace: auto (by the train "
-                   "mode, and the family read from a local base model's model_index.json; a "
-                   "model not readable here, such as a hub id or S3 prefix, gets the train mode's "
-                   "largest profile) or one of "
+                   "mode, and the family and size read from the base model's model_index.json "
+                   "and denoiser config in a local directory or an s3:// prefix; a model not "
+                   "readable here at once, such as a hub id, gets the train mode's largest "
+                   "profile; a generate Job, the profile its run's result.json records) or one of "
                    f"{', '.join(sizing.PROFILES)} (docs/operator-guide.md, \"Sizing\"). Chart: sizing.")
     resources: Mapping[str, Mapping[str, Any]] = setting(
         default_factory=lambda: {"requests": {"cpu": "8"}, "limits": {}},

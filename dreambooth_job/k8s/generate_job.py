@@ -10,12 +10,18 @@ security, volumes, exit codes and podFailurePolicy), its args `generate ...` fro
 
 Its name is a function of --model and --output (resubmitting finds the Job), and never the name
 of a training Job, by construction (`generate_job_name`). The chart renders the same Job with
-`mode: generate` (tests/deploy compares them). Light on purpose: no torch.
+`mode: generate` (tests/deploy compares them), but for `sizing: auto` where the run can be read:
+then this builder sizes the pod by the run's recorded family, train mode and base model's size
+(`pod_sizing`), and the chart, which reads nothing, by the training pod's undetected profile.
+Light on purpose: no torch.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+import json
+import logging
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -27,12 +33,20 @@ from dreambooth_job.generation.generate_config import GenerateConfig, to_cli_arg
 from dreambooth_job.k8s.cluster_settings import ClusterSettings
 from dreambooth_job.k8s.manifest import _checked_name, _job, _labels, pod_failure_policy, values_key
 from dreambooth_job.k8s.pod import escape_expansion, pod_annotations, pod_spec
+from dreambooth_job.outputs.result import RESULT_FILE
+from dreambooth_job.outputs.weight_files import LORA_DIR, MODEL_DIR
+from dreambooth_job.storage import glance, places
+from dreambooth_job.training import sized_model, sizing
+
+log = logging.getLogger(__name__)
 
 MODE_LABEL = "dreambooth-job/mode"
 GENERATE_MODE = "generate"
 # The pod's sizing: generate serves no metrics and keeps no checkpoint; SIGTERM ends it (143)
 # within the training pod's grace period, which it keeps.
 POD_SIZING = cfg.TrainConfig(metrics_port=0)
+# A run's result.json is some KB; sizing reads no more (generation/recorded.py's own bound).
+MAX_RESULT_BYTES = 4 * 2**20
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -67,9 +81,56 @@ def build_generate_job(spec: GenerateJobSpec) -> dict[str, Any]:
     name = _checked_name(spec.name or generate_job_name(gen.model, gen.output))
     labels = {**_labels(name, spec.cluster), MODE_LABEL: GENERATE_MODE}
     args = [escape_expansion(a) for a in (*to_cli_args(gen), *spec.extra_args)]
-    pod = pod_spec(POD_SIZING, spec.cluster, args)
+    pod = pod_spec(*pod_sizing(gen.model, spec.cluster), args)
     return _job(name, spec.cluster, labels, pod_annotations(POD_SIZING, spec.cluster), pod,
                 pod_failure_policy(), backoffLimit=spec.cluster.backoff_limit)
+
+
+def pod_sizing(model: str, cluster: ClusterSettings) -> tuple[cfg.TrainConfig, ClusterSettings]:
+    """What sizes the generate pod: with `auto`, the profile of the run's recorded family and
+    train mode (and its base model's size, where that can be read: sized_model.detect), with a
+    grace period no longer than the undetected pod's (generate saves no checkpoint); else, or
+    when the run's result.json cannot be read at once, the training pod's sizing (POD_SIZING)."""
+    recorded = _recorded_sizing(model) if cluster.sizing == sizing.AUTO else None
+    if recorded is None:
+        return POD_SIZING, cluster
+    family, train_mode, base_model = recorded
+    found = sized_model.detect(base_model)
+    variant = found.variant if found and found.family.name == family else None
+    profile = sizing.PROFILES.get(sizing.profile_name(family, train_mode, variant))
+    if profile is None:
+        return POD_SIZING, cluster
+    grace = min(profile.job_grace_seconds, sizing.PROFILES[sizing.UNDETECTED["full"]].job_grace_seconds)
+    return (dataclasses.replace(POD_SIZING, termination_grace_seconds=grace),
+            dataclasses.replace(cluster, sizing=profile.name))
+
+
+def _recorded_sizing(model: str) -> tuple[str, str, str | None] | None:
+    """(family, train mode, base model) as the run's result.json records them; --model is the
+    run or its model/ or lora/. None when it cannot be read at once or records no family (a run
+    from before families were recorded)."""
+    run = model.rstrip("/") or model
+    parent, _, last = run.rpartition("/")
+    for candidate in (run, parent) if parent and last in (MODEL_DIR, LORA_DIR) else (run,):
+        data = glance.read_small(places.join(candidate, RESULT_FILE), MAX_RESULT_BYTES)
+        if data is not None:
+            return _sizing_fields(data, candidate)
+    return None
+
+
+def _sizing_fields(data: bytes, run: str) -> tuple[str, str, str | None] | None:
+    """base_model.family, config.train_mode and base_model.source of a result.json (the
+    tenant's to rewrite: anything of another shape is None)."""
+    try:
+        result = json.loads(data)
+        base, config = result.get("base_model") or {}, result.get("config") or {}
+        family, train_mode, source = base.get("family"), config.get("train_mode", "full"), base.get("source")
+    except (ValueError, RecursionError, AttributeError) as exc:  # not the shape a run writes
+        log.info("sizing: %s/%s is not a run's result (%s)", run, RESULT_FILE, exc)
+        return None
+    if isinstance(family, str) and train_mode in sizing.TRAIN_MODES:
+        return family, train_mode, source if isinstance(source, str) else None
+    return None
 
 
 def chart_options() -> list[dict[str, Any]]:

@@ -36,9 +36,11 @@ def train(ctx: RunContext) -> None:
         instance_prompt=prompts.instance, class_images=ctx.class_images,
         class_prompt=prompts.class_prompt, observer=ObserverGroup(ctx.observer, ctx.loss_history))
     trainer.setup()
+    family = trainer.family
     ctx.stop.grace_seconds = sizing.job_budget(
-        config.termination_grace_seconds, trainer.family.name, trainer.mode.name,
-        sum(p.numel() for p in trainer.models.trainable), config.use_8bit_adam)
+        config.termination_grace_seconds, family.name, trainer.mode.name,
+        sum(p.numel() for p in trainer.models.trainable), config.use_8bit_adam,
+        variant=family.variant(dict(family.denoiser(model.pipeline).config)))
     resumed_from = resume(ctx)
     with ctx.stop.deferred():
         trained = trainer.train(on_step_end=StepEnd(ctx, CheckpointPolicy.from_config(config)))

@@ -36,6 +36,9 @@ _observer: JobObserver = JobObserver()
 _client_lock = threading.Lock()
 _client: Any = None  # a botocore S3 client; boto3 ships no types
 _client_env: tuple[str | None, ...] = ()
+_probe: Any = None  # probe_client's
+_probe_env: tuple[str | None, ...] = ()
+PROBE_TIMEOUT_SECONDS = 3
 # The environment a client is bound to: a change (another endpoint or identity) needs a new client.
 _CLIENT_ENV_VARS = ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_PROFILE",
                     "AWS_REGION", "AWS_MAX_ATTEMPTS", "AWS_RETRY_MODE",
@@ -57,34 +60,59 @@ def observer() -> JobObserver:
     return _observer
 
 
+def client_env() -> tuple[str | None, ...]:
+    """The environment a client is bound to (the store and the identity)."""
+    return tuple(os.environ.get(name) for name in _CLIENT_ENV_VARS)
+
+
 def s3_client() -> Any:
     """The process-wide boto3 S3 client (thread-safe once created), rebuilt if the environment
     that configures it changed. (Any: boto3 ships no types.)"""
     global _client, _client_env
     with _client_lock:
-        env = tuple(os.environ.get(name) for name in _CLIENT_ENV_VARS)
+        env = client_env()
         if _client is None or env != _client_env:
             _client_env = env
-            import boto3  # deferred: boto3 is heavy
-            from botocore.config import Config  # deferred: botocore is heavy
-
             attempts = int(os.environ.get("AWS_MAX_ATTEMPTS", MAX_ATTEMPTS))
-            # A new session, not boto3's default one: that one keeps the credentials it found
-            # first, and a rebuilt client must look for them again (rotated keys, IRSA's token).
-            _client = boto3.session.Session().client("s3", config=Config(
-                retries={"mode": os.environ.get("AWS_RETRY_MODE", "standard"), "max_attempts": attempts},
-                connect_timeout=10, read_timeout=60,
-                max_pool_connections=TRANSFER_THREADS * 2,
-                s3={"addressing_style": "path"} if _endpoint_is_custom() else {}))
+            _client = _new_client(attempts=attempts, connect_timeout=10, read_timeout=60,
+                                  max_pool_connections=TRANSFER_THREADS * 2)
             _client.meta.events.register("needs-retry.s3", _count_retry)
         return _client
 
 
+def probe_client() -> Any:
+    """A process-wide client for a glance at a small object before any job runs (sizing a Job
+    at `submit`, storage/s3_probe.py): one attempt, PROBE_TIMEOUT_SECONDS to connect and to read,
+    rebuilt like `s3_client` when the environment changes."""
+    global _probe, _probe_env
+    with _client_lock:
+        env = client_env()
+        if _probe is None or env != _probe_env:
+            _probe_env = env
+            _probe = _new_client(attempts=1, connect_timeout=PROBE_TIMEOUT_SECONDS,
+                                 read_timeout=PROBE_TIMEOUT_SECONDS, max_pool_connections=2)
+        return _probe
+
+
+def _new_client(*, attempts: int, connect_timeout: float, read_timeout: float,
+                max_pool_connections: int) -> Any:
+    import boto3  # deferred: boto3 is heavy
+    from botocore.config import Config  # deferred: botocore is heavy
+
+    # A new session, not boto3's default one: that one keeps the credentials it found
+    # first, and a rebuilt client must look for them again (rotated keys, IRSA's token).
+    return boto3.session.Session().client("s3", config=Config(
+        retries={"mode": os.environ.get("AWS_RETRY_MODE", "standard"), "max_attempts": attempts},
+        connect_timeout=connect_timeout, read_timeout=read_timeout,
+        max_pool_connections=max_pool_connections,
+        s3={"addressing_style": "path"} if _endpoint_is_custom() else {}))
+
+
 def reset_client() -> None:
     """Forget the cached client, e.g. after the environment's endpoint or credentials changed."""
-    global _client
+    global _client, _probe
     with _client_lock:
-        _client = None
+        _client = _probe = None
 
 
 def _endpoint_is_custom() -> bool:

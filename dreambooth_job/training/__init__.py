@@ -22,5 +22,6 @@ estimates and sizing, progress, the device, the base models and the start-up che
 | lora_adapters.py | peft adapters on the denoiser and the text encoders |
 | base_models.py | the base model: hub id, directory or S3 prefix, through the model cache |
 | memory_estimate.py, training/sizing.py | what a step holds on the device; the pod's sizing profiles |
+| sized_model.py | the family and size `--sizing auto` reads from a local or s3:// base model |
 | devices.py, progress.py, preflight.py | the device and precision; progress lines; start-up checks |
 """

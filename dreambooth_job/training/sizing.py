@@ -1,7 +1,7 @@
 """Sizing profiles: the pod a run of each model family and train mode needs to survive preemption.
 
     from dreambooth_job import sizing
-    profile = sizing.resolve("auto", "full", "/models/sdxl-base")  # reads its model_index.json
+    profile = sizing.resolve("auto", "full", "s3://models/klein-9b/")  # reads its model_index.json
     profile.job_grace_seconds, profile.memory_request, profile.disk_request
 
 On preemption the kubelet sends SIGTERM and, terminationGracePeriodSeconds later, SIGKILL; within
@@ -9,14 +9,17 @@ that time the job finishes its step, saves a checkpoint, hashes and uploads it (
 A checkpoint holds the trained weights in fp32 and AdamW's two moments (training/state.py): 12 bytes a
 trained parameter, 10.3 GB for SD 1.5's UNet, 30.8 GB for SDXL's, and a few MB of LoRA adapters.
 Every number here derives from each family's reference parameter counts
-(`ModelFamily.reference`, families/reference.py; memory_estimate.checkpoint_bytes) and the
+(`ModelFamily.reference`, and one profile pair per other published size in `ModelFamily.variants`,
+e.g. flux2-klein-9b-full; families/reference.py; memory_estimate.checkpoint_bytes) and the
 ASSUMED rates of the node's disk and of the S3 upload, with a safety factor: estimates, not
 measurements (docs/benchmarks.md, "Preemption"). `Profile.rows` is docs/operator-guide.md's table, and
 helm/sync_chart.py writes the same profiles into the chart (files/package.yaml's `sizing`).
 
 A Job is built before the model loads, so it picks its profile from the train mode and the family
-detected from the base model's files where they can be read (`auto_profile`), never from its name:
-a model that cannot be read there gets the train mode's largest profile (UNDETECTED). Once the
+and size read from the base model's files where they can be read (`auto_profile`: a local
+directory or an s3:// prefix, training/sized_model.py), never from its name: a model that cannot
+be read there (a hub id: `submit` reads no network but S3) gets the train mode's largest
+profile (UNDETECTED). Once the
 model has loaded, the job checks that its grace budget covers its real checkpoint (`check_grace`)
 and warns otherwise.
 
@@ -32,7 +35,7 @@ from dataclasses import dataclass
 from dreambooth_job import families
 from dreambooth_job.families import ModelFamily
 from dreambooth_job.families.reference import ReferenceModel
-from dreambooth_job.training import memory_estimate
+from dreambooth_job.training import memory_estimate, sized_model
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +87,8 @@ class Profile:
     disk_request_gib: int
     disk_limit_gib: int
     tmp_limit_gib: int  # sizeLimit of /tmp: all of disk_parts but the base model (in /cache)
+    reference: ReferenceModel  # the parameter counts it is sized for
+    variant: str | None = None  # the family's published size (ModelFamily.variants); None: its reference
 
     @property
     def resources(self) -> dict:
@@ -98,8 +103,9 @@ class Profile:
         return f"{self.tmp_limit_gib}Gi"
 
 
-def profile_name(family: str, train_mode: str) -> str:
-    return f"{family}-{train_mode}"
+def profile_name(family: str, train_mode: str, variant: str | None = None) -> str:
+    """`<family>-<mode>`, or `<family>-<variant>-<mode>` for a size in ModelFamily.variants."""
+    return f"{family}-{variant}-{train_mode}" if variant else f"{family}-{train_mode}"
 
 
 def trained_parameters(reference: ReferenceModel, train_mode: str) -> int:
@@ -127,8 +133,9 @@ def _gib(num_bytes: float, multiple: int = 8) -> int:
     return multiple * math.ceil(num_bytes / GIB / multiple)
 
 
-def build_profile(family: ModelFamily, train_mode: str) -> Profile:
-    params = family.reference
+def build_profile(family: ModelFamily, train_mode: str, variant: str | None = None) -> Profile:
+    """The profile of `family`'s reference model, or of its published size `variant`."""
+    params = family.variants[variant] if variant else family.reference
     ckpt = memory_estimate.checkpoint_bytes(trained_parameters(params, train_mode), use_8bit_adam=False)
     fp32_pipeline, fp16_pipeline = params.total * 4, params.total * 2
     # Outputs: full: model/ and --export-single-file at the default fp16; LoRA: --lora-merge's
@@ -142,15 +149,17 @@ def build_profile(family: ModelFamily, train_mode: str) -> Profile:
     disk_request = _gib(sum(disk_parts.values()) + DISK_EXTRA_BYTES)
     tmp_peak = sum(disk_parts.values()) - fp32_pipeline - params.class_images_bytes
     return Profile(
-        name=profile_name(family.name, train_mode), family=family.name, train_mode=train_mode,
+        name=profile_name(family.name, train_mode, variant), family=family.name, train_mode=train_mode,
         checkpoint_bytes=ckpt, job_grace_seconds=grace_seconds(ckpt, params.step_seconds),
         memory_request_gib=memory_request, memory_limit_gib=2 * memory_request,
         disk_parts=disk_parts, disk_request_gib=disk_request,
         disk_limit_gib=_gib(disk_request * GIB * DISK_LIMIT_FACTOR),
-        tmp_limit_gib=_gib(tmp_peak * DISK_LIMIT_FACTOR + DISK_EXTRA_BYTES))
+        tmp_limit_gib=_gib(tmp_peak * DISK_LIMIT_FACTOR + DISK_EXTRA_BYTES), reference=params,
+        variant=variant)
 
 
-PROFILES = {p.name: p for p in (build_profile(f, m) for f in families.FAMILIES for m in TRAIN_MODES)}
+PROFILES = {p.name: p for p in (build_profile(f, m, variant) for f in families.FAMILIES
+                                for variant in (None, *f.variants) for m in TRAIN_MODES)}
 AUTO = "auto"
 CHOICES = (AUTO, *PROFILES)
 
@@ -166,37 +175,40 @@ def _largest(train_mode: str) -> Profile:
 
 UNDETECTED = {mode: _largest(mode).name for mode in TRAIN_MODES}
 """The profile `auto` picks when the base model cannot be read where the Job is built (a hub id,
-the chart): the train mode's largest, never a guess from the model's name. It over-sizes the pod of
+an s3:// prefix that does not answer at once, the chart): the train mode's largest, never a guess
+from the model's name. It over-sizes the pod of
 a smaller family; name its profile (--sizing, the chart's `sizing`) to size it exactly. Once the
 model has loaded, the job checks its budget against its real checkpoint (check_grace)."""
 
 
 def auto_profile(train_mode: str, base_model: str) -> str:
     """The profile `auto` picks for a Job, before the model is loaded: the train mode's and the
-    family's, detected from the base model's model_index.json where it can be read here (a local
-    directory, families.detect_local); else the train mode's largest (UNDETECTED)."""
-    family = families.detect_local(base_model)
-    return profile_name(family.name, train_mode) if family else UNDETECTED[train_mode]
+    family's and size, read from the base model's model_index.json and denoiser config where they
+    can be read here (a local directory or an s3:// prefix, sized_model.detect); else the train
+    mode's largest (UNDETECTED)."""
+    found = sized_model.detect(base_model)
+    return profile_name(found.family.name, train_mode, found.variant) if found else UNDETECTED[train_mode]
 
 
 def resolve(sizing: str, train_mode: str, base_model: str) -> Profile:
     return PROFILES[auto_profile(train_mode, base_model) if sizing == AUTO else sizing]
 
 
-def _profile_of_run(family: str, train_mode: str) -> Profile:
-    """The profile of a run whose model has loaded (family: ModelFamily.name); a family without
-    profiles gets the train mode's largest."""
-    return PROFILES.get(profile_name(family, train_mode)) or PROFILES[UNDETECTED[train_mode]]
+def _profile_of_run(family: str, train_mode: str, variant: str | None = None) -> Profile:
+    """The profile of a run whose model has loaded (family: ModelFamily.name, variant: its
+    ModelFamily.variant); a family without profiles gets the train mode's largest."""
+    return PROFILES.get(profile_name(family, train_mode, variant)) or PROFILES[UNDETECTED[train_mode]]
 
 
-def _step_seconds(family: str) -> int:
+def _step_seconds(family: str, variant: str | None = None) -> int:
     known = {f.name: f for f in families.FAMILIES}
-    return known[family].reference.step_seconds if family in known else max(
-        f.reference.step_seconds for f in families.FAMILIES)
+    if family not in known:
+        return max(p.reference.step_seconds for p in PROFILES.values())
+    return known[family].variants.get(variant, known[family].reference).step_seconds
 
 
 def check_grace(budget_seconds: float, family: str, train_mode: str, trained_params: int,
-                use_8bit_adam: bool) -> str | None:
+                use_8bit_adam: bool, variant: str | None = None) -> str | None:
     """Once the model has loaded: a warning (logged, and returned) when `budget_seconds`
     (--termination-grace-seconds) is shorter than this run's checkpoint needs by the estimate, e.g.
     a full fine-tune of a large family in a pod sized for a small one; None when it fits.
@@ -206,29 +218,30 @@ def check_grace(budget_seconds: float, family: str, train_mode: str, trained_par
     on every retry. Preempted with too little time, it loses the steps since its last periodic
     checkpoint, which is what the warning says."""
     ckpt = memory_estimate.checkpoint_bytes(trained_params, use_8bit_adam)
-    needed = grace_seconds(ckpt, _step_seconds(family))
+    needed = grace_seconds(ckpt, _step_seconds(family, variant))
     if budget_seconds >= needed:
         return None
     message = (f"--termination-grace-seconds {budget_seconds:g} is shorter than the {needed} s "
                f"a checkpoint of this run needs by the estimate ({ckpt / GB:.1f} GB to save, hash "
                f"and upload; training/sizing.py): on preemption it would be killed mid-checkpoint and "
                f"resume from its last periodic one; run it with the sizing profile "
-               f"{_profile_of_run(family, train_mode).name!r} or a larger budget")
+               f"{_profile_of_run(family, train_mode, variant).name!r} or a larger budget")
     log.warning(message)
     return message
 
 
 def job_budget(configured: float | None, family: str, train_mode: str, trained_params: int,
-               use_8bit_adam: bool) -> float:
-    """The SIGTERM budget of a run whose model has loaded (family: ModelFamily.name):
+               use_8bit_adam: bool, variant: str | None = None) -> float:
+    """The SIGTERM budget of a run whose model has loaded (family: ModelFamily.name, variant: its
+    ModelFamily.variant):
     --termination-grace-seconds, checked against its checkpoint (check_grace); or, auto, its
     profile's, or more when the run trains more than the profile was sized for (a LoRA rank above
     LORA_SIZED_RANK)."""
     if configured is None:
         needed = grace_seconds(memory_estimate.checkpoint_bytes(trained_params, use_8bit_adam),
-                               _step_seconds(family))
-        return max(_profile_of_run(family, train_mode).job_grace_seconds, needed)
-    check_grace(configured, family, train_mode, trained_params, use_8bit_adam)
+                               _step_seconds(family, variant))
+        return max(_profile_of_run(family, train_mode, variant).job_grace_seconds, needed)
+    check_grace(configured, family, train_mode, trained_params, use_8bit_adam, variant)
     return configured
 
 

@@ -69,7 +69,7 @@ def test_an_sdxl_full_checkpoint_is_about_31_gb():
 
 @pytest.mark.parametrize("profile", sizing.PROFILES.values(), ids=list(sizing.PROFILES))
 def test_each_profile_covers_its_estimates(profile):
-    params = FAMILY[profile.family].reference
+    params = profile.reference
     assert profile.job_grace_seconds >= params.step_seconds + sizing.checkpoint_seconds(
         profile.checkpoint_bytes)
     assert profile.job_grace_seconds >= sizing.MIN_GRACE_SECONDS
@@ -99,9 +99,9 @@ def test_an_sdxl_full_run_in_an_sd_profile_is_warned_about(caplog):
 
 def test_a_run_within_its_profile_is_not_warned_about(caplog):
     for profile in sizing.PROFILES.values():
-        trained = sizing.trained_parameters(FAMILY[profile.family].reference, profile.train_mode)
+        trained = sizing.trained_parameters(profile.reference, profile.train_mode)
         assert sizing.check_grace(profile.job_grace_seconds, profile.family, profile.train_mode,
-                                  trained, False) is None
+                                  trained, False, profile.variant) is None
     assert caplog.text == ""
 
 
@@ -124,7 +124,8 @@ def test_the_operator_guides_table_is_the_profiles():
 
 def test_every_family_has_both_profiles_and_an_undetected_model_gets_the_largest():
     assert set(sizing.PROFILES) == {f"{f.name}-{m}" for f in families.FAMILIES
-                                    for m in sizing.TRAIN_MODES}
+                                    for m in sizing.TRAIN_MODES} | {
+        f"{f.name}-{v}-{m}" for f in families.FAMILIES for v in f.variants for m in sizing.TRAIN_MODES}
     for mode, name in sizing.UNDETECTED.items():
         undetected = sizing.PROFILES[name]
         assert undetected.train_mode == mode
@@ -147,3 +148,30 @@ def test_flux2_klein_is_not_what_an_undetected_model_is_sized_for():
 def test_a_run_of_a_family_without_profiles_is_budgeted_as_the_largest():
     largest = sizing.PROFILES[sizing.UNDETECTED["full"]]
     assert sizing.job_budget(None, "some-new-family", "full", 1000, False) == largest.job_grace_seconds
+
+
+@pytest.mark.parametrize(("model", "variant"), [("flux2-klein-4b", None), ("flux2-klein-9b", "9b")])
+def test_klein_9b_is_told_from_4b_by_its_transformer_config(model, variant):
+    """The published configs (bench/architectures.py): 9B's 32 heads x 128 against 4B's 24 x 128;
+    a config without them (or a tiny test model) is the family's reference size."""
+    from dreambooth_job.bench.architectures import FLUX2_KLEIN_TRANSFORMER_CONFIGS
+
+    klein = FAMILY["flux2-klein"]
+    assert klein.variant(dict(FLUX2_KLEIN_TRANSFORMER_CONFIGS[model])) == variant
+    assert klein.variant({}) is None and klein.variant({"num_attention_heads": "32"}) is None
+    assert all(f.variant({"num_attention_heads": 99, "attention_head_dim": 99}) is None
+               for f in families.FAMILIES if not f.variants)
+
+
+def test_klein_9b_profiles_are_sized_by_9b_counts_and_exceed_4b():
+    for mode in sizing.TRAIN_MODES:
+        big, small = sizing.PROFILES[f"flux2-klein-9b-{mode}"], sizing.PROFILES[f"flux2-klein-{mode}"]
+        assert (big.family, big.variant, big.reference) == ("flux2-klein", "9b",
+                                                             FAMILY["flux2-klein"].reference_9b)
+        assert big.memory_request_gib > small.memory_request_gib
+        assert big.disk_request_gib > small.disk_request_gib
+    full_9b = sizing.PROFILES["flux2-klein-9b-full"]
+    assert full_9b.job_grace_seconds > sizing.PROFILES["flux2-klein-full"].job_grace_seconds
+    # Once loaded, a 9B run's budget is its own profile's, not 4B's.
+    trained = sizing.trained_parameters(full_9b.reference, "full")
+    assert sizing.job_budget(None, "flux2-klein", "full", trained, False, "9b") == full_9b.job_grace_seconds
