@@ -16,6 +16,10 @@ random weights, so a benchmark needs no download:
   heads x 128, MLP ratio 3, joint attention 7680 = 3 x Qwen3-4B's 2560; Qwen3-4B text encoder, 36
   layers; AutoencoderKLFlux2 at its defaults, 32 latent channels; 1024 px). The tokenizer is the
   tiny test one (tokens' values do not change the work).
+- flux1-dev: FLUX.1 [dev] (transformer: 19 double- and 38 single-stream blocks of 24 heads x 128,
+  joint attention 4096 from T5-XXL, pooled projection 768 from CLIP-L, guidance embedding; T5 v1.1
+  XXL's encoder, 24 layers of 4096; CLIP ViT-L/14; AutoencoderKL of 16 latent channels with shift
+  0.1159 and scale 0.3611; 1024 px). The T5 tokenizer is the tiny test one.
 
 Built on any device: `device="meta"` gives the shapes without memory, which memory_estimate.py's estimate
 (bench/estimate.py) and bench's refusal read before anything real is allocated. The model's family
@@ -32,11 +36,11 @@ import tempfile
 from dreambooth_job.devtools import tiny_models
 from dreambooth_job.devtools.tiny_models import CLIP_MAX_LENGTH, clip_tokenizer
 
-ARCHITECTURES = ("tiny", "tiny-sdxl", "sd15", "sd21", "sdxl", "flux2-klein-4b")
+ARCHITECTURES = ("tiny", "tiny-sdxl", "sd15", "sd21", "sdxl", "flux2-klein-4b", "flux1-dev")
 NATIVE_RESOLUTION = {"tiny": 64, "tiny-sdxl": 64, "sd15": 512, "sd21": 768, "sdxl": 1024,
-                     "flux2-klein-4b": 1024}
+                     "flux2-klein-4b": 1024, "flux1-dev": 1024}
 # Architectures whose memory bench checks before building them (memory_refusal).
-LARGE = ("sdxl", "flux2-klein-4b")
+LARGE = ("sdxl", "flux2-klein-4b", "flux1-dev")
 UNSUPPORTED: dict[str, str] = {}  # architectures bench lists but cannot run, with the reason
 
 
@@ -53,6 +57,8 @@ def build_pipeline(model: str, seed: int = 0, device: str = "cpu"):
         return _stable_diffusion_xl(seed, device)
     if model == "flux2-klein-4b":
         return _flux2_klein_4b(seed, device)
+    if model == "flux1-dev":
+        return _flux1_dev(seed, device)
     if model in ("sd15", "sd21"):
         import torch  # deferred: torch is heavy; bench's CLI starts without it
 
@@ -205,3 +211,53 @@ def _flux2_klein_4b(seed: int, device: str):
         max_shift=1.15, base_image_seq_len=256, max_image_seq_len=4096, time_shift_type="exponential")
     return Flux2KleinPipeline(scheduler=scheduler, vae=vae, text_encoder=text_encoder,
                               tokenizer=tiny_models.qwen_tokenizer(), transformer=transformer)
+
+
+# FLUX.1 [dev]'s published configs (its transformer/, vae/ and text_encoder_2/ config.json).
+FLUX1_DEV_TRANSFORMER_CONFIG = {
+    "patch_size": 1, "in_channels": 64, "num_layers": 19, "num_single_layers": 38,
+    "attention_head_dim": 128, "num_attention_heads": 24, "joint_attention_dim": 4096,
+    "pooled_projection_dim": 768, "guidance_embeds": True, "axes_dims_rope": (16, 56, 56),
+}
+FLUX1_VAE_CONFIG = {
+    "in_channels": 3, "out_channels": 3, "latent_channels": 16, "layers_per_block": 2,
+    "block_out_channels": (128, 256, 512, 512), "down_block_types": ("DownEncoderBlock2D",) * 4,
+    "up_block_types": ("UpDecoderBlock2D",) * 4, "norm_num_groups": 32, "sample_size": 1024,
+    "shift_factor": 0.1159, "scaling_factor": 0.3611, "use_quant_conv": False,
+    "use_post_quant_conv": False,
+}
+T5_XXL_CONFIG = {
+    "vocab_size": 32128, "d_model": 4096, "d_kv": 64, "d_ff": 10240, "num_layers": 24,
+    "num_heads": 64, "relative_attention_num_buckets": 32, "relative_attention_max_distance": 128,
+    "feed_forward_proj": "gated-gelu", "tie_word_embeddings": False, "is_encoder_decoder": False,
+}
+
+
+def _flux1_dev(seed: int, device: str):
+    """A FluxPipeline of FLUX.1 [dev]'s shapes with seeded random weights, on `device`."""
+    import torch  # deferred: heavy
+    from diffusers import (  # deferred: heavy
+        AutoencoderKL,
+        FlowMatchEulerDiscreteScheduler,
+        FluxPipeline,
+        FluxTransformer2DModel,
+    )
+    from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel  # deferred: heavy
+
+    width, layers, heads, act, projection = SDXL_TEXT_ENCODERS["text_encoder"]  # CLIP ViT-L/14
+    torch.manual_seed(seed)
+    with torch.device(device):
+        transformer = FluxTransformer2DModel(**FLUX1_DEV_TRANSFORMER_CONFIG)
+        vae = AutoencoderKL(**FLUX1_VAE_CONFIG)
+        text_encoder = CLIPTextModel(CLIPTextConfig(
+            vocab_size=49408, hidden_size=width, intermediate_size=width * 4, num_hidden_layers=layers,
+            num_attention_heads=heads, hidden_act=act, projection_dim=projection,
+            max_position_embeddings=CLIP_MAX_LENGTH, bos_token_id=49406, eos_token_id=49407,
+            pad_token_id=49407))
+        text_encoder_2 = T5EncoderModel(T5Config(**T5_XXL_CONFIG))
+    scheduler = FlowMatchEulerDiscreteScheduler(
+        num_train_timesteps=1000, shift=3.0, use_dynamic_shifting=True, base_shift=0.5,
+        max_shift=1.15, base_image_seq_len=256, max_image_seq_len=4096)
+    return FluxPipeline(scheduler=scheduler, vae=vae, text_encoder=text_encoder, tokenizer=clip_tokenizer(),
+                        text_encoder_2=text_encoder_2, tokenizer_2=tiny_models.t5_tokenizer(),
+                        transformer=transformer)

@@ -115,3 +115,19 @@ class TransformerLoraFormat(LoraFormat):
         writer.save_lora_weights(directory, transformer_lora_layers=layers.get(self.components[0]),
                                  weight_name=weight_name, save_function=save_function,
                                  safe_serialization=True)
+
+
+def fused_adapter(parts, out_features) -> tuple:
+    """One adapter of an original-layout projection that diffusers splits into `parts` (q, k, v
+    and, in FLUX.1's single-stream blocks, the MLP's input): (down, up) of rank n x r for the n
+    parts' (down, up) pairs of rank r, None for a part without an adapter (zeros of its
+    `out_features` rows there). The downs stacked and the ups block-diagonal give exactly the sum
+    of the parts' updates; the up carries a factor n because the loaders scale by alpha / rank and
+    the rank grew n times (the writer keeps each module's alpha)."""
+    import torch  # deferred: torch is heavy
+
+    down_like, _ = next(p for p in parts if p is not None)
+    downs = [p[0] if p is not None else torch.zeros_like(down_like) for p in parts]
+    ups = [p[1] if p is not None else down_like.new_zeros(rows, down_like.shape[0])
+           for p, rows in zip(parts, out_features)]
+    return torch.cat(downs), len(parts) * torch.block_diag(*ups)

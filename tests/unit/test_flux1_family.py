@@ -1,0 +1,162 @@
+"""The FLUX.1 family against FluxPipeline's own computations: detection, prompt embeddings,
+latents, the packed transformer call with the distilled guidance, the initial noise, the
+rectified-flow objective against a hand computation, and both LoRA files."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from dreambooth_job import families
+from dreambooth_job.families.flux1 import TRAINING_GUIDANCE, Flux1
+from dreambooth_job.families.objective import FlowMatchingObjective
+
+FAMILY = Flux1()
+
+
+@pytest.fixture(scope="module")
+def pipeline(tiny_flux1_model):
+    path = str(tiny_flux1_model)
+    return families.detect(path).load_pipeline(path, "/nonexistent")
+
+
+def embed(pipeline, prompt: str, batch: int = 1):
+    with torch.no_grad():
+        return FAMILY.encode_prompt(FAMILY.text_encoders(pipeline), FAMILY.tokenize(pipeline, prompt),
+                                    "cpu").expand(batch)
+
+
+def test_a_flux1_pipeline_is_detected_from_model_index(tiny_flux1_model, pipeline):
+    assert isinstance(families.detect(str(tiny_flux1_model)), Flux1)
+    assert isinstance(families.detect_local(str(tiny_flux1_model)), Flux1)
+    assert isinstance(families.for_pipeline(pipeline), Flux1)
+
+
+def test_prompt_embeddings_are_the_pipelines(pipeline):
+    prompt = "a photo of sks dog"
+    ours = embed(pipeline, prompt)
+    with torch.no_grad():
+        theirs, pooled, text_ids = pipeline.encode_prompt(prompt, prompt_2=None, device="cpu")
+    assert ours.hidden_states.shape == theirs.shape == (1, 512, 24)
+    assert torch.equal(ours.hidden_states, theirs) and torch.equal(ours.pooled, pooled)
+    conditioning = FAMILY.denoiser_conditioning(ours, torch.float32)
+    assert torch.equal(conditioning["txt_ids"], text_ids)
+    assert torch.equal(conditioning["pooled_projections"], pooled)
+
+
+def test_the_saved_t5_tokenizer_tells_prompts_apart(pipeline):
+    """The tiny T5 Unigram survives save_pretrained: words are pieces, padding is id 0, </s> is 1."""
+    _, t5 = FAMILY.tokenize(pipeline, "a photo of sks dog")
+    _, other = FAMILY.tokenize(pipeline, "a red cube")
+    assert t5.shape == (1, 512) and int((t5 != 0).sum()) == 6 and t5[0, 5] == 1
+    assert not torch.equal(t5, other)
+    assert pipeline.tokenizer_2.decode(t5[0], skip_special_tokens=True) == "a photo of sks dog"
+
+
+def test_latents_are_shifted_and_scaled_as_the_pipelines(pipeline):
+    """FluxImg2ImgPipeline's `_encode_vae_image` is the pipelines' own (sample - shift) x scale."""
+    from diffusers import FluxImg2ImgPipeline
+
+    img2img = FluxImg2ImgPipeline(**pipeline.components)
+    pixels = torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    with torch.no_grad():
+        sample = pipeline.vae.encode(pixels).latent_dist.sample(torch.Generator().manual_seed(4))
+        expected = img2img._encode_vae_image(pixels, torch.Generator().manual_seed(4))
+    latents = FAMILY.encode_latents(pipeline.vae, sample)
+    assert latents.shape == (1, 4, 16, 16)
+    assert torch.equal(latents, expected)
+    config = pipeline.vae.config
+    assert torch.equal(latents, (sample - config.shift_factor) * config.scaling_factor)
+
+
+def transformer_call(transformer, noisy, timesteps, embeddings, guidance, vae_scale_factor=2):
+    """FluxPipeline's own denoising step on latents of the VAE's layout: packed, then unpacked."""
+    from diffusers import FluxPipeline
+
+    batch, channels, height, width = noisy.shape
+    with torch.no_grad():
+        tokens = transformer(
+            hidden_states=FluxPipeline._pack_latents(noisy, batch, channels, height, width),
+            timestep=timesteps / 1000, guidance=guidance, pooled_projections=embeddings.pooled,
+            encoder_hidden_states=embeddings.hidden_states,
+            txt_ids=torch.zeros(embeddings.hidden_states.shape[1], 3),
+            img_ids=FluxPipeline._prepare_latent_image_ids(batch, height // 2, width // 2, "cpu",
+                                                           noisy.dtype),
+            return_dict=False)[0]
+    return FluxPipeline._unpack_latents(tokens, height * vae_scale_factor, width * vae_scale_factor,
+                                        vae_scale_factor)
+
+
+def test_predict_is_the_pipelines_transformer_call_with_the_distilled_guidance(pipeline):
+    noisy = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(1))
+    timesteps = torch.tensor([250.0, 900.0])
+    embeddings = embed(pipeline, "a dog", 2)
+    with torch.no_grad():
+        ours = FAMILY.predict(pipeline.transformer, noisy, timesteps,
+                              FAMILY.denoiser_conditioning(embeddings, torch.float32))
+    assert pipeline.transformer.config.guidance_embeds and TRAINING_GUIDANCE == 3.5
+    expected = transformer_call(pipeline.transformer, noisy, timesteps, embeddings,
+                                torch.full((2,), 3.5), pipeline.vae_scale_factor)
+    assert ours.shape == noisy.shape and torch.equal(ours, expected)
+    # The guidance embedding is live: another value gives another velocity.
+    assert not torch.allclose(ours, transformer_call(pipeline.transformer, noisy, timesteps,
+                                                     embeddings, torch.full((2,), 1.0)))
+
+
+def test_a_transformer_without_guidance_embedding_gets_none(pipeline):
+    """FLUX.1 [schnell] is a FluxPipeline too; its transformer takes no guidance."""
+    from diffusers import FluxTransformer2DModel
+
+    schnell = FluxTransformer2DModel.from_config({**pipeline.transformer.config, "guidance_embeds": False})
+    noisy = torch.randn(1, 4, 4, 4, generator=torch.Generator().manual_seed(2))
+    embeddings = embed(pipeline, "a dog")
+    with torch.no_grad():
+        ours = FAMILY.predict(schnell, noisy, torch.tensor([500.0]),
+                              FAMILY.denoiser_conditioning(embeddings, torch.float32))
+    assert torch.equal(ours, transformer_call(schnell, noisy, torch.tensor([500.0]), embeddings, None))
+
+
+def test_initial_noise_is_the_pipelines_own_draw(pipeline):
+    noise = FAMILY.initial_noise(pipeline, 32, torch.Generator().manual_seed(0))
+    theirs, _ = pipeline.prepare_latents(1, 4, 32, 32, torch.float32, "cpu", torch.Generator().manual_seed(0))
+    assert noise.shape == (64, 16)  # 32 px: 16 latent pixels, 8x8 tokens of 4 channels x 2x2
+    assert torch.equal(noise[None], theirs)
+    images = FAMILY.generate(pipeline, ["a dog"], latents=noise[None], resolution=32,
+                             num_inference_steps=2, guidance_scale=3.5)
+    assert images[0].size == (32, 32)
+
+
+def test_the_objective_is_rectified_flow_by_hand(pipeline):
+    """The trainer's draw with `--weighting_scheme none`: u uniform, the timestep
+    `timesteps[int(u * 1000)]` of FLUX.1's scheduler (dynamic shifting: unshifted for training,
+    1000 - int(1000 u)), sigma = t / 1000, x_t = (1 - sigma) x0 + sigma noise, target noise - x0."""
+    objective = FAMILY.training_objective(pipeline)
+    assert isinstance(objective, FlowMatchingObjective) and objective.prediction_type == "flow"
+    latents = torch.arange(2 * 4 * 4 * 4, dtype=torch.float32).reshape(2, 4, 4, 4) / 100
+    batch = objective.draw(latents, torch.Generator().manual_seed(3), "cpu")
+    generator = torch.Generator().manual_seed(3)
+    noise = torch.randn(latents.shape, generator=generator)
+    u = torch.rand((2,), generator=generator)
+    timesteps = 1000.0 - (u * 1000).long().float()
+    sigma = (timesteps / 1000).reshape(2, 1, 1, 1)
+    assert torch.equal(batch.timesteps, timesteps)
+    torch.testing.assert_close(batch.noisy, (1 - sigma) * latents + sigma * noise)
+    assert torch.equal(batch.target, noise - latents) and batch.weights is None
+    torch.testing.assert_close(objective.per_sample_loss(torch.zeros_like(latents), batch),
+                               ((noise - latents) ** 2).mean(dim=(1, 2, 3)))
+
+
+def test_single_file_export_is_refused_in_one_line(pipeline):
+    from dreambooth_job.exit_codes import ExitCode, InvalidInputError
+
+    with pytest.raises(InvalidInputError) as refused:
+        FAMILY.check_single_file(pipeline)
+    assert refused.value.exit_code == ExitCode.INVALID_INPUT and "\n" not in str(refused.value)
+
+
+def test_clip_trains_with_the_text_encoder_and_t5_stays_frozen(pipeline):
+    from dreambooth_job.outputs import weight_files
+
+    modules = FAMILY.trainable_modules(pipeline, train_text_encoder=True)
+    assert list(modules) == ["denoiser", "text_encoder"]
+    weight_files.check_exportable(pipeline, single_file=False, lora_text_encoders=True)
