@@ -160,3 +160,105 @@ def test_clip_trains_with_the_text_encoder_and_t5_stays_frozen(pipeline):
     modules = FAMILY.trainable_modules(pipeline, train_text_encoder=True)
     assert list(modules) == ["denoiser", "text_encoder"]
     weight_files.check_exportable(pipeline, single_file=False, lora_text_encoders=True)
+
+
+def random_adapters(module, targets, seed):
+    """Rank-2 adapters (alpha 3) on `targets` with random B matrices: a visible, known update."""
+    from dreambooth_job.training import lora_adapters
+
+    if module.__class__.__name__ == "CLIPTextModel":
+        lora_adapters.add_lora(None, module, rank=2, alpha=3, text_encoder_targets=targets)
+    else:
+        lora_adapters.add_lora(module, target_modules=targets, rank=2, alpha=3)
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, parameter in module.named_parameters():
+            if "lora_B" in name:
+                parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.1)
+
+
+def sample(pipe) -> torch.Tensor:
+    latents = torch.randn(1, 64, 16, generator=torch.Generator().manual_seed(0))
+    return pipe(prompt="a sks dog", height=32, width=32, num_inference_steps=2, latents=latents,
+                output_type="pt").images
+
+
+def test_both_lora_files_have_the_same_effect(tiny_flux1_model, tmp_path):
+    """The kohya file (original FLUX.1 names, q/k/v fused; CLIP-L as lora_te1_) read through
+    diffusers' converter gives the pipeline the same output as the diffusers file. Double-stream
+    modules only: diffusers' reader splits single-stream `linear1` at FLUX.1's own widths."""
+    from diffusers import FluxPipeline
+    from safetensors.torch import load_file
+
+    from dreambooth_job.outputs import lora_writers
+
+    trained = FluxPipeline.from_pretrained(tiny_flux1_model)
+    random_adapters(trained.transformer, [f"transformer_blocks.0.{m}" for m in (
+        "attn.to_q", "attn.to_k", "attn.to_v", "attn.to_out.0", "attn.add_k_proj", "attn.to_add_out",
+        "ff.net.0.proj", "ff_context.net.2")], seed=5)
+    random_adapters(trained.text_encoder, ["q_proj", "v_proj", "out_proj"], seed=6)
+    modules = FAMILY.lora_format.modules(trained)
+    lora_writers.save_lora_diffusers(tmp_path / "diffusers", FAMILY, modules, metadata={})
+    kohya = lora_writers.save_lora_kohya(tmp_path / "kohya.safetensors", FAMILY, modules, metadata={})
+    keys = load_file(kohya).keys()
+    assert {"lora_unet_double_blocks_0_img_attn_qkv.lora_down.weight",
+            "lora_unet_double_blocks_0_txt_attn_qkv.lora_up.weight",
+            "lora_unet_double_blocks_0_txt_attn_proj.alpha", "lora_unet_double_blocks_0_img_mlp_0.alpha",
+            "lora_unet_double_blocks_0_txt_mlp_2.alpha",
+            "lora_te1_text_model_encoder_layers_0_self_attn_q_proj.lora_down.weight"} <= set(keys)
+    assert all(key.startswith(("lora_unet_double_blocks_0_", "lora_te1_text_model_")) for key in keys)
+
+    outputs = []
+    for path in (tmp_path / "diffusers", kohya):
+        pipe = FluxPipeline.from_pretrained(tiny_flux1_model)
+        pipe.load_lora_weights(str(path))
+        assert pipe.text_encoder.peft_config and pipe.transformer.peft_config  # both were loaded
+        outputs.append(sample(pipe))
+    plain = sample(FluxPipeline.from_pretrained(tiny_flux1_model))
+    assert not torch.allclose(outputs[0], plain)
+    torch.testing.assert_close(outputs[1], outputs[0], rtol=1e-5, atol=1e-5)
+
+
+def test_single_stream_adapters_fuse_into_linear1_rows_q_k_v_mlp(tiny_flux1_model):
+    """The single-stream block's q, k, v adapters (the default targets reach them) as one update
+    of the original `linear1`, whose rows are q, k, v, then the MLP's input: each part's update in
+    its rows, zeros in the MLP's; `proj_out` is `linear2`."""
+    from diffusers import FluxPipeline
+
+    from dreambooth_job.outputs import lora_writers
+    from dreambooth_job.training import lora_adapters
+
+    trained = FluxPipeline.from_pretrained(tiny_flux1_model)
+    random_adapters(trained.transformer, ["to_q", "to_k", "to_v", "to_out.0",
+                                          "single_transformer_blocks.0.proj_out"], seed=7)
+    kohya = lora_writers.kohya_state_dict(FAMILY, FAMILY.lora_format.modules(trained))
+    block = trained.transformer.single_transformer_blocks[0]
+
+    def update(layer):  # alpha / rank x B @ A, as peft applies it
+        name = lora_adapters.ADAPTER_NAME
+        return layer.scaling[name] * layer.lora_B[name].weight @ layer.lora_A[name].weight
+
+    def kohya_update(name):
+        down, up = kohya[f"lora_unet_{name}.lora_down.weight"], kohya[f"lora_unet_{name}.lora_up.weight"]
+        return kohya[f"lora_unet_{name}.alpha"] / down.shape[0] * up @ down
+
+    mlp_rows = block.proj_mlp.out_features
+    expected = torch.cat([update(block.attn.to_q), update(block.attn.to_k), update(block.attn.to_v),
+                          torch.zeros(mlp_rows, block.attn.to_q.in_features)])
+    with torch.no_grad():
+        torch.testing.assert_close(kohya_update("single_blocks_0_linear1"), expected)
+        torch.testing.assert_close(kohya_update("single_blocks_0_linear2"), update(block.proj_out))
+        double = trained.transformer.transformer_blocks[0].attn
+        torch.testing.assert_close(kohya_update("double_blocks_0_img_attn_qkv"), torch.cat(
+            [update(double.to_q), update(double.to_k), update(double.to_v)]))
+
+
+def test_a_module_without_an_original_name_is_refused(tiny_flux1_model):
+    from diffusers import FluxPipeline
+
+    from dreambooth_job.outputs import lora_writers
+
+    trained = FluxPipeline.from_pretrained(tiny_flux1_model)
+    random_adapters(trained.transformer, ["norm_out.linear"], seed=8)
+    with pytest.raises(ValueError, match="no original FLUX.1 name for the adapted module norm_out.linear"):
+        lora_writers.kohya_state_dict(FAMILY, FAMILY.lora_format.modules(trained))
