@@ -1,0 +1,109 @@
+"""FLUX.1 through the same job: the family is detected from the base model; a LoRA run with prior
+preservation (class images sampled by the frozen base), CLIP-L's adapters and --identifier auto
+runs end to end against the real S3 server, its diffusers LoRA file loads with FluxPipeline and
+changes what it samples, and `generate` draws from it; a full run saves model/ that loads. The tiny
+FLUX.1-shaped pipeline."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from click.testing import CliRunner
+from diffusers import FluxPipeline
+from helpers import upload_photos
+
+from dreambooth_job.cli import main
+from dreambooth_job.exit_codes import ExitCode
+from dreambooth_job.storage import places as storage
+
+SMALL = ["--resolution", "32", "--max-train-steps", "3", "--num-class-images", "2",
+         "--sample-steps", "2", "--num-validation-images", "1", "--log-every", "1",
+         "--sample-every", "3", "--validation-prompt", "a {identifier} {class_noun} on the beach",
+         "--metrics-port", "0", "--learning-rate", "1e-2", "--save-precision", "fp32",
+         "--guidance-scale", "3.5", "--log-format", "text"]
+
+
+@pytest.fixture
+def photos(bucket, photo_dir):
+    return upload_photos(photo_dir, f"s3://{bucket}/photos/dog/")
+
+
+def sample(pipe) -> torch.Tensor:
+    latents = torch.randn(1, 64, 16, generator=torch.Generator().manual_seed(0))
+    return pipe(prompt="a sks dog", height=32, width=32, num_inference_steps=2, latents=latents,
+                output_type="pt").images
+
+
+def test_flux1_lora_with_prior_preservation_loads_on_the_base(photos, bucket, tiny_flux1_model, tmp_path):
+    run = f"s3://{bucket}/runs/flux1-lora/"
+    outcome = CliRunner().invoke(main, [
+        "train", *SMALL, "--instance-data", photos, "--class-noun", "dog", "--output", run,
+        "--base-model", str(tiny_flux1_model), "--class-data", f"s3://{bucket}/class-cache/",
+        "--cache-dir", str(tmp_path / "cache"), "--train-mode", "lora", "--lora-rank", "4",
+        "--train-text-encoder"], catch_exceptions=False)
+    assert outcome.exit_code == ExitCode.OK, outcome.output
+    result = json.loads(storage.read_bytes(storage.join(run, "result.json")))
+    training = result["training"]
+    assert result["status"] == "succeeded" and training["train_mode"] == "lora"
+    assert training["steps_done"] == 3 and training["final_prior_loss"] is not None
+    assert result["class_images"]["generated"] == 2
+    # --identifier auto: a rare whole word of CLIP's vocabulary (`word</w>`), one token.
+    identifier = result["identifier"]
+    assert identifier["chosen"] == "auto" and len(identifier["token_ids"]) == 1
+    adapters = sorted(e["path"] for e in result["outputs"]["files"] if e["path"].startswith("lora/"))
+    assert len(adapters) == 2 and "lora/pytorch_lora_weights.safetensors" in adapters
+
+    local = tmp_path / "lora"
+    storage.download_dir(storage.join(run, "lora"), local)
+    from safetensors.torch import load_file
+
+    keys = load_file(local / "pytorch_lora_weights.safetensors").keys()
+    assert any(key.startswith("transformer.transformer_blocks.") for key in keys)
+    assert any(key.startswith("transformer.single_transformer_blocks.") for key in keys)
+    assert any(key.startswith("text_encoder.") for key in keys)  # CLIP-L's adapters
+    assert not any(key.startswith("text_encoder_2.") for key in keys)  # T5 stays frozen
+    base = FluxPipeline.from_pretrained(tiny_flux1_model)
+    before = sample(base)
+    base.load_lora_weights(local)
+    assert not torch.equal(sample(base), before)
+    # The kohya file names the original FLUX.1 modules (its effect: tests/unit/test_flux1_family.py).
+    kohya_file = next(p for p in adapters if p != "lora/pytorch_lora_weights.safetensors")
+    kohya_keys = load_file(local / kohya_file.removeprefix("lora/")).keys()
+    assert "lora_unet_double_blocks_0_img_attn_qkv.lora_down.weight" in kohya_keys
+    assert "lora_unet_single_blocks_0_linear1.lora_up.weight" in kohya_keys
+    assert all(key.startswith(("lora_unet_double_blocks_", "lora_unet_single_blocks_", "lora_te1_"))
+               for key in kohya_keys)
+
+    # `generate` draws from the LoRA run with the family's sampler.
+    drawn = f"s3://{bucket}/drawn-flux1/"
+    outcome = CliRunner().invoke(main, [
+        "generate", "--model", run, "--output", drawn, "--cache-dir", str(tmp_path / "cache"),
+        "--steps", "2", "--prompt", "a sks dog", "--num-images", "1", "--seed", "5",
+        "--guidance-scale", "3.5", "--log-format", "json"], catch_exceptions=False)
+    assert outcome.exit_code == ExitCode.OK, outcome.output[-3000:]
+    record = json.loads(storage.read_bytes(drawn + "generation.json"))
+    assert record["sampler"] == "flow-euler"
+    assert "prompt-00-seed-5.png" in {f.relative_path for f in storage.list_files(drawn)}
+
+
+def test_flux1_full_fine_tune_saves_a_pipeline_and_refuses_the_single_file(
+        photos, bucket, tiny_flux1_model, tmp_path):
+    run = f"s3://{bucket}/runs/flux1-full/"
+    common = ["train", *SMALL, "--instance-data", photos, "--class-noun", "dog",
+              "--base-model", str(tiny_flux1_model), "--class-data", f"s3://{bucket}/class-cache/",
+              "--cache-dir", str(tmp_path / "cache"), "--identifier", "sks"]
+    refused = CliRunner().invoke(main, [*common, "--output", f"s3://{bucket}/runs/flux1-single/",
+                                        "--export-single-file"])
+    assert refused.exit_code == ExitCode.INVALID_INPUT
+    assert "FLUX.1's single-file layout is not written yet" in refused.output
+    outcome = CliRunner().invoke(main, [*common, "--output", run], catch_exceptions=False)
+    assert outcome.exit_code == ExitCode.OK, outcome.output
+    result = json.loads(storage.read_bytes(storage.join(run, "result.json")))
+    assert result["training"]["train_mode"] == "full" and result["training"]["final_prior_loss"] is not None
+    local = tmp_path / "model"
+    storage.download_dir(storage.join(run, "model"), local)
+    tuned = FluxPipeline.from_pretrained(local)
+    base = FluxPipeline.from_pretrained(tiny_flux1_model)
+    assert not torch.equal(sample(tuned), sample(base))
