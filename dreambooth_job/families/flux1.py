@@ -162,5 +162,5 @@ class Flux1(ModelFamily):
 
 def _guidance_embeds(denoiser) -> bool:
     """Whether the transformer (possibly wrapped by accelerate's DDP) takes a guidance embedding."""
-    config = getattr(denoiser, "config", None) or getattr(denoiser, "module").config
+    config = getattr(denoiser, "config", None) or denoiser.module.config
     return bool(config.guidance_embeds)

@@ -262,3 +262,20 @@ def test_a_module_without_an_original_name_is_refused(tiny_flux1_model):
     random_adapters(trained.transformer, ["norm_out.linear"], seed=8)
     with pytest.raises(ValueError, match="no original FLUX.1 name for the adapted module norm_out.linear"):
         lora_writers.kohya_state_dict(FAMILY, FAMILY.lora_format.modules(trained))
+
+
+def test_bench_flux1_dev_is_refused_in_one_line_where_memory_is_short(monkeypatch):
+    """Built on the meta device from the published config and estimated before anything real is
+    allocated: a 128 GiB CPU host cannot train 12B parameters in fp32 (the available memory is set,
+    as the SDXL bench test does: the decision's input)."""
+    from click.testing import CliRunner
+
+    from dreambooth_job.bench import device as bench_device
+    from dreambooth_job.cli import main
+    from dreambooth_job.exit_codes import ExitCode
+
+    monkeypatch.setattr(bench_device, "available_memory_bytes", lambda device_type: 128 * 2**30)
+    outcome = CliRunner().invoke(main, ["bench", "--model", "flux1-dev"])
+    assert outcome.exit_code == ExitCode.INVALID_INPUT
+    message = outcome.output.strip().splitlines()[-1]
+    assert "--model flux1-dev needs about" in message and "128 GiB is available" in message
