@@ -1,6 +1,7 @@
 """Offline building blocks for tests, the demo, bench and the toy world: Stable Diffusion's real CLIP
-tokenizer (from the BPE merges open_clip_torch ships), tiny random SD-, SDXL- and FLUX.2 [klein]-shaped
-pipelines (with a small in-process BPE for klein's Qwen3 encoder). Nothing
+tokenizer (from the BPE merges open_clip_torch ships), tiny random SD-, SDXL-, FLUX.2 [klein]- and
+FLUX.1-shaped pipelines (with a small in-process BPE for klein's Qwen3 encoder and a small Unigram
+for FLUX.1's T5). Nothing
 here downloads anything; the job itself never imports this module.
 """
 

@@ -16,6 +16,9 @@ outputs/lora_writers.py's; what differs between families is here:
   `ss_base_model_version: sdxl_base_v1-0` (A1111 filters SDXL LoRAs by it).
 - FLUX.2 [klein]: `Flux2KleinPipeline.save_lora_weights` (the transformer's adapters only);
   kohya keys name the original checkpoint's modules, q/k/v fused (families/flux2_lora.py).
+- FLUX.1: `FluxPipeline.save_lora_weights` (the transformer's and CLIP-L's adapters); kohya keys
+  name the original checkpoint's modules, q/k/v (and the single-stream MLP input) fused, CLIP-L as
+  `lora_te1_` (families/flux1_lora.py).
 """
 
 from __future__ import annotations
