@@ -1,7 +1,8 @@
 """FLUX.1 through the same job: the family is detected from the base model; a LoRA run with prior
 preservation (class images sampled by the frozen base), CLIP-L's adapters and --identifier auto
 runs end to end against the real S3 server, its diffusers LoRA file loads with FluxPipeline and
-changes what it samples, and `generate` draws from it; a full run saves model/ that loads. The tiny
+changes what it samples, and `generate` draws from it; stopped by SIGTERM and rerun, it ends with
+the uninterrupted run's adapters bitwise; a full run saves model/ that loads. The tiny
 FLUX.1-shaped pipeline."""
 
 from __future__ import annotations
@@ -12,11 +13,12 @@ import pytest
 import torch
 from click.testing import CliRunner
 from diffusers import FluxPipeline
-from helpers import upload_photos
+from helpers import JobProcess, upload_photos
 
 from dreambooth_job.cli import main
 from dreambooth_job.exit_codes import ExitCode
 from dreambooth_job.storage import places as storage
+from dreambooth_job.training.checkpoint import CheckpointStore
 
 SMALL = ["--resolution", "32", "--max-train-steps", "3", "--num-class-images", "2",
          "--sample-steps", "2", "--num-validation-images", "1", "--log-every", "1",
@@ -107,3 +109,41 @@ def test_flux1_full_fine_tune_saves_a_pipeline_and_refuses_the_single_file(
     tuned = FluxPipeline.from_pretrained(local)
     base = FluxPipeline.from_pretrained(tiny_flux1_model)
     assert not torch.equal(sample(tuned), sample(base))
+
+
+def test_flux1_lora_resumed_after_sigterm_ends_with_the_uninterrupted_runs_adapters(
+        photos, bucket, tiny_flux1_model, tmp_path):
+    """CLIP-L's adapters train too; T5 stays frozen and out of the checkpoints."""
+    steps = 6
+
+    def job(output: str) -> list[str]:
+        return ["train", *SMALL, "--max-train-steps", str(steps), "--sample-every", "0",
+                "--progress-interval-seconds", "0", "--checkpoint-every", "2", "--instance-data", photos,
+                "--class-noun", "dog", "--base-model", str(tiny_flux1_model), "--identifier", "sks",
+                "--class-data", f"s3://{bucket}/class-cache/", "--cache-dir", str(tmp_path / "cache"),
+                "--train-mode", "lora", "--lora-rank", "4", "--train-text-encoder",
+                "--output", f"s3://{bucket}/{output}/", "--log-format", "json"]
+
+    def adapters(output: str) -> dict[str, torch.Tensor]:
+        from safetensors.torch import load_file
+
+        local = tmp_path / output / "lora.safetensors"
+        storage.download_file(f"s3://{bucket}/{output}/lora/pytorch_lora_weights.safetensors", local)
+        return load_file(local)
+
+    reference = JobProcess(job("flux1-reference"))
+    assert reference.wait() == ExitCode.OK, reference.output[-3000:]
+    stopped = JobProcess(job("flux1-preempted"))
+    stopped.wait_for(rf"step 3/{steps}\b")
+    stopped.process.terminate()
+    assert stopped.wait() == ExitCode.TERMINATED, stopped.output[-3000:]
+    newest = CheckpointStore(f"s3://{bucket}/flux1-preempted/", keep=2).list()[0]
+    assert 2 <= newest.step < steps
+
+    resumed = JobProcess(job("flux1-preempted"))
+    assert resumed.wait() == ExitCode.OK, resumed.output[-3000:]
+    assert f"resuming from checkpoint {newest.uri} at step {newest.step}" in resumed.output
+    expected, actual = adapters("flux1-reference"), adapters("flux1-preempted")
+    assert expected.keys() == actual.keys() and any(k.startswith("text_encoder.") for k in expected)
+    mismatched = [k for k in expected if not torch.equal(expected[k], actual[k])]
+    assert not mismatched, f"{len(mismatched)} tensors differ, e.g. {mismatched[:3]}"
