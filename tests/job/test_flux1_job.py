@@ -44,7 +44,7 @@ def test_flux1_lora_with_prior_preservation_loads_on_the_base(photos, bucket, ti
         "train", *SMALL, "--instance-data", photos, "--class-noun", "dog", "--output", run,
         "--base-model", str(tiny_flux1_model), "--class-data", f"s3://{bucket}/class-cache/",
         "--cache-dir", str(tmp_path / "cache"), "--train-mode", "lora", "--lora-rank", "4",
-        "--train-text-encoder"], catch_exceptions=False)
+        "--train-text-encoder", "--lora-merge"], catch_exceptions=False)
     assert outcome.exit_code == ExitCode.OK, outcome.output
     result = json.loads(storage.read_bytes(storage.join(run, "result.json")))
     training = result["training"]
@@ -69,7 +69,13 @@ def test_flux1_lora_with_prior_preservation_loads_on_the_base(photos, bucket, ti
     base = FluxPipeline.from_pretrained(tiny_flux1_model)
     before = sample(base)
     base.load_lora_weights(local)
-    assert not torch.equal(sample(base), before)
+    with_adapters = sample(base)
+    assert not torch.equal(with_adapters, before)
+    # --lora-merge: model/ is the base with the adapters folded in, transformer and CLIP-L.
+    storage.download_dir(storage.join(run, "model"), tmp_path / "merged")
+    merged = FluxPipeline.from_pretrained(tmp_path / "merged")
+    merged.scheduler = base.scheduler  # the job saves the grids' sampler with it
+    torch.testing.assert_close(sample(merged), with_adapters, rtol=1e-4, atol=1e-4)
     # The kohya file names the original FLUX.1 modules (its effect: tests/unit/test_flux1_family.py).
     kohya_file = next(p for p in adapters if p != "lora/pytorch_lora_weights.safetensors")
     kohya_keys = load_file(local / kohya_file.removeprefix("lora/")).keys()
