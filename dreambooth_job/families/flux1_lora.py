@@ -11,7 +11,12 @@ in that order). Their adapters are written as one fused adapter (lora_formats.fu
 downs stacked, the ups block-diagonal, zeros for a part without an adapter. The key map is
 diffusers' reader inverted (loaders/lora_conversion_utils.py, `_convert_kohya_flux_lora_to_diffusers`,
 which reads `linear1` with FLUX.1's own widths, 3 x 3072 + 12288: a model of other widths loads
-the double-stream keys only); tests/unit/test_flux1_family.py loads the file through it.
+the double-stream keys only); tests/unit/test_flux1_family.py loads the file through it. Outside
+the blocks (`img_in`, `txt_in`, `time_in_*`, `vector_in_*`, `guidance_in_*`, `final_layer_linear`)
+the names are the original modules' too, which ComfyUI maps for any module; diffusers 0.42's
+reader drops those keys (it converts them without the `transformer.` prefix), so adapters there
+reach diffusers through its own file only. `norm_out.linear` (`final_layer_adaLN_modulation_1`,
+whose shift and scale halves the original swaps) is refused.
 """
 
 from __future__ import annotations

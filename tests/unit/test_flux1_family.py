@@ -195,7 +195,7 @@ def test_both_lora_files_have_the_same_effect(tiny_flux1_model, tmp_path):
     trained = FluxPipeline.from_pretrained(tiny_flux1_model)
     random_adapters(trained.transformer, [f"transformer_blocks.0.{m}" for m in (
         "attn.to_q", "attn.to_k", "attn.to_v", "attn.to_out.0", "attn.add_k_proj", "attn.to_add_out",
-        "ff.net.0.proj", "ff_context.net.2")], seed=5)
+        "ff.net.0.proj", "ff_context.net.2", "norm1_context.linear")], seed=5)
     random_adapters(trained.text_encoder, ["q_proj", "v_proj", "out_proj"], seed=6)
     modules = FAMILY.lora_format.modules(trained)
     lora_writers.save_lora_diffusers(tmp_path / "diffusers", FAMILY, modules, metadata={})
@@ -206,6 +206,7 @@ def test_both_lora_files_have_the_same_effect(tiny_flux1_model, tmp_path):
             "lora_unet_double_blocks_0_txt_attn_proj.alpha", "lora_unet_double_blocks_0_img_mlp_0.alpha",
             "lora_unet_double_blocks_0_txt_mlp_2.alpha",
             "lora_te1_text_model_encoder_layers_0_self_attn_q_proj.lora_down.weight"} <= set(keys)
+    assert "lora_unet_double_blocks_0_txt_mod_lin.alpha" in keys
     assert all(key.startswith(("lora_unet_double_blocks_0_", "lora_te1_text_model_")) for key in keys)
 
     outputs = []
@@ -222,7 +223,8 @@ def test_both_lora_files_have_the_same_effect(tiny_flux1_model, tmp_path):
 def test_single_stream_adapters_fuse_into_linear1_rows_q_k_v_mlp(tiny_flux1_model):
     """The single-stream block's q, k, v adapters (the default targets reach them) as one update
     of the original `linear1`, whose rows are q, k, v, then the MLP's input: each part's update in
-    its rows, zeros in the MLP's; `proj_out` is `linear2`."""
+    its rows, zeros in the MLP's; `proj_out` is `linear2`; `x_embedder` is `img_in` (diffusers'
+    reader drops the outer modules' keys, ComfyUI's maps every original module name)."""
     from diffusers import FluxPipeline
 
     from dreambooth_job.outputs import lora_writers
@@ -230,7 +232,7 @@ def test_single_stream_adapters_fuse_into_linear1_rows_q_k_v_mlp(tiny_flux1_mode
 
     trained = FluxPipeline.from_pretrained(tiny_flux1_model)
     random_adapters(trained.transformer, ["to_q", "to_k", "to_v", "to_out.0",
-                                          "single_transformer_blocks.0.proj_out"], seed=7)
+                                          "single_transformer_blocks.0.proj_out", "x_embedder"], seed=7)
     kohya = lora_writers.kohya_state_dict(FAMILY, FAMILY.lora_format.modules(trained))
     block = trained.transformer.single_transformer_blocks[0]
 
@@ -248,6 +250,7 @@ def test_single_stream_adapters_fuse_into_linear1_rows_q_k_v_mlp(tiny_flux1_mode
     with torch.no_grad():
         torch.testing.assert_close(kohya_update("single_blocks_0_linear1"), expected)
         torch.testing.assert_close(kohya_update("single_blocks_0_linear2"), update(block.proj_out))
+        torch.testing.assert_close(kohya_update("img_in"), update(trained.transformer.x_embedder))
         double = trained.transformer.transformer_blocks[0].attn
         torch.testing.assert_close(kohya_update("double_blocks_0_img_attn_qkv"), torch.cat(
             [update(double.to_q), update(double.to_k), update(double.to_v)]))
