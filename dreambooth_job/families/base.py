@@ -188,7 +188,8 @@ class ModelFamily(ABC):
 
     def initial_noise(self, pipeline, resolution: int, generator):
         """One image's initial latents at `resolution`, drawn from `generator` on the CPU (the same
-        seed gives the same image on any device), in the denoiser's layout."""
+        seed gives the same image on any device), in the layout the pipeline's `latents` argument
+        takes (the denoiser's for a UNet; FLUX.1's pipeline takes packed tokens)."""
         import torch  # deferred: torch is heavy; families/ is imported without it
 
         side = resolution // pipeline.vae_scale_factor
