@@ -90,7 +90,7 @@ def check_exportable(pipeline, *, single_file: bool, lora_text_encoders: bool = 
     family = for_pipeline(pipeline)
     if single_file:
         family.check_single_file(pipeline)
-    missing = set(family.text_encoder_names) - set(family.lora_format.components)
+    missing = set(family.trained_text_encoder_names()) - set(family.lora_format.components)
     if lora_text_encoders and missing:
         raise InvalidInputError(f"--train-text-encoder with --train-mode lora: {family.name}'s LoRA "
                                 f"files hold no adapters of {', '.join(sorted(missing))}; drop "

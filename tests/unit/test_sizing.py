@@ -15,7 +15,8 @@ FAMILY = {f.name: f for f in families.FAMILIES}
 
 
 @pytest.mark.parametrize(("family", "model"), [("sd", "sd15"), ("sdxl", "sdxl"),
-                                              ("flux2-klein", "flux2-klein-4b")])
+                                              ("flux2-klein", "flux2-klein-4b"),
+                                              ("flux1", "flux1-dev")])
 def test_parameter_counts_are_the_published_architectures(family, model):
     from dreambooth_job.bench.estimate import meta_models
     from dreambooth_job.training import lora_adapters
