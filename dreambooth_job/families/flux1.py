@@ -25,7 +25,8 @@ pipelines/flux/pipeline_flux.py:
   T5 stays frozen), so the LoRA files hold the transformer's and CLIP-L's adapters.
 
 The pipeline's `latents` argument is packed tokens (batch, tokens, 64): `initial_noise` draws the
-pipeline's own (batch, 16, h, w) noise and packs it.
+pipeline's own (batch, 16, h, w) noise and packs it. The single file (--export-single-file) and
+the kohya LoRA file name the transformer's weights in BFL's layout (flux1_layout.py).
 """
 
 from __future__ import annotations

@@ -42,4 +42,5 @@ its published configuration (bench/architectures.py "flux1-dev": transformer of 
 single-stream blocks of 24 heads x 128; CLIP ViT-L/14 123 M and T5-XXL v1.1 encoder 4.76 B; the
 16-channel VAE 84 M). The default LoRA targets (--lora-targets attention, flux1_lora.py) reach the
 double-stream blocks' image and text attention and the single-stream blocks' q, k, v (26.1 M at
-rank 16); text-encoder LoRA on CLIP's q, k, v, out (1.2 M). The FLUX.1 family (families/flux1.py) takes it as its `reference`."""
+rank 16); text-encoder LoRA on CLIP's q, k, v, out (1.2 M). The FLUX.1 family (families/flux1.py)
+takes it as its `reference`."""

@@ -9,7 +9,8 @@ Layout under the output (docs/user-guide.md, "Output layout"), every weight file
 
 - full fine-tuning: `model/` (diffusers' `from_pretrained`); with `--export-single-file` also
   `<subject-id>.safetensors` in the family's original layout (A1111, ComfyUI, `from_single_file`):
-  Stable Diffusion's / SDXL's whole checkpoint, FLUX.2 [klein]'s transformer in BFL's layout.
+  Stable Diffusion's / SDXL's whole checkpoint, FLUX.2 [klein]'s and FLUX.1's transformer in
+  BFL's layout.
 - LoRA: `lora/pytorch_lora_weights.safetensors` (diffusers' `load_lora_weights`) and
   `lora/<subject-id>.safetensors` (kohya-ss keys as the family names them; A1111/ComfyUI), with
   the run in their headers;
