@@ -44,7 +44,8 @@ def test_flux1_lora_with_prior_preservation_loads_on_the_base(photos, bucket, ti
         "train", *SMALL, "--instance-data", photos, "--class-noun", "dog", "--output", run,
         "--base-model", str(tiny_flux1_model), "--class-data", f"s3://{bucket}/class-cache/",
         "--cache-dir", str(tmp_path / "cache"), "--train-mode", "lora", "--lora-rank", "4",
-        "--train-text-encoder", "--lora-merge"], catch_exceptions=False)
+        "--train-text-encoder", "--lora-merge", "--lora-targets", "all", "--export-single-file"],
+        catch_exceptions=False)
     assert outcome.exit_code == ExitCode.OK, outcome.output
     result = json.loads(storage.read_bytes(storage.join(run, "result.json")))
     training = result["training"]
@@ -81,6 +82,17 @@ def test_flux1_lora_with_prior_preservation_loads_on_the_base(photos, bucket, ti
     kohya_keys = load_file(local / kohya_file.removeprefix("lora/")).keys()
     assert "lora_unet_double_blocks_0_img_attn_qkv.lora_down.weight" in kohya_keys
     assert "lora_unet_single_blocks_0_linear1.lora_up.weight" in kohya_keys
+    assert "lora_unet_single_blocks_0_linear2.lora_up.weight" in kohya_keys  # --lora-targets all
+    assert "lora_unet_double_blocks_0_txt_mlp_2.alpha" in kohya_keys
+    # --export-single-file: the merged transformer in BFL's layout.
+    from dreambooth_job.families.bfl_layout import original_state
+    from dreambooth_job.families.flux1_layout import FLUX1_LAYOUT
+
+    storage.download_file(result["outputs"]["single_file"], tmp_path / "single.safetensors")
+    single = load_file(tmp_path / "single.safetensors")
+    expected = original_state(FLUX1_LAYOUT, merged.transformer.state_dict(), "test")
+    assert set(single) == set(expected)
+    assert all(torch.equal(single[key], expected[key]) for key in expected)
     assert all(key.startswith(("lora_unet_double_blocks_", "lora_unet_single_blocks_", "lora_te1_"))
                for key in kohya_keys)
 
