@@ -29,6 +29,7 @@ from dreambooth_job.config import choices as const
 from dreambooth_job.config import sources as config_sources
 from dreambooth_job.devtools import demo as demo_module
 from dreambooth_job.exit_codes import ExitCode
+from dreambooth_job.toyworld.bases import DEFAULT_TOY_BASE, TOY_BASES
 
 # Commands defined in other modules, imported only when invoked or listed: `train` should not pay
 # for the Kubernetes client's import (about 1 s, most of this module's import time).
@@ -107,14 +108,17 @@ def train(**params) -> None:
               help="A directory of your own photos of one subject (with --class-noun); trained on "
                    "a tiny random model, so its pictures are noise.")
 @click.option("--class-noun", default=None, help="The class of the subject in --photos (dog, mug, ...).")
+@click.option("--base", type=click.Choice(list(TOY_BASES)), default=DEFAULT_TOY_BASE, show_default=True,
+              help="The toy world's base: ddpm (Stable Diffusion-shaped UNet) or flow (FLUX.2 "
+                   "[klein]-shaped flow-matching transformer); docs/toy-world.md.")
 def demo(output: str, max_train_steps: int | None, train_mode: str, photos: str | None,
-         class_noun: str | None) -> None:
+         class_noun: str | None, base: str) -> None:
     """Run the real job end to end offline (a local S3 server, the production code path): the toy
     world's base model learns a subject it has never seen, with prior preservation (about a
     minute on 2 CPU cores); prints the subject fidelity before and after and writes a
     before/after picture. With --photos and --class-noun: your photos on a tiny random model."""
     sys.exit(int(demo_module.run_demo(output, max_train_steps=max_train_steps, train_mode=train_mode,
-                                      photos=photos, class_noun=class_noun)))
+                                      photos=photos, class_noun=class_noun, base=base)))
 
 
 @main.command("config")

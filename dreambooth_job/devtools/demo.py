@@ -3,6 +3,7 @@ network and no GPU, through the real job.
 
     dreambooth-job demo                                  # the toy world's subject, about a minute
     dreambooth-job demo --train-mode lora                # the same with LoRA adapters
+    dreambooth-job demo --base flow                      # on the FLUX.2 [klein]-shaped toy base
     dreambooth-job demo --photos DIR --class-noun dog    # your photos, tiny random model: noise
 
 It starts a local S3 server (local directories if none is installed), uploads the subject's
@@ -35,6 +36,7 @@ from dreambooth_job.devtools import s3server, tiny_models
 from dreambooth_job.exit_codes import ExitCode, InvalidInputError
 from dreambooth_job.storage import places as storage
 from dreambooth_job.storage import s3_client
+from dreambooth_job.toyworld.bases import DEFAULT_TOY_BASE
 
 BUCKET = "demo"
 TOY_SUBJECT = "toy-ball"
@@ -54,14 +56,14 @@ def sample_photos_dir() -> Path:
 
 def run_demo(output: str, *, train_mode: str = "full", photos: str | None = None,
              class_noun: str | None = None, max_train_steps: int | None = None,
-             metrics_port: int = 9090) -> ExitCode:
+             metrics_port: int = 9090, base: str = DEFAULT_TOY_BASE) -> ExitCode:
     """The toy world's demo, or with `photos` and `class_noun` the tiny-model run on them."""
     if (photos is None) != (class_noun is None):
         raise InvalidInputError("--photos and --class-noun go together: give both (your photos) "
                                 "or neither (the toy world's subject)")
     root = Path(output).resolve()
     if photos is None:
-        _toy_demo(root, train_mode, max_train_steps, metrics_port)
+        _toy_demo(root, train_mode, max_train_steps, metrics_port, base)
     else:
         files = user_photo_files(Path(photos))
         config = _photos_config(root, store_root(root), class_noun, train_mode,
@@ -73,10 +75,11 @@ def run_demo(output: str, *, train_mode: str = "full", photos: str | None = None
     return ExitCode.OK
 
 
-def _toy_demo(root: Path, train_mode: str, max_train_steps: int | None, metrics_port: int) -> None:
+def _toy_demo(root: Path, train_mode: str, max_train_steps: int | None, metrics_port: int,
+              base: str) -> None:
     from dreambooth_job.toyworld import experiment  # deferred: experiment imports PIL
 
-    ablation = experiment.Ablation(output=root, seeds=[TOY_SEED], train_mode=train_mode)
+    ablation = experiment.Ablation(output=root, base=base, seeds=[TOY_SEED], train_mode=train_mode)
     if max_train_steps is not None:
         ablation.max_train_steps = max_train_steps
     config = _toy_config(ablation, store_root(root), metrics_port)
@@ -207,7 +210,8 @@ def _before_after(ablation, root: Path, run_dir: Path) -> None:
     figure.save(root / PICTURE)
     prompts = measure.subject_prompts(token)
     (root / RECORD).write_text(json.dumps({
-        "identifier": token, "train_mode": ablation.train_mode, "steps": ablation.max_train_steps,
+        "identifier": token, "base": ablation.base, "train_mode": ablation.train_mode,
+        "steps": ablation.max_train_steps,
         "rows": [prompts[key] for key in before_after.ROWS],
         "columns": list(before_after.COLUMNS), "layout": asdict(before_after.Layout()),
         "before": before, "after": after}, indent=2) + "\n")

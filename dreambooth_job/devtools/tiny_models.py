@@ -180,14 +180,14 @@ QWEN_CORPUS = ["a photo of sks dog", "a photo of a dog", "a dog in the snow", "a
                "user assistant system", "a photo of zwx person", "a cat on a sofa"]
 
 
-def qwen_tokenizer():
-    """A small byte-level BPE in Qwen2TokenizerFast, trained in-process on a few phrases, with
-    Qwen's special tokens and a chat template: what Flux2KleinPipeline's prompt encoding calls."""
+def qwen_tokenizer(corpus: list[str] = QWEN_CORPUS, vocab_size: int = 400):
+    """A small byte-level BPE in Qwen2TokenizerFast, trained in-process on a few phrases (`corpus`),
+    with Qwen's special tokens and a chat template: what Flux2KleinPipeline's prompt encoding calls."""
     from tokenizers import ByteLevelBPETokenizer  # deferred: tokenizers comes with transformers
     from transformers import Qwen2TokenizerFast  # deferred: transformers is heavy
 
     bpe = ByteLevelBPETokenizer()
-    bpe.train_from_iterator(QWEN_CORPUS, vocab_size=400, min_frequency=1,
+    bpe.train_from_iterator(corpus, vocab_size=vocab_size, min_frequency=1,
                             special_tokens=QWEN_SPECIAL_TOKENS)
     with tempfile.TemporaryDirectory() as tmp:
         bpe.save_model(tmp)

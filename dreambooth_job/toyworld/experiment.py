@@ -19,24 +19,16 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from dreambooth_job.config.choices import DEFAULT_LORA_TARGETS
 from dreambooth_job.config.subject_identifier import choose_identifier
 from dreambooth_job.config.train_config import TrainConfig
 from dreambooth_job.outputs.lora_writers import DIFFUSERS_WEIGHT_NAME
 from dreambooth_job.toyworld import measure, world
+from dreambooth_job.toyworld.bases import DEFAULT_TOY_BASE, TOY_BASES
 from dreambooth_job.training.base_models import load_pipeline, resolve_base_model
-from dreambooth_job.training.lora_adapters import UNET_CONV_TARGETS
 
 log = logging.getLogger(__name__)
 
-ASSET_BASE_MODEL = Path(__file__).resolve().parent.parent / "assets" / "toyworld" / "base"
 VARIANTS = {"ppl": True, "no-ppl": False}
-# The toy's learning rates per --train-mode (docs/toy-world.md): higher than the job's defaults
-# (5e-6 / 1e-4, tuned for Stable Diffusion), since the toy learns in 500 steps at batch 1.
-LEARNING_RATES = {"full": 4e-4, "lora": 2e-3}
-# LoRA targets: the toy UNet has attention only at 8x8, and attention-only adapters learned only
-# half the subject (a magenta ball), so the ResNet convolutions are adapted too (docs/toy-world.md).
-LORA_TARGETS = (*DEFAULT_LORA_TARGETS, *UNET_CONV_TARGETS)
 METRICS = ("subject_fidelity", "prompt_fidelity", "context_subject_fidelity", "class_leakage",
            "class_diversity", "class_background_diversity")
 
@@ -44,18 +36,29 @@ METRICS = ("subject_fidelity", "prompt_fidelity", "context_subject_fidelity", "c
 @dataclass
 class Ablation:
     output: Path
-    base_model: Path = ASSET_BASE_MODEL
+    base: str = DEFAULT_TOY_BASE
+    """A key of TOY_BASES: the base model (unless `base_model` is given) and its settings."""
+    base_model: Path = None  # type: ignore[assignment]  # set by __post_init__
+    """Default: TOY_BASES[base].path."""
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
     max_train_steps: int = 500
     train_mode: str = "full"
     learning_rate: float | None = None
-    """None: LEARNING_RATES[train_mode]."""
+    """None: the base's learning rate for train_mode."""
     lora_rank: int = 8
-    lora_target_modules: list[str] = field(default_factory=lambda: list(LORA_TARGETS))
+    lora_target_modules: list[str] = None  # type: ignore[assignment]  # set by __post_init__
+    """Default: the base's LoRA targets."""
     num_class_images: int = 50
     photos: int = 5
     eval_size: measure.EvalSize = field(default_factory=measure.EvalSize)
     grids: bool = True
+
+    def __post_init__(self) -> None:
+        toy = TOY_BASES[self.base]
+        if self.base_model is None:
+            self.base_model = toy.path
+        if self.lora_target_modules is None:
+            self.lora_target_modules = list(toy.lora_targets)
 
 
 def write_subject(directory: Path, count: int) -> Path:
@@ -94,7 +97,7 @@ def _lora_options(ablation: Ablation) -> dict:
 def learning_rate(ablation: Ablation) -> float:
     if ablation.learning_rate is not None:
         return ablation.learning_rate
-    return LEARNING_RATES[ablation.train_mode]
+    return TOY_BASES[ablation.base].learning_rates[ablation.train_mode]
 
 
 def load(path: Path, lora_dir: Path | None = None):
@@ -149,7 +152,7 @@ def run(ablation: Ablation) -> dict:
                "summary": summarise(results)}
     (out / "metrics.json").write_text(json.dumps(summary, indent=2) + "\n")
     (out / "table.md").write_text(
-        table(summary["summary"], len(ablation.seeds), ablation.train_mode) + "\n")
+        table(summary["summary"], len(ablation.seeds), ablation.train_mode, ablation.base) + "\n")
     if ablation.grids:
         write_grids(out / "grids", pictures, token, subject)
     return summary
@@ -180,13 +183,15 @@ def summarise(results: dict) -> dict:
     return summary
 
 
-def table(summary: dict, seeds: int, train_mode: str = "full") -> str:
+def table(summary: dict, seeds: int, train_mode: str = "full", base: str = DEFAULT_TOY_BASE) -> str:
     header = "| model | " + " | ".join(m.replace("_", " ") for m in METRICS) + " |"
     lines = [header, "|" + "---|" * (len(METRICS) + 1)]
     for model, metrics in summary.items():
         cells = [f"{v['mean']:.2f} ({v['min']:.2f}-{v['max']:.2f})" for v in metrics.values()]
         lines.append(f"| {model} | " + " | ".join(cells) + " |")
-    return "\n".join(lines) + f"\n\nMean (min-max) over {seeds} seed(s), --train-mode {train_mode}."
+    # The default base's line stays as it was before there were two bases.
+    options = f"--train-mode {train_mode}" + ("" if base == DEFAULT_TOY_BASE else f", --base {base}")
+    return "\n".join(lines) + f"\n\nMean (min-max) over {seeds} seed(s), {options}."
 
 
 def write_grids(directory: Path, pictures: dict, token: str, subject: Path) -> None:

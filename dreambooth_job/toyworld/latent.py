@@ -28,14 +28,28 @@ CHANNELS = 16
 LATENT_CHANNELS = 4
 
 
+# The VAE's architecture, shared with the flow-matching base's AutoencoderKLFlux2
+# (toyworld/flow_base.py), whose encoder and decoder are the same diffusers modules.
+ARCHITECTURE = {"in_channels": 3, "out_channels": 3, "latent_channels": LATENT_CHANNELS,
+                "block_out_channels": (CHANNELS, CHANNELS), "layers_per_block": 1,
+                "down_block_types": ("DownEncoderBlock2D",) * 2,
+                "up_block_types": ("UpDecoderBlock2D",) * 2, "norm_num_groups": CHANNELS // 4,
+                "mid_block_add_attention": False}
+
+
 def build_vae(sample_size: int = 32):
     from diffusers import AutoencoderKL  # deferred: diffusers is heavy
 
-    vae = AutoencoderKL(
-        in_channels=3, out_channels=3, latent_channels=LATENT_CHANNELS,
-        block_out_channels=(CHANNELS, CHANNELS), layers_per_block=1,
-        down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
-        norm_num_groups=CHANNELS // 4, sample_size=sample_size, mid_block_add_attention=False)
+    vae = AutoencoderKL(**ARCHITECTURE, sample_size=sample_size)
+    set_lossless_weights(vae)
+    vae.register_to_config(scaling_factor=1.0)
+    return vae.eval().requires_grad_(False)
+
+
+def set_lossless_weights(vae) -> None:
+    """Set the weights of a VAE built with ARCHITECTURE (diffusers' Encoder and Decoder, 1x1
+    quant_conv and post_quant_conv) so that it encodes as a 2x2 average and decodes as a 2x
+    nearest upsample."""
     with torch.no_grad():
         for p in vae.parameters():
             p.zero_()
@@ -58,8 +72,6 @@ def build_vae(sample_size: int = 32):
         _split(dec.conv_in, inputs=LATENT_CHANNELS)
         _centre_identity(dec.up_blocks[0].upsamplers[0].conv)
         _merge(dec.conv_norm_out, dec.conv_out, outputs=3)
-    vae.register_to_config(scaling_factor=1.0)
-    return vae.eval().requires_grad_(False)
 
 
 def _identity(conv) -> None:

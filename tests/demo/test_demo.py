@@ -16,10 +16,12 @@ from PIL import Image
 
 from dreambooth_job.cli import main
 from dreambooth_job.devtools import demo
-from dreambooth_job.toyworld import before_after, features, measure
+from dreambooth_job.toyworld import bases, before_after, features, measure
 
 # At least half the smallest gain measured over seeds 0-2 (docs/toy-world.md, the demo's section).
 FIDELITY_MARGIN = 0.4
+FLOW_FIDELITY_MARGIN = 0.2
+"""The same for the flow-matching base (docs/toy-world.md, its section)."""
 
 
 def _subject_match(figure: Image.Image, layout: before_after.Layout, row: int, column: int) -> float:
@@ -66,6 +68,20 @@ def test_demo_learns_the_toy_subject_and_shows_it_before_and_after(tmp_path):
     grids = [i for i in seen.images if "/samples/step-" in i["src"]]
     assert grids and all(i["complete"] and i["width"] > 0 and i["height"] > 0 for i in seen.images)
     assert token in seen.text and "prior loss" in seen.text
+
+
+@pytest.mark.slow
+def test_demo_on_the_flow_matching_base_learns_the_toy_subject(tmp_path):
+    """The FLUX.2 [klein]-shaped toy base through the same job: its transformer learns the subject."""
+    result = CliRunner().invoke(main, ["demo", "--base", "flow", "--output", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    record = json.loads((tmp_path / demo.RECORD).read_text())
+    assert record["base"] == "flow"
+    assert record["after"]["subject_fidelity"] > record["before"]["subject_fidelity"] + FLOW_FIDELITY_MARGIN
+    run = json.loads((tmp_path / "run" / "result.json").read_text())
+    assert run["status"] == "succeeded" and run["config"]["prior_preservation"]
+    assert run["config"]["base_model"] == str(bases.ASSET_FLOW_BASE_MODEL)
+    assert (tmp_path / "run" / "model" / "transformer").is_dir()
 
 
 @pytest.mark.slow

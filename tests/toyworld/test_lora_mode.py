@@ -11,7 +11,7 @@ from click.testing import CliRunner
 
 from dreambooth_job.cli import main
 from dreambooth_job.config.choices import DEFAULT_LORA_TARGETS
-from dreambooth_job.toyworld import experiment
+from dreambooth_job.toyworld import bases, experiment
 from dreambooth_job.training.lora_adapters import UNET_CONV_TARGETS
 
 
@@ -25,7 +25,7 @@ def _config(tmp_path, **settings):
 def test_lora_mode_trains_adapters_on_attention_and_convolutions_at_the_toys_rate(tmp_path):
     config = _config(tmp_path, train_mode="lora")
     assert config.train_mode == "lora"
-    assert config.learning_rate == experiment.LEARNING_RATES["lora"]
+    assert config.learning_rate == bases.LEARNING_RATES["lora"]
     assert config.lora_rank == 8
     assert set(UNET_CONV_TARGETS) | {"to_q", "to_k", "to_v", "to_out.0"} == set(config.lora_target_modules)
 

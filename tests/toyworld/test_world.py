@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from dreambooth_job.toyworld import experiment, features, world
+from dreambooth_job.toyworld import bases, features, world
 from dreambooth_job.toyworld.latent import build_vae
 
 
@@ -59,7 +59,7 @@ def test_diversity_is_high_for_the_world_and_zero_for_copies(seed):
 
 
 def test_shipped_base_model_is_complete():
-    base = experiment.ASSET_BASE_MODEL
+    base = bases.ASSET_BASE_MODEL
     assert (base / "model_index.json").is_file()
     assert (base / "loss.csv").is_file()
     recipe = json.loads((base / "train.json").read_text())
@@ -73,7 +73,7 @@ def test_compact_fixture_loads_in_fp32_with_the_real_clip_tokenizer():
     from dreambooth_job.devtools.tiny_models import clip_tokenizer
     from dreambooth_job.training.base_models import load_pipeline, resolve_base_model
 
-    pipeline = load_pipeline(resolve_base_model(str(experiment.ASSET_BASE_MODEL), "/nonexistent"),
+    pipeline = load_pipeline(resolve_base_model(str(bases.ASSET_BASE_MODEL), "/nonexistent"),
                              "/nonexistent")
     assert {pipeline.unet.dtype, pipeline.text_encoder.dtype, pipeline.vae.dtype} == {torch.float32}
     captions = [world.caption("ball", "red", "green"), "a olis ball", "a box on a black background"]
