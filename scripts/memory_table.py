@@ -10,25 +10,14 @@ cached latents and embeddings, text encoders off the GPU) and whether it fits an
 
 from __future__ import annotations
 
-from dreambooth_job.bench.architectures import FLUX1_DEV_TRANSFORMER_CONFIG
 from dreambooth_job.bench.estimate import VAE_SCALE, estimate, meta_models
 from dreambooth_job.config.train_config import TrainConfig
-from dreambooth_job.exit_codes import InvalidInputError
-from dreambooth_job.families import reference
-from dreambooth_job.families.transformer_activations import FLUX1_DEV_ACTIVATIONS
 from dreambooth_job.training import lora_adapters, memory_fit
 from dreambooth_job.training.memory_estimate import GIB
 
 UNET_MODELS = ("sd15", "sdxl")
 FLOW_MODELS = ("flux2-klein-4b", "flux2-klein-9b", "flux1-dev")
 A100_GIB = (40, 80)
-# Until its family is in the tree (families/flux1.py), FLUX.1 [dev]'s rows come from its published
-# counts and calibration directly: the same numbers the family will give through its hooks.
-WITHOUT_FAMILY = {"flux1-dev": (
-    memory_fit.ModelCounts(denoiser=reference.FLUX1_DEV.denoiser,
-                           text_encoders=reference.FLUX1_DEV.text_encoders, vae=reference.FLUX1_DEV.vae,
-                           denoiser_adapters=reference.FLUX1_DEV_DENOISER_LORA_RANK16),
-    FLUX1_DEV_ACTIVATIONS, FLUX1_DEV_TRANSFORMER_CONFIG)}
 
 
 def unet_rows() -> list[str]:
@@ -74,16 +63,12 @@ def flow_rows() -> list[str]:
     lines = ["| model | resolution | mode | leanest estimate | + 8-bit Adam | A100 40 GB | A100 80 GB |",
              "|---|---|---|---|---|---|---|"]
     for model in FLOW_MODELS:
-        try:
-            built = meta_models(model)
-            counts, family = _counts(built), built.family
-            config, levels_of = built.modules["denoiser"].config, built.family.activation_levels
-        except InvalidInputError:  # its family is not in this tree (families.FAMILIES)
-            counts, family, config = WITHOUT_FAMILY[model]  # the calibration prices as a family does
-            levels_of = family.levels
+        built = meta_models(model)
+        counts, family = _counts(built), built.family
+        config = built.modules["denoiser"].config
         for mode in ("lora", "full"):
             for resolution in (512, 1024):
-                levels = levels_of(config, resolution // VAE_SCALE)
+                levels = family.activation_levels(config, resolution // VAE_SCALE)
                 run = memory_fit.RunShape(lora=mode == "lora", train_text_encoder=False,
                                           use_8bit_adam=False, images_per_step=2)
                 peaks = [memory_fit.leanest_peak_bytes(

@@ -132,6 +132,17 @@ def tiny_flux2_klein_model(tmp_path_factory) -> Path:
     return path
 
 
+@pytest.fixture(scope="session")
+def tiny_flux1_model(tmp_path_factory) -> Path:
+    """The tiny random FLUX.1-shaped pipeline (CLIP and T5 text encoders, a Flux transformer with
+    the guidance embedding, an AutoencoderKL with shift and scale factors), saved once per run."""
+    from dreambooth_job.devtools import tiny_models
+
+    path = tmp_path_factory.mktemp("tiny-flux1-model")
+    tiny_models.build_tiny_flux1_pipeline(path)
+    return path
+
+
 @pytest.fixture
 def family_model(request) -> FamilyModel:
     """The tiny model of the family a `@every_family` test (helpers.py) runs for; SD elsewhere,

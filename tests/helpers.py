@@ -12,6 +12,7 @@ import pytest
 FAMILY_MODELS = {
     "sd": "tiny_model",
     "flux2-klein": "tiny_flux2_klein_model",
+    "flux1": "tiny_flux1_model",
 }
 every_family = pytest.mark.parametrize("family_model", list(FAMILY_MODELS), indirect=True)
 """Run the test once per family of FAMILY_MODELS, with the `family_model` fixture set to it."""

@@ -22,8 +22,8 @@ random weights, so a benchmark needs no download:
   musubi-tuner copy it). Non-commercial licence;
 - flux1-dev: FLUX.1 [dev] (19 double- and 38 single-stream blocks of 24 heads x 128, joint
   attention 4096, pooled 768, guidance embedding; CLIP ViT-L/14 and T5-XXL v1.1 encoder (24 layers,
-  d_model 4096, gated GELU 10240, 64 heads); AutoencoderKL with 16 latent channels; 1024 px).
-  Estimates only (its family is families/flux1.py; the T5 tokenizer here is the tiny CLIP one).
+  d_model 4096, gated GELU 10240, 64 heads); AutoencoderKL with 16 latent channels, shift 0.1159 and
+  scale 0.3611; 1024 px). Its family is families/flux1.py; the T5 tokenizer is the tiny test one.
 
 Built on any device: `device="meta"` gives the shapes without memory, which memory_estimate.py's estimate
 (bench/estimate.py) and bench's refusal read before anything real is allocated. The model's family
@@ -271,4 +271,4 @@ def _flux1_dev(seed: int, device: str):
         max_shift=1.15, base_image_seq_len=256, max_image_seq_len=4096)
     return FluxPipeline(scheduler=scheduler, vae=vae, text_encoder=text_encoder,
                         tokenizer=clip_tokenizer(), text_encoder_2=text_encoder_2,
-                        tokenizer_2=clip_tokenizer(), transformer=transformer)
+                        tokenizer_2=tiny_models.t5_tokenizer(), transformer=transformer)

@@ -1,6 +1,7 @@
 """Offline building blocks for tests, the demo, bench and the toy world: Stable Diffusion's real CLIP
-tokenizer (from the BPE merges open_clip_torch ships), tiny random SD-, SDXL- and FLUX.2 [klein]-shaped
-pipelines (with a small in-process BPE for klein's Qwen3 encoder). Nothing
+tokenizer (from the BPE merges open_clip_torch ships), tiny random SD-, SDXL-, FLUX.2 [klein]- and
+FLUX.1-shaped pipelines (with a small in-process BPE for klein's Qwen3 encoder and a small Unigram
+for FLUX.1's T5). Nothing
 here downloads anything; the job itself never imports this module.
 """
 
@@ -10,6 +11,7 @@ import gzip
 import importlib.util
 import json
 import os
+import string
 import tempfile
 from pathlib import Path
 
@@ -236,5 +238,76 @@ def build_tiny_flux2_klein_pipeline(output_dir: str | os.PathLike, seed: int = 0
         max_shift=1.15, base_image_seq_len=256, max_image_seq_len=4096, time_shift_type="exponential")
     pipeline = Flux2KleinPipeline(scheduler=scheduler, vae=vae, text_encoder=text_encoder,
                                   tokenizer=tokenizer, transformer=transformer)
+    pipeline.save_pretrained(output_dir, safe_serialization=True)
+    return pipeline
+
+
+T5_SPECIAL_TOKENS = ("<pad>", "</s>", "<unk>")
+"""T5's first ids: padding 0, end of sequence 1, unknown 2."""
+
+
+def t5_tokenizer():
+    """A small SentencePiece-style Unigram in T5TokenizerFast, what FluxPipeline's T5 prompt
+    encoding calls: T5's special tokens, then every word of a few phrases as one piece (`▁word`),
+    then their letters, so any lowercase prompt tokenizes. Built from a fixed vocabulary, not
+    trained (the `tokenizers` Unigram trainer's ids vary between runs), and nothing is downloaded."""
+    from transformers import T5TokenizerFast  # deferred: transformers is heavy
+
+    words = sorted({word for phrase in QWEN_CORPUS for word in phrase.split()})
+    letters = sorted({c for word in words for c in word} | set(string.ascii_lowercase))
+    vocab = [(token, 0.0) for token in T5_SPECIAL_TOKENS] + [("\u2581", -2.0)]
+    vocab += [("\u2581" + word, -1.0) for word in words] + [(letter, -3.0) for letter in letters]
+    return T5TokenizerFast(vocab=vocab, extra_ids=0)
+
+
+def build_tiny_flux1_pipeline(output_dir: str | os.PathLike, seed: int = 0):
+    """Save a tiny random FLUX.1-shaped pipeline in diffusers format; returns it. CLIP (the real
+    tokenizer; its pooled output conditions the transformer's `pooled_projections`) and T5 (a
+    small Unigram tokenizer; its last hidden states are the text tokens), a Flux transformer with
+    one double- and one single-stream block and the guidance embedding of FLUX.1 [dev], and an
+    AutoencoderKL with FLUX.1's shift and scale factors that downsamples 2x into 4 channels,
+    packed 2x2 into the transformer's 16: a 64 px image is 16x16 tokens. The scheduler is
+    FLUX.1 [dev]'s flow-matching Euler with dynamic shifting."""
+    import torch  # deferred: torch is heavy
+    from diffusers import (  # deferred: diffusers is heavy
+        AutoencoderKL,
+        FlowMatchEulerDiscreteScheduler,
+        FluxPipeline,
+        FluxTransformer2DModel,
+    )
+    from transformers import (  # deferred: transformers is heavy
+        CLIPTextConfig,
+        CLIPTextModel,
+        T5Config,
+        T5EncoderModel,
+    )
+
+    _, _, text_width, text_layers = TINY_SIZES["tiny"]
+    tokenizer_2 = t5_tokenizer()
+    torch.manual_seed(seed)
+    transformer = FluxTransformer2DModel(
+        patch_size=1, in_channels=16, num_layers=1, num_single_layers=1, attention_head_dim=16,
+        num_attention_heads=2, joint_attention_dim=24, pooled_projection_dim=text_width,
+        guidance_embeds=True, axes_dims_rope=(4, 6, 6))
+    vae = AutoencoderKL(
+        in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(8, 16),
+        down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
+        norm_num_groups=4, sample_size=64, use_quant_conv=False, use_post_quant_conv=False,
+        shift_factor=0.1159, scaling_factor=0.3611)
+    text_encoder = CLIPTextModel(CLIPTextConfig(
+        vocab_size=49408, hidden_size=text_width, intermediate_size=text_width * 4,
+        num_hidden_layers=text_layers, num_attention_heads=4, max_position_embeddings=CLIP_MAX_LENGTH,
+        bos_token_id=49406, eos_token_id=49407, pad_token_id=49407, hidden_act="quick_gelu"))
+    text_encoder_2 = T5EncoderModel(T5Config(
+        vocab_size=len(tokenizer_2), d_model=24, d_kv=8, d_ff=32, num_layers=2, num_heads=3,
+        relative_attention_num_buckets=8, feed_forward_proj="gated-gelu", is_encoder_decoder=False,
+        decoder_start_token_id=0, pad_token_id=0, eos_token_id=1))
+    # FLUX.1 [dev]'s scheduler_config.json.
+    scheduler = FlowMatchEulerDiscreteScheduler(
+        num_train_timesteps=1000, shift=3.0, use_dynamic_shifting=True, base_shift=0.5,
+        max_shift=1.15, base_image_seq_len=256, max_image_seq_len=4096)
+    pipeline = FluxPipeline(scheduler=scheduler, vae=vae, text_encoder=text_encoder,
+                            tokenizer=clip_tokenizer(), text_encoder_2=text_encoder_2,
+                            tokenizer_2=tokenizer_2, transformer=transformer)
     pipeline.save_pretrained(output_dir, safe_serialization=True)
     return pipeline

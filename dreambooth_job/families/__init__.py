@@ -2,8 +2,8 @@
 
 A `ModelFamily` (base.py) owns the denoiser and how it is called, the training objective
 (objective.py: DDPM's epsilon or v today), latent and prompt encoding, the sampler, loading and
-saving, and which modules train; SD 1.x/2.x (sd.py), SDXL (sdxl.py) and FLUX.2 [klein]
-(flux2.py) implement it. The Trainer
+saving, and which modules train; SD 1.x/2.x (sd.py), SDXL (sdxl.py), FLUX.2 [klein]
+(flux2.py) and FLUX.1 (flux1.py) implement it. The Trainer
 (training/), generation/sampling.py, the phases and `generate` reach the model only through it.
 `models.load_pipeline` picks the family from the base model's model_index.json (`detect`); code
 handed a pipeline asks `for_pipeline`. A `TrainMode` (base.py; LoRA in lora_mode.py) says what
@@ -24,12 +24,13 @@ from pathlib import Path
 
 from dreambooth_job.exit_codes import InvalidInputError
 from dreambooth_job.families.base import FULL_FINE_TUNE, ModelFamily, PromptEmbeddings, TrainMode
+from dreambooth_job.families.flux1 import Flux1
 from dreambooth_job.families.flux2 import Flux2Klein
 from dreambooth_job.families.lora_mode import LoraTrainMode
 from dreambooth_job.families.sd import StableDiffusion
 from dreambooth_job.families.sdxl import StableDiffusionXL
 
-FAMILIES: tuple[ModelFamily, ...] = (StableDiffusion(), StableDiffusionXL(), Flux2Klein())
+FAMILIES: tuple[ModelFamily, ...] = (StableDiffusion(), StableDiffusionXL(), Flux2Klein(), Flux1())
 
 __all__ = ["FAMILIES", "FULL_FINE_TUNE", "ModelFamily", "PromptEmbeddings", "TrainMode", "detect",
            "detect_local", "for_class_name", "for_pipeline", "train_mode"]

@@ -119,12 +119,16 @@ class ModelFamily(ABC):
     def text_encoders(self, pipeline) -> dict[str, Any]:
         return {name: getattr(pipeline, name) for name in self.text_encoder_names}
 
+    def trained_text_encoder_names(self) -> tuple[str, ...]:
+        """The text encoders --train-text-encoder trains: all of them here (FLUX.1: CLIP-L only)."""
+        return self.text_encoder_names
+
     def trainable_modules(self, pipeline, train_text_encoder: bool) -> dict[str, Any]:
         """The modules fine-tuning updates: the denoiser first, under the key "denoiser", then the
-        text encoders under their pipeline attributes (the optimizer's parameter order)."""
+        text encoders that train under their pipeline attributes (the optimizer's parameter order)."""
         modules = {"denoiser": self.denoiser(pipeline)}
         if train_text_encoder:
-            modules.update(self.text_encoders(pipeline))
+            modules.update({name: getattr(pipeline, name) for name in self.trained_text_encoder_names()})
         return modules
 
     @abstractmethod
@@ -193,7 +197,8 @@ class ModelFamily(ABC):
 
     def initial_noise(self, pipeline, resolution: int, generator):
         """One image's initial latents at `resolution`, drawn from `generator` on the CPU (the same
-        seed gives the same image on any device), in the denoiser's layout."""
+        seed gives the same image on any device), in the layout the pipeline's `latents` argument
+        takes (the denoiser's for a UNet; FLUX.1's pipeline takes packed tokens)."""
         import torch  # deferred: torch is heavy; families/ is imported without it
 
         side = resolution // pipeline.vae_scale_factor

@@ -1,16 +1,17 @@
 """Black Forest Labs' original checkpoint layout for FLUX-style transformers, against diffusers'
 module names: one key map per family (a `BflLayout`), read by both the single-file export
 (`original_state`) and the kohya-style LoRA file (`kohya_lora`), so the two cannot drift apart.
-Family-neutral: FLUX.2's table is in flux2_layout.py; FLUX.1 [dev]'s blocks have the same shape
-(`double_blocks.N.img_attn.qkv`, `single_blocks.N.linear1`, `query_norm.scale`) with other
-diffusers names and fusions.
+Family-neutral: FLUX.2's table is in flux2_layout.py, FLUX.1's in flux1_layout.py; their blocks
+have the same shape (`double_blocks.N.img_attn.qkv`, `single_blocks.N.linear1`,
+`query_norm.scale`) with other diffusers names and fusions.
 
 In the original layout several diffusers projections are one module: the attention's q, k and v
 (`img_attn.qkv`), and in single-stream blocks whatever `linear1` fuses. A fused weight is the
 parts' weights stacked on the output dimension, in the table's order (the inverse of diffusers'
 `convert_flux2_transformer_checkpoint_to_diffusers`, which chunks it). A fused LoRA adapter is the
 parts' adapters as one adapter of the summed rank: A matrices stacked, B block-diagonal (exactly
-the sum of the parts' updates); a part that has no adapter contributes zero rows.
+the sum of the parts' updates); a part that has no adapter contributes zero rows (its own
+output's: the transformer's module says how many).
 
 Keys: `<prefix>.<BFL module>.<param>`; the RMS norms' weights are `.scale` there (`query_norm`,
 `key_norm`), and `final_layer.adaLN_modulation.1` holds (shift, scale) where diffusers' `norm_out`
@@ -72,6 +73,19 @@ class BflLayout:
         return bfl.format(index), position, count
 
 
+    def fused_parts(self, module: str) -> tuple[str, ...]:
+        """The diffusers module paths fused with `module` (itself among them), in the fusion's
+        order, e.g. `single_transformer_blocks.2.attn.to_k` -> (`...2.attn.to_q`, `...2.attn.to_k`,
+        `...2.attn.to_v`, `...2.proj_mlp`) for FLUX.1's `linear1`; (`module`,) when unfused."""
+        for stack, rows in ((self.double_blocks[0], self.double), (self.single_blocks[0], self.single)):
+            head, _, rest = module.partition(".")
+            index, _, inner = rest.partition(".")
+            if head == stack and index.isdigit():
+                return next((tuple(f"{stack}.{index}.{p}" for p in parts)
+                             for parts in rows.values() if inner in parts), (module,))
+        return next((parts for parts in self.top.values() if module in parts), (module,))
+
+
 def original_state(layout: BflLayout, state: Mapping, what: str) -> dict:
     """A diffusers transformer state dict in the original layout (fused parts stacked, norms'
     `.scale`, swapped halves); InvalidInputError (`what` names the export) for a weight the layout
@@ -101,37 +115,45 @@ def original_state(layout: BflLayout, state: Mapping, what: str) -> dict:
     return out
 
 
-def original_lora(layout: BflLayout, pairs: Mapping[str, tuple]) -> dict[str, tuple]:
-    """{BFL module: (down, up)} of peft adapters {diffusers module: (lora_A, lora_B)}. A fused
-    module's adapter has the parts' summed rank; its up matrix is multiplied by the number of parts
-    (the loaders scale by alpha / rank, and the rank grew by that factor). ValueError for a module
-    the layout has no name for."""
+def original_lora(layout: BflLayout, pairs: Mapping[str, tuple], transformer) -> dict[str, tuple]:
+    """{BFL module: (down, up)} of peft adapters {diffusers module: (lora_A, lora_B)} on
+    `transformer`. A fused module's adapter has the parts' summed rank; its up matrix is multiplied
+    by the number of parts (the loaders scale by alpha / rank, and the rank grew by that factor).
+    A part without an adapter adds zero rows, as many as that module of `transformer` outputs
+    (FLUX.1's `linear1` fuses q, k, v of the width with an MLP input of 4 widths). ValueError for a
+    module the layout has no name for."""
     import torch  # deferred: torch is heavy
 
     grouped: dict[str, list] = {}
+    present: dict[str, str] = {}
     for module, pair in pairs.items():
         found = layout.original(module)
         if found is None:
             raise ValueError(f"no original name for the adapted module {module}")
         bfl, position, count = found
         grouped.setdefault(bfl, [None] * count)[position] = pair
+        present[bfl] = module
     out = {}
     for bfl, parts in grouped.items():
         if len(parts) == 1:
-            out[bfl] = parts[0]
+            down, up = parts[0]
+            if bfl in layout.swapped_halves:  # the up matrix's rows are the output's
+                first, second = up.chunk(2, dim=0)
+                up = torch.cat([second, first])
+            out[bfl] = (down, up)
             continue
         down_like, up_like = next(p for p in parts if p is not None)
         rank = down_like.shape[0]
+        paths = layout.fused_parts(present[bfl])
         downs = [p[0] if p else torch.zeros_like(down_like) for p in parts]
-        # A part without an adapter adds zero rows of a present part's size: right for q, k, v
-        # (equal sizes); a family fusing parts of other sizes must adapt all of them.
-        ups = [p[1] if p else torch.zeros(up_like.shape[0], rank, dtype=up_like.dtype) for p in parts]
+        ups = [p[1] if p else up_like.new_zeros(transformer.get_submodule(path).out_features, rank)
+               for p, path in zip(parts, paths)]
         out[bfl] = (torch.cat(downs), len(parts) * torch.block_diag(*ups))
     return out
 
 
-def kohya_lora(layout: BflLayout, peft_state: Mapping) -> dict:
-    """kohya's single-file LoRA keys of a transformer's peft adapter tensors (`<module>.lora_A.weight`):
+def kohya_lora(layout: BflLayout, peft_state: Mapping, transformer) -> dict:
+    """kohya's single-file LoRA keys of `transformer`'s peft adapter tensors (`<module>.lora_A.weight`):
     `lora_unet_<BFL module, '.' as '_'>.lora_down.weight`, `.lora_up.weight` and `.alpha` (the rank
     here; the writer puts the LoRA alpha in). ValueError for a module the layout has no name for."""
     import torch  # deferred: torch is heavy
@@ -139,7 +161,7 @@ def kohya_lora(layout: BflLayout, peft_state: Mapping) -> dict:
     pairs = {key.removesuffix(".lora_A.weight"): (tensor, peft_state[key.replace("lora_A", "lora_B")])
              for key, tensor in peft_state.items() if key.endswith(".lora_A.weight")}
     kohya = {}
-    for module, (down, up) in sorted(original_lora(layout, pairs).items()):
+    for module, (down, up) in sorted(original_lora(layout, pairs, transformer).items()):
         name = "lora_unet_" + module.replace(".", "_")
         kohya.update({f"{name}.lora_down.weight": down, f"{name}.lora_up.weight": up,
                       f"{name}.alpha": torch.tensor(float(down.shape[0]))})

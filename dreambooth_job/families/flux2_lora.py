@@ -52,4 +52,5 @@ class Flux2LoraFormat(TransformerLoraFormat):
     def kohya_state(self, adapters, modules) -> dict[str, dict]:
         """{"transformer": {kohya key: tensor}}; refuses (ValueError) an adapted module the
         original layout has no name for."""
-        return {self.components[0]: kohya_lora(FLUX2_LAYOUT, adapters.get(self.components[0], {}))}
+        transformer = self.components[0]
+        return {transformer: kohya_lora(FLUX2_LAYOUT, adapters.get(transformer, {}), modules[transformer])}

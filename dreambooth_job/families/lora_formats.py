@@ -16,6 +16,9 @@ outputs/lora_writers.py's; what differs between families is here:
   `ss_base_model_version: sdxl_base_v1-0` (A1111 filters SDXL LoRAs by it).
 - FLUX.2 [klein]: `Flux2KleinPipeline.save_lora_weights` (the transformer's adapters only);
   kohya keys name the original checkpoint's modules, q/k/v fused (families/flux2_lora.py).
+- FLUX.1: `FluxPipeline.save_lora_weights` (the transformer's and CLIP-L's adapters); kohya keys
+  name the original checkpoint's modules, q/k/v (and the single-stream MLP input) fused, CLIP-L as
+  `lora_te1_` (families/flux1_lora.py).
 
 Which modules carry adapters is the format's too: `target_presets` (`--lora-targets attention|
 attention-mlp|all`, the denoiser's) and `text_encoder_targets` (--train-text-encoder's), so that
@@ -128,7 +131,7 @@ class UNetLoraFormat(LoraFormat):
 class TransformerLoraFormat(LoraFormat):
     """The LoRA files of a diffusers family whose denoiser is a transformer that diffusers'
     pipeline saves alone (`transformer_lora_layers`); each family names its kohya keys
-    (`kohya_state`: FLUX.2's in flux2_lora.py)."""
+    (`kohya_state`: FLUX.2's in flux2_lora.py, FLUX.1's in flux1_lora.py)."""
 
     pipeline_class: str
     components: tuple[str, ...] = ("transformer",)
@@ -143,3 +146,4 @@ class TransformerLoraFormat(LoraFormat):
         writer.save_lora_weights(directory, transformer_lora_layers=layers.get(self.components[0]),
                                  weight_name=weight_name, save_function=save_function,
                                  safe_serialization=True)
+

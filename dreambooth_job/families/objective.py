@@ -7,7 +7,7 @@ timesteps and a target, and how the prediction's error is weighed. A family pick
     prediction = family.predict(denoiser, batch.noisy, batch.timesteps, conditioning)
     errors = objective.per_sample_loss(prediction, batch)   # (batch,)
 
-`FlowMatchingObjective` is the rectified-flow velocity objective (FLUX.2 [klein]): its own
+`FlowMatchingObjective` is the rectified-flow velocity objective (FLUX.2 [klein], FLUX.1): its own
 timestep sampling, interpolation and target; `draw` keeps the order of the random draws.
 """
 
@@ -107,11 +107,12 @@ class FlowMatchingObjective(TrainingObjective):
     `x_t = (1 - s) * latents + s * noise` at noise level s, the target its velocity `noise - latents`.
 
     Timesteps are drawn as diffusers' examples/dreambooth/train_dreambooth_lora_flux2_klein.py
-    draws them with its default `--weighting_scheme none`: u uniform in [0, 1)
-    (`compute_density_for_timestep_sampling`), the timestep the base scheduler's
-    `timesteps[int(u * num_train_timesteps)]`, s its sigma, and every sample's loss weighted
-    alike. FLUX.2 [klein]'s scheduler shifts its sigmas by resolution only when sampling
-    (`use_dynamic_shifting`), so its training schedule is the unshifted one: s = t / 1000."""
+    and train_dreambooth_lora_flux.py (FLUX.1) draw them with their default `--weighting_scheme
+    none`: u uniform in [0, 1) (`compute_density_for_timestep_sampling`), the timestep the base
+    scheduler's `timesteps[int(u * num_train_timesteps)]`, s its sigma (`get_sigmas`), and every
+    sample's loss weighted alike (`compute_loss_weighting_for_sd3`: ones). FLUX.2 [klein]'s and
+    FLUX.1's schedulers shift their sigmas by resolution only when sampling
+    (`use_dynamic_shifting`), so their training schedule is the unshifted one: s = t / 1000."""
 
     prediction_type = "flow"
 

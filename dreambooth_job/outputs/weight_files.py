@@ -9,7 +9,8 @@ Layout under the output (docs/user-guide.md, "Output layout"), every weight file
 
 - full fine-tuning: `model/` (diffusers' `from_pretrained`); with `--export-single-file` also
   `<subject-id>.safetensors` in the family's original layout (A1111, ComfyUI, `from_single_file`):
-  Stable Diffusion's / SDXL's whole checkpoint, FLUX.2 [klein]'s transformer in BFL's layout.
+  Stable Diffusion's / SDXL's whole checkpoint, FLUX.2 [klein]'s and FLUX.1's transformer in
+  BFL's layout.
 - LoRA: `lora/pytorch_lora_weights.safetensors` (diffusers' `load_lora_weights`) and
   `lora/<subject-id>.safetensors` (kohya-ss keys as the family names them; A1111/ComfyUI), with
   the run in their headers;
@@ -90,7 +91,7 @@ def check_exportable(pipeline, *, single_file: bool, lora_text_encoders: bool = 
     family = for_pipeline(pipeline)
     if single_file:
         family.check_single_file(pipeline)
-    missing = set(family.text_encoder_names) - set(family.lora_format.components)
+    missing = set(family.trained_text_encoder_names()) - set(family.lora_format.components)
     if lora_text_encoders and missing:
         raise InvalidInputError(f"--train-text-encoder with --train-mode lora: {family.name}'s LoRA "
                                 f"files hold no adapters of {', '.join(sorted(missing))}; drop "

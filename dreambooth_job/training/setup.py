@@ -43,12 +43,14 @@ class TrainedModels:
     """The parameters the optimizer updates, in the checkpoints' order."""
     gradient_checkpointing: bool = False
     channels_last: bool = False
+    trained_text_encoders: tuple[str, ...] = ()
+    """The text encoders --train-text-encoder trains (ModelFamily.trained_text_encoder_names)."""
 
     def set_training(self, training: bool, train_text_encoder: bool) -> None:
         """Train mode for what trains (LoRA's dropout), eval mode for sampling."""
         self.denoiser.train(training)
-        for encoder in self.text_encoders.values():
-            encoder.train(training and train_text_encoder)
+        for name, encoder in self.text_encoders.items():
+            encoder.train(training and train_text_encoder and name in self.trained_text_encoders)
 
 
 def setup_runtime(config: TrainConfig) -> Runtime:
@@ -77,15 +79,17 @@ def setup_models(config: TrainConfig, pipeline, family: ModelFamily, mode: Train
     adapters on a frozen base), and the memory and kernel switches. `images_per_batch`
     (instance and class images) sizes the activations."""
     device, weight_dtype = runtime.device, runtime.weight_dtype
-    models = TrainedModels(family.denoiser(pipeline), pipeline.vae, family.text_encoders(pipeline), [])
+    models = TrainedModels(family.denoiser(pipeline), pipeline.vae, family.text_encoders(pipeline), [],
+                           trained_text_encoders=family.trained_text_encoder_names())
     vae_dtype = devices.vae_dtype(weight_dtype, vae_override=config.vae is not None)
     models.vae.requires_grad_(False).to(device, vae_dtype)
     log.info("VAE in %s (%s)", str(vae_dtype).removeprefix("torch."),
              f"--vae {config.vae}" if config.vae else "the base model's; never fp16 without --vae")
     trained_dtype = weight_dtype if mode.frozen_base else torch.float32
-    for encoder in models.text_encoders.values():
+    for name, encoder in models.text_encoders.items():
         encoder.requires_grad_(False)
-        encoder.to(device, trained_dtype if config.train_text_encoder else weight_dtype)
+        trains = config.train_text_encoder and name in models.trained_text_encoders
+        encoder.to(device, trained_dtype if trains else weight_dtype)
     if quantized_base.is_quantized(config.base_precision):  # LoRA only (config/checks.py)
         quantized_base.quantize(models.denoiser, config.base_precision, dtype=trained_dtype,
                                 device=device)
@@ -109,8 +113,8 @@ def _switch_memory_and_kernels(config: TrainConfig, models: TrainedModels) -> No
     if models.gradient_checkpointing:
         models.denoiser.enable_gradient_checkpointing()
         if config.train_text_encoder:
-            for encoder in models.text_encoders.values():
-                encoder.gradient_checkpointing_enable()
+            for name in models.trained_text_encoders:
+                models.text_encoders[name].gradient_checkpointing_enable()
     if models.channels_last:
         models.denoiser.to(memory_format=torch.channels_last)
     if config.attention_backend == "eager":
@@ -163,8 +167,9 @@ def prepare(config: TrainConfig, mode: TrainMode, accelerator, models: TrainedMo
     `models` then holds the prepared modules. The prepared optimizer and LR scheduler."""
     models.denoiser, optimizer, lr_scheduler = accelerator.prepare(models.denoiser, optimizer, lr_scheduler)
     if config.train_text_encoder:
-        models.text_encoders = {name: accelerator.prepare(encoder)
-                                for name, encoder in models.text_encoders.items()}
+        # Only the encoders that train: a frozen one (FLUX.1's T5) stays out of the checkpoints.
+        models.text_encoders = {name: accelerator.prepare(encoder) if name in models.trained_text_encoders
+                                else encoder for name, encoder in models.text_encoders.items()}
     if mode.frozen_base:
         state.register_trainable_only(accelerator)  # no frozen base in checkpoints
     if config.compile_unet:

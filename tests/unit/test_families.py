@@ -44,7 +44,7 @@ def test_an_sdxl_pipeline_is_detected_as_sdxl(tiny_sdxl_model, tmp_path):
     assert isinstance(families.for_pipeline(pipeline), StableDiffusionXL)
 
 
-@pytest.mark.parametrize("class_name", ["StableDiffusion3Pipeline", "FluxPipeline"])
+@pytest.mark.parametrize("class_name", ["StableDiffusion3Pipeline", "QwenImagePipeline"])
 def test_an_unknown_pipeline_class_is_invalid_input_naming_it(tiny_model, tmp_path, class_name):
     index = json.loads((tiny_model / "model_index.json").read_text())
     path = model_with_index(tiny_model, tmp_path, json.dumps({**index, "_class_name": class_name}))

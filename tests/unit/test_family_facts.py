@@ -22,7 +22,7 @@ def test_detect_local_reads_model_index_whatever_the_directory_is_called(tmp_pat
 
 
 @pytest.mark.parametrize("index", [None, "not json", json.dumps(["a list"]),
-                                   json.dumps({"_class_name": "FluxPipeline"}), json.dumps({})])
+                                   json.dumps({"_class_name": "QwenImagePipeline"}), json.dumps({})])
 def test_detect_local_is_none_for_what_it_cannot_tell(tmp_path, index):
     if index is not None:
         (tmp_path / "model_index.json").write_text(index)

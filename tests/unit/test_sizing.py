@@ -15,7 +15,8 @@ FAMILY = {f.name: f for f in families.FAMILIES}
 
 
 @pytest.mark.parametrize(("family", "model"), [("sd", "sd15"), ("sdxl", "sdxl"),
-                                              ("flux2-klein", "flux2-klein-4b")])
+                                              ("flux2-klein", "flux2-klein-4b"),
+                                              ("flux1", "flux1-dev")])
 def test_parameter_counts_are_the_published_architectures(family, model):
     from dreambooth_job.bench.estimate import meta_models
     from dreambooth_job.training import lora_adapters
@@ -50,8 +51,11 @@ def test_the_flow_variants_reference_counts_are_their_published_architectures(mo
              for n in ("transformer", "vae", *encoders)}
     assert (expected.denoiser, expected.vae) == (count["transformer"], count["vae"])
     assert expected.text_encoders == sum(count[n] for n in encoders)
-    denoiser_adapters = lora_adapters.lora_parameter_count(
-        pipeline.transformer, 16, TrainConfig().lora_target_modules)
+    # FLUX.1's family counts its default preset (--lora-targets attention); klein 9B's reference
+    # counts --lora-target-modules' default.
+    targets = (FAMILY["flux1"].lora_format.targets(TrainConfig().lora_targets, pipeline.transformer)
+               if model == "flux1-dev" else TrainConfig().lora_target_modules)
+    denoiser_adapters = lora_adapters.lora_parameter_count(pipeline.transformer, 16, targets)
     # Text-encoder LoRA: klein's Qwen, FLUX.1's CLIP (its T5 carries none, as diffusers' trainer).
     encoder_adapters = lora_adapters.lora_parameter_count(
         pipeline.text_encoder, 16, lora_adapters.DEFAULT_TEXT_ENCODER_TARGETS)

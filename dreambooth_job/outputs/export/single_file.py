@@ -9,8 +9,8 @@ share one layout across the families (SDXL adds `label_emb`, its size/pooled-tex
 text encoders' layout is the family's (`ModelFamily.single_file_text_encoders`): SD 1.x OpenAI CLIP,
 SD 2.x OpenCLIP, SDXL both (`conditioner.embedders.0/1`). What is written, and the check before, are
 the family's (`ModelFamily.single_file_state`, `check_single_file`): these converters are the UNet
-families' defaults. FLUX.2 [klein] writes its transformer alone in BFL's layout
-(families/bfl_layout.py, flux2_layout.py), under no prefix, as BFL ships it.
+families' defaults. FLUX.2 [klein] and FLUX.1 write their transformer alone in BFL's layout
+(families/bfl_layout.py, flux2_layout.py, flux1_layout.py), under no prefix, as BFL ships it.
 
 Loading the file back: diffusers guesses the architecture from a real-size checkpoint; for anything
 else (or offline) pass the base model's diffusers directory as the config, to the `from_single_file`
