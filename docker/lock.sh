@@ -10,6 +10,6 @@ cd "$(dirname "$0")/.."
 uv=${UV:-$( [ -x .venv/bin/uv ] && echo .venv/bin/uv || echo uv )}
 target=(--python-version 3.11 --python-platform x86_64-manylinux_2_28
         --generate-hashes --custom-compile-command docker/lock.sh --quiet)
-"$uv" pip compile pyproject.toml docker/requirements.in --extra train --extra bnb "${target[@]}" \
+"$uv" pip compile pyproject.toml docker/requirements.in --extra train --extra bnb --extra quant "${target[@]}" \
     --output-file docker/requirements.lock
 "$uv" pip compile docker/build-constraints.in "${target[@]}" --output-file docker/build-constraints.txt
