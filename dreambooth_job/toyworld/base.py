@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from dreambooth_job.devtools.tiny_models import CLIP_MAX_LENGTH, clip_tokenizer, sd_pipeline
 from dreambooth_job.toyworld import world
 from dreambooth_job.toyworld.latent import build_vae
+from dreambooth_job.toyworld.pretraining import Schedule, pretrain
 
 # loss.csv's stage of the denoiser's training (the shipped fixture's file says so; report.py reads it).
 DENOISER_STAGE = "unet"
@@ -89,41 +90,25 @@ def train_unet(unet, text_encoder, scheduler, latents: torch.Tensor, ids: torch.
                recipe: BaseRecipe, log) -> int:
     """Train both models jointly; leave their EMA weights in place; return the steps done."""
     gen = torch.Generator().manual_seed(recipe.seed + 1)
-    params = list(unet.parameters()) + list(text_encoder.parameters())
-    ema = [p.detach().clone() for p in params]
-    opt = torch.optim.AdamW(params, lr=recipe.unet_lr, weight_decay=1e-2)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: min(1.0, (step + 1) / recipe.warmup))
-    unet.train()
-    text_encoder.train()
-    started = time.perf_counter()
-    step = 0
-    while step < recipe.unet_steps:
-        if recipe.time_budget_s and time.perf_counter() - started > recipe.time_budget_s:
-            break
-        index = torch.randint(0, len(latents), (recipe.batch,), generator=gen)
+
+    def batch_loss(index: torch.Tensor) -> torch.Tensor:
         clean = latents[index]
         noise = torch.randn(clean.shape, generator=gen)
         t = torch.randint(0, scheduler.config.num_train_timesteps, (recipe.batch,), generator=gen)
         states = text_encoder(ids[index])[0]
         prediction = unet(scheduler.add_noise(clean, noise, t), t, states).sample
-        loss = F.mse_loss(prediction, noise)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        sched.step()
-        # Early steps get a faster average, so a short run is not dominated by the random init.
-        decay = min(recipe.ema_decay, (1 + step) / (10 + step))
-        with torch.no_grad():
-            torch._foreach_lerp_(ema, [p.detach() for p in params], 1 - decay)
-        log(DENOISER_STAGE, step, loss.item())
-        step += 1
-    with torch.no_grad():
-        for p, e in zip(params, ema):
-            p.copy_(e)
+        return F.mse_loss(prediction, noise)
+
+    unet.train()
+    text_encoder.train()
+    schedule = Schedule(steps=recipe.unet_steps, lr=recipe.unet_lr, warmup=recipe.warmup,
+                        ema_decay=recipe.ema_decay, batch=recipe.batch,
+                        time_budget_s=recipe.time_budget_s)
+    steps = pretrain([*unet.parameters(), *text_encoder.parameters()], batch_loss, len(latents),
+                     schedule, gen, lambda step, loss: log(DENOISER_STAGE, step, loss))
     unet.eval()
     text_encoder.eval()
-    return step
+    return steps
 
 
 def train_base(output: str | Path, recipe: BaseRecipe) -> Path:

@@ -42,6 +42,7 @@ from dreambooth_job.devtools.tiny_models import QWEN_CORPUS, qwen_tokenizer
 from dreambooth_job.families import PromptEmbeddings
 from dreambooth_job.toyworld import world
 from dreambooth_job.toyworld.latent import ARCHITECTURE, set_lossless_weights
+from dreambooth_job.toyworld.pretraining import Schedule, pretrain
 
 # loss.csv's stage of the denoiser's training (docs_figures.loss_curve reads it).
 DENOISER_STAGE = "transformer"
@@ -142,38 +143,22 @@ def train_transformer(pipeline, family, latents: torch.Tensor, embeddings: torch
     transformer = family.denoiser(pipeline)
     objective = family.training_objective(pipeline)
     gen = torch.Generator().manual_seed(recipe.seed + 1)
-    params = list(transformer.parameters())
-    ema = [p.detach().clone() for p in params]
-    opt = torch.optim.AdamW(params, lr=recipe.lr, weight_decay=1e-2)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: min(1.0, (step + 1) / recipe.warmup))
-    transformer.train()
-    started = time.perf_counter()
-    step = 0
-    while step < recipe.steps:
-        if recipe.time_budget_s and time.perf_counter() - started > recipe.time_budget_s:
-            break
-        index = torch.randint(0, len(latents), (recipe.batch,), generator=gen)
+
+    def batch_loss(index: torch.Tensor) -> torch.Tensor:
         batch = objective.draw(latents[index], gen, "cpu")
         conditioning = family.denoiser_conditioning(
             PromptEmbeddings(embeddings[caption_index[index]]), torch.float32)
         prediction = family.predict(transformer, batch.noisy, batch.timesteps, conditioning)
-        loss = objective.per_sample_loss(prediction, batch).mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        sched.step()
-        # Early steps get a faster average, so a short run is not dominated by the random init.
-        decay = min(recipe.ema_decay, (1 + step) / (10 + step))
-        with torch.no_grad():
-            torch._foreach_lerp_(ema, [p.detach() for p in params], 1 - decay)
-        log(DENOISER_STAGE, step, loss.item())
-        step += 1
-    with torch.no_grad():
-        for p, e in zip(params, ema):
-            p.copy_(e)
+        return objective.per_sample_loss(prediction, batch).mean()
+
+    transformer.train()
+    schedule = Schedule(steps=recipe.steps, lr=recipe.lr, warmup=recipe.warmup,
+                        ema_decay=recipe.ema_decay, batch=recipe.batch,
+                        time_budget_s=recipe.time_budget_s)
+    steps = pretrain(list(transformer.parameters()), batch_loss, len(latents), schedule, gen,
+                     lambda step, loss: log(DENOISER_STAGE, step, loss))
     transformer.eval()
-    return step
+    return steps
 
 
 def train_flow_base(output: str | Path, recipe: FlowRecipe) -> Path:
