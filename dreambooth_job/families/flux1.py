@@ -31,14 +31,12 @@ the kohya LoRA file name the transformer's weights in BFL's layout (flux1_layout
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any, ClassVar
 
-from dreambooth_job.exit_codes import InvalidInputError
-from dreambooth_job.families.base import ModelFamily, PromptEmbeddings
-from dreambooth_job.families.bfl_layout import original_state
+from dreambooth_job.families.base import PromptEmbeddings
 from dreambooth_job.families.flux1_layout import FLUX1_LAYOUT
 from dreambooth_job.families.flux1_lora import Flux1LoraFormat
+from dreambooth_job.families.flux_transformer import FluxTransformerFamily
 from dreambooth_job.families.objective import FlowMatchingObjective, TrainingObjective
 from dreambooth_job.families.reference import FLUX1_DEV
 from dreambooth_job.families.transformer_activations import FLUX1_DEV_ACTIVATIONS
@@ -50,70 +48,20 @@ TRAINING_GUIDANCE = 3.5
 default (also the pipeline's sampling default)."""
 
 
-class Flux1(ModelFamily):
+class Flux1(FluxTransformerFamily):
     name = "flux1"
     pipeline_classes = ("FluxPipeline",)
     text_encoder_names = ("text_encoder", "text_encoder_2")
-    denoiser_name = "transformer"
-    samplers = {"flow-euler": "FlowMatchEulerDiscreteScheduler"}
     lora_format = Flux1LoraFormat("FluxPipeline")
-    # A FLUX.1 pod is sized by its own profile (--sizing flux1-full|lora, or auto from a local
-    # model): its 12B transformer is far above SDXL's, whose profiles size undetected models.
-    sized_when_undetected = False
     # FLUX.1 [dev]'s counts from its published configuration (reference.py).
     reference = FLUX1_DEV
     default_guidance_scale: ClassVar[float] = TRAINING_GUIDANCE
     """`--guidance-scale auto`'s value: FluxPipeline's default distilled guidance."""
-    default_save_precision: ClassVar[str] = "bf16"
-    """`--save-precision auto`'s value: BFL publishes FLUX.1 [dev] in bf16."""
 
-    def load_pipeline(self, path: str, cache_dir: str):
-        import torch  # deferred: torch is heavy
-        from diffusers import FluxPipeline  # deferred: diffusers is heavy
-
-        return FluxPipeline.from_pretrained(path, cache_dir=str(Path(cache_dir, "hub")),
-                                            torch_dtype=torch.float32)
-
-    def generate(self, pipeline, prompts: list[str], *, latents, resolution: int,
-                 num_inference_steps: int, guidance_scale: float) -> list:
-        """As the SD families', with keywords; `guidance_scale` is FLUX.1 [dev]'s distilled
-        guidance (one pass per step, no negative prompt)."""
-        return pipeline(prompt=prompts, height=resolution, width=resolution,
-                        num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
-                        latents=latents, output_type="pil").images
-
-    # The single file (--export-single-file) is the transformer alone in BFL's original layout, as
-    # BFL ships flux1-dev.safetensors (no key prefix): ComfyUI's "Load Diffusion Model"
-    # (models/diffusion_models) reads it, with CLIP-L, T5 and the VAE as files of their own there;
-    # diffusers reads it with FluxTransformer2DModel.from_single_file.
-    def check_single_file(self, pipeline) -> None:
-        """Every transformer weight has an original name (names only: no tensor is touched)."""
-        for key in self.denoiser(pipeline).state_dict(keep_vars=True):
-            if FLUX1_LAYOUT.original(key.rpartition(".")[0]) is None:
-                raise InvalidInputError(f"--export-single-file cannot map the transformer weight {key}: "
-                                        "not a FLUX.1 layout")
-
-    def single_file_state(self, pipeline) -> dict[str, dict]:
-        state = self.denoiser(pipeline).state_dict()
-        return {"": original_state(FLUX1_LAYOUT, state, "--export-single-file"),
-                **self.single_file_text_encoders(pipeline)}
-
-    def single_file_text_encoders(self, pipeline) -> dict[str, dict]:
-        """None: ComfyUI loads FLUX.1's CLIP-L and T5 from files of their own (models/text_encoders)."""
-        return {}
-
-    def native_resolution(self, pipeline) -> int:
-        """The pipeline's default size: 128 latent pixels times the VAE's factor (1024 px)."""
-        return int(pipeline.default_sample_size) * pipeline.vae_scale_factor
-
-    # Calibrated on the CPU (scripts/calibrate_activations.py; an estimate until a GPU confirms it).
+    layout = FLUX1_LAYOUT
+    activations = FLUX1_DEV_ACTIVATIONS
     activation_bytes_per_unit = FLUX1_DEV_ACTIVATIONS.activation_bytes_per_unit
     checkpointed_bytes_per_unit = FLUX1_DEV_ACTIVATIONS.checkpointed_bytes_per_unit
-
-    def activation_levels(self, denoiser_config, latent_side: int) -> list[int]:
-        """One level per transformer block: its tokens (the image's 2x2 patches and T5's padded
-        512) times the attention width (transformer_activations.py)."""
-        return FLUX1_DEV_ACTIVATIONS.levels(denoiser_config, latent_side)
 
     def trained_text_encoder_names(self) -> tuple[str, ...]:
         """CLIP-L only: T5-XXL stays frozen (the module docs)."""

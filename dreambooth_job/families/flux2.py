@@ -13,14 +13,12 @@ train_dreambooth_lora_flux2_klein.py trains it.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any, ClassVar
 
-from dreambooth_job.exit_codes import InvalidInputError
-from dreambooth_job.families.base import ModelFamily, PromptEmbeddings
-from dreambooth_job.families.bfl_layout import original_state
+from dreambooth_job.families.base import PromptEmbeddings
 from dreambooth_job.families.flux2_layout import FLUX2_LAYOUT
 from dreambooth_job.families.flux2_lora import Flux2LoraFormat
+from dreambooth_job.families.flux_transformer import FluxTransformerFamily
 from dreambooth_job.families.objective import FlowMatchingObjective, TrainingObjective
 from dreambooth_job.families.reference import GB, ReferenceModel
 from dreambooth_job.families.transformer_activations import TransformerActivations
@@ -43,19 +41,12 @@ KLEIN_4B_WIDTH = 24 * 128
 """klein 4B's transformer width (heads x head dim): a wider klein is sized as 9B (`variant`)."""
 
 
-class Flux2Klein(ModelFamily):
+class Flux2Klein(FluxTransformerFamily):
     name = "flux2-klein"
     pipeline_classes = ("Flux2KleinPipeline",)
     text_encoder_names = ("text_encoder",)
-    denoiser_name = "transformer"
-    samplers = {"flow-euler": "FlowMatchEulerDiscreteScheduler"}
     default_guidance_scale = 4.0  # Flux2KleinPipeline.__call__'s default
-    default_save_precision = "bf16"
     lora_format = Flux2LoraFormat("Flux2KleinPipeline")
-    # A klein pod is sized by its own profile (--sizing flux2-klein[-9b]-full|lora, or auto from a
-    # local or s3:// model); sizing every hub-id SD/SDXL pod for klein's 1,375 s grace and 152 GiB
-    # disk would not be.
-    sized_when_undetected = False
     # FLUX.2 [klein] base 4B, counted on the meta device from its published configuration
     # (transformer: 5 double- and 20 single-stream blocks of 24 heads x 128, MLP ratio 3, joint
     # attention 7680, as InvokeAI's and mflux's presets state it; Qwen3-4B: 36 layers of 2560,
@@ -85,52 +76,10 @@ class Flux2Klein(ModelFamily):
             return None
         return "9b" if heads * head_dim > KLEIN_4B_WIDTH else None
 
-    def load_pipeline(self, path: str, cache_dir: str):
-        import torch  # deferred: torch is heavy
-        from diffusers import Flux2KleinPipeline  # deferred: diffusers is heavy
-
-        return Flux2KleinPipeline.from_pretrained(path, cache_dir=str(Path(cache_dir, "hub")),
-                                                  torch_dtype=torch.float32)
-
-    def generate(self, pipeline, prompts: list[str], *, latents, resolution: int,
-                 num_inference_steps: int, guidance_scale: float) -> list:
-        """As the SD families', with keywords: the pipeline's first parameter is a conditioning `image`."""
-        return pipeline(prompt=prompts, height=resolution, width=resolution,
-                        num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
-                        latents=latents, output_type="pil").images
-
-    # The single file (--export-single-file) is the transformer alone in BFL's original layout, as
-    # BFL ships flux-2-klein-4b.safetensors (no key prefix): ComfyUI's "Load Diffusion Model"
-    # (models/diffusion_models) reads it, and its text encoder (Qwen3) and VAE are separate files
-    # there; diffusers reads it with Flux2Transformer2DModel.from_single_file.
-    def check_single_file(self, pipeline) -> None:
-        """Every transformer weight has an original name (names only: no tensor is touched)."""
-        for key in self.denoiser(pipeline).state_dict(keep_vars=True):
-            if FLUX2_LAYOUT.original(key.rpartition(".")[0]) is None:
-                raise InvalidInputError(f"--export-single-file cannot map the transformer weight {key}: "
-                                        "not a FLUX.2 layout")
-
-    def single_file_state(self, pipeline) -> dict[str, dict]:
-        state = self.denoiser(pipeline).state_dict()
-        return {"": original_state(FLUX2_LAYOUT, state, "--export-single-file"),
-                **self.single_file_text_encoders(pipeline)}
-
-    def single_file_text_encoders(self, pipeline) -> dict[str, dict]:
-        """None: ComfyUI loads klein's Qwen3 from a file of its own (models/text_encoders)."""
-        return {}
-
-    def native_resolution(self, pipeline) -> int:
-        """The pipeline's default size: 128 latent pixels times the VAE's factor (1024 px for klein)."""
-        return int(pipeline.default_sample_size) * pipeline.vae_scale_factor
-
-    # Calibrated on the CPU (scripts/calibrate_activations.py; an estimate until a GPU confirms it).
+    layout = FLUX2_LAYOUT
+    activations = ACTIVATIONS
     activation_bytes_per_unit = ACTIVATIONS.activation_bytes_per_unit
     checkpointed_bytes_per_unit = ACTIVATIONS.checkpointed_bytes_per_unit
-
-    def activation_levels(self, denoiser_config, latent_side: int) -> list[int]:
-        """One level per transformer block: its tokens (the image's 2x2 patches and the padded
-        prompt's 512) times the attention width (transformer_activations.py)."""
-        return ACTIVATIONS.levels(denoiser_config, latent_side)
 
     # -- prompts -------------------------------------------------------------------------------
     def tokenize(self, pipeline, prompt: str) -> tuple:
