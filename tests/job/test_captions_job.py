@@ -80,11 +80,13 @@ def test_the_embedding_cache_keys_on_the_caption():
 
 def test_caption_dropout_is_drawn_from_the_seed_and_step_and_resumes_bitwise():
     steps = range(40)
-    dropping = [trainer(caption_dropout=0.5).inputs.batch_prompts(s) for s in steps]
-    assert dropping == [trainer(caption_dropout=0.5).inputs.batch_prompts(s) for s in steps]
+    first, again = trainer(caption_dropout=0.5).inputs, trainer(caption_dropout=0.5).inputs
+    dropping = [first.batch_prompts(s) for s in steps]
+    assert dropping == [again.batch_prompts(s) for s in steps]
     flat = [p for batch in dropping for p in batch]
     assert 0 < flat.count("a sks dog") < len(flat) and set(flat) <= {*CAPTIONS, "a sks dog"}
-    assert all(p != "a sks dog" for s in steps for p in trainer().inputs.batch_prompts(s))
+    never = trainer().inputs
+    assert all(p != "a sks dog" for s in steps for p in never.batch_prompts(s))
     assert all(p == "a sks dog" for p in trainer(caption_dropout=1.0).inputs.batch_prompts(0))
 
     whole, parts = trainer(caption_dropout=0.5), trainer(caption_dropout=0.5)
