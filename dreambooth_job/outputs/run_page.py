@@ -6,8 +6,9 @@ failed (phases/publish.py).
 
 What it shows: status (and the one-line error of a failed run), the identifier and prompts, the
 subject photos used (small thumbnails, each with its caption's prompt) and rejected (file and
-reason), the validation grids over time, the loss curve (instance and prior loss, an inline SVG), phase durations, the evaluation
-scores against the base model when evaluated, the config and the versions.
+reason), the validation grids over time, the loss curve (instance and prior loss, an inline SVG),
+phase durations, the evaluation scores against the base model when evaluated, the config and the
+versions.
 
 Images: the grids are relative links (`samples/step-000004.png`), which resolve wherever the
 output prefix is served or synced to. The photos live in the tenant's input prefix, which the
