@@ -2,9 +2,10 @@
 the text encoder (the token ids encoded for each row of a batch are its photo's caption's, cached
 or encoded at the step), --caption-dropout swaps in the instance prompt from (seed, step) alone so
 runs repeat and resume bitwise, the class images keep the class prompt; and `train` against the
-real S3 server with captions beside the photos and in captions.jsonl, on SD and FLUX.2 [klein],
-records each photo's prompt in result.json and shows it on the run page; a caption that is not
-UTF-8 is exit 2 naming its file."""
+real S3 server with captions beside the photos and in captions.jsonl, on SD, SDXL, FLUX.2 [klein]
+and FLUX.1, records each photo's prompt in result.json, shows it on the run page and trains other
+weights than the same run without captions; a caption that is not UTF-8 is exit 2 naming its
+file."""
 
 from __future__ import annotations
 
@@ -115,15 +116,20 @@ def captioned_photos(bucket, photo_dir):
     return upload_photos(photo_dir, f"s3://{bucket}/photos/dog/")
 
 
-@pytest.mark.parametrize("model", ["tiny_model", "tiny_flux2_klein_model"])
+def train(photos: str, run: str, base_model, tmp_path) -> None:
+    outcome = CliRunner().invoke(main, [
+        "train", *SMALL, "--instance-data", photos, "--class-noun", "dog", "--output", run,
+        "--base-model", str(base_model), "--cache-dir", str(tmp_path / "cache"),
+        "--train-mode", "lora", "--lora-rank", "2"], catch_exceptions=False)
+    assert outcome.exit_code == ExitCode.OK, outcome.output[-3000:]
+
+
+@pytest.mark.parametrize("model", ["tiny_model", "tiny_sdxl_model", "tiny_flux2_klein_model",
+                                   "tiny_flux1_model"])
 def test_a_run_trains_on_each_photos_caption_and_shows_them(captioned_photos, bucket, model,
                                                              request, tmp_path):
     run = f"s3://{bucket}/runs/captions-{model}/"
-    outcome = CliRunner().invoke(main, [
-        "train", *SMALL, "--instance-data", captioned_photos, "--class-noun", "dog", "--output", run,
-        "--base-model", str(request.getfixturevalue(model)), "--cache-dir", str(tmp_path / "cache"),
-        "--train-mode", "lora", "--lora-rank", "2"], catch_exceptions=False)
-    assert outcome.exit_code == ExitCode.OK, outcome.output[-3000:]
+    train(captioned_photos, run, request.getfixturevalue(model), tmp_path)
     result = json.loads(storage.read_bytes(storage.join(run, "result.json")))
     jsonschema.validate(result, result_module.schema())
     assert result["photos"]["used"] == ["00.jpg", "01.jpg", "02.jpg", "03.jpg"]
@@ -146,3 +152,18 @@ def test_a_caption_not_utf8_is_exit_2_naming_the_file(bucket, photo_dir, tiny_mo
         "--cache-dir", str(tmp_path / "cache")])
     assert outcome.exit_code == ExitCode.INVALID_INPUT
     assert "caption file 01.txt is not UTF-8 (byte 0)" in outcome.output
+
+
+def test_captions_change_what_the_job_trains(captioned_photos, bucket, photo_dir, tiny_model, tmp_path):
+    plain = upload_photos(photo_dir, f"s3://{bucket}/photos/plain/")
+    for name in ("00.txt", "captions.jsonl"):
+        storage.delete(storage.join(plain, name))
+    runs = {}
+    for name, photos in (("captioned", captioned_photos), ("plain", plain)):
+        runs[name] = f"s3://{bucket}/runs/{name}/"
+        train(photos, runs[name], tiny_model, tmp_path)
+    lora = {name: storage.read_bytes(storage.join(run, "lora/pytorch_lora_weights.safetensors"))
+            for name, run in runs.items()}
+    assert lora["captioned"] != lora["plain"]
+    plain_result = json.loads(storage.read_bytes(storage.join(runs["plain"], "result.json")))
+    assert "captions" not in plain_result["prompts"]

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 
+import jsonschema
 import pytest
 
 from dreambooth_job.config.choices import MAX_PROMPT_LENGTH
@@ -127,3 +128,18 @@ def test_the_run_page_shows_each_photos_caption_escaped():
     page = run_page.render(result, [])
     assert "dog1.jpg<br><q class='caption'>sks, &lt;b&gt;on grass&lt;/b&gt;</q>" in page
     assert "<figcaption>dog2.jpg</figcaption>" in page
+
+
+def test_captions_are_redacted_in_result_json_like_prompts(tmp_path):
+    from dreambooth_job.outputs import result as result_module
+    from dreambooth_job.phases.context import new_result
+
+    config = TrainConfig(instance_data=str(tmp_path / "photos"), class_noun="dog",
+                         output=str(tmp_path / "out"), subject_id="rex", job_id="rex-1")
+    result = new_result(config, "f" * 64)
+    result.prompts.captions = {"a.jpg": "sks at https://host/x?X-Amz-Signature=c0ffee&a=1"}
+    record = result.to_json()
+    jsonschema.validate(record, result_module.schema())
+    assert record["prompts"]["captions"] == {"a.jpg": "sks at https://host/x?X-Amz-Signature=[REDACTED]&a=1"}
+    result.prompts.captions = None
+    assert "captions" not in result.to_json()["prompts"]  # absent without captions
