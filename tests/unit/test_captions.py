@@ -143,3 +143,17 @@ def test_captions_are_redacted_in_result_json_like_prompts(tmp_path):
     assert record["prompts"]["captions"] == {"a.jpg": "sks at https://host/x?X-Amz-Signature=[REDACTED]&a=1"}
     result.prompts.captions = None
     assert "captions" not in result.to_json()["prompts"]  # absent without captions
+
+
+def test_caption_dropout_is_a_model_option_of_the_runs_identity():
+    from dreambooth_job.config.run_identity import differing_model_fields
+
+    def config(**overrides):
+        return TrainConfig(instance_data="s3://b/p/", class_noun="dog", output="s3://b/o/", **overrides)
+
+    old = config().to_dict()
+    del old["caption_dropout"]  # recorded before the option existed: the default, the same run
+    assert differing_model_fields(old, config()) == []
+    assert differing_model_fields(old, config(caption_dropout=0.5)) == ["caption_dropout"]
+    with pytest.raises(InvalidInputError, match="--caption-dropout must be between 0 and 1"):
+        config(caption_dropout=1.5)
