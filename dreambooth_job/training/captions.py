@@ -81,12 +81,15 @@ def read_captions(directory: Path, used: Sequence[str], rejected: Sequence[str])
     if not directory.is_dir():
         return {}
     captions: dict[str, Caption] = {}
-    by_stem = {_stem(name): name for name in used}
+    by_stem: dict[str, list[str]] = {}
+    for name in used:  # dog1.jpg and dog1.png both take dog1.txt
+        by_stem.setdefault(_stem(name), []).append(name)
     for path in sorted(p for p in directory.rglob("*") if p.suffix.lower() == CAPTION_SUFFIX):
         name = path.relative_to(directory).as_posix()
-        photo = by_stem.get(_stem(name))
-        if photo is not None:
-            captions[photo] = Caption(_caption_text(_utf8(path.read_bytes(), name), name), name)
+        photos = by_stem.get(_stem(name), [])
+        if photos:
+            caption = Caption(_caption_text(_utf8(path.read_bytes(), name), name), name)
+            captions.update(dict.fromkeys(photos, caption))
     jsonl = directory / CAPTIONS_FILE
     if jsonl.is_file():
         for photo, caption in _jsonl_captions(jsonl.read_bytes(), len(used) + len(rejected)):

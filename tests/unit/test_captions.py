@@ -42,8 +42,10 @@ def test_text_files_beside_photos_and_captions_jsonl_give_each_photo_its_caption
     write(tmp_path, {"dog1.txt": "a {identifier} dog\n on  grass\n",
                      "sub/dog3.TXT": "\ufeffsleeping",  # a BOM, an upper-case suffix, a subfolder
                      captions.CAPTIONS_FILE: jsonl({"file": "dog2.jpg", "caption": "[trigger] running"})})
-    found = captions.read_captions(tmp_path, ["dog1.jpg", "dog2.jpg", "sub/dog3.png", "dog4.jpg"], [])
+    found = captions.read_captions(
+        tmp_path, ["dog1.jpg", "dog1.png", "dog2.jpg", "sub/dog3.png", "dog4.jpg"], [])
     assert found == {"dog1.jpg": Caption("a {identifier} dog on grass", "dog1.txt"),
+                     "dog1.png": Caption("a {identifier} dog on grass", "dog1.txt"),
                      "sub/dog3.png": Caption("sleeping", "sub/dog3.TXT"),
                      "dog2.jpg": Caption("[trigger] running", "captions.jsonl line 1")}
 
