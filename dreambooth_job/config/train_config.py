@@ -84,6 +84,11 @@ class TrainConfig:
     class_prompt: str = option(
         MODEL, "a {class_noun}", evaluation=True, max_length=const.MAX_PROMPT_LENGTH,
         help="Prompt of the prior-preservation images.")
+    caption_dropout: float = option(
+        MODEL, 0.0, minimum=0, maximum=1,
+        help="Probability that a captioned photo trains on the plain instance prompt instead of "
+             "its caption at a step (drawn from --seed and the step). Captions: a dog1.txt beside "
+             "dog1.jpg, or captions.jsonl under --instance-data.")
 
     # --- prior preservation ---------------------------------------------------------------------
     prior_preservation: bool = option(

@@ -72,6 +72,10 @@ class Prompts:
     instance: str
     class_prompt: str = _field(json_name="class")
     validation: list[str] = field(default_factory=list)
+    captions: dict[str, str] | None = _optional(description=(
+        "Each captioned photo's prompt (its caption, placeholders filled, the identifier prefixed "
+        "where it lacked it), by the photo's name under `photos.used`; absent when no photo has "
+        "a caption. Photos not named train on `instance`."))
 
 
 @dataclass

@@ -5,9 +5,10 @@ failed (phases/publish.py).
     html = render(result.to_json(), history.points, thumbnails=[...], grids=["step-000004.png"])
 
 What it shows: status (and the one-line error of a failed run), the identifier and prompts, the
-subject photos used (small thumbnails) and rejected (file and reason), the validation grids over
-time, the loss curve (instance and prior loss, an inline SVG), phase durations, the evaluation
-scores against the base model when evaluated, the config and the versions.
+subject photos used (small thumbnails, each with its caption's prompt) and rejected (file and
+reason), the validation grids over time, the loss curve (instance and prior loss, an inline SVG),
+phase durations, the evaluation scores against the base model when evaluated, the config and the
+versions.
 
 Images: the grids are relative links (`samples/step-000004.png`), which resolve wherever the
 output prefix is served or synced to. The photos live in the tenant's input prefix, which the
@@ -72,7 +73,8 @@ def render(result: dict[str, Any], history: Sequence[LossPoint], *, thumbnails: 
         f"<span class='status {esc(status)}'>{esc(status)}</span></h1>",
         _summary(result),
         _section("Identifier and prompts", _prompts(result)),
-        _section("Subject photos", _photos(result.get("photos") or {}, thumbnails)),
+        _section("Subject photos", _photos(result.get("photos") or {}, thumbnails,
+                                           (result.get("prompts") or {}).get("captions") or {})),
         _section("Validation grids", _grids(grids)),
         _section("Loss", loss_svg(history)),
         _section("Phase durations", _durations(result.get("durations_seconds") or {})),
@@ -117,7 +119,8 @@ def _prompts(result: dict[str, Any]) -> str:
     return _table(rows)
 
 
-def _photos(photos: dict[str, Any], thumbnails: Sequence[str | None]) -> str:
+def _photos(photos: dict[str, Any], thumbnails: Sequence[str | None], captions: dict[str, Any]) -> str:
+    """Each used photo's thumbnail, name and (when it has one) the prompt its caption made."""
     esc = html.escape
     used = [str(name) for name in photos.get("used") or []]
     figures = []
@@ -125,7 +128,9 @@ def _photos(photos: dict[str, Any], thumbnails: Sequence[str | None]) -> str:
         thumb = thumbnails[index] if index < len(thumbnails) else None
         image = (f"<img src='{esc(thumb)}' alt='{esc(name)}' width='{THUMBNAIL_SIDE}'>"
                  if thumb and thumb.startswith("data:image/") else "")
-        figures.append(f"<figure>{image}<figcaption>{esc(name)}</figcaption></figure>")
+        caption = captions.get(name) if isinstance(captions, dict) else None
+        prompt = f"<br><q class='caption'>{esc(str(caption))}</q>" if caption else ""
+        figures.append(f"<figure>{image}<figcaption>{esc(name)}{prompt}</figcaption></figure>")
     rejected = [(str(r.get("file", "")), str(r.get("reason", "")))
                 for r in photos.get("rejected") or [] if isinstance(r, dict)]
     body = f"<h3>Used ({len(used)})</h3><div class='photos'>{''.join(figures)}</div>"

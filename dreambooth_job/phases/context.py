@@ -36,6 +36,7 @@ from dreambooth_job.storage import places as storage
 from dreambooth_job.storage.lease import Lease, pod_identity
 from dreambooth_job.termination import StopRequest
 from dreambooth_job.training import base_models
+from dreambooth_job.training.captions import Caption
 from dreambooth_job.training.checkpoint import BackgroundUploads, CheckpointStore
 from dreambooth_job.training.subject_photos import Rejected, SubjectPhotos
 
@@ -78,6 +79,7 @@ class RunContext:
     # What the phases produced, in their order, each set once by the phase named.
     skipped: list[Rejected] = field(default_factory=list)  # download: photos not downloaded
     photos: SubjectPhotos | None = None  # validate: decoded at --resolution (auto: the largest)
+    captions: dict[str, Caption] = field(default_factory=dict)  # validate: by photo, unfilled
     model: LoadedModel | None = None  # load_model
     training_photos: SubjectPhotos | None = None  # load_model: the photos at model.resolution
     class_images: list[Image.Image] | None = None  # class_images

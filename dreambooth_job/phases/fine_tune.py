@@ -15,6 +15,7 @@ import time
 
 from dreambooth_job.events import ObserverGroup
 from dreambooth_job.exit_codes import InvalidInputError, TerminatedError
+from dreambooth_job.outputs.result import Prompts
 from dreambooth_job.phases import samples
 from dreambooth_job.phases.context import RunContext, redacted_config
 from dreambooth_job.phases.trained_model import built_trainer
@@ -34,7 +35,8 @@ def train(ctx: RunContext) -> None:
         config, model.pipeline, model.objective, instance_images=photos.images,
         instance_sizes=[photo.original_size for photo in photos.photos],
         instance_prompt=prompts.instance, class_images=ctx.class_images,
-        class_prompt=prompts.class_prompt, observer=ObserverGroup(ctx.observer, ctx.loss_history))
+        class_prompt=prompts.class_prompt, observer=ObserverGroup(ctx.observer, ctx.loss_history),
+        instance_captions=photo_prompts(prompts, photos.used))
     trainer.setup()
     family = trainer.family
     ctx.stop.grace_seconds = sizing.job_budget(
@@ -49,6 +51,14 @@ def train(ctx: RunContext) -> None:
     ctx.steps_done = trained.steps_done
     # Trainer.train's record, and what only this phase knows.
     ctx.result.training = dataclasses.replace(trained, resumed_from_step=resumed_from)
+
+
+def photo_prompts(prompts: Prompts, photos: list[str]) -> list[str] | None:
+    """Each photo's prompt when any photo has a caption (the instance prompt for the others);
+    None without captions, so that the Trainer trains as it always did."""
+    if not prompts.captions:
+        return None
+    return [prompts.captions.get(photo, prompts.instance) for photo in photos]
 
 
 def resume(ctx: RunContext) -> int | None:

@@ -1,7 +1,8 @@
 """Phase load_model: the base model (from the hub, a local directory or an S3 prefix, through the
 model cache), its family's training objective, --resolution, --guidance-scale and
 --save-precision auto resolved, the identifier token and the prompts built from it: the run's
-`LoadedModel` (context.py), recorded in result.json."""
+`LoadedModel` (context.py), recorded in result.json; the photos' captions are filled in here
+(training/captions.py: the identifier is known now)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from dreambooth_job.generation import sampling
 from dreambooth_job.outputs import weight_files
 from dreambooth_job.outputs.result import BaseModelInfo, Identifier, Prompts
 from dreambooth_job.phases.context import LoadedModel, RunContext
-from dreambooth_job.training import base_models, memory_fit, model_card, subject_photos
+from dreambooth_job.training import base_models, captions, memory_fit, model_card, subject_photos
 
 logger = logging.getLogger("dreambooth_job")
 
@@ -43,7 +44,8 @@ def load(ctx: RunContext) -> None:
     guidance_scale, save_precision = resolve_family_defaults(ctx, pipeline)
     ctx.model = model = LoadedModel(
         base=base, pipeline=sampling.fast_pipeline(pipeline), objective=objective,
-        resolution=resolution, identifier=identifier, prompts=prompts_for(config, identifier.token),
+        resolution=resolution, identifier=identifier,
+        prompts=prompts_for(config, identifier.token, ctx.captions),
         guidance_scale=guidance_scale, save_precision=save_precision)
     ctx.training_photos = photos_at(ctx, resolution)
     ctx.result.identifier = Identifier(token=identifier.token, chosen=identifier.chosen,
@@ -91,10 +93,14 @@ def photos_at(ctx: RunContext, resolution: int) -> subject_photos.SubjectPhotos 
     return subject_photos.load_subject_photos(ctx.work / "photos", ctx.run_config, skipped=ctx.skipped)
 
 
-def prompts_for(config: TrainConfig, token: str) -> Prompts:
-    """The config's prompt templates with the identifier and the class noun filled in."""
+def prompts_for(config: TrainConfig, token: str,
+                photo_captions: dict[str, captions.Caption] | None = None) -> Prompts:
+    """The config's prompt templates with the identifier and the class noun filled in, and each
+    captioned photo's prompt (captions.fill)."""
     def fill(template: str) -> str:
         return subject_identifier.format_prompt(template, token, config.class_noun)
 
+    filled = {photo: captions.fill(caption, token, config.class_noun)
+              for photo, caption in (photo_captions or {}).items()}
     return Prompts(instance=fill(config.instance_prompt), class_prompt=fill(config.class_prompt),
-                   validation=[fill(p) for p in config.validation_prompts])
+                   validation=[fill(p) for p in config.validation_prompts], captions=filled or None)

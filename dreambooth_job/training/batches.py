@@ -18,15 +18,31 @@ def pick(count: int, name: str, step: int, batch: int, seed: int, random_flip: b
          generator: torch.Generator) -> tuple[list[int], list[bool]]:
     """Which of the `count` images of set `name` step `step` trains on (each epoch is a seeded
     permutation, instance and class images apart), and which of them are flipped."""
+    indices = picked_indices(count, name, step, batch, seed)
+    flips = [bool(f) for f in torch.rand(batch, generator=generator) < 0.5] \
+        if random_flip else [False] * batch
+    return indices, flips
+
+
+def picked_indices(count: int, name: str, step: int, batch: int, seed: int) -> list[int]:
+    """`pick`'s images, from (seed, step) alone: the prompts of a batch follow its images."""
     indices = []
     for slot in range(step * batch, (step + 1) * batch):
         epoch, position = divmod(slot, count)
         order = torch.randperm(count, generator=torch.Generator().manual_seed(
             seed * 7919 + epoch + (0 if name == "instance" else 104729)))
         indices.append(int(order[position]))
-    flips = [bool(f) for f in torch.rand(batch, generator=generator) < 0.5] \
-        if random_flip else [False] * batch
-    return indices, flips
+    return indices
+
+
+def caption_dropped(seed: int, step: int, batch: int, probability: float) -> list[bool]:
+    """Which images of step `step`'s batch train on the instance prompt instead of their caption
+    (--caption-dropout). Its own generator, from (seed, step): the step's generator draws the same
+    numbers with and without captions, and a resumed run drops what an uninterrupted one did."""
+    if probability <= 0:
+        return [False] * batch
+    generator = torch.Generator().manual_seed(seed * 15_485_863 + step)
+    return [bool(d) for d in torch.rand(batch, generator=generator) < probability]
 
 
 def random_crops(images, resolution: int, generator: torch.Generator

@@ -1,7 +1,7 @@
 """The frozen encoders' side of training: VAE posteriors of the training pixels and prompt
 embeddings, computed each step or, with --cache-latents, once before the first step. Random crops
 change the pixels every step, so only centre-cropped data has its latents cached; the embeddings
-are cached unless the text encoders train.
+are cached unless the text encoders train, with captions each photo's prompt by its text.
 """
 
 from __future__ import annotations
@@ -51,17 +51,22 @@ class EncodedCache:
     mirror images when flipping), one row per image."""
     embeddings: dict[str, PromptEmbeddings] | None
     """Each set's prompt, encoded."""
+    captions: dict[str, PromptEmbeddings] | None = None
+    """With captions: each prompt an instance image trains on (its caption, and the instance
+    prompt that caption dropout and uncaptioned photos use), encoded, by its text."""
 
     @classmethod
-    def build(cls, config: TrainConfig, encoder: Encoder, pixels: dict, prompt_ids: dict[str, tuple]
-              ) -> EncodedCache:
+    def build(cls, config: TrainConfig, encoder: Encoder, pixels: dict, prompt_ids: dict[str, tuple],
+              caption_ids: dict[str, tuple] | None = None) -> EncodedCache:
         latents = (_encode_all(encoder, pixels, config.random_flip)
                    if config.cache_latents and config.center_crop else None)
-        embeddings = ({name: encoder.prompt(ids) for name, ids in prompt_ids.items()}
-                      if config.cache_latents and not config.train_text_encoder else None)
+        embeddings, captions = None, None
+        if config.cache_latents and not config.train_text_encoder:
+            embeddings = {name: encoder.prompt(ids) for name, ids in prompt_ids.items()}
+            captions = {text: encoder.prompt(ids) for text, ids in (caption_ids or {}).items()} or None
         if latents is not None and embeddings is not None:
             encoder.offload()
-        return cls(latents, embeddings)
+        return cls(latents, embeddings, captions)
 
 
 def _encode_all(encoder: Encoder, pixels: dict[str, torch.Tensor], flip: bool) -> dict[str, torch.Tensor]:

@@ -1,9 +1,11 @@
 """What each training step feeds the denoiser: the images of each set (instance, class), their
 pixels (centre crops as tensors once, random crops each step), where each crop came from
 (size-conditioned families take it), the latents the family makes of the VAE's posterior, and the
-prompt embeddings, from the cache (encoding.py) or encoded at the step. Every random draw comes
-from the step's generator, in a fixed order: which images and flips (batches.pick), the random
-crop, then the posterior sample.
+prompt embeddings, from the cache (encoding.py) or encoded at the step: the set's prompt, or with
+captions (captions.py) each instance image's own, the instance prompt where --caption-dropout
+drops it. Every random draw comes from the step's generator, in a fixed order: which images and
+flips (batches.pick), the random crop, then the posterior sample; caption dropout draws from its
+own (batches.caption_dropped).
 """
 from __future__ import annotations
 
@@ -13,23 +15,30 @@ from PIL import Image
 from dreambooth_job.config.train_config import TrainConfig
 from dreambooth_job.families import ModelFamily, PromptEmbeddings
 from dreambooth_job.families.base import ImageGeometry
-from dreambooth_job.training.batches import center_crops, pick, random_crops
+from dreambooth_job.training.batches import caption_dropped, center_crops, pick, picked_indices, random_crops
 from dreambooth_job.training.encoding import EncodedCache, Encoder
 from dreambooth_job.training.subject_photos import cover_size
 
 
 class TrainingInputs:
     """The image sets by name ("instance", and "class" with prior preservation), with each image's
-    size as uploaded and its set's prompt."""
+    size as uploaded and its set's prompt; `captions`: each instance image's own prompt, or None
+    (every instance image trains on the set's prompt)."""
 
     def __init__(self, config: TrainConfig, family: ModelFamily, pipeline, encoder: Encoder, *,
                  images: dict[str, list[Image.Image]], original_sizes: dict[str, list[tuple[int, int]]],
-                 prompts: dict[str, str]):
+                 prompts: dict[str, str], captions: list[str] | None = None):
         self.config, self.family, self.encoder = config, family, encoder
         self.images, self.original_sizes = images, original_sizes
         self.pixels, self.center_crops = self._prepare_pixels()
         self.prompt_ids = {name: family.tokenize(pipeline, prompt) for name, prompt in prompts.items()}
-        self.cache = EncodedCache.build(config, encoder, self.pixels, self.prompt_ids)
+        self.instance_prompt, self.captions = prompts["instance"], captions
+        # Each distinct prompt an instance image may train on, tokenized (and cached) once.
+        self.caption_ids = ({text: family.tokenize(pipeline, text)
+                             for text in dict.fromkeys([*captions, self.instance_prompt])}
+                            if captions is not None else {})
+        self.cache = EncodedCache.build(config, encoder, self.pixels, self.prompt_ids,
+                                        self.caption_ids)
 
     def _prepare_pixels(self) -> tuple[dict, dict[str, list[tuple[int, int]]]]:
         """Centre-cropped images become tensors once; random crops stay PIL images until each step."""
@@ -78,9 +87,26 @@ class TrainingInputs:
             left = cover_size(self.images[name][index].size, res)[0] - res - left
         return ImageGeometry(self.original_sizes[name][index], (top, left), res)
 
-    def embeddings(self, name: str) -> PromptEmbeddings:
-        """Set `name`'s prompt embeddings, one row per image of the batch."""
+    def embeddings(self, name: str, step: int) -> PromptEmbeddings:
+        """Set `name`'s prompt embeddings at `step`, one row per image of the batch."""
         batch = self.config.train_batch_size
+        if name == "instance" and self.captions is not None:
+            return self._caption_embeddings(self.batch_prompts(step))
         if self.cache.embeddings is not None:
             return self.cache.embeddings[name].expand(batch)
         return self.encoder.prompt(self.prompt_ids[name]).expand(batch)
+
+    def batch_prompts(self, step: int) -> list[str]:
+        """The prompt of each instance image of `step`'s batch: its caption, or the instance
+        prompt where the image has none or caption dropout drops it."""
+        c, captions = self.config, self.captions or []
+        indices = picked_indices(len(self.images["instance"]), "instance", step, c.train_batch_size,
+                                 c.seed)
+        dropped = caption_dropped(c.seed, step, c.train_batch_size, c.caption_dropout)
+        return [self.instance_prompt if drop else captions[i] for i, drop in zip(indices, dropped)]
+
+    def _caption_embeddings(self, texts: list[str]) -> PromptEmbeddings:
+        if self.cache.captions is not None:
+            return PromptEmbeddings.cat([self.cache.captions[text] for text in texts])
+        ids = [self.caption_ids[text] for text in texts]
+        return self.encoder.prompt(tuple(torch.cat(parts) for parts in zip(*ids)))

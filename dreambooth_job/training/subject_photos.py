@@ -14,7 +14,7 @@ import struct
 import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from PIL import Image, ImageOps
@@ -24,6 +24,7 @@ from dreambooth_job.config.train_config import TrainConfig
 from dreambooth_job.exit_codes import InvalidInputError
 from dreambooth_job.storage import places as storage
 from dreambooth_job.storage.places import StoredFile
+from dreambooth_job.training import captions
 
 log = logging.getLogger(__name__)
 
@@ -86,15 +87,17 @@ class PhotoListing:
     photos: list[StoredFile]
     skipped: list[Rejected]
     """Objects that are not photos by their name: named in the result, never downloaded."""
+    captions: list[StoredFile] = field(default_factory=list)
+    """Caption files of the photos (captions.py), within their byte bounds."""
 
 
 def select_photos(files: Sequence[StoredFile], config: TrainConfig) -> PhotoListing:
     """Photos to download from a listing; exit 2 naming the cap when they are too many or too big."""
-    photos, skipped = [], []
+    photos = [f for f in files if f.relative_path.lower().endswith(IMAGE_SUFFIXES)]
+    photo_paths = [f.relative_path for f in photos]
+    skipped = []
     for f in files:
-        if f.relative_path.lower().endswith(IMAGE_SUFFIXES):
-            photos.append(f)
-        else:
+        if f not in photos and not captions.is_caption_file(f.relative_path, photo_paths):
             skipped.append(Rejected(storage.display_key(f.relative_path), f"not an image file type "
                                                      f"({', '.join(IMAGE_SUFFIXES)}); not downloaded"))
     if len(photos) > config.max_photos:
@@ -104,20 +107,28 @@ def select_photos(files: Sequence[StoredFile], config: TrainConfig) -> PhotoList
     if total > config.max_photos_bytes:
         raise InvalidInputError(f"--instance-data {config.instance_data} holds {total} bytes of photos, "
                                 f"more than --max-photos-bytes {config.max_photos_bytes}")
-    return PhotoListing(photos, skipped)
+    return PhotoListing(photos, skipped, captions.caption_files(files, photos, config.max_photos))
 
 
-def download_photos(config: TrainConfig, local_dir: Path) -> PhotoListing:
+def download_photos(config: TrainConfig, local_dir: Path, captions_dir: Path | None = None) -> PhotoListing:
     """Download the photos of --instance-data into `local_dir`: only image files, and only once
-    the listing is within the caps (what was checked is exactly what is downloaded)."""
+    the listing is within the caps (what was checked is exactly what is downloaded); their
+    caption files (captions.py) into `captions_dir`."""
     listed = storage.list_files(config.instance_data)
     if not listed:
         raise InvalidInputError(f"--instance-data {config.instance_data} holds no files")
     selected = select_photos(listed, config)
     local_dir.mkdir(parents=True, exist_ok=True)
-    storage.download_listed(config.instance_data, selected.photos, local_dir, on_unsafe_key=lambda f, why:
-                            selected.skipped.append(Rejected(storage.display_key(f.relative_path),
-                                                             f"unsafe name, not downloaded: it {why}")))
+
+    def skip_unsafe(f: StoredFile, why: str) -> None:
+        selected.skipped.append(Rejected(storage.display_key(f.relative_path),
+                                         f"unsafe name, not downloaded: it {why}"))
+
+    storage.download_listed(config.instance_data, selected.photos, local_dir, on_unsafe_key=skip_unsafe)
+    if captions_dir is not None and selected.captions:
+        captions_dir.mkdir(parents=True, exist_ok=True)
+        storage.download_listed(config.instance_data, selected.captions, captions_dir,
+                                on_unsafe_key=skip_unsafe)
     return selected
 
 

@@ -45,7 +45,8 @@ class Trainer:
     zeroes gradients in place as the reference trainer does (`bench --baseline` times it so).
     `instance_sizes`: each instance image's (width, height) as uploaded (subject_photos.Photo.original_size;
     default: the image's own size), for size-conditioned families; class images count as
-    generated at the resolution.
+    generated at the resolution. `instance_captions`: each instance image's prompt (captions.py;
+    default: `instance_prompt` for all).
     After `setup`: `runtime` (setup.Runtime), `models` (setup.TrainedModels), `inputs`
     (inputs.TrainingInputs), `optimizer`, `lr_scheduler`."""
 
@@ -54,7 +55,8 @@ class Trainer:
                  class_images: list[Image.Image] | None, class_prompt: str,
                  observer: JobObserver | None = None, family: ModelFamily | None = None,
                  mode: TrainMode | None = None, set_grads_to_none: bool = True,
-                 instance_sizes: list[tuple[int, int]] | None = None):
+                 instance_sizes: list[tuple[int, int]] | None = None,
+                 instance_captions: list[str] | None = None):
         self.pipeline = pipeline
         self.family = family or families.for_pipeline(pipeline)
         if config.resolution is None:  # auto is resolved once, before: base_models.training_resolution
@@ -71,6 +73,7 @@ class Trainer:
             self.images["class"] = self.class_images
             self.original_sizes["class"] = [(res, res)] * len(self.class_images)
         self.prompts = {"instance": instance_prompt, "class": class_prompt}
+        self.instance_captions = instance_captions
         self.observer = observer or JobObserver()
         self.step = 0
 
@@ -84,7 +87,7 @@ class Trainer:
         self.inputs = TrainingInputs(config, self.family, self.pipeline,
                                      Encoder(self.family, self.models, self.runtime.device),
                                      images=self.images, original_sizes=self.original_sizes,
-                                     prompts=self.prompts)
+                                     prompts=self.prompts, captions=self.instance_captions)
         optimizer, lr_scheduler = setup.setup_optimizer(config, self.models.trainable)
         self.optimizer, self.lr_scheduler = setup.prepare(
             config, self.mode, self.accelerator, self.models, optimizer, lr_scheduler)
@@ -106,7 +109,7 @@ class Trainer:
             batches = [self.inputs.latents(n, step, generator) for n in names]
             latents = torch.cat([latents for latents, _ in batches])
             geometry = [g for _, batch_geometry in batches for g in batch_geometry]
-            embeddings = PromptEmbeddings.cat([self.inputs.embeddings(n) for n in names])
+            embeddings = PromptEmbeddings.cat([self.inputs.embeddings(n, step) for n in names])
             batch = self.objective.draw(latents, generator, self.device)
         with record_function("denoiser_forward"), self.accelerator.autocast(), \
                 devices.attention_kernel(self.config.attention_backend):
