@@ -108,7 +108,6 @@ def validate_config(config: TrainConfig, *, require_inputs: bool = False) -> Non
     if not config.lora_target_modules:
         raise InvalidInputError("--lora-target-modules must name at least one layer")
     check_base_precision(config)
-    check_timestep_sampling(config)
     if config.prior_preservation and config.num_class_images < 1:
         raise InvalidInputError("--num-class-images must be at least 1 with prior preservation")
     check_locations(config)
@@ -129,17 +128,6 @@ def check_base_precision(config: TrainConfig) -> None:
         if getattr(config, name):
             raise InvalidInputError(f"{flag_name(name)} merges the adapters into the base, which "
                                     f"--base-precision {precision} quantizes: drop one of them")
-
-
-def check_timestep_sampling(config: TrainConfig) -> None:
-    """A --timestep-sampling parameter set for a sampling that does not read it would be silently
-    ignored: refuse it (the model's objective refuses the options that do not apply to it)."""
-    readers = {"logit_mean": "logit-normal", "logit_std": "logit-normal", "mode_scale": "mode"}
-    for name, sampling in readers.items():
-        field = next(f for f in dataclasses.fields(config) if f.name == name)
-        if getattr(config, name) != field.default and config.timestep_sampling != sampling:
-            raise InvalidInputError(f"{flag_name(name)} has no effect without --timestep-sampling "
-                                    f"{sampling} (got {config.timestep_sampling})")
 
 
 def check_notify(config: TrainConfig) -> None:

@@ -52,6 +52,18 @@ class ObjectiveOptions(NamedTuple):
 PLAIN = ObjectiveOptions()
 """The plain objective: no loss weighting, no offset noise, uniform timesteps."""
 
+# The --timestep-sampling parameters and the sampling that reads each.
+SAMPLING_PARAMETERS = {"logit_mean": "logit-normal", "logit_std": "logit-normal", "mode_scale": "mode"}
+
+
+def refuse_unread_parameters(options: ObjectiveOptions) -> None:
+    """InvalidInputError for a sampling parameter set where the sampling does not read it (it
+    would be ignored silently)."""
+    for name, sampling in SAMPLING_PARAMETERS.items():
+        if getattr(options, name) != getattr(PLAIN, name) and options.timestep_sampling != sampling:
+            raise InvalidInputError(f"--{name.replace('_', '-')} has no effect without "
+                                    f"--timestep-sampling {sampling} (got {options.timestep_sampling})")
+
 
 class NoisedBatch(NamedTuple):
     """One step's denoiser inputs and what it must predict."""
@@ -149,6 +161,7 @@ class DdpmObjective(TrainingObjective):
     weighs_prior_samples = False
 
     def __init__(self, scheduler, options: ObjectiveOptions = PLAIN):
+        refuse_unread_parameters(options)
         if options.timestep_sampling != "uniform":
             refuse("--timestep-sampling", options.timestep_sampling, "DDPM (timesteps uniform)",
                    "--snr-gamma weighs DDPM's timesteps")
@@ -208,6 +221,7 @@ class FlowMatchingObjective(TrainingObjective):
     prediction_type = "flow"
 
     def __init__(self, timesteps, sigmas, options: ObjectiveOptions = PLAIN):
+        refuse_unread_parameters(options)
         if options.snr_gamma:
             refuse("--snr-gamma", options.snr_gamma, "flow matching",
                    "--flow-weighting and --timestep-sampling weigh its noise levels")
