@@ -2,10 +2,10 @@
 timesteps and a target, and how the prediction's error is weighed. A family picks its objective
 (`ModelFamily.training_objective`); the Trainer only calls `draw` and `per_sample_loss`.
 
-    objective = family.training_objective(pipeline)        # DdpmObjective for SD and SDXL
+    objective = family.training_objective(pipeline, ObjectiveOptions.from_config(config))  # DDPM: SD, SDXL
     batch = objective.draw(latents, generator, device)      # noise, timesteps, noisy inputs, target
     prediction = family.predict(denoiser, batch.noisy, batch.timesteps, conditioning)
-    errors = objective.per_sample_loss(prediction, batch)   # (batch,)
+    errors = objective.per_sample_loss(prediction, batch, instances=4)   # (batch,), weighted
 
 `FlowMatchingObjective` is the rectified-flow velocity objective (FLUX.2 [klein], FLUX.1): its own
 timestep sampling, interpolation and target; `draw` keeps the order of the random draws.
