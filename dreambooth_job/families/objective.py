@@ -180,9 +180,12 @@ class DdpmObjective(TrainingObjective):
         return cls(DDPMScheduler.from_config(pipeline.scheduler.config), options)
 
     def loss_weights(self, timesteps):
-        """--snr-gamma: min-SNR weights (Hang et al. 2023) exactly as diffusers' DreamBooth and
-        text-to-image scripts compute them: min(SNR(t), gamma) / SNR(t), plus 1 for a v target
-        (its loss is floored at an SNR weight of one); SNR from diffusers' `compute_snr`."""
+        """--snr-gamma: min-SNR weights (Hang et al. 2023) exactly as diffusers' DreamBooth
+        scripts (train_dreambooth_lora_sdxl.py and the advanced trainer) compute them:
+        min(SNR(t), gamma) / SNR(t), plus 1 for a v target (its loss "floored at an SNR weight of
+        one"); SNR from diffusers' `compute_snr`. (Its train_text_to_image.py has since weighed v
+        by min(SNR, gamma) / (SNR + 1) instead; the DreamBooth scripts, which users compare us
+        with, kept the form here.)"""
         if not self.snr_gamma:
             return None
         import torch  # deferred: torch is heavy; families/ is imported without it
