@@ -2,7 +2,7 @@
 hand computation for epsilon and v targets and weigh the subject photos only; flow matching's
 timestep sampling and loss weighting are diffusers' functions on the same generator; offset noise
 is added after the timesteps as specified; and each objective refuses, in one line, the options
-that do not apply to it."""
+that do not apply to it (every family, through its `training_objective`)."""
 
 from __future__ import annotations
 
@@ -13,9 +13,11 @@ import torch
 from diffusers import DDPMScheduler, FlowMatchEulerDiscreteScheduler
 from diffusers.training_utils import compute_density_for_timestep_sampling, compute_loss_weighting_for_sd3
 
+from dreambooth_job import families
 from dreambooth_job.config import train_config as cfg
 from dreambooth_job.exit_codes import InvalidInputError
 from dreambooth_job.families.objective import DdpmObjective, FlowMatchingObjective, ObjectiveOptions
+from dreambooth_job.training import base_models
 
 LATENTS = torch.randn(4, 4, 8, 8, generator=torch.Generator().manual_seed(1))
 
@@ -157,3 +159,22 @@ def test_an_objective_refuses_the_options_of_another(build, options, named):
 def test_out_of_bounds_values_name_the_option(values, named):
     with pytest.raises(InvalidInputError, match=named):
         cfg.TrainConfig(**values)
+
+
+@pytest.mark.parametrize("model, flow_family", [("tiny_model", False), ("tiny_sdxl_model", False),
+                                                ("tiny_flux2_klein_model", True),
+                                                ("tiny_flux1_model", True)])
+def test_each_family_builds_its_objective_with_the_options_and_refuses_the_others(model, flow_family,
+                                                                                   request):
+    base = base_models.resolve_base_model(str(request.getfixturevalue(model)), "/nonexistent")
+    pipeline = base_models.load_pipeline(base, "/nonexistent")
+    family = families.for_pipeline(pipeline)
+    applies = ObjectiveOptions(noise_offset=0.1, **({"flow_weighting": "cosmap"} if flow_family
+                                                    else {"snr_gamma": 5.0}))
+    objective = family.training_objective(pipeline, applies)
+    batch = objective.draw(LATENTS, torch.Generator().manual_seed(0), "cpu")
+    plain = family.training_objective(pipeline).draw(LATENTS, torch.Generator().manual_seed(0), "cpu")
+    assert batch.weights is not None and not torch.equal(batch.target, plain.target)
+    other = {"snr_gamma": 5.0} if flow_family else {"flow_weighting": "cosmap"}
+    with pytest.raises(InvalidInputError, match=f"--{next(iter(other)).replace('_', '-')} "):
+        family.training_objective(pipeline, ObjectiveOptions(**other))
