@@ -17,6 +17,9 @@ BASE_PRECISION_CHOICES = ("auto", "fp8", "nf4")
 QUANTIZED_BASE_PRECISIONS = ("fp8", "nf4")
 COMPILE_MODE_CHOICES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 TRAIN_MODE_CHOICES = ("full", "lora")
+# families/objective.py maps each to diffusers' `weighting_scheme` name.
+TIMESTEP_SAMPLING_CHOICES = ("uniform", "logit-normal", "mode")
+FLOW_WEIGHTING_CHOICES = ("none", "sigma-sqrt", "cosmap")
 # The usual peak rates: the paper's full fine-tuning, and diffusers' and kohya's LoRA trainers.
 DEFAULT_LEARNING_RATES = {"full": 5e-6, "lora": 1e-4}
 # LoRA's default targets: the UNet's attention projections (training/lora_adapters.py; kept here

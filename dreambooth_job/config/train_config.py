@@ -140,6 +140,37 @@ class TrainConfig:
     lr_scheduler: str = option(
         MODEL, "constant", choices=const.LR_SCHEDULER_CHOICES, help="Learning-rate schedule.")
     lr_warmup_steps: int = option(MODEL, 0, minimum=0, help="Learning-rate warm-up steps.")
+    snr_gamma: float = option(
+        MODEL, 0.0, minimum=0, maximum=1000,
+        help="Min-SNR loss weighting (Hang et al. 2023) with this gamma, as diffusers' scripts "
+             "compute it: each subject photo's loss times min(SNR(t), gamma) / SNR(t) (plus 1 for "
+             "v-prediction models); 5 is the paper's value; 0: off. DDPM families (SD, SDXL) "
+             "only; flow-matching families refuse it (see --flow-weighting).")
+    noise_offset: float = option(
+        MODEL, 0.0, minimum=0, maximum=1,
+        help="Offset noise: add this times a normal draw per sample and channel, constant over "
+             "the image, to the training noise (helps very dark and very bright images); 0.05 to "
+             "0.1 is usual; 0: off. Every family (FLUX: on its packed latents' channels).")
+    timestep_sampling: str = option(
+        MODEL, "uniform", choices=const.TIMESTEP_SAMPLING_CHOICES,
+        help="Flow-matching families (FLUX): how training draws noise levels, as diffusers' "
+             "--weighting_scheme: uniform; logit-normal (sigmoid of a normal with --logit-mean, "
+             "--logit-std, SD3's choice: more mid-range noise); mode (SD3's mode sampling with "
+             "--mode-scale). DDPM families refuse all but uniform.")
+    logit_mean: float = option(
+        MODEL, 0.0, minimum=-10, maximum=10, help="Mean of --timestep-sampling logit-normal.")
+    logit_std: float = option(
+        MODEL, 1.0, exclusive_minimum=0, maximum=10,
+        help="Standard deviation of --timestep-sampling logit-normal.")
+    mode_scale: float = option(
+        MODEL, 1.29, minimum=-1, maximum=1.75,
+        help="Scale of --timestep-sampling mode (SD3: within [-1, 2/(pi-2)], where the sampling "
+             "stays monotone).")
+    flow_weighting: str = option(
+        MODEL, "none", choices=const.FLOW_WEIGHTING_CHOICES,
+        help="Flow-matching families (FLUX): each sample's loss weight by its noise level sigma, "
+             "as diffusers' --weighting_scheme: none; sigma-sqrt (1/sigma^2); cosmap "
+             "(2/(pi(1-2 sigma+2 sigma^2))). DDPM families refuse all but none (see --snr-gamma).")
     train_batch_size: int = option(
         MODEL, 1, minimum=1, help="Subject photos per step (class images: the same).")
     gradient_accumulation_steps: int = option(

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any, ClassVar, NamedTuple
 
 from dreambooth_job.families.lora_formats import LoraFormat
-from dreambooth_job.families.objective import DdpmObjective, TrainingObjective
+from dreambooth_job.families.objective import PLAIN, DdpmObjective, ObjectiveOptions, TrainingObjective
 from dreambooth_job.families.reference import ReferenceModel
 from dreambooth_job.families.unet_activations import UNET_ACTIVATION_BYTES_PER_UNIT
 from dreambooth_job.outputs.export import single_file
@@ -165,11 +165,13 @@ class ModelFamily(ABC):
         """The denoiser's output for `noisy` at `timesteps` (`conditioning`: denoiser_conditioning's)."""
         return denoiser(noisy, timesteps, **conditioning).sample
 
-    def training_objective(self, pipeline) -> TrainingObjective:
+    def training_objective(self, pipeline,
+                           options: ObjectiveOptions = PLAIN) -> TrainingObjective:
         """How training noises latents and what the denoiser predicts: DDPM with the base model's
-        schedule and prediction type (epsilon or v). Read it before `sampling_scheduler` replaces
-        the pipeline's scheduler."""
-        return DdpmObjective.from_pipeline(pipeline)
+        schedule and prediction type (epsilon or v), with the run's loss and noise `options`
+        (InvalidInputError for one that does not apply to the objective). Read it before
+        `sampling_scheduler` replaces the pipeline's scheduler."""
+        return DdpmObjective.from_pipeline(pipeline, options)
 
     def encode_latents(self, vae, sample):
         """A VAE posterior sample as the denoiser's input: shifted (by the VAE's `shift_factor`,

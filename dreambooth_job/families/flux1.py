@@ -37,7 +37,12 @@ from dreambooth_job.families.base import PromptEmbeddings
 from dreambooth_job.families.flux1_layout import FLUX1_LAYOUT
 from dreambooth_job.families.flux1_lora import Flux1LoraFormat
 from dreambooth_job.families.flux_transformer import FluxTransformerFamily
-from dreambooth_job.families.objective import FlowMatchingObjective, TrainingObjective
+from dreambooth_job.families.objective import (
+    PLAIN,
+    FlowMatchingObjective,
+    ObjectiveOptions,
+    TrainingObjective,
+)
 from dreambooth_job.families.reference import FLUX1_DEV
 from dreambooth_job.families.transformer_activations import FLUX1_DEV_ACTIVATIONS
 
@@ -93,8 +98,9 @@ class Flux1(FluxTransformerFamily):
                 "txt_ids": torch.zeros(hidden.shape[1], 3, device=hidden.device, dtype=dtype)}
 
     # -- latents, the denoiser, the objective ----------------------------------------------------
-    def training_objective(self, pipeline) -> TrainingObjective:
-        return FlowMatchingObjective.from_pipeline(pipeline)
+    def training_objective(self, pipeline,
+                           options: ObjectiveOptions = PLAIN) -> TrainingObjective:
+        return FlowMatchingObjective.from_pipeline(pipeline, options)
 
     def predict(self, denoiser, noisy, timesteps, conditioning: dict[str, Any]):
         """The transformer's velocity for `noisy` (batch, channels, h, w): packed into 2x2-patch

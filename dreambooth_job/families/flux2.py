@@ -19,7 +19,12 @@ from dreambooth_job.families.base import PromptEmbeddings
 from dreambooth_job.families.flux2_layout import FLUX2_LAYOUT
 from dreambooth_job.families.flux2_lora import Flux2LoraFormat
 from dreambooth_job.families.flux_transformer import FluxTransformerFamily
-from dreambooth_job.families.objective import FlowMatchingObjective, TrainingObjective
+from dreambooth_job.families.objective import (
+    PLAIN,
+    FlowMatchingObjective,
+    ObjectiveOptions,
+    TrainingObjective,
+)
 from dreambooth_job.families.reference import GB, ReferenceModel
 from dreambooth_job.families.transformer_activations import TransformerActivations
 
@@ -114,8 +119,9 @@ class Flux2Klein(FluxTransformerFamily):
                 "txt_ids": Flux2KleinPipeline._prepare_text_ids(hidden).to(hidden.device)}
 
     # -- latents, the denoiser, the objective ----------------------------------------------------
-    def training_objective(self, pipeline) -> TrainingObjective:
-        return FlowMatchingObjective.from_pipeline(pipeline)
+    def training_objective(self, pipeline,
+                           options: ObjectiveOptions = PLAIN) -> TrainingObjective:
+        return FlowMatchingObjective.from_pipeline(pipeline, options)
 
     def encode_latents(self, vae, sample):
         """As the pipeline's `_encode_vae_image` and the klein trainer: patchify 2x2, then subtract

@@ -11,6 +11,7 @@ import logging
 from dreambooth_job import families
 from dreambooth_job.config import subject_identifier
 from dreambooth_job.config.train_config import TrainConfig
+from dreambooth_job.families.objective import ObjectiveOptions
 from dreambooth_job.generation import sampling
 from dreambooth_job.outputs import weight_files
 from dreambooth_job.outputs.result import BaseModelInfo, Identifier, Prompts
@@ -36,7 +37,7 @@ def load(ctx: RunContext) -> None:
     # saving on is exit 2 in one line, not an out-of-memory at the first step (CUDA only).
     memory_fit.check(config, family, pipeline, resolution, device_bytes)
     # Before fast_pipeline swaps the scheduler for sampling: the objective reads the base model's own.
-    objective = family.training_objective(pipeline)
+    objective = family.training_objective(pipeline, ObjectiveOptions.from_config(config))
     identifier = (subject_identifier.choose_identifier(pipeline.tokenizer) if config.identifier == "auto"
                   else subject_identifier.user_identifier(pipeline.tokenizer, config.identifier))
     logger.info("identifier %r (%s, token ids %s)", identifier.token, identifier.chosen,

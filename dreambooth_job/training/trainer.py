@@ -24,7 +24,7 @@ from dreambooth_job.config.train_config import TrainConfig
 from dreambooth_job.events import JobObserver, TrainProgress
 from dreambooth_job.exit_codes import InvalidInputError
 from dreambooth_job.families import ModelFamily, PromptEmbeddings, TrainMode
-from dreambooth_job.families.objective import TrainingObjective
+from dreambooth_job.families.objective import ObjectiveOptions, TrainingObjective
 from dreambooth_job.outputs.result import Training
 from dreambooth_job.training import devices, setup, state
 from dreambooth_job.training.batches import step_generator
@@ -64,7 +64,8 @@ class Trainer:
         self.config = config
         self.mode = mode or families.train_mode(config, self.family, pipeline)
         self.set_grads_to_none = set_grads_to_none
-        self.objective = objective or self.family.training_objective(pipeline)
+        self.objective = objective or self.family.training_objective(
+            pipeline, ObjectiveOptions.from_config(config))
         self.class_images = class_images if config.prior_preservation else None
         res = config.resolution
         self.images = {"instance": instance_images}
@@ -117,7 +118,7 @@ class Trainer:
             conditioning = self.family.denoiser_conditioning(embeddings, batch.noisy.dtype, **extra)
             prediction = self.family.predict(self.models.denoiser, batch.noisy, batch.timesteps,
                                              conditioning)
-        errors = self.objective.per_sample_loss(prediction, batch)
+        errors = self.objective.per_sample_loss(prediction, batch, instances=self.config.train_batch_size)
         instance_loss = errors[: self.config.train_batch_size].mean()
         prior_loss = (errors[self.config.train_batch_size:].mean() if self.class_images
                       else torch.zeros((), device=self.device))

@@ -48,6 +48,8 @@ SPECIAL_VALUES = {
     "learning_rate": 2e-06,  # Go writes it 0.000002: the CLI must read both
     "lora_dropout": 0.25,
     "caption_dropout": 0.25,  # a probability: at most 1
+    "noise_offset": 0.1,  # within its bound of 1
+    "mode_scale": 1.0,  # within [-1, 1.75]
     # At its default here: fp8/nf4 refuse --lora-merge, which this config sets (the test below
     # renders a quantized base alone).
     "base_precision": "auto",
