@@ -228,7 +228,7 @@ def _training_state_bytes(pipeline, config: cfg.TrainConfig) -> int:
                      for name, module in modules.items())
     else:
         params = memory_estimate.trained_parameters(modules.values())
-    return memory_estimate.training_state_bytes(params, config.use_8bit_adam)
+    return memory_estimate.training_state_bytes(params, config.resolved_optimizer, config.ema_decay > 0)
 
 
 def _images(settings: Settings, seed: int):
