@@ -119,8 +119,8 @@ def memory_refusal(settings: Settings, variants: list[Variant], device_type: str
     half = device_type == "cuda"  # the CPU trains in fp32 (mixed precision auto: no)
     needed = min(estimate.estimate(
         settings.model, train_mode=config.train_mode, resolution=settings.resolution,
-        checkpointing=config.gradient_checkpointing is True, use_8bit_adam=config.use_8bit_adam,
-        half_precision=half, built=built).peak_bytes
+        checkpointing=config.gradient_checkpointing is True,
+        use_8bit_adam=config.resolved_optimizer == "adamw-8bit", half_precision=half, built=built).peak_bytes
         for config in (bench_config(settings, v) for v in variants))
     if needed <= available:
         return None
