@@ -17,9 +17,9 @@ device limit and nothing is refused.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
-import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace

@@ -26,8 +26,8 @@ FLUX1_LEVELS = FLUX1_DEV_ACTIVATIONS.levels(FLUX1_DEV_TRANSFORMER_CONFIG, 128)
 
 
 def run(mode, adam=False):
-    return memory_fit.RunShape(lora=mode == "lora", train_text_encoder=False, optimizer=memory_estimate.adam(adam),
-                               images_per_step=2)
+    return memory_fit.RunShape(lora=mode == "lora", train_text_encoder=False,
+                               optimizer=memory_estimate.adam(adam), images_per_step=2)
 
 
 def test_flux1_dev_full_is_refused_on_80_gib_in_one_line_naming_mode_estimate_and_memory():

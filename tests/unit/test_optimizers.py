@@ -75,7 +75,8 @@ def test_a_run_finishes_and_resumes_bitwise(optimizer, learning_rate, tmp_path):
 
 
 def test_use_8bit_adam_is_optimizer_adamw_8bit():
-    alias, named = TrainConfig(**REQUIRED, use_8bit_adam=True), TrainConfig(**REQUIRED, optimizer="adamw-8bit")
+    alias = TrainConfig(**REQUIRED, use_8bit_adam=True)
+    named = TrainConfig(**REQUIRED, optimizer="adamw-8bit")
     assert alias.resolved_optimizer == named.resolved_optimizer == "adamw-8bit"
     assert differing_model_fields(alias.to_dict(), named) == []
     assert differing_model_fields(TrainConfig(**REQUIRED).to_dict(), named) == ["optimizer", "use_8bit_adam"]
