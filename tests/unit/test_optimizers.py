@@ -17,7 +17,7 @@ from dreambooth_job.bench.command import Settings, Variant, _images, bench_confi
 from dreambooth_job.config.run_identity import differing_model_fields  # noqa: E402
 from dreambooth_job.config.train_config import TrainConfig  # noqa: E402
 from dreambooth_job.exit_codes import InvalidInputError  # noqa: E402
-from dreambooth_job.training import memory_estimate, setup  # noqa: E402
+from dreambooth_job.training import memory_estimate, setup, sizing  # noqa: E402
 from dreambooth_job.training.trainer import Trainer  # noqa: E402
 
 SETTINGS = Settings(model="tiny", base_model=None, resolution=32, batch_size=1, steps=3, warmup=0,
@@ -124,3 +124,11 @@ def test_the_default_estimate_is_unchanged_and_ema_adds_an_fp32_copy():
     assert (memory_estimate.training_state_bytes(1000, "adafactor")
             < memory_estimate.training_state_bytes(1000, "adamw")
             < memory_estimate.training_state_bytes(1000, "prodigy"))
+
+
+def test_a_checkpoint_with_prodigys_state_and_the_average_needs_a_longer_grace():
+    trained = 10**10  # more than any profile is sized for: the checkpoint decides the budget
+    adamw = sizing.job_budget(None, "sdxl", "full", trained, "adamw")
+    assert sizing.job_budget(None, "sdxl", "full", trained, "adafactor") < adamw
+    assert adamw < sizing.job_budget(None, "sdxl", "full", trained, "adamw", ema=True) \
+        < sizing.job_budget(None, "sdxl", "full", trained, "prodigy", ema=True)
