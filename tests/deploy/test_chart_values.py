@@ -47,6 +47,7 @@ SPECIAL_VALUES = {
     "instance_prompt": "a photo of {identifier} {class_noun}",
     "learning_rate": 2e-06,  # Go writes it 0.000002: the CLI must read both
     "lora_dropout": 0.25,
+    "ema_decay": 0.999,  # below 1
     # At its default here: fp8/nf4 refuse --lora-merge, which this config sets (the test below
     # renders a quantized base alone).
     "base_precision": "auto",
