@@ -164,7 +164,10 @@ def make_optimizer(name: str, params: list, rate: float, weight_decay: float,
     if name == "prodigy":
         from prodigyopt import Prodigy  # deferred: only this optimizer needs it
 
-        return Prodigy(params, lr=rate, weight_decay=weight_decay)
+        # As diffusers' DreamBooth LoRA trainers set it: Adam's bias correction, and the step
+        # size estimate kept from growing during a warm-up.
+        return Prodigy(params, lr=rate, weight_decay=weight_decay, use_bias_correction=True,
+                       safeguard_warmup=True)
     if name == "adafactor":
         from transformers.optimization import Adafactor  # deferred: transformers is heavy
 
