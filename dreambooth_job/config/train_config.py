@@ -207,8 +207,8 @@ class TrainConfig:
         help="VAE-encode each image and text-encode each prompt once, not every step.")
     adam_impl: str = option(
         OPERATIONAL, "auto", choices=const.ADAM_IMPL_CHOICES,
-        help="AdamW kernel: fused (one kernel for all parameters), foreach, or loop (one parameter "
-             "at a time); auto: fused.")
+        help="AdamW kernel (--optimizer adamw): fused (one kernel for all parameters), foreach, or "
+             "loop (one parameter at a time); auto: fused.")
     attention_backend: str = option(
         OPERATIONAL, "auto", choices=const.ATTENTION_BACKEND_CHOICES,
         help="UNet attention: auto (PyTorch's SDPA picks a kernel); math, efficient, flash or cudnn "
