@@ -10,6 +10,8 @@ cached latents and embeddings, text encoders off the GPU) and whether it fits an
 
 from __future__ import annotations
 
+import dataclasses
+
 from dreambooth_job.bench.estimate import VAE_SCALE, estimate, meta_models
 from dreambooth_job.config.train_config import TrainConfig
 from dreambooth_job.training import lora_adapters, memory_fit
@@ -51,7 +53,7 @@ def _fits(counts, run, levels, family) -> list[str]:
     for gib in A100_GIB:
         if memory_fit.refusal(counts, run, levels, family, gib * GIB, "") is None:
             cells.append("yes")
-        elif memory_fit.refusal(counts, memory_fit.RunShape(run.lora, False, True, run.images_per_step),
+        elif memory_fit.refusal(counts, dataclasses.replace(run, optimizer="adamw-8bit"),
                                 levels, family, gib * GIB, "") is None:
             cells.append("with 8-bit Adam")
         else:
@@ -70,10 +72,10 @@ def flow_rows() -> list[str]:
             for resolution in (512, 1024):
                 levels = family.activation_levels(config, resolution // VAE_SCALE)
                 run = memory_fit.RunShape(lora=mode == "lora", train_text_encoder=False,
-                                          use_8bit_adam=False, images_per_step=2)
+                                          optimizer="adamw", images_per_step=2)
                 peaks = [memory_fit.leanest_peak_bytes(
-                    counts, memory_fit.RunShape(run.lora, False, adam, 2), levels, family)
-                    for adam in (False, True)]
+                    counts, dataclasses.replace(run, optimizer=optimizer), levels, family)
+                    for optimizer in ("adamw", "adamw-8bit")]
                 lines.append(f"| {model} | {resolution} px | {mode} | "
                              + " | ".join(f"{p / GIB:.1f} GiB" for p in peaks) + " | "
                              + " | ".join(_fits(counts, run, levels, family)) + " |")

@@ -119,8 +119,8 @@ def memory_refusal(settings: Settings, variants: list[Variant], device_type: str
     half = device_type == "cuda"  # the CPU trains in fp32 (mixed precision auto: no)
     needed = min(estimate.estimate(
         settings.model, train_mode=config.train_mode, resolution=settings.resolution,
-        checkpointing=config.gradient_checkpointing is True, use_8bit_adam=config.use_8bit_adam,
-        half_precision=half, built=built).peak_bytes
+        checkpointing=config.gradient_checkpointing is True,
+        use_8bit_adam=config.resolved_optimizer == "adamw-8bit", half_precision=half, built=built).peak_bytes
         for config in (bench_config(settings, v) for v in variants))
     if needed <= available:
         return None
@@ -228,7 +228,7 @@ def _training_state_bytes(pipeline, config: cfg.TrainConfig) -> int:
                      for name, module in modules.items())
     else:
         params = memory_estimate.trained_parameters(modules.values())
-    return memory_estimate.training_state_bytes(params, config.use_8bit_adam)
+    return memory_estimate.training_state_bytes(params, config.resolved_optimizer, config.ema_decay > 0)
 
 
 def _images(settings: Settings, seed: int):

@@ -80,5 +80,5 @@ def estimate(model: str, *, train_mode: str = "full", checkpointing: bool = Fals
         trainable_params=trainable, frozen_params=frozen,
         activation_levels=family.activation_levels(denoiser.config, resolution // VAE_SCALE),
         images_per_step=IMAGES_PER_STEP, half_precision=half_precision,
-        checkpointing=checkpointing, use_8bit_adam=use_8bit_adam, family=family)
+        checkpointing=checkpointing, optimizer=memory_estimate.adam(use_8bit_adam), family=family)
     return Estimate(model, train_mode, checkpointing, use_8bit_adam, resolution, trainable, peak)

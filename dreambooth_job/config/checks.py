@@ -108,6 +108,9 @@ def validate_config(config: TrainConfig, *, require_inputs: bool = False) -> Non
     if not config.lora_target_modules:
         raise InvalidInputError("--lora-target-modules must name at least one layer")
     check_base_precision(config)
+    if config.use_8bit_adam and config.optimizer not in ("adamw", "adamw-8bit"):
+        raise InvalidInputError(f"--use-8bit-adam means --optimizer adamw-8bit, not --optimizer "
+                                f"{config.optimizer}: drop one of them")
     if config.prior_preservation and config.num_class_images < 1:
         raise InvalidInputError("--num-class-images must be at least 1 with prior preservation")
     check_locations(config)

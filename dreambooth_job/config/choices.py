@@ -10,6 +10,11 @@ LR_SCHEDULER_CHOICES = ("constant", "constant_with_warmup", "linear", "cosine", 
 LOG_FORMAT_CHOICES = ("auto", "json", "text")
 MAX_LEASE_WAIT_SECONDS = 86400
 ADAM_IMPL_CHOICES = ("auto", "fused", "foreach", "loop")
+# --optimizer; --use-8bit-adam is the alias of adamw-8bit (resolve_auto).
+OPTIMIZER_CHOICES = ("adamw", "adamw-8bit", "prodigy", "adafactor")
+# Prodigy estimates the step size itself (its d) and scales it by the learning rate: 1.0 by its
+# authors' convention, whatever the train mode.
+PRODIGY_LEARNING_RATE = 1.0
 ATTENTION_BACKEND_CHOICES = ("auto", "math", "efficient", "flash", "cudnn", "eager")
 SAVE_PRECISION_CHOICES = ("auto", "fp16", "bf16", "fp32")
 # The frozen base under --train-mode lora: the compute dtype (auto), or quantized weights.

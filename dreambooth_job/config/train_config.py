@@ -136,7 +136,8 @@ class TrainConfig:
              "same objective, the base weights frozen.")
     learning_rate: float | None = option(
         MODEL, exclusive_minimum=0,
-        help="Peak learning rate (default auto: 1e-4 with --train-mode lora, 5e-6 with full).")
+        help="Peak learning rate (default auto: 1e-4 with --train-mode lora, 5e-6 with full; 1.0 "
+             "with --optimizer prodigy, which scales its own step-size estimate by it).")
     lr_scheduler: str = option(
         MODEL, "constant", choices=const.LR_SCHEDULER_CHOICES, help="Learning-rate schedule.")
     lr_warmup_steps: int = option(MODEL, 0, minimum=0, help="Learning-rate warm-up steps.")
@@ -222,15 +223,28 @@ class TrainConfig:
         OPERATIONAL,
         help="Recompute activations to save memory (default auto: on CUDA only when training "
              "would not fit in free device memory without it; off on CPU).")
+    optimizer: str = option(
+        MODEL, "adamw", choices=const.OPTIMIZER_CHOICES,
+        help="adamw: PyTorch's AdamW; adamw-8bit: bitsandbytes' 8-bit AdamW (CUDA, extra 'bnb'); "
+             "prodigy: Prodigy (Mishchenko and Defazio 2023), AdamW that estimates its own step "
+             "size (use --learning-rate auto, 1.0); adafactor: transformers' Adafactor, factored "
+             "second moments (a fraction of AdamW's state), at --learning-rate on "
+             "--lr-scheduler's schedule (no relative step of its own).")
     use_8bit_adam: bool = option(
-        MODEL, False, help="Use bitsandbytes' 8-bit AdamW (CUDA, extra 'bnb').")
+        MODEL, False, help="Use bitsandbytes' 8-bit AdamW: the same as --optimizer adamw-8bit.")
+    ema_decay: float = option(
+        MODEL, 0.0, minimum=0, exclusive_maximum=1,
+        help="Keep an exponential moving average of the trained weights (or LoRA adapters) in "
+             "fp32 with this decay, e.g. 0.999, and publish and sample it instead of the last "
+             "step's weights; 0: off. The decay ramps up as min(D, (1+t)/(10+t)) at step t "
+             "(diffusers' EMAModel), so short runs are not stuck near the base weights.")
     cache_latents: bool = option(
         OPERATIONAL, True,
         help="VAE-encode each image and text-encode each prompt once, not every step.")
     adam_impl: str = option(
         OPERATIONAL, "auto", choices=const.ADAM_IMPL_CHOICES,
-        help="AdamW kernel: fused (one kernel for all parameters), foreach, or loop (one parameter "
-             "at a time); auto: fused.")
+        help="AdamW kernel (--optimizer adamw): fused (one kernel for all parameters), foreach, or "
+             "loop (one parameter at a time); auto: fused.")
     attention_backend: str = option(
         OPERATIONAL, "auto", choices=const.ATTENTION_BACKEND_CHOICES,
         help="UNet attention: auto (PyTorch's SDPA picks a kernel); math, efficient, flash or cudnn "
@@ -246,7 +260,8 @@ class TrainConfig:
              "CUDA graphs, for steps bound by the host's kernel launches (docs/benchmarks.md).")
     tf32: bool = option(
         OPERATIONAL, True, help="Allow TF32 matmuls and convolutions on CUDA (Ampere and newer).")
-    adam_weight_decay: float = option(MODEL, 1e-2, minimum=0, help="AdamW weight decay.")
+    adam_weight_decay: float = option(
+        MODEL, 1e-2, minimum=0, help="Decoupled weight decay of the optimizer (every --optimizer).")
     max_grad_norm: float = option(
         MODEL, 1.0, minimum=0, help="Gradient clipping norm (0 disables).")
     seed: int = option(
@@ -391,6 +406,11 @@ class TrainConfig:
         return resolve_auto(self.to_dict())["learning_rate"]
 
     @property
+    def resolved_optimizer(self) -> str:
+        """--optimizer, adamw-8bit with --use-8bit-adam (resolve_auto)."""
+        return resolve_auto(self.to_dict())["optimizer"]
+
+    @property
     def resolved_lora_alpha(self) -> float:
         """--lora-alpha, or its `auto` default, the rank (resolve_auto)."""
         return resolve_auto(self.to_dict())["lora_alpha"]
@@ -414,8 +434,13 @@ def resolve_auto(values: Mapping[str, Any]) -> dict[str, Any]:
     `--learning-rate auto` and `--learning-rate 1e-4` train the same LoRA."""
     resolved = dict(values)
     mode = resolved.get("train_mode")
+    # --use-8bit-adam is --optimizer adamw-8bit: either spelling is the same run.
+    if resolved.get("use_8bit_adam") or resolved.get("optimizer") == "adamw-8bit":
+        resolved["optimizer"], resolved["use_8bit_adam"] = "adamw-8bit", True
     if resolved.get("learning_rate") is None:  # a record's mode may be anything: full's unless lora
-        resolved["learning_rate"] = const.DEFAULT_LEARNING_RATES["lora" if mode == "lora" else "full"]
+        resolved["learning_rate"] = (
+            const.PRODIGY_LEARNING_RATE if resolved.get("optimizer") == "prodigy"
+            else const.DEFAULT_LEARNING_RATES["lora" if mode == "lora" else "full"])
     if resolved.get("lora_alpha") is None:
         rank_default = default_of(TrainConfig.__dataclass_fields__["lora_rank"])
         resolved["lora_alpha"] = resolved.get("lora_rank", rank_default)

@@ -41,8 +41,8 @@ def train(ctx: RunContext) -> None:
     family = trainer.family
     ctx.stop.grace_seconds = sizing.job_budget(
         config.termination_grace_seconds, family.name, trainer.mode.name,
-        sum(p.numel() for p in trainer.models.trainable), config.use_8bit_adam,
-        variant=family.variant(dict(family.denoiser(model.pipeline).config)))
+        sum(p.numel() for p in trainer.models.trainable), config.resolved_optimizer,
+        variant=family.variant(dict(family.denoiser(model.pipeline).config)), ema=config.ema_decay > 0)
     resumed_from = resume(ctx)
     with ctx.stop.deferred():
         trained = trainer.train(on_step_end=StepEnd(ctx, CheckpointPolicy.from_config(config)))

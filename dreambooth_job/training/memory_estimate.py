@@ -26,16 +26,34 @@ def trained_parameters(modules) -> int:
     return sum(p.numel() for module in modules for p in module.parameters())
 
 
-def training_state_bytes(trainable_params: int, use_8bit_adam: bool) -> int:
-    """fp32 gradients plus AdamW's two moments (one byte each in 8-bit Adam). In LoRA mode
-    `trainable_params` are the adapters': the frozen base has neither gradients nor moments."""
-    return trainable_params * (4 + (2 if use_8bit_adam else 8))
+# Bytes per trained parameter of each optimizer's state (config.choices.OPTIMIZER_CHOICES), on
+# the device while training and in a checkpoint. AdamW: two fp32 moments; 8-bit: one byte each;
+# Prodigy: AdamW's moments plus its `s` and the initial weights `p0` it measures distance from;
+# Adafactor: a matrix's second moment factored into a row and a column vector (about nothing per
+# element, a vector's full), priced on the device at the one fp32 update tensor its step makes.
+OPTIMIZER_STATE_BYTES = {"adamw": 8, "adamw-8bit": 2, "prodigy": 16, "adafactor": 4}
+CHECKPOINT_STATE_BYTES = {"adamw": 8, "adamw-8bit": 2, "prodigy": 16, "adafactor": 0}
+EMA_BYTES = 4
+"""--ema-decay's average: an fp32 copy of every trained parameter, on the device and in checkpoints."""
 
 
-def checkpoint_bytes(trainable_params: int, use_8bit_adam: bool) -> int:
-    """A resumable checkpoint (training/state.py): the trained weights in fp32 and AdamW's two moments
-    (one byte each in 8-bit Adam); no gradients. training/sizing.py sizes preemption by it."""
-    return trainable_params * (4 + (2 if use_8bit_adam else 8))
+def adam(use_8bit_adam: bool) -> str:
+    """The optimizer name of --use-8bit-adam's choice, for estimates that only vary it."""
+    return "adamw-8bit" if use_8bit_adam else "adamw"
+
+
+def training_state_bytes(trainable_params: int, optimizer: str, ema: bool = False) -> int:
+    """fp32 gradients plus `optimizer`'s state (OPTIMIZER_STATE_BYTES), and the EMA's copy with
+    `ema`. In LoRA mode `trainable_params` are the adapters': the frozen base has neither
+    gradients nor optimizer state."""
+    return trainable_params * (4 + OPTIMIZER_STATE_BYTES[optimizer] + (EMA_BYTES if ema else 0))
+
+
+def checkpoint_bytes(trainable_params: int, optimizer: str, ema: bool = False) -> int:
+    """A resumable checkpoint (training/state.py): the trained weights in fp32 and `optimizer`'s
+    state (CHECKPOINT_STATE_BYTES), and the EMA's copy with `ema`; no gradients.
+    training/sizing.py sizes preemption by it."""
+    return trainable_params * (4 + CHECKPOINT_STATE_BYTES[optimizer] + (EMA_BYTES if ema else 0))
 
 
 def weight_bytes(trainable_params: int, frozen_params: int, half_precision: bool) -> int:
@@ -61,11 +79,11 @@ def activation_bytes(levels: Sequence[int], images_per_step: int, half_precision
 
 def peak_bytes(*, trainable_params: int, frozen_params: int, activation_levels: Sequence[int],
                images_per_step: int, half_precision: bool, checkpointing: bool,
-               use_8bit_adam: bool, family) -> int:
+               optimizer: str, family, ema: bool = False) -> int:
     """The estimated peak of a training step: weights, gradients and optimizer state, and
     activations at `family`'s bytes per unit (docs/user-guide.md's table: scripts/memory_table.py)."""
     return (weight_bytes(trainable_params, frozen_params, half_precision)
-            + training_state_bytes(trainable_params, use_8bit_adam)
+            + training_state_bytes(trainable_params, optimizer, ema)
             + activation_bytes(activation_levels, images_per_step, half_precision, family,
                                checkpointing=checkpointing))
 
@@ -80,5 +98,5 @@ def training_bytes(config, family, denoiser_config, vae_scale_factor: int, train
     state (training_state_bytes) and the denoiser's activations at the run's resolution, as the
     run's family (a ModelFamily) counts them from the denoiser's config."""
     levels = family.activation_levels(denoiser_config, config.resolution // vae_scale_factor)
-    return (training_state_bytes(trained, config.use_8bit_adam)
+    return (training_state_bytes(trained, config.resolved_optimizer, config.ema_decay > 0)
             + activation_bytes(levels, images, half_precision, family))

@@ -17,6 +17,7 @@ device limit and nothing is refused.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from dataclasses import dataclass
@@ -50,14 +51,16 @@ class RunShape:
 
     lora: bool
     train_text_encoder: bool
-    use_8bit_adam: bool
+    optimizer: str
     images_per_step: int
+    ema: bool = False
 
     @classmethod
     def of(cls, config) -> RunShape:
         return cls(lora=config.train_mode == "lora", train_text_encoder=config.train_text_encoder,
-                   use_8bit_adam=config.use_8bit_adam,
-                   images_per_step=config.train_batch_size * (2 if config.prior_preservation else 1))
+                   optimizer=config.resolved_optimizer,
+                   images_per_step=config.train_batch_size * (2 if config.prior_preservation else 1),
+                   ema=config.ema_decay > 0)
 
 
 def leanest_peak_bytes(counts: ModelCounts, run: RunShape, levels, family) -> int:
@@ -77,7 +80,7 @@ def leanest_peak_bytes(counts: ModelCounts, run: RunShape, levels, family) -> in
     training = memory_estimate.peak_bytes(
         trainable_params=trained, frozen_params=frozen, activation_levels=levels,
         images_per_step=run.images_per_step, half_precision=True, checkpointing=True,
-        use_8bit_adam=run.use_8bit_adam, family=family)
+        optimizer=run.optimizer, family=family, ema=run.ema)
     return max(loading, training)
 
 
@@ -91,9 +94,8 @@ def refusal(counts: ModelCounts, run: RunShape, levels, family, device_bytes: in
     if peak <= device_bytes:
         return None
     hint = "a smaller resolution or batch"
-    if not run.use_8bit_adam and leanest_peak_bytes(
-            counts, RunShape(run.lora, run.train_text_encoder, True, run.images_per_step),
-            levels, family) <= device_bytes:
+    if run.optimizer == "adamw" and leanest_peak_bytes(
+            counts, dataclasses.replace(run, optimizer="adamw-8bit"), levels, family) <= device_bytes:
         hint = "--use-8bit-adam"
     elif not run.lora:
         hint = "--train-mode lora"

@@ -45,13 +45,14 @@ def check_capabilities(config: TrainConfig, device_type: str | None = None) -> N
 def missing_capabilities(config: TrainConfig, device_type: str) -> list[str]:
     """One line per requested option that cannot run on `device_type` here; empty when all can."""
     problems = []
-    if config.use_8bit_adam:
+    if config.resolved_optimizer == "adamw-8bit":
+        flag = "--use-8bit-adam" if config.use_8bit_adam else "--optimizer adamw-8bit"
         # CUDA first: on a CPU machine installing bitsandbytes would not help.
         if device_type != "cuda":
-            problems.append("--use-8bit-adam needs a CUDA GPU and this machine has none: "
-                            "drop --use-8bit-adam or request a GPU")
+            problems.append(f"{flag} needs a CUDA GPU and this machine has none: "
+                            f"drop {flag} or request a GPU")
         elif importlib.util.find_spec("bitsandbytes") is None:
-            problems.append("--use-8bit-adam needs bitsandbytes, which is not installed "
+            problems.append(f"{flag} needs bitsandbytes, which is not installed "
                             "(pip install 'dreambooth-job[bnb]'; the image has it)")
     problem = quantized_base.missing_capability(config.base_precision, device_type)
     if problem:

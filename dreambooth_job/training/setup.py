@@ -141,24 +141,45 @@ def _checkpointing_needed(config: TrainConfig, pipeline, family: ModelFamily, mo
 
 
 def setup_optimizer(config: TrainConfig, params: list) -> tuple[Any, Any]:
-    """AdamW (8-bit with --use-8bit-adam) on `params` and the LR schedule over max_train_steps."""
+    """--optimizer on `params` and the LR schedule over max_train_steps."""
     from diffusers.optimization import get_scheduler  # deferred: diffusers is heavy
 
-    rate = config.resolved_learning_rate
-    if config.use_8bit_adam:
-        import bitsandbytes as bnb  # deferred: an optional dependency, CUDA only
-
-        optimizer = bnb.optim.AdamW8bit(params, lr=rate, weight_decay=config.adam_weight_decay)
-    else:
-        # Fused is one kernel for all parameters on CUDA and CPU alike; on CPU, foreach falls
-        # back to a loop over parameters (docs/benchmarks.md has the measurements).
-        impl = "fused" if config.adam_impl == "auto" else config.adam_impl
-        optimizer = torch.optim.AdamW(params, lr=rate, weight_decay=config.adam_weight_decay,
-                                      fused=impl == "fused", foreach=impl == "foreach")
+    optimizer = make_optimizer(config.resolved_optimizer, params, config.resolved_learning_rate,
+                               config.adam_weight_decay, config.adam_impl)
     lr_scheduler = get_scheduler(config.lr_scheduler, optimizer=optimizer,
                                  num_warmup_steps=config.lr_warmup_steps,
                                  num_training_steps=config.max_train_steps)
     return optimizer, lr_scheduler
+
+
+def make_optimizer(name: str, params: list, rate: float, weight_decay: float,
+                   adam_impl: str = "auto") -> torch.optim.Optimizer:
+    """The optimizer `name` (config.choices.OPTIMIZER_CHOICES) at learning rate `rate`. Every
+    one keeps its whole state (Prodigy's step-size estimate d among it) in its state_dict, which
+    checkpoints save and restore."""
+    if name == "adamw-8bit":
+        import bitsandbytes as bnb  # deferred: an optional dependency, CUDA only
+
+        return bnb.optim.AdamW8bit(params, lr=rate, weight_decay=weight_decay)
+    if name == "prodigy":
+        from prodigyopt import Prodigy  # deferred: only this optimizer needs it
+
+        # As diffusers' DreamBooth LoRA trainers set it: Adam's bias correction, and the step
+        # size estimate kept from growing during a warm-up.
+        return Prodigy(params, lr=rate, weight_decay=weight_decay, use_bias_correction=True,
+                       safeguard_warmup=True)
+    if name == "adafactor":
+        from transformers.optimization import Adafactor  # deferred: transformers is heavy
+
+        # The given rate on --lr-scheduler's schedule: not Adafactor's own relative step size,
+        # nor its scaling by the parameters' RMS, which would ignore --learning-rate.
+        return Adafactor(params, lr=rate, weight_decay=weight_decay, relative_step=False,
+                         scale_parameter=False, warmup_init=False)
+    # Fused is one kernel for all parameters on CUDA and CPU alike; on CPU, foreach falls
+    # back to a loop over parameters (docs/benchmarks.md has the measurements).
+    impl = "fused" if adam_impl == "auto" else adam_impl
+    return torch.optim.AdamW(params, lr=rate, weight_decay=weight_decay,
+                             fused=impl == "fused", foreach=impl == "foreach")
 
 
 def prepare(config: TrainConfig, mode: TrainMode, accelerator, models: TrainedModels,

@@ -136,7 +136,7 @@ def _gib(num_bytes: float, multiple: int = 8) -> int:
 def build_profile(family: ModelFamily, train_mode: str, variant: str | None = None) -> Profile:
     """The profile of `family`'s reference model, or of its published size `variant`."""
     params = family.variants[variant] if variant else family.reference
-    ckpt = memory_estimate.checkpoint_bytes(trained_parameters(params, train_mode), use_8bit_adam=False)
+    ckpt = memory_estimate.checkpoint_bytes(trained_parameters(params, train_mode), "adamw")
     fp32_pipeline, fp16_pipeline = params.total * 4, params.total * 2
     # Outputs: full: model/ and --export-single-file at the default fp16; LoRA: --lora-merge's
     # fp16 pipeline (the LoRA files themselves are MBs).
@@ -208,7 +208,7 @@ def _step_seconds(family: str, variant: str | None = None) -> int:
 
 
 def check_grace(budget_seconds: float, family: str, train_mode: str, trained_params: int,
-                use_8bit_adam: bool, variant: str | None = None) -> str | None:
+                optimizer: str, variant: str | None = None, *, ema: bool = False) -> str | None:
     """Once the model has loaded: a warning (logged, and returned) when `budget_seconds`
     (--termination-grace-seconds) is shorter than this run's checkpoint needs by the estimate, e.g.
     a full fine-tune of a large family in a pod sized for a small one; None when it fits.
@@ -217,7 +217,7 @@ def check_grace(budget_seconds: float, family: str, train_mode: str, trained_par
     rates are assumptions that a fast store beats, and a run refused here would be refused again
     on every retry. Preempted with too little time, it loses the steps since its last periodic
     checkpoint, which is what the warning says."""
-    ckpt = memory_estimate.checkpoint_bytes(trained_params, use_8bit_adam)
+    ckpt = memory_estimate.checkpoint_bytes(trained_params, optimizer, ema)
     needed = grace_seconds(ckpt, _step_seconds(family, variant))
     if budget_seconds >= needed:
         return None
@@ -231,17 +231,17 @@ def check_grace(budget_seconds: float, family: str, train_mode: str, trained_par
 
 
 def job_budget(configured: float | None, family: str, train_mode: str, trained_params: int,
-               use_8bit_adam: bool, variant: str | None = None) -> float:
+               optimizer: str, variant: str | None = None, *, ema: bool = False) -> float:
     """The SIGTERM budget of a run whose model has loaded (family: ModelFamily.name, variant: its
     ModelFamily.variant):
     --termination-grace-seconds, checked against its checkpoint (check_grace); or, auto, its
     profile's, or more when the run trains more than the profile was sized for (a LoRA rank above
     LORA_SIZED_RANK)."""
     if configured is None:
-        needed = grace_seconds(memory_estimate.checkpoint_bytes(trained_params, use_8bit_adam),
+        needed = grace_seconds(memory_estimate.checkpoint_bytes(trained_params, optimizer, ema),
                                _step_seconds(family, variant))
         return max(_profile_of_run(family, train_mode, variant).job_grace_seconds, needed)
-    check_grace(configured, family, train_mode, trained_params, use_8bit_adam, variant)
+    check_grace(configured, family, train_mode, trained_params, optimizer, variant, ema=ema)
     return configured
 
 

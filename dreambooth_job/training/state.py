@@ -87,7 +87,8 @@ def load_state(accelerator, directory: Path, optimizer, lr_scheduler) -> None:
         raise
     except Exception as exc:  # noqa: BLE001 - the files verified against the manifest: forged ones
         raise InvalidInputError(f"its state does not load ({_one_line(exc)})") from None
-    if (_layout(optimizer.state_dict()["param_groups"]), _layout(lr_scheduler.state_dict())) != layout:
+    loaded = _layout(optimizer.state_dict()["param_groups"]), _layout(lr_scheduler.state_dict())
+    if _groups_grown(layout[0], loaded[0]) != loaded[0] or loaded[1] != layout[1]:
         raise InvalidInputError("its optimizer or LR scheduler state has another layout than this run's")
     for group in optimizer.param_groups:
         for param in group["params"]:
@@ -125,6 +126,18 @@ def _layout(value):
     if isinstance(value, int | float) and not isinstance(value, bool):
         return "number"
     return type(value).__name__
+
+
+def _groups_grown(fresh: list, loaded: list) -> list:
+    """A fresh optimizer's param-group layouts with the numbers that `loaded`'s groups add to
+    them: an optimizer may record numbers in its groups as it steps (Prodigy's d_hat and d_denom
+    appear at its first step); anything else new in them is another layout."""
+    if len(fresh) != len(loaded):
+        return fresh
+    return [{**group, **{key: value for key, value in other.items()
+                         if key not in group and value == "number"}}
+            if isinstance(group, dict) and isinstance(other, dict) else group
+            for group, other in zip(fresh, loaded)]
 
 
 def _one_line(exc: Exception) -> str:

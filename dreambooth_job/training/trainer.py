@@ -26,7 +26,7 @@ from dreambooth_job.exit_codes import InvalidInputError
 from dreambooth_job.families import ModelFamily, PromptEmbeddings, TrainMode
 from dreambooth_job.families.objective import ObjectiveOptions, TrainingObjective
 from dreambooth_job.outputs.result import Training
-from dreambooth_job.training import devices, setup, state
+from dreambooth_job.training import devices, ema, setup, state
 from dreambooth_job.training.batches import step_generator
 from dreambooth_job.training.encoding import Encoder
 from dreambooth_job.training.inputs import TrainingInputs
@@ -48,7 +48,8 @@ class Trainer:
     generated at the resolution. `instance_captions`: each instance image's prompt (captions.py;
     default: `instance_prompt` for all).
     After `setup`: `runtime` (setup.Runtime), `models` (setup.TrainedModels), `inputs`
-    (inputs.TrainingInputs), `optimizer`, `lr_scheduler`."""
+    (inputs.TrainingInputs), `optimizer`, `lr_scheduler`, `average` (ema.WeightAverage with
+    --ema-decay, else None: what inference_pipeline swaps in)."""
 
     def __init__(self, config: TrainConfig, pipeline, objective: TrainingObjective | None = None, *,
                  instance_images: list[Image.Image], instance_prompt: str,
@@ -77,6 +78,7 @@ class Trainer:
         self.instance_captions = instance_captions
         self.observer = observer or JobObserver()
         self.step = 0
+        self.average: ema.WeightAverage | None = None  # setup makes it with --ema-decay
 
     # ------------------------------------------------------------------------------------------
     def setup(self) -> None:
@@ -92,6 +94,8 @@ class Trainer:
         optimizer, lr_scheduler = setup.setup_optimizer(config, self.models.trainable)
         self.optimizer, self.lr_scheduler = setup.prepare(
             config, self.mode, self.accelerator, self.models, optimizer, lr_scheduler)
+        self.average = (ema.WeightAverage(self.models.trainable, config.ema_decay)
+                        if config.ema_decay else None)
 
     @property
     def accelerator(self):
@@ -136,8 +140,7 @@ class Trainer:
         images_per_step = config.train_batch_size * micro_steps * len(self.images)
         started, started_step = time.perf_counter(), self.step
         last = None
-        # Again after sampling (inference_pipeline), and after each hook.
-        self.models.set_training(True, config.train_text_encoder)
+        self._train_on()  # again after each hook: it may have sampled (inference_pipeline)
         while self.step < last_step:
             for micro in range(micro_steps):
                 with self.accelerator.accumulate(self.models.denoiser):
@@ -152,6 +155,8 @@ class Trainer:
                         self.lr_scheduler.step()
                         self.optimizer.zero_grad(set_to_none=self.set_grads_to_none)
             self.step += 1
+            if self.average is not None:
+                self.average.update()
             last = (loss.detach(), instance_loss.detach(), prior_loss.detach())
             if self.step % config.log_every == 0 or self.step == last_step:
                 # The only host-device sync of the loop: once per log interval, not per step.
@@ -168,7 +173,7 @@ class Trainer:
                 self.observer.train_progress(progress)
             if on_step_end is not None:
                 on_step_end(self.step)
-                self.models.set_training(True, config.train_text_encoder)
+                self._train_on()
         values = [v.item() for v in last] if last else [None, None, None]
         self._check_finite(values[0], weights=True)
         return Training(
@@ -179,6 +184,12 @@ class Trainer:
             learning_rate=config.resolved_learning_rate,
             trainable_parameters=sum(p.numel() for p in self.models.trainable),
             resolution=config.resolution)
+
+    def _train_on(self) -> None:
+        """Train mode, and the training weights back in place of the EMA's."""
+        self.models.set_training(True, self.config.train_text_encoder)
+        if self.average is not None:
+            self.average.use_training()
 
     def _check_finite(self, loss: float | None, *, weights: bool = False) -> None:
         """A NaN or infinite loss (or, at the end, weight) means training diverged: the model is
@@ -195,19 +206,28 @@ class Trainer:
     def save_state(self, directory) -> None:
         """Everything needed to continue exactly: trained weights (a LoRA run's adapters only,
         state.py), optimizer, LR scheduler, RNG states. The step is the caller's to record;
-        per-step randomness derives from (seed, step)."""
+        per-step randomness derives from (seed, step). With --ema-decay, the average too (ema.py)."""
+        if self.average is not None:
+            self.average.use_training()  # a grid of this step may have swapped the average in
         self.accelerator.save_state(str(directory), safe_serialization=True)
+        if self.average is not None:
+            self.average.save(directory)
 
     def load_state(self, directory, step: int) -> None:
         """What save_state wrote; InvalidInputError for a state that is not this run's (forged)."""
         state.load_state(self.accelerator, directory, self.optimizer, self.lr_scheduler)
+        if self.average is not None:
+            self.average.load(directory, step)
         self.step = step
 
     # ------------------------------------------------------------------------------------------
     def inference_pipeline(self):
-        """The pipeline with the trained weights (LoRA: base + adapters), on the training device,
-        in eval mode, ready to sample; training sets train mode again."""
+        """The pipeline with the trained weights (LoRA: base + adapters; with --ema-decay their
+        average), on the training device, in eval mode, ready to sample and save; training sets
+        train mode and the training weights again."""
         self.models.set_training(False, self.config.train_text_encoder)
+        if self.average is not None:
+            self.average.use_average()
         pipe = self.pipeline
         self.family.set_denoiser(pipe, self.accelerator.unwrap_model(self.models.denoiser,
                                                                      keep_torch_compile=False))

@@ -50,6 +50,7 @@ SPECIAL_VALUES = {
     "caption_dropout": 0.25,  # a probability: at most 1
     "noise_offset": 0.1,  # within its bound of 1
     "mode_scale": 1.0,  # within [-1, 1.75]
+    "ema_decay": 0.999,  # below 1
     # At its default here: fp8/nf4 refuse --lora-merge, which this config sets (the test below
     # renders a quantized base alone).
     "base_precision": "auto",

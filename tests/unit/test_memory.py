@@ -17,7 +17,7 @@ GIB = 2**30
 
 def test_eight_bit_adam_keeps_a_quarter_of_the_optimizer_state():
     params = 1_000_000
-    full, eight_bit = (memory_estimate.training_state_bytes(params, flag) for flag in (False, True))
+    full, eight_bit = (memory_estimate.training_state_bytes(params, name) for name in ("adamw", "adamw-8bit"))
     assert full - 4 * params == 4 * (eight_bit - 4 * params)
 
 

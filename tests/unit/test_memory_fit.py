@@ -10,7 +10,7 @@ from dreambooth_job.exit_codes import InvalidInputError
 from dreambooth_job.families import reference
 from dreambooth_job.families.flux2 import Flux2Klein
 from dreambooth_job.families.transformer_activations import FLUX1_DEV_ACTIVATIONS
-from dreambooth_job.training import memory_fit
+from dreambooth_job.training import memory_estimate, memory_fit
 
 GIB = 2**30
 KLEIN = next(f for f in families.FAMILIES if isinstance(f, Flux2Klein))
@@ -26,8 +26,8 @@ FLUX1_LEVELS = FLUX1_DEV_ACTIVATIONS.levels(FLUX1_DEV_TRANSFORMER_CONFIG, 128)
 
 
 def run(mode, adam=False):
-    return memory_fit.RunShape(lora=mode == "lora", train_text_encoder=False, use_8bit_adam=adam,
-                               images_per_step=2)
+    return memory_fit.RunShape(lora=mode == "lora", train_text_encoder=False,
+                               optimizer=memory_estimate.adam(adam), images_per_step=2)
 
 
 def test_flux1_dev_full_is_refused_on_80_gib_in_one_line_naming_mode_estimate_and_memory():

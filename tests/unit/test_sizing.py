@@ -65,10 +65,10 @@ def test_the_flow_variants_reference_counts_are_their_published_architectures(mo
 
 
 def test_an_sdxl_full_checkpoint_is_about_31_gb():
-    unet_only = memory_estimate.checkpoint_bytes(FAMILY["sdxl"].reference.denoiser, use_8bit_adam=False)
+    unet_only = memory_estimate.checkpoint_bytes(FAMILY["sdxl"].reference.denoiser, "adamw")
     assert 30 * sizing.GB < unet_only < 31.5 * sizing.GB
     # 8-bit Adam keeps one byte per moment.
-    assert memory_estimate.checkpoint_bytes(1000, use_8bit_adam=True) == 6000
+    assert memory_estimate.checkpoint_bytes(1000, "adamw-8bit") == 6000
 
 
 @pytest.mark.parametrize("profile", sizing.PROFILES.values(), ids=list(sizing.PROFILES))
@@ -95,7 +95,7 @@ def test_bigger_checkpoints_get_longer_grace():
 def test_an_sdxl_full_run_in_an_sd_profile_is_warned_about(caplog):
     sd_budget = sizing.PROFILES["sd-full"].job_grace_seconds
     with caplog.at_level(logging.WARNING, logger="dreambooth_job.training.sizing"):
-        message = sizing.check_grace(sd_budget, "sdxl", "full", FAMILY["sdxl"].reference.denoiser, False)
+        message = sizing.check_grace(sd_budget, "sdxl", "full", FAMILY["sdxl"].reference.denoiser, "adamw")
     assert message and f"--termination-grace-seconds {sd_budget} is shorter than" in message
     assert "'sdxl-full'" in message and "\n" not in message
     assert message in caplog.text
@@ -105,17 +105,17 @@ def test_a_run_within_its_profile_is_not_warned_about(caplog):
     for profile in sizing.PROFILES.values():
         trained = sizing.trained_parameters(profile.reference, profile.train_mode)
         assert sizing.check_grace(profile.job_grace_seconds, profile.family, profile.train_mode,
-                                  trained, False, profile.variant) is None
+                                  trained, "adamw", profile.variant) is None
     assert caplog.text == ""
 
 
 def test_auto_budget_is_the_profiles_or_what_a_bigger_run_needs():
     sd_lora = sizing.PROFILES["sd-lora"]
-    tiny = sizing.job_budget(None, "sd", "lora", 1000, False)
+    tiny = sizing.job_budget(None, "sd", "lora", 1000, "adamw")
     assert tiny == sd_lora.job_grace_seconds
-    huge_rank = sizing.job_budget(None, "sd", "lora", 10**9, False)
+    huge_rank = sizing.job_budget(None, "sd", "lora", 10**9, "adamw")
     assert huge_rank > sd_lora.job_grace_seconds
-    assert sizing.job_budget(42.0, "sd", "lora", 1000, False) == 42.0
+    assert sizing.job_budget(42.0, "sd", "lora", 1000, "adamw") == 42.0
 
 
 def test_the_operator_guides_table_is_the_profiles():
@@ -151,7 +151,7 @@ def test_flux2_klein_is_not_what_an_undetected_model_is_sized_for():
 
 def test_a_run_of_a_family_without_profiles_is_budgeted_as_the_largest():
     largest = sizing.PROFILES[sizing.UNDETECTED["full"]]
-    assert sizing.job_budget(None, "some-new-family", "full", 1000, False) == largest.job_grace_seconds
+    assert sizing.job_budget(None, "some-new-family", "full", 1000, "adamw") == largest.job_grace_seconds
 
 
 @pytest.mark.parametrize(("model", "variant"), [("flux2-klein-4b", None), ("flux2-klein-9b", "9b")])
@@ -178,4 +178,4 @@ def test_klein_9b_profiles_are_sized_by_9b_counts_and_exceed_4b():
     assert full_9b.job_grace_seconds > sizing.PROFILES["flux2-klein-full"].job_grace_seconds
     # Once loaded, a 9B run's budget is its own profile's, not 4B's.
     trained = sizing.trained_parameters(full_9b.reference, "full")
-    assert sizing.job_budget(None, "flux2-klein", "full", trained, False, "9b") == full_9b.job_grace_seconds
+    assert sizing.job_budget(None, "flux2-klein", "full", trained, "adamw", "9b") == full_9b.job_grace_seconds
