@@ -11,9 +11,10 @@ Layout under the output (docs/user-guide.md, "Output layout"), every weight file
   `<subject-id>.safetensors` in the family's original layout (A1111, ComfyUI, `from_single_file`):
   Stable Diffusion's / SDXL's whole checkpoint, FLUX.2 [klein]'s and FLUX.1's transformer in
   BFL's layout.
-- LoRA: `lora/pytorch_lora_weights.safetensors` (diffusers' `load_lora_weights`) and
-  `lora/<subject-id>.safetensors` (kohya-ss keys as the family names them; A1111/ComfyUI), with
-  the run in their headers;
+- LoRA: `lora/pytorch_lora_weights.safetensors` (diffusers' `load_lora_weights`; not for
+  --lora-variant lokr, which diffusers' SD/SDXL loaders do not read) and
+  `lora/<subject-id>.safetensors` (kohya-ss/LyCORIS keys as the family names them; A1111/ComfyUI),
+  with the run in their headers;
   `--lora-merge` adds `model/`, the base with the adapters merged in, and `--export-single-file`
   the single file of that merged model.
 
@@ -131,14 +132,18 @@ def _write_full(pipeline, directory: Path, settings: OutputSettings, written: Wr
 
 def _write_lora(family, modules, directory: Path, settings: OutputSettings) -> list[str]:
     """The adapters in diffusers' and in kohya's format, as the family writes them; the text
-    encoders' when they have any."""
+    encoders' when they have any. The diffusers file only for an adapter kind diffusers' loader
+    reads for the family (LoKr: the kohya/LyCORIS file alone)."""
     lora_dir = directory / LORA_DIR
-    diffusers_file = lora_writers.save_lora_diffusers(
-        lora_dir, family, modules, dtype=settings.precision, metadata=settings.metadata)
-    kohya_file = lora_writers.save_lora_kohya(
+    files = []
+    variant = lora_adapters.adapter_variant(lora_adapters.lora_config(next(iter(modules.values()))))
+    if variant in family.lora_format.diffusers_variants:
+        files.append(lora_writers.save_lora_diffusers(
+            lora_dir, family, modules, dtype=settings.precision, metadata=settings.metadata))
+    files.append(lora_writers.save_lora_kohya(
         lora_dir / single_file_name(settings.subject_id), family, modules,
-        dtype=settings.precision, metadata=settings.metadata)
-    return [p.relative_to(directory).as_posix() for p in (diffusers_file, kohya_file)]
+        dtype=settings.precision, metadata=settings.metadata))
+    return [p.relative_to(directory).as_posix() for p in files]
 
 
 class _merged:

@@ -1,0 +1,239 @@
+"""--lora-variant dora|lokr: the adapters train, their files load back with the adapted model's
+effect (diffusers' load_lora_weights for DoRA; the kohya/LyCORIS file applied to the base weights
+by hand, as ComfyUI's weight adapters compute it), merging folds in exactly what peft computes, a
+DoRA run resumes bitwise, and what a family cannot hold is refused naming the option."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+
+torch = pytest.importorskip("torch")
+safetensors_torch = pytest.importorskip("safetensors.torch")
+
+from dreambooth_job import families  # noqa: E402
+from dreambooth_job.config import train_config as cfg  # noqa: E402
+from dreambooth_job.exit_codes import InvalidInputError  # noqa: E402
+from dreambooth_job.families.lora_mode import check_variant  # noqa: E402
+from dreambooth_job.outputs import lora_writers, weight_files  # noqa: E402
+from dreambooth_job.training import lora_adapters  # noqa: E402
+
+SD = next(f for f in families.FAMILIES if "StableDiffusionPipeline" in f.pipeline_classes)
+ALPHA = 8
+TARGETS = lora_adapters.DEFAULT_UNET_TARGETS + lora_adapters.UNET_CONV_TARGETS  # linear and conv
+
+
+def _load(path):
+    from diffusers import StableDiffusionPipeline
+
+    return StableDiffusionPipeline.from_pretrained(path, torch_dtype=torch.float32, safety_checker=None,
+                                                   requires_safety_checker=False)
+
+
+@torch.no_grad()
+def _unet_output(pipe):
+    generator = torch.Generator().manual_seed(7)
+    latents = torch.randn(1, 4, 16, 16, generator=generator)
+    context = torch.randn(1, 77, pipe.unet.config.cross_attention_dim, generator=generator)
+    return pipe.unet(latents, torch.tensor([500]), encoder_hidden_states=context).sample
+
+
+def _perturb(module) -> None:
+    """The adapters start equal to the base: give them seeded values that change the output
+    (DoRA's magnitudes scaled around the base's norms, so that they stay positive)."""
+    generator = torch.Generator().manual_seed(1234)
+    with torch.no_grad():
+        for name, param in module.named_parameters():
+            noise = torch.randn(param.shape, generator=generator)
+            if "lora_magnitude_vector" in name:
+                param.mul_(1 + 0.1 * noise)
+            elif "lora_" in name or "lokr_" in name:
+                param.copy_(noise * 0.1)
+
+
+def _adapted(tiny_model, variant: str, rank: int):
+    torch.manual_seed(0)
+    pipe = _load(tiny_model)
+    lora_adapters.add_lora(pipe.unet, rank=rank, alpha=ALPHA, target_modules=TARGETS, variant=variant)
+    _perturb(pipe.unet)
+    return pipe
+
+
+def _adapted_layers(unet) -> dict:
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    return {name: layer for name, layer in unet.named_modules() if isinstance(layer, BaseTunerLayer)}
+
+
+def _merged_weights(unet) -> dict:
+    """peft's own merge of each adapted layer: {module path: merged weight}."""
+    merged = lora_adapters.merge_lora(copy.deepcopy(unet))
+    return {name: merged.get_submodule(name).weight for name in _adapted_layers(unet)}
+
+
+def _kohya_module(path: str) -> str:
+    return "lora_unet_" + path.replace(".", "_")  # SD 1.x's kohya names: diffusers' module paths
+
+
+def _comfy_dora(weight, state, module):
+    """ComfyUI's LoRA + `weight_decompose` for an output-axis `dora_scale`, as LyCORIS computes it:
+    (W + alpha/rank * up @ down) * dora_scale / its row norms. Also returns ComfyUI 0.3's
+    variant, which divides by the base weight's row norms instead."""
+    up, down = state[f"{module}.lora_up.weight"], state[f"{module}.lora_down.weight"]
+    scale = state[f"{module}.alpha"].item() / down.shape[0]
+    diff = (up.flatten(1) @ down.flatten(1)).reshape(weight.shape)
+    calc = weight + scale * diff
+    dora_scale = state[f"{module}.dora_scale"]
+    assert dora_scale.shape[0] == weight.shape[0] and dora_scale.dim() == weight.dim()
+
+    def norms(w):
+        return w.reshape(w.shape[0], -1).norm(dim=1).reshape(-1, *[1] * (w.dim() - 1))
+
+    return calc * dora_scale / norms(calc), calc * dora_scale / norms(weight)
+
+
+def _comfy_lokr(weight, state, module):
+    """ComfyUI's LoKrAdapter.calculate_weight at strength 1."""
+    w1 = state.get(f"{module}.lokr_w1")
+    w2 = state.get(f"{module}.lokr_w2")
+    alpha, dim = 1.0, None
+    if w2 is None:
+        w2_a, w2_b = state[f"{module}.lokr_w2_a"], state[f"{module}.lokr_w2_b"]
+        dim = w2_b.shape[0]
+        w2 = w2_a @ w2_b
+    if w2.dim() == 4:
+        w1 = w1[:, :, None, None]
+    if dim is not None:
+        alpha = state[f"{module}.alpha"].item() / dim
+    return weight + alpha * torch.kron(w1, w2).reshape(weight.shape)
+
+
+def test_dora_files_load_back_as_the_adapted_model(tiny_model, tmp_path):
+    pipe = _adapted(tiny_model, "dora", rank=4)
+    adapted = _unet_output(pipe)
+    assert not torch.allclose(adapted, _unet_output(_load(tiny_model)), atol=1e-4)
+    modules = SD.lora_format.modules(pipe)
+    lora_writers.save_lora_diffusers(tmp_path, SD, modules)
+    kohya_file = lora_writers.save_lora_kohya(tmp_path / "subject.safetensors", SD, modules)
+
+    fresh = _load(tiny_model)
+    fresh.load_lora_weights(tmp_path, weight_name=lora_writers.DIFFUSERS_WEIGHT_NAME)
+    assert any("lora_magnitude_vector" in name for name, _ in fresh.unet.named_parameters())
+    torch.testing.assert_close(_unet_output(fresh), adapted, rtol=1e-4, atol=1e-5)
+
+    state = safetensors_torch.load_file(kohya_file)
+    base = _load(tiny_model).unet
+    merged = _merged_weights(pipe.unet)
+    worst_comfy_0_3 = 0.0
+    for path, expected in merged.items():
+        exact, comfy_0_3 = _comfy_dora(base.get_submodule(path).weight, state, _kohya_module(path))
+        torch.testing.assert_close(exact, expected, rtol=1e-4, atol=1e-5)
+        worst_comfy_0_3 = max(worst_comfy_0_3, ((comfy_0_3 - expected).norm() / expected.norm()).item())
+    # ComfyUI's output-axis branch divides by the base's norms, not the adapted weight's: off by
+    # the update's share of each row's norm (small for a trained DreamBooth adapter).
+    assert worst_comfy_0_3 < 0.05
+    header = safetensors_torch.safe_open(kohya_file, "pt").metadata()
+    assert header["ss_network_module"] == "lycoris.kohya" and '"dora_wd"' in header["ss_network_args"]
+
+
+@pytest.mark.parametrize("rank", [2, 16], ids=["low-rank-w2", "whole-w2"])
+def test_lokr_kohya_file_applies_as_comfyui_does(tiny_model, tmp_path, rank):
+    pipe = _adapted(tiny_model, "lokr", rank=rank)
+    kohya_file = lora_writers.save_lora_kohya(tmp_path / "subject.safetensors", SD,
+                                              SD.lora_format.modules(pipe))
+    state = safetensors_torch.load_file(kohya_file)
+    factored = {key.rpartition(".")[2] for key in state}
+    assert ("lokr_w2_a" in factored) == (rank == 2) and "lokr_w1" in factored
+    base = _load(tiny_model).unet
+    merged = _merged_weights(pipe.unet)
+    assert any(w.dim() == 4 for w in merged.values()), "a convolution is among the adapted layers"
+    for path, expected in merged.items():
+        assert not torch.allclose(expected, base.get_submodule(path).weight)
+        applied = _comfy_lokr(base.get_submodule(path).weight, state, _kohya_module(path))
+        torch.testing.assert_close(applied, expected, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("variant", ["dora", "lokr"])
+def test_merge_and_single_file_are_the_adapted_model(tiny_model, tmp_path, variant):
+    pipe = _adapted(tiny_model, variant, rank=4)
+    adapted = _unet_output(pipe)
+    settings = weight_files.OutputSettings(subject_id="dog", precision="fp32", single_file=True,
+                                           lora_merge=True)
+    written = weight_files.write_outputs(pipe, tmp_path, settings)
+    names = {f.path for f in written.files}
+    assert ("lora/pytorch_lora_weights.safetensors" in names) == (variant == "dora")
+    assert "lora/dog.safetensors" in names and "dog.safetensors" in names
+    assert lora_adapters.has_lora(pipe.unet), "the live pipeline keeps its adapters"
+    torch.testing.assert_close(_unet_output(_load(tmp_path / "model")), adapted, rtol=1e-4, atol=1e-5)
+
+
+def _trainer(**overrides):
+    from dreambooth_job.bench.architectures import build_pipeline
+    from dreambooth_job.bench.command import Settings, Variant, _images, bench_config
+    from dreambooth_job.training.trainer import Trainer
+
+    settings = Settings(model="tiny", base_model=None, resolution=32, batch_size=1, steps=3,
+                        warmup=0, prior_preservation=False, seed=0)
+    config = bench_config(settings, Variant("test", {"train_mode": "lora", "lora_rank": 4,
+                                                     "learning_rate": 1e-2, **overrides}))
+    trainer = Trainer(config, build_pipeline("tiny", seed=0), instance_images=_images(settings, 0),
+                      instance_prompt="a sks dog")
+    trainer.setup()
+    return trainer
+
+
+def _trainable(module) -> dict:
+    return {name: p.detach().clone() for name, p in module.named_parameters() if p.requires_grad}
+
+
+@pytest.mark.parametrize("variant, kind", [("dora", "lora_magnitude_vector"), ("lokr", "lokr_w2")])
+def test_each_variant_trains_its_own_adapters(variant, kind):
+    torch.set_num_threads(1)
+    t = _trainer(lora_variant=variant)
+    before = _trainable(t.models.denoiser)
+    assert any(kind in name for name in before)
+    frozen = {name: p.detach().clone() for name, p in t.models.denoiser.named_parameters()
+              if not p.requires_grad}
+    t.train(2)
+    after = _trainable(t.models.denoiser)
+    moved = [name for name in before if not torch.equal(before[name], after[name])]
+    assert any(kind in name for name in moved)
+    assert all(torch.equal(p, frozen[name]) for name, p in t.models.denoiser.named_parameters()
+               if not p.requires_grad)
+
+
+def test_a_dora_run_resumes_bitwise(tmp_path):
+    torch.set_num_threads(1)
+    t = _trainer(lora_variant="dora")
+    t.train(2)
+    t.save_state(tmp_path / "state")
+    resumed = _trainer(lora_variant="dora")
+    resumed.load_state(tmp_path / "state", 2)
+    t.train(1)
+    resumed.train(1)
+    ends = _trainable(t.models.denoiser), _trainable(resumed.models.denoiser)
+    assert ends[0].keys() == ends[1].keys()
+    assert all(torch.equal(ends[0][k], ends[1][k]) for k in ends[0])
+    # A plain LoRA run cannot take the DoRA checkpoint (nor the other way round).
+    with pytest.raises(InvalidInputError, match="other trainable parameters"):
+        _trainer().load_state(tmp_path / "state", 2)
+
+
+@pytest.mark.parametrize("family", [f for f in families.FAMILIES if f.name.startswith("flux")],
+                         ids=lambda f: f.name)
+@pytest.mark.parametrize("variant", ["dora", "lokr"])
+def test_flux_families_refuse_the_variants_naming_the_option(family, variant):
+    with pytest.raises(InvalidInputError, match=f"^--lora-variant {variant}: {family.name}'s") as error:
+        check_variant(variant, family)
+    assert error.value.exit_code == 2 and "\n" not in str(error.value)
+    check_variant("lora", family)
+
+
+def test_bad_variant_values_are_refused_naming_the_option(tiny_model):
+    with pytest.raises(InvalidInputError, match="--lora-variant"):
+        cfg.TrainConfig(lora_variant="loha")
+    assert cfg.TrainConfig().lora_variant == "lora"
+    pipe = _load(tiny_model)
+    with pytest.raises(InvalidInputError, match="--lora-dropout"):
+        lora_adapters.add_lora(pipe.unet, rank=4, dropout=0.1, variant="lokr")
