@@ -128,6 +128,11 @@ def check_base_precision(config: TrainConfig) -> None:
         if getattr(config, name):
             raise InvalidInputError(f"{flag_name(name)} merges the adapters into the base, which "
                                     f"--base-precision {precision} quantizes: drop one of them")
+    if config.lora_variant != "lora":
+        # DoRA renormalises, and LoKr rebuilds, each adapted weight from the base's: not verified
+        # on torchao's float8 or bitsandbytes' 4-bit layers (CUDA only), so not offered.
+        raise InvalidInputError(f"--lora-variant {config.lora_variant} needs the base's own weights; "
+                                f"--base-precision {precision} quantizes them: drop one of them")
 
 
 def check_notify(config: TrainConfig) -> None:

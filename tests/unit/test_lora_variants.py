@@ -234,6 +234,29 @@ def test_bad_variant_values_are_refused_naming_the_option(tiny_model):
     with pytest.raises(InvalidInputError, match="--lora-variant"):
         cfg.TrainConfig(lora_variant="loha")
     assert cfg.TrainConfig().lora_variant == "lora"
+    with pytest.raises(InvalidInputError, match="^--lora-variant dora .*--base-precision nf4"):
+        cfg.TrainConfig(train_mode="lora", lora_variant="dora", base_precision="nf4")
     pipe = _load(tiny_model)
     with pytest.raises(InvalidInputError, match="--lora-dropout"):
         lora_adapters.add_lora(pipe.unet, rank=4, dropout=0.1, variant="lokr")
+
+
+@pytest.mark.parametrize("variant", ["dora", "lokr"])
+def test_sdxl_variant_keys_name_the_modules_as_its_lora_keys_do(tiny_sdxl_model, tmp_path, variant):
+    """SDXL's kohya keys name the UNet's original blocks; DoRA's and LoKr's tensors sit under the
+    same module names as plain LoRA's, one set per adapted layer."""
+    from diffusers import StableDiffusionXLPipeline
+
+    sdxl = next(f for f in families.FAMILIES if "StableDiffusionXLPipeline" in f.pipeline_classes)
+
+    def kohya_modules(kind: str) -> set[str]:
+        pipe = StableDiffusionXLPipeline.from_pretrained(tiny_sdxl_model, torch_dtype=torch.float32)
+        lora_adapters.add_lora(pipe.unet, rank=4, variant=kind)
+        state = lora_writers.kohya_state_dict(sdxl, sdxl.lora_format.modules(pipe))
+        return state, {key.split(".")[0] for key in state}
+
+    _, plain = kohya_modules("lora")
+    state, modules = kohya_modules(variant)
+    assert modules == plain and any(m.startswith("lora_unet_input_blocks_") for m in modules)
+    suffix = "dora_scale" if variant == "dora" else "lokr_w1"
+    assert {key.split(".")[0] for key in state if key.endswith(suffix)} == plain
