@@ -153,7 +153,6 @@ class UNetLoraFormat(LoraFormat):
         """The kohya name of the module at peft's `prefix` (`lora_unet_down_blocks_0_..._to_q`),
         through the converter that names the LoRA keys, on a stand-in A and B."""
         import torch  # deferred: torch is heavy
-
         from diffusers.utils.state_dict_utils import (  # deferred: diffusers is heavy
             convert_state_dict_to_kohya,
         )

@@ -111,12 +111,12 @@ def kohya_state_dict(family, modules: Mapping[str, Any]) -> dict:
 
     adapters = {name: _adapter_state(module) for name, module in modules.items() if has_lora(module)}
     kohya = {}
-    for name, state in family.lora_format.kohya_state(adapters, modules).items():
+    for name, converted in family.lora_format.kohya_state(adapters, modules).items():
         config = lora_config(modules[name])
         # diffusers' converter writes alpha = rank; the loaders scale by alpha / rank.
         alpha = adapter_alpha(config)
         state = {key: torch.tensor(alpha) if key.endswith(".alpha") else tensor
-                 for key, tensor in state.items()}
+                 for key, tensor in converted.items()}
         kohya.update(_lycoris_tensors(state, alpha=alpha, rank=config.r))
     return kohya
 

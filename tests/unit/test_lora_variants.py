@@ -243,20 +243,24 @@ def test_bad_variant_values_are_refused_naming_the_option(tiny_model):
 
 @pytest.mark.parametrize("variant", ["dora", "lokr"])
 def test_sdxl_variant_keys_name_the_modules_as_its_lora_keys_do(tiny_sdxl_model, tmp_path, variant):
-    """SDXL's kohya keys name the UNet's original blocks; DoRA's and LoKr's tensors sit under the
-    same module names as plain LoRA's, one set per adapted layer."""
+    """SDXL's kohya keys name the UNet's original blocks and both encoders (`lora_te1_`,
+    `lora_te2_`); DoRA's and LoKr's tensors sit under the same module names as plain LoRA's, one
+    set per adapted layer."""
     from diffusers import StableDiffusionXLPipeline
 
     sdxl = next(f for f in families.FAMILIES if "StableDiffusionXLPipeline" in f.pipeline_classes)
 
     def kohya_modules(kind: str) -> set[str]:
         pipe = StableDiffusionXLPipeline.from_pretrained(tiny_sdxl_model, torch_dtype=torch.float32)
-        lora_adapters.add_lora(pipe.unet, rank=4, variant=kind)
+        lora_adapters.add_lora(pipe.unet, pipe.text_encoder, rank=4, variant=kind)
+        lora_adapters.add_lora(None, pipe.text_encoder_2, rank=4, variant=kind)
         state = lora_writers.kohya_state_dict(sdxl, sdxl.lora_format.modules(pipe))
         return state, {key.split(".")[0] for key in state}
 
     _, plain = kohya_modules("lora")
     state, modules = kohya_modules(variant)
-    assert modules == plain and any(m.startswith("lora_unet_input_blocks_") for m in modules)
+    assert modules == plain
+    prefixes = ("lora_unet_input_blocks_", "lora_te1_", "lora_te2_")
+    assert all(any(m.startswith(p) for m in modules) for p in prefixes)
     suffix = "dora_scale" if variant == "dora" else "lokr_w1"
     assert {key.split(".")[0] for key in state if key.endswith(suffix)} == plain
