@@ -14,6 +14,7 @@ safetensors_torch = pytest.importorskip("safetensors.torch")
 
 from dreambooth_job import families  # noqa: E402
 from dreambooth_job.config import train_config as cfg  # noqa: E402
+from dreambooth_job.config.choices import LORA_VARIANTS  # noqa: E402
 from dreambooth_job.exit_codes import InvalidInputError  # noqa: E402
 from dreambooth_job.families.lora_mode import check_variant  # noqa: E402
 from dreambooth_job.outputs import lora_writers, weight_files  # noqa: E402
@@ -220,10 +221,10 @@ def test_a_dora_run_resumes_bitwise(tmp_path):
         _trainer().load_state(tmp_path / "state", 2)
 
 
-@pytest.mark.parametrize("family", [f for f in families.FAMILIES if f.name.startswith("flux")],
-                         ids=lambda f: f.name)
-@pytest.mark.parametrize("variant", ["dora", "lokr"])
-def test_flux_families_refuse_the_variants_naming_the_option(family, variant):
+@pytest.mark.parametrize("family, variant", [(f, v) for f in families.FAMILIES for v in LORA_VARIANTS
+                                             if v not in f.lora_format.adapter_variants],
+                         ids=lambda x: getattr(x, "name", x))
+def test_families_refuse_what_their_files_cannot_hold_naming_the_option(family, variant):
     with pytest.raises(InvalidInputError, match=f"^--lora-variant {variant}: {family.name}'s") as error:
         check_variant(variant, family)
     assert error.value.exit_code == 2 and "\n" not in str(error.value)
@@ -264,3 +265,55 @@ def test_sdxl_variant_keys_name_the_modules_as_its_lora_keys_do(tiny_sdxl_model,
     assert all(any(m.startswith(p) for m in modules) for p in prefixes)
     suffix = "dora_scale" if variant == "dora" else "lokr_w1"
     assert {key.split(".")[0] for key in state if key.endswith(suffix)} == plain
+
+
+def test_flux2_dora_files_load_back_and_fuse_as_the_original_layout(tiny_flux2_klein_model, tmp_path):
+    """FLUX.2 [klein] with DoRA on attention (q, k, v fused as `img_attn.qkv` in the kohya file):
+    diffusers' loader rebuilds the adapted transformer; the kohya file applied to the original
+    layout's base weights (LyCORIS's formula) gives peft's merged weights in that layout."""
+    from diffusers import Flux2KleinPipeline
+
+    from dreambooth_job.families.bfl_layout import original_state
+    from dreambooth_job.families.flux2_layout import FLUX2_LAYOUT
+
+    flux2 = next(f for f in families.FAMILIES if f.name == "flux2-klein")
+    pipe = Flux2KleinPipeline.from_pretrained(tiny_flux2_klein_model)
+    lora_adapters.add_lora(pipe.transformer, rank=2, alpha=3, variant="dora",
+                           target_modules=flux2.lora_format.targets("attention", pipe.transformer))
+    _perturb(pipe.transformer)
+    modules = flux2.lora_format.modules(pipe)
+    lora_writers.save_lora_diffusers(tmp_path, flux2, modules)
+    kohya_file = lora_writers.save_lora_kohya(tmp_path / "subject.safetensors", flux2, modules)
+
+    fresh = Flux2KleinPipeline.from_pretrained(tiny_flux2_klein_model)
+    fresh.load_lora_weights(str(tmp_path), weight_name=lora_writers.DIFFUSERS_WEIGHT_NAME)
+    merged = lora_adapters.merge_lora(copy.deepcopy(pipe.transformer))
+    for a, b in zip(_flux2_outputs(fresh.transformer), _flux2_outputs(merged), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+    state = safetensors_torch.load_file(kohya_file)
+    expected = original_state(FLUX2_LAYOUT, merged.state_dict(), "test")
+    base = original_state(FLUX2_LAYOUT, Flux2KleinPipeline.from_pretrained(
+        tiny_flux2_klein_model).transformer.state_dict(), "test")
+    checked = []
+    for key, weight in base.items():
+        module = "lora_unet_" + key.removesuffix(".weight").replace(".", "_")
+        if f"{module}.dora_scale" in state:
+            exact, _, _ = _comfy_dora(weight, state, module)
+            torch.testing.assert_close(exact, expected[key], rtol=1e-4, atol=1e-5)
+            checked.append(key)
+    assert any(key.endswith("img_attn.qkv.weight") for key in checked)
+    assert len(checked) == len({k.split(".")[0] for k in state})
+
+
+def _flux2_outputs(transformer):
+    from diffusers import Flux2KleinPipeline
+
+    generator = torch.Generator().manual_seed(0)
+    tokens = torch.randn(1, 16, 16, generator=generator)
+    text = torch.randn(1, 8, 48, generator=generator)
+    with torch.no_grad():
+        return transformer(hidden_states=tokens, encoder_hidden_states=text, timestep=torch.tensor([0.5]),
+                           img_ids=Flux2KleinPipeline._prepare_latent_ids(torch.zeros(1, 16, 4, 4)),
+                           txt_ids=Flux2KleinPipeline._prepare_text_ids(text), guidance=None,
+                           return_dict=False)
