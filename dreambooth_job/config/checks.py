@@ -108,6 +108,12 @@ def validate_config(config: TrainConfig, *, require_inputs: bool = False) -> Non
     if not config.lora_target_modules:
         raise InvalidInputError("--lora-target-modules must name at least one layer")
     check_base_precision(config)
+    if config.train_mode == "lora" and config.lora_variant == "dora" and config.train_text_encoder:
+        # transformers' load_adapter (under diffusers' load_lora_weights) leaves a text encoder's
+        # DoRA magnitudes at their initial values (transformers 5.x, peft 0.21): the published
+        # diffusers file would load as another model than the one trained.
+        raise InvalidInputError("--lora-variant dora with --train-text-encoder: diffusers' loader "
+                                "does not restore a text encoder's DoRA magnitudes; drop one of them")
     if config.prior_preservation and config.num_class_images < 1:
         raise InvalidInputError("--num-class-images must be at least 1 with prior preservation")
     check_locations(config)

@@ -235,6 +235,9 @@ def test_bad_variant_values_are_refused_naming_the_option(tiny_model):
     with pytest.raises(InvalidInputError, match="--lora-variant"):
         cfg.TrainConfig(lora_variant="loha")
     assert cfg.TrainConfig().lora_variant == "lora"
+    with pytest.raises(InvalidInputError, match="^--lora-variant dora with --train-text-encoder"):
+        cfg.TrainConfig(train_mode="lora", lora_variant="dora", train_text_encoder=True)
+    cfg.TrainConfig(train_mode="lora", lora_variant="lokr", train_text_encoder=True)
     with pytest.raises(InvalidInputError, match="^--lora-variant dora .*--base-precision nf4"):
         cfg.TrainConfig(train_mode="lora", lora_variant="dora", base_precision="nf4")
     pipe = _load(tiny_model)
@@ -306,6 +309,18 @@ def test_flux2_dora_files_load_back_and_fuse_as_the_original_layout(tiny_flux2_k
     assert len(checked) == len({k.split(".")[0] for k in state})
 
 
+def _merge_loaded(module):
+    """A module with adapters loaded by diffusers (named `default_0`) merged into plain layers."""
+    from diffusers.utils import recurse_remove_peft_layers
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    for layer in module.modules():
+        if isinstance(layer, BaseTunerLayer):
+            layer.merge()
+    recurse_remove_peft_layers(module)
+    return module
+
+
 def _flux2_outputs(transformer):
     from diffusers import Flux2KleinPipeline
 
@@ -317,3 +332,46 @@ def _flux2_outputs(transformer):
                            img_ids=Flux2KleinPipeline._prepare_latent_ids(torch.zeros(1, 16, 4, 4)),
                            txt_ids=Flux2KleinPipeline._prepare_text_ids(text), guidance=None,
                            return_dict=False)
+
+
+def test_flux1_dora_files_load_back_and_fuse_as_the_original_layout(tiny_flux1_model, tmp_path):
+    """FLUX.1 with DoRA on a double-stream block's attention and a single-stream block's q/k/v
+    (fused with the unadapted MLP input as `linear1`): diffusers' loader rebuilds the adapted
+    transformer; the kohya file applied by hand gives peft's merged weights in the original
+    layout. (CLIP-L's DoRA: refused with --train-text-encoder, test_bad_variant_values_...)"""
+    from diffusers import FluxPipeline
+
+    from dreambooth_job.families.bfl_layout import original_state
+    from dreambooth_job.families.flux1_layout import FLUX1_LAYOUT
+
+    flux1 = next(f for f in families.FAMILIES if f.name == "flux1")
+    pipe = FluxPipeline.from_pretrained(tiny_flux1_model)
+    targets = [f"transformer_blocks.0.attn.{m}" for m in ("to_q", "to_k", "to_v", "to_out.0")]
+    targets += [f"single_transformer_blocks.0.attn.{m}" for m in ("to_q", "to_k", "to_v")]
+    lora_adapters.add_lora(pipe.transformer, rank=2, alpha=3, variant="dora", target_modules=targets)
+    _perturb(pipe.transformer)
+    modules = flux1.lora_format.modules(pipe)
+    lora_writers.save_lora_diffusers(tmp_path, flux1, modules)
+    kohya_file = lora_writers.save_lora_kohya(tmp_path / "subject.safetensors", flux1, modules)
+
+    fresh = FluxPipeline.from_pretrained(tiny_flux1_model)
+    fresh.load_lora_weights(str(tmp_path), weight_name=lora_writers.DIFFUSERS_WEIGHT_NAME)
+    merged = lora_adapters.merge_lora(copy.deepcopy(pipe.transformer)).state_dict()
+    loaded = _merge_loaded(fresh.transformer).state_dict()
+    assert merged.keys() == loaded.keys()
+    for key in merged:
+        torch.testing.assert_close(loaded[key], merged[key], rtol=1e-4, atol=1e-5)
+
+    state = safetensors_torch.load_file(kohya_file)
+    base = original_state(FLUX1_LAYOUT, FluxPipeline.from_pretrained(
+        tiny_flux1_model).transformer.state_dict(), "test")
+    expected = original_state(FLUX1_LAYOUT, merged, "test")
+    checked = []
+    for key, weight in base.items():
+        module = "lora_unet_" + key.removesuffix(".weight").replace(".", "_")
+        if f"{module}.dora_scale" in state:
+            exact, _, _ = _comfy_dora(weight, state, module)
+            torch.testing.assert_close(exact, expected[key], rtol=1e-4, atol=1e-5)
+            checked.append(module)
+    assert {"lora_unet_double_blocks_0_img_attn_qkv", "lora_unet_single_blocks_0_linear1"} <= set(checked)
+    assert len(checked) == len({k.split(".")[0] for k in state})
