@@ -35,6 +35,7 @@ from pathlib import Path
 from dreambooth_job import families
 from dreambooth_job.exit_codes import InvalidInputError
 from dreambooth_job.families import for_pipeline
+from dreambooth_job.families.lora_mode import check_variant
 from dreambooth_job.outputs import lora_writers, result
 from dreambooth_job.outputs.export.precision import save_pretrained_precision
 from dreambooth_job.outputs.export.single_file import save_single_file
@@ -85,13 +86,17 @@ def single_file_name(subject_id: str) -> str:
     return f"{stem}.safetensors"
 
 
-def check_exportable(pipeline, *, single_file: bool, lora_text_encoders: bool = False) -> None:
+def check_exportable(pipeline, *, single_file: bool, lora_text_encoders: bool = False,
+                     lora_variant: str | None = None) -> None:
     """Refuse (exit 2) what the base model's family cannot publish: a --export-single-file its layout
-    cannot give, or text-encoder LoRA adapters its LoRA files do not hold (they would be trained,
-    then lost). Called when the base model is loaded, not after hours of training."""
+    cannot give, text-encoder LoRA adapters its LoRA files do not hold (they would be trained,
+    then lost), or a --lora-variant (None: not a LoRA run) they cannot hold. Called when the base
+    model is loaded, not after hours of training."""
     family = for_pipeline(pipeline)
     if single_file:
         family.check_single_file(pipeline)
+    if lora_variant is not None:
+        check_variant(lora_variant, family)
     missing = set(family.trained_text_encoder_names()) - set(family.lora_format.components)
     if lora_text_encoders and missing:
         raise InvalidInputError(f"--train-text-encoder with --train-mode lora: {family.name}'s LoRA "

@@ -231,6 +231,16 @@ def test_families_refuse_what_their_files_cannot_hold_naming_the_option(family, 
     check_variant("lora", family)
 
 
+def test_the_base_models_family_is_checked_when_it_is_loaded(tiny_flux2_klein_model):
+    """load_model's check, before class images and training: FLUX.2 [klein] refuses LoKr."""
+    from diffusers import Flux2KleinPipeline
+
+    pipe = Flux2KleinPipeline.from_pretrained(tiny_flux2_klein_model)
+    with pytest.raises(InvalidInputError, match="^--lora-variant lokr: flux2-klein's"):
+        weight_files.check_exportable(pipe, single_file=False, lora_variant="lokr")
+    weight_files.check_exportable(pipe, single_file=False, lora_variant="dora")
+
+
 def test_bad_variant_values_are_refused_naming_the_option(tiny_model):
     with pytest.raises(InvalidInputError, match="--lora-variant"):
         cfg.TrainConfig(lora_variant="loha")
