@@ -24,7 +24,8 @@ Which adapter kinds (--lora-variant) a family's files hold is the format's too: 
 (refused at load time otherwise) and `diffusers_variants` (those the family's diffusers loader
 reads; for the others only the kohya/LyCORIS file is written). SD and SDXL hold all three (DoRA's
 magnitude as LyCORIS's `.dora_scale`, LoKr as `.lokr_w1`/`.lokr_w2[_a/_b]`); the FLUX families
-plain LoRA only, their kohya keys fusing q/k/v into one original-layout layer.
+LoRA and DoRA (a fused q/k/v layer's magnitude is its parts' stacked, bfl_layout.py), not LoKr
+(Kronecker factors of q, k and v have no fused equivalent).
 
 Which modules carry adapters is the format's too: `target_presets` (`--lora-targets attention|
 attention-mlp|all`, the denoiser's) and `text_encoder_targets` (--train-text-encoder's), so that
