@@ -114,6 +114,8 @@ def validate_config(config: TrainConfig, *, require_inputs: bool = False) -> Non
         # diffusers file would load as another model than the one trained.
         raise InvalidInputError("--lora-variant dora with --train-text-encoder: diffusers' loader "
                                 "does not restore a text encoder's DoRA magnitudes; drop one of them")
+    if config.train_mode == "lora" and config.lora_variant == "lokr" and config.lora_dropout:
+        raise InvalidInputError("--lora-dropout applies to --lora-variant lora and dora, not lokr")
     if config.prior_preservation and config.num_class_images < 1:
         raise InvalidInputError("--num-class-images must be at least 1 with prior preservation")
     check_locations(config)

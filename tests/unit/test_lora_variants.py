@@ -248,6 +248,8 @@ def test_bad_variant_values_are_refused_naming_the_option(tiny_model):
     with pytest.raises(InvalidInputError, match="^--lora-variant dora with --train-text-encoder"):
         cfg.TrainConfig(train_mode="lora", lora_variant="dora", train_text_encoder=True)
     cfg.TrainConfig(train_mode="lora", lora_variant="lokr", train_text_encoder=True)
+    with pytest.raises(InvalidInputError, match="^--lora-dropout applies"):
+        cfg.TrainConfig(train_mode="lora", lora_variant="lokr", lora_dropout=0.1)
     with pytest.raises(InvalidInputError, match="^--lora-variant dora .*--base-precision nf4"):
         cfg.TrainConfig(train_mode="lora", lora_variant="dora", base_precision="nf4")
     pipe = _load(tiny_model)
