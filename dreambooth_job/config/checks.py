@@ -111,6 +111,14 @@ def validate_config(config: TrainConfig, *, require_inputs: bool = False) -> Non
     if config.use_8bit_adam and config.optimizer not in ("adamw", "adamw-8bit"):
         raise InvalidInputError(f"--use-8bit-adam means --optimizer adamw-8bit, not --optimizer "
                                 f"{config.optimizer}: drop one of them")
+    if config.train_mode == "lora" and config.lora_variant == "dora" and config.train_text_encoder:
+        # transformers' load_adapter (under diffusers' load_lora_weights) leaves a text encoder's
+        # DoRA magnitudes at their initial values (transformers 5.x, peft 0.21): the published
+        # diffusers file would load as another model than the one trained.
+        raise InvalidInputError("--lora-variant dora with --train-text-encoder: diffusers' loader "
+                                "does not restore a text encoder's DoRA magnitudes; drop one of them")
+    if config.train_mode == "lora" and config.lora_variant == "lokr" and config.lora_dropout:
+        raise InvalidInputError("--lora-dropout applies to --lora-variant lora and dora, not lokr")
     if config.prior_preservation and config.num_class_images < 1:
         raise InvalidInputError("--num-class-images must be at least 1 with prior preservation")
     check_locations(config)
@@ -131,6 +139,11 @@ def check_base_precision(config: TrainConfig) -> None:
         if getattr(config, name):
             raise InvalidInputError(f"{flag_name(name)} merges the adapters into the base, which "
                                     f"--base-precision {precision} quantizes: drop one of them")
+    if config.lora_variant != "lora":
+        # DoRA renormalises, and LoKr rebuilds, each adapted weight from the base's: not verified
+        # on torchao's float8 or bitsandbytes' 4-bit layers (CUDA only), so not offered.
+        raise InvalidInputError(f"--lora-variant {config.lora_variant} needs the base's own weights; "
+                                f"--base-precision {precision} quantizes them: drop one of them")
 
 
 def check_notify(config: TrainConfig) -> None:

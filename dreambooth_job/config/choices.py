@@ -33,6 +33,8 @@ DEFAULT_LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
 # --lora-targets: which of the denoiser's modules LoRA adapts, as each family names them
 # (families/lora_formats.py, LoraFormat.target_presets); the first is the default.
 LORA_TARGET_PRESETS = ("attention", "attention-mlp", "all")
+# --lora-variant: the adapter kind (training/lora_adapters.py); the first is the default.
+LORA_VARIANTS = ("lora", "dora", "lokr")
 AUTO = "auto"
 # Ids become label values (subject, batch), S3 path parts, metric labels and page text: what a
 # Kubernetes label value accepts (at most 63, alphanumeric at both ends). A job id is the subject

@@ -190,6 +190,15 @@ class TrainConfig:
              "scale of 1).")
     lora_dropout: float = option(
         MODEL, 0.0, minimum=0, exclusive_maximum=1, help="Dropout on the LoRA adapters' inputs.")
+    lora_variant: str = option(
+        MODEL, const.LORA_VARIANTS[0], choices=const.LORA_VARIANTS,
+        help="The adapter kind under --train-mode lora: lora (low-rank B @ A, Hu et al. 2021), "
+             "dora (LoRA plus a learned magnitude per output row, Liu et al. 2024; peft's "
+             "use_dora), lokr (a Kronecker product of two small factors, LyCORIS's LoKr; peft's "
+             "LoKrConfig). SD and SDXL take all three; FLUX.2 [klein] and FLUX.1 lora and dora (their "
+             "kohya files fuse q/k/v, which LoKr's factors cannot be). dora is refused with "
+             "--train-text-encoder, both with --base-precision fp8/nf4. lokr publishes the "
+             "kohya/LyCORIS file only (diffusers' SD/SDXL loaders do not read LoKr).")
     lora_targets: str = option(
         MODEL, const.LORA_TARGET_PRESETS[0], choices=const.LORA_TARGET_PRESETS,
         help="Which of the denoiser's layers get LoRA adapters, as the model's family names them: "

@@ -152,10 +152,36 @@ def original_lora(layout: BflLayout, pairs: Mapping[str, tuple], transformer) ->
     return out
 
 
+def original_magnitudes(layout: BflLayout, magnitudes: Mapping[str, object], transformer) -> dict:
+    """{BFL module: DoRA magnitude} of peft's {diffusers module: magnitude} (one per output row).
+    A fused module's rows are its parts' rows, so its magnitude is theirs stacked; a part without
+    an adapter keeps its base rows: its magnitude is their norms (the weight unchanged)."""
+    import torch  # deferred: torch is heavy
+
+    grouped: dict[str, list] = {}
+    present: dict[str, str] = {}
+    for module, magnitude in magnitudes.items():
+        bfl, position, count = layout.original(module)  # original_lora refused unknown modules
+        grouped.setdefault(bfl, [None] * count)[position] = magnitude.reshape(-1)
+        present[bfl] = module
+    out = {}
+    for bfl, parts in grouped.items():
+        paths = layout.fused_parts(present[bfl])
+        stacked = torch.cat([part if part is not None
+                             else transformer.get_submodule(path).weight.detach().float().norm(dim=1)
+                             for part, path in zip(parts, paths, strict=True)])
+        if bfl in layout.swapped_halves:
+            first, second = stacked.chunk(2)
+            stacked = torch.cat([second, first])
+        out[bfl] = stacked
+    return out
+
+
 def kohya_lora(layout: BflLayout, peft_state: Mapping, transformer) -> dict:
     """kohya's single-file LoRA keys of `transformer`'s peft adapter tensors (`<module>.lora_A.weight`):
     `lora_unet_<BFL module, '.' as '_'>.lora_down.weight`, `.lora_up.weight` and `.alpha` (the rank
-    here; the writer puts the LoRA alpha in). ValueError for a module the layout has no name for."""
+    here; the writer puts the LoRA alpha in), and DoRA's `.lora_magnitude_vector` (which the
+    writer turns into LyCORIS's `.dora_scale`). ValueError for a module the layout has no name for."""
     import torch  # deferred: torch is heavy
 
     pairs = {key.removesuffix(".lora_A.weight"): (tensor, peft_state[key.replace("lora_A", "lora_B")])
@@ -165,4 +191,8 @@ def kohya_lora(layout: BflLayout, peft_state: Mapping, transformer) -> dict:
         name = "lora_unet_" + module.replace(".", "_")
         kohya.update({f"{name}.lora_down.weight": down, f"{name}.lora_up.weight": up,
                       f"{name}.alpha": torch.tensor(float(down.shape[0]))})
+    magnitudes = {key.removesuffix(".lora_magnitude_vector"): tensor for key, tensor in peft_state.items()
+                  if key.endswith(".lora_magnitude_vector")}
+    for module, magnitude in original_magnitudes(layout, magnitudes, transformer).items():
+        kohya["lora_unet_" + module.replace(".", "_") + ".lora_magnitude_vector"] = magnitude
     return kohya

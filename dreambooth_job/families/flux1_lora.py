@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from dreambooth_job.families.bfl_layout import kohya_lora
 from dreambooth_job.families.flux1_layout import FLUX1_LAYOUT
 from dreambooth_job.families.lora_formats import CLIP_TEXT_ENCODER_TARGETS, TransformerLoraFormat
+from dreambooth_job.training.lora_adapters import split_variant_tensors
 
 TEXT_ENCODER_PREFIX = "lora_te1_"
 """CLIP-L's keys in sd-scripts' FLUX.1 files (and the prefix diffusers' FLUX reader takes)."""
@@ -54,6 +55,10 @@ class Flux1LoraFormat(TransformerLoraFormat):
     components: tuple[str, ...] = ("transformer", "text_encoder")
     target_presets: Mapping[str, tuple[str, ...]] = field(default_factory=lambda: FLUX1_TARGET_PRESETS)
     text_encoder_targets: tuple[str, ...] = CLIP_TEXT_ENCODER_TARGETS
+    # DoRA's magnitudes fuse with q/k/v (and linear1's MLP input) as their rows do
+    # (bfl_layout.original_magnitudes); LoKr's Kronecker factors have no fused equivalent.
+    adapter_variants: tuple[str, ...] = ("lora", "dora")
+    diffusers_variants: tuple[str, ...] = ("lora", "dora")
 
     def targets(self, preset: str, denoiser) -> list[str]:
         names = list(self.target_presets[preset])
@@ -82,11 +87,16 @@ class Flux1LoraFormat(TransformerLoraFormat):
 
 
 def _text_encoder_state(state: dict) -> dict:
-    """CLIP-L's adapters under sd-scripts' names: diffusers' kohya converter, `lora_te1_` prefix."""
+    """CLIP-L's adapters under sd-scripts' names: diffusers' kohya converter, `lora_te1_` prefix;
+    DoRA's magnitudes under the same module names (peft's tensor name, for the writer)."""
     from diffusers.utils.state_dict_utils import (  # deferred: diffusers is heavy
         convert_state_dict_to_kohya,
     )
 
-    converted = convert_state_dict_to_kohya({f"text_encoder.{key}": v for key, v in state.items()})
+    lora_part, extras = split_variant_tensors(state)
+    converted = convert_state_dict_to_kohya({f"text_encoder.{key}": v for key, v in lora_part.items()})
     assert all(key.startswith(TEXT_ENCODER_PREFIX) for key in converted), sorted(converted)[:3]
+    for prefix, tensors in extras.items():  # the converter's naming: the module path, '.' as '_'
+        module = TEXT_ENCODER_PREFIX + prefix.replace(".", "_")
+        converted.update({f"{module}.{suffix}": value for suffix, value in tensors.items()})
     return converted

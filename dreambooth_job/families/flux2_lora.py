@@ -41,6 +41,10 @@ class Flux2LoraFormat(TransformerLoraFormat):
 
     target_presets: Mapping[str, tuple[str, ...]] = field(default_factory=lambda: FLUX2_TARGET_PRESETS)
     text_encoder_targets: tuple[str, ...] = QWEN3_TARGETS
+    # DoRA's magnitudes fuse with q/k/v as their rows do (bfl_layout.original_magnitudes). LoKr's
+    # Kronecker factors of q, k and v have no fused equivalent in the original layout.
+    adapter_variants: tuple[str, ...] = ("lora", "dora")
+    diffusers_variants: tuple[str, ...] = ("lora", "dora")
 
     def targets(self, preset: str, denoiser) -> list[str]:
         names = list(self.target_presets[preset])

@@ -20,6 +20,13 @@ outputs/lora_writers.py's; what differs between families is here:
   name the original checkpoint's modules, q/k/v (and the single-stream MLP input) fused, CLIP-L as
   `lora_te1_` (families/flux1_lora.py).
 
+Which adapter kinds (--lora-variant) a family's files hold is the format's too: `adapter_variants`
+(refused at load time otherwise) and `diffusers_variants` (those the family's diffusers loader
+reads; for the others only the kohya/LyCORIS file is written). SD and SDXL hold all three (DoRA's
+magnitude as LyCORIS's `.dora_scale`, LoKr as `.lokr_w1`/`.lokr_w2[_a/_b]`); the FLUX families
+LoRA and DoRA (a fused q/k/v layer's magnitude is its parts' stacked, bfl_layout.py), not LoKr
+(Kronecker factors of q, k and v have no fused equivalent).
+
 Which modules carry adapters is the format's too: `target_presets` (`--lora-targets attention|
 attention-mlp|all`, the denoiser's) and `text_encoder_targets` (--train-text-encoder's), so that
 each family's files hold every module it adapts. `--lora-target-modules` names modules instead.
@@ -32,9 +39,13 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from dreambooth_job.config.choices import DEFAULT_LORA_TARGETS
+from dreambooth_job.config.choices import DEFAULT_LORA_TARGETS, LORA_VARIANTS
 from dreambooth_job.outputs.export.single_file import unet_to_ldm
-from dreambooth_job.training.lora_adapters import DEFAULT_TEXT_ENCODER_TARGETS, UNET_CONV_TARGETS
+from dreambooth_job.training.lora_adapters import (
+    DEFAULT_TEXT_ENCODER_TARGETS,
+    UNET_CONV_TARGETS,
+    split_variant_tensors,
+)
 
 UNET_TARGET_PRESETS = {
     # The paper's and diffusers' DreamBooth LoRA targets: self- and cross-attention (the default).
@@ -59,6 +70,10 @@ class LoraFormat(ABC):
     """The denoiser's adapted modules for each `--lora-targets` (config/choices.LORA_TARGET_PRESETS)."""
     text_encoder_targets: tuple[str, ...]
     """The text encoders' adapted modules (--train-text-encoder in LoRA mode)."""
+    adapter_variants: tuple[str, ...] = ("lora",)
+    """The --lora-variant values whose adapters the files hold."""
+    diffusers_variants: tuple[str, ...] = ("lora",)
+    """Those diffusers' `load_lora_weights` reads for this family (the diffusers file is written)."""
 
     def targets(self, preset: str, denoiser) -> list[str]:
         """The module names (peft's `target_modules`) of `preset` on this `denoiser`."""
@@ -92,6 +107,10 @@ class UNetLoraFormat(LoraFormat):
     kohya_header: Mapping[str, str] = field(default_factory=dict)
     target_presets: Mapping[str, tuple[str, ...]] = field(default_factory=lambda: UNET_TARGET_PRESETS)
     text_encoder_targets: tuple[str, ...] = CLIP_TEXT_ENCODER_TARGETS
+    adapter_variants: tuple[str, ...] = LORA_VARIANTS
+    # diffusers 0.42's SD/SDXL loaders take peft's DoRA keys (`lora_magnitude_vector`) but refuse
+    # LoKr's (`lokr_w1`: "Invalid LoRA checkpoint"); only its Z-Image and FLUX.2 loaders read LoKr.
+    diffusers_variants: tuple[str, ...] = ("lora", "dora")
 
     def write_diffusers(self, directory, layers, *, weight_name, save_function) -> None:
         import diffusers  # deferred: diffusers is heavy; the CLI and k8s builders start without it
@@ -108,17 +127,42 @@ class UNetLoraFormat(LoraFormat):
             convert_state_dict_to_kohya,
         )
 
-        denoiser = self.components[0]
         kohya = {}
         for name, peft_state in adapters.items():
-            state = peft_state
-            if name == denoiser and self.original_unet_names:
-                # The single-file export's mapping (diffusers' reader inverted):
-                # `down_blocks.1.attentions.0.` -> `input_blocks.4.1.`, `conv1` -> `in_layers.2`.
-                state = unet_to_ldm(peft_state, modules[name].config)
-            converted = convert_state_dict_to_kohya({f"{name}.{key}": v for key, v in state.items()})
-            kohya[name] = {self._key(key): value for key, value in converted.items()}
+            # DoRA's magnitudes and LoKr's factors keep peft's names under the module's kohya name
+            # (outputs/lora_writers.py turns them into LyCORIS's).
+            lora_part, extras = split_variant_tensors(peft_state)
+            state = {}
+            if lora_part:
+                converted = convert_state_dict_to_kohya(
+                    {f"{name}.{key}": v for key, v in self._module_names(name, lora_part, modules).items()})
+                state = {self._key(key): value for key, value in converted.items()}
+            for prefix, tensors in extras.items():
+                module = self._kohya_module(name, prefix, modules)
+                state.update({f"{module}.{suffix}": value for suffix, value in tensors.items()})
+            kohya[name] = state
         return kohya
+
+    def _module_names(self, name: str, state: dict, modules) -> dict:
+        if name == self.components[0] and self.original_unet_names:
+            # The single-file export's mapping (diffusers' reader inverted):
+            # `down_blocks.1.attentions.0.` -> `input_blocks.4.1.`, `conv1` -> `in_layers.2`.
+            return unet_to_ldm(state, modules[name].config)
+        return state
+
+    def _kohya_module(self, name: str, prefix: str, modules) -> str:
+        """The kohya name of the module at peft's `prefix` (`lora_unet_down_blocks_0_..._to_q`),
+        through the converter that names the LoRA keys, on a stand-in A and B."""
+        import torch  # deferred: torch is heavy
+        from diffusers.utils.state_dict_utils import (  # deferred: diffusers is heavy
+            convert_state_dict_to_kohya,
+        )
+
+        stand_in = {f"{prefix}.lora_{part}.weight": torch.zeros(1, 1) for part in "AB"}
+        converted = convert_state_dict_to_kohya(
+            {f"{name}.{key}": v for key, v in self._module_names(name, stand_in, modules).items()})
+        down = next(key for key in converted if key.endswith(".lora_down.weight"))
+        return self._key(down.removesuffix(".lora_down.weight"))
 
     def _key(self, key: str) -> str:
         # diffusers names the first text encoder as SDXL's (`lora_te1_`); SD 1.x files say `lora_te_`.

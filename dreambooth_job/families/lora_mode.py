@@ -22,7 +22,8 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from dreambooth_job.config.choices import DEFAULT_LORA_TARGETS, LORA_TARGET_PRESETS
+from dreambooth_job.config.choices import DEFAULT_LORA_TARGETS, LORA_TARGET_PRESETS, LORA_VARIANTS
+from dreambooth_job.exit_codes import InvalidInputError
 from dreambooth_job.families.base import ModelFamily, TrainMode
 from dreambooth_job.families.lora_formats import CLIP_TEXT_ENCODER_TARGETS
 from dreambooth_job.training import lora_adapters
@@ -35,8 +36,9 @@ class LoraTrainMode(TrainMode):
     frozen_base = True
 
     def __init__(self, *, rank: int, alpha: float, dropout: float, unet_targets: list[str],
-                 seed: int = 0, text_encoder_targets: tuple[str, ...] = CLIP_TEXT_ENCODER_TARGETS):
-        self.rank, self.alpha, self.dropout = rank, alpha, dropout
+                 seed: int = 0, text_encoder_targets: tuple[str, ...] = CLIP_TEXT_ENCODER_TARGETS,
+                 variant: str = LORA_VARIANTS[0]):
+        self.rank, self.alpha, self.dropout, self.variant = rank, alpha, dropout, variant
         self.unet_targets = list(unet_targets)
         self.text_encoder_targets = tuple(text_encoder_targets)
         self.seed = seed
@@ -44,10 +46,13 @@ class LoraTrainMode(TrainMode):
     @classmethod
     def from_config(cls, config, family: ModelFamily, pipeline) -> LoraTrainMode:
         """The adapters `config` asks of `family`'s `pipeline`: its --lora-targets preset, or
-        --lora-target-modules when they name other layers than their default."""
+        --lora-target-modules when they name other layers than their default. A --lora-variant
+        the family's LoRA files cannot hold is refused here, before any training."""
+        check_variant(config.lora_variant, family)
         return cls(rank=config.lora_rank, alpha=config.resolved_lora_alpha,
                    dropout=config.lora_dropout, unet_targets=denoiser_targets(config, family, pipeline),
-                   seed=config.seed, text_encoder_targets=family.lora_format.text_encoder_targets)
+                   seed=config.seed, text_encoder_targets=family.lora_format.text_encoder_targets,
+                   variant=config.lora_variant)
 
     def trainable_parameters(self, modules: dict[str, Any]) -> list:
         """Adapters on `modules` (ModelFamily.trainable_modules: the denoiser first, then the text
@@ -55,7 +60,8 @@ class LoraTrainMode(TrainMode):
         checkpoints' order."""
         import torch  # deferred: torch is heavy
 
-        options = {"rank": self.rank, "alpha": self.alpha, "dropout": self.dropout}
+        options = {"rank": self.rank, "alpha": self.alpha, "dropout": self.dropout,
+                   "variant": self.variant}
         modules = dict(modules)
         denoiser = modules.pop("denoiser")
         # The adapters' random init (peft draws it from torch's global generator, on the CPU) is
@@ -70,6 +76,14 @@ class LoraTrainMode(TrainMode):
 
     def save(self, family: ModelFamily, pipeline, directory: str | Path) -> None:
         save_merged_pipeline(family, pipeline, directory)
+
+
+def check_variant(variant: str, family: ModelFamily) -> None:
+    """Exit 2 for a --lora-variant whose adapters `family`'s LoRA files cannot hold."""
+    supported = family.lora_format.adapter_variants
+    if variant not in supported:
+        raise InvalidInputError(f"--lora-variant {variant}: {family.name}'s LoRA files hold only "
+                                f"{', '.join(supported)} adapters")
 
 
 def denoiser_targets(config, family: ModelFamily, pipeline) -> list[str]:

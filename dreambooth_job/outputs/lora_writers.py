@@ -12,6 +12,9 @@
   (`lora_unet_<module>.lora_down.weight`, `.lora_up.weight`, `.alpha`; `lora_te_...` for the text
   encoder), the format AUTOMATIC1111 (models/Lora) and ComfyUI (LoraLoader) load, and diffusers too
   (`pipe.load_lora_weights(path)`); the family names the keys (`LoraFormat.kohya_state`).
+  --lora-variant dora adds LyCORIS's `<module>.dora_scale` (peft's magnitude, one per output row,
+  shaped (out, 1[, 1, 1]): LyCORIS's wd_on_out layout, which ComfyUI reads); lokr writes
+  LyCORIS's `<module>.lokr_w1`, `.lokr_w2` (or `.lokr_w2_a`/`.lokr_w2_b`) and `.alpha`.
 
 Both take the `--save-precision` dtype ("fp16", "bf16", "fp32" or a torch dtype) and string
 metadata for the safetensors header (base model fingerprint, identifier, class noun, steps, ...);
@@ -27,7 +30,13 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from dreambooth_job.training.lora_adapters import ADAPTER_NAME, has_lora, lora_config
+from dreambooth_job.training.lora_adapters import (
+    ADAPTER_NAME,
+    adapter_alpha,
+    adapter_variant,
+    has_lora,
+    lora_config,
+)
 
 DIFFUSERS_WEIGHT_NAME = "pytorch_lora_weights.safetensors"
 SAVE_PRECISIONS = ("fp16", "bf16", "fp32")
@@ -83,7 +92,11 @@ def save_lora_kohya(path, family, modules: Mapping[str, Any], *, dtype="fp32",
     # What kohya's trainer writes and A1111's UI shows for a LoRA (and filters families by).
     config = lora_config(denoiser)
     header.update({"ss_network_module": "networks.lora", "ss_network_dim": str(config.r),
-                   "ss_network_alpha": _number(config.lora_alpha), **family.lora_format.kohya_header})
+                   "ss_network_alpha": _number(adapter_alpha(config)), **family.lora_format.kohya_header})
+    variant = adapter_variant(config)
+    if variant != "lora":  # what LyCORIS's kohya network writes for its algorithms
+        args = {"algo": "lokr"} if variant == "lokr" else {"algo": "lora", "dora_wd": "True"}
+        header.update({"ss_network_module": "lycoris.kohya", "ss_network_args": json.dumps(args)})
     kohya = kohya_state_dict(family, modules)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -98,12 +111,39 @@ def kohya_state_dict(family, modules: Mapping[str, Any]) -> dict:
 
     adapters = {name: _adapter_state(module) for name, module in modules.items() if has_lora(module)}
     kohya = {}
-    for name, state in family.lora_format.kohya_state(adapters, modules).items():
+    for name, converted in family.lora_format.kohya_state(adapters, modules).items():
+        config = lora_config(modules[name])
         # diffusers' converter writes alpha = rank; the loaders scale by alpha / rank.
-        alpha = float(lora_config(modules[name]).lora_alpha)
-        kohya.update({key: torch.tensor(alpha) if key.endswith(".alpha") else tensor
-                      for key, tensor in state.items()})
+        alpha = adapter_alpha(config)
+        state = {key: torch.tensor(alpha) if key.endswith(".alpha") else tensor
+                 for key, tensor in converted.items()}
+        kohya.update(_lycoris_tensors(state, alpha=alpha, rank=config.r))
     return kohya
+
+
+def _lycoris_tensors(state: dict, *, alpha: float, rank: int) -> dict:
+    """peft's DoRA and LoKr tensors (under their modules' kohya names) as LyCORIS writes them."""
+    import torch  # deferred: torch is heavy
+
+    out = {}
+    for key, tensor in state.items():
+        module, _, suffix = key.rpartition(".")
+        if suffix == "lora_magnitude_vector":
+            # One magnitude per output row, shaped to broadcast over the weight (out, 1[, 1, 1]).
+            weight_dims = state[f"{module}.lora_down.weight"].dim()
+            out[f"{module}.dora_scale"] = tensor.reshape(-1).reshape(-1, *[1] * (weight_dims - 1))
+        elif suffix == "lokr_w1" and not any(f"{module}.lokr_{f}_a" in state for f in ("w1", "w2")):
+            # Both factors whole: ComfyUI and LyCORIS apply kron(w1, w2) unscaled, peft scales
+            # it by alpha / rank; the scale goes into w1, and alpha = rank says "scale 1".
+            out[key] = tensor * (alpha / rank)
+            out[f"{module}.alpha"] = torch.tensor(float(rank))
+        elif suffix == "lokr_w2_b":
+            # A low-rank factor: the loaders scale by alpha / (its rank), as peft does.
+            out[key] = tensor
+            out[f"{module}.alpha"] = torch.tensor(alpha)
+        else:
+            out[key] = tensor
+    return out
 
 
 def _denoiser(modules: Mapping[str, Any]):
@@ -138,7 +178,7 @@ def _header(metadata: Mapping[str, str] | None, denoiser) -> dict[str, str]:
             raise ValueError(f"LoRA file metadata key {key!r} is reserved for the file format")
         header[key] = value
     config = lora_config(denoiser)
-    header.update({"lora_rank": str(config.r), "lora_alpha": _number(config.lora_alpha)})
+    header.update({"lora_rank": str(config.r), "lora_alpha": _number(adapter_alpha(config))})
     return header
 
 

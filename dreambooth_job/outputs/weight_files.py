@@ -11,9 +11,10 @@ Layout under the output (docs/user-guide.md, "Output layout"), every weight file
   `<subject-id>.safetensors` in the family's original layout (A1111, ComfyUI, `from_single_file`):
   Stable Diffusion's / SDXL's whole checkpoint, FLUX.2 [klein]'s and FLUX.1's transformer in
   BFL's layout.
-- LoRA: `lora/pytorch_lora_weights.safetensors` (diffusers' `load_lora_weights`) and
-  `lora/<subject-id>.safetensors` (kohya-ss keys as the family names them; A1111/ComfyUI), with
-  the run in their headers;
+- LoRA: `lora/pytorch_lora_weights.safetensors` (diffusers' `load_lora_weights`; not for
+  --lora-variant lokr, which diffusers' SD/SDXL loaders do not read) and
+  `lora/<subject-id>.safetensors` (kohya-ss/LyCORIS keys as the family names them; A1111/ComfyUI),
+  with the run in their headers;
   `--lora-merge` adds `model/`, the base with the adapters merged in, and `--export-single-file`
   the single file of that merged model.
 
@@ -34,6 +35,7 @@ from pathlib import Path
 from dreambooth_job import families
 from dreambooth_job.exit_codes import InvalidInputError
 from dreambooth_job.families import for_pipeline
+from dreambooth_job.families.lora_mode import check_variant
 from dreambooth_job.outputs import lora_writers, result
 from dreambooth_job.outputs.export.precision import save_pretrained_precision
 from dreambooth_job.outputs.export.single_file import save_single_file
@@ -84,13 +86,17 @@ def single_file_name(subject_id: str) -> str:
     return f"{stem}.safetensors"
 
 
-def check_exportable(pipeline, *, single_file: bool, lora_text_encoders: bool = False) -> None:
+def check_exportable(pipeline, *, single_file: bool, lora_text_encoders: bool = False,
+                     lora_variant: str | None = None) -> None:
     """Refuse (exit 2) what the base model's family cannot publish: a --export-single-file its layout
-    cannot give, or text-encoder LoRA adapters its LoRA files do not hold (they would be trained,
-    then lost). Called when the base model is loaded, not after hours of training."""
+    cannot give, text-encoder LoRA adapters its LoRA files do not hold (they would be trained,
+    then lost), or a --lora-variant (None: not a LoRA run) they cannot hold. Called when the base
+    model is loaded, not after hours of training."""
     family = for_pipeline(pipeline)
     if single_file:
         family.check_single_file(pipeline)
+    if lora_variant is not None:
+        check_variant(lora_variant, family)
     missing = set(family.trained_text_encoder_names()) - set(family.lora_format.components)
     if lora_text_encoders and missing:
         raise InvalidInputError(f"--train-text-encoder with --train-mode lora: {family.name}'s LoRA "
@@ -131,14 +137,18 @@ def _write_full(pipeline, directory: Path, settings: OutputSettings, written: Wr
 
 def _write_lora(family, modules, directory: Path, settings: OutputSettings) -> list[str]:
     """The adapters in diffusers' and in kohya's format, as the family writes them; the text
-    encoders' when they have any."""
+    encoders' when they have any. The diffusers file only for an adapter kind diffusers' loader
+    reads for the family (LoKr: the kohya/LyCORIS file alone)."""
     lora_dir = directory / LORA_DIR
-    diffusers_file = lora_writers.save_lora_diffusers(
-        lora_dir, family, modules, dtype=settings.precision, metadata=settings.metadata)
-    kohya_file = lora_writers.save_lora_kohya(
+    files = []
+    variant = lora_adapters.adapter_variant(lora_adapters.lora_config(next(iter(modules.values()))))
+    if variant in family.lora_format.diffusers_variants:
+        files.append(lora_writers.save_lora_diffusers(
+            lora_dir, family, modules, dtype=settings.precision, metadata=settings.metadata))
+    files.append(lora_writers.save_lora_kohya(
         lora_dir / single_file_name(settings.subject_id), family, modules,
-        dtype=settings.precision, metadata=settings.metadata)
-    return [p.relative_to(directory).as_posix() for p in (diffusers_file, kohya_file)]
+        dtype=settings.precision, metadata=settings.metadata))
+    return [p.relative_to(directory).as_posix() for p in files]
 
 
 class _merged:

@@ -30,7 +30,8 @@ def load(ctx: RunContext) -> None:
     pipeline, base = base_models.with_vae(pipeline, base, config.vae, config.cache_dir)
     lora_text_encoders = config.train_mode == "lora" and config.train_text_encoder
     weight_files.check_exportable(pipeline, single_file=config.export_single_file,
-                                  lora_text_encoders=lora_text_encoders)
+                                  lora_text_encoders=lora_text_encoders,
+                                  lora_variant=config.lora_variant if config.train_mode == "lora" else None)
     resolution = resolve_resolution(ctx, pipeline)
     family = families.for_pipeline(pipeline)
     # Before class images and training: a mode that cannot fit the GPU even with every memory

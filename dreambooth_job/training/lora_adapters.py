@@ -16,13 +16,18 @@ train_dreambooth_lora.py: UNet `to_q`, `to_k`, `to_v`, `to_out.0` (self- and cro
 text encoder `q_proj`, `k_proj`, `v_proj`, `out_proj`. `UNET_CONV_TARGETS` adds the ResNet
 convolutions (kohya's "LoCon"), for UNets whose attention sees too little of the image to learn a
 subject's colours (the toy world's UNet has attention only at 8x8).
+
+`variant` (--lora-variant) picks the adapter kind: "lora" (B @ A), "dora" (peft's `use_dora`: LoRA
+plus a learned magnitude per output row, the weight renormalised, Liu et al. 2024) or "lokr"
+(peft's LoKrConfig: W + alpha/rank * kron(w1, w2), LyCORIS's LoKr; w2 low-rank when the rank is
+small beside the layer's factors). All three start equal to the base and merge with `merge_lora`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
-from dreambooth_job.config.choices import DEFAULT_LORA_TARGETS
+from dreambooth_job.config.choices import DEFAULT_LORA_TARGETS, LORA_VARIANTS
 from dreambooth_job.exit_codes import InvalidInputError
 
 DEFAULT_UNET_TARGETS = DEFAULT_LORA_TARGETS  # --lora-target-modules' default
@@ -35,12 +40,11 @@ ADAPTER_NAME = "default"
 
 def add_lora(denoiser, text_encoder=None, *, rank: int = 16, alpha: float | None = None,
              dropout: float = 0.0, target_modules: Sequence[str] = DEFAULT_UNET_TARGETS,
-             text_encoder_targets: Sequence[str] = DEFAULT_TEXT_ENCODER_TARGETS) -> None:
-    """Freeze `denoiser` (and `text_encoder`, when given) and add LoRA adapters of `rank` to the layers
-    named by the targets (a name matches a module whose dotted name ends with it). `alpha`
-    defaults to `rank`, so the low-rank update is scaled by alpha/rank = 1."""
-    from peft import LoraConfig  # deferred: peft is heavy
-
+             text_encoder_targets: Sequence[str] = DEFAULT_TEXT_ENCODER_TARGETS,
+             variant: str = LORA_VARIANTS[0]) -> None:
+    """Freeze `denoiser` (and `text_encoder`, when given) and add adapters of `variant` and `rank` to
+    the layers named by the targets (a name matches a module whose dotted name ends with it).
+    `alpha` defaults to `rank`, so the update is scaled by alpha/rank = 1."""
     alpha = rank if alpha is None else alpha
     if not isinstance(rank, int) or rank < 1:
         raise InvalidInputError(f"--lora-rank {rank!r} must be a whole number >= 1")
@@ -48,19 +52,63 @@ def add_lora(denoiser, text_encoder=None, *, rank: int = 16, alpha: float | None
         raise InvalidInputError(f"--lora-alpha {alpha!r} must be > 0")
     if not 0 <= dropout < 1:
         raise InvalidInputError(f"--lora-dropout {dropout!r} must be in [0, 1)")
+    if variant not in LORA_VARIANTS:
+        raise InvalidInputError(f"--lora-variant {variant!r} is not one of {', '.join(LORA_VARIANTS)}")
+    if variant == "lokr" and dropout:
+        # LoKr has no input dropout (peft's LoKrConfig drops ranks or whole modules instead).
+        raise InvalidInputError("--lora-dropout applies to --lora-variant lora and dora, not lokr")
     for name, module, targets in (("denoiser", denoiser, target_modules),
                                   ("text encoder", text_encoder, text_encoder_targets)):
         if module is None:
             continue
         _check_targets(name, module, targets)
         module.requires_grad_(False)
-        # Gaussian A and zero B, as diffusers' LoRA trainers: the adapted model starts equal to the base.
-        config = LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=dropout,
-                            init_lora_weights="gaussian", target_modules=list(targets))
+        config = adapter_config(variant, rank=rank, alpha=alpha, dropout=dropout, targets=targets)
         if module is denoiser:
             denoiser.add_adapter(config, adapter_name=ADAPTER_NAME)
         else:
             _add_text_encoder_adapter(text_encoder, config)
+
+
+def adapter_config(variant: str, *, rank: int, alpha: float, dropout: float, targets: Sequence[str]):
+    """peft's config of `variant`'s adapters; each starts equal to the base."""
+    from peft import LoKrConfig, LoraConfig  # deferred: peft is heavy
+
+    if variant == "lokr":
+        # peft's default init: w1 random, w2 zero (LyCORIS's).
+        return LoKrConfig(r=rank, alpha=alpha, target_modules=list(targets))
+    # Gaussian A and zero B, as diffusers' LoRA trainers; DoRA's magnitude starts at the base's norms.
+    return LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=dropout, init_lora_weights="gaussian",
+                      target_modules=list(targets), use_dora=variant == "dora")
+
+
+def adapter_variant(config) -> str:
+    """The --lora-variant a peft config was built for."""
+    if type(config).__name__ == "LoKrConfig":
+        return "lokr"
+    return "dora" if getattr(config, "use_dora", False) else "lora"
+
+
+def adapter_alpha(config) -> float:
+    """The adapter's alpha, whatever the variant (LoraConfig.lora_alpha, LoKrConfig.alpha)."""
+    return float(config.alpha if adapter_variant(config) == "lokr" else config.lora_alpha)
+
+
+VARIANT_SUFFIXES = ("lora_magnitude_vector", "lokr_w1", "lokr_w1_a", "lokr_w1_b", "lokr_w2",
+                    "lokr_w2_a", "lokr_w2_b", "lokr_t2")
+"""The tensor names (after the module's path in peft's state) of DoRA's magnitude and LoKr's factors."""
+
+
+def split_variant_tensors(peft_state: dict) -> tuple[dict, dict[str, dict]]:
+    """peft's adapter state as (its LoRA A/B tensors, {module path: {DoRA/LoKr tensor name: tensor}})."""
+    lora_part, extras = {}, {}
+    for key, value in peft_state.items():
+        prefix, _, suffix = key.rpartition(".")
+        if suffix in VARIANT_SUFFIXES:
+            extras.setdefault(prefix, {})[suffix] = value
+        else:
+            lora_part[key] = value
+    return lora_part, extras
 
 
 def _add_text_encoder_adapter(text_encoder, config) -> None:
@@ -134,7 +182,9 @@ def merge_lora(module):
 def lora_parameter_count(module, rank: int, targets: Sequence[str]) -> int:
     """How many parameters rank-`rank` adapters on `targets` would add to `module`, from the layers'
     shapes alone (works on a model built on the meta device, so sd15's sizes need no 4 GB of RAM).
-    Linear: A is rank x in, B is out x rank; Conv2d: A is rank x in x k x k, B is out x rank x 1 x 1."""
+    Linear: A is rank x in, B is out x rank; Conv2d: A is rank x in x k x k, B is out x rank x 1 x 1.
+    LoRA's count stands for the other variants: DoRA adds one magnitude per output row (under 1%
+    more at rank 16), LoKr's Kronecker factors are fewer than LoRA's A and B."""
     import torch  # deferred: torch is heavy
 
     total = 0

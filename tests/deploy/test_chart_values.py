@@ -54,6 +54,9 @@ SPECIAL_VALUES = {
     # At its default here: fp8/nf4 refuse --lora-merge, which this config sets (the test below
     # renders a quantized base alone).
     "base_precision": "auto",
+    # At its default too: dora refuses --train-text-encoder and lokr --lora-dropout, which this
+    # config sets.
+    "lora_variant": "lora",
     "lora_target_modules": ["to_q", "conv1"],
     "pushgateway": "http://pushgateway:9091",
     "notify_url": "https://hooks.example/dreambooth?subject=dog",
