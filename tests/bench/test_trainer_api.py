@@ -92,4 +92,4 @@ def test_the_checkpointing_estimate_reads_the_family_and_grows_with_the_batch():
     trained = sum(p.numel() for p in t.models.trainable)
     assert one == memory_estimate.training_bytes(t.config, t.family, denoiser.config,
                                                  t.pipeline.vae_scale_factor, trained, 1, True)
-    assert two > one > memory_estimate.training_state_bytes(trained, False)
+    assert two > one > memory_estimate.training_state_bytes(trained, "adamw")
