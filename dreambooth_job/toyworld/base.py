@@ -15,7 +15,6 @@ compare curves.
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import time
 from dataclasses import asdict, dataclass
@@ -27,7 +26,7 @@ import torch.nn.functional as F
 from dreambooth_job.devtools.tiny_models import CLIP_MAX_LENGTH, clip_tokenizer, sd_pipeline
 from dreambooth_job.toyworld import world
 from dreambooth_job.toyworld.latent import build_vae
-from dreambooth_job.toyworld.pretraining import Schedule, pretrain
+from dreambooth_job.toyworld.pretraining import LossLog, Schedule, pretrain
 
 # loss.csv's stage of the denoiser's training (the shipped fixture's file says so; report.py reads it).
 DENOISER_STAGE = "unet"
@@ -117,14 +116,7 @@ def train_base(output: str | Path, recipe: BaseRecipe) -> Path:
     output = Path(output)
     output.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    rows: list[tuple[str, int, float]] = []
-
-    def log(stage: str, step: int, loss: float) -> None:
-        rows.append((stage, step, loss))
-        if step % 50 == 0:
-            recent = [r[2] for r in rows[-50:] if r[0] == stage]
-            print(f"{stage} step {step} loss {sum(recent) / len(recent):.4f} "
-                  f"({time.perf_counter() - started:.0f}s)", flush=True)
+    log = LossLog()
 
     images, captions = world.dataset(recipe.images, recipe.seed)
     pixels = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1.0
@@ -143,10 +135,7 @@ def train_base(output: str | Path, recipe: BaseRecipe) -> Path:
     pipeline = sd_pipeline(unet=unet, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer,
                            scheduler=scheduler)
     save_compact(pipeline, output)
-    with open(output / "loss.csv", "w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["stage", "step", "loss"])
-        writer.writerows((s, i, f"{v:.5f}") for s, i, v in rows)
+    log.write_csv(output / "loss.csv")
     meta = {"recipe": asdict(recipe), "steps_done": steps, "scaling_factor": scaling,
             "total_seconds": round(time.perf_counter() - started), "torch": torch.__version__,
             "command": "python -m dreambooth_job.toyworld.base --output <dir> "

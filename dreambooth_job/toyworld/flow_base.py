@@ -29,7 +29,6 @@ The output directory receives the pipeline, `loss.csv` (stage, step, loss) and `
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import time
 from dataclasses import asdict, dataclass
@@ -42,7 +41,7 @@ from dreambooth_job.devtools.tiny_models import QWEN_CORPUS, qwen_tokenizer
 from dreambooth_job.families import PromptEmbeddings
 from dreambooth_job.toyworld import world
 from dreambooth_job.toyworld.latent import ARCHITECTURE, set_lossless_weights
-from dreambooth_job.toyworld.pretraining import Schedule, pretrain
+from dreambooth_job.toyworld.pretraining import LossLog, Schedule, pretrain
 
 # loss.csv's stage of the denoiser's training (docs_figures.loss_curve reads it).
 DENOISER_STAGE = "transformer"
@@ -166,14 +165,7 @@ def train_flow_base(output: str | Path, recipe: FlowRecipe) -> Path:
     output = Path(output)
     output.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    rows: list[tuple[str, int, float]] = []
-
-    def log(stage: str, step: int, loss: float) -> None:
-        rows.append((stage, step, loss))
-        if step % 50 == 0:
-            recent = [r[2] for r in rows[-50:] if r[0] == stage]
-            print(f"{stage} step {step} loss {sum(recent) / len(recent):.4f} "
-                  f"({time.perf_counter() - started:.0f}s)", flush=True)
+    log = LossLog()
 
     pipeline = build_pipeline(recipe)
     family = families.for_pipeline(pipeline)
@@ -186,10 +178,7 @@ def train_flow_base(output: str | Path, recipe: FlowRecipe) -> Path:
     steps = train_transformer(pipeline, family, latents, embeddings, caption_index, recipe, log)
 
     pipeline.save_pretrained(output, safe_serialization=True)
-    with open(output / "loss.csv", "w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["stage", "step", "loss"])
-        writer.writerows((s, i, f"{v:.5f}") for s, i, v in rows)
+    log.write_csv(output / "loss.csv")
     meta = {"recipe": asdict(recipe), "steps_done": steps,
             "total_seconds": round(time.perf_counter() - started), "torch": torch.__version__,
             "command": "python -m dreambooth_job.toyworld.flow_base --output <dir> "

@@ -4,9 +4,11 @@
 
 from __future__ import annotations
 
+import csv
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
@@ -54,3 +56,25 @@ def pretrain(params: Sequence[torch.Tensor], batch_loss: Callable[[torch.Tensor]
         for p, e in zip(params, ema):
             p.copy_(e)
     return step
+
+
+class LossLog:
+    """Every step's loss by stage: a 50-step mean printed every 50 steps, all of it written as
+    the base's loss.csv (which tests compare with a rerun of its recorded command)."""
+
+    def __init__(self) -> None:
+        self.rows: list[tuple[str, int, float]] = []
+        self.started = time.perf_counter()
+
+    def __call__(self, stage: str, step: int, loss: float) -> None:
+        self.rows.append((stage, step, loss))
+        if step % 50 == 0:
+            recent = [r[2] for r in self.rows[-50:] if r[0] == stage]
+            print(f"{stage} step {step} loss {sum(recent) / len(recent):.4f} "
+                  f"({time.perf_counter() - self.started:.0f}s)", flush=True)
+
+    def write_csv(self, path: Path) -> None:
+        with open(path, "w", newline="") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(["stage", "step", "loss"])
+            writer.writerows((s, i, f"{v:.5f}") for s, i, v in self.rows)
