@@ -202,6 +202,52 @@ def qwen_tokenizer(corpus: list[str] = QWEN_CORPUS, vocab_size: int = 400):
     return tokenizer
 
 
+QWEN_LAYERS = 28
+"""Qwen3 layers of the klein-shaped text encoders: the pipeline stacks hidden states 9, 18 and 27."""
+
+
+def klein_vae(**config):
+    """An AutoencoderKLFlux2 of `config` (random weights)."""
+    from diffusers import AutoencoderKLFlux2  # deferred: diffusers is heavy
+
+    return AutoencoderKLFlux2(**config)
+
+
+def klein_text_encoder(vocab_size: int, width: int):
+    """A random Qwen3 of 28 layers of `width` (2 heads, 1 key/value head), tied embeddings."""
+    from transformers import Qwen3Config, Qwen3ForCausalLM  # deferred: transformers is heavy
+
+    return Qwen3ForCausalLM(Qwen3Config(
+        vocab_size=vocab_size, hidden_size=width, intermediate_size=2 * width,
+        num_hidden_layers=QWEN_LAYERS, num_attention_heads=2, num_key_value_heads=1,
+        head_dim=width // 2, max_position_embeddings=1024, tie_word_embeddings=True))
+
+
+def klein_transformer(*, in_channels: int, text_width: int, double_layers: int = 1,
+                      single_layers: int = 1, heads: int = 2, head_dim: int = 16):
+    """A random Flux2Transformer2DModel conditioned on three stacked Qwen3 layers of `text_width`."""
+    from diffusers import Flux2Transformer2DModel  # deferred: diffusers is heavy
+
+    return Flux2Transformer2DModel(
+        patch_size=1, in_channels=in_channels, num_layers=double_layers,
+        num_single_layers=single_layers, attention_head_dim=head_dim, num_attention_heads=heads,
+        joint_attention_dim=3 * text_width, timestep_guidance_channels=256,
+        axes_dims_rope=(head_dim // 4,) * 4, guidance_embeds=False)
+
+
+def klein_pipeline(*, vae, text_encoder, tokenizer, transformer):
+    """A Flux2KleinPipeline of the given models and klein's flow-matching Euler scheduler: the tiny
+    test model's and the toy world's flow base (toyworld/flow_base.py) assembly."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, Flux2KleinPipeline  # deferred: heavy
+
+    # FLUX.2 [klein]'s scheduler_config.json.
+    scheduler = FlowMatchEulerDiscreteScheduler(
+        num_train_timesteps=1000, shift=3.0, use_dynamic_shifting=True, base_shift=0.5,
+        max_shift=1.15, base_image_seq_len=256, max_image_seq_len=4096, time_shift_type="exponential")
+    return Flux2KleinPipeline(scheduler=scheduler, vae=vae, text_encoder=text_encoder,
+                              tokenizer=tokenizer, transformer=transformer)
+
+
 def build_tiny_flux2_klein_pipeline(output_dir: str | os.PathLike, seed: int = 0):
     """Save a tiny random FLUX.2 [klein]-shaped pipeline in diffusers format; returns it. A Qwen3
     text encoder (28 layers of width 16: the pipeline stacks hidden states 9, 18 and 27, so the
@@ -210,34 +256,17 @@ def build_tiny_flux2_klein_pipeline(output_dir: str | os.PathLike, seed: int = 0
     the transformer's 16: a 64 px image is 16x16 tokens. The scheduler is klein's flow-matching
     Euler with dynamic shifting."""
     import torch  # deferred: torch is heavy
-    from diffusers import (  # deferred: diffusers is heavy
-        AutoencoderKLFlux2,
-        FlowMatchEulerDiscreteScheduler,
-        Flux2KleinPipeline,
-        Flux2Transformer2DModel,
-    )
-    from transformers import Qwen3Config, Qwen3ForCausalLM  # deferred: transformers is heavy
 
     tokenizer = qwen_tokenizer()
     torch.manual_seed(seed)
-    transformer = Flux2Transformer2DModel(
-        patch_size=1, in_channels=16, num_layers=1, num_single_layers=1, attention_head_dim=16,
-        num_attention_heads=2, joint_attention_dim=48, timestep_guidance_channels=256,
-        axes_dims_rope=(4, 4, 4, 4), guidance_embeds=False)
-    vae = AutoencoderKLFlux2(
+    transformer = klein_transformer(in_channels=16, text_width=16)
+    vae = klein_vae(
         in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 2,
         up_block_types=("UpDecoderBlock2D",) * 2, block_out_channels=(8, 16), layers_per_block=1,
         latent_channels=4, norm_num_groups=4, sample_size=64, patch_size=(2, 2))
-    text_encoder = Qwen3ForCausalLM(Qwen3Config(
-        vocab_size=len(tokenizer), hidden_size=16, intermediate_size=32, num_hidden_layers=28,
-        num_attention_heads=2, num_key_value_heads=1, head_dim=8, max_position_embeddings=1024,
-        tie_word_embeddings=True))
-    # FLUX.2 [klein]'s scheduler_config.json.
-    scheduler = FlowMatchEulerDiscreteScheduler(
-        num_train_timesteps=1000, shift=3.0, use_dynamic_shifting=True, base_shift=0.5,
-        max_shift=1.15, base_image_seq_len=256, max_image_seq_len=4096, time_shift_type="exponential")
-    pipeline = Flux2KleinPipeline(scheduler=scheduler, vae=vae, text_encoder=text_encoder,
-                                  tokenizer=tokenizer, transformer=transformer)
+    text_encoder = klein_text_encoder(len(tokenizer), 16)
+    pipeline = klein_pipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer,
+                              transformer=transformer)
     pipeline.save_pretrained(output_dir, safe_serialization=True)
     return pipeline
 

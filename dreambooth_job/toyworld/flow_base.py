@@ -7,9 +7,9 @@ which stopped it after 1,322 steps; thread counts change the floating-point roun
 regenerate with the recorded one)
 
 The same world and captions as the Stable Diffusion-shaped base (base.py), in FLUX.2 [klein]'s
-shape: a `Flux2KleinPipeline` of a `Flux2Transformer2DModel`, an `AutoencoderKLFlux2`, a Qwen3
-text encoder and a byte-level BPE tokenizer with Qwen's chat template, and klein's flow-matching
-Euler scheduler. What differs from base.py, and why:
+shape, assembled by devtools/tiny_models.py's klein builders: klein's transformer, its VAE, a
+Qwen3 text encoder and a byte-level BPE tokenizer with Qwen's chat template, and klein's
+flow-matching Euler scheduler. What differs from base.py, and why:
 
 - the VAE is the same hand-set lossless 2x average/nearest pair (latent.py) inside klein's VAE
   class; its batch-norm statistics, which klein's latents are normalised by, are the training
@@ -37,7 +37,14 @@ from pathlib import Path
 import torch
 
 from dreambooth_job import families
-from dreambooth_job.devtools.tiny_models import QWEN_CORPUS, qwen_tokenizer
+from dreambooth_job.devtools.tiny_models import (
+    QWEN_CORPUS,
+    klein_pipeline,
+    klein_text_encoder,
+    klein_transformer,
+    klein_vae,
+    qwen_tokenizer,
+)
 from dreambooth_job.families import PromptEmbeddings
 from dreambooth_job.toyworld import world
 from dreambooth_job.toyworld.latent import ARCHITECTURE, set_lossless_weights
@@ -45,8 +52,6 @@ from dreambooth_job.toyworld.pretraining import LossLog, Schedule, pretrain
 
 # loss.csv's stage of the denoiser's training (docs_figures.loss_curve reads it).
 DENOISER_STAGE = "transformer"
-HIDDEN_STATES_LAYERS = 28
-"""Qwen3 layers: klein's pipeline stacks the hidden states of layers 9, 18 and 27."""
 
 
 @dataclass
@@ -80,38 +85,21 @@ def world_captions() -> list[str]:
 
 def build_pipeline(recipe: FlowRecipe):
     """The untrained pipeline: lossless VAE, random frozen text encoder, random transformer."""
-    from diffusers import (  # deferred: diffusers is heavy
-        AutoencoderKLFlux2,
-        FlowMatchEulerDiscreteScheduler,
-        Flux2KleinPipeline,
-        Flux2Transformer2DModel,
-    )
-    from transformers import Qwen3Config, Qwen3ForCausalLM  # deferred: transformers is heavy
-
     torch.manual_seed(recipe.seed)
     # The world's words are whole tokens; the tiny test corpus adds rare words for --identifier auto.
     tokenizer = qwen_tokenizer([c for c in world_captions() if c] + QWEN_CORPUS)
-    vae = AutoencoderKLFlux2(**ARCHITECTURE, sample_size=world.SIZE, patch_size=(2, 2))
+    vae = klein_vae(**ARCHITECTURE, sample_size=world.SIZE, patch_size=(2, 2))
     set_lossless_weights(vae)
-    text_encoder = Qwen3ForCausalLM(Qwen3Config(
-        vocab_size=len(tokenizer), hidden_size=recipe.text_width, intermediate_size=2 * recipe.text_width,
-        num_hidden_layers=HIDDEN_STATES_LAYERS, num_attention_heads=2, num_key_value_heads=1,
-        head_dim=recipe.text_width // 2, max_position_embeddings=1024, tie_word_embeddings=True))
+    text_encoder = klein_text_encoder(len(tokenizer), recipe.text_width)
     with torch.no_grad():
         text_encoder.get_input_embeddings().weight.normal_(0.0, 1.0)
-    rope = recipe.head_dim // 4
-    transformer = Flux2Transformer2DModel(
-        patch_size=1, in_channels=4 * ARCHITECTURE["latent_channels"], num_layers=recipe.double_layers,
-        num_single_layers=recipe.single_layers, attention_head_dim=recipe.head_dim,
-        num_attention_heads=recipe.heads, joint_attention_dim=3 * recipe.text_width,
-        timestep_guidance_channels=256, axes_dims_rope=(rope,) * 4, guidance_embeds=False)
-    # FLUX.2 [klein]'s scheduler_config.json.
-    scheduler = FlowMatchEulerDiscreteScheduler(
-        num_train_timesteps=1000, shift=3.0, use_dynamic_shifting=True, base_shift=0.5,
-        max_shift=1.15, base_image_seq_len=256, max_image_seq_len=4096, time_shift_type="exponential")
-    return Flux2KleinPipeline(scheduler=scheduler, vae=vae.eval().requires_grad_(False),
-                              text_encoder=text_encoder.eval().requires_grad_(False),
-                              tokenizer=tokenizer, transformer=transformer)
+    transformer = klein_transformer(
+        in_channels=4 * ARCHITECTURE["latent_channels"], text_width=recipe.text_width,
+        double_layers=recipe.double_layers, single_layers=recipe.single_layers,
+        heads=recipe.heads, head_dim=recipe.head_dim)
+    return klein_pipeline(vae=vae.eval().requires_grad_(False),
+                          text_encoder=text_encoder.eval().requires_grad_(False),
+                          tokenizer=tokenizer, transformer=transformer)
 
 
 @torch.no_grad()

@@ -21,10 +21,10 @@ PACKAGE = Path(__file__).resolve().parents[2] / "dreambooth_job"
 # builds models of given architectures: the tiny test models, the bench's published architectures,
 # and the toy world's base models (toyworld/base.py builds an SD-architecture UNet and pipeline and
 # pretrains it with its own loop into the shipped fixture, as tiny_models.py builds the test
-# fixtures; toyworld/flow_base.py does the same for the FLUX.2 [klein]-shaped one; the toy world's
-# experiments train them through the job like any base model).
-EXEMPT = {"families", "devtools/tiny_models.py", "bench/architectures.py", "toyworld/base.py",
-          "toyworld/flow_base.py"}
+# fixtures; toyworld/flow_base.py assembles the FLUX.2 [klein]-shaped one from tiny_models.py's klein
+# builders and names no class; the toy world's experiments train them through the job like any
+# base model).
+EXEMPT = {"families", "devtools/tiny_models.py", "bench/architectures.py", "toyworld/base.py"}
 
 
 FAMILY_NAMES = {"sd", "sdxl"}
