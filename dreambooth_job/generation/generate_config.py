@@ -25,12 +25,12 @@ from dreambooth_job.cli_options import AutoOr
 from dreambooth_job.config import choices as const
 from dreambooth_job.config import locations
 from dreambooth_job.config.field_types import default_of, flag_name
+from dreambooth_job.config.input_options import default_cache_dir
 from dreambooth_job.config.introspection import accepts_auto, base_type, is_list
 from dreambooth_job.config.operator_policy import OperatorPolicy
 from dreambooth_job.config.option_fields import MODEL, OPERATIONAL, Place, check_bounds, option
 from dreambooth_job.config.sources import ALWAYS, WHEN_SET, is_stated
 from dreambooth_job.config.subject_identifier import format_prompt
-from dreambooth_job.config.train_config import _default_cache_dir
 from dreambooth_job.exit_codes import InvalidInputError
 from dreambooth_job.families import FAMILIES
 from dreambooth_job.redaction import has_url_credentials
@@ -85,7 +85,7 @@ class GenerateConfig:
         help="Image side in pixels (default auto: the run's training resolution).")
     batch_size: int = option(OPERATIONAL, 4, minimum=1, help="Images per sampler call.")
     cache_dir: str = option(
-        OPERATIONAL, default_factory=_default_cache_dir, place=Place.LOCATION, set_by_pod=True,
+        OPERATIONAL, default_factory=default_cache_dir, place=Place.LOCATION, set_by_pod=True,
         help="Local directory for downloaded models (the run's, its base model).")
     log_format: str = option(
         OPERATIONAL, "auto", choices=const.LOG_FORMAT_CHOICES,
