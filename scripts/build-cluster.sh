@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# Build the Kubernetes control plane the cluster tests run (tests/cluster) from upstream Go
+# sources at the releases pinned in cluster/*/go.mod and go.sum: etcd, kube-apiserver,
+# kube-controller-manager, kube-scheduler (cluster/kube), kwok (cluster/kwok), Kueue
+# (cluster/kueue) and the Helm CLI (cluster/helm), all from the Go module proxy.
+#
+# The binaries land in a cache folder keyed by those files and the Go version, so a warm run
+# builds nothing; the last line printed is the folder. scripts/setup.sh runs this.
+#   scripts/build-cluster.sh           # build what is missing, print the bin folder
+#   scripts/build-cluster.sh --print   # print the bin folder, build nothing (exit 1 if incomplete)
+# DREAMBOOTH_CLUSTER_CACHE moves the cache (default: ~/.cache/dreambooth-job/cluster).
+set -euo pipefail
+cd "$(dirname "$0")/../cluster"
+
+# module folder: the commands it builds
+declare -A COMMANDS=(
+  [kube]="./cmd/etcd k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager k8s.io/kubernetes/cmd/kube-scheduler"
+  [kwok]="sigs.k8s.io/kwok/cmd/kwok"
+  [kueue]="sigs.k8s.io/kueue/cmd/kueue"
+  [helm]="helm.sh/helm/v4/cmd/helm"
+)
+BINARIES=(etcd kube-apiserver kube-controller-manager kube-scheduler kwok kueue helm)
+
+key=$( { go env GOVERSION; cat ./*/go.mod ./*/go.sum ./kube/cmd/etcd/main.go; } | sha256sum | cut -c1-16)
+bin="${DREAMBOOTH_CLUSTER_CACHE:-$HOME/.cache/dreambooth-job/cluster}/$key/bin"
+
+complete() {
+  local name
+  for name in "${BINARIES[@]}"; do [ -x "$bin/$name" ] || return 1; done
+}
+
+if [ "${1:-}" = "--print" ]; then
+  echo "$bin"
+  complete
+  exit
+fi
+
+mkdir -p "$bin"
+for module in kube kwok kueue helm; do
+  wanted=()
+  for command in ${COMMANDS[$module]}; do
+    [ -x "$bin/$(basename "$command")" ] || wanted+=("$command")
+  done
+  [ "${#wanted[@]}" -eq 0 ] && continue
+  echo "build-cluster: building ${wanted[*]} (cold: minutes; the Go build cache makes reruns quick)" >&2
+  start=$SECONDS
+  # Into a scratch folder first: an interrupted build leaves no half-written binary in the cache.
+  scratch=$(mktemp -d "$bin/.build.XXXXXX")
+  (cd "$module" && go build -mod=readonly -trimpath -ldflags="-s -w" -o "$scratch/" "${wanted[@]}")
+  mv "$scratch"/* "$bin/"
+  rmdir "$scratch"
+  echo "build-cluster: $module built in $((SECONDS - start)) s" >&2
+done
+complete
+echo "$bin"
