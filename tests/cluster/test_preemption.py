@@ -70,7 +70,8 @@ def test_an_evicted_pod_checkpoints_and_its_replacement_resumes_without_counting
 
     assert not pods.errors, pods.errors
     # podReplacementPolicy Failed: the replacement was created only once the evicted pod had ended.
-    assert timestamp(replacement["metadata"]["creationTimestamp"]) >= timestamp(terminated(evicted)["finishedAt"])
+    assert timestamp(replacement["metadata"]["creationTimestamp"]) >= \
+        timestamp(terminated(evicted)["finishedAt"])
     assert terminated(pods.current(replacement))["exitCode"] == ExitCode.OK
     resumed = re.search(RESUMED, container_log(cluster.kubelet, replacement))
     assert resumed, container_log(cluster.kubelet, replacement)[-3000:]
