@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 from kubernetes import client, watch
-from kubernetes.client.exceptions import ApiException
 from workloads import QUICK_OPTIONS, wait_until
 
 from dreambooth_job.config.train_config import TrainConfig
@@ -85,16 +84,13 @@ class PodRecorder:
                     version = obj["metadata"]["resourceVersion"]
                     if event["type"] != "BOOKMARK":
                         self._record(event["type"], obj)
-            except ApiException as exc:
-                if exc.status == 410:
-                    version = None  # too old: list again
-                elif not self._stopping.is_set():
-                    self.errors.append(f"watching pods: {exc}")
-                    self._stopping.wait(1)
-            except Exception as exc:  # noqa: BLE001 - a dropped connection, or stop's shutdown
+            except Exception as exc:  # noqa: BLE001 - 410 Gone, a dropped connection, stop's shutdown
                 if not self._stopping.is_set():
+                    # Kept for failure messages only: a re-list below still sees every pod that is
+                    # left; only one deleted in between would be missed.
                     self.errors.append(f"watching pods: {exc!r}")
-                    self._stopping.wait(1)
+                    version = None
+                    self._stopping.wait(0.5)
 
     def _record(self, kind: str, pod: dict[str, Any]) -> None:
         uid = pod["metadata"]["uid"]
