@@ -5,6 +5,7 @@ and the subject's Job built with the project's own client."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -33,7 +34,9 @@ def subject_config(bucket: str, subject: str, photos: str, base_model: str, **op
     """The quick run of `subject` (QUICK_OPTIONS, `options` over them) into s3://bucket/runs/<subject>/,
     logging every step so that a test can wait for one."""
     return TrainConfig(**{
-        **QUICK_OPTIONS, "instance_data": photos, "class_noun": "dog", "subject_id": subject,
+        # TrainConfig's prompts are a list: a tuple would be taken as one prompt.
+        **QUICK_OPTIONS, "validation_prompts": list(QUICK_OPTIONS["validation_prompts"]),
+        "instance_data": photos, "class_noun": "dog", "subject_id": subject,
         "base_model": base_model, "output": f"s3://{bucket}/runs/{subject}/",
         "log_every": 1, "progress_interval_seconds": 0, "metrics_port": 0, **options})
 
@@ -62,7 +65,8 @@ class PodRecorder:
         self._watch.stop()
         response = getattr(self._watch, "_resp", None)
         if response is not None:
-            response.shutdown()  # unblocks the thread's read
+            with contextlib.suppress(ValueError, OSError):  # already closed: nothing to unblock
+                response.shutdown()  # unblocks the thread's read
         self._thread.join(timeout=10)
 
     def _follow(self) -> None:
