@@ -119,7 +119,7 @@ def test_a_pod_killed_mid_run_is_replaced_by_one_that_takes_the_lease_over_at_on
         cluster, namespace, connection, bucket, photo_dir, tiny_model_uri):
     photos = upload_subject(bucket, "killed", photo_dir)
     # Another Job's lease would be waited for this long: the replacement must not wait at all.
-    train = subject_config(bucket, "killed", photos, tiny_model_uri, max_train_steps=150,
+    train = subject_config(bucket, "killed", photos, tiny_model_uri, max_train_steps=60,
                            checkpoint_every=10, lease_wait_seconds=600)
     job = k8s.submit(JobSpec(train=train, cluster=cluster_settings(namespace)), connection=connection)
     lease = storage.join(train.output, LEASE_FILE)

@@ -33,7 +33,7 @@ pytestmark = pytest.mark.cluster
 
 # Long enough to be evicted mid-training (a tiny step takes ~0.1 s on one CPU thread), with a
 # checkpoint early on to evict after.
-STEPS = 150
+STEPS = 60
 CHECKPOINT_EVERY = 10
 
 
