@@ -188,11 +188,10 @@ def evict(api: client.ApiClient, pod: dict[str, Any]) -> int:
     return response.status
 
 
-def status_cli(kubeconfig: Path, name: str) -> dict[str, Any]:
-    """`dreambooth-job status -o json NAME` as a user runs it, with the test's kubeconfig."""
+def status_cli(kubeconfig: Path, *args: str) -> str:
+    """`dreambooth-job status ARGS` as a user runs it with the test's kubeconfig: its output."""
     env = {**os.environ, "KUBECONFIG": str(kubeconfig), "PYTHONPATH": str(REPO)}
-    result = subprocess.run([sys.executable, "-m", "dreambooth_job.cli", "status", "-o", "json", name],
+    result = subprocess.run([sys.executable, "-m", "dreambooth_job.cli", "status", *args],
                             env=env, capture_output=True, text=True, timeout=120, check=False)
     assert result.returncode == 0, result.stdout + result.stderr
-    [subject] = json.loads(result.stdout)["subjects"]
-    return subject
+    return result.stdout

@@ -6,6 +6,7 @@ finishes."""
 
 from __future__ import annotations
 
+import json
 import re
 from datetime import timedelta
 
@@ -80,10 +81,13 @@ def test_bad_photos_fail_the_job_at_once_with_the_reason_in_status(
     error = f"--instance-data {photos} has 0 valid photo(s), need at least 1"
     assert state["message"].startswith(error), state["message"]
 
-    shown = status_cli(kubeconfig, job.name)
+    [shown] = json.loads(status_cli(kubeconfig, "-o", "json", job.name))["subjects"]
     assert shown["phase"] == "failed" and shown["retries"] == 0
-    assert "PodFailurePolicy" in shown["failure_reason"]
+    assert shown["failure_reason"].startswith("PodFailurePolicy: ")
     assert f"exit 2 ({ExitCode.INVALID_INPUT.description}): {error}" in shown["failure_reason"]
+    header, row, summary = status_cli(kubeconfig, job.name).splitlines()
+    assert row.split()[:3] == ["bad", "failed", "0"] and "PodFailurePolicy" in row
+    assert summary == "1 subject(s): 1 failed"
 
 
 def test_a_temporary_failure_is_retried_after_the_controllers_backoff_up_to_the_backoff_limit(
