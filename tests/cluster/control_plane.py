@@ -38,7 +38,8 @@ from pathlib import Path
 
 import yaml
 from pki import make_pki
-from processes import ManagedProcess, child_env, free_ports, stop_all, wait_until
+from processes import ManagedProcess, child_env, free_ports, stop_all
+from workloads import wait_until
 
 HERE = Path(__file__).resolve().parent
 KWOK_STAGES = HERE / "kwok-node-stages.yaml"
@@ -108,8 +109,13 @@ class ControlPlane:
         kwok.wait_ready(self._nodes_ready, STARTUP_TIMEOUT)
 
     def stop(self) -> None:
-        """Terminate every process (SIGTERM, SIGKILL after 10 s). Safe to call twice."""
-        stop_all(list(reversed(self.processes)))
+        """Terminate every process (SIGTERM, SIGKILL after 10 s). Safe to call twice.
+
+        etcd goes last: an apiserver that loses etcd first hangs in its shutdown retrying it, and
+        etcd waits for the apiserver's open connections before it exits.
+        """
+        stop_all([process for process in reversed(self.processes) if process.name != "etcd"])
+        stop_all([process for process in self.processes if process.name == "etcd"])
 
     def __enter__(self) -> ControlPlane:
         self.start()

@@ -13,6 +13,8 @@ from collections.abc import Callable, Sequence
 from contextlib import ExitStack
 from pathlib import Path
 
+from workloads import wait_until
+
 LOG_TAIL_LINES = 40
 
 
@@ -29,18 +31,6 @@ def free_ports(count: int) -> list[int]:
             sock.bind(("127.0.0.1", 0))
             ports.append(sock.getsockname()[1])
         return ports
-
-
-def wait_until(predicate: Callable[[], object], timeout: float, what: str, interval: float = 0.2):
-    """Poll `predicate` until it returns something truthy (returned) or `timeout` seconds pass."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {what}")
-        time.sleep(interval)
 
 
 _PR_SET_PDEATHSIG = 1
@@ -101,7 +91,7 @@ class ManagedProcess:
 
         try:
             wait_until(ready, timeout, f"{self.name} to be ready")
-        except TimeoutError as error:
+        except AssertionError as error:  # wait_until's timeout
             raise self.failure(str(error)) from None
 
     def rss_mib(self) -> float | None:
