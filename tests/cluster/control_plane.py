@@ -25,6 +25,9 @@ What runs, and the flags that matter:
   KWOK_WORKDIR points into workdir so ~/.kwok/kwok.yaml is never read.
 
 The controller-manager, scheduler and kwok use the admin kubeconfig (no per-controller identities).
+Measured on the 2-core dev machine (v1.36.3, kwok v0.8.0): start() takes 6-15 s to three Ready nodes;
+resident memory after start is about etcd 44 MiB, kube-apiserver 280, kube-controller-manager 87,
+kube-scheduler 70, kwok 57 (540 MiB a plane); stop() takes about 1 s.
 """
 
 from __future__ import annotations
@@ -87,16 +90,19 @@ class ControlPlane:
     def _start(self) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.pki = make_pki(self.workdir / "pki")
-        etcd_port, peer_port, api_port, kcm_port, scheduler_port = free_ports(5)
-        self.url = f"https://127.0.0.1:{api_port}"
-
+        # Each port is picked just before its server binds it: a port picked seconds earlier can be
+        # taken meanwhile as the local port of some process's outgoing connection.
+        etcd_port, peer_port = free_ports(2)
         etcd = self._spawn("etcd", self._etcd_argv(etcd_port, peer_port))
         etcd.wait_ready(lambda: _http_ok(f"http://127.0.0.1:{etcd_port}/health"), STARTUP_TIMEOUT)
+        (api_port,) = free_ports(1)
+        self.url = f"https://127.0.0.1:{api_port}"
         apiserver = self._spawn("kube-apiserver", self._apiserver_argv(api_port, etcd_port))
         apiserver.wait_ready(lambda: _http_ok(f"{self.url}/readyz", self._admin_tls()), STARTUP_TIMEOUT)
         self.kubeconfig(self.admin_kubeconfig, "default")
 
         # These three only need the apiserver: start them together, then wait for each.
+        kcm_port, scheduler_port = free_ports(2)
         kcm = self._spawn("kube-controller-manager", self._controller_manager_argv(kcm_port))
         scheduler = self._spawn("kube-scheduler", self._scheduler_argv(scheduler_port))
         kwok = self._spawn("kwok", self._kwok_argv(), env=child_env(KWOK_WORKDIR=str(self.workdir / "kwok")))
