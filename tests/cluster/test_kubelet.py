@@ -1,0 +1,269 @@
+"""The stand-in kubelet (kubelet.py) against the real apiserver, with small shell commands as
+containers: exit codes, termination messages, env resolution, graceful deletion, eviction.
+
+Its pods are bound (spec.nodeName) to a Node of this module's own, which no other stand-in or
+kwok manages, so nothing but this module's kubelet runs them, and no scheduler is needed."""
+
+from __future__ import annotations
+
+import base64
+import os
+import time
+import uuid
+
+import pytest
+from kubelet import StandInKubelet
+from kubelet_api import ApiError, PodApi
+from processes import wait_until
+
+pytestmark = pytest.mark.cluster
+
+HOLD = "standin.test/hold"  # a finalizer that keeps a deleted pod readable, as the Job controller's does
+
+
+@pytest.fixture(scope="module")
+def node(control_plane):
+    name = f"standin-{uuid.uuid4().hex[:8]}"
+    with control_plane.api_client() as api_client:
+        api = PodApi(api_client)
+        api.request("POST", "/api/v1/nodes", body={
+            "apiVersion": "v1", "kind": "Node",
+            "metadata": {"name": name, "labels": {"kubernetes.io/hostname": name}}})
+        yield name
+        api.request("DELETE", f"/api/v1/nodes/{name}")
+
+
+@pytest.fixture(scope="module")
+def kubelet(control_plane, node, tmp_path_factory):
+    env = {"PATH": os.environ["PATH"], "HOME": os.environ.get("HOME", "/"), "LANG": "C.UTF-8"}
+    with control_plane.api_client() as api_client:
+        stand_in = StandInKubelet(api_client, [node], tmp_path_factory.mktemp("kubelet"),
+                                  entrypoint=["echo", "entrypoint"], env=env, config_retry_seconds=0.5)
+        stand_in.start()
+        yield stand_in
+        stand_in.stop()
+    assert stand_in.errors == []
+
+
+def make_pod(name: str, node: str, script: str, *, finalizers=(), grace: int = 30, **container) -> dict:
+    """A bare pod bound to `node` running `sh -c script`, admitted by restricted Pod Security."""
+    return {
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": name, "labels": {"app": "standin-test"}, "finalizers": list(finalizers)},
+        "spec": {
+            "nodeName": node, "restartPolicy": "Never", "automountServiceAccountToken": False,
+            "terminationGracePeriodSeconds": grace,
+            "securityContext": {"runAsNonRoot": True, "runAsUser": 10001,
+                                "seccompProfile": {"type": "RuntimeDefault"}},
+            "containers": [{
+                "name": "main", "image": "dreambooth-job:test", "command": ["sh", "-c", script],
+                "securityContext": {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}},
+                **container}],
+        },
+    }
+
+
+def create(kubelet: StandInKubelet, namespace: str, pod: dict) -> dict:
+    return kubelet.api.request("POST", f"/api/v1/namespaces/{namespace}/pods", body=pod)
+
+
+def read(kubelet: StandInKubelet, namespace: str, name: str) -> dict | None:
+    try:
+        return kubelet.api.request("GET", f"/api/v1/namespaces/{namespace}/pods/{name}")
+    except ApiError as exc:
+        if exc.status == 404:
+            return None
+        raise
+
+
+def wait_phase(kubelet, namespace: str, name: str, phase: str, timeout: float = 30) -> dict:
+    return wait_until(lambda: (pod := read(kubelet, namespace, name)) and pod["status"].get("phase") == phase
+                      and pod, timeout, f"pod {name} {phase}")
+
+
+def terminated(pod: dict) -> dict:
+    return pod["status"]["containerStatuses"][0]["state"]["terminated"]
+
+
+def conditions(pod: dict) -> dict[str, dict]:
+    return {c["type"]: c for c in pod["status"].get("conditions") or []}
+
+
+def release(kubelet, namespace: str, name: str) -> None:
+    """Remove the HOLD finalizer, as the Job controller removes its own; the pod then goes."""
+    kubelet.api.request("PATCH", f"/api/v1/namespaces/{namespace}/pods/{name}",
+                        body={"metadata": {"finalizers": None}},
+                        content_type="application/merge-patch+json")
+    wait_until(lambda: read(kubelet, namespace, name) is None, 30, f"pod {name} gone")
+
+
+def wait_for_log(kubelet, namespace: str, name: str, text: str) -> None:
+    def logged() -> bool:
+        try:
+            return text in kubelet.log_path(namespace, name, "main").read_text()
+        except (KeyError, FileNotFoundError):
+            return False
+    wait_until(logged, 30, f"{text!r} in the log of {name}")
+
+
+def test_exit_zero_succeeds_with_reason_completed(kubelet, node, namespace):
+    create(kubelet, namespace, make_pod("ok", node, "echo hello from the stand-in"))
+    pod = wait_phase(kubelet, namespace, "ok", "Succeeded")
+    state = terminated(pod)
+    assert (state["exitCode"], state["reason"]) == (0, "Completed")
+    assert state["containerID"].startswith("standin://") and state["startedAt"] <= state["finishedAt"]
+    status = pod["status"]["containerStatuses"][0]
+    assert (status["ready"], status["restartCount"], status["image"]) == (False, 0, "dreambooth-job:test")
+    assert "@sha256:" in status["imageID"] and pod["status"]["podIP"] == "127.0.0.1"
+    ready = conditions(pod)["Ready"]
+    assert (ready["status"], ready["reason"]) == ("False", "PodCompleted")
+    assert kubelet.log_path(namespace, "ok", "main").read_text() == "hello from the stand-in\n"
+
+
+def test_non_zero_exit_fails_with_the_termination_log_as_message(kubelet, node, namespace):
+    script = 'echo "all photos are bad" > "$DREAMBOOTH_TERMINATION_LOG"; exit 3'
+    create(kubelet, namespace, make_pod("bad", node, script))
+    state = terminated(wait_phase(kubelet, namespace, "bad", "Failed"))
+    assert (state["exitCode"], state["reason"], state["message"]) == (3, "Error", "all photos are bad\n")
+
+
+def test_fallback_to_logs_on_error_takes_the_logs_last_80_lines(kubelet, node, namespace):
+    script = 'i=1; while [ $i -le 100 ]; do echo "line $i"; i=$((i+1)); done; exit 1'
+    pod = make_pod("crash", node, script, terminationMessagePolicy="FallbackToLogsOnError")
+    create(kubelet, namespace, pod)
+    state = terminated(wait_phase(kubelet, namespace, "crash", "Failed"))
+    assert state["message"].splitlines() == [f"line {i}" for i in range(21, 101)]
+
+
+def test_env_is_resolved_as_the_kubelet_does(kubelet, node, namespace):
+    kubelet.api.request("POST", f"/api/v1/namespaces/{namespace}/secrets", body={
+        "apiVersion": "v1", "kind": "Secret", "metadata": {"name": "s3"},
+        "data": {"key": base64.b64encode(b"s3cr3t").decode()}})
+    env = [{"name": "SECRET", "valueFrom": {"secretKeyRef": {"name": "s3", "key": "key"}}},
+           {"name": "POD", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+           {"name": "APP", "valueFrom": {"fieldRef": {"fieldPath": "metadata.labels['app']"}}},
+           {"name": "NODE", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}},
+           {"name": "EXPANDED", "value": "$(POD)-$(UNDEFINED)-$$(POD)"},
+           {"name": "CACHE", "value": "/cache/hf"}]
+    script = ('echo "$SECRET|$POD|$APP|$NODE|$EXPANDED|$1"; mkdir -p "$CACHE"; touch "$CACHE/marker"; '
+              'touch "$TMPDIR/tmp-marker"')
+    pod = make_pod("env", node, script, env=env, args=["$(POD)"],
+                   volumeMounts=[{"name": "cache", "mountPath": "/cache"},
+                                 {"name": "tmp", "mountPath": "/tmp"}])
+    pod["spec"]["volumes"] = [{"name": "cache", "emptyDir": {}}, {"name": "tmp", "emptyDir": {}}]
+    pod["spec"]["containers"][0]["command"] = ["sh", "-c", script, "sh"]
+    uid = create(kubelet, namespace, pod)["metadata"]["uid"]
+    wait_phase(kubelet, namespace, "env", "Succeeded")
+    assert kubelet.log_path(namespace, "env", "main").read_text() == (
+        f"s3cr3t|env|standin-test|{node}|env-$(UNDEFINED)-$(POD)|env\n")
+    volumes = kubelet.pod_dir(namespace, "env", uid) / "volumes"
+    assert (volumes / "cache" / "hf" / "marker").is_file() and (volumes / "tmp" / "tmp-marker").is_file()
+
+
+def test_missing_secret_key_waits_in_create_container_config_error_until_it_exists(kubelet, node, namespace):
+    secret = {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "late"}, "data": {}}
+    kubelet.api.request("POST", f"/api/v1/namespaces/{namespace}/secrets", body=secret)
+    env = [{"name": "TOKEN", "valueFrom": {"secretKeyRef": {"name": "late", "key": "token"}}}]
+    create(kubelet, namespace, make_pod("waits", node, 'test "$TOKEN" = now-here', env=env))
+
+    def waiting() -> dict | None:
+        pod = read(kubelet, namespace, "waits")
+        return (pod["status"].get("containerStatuses") or [{}])[0].get("state", {}).get("waiting")
+    assert wait_until(waiting, 30, "the container waiting") == {
+        "reason": "CreateContainerConfigError",
+        "message": f"couldn't find key token in Secret {namespace}/late"}
+    assert read(kubelet, namespace, "waits")["status"]["phase"] == "Pending"
+    kubelet.api.request("PATCH", f"/api/v1/namespaces/{namespace}/secrets/late",
+                        body={"data": {"token": base64.b64encode(b"now-here").decode()}},
+                        content_type="application/merge-patch+json")
+    assert terminated(wait_phase(kubelet, namespace, "waits", "Succeeded"))["exitCode"] == 0
+
+
+TRAP_TERM = ('trap \'echo term > "$MARK"; exit 143\' TERM; echo started; '
+             'while :; do sleep 0.1; done')
+
+
+def marked_pod(name: str, node: str, script: str, env=(), **kwargs) -> dict:
+    """A pod whose MARK env names a file in its /tmp volume, kept by the HOLD finalizer."""
+    pod = make_pod(name, node, script, finalizers=[HOLD], env=[{"name": "MARK", "value": "/tmp/mark"}, *env],
+                   volumeMounts=[{"name": "tmp", "mountPath": "/tmp"}], **kwargs)
+    pod["spec"]["volumes"] = [{"name": "tmp", "emptyDir": {}}]
+    return pod
+
+
+def test_graceful_deletion_sends_sigterm_then_deletes_the_pod(kubelet, node, namespace):
+    uid = create(kubelet, namespace, marked_pod("graceful", node, TRAP_TERM))["metadata"]["uid"]
+    wait_for_log(kubelet, namespace, "graceful", "started")
+    kubelet.api.request("DELETE", f"/api/v1/namespaces/{namespace}/pods/graceful",
+                        body={"gracePeriodSeconds": 30})
+    # The kubelet's own deletion (grace 0) leaves only the finalizer holding the pod.
+    pod = wait_until(lambda: (p := read(kubelet, namespace, "graceful"))
+                     and p["metadata"].get("deletionGracePeriodSeconds") == 0 and p, 30, "the final deletion")
+    assert pod["status"]["phase"] == "Failed"
+    assert (terminated(pod)["exitCode"], terminated(pod)["reason"]) == (143, "Error")
+    assert (kubelet.pod_dir(namespace, "graceful", uid) / "volumes" / "tmp" / "mark").read_text() == "term\n"
+    release(kubelet, namespace, "graceful")
+
+
+def test_a_process_ignoring_sigterm_is_killed_after_the_grace_period(kubelet, node, namespace):
+    script = "trap '' TERM; echo started; while :; do sleep 0.1; done"
+    create(kubelet, namespace, marked_pod("stubborn", node, script))
+    wait_for_log(kubelet, namespace, "stubborn", "started")
+    began = time.monotonic()
+    kubelet.api.request("DELETE", f"/api/v1/namespaces/{namespace}/pods/stubborn",
+                        body={"gracePeriodSeconds": 3})
+    pod = wait_phase(kubelet, namespace, "stubborn", "Failed")
+    assert time.monotonic() - began >= 3
+    assert terminated(pod)["exitCode"] == 137
+    release(kubelet, namespace, "stubborn")
+
+
+def test_eviction_keeps_the_disruption_target_condition(kubelet, node, namespace):
+    create(kubelet, namespace, marked_pod("evicted", node, TRAP_TERM))
+    wait_for_log(kubelet, namespace, "evicted", "started")
+    kubelet.api.request("POST", f"/api/v1/namespaces/{namespace}/pods/evicted/eviction", body={
+        "apiVersion": "policy/v1", "kind": "Eviction", "metadata": {"name": "evicted"}})
+    pod = wait_phase(kubelet, namespace, "evicted", "Failed")
+    assert terminated(pod)["exitCode"] == 143
+    target = conditions(pod)["DisruptionTarget"]
+    assert (target["status"], target["reason"]) == ("True", "EvictionByEvictionAPI")
+    release(kubelet, namespace, "evicted")
+
+
+def test_a_pod_deleted_before_it_started_never_runs(kubelet, node, namespace):
+    env = [{"name": "TOKEN", "valueFrom": {"secretKeyRef": {"name": "absent", "key": "token"}}}]
+    create(kubelet, namespace, marked_pod("never", node, "echo ran", env=env))
+    wait_until(lambda: read(kubelet, namespace, "never")["status"].get("containerStatuses"), 30,
+               "the container waiting")
+    kubelet.api.request("DELETE", f"/api/v1/namespaces/{namespace}/pods/never")
+    pod = wait_phase(kubelet, namespace, "never", "Failed")
+    assert "waiting" in pod["status"]["containerStatuses"][0]["state"]
+    assert not kubelet.log_path(namespace, "never", "main").exists()
+    release(kubelet, namespace, "never")
+
+
+def test_active_deadline_fails_the_pod_with_deadline_exceeded(kubelet, node, namespace):
+    pod = marked_pod("deadline", node, TRAP_TERM)
+    pod["spec"]["activeDeadlineSeconds"] = 2
+    create(kubelet, namespace, pod)
+    pod = wait_phase(kubelet, namespace, "deadline", "Failed")
+    assert (pod["status"]["reason"], terminated(pod)["exitCode"]) == ("DeadlineExceeded", 143)
+    kubelet.api.request("DELETE", f"/api/v1/namespaces/{namespace}/pods/deadline")
+    release(kubelet, namespace, "deadline")  # a finished pod's deletion is the kubelet's too
+
+
+def test_stop_kills_every_process_it_started(control_plane, node, namespace, tmp_path):
+    env = {"PATH": os.environ["PATH"]}
+    name = f"standin-stop-{uuid.uuid4().hex[:6]}"
+    with control_plane.api_client() as api_client:
+        stand_in = StandInKubelet(api_client, [name], tmp_path, entrypoint=[], env=env)
+        create(stand_in, namespace, make_pod("long", name, "echo started; sleep 600"))
+        stand_in.start()
+        wait_for_log(stand_in, namespace, "long", "started")
+        pid = int(read(stand_in, namespace, "long")["status"]["containerStatuses"][0]["containerID"]
+                  .removeprefix("standin://"))
+        stand_in.stop()
+        stand_in.stop()  # idempotent
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)
+    assert stand_in.errors == []
