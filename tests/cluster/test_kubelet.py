@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import base64
 import os
+import sys
 import time
 import uuid
+from pathlib import Path
 
 import pytest
 from kubelet import StandInKubelet
@@ -18,6 +20,9 @@ from processes import wait_until
 
 pytestmark = pytest.mark.cluster
 
+REPO = Path(__file__).resolve().parents[2]
+# The image's ENTRYPOINT ["dreambooth-job"], from the environment the tests run in.
+ENTRYPOINT = [str(Path(sys.executable).parent / "dreambooth-job")]
 HOLD = "standin.test/hold"  # a finalizer that keeps a deleted pod readable, as the Job controller's does
 
 
@@ -35,10 +40,11 @@ def node(control_plane):
 
 @pytest.fixture(scope="module")
 def kubelet(control_plane, node, tmp_path_factory):
-    env = {"PATH": os.environ["PATH"], "HOME": os.environ.get("HOME", "/"), "LANG": "C.UTF-8"}
+    env = {"PATH": os.environ["PATH"], "HOME": os.environ.get("HOME", "/"), "LANG": "C.UTF-8",
+           "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     with control_plane.api_client() as api_client:
         stand_in = StandInKubelet(api_client, [node], tmp_path_factory.mktemp("kubelet"),
-                                  entrypoint=["echo", "entrypoint"], env=env, config_retry_seconds=0.5)
+                                  entrypoint=ENTRYPOINT, env=env, config_retry_seconds=0.5)
         stand_in.start()
         yield stand_in
         stand_in.stop()
@@ -133,6 +139,37 @@ def test_fallback_to_logs_on_error_takes_the_logs_last_80_lines(kubelet, node, n
     create(kubelet, namespace, pod)
     state = terminated(wait_phase(kubelet, namespace, "crash", "Failed"))
     assert state["message"].splitlines() == [f"line {i}" for i in range(21, 101)]
+
+
+def test_the_job_as_entrypoint_reports_its_error_through_the_termination_log(kubelet, node, namespace):
+    pod = make_pod("job", node, "", args=["train", "--no-such-option"],
+                   terminationMessagePolicy="FallbackToLogsOnError")
+    del pod["spec"]["containers"][0]["command"]  # the image's entrypoint: dreambooth-job
+    create(kubelet, namespace, pod)
+    state = terminated(wait_phase(kubelet, namespace, "job", "Failed", timeout=60))
+    assert state["exitCode"] == 2
+    assert state["message"].startswith("No such option '--no-such-option'")
+    assert "error: No such option" in kubelet.log_path(namespace, "job", "main").read_text()
+
+
+def test_a_jobs_pod_runs_and_the_job_controller_completes_the_job(kubelet, node, namespace):
+    template = make_pod("unused", node, "echo trained")
+    template["metadata"] = {"labels": {"app": "standin-test"}}
+    job = {"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": "one"},
+           "spec": {"backoffLimit": 0, "template": template}}
+    kubelet.api.request("POST", f"/apis/batch/v1/namespaces/{namespace}/jobs", body=job)
+
+    def complete() -> dict | None:
+        job = kubelet.api.request("GET", f"/apis/batch/v1/namespaces/{namespace}/jobs/one")
+        done = any(c["type"] == "Complete" and c["status"] == "True"
+                   for c in job.get("status", {}).get("conditions") or [])
+        return done and job
+    assert wait_until(complete, 60, "Job one Complete")["status"]["succeeded"] == 1
+    pods = kubelet.api.request("GET", f"/api/v1/namespaces/{namespace}/pods",
+                               query={"labelSelector": "batch.kubernetes.io/job-name=one"})["items"]
+    assert [p["status"]["phase"] for p in pods] == ["Succeeded"]
+    # The Job controller has removed its tracking finalizer once it counted the pod.
+    assert "batch.kubernetes.io/job-tracking" not in (pods[0]["metadata"].get("finalizers") or [])
 
 
 def test_env_is_resolved_as_the_kubelet_does(kubelet, node, namespace):
