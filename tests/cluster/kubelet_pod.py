@@ -231,6 +231,7 @@ class PodRunner:
     def _write(self, phase: str, reason: str = "", message: str = "") -> None:
         if self._stopped():
             return
+        self._writer.pod = self.pod  # the generation it reports observed is the latest it saw
         patch = self._writer.patch(self._states, phase, reason=reason, message=message)
         for attempt in range(6):
             try:

@@ -176,23 +176,30 @@ def test_env_is_resolved_as_the_kubelet_does(kubelet, node, namespace):
     kubelet.api.request("POST", f"/api/v1/namespaces/{namespace}/secrets", body={
         "apiVersion": "v1", "kind": "Secret", "metadata": {"name": "s3"},
         "data": {"key": base64.b64encode(b"s3cr3t").decode()}})
+    kubelet.api.request("POST", f"/api/v1/namespaces/{namespace}/configmaps", body={
+        "apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "settings"}, "data": {"mode": "fast"}})
     env = [{"name": "SECRET", "valueFrom": {"secretKeyRef": {"name": "s3", "key": "key"}}},
+           {"name": "MODE", "valueFrom": {"configMapKeyRef": {"name": "settings", "key": "mode"}}},
+           {"name": "GONE",
+            "valueFrom": {"configMapKeyRef": {"name": "absent", "key": "k", "optional": True}}},
            {"name": "POD", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
            {"name": "APP", "valueFrom": {"fieldRef": {"fieldPath": "metadata.labels['app']"}}},
            {"name": "NODE", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}},
            {"name": "EXPANDED", "value": "$(POD)-$(UNDEFINED)-$$(POD)"},
            {"name": "CACHE", "value": "/cache/hf"}]
-    script = ('echo "$SECRET|$POD|$APP|$NODE|$EXPANDED|$1"; mkdir -p "$CACHE"; touch "$CACHE/marker"; '
+    script = ('echo "$SECRET|$MODE|${GONE-unset}|$S_key|$POD|$APP|$NODE|$EXPANDED|$1"; '
+              'mkdir -p "$CACHE"; touch "$CACHE/marker"; '
               'touch "$TMPDIR/tmp-marker"')
     pod = make_pod("env", node, script, env=env, args=["$(POD)"],
                    volumeMounts=[{"name": "cache", "mountPath": "/cache"},
                                  {"name": "tmp", "mountPath": "/tmp"}])
     pod["spec"]["volumes"] = [{"name": "cache", "emptyDir": {}}, {"name": "tmp", "emptyDir": {}}]
     pod["spec"]["containers"][0]["command"] = ["sh", "-c", script, "sh"]
+    pod["spec"]["containers"][0]["envFrom"] = [{"secretRef": {"name": "s3"}, "prefix": "S_"}]
     uid = create(kubelet, namespace, pod)["metadata"]["uid"]
     wait_phase(kubelet, namespace, "env", "Succeeded")
     assert kubelet.log_path(namespace, "env", "main").read_text() == (
-        f"s3cr3t|env|standin-test|{node}|env-$(UNDEFINED)-$(POD)|env\n")
+        f"s3cr3t|fast|unset|s3cr3t|env|standin-test|{node}|env-$(UNDEFINED)-$(POD)|env\n")
     volumes = kubelet.pod_dir(namespace, "env", uid) / "volumes"
     assert (volumes / "cache" / "hf" / "marker").is_file() and (volumes / "tmp" / "tmp-marker").is_file()
 
@@ -304,3 +311,34 @@ def test_stop_kills_every_process_it_started(control_plane, node, namespace, tmp
     with pytest.raises(ProcessLookupError):
         os.kill(pid, 0)
     assert stand_in.errors == []
+
+
+def test_an_evicted_jobs_pod_is_ignored_by_the_pod_failure_policy_and_replaced(kubelet, node, namespace):
+    # The first pod waits for SIGTERM (exit 143), the second finds its predecessor's file in the
+    # claim's folder (shared by the namespace's pods naming it) and succeeds.
+    script = ('if [ -f "$STATE/first" ]; then echo resumed; exit 0; fi; touch "$STATE/first"; '
+              "trap 'exit 143' TERM; echo started; while :; do sleep 0.1; done")
+    template = make_pod("unused", node, script, env=[{"name": "STATE", "value": "/state"}],
+                        volumeMounts=[{"name": "state", "mountPath": "/state"}])
+    template["metadata"] = {}
+    template["spec"]["volumes"] = [{"name": "state", "persistentVolumeClaim": {"claimName": "state"}}]
+    job = {"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": "preempted"},
+           "spec": {"backoffLimit": 0, "template": template, "podFailurePolicy": {"rules": [
+               {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]}]}}}
+    kubelet.api.request("POST", f"/apis/batch/v1/namespaces/{namespace}/jobs", body=job)
+
+    def job_pods() -> list[dict]:
+        return kubelet.api.request("GET", f"/api/v1/namespaces/{namespace}/pods",
+                                   query={"labelSelector": "batch.kubernetes.io/job-name=preempted"})["items"]
+    first = wait_until(job_pods, 30, "the Job's pod")[0]["metadata"]["name"]
+    wait_for_log(kubelet, namespace, first, "started")
+    kubelet.api.request("POST", f"/api/v1/namespaces/{namespace}/pods/{first}/eviction", body={
+        "apiVersion": "policy/v1", "kind": "Eviction", "metadata": {"name": first}})
+
+    def job_status() -> dict:
+        return kubelet.api.request("GET", f"/apis/batch/v1/namespaces/{namespace}/jobs/preempted")["status"]
+    status = wait_until(lambda: (s := job_status()).get("succeeded") == 1 and s, 60, "the replacement")
+    assert not status.get("failed")
+    assert any(c["type"] == "Complete" and c["status"] == "True" for c in status["conditions"])
+    second = [p["metadata"]["name"] for p in job_pods() if p["metadata"]["name"] != first]
+    assert kubelet.log_path(namespace, second[0], "main").read_text() == "resumed\n"
