@@ -53,8 +53,9 @@ re-listed on 410 Gone):
   deleted before its containers started never starts: phase Failed, then that same deletion. A
   pod that finished earlier is deleted likewise when its deletionTimestamp comes. A pod removed
   from the API at once (force delete) gets SIGTERM, SIGKILL 2 s later, and no status.
-- spec.activeDeadlineSeconds (from startTime): SIGTERM, SIGKILL after
-  terminationGracePeriodSeconds, phase Failed with reason DeadlineExceeded.
+- spec.activeDeadlineSeconds (from startTime, when the stand-in first saw the pod; checked once
+  the containers run): SIGTERM, SIGKILL after terminationGracePeriodSeconds, phase Failed with
+  reason DeadlineExceeded.
 
 What it does NOT emulate:
 - The image: every pod runs in the project's environment whatever spec.containers[].image
@@ -66,6 +67,9 @@ What it does NOT emulate:
 - Volumes beyond folders: secret, configMap, downwardAPI and projected volumes are empty; no
   hostPath, no readOnly, no medium Memory, no fsGroup ownership; the service-account token is
   not mounted, and no KUBERNETES_SERVICE_* or service-link env is set.
+- PID 1: the main process is not its namespace's init, so a process with no SIGTERM handler
+  (a bare `sh -c`) dies of SIGTERM at once (143), where as a container's PID 1 it would ignore it
+  until the SIGKILL (137). The job installs its handler first thing (cli.py), so it is unaffected.
 - securityContext and isolation: runAsUser/runAsGroup/runAsNonRoot, readOnlyRootFilesystem,
   capabilities, seccomp, AppArmor, privileged: processes run as the test's user in the host's
   file system, network and PID namespaces (every pod's IP is 127.0.0.1; ports may clash).
@@ -137,7 +141,9 @@ class StandInKubelet:
         for runner in runners:
             runner.kill_all()
         for response in responses:
-            response.shutdown()  # unblocks the watcher's read
+            shutdown = getattr(response, "shutdown", None)  # urllib3 >= 2.3; else the watch times out
+            if shutdown is not None:
+                shutdown()  # unblocks the watcher's read
         for thread in [*(r.thread for r in runners), *self._watchers]:
             if thread.ident is not None:
                 thread.join(timeout=10)

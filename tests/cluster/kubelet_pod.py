@@ -62,6 +62,7 @@ class PodRunner:
         self._states = [ContainerState(c["name"], c.get("image", "")) for c in pod["spec"]["containers"]]
         self._writer = PodStatusWriter(pod)
         self._reason = ("", "")
+        self._created = time.monotonic()  # startTime, which activeDeadlineSeconds counts from
 
     @staticmethod
     def should_start(pod: dict[str, Any]) -> bool:
@@ -149,7 +150,8 @@ class PodRunner:
                 state.pid = proc.pid
                 self._procs[launch.name] = proc
                 threading.Thread(target=self._await_exit, args=(proc,), daemon=True).start()
-        self._write("Running")
+        if self._procs:  # else every container failed to start: _finish writes Failed
+            self._write("Running")
         return True
 
     def _await_exit(self, proc: subprocess.Popen) -> None:
@@ -160,7 +162,7 @@ class PodRunner:
         """Until every process exited: collect exits, and signal on deletion or deadline."""
         term_started = kill_at = None
         deadline_s = self.pod["spec"].get("activeDeadlineSeconds")
-        deadline = time.monotonic() + deadline_s if deadline_s is not None else None
+        deadline = self._created + deadline_s if deadline_s is not None else None
         while True:
             self._changed.clear()
             if self._collect_exits() and not self._all_exited():
