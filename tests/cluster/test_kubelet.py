@@ -32,9 +32,12 @@ def node(control_plane):
     name = f"standin-{uuid.uuid4().hex[:8]}"
     with control_plane.api_client() as api_client:
         api = PodApi(api_client)
+        # Schedulable (the scheduler needs allocatable pods), and not kwok's (no type=kwok label).
+        allocatable = {"cpu": "8", "memory": "32Gi", "pods": "110"}
         api.request("POST", "/api/v1/nodes", body={
             "apiVersion": "v1", "kind": "Node",
-            "metadata": {"name": name, "labels": {"kubernetes.io/hostname": name}}})
+            "metadata": {"name": name, "labels": {"kubernetes.io/hostname": name}},
+            "status": {"capacity": allocatable, "allocatable": allocatable}})
         yield name
         api.request("DELETE", f"/api/v1/nodes/{name}")
 
@@ -125,6 +128,16 @@ def test_exit_zero_succeeds_with_reason_completed(kubelet, node, namespace):
     ready = conditions(pod)["Ready"]
     assert (ready["status"], ready["reason"]) == ("False", "PodCompleted")
     assert kubelet.log_path(namespace, "ok", "main").read_text() == "hello from the stand-in\n"
+
+
+def test_a_pod_the_scheduler_binds_runs_and_keeps_its_pod_scheduled_condition(kubelet, node, namespace):
+    pod = make_pod("scheduled", node, "echo scheduled")
+    del pod["spec"]["nodeName"]
+    pod["spec"]["nodeSelector"] = {"kubernetes.io/hostname": node}
+    create(kubelet, namespace, pod)
+    pod = wait_phase(kubelet, namespace, "scheduled", "Succeeded")
+    assert pod["spec"]["nodeName"] == node
+    assert conditions(pod)["PodScheduled"]["status"] == "True"
 
 
 def test_non_zero_exit_fails_with_the_termination_log_as_message(kubelet, node, namespace):
