@@ -17,7 +17,7 @@ import pytest
 from kubelet import StandInKubelet
 from kubelet_api import ApiError, PodApi
 from kubelet_container import expand, termination_message
-from processes import wait_until
+from workloads import wait_until
 
 pytestmark = pytest.mark.cluster
 
