@@ -233,22 +233,20 @@ class StandInKubelet:
                     del self._runners[uid]
                     runner.gone()
                 return
-            if runner is None and not PodRunner.should_start(pod):
-                # Not ours to run: finished (or started) before this stand-in saw it.
-                delete_it = is_deleting(pod) and is_terminal(pod) and uid not in self._deleted_unknown
-                if delete_it:
-                    self._deleted_unknown.add(uid)
-            elif runner is None:
+            if runner is None and PodRunner.should_start(pod):
                 runner = PodRunner(self, pod)
                 self._runners[uid] = runner
                 self._pod_dirs[meta["namespace"], meta["name"]] = runner.dir
                 runner.thread.start()
                 return
-            else:
-                delete_it = False
+            # A pod that finished before this stand-in saw it is still the kubelet's to delete.
+            delete_unknown = (runner is None and is_deleting(pod) and is_terminal(pod)
+                              and uid not in self._deleted_unknown)
+            if delete_unknown:
+                self._deleted_unknown.add(uid)
         if runner is not None:
             runner.update(pod)
-        elif delete_it:
+        elif delete_unknown:
             try:
                 self.api.delete_pod_now(meta["namespace"], meta["name"], uid)
             except Exception:
