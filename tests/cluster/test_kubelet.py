@@ -318,12 +318,10 @@ def test_stop_kills_every_process_it_started(control_plane, node, namespace, tmp
         create(stand_in, namespace, make_pod("long", name, "echo started; sleep 600"))
         stand_in.start()
         wait_for_log(stand_in, namespace, "long", "started")
-        pid = int(read(stand_in, namespace, "long")["status"]["containerStatuses"][0]["containerID"]
-                  .removeprefix("standin://"))
+        pid = container_pid(read(stand_in, namespace, "long"))
         stand_in.stop()
         stand_in.stop()  # idempotent
-    with pytest.raises(ProcessLookupError):
-        os.kill(pid, 0)
+    assert process_gone(pid)
     assert stand_in.errors == []
 
 
@@ -384,3 +382,45 @@ def test_termination_message_limits_are_the_kubelets(tmp_path):
     assert len(fallback) == 2048 and fallback.endswith("0199 " + "y" * 40 + "\n")
     assert termination_message(message_file, log, "FallbackToLogsOnError", 0) == ""
     assert termination_message(message_file, log, "File", 1) == ""
+
+
+def container_pid(pod: dict) -> int:
+    return int(pod["status"]["containerStatuses"][0]["containerID"].removeprefix("standin://"))
+
+
+def process_gone(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    return False
+
+
+def test_a_force_deleted_pods_process_is_killed(kubelet, node, namespace):
+    script = "trap '' TERM; echo started; while :; do sleep 0.1; done"
+    create(kubelet, namespace, make_pod("forced", node, script))
+    wait_for_log(kubelet, namespace, "forced", "started")
+    pid = container_pid(wait_phase(kubelet, namespace, "forced", "Running"))
+    kubelet.api.request("DELETE", f"/api/v1/namespaces/{namespace}/pods/forced",
+                        body={"gracePeriodSeconds": 0})
+    assert read(kubelet, namespace, "forced") is None
+    wait_until(lambda: process_gone(pid), 15, "the force-deleted pod's process to die")
+
+
+def test_each_container_runs_and_the_pod_fails_if_one_fails(kubelet, node, namespace):
+    pod = make_pod("pair", node, "exit 0")
+    second = {**pod["spec"]["containers"][0], "name": "second", "command": ["sh", "-c", "sleep 1; exit 4"]}
+    pod["spec"]["containers"].append(second)
+    create(kubelet, namespace, pod)
+    pod = wait_phase(kubelet, namespace, "pair", "Failed")
+    codes = {s["name"]: s["state"]["terminated"]["exitCode"] for s in pod["status"]["containerStatuses"]}
+    assert codes == {"main": 0, "second": 4}
+
+
+def test_a_command_that_cannot_run_fails_with_start_error(kubelet, node, namespace):
+    pod = make_pod("missing", node, "")
+    pod["spec"]["containers"][0]["command"] = ["/nonexistent/command"]
+    create(kubelet, namespace, pod)
+    state = terminated(wait_phase(kubelet, namespace, "missing", "Failed"))
+    assert (state["exitCode"], state["reason"]) == (128, "StartError")
+    assert "/nonexistent/command" in state["message"]
