@@ -16,7 +16,6 @@ from pathlib import Path
 import pytest
 from kubelet import StandInKubelet
 from kubelet_api import ApiError, PodApi
-from kubelet_container import expand, termination_message
 from workloads import wait_until
 
 pytestmark = pytest.mark.cluster
@@ -354,34 +353,6 @@ def test_an_evicted_jobs_pod_is_ignored_by_the_pod_failure_policy_and_replaced(k
     assert any(c["type"] == "Complete" and c["status"] == "True" for c in status["conditions"])
     second = [p["metadata"]["name"] for p in job_pods() if p["metadata"]["name"] != first]
     assert kubelet.log_path(namespace, second[0], "main").read_text() == "resumed\n"
-
-
-# Cases of upstream's third_party/forked/golang/expansion/expand_test.go (TestMapping).
-EXPANSION_CONTEXT = {"VAR_A": "A", "VAR_B": "B", "VAR_C": "C", "VAR_REF": "$(VAR_A)", "VAR_EMPTY": ""}
-
-
-@pytest.mark.parametrize(("text", "expected"), [
-    ("$(VAR_A)-$(VAR_A)", "A-A"), ("$$(VAR_B)_$(VAR_A)", "$(VAR_B)_A"), ("f000-$$VAR_A", "f000-$VAR_A"),
-    ("$(VAR_A$(VAR_B))", "$(VAR_A$(VAR_B))"), ("$(VAR_REF)", "$(VAR_A)"), ("foo$(VAR_EMPTY)bar", "foobar"),
-    ("foo$(VAR_Awhoops!", "foo$(VAR_Awhoops!"), ("$VAR_A", "$VAR_A"), ("$(VAR_DNE)", "$(VAR_DNE)"),
-    ("$$$$$$$(VAR_A)", "$$$A"), ("$$$$$$$(GOOD_ODDS)", "$$$$(GOOD_ODDS)"), ("${VAR_A}", "${VAR_A}"),
-    ("$(VAR_B)_______$(A", "B_______$(A"), ("$(VAR_A)foobarzab$", "Afoobarzab$"),
-    ("$($($($($--foo$(", "$($($($($--foo$("), ("$(foo$$var)", "$(foo$$var)"), ("$中文", "$中文"),
-])
-def test_expansion_follows_upstream(text, expected):
-    assert expand(text, EXPANSION_CONTEXT) == expected
-
-
-def test_termination_message_limits_are_the_kubelets(tmp_path):
-    message_file, log = tmp_path / "termination-log", tmp_path / "0.log"
-    message_file.write_bytes(b"x" * 5000 + b"tail")
-    log.write_text("".join(f"{i:04d} {'y' * 40}\n" for i in range(200)))
-    assert termination_message(message_file, log, "FallbackToLogsOnError", 1) == ("x" * 4092 + "tail")
-    message_file.write_bytes(b"")
-    fallback = termination_message(message_file, log, "FallbackToLogsOnError", 1)
-    assert len(fallback) == 2048 and fallback.endswith("0199 " + "y" * 40 + "\n")
-    assert termination_message(message_file, log, "FallbackToLogsOnError", 0) == ""
-    assert termination_message(message_file, log, "File", 1) == ""
 
 
 def container_pid(pod: dict) -> int:
