@@ -191,8 +191,17 @@ def describe(job: dict[str, Any], pods: list[dict[str, Any]]) -> JobStatus:
                   key=lambda p: p["metadata"].get("creationTimestamp") or "")
     conditions = {c["type"]: c for c in st.get("conditions") or [] if c.get("status") == "True"}
     failed_pods = [p for p in pods if (p.get("status") or {}).get("phase") == "Failed"]
-    running = (st.get("ready") or 0) > 0 or any(
-        (p.get("status") or {}).get("phase") == "Running" for p in pods)
+    # A pod being deleted (evicted or preempted: checkpointing on SIGTERM) is no longer the Job's
+    # active one; the Job controller replaces it once it has ended. Then it is deleted, and the
+    # podFailurePolicy keeps it off status.failed: until the replacement starts, only startTime
+    # without an active pod tells that an attempt ended.
+    leaving = [p for p in pods if p["metadata"].get("deletionTimestamp")
+               and (p.get("status") or {}).get("phase") not in ("Failed", "Succeeded")]
+    # (status.ready lags behind a deletion until the Job controller's next sync.)
+    running = ((st.get("ready") or 0) > 0 and not leaving) or any(
+        (p.get("status") or {}).get("phase") == "Running" for p in pods if p not in leaving)
+    between_attempts = bool(leaving or st.get("terminating")
+                            or (st.get("startTime") and not st.get("active")))
 
     if "Complete" in conditions or "SuccessCriteriaMet" in conditions:
         phase = Phase.SUCCEEDED
@@ -202,7 +211,7 @@ def describe(job: dict[str, Any], pods: list[dict[str, Any]]) -> JobStatus:
         phase = Phase.QUEUED
     elif running:
         phase = Phase.RUNNING
-    elif failed_pods or (st.get("failed") or 0) > 0:
+    elif failed_pods or (st.get("failed") or 0) > 0 or between_attempts:
         phase = Phase.RETRYING
     else:
         phase = Phase.PENDING
@@ -217,6 +226,8 @@ def describe(job: dict[str, Any], pods: list[dict[str, Any]]) -> JobStatus:
         failures -= 1 if failures else 0
     elif failed_pods:
         reason = pod_failure(failed_pods[-1])
+    elif any(disruption(p) for p in leaving):
+        reason = pod_failure([p for p in leaving if disruption(p)][-1])
 
     finished = (st.get("completionTime") or
                 (conditions.get("Failed") or {}).get("lastTransitionTime"))
@@ -231,12 +242,11 @@ def pod_failure(pod: dict[str, Any]) -> str:
     """One line: eviction or preemption, or the exit code with its meaning and the container's
     termination message, as a kubelet reports them."""
     status = pod.get("status") or {}
-    disruption = next((c for c in status.get("conditions") or []
-                       if c.get("type") == "DisruptionTarget" and c.get("status") == "True"), None)
+    disrupted = disruption(pod)
     if status.get("reason") == "Evicted":  # e.g. over its ephemeral-storage limit
         return f"evicted: {(status.get('message') or 'by the kubelet').strip()}"
-    if disruption:
-        return f"preempted ({disruption.get('reason') or 'disruption'})"
+    if disrupted:
+        return f"preempted ({disrupted.get('reason') or 'disruption'})"
     for container in status.get("containerStatuses") or []:
         state = (container.get("state") or {}).get("terminated") or \
             (container.get("lastState") or {}).get("terminated")
@@ -253,6 +263,12 @@ def pod_failure(pod: dict[str, Any]) -> str:
         message = termination_message_line(state.get("message") or "")
         return text + (f": {message}" if message else "")
     return ": ".join(x for x in (status.get("reason"), status.get("message")) if x) or "pod failed"
+
+
+def disruption(pod: dict[str, Any]) -> dict[str, Any] | None:
+    """The pod's DisruptionTarget condition (preemption, eviction, node drain) when it is True."""
+    return next((c for c in (pod.get("status") or {}).get("conditions") or []
+                 if c.get("type") == "DisruptionTarget" and c.get("status") == "True"), None)
 
 
 def termination_message_line(message: str) -> str | None:

@@ -50,8 +50,15 @@ def test_an_evicted_pod_checkpoints_and_its_replacement_resumes_without_counting
         [first] = pods.wait_for_pods(1, timeout=60)
         wait_for_log(cluster.kubelet, first, CHECKPOINT_WRITTEN, timeout=240)
         assert evict(cluster.api, pods.current(first)) == 201
+        # The eviction marked the pod at once; it checkpoints for a while longer (at least an upload).
+        checkpointing = get_status(job.name, namespace, read_result=False, connection=connection)
+        assert checkpointing.phase is Phase.RETRYING, checkpointing
+        assert checkpointing.failure_reason == "preempted (EvictionByEvictionAPI)"
 
         evicted = pods.wait_until_terminated(first, timeout=120)
+        # Ended (then deleted): the replacement comes after the Job controller's backoff.
+        between = get_status(job.name, namespace, read_result=False, connection=connection)
+        assert between.phase is Phase.RETRYING, between
         disruption = pod_condition(evicted, "DisruptionTarget")
         assert disruption and disruption["reason"] == "EvictionByEvictionAPI", evicted["status"]
         assert terminated(evicted)["exitCode"] == ExitCode.TERMINATED, terminated(evicted)

@@ -80,6 +80,21 @@ def test_preempted_and_retrying_then_running_again():
     assert (again.phase, again.retries) == (Phase.RUNNING, 1)
 
 
+def test_an_evicted_pod_is_retrying_while_it_checkpoints_and_until_its_replacement_runs():
+    # As a real cluster shows it (tests/cluster/test_preemption.py): the Eviction API adds the
+    # condition and deletes the pod, which runs on through its SIGTERM checkpoint; once it has
+    # ended it is deleted, and the podFailurePolicy's Ignore keeps it off status.failed.
+    evicted = pod("p1", "Running", disrupted="EvictionByEvictionAPI")
+    evicted["metadata"]["deletionTimestamp"] = T1
+    # Before the Job controller's next sync its status still counts the pod ready.
+    for status in ({"active": 1, "ready": 1, "startTime": T0}, {"terminating": 1, "startTime": T0}):
+        checkpointing = describe(job(status), [evicted])
+        assert checkpointing.phase is Phase.RETRYING
+        assert checkpointing.failure_reason == "preempted (EvictionByEvictionAPI)"
+    waiting = describe(job({"startTime": T0}), [])
+    assert (waiting.phase, waiting.retries, waiting.failure_reason) == (Phase.RETRYING, 0, None)
+
+
 def test_failed_by_the_pod_failure_policy_explains_why():
     status = describe(job({"failed": 1, "startTime": T0, "conditions": [
         {"type": "Failed", "status": "True", "reason": "PodFailurePolicy", "lastTransitionTime": T1,
