@@ -200,8 +200,9 @@ def describe(job: dict[str, Any], pods: list[dict[str, Any]]) -> JobStatus:
     # (status.ready lags behind a deletion until the Job controller's next sync.)
     running = ((st.get("ready") or 0) > 0 and not leaving) or any(
         (p.get("status") or {}).get("phase") == "Running" for p in pods if p not in leaving)
+    succeeded = st.get("succeeded") or any((p.get("status") or {}).get("phase") == "Succeeded" for p in pods)
     between_attempts = bool(leaving or st.get("terminating")
-                            or (st.get("startTime") and not st.get("active")))
+                            or (st.get("startTime") and not st.get("active") and not succeeded))
 
     if "Complete" in conditions or "SuccessCriteriaMet" in conditions:
         phase = Phase.SUCCEEDED

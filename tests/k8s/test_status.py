@@ -93,6 +93,9 @@ def test_an_evicted_pod_is_retrying_while_it_checkpoints_and_until_its_replaceme
         assert checkpointing.failure_reason == "preempted (EvictionByEvictionAPI)"
     waiting = describe(job({"startTime": T0}), [])
     assert (waiting.phase, waiting.retries, waiting.failure_reason) == (Phase.RETRYING, 0, None)
+    # Not to be confused with a pod that succeeded a moment before the Job's Complete condition.
+    assert describe(job({"startTime": T0, "succeeded": 1}), [pod("p2", "Succeeded", exit_code=0)]).phase \
+        is not Phase.RETRYING
 
 
 def test_failed_by_the_pod_failure_policy_explains_why():
