@@ -1,0 +1,84 @@
+"""Server-side dry runs for the admission scenario: what Pod Security answers for a Job (warnings:
+it evaluates a Job's pod template only at the namespace's warn and audit levels) and for the pod
+itself (enforcement), and the Jobs the chart and the Python builders produce."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import yaml
+from kubernetes import client
+from kubernetes.client.exceptions import ApiException
+
+REPO = Path(__file__).resolve().parents[2]
+CHART = REPO / "helm" / "dreambooth-job"
+CI_VALUES = sorted((CHART / "ci").glob("*-values.yaml"))
+POD_SECURITY_LEVELS = ("enforce", "warn", "audit")
+
+
+def restrict_fully(api: client.ApiClient, namespace: str) -> None:
+    """Pod Security `restricted` at every level: with `enforce` alone a Job is not evaluated at
+    all (admission short-circuits controllers when warn and audit are privileged)."""
+    labels = {f"pod-security.kubernetes.io/{level}": "restricted" for level in POD_SECURITY_LEVELS}
+    labels |= {f"pod-security.kubernetes.io/{level}-version": "latest" for level in POD_SECURITY_LEVELS}
+    client.CoreV1Api(api).patch_namespace(namespace, {"metadata": {"labels": labels}})
+
+
+def helm_template(helm: Any, release: str, namespace: str, values: Path) -> list[dict[str, Any]]:
+    """The chart's objects for `values`, rendered by the Helm CLI (`helm template`)."""
+    out = helm("template", release, str(CHART), "--namespace", namespace, "--values", str(values))
+    text = out.stdout if isinstance(out, subprocess.CompletedProcess) else out
+    return [doc for doc in yaml.safe_load_all(text) if doc]
+
+
+def warnings_of(response: Any) -> list[str]:
+    """The `Warning` headers of an API answer (one per line; Pod Security's start with 'would
+    violate PodSecurity')."""
+    headers = getattr(response, "headers", None) or {}
+    if hasattr(headers, "getlist"):
+        return list(headers.getlist("Warning"))
+    value = headers.get("Warning") or headers.get("warning")
+    return [value] if value else []
+
+
+def dry_run_job(api: client.ApiClient, namespace: str, job: dict[str, Any]) -> tuple[client.V1Job, list[str]]:
+    """Create `job` with dryRun=All: the apiserver defaults, validates and admits it, and keeps
+    nothing. Returns the Job it would have stored and the warnings."""
+    response = client.BatchV1Api(api).create_namespaced_job_with_http_info(namespace, job, dry_run="All")
+    return response.data, warnings_of(response)
+
+
+def pod_of(job: dict[str, Any]) -> dict[str, Any]:
+    """The pod the Job controller would create from `job`'s template (as far as admission sees)."""
+    template = job["spec"]["template"]
+    metadata = {"name": f"{job['metadata']['name']}-admission"[:63].rstrip("-"),
+                "labels": template["metadata"].get("labels") or {}}
+    if template["metadata"].get("annotations"):
+        metadata["annotations"] = template["metadata"]["annotations"]
+    return {"apiVersion": "v1", "kind": "Pod", "metadata": metadata, "spec": template["spec"]}
+
+
+def dry_run_pod(api: client.ApiClient, namespace: str, pod: dict[str, Any]) -> tuple[client.V1Pod, list[str]]:
+    """Create `pod` with dryRun=All: Pod Security's `enforce` level applies to it."""
+    response = client.CoreV1Api(api).create_namespaced_pod_with_http_info(namespace, pod, dry_run="All")
+    return response.data, warnings_of(response)
+
+
+def ensure_priority_class(api: client.ApiClient, name: str) -> None:
+    """The Priority admission plugin refuses a pod naming a PriorityClass that does not exist."""
+    body = {"metadata": {"name": name}, "value": 1000, "globalDefault": False,
+            "description": "created by the cluster tests (values files name it)"}
+    try:
+        client.SchedulingV1Api(api).create_priority_class(body)
+    except ApiException as exc:
+        if exc.status != 409:
+            raise
+
+
+def create_service_account(api: client.ApiClient, namespace: str, account: dict[str, Any]) -> None:
+    """Create a rendered ServiceAccount for real: a pod naming a missing one is refused by the
+    ServiceAccount admission plugin, dry run or not."""
+    body = {**account, "metadata": {**account["metadata"], "namespace": namespace}}
+    client.CoreV1Api(api).create_namespaced_service_account(namespace, body)
