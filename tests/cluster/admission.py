@@ -4,6 +4,7 @@ itself (enforcement), and the Jobs the chart and the Python builders produce."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,8 @@ REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "helm" / "dreambooth-job"
 CI_VALUES = sorted((CHART / "ci").glob("*-values.yaml"))
 POD_SECURITY_LEVELS = ("enforce", "warn", "audit")
+# What a dry run answers: the object the server would have stored, and its warnings.
+DryRun = tuple[dict[str, Any], list[str]]
 
 
 def restrict_fully(api: client.ApiClient, namespace: str) -> None:
@@ -33,21 +36,23 @@ def helm_template(helm: Any, release: str, namespace: str, values: Path) -> list
     return [doc for doc in yaml.safe_load_all(text) if doc]
 
 
-def warnings_of(response: Any) -> list[str]:
-    """The `Warning` headers of an API answer (one per line; Pod Security's start with 'would
-    violate PodSecurity')."""
-    headers = getattr(response, "headers", None) or {}
-    if hasattr(headers, "getlist"):
-        return list(headers.getlist("Warning"))
-    value = headers.get("Warning") or headers.get("warning")
-    return [value] if value else []
+def dry_run(create: Any, namespace: str, body: dict[str, Any]) -> DryRun:
+    """`create(namespace, body)` with dryRun=All: the apiserver defaults, validates and admits the
+    object and stores nothing. Returns the object it would have stored (API dict) and every
+    `Warning` header (read from the raw answer: the client's ApiResponse keeps only one of
+    several); Pod Security's start with 'would violate PodSecurity'."""
+    response = create(namespace, body, dry_run="All", _preload_content=False)
+    return json.loads(response.data), list(response.headers.getlist("Warning"))
 
 
-def dry_run_job(api: client.ApiClient, namespace: str, job: dict[str, Any]) -> tuple[client.V1Job, list[str]]:
-    """Create `job` with dryRun=All: the apiserver defaults, validates and admits it, and keeps
-    nothing. Returns the Job it would have stored and the warnings."""
-    response = client.BatchV1Api(api).create_namespaced_job_with_http_info(namespace, job, dry_run="All")
-    return response.data, warnings_of(response)
+def dry_run_job(api: client.ApiClient, namespace: str, job: dict[str, Any]) -> DryRun:
+    """The Job: Pod Security checks its pod template at the warn and audit levels only."""
+    return dry_run(client.BatchV1Api(api).create_namespaced_job, namespace, job)
+
+
+def dry_run_pod(api: client.ApiClient, namespace: str, pod: dict[str, Any]) -> DryRun:
+    """The pod: Pod Security's `enforce` level refuses it (403) when it breaks the level."""
+    return dry_run(client.CoreV1Api(api).create_namespaced_pod, namespace, pod)
 
 
 def pod_of(job: dict[str, Any]) -> dict[str, Any]:
@@ -58,12 +63,6 @@ def pod_of(job: dict[str, Any]) -> dict[str, Any]:
     if template["metadata"].get("annotations"):
         metadata["annotations"] = template["metadata"]["annotations"]
     return {"apiVersion": "v1", "kind": "Pod", "metadata": metadata, "spec": template["spec"]}
-
-
-def dry_run_pod(api: client.ApiClient, namespace: str, pod: dict[str, Any]) -> tuple[client.V1Pod, list[str]]:
-    """Create `pod` with dryRun=All: Pod Security's `enforce` level applies to it."""
-    response = client.CoreV1Api(api).create_namespaced_pod_with_http_info(namespace, pod, dry_run="All")
-    return response.data, warnings_of(response)
 
 
 def ensure_priority_class(api: client.ApiClient, name: str) -> None:

@@ -79,7 +79,7 @@ def builder_jobs() -> dict[str, dict[str, Any]]:
     }
 
 
-def admit(cluster, namespace: str, job: dict[str, Any]) -> tuple[Any, Any]:
+def admit(cluster, namespace: str, job: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
     """Dry-run create `job` and its pod; assert that neither drew a warning. Returns the Job and
     the pod the apiserver would have stored."""
     job = copy.deepcopy(job)
@@ -94,22 +94,22 @@ def admit(cluster, namespace: str, job: dict[str, Any]) -> tuple[Any, Any]:
     return stored_job, stored_pod
 
 
-def assert_restricted_pod(pod: Any) -> None:
+def assert_restricted_pod(pod: dict[str, Any]) -> None:
     """What `restricted` demands, as the stored pod says it (admission let it through)."""
-    assert pod.spec.security_context.run_as_non_root is True
-    assert pod.spec.security_context.seccomp_profile.type == "RuntimeDefault"
-    for container in pod.spec.containers:
-        assert container.security_context.allow_privilege_escalation is False
-        assert container.security_context.capabilities.drop == ["ALL"]
+    assert pod["spec"]["securityContext"]["runAsNonRoot"] is True
+    assert pod["spec"]["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    for container in pod["spec"]["containers"]:
+        assert container["securityContext"]["allowPrivilegeEscalation"] is False
+        assert container["securityContext"]["capabilities"]["drop"] == ["ALL"]
 
 
-def assert_job_name_label(job: Any) -> None:
+def assert_job_name_label(job: dict[str, Any]) -> None:
     """The real Job strategy labels the pod template with the Job's name under the key `status`
     lists pods by (JOB_NAME_LABEL) as well as the batch.kubernetes.io one."""
-    labels = job.spec.template.metadata.labels
-    assert labels[JOB_NAME_LABEL] == job.metadata.name
-    assert labels["batch.kubernetes.io/job-name"] == job.metadata.name
-    assert job.spec.selector.match_labels["batch.kubernetes.io/controller-uid"] == job.metadata.uid
+    name, labels = job["metadata"]["name"], job["spec"]["template"]["metadata"]["labels"]
+    assert labels[JOB_NAME_LABEL] == name and labels["batch.kubernetes.io/job-name"] == name
+    selector = job["spec"]["selector"]["matchLabels"]
+    assert selector["batch.kubernetes.io/controller-uid"] == job["metadata"]["uid"]
 
 
 @pytest.mark.parametrize("values_file", [*CI_VALUES, None],
@@ -142,8 +142,8 @@ def test_restricted_admits_the_builders_jobs_and_pods(cluster, restricted, name)
     assert_restricted_pod(stored_pod)
     assert_job_name_label(stored_job)
     if name == "manifests-indexed-job":  # the real validation of per-index retries and FailIndex
-        assert stored_job.spec.completion_mode == "Indexed"
-        assert stored_job.spec.backoff_limit_per_index == job["spec"]["backoffLimitPerIndex"]
+        assert stored_job["spec"]["completionMode"] == "Indexed"
+        assert stored_job["spec"]["backoffLimitPerIndex"] == job["spec"]["backoffLimitPerIndex"]
 
 
 def test_a_pod_that_breaks_restricted_is_warned_about_as_a_job_and_refused_as_a_pod(cluster, restricted):
