@@ -13,6 +13,7 @@ test_selectors_ttl.py's."""
 from __future__ import annotations
 
 import copy
+import json
 from typing import Any
 
 import pytest
@@ -159,4 +160,4 @@ def test_a_pod_that_breaks_restricted_is_warned_about_as_a_job_and_refused_as_a_
 
     assert any("would violate PodSecurity" in w and "runAsNonRoot" in w for w in job_warnings), job_warnings
     assert refused.value.status == 403
-    assert 'violates PodSecurity "restricted:latest"' in refused.value.body
+    assert 'violates PodSecurity "restricted:latest"' in json.loads(refused.value.body)["message"]

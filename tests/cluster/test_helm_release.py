@@ -148,17 +148,23 @@ def test_install_trains_the_subject_and_status_and_run_page_agree(cluster, relea
 
 def test_upgrade_with_a_changed_option_is_refused_and_leaves_the_run(cluster, release):
     before = read_job(cluster, release)
+    upgrade = ("upgrade", release.name, str(CHART), "--namespace", release.namespace,
+               "--values", str(release.values))
 
-    refused = helm(cluster, "upgrade", release.name, str(CHART), "--namespace", release.namespace,
-                   "--values", str(release.values), "--set", "job.maxTrainSteps=3", expect_ok=False)
+    refused = helm(cluster, *upgrade, "--set", "job.maxTrainSteps=3", expect_ok=False)
+    after_refusal = read_job(cluster, release)
+    # A value outside the pod template (the Job's own spec) is not part of the run: it applies.
+    helm(cluster, *upgrade, "--set", "ttlSecondsAfterFinished=3600")
     after = read_job(cluster, release)
     history = json.loads(helm(cluster, "history", release.name, "--namespace", release.namespace,
                               "--output", "json").stdout)
 
     assert "field is immutable" in refused.stderr and "spec.template" in refused.stderr
-    assert after.metadata.uid == before.metadata.uid
+    assert after_refusal.metadata.resource_version == before.metadata.resource_version
+    assert after.metadata.uid == before.metadata.uid and after.spec.ttl_seconds_after_finished == 3600
     assert after.spec.template.spec.containers[0].args == before.spec.template.spec.containers[0].args
-    assert [(h["revision"], h["status"]) for h in history] == [(1, "deployed"), (2, "failed")]
+    assert [(h["revision"], h["status"]) for h in history] == [
+        (1, "superseded"), (2, "failed"), (3, "deployed")]
     assert job_condition(after, "Complete")
 
 
