@@ -65,15 +65,18 @@ def pod_of(job: dict[str, Any]) -> dict[str, Any]:
     return {"apiVersion": "v1", "kind": "Pod", "metadata": metadata, "spec": template["spec"]}
 
 
-def ensure_priority_class(api: client.ApiClient, name: str) -> None:
-    """The Priority admission plugin refuses a pod naming a PriorityClass that does not exist."""
+def ensure_priority_class(api: client.ApiClient, name: str) -> bool:
+    """The Priority admission plugin refuses a pod naming a PriorityClass that does not exist:
+    create it unless it does. True when this call created it (its caller deletes it after)."""
     body = {"metadata": {"name": name}, "value": 1000, "globalDefault": False,
-            "description": "created by the cluster tests (values files name it)"}
+            "description": "created by the cluster tests' admission checks"}
     try:
         client.SchedulingV1Api(api).create_priority_class(body)
     except ApiException as exc:
         if exc.status != 409:
             raise
+        return False
+    return True
 
 
 def create_service_account(api: client.ApiClient, namespace: str, account: dict[str, Any]) -> None:

@@ -28,6 +28,7 @@ from admission import (
     pod_of,
     restrict_fully,
 )
+from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from dreambooth_job.config.train_config import TrainConfig
@@ -48,6 +49,16 @@ RELEASE = "dog-42"
 GENERATE_VALUES = {"mode": "generate", "generate": {
     "model": "s3://runs/dog-42/", "output": "s3://generated/dog-42/", "prompts": ["a {identifier} dog"]}}
 DOG = TrainConfig(instance_data="s3://photos/dog-42/", class_noun="dog", output="s3://runs/dog-42/")
+
+
+@pytest.fixture
+def priority_class(cluster):
+    """ensure(name): the PriorityClass exists; those made here are deleted after the test, so that
+    other scenarios sharing the control plane define their own."""
+    created: list[str] = []
+    yield lambda name: created.append(name) if ensure_priority_class(cluster.api, name) else None
+    for name in created:
+        client.SchedulingV1Api(cluster.api).delete_priority_class(name)
 
 
 @pytest.fixture
@@ -80,14 +91,14 @@ def builder_jobs() -> dict[str, dict[str, Any]]:
     }
 
 
-def admit(cluster, namespace: str, job: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+def admit(cluster, namespace: str, job: dict[str, Any], priority_class) -> tuple[dict, dict]:
     """Dry-run create `job` and its pod; assert that neither drew a warning. Returns the Job and
     the pod the apiserver would have stored."""
     job = copy.deepcopy(job)
     job["metadata"]["namespace"] = namespace
     pod_spec = job["spec"]["template"]["spec"]
     if pod_spec.get("priorityClassName"):
-        ensure_priority_class(cluster.api, pod_spec["priorityClassName"])
+        priority_class(pod_spec["priorityClassName"])
     stored_job, job_warnings = dry_run_job(cluster.api, namespace, job)
     assert job_warnings == [], f"the Job drew warnings: {job_warnings}"
     stored_pod, pod_warnings = dry_run_pod(cluster.api, namespace, pod_of(job))
@@ -115,7 +126,7 @@ def assert_job_name_label(job: dict[str, Any]) -> None:
 
 @pytest.mark.parametrize("values_file", [*CI_VALUES, None],
                          ids=[*(p.name for p in CI_VALUES), "mode-generate"])
-def test_restricted_admits_the_charts_job_and_pod(cluster, restricted, values_file, tmp_path):
+def test_restricted_admits_the_charts_job_and_pod(cluster, restricted, priority_class, values_file, tmp_path):
     if values_file is None:
         values_file = tmp_path / "generate-values.yaml"
         values_file.write_text(yaml.safe_dump(GENERATE_VALUES))
@@ -125,20 +136,20 @@ def test_restricted_admits_the_charts_job_and_pod(cluster, restricted, values_fi
     jobs = [o for o in objects if o["kind"] == "Job"]
     assert len(jobs) == 1, [o["kind"] for o in objects]
 
-    stored_job, stored_pod = admit(cluster, restricted, jobs[0])
+    stored_job, stored_pod = admit(cluster, restricted, jobs[0], priority_class)
 
     assert_restricted_pod(stored_pod)
     assert_job_name_label(stored_job)
 
 
 @pytest.mark.parametrize("name", list(builder_jobs()))
-def test_restricted_admits_the_builders_jobs_and_pods(cluster, restricted, name):
+def test_restricted_admits_the_builders_jobs_and_pods(cluster, restricted, priority_class, name):
     job = builder_jobs()[name]
     account = job["spec"]["template"]["spec"].get("serviceAccountName")
     if account:
         create_service_account(cluster.api, restricted, {"metadata": {"name": account}})
 
-    stored_job, stored_pod = admit(cluster, restricted, job)
+    stored_job, stored_pod = admit(cluster, restricted, job, priority_class)
 
     assert_restricted_pod(stored_pod)
     assert_job_name_label(stored_job)
