@@ -5,7 +5,6 @@ itself (enforcement), and the Jobs the chart and the Python builders produce."""
 from __future__ import annotations
 
 import json
-import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -31,9 +30,8 @@ def restrict_fully(api: client.ApiClient, namespace: str) -> None:
 
 def helm_template(helm: Any, release: str, namespace: str, values: Path) -> list[dict[str, Any]]:
     """The chart's objects for `values`, rendered by the Helm CLI (`helm template`)."""
-    out = helm("template", release, str(CHART), "--namespace", namespace, "--values", str(values))
-    text = out.stdout if isinstance(out, subprocess.CompletedProcess) else out
-    return [doc for doc in yaml.safe_load_all(text) if doc]
+    out = helm("template", release, str(CHART), "--values", str(values), namespace=namespace)
+    return [doc for doc in yaml.safe_load_all(out.stdout) if doc]
 
 
 def dry_run(create: Any, namespace: str, body: dict[str, Any]) -> DryRun:
