@@ -145,6 +145,11 @@ def test_upgrade_with_a_changed_option_is_refused_and_leaves_the_run(cluster, re
 
     with pytest.raises(AssertionError) as refused:  # cluster.helm's: helm exited non-zero
         cluster.helm(*upgrade, "--set", "job.maxTrainSteps=3", namespace=release.namespace)
+    # Replacing the object (PUT; Helm 4 needs client-side apply for it) meets the same
+    # immutability: only a new Job changes the run.
+    with pytest.raises(AssertionError) as replaced:
+        cluster.helm(*upgrade, "--set", "job.maxTrainSteps=3", "--server-side=false", "--force-replace",
+                     namespace=release.namespace)
     after_refusal = read_job(cluster, release)
     # A value outside the pod template (the Job's own spec) is not part of the run: it applies.
     cluster.helm(*upgrade, "--set", "ttlSecondsAfterFinished=3600", namespace=release.namespace)
@@ -153,12 +158,13 @@ def test_upgrade_with_a_changed_option_is_refused_and_leaves_the_run(cluster, re
                                       namespace=release.namespace).stdout)
 
     assert "UPGRADE FAILED" in str(refused.value)
-    assert "spec.template: Invalid value" in str(refused.value) and "field is immutable" in str(refused.value)
+    for answer in (str(refused.value), str(replaced.value)):
+        assert "spec.template: Invalid value" in answer and "field is immutable" in answer
     assert after_refusal.metadata.resource_version == before.metadata.resource_version
     assert after.metadata.uid == before.metadata.uid and after.spec.ttl_seconds_after_finished == 3600
     assert after.spec.template.spec.containers[0].args == before.spec.template.spec.containers[0].args
     assert [(h["revision"], h["status"]) for h in history] == [
-        (1, "superseded"), (2, "failed"), (3, "deployed")]
+        (1, "superseded"), (2, "failed"), (3, "failed"), (4, "deployed")]
     assert job_condition(after, "Complete")
 
 
