@@ -1,0 +1,136 @@
+"""What Kueue's own install (its config/components, as `kubectl apply -k config/default` would) and the
+project's manifests/kueue put on the cluster, rewritten for a Kueue that runs as a local process.
+
+Kueue runs outside the cluster, so nothing can reach it by Service: every webhook clientConfig (the
+admission webhooks and the CRDs' conversion webhook) becomes `url: https://127.0.0.1:<port><path>` with
+the test CA as caBundle, where upstream has `service: {name: webhook-service, namespace: system}`.
+"""
+
+from __future__ import annotations
+
+import base64
+import copy
+import os
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+KUEUE_VERSION = "v0.17.0"
+# Where the Go module cache keeps the sources the build used; scripts/build-cluster.sh copies their
+# config/components next to the binaries (<bin>/../kueue-config), which is what the tests read first.
+MODULE_CACHE = Path(os.environ.get("GOMODCACHE") or Path.home() / "go" / "pkg" / "mod")
+MODULE_CONFIG = MODULE_CACHE / "sigs.k8s.io" / f"kueue@{KUEUE_VERSION}" / "config" / "components"
+PROJECT_QUEUES = Path(__file__).resolve().parents[2] / "manifests" / "kueue" / "base" / "kueue.yaml"
+# kustomize's namePrefix in Kueue's config/default, so the objects carry the names a real install gives.
+NAME_PREFIX = "kueue-"
+GPU_RESOURCE = "nvidia.com/gpu"
+
+
+def kueue_config_dir(bin_dir: Path) -> Path:
+    """Kueue's config/components: the copy beside the built binaries, else the Go module cache's."""
+    for candidate in (Path(bin_dir).parent / "kueue-config", MODULE_CONFIG):
+        if (candidate / "crd" / "bases").is_dir():
+            return candidate
+    raise FileNotFoundError(f"Kueue {KUEUE_VERSION}'s config/components is in neither "
+                            f"{Path(bin_dir).parent / 'kueue-config'} nor {MODULE_CONFIG}")
+
+
+def _documents(path: Path) -> list[dict[str, Any]]:
+    return [doc for doc in yaml.safe_load_all(path.read_text()) if doc]
+
+
+def _kustomization(folder: Path) -> dict[str, Any]:
+    return yaml.safe_load((folder / "kustomization.yaml").read_text())
+
+
+def _client_config(url: str, ca_bundle: bytes) -> dict[str, str]:
+    return {"url": url, "caBundle": base64.b64encode(ca_bundle).decode()}
+
+
+def crds(config_dir: Path, webhook_url: str, ca_bundle: bytes) -> list[dict[str, Any]]:
+    """Kueue's CRDs as config/components/crd's kustomization lists them, with the conversion webhook
+    patches it applies (v1beta1 <-> v1beta2) pointed at the local webhook server."""
+    folder = config_dir / "crd"
+    kustomization = _kustomization(folder)
+    by_name = {doc["metadata"]["name"]: doc for path in kustomization["resources"]
+               for doc in _documents(folder / path)}
+    for patch in kustomization.get("patches", []):
+        for doc in _documents(folder / patch["path"]):
+            conversion = copy.deepcopy(doc["spec"]["conversion"])
+            path = conversion["webhook"]["clientConfig"]["service"]["path"]
+            conversion["webhook"]["clientConfig"] = _client_config(webhook_url + path, ca_bundle)
+            by_name[doc["metadata"]["name"]]["spec"]["conversion"] = conversion
+    return list(by_name.values())
+
+
+def webhook_configurations(config_dir: Path, webhook_url: str, ca_bundle: bytes) -> list[dict[str, Any]]:
+    """Kueue's Mutating- and ValidatingWebhookConfiguration, with config/components/webhook's patches
+    (pods, deployments and statefulsets of kube-system and kueue-system left alone)."""
+    folder = config_dir / "webhook"
+    configurations = _documents(folder / "manifests.yaml")
+    for patch in _kustomization(folder).get("patches", []):
+        for doc in yaml.safe_load_all(patch["patch"]):
+            _merge_webhooks(configurations, doc)
+    for configuration in configurations:
+        configuration["metadata"]["name"] = NAME_PREFIX + configuration["metadata"]["name"]
+        for webhook in configuration["webhooks"]:
+            path = webhook["clientConfig"]["service"]["path"]
+            webhook["clientConfig"] = _client_config(webhook_url + path, ca_bundle)
+    return configurations
+
+
+def _merge_webhooks(configurations: list[dict[str, Any]], patch: dict[str, Any]) -> None:
+    """A strategic-merge patch of webhooks (merged by name), as kustomize applies it."""
+    target = next(c for c in configurations
+                  if (c["kind"], c["metadata"]["name"]) == (patch["kind"], patch["metadata"]["name"]))
+    webhooks = {webhook["name"]: webhook for webhook in target["webhooks"]}
+    for change in patch["webhooks"]:
+        webhooks[change["name"]].update(change)
+
+
+def project_queues(namespace: str, gpu_quota: int | None = None) -> list[dict[str, Any]]:
+    """manifests/kueue/base: the ResourceFlavor and ClusterQueue, and the LocalQueue in `namespace`
+    (where `kubectl apply -k` would put it); `gpu_quota` replaces the ClusterQueue's GPU quota."""
+    docs = _documents(PROJECT_QUEUES)
+    for doc in docs:
+        if doc["kind"] == "LocalQueue":
+            doc["metadata"]["namespace"] = namespace
+        if doc["kind"] == "ClusterQueue" and gpu_quota is not None:
+            quotas = [resource for group in doc["spec"]["resourceGroups"] for flavor in group["flavors"]
+                      for resource in flavor["resources"] if resource["name"] == GPU_RESOURCE]
+            assert quotas, f"{PROJECT_QUEUES} has no {GPU_RESOURCE} quota to replace"
+            for quota in quotas:
+                quota["nominalQuota"] = gpu_quota
+    return docs
+
+
+def write_serving_certificate(folder: Path) -> bytes:
+    """A CA and a serving certificate for 127.0.0.1 signed by it, in `folder` as controller-runtime's
+    webhook server reads them (tls.crt, tls.key); returns the CA certificate (PEM), the caBundle."""
+    folder.mkdir(parents=True, exist_ok=True)
+    ca_key, ca_crt = folder / "ca.key", folder / "ca.crt"
+    _openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+             "-keyout", ca_key, "-out", ca_crt, "-days", "7", "-subj", "/CN=dreambooth-job-test-kueue-ca",
+             "-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign")
+    extensions = folder / "serving.ext"
+    extensions.write_text("subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n"
+                          "keyUsage=critical,digitalSignature\n")
+    request = folder / "tls.csr"
+    _openssl("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+             "-keyout", folder / "tls.key", "-out", request, "-subj", "/CN=127.0.0.1")
+    _openssl("x509", "-req", "-in", request, "-CA", ca_crt, "-CAkey", ca_key, "-set_serial", "1",
+             "-days", "7", "-extfile", extensions, "-out", folder / "tls.crt")
+    return ca_crt.read_bytes()
+
+
+def write_self_signed(crt: Path, key: Path) -> None:
+    """A self-signed certificate for 127.0.0.1 and its key."""
+    _openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+             "-keyout", key, "-out", crt, "-days", "3650", "-subj", "/CN=127.0.0.1",
+             "-addext", "subjectAltName=IP:127.0.0.1")
+
+
+def _openssl(*args: object) -> None:
+    subprocess.run(["openssl", *map(str, args)], check=True, capture_output=True)
