@@ -109,7 +109,8 @@ def test_jobs_without_the_queue_label_are_left_to_the_job_controller(kueue, batc
 
 def test_a_job_naming_no_existing_local_queue_waits_suspended(kueue, api, batch, namespace):
     # How a typo in --queue shows up: Kueue makes the Workload but reserves no quota for it.
-    name = batch.create_namespaced_job(namespace, queued_job("elk", namespace, queue="no-such-queue")).metadata.name
+    job = batch.create_namespaced_job(namespace, queued_job("elk", namespace, queue="no-such-queue"))
+    name = job.metadata.name
 
     def verdict() -> dict | None:
         reserved = condition(workloads_by_job(api, namespace).get(name, {}), "QuotaReserved")
