@@ -19,6 +19,7 @@ Kueue runs outside the cluster, with what that changes from a Deployment:
 
 from __future__ import annotations
 
+import datetime
 import fcntl
 import json
 import os
@@ -130,7 +131,9 @@ class Kueue:
     def start(self) -> None:
         began = time.monotonic()
         self.workdir.mkdir(parents=True, exist_ok=True)
-        ca_bundle = kueue_manifests.write_serving_certificate(self.workdir / "webhook-certs")
+        certs = self.workdir / "webhook-certs"  # the file names controller-runtime's webhook server reads
+        certs.mkdir(exist_ok=True)
+        ca_bundle = kueue_manifests.write_self_signed(certs / "tls.crt", certs / "tls.key")
         _ensure_metrics_certificate()
         api = self.plane.api_client()
         apply(api, {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NAMESPACE}})
@@ -269,7 +272,7 @@ def _ensure_metrics_certificate() -> None:
             fcntl.flock(lock, fcntl.LOCK_EX)
             if not crt.is_file():
                 new_crt, new_key = crt.with_name("tls.crt.new"), key.with_name("tls.key.new")
-                kueue_manifests.write_self_signed(new_crt, new_key)
+                kueue_manifests.write_self_signed(new_crt, new_key, datetime.timedelta(days=3650))
                 os.replace(new_key, key)
                 os.replace(new_crt, crt)
     except PermissionError as error:

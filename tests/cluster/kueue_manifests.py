@@ -10,12 +10,17 @@ from __future__ import annotations
 
 import base64
 import copy
+import datetime
+import ipaddress
 import os
-import subprocess
 from pathlib import Path
 from typing import Any
 
 import yaml
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 KUEUE_VERSION = "v0.17.0"
 # Where the Go module cache keeps the sources the build used; scripts/build-cluster.sh copies their
@@ -106,31 +111,27 @@ def project_queues(namespace: str, gpu_quota: int | None = None) -> list[dict[st
     return docs
 
 
-def write_serving_certificate(folder: Path) -> bytes:
-    """A CA and a serving certificate for 127.0.0.1 signed by it, in `folder` as controller-runtime's
-    webhook server reads them (tls.crt, tls.key); returns the CA certificate (PEM), the caBundle."""
-    folder.mkdir(parents=True, exist_ok=True)
-    ca_key, ca_crt = folder / "ca.key", folder / "ca.crt"
-    _openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
-             "-keyout", ca_key, "-out", ca_crt, "-days", "7", "-subj", "/CN=dreambooth-job-test-kueue-ca",
-             "-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign")
-    extensions = folder / "serving.ext"
-    extensions.write_text("subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n"
-                          "keyUsage=critical,digitalSignature\n")
-    request = folder / "tls.csr"
-    _openssl("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
-             "-keyout", folder / "tls.key", "-out", request, "-subj", "/CN=127.0.0.1")
-    _openssl("x509", "-req", "-in", request, "-CA", ca_crt, "-CAkey", ca_key, "-set_serial", "1",
-             "-days", "7", "-extfile", extensions, "-out", folder / "tls.crt")
-    return ca_crt.read_bytes()
+WEEK = datetime.timedelta(days=7)
 
 
-def write_self_signed(crt: Path, key: Path) -> None:
-    """A self-signed certificate for 127.0.0.1 and its key."""
-    _openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
-             "-keyout", key, "-out", crt, "-days", "3650", "-subj", "/CN=127.0.0.1",
-             "-addext", "subjectAltName=IP:127.0.0.1")
-
-
-def _openssl(*args: object) -> None:
-    subprocess.run(["openssl", *map(str, args)], check=True, capture_output=True)
+def write_self_signed(crt: Path, key: Path, valid_for: datetime.timedelta = WEEK) -> bytes:
+    """A self-signed serving certificate for 127.0.0.1 and its key (PEM); returns the certificate, which
+    is its own caBundle (Go accepts a trusted certificate that is the leaf itself)."""
+    private_key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "dreambooth-job test kueue")])
+    now = datetime.datetime.now(datetime.UTC)
+    certificate = (
+        x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(private_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + valid_for)
+        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+                       critical=False)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .sign(private_key, hashes.SHA256())
+    )
+    key.write_bytes(private_key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                              serialization.NoEncryption()))
+    key.chmod(0o600)
+    pem = certificate.public_bytes(serialization.Encoding.PEM)
+    crt.write_bytes(pem)
+    return pem
