@@ -23,12 +23,8 @@ import datetime
 import fcntl
 import json
 import os
-import signal
-import socket
-import subprocess
 import time
 import urllib.request
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +32,7 @@ import kueue_manifests
 import yaml
 from kubernetes.client import ApiClient
 from kubernetes.client.exceptions import ApiException
+from processes import ManagedProcess, child_env, free_ports, wait_until
 
 KUEUE_GROUP_VERSION = "kueue.x-k8s.io/v1beta2"
 QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
@@ -43,18 +40,6 @@ NAMESPACE = "kueue-system"
 FIELD_MANAGER = "dreambooth-job-cluster-tests"
 METRICS_CERT_DIR = Path("/etc/kueue/metrics/certs")  # fixed in cmd/kueue/main.go
 START_TIMEOUT = 120.0
-
-
-def wait_until(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.2) -> Any:
-    """Poll `predicate` until it returns something truthy, which is returned; fail after `timeout`."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = predicate()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"not within {timeout:.0f}s: {what}")
-        time.sleep(interval)
 
 
 def request(api: ApiClient, method: str, path: str, body: Any = None,
@@ -103,12 +88,6 @@ def workloads_by_job(api: ApiClient, namespace: str) -> dict[str, dict[str, Any]
             for owner in workload["metadata"].get("ownerReferences", []) if owner["kind"] == "Job"}
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 class Kueue:
     """Kueue v0.17 on `plane` (a tests/cluster/control_plane.ControlPlane); its files go to `workdir`."""
 
@@ -117,9 +96,9 @@ class Kueue:
         self.workdir = Path(workdir)
         self.binary = Path(plane.bin_dir) / "kueue"
         self.config_dir = kueue_manifests.kueue_config_dir(Path(plane.bin_dir))
-        self.webhook_port, self.health_port, self.metrics_port = free_port(), free_port(), free_port()
-        self.log_path = self.workdir / "kueue.log"
-        self.process: subprocess.Popen[bytes] | None = None
+        self.webhook_port, self.health_port, self.metrics_port = free_ports(3)
+        self.cert_dir = self.workdir / "webhook-certs"  # tls.crt, tls.key: controller-runtime's names
+        self.process: ManagedProcess | None = None
         self.webhooks: list[dict[str, Any]] = []
         self.start_seconds: float | None = None
         """From start() to the webhooks answering: what a test session pays for Kueue."""
@@ -130,59 +109,60 @@ class Kueue:
 
     def start(self) -> None:
         began = time.monotonic()
-        self.workdir.mkdir(parents=True, exist_ok=True)
-        certs = self.workdir / "webhook-certs"  # the file names controller-runtime's webhook server reads
-        certs.mkdir(exist_ok=True)
-        ca_bundle = kueue_manifests.write_self_signed(certs / "tls.crt", certs / "tls.key")
-        _ensure_metrics_certificate()
-        api = self.plane.api_client()
-        apply(api, {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NAMESPACE}})
-        self._install_crds(api, ca_bundle)
-        self._run_process()
-        self._wait_healthy()
-        # Registered once the server listens: with failurePolicy Fail, a registered webhook that cannot
-        # be reached refuses every Job and Pod in the cluster.
-        self.webhooks = kueue_manifests.webhook_configurations(self.config_dir, self.webhook_url, ca_bundle)
-        for configuration in self.webhooks:
-            apply(api, configuration)
-        wait_until(lambda: self._job_webhook_suspends(api), START_TIMEOUT,
-                   "Kueue's Job webhook suspends a queued Job")
+        try:
+            self._start()
+        except BaseException:
+            self.stop()
+            raise
         self.start_seconds = time.monotonic() - began
+
+    def _start(self) -> None:
+        self.cert_dir.mkdir(parents=True, exist_ok=True)
+        ca_bundle = kueue_manifests.write_self_signed(self.cert_dir / "tls.crt", self.cert_dir / "tls.key")
+        _ensure_metrics_certificate()
+        with self.plane.api_client() as api:
+            apply(api, {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NAMESPACE}})
+            self._install_crds(api, ca_bundle)
+            self.process = ManagedProcess("kueue", self._command(), self.workdir, child_env())
+            self.process.start()
+            # readyz: the webhook server listens (cmd/kueue's setupProbeEndpoints)
+            readyz = f"http://127.0.0.1:{self.health_port}/readyz"
+            self.process.wait_ready(lambda: _http_ok(readyz), START_TIMEOUT)
+            # Registered once the server listens: with failurePolicy Fail, a registered webhook that
+            # cannot be reached refuses every Job and Pod in the cluster.
+            self.webhooks = kueue_manifests.webhook_configurations(
+                self.config_dir, self.webhook_url, ca_bundle)
+            for configuration in self.webhooks:
+                apply(api, configuration)
+            self.process.wait_ready(lambda: self._job_webhook_suspends(api), START_TIMEOUT)
 
     def stop(self) -> None:
         """Unregister the webhooks (the cluster admits Jobs and Pods again without Kueue), then stop."""
         if self.webhooks:
-            api = self.plane.api_client()
-            for configuration in self.webhooks:
-                try:
-                    request(api, "DELETE", object_path(configuration))
-                except ApiException as error:
-                    if error.status != 404:
-                        raise
+            with self.plane.api_client() as api:
+                for configuration in self.webhooks:
+                    try:
+                        request(api, "DELETE", object_path(configuration))
+                    except ApiException as error:
+                        if error.status != 404:
+                            raise
             self.webhooks = []
-        if self.process and self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        self.process = None
+        if self.process:
+            self.process.terminate()
+            self.process.reap(time.monotonic() + 15)
+            self.process = None
 
     def apply_project_queues(self, namespace: str, gpu_quota: int | None = None) -> None:
         """manifests/kueue/base with its LocalQueue in `namespace` (and the ClusterQueue's GPU quota
         replaced by `gpu_quota`); returns once the ClusterQueue and LocalQueue are Active."""
-        api = self.plane.api_client()
         docs = kueue_manifests.project_queues(namespace, gpu_quota)
-        for doc in docs:
-            apply(api, doc)
-        for doc in docs:
-            if doc["kind"] in ("ClusterQueue", "LocalQueue"):
-                wait_until(lambda doc=doc: self._active(api, doc), 60,
-                           f"{doc['kind']} {doc['metadata']['name']} Active")
-
-    def log_tail(self, lines: int = 40) -> str:
-        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        with self.plane.api_client() as api:
+            for doc in docs:
+                apply(api, doc)
+            for doc in docs:
+                if doc["kind"] in ("ClusterQueue", "LocalQueue"):
+                    wait_until(lambda doc=doc: is_true(request(api, "GET", object_path(doc)), "Active"), 60,
+                               f"{doc['kind']} {doc['metadata']['name']} Active")
 
     def _install_crds(self, api: ApiClient, ca_bundle: bytes) -> None:
         crds = kueue_manifests.crds(self.config_dir, self.webhook_url, ca_bundle)
@@ -192,6 +172,12 @@ class Kueue:
             wait_until(lambda crd=crd: is_true(request(api, "GET", object_path(crd)), "Established"),
                        60, f"CRD {crd['metadata']['name']} Established")
 
+    def _command(self) -> list[str]:
+        if not self.binary.is_file():
+            raise FileNotFoundError(f"{self.binary}: build it with scripts/build-cluster.sh")
+        return [str(self.binary), f"--config={self._write_config()}",
+                f"--kubeconfig={self.plane.admin_kubeconfig}"]
+
     def _write_config(self) -> Path:
         config = {
             "apiVersion": "config.kueue.x-k8s.io/v1beta2",
@@ -200,7 +186,7 @@ class Kueue:
             "health": {"healthProbeBindAddress": f"127.0.0.1:{self.health_port}"},
             "metrics": {"bindAddress": f"127.0.0.1:{self.metrics_port}"},
             "webhook": {"host": "127.0.0.1", "port": self.webhook_port,
-                        "certDir": str(self.workdir / "webhook-certs")},
+                        "certDir": str(self.cert_dir)},
             "leaderElection": {"leaderElect": False},
             "internalCertManagement": {"enable": False},
             "manageJobsWithoutQueueName": False,
@@ -210,31 +196,6 @@ class Kueue:
         path = self.workdir / "controller_manager_config.yaml"
         path.write_text(yaml.safe_dump(config))
         return path
-
-    def _run_process(self) -> None:
-        if not self.binary.is_file():
-            raise FileNotFoundError(f"{self.binary}: build it with scripts/build-cluster.sh")
-        command = [str(self.binary), f"--config={self._write_config()}",
-                   f"--kubeconfig={self.plane.admin_kubeconfig}"]
-        with self.log_path.open("wb") as log:
-            self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
-                                            stdin=subprocess.DEVNULL, start_new_session=True)
-
-    def _wait_healthy(self) -> None:
-        def ready() -> bool:
-            if self.process is None or self.process.poll() is not None:
-                raise RuntimeError(f"kueue exited while starting; {self.log_path}:\n{self.log_tail()}")
-            try:
-                # readyz: the webhook server has started (cmd/kueue's setupProbeEndpoints)
-                with urllib.request.urlopen(f"http://127.0.0.1:{self.health_port}/readyz", timeout=2) as r:
-                    return r.status == 200
-            except OSError:
-                return False
-
-        try:
-            wait_until(ready, START_TIMEOUT, "kueue /readyz")
-        except TimeoutError as error:
-            raise TimeoutError(f"{error}; {self.log_path}:\n{self.log_tail()}") from None
 
     def _job_webhook_suspends(self, api: ApiClient) -> bool:
         """A dry-run create of a queued, unsuspended Job comes back suspended: the apiserver calls
@@ -250,12 +211,13 @@ class Kueue:
             return False  # e.g. the webhook's TLS endpoint not answering yet
         return created["spec"].get("suspend") is True
 
-    def _active(self, api: ApiClient, doc: dict[str, Any]) -> bool:
-        plural = {"ClusterQueue": "clusterqueues", "LocalQueue": "localqueues"}[doc["kind"]]
-        namespace = doc["metadata"].get("namespace")
-        scope = f"/namespaces/{namespace}" if namespace else ""
-        found = request(api, "GET", f"/apis/{KUEUE_GROUP_VERSION}{scope}/{plural}/{doc['metadata']['name']}")
-        return is_true(found, "Active")
+
+def _http_ok(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:
+            return response.status == 200
+    except OSError:
+        return False
 
 
 def _ensure_metrics_certificate() -> None:
