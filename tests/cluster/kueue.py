@@ -73,7 +73,8 @@ def apply(api: ApiClient, obj: dict[str, Any]) -> dict[str, Any]:
 
 
 def condition(obj: dict[str, Any], kind: str) -> dict[str, Any] | None:
-    return next((c for c in obj.get("status", {}).get("conditions", []) if c["type"] == kind), None)
+    conditions = (obj.get("status") or {}).get("conditions") or []
+    return next((c for c in conditions if c["type"] == kind), None)
 
 
 def is_true(obj: dict[str, Any], kind: str) -> bool:
