@@ -24,9 +24,14 @@ BINARIES=(etcd kube-apiserver kube-controller-manager kube-scheduler kwok kueue 
 key=$( { go env GOVERSION; cat ./*/go.mod ./*/go.sum ./kube/cmd/etcd/main.go; } | sha256sum | cut -c1-16)
 bin="${DREAMBOOTH_CLUSTER_CACHE:-$HOME/.cache/dreambooth-job/cluster}/$key/bin"
 
+# Kueue's CRDs and webhook configuration, from the same release as the binary: the tests install
+# them (tests/cluster/kueue.py) without needing the Go module cache.
+kueue_config="$bin/../kueue-config"
+
 complete() {
   local name
   for name in "${BINARIES[@]}"; do [ -x "$bin/$name" ] || return 1; done
+  [ -d "$kueue_config" ]
 }
 
 if [ "${1:-}" = "--print" ]; then
@@ -51,5 +56,12 @@ for module in kube kwok kueue helm; do
   rmdir "$scratch"
   echo "build-cluster: $module built in $((SECONDS - start)) s" >&2
 done
+if [ ! -d "$kueue_config" ]; then
+  source_config="$(cd kueue && go list -mod=readonly -m -f '{{.Dir}}' sigs.k8s.io/kueue)/config/components"
+  scratch=$(mktemp -d "$bin/../.kueue-config.XXXXXX")
+  cp -r "$source_config"/. "$scratch"/
+  chmod -R u+w "$scratch"
+  mv "$scratch" "$kueue_config"
+fi
 complete
 echo "$bin"
