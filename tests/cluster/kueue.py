@@ -32,7 +32,8 @@ import kueue_manifests
 import yaml
 from kubernetes.client import ApiClient
 from kubernetes.client.exceptions import ApiException
-from processes import ManagedProcess, child_env, free_ports, wait_until
+from processes import ManagedProcess, child_env, free_ports
+from workloads import wait_until
 
 KUEUE_GROUP_VERSION = "kueue.x-k8s.io/v1beta2"
 QUEUE_LABEL = "kueue.x-k8s.io/queue-name"

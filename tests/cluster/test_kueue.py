@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 from kubernetes import client
 from kueue import QUEUE_LABEL, Kueue, condition, is_true, request, workloads_by_job
-from processes import wait_until
+from workloads import wait_until
 
 from dreambooth_job.config.train_config import TrainConfig
 from dreambooth_job.k8s import ClusterSettings, JobSpec, build_job
