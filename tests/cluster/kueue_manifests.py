@@ -1,9 +1,12 @@
-"""What Kueue's own install (its config/components, as `kubectl apply -k config/default` would) and the
-project's manifests/kueue put on the cluster, rewritten for a Kueue that runs as a local process.
+"""What Kueue's own install (the CRDs and webhook configurations of its config/components, as
+`kubectl apply -k config/default` makes them) and the project's manifests/kueue put on the cluster,
+rewritten for a Kueue that runs as a local process.
 
 Kueue runs outside the cluster, so nothing can reach it by Service: every webhook clientConfig (the
 admission webhooks and the CRDs' conversion webhook) becomes `url: https://127.0.0.1:<port><path>` with
-the test CA as caBundle, where upstream has `service: {name: webhook-service, namespace: system}`.
+the webhook server's self-signed certificate as caBundle, where upstream has
+`service: {name: webhook-service, namespace: system}`. Kueue's RBAC (it runs as the cluster admin here),
+Deployment, Services and visibility APIService are not applied.
 """
 
 from __future__ import annotations
@@ -12,7 +15,6 @@ import base64
 import copy
 import datetime
 import ipaddress
-import os
 from pathlib import Path
 from typing import Any
 
@@ -22,11 +24,6 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-KUEUE_VERSION = "v0.17.0"
-# Where the Go module cache keeps the sources the build used; scripts/build-cluster.sh copies their
-# config/components next to the binaries (<bin>/../kueue-config), which is what the tests read first.
-MODULE_CACHE = Path(os.environ.get("GOMODCACHE") or Path.home() / "go" / "pkg" / "mod")
-MODULE_CONFIG = MODULE_CACHE / "sigs.k8s.io" / f"kueue@{KUEUE_VERSION}" / "config" / "components"
 PROJECT_QUEUES = Path(__file__).resolve().parents[2] / "manifests" / "kueue" / "base" / "kueue.yaml"
 # kustomize's namePrefix in Kueue's config/default, so the objects carry the names a real install gives.
 NAME_PREFIX = "kueue-"
@@ -34,12 +31,12 @@ GPU_RESOURCE = "nvidia.com/gpu"
 
 
 def kueue_config_dir(bin_dir: Path) -> Path:
-    """Kueue's config/components: the copy beside the built binaries, else the Go module cache's."""
-    for candidate in (Path(bin_dir).parent / "kueue-config", MODULE_CONFIG):
-        if (candidate / "crd" / "bases").is_dir():
-            return candidate
-    raise FileNotFoundError(f"Kueue {KUEUE_VERSION}'s config/components is in neither "
-                            f"{Path(bin_dir).parent / 'kueue-config'} nor {MODULE_CONFIG}")
+    """Kueue's config/components of the built release: scripts/build-cluster.sh copies it from the Go
+    module cache to <bin>/../kueue-config, so that the tests need no module cache."""
+    folder = Path(bin_dir).parent / "kueue-config"
+    if not (folder / "crd" / "bases").is_dir():
+        raise FileNotFoundError(f"{folder}: Kueue's config/components, copied by scripts/build-cluster.sh")
+    return folder
 
 
 def _documents(path: Path) -> list[dict[str, Any]]:
