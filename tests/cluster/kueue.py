@@ -8,7 +8,7 @@ plane: its CRDs and webhooks from Kueue's own config/components, the project's m
     kueue.stop()                                    # webhooks unregistered first, then the process
 
 Kueue runs outside the cluster, with what that changes from a Deployment:
-- its webhook server listens on 127.0.0.1 with a test CA's certificate (internalCertManagement off),
+- its webhook server listens on 127.0.0.1 with a self-signed certificate (internalCertManagement off),
   and the webhook configurations and CRD conversion webhooks name it by URL;
 - cmd/kueue reads the metrics server's certificate from the fixed path /etc/kueue/metrics/certs whenever
   internalCertManagement is off (a Secret mount in a real install); a self-signed pair is written there
@@ -53,7 +53,7 @@ def request(api: ApiClient, method: str, path: str, body: Any = None,
     response = api.call_api(*serialized)
     text = response.read().decode()
     if not 200 <= response.status <= 299:
-        ApiException.from_response(http_resp=response, body=text, data=None)
+        raise ApiException.from_response(http_resp=response, body=text, data=None)  # it raises itself
     return json.loads(text)
 
 
