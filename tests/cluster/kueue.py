@@ -53,7 +53,7 @@ def request(api: ApiClient, method: str, path: str, body: Any = None,
     response = api.call_api(*serialized)
     text = response.read().decode()
     if not 200 <= response.status <= 299:
-        raise ApiException.from_response(http_resp=response, body=text, data=None)  # it raises itself
+        raise ApiException.from_response(http_resp=response, body=text, data=None)
     return json.loads(text)
 
 
