@@ -61,7 +61,7 @@ def chart_values(bucket: str, photos: str, model: str) -> dict:
     return {
         "job": {"instanceData": photos, "classNoun": "dog", "output": f"s3://{bucket}/runs/{RELEASE}/",
                 "baseModel": model, "subjectId": RELEASE,
-                **{values_key(k): list(v) if isinstance(v, tuple) else v for k, v in QUICK_OPTIONS.items()}},
+                **{values_key(k): v for k, v in QUICK_OPTIONS.items()}},
         "image": {"repository": repository, "tag": tag, "pullPolicy": "Never"},
         "s3": {"credentialsSecret": S3_SECRET, "endpointUrl": os.environ["AWS_ENDPOINT_URL"],
                "region": os.environ.get("AWS_REGION") or "us-east-1"},
@@ -99,6 +99,7 @@ def release(cluster, tiny_model_uri, s3_server, tmp_path_factory) -> Release:
     """The subject installed as release dog-42 and trained to completion."""
     namespace = f"helm-{uuid.uuid4().hex[:8]}"
     cluster.plane.create_namespace(namespace, pod_security="restricted")
+    cluster.kubelet.serve(namespace)
     create_s3_secret(cluster.api, namespace)
     bucket = f"helm-{uuid.uuid4().hex[:12]}"
     s3_client.s3_client().create_bucket(Bucket=bucket)
