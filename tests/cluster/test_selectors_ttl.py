@@ -39,7 +39,7 @@ pytestmark = pytest.mark.cluster
 # No node carries this label: the scheduler never binds the pods, so nothing runs.
 UNSCHEDULABLE = {"dreambooth-job.test/nowhere": "true"}
 SUBJECTS = ("dog", "cat")
-TTL_SECONDS = 2
+TTL_SECONDS = 3  # small, yet longer than a poll of the finished Job takes on a loaded machine
 
 
 def run(*args: object, expect: int = 0) -> str:
