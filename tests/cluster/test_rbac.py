@@ -90,6 +90,10 @@ def test_the_submitter_submits_follows_batches_and_cancels_as_the_docs_promise(
                                      "Complete"), 180, f"job {name} to complete")
     row = ok(cli("status", name, kubeconfig=submitter))[1].split()
     assert row[:3] == ["dog", "succeeded", "0"] and row[5] == "full", row
+    # --replace deletes the finished Job and creates it again (pinned nowhere: it never runs).
+    assert ok(cli(*dog, "--replace", "--node-selector", NOWHERE, kubeconfig=submitter)) == [
+        f"replaced job {namespace}/{name}"]
+    assert ok_json(cli("status", name, "-o", "json", kubeconfig=submitter))["summary"] == {"pending": 1}
 
     rows = [{"id": subject, "instance_data": f"s3://{bucket}/photos/{subject}/", "class_noun": "dog"}
             for subject in ("rex", "fido")]
