@@ -64,6 +64,17 @@ def job_gone(api: client.ApiClient, name: str, namespace: str) -> bool:
     return False
 
 
+def can_i(api: client.ApiClient, verb: str, resource: str, namespace: str) -> bool:
+    """`kubectl auth can-i VERB RESOURCE -n NAMESPACE` as the identity of `api` ("pods/log" names a
+    subresource, "jobs.batch" a group)."""
+    resource, _, subresource = resource.partition("/")
+    resource, _, group = resource.partition(".")
+    review = client.V1SelfSubjectAccessReview(spec=client.V1SelfSubjectAccessReviewSpec(
+        resource_attributes=client.V1ResourceAttributes(
+            namespace=namespace, verb=verb, group=group, resource=resource, subresource=subresource)))
+    return client.AuthorizationV1Api(api).create_self_subject_access_review(review).status.allowed
+
+
 def refused(result) -> str:
     """The one error line of a command the API server refused with 403."""
     assert result.exit_code == 2, f"exit {result.exit_code}: {result.stdout}{result.stderr}"
@@ -117,6 +128,22 @@ def test_the_submitter_submits_follows_batches_and_cancels_as_the_docs_promise(
         wait_until(lambda gone=gone: job_gone(cluster.api, gone, namespace), 60, f"job {gone} deleted")
     status = ok_json(cli("status", "--batch", subjects, "-o", "json", kubeconfig=submitter))
     assert status["summary"] == {"not-submitted": 2}
+
+
+def test_the_submitter_holds_exactly_what_the_operator_guide_says_rbac_yaml_grants(
+        cluster, namespace, submitter, other_namespace):
+    # docs/operator-guide.md: "create/get/list/watch/delete on Jobs and get/list on pods and their
+    # logs, nothing more"; what `kubectl logs job/...` and `kubectl wait` need besides the CLI.
+    api = config.new_client_from_config(config_file=str(submitter))
+    granted = [(verb, "jobs.batch") for verb in ("create", "get", "list", "watch", "delete")] + [
+        ("get", "pods"), ("list", "pods"), ("get", "pods/log")]
+    assert [(verb, what) for verb, what in granted if not can_i(api, verb, what, namespace)] == []
+    withheld = [("update", "jobs.batch"), ("patch", "jobs.batch"), ("update", "jobs.batch/status"),
+                ("create", "pods"), ("delete", "pods"), ("create", "pods/eviction"), ("get", "secrets"),
+                ("list", "secrets"), ("create", "configmaps"), ("create", "serviceaccounts/token"),
+                ("create", "rolebindings.rbac.authorization.k8s.io")]
+    assert [(verb, what) for verb, what in withheld if can_i(api, verb, what, namespace)] == []
+    assert [(verb, what) for verb, what in granted if can_i(api, verb, what, other_namespace)] == []
 
 
 def test_the_submitter_reads_no_secret_and_touches_no_other_namespace(
