@@ -96,6 +96,8 @@ def test_an_overnight_batch_never_runs_more_than_the_gpu_quota_and_reruns_only_t
         jobs = wait_until(lambda: all_finished(cluster.api, namespace, SUBJECTS), BATCH_TIMEOUT,
                           f"the {SUBJECTS} Jobs of the batch to finish")
     assert pods.error is None, f"the pod watch failed: {pods.error!r}"
+    # The record is complete: it saw each Job's one pod run (no retries: exit 2 fails the Job).
+    assert len(pods.ever_ran) == SUBJECTS, sorted(pods.ever_ran)
     # Kueue admits 4 at once and no more: 4 pods ran together, never 5.
     assert pods.peak == GPU_QUOTA, f"at most {pods.peak} pods ran at once, the quota is {GPU_QUOTA}"
     assert all(job.metadata.labels[QUEUE_LABEL] == "gpu-batch" for job in jobs.values())
@@ -133,7 +135,7 @@ def test_an_overnight_batch_never_runs_more_than_the_gpu_quota_and_reruns_only_t
         assert any(line.startswith(f"{BAD}: replaced job ") for line in out), out
         jobs = wait_until(lambda: all_finished(cluster.api, namespace, SUBJECTS), RERUN_TIMEOUT,
                           f"the replaced Job of {BAD} to finish")
-    assert rerun_pods.error is None and rerun_pods.peak == 1
+    assert rerun_pods.error is None and rerun_pods.peak == 1 and len(rerun_pods.ever_ran) == 1
     assert jobs[BAD].metadata.uid != uids[BAD] and job_condition(jobs[BAD], "Complete")
     assert {s: j.metadata.uid for s, j in jobs.items() if s != BAD} == {
         s: uid for s, uid in uids.items() if s != BAD}
