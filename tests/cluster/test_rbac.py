@@ -3,10 +3,14 @@ guide applies it (`kubectl -n ml apply -f manifests/rbac.yaml`), with a token fr
 API in its kubeconfig.
 
 What the docs promise that identity (docs/operator-guide.md "Without Helm: manifests/", docs/api.md
-"Connection", the CLI of "An overnight batch from the CLI"): `submit`, `status`, `batch` and
-`cancel` work in its namespace. What rbac.yaml says it never grants: Secrets, pods or ConfigMaps of
-its own, and anything in another namespace; the API server refuses those with 403, and the CLI ends
-with the documented one line `error: ...` and exit 2 (docs/api.md: ForbiddenError).
+"Connection", the CLI of "An overnight batch from the CLI"): `submit` (and `--replace`), `status`,
+`batch`, `report` and `cancel` work in its namespace, and it holds exactly the verbs the operator
+guide lists. What rbac.yaml says it never grants: Secrets, pods or ConfigMaps of its own, and
+anything in another namespace; the API server refuses those with 403, and the CLI ends with the
+documented one line `error: ...` and exit 2 (docs/api.md: ForbiddenError).
+
+One tiny run (the submitted subject); the batch's Jobs are pinned to a node label no node has, so
+their pods stay Pending and cost nothing.
 """
 
 from __future__ import annotations
@@ -119,6 +123,9 @@ def test_the_submitter_submits_follows_batches_and_cancels_as_the_docs_promise(
     by_label = ok_json(cli("status", "-l", "dreambooth-job/batch=night-2", "-o", "json",
                            kubeconfig=submitter))
     assert sorted(s["subject_id"] for s in by_label["subjects"]) == ["fido", "rex"]
+    report = ok(cli("report", "--batch", subjects, "--output", f"s3://{bucket}/reports/night-2/",
+                    kubeconfig=submitter))
+    assert report[0] == "2 subject(s): 2 pending"
 
     batch_jobs = {job_name(subject, "night-2") for subject in ("rex", "fido")}
     cancelled = ok(cli("cancel", "--batch", subjects, kubeconfig=submitter))
