@@ -93,6 +93,10 @@ def test_an_overnight_batch_never_runs_more_than_the_gpu_quota_and_reruns_only_t
     with RunningPods(cluster.plane.api_client(), namespace, f"{BATCH_LABEL}={BATCH}") as pods:
         out = ok(cli(*batch, kubeconfig=kubeconfig))
         assert out[-1] == batch_line(created=SUBJECTS, succeeded=0)
+        # Created suspended: beyond the quota they wait, and `status` says so (a run takes seconds).
+        early = ok_json(cli("status", "--batch", subjects, "-o", "json", kubeconfig=kubeconfig))
+        assert early["summary"].get("queued", 0) >= SUBJECTS - GPU_QUOTA, early["summary"]
+        assert set(early["summary"]) <= {"queued", "pending", "running"}, early["summary"]
         jobs = wait_until(lambda: all_finished(cluster.api, namespace, SUBJECTS), BATCH_TIMEOUT,
                           f"the {SUBJECTS} Jobs of the batch to finish")
     assert pods.error is None, f"the pod watch failed: {pods.error!r}"
