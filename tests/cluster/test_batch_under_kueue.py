@@ -79,6 +79,29 @@ def status_table(kubeconfig, subjects) -> dict[str, list[str]]:
     return {**rows, "summary": [lines[-1]]}
 
 
+def check_status_and_report(kubeconfig, subjects, report_uri: str) -> None:
+    """What `status` and `report` say the morning after the first night: 11 trained, BAD failed
+    with the pod's one-line reason."""
+    table = status_table(kubeconfig, subjects)
+    assert table["summary"] == [f"{SUBJECTS} subject(s): 1 failed, {SUBJECTS - 1} succeeded"]
+    good = [row for subject, row in table.items() if subject not in (BAD, "summary")]
+    # phase, retries and weights of each trained subject, and a loss
+    assert {(row[1], row[2], row[5]) for row in good} == {("succeeded", "0", "full")}
+    assert all(float(row[4]) >= 0 for row in good)
+    assert table[BAD][1:3] == ["failed", "0"]
+    listed = ok_json(cli("status", "--batch", subjects, "-o", "json", kubeconfig=kubeconfig))
+    reason = next(s for s in listed["subjects"] if s["subject_id"] == BAD)["failure_reason"]
+    assert reason.startswith("PodFailurePolicy") and "exit 2" in reason, reason
+    assert "has 0 valid photo(s), need at least 1" in reason, reason
+
+    out = ok(cli("report", "--batch", subjects, "--output", report_uri, kubeconfig=kubeconfig))
+    assert out == [f"{SUBJECTS} subject(s): 1 failed, {SUBJECTS - 1} succeeded",
+                   f"report: {report_uri}index.html ({SUBJECTS - 1} sample grids)"]
+    report = json.loads(places.read_bytes(f"{report_uri}report.json"))
+    assert report["summary"] == {"failed": 1, "succeeded": SUBJECTS - 1}
+    assert report["subjects"][0]["subject_id"] == BAD  # failures first
+
+
 def test_an_overnight_batch_never_runs_more_than_the_gpu_quota_and_reruns_only_the_failed_row(
         cluster, namespace, kubeconfig, bucket, tiny_model_uri, photo_dir, small_photos, tmp_path):
     cluster.kueue.apply_project_queues(namespace, gpu_quota=GPU_QUOTA)
@@ -110,25 +133,8 @@ def test_an_overnight_batch_never_runs_more_than_the_gpu_quota_and_reruns_only_t
     failed = job_condition(jobs[BAD], "Failed")
     assert failed is not None and failed.reason == "PodFailurePolicy", failed
 
-    table = status_table(kubeconfig, subjects)
-    assert table["summary"] == [f"{SUBJECTS} subject(s): 1 failed, {SUBJECTS - 1} succeeded"]
-    good = [row for subject, row in table.items() if subject not in (BAD, "summary")]
-    # phase, retries and weights of each trained subject, and a loss
-    assert {(row[1], row[2], row[5]) for row in good} == {("succeeded", "0", "full")}
-    assert all(float(row[4]) >= 0 for row in good)
-    assert table[BAD][1:3] == ["failed", "0"]
-    listed = ok_json(cli("status", "--batch", subjects, "-o", "json", kubeconfig=kubeconfig))
-    reason = next(s for s in listed["subjects"] if s["subject_id"] == BAD)["failure_reason"]
-    assert reason.startswith("PodFailurePolicy") and "exit 2" in reason, reason
-    assert "has 0 valid photo(s), need at least 1" in reason, reason
-
     report_uri = f"s3://{bucket}/runs/{BATCH}/report/"
-    out = ok(cli("report", "--batch", subjects, "--output", report_uri, kubeconfig=kubeconfig))
-    assert out == [f"{SUBJECTS} subject(s): 1 failed, {SUBJECTS - 1} succeeded",
-                   f"report: {report_uri}index.html ({SUBJECTS - 1} sample grids)"]
-    report = json.loads(places.read_bytes(f"{report_uri}report.json"))
-    assert report["summary"] == {"failed": 1, "succeeded": SUBJECTS - 1}
-    assert report["subjects"][0]["subject_id"] == BAD  # failures first
+    check_status_and_report(kubeconfig, subjects, report_uri)
 
     # The morning after: fix the photos, run the same command again.
     uids = {subject: job.metadata.uid for subject, job in jobs.items()}
