@@ -10,6 +10,7 @@
 #   scripts/build-cluster.sh --print   # print the bin folder, build nothing (exit 1 if incomplete)
 # DREAMBOOTH_CLUSTER_CACHE moves the cache (default: ~/.cache/dreambooth-job/cluster).
 set -euo pipefail
+script=$(realpath "$0")
 cd "$(dirname "$0")/../cluster"
 
 # module folder: the commands it builds
@@ -21,7 +22,25 @@ declare -A COMMANDS=(
 )
 BINARIES=(etcd kube-apiserver kube-controller-manager kube-scheduler kwok kueue helm)
 
-key=$( { go env GOVERSION; cat ./*/go.mod ./*/go.sum ./kube/cmd/etcd/main.go; } | sha256sum | cut -c1-16)
+# The release each binary reports (`--version`, the apiserver's /version that Helm checks against a
+# chart's kubeVersion), stamped in as upstream's own release builds do.
+version_flags() {
+  local version
+  case "$1" in
+    kube)
+      version=$(go list -mod=readonly -m -f '{{.Version}}' k8s.io/kubernetes)
+      local minor=${version#v1.}
+      minor=${minor%%.*}
+      echo "-X k8s.io/component-base/version.gitVersion=$version" \
+           "-X k8s.io/component-base/version.gitMajor=1 -X k8s.io/component-base/version.gitMinor=$minor" \
+           "-X k8s.io/client-go/pkg/version.gitVersion=$version" \
+           "-X k8s.io/client-go/pkg/version.gitMajor=1 -X k8s.io/client-go/pkg/version.gitMinor=$minor" ;;
+    kueue) echo "-X sigs.k8s.io/kueue/pkg/version.GitVersion=$(go list -mod=readonly -m -f '{{.Version}}' sigs.k8s.io/kueue)" ;;
+    helm) echo "-X helm.sh/helm/v4/internal/version.version=$(go list -mod=readonly -m -f '{{.Version}}' helm.sh/helm/v4)" ;;
+  esac
+}
+
+key=$( { go env GOVERSION; cat ./*/go.mod ./*/go.sum ./kube/cmd/etcd/main.go "$script"; } | sha256sum | cut -c1-16)
 bin="${DREAMBOOTH_CLUSTER_CACHE:-$HOME/.cache/dreambooth-job/cluster}/$key/bin"
 
 # Kueue's CRDs and webhook configuration, from the same release as the binary: the tests install
@@ -51,7 +70,8 @@ for module in kube kwok kueue helm; do
   start=$SECONDS
   # Into a scratch folder first: an interrupted build leaves no half-written binary in the cache.
   scratch=$(mktemp -d "$bin/.build.XXXXXX")
-  (cd "$module" && go build -mod=readonly -trimpath -ldflags="-s -w" -o "$scratch/" "${wanted[@]}")
+  (cd "$module" && go build -mod=readonly -trimpath -ldflags="-s -w $(version_flags "$module")" \
+                             -o "$scratch/" "${wanted[@]}")
   mv "$scratch"/* "$bin/"
   rmdir "$scratch"
   echo "build-cluster: $module built in $((SECONDS - start)) s" >&2

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Set up everything the job and its tests need on a fresh machine: a virtualenv in .venv with the
 # package (training and dev extras), and the system programs the tests start (Prometheus,
-# Pushgateway, headless Chromium). Idempotent: a second run installs nothing new.
+# Pushgateway, headless Chromium), and the Kubernetes control plane the cluster tests run, built
+# from Go sources into a cache (scripts/build-cluster.sh: tens of minutes cold, seconds warm).
+# Idempotent: a second run installs nothing new.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -13,3 +15,4 @@ python3 -m venv .venv
 # Only for the CLIP BPE vocabulary file it ships (open_clip itself needs torchvision).
 .venv/bin/pip install --quiet --disable-pip-version-check --no-deps open_clip_torch
 scripts/install-system-deps.sh
+scripts/build-cluster.sh >/dev/null
