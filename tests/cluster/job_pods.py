@@ -18,9 +18,10 @@ from pathlib import Path
 from typing import Any
 
 from kubernetes import client, watch
-from workloads import QUICK_OPTIONS, wait_until
+from workloads import QUICK_OPTIONS, job_condition, wait_until
 
 from dreambooth_job.config.train_config import TrainConfig
+from dreambooth_job.k8s import client as k8s
 from dreambooth_job.k8s.pod import CONTAINER_NAME
 from dreambooth_job.k8s.status import JOB_NAME_LABEL
 
@@ -186,6 +187,15 @@ def evict(api: client.ApiClient, pod: dict[str, Any]) -> int:
     response = client.CoreV1Api(api).create_namespaced_pod_eviction(
         meta["name"], meta["namespace"], eviction, _preload_content=False)
     return response.status
+
+
+def finished_job(connection: k8s.Connection, name: str, namespace: str, kind: str,
+                 timeout: float) -> client.V1Job:
+    """The Job once its condition `kind` (Complete or Failed) is True."""
+    def read() -> client.V1Job | None:
+        job = k8s.read_job(name, namespace, connection=connection)
+        return job if job_condition(job, kind) else None
+    return wait_until(read, timeout, f"job {name} to be {kind}")
 
 
 def status_cli(kubeconfig: Path, *args: str) -> str:

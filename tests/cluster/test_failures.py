@@ -16,6 +16,7 @@ from job_pods import (
     RESUMED,
     PodRecorder,
     container_log,
+    finished_job,
     kill_container,
     pod_condition,
     status_cli,
@@ -24,7 +25,7 @@ from job_pods import (
     timestamp,
     wait_for_log,
 )
-from workloads import cluster_settings, create_s3_secret, job_condition, upload_subject, wait_until
+from workloads import cluster_settings, create_s3_secret, job_condition, upload_subject
 
 from dreambooth_job.devtools import s3server
 from dreambooth_job.exit_codes import ExitCode
@@ -46,14 +47,6 @@ def connection(cluster, namespace, kubeconfig) -> k8s.Connection:
     """The project's client as a user has it (the test's kubeconfig), with the S3 Secret in place."""
     create_s3_secret(cluster.api, namespace)
     return k8s.Connection.from_environment(kubeconfig=str(kubeconfig))
-
-
-def finished_job(connection: k8s.Connection, name: str, namespace: str, kind: str, timeout: float):
-    """The Job once its condition `kind` (Complete or Failed) is True."""
-    def read():
-        job = k8s.read_job(name, namespace, connection=connection)
-        return job if job_condition(job, kind) else None
-    return wait_until(read, timeout, f"job {name} to be {kind}")
 
 
 def test_bad_photos_fail_the_job_at_once_with_the_reason_in_status(
@@ -135,7 +128,8 @@ def test_a_pod_killed_mid_run_is_replaced_by_one_that_takes_the_lease_over_at_on
         kill_container(pods.current(first))
         killed = pods.wait_until_terminated(first, timeout=60)
         completed = finished_job(connection, job.name, namespace, "Complete", timeout=300)
-        first_pod, replacement = pods.pods()
+        killed_pod, replacement = pods.pods()
+        assert killed_pod["metadata"]["uid"] == first["metadata"]["uid"]
         replacement = pods.wait_until_terminated(replacement, timeout=30)
 
     assert terminated(killed)["exitCode"] == 128 + 9, terminated(killed)

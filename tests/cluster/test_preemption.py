@@ -15,13 +15,14 @@ from job_pods import (
     PodRecorder,
     container_log,
     evict,
+    finished_job,
     pod_condition,
     subject_config,
     terminated,
     timestamp,
     wait_for_log,
 )
-from workloads import cluster_settings, create_s3_secret, job_condition, upload_subject, wait_until
+from workloads import cluster_settings, create_s3_secret, upload_subject
 
 from dreambooth_job.exit_codes import ExitCode
 from dreambooth_job.k8s import client as k8s
@@ -68,17 +69,15 @@ def test_an_evicted_pod_checkpoints_and_its_replacement_resumes_without_counting
         saved = [int(step) for _, step in re.findall(CHECKPOINT_WRITTEN, first_log)]
         assert saved and saved[-1] < STEPS, "evicted before training ended"
 
-        done = wait_until(lambda: job_condition(k8s.read_job(job.name, namespace, connection=connection),
-                                                "Complete"), 300, f"job {job.name} to complete")
-        assert done
-        finished = k8s.read_job(job.name, namespace, connection=connection)
+        finished = finished_job(connection, job.name, namespace, "Complete", timeout=300)
         first_pod, replacement = pods.pods()
         assert first_pod["metadata"]["uid"] == first["metadata"]["uid"]
+        replacement = pods.wait_until_terminated(replacement, timeout=30)
 
     # podReplacementPolicy Failed: the replacement was created only once the evicted pod had ended.
     assert timestamp(replacement["metadata"]["creationTimestamp"]) >= \
         timestamp(terminated(evicted)["finishedAt"])
-    assert terminated(pods.current(replacement))["exitCode"] == ExitCode.OK
+    assert terminated(replacement)["exitCode"] == ExitCode.OK
     resumed = re.search(RESUMED, container_log(cluster.kubelet, replacement))
     assert resumed, container_log(cluster.kubelet, replacement)[-3000:]
     # It resumed from the checkpoint the evicted pod wrote on SIGTERM, its last one.
