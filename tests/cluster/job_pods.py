@@ -35,9 +35,7 @@ def subject_config(bucket: str, subject: str, photos: str, base_model: str, **op
     """The quick run of `subject` (QUICK_OPTIONS, `options` over them) into s3://bucket/runs/<subject>/,
     logging every step so that a test can wait for one."""
     return TrainConfig(**{
-        # TrainConfig's prompts are a list: a tuple would be taken as one prompt.
-        **QUICK_OPTIONS, "validation_prompts": list(QUICK_OPTIONS["validation_prompts"]),
-        "instance_data": photos, "class_noun": "dog", "subject_id": subject,
+        **QUICK_OPTIONS, "instance_data": photos, "class_noun": "dog", "subject_id": subject,
         "base_model": base_model, "output": f"s3://{bucket}/runs/{subject}/",
         "log_every": 1, "progress_interval_seconds": 0, "metrics_port": 0, **options})
 
