@@ -124,9 +124,10 @@ def test_a_pod_killed_mid_run_is_replaced_by_one_that_takes_the_lease_over_at_on
     with PodRecorder(cluster.api, namespace, job.name) as pods:
         [first] = pods.wait_for_pods(1, timeout=60)
         saved = int(wait_for_log(cluster.kubelet, first, CHECKPOINT_WRITTEN, timeout=240).group(2))
-        assert storage.exists(lease)
         kill_container(pods.current(first))
         killed = pods.wait_until_terminated(first, timeout=60)
+        # No release, no checkpoint: the lease outlives the pod, keyed by the Job's controller-uid.
+        assert json.loads(storage.read_bytes(lease))["job_uid"] == job.uid
         completed = finished_job(connection, job.name, namespace, "Complete", timeout=300)
         killed_pod, replacement = pods.pods()
         assert killed_pod["metadata"]["uid"] == first["metadata"]["uid"]
