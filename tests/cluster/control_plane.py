@@ -58,13 +58,23 @@ CONTROLLERS = (
     "pod-garbage-collector-controller",
     "root-ca-certificate-publisher-controller",
 )
+# An API server for tests that play the Job controller and the kubelet themselves (tests/k8s): only
+# the controllers that never write a Job's or a pod's status. The garbage collector finishes
+# foreground deletions (`cancel`); the serviceaccount controller makes each namespace's `default`.
+API_ONLY_CONTROLLERS = ("garbage-collector-controller", "serviceaccount-controller")
 NODE_LABEL = {"type": "kwok"}
 # Generous: on a 2-core machine shared with other workers the apiserver alone takes 10-30 s.
 STARTUP_TIMEOUT = 180.0
 
 
 class ControlPlane:
-    def __init__(self, bin_dir: Path, workdir: Path, nodes: int = 3, gpus_per_node: int = 8):
+    def __init__(self, bin_dir: Path, workdir: Path, nodes: int = 3, gpus_per_node: int = 8,
+                 controllers: tuple[str, ...] = CONTROLLERS):
+        """`controllers`: the controller-manager's --controllers (empty: no controller-manager);
+        `nodes=0`: no scheduler, no kwok, no Nodes. ControlPlane(..., nodes=0,
+        controllers=API_ONLY_CONTROLLERS) is the API server alone for tests that write Job and pod
+        status themselves, which a running Job controller, scheduler or kwok would overwrite."""
+        self.controllers = tuple(controllers)
         self.bin_dir = Path(bin_dir)
         self.workdir = Path(workdir)
         self.node_names = [f"kwok-gpu-{index}" for index in range(nodes)]
@@ -103,16 +113,23 @@ class ControlPlane:
 
         # These three only need the apiserver: start them together, then wait for each.
         kcm_port, scheduler_port = free_ports(2)
-        kcm = self._spawn("kube-controller-manager", self._controller_manager_argv(kcm_port))
-        scheduler = self._spawn("kube-scheduler", self._scheduler_argv(scheduler_port))
-        kwok = self._spawn("kwok", self._kwok_argv(), env=child_env(KWOK_WORKDIR=str(self.workdir / "kwok")))
         insecure = ssl._create_unverified_context()  # their serving certs are self-signed
-        kcm.wait_ready(lambda: _http_ok(f"https://127.0.0.1:{kcm_port}/healthz", insecure), STARTUP_TIMEOUT)
-        scheduler.wait_ready(
-            lambda: _http_ok(f"https://127.0.0.1:{scheduler_port}/healthz", insecure), STARTUP_TIMEOUT
-        )
-        self._create_nodes()
-        kwok.wait_ready(self._nodes_ready, STARTUP_TIMEOUT)
+        if self.controllers:
+            kcm = self._spawn("kube-controller-manager", self._controller_manager_argv(kcm_port))
+        if self.node_names:
+            scheduler = self._spawn("kube-scheduler", self._scheduler_argv(scheduler_port))
+            kwok_env = child_env(KWOK_WORKDIR=str(self.workdir / "kwok"))
+            kwok = self._spawn("kwok", self._kwok_argv(), env=kwok_env)
+        if self.controllers:
+            kcm.wait_ready(
+                lambda: _http_ok(f"https://127.0.0.1:{kcm_port}/healthz", insecure), STARTUP_TIMEOUT
+            )
+        if self.node_names:
+            scheduler.wait_ready(
+                lambda: _http_ok(f"https://127.0.0.1:{scheduler_port}/healthz", insecure), STARTUP_TIMEOUT
+            )
+            self._create_nodes()
+            kwok.wait_ready(self._nodes_ready, STARTUP_TIMEOUT)
 
     def stop(self) -> None:
         """Terminate every process (SIGTERM, SIGKILL after 10 s). Safe to call twice.
@@ -185,7 +202,7 @@ class ControlPlane:
     def _controller_manager_argv(self, port: int) -> list[str]:
         return [
             *self._component_kubeconfig_flags("kube-controller-manager", port),
-            f"--controllers={','.join(CONTROLLERS)}",
+            f"--controllers={','.join(self.controllers)}",
             f"--service-account-private-key-file={self.pki.service_account_key}",
             f"--root-ca-file={self.pki.ca_cert}",
         ]
@@ -238,7 +255,8 @@ class ControlPlane:
 
     def create_namespace(self, name: str, pod_security: str = "restricted") -> None:
         """Create namespace `name` enforcing Pod Security level `pod_security`, and wait for its
-        `default` ServiceAccount (the serviceaccount controller makes it)."""
+        `default` ServiceAccount (the serviceaccount controller makes it; without that controller,
+        this creates it: the ServiceAccount admission plugin refuses pods whose account is missing)."""
         from kubernetes import client
         from kubernetes.client.rest import ApiException
 
@@ -249,6 +267,8 @@ class ControlPlane:
         with self.api_client() as api:
             core = client.CoreV1Api(api)
             core.create_namespace({"metadata": {"name": name, "labels": labels}})
+            if "serviceaccount-controller" not in self.controllers:
+                core.create_namespaced_service_account(name, {"metadata": {"name": "default"}})
 
             def has_default_account() -> bool:
                 try:
