@@ -38,9 +38,10 @@ _prctl = ctypes.CDLL(None, use_errno=True).prctl  # looked up here, not in the f
 
 
 def _die_with_parent() -> None:
-    # Linux: the child gets SIGTERM when the process that started it dies, so a killed pytest leaves
-    # no apiserver behind holding ports and memory.
-    _prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    # Linux: the child is killed when the process that started it dies, so a killed pytest leaves no
+    # apiserver behind holding ports and memory. SIGKILL, not SIGTERM: an apiserver whose etcd got
+    # the same SIGTERM hangs in its graceful shutdown.
+    _prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 class ManagedProcess:

@@ -92,6 +92,51 @@ def test_job_pod_is_bound_to_a_kwok_node_and_kwok_leaves_it_alone(control_plane,
     assert after.spec.node_name == pod.spec.node_name
 
 
+def test_finished_job_is_deleted_by_ttl_and_its_pod_by_the_garbage_collector(control_plane, core, namespace):
+    job = {
+        "metadata": {"name": "short-lived"},
+        "spec": {
+            "backoffLimit": 0, "ttlSecondsAfterFinished": 0,
+            "template": {"spec": _pod_spec(RESTRICTED_CONTAINER_SECURITY, gpus=1)},
+        },
+    }
+    with control_plane.api_client() as api:
+        jobs = client.BatchV1Api(api)
+        jobs.create_namespaced_job(namespace, job)
+
+        def bound_pod():
+            pods = core.list_namespaced_pod(namespace, label_selector="job-name=short-lived").items
+            return next((pod for pod in pods if pod.spec.node_name), None)
+
+        pod = wait_until(bound_pod, 60, "the Job's pod to be bound")
+        # What a kubelet writes when the container exits 0 (here by hand: no stand-in kubelet runs).
+        now = pod.metadata.creation_timestamp.isoformat()
+        core.patch_namespaced_pod_status(pod.metadata.name, namespace, {"status": {
+            "phase": "Succeeded",
+            "containerStatuses": [{
+                "name": "main", "image": "busybox", "imageID": "", "ready": False, "restartCount": 0,
+                "state": {"terminated": {"exitCode": 0, "reason": "Completed", "startedAt": now,
+                                         "finishedAt": now}},
+            }],
+        }})
+
+        def gone(read) -> bool:
+            try:
+                read()
+            except ApiException as error:
+                if error.status == 404:
+                    return True
+                raise
+            return False
+
+        # The Job controller completes the Job, the TTL controller deletes it, the garbage collector
+        # its pod (a terminal pod is deleted at once, with no kubelet to confirm).
+        wait_until(lambda: gone(lambda: jobs.read_namespaced_job("short-lived", namespace)), 60,
+                   "the TTL-after-finished controller to delete the finished Job")
+        wait_until(lambda: gone(lambda: core.read_namespaced_pod(pod.metadata.name, namespace)), 60,
+                   "the garbage collector to delete the Job's pod")
+
+
 def test_privileged_pod_is_refused_by_pod_security(core, namespace):
     privileged = {**RESTRICTED_CONTAINER_SECURITY, "privileged": True, "allowPrivilegeEscalation": True}
 
