@@ -3,12 +3,15 @@ pytest-xdist worker, and a fresh namespace enforcing Pod Security `restricted` p
 
 from __future__ import annotations
 
+import os
 import subprocess
+import sys
 import uuid
 from pathlib import Path
 
 import pytest
 from control_plane import ControlPlane
+from kubelet import StandInKubelet
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -35,9 +38,55 @@ def control_plane(tmp_path_factory):
     plane.stop()
 
 
-# The lead composes the full `cluster` fixture here: this control plane, the stand-in kubelet
-# (kubelet.py, StandInKubelet) running the pods bound to plane.node_names, and Kueue (kueue.py) with
-# the project's manifests/kueue.
+class Cluster:
+    """The control plane with its pods running (the stand-in kubelet) and Kueue: a cluster the
+    project's Jobs, chart and CLI run on end to end."""
+
+    def __init__(self, plane: ControlPlane, kubelet: StandInKubelet):
+        self.plane = plane
+        self.kubelet = kubelet
+        self.api = plane.api_client()
+
+    def helm(self, *args: str, namespace: str) -> subprocess.CompletedProcess:
+        """The Helm v4 CLI built from source, as the admin, in `namespace`; fails on non-zero."""
+        argv = [str(self.plane.bin_dir / "helm"), *args, "--namespace", namespace,
+                "--kubeconfig", str(self.plane.admin_kubeconfig)]
+        # Helm's own state (repositories, cache) stays out of the home folder.
+        env = {**os.environ, "HELM_CACHE_HOME": str(self.plane.workdir / "helm" / "cache"),
+               "HELM_CONFIG_HOME": str(self.plane.workdir / "helm" / "config"),
+               "HELM_DATA_HOME": str(self.plane.workdir / "helm" / "data")}
+        result = subprocess.run(argv, capture_output=True, text=True, env=env, check=False, timeout=300)
+        assert result.returncode == 0, f"helm {' '.join(args)} exited {result.returncode}: {result.stderr}"
+        return result
+
+
+@pytest.fixture(scope="session")
+def cluster(control_plane, s3_server, tmp_path_factory):
+    """The control plane, its pods run as local `dreambooth-job` processes (the project's
+    environment is the image) against the test's S3 server."""
+    workdir = tmp_path_factory.mktemp("kubelet")
+    host_env = {key: os.environ[key] for key in ("PATH", "HOME", "LANG") if key in os.environ}
+    # The image's environment: the package from this checkout, one torch thread per pod.
+    host_env.update(PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
+    kubelet = StandInKubelet(control_plane.api_client(), control_plane.node_names, workdir,
+                             entrypoint=[str(Path(sys.executable).parent / "dreambooth-job")],
+                             env=host_env)
+    kubelet.start()
+    yield Cluster(control_plane, kubelet)
+    kubelet.stop()
+    assert kubelet.errors == []
+
+
+@pytest.fixture(scope="session")
+def tiny_model_uri(s3_server, tiny_model) -> str:
+    """The tiny SD pipeline in the S3 server, where the pods load it from."""
+    from dreambooth_job.storage import places, s3_client
+
+    bucket = f"models-{uuid.uuid4().hex[:8]}"
+    s3_client.s3_client().create_bucket(Bucket=bucket)
+    uri = f"s3://{bucket}/tiny-sd/"
+    places.upload_dir(tiny_model, uri)
+    return uri
 
 
 @pytest.fixture

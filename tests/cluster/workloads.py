@@ -20,7 +20,7 @@ IMAGE = "dreambooth-job:test"
 # A run of seconds on one CPU thread: the tiny model at 32 px, two steps, no class images.
 QUICK_OPTIONS: dict[str, Any] = {
     "resolution": 32, "max_train_steps": 2, "prior_preservation": False,
-    "num_validation_images": 1, "sample_steps": 2, "validation_prompts": ("a {identifier} {class_noun}",),
+    "num_validation_images": 1, "sample_steps": 2, "validation_prompts": ["a {identifier} {class_noun}"],
 }
 # The tiny model's pods need no GPU-sized memory; Kueue and the scheduler still count the GPU.
 SMALL_POD_RESOURCES = {"requests": {"cpu": "1", "memory": "1Gi"}, "limits": {"memory": "4Gi"}}
