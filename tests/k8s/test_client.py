@@ -14,6 +14,7 @@ from workloads import wait_until
 
 from dreambooth_job.config.train_config import TrainConfig
 from dreambooth_job.k8s import (
+    BATCH_LABEL,
     ApiUnreachableError,
     ClusterConfigError,
     ClusterSettings,
@@ -33,9 +34,9 @@ from dreambooth_job.k8s import (
 from dreambooth_job.k8s import client as k8s_client
 
 
-def spec_for(subject="dog", output="s3://runs/dog/", **cluster) -> JobSpec:
+def spec_for(subject="dog", output="s3://runs/dog/", batch_id=None, **cluster) -> JobSpec:
     train = TrainConfig(instance_data=f"s3://photos/{subject}/", class_noun="dog", output=output,
-                        subject_id=subject)
+                        subject_id=subject, batch_id=batch_id)
     return JobSpec(train=train, cluster=ClusterSettings(image="registry/dreambooth-job:1", **cluster))
 
 
@@ -94,6 +95,19 @@ def test_a_foreign_job_holding_the_name_is_never_adopted(connection, namespace):
     connection.batch.create_namespaced_job(namespace, manifest)
     with pytest.raises(JobExistsError, match="someone-else"):
         submit(spec_for(), connection=connection)
+
+
+def test_label_selectors_filter_on_the_server(connection, namespace):
+    dog = submit(spec_for("dog", batch_id="night-1"), connection=connection).name
+    cat = submit(spec_for("cat", "s3://runs/cat/", batch_id="night-2"), connection=connection).name
+    listed = connection.batch.list_namespaced_job(namespace, label_selector=f"{BATCH_LABEL}=night-1")
+    assert [job.metadata.name for job in listed.items] == [dog]
+    assert list(k8s_client.jobs_by_name({BATCH_LABEL: "night-1"}, connection=connection)) == [dog]
+    # A Job's pods are found by its job-name label: the cat's failed pod is not the dog's retry.
+    create_job_pod(connection, cat, "cat-a", {"phase": "Failed", "conditions": [
+        {"type": "DisruptionTarget", "status": "True", "reason": "PreemptionByScheduler"}]})
+    assert get_status(dog, connection=connection).retries == 0
+    assert get_status(cat, connection=connection).retries == 1
 
 
 HOLD = "dreambooth-job.test/hold"  # a finalizer that keeps the pod until the test lets it go
