@@ -1,7 +1,7 @@
 """Fixtures of the Kubernetes tests: a real kube-apiserver on loopback (etcd and the apiserver from
-scripts/build-cluster.sh, with only the garbage collector and serviceaccount controllers: no Job
-controller, scheduler or nodes, so the tests play the Job controller and the kubelet by writing
-status through the API), a fresh namespace per test and a kubeconfig whose current context is it.
+scripts/build-cluster.sh, with the garbage collector as its only controller: no Job controller,
+scheduler or nodes, so the tests play the Job controller and the kubelet by writing status through
+the API), a fresh namespace per test and a kubeconfig whose current context is it.
 
 test_injected_errors.py alone uses kmock's emulator (k8s_support.EmulatedApiServer), for answers a
 real server does not give on demand (429 with Retry-After, 503, ...)."""
