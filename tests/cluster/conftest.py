@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from control_plane import ControlPlane
 from kubelet import StandInKubelet
+from kueue import Kueue
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -42,13 +43,15 @@ class Cluster:
     """The control plane with its pods running (the stand-in kubelet) and Kueue: a cluster the
     project's Jobs, chart and CLI run on end to end."""
 
-    def __init__(self, plane: ControlPlane, kubelet: StandInKubelet):
+    def __init__(self, plane: ControlPlane, kubelet: StandInKubelet, kueue: Kueue):
         self.plane = plane
         self.kubelet = kubelet
+        self.kueue = kueue
         self.api = plane.api_client()
 
-    def helm(self, *args: str, namespace: str) -> subprocess.CompletedProcess:
-        """The Helm v4 CLI built from source, as the admin, in `namespace`; fails on non-zero."""
+    def helm(self, *args: str, namespace: str, check: bool = True) -> subprocess.CompletedProcess:
+        """The Helm v4 CLI built from source, as the admin, in `namespace`; with `check`, a
+        non-zero exit fails the test."""
         argv = [str(self.plane.bin_dir / "helm"), *args, "--namespace", namespace,
                 "--kubeconfig", str(self.plane.admin_kubeconfig)]
         # Helm's own state (repositories, cache) stays out of the home folder.
@@ -56,23 +59,34 @@ class Cluster:
                "HELM_CONFIG_HOME": str(self.plane.workdir / "helm" / "config"),
                "HELM_DATA_HOME": str(self.plane.workdir / "helm" / "data")}
         result = subprocess.run(argv, capture_output=True, text=True, env=env, check=False, timeout=300)
-        assert result.returncode == 0, f"helm {' '.join(args)} exited {result.returncode}: {result.stderr}"
+        assert result.returncode == 0 or not check, (
+            f"helm {' '.join(args)} exited {result.returncode}: {result.stderr}")
         return result
 
 
 @pytest.fixture(scope="session")
-def cluster(control_plane, s3_server, tmp_path_factory):
-    """The control plane, its pods run as local `dreambooth-job` processes (the project's
-    environment is the image) against the test's S3 server."""
+def kueue(control_plane, tmp_path_factory):
+    """Kueue on the control plane: one per plane (its webhooks and CRD conversion are cluster-wide)."""
+    kueue = Kueue(control_plane, tmp_path_factory.mktemp("kueue"))
+    kueue.start()
+    yield kueue
+    kueue.stop()
+
+
+@pytest.fixture(scope="session")
+def cluster(control_plane, kueue, s3_server, tmp_path_factory):
+    """The control plane with Kueue, and the pods of the tests' namespaces run as local
+    `dreambooth-job` processes (the project's environment is the image) against the test's S3
+    server. Pods of a namespace that no test using this fixture created stay Pending."""
     workdir = tmp_path_factory.mktemp("kubelet")
     host_env = {key: os.environ[key] for key in ("PATH", "HOME", "LANG") if key in os.environ}
     # The image's environment: the package from this checkout, one torch thread per pod.
     host_env.update(PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
     kubelet = StandInKubelet(control_plane.api_client(), control_plane.node_names, workdir,
                              entrypoint=[str(Path(sys.executable).parent / "dreambooth-job")],
-                             env=host_env)
+                             env=host_env, namespaces=())
     kubelet.start()
-    yield Cluster(control_plane, kubelet)
+    yield Cluster(control_plane, kubelet, kueue)
     kubelet.stop()
     assert kubelet.errors == []
 
@@ -90,9 +104,13 @@ def tiny_model_uri(s3_server, tiny_model) -> str:
 
 
 @pytest.fixture
-def namespace(control_plane) -> str:
+def namespace(control_plane, request) -> str:
+    """A fresh namespace enforcing Pod Security `restricted`; its pods run when the test uses
+    `cluster`, and stay Pending otherwise."""
     name = f"c-{uuid.uuid4().hex[:10]}"
     control_plane.create_namespace(name, pod_security="restricted")
+    if "cluster" in request.fixturenames:
+        request.getfixturevalue("cluster").kubelet.serve(name)
     return name
 
 

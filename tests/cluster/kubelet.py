@@ -86,7 +86,7 @@ from __future__ import annotations
 import logging
 import threading
 import traceback
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -102,8 +102,12 @@ class StandInKubelet:
 
     def __init__(self, api_client: Any, node_names: Sequence[str], workdir: Path,
                  entrypoint: Sequence[str], env: Mapping[str, str], *, image_workdir: str = "/tmp",
-                 config_retry_seconds: float = 2.0, watch_timeout_seconds: int = 60):
+                 config_retry_seconds: float = 2.0, watch_timeout_seconds: int = 60,
+                 namespaces: Iterable[str] | None = None):
         self.api = PodApi(api_client)
+        # The namespaces whose pods it runs (None: all); others' stay Pending, as on a node without
+        # a kubelet, so tests that need pods not to run can share the nodes. `serve` adds one.
+        self._namespaces = None if namespaces is None else set(namespaces)
         self.node_names = tuple(node_names)
         self.workdir = Path(workdir)
         self.entrypoint = list(entrypoint)
@@ -147,6 +151,12 @@ class StandInKubelet:
         for thread in [*(r.thread for r in runners), *self._watchers]:
             if thread.ident is not None:
                 thread.join(timeout=10)
+
+    def serve(self, namespace: str) -> None:
+        """Run the pods of `namespace` from now on: call it before its pods are created."""
+        with self._lock:
+            if self._namespaces is not None:
+                self._namespaces.add(namespace)
 
     def pod_dir(self, namespace: str, name: str, uid: str) -> Path:
         return self.workdir / "pods" / f"{namespace}_{name}_{uid}"
@@ -226,6 +236,8 @@ class StandInKubelet:
         uid = meta["uid"]
         with self._lock:
             if self.stopping.is_set():
+                return
+            if self._namespaces is not None and meta["namespace"] not in self._namespaces:
                 return
             runner = self._runners.get(uid)
             if kind == "DELETED":

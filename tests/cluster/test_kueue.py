@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 from kubernetes import client
-from kueue import QUEUE_LABEL, Kueue, condition, is_true, request, workloads_by_job
+from kueue import QUEUE_LABEL, condition, is_true, request, workloads_by_job
 from workloads import wait_until
 
 from dreambooth_job.config.train_config import TrainConfig
@@ -16,14 +16,6 @@ pytestmark = pytest.mark.cluster
 QUEUE = "gpu-batch"  # the LocalQueue of manifests/kueue/base
 GPU_TOLERATION = {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
 ADMISSION_TIMEOUT = 60
-
-
-@pytest.fixture(scope="module")
-def kueue(control_plane, tmp_path_factory):
-    kueue = Kueue(control_plane, tmp_path_factory.mktemp("kueue"))
-    kueue.start()
-    yield kueue
-    kueue.stop()
 
 
 @pytest.fixture
