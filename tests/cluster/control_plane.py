@@ -34,11 +34,13 @@ from __future__ import annotations
 
 import json
 import ssl
+import subprocess
 import time
 import urllib.error
 import urllib.request
 from pathlib import Path
 
+import pytest
 import yaml
 from pki import make_pki
 from processes import ManagedProcess, child_env, free_ports, stop_all
@@ -64,6 +66,17 @@ CONTROLLERS = (
 # where waiting for the controller takes about 0.8 s a namespace.
 API_ONLY_CONTROLLERS = ("garbage-collector-controller",)
 NODE_LABEL = {"type": "kwok"}
+
+
+def built_bin_dir() -> Path:
+    """The folder scripts/build-cluster.sh built the binaries into (it builds nothing here);
+    fails the test, saying what to run, when they are missing."""
+    result = subprocess.run(["scripts/build-cluster.sh", "--print"], cwd=HERE.parents[1],
+                            capture_output=True, text=True, check=False)
+    if result.returncode != 0:
+        pytest.fail("cluster binaries missing: run scripts/build-cluster.sh "
+                    f"(--print said: {result.stdout.strip()} {result.stderr.strip()})", pytrace=False)
+    return Path(result.stdout.strip().splitlines()[-1])
 # Generous: on a 2-core machine shared with other workers the apiserver alone takes 10-30 s.
 STARTUP_TIMEOUT = 180.0
 

@@ -8,7 +8,6 @@ real server does not give on demand (429 with Retry-After, 503, ...)."""
 
 from __future__ import annotations
 
-import subprocess
 import sys
 import uuid
 from pathlib import Path
@@ -19,24 +18,12 @@ import pytest
 # sys.path only when it collects a test there.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "cluster"))
 
-from control_plane import API_ONLY_CONTROLLERS, ControlPlane  # noqa: E402
-
-REPO = Path(__file__).resolve().parents[2]
-
-
-def cluster_bin_dir() -> Path:
-    """The folder scripts/build-cluster.sh built the binaries into (as tests/cluster/conftest.py)."""
-    result = subprocess.run(["scripts/build-cluster.sh", "--print"], cwd=REPO, capture_output=True,
-                            text=True, check=False)
-    if result.returncode != 0:
-        pytest.fail("cluster binaries missing: run scripts/build-cluster.sh "
-                    f"(--print said: {result.stdout.strip()} {result.stderr.strip()})", pytrace=False)
-    return Path(result.stdout.strip().splitlines()[-1])
+from control_plane import API_ONLY_CONTROLLERS, ControlPlane, built_bin_dir  # noqa: E402
 
 
 @pytest.fixture(scope="session")
 def control_plane(tmp_path_factory):
-    plane = ControlPlane(cluster_bin_dir(), tmp_path_factory.mktemp("api-server"), nodes=0,
+    plane = ControlPlane(built_bin_dir(), tmp_path_factory.mktemp("api-server"), nodes=0,
                          controllers=API_ONLY_CONTROLLERS)
     plane.start()
     yield plane
