@@ -10,30 +10,16 @@ import uuid
 from pathlib import Path
 
 import pytest
-from control_plane import ControlPlane
+from control_plane import ControlPlane, built_bin_dir
 from kubelet import StandInKubelet
 from kueue import Kueue
 
 REPO = Path(__file__).resolve().parents[2]
 
 
-def cluster_bin_dir() -> Path:
-    """The folder scripts/build-cluster.sh built the binaries into (it builds nothing here)."""
-    result = subprocess.run(
-        ["scripts/build-cluster.sh", "--print"], cwd=REPO, capture_output=True, text=True, check=False
-    )
-    if result.returncode != 0:
-        pytest.fail(
-            "cluster binaries missing: run scripts/build-cluster.sh "
-            f"(--print said: {result.stdout.strip()} {result.stderr.strip()})",
-            pytrace=False,
-        )
-    return Path(result.stdout.strip().splitlines()[-1])
-
-
 @pytest.fixture(scope="session")
 def control_plane(tmp_path_factory):
-    plane = ControlPlane(cluster_bin_dir(), tmp_path_factory.mktemp("control-plane"))
+    plane = ControlPlane(built_bin_dir(), tmp_path_factory.mktemp("control-plane"))
     plane.start()
     yield plane
     plane.stop()

@@ -34,11 +34,13 @@ from __future__ import annotations
 
 import json
 import ssl
+import subprocess
 import time
 import urllib.error
 import urllib.request
 from pathlib import Path
 
+import pytest
 import yaml
 from pki import make_pki
 from processes import ManagedProcess, child_env, free_ports, stop_all
@@ -58,13 +60,35 @@ CONTROLLERS = (
     "pod-garbage-collector-controller",
     "root-ca-certificate-publisher-controller",
 )
+# An API server for tests that play the Job controller and the kubelet themselves (tests/k8s): only
+# the garbage collector, which finishes foreground deletions (`cancel`) and never writes a status.
+# Without the serviceaccount controller create_namespace makes `default` itself, in milliseconds
+# where waiting for the controller takes about 0.8 s a namespace.
+API_ONLY_CONTROLLERS = ("garbage-collector-controller",)
 NODE_LABEL = {"type": "kwok"}
+
+
+def built_bin_dir() -> Path:
+    """The folder scripts/build-cluster.sh built the binaries into (it builds nothing here);
+    fails the test, saying what to run, when they are missing."""
+    result = subprocess.run(["scripts/build-cluster.sh", "--print"], cwd=HERE.parents[1],
+                            capture_output=True, text=True, check=False)
+    if result.returncode != 0:
+        pytest.fail("cluster binaries missing: run scripts/build-cluster.sh "
+                    f"(--print said: {result.stdout.strip()} {result.stderr.strip()})", pytrace=False)
+    return Path(result.stdout.strip().splitlines()[-1])
 # Generous: on a 2-core machine shared with other workers the apiserver alone takes 10-30 s.
 STARTUP_TIMEOUT = 180.0
 
 
 class ControlPlane:
-    def __init__(self, bin_dir: Path, workdir: Path, nodes: int = 3, gpus_per_node: int = 8):
+    def __init__(self, bin_dir: Path, workdir: Path, nodes: int = 3, gpus_per_node: int = 8,
+                 controllers: tuple[str, ...] = CONTROLLERS):
+        """`controllers`: the controller-manager's --controllers (empty: no controller-manager);
+        `nodes=0`: no scheduler, no kwok, no Nodes. ControlPlane(..., nodes=0,
+        controllers=API_ONLY_CONTROLLERS) is the API server alone for tests that write Job and pod
+        status themselves, which a running Job controller, scheduler or kwok would overwrite."""
+        self.controllers = tuple(controllers)
         self.bin_dir = Path(bin_dir)
         self.workdir = Path(workdir)
         self.node_names = [f"kwok-gpu-{index}" for index in range(nodes)]
@@ -103,16 +127,23 @@ class ControlPlane:
 
         # These three only need the apiserver: start them together, then wait for each.
         kcm_port, scheduler_port = free_ports(2)
-        kcm = self._spawn("kube-controller-manager", self._controller_manager_argv(kcm_port))
-        scheduler = self._spawn("kube-scheduler", self._scheduler_argv(scheduler_port))
-        kwok = self._spawn("kwok", self._kwok_argv(), env=child_env(KWOK_WORKDIR=str(self.workdir / "kwok")))
         insecure = ssl._create_unverified_context()  # their serving certs are self-signed
-        kcm.wait_ready(lambda: _http_ok(f"https://127.0.0.1:{kcm_port}/healthz", insecure), STARTUP_TIMEOUT)
-        scheduler.wait_ready(
-            lambda: _http_ok(f"https://127.0.0.1:{scheduler_port}/healthz", insecure), STARTUP_TIMEOUT
-        )
-        self._create_nodes()
-        kwok.wait_ready(self._nodes_ready, STARTUP_TIMEOUT)
+        if self.controllers:
+            kcm = self._spawn("kube-controller-manager", self._controller_manager_argv(kcm_port))
+        if self.node_names:
+            scheduler = self._spawn("kube-scheduler", self._scheduler_argv(scheduler_port))
+            kwok_env = child_env(KWOK_WORKDIR=str(self.workdir / "kwok"))
+            kwok = self._spawn("kwok", self._kwok_argv(), env=kwok_env)
+        if self.controllers:
+            kcm.wait_ready(
+                lambda: _http_ok(f"https://127.0.0.1:{kcm_port}/healthz", insecure), STARTUP_TIMEOUT
+            )
+        if self.node_names:
+            scheduler.wait_ready(
+                lambda: _http_ok(f"https://127.0.0.1:{scheduler_port}/healthz", insecure), STARTUP_TIMEOUT
+            )
+            self._create_nodes()
+            kwok.wait_ready(self._nodes_ready, STARTUP_TIMEOUT)
 
     def stop(self) -> None:
         """Terminate every process (SIGTERM, SIGKILL after 10 s). Safe to call twice.
@@ -185,7 +216,7 @@ class ControlPlane:
     def _controller_manager_argv(self, port: int) -> list[str]:
         return [
             *self._component_kubeconfig_flags("kube-controller-manager", port),
-            f"--controllers={','.join(CONTROLLERS)}",
+            f"--controllers={','.join(self.controllers)}",
             f"--service-account-private-key-file={self.pki.service_account_key}",
             f"--root-ca-file={self.pki.ca_cert}",
         ]
@@ -238,7 +269,8 @@ class ControlPlane:
 
     def create_namespace(self, name: str, pod_security: str = "restricted") -> None:
         """Create namespace `name` enforcing Pod Security level `pod_security`, and wait for its
-        `default` ServiceAccount (the serviceaccount controller makes it)."""
+        `default` ServiceAccount (the serviceaccount controller makes it; without that controller,
+        this creates it: the ServiceAccount admission plugin refuses pods whose account is missing)."""
         from kubernetes import client
         from kubernetes.client.rest import ApiException
 
@@ -249,6 +281,8 @@ class ControlPlane:
         with self.api_client() as api:
             core = client.CoreV1Api(api)
             core.create_namespace({"metadata": {"name": name, "labels": labels}})
+            if "serviceaccount-controller" not in self.controllers:
+                core.create_namespaced_service_account(name, {"metadata": {"name": "default"}})
 
             def has_default_account() -> bool:
                 try:

@@ -1,40 +1,47 @@
-"""Fixtures of the Kubernetes tests: an emulated API server on loopback (kmock) and a kubeconfig
-whose current context points at it, with a fresh namespace per test."""
+"""Fixtures of the Kubernetes tests: a real kube-apiserver on loopback (etcd and the apiserver from
+scripts/build-cluster.sh, with the garbage collector as its only controller: no Job controller,
+scheduler or nodes, so the tests play the Job controller and the kubelet by writing status through
+the API), a fresh namespace per test and a kubeconfig whose current context is it.
+
+test_injected_errors.py alone uses kmock's emulator (k8s_support.EmulatedApiServer), for answers a
+real server does not give on demand (429 with Retry-After, 503, ...)."""
 
 from __future__ import annotations
 
+import sys
 import uuid
 from pathlib import Path
 
 import pytest
-import yaml
-from k8s_support import EmulatedApiServer
+
+# The control plane's helpers live with the cluster tests (tests/cluster), which pytest puts on
+# sys.path only when it collects a test there.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "cluster"))
+
+from control_plane import API_ONLY_CONTROLLERS, ControlPlane, built_bin_dir  # noqa: E402
 
 
 @pytest.fixture(scope="session")
-def api_server():
-    server = EmulatedApiServer()
-    yield server
-    server.stop()
+def control_plane(tmp_path_factory):
+    plane = ControlPlane(built_bin_dir(), tmp_path_factory.mktemp("api-server"), nodes=0,
+                         controllers=API_ONLY_CONTROLLERS)
+    plane.start()
+    yield plane
+    plane.stop()
 
 
 @pytest.fixture
-def namespace() -> str:
+def namespace(control_plane) -> str:
     # One namespace per test keeps the shared server's objects apart.
-    return f"t-{uuid.uuid4().hex[:10]}"
+    name = f"t-{uuid.uuid4().hex[:10]}"
+    control_plane.create_namespace(name, pod_security="restricted")
+    return name
 
 
 @pytest.fixture
-def kubeconfig(tmp_path, api_server, namespace, monkeypatch) -> Path:
-    """A kubeconfig whose current context points at the emulated server and `namespace`."""
-    path = tmp_path / "kubeconfig"
-    path.write_text(yaml.safe_dump({
-        "apiVersion": "v1", "kind": "Config", "current-context": "test",
-        "clusters": [{"name": "loopback", "cluster": {"server": api_server.url}}],
-        "users": [{"name": "tester", "user": {"token": "not-checked"}}],
-        "contexts": [{"name": "test", "context": {"cluster": "loopback", "user": "tester",
-                                                  "namespace": namespace}}],
-    }))
+def kubeconfig(control_plane, namespace, tmp_path, monkeypatch) -> Path:
+    """The admin's kubeconfig with the test's namespace current; KUBECONFIG points at it."""
+    path = control_plane.kubeconfig(tmp_path / "kubeconfig", namespace)
     monkeypatch.setenv("KUBECONFIG", str(path))
     monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
     return path
@@ -45,5 +52,3 @@ def connection(kubeconfig):
     from dreambooth_job.k8s.client import Connection
 
     return Connection.from_environment(str(kubeconfig), backoff_seconds=0.01)
-
-

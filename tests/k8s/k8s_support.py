@@ -1,10 +1,10 @@
-"""Helpers of the Kubernetes tests: the emulated API server and a stand-in for the Job controller.
+"""Helpers of the Kubernetes tests: stand-ins for the Job controller and the kubelet, which write
+status through a real kube-apiserver (conftest.py) as those would, and the emulated API server
+(kmock) that test_injected_errors.py alone uses for answers a real server does not give on demand.
 
-No kube-apiserver can run here. kmock serves the Jobs and Pods APIs over real HTTP with proper
-Status bodies, so the code under test uses the official client exactly as against a cluster.
-What kmock does not do (label selectors, uids, the Job controller) is listed in
-docs/developer-guide.md ("How the Kubernetes side is tested"); tests play the Job controller by
-writing Job status through the API.
+The apiserver validates status writes as it does the Job controller's: a Complete Job carries
+SuccessCriteriaMet, a Failed one FailureTarget, a finished one a startTime and no active pods, and
+a startTime once set never changes (pkg/apis/batch/validation, JobManagedBy's strict rules).
 """
 
 from __future__ import annotations
@@ -60,18 +60,55 @@ class EmulatedApiServer:
         self.thread.join(timeout=10)
 
 
+T_START, T_END = "2026-11-25T01:00:00Z", "2026-11-25T01:20:00Z"
+
+
 def set_job_status(connection, name: str, status: dict, namespace: str | None = None) -> None:
-    """Play the Job controller: write `status` (camelCase) onto the Job through the API."""
+    """Play the Job controller: merge `status` (camelCase) into the Job's status subresource."""
     connection.batch.patch_namespaced_job_status(name, namespace or connection.namespace,
                                                  {"status": status})
 
 
+def start(connection, name: str, namespace: str | None = None) -> None:
+    """The Job controller's status of a Job whose one pod runs and is ready."""
+    set_job_status(connection, name, {"active": 1, "ready": 1, "startTime": T_START}, namespace)
+
+
 def complete(connection, name: str, namespace: str | None = None) -> None:
+    """The Job controller's status of a Job whose pod succeeded: SuccessCriteriaMet, then Complete."""
+    conditions = [{"type": kind, "status": "True", "reason": "CompletionsReached",
+                   "message": "Reached expected number of succeeded pods", "lastTransitionTime": T_END}
+                  for kind in ("SuccessCriteriaMet", "Complete")]
     set_job_status(connection, name, {
-        "startTime": "2026-11-25T01:00:00Z", "completionTime": "2026-11-25T01:20:00Z",
-        "succeeded": 1, "conditions": [
-            {"type": "Complete", "status": "True", "lastTransitionTime": "2026-11-25T01:20:00Z"}]},
+        "startTime": T_START, "completionTime": T_END, "active": 0, "ready": 0, "succeeded": 1,
+        "conditions": conditions}, namespace)
+
+
+def fail(connection, name: str, failed: int = 4, reason: str = "BackoffLimitExceeded",
+         message: str = "Job has reached the specified backoff limit", namespace: str | None = None) -> None:
+    """The Job controller's status of a failed Job: FailureTarget, then Failed."""
+    conditions = [{"type": kind, "status": "True", "reason": reason, "message": message,
+                   "lastTransitionTime": T_END} for kind in ("FailureTarget", "Failed")]
+    set_job_status(connection, name, {
+        "startTime": T_START, "active": 0, "ready": 0, "failed": failed, "conditions": conditions},
         namespace)
+
+
+def create_job_pod(connection, job_name: str, pod_name: str, status: dict | None = None,
+                   namespace: str | None = None) -> dict:
+    """Play the Job controller, then the kubelet: create a pod from the Job's template (its labels,
+    owned by the Job), then write `status` (camelCase) through the pod's status subresource."""
+    namespace = namespace or connection.namespace
+    to_dict = connection.api_client.sanitize_for_serialization
+    job = to_dict(connection.batch.read_namespaced_job(job_name, namespace))
+    template = job["spec"]["template"]
+    owner = {"apiVersion": "batch/v1", "kind": "Job", "name": job_name, "uid": job["metadata"]["uid"],
+             "controller": True, "blockOwnerDeletion": True}
+    metadata = {"name": pod_name, "labels": template["metadata"]["labels"], "ownerReferences": [owner]}
+    connection.core.create_namespaced_pod(namespace, {"metadata": metadata, "spec": template["spec"]})
+    if status:
+        connection.core.patch_namespaced_pod_status(pod_name, namespace, {"status": status})
+    return to_dict(connection.core.read_namespaced_pod(pod_name, namespace))
 
 
 def dataset_subjects() -> list[tuple[str, str]]:

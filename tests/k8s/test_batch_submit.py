@@ -5,7 +5,7 @@ from __future__ import annotations
 import kubernetes_validate
 import pytest
 import yaml
-from k8s_support import DATASET, complete, dataset_subjects, set_job_status, write_completed_result
+from k8s_support import DATASET, complete, dataset_subjects, fail, write_completed_result
 
 from dreambooth_job.k8s import (
     BATCH_LABEL,
@@ -65,8 +65,7 @@ def test_thirty_subjects_render_thirty_valid_jobs_with_unique_names(tmp_path):
         assert args[args.index("--class-noun") + 1] == noun
 
 
-def test_three_bad_rows_are_all_reported_and_nothing_is_created(tmp_path, connection, api_server,
-                                                                 namespace):
+def test_three_bad_rows_are_all_reported_and_nothing_is_created(tmp_path, connection, namespace):
     path = write_subjects(tmp_path / "night-42.yaml", "s3://runs/night-42", bad_rows=(3, 11, 27))
     with pytest.raises(BatchFileError) as caught:
         submit_batch(load_batch(path), CLUSTER, connection=connection)
@@ -76,7 +75,7 @@ def test_three_bad_rows_are_all_reported_and_nothing_is_created(tmp_path, connec
     assert problems[0].startswith(f"subjects[3] (id {ids[3]})") and "max_train_steps" in problems[0]
     assert problems[1].startswith(f"subjects[11] (id {ids[11]})") and "--class-noun" in problems[1]
     assert problems[2].startswith(f"subjects[27] (id {ids[27]})") and "learning_rat" in problems[2]
-    assert not api_server.requests(path_contains=f"/namespaces/{namespace}/")
+    assert not connection.batch.list_namespaced_job(namespace).items
 
 
 def test_rerun_after_ten_succeeded_creates_only_the_other_twenty(tmp_path, connection, bucket):
@@ -92,8 +91,7 @@ def test_rerun_after_ten_succeeded_creates_only_the_other_twenty(tmp_path, conne
             write_completed_result(f"{root}/{subject}/", subject)
             complete(connection, jobs[subject])
         else:
-            set_job_status(connection, jobs[subject], {"failed": 4, "conditions": [
-                {"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded"}]})
+            fail(connection, jobs[subject])
 
     second = submit_batch(batch, CLUSTER, connection=connection)
     assert second.skipped_succeeded == batch.ids[:10]

@@ -1,4 +1,4 @@
-"""The CLI: submit, batch, status, report, cancel, through click's runner, against the emulated API."""
+"""The CLI: submit, batch, status, report, cancel, through click's runner, against a real kube-apiserver."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ import kubernetes_validate
 import pytest
 import yaml
 from click.testing import CliRunner
-from k8s_support import complete, dataset_subjects, set_job_status, write_completed_result
+from k8s_support import complete, dataset_subjects, start, write_completed_result
+from workloads import wait_until
 
 from dreambooth_job.cli import main
 from dreambooth_job.config.train_config import TrainConfig
@@ -123,7 +124,7 @@ def test_thirty_row_csv_dry_run(no_cluster, tmp_path):
         kubernetes_validate.validate(doc, "1.31.0", strict=True)
 
 
-def test_batch_reports_every_bad_row_and_exits_2(kubeconfig, tmp_path, api_server, namespace):
+def test_batch_reports_every_bad_row_and_exits_2(kubeconfig, tmp_path, namespace):
     path = tmp_path / "night.csv"
     path.write_text("id,instance_data,class_noun,max_train_steps\n"
                     "dog,s3://p/dog/,dog,800\n"
@@ -136,7 +137,9 @@ def test_batch_reports_every_bad_row_and_exits_2(kubeconfig, tmp_path, api_serve
     assert lines[0].endswith("3 problem(s), nothing was submitted:")
     assert [line.split(":")[0] for line in lines[1:]] == [
         "line 3 (id cat)", "line 4 (id can)", "line 5 (id vase)"]
-    assert not api_server.requests(path_contains=f"/namespaces/{namespace}/")
+    from dreambooth_job.k8s import Connection
+
+    assert not Connection.from_environment().batch.list_namespaced_job(namespace).items
 
 
 def test_batch_status_report_cancel(kubeconfig, namespace, tmp_path, bucket):
@@ -153,7 +156,7 @@ def test_batch_status_report_cancel(kubeconfig, namespace, tmp_path, bucket):
     conn = Connection.from_environment()
     write_completed_result(f"{root}/dog/", "dog", dino=0.7, loss=0.0812, grid=b"\x89PNG dog")
     complete(conn, names["dog"])
-    set_job_status(conn, names["teapot"], {"active": 1, "ready": 1, "startTime": "2026-11-25T01:00:00Z"})
+    start(conn, names["teapot"])
 
     table = run("status", "--batch", path).splitlines()
     assert table[0].split() == ["SUBJECT", "PHASE", "RETRIES", "DURATION", "LOSS", "WEIGHTS", "OUTPUT",
@@ -180,6 +183,8 @@ def test_batch_status_report_cancel(kubeconfig, namespace, tmp_path, bucket):
 
     assert sorted(run("cancel", "--batch", path).split("\n")[:-1]) == sorted(
         f"deleted job {n}" for n in names.values())
+    # Foreground deletion: the garbage collector removes each Job once its pods are gone.
+    wait_until(lambda: not conn.batch.list_namespaced_job(namespace).items, 30, "the Jobs to go")
     after = json.loads(run("status", "--batch", path, "-o", "json"))["subjects"]
     # The Jobs are gone; the dog's outputs are not, so it still reads as succeeded.
     assert [s["phase"] for s in after] == ["succeeded", "not-submitted", "not-submitted"]

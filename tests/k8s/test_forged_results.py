@@ -1,6 +1,6 @@
 """One subject's forged result.json (its tenant can rewrite it) must not stop `status` or `report`
 for the batch: that subject reads as "result.json unreadable: <why>", the others as usual, and
-both commands exit 0 (docs/run-page.md). Real CLI, the emulated API, the S3 server."""
+both commands exit 0 (docs/run-page.md). Real CLI, a real kube-apiserver, the S3 server."""
 
 from __future__ import annotations
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 
 import pytest
-from k8s_support import complete, set_job_status, write_completed_result
+from k8s_support import complete, create_job_pod, set_job_status, write_completed_result
 
 from dreambooth_job import log
 from dreambooth_job.config.train_config import TrainConfig
@@ -154,11 +154,10 @@ def test_get_status_over_http_reads_result_json_from_s3(connection, namespace, b
                         subject_id="dog")
     name = submit(JobSpec(train=train), connection=connection).name
     failed_pod = pod("dog-a", "Failed", exit_code=143, disrupted="TerminationByKubelet")
-    failed_pod["metadata"]["labels"]["job-name"] = name
-    # As the Job controller and kubelet would: create the pod, then report its status.
-    connection.core.create_namespaced_pod(namespace, {
-        "metadata": failed_pod["metadata"], "spec": {"containers": [{"name": "train", "image": "x"}]}})
-    connection.core.patch_namespaced_pod_status("dog-a", namespace, {"status": failed_pod["status"]})
+    # As the Job controller and kubelet would: create the pod from the Job's template, then report
+    # its status (the server keeps the kubelet's status only through the status subresource).
+    stored = create_job_pod(connection, name, "dog-a", failed_pod["status"])
+    assert stored["status"]["containerStatuses"][0]["state"]["terminated"]["exitCode"] == 143
     set_job_status(connection, name, {"active": 1, "startTime": T0})
     status = get_status(name, connection=connection)
     assert (status.phase, status.retries) == (Phase.RETRYING, 1)

@@ -1,4 +1,4 @@
-"""`dreambooth-job submit-generate` and `submit(GenerateJobSpec)` against the emulated API."""
+"""`dreambooth-job submit-generate` and `submit(GenerateJobSpec)` against a real kube-apiserver."""
 
 from __future__ import annotations
 
