@@ -221,9 +221,11 @@ def describe(job: dict[str, Any], pods: list[dict[str, Any]]) -> JobStatus:
     reason = None
     if phase is Phase.FAILED:
         condition = conditions.get("Failed") or conditions.get("FailureTarget") or {}
-        reason = ": ".join(x for x in (condition.get("reason"), condition.get("message")) if x)
-        if failed_pods:
-            reason = f"{reason} ({pod_failure(failed_pods[-1])})" if reason else pod_failure(failed_pods[-1])
+        # The Job controller's message only restates the pod's exit ("Container train for pod ...
+        # failed with exit code 2 matching FailJob rule at index 0"); the pod's own line says
+        # why, so it follows the condition's reason, and the message only stands in without one.
+        explained = pod_failure(failed_pods[-1]) if failed_pods else condition.get("message")
+        reason = ": ".join(x for x in (condition.get("reason"), explained) if x)
         failures -= 1 if failures else 0
     elif failed_pods:
         reason = pod_failure(failed_pods[-1])
