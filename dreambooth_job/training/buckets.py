@@ -21,9 +21,9 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
-import torch
 from PIL import Image
+
+from dreambooth_job.exit_codes import InvalidInputError
 
 MAX_ASPECT = 4.0
 """The widest bucket is 4:1, the tallest 1:4 (SDXL's training buckets span the same range)."""
@@ -37,6 +37,13 @@ def area_tolerance(resolution: int, granularity: int) -> float:
 def aspect_error_bound(resolution: int, granularity: int) -> float:
     """The largest |log(photo aspect / bucket aspect)| of a photo between 1:4 and 4:1."""
     return 1.25 * granularity / resolution
+
+
+def check_resolution(resolution: int, granularity: int) -> None:
+    """Exit 2 unless the square bucket is the resolution itself."""
+    if resolution % granularity:
+        raise InvalidInputError(f"--aspect-buckets needs --resolution a multiple of {granularity} px "
+                                f"for this base model (its latent granularity), not {resolution}")
 
 
 def bucket_sizes(resolution: int, granularity: int) -> list[tuple[int, int]]:
@@ -82,8 +89,11 @@ def bucket_crop_at(image: Image.Image, target: tuple[int, int], center: bool,
     return image.crop((left, top, left + target[0], top + target[1])), (top, left)
 
 
-def random_bucket_crops(images, targets, generator: torch.Generator):
+def random_bucket_crops(images, targets, generator):
     """A random crop of each image (PIL) at its target (width, height), and each (top, left)."""
+    import numpy as np  # deferred: numpy is heavy
+    import torch  # deferred: torch is heavy
+
     from dreambooth_job.training.subject_photos import to_tensor
 
     rng = np.random.default_rng(int(torch.randint(0, 2**31, (1,), generator=generator)))
@@ -95,6 +105,7 @@ def epoch_batches(buckets: list[tuple[int, int]], batch: int, seed: int,
                   epoch: int) -> list[list[int]]:
     """The batches of image indices of one epoch, given each image's bucket: every bucket's
     images permuted and cut into batches of `batch` (wrapping around), the batches shuffled."""
+    import torch  # deferred: torch is heavy
     groups: dict[tuple[int, int], list[int]] = {}
     for index, bucket in enumerate(buckets):
         groups.setdefault(bucket, []).append(index)

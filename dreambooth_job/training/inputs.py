@@ -15,7 +15,6 @@ import torch
 from PIL import Image
 
 from dreambooth_job.config.train_config import TrainConfig
-from dreambooth_job.exit_codes import InvalidInputError
 from dreambooth_job.families import ModelFamily, PromptEmbeddings
 from dreambooth_job.families.base import ImageGeometry
 from dreambooth_job.training import buckets
@@ -48,9 +47,7 @@ class TrainingInputs:
     def _assign_buckets(self, pipeline) -> list[tuple[int, int]]:
         """Each instance image's bucket (width, height), by the aspect ratio it was uploaded at."""
         res, granularity = self.config.resolution, self.family.latent_granularity(pipeline)
-        if res % granularity:
-            raise InvalidInputError(f"--aspect-buckets needs --resolution a multiple of {granularity} px "
-                                    f"for this base model (its latent granularity), not {res}")
+        buckets.check_resolution(res, granularity)
         sizes = buckets.bucket_sizes(res, granularity)
         return [buckets.nearest_bucket(size, sizes) for size in self.original_sizes["instance"]]
 

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import copy
 import functools
+import json
 
+import jsonschema
 import pytest
 import torch
 from helpers import JobProcess, make_photo, upload_photos
@@ -20,6 +22,8 @@ from test_resilience import COMMON, assert_same_weights, final_weights, interrup
 from dreambooth_job import families
 from dreambooth_job.bench.command import Settings, Variant, _images, bench_config
 from dreambooth_job.exit_codes import ExitCode
+from dreambooth_job.outputs import result as result_module
+from dreambooth_job.storage import places as storage
 from dreambooth_job.training import buckets
 from dreambooth_job.training.subject_photos import cover_size
 from dreambooth_job.training.trainer import Trainer
@@ -159,12 +163,15 @@ def test_a_resumed_bucketed_run_ends_bitwise_as_the_uninterrupted_one(model, ove
     assert not all(torch.equal(a, b) for a, b in zip(start, end))
 
 
+SHAPES = [(400, 300), (300, 400), (320, 320), (420, 315)]  # three buckets
+
+
 @pytest.fixture
 def bucketed_job(bucket, tmp_path, tiny_model):
     """The job's arguments (test_resilience.py's) with --aspect-buckets, on photos of three
     aspect ratios."""
     directory = tmp_path / "photos"
-    for i, size in enumerate([(320, 240), (240, 320), (288, 288), (360, 240)]):
+    for i, size in enumerate(SHAPES):
         make_photo(directory / f"{i:02d}.jpg", seed=i, size=size)
     uploaded = upload_photos(directory, f"s3://{bucket}/photos/shapes/")
 
@@ -185,5 +192,11 @@ def test_a_bucketed_job_stopped_by_sigterm_resumes_to_the_uninterrupted_weights(
     rerun = JobProcess(bucketed_job("preempted"))
     assert rerun.wait() == ExitCode.OK, rerun.output[-3000:]
     assert "resum" in rerun.output.lower()
+    result = json.loads(storage.read_bytes(f"s3://{bucket}/reference/result.json"))
+    jsonschema.validate(result, result_module.schema())
+    sizes = buckets.bucket_sizes(64, 4)  # --resolution 64; the tiny SD model's granularity is 4 px
+    assert result["photos"]["buckets"] == {f"{i:02d}.jpg": list(buckets.nearest_bucket(size, sizes))
+                                           for i, size in enumerate(SHAPES)}
+    assert len({tuple(b) for b in result["photos"]["buckets"].values()}) == 3
     assert_same_weights(final_weights(f"s3://{bucket}/reference/", tmp_path),
                         final_weights(f"s3://{bucket}/preempted/", tmp_path))

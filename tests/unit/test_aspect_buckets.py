@@ -11,8 +11,9 @@ from types import SimpleNamespace
 import pytest
 from PIL import Image
 
-from dreambooth_job.families import FAMILIES
 from dreambooth_job.config.train_config import TrainConfig
+from dreambooth_job.exit_codes import InvalidInputError
+from dreambooth_job.families import FAMILIES
 from dreambooth_job.training import buckets
 
 # (resolution, granularity): SD at 512 and 768 (64 px), SDXL at 1024 (32 px), FLUX at 1024 and
@@ -75,6 +76,12 @@ def test_a_photo_is_resized_to_cover_its_bucket_and_cropped_at_the_centre(photo,
     assert cover[0] >= target[0] and cover[1] >= target[1]
     assert min(cover[0] - target[0], cover[1] - target[1]) == 0  # covers, no more
     assert (top, left) == ((cover[1] - target[1]) // 2, (cover[0] - target[0]) // 2)
+
+
+def test_a_resolution_off_the_granularity_is_exit_2_naming_it():
+    buckets.check_resolution(512, 64)
+    with pytest.raises(InvalidInputError, match="--aspect-buckets needs --resolution a multiple of 64 px"):
+        buckets.check_resolution(520, 64)
 
 
 def pipeline(denoiser: str, vae_scale_factor: int, **config) -> SimpleNamespace:
