@@ -24,6 +24,7 @@ import math
 from PIL import Image
 
 from dreambooth_job.exit_codes import InvalidInputError
+from dreambooth_job.training.subject_photos import to_tensor
 
 MAX_ASPECT = 4.0
 """The widest bucket is 4:1, the tallest 1:4 (SDXL's training buckets span the same range)."""
@@ -93,8 +94,6 @@ def random_bucket_crops(images, targets, generator):
     """A random crop of each image (PIL) at its target (width, height), and each (top, left)."""
     import numpy as np  # deferred: numpy is heavy
     import torch  # deferred: torch is heavy
-
-    from dreambooth_job.training.subject_photos import to_tensor
 
     rng = np.random.default_rng(int(torch.randint(0, 2**31, (1,), generator=generator)))
     taken = [bucket_crop_at(image, target, False, rng) for image, target in zip(images, targets)]
