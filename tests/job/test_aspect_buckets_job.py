@@ -2,9 +2,9 @@
 different aspect ratios reach the denoiser at their buckets' latent sizes (captured at the
 denoiser's call: a UNet's sample, FLUX's token position ids), one bucket per batch, class images
 square; SDXL's add_time_ids are each photo's size, centre crop and bucket; a run resumed from its
-checkpoint ends bitwise as the uninterrupted one; and `train` against the real S3 server with
-photos of three aspect ratios, stopped by SIGTERM and rerun, publishes the uninterrupted run's
-weights."""
+checkpoint ends bitwise as the uninterrupted one; `train` against the real S3 server records
+each photo's bucket in result.json on every family; and a bucketed SD job with photos of three
+aspect ratios, stopped by SIGTERM and rerun, publishes the uninterrupted run's weights."""
 
 from __future__ import annotations
 
@@ -15,12 +15,14 @@ import json
 import jsonschema
 import pytest
 import torch
+from click.testing import CliRunner
 from helpers import JobProcess, make_photo, upload_photos
 from PIL import Image
 from test_resilience import COMMON, assert_same_weights, final_weights, interrupt
 
 from dreambooth_job import families
 from dreambooth_job.bench.command import Settings, Variant, _images, bench_config
+from dreambooth_job.cli import main
 from dreambooth_job.exit_codes import ExitCode
 from dreambooth_job.outputs import result as result_module
 from dreambooth_job.storage import places as storage
@@ -200,3 +202,28 @@ def test_a_bucketed_job_stopped_by_sigterm_resumes_to_the_uninterrupted_weights(
     assert len({tuple(b) for b in result["photos"]["buckets"].values()}) == 3
     assert_same_weights(final_weights(f"s3://{bucket}/reference/", tmp_path),
                         final_weights(f"s3://{bucket}/preempted/", tmp_path))
+
+
+SMALL = ["train", "--resolution", "32", "--max-train-steps", "2", "--no-prior-preservation",
+         "--sample-steps", "2", "--num-validation-images", "1", "--sample-every", "2",
+         "--metrics-port", "0", "--log-format", "text", "--identifier", "sks", "--class-noun", "dog",
+         "--train-mode", "lora", "--lora-rank", "2", "--aspect-buckets"]
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_train_with_buckets_records_each_photos_bucket(model, bucket, request, tmp_path):
+    directory = tmp_path / "photos"
+    for i, size in enumerate(SHAPES):
+        make_photo(directory / f"{i:02d}.jpg", seed=i, size=size)
+    photos = upload_photos(directory, f"s3://{bucket}/photos/{model}/")
+    run = f"s3://{bucket}/runs/{model}/"
+    outcome = CliRunner().invoke(main, [
+        *SMALL, "--instance-data", photos, "--output", run, "--cache-dir", str(tmp_path / "cache"),
+        "--base-model", str(request.getfixturevalue(model))], catch_exceptions=False)
+    assert outcome.exit_code == ExitCode.OK, outcome.output[-3000:]
+    result = json.loads(storage.read_bytes(storage.join(run, "result.json")))
+    jsonschema.validate(result, result_module.schema())
+    assert result["config"]["aspect_buckets"] is True
+    sizes = buckets.bucket_sizes(32, 4)  # every tiny model's granularity is 4 px
+    assert result["photos"]["buckets"] == {f"{i:02d}.jpg": list(buckets.nearest_bucket(size, sizes))
+                                           for i, size in enumerate(SHAPES)}
