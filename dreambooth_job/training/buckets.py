@@ -61,6 +61,15 @@ def bucket_sizes(resolution: int, granularity: int) -> list[tuple[int, int]]:
     return sorted(sizes, key=lambda size: (size[0] / size[1], size[0]))
 
 
+def priced_resolution(config, family, pipeline, resolution: int) -> int:
+    """The square side whose area the memory estimates price: the resolution, or with
+    --aspect-buckets the largest bucket's area (up to g / resolution more pixels)."""
+    if not config.aspect_buckets:
+        return resolution
+    sizes = bucket_sizes(resolution, family.latent_granularity(pipeline))
+    return math.ceil(math.sqrt(max(width * height for width, height in sizes)))
+
+
 def aspect_error(size: tuple[int, int], bucket: tuple[int, int]) -> float:
     """|log| of the ratio of a (width, height)'s aspect ratio to the bucket's."""
     return abs(math.log(size[0] / size[1]) - math.log(bucket[0] / bucket[1]))

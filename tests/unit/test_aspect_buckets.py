@@ -133,3 +133,13 @@ def test_the_option_is_a_model_option_off_by_default():
     recorded = TrainConfig(**required).to_dict()
     assert differing_model_fields(recorded, TrainConfig(**required, aspect_buckets=True)) == [
         "aspect_buckets"]
+
+
+def test_memory_estimates_price_the_largest_bucket():
+    sd = pipeline("unet", 8, block_out_channels=(320, 640, 1280, 1280))
+    plain = SimpleNamespace(aspect_buckets=False)
+    bucketed = SimpleNamespace(aspect_buckets=True)
+    assert buckets.priced_resolution(plain, FAMILY["sd"], sd, 512) == 512
+    # SD at 512: the largest bucket is 896 x 320 (286,720 px, 9 % over 512²).
+    assert buckets.priced_resolution(bucketed, FAMILY["sd"], sd, 512) == math.ceil(math.sqrt(896 * 320))
+    assert 512 < buckets.priced_resolution(bucketed, FAMILY["sd"], sd, 512) <= 512 * math.sqrt(1 + 64 / 512)
