@@ -88,6 +88,11 @@ class InputOptions:
     center_crop: bool = option(
         MODEL, True, flag="--center-crop/--random-crop", help="Crop photos at the centre or at random.")
     random_flip: bool = option(MODEL, False, help="Flip photos horizontally at random.")
+    aspect_buckets: bool = option(
+        MODEL, False,
+        help="Train each photo at the aspect-ratio bucket nearest its own (about --resolution "
+             "squared in area, sides multiples of the model's latent granularity) instead of a "
+             "square crop; batches are drawn within one bucket. Class images stay square.")
     min_images: int = option(
         OPERATIONAL, 1, minimum=1, evaluation=True, help="Fail when fewer valid subject photos remain.")
     min_image_side: int = option(

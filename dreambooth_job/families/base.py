@@ -21,9 +21,11 @@ class ImageGeometry(NamedTuple):
     original_size: tuple[int, int]
     """(width, height) of the image as uploaded (subject_photos.Photo.original_size)."""
     crop_top_left: tuple[int, int]
-    """(top, left) of the square crop trained on, in the resized image (subject_photos.square_crop_at)."""
-    target_size: int
-    """The side of the square crop: the training resolution."""
+    """(top, left) of the crop trained on, in the resized image (subject_photos.square_crop_at,
+    buckets.bucket_crop_at)."""
+    target_size: tuple[int, int]
+    """(height, width) of the crop trained on: the training resolution's square, or with
+    --aspect-buckets the photo's bucket."""
 
 
 @dataclass
@@ -116,6 +118,13 @@ class ModelFamily(ABC):
         return int(self.denoiser(pipeline).config.sample_size) * pipeline.vae_scale_factor
 
     # -- training ------------------------------------------------------------------------------
+    def latent_granularity(self, pipeline) -> int:
+        """The pixel multiple a training image's width and height are with --aspect-buckets: the
+        VAE's factor times the UNet's downsampling (2x per down block but the last), so that every
+        skip connection's size matches: 64 px for SD 1.x/2.x (8 x 8), 32 px for SDXL (8 x 4)."""
+        blocks = len(self.denoiser(pipeline).config.block_out_channels)
+        return int(pipeline.vae_scale_factor) * 2 ** (blocks - 1)
+
     def text_encoders(self, pipeline) -> dict[str, Any]:
         return {name: getattr(pipeline, name) for name in self.text_encoder_names}
 

@@ -68,6 +68,10 @@ class FluxTransformerFamily(ModelFamily):
         """The pipeline's default size: 128 latent pixels times the VAE's factor (1024 px)."""
         return int(pipeline.default_sample_size) * pipeline.vae_scale_factor
 
+    def latent_granularity(self, pipeline) -> int:
+        """The VAE's factor times the 2x2 patches the latents are packed into: 16 px (8 x 2)."""
+        return int(pipeline.vae_scale_factor) * 2
+
     def activation_levels(self, denoiser_config, latent_side: int) -> list[int]:
         """One level per transformer block: its tokens (the image's 2x2 patches and the padded
         prompt's) times the attention width (transformer_activations.py)."""

@@ -93,6 +93,6 @@ def time_ids(geometry: Sequence[ImageGeometry], dtype, device):
     in the order SDXL's `_get_add_time_ids` and diffusers' trainers use."""
     import torch  # deferred: torch is heavy
 
-    rows = [[g.original_size[1], g.original_size[0], *g.crop_top_left, g.target_size, g.target_size]
+    rows = [[g.original_size[1], g.original_size[0], *g.crop_top_left, *g.target_size]
             for g in geometry]
     return torch.tensor(rows, dtype=dtype, device=device)

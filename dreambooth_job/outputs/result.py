@@ -105,6 +105,10 @@ class Photos:
         default_factory=list, description=(
             "Files not trained on, with the reason; keys that cannot be safe local paths (`..`, "
             "`//`, a symlink out of a local directory) are listed here and never downloaded."))
+    buckets: dict[str, list[int]] | None = _optional(description=(
+        "With --aspect-buckets: the [width, height] each photo trained at (the aspect-ratio "
+        "bucket nearest its own, centre- or randomly cropped to it), by its name under `used`; "
+        "absent without buckets (every photo trains square at the resolution)."))
 
 
 @dataclass

@@ -38,6 +38,9 @@ def train(ctx: RunContext) -> None:
         class_prompt=prompts.class_prompt, observer=ObserverGroup(ctx.observer, ctx.loss_history),
         instance_captions=photo_prompts(prompts, photos.used))
     trainer.setup()
+    if trainer.inputs.buckets is not None:
+        ctx.result.photos.buckets = {name: list(size)
+                                     for name, size in zip(photos.used, trainer.inputs.buckets)}
     family = trainer.family
     ctx.stop.grace_seconds = sizing.job_budget(
         config.termination_grace_seconds, family.name, trainer.mode.name,

@@ -16,7 +16,7 @@ from dreambooth_job.generation import sampling
 from dreambooth_job.outputs import weight_files
 from dreambooth_job.outputs.result import BaseModelInfo, Identifier, Prompts
 from dreambooth_job.phases.context import LoadedModel, RunContext
-from dreambooth_job.training import base_models, captions, memory_fit, model_card, subject_photos
+from dreambooth_job.training import base_models, buckets, captions, memory_fit, model_card, subject_photos
 
 logger = logging.getLogger("dreambooth_job")
 
@@ -69,6 +69,8 @@ def resolve_resolution(ctx: RunContext, pipeline) -> int:
         logger.info("resolution auto: %d px (the base model's native resolution)", resolution)
         ctx.result.config["resolution"] = resolution
     ctx.result.training.resolution = resolution
+    if ctx.config.aspect_buckets:  # refused before class images are generated
+        buckets.check_resolution(resolution, families.for_pipeline(pipeline).latent_granularity(pipeline))
     return resolution
 
 

@@ -15,10 +15,11 @@ def step_generator(seed: int, step: int) -> torch.Generator:
 
 
 def pick(count: int, name: str, step: int, batch: int, seed: int, random_flip: bool,
-         generator: torch.Generator) -> tuple[list[int], list[bool]]:
+         generator: torch.Generator, indices: list[int] | None = None) -> tuple[list[int], list[bool]]:
     """Which of the `count` images of set `name` step `step` trains on (each epoch is a seeded
-    permutation, instance and class images apart), and which of them are flipped."""
-    indices = picked_indices(count, name, step, batch, seed)
+    permutation, instance and class images apart; `indices` when the caller chose them, as
+    aspect buckets do), and which of them are flipped."""
+    indices = picked_indices(count, name, step, batch, seed) if indices is None else indices
     flips = [bool(f) for f in torch.rand(batch, generator=generator) < 0.5] \
         if random_flip else [False] * batch
     return indices, flips

@@ -46,9 +46,10 @@ class Encoder:
 class EncodedCache:
     """What --cache-latents computed before the first step; None where nothing is cached."""
 
-    latents: dict[str, torch.Tensor] | None
+    latents: dict | None
     """Posterior parameters per image set ("instance", "class", and "<set>_flipped" for the
-    mirror images when flipping), one row per image."""
+    mirror images when flipping), one row per image (with --aspect-buckets, the instance set's a
+    list: each image's at its bucket's size)."""
     embeddings: dict[str, PromptEmbeddings] | None
     """Each set's prompt, encoded."""
     captions: dict[str, PromptEmbeddings] | None = None
@@ -69,10 +70,18 @@ class EncodedCache:
         return cls(latents, embeddings, captions)
 
 
-def _encode_all(encoder: Encoder, pixels: dict[str, torch.Tensor], flip: bool) -> dict[str, torch.Tensor]:
-    """Posterior parameters of every image (and its mirror image when flipping)."""
-    cache = {}
+def _encode_all(encoder: Encoder, pixels: dict, flip: bool) -> dict:
+    """Posterior parameters of every image (and its mirror image when flipping). A set of images
+    of different sizes (a list: --aspect-buckets) is encoded image by image, each entry of its
+    bucket's size: an image has one bucket for the whole run, so its index keys its bucket too."""
+    cache: dict = {}
     for name, images in pixels.items():
+        if isinstance(images, list):
+            cache[name] = [encoder.latent_params(image[None])[0] for image in images]
+            if flip:
+                cache[name + "_flipped"] = [encoder.latent_params(image[None].flip(-1))[0]
+                                            for image in images]
+            continue
         chunks = range(0, len(images), CHUNK)
         cache[name] = torch.cat([encoder.latent_params(images[i:i + CHUNK]) for i in chunks])
         if flip:

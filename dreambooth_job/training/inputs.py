@@ -5,7 +5,9 @@ prompt embeddings, from the cache (encoding.py) or encoded at the step: the set'
 captions (captions.py) each instance image's own, the instance prompt where --caption-dropout
 drops it. Every random draw comes from the step's generator, in a fixed order: which images and
 flips (batches.pick), the random crop, then the posterior sample; caption dropout draws from its
-own (batches.caption_dropped).
+own (batches.caption_dropped). With --aspect-buckets (buckets.py) each instance image trains at its
+bucket, cropped once (centre) or each step (random), its batch drawn within one bucket; class
+images stay square at the resolution.
 """
 from __future__ import annotations
 
@@ -15,9 +17,10 @@ from PIL import Image
 from dreambooth_job.config.train_config import TrainConfig
 from dreambooth_job.families import ModelFamily, PromptEmbeddings
 from dreambooth_job.families.base import ImageGeometry
+from dreambooth_job.training import buckets
 from dreambooth_job.training.batches import caption_dropped, center_crops, pick, picked_indices, random_crops
 from dreambooth_job.training.encoding import EncodedCache, Encoder
-from dreambooth_job.training.subject_photos import cover_size
+from dreambooth_job.training.subject_photos import cover_size, to_tensor
 
 
 class TrainingInputs:
@@ -30,6 +33,7 @@ class TrainingInputs:
                  prompts: dict[str, str], captions: list[str] | None = None):
         self.config, self.family, self.encoder = config, family, encoder
         self.images, self.original_sizes = images, original_sizes
+        self.buckets = self._assign_buckets(pipeline) if config.aspect_buckets else None
         self.pixels, self.center_crops = self._prepare_pixels()
         self.prompt_ids = {name: family.tokenize(pipeline, prompt) for name, prompt in prompts.items()}
         self.instance_prompt, self.captions = prompts["instance"], captions
@@ -40,21 +44,48 @@ class TrainingInputs:
         self.cache = EncodedCache.build(config, encoder, self.pixels, self.prompt_ids,
                                         self.caption_ids)
 
+    def _assign_buckets(self, pipeline) -> list[tuple[int, int]]:
+        """Each instance image's bucket (width, height), by the aspect ratio it was uploaded at."""
+        res, granularity = self.config.resolution, self.family.latent_granularity(pipeline)
+        buckets.check_resolution(res, granularity)
+        sizes = buckets.bucket_sizes(res, granularity)
+        return [buckets.nearest_bucket(size, sizes) for size in self.original_sizes["instance"]]
+
+    def target(self, name: str, index: int) -> tuple[int, int]:
+        """The (width, height) image `index` of set `name` trains at."""
+        if name == "instance" and self.buckets is not None:
+            return self.buckets[index]
+        return self.config.resolution, self.config.resolution
+
     def _prepare_pixels(self) -> tuple[dict, dict[str, list[tuple[int, int]]]]:
-        """Centre-cropped images become tensors once; random crops stay PIL images until each step."""
+        """Centre-cropped images become tensors once (a list of each bucket's size with
+        --aspect-buckets); random crops stay PIL images until each step."""
         if not self.config.center_crop:
             return self.images, {}
         pixels, crops = {}, {}
         for name, images in self.images.items():
-            pixels[name], crops[name] = center_crops(images, self.config.resolution)
+            if name == "instance" and self.buckets is not None:
+                taken = [buckets.bucket_crop_at(image, target, True)
+                         for image, target in zip(images, self.buckets)]
+                pixels[name] = [to_tensor(crop) for crop, _ in taken]
+                crops[name] = [top_left for _, top_left in taken]
+            else:
+                pixels[name], crops[name] = center_crops(images, self.config.resolution)
         return pixels, crops
+
+    def indices(self, name: str, step: int) -> list[int]:
+        """The images of set `name` that step `step` trains on: within one bucket with buckets."""
+        c = self.config
+        if name == "instance" and self.buckets is not None:
+            return buckets.bucket_batch(self.buckets, c.train_batch_size, c.seed, step)
+        return picked_indices(len(self.images[name]), name, step, c.train_batch_size, c.seed)
 
     def latents(self, name: str, step: int,
                 generator: torch.Generator) -> tuple[torch.Tensor, list[ImageGeometry]]:
         """The batch of set `name` at `step`: its latents, and where each image came from."""
         c = self.config
         indices, flips = pick(len(self.pixels[name]), name, step, c.train_batch_size, c.seed,
-                              c.random_flip, generator)
+                              c.random_flip, generator, self.indices(name, step))
         if self.cache.latents is not None:
             params = torch.stack([self.cache.latents[name + ("_flipped" if f else "")][i]
                                   for i, f in zip(indices, flips)])
@@ -72,20 +103,26 @@ class TrainingInputs:
     def _batch_pixels(self, name, indices, flips,
                       generator) -> tuple[torch.Tensor, list[tuple[int, int]]]:
         if self.config.center_crop:
-            pixels = self.pixels[name][indices]
+            pixels = [self.pixels[name][i] for i in indices]
             crops = [self.center_crops[name][i] for i in indices]
+        elif name == "instance" and self.buckets is not None:
+            pixels, crops = buckets.random_bucket_crops(
+                [self.pixels[name][i] for i in indices], [self.buckets[i] for i in indices], generator)
         else:
             pixels, crops = random_crops([self.pixels[name][i] for i in indices],
                                          self.config.resolution, generator)
         return torch.stack([p.flip(-1) if f else p for p, f in zip(pixels, flips)]), crops
 
     def _geometry(self, name: str, index: int, crop: tuple[int, int], flipped: bool) -> ImageGeometry:
-        res = self.config.resolution
+        res, (width, height) = self.config.resolution, self.target(name, index)
         top, left = crop
         if flipped:
             # A mirrored crop sits as far from the right edge as the crop did from the left.
-            left = cover_size(self.images[name][index].size, res)[0] - res - left
-        return ImageGeometry(self.original_sizes[name][index], (top, left), res)
+            size = self.images[name][index].size
+            cover = (buckets.cover_size(size, (width, height)) if (width, height) != (res, res)
+                     else cover_size(size, res))
+            left = cover[0] - width - left
+        return ImageGeometry(self.original_sizes[name][index], (top, left), (height, width))
 
     def embeddings(self, name: str, step: int) -> PromptEmbeddings:
         """Set `name`'s prompt embeddings at `step`, one row per image of the batch."""
@@ -100,8 +137,7 @@ class TrainingInputs:
         """The prompt of each instance image of `step`'s batch: its caption, or the instance
         prompt where the image has none or caption dropout drops it."""
         c, captions = self.config, self.captions or []
-        indices = picked_indices(len(self.images["instance"]), "instance", step, c.train_batch_size,
-                                 c.seed)
+        indices = self.indices("instance", step)
         dropped = caption_dropped(c.seed, step, c.train_batch_size, c.caption_dropout)
         return [self.instance_prompt if drop else captions[i] for i, drop in zip(indices, dropped)]
 

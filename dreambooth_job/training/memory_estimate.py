@@ -93,10 +93,12 @@ def needs_checkpointing(required_bytes: int, free_bytes: int) -> bool:
 
 
 def training_bytes(config, family, denoiser_config, vae_scale_factor: int, trained: int,
-                   images: int, half_precision: bool) -> int:
+                   images: int, half_precision: bool, resolution: int | None = None) -> int:
     """What one training step holds without gradient checkpointing: the trained parameters'
     state (training_state_bytes) and the denoiser's activations at the run's resolution, as the
-    run's family (a ModelFamily) counts them from the denoiser's config."""
-    levels = family.activation_levels(denoiser_config, config.resolution // vae_scale_factor)
+    run's family (a ModelFamily) counts them from the denoiser's config; `resolution` (the
+    run's by default) the side of the square of the largest training image's area."""
+    side = (resolution or config.resolution) // vae_scale_factor
+    levels = family.activation_levels(denoiser_config, side)
     return (training_state_bytes(trained, config.resolved_optimizer, config.ema_decay > 0)
             + activation_bytes(levels, images, half_precision, family))

@@ -27,7 +27,7 @@ from types import SimpleNamespace
 from dreambooth_job import families
 from dreambooth_job.exit_codes import InvalidInputError
 from dreambooth_job.storage import places
-from dreambooth_job.training import devices, lora_adapters, memory_estimate
+from dreambooth_job.training import buckets, devices, lora_adapters, memory_estimate
 
 GIB = memory_estimate.GIB
 CONFIG_MAX_BYTES = 1 << 20  # a model_index.json or config.json is a few KB
@@ -133,8 +133,9 @@ def check(config, family, pipeline, resolution: int, device_bytes: int | None) -
     the CPU. Called once the base model has loaded, before class images and training."""
     if device_bytes is None:
         return
+    priced = buckets.priced_resolution(config, family, pipeline, resolution)
     levels = family.activation_levels(family.denoiser(pipeline).config,
-                                      resolution // pipeline.vae_scale_factor)
+                                      priced // pipeline.vae_scale_factor)
     line = refusal(pipeline_counts(family, pipeline, config), RunShape.of(config), levels, family,
                    device_bytes, f"--train-mode {config.train_mode} of {family.name} at {resolution} px")
     if line:

@@ -13,7 +13,7 @@ import torch
 
 from dreambooth_job.config.train_config import TrainConfig
 from dreambooth_job.families import ModelFamily, TrainMode
-from dreambooth_job.training import devices, memory_estimate, quantized_base, state
+from dreambooth_job.training import buckets, devices, memory_estimate, quantized_base, state
 
 log = logging.getLogger("dreambooth_job")
 
@@ -127,8 +127,10 @@ def step_bytes(config: TrainConfig, pipeline, family: ModelFamily, models: Train
                images: int, half_precision: bool) -> int:
     """One training step's device memory without gradient checkpointing, as memory_estimate.py estimates it
     from the family's activation levels and the trained parameters."""
+    priced = buckets.priced_resolution(config, family, pipeline, config.resolution)
     return memory_estimate.training_bytes(config, family, models.denoiser.config, pipeline.vae_scale_factor,
-                                          sum(p.numel() for p in models.trainable), images, half_precision)
+                                          sum(p.numel() for p in models.trainable), images, half_precision,
+                                          priced)
 
 
 def _checkpointing_needed(config: TrainConfig, pipeline, family: ModelFamily, models: TrainedModels,

@@ -109,12 +109,28 @@ class Trainer:
     def loss(self, step: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """DreamBooth's objective at `step`: instance loss + lambda x prior loss, and both parts."""
         generator = step_generator(self.config.seed, step)
-        names = list(self.images)
+        names, instances = list(self.images), self.config.train_batch_size
         with record_function("inputs"):
             batches = [self.inputs.latents(n, step, generator) for n in names]
-            latents = torch.cat([latents for latents, _ in batches])
-            geometry = [g for _, batch_geometry in batches for g in batch_geometry]
-            embeddings = PromptEmbeddings.cat([self.inputs.embeddings(n, step) for n in names])
+            embeddings = [self.inputs.embeddings(n, step) for n in names]
+        if len({latents.shape for latents, _ in batches}) == 1:  # one denoiser call for all sets
+            errors = self._errors(torch.cat([latents for latents, _ in batches]),
+                                  [g for _, batch_geometry in batches for g in batch_geometry],
+                                  PromptEmbeddings.cat(embeddings), generator, instances)
+        else:  # --aspect-buckets: the instance bucket is not the class images' square
+            errors = torch.cat([self._errors(latents, geometry, embedded, generator,
+                                             instances if name == "instance" else 0)
+                                for name, (latents, geometry), embedded
+                                in zip(names, batches, embeddings)])
+        instance_loss = errors[: self.config.train_batch_size].mean()
+        prior_loss = (errors[self.config.train_batch_size:].mean() if self.class_images
+                      else torch.zeros((), device=self.device))
+        return instance_loss + self.config.prior_loss_weight * prior_loss, instance_loss, prior_loss
+
+    def _errors(self, latents, geometry, embeddings: PromptEmbeddings, generator,
+                instances: int) -> torch.Tensor:
+        """Each sample's loss: its noise and timestep drawn, the denoiser's prediction scored."""
+        with record_function("inputs"):
             batch = self.objective.draw(latents, generator, self.device)
         with record_function("denoiser_forward"), self.accelerator.autocast(), \
                 devices.attention_kernel(self.config.attention_backend):
@@ -122,11 +138,7 @@ class Trainer:
             conditioning = self.family.denoiser_conditioning(embeddings, batch.noisy.dtype, **extra)
             prediction = self.family.predict(self.models.denoiser, batch.noisy, batch.timesteps,
                                              conditioning)
-        errors = self.objective.per_sample_loss(prediction, batch, instances=self.config.train_batch_size)
-        instance_loss = errors[: self.config.train_batch_size].mean()
-        prior_loss = (errors[self.config.train_batch_size:].mean() if self.class_images
-                      else torch.zeros((), device=self.device))
-        return instance_loss + self.config.prior_loss_weight * prior_loss, instance_loss, prior_loss
+        return self.objective.per_sample_loss(prediction, batch, instances=instances)
 
     # ------------------------------------------------------------------------------------------
     def train(self, num_steps: int | None = None,

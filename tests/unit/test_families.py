@@ -141,7 +141,8 @@ def test_sdxl_time_ids_are_original_size_crop_and_target_as_the_pipelines(tiny_s
     pipe = tiny_sdxl_pipeline
     family = families.for_pipeline(pipe)
     embeddings = PromptEmbeddings(torch.zeros(1, 77, 64), torch.zeros(1, 32)).expand(2)
-    geometry = [ImageGeometry((1200, 800), (0, 48), 64), ImageGeometry((64, 64), (0, 0), 64)]
+    geometry = [ImageGeometry((1200, 800), (0, 48), (64, 64)),
+                ImageGeometry((64, 64), (0, 0), (64, 64))]
     kwargs = family.denoiser_conditioning(embeddings, torch.float32, geometry=geometry)
     expected = [pipe._get_add_time_ids((800, 1200), (0, 48), (64, 64), torch.float32, 32),
                 pipe._get_add_time_ids((64, 64), (0, 0), (64, 64), torch.float32, 32)]
