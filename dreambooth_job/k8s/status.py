@@ -184,61 +184,72 @@ def load_result(status: JobStatus) -> bool:
 
 def describe(job: dict[str, Any], pods: list[dict[str, Any]]) -> JobStatus:
     """JobStatus from the Job and its pods as API dicts (camelCase keys)."""
-    meta, spec, st = job.get("metadata", {}), job.get("spec", {}), job.get("status") or {}
+    meta, st = job.get("metadata", {}), job.get("status") or {}
     labels = meta.get("labels") or {}
     name = meta.get("name", "")
     pods = sorted((p for p in pods if (p["metadata"].get("labels") or {}).get(JOB_NAME_LABEL) == name),
                   key=lambda p: p["metadata"].get("creationTimestamp") or "")
     conditions = {c["type"]: c for c in st.get("conditions") or [] if c.get("status") == "True"}
-    failed_pods = [p for p in pods if (p.get("status") or {}).get("phase") == "Failed"]
+    failed_pods = [p for p in pods if _pod_phase(p) == "Failed"]
     # A pod being deleted (evicted or preempted: checkpointing on SIGTERM) is no longer the Job's
-    # active one; the Job controller replaces it once it has ended. Then it is deleted, and the
-    # podFailurePolicy keeps it off status.failed: until the replacement starts, only startTime
-    # without an active pod tells that an attempt ended.
+    # active one; the Job controller replaces it once it has ended.
     leaving = [p for p in pods if p["metadata"].get("deletionTimestamp")
-               and (p.get("status") or {}).get("phase") not in ("Failed", "Succeeded")]
-    # (status.ready lags behind a deletion until the Job controller's next sync.)
-    running = ((st.get("ready") or 0) > 0 and not leaving) or any(
-        (p.get("status") or {}).get("phase") == "Running" for p in pods if p not in leaving)
-    succeeded = st.get("succeeded") or any((p.get("status") or {}).get("phase") == "Succeeded" for p in pods)
-    between_attempts = bool(leaving or st.get("terminating")
-                            or (st.get("startTime") and not st.get("active") and not succeeded))
-
-    if "Complete" in conditions or "SuccessCriteriaMet" in conditions:
-        phase = Phase.SUCCEEDED
-    elif "Failed" in conditions or "FailureTarget" in conditions:
-        phase = Phase.FAILED
-    elif spec.get("suspend"):
-        phase = Phase.QUEUED
-    elif running:
-        phase = Phase.RUNNING
-    elif failed_pods or (st.get("failed") or 0) > 0 or between_attempts:
-        phase = Phase.RETRYING
-    else:
-        phase = Phase.PENDING
+               and _pod_phase(p) not in ("Failed", "Succeeded")]
+    phase = _phase(job, conditions, pods, failed_pods, leaving)
 
     failures = max(st.get("failed") or 0, len(failed_pods))
-    reason = None
     if phase is Phase.FAILED:
-        condition = conditions.get("Failed") or conditions.get("FailureTarget") or {}
-        # The Job controller's message only restates the pod's exit ("Container train for pod ...
-        # failed with exit code 2 matching FailJob rule at index 0"); the pod's own line says
-        # why, so it follows the condition's reason, and the message only stands in without one.
-        explained = pod_failure(failed_pods[-1]) if failed_pods else condition.get("message")
-        reason = ": ".join(x for x in (condition.get("reason"), explained) if x)
         failures -= 1 if failures else 0
-    elif failed_pods:
-        reason = pod_failure(failed_pods[-1])
-    elif any(disruption(p) for p in leaving):
-        reason = pod_failure([p for p in leaving if disruption(p)][-1])
-
     finished = (st.get("completionTime") or
                 (conditions.get("Failed") or {}).get("lastTransitionTime"))
     return JobStatus(
         name=name, namespace=meta.get("namespace", ""), phase=phase,
         subject_id=labels.get(SUBJECT_LABEL), batch_id=labels.get(BATCH_LABEL),
         retries=failures, started_at=_time(st.get("startTime")), finished_at=_time(finished),
-        failure_reason=reason or None, output=output_of(job))
+        failure_reason=_failure_reason(phase, conditions, failed_pods, leaving), output=output_of(job))
+
+
+def _pod_phase(pod: dict[str, Any]) -> str | None:
+    return (pod.get("status") or {}).get("phase")
+
+
+def _phase(job: dict[str, Any], conditions: dict[str, Any], pods: list[dict[str, Any]],
+           failed_pods: list[dict[str, Any]], leaving: list[dict[str, Any]]) -> Phase:
+    st = job.get("status") or {}
+    if "Complete" in conditions or "SuccessCriteriaMet" in conditions:
+        return Phase.SUCCEEDED
+    if "Failed" in conditions or "FailureTarget" in conditions:
+        return Phase.FAILED
+    if (job.get("spec") or {}).get("suspend"):
+        return Phase.QUEUED
+    # status.ready lags behind a deletion until the Job controller's next sync.
+    if ((st.get("ready") or 0) > 0 and not leaving) or any(
+            _pod_phase(p) == "Running" for p in pods if p not in leaving):
+        return Phase.RUNNING
+    # Once a disrupted pod has ended it is deleted, and the podFailurePolicy keeps it off
+    # status.failed: until the replacement starts, only startTime without an active pod tells
+    # that an attempt ended.
+    succeeded = st.get("succeeded") or any(_pod_phase(p) == "Succeeded" for p in pods)
+    between_attempts = bool(leaving or st.get("terminating")
+                            or (st.get("startTime") and not st.get("active") and not succeeded))
+    if failed_pods or (st.get("failed") or 0) > 0 or between_attempts:
+        return Phase.RETRYING
+    return Phase.PENDING
+
+
+def _failure_reason(phase: Phase, conditions: dict[str, Any], failed_pods: list[dict[str, Any]],
+                    leaving: list[dict[str, Any]]) -> str | None:
+    if phase is Phase.FAILED:
+        condition = conditions.get("Failed") or conditions.get("FailureTarget") or {}
+        # The Job controller's message only restates the pod's exit ("Container train for pod ...
+        # failed with exit code 2 matching FailJob rule at index 0"); the pod's own line says
+        # why, so it follows the condition's reason, and the message only stands in without one.
+        explained = pod_failure(failed_pods[-1]) if failed_pods else condition.get("message")
+        return ": ".join(x for x in (condition.get("reason"), explained) if x) or None
+    if failed_pods:
+        return pod_failure(failed_pods[-1])
+    disrupted = [p for p in leaving if disruption(p)]
+    return pod_failure(disrupted[-1]) if disrupted else None
 
 
 def pod_failure(pod: dict[str, Any]) -> str:
