@@ -29,7 +29,9 @@ class RecipeOptions(InputOptions):
         help="Peak learning rate (default auto: 1e-4 with --train-mode lora, 5e-6 with full; 1.0 "
              "with --optimizer prodigy, which scales its own step-size estimate by it).")
     lr_scheduler: str = option(
-        MODEL, "constant", choices=const.LR_SCHEDULER_CHOICES, help="Learning-rate schedule.")
+        MODEL, "constant", choices=const.LR_SCHEDULER_CHOICES, aliases=const.LR_SCHEDULER_ALIASES,
+        help="Learning-rate schedule (diffusers' get_scheduler; its underscore names, e.g. "
+             "constant_with_warmup, are accepted and the same run), after --lr-warmup-steps.")
     lr_warmup_steps: int = option(MODEL, 0, minimum=0, help="Learning-rate warm-up steps.")
     snr_gamma: float = option(
         MODEL, 0.0, minimum=0, maximum=1000,
