@@ -98,6 +98,9 @@ def validate_config(config: TrainConfig, *, require_inputs: bool = False) -> Non
             raise InvalidInputError(
                 f"{flag_name(f.name)} must be one of {', '.join(f.metadata['choices'])}, "
                 f"got {getattr(config, f.name)!r}")
+    if config.caption_dropout_prompt != "instance" and not config.caption_dropout:
+        raise InvalidInputError(f"--caption-dropout-prompt {config.caption_dropout_prompt} has no "
+                                "effect without --caption-dropout: add it or drop this option")
     if config.compile_mode != "default" and not config.compile_unet:
         raise InvalidInputError(f"--compile-mode {config.compile_mode} has no effect without "
                                 "--compile-unet: add --compile-unet or drop --compile-mode")

@@ -11,6 +11,8 @@ LR_SCHEDULER_CHOICES = ("constant", "constant-with-warmup", "linear", "cosine", 
                         "polynomial")
 LR_SCHEDULER_ALIASES = {"constant_with_warmup": "constant-with-warmup",
                         "cosine_with_restarts": "cosine-with-restarts"}
+# What --caption-dropout trains a dropped photo on: the instance prompt, or the empty prompt.
+CAPTION_DROPOUT_PROMPTS = ("instance", "empty")
 LOG_FORMAT_CHOICES = ("auto", "json", "text")
 MAX_LEASE_WAIT_SECONDS = 86400
 ADAM_IMPL_CHOICES = ("auto", "fused", "foreach", "loop")

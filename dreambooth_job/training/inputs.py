@@ -2,10 +2,10 @@
 pixels (centre crops as tensors once, random crops each step), where each crop came from
 (size-conditioned families take it), the latents the family makes of the VAE's posterior, and the
 prompt embeddings, from the cache (encoding.py) or encoded at the step: the set's prompt, or with
-captions (captions.py) each instance image's own, the instance prompt where --caption-dropout
-drops it. Every random draw comes from the step's generator, in a fixed order: which images and
-flips (batches.pick), the random crop, then the posterior sample; caption dropout draws from its
-own (batches.caption_dropped).
+captions (captions.py) each instance image's own, the instance prompt (or the empty prompt,
+--caption-dropout-prompt) where --caption-dropout drops it. Every random draw comes from the
+step's generator, in a fixed order: which images and flips (batches.pick), the random crop, then
+the posterior sample; caption dropout draws from its own (batches.caption_dropped).
 """
 from __future__ import annotations
 
@@ -32,10 +32,16 @@ class TrainingInputs:
         self.images, self.original_sizes = images, original_sizes
         self.pixels, self.center_crops = self._prepare_pixels()
         self.prompt_ids = {name: family.tokenize(pipeline, prompt) for name, prompt in prompts.items()}
-        self.instance_prompt, self.captions = prompts["instance"], captions
+        self.instance_prompt = prompts["instance"]
+        # What a dropped caption trains on (--caption-dropout-prompt): the instance prompt, or the
+        # empty prompt, which replaces the instance prompt of photos without a caption too.
+        self.dropped_prompt = "" if config.caption_dropout_prompt == "empty" else self.instance_prompt
+        if captions is None and self.dropped_prompt != self.instance_prompt:
+            captions = [self.instance_prompt] * len(images["instance"])
+        self.captions = captions
         # Each distinct prompt an instance image may train on, tokenized (and cached) once.
         self.caption_ids = ({text: family.tokenize(pipeline, text)
-                             for text in dict.fromkeys([*captions, self.instance_prompt])}
+                             for text in dict.fromkeys([*captions, self.dropped_prompt])}
                             if captions is not None else {})
         self.cache = EncodedCache.build(config, encoder, self.pixels, self.prompt_ids,
                                         self.caption_ids)
@@ -97,13 +103,13 @@ class TrainingInputs:
         return self.encoder.prompt(self.prompt_ids[name]).expand(batch)
 
     def batch_prompts(self, step: int) -> list[str]:
-        """The prompt of each instance image of `step`'s batch: its caption, or the instance
-        prompt where the image has none or caption dropout drops it."""
+        """The prompt of each instance image of `step`'s batch: its caption (the instance prompt
+        where the image has none), or where caption dropout drops it, the dropped prompt."""
         c, captions = self.config, self.captions or []
         indices = picked_indices(len(self.images["instance"]), "instance", step, c.train_batch_size,
                                  c.seed)
         dropped = caption_dropped(c.seed, step, c.train_batch_size, c.caption_dropout)
-        return [self.instance_prompt if drop else captions[i] for i, drop in zip(indices, dropped)]
+        return [self.dropped_prompt if drop else captions[i] for i, drop in zip(indices, dropped)]
 
     def _caption_embeddings(self, texts: list[str]) -> PromptEmbeddings:
         if self.cache.captions is not None:
