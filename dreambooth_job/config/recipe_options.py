@@ -90,7 +90,8 @@ class RecipeOptions(InputOptions):
              "LoKrConfig). SD and SDXL take all three; FLUX.2 [klein] and FLUX.1 lora and dora (their "
              "kohya files fuse q/k/v, which LoKr's factors cannot be). dora is refused with "
              "--train-text-encoder, both with --base-precision fp8/nf4. lokr publishes the "
-             "kohya/LyCORIS file only (diffusers' SD/SDXL loaders do not read LoKr).")
+             "kohya/LyCORIS file only (diffusers' SD/SDXL loaders do not read LoKr; generate "
+             "reads it back).")
     lora_targets: str = option(
         MODEL, const.LORA_TARGET_PRESETS[0], choices=const.LORA_TARGET_PRESETS,
         help="Which of the denoiser's layers get LoRA adapters, as the model's family names them: "
