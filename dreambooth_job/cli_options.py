@@ -39,7 +39,7 @@ def _option_for(f) -> Callable:
         return click.option(decls, f.name, default=None,
                              help=f"{help_text} [default: {shown}; env {field_types.env_name(f.name)}]")
     click_type: Any = click.Choice(accepted_choices(f)) if f.metadata["choices"] else kind
-    metavar = "[" + "|".join(f.metadata["choices"]) + "]" if f.metadata.get("aliases") else None
+    metavar = choice_metavar(f)
     shown = "required" if f.metadata["required"] else f"default: {default}"
     if introspection.accepts_auto(f):
         click_type, shown = AutoOr(kind), "default: auto"
@@ -48,6 +48,11 @@ def _option_for(f) -> Callable:
     return click.option(f.metadata["flag"] or field_types.flag_name(f.name), f.name, type=click_type,
                         default=None, multiple=introspection.is_list(f), metavar=metavar,
                         help=f"{help_text} [{shown}; env {field_types.env_name(f.name)}]")
+
+
+def choice_metavar(f) -> str | None:
+    """The choices shown in --help for an option with aliases (accepted, not listed); else click's."""
+    return "[" + "|".join(f.metadata["choices"]) + "]" if f.metadata.get("aliases") else None
 
 
 class AutoOr(click.ParamType):
