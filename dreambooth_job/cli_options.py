@@ -13,6 +13,7 @@ from dreambooth_job.config import choices as const
 from dreambooth_job.config import field_types, introspection
 from dreambooth_job.config import sources as config_sources
 from dreambooth_job.config import train_config as cfg
+from dreambooth_job.config.option_fields import accepted_choices
 
 
 def train_options(command: Callable) -> Callable:
@@ -37,15 +38,21 @@ def _option_for(f) -> Callable:
         shown = "auto" if default is None else decls.split("/")[0 if default else 1]
         return click.option(decls, f.name, default=None,
                              help=f"{help_text} [default: {shown}; env {field_types.env_name(f.name)}]")
-    click_type: Any = click.Choice(f.metadata["choices"]) if f.metadata["choices"] else kind
+    click_type: Any = click.Choice(accepted_choices(f)) if f.metadata["choices"] else kind
+    metavar = choice_metavar(f)
     shown = "required" if f.metadata["required"] else f"default: {default}"
     if introspection.accepts_auto(f):
         click_type, shown = AutoOr(kind), "default: auto"
     if introspection.is_list(f):
         shown = "default: " + "; ".join(default)
     return click.option(f.metadata["flag"] or field_types.flag_name(f.name), f.name, type=click_type,
-                        default=None, multiple=introspection.is_list(f),
+                        default=None, multiple=introspection.is_list(f), metavar=metavar,
                         help=f"{help_text} [{shown}; env {field_types.env_name(f.name)}]")
+
+
+def choice_metavar(f) -> str | None:
+    """The choices shown in --help for an option with aliases (accepted, not listed); else click's."""
+    return "[" + "|".join(f.metadata["choices"]) + "]" if f.metadata.get("aliases") else None
 
 
 class AutoOr(click.ParamType):

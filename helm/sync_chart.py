@@ -37,7 +37,7 @@ import yaml
 from dreambooth_job.config import field_types, introspection
 from dreambooth_job.config.introspection import base_type, is_list
 from dreambooth_job.config.operator_policy import CEILINGS, ceiling_env
-from dreambooth_job.config.option_fields import place_of, schema_bounds
+from dreambooth_job.config.option_fields import accepted_choices, place_of, schema_bounds
 from dreambooth_job.config.quantities import QUANTITY_SCHEMA_PATTERN
 from dreambooth_job.generation import generate_config as gen
 from dreambooth_job.k8s.examples import EXAMPLES
@@ -150,8 +150,8 @@ def _schema_properties(fields: list, owner: type | None) -> dict:
             prop.update(type="array", items={"type": kind, **bounds.pop("items", {})})
         else:
             prop["type"] = kind if default is not None else [kind, "null"]
-        if f.metadata["choices"]:
-            prop["enum"] = list(f.metadata["choices"])
+        if f.metadata["choices"]:  # aliases too: a values file may spell a choice either way
+            prop["enum"] = list(accepted_choices(f))
         if place_of(f):  # validate() refuses credentials in URLs too
             prop["not"] = {"type": "string", "pattern": URL_CREDENTIALS_SCHEMA_PATTERN}
         prop.update(bounds)

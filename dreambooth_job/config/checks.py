@@ -15,7 +15,7 @@ from dreambooth_job.config.choices import BUILTIN_PROMPT_SETS, QUANTIZED_BASE_PR
 from dreambooth_job.config.field_types import flag_name
 from dreambooth_job.config.operator_policy import ENV_PREFIX as OPERATOR_ENV_PREFIX
 from dreambooth_job.config.operator_policy import OperatorPolicy
-from dreambooth_job.config.option_fields import Place, check_bounds, place_of
+from dreambooth_job.config.option_fields import Place, accepted_choices, check_bounds, place_of
 from dreambooth_job.config.subject_identifier import format_prompt
 from dreambooth_job.exit_codes import InvalidInputError
 from dreambooth_job.redaction import SECRET_ENV, has_url_credentials
@@ -93,11 +93,14 @@ def validate_config(config: TrainConfig, *, require_inputs: bool = False) -> Non
     for f in dataclasses.fields(config):
         check_bounds(f, getattr(config, f.name))
     for f in dataclasses.fields(config):
-        choices = f.metadata["choices"]
+        choices = accepted_choices(f)
         if choices and getattr(config, f.name) not in choices:
             raise InvalidInputError(
-                f"{flag_name(f.name)} must be one of {', '.join(choices)}, "
+                f"{flag_name(f.name)} must be one of {', '.join(f.metadata['choices'])}, "
                 f"got {getattr(config, f.name)!r}")
+    if config.caption_dropout_prompt != "instance" and not config.caption_dropout:
+        raise InvalidInputError(f"--caption-dropout-prompt {config.caption_dropout_prompt} has no "
+                                "effect without --caption-dropout: add it or drop this option")
     if config.compile_mode != "default" and not config.compile_unet:
         raise InvalidInputError(f"--compile-mode {config.compile_mode} has no effect without "
                                 "--compile-unet: add --compile-unet or drop --compile-mode")

@@ -5,8 +5,14 @@ ENV_PREFIX = "DREAMBOOTH_"
 DEFAULT_BASE_MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
 MIXED_PRECISION_CHOICES = ("auto", "no", "fp16", "bf16")
-LR_SCHEDULER_CHOICES = ("constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts",
+# --lr-scheduler's names; diffusers' own spellings (get_scheduler's) are accepted as aliases and
+# are the same run: resolve_auto turns either into diffusers' name, the one older records hold.
+LR_SCHEDULER_CHOICES = ("constant", "constant-with-warmup", "linear", "cosine", "cosine-with-restarts",
                         "polynomial")
+LR_SCHEDULER_ALIASES = {"constant_with_warmup": "constant-with-warmup",
+                        "cosine_with_restarts": "cosine-with-restarts"}
+# What --caption-dropout trains a dropped photo on: the instance prompt, or the empty prompt.
+CAPTION_DROPOUT_PROMPTS = ("instance", "empty")
 LOG_FORMAT_CHOICES = ("auto", "json", "text")
 MAX_LEASE_WAIT_SECONDS = 86400
 ADAM_IMPL_CHOICES = ("auto", "fused", "foreach", "loop")

@@ -63,9 +63,15 @@ class InputOptions:
         help="Prompt of the prior-preservation images.")
     caption_dropout: float = option(
         MODEL, 0.0, minimum=0, maximum=1,
-        help="Probability that a captioned photo trains on the plain instance prompt instead of "
-             "its caption at a step (drawn from --seed and the step). Captions: a dog1.txt beside "
-             "dog1.jpg, or captions.jsonl under --instance-data.")
+        help="Probability that a captioned photo trains on the plain instance prompt (or with "
+             "--caption-dropout-prompt empty, the empty prompt) instead of its caption at a step "
+             "(drawn from --seed and the step). Captions: a dog1.txt beside dog1.jpg, or "
+             "captions.jsonl under --instance-data.")
+    caption_dropout_prompt: str = option(
+        MODEL, const.CAPTION_DROPOUT_PROMPTS[0], choices=const.CAPTION_DROPOUT_PROMPTS,
+        help="What --caption-dropout trains a dropped photo on: instance (--instance-prompt) or "
+             "empty (the empty prompt, as kohya's and ai-toolkit's caption dropout; also for "
+             "photos without a caption, so it applies without captions too).")
 
     # --- prior preservation ---------------------------------------------------------------------
     prior_preservation: bool = option(

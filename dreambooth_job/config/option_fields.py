@@ -55,7 +55,8 @@ MAX_LOCATION_LENGTH = 1024
 
 
 def option(role: Role, default: Any = None, *, help: str, flag: str | None = None,
-           choices: tuple[str, ...] | None = None, required: bool = False,
+           choices: tuple[str, ...] | None = None, aliases: dict[str, str] | None = None,
+           required: bool = False,
            default_factory: Any = None, minimum: float | None = None, maximum: float | None = None,
            exclusive_minimum: float | None = None, exclusive_maximum: float | None = None,
            multiple_of: int | None = None, max_length: int | None = None,
@@ -65,7 +66,8 @@ def option(role: Role, default: Any = None, *, help: str, flag: str | None = Non
            ceiling: str | None = None) -> Any:
     """A config field: its role, help text and bounds, which `validate` checks and the chart's
     values schema repeats. `flag` overrides the generated `--name/--no-name` form; `evaluation`
-    makes it an option of `dreambooth-job evaluate` too.
+    makes it an option of `dreambooth-job evaluate` too. `aliases` maps other accepted spellings
+    of `choices` to the choice each means (accepted everywhere, documented as aliases).
 
     `max_length` bounds a string (each item of a list), `max_items` a list; `pattern` is a regular
     expression the whole string matches and the words that say what it allows. `place` says that
@@ -79,7 +81,8 @@ def option(role: Role, default: Any = None, *, help: str, flag: str | None = Non
         max_length = MAX_LOCATION_LENGTH
     bounds = {"minimum": minimum, "maximum": maximum, "exclusiveMinimum": exclusive_minimum,
               "exclusiveMaximum": exclusive_maximum, "multipleOf": multiple_of}
-    metadata = {"role": role, "help": help, "flag": flag, "choices": choices, "required": required,
+    metadata = {"role": role, "help": help, "flag": flag, "choices": choices,
+                "aliases": dict(aliases or {}), "required": required,
                 "bounds": {k: v for k, v in bounds.items() if v is not None},
                 "max_length": max_length, "max_items": max_items, "pattern": pattern,
                 "must_contain": must_contain, "evaluation": evaluation, "place": place,
@@ -99,6 +102,12 @@ def place_of(f: dataclasses.Field) -> Place | None:
 
 def set_by_pod(f: dataclasses.Field) -> bool:
     return bool(f.metadata.get("set_by_pod"))
+
+
+def accepted_choices(f: dataclasses.Field) -> tuple[str, ...] | None:
+    """The values a choice option takes: its choices, then their aliases; None for no choices."""
+    choices = f.metadata.get("choices")
+    return choices and (*choices, *f.metadata.get("aliases", {}))
 
 
 def schema_bounds(f: dataclasses.Field) -> dict[str, Any]:

@@ -40,6 +40,9 @@ def _bounds(f: dataclasses.Field) -> str:
               "multipleOf": "multiple of"}[key] + f" {value}" for key, value in f.metadata["bounds"].items()]
     if f.metadata["choices"]:
         words.append(" / ".join(f.metadata["choices"]))
+        if f.metadata.get("aliases"):
+            words.append("aliases: " + ", ".join(f"{alias} ({name})"
+                                                 for alias, name in f.metadata["aliases"].items()))
     if f.metadata["max_items"] is not None:
         words.append(f"at most {f.metadata['max_items']} items")
     if f.metadata["max_length"] is not None:

@@ -29,7 +29,9 @@ class RecipeOptions(InputOptions):
         help="Peak learning rate (default auto: 1e-4 with --train-mode lora, 5e-6 with full; 1.0 "
              "with --optimizer prodigy, which scales its own step-size estimate by it).")
     lr_scheduler: str = option(
-        MODEL, "constant", choices=const.LR_SCHEDULER_CHOICES, help="Learning-rate schedule.")
+        MODEL, "constant", choices=const.LR_SCHEDULER_CHOICES, aliases=const.LR_SCHEDULER_ALIASES,
+        help="Learning-rate schedule (diffusers' get_scheduler; its underscore names, e.g. "
+             "constant_with_warmup, are accepted and the same run), after --lr-warmup-steps.")
     lr_warmup_steps: int = option(MODEL, 0, minimum=0, help="Learning-rate warm-up steps.")
     snr_gamma: float = option(
         MODEL, 0.0, minimum=0, maximum=1000,
@@ -88,7 +90,8 @@ class RecipeOptions(InputOptions):
              "LoKrConfig). SD and SDXL take all three; FLUX.2 [klein] and FLUX.1 lora and dora (their "
              "kohya files fuse q/k/v, which LoKr's factors cannot be). dora is refused with "
              "--train-text-encoder, both with --base-precision fp8/nf4. lokr publishes the "
-             "kohya/LyCORIS file only (diffusers' SD/SDXL loaders do not read LoKr).")
+             "kohya/LyCORIS file only (diffusers' SD/SDXL loaders do not read LoKr; generate "
+             "reads it back).")
     lora_targets: str = option(
         MODEL, const.LORA_TARGET_PRESETS[0], choices=const.LORA_TARGET_PRESETS,
         help="Which of the denoiser's layers get LoRA adapters, as the model's family names them: "

@@ -177,6 +177,11 @@ class TrainConfig(RecipeOptions):
         return resolve_auto(self.to_dict())["optimizer"]
 
     @property
+    def resolved_lr_scheduler(self) -> str:
+        """--lr-scheduler as diffusers' get_scheduler names it (resolve_auto)."""
+        return resolve_auto(self.to_dict())["lr_scheduler"]
+
+    @property
     def resolved_lora_alpha(self) -> float:
         """--lora-alpha, or its `auto` default, the rank (resolve_auto)."""
         return resolve_auto(self.to_dict())["lora_alpha"]
@@ -203,6 +208,11 @@ def resolve_auto(values: Mapping[str, Any]) -> dict[str, Any]:
     # --use-8bit-adam is --optimizer adamw-8bit: either spelling is the same run.
     if resolved.get("use_8bit_adam") or resolved.get("optimizer") == "adamw-8bit":
         resolved["optimizer"], resolved["use_8bit_adam"] = "adamw-8bit", True
+    # --lr-scheduler constant-with-warmup is diffusers' constant_with_warmup: resolved to diffusers'
+    # spelling, which older records hold, so their runs keep their identity and fingerprint.
+    diffusers_names = {name: alias for alias, name in const.LR_SCHEDULER_ALIASES.items()}
+    if resolved.get("lr_scheduler") in diffusers_names:
+        resolved["lr_scheduler"] = diffusers_names[resolved["lr_scheduler"]]
     if resolved.get("learning_rate") is None:  # a record's mode may be anything: full's unless lora
         resolved["learning_rate"] = (
             const.PRODIGY_LEARNING_RATE if resolved.get("optimizer") == "prodigy"

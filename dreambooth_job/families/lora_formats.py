@@ -40,6 +40,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from dreambooth_job.config.choices import DEFAULT_LORA_TARGETS, LORA_VARIANTS
+from dreambooth_job.exit_codes import InvalidInputError
 from dreambooth_job.outputs.export.single_file import unet_to_ldm
 from dreambooth_job.training.lora_adapters import (
     DEFAULT_TEXT_ENCODER_TARGETS,
@@ -82,6 +83,13 @@ class LoraFormat(ABC):
     def modules(self, pipeline) -> dict[str, Any]:
         """The pipeline's modules that may carry adapters, by component (None where absent)."""
         return {name: getattr(pipeline, name, None) for name in self.components}
+
+    def kohya_module_names(self, name: str, prefixes: list[str], modules) -> dict[str, str]:
+        """{kohya module name: peft prefix} for component `name`'s layers at `prefixes` (peft's
+        module paths): the names `kohya_state` gives their LoKr tensors, where the format names
+        each layer alone (outputs/lora_readers.py reads a LyCORIS file back by them). None here:
+        a format that fuses layers in its file holds no LoKr (adapter_variants)."""
+        return {}
 
     @abstractmethod
     def write_diffusers(self, directory, layers: Mapping[str, dict], *, weight_name: str,
@@ -151,18 +159,29 @@ class UNetLoraFormat(LoraFormat):
         return state
 
     def _kohya_module(self, name: str, prefix: str, modules) -> str:
-        """The kohya name of the module at peft's `prefix` (`lora_unet_down_blocks_0_..._to_q`),
-        through the converter that names the LoRA keys, on a stand-in A and B."""
+        """The kohya name of the module at peft's `prefix` (`lora_unet_down_blocks_0_..._to_q`)."""
+        return next(iter(self.kohya_module_names(name, [prefix], modules)))
+
+    def kohya_module_names(self, name: str, prefixes: list[str], modules) -> dict[str, str]:
+        """Through the converter that names the LoRA keys, on a stand-in A and B per layer whose
+        value is the layer's index. A layer the original UNet layout has no name for (SDXL) is
+        left out: no adapter of ours sits on it."""
         import torch  # deferred: torch is heavy
         from diffusers.utils.state_dict_utils import (  # deferred: diffusers is heavy
             convert_state_dict_to_kohya,
         )
 
-        stand_in = {f"{prefix}.lora_{part}.weight": torch.zeros(1, 1) for part in "AB"}
-        converted = convert_state_dict_to_kohya(
-            {f"{name}.{key}": v for key, v in self._module_names(name, stand_in, modules).items()})
-        down = next(key for key in converted if key.endswith(".lora_down.weight"))
-        return self._key(down.removesuffix(".lora_down.weight"))
+        stand_in: dict[str, Any] = {}
+        for index, prefix in enumerate(prefixes):
+            pair = {f"{prefix}.lora_{part}.weight": torch.full((1, 1), float(index)) for part in "AB"}
+            try:
+                stand_in.update(self._module_names(name, pair, modules))
+            except InvalidInputError:
+                if len(prefixes) == 1:
+                    raise
+        converted = convert_state_dict_to_kohya({f"{name}.{key}": v for key, v in stand_in.items()})
+        return {self._key(key.removesuffix(".lora_down.weight")): prefixes[int(value.item())]
+                for key, value in converted.items() if key.endswith(".lora_down.weight")}
 
     def _key(self, key: str) -> str:
         # diffusers names the first text encoder as SDXL's (`lora_te1_`); SD 1.x files say `lora_te_`.

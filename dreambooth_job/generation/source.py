@@ -96,7 +96,8 @@ def find_run(model: str, policy: OperatorPolicy | None = None) -> RunSource:
 
 def load_pipeline(source: RunSource, cache_dir: str):
     """The pipeline to draw with, on the CPU in fp32: the run's model/, or its base model (with
-    the run's --vae) and lora/'s adapters loaded as a user would (`load_lora_weights`)."""
+    the run's --vae) and lora/'s adapters loaded as a user would (`load_lora_weights`); a LoKr
+    run's, which only its LyCORIS file holds, from that file."""
 
     if source.weights == MODEL_DIR:
         base = base_models.resolve_base_model(source.weights_uri, cache_dir)
@@ -111,16 +112,40 @@ def load_pipeline(source: RunSource, cache_dir: str):
         try:
             storage.download_file(adapter, Path(local, DIFFUSERS_WEIGHT_NAME))
         except FileNotFoundError:
-            raise InvalidInputError(f"--model {source.run}: {LORA_DIR}/ holds no "
-                                    f"{DIFFUSERS_WEIGHT_NAME}") from None
-        try:
-            pipeline.load_lora_weights(local, weight_name=DIFFUSERS_WEIGHT_NAME)
-        except (ValueError, OSError, KeyError, RuntimeError) as exc:
-            raise InvalidInputError(f"--model {source.run}: cannot apply {LORA_DIR}/"
-                                    f"{DIFFUSERS_WEIGHT_NAME} to {source.base_model}: "
-                                    f"{str(exc).splitlines()[0][:200]}") from None
-    logger.info("LoRA adapters of %s applied to %s", source.run, source.base_model)
+            name = _apply_lycoris_file(pipeline, source, Path(local))
+        else:
+            name = DIFFUSERS_WEIGHT_NAME
+            try:
+                pipeline.load_lora_weights(local, weight_name=DIFFUSERS_WEIGHT_NAME)
+            except (ValueError, OSError, KeyError, RuntimeError) as exc:
+                raise InvalidInputError(f"--model {source.run}: cannot apply {LORA_DIR}/"
+                                        f"{DIFFUSERS_WEIGHT_NAME} to {source.base_model}: "
+                                        f"{str(exc).splitlines()[0][:200]}") from None
+    logger.info("LoRA adapters of %s (%s/%s) applied to %s", source.run, LORA_DIR, name,
+                source.base_model)
     return pipeline
+
+
+def _apply_lycoris_file(pipeline, source: RunSource, local: Path) -> str:
+    """A --lora-variant lokr run's adapters, which only its kohya/LyCORIS file holds (diffusers'
+    SD/SDXL loaders read no LoKr, outputs/weight_files.py), applied as training had them
+    (outputs/lora_readers.py); returns the file's name."""
+    from dreambooth_job.outputs import lora_readers  # deferred: torch is heavy
+
+    files = [f for f in storage.list_files(source.weights_uri, suffixes=[".safetensors"])
+             if "/" not in f.relative_path]
+    path = local / files[0].relative_path if len(files) == 1 else None
+    if path is not None:
+        storage.download_file(storage.join(source.weights_uri, files[0].relative_path), path, files[0])
+    if path is None or not lora_readers.is_lokr_file(path):
+        raise InvalidInputError(f"--model {source.run}: {LORA_DIR}/ holds no {DIFFUSERS_WEIGHT_NAME} "
+                                "(nor a LoKr run's one LyCORIS file)")
+    try:
+        lora_readers.apply_lokr_file(pipeline, path)
+    except InvalidInputError as exc:
+        raise InvalidInputError(f"--model {source.run}: cannot apply {LORA_DIR}/{exc} to "
+                                f"{source.base_model}") from None
+    return path.name
 
 
 def _required(value: str | None, key: str, model: str) -> str:

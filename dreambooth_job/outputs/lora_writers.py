@@ -157,9 +157,13 @@ def _adapter_state(module) -> dict:
     from peft.utils import get_peft_model_state_dict  # deferred: peft is heavy
 
     state = get_peft_model_state_dict(module, adapter_name=ADAPTER_NAME)
-    if _is_flattened_clip(module):
-        state = {f"text_model.{key}": value for key, value in state.items()}
-    return state
+    return {file_layer_path(module, key): value for key, value in state.items()}
+
+
+def file_layer_path(module, path: str) -> str:
+    """A layer's (or tensor's) path in `module` as the files name it: under `text_model.` in a
+    flattened CLIP text encoder."""
+    return f"text_model.{path}" if _is_flattened_clip(module) else path
 
 
 def _is_flattened_clip(module) -> bool:

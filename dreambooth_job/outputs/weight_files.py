@@ -12,7 +12,8 @@ Layout under the output (docs/user-guide.md, "Output layout"), every weight file
   Stable Diffusion's / SDXL's whole checkpoint, FLUX.2 [klein]'s and FLUX.1's transformer in
   BFL's layout.
 - LoRA: `lora/pytorch_lora_weights.safetensors` (diffusers' `load_lora_weights`; not for
-  --lora-variant lokr, which diffusers' SD/SDXL loaders do not read) and
+  --lora-variant lokr, which diffusers' SD/SDXL loaders do not read: `generate` reads the LyCORIS
+  file back instead, outputs/lora_readers.py) and
   `lora/<subject-id>.safetensors` (kohya-ss/LyCORIS keys as the family names them; A1111/ComfyUI),
   with the run in their headers;
   `--lora-merge` adds `model/`, the base with the adapters merged in, and `--export-single-file`

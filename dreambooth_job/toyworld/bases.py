@@ -11,6 +11,12 @@ from pathlib import Path
 from dreambooth_job.config.choices import DEFAULT_LORA_TARGETS
 from dreambooth_job.training.lora_adapters import UNET_CONV_TARGETS
 
+TRAIN_OPTIONS = ("caption_dropout", "caption_dropout_prompt", "ema_decay", "snr_gamma", "noise_offset",
+                 "timestep_sampling", "flow_weighting", "optimizer", "lr_scheduler", "lr_warmup_steps",
+                 "lora_variant")
+"""TrainConfig options `toy-world` passes to every run as given (experiment.Ablation.train_options;
+its flags are generated from the options' declarations, toyworld/command.py): naming one here
+offers it."""
 ASSET_BASE_MODEL = Path(__file__).resolve().parent.parent / "assets" / "toyworld" / "base"
 ASSET_FLOW_BASE_MODEL = ASSET_BASE_MODEL.parent / "flow-base"
 # The toy's learning rates per --train-mode (docs/toy-world.md): higher than the job's defaults

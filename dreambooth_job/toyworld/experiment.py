@@ -15,20 +15,24 @@ import json
 import logging
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image
 
+from dreambooth_job.config.field_types import flag_name
 from dreambooth_job.config.subject_identifier import choose_identifier
 from dreambooth_job.config.train_config import TrainConfig
+from dreambooth_job.outputs import lora_readers
 from dreambooth_job.outputs.lora_writers import DIFFUSERS_WEIGHT_NAME
 from dreambooth_job.toyworld import measure, world
-from dreambooth_job.toyworld.bases import DEFAULT_TOY_BASE, TOY_BASES
+from dreambooth_job.toyworld.bases import DEFAULT_TOY_BASE, TOY_BASES, TRAIN_OPTIONS
 from dreambooth_job.training.base_models import load_pipeline, resolve_base_model
 
 log = logging.getLogger(__name__)
 
 VARIANTS = {"ppl": True, "no-ppl": False}
+
 METRICS = ("subject_fidelity", "prompt_fidelity", "context_subject_fidelity", "class_leakage",
            "class_diversity", "class_background_diversity")
 
@@ -52,8 +56,15 @@ class Ablation:
     photos: int = 5
     eval_size: measure.EvalSize = field(default_factory=measure.EvalSize)
     grids: bool = True
+    captions: bool = False
+    """Give each subject photo its caption (world.subject_captions: the background it shows)."""
+    train_options: dict[str, Any] = field(default_factory=dict)
+    """Options of TRAIN_OPTIONS given to every run; the others stay at the job's defaults."""
 
     def __post_init__(self) -> None:
+        unknown = set(self.train_options) - set(TRAIN_OPTIONS)
+        if unknown:
+            raise ValueError(f"toy-world passes only {', '.join(TRAIN_OPTIONS)}, not {sorted(unknown)}")
         toy = TOY_BASES[self.base]
         if self.base_model is None:
             self.base_model = toy.path
@@ -61,10 +72,17 @@ class Ablation:
             self.lora_target_modules = list(toy.lora_targets)
 
 
-def write_subject(directory: Path, count: int) -> Path:
+def write_subject(directory: Path, count: int, captions: bool = False) -> Path:
+    """The subject's photos, and with `captions` a `.txt` caption beside each (none otherwise,
+    also none left from an earlier run)."""
     directory.mkdir(parents=True, exist_ok=True)
+    for stale in directory.glob("subject-*.txt"):
+        stale.unlink()
+    texts = world.subject_captions(count)
     for i, photo in enumerate(world.subject_photos(count)):
         photo.save(directory / f"subject-{i}.png")
+        if captions:
+            (directory / f"subject-{i}.txt").write_text(texts[i] + "\n")
     return directory
 
 
@@ -84,7 +102,7 @@ def train_config(ablation: Ablation, seed: int, prior_preservation: bool, subjec
                             "a {identifier} {class_noun} on a green background", "a {class_noun}"],
         metrics_port=0, log_format="text", log_every=50, seed=seed, checkpoint_every=0,
         # The ablation measures the trained weights themselves, not an fp16 copy of them.
-        checkpoint_interval_minutes=0, save_precision="fp32")
+        checkpoint_interval_minutes=0, save_precision="fp32", **ablation.train_options)
 
 
 def _lora_options(ablation: Ablation) -> dict:
@@ -107,8 +125,10 @@ def load(path: Path, lora_dir: Path | None = None):
 
     no_cache = "/nonexistent"  # a local directory needs no model cache
     pipe = load_pipeline(resolve_base_model(str(path), no_cache), no_cache)
-    if lora_dir is not None:
+    if lora_dir is not None and (lora_dir / DIFFUSERS_WEIGHT_NAME).is_file():
         pipe.load_lora_weights(str(lora_dir))
+    elif lora_dir is not None:  # --lora-variant lokr: the LyCORIS file alone, read as generate does
+        lora_readers.apply_lokr_file(pipe, adapter_file(lora_dir.parent))
     return sampling.fast_pipeline(pipe)
 
 
@@ -118,9 +138,15 @@ def load_trained(ablation: Ablation, run_dir: Path):
     return load(run_dir / "model")
 
 
+def adapter_file(run_dir: Path) -> Path:
+    """The adapter file a LoRA run published in diffusers' format, or for LoKr its LyCORIS file."""
+    diffusers_file = run_dir / "lora" / DIFFUSERS_WEIGHT_NAME
+    return diffusers_file if diffusers_file.is_file() else next((run_dir / "lora").glob("*.safetensors"))
+
+
 def adapter_bytes(run_dir: Path) -> int:
-    """Size of the diffusers-format adapter file a LoRA run published."""
-    return (run_dir / "lora" / DIFFUSERS_WEIGHT_NAME).stat().st_size
+    """Size of that file."""
+    return adapter_file(run_dir).stat().st_size
 
 
 def run(ablation: Ablation) -> dict:
@@ -129,7 +155,7 @@ def run(ablation: Ablation) -> dict:
 
     out = ablation.output
     out.mkdir(parents=True, exist_ok=True)
-    subject = write_subject(out / "subject", ablation.photos)
+    subject = write_subject(out / "subject", ablation.photos, ablation.captions)
     base = load(ablation.base_model)
     token = choose_identifier(base.tokenizer).token
     results: dict[str, dict[str, dict[str, float]]] = {}
@@ -152,7 +178,8 @@ def run(ablation: Ablation) -> dict:
                "summary": summarise(results)}
     (out / "metrics.json").write_text(json.dumps(summary, indent=2) + "\n")
     (out / "table.md").write_text(
-        table(summary["summary"], len(ablation.seeds), ablation.train_mode, ablation.base) + "\n")
+        table(summary["summary"], len(ablation.seeds), ablation.train_mode, ablation.base,
+              options_text(ablation)) + "\n")
     if ablation.grids:
         write_grids(out / "grids", pictures, token, subject)
     return summary
@@ -183,7 +210,15 @@ def summarise(results: dict) -> dict:
     return summary
 
 
-def table(summary: dict, seeds: int, train_mode: str = "full", base: str = DEFAULT_TOY_BASE) -> str:
+def options_text(ablation: Ablation) -> str:
+    """--captions and the passed options as flags, for the table's line ("" for none)."""
+    flags = ["--captions"] if ablation.captions else []
+    flags += [f"{flag_name(name)} {value}" for name, value in ablation.train_options.items()]
+    return ", ".join(flags)
+
+
+def table(summary: dict, seeds: int, train_mode: str = "full", base: str = DEFAULT_TOY_BASE,
+          extra: str = "") -> str:
     header = "| model | " + " | ".join(m.replace("_", " ") for m in METRICS) + " |"
     lines = [header, "|" + "---|" * (len(METRICS) + 1)]
     for model, metrics in summary.items():
@@ -191,6 +226,7 @@ def table(summary: dict, seeds: int, train_mode: str = "full", base: str = DEFAU
         lines.append(f"| {model} | " + " | ".join(cells) + " |")
     # The default base's line stays as it was before there were two bases.
     options = f"--train-mode {train_mode}" + ("" if base == DEFAULT_TOY_BASE else f", --base {base}")
+    options += f", {extra}" if extra else ""
     return "\n".join(lines) + f"\n\nMean (min-max) over {seeds} seed(s), {options}."
 
 

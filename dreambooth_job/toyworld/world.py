@@ -124,6 +124,14 @@ def subject_photos(count: int = 5, seed: int = 1234) -> list[Image.Image]:
     return [subject_photo(rng, backgrounds[i % len(backgrounds)]) for i in range(count)]
 
 
+def subject_captions(count: int = 5) -> list[str]:
+    """Each subject photo's caption, in the world's words: the background it was taken on (the
+    photos take the backgrounds in turn), the subject as the job's placeholders name it."""
+    backgrounds = list(BACKGROUNDS)
+    return [f"a {{identifier}} {{class_noun}} on a {backgrounds[i % len(backgrounds)]} background"
+            for i in range(count)]
+
+
 def dataset(count: int, seed: int) -> tuple[np.ndarray, list[str]]:
     """`count` pictures as a uint8 NHWC array, and their captions."""
     rng = np.random.default_rng(seed)

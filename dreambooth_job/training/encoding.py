@@ -54,7 +54,7 @@ class EncodedCache:
     """Each set's prompt, encoded."""
     captions: dict[str, PromptEmbeddings] | None = None
     """With captions: each prompt an instance image trains on (its caption, and the instance
-    prompt that caption dropout and uncaptioned photos use), encoded, by its text."""
+    prompt that uncaptioned photos use, and the one caption dropout uses), encoded, by its text."""
 
     @classmethod
     def build(cls, config: TrainConfig, encoder: Encoder, pixels: dict, prompt_ids: dict[str, tuple],

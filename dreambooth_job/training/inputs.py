@@ -2,12 +2,12 @@
 pixels (centre crops as tensors once, random crops each step), where each crop came from
 (size-conditioned families take it), the latents the family makes of the VAE's posterior, and the
 prompt embeddings, from the cache (encoding.py) or encoded at the step: the set's prompt, or with
-captions (captions.py) each instance image's own, the instance prompt where --caption-dropout
-drops it. Every random draw comes from the step's generator, in a fixed order: which images and
-flips (batches.pick), the random crop, then the posterior sample; caption dropout draws from its
-own (batches.caption_dropped). With --aspect-buckets (buckets.py) each instance image trains at its
-bucket, cropped once (centre) or each step (random), its batch drawn within one bucket; class
-images stay square at the resolution.
+captions (captions.py) each instance image's own, the instance prompt (or the empty prompt,
+--caption-dropout-prompt) where --caption-dropout drops it. Every random draw comes from the
+step's generator, in a fixed order: which images and flips (batches.pick), the random crop, then
+the posterior sample; caption dropout draws from its own (batches.caption_dropped). With
+--aspect-buckets (buckets.py) each instance image trains at its bucket, cropped once (centre) or
+each step (random), its batch drawn within one bucket; class images stay square at the resolution.
 """
 from __future__ import annotations
 
@@ -36,10 +36,16 @@ class TrainingInputs:
         self.buckets = self._assign_buckets(pipeline) if config.aspect_buckets else None
         self.pixels, self.center_crops = self._prepare_pixels()
         self.prompt_ids = {name: family.tokenize(pipeline, prompt) for name, prompt in prompts.items()}
-        self.instance_prompt, self.captions = prompts["instance"], captions
+        self.instance_prompt = prompts["instance"]
+        # What a dropped caption trains on (--caption-dropout-prompt): the instance prompt, or the
+        # empty prompt, which replaces the instance prompt of photos without a caption too.
+        self.dropped_prompt = "" if config.caption_dropout_prompt == "empty" else self.instance_prompt
+        if captions is None and self.dropped_prompt != self.instance_prompt:
+            captions = [self.instance_prompt] * len(images["instance"])
+        self.captions = captions
         # Each distinct prompt an instance image may train on, tokenized (and cached) once.
         self.caption_ids = ({text: family.tokenize(pipeline, text)
-                             for text in dict.fromkeys([*captions, self.instance_prompt])}
+                             for text in dict.fromkeys([*captions, self.dropped_prompt])}
                             if captions is not None else {})
         self.cache = EncodedCache.build(config, encoder, self.pixels, self.prompt_ids,
                                         self.caption_ids)
@@ -134,12 +140,12 @@ class TrainingInputs:
         return self.encoder.prompt(self.prompt_ids[name]).expand(batch)
 
     def batch_prompts(self, step: int) -> list[str]:
-        """The prompt of each instance image of `step`'s batch: its caption, or the instance
-        prompt where the image has none or caption dropout drops it."""
+        """The prompt of each instance image of `step`'s batch: its caption (the instance prompt
+        where the image has none), or where caption dropout drops it, the dropped prompt."""
         c, captions = self.config, self.captions or []
         indices = self.indices("instance", step)
         dropped = caption_dropped(c.seed, step, c.train_batch_size, c.caption_dropout)
-        return [self.instance_prompt if drop else captions[i] for i, drop in zip(indices, dropped)]
+        return [self.dropped_prompt if drop else captions[i] for i, drop in zip(indices, dropped)]
 
     def _caption_embeddings(self, texts: list[str]) -> PromptEmbeddings:
         if self.cache.captions is not None:

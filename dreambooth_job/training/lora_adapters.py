@@ -126,7 +126,7 @@ def _check_targets(name: str, module, targets: Sequence[str]) -> None:
     if not targets:
         raise InvalidInputError(f"--lora-target-modules for the {name} is empty")
     for target in targets:
-        if not any(_matches(layer_name, target) and _adaptable(layer)
+        if not any(_matches(layer_name, target) and adaptable(layer)
                    for layer_name, layer in module.named_modules()):
             raise InvalidInputError(
                 f"--lora-target-modules {target!r} names no linear or convolution layer of the {name}")
@@ -137,7 +137,8 @@ def _matches(layer_name: str, target: str) -> bool:
     return layer_name == target or layer_name.endswith("." + target)
 
 
-def _adaptable(layer) -> bool:
+def adaptable(layer) -> bool:
+    """Whether peft can adapt `layer`: a linear or 2-d convolution layer."""
     import torch  # deferred: torch is heavy
 
     return isinstance(layer, (torch.nn.Linear, torch.nn.Conv2d))

@@ -148,7 +148,7 @@ def setup_optimizer(config: TrainConfig, params: list) -> tuple[Any, Any]:
 
     optimizer = make_optimizer(config.resolved_optimizer, params, config.resolved_learning_rate,
                                config.adam_weight_decay, config.adam_impl)
-    lr_scheduler = get_scheduler(config.lr_scheduler, optimizer=optimizer,
+    lr_scheduler = get_scheduler(config.resolved_lr_scheduler, optimizer=optimizer,
                                  num_warmup_steps=config.lr_warmup_steps,
                                  num_training_steps=config.max_train_steps)
     return optimizer, lr_scheduler

@@ -21,6 +21,7 @@ from deploy_support import (
 
 from dreambooth_job.config import field_types, introspection
 from dreambooth_job.config import train_config as cfg
+from dreambooth_job.config.option_fields import accepted_choices
 from dreambooth_job.config.sources import stated_when
 from dreambooth_job.exit_codes import InvalidInputError
 from dreambooth_job.k8s.cluster_settings import ClusterSettings
@@ -128,7 +129,7 @@ def test_schema_types_and_choices_are_the_configs(chart):
             assert prop["type"] == "array" and prop["items"]["type"] == kind
         else:
             assert kind == prop["type"] or kind in prop["type"], f.name
-        assert prop.get("enum") == (list(f.metadata["choices"]) if f.metadata["choices"] else None)
+        assert prop.get("enum") == (list(accepted_choices(f)) if f.metadata["choices"] else None)
 
 
 @pytest.mark.parametrize("f", [f for f in chart_fields() if introspection.base_type(f) in (int, float)],

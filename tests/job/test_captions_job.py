@@ -39,11 +39,11 @@ def tiny_pipeline():
     return build_pipeline("tiny", seed=0)
 
 
-def trainer(**overrides) -> Trainer:
+def trainer(captions: list[str] | None = CAPTIONS, **overrides) -> Trainer:
     config = bench_config(SETTINGS, Variant("test", {"log_every": 1, "learning_rate": 1e-3, **overrides}))
     built = Trainer(config, copy.deepcopy(tiny_pipeline()), instance_images=_images(SETTINGS, 0),
                     instance_prompt="a sks dog", class_images=_images(SETTINGS, 1000),
-                    class_prompt="a dog", instance_captions=CAPTIONS)
+                    class_prompt="a dog", instance_captions=captions)
     built.setup()
     return built
 
@@ -99,6 +99,35 @@ def test_caption_dropout_is_drawn_from_the_seed_and_step_and_resumes_bitwise():
     for a, b in zip(unwrap(whole.models.denoiser).state_dict().values(),
                     unwrap(parts.models.denoiser).state_dict().values()):
         assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("captions", [CAPTIONS, None], ids=["captioned", "uncaptioned"])
+def test_dropout_to_the_empty_prompt_sends_the_empty_prompt_to_the_text_encoder(captions):
+    """--caption-dropout-prompt empty: a dropped photo's row is the empty prompt's token ids, the
+    others their caption's (or without captions, the instance prompt's); the class rows keep the
+    class prompt; the draw is --caption-dropout's own, so the same photos drop as with instance."""
+    built = trainer(captions, cache_latents=False, caption_dropout=0.5, caption_dropout_prompt="empty")
+    dropping_instance = trainer(cache_latents=False, caption_dropout=0.5).inputs
+    encoded: list[tuple] = []
+    encode = built.inputs.encoder.prompt
+    built.inputs.encoder.prompt = lambda ids: encoded.append(ids) or encode(ids)
+    kinds = set()
+    for step in range(8):
+        encoded.clear()
+        built.loss(step)
+        instance_ids, class_ids = encoded
+        photos = picked_indices(len(CAPTIONS), "instance", step, 2, 0)
+        as_instance = dropping_instance.batch_prompts(step)
+        prompts = ["" if dropped == "a sks dog" else (captions[i] if captions else "a sks dog")
+                   for i, dropped in zip(photos, as_instance)]
+        assert built.inputs.batch_prompts(step) == prompts
+        kinds |= {p == "" for p in prompts}
+        expected = torch.cat([ids_of(built, prompt)[0] for prompt in prompts])
+        assert torch.equal(instance_ids[0], expected)
+        assert torch.equal(class_ids[0], ids_of(built, "a dog")[0])
+    assert kinds == {True, False}  # both kinds of row were seen
+    cached = trainer(captions, caption_dropout=0.5, caption_dropout_prompt="empty").inputs.cache
+    assert list(cached.captions) == [*(captions or ["a sks dog"]), ""]
 
 
 SMALL = ["--resolution", "32", "--max-train-steps", "2", "--no-prior-preservation",
@@ -171,3 +200,28 @@ def test_captions_change_what_the_job_trains(captioned_photos, bucket, photo_dir
     assert any(not torch.equal(lora["captioned"][k], lora["plain"][k]) for k in lora["plain"])
     plain_result = json.loads(storage.read_bytes(storage.join(runs["plain"], "result.json")))
     assert "captions" not in plain_result["prompts"]
+
+
+@pytest.mark.parametrize("model", ["tiny_model", "tiny_sdxl_model", "tiny_flux2_klein_model",
+                                   "tiny_flux1_model"])
+def test_every_family_trains_dropped_photos_on_the_empty_prompt(bucket, photo_dir, model, request,
+                                                                tmp_path, monkeypatch):
+    """Photos without captions, every one dropped: each family tokenizes and encodes the empty
+    prompt, and only the empty prompt reaches the instance rows."""
+    from dreambooth_job.training.inputs import TrainingInputs
+
+    texts: list[str] = []
+    embeddings = TrainingInputs._caption_embeddings
+    monkeypatch.setattr(TrainingInputs, "_caption_embeddings",
+                        lambda self, batch: texts.extend(batch) or embeddings(self, batch))
+    photos = upload_photos(photo_dir, f"s3://{bucket}/photos/dog/")
+    run = f"s3://{bucket}/runs/empty-{model}/"
+    outcome = CliRunner().invoke(main, [
+        "train", *SMALL, "--caption-dropout", "1", "--caption-dropout-prompt", "empty",
+        "--instance-data", photos, "--class-noun", "dog", "--output", run,
+        "--base-model", str(request.getfixturevalue(model)), "--cache-dir", str(tmp_path / "cache"),
+        "--train-mode", "lora", "--lora-rank", "2"], catch_exceptions=False)
+    assert outcome.exit_code == ExitCode.OK, outcome.output[-3000:]
+    assert texts == [""] * 2  # two steps, one photo each
+    result = json.loads(storage.read_bytes(storage.join(run, "result.json")))
+    assert result["config"]["caption_dropout_prompt"] == "empty"

@@ -293,3 +293,47 @@ def test_generate_checks_model_and_output_against_the_policy_of_its_process(runs
                                       "outside the prefixes the operator allows "
                                       f"({POLICY_ENV})")
     assert not storage.list_files(f"s3://{runs['bucket']}/tenant-b/gen/")
+
+
+@pytest.mark.parametrize("variant", ["lokr", "dora"])
+def test_generate_from_a_lokr_or_dora_run_draws_what_the_job_trained(runs, tiny_model, variant,
+                                                                    monkeypatch):
+    """A run without --lora-merge publishes lora/ alone (a LoKr run only its LyCORIS file:
+    diffusers' SD loader reads no LoKr); generate applies it to the recorded base. Its image is
+    the one drawn from model/ of the same run with --lora-merge, the adapters merged in the job's
+    own process, and far from the base model's image."""
+    import importlib
+
+    from dreambooth_job.training import base_models
+
+    generation_run = importlib.import_module("dreambooth_job.generation.run")  # the package's
+    # `run` attribute is another name
+
+    bucket, runs_of = runs["bucket"], {}
+    for merged in (False, True):
+        runs_of[merged] = f"s3://{bucket}/runs/{variant}-{'merged' if merged else 'plain'}/"
+        outcome = invoke("train", *TRAIN, "--train-mode", "lora", "--lora-variant", variant,
+                         "--lora-rank", "4", "--learning-rate", "1e-1", "--save-precision", "fp32",
+                         *(["--lora-merge"] if merged else []),
+                         "--instance-data", f"s3://{bucket}/photos/dog/", "--base-model", tiny_model,
+                         "--output", runs_of[merged], "--cache-dir", runs["cache"])
+        assert outcome.exit_code == ExitCode.OK, outcome.output[-3000:]
+    published = sorted(f.relative_path for f in storage.list_files(runs_of[False] + "lora/"))
+    assert ("pytorch_lora_weights.safetensors" in published) == (variant == "dora")
+    assert not storage.list_files(runs_of[False] + "model/")
+
+    draws = {"plain": runs_of[False], "merged": runs_of[True] + "model/"}
+    for name, model in draws.items():
+        outcome = generate(runs, model, f"gen/{variant}-{name}", "--num-images", "1", "--seed", "9")
+        assert outcome.exit_code == ExitCode.OK, outcome.output[-3000:]
+    assert record_of(runs, f"gen/{variant}-plain")["weights"] == "lora"
+    base = base_models.load_pipeline(base_models.resolve_base_model(str(tiny_model), runs["cache"]),
+                                     runs["cache"])
+    monkeypatch.setattr(generation_run, "load_pipeline", lambda source, cache_dir: base)
+    outcome = generate(runs, runs_of[False], f"gen/{variant}-base", "--num-images", "1", "--seed", "9")
+    assert outcome.exit_code == ExitCode.OK, outcome.output[-3000:]
+
+    image = {name: png(f"s3://{bucket}/gen/{variant}-{name}/prompt-00-seed-9.png").astype(int)
+             for name in ("plain", "merged", "base")}
+    assert np.abs(image["plain"] - image["merged"]).max() <= 2  # merged weights round differently
+    assert np.abs(image["plain"] - image["base"]).max() > 20, "the adapters change the image"

@@ -159,3 +159,12 @@ def test_caption_dropout_is_a_model_option_of_the_runs_identity():
     assert differing_model_fields(old, config(caption_dropout=0.5)) == ["caption_dropout"]
     with pytest.raises(InvalidInputError, match="--caption-dropout must be between 0 and 1"):
         config(caption_dropout=1.5)
+    del old["caption_dropout_prompt"]  # the same for what a dropped caption becomes
+    assert differing_model_fields(old, config()) == []
+    assert differing_model_fields(old, config(caption_dropout=0.5, caption_dropout_prompt="empty")
+                                  ) == ["caption_dropout", "caption_dropout_prompt"]
+    with pytest.raises(InvalidInputError, match="--caption-dropout-prompt empty has no effect "
+                                                "without --caption-dropout"):
+        config(caption_dropout_prompt="empty")
+    with pytest.raises(InvalidInputError, match="--caption-dropout-prompt must be one of instance, empty"):
+        config(caption_dropout=0.5, caption_dropout_prompt="none")
