@@ -13,7 +13,7 @@ from dreambooth_job.training.lora_adapters import UNET_CONV_TARGETS
 
 TRAIN_OPTIONS = ("caption_dropout", "caption_dropout_prompt", "ema_decay", "snr_gamma", "noise_offset",
                  "timestep_sampling", "flow_weighting", "optimizer", "lr_scheduler", "lr_warmup_steps",
-                 "lora_variant")
+                 "lora_variant", "aspect_buckets")
 """TrainConfig options `toy-world` passes to every run as given (experiment.Ablation.train_options;
 its flags are generated from the options' declarations, toyworld/command.py): naming one here
 offers it."""
