@@ -18,6 +18,18 @@ REPO = Path(__file__).resolve().parent.parent
 SHARED_DATASET = REPO.parent / "shared" / "dreambooth-dataset"
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """torch on one thread for a module's in-process training: on the shared 2-core machine, OpenMP
+    threads waiting on each other made a tiny step several times slower (docs/benchmarks.md)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def s3_server(tmp_path_factory):
     """One SeaweedFS (or moto) S3 server for the whole test run; the env points boto3 at it."""

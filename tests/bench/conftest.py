@@ -7,10 +7,5 @@ import pytest
 
 
 @pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+def _one_torch_thread_here(one_torch_thread):
+    """Every bench test module gets tests/conftest.py's one_torch_thread."""

@@ -39,12 +39,8 @@ UPLOADED = [(640, 480), (480, 640), (500, 500), (900, 300), (800, 600), (300, 40
             (1200, 400)]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# One torch thread for the in-process training (tests/conftest.py).
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @functools.cache

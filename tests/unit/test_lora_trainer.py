@@ -21,12 +21,8 @@ SETTINGS = Settings(model="tiny", base_model=None, resolution=32, batch_size=1, 
                     prior_preservation=True, seed=0)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# One torch thread for the in-process training (tests/conftest.py).
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @functools.cache

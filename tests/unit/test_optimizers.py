@@ -25,12 +25,8 @@ SETTINGS = Settings(model="tiny", base_model=None, resolution=32, batch_size=1, 
 REQUIRED = {"instance_data": "d", "class_noun": "dog", "output": "o"}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# One torch thread for the in-process training (tests/conftest.py).
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @functools.cache
