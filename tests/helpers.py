@@ -68,6 +68,19 @@ def upload_photos(local_dir: Path, uri: str) -> str:
     return uri
 
 
+def job_args(common: list[str], bucket: str, photo_dir: Path, base_model: Path, cache_dir: Path):
+    """`args(output, *extra)`: the job's arguments for a run of `common` on `photo_dir` (uploaded
+    once to s3://bucket/photos/dog/) into s3://bucket/<output>/, sharing one class cache."""
+    photos = upload_photos(photo_dir, f"s3://{bucket}/photos/dog/")
+
+    def args(output: str, *extra: str) -> list[str]:
+        return [*common, "--instance-data", photos, "--base-model", str(base_model),
+                "--class-data", f"s3://{bucket}/class-cache/", "--cache-dir", str(cache_dir),
+                "--output", f"s3://{bucket}/{output}/", *extra]
+
+    return args
+
+
 class JobProcess:
     """`dreambooth-job` as a child process whose log lines the test can wait for."""
 

@@ -103,7 +103,4 @@ def namespace(control_plane, request) -> str:
 @pytest.fixture
 def kubeconfig(control_plane, namespace, tmp_path, monkeypatch) -> Path:
     """The admin's kubeconfig with the test's namespace current; KUBECONFIG points at it."""
-    path = control_plane.kubeconfig(tmp_path / "kubeconfig", namespace)
-    monkeypatch.setenv("KUBECONFIG", str(path))
-    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
-    return path
+    return control_plane.use_kubeconfig(tmp_path / "kubeconfig", namespace, monkeypatch)

@@ -267,6 +267,14 @@ class ControlPlane:
         path.chmod(0o600)
         return path
 
+    def use_kubeconfig(self, path: Path, namespace: str, monkeypatch) -> Path:
+        """Write the admin's kubeconfig with `namespace` current and point KUBECONFIG at it for
+        the test (no in-cluster configuration)."""
+        self.kubeconfig(path, namespace)
+        monkeypatch.setenv("KUBECONFIG", str(path))
+        monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+        return path
+
     def create_namespace(self, name: str, pod_security: str = "restricted") -> None:
         """Create namespace `name` enforcing Pod Security level `pod_security`, and wait for its
         `default` ServiceAccount (the serviceaccount controller makes it; without that controller,

@@ -131,10 +131,11 @@ def test_finished_job_is_deleted_by_ttl_and_its_pod_by_the_garbage_collector(con
 
         # The Job controller completes the Job, the TTL controller deletes it, the garbage collector
         # its pod (a terminal pod is deleted at once, with no kubelet to confirm).
-        wait_until(lambda: gone(lambda: jobs.read_namespaced_job("short-lived", namespace)), 60,
-                   "the TTL-after-finished controller to delete the finished Job")
-        wait_until(lambda: gone(lambda: core.read_namespaced_pod(pod.metadata.name, namespace)), 60,
-                   "the garbage collector to delete the Job's pod")
+        job_deleted = wait_until(lambda: gone(lambda: jobs.read_namespaced_job("short-lived", namespace)),
+                                 60, "the TTL-after-finished controller to delete the finished Job")
+        pod_deleted = wait_until(lambda: gone(lambda: core.read_namespaced_pod(pod.metadata.name, namespace)),
+                                 60, "the garbage collector to delete the Job's pod")
+    assert job_deleted is True and pod_deleted is True
 
 
 def test_privileged_pod_is_refused_by_pod_security(core, namespace):

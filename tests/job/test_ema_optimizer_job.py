@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from helpers import JobProcess, upload_photos
+from helpers import JobProcess, job_args
 from safetensors.torch import load_file
 
 from dreambooth_job.exit_codes import ExitCode
@@ -26,14 +26,7 @@ COMMON = ["train", "--class-noun", "dog", "--resolution", "64", "--max-train-ste
 
 @pytest.fixture
 def job(bucket, photo_dir, family_model, tmp_path):
-    photos = upload_photos(photo_dir, f"s3://{bucket}/photos/dog/")
-
-    def args(output: str, *extra: str) -> list[str]:
-        return [*COMMON, "--instance-data", photos, "--base-model", str(family_model.path),
-                "--class-data", f"s3://{bucket}/class-cache/", "--cache-dir", str(tmp_path / "cache"),
-                "--output", f"s3://{bucket}/{output}/", *extra]
-
-    return args
+    return job_args(COMMON, bucket, photo_dir, family_model.path, tmp_path / "cache")
 
 
 def published(output_uri: str, tmp_path) -> dict[str, torch.Tensor]:

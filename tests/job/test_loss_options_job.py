@@ -10,7 +10,7 @@ import json
 import math
 
 import pytest
-from helpers import JobProcess, upload_photos
+from helpers import JobProcess, job_args
 from test_resilience import COMMON, STEPS, assert_same_weights, final_weights, interrupt
 
 from dreambooth_job.exit_codes import ExitCode
@@ -24,14 +24,7 @@ FLOW_OPTIONS = ["--timestep-sampling", "logit-normal", "--logit-std", "0.8", "--
 @pytest.fixture
 def job(bucket, photo_dir, family_model, tmp_path):
     """The job's arguments for a run into s3://bucket/<output>/ (test_resilience.py's)."""
-    photos = upload_photos(photo_dir, f"s3://{bucket}/photos/dog/")
-
-    def args(output: str, *extra: str) -> list[str]:
-        return [*COMMON, "--instance-data", photos, "--base-model", str(family_model.path),
-                "--class-data", f"s3://{bucket}/class-cache/", "--cache-dir", str(tmp_path / "cache"),
-                "--output", f"s3://{bucket}/{output}/", *extra]
-
-    return args
+    return job_args(COMMON, bucket, photo_dir, family_model.path, tmp_path / "cache")
 
 
 def logged_learning_rates(output: str) -> dict[int, float]:

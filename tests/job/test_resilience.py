@@ -8,7 +8,7 @@ import json
 
 import pytest
 import torch
-from helpers import JobProcess, every_family, upload_photos
+from helpers import JobProcess, every_family, job_args, upload_photos
 from safetensors.torch import load_file
 
 from dreambooth_job.devtools import s3server
@@ -28,14 +28,7 @@ COMMON = ["train", "--class-noun", "dog", "--resolution", "64", "--max-train-ste
 
 @pytest.fixture
 def job(bucket, photo_dir, family_model, tmp_path):
-    photos = upload_photos(photo_dir, f"s3://{bucket}/photos/dog/")
-
-    def args(output: str, *extra: str) -> list[str]:
-        return [*COMMON, "--instance-data", photos, "--base-model", str(family_model.path),
-                "--class-data", f"s3://{bucket}/class-cache/", "--cache-dir", str(tmp_path / "cache"),
-                "--output", f"s3://{bucket}/{output}/", *extra]
-
-    return args
+    return job_args(COMMON, bucket, photo_dir, family_model.path, tmp_path / "cache")
 
 
 def final_weights(output_uri: str, tmp_path) -> dict[str, torch.Tensor]:
